@@ -1,0 +1,49 @@
+"""The package's exceptions: one base, specific errors named for what failed.
+
+Every message says which file, which record (``contig:pos`` or line) and what was
+expected, and how to fix it. Messages never contain genotypes or another site's
+sample IDs. The CLI turns any :class:`GenofedError` into one line on stderr and
+exit code 1.
+"""
+
+from __future__ import annotations
+
+
+class GenofedError(Exception):
+    """Base class of every error genofed raises on purpose."""
+
+
+class InputError(GenofedError):
+    """An input file is missing, unreadable or malformed."""
+
+
+class VcfFormatError(InputError):
+    """A VCF/BCF file violates the format (header, record, genotype)."""
+
+
+class PhenotypeError(InputError):
+    """The phenotype table is malformed (duplicate IDs, non-numeric values...)."""
+
+
+class FastaError(InputError):
+    """The reference FASTA is missing a contig or disagrees with the data."""
+
+
+class SchemaError(GenofedError):
+    """A table does not match its declared Arrow schema in ``schemas/``."""
+
+
+class OutputExistsError(GenofedError):
+    """The output path exists and ``--force`` was not given."""
+
+
+class ConfigurationError(GenofedError):
+    """Parameters are inconsistent (for example a ring too small for the sum)."""
+
+
+class ProtocolError(GenofedError):
+    """A secure-aggregation message arrived for the wrong stage, round or sender."""
+
+
+class AggregationAborted(GenofedError):
+    """Too few sites survived to recover the sum; nothing was revealed."""

@@ -1,0 +1,72 @@
+"""Atomic outputs: work goes to a temporary path beside the target, renamed at the end.
+
+A failed or interrupted command therefore never leaves a half-written dataset behind.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from pipeline import schemas
+from pipeline.errors import OutputExistsError
+
+
+def check_output_path(path: Path, *, force: bool) -> None:
+    """Refuses to overwrite ``path`` unless ``force``."""
+    if path.exists() and not force:
+        raise OutputExistsError(f"{path} already exists; choose another --out or pass --force to replace it")
+
+
+@contextlib.contextmanager
+def atomic_directory(path: Path | str, *, force: bool = False) -> Iterator[Path]:
+    """Yields a temporary folder next to ``path``; on success it replaces ``path``.
+
+    On any exception the temporary folder is removed and ``path`` is left untouched.
+    """
+    target = Path(path)
+    check_output_path(target, force=force)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
+    try:
+        yield tmp
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    if target.exists():
+        old = target.with_name(f".{target.name}.old-{os.getpid()}")
+        target.rename(old)
+        tmp.rename(target)
+        shutil.rmtree(old, ignore_errors=True) if old.is_dir() else old.unlink()
+    else:
+        tmp.rename(target)
+
+
+@contextlib.contextmanager
+def atomic_file(path: Path | str, *, force: bool = False) -> Iterator[Path]:
+    """Yields a temporary file path next to ``path``; renamed onto ``path`` on success."""
+    target = Path(path)
+    check_output_path(target, force=force)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, name = tempfile.mkstemp(prefix=f".{target.name}.tmp-", dir=target.parent)
+    os.close(fd)
+    tmp = Path(name)
+    try:
+        yield tmp
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    os.replace(tmp, target)
+
+
+def write_table(table: pa.Table, path: Path, schema_name: str, *, source: str | None = None) -> None:
+    """Validates ``table`` against ``schemas/<schema_name>.json`` and writes it as Parquet."""
+    conformed = schemas.conform(table, schema_name, source=source or str(path))
+    pq.write_table(conformed, path, compression="zstd")

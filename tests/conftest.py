@@ -1,0 +1,3 @@
+"""Shared fixtures: small simulated cohorts are made once per test session."""
+
+from __future__ import annotations
