@@ -1,0 +1,154 @@
+"""A harmonized site dataset on disk: the layout every genofed step reads and writes.
+
+Layout (plain Parquet, readable by pyarrow/pandas/duckdb without genofed)::
+
+    DATASET/
+      dataset.json            format version, sample/variant counts, chunk list
+      samples.parquet         schemas/samples.json
+      variants/chunk-NNNNN.parquet   schemas/variants.json
+      genotypes/chunk-NNNNN.parquet  schemas/genotypes.json (same rows as variants)
+      ingest-report.json      what ingest read, fixed and dropped
+
+Genotypes are variant-major: a chunk is a dense (variants x samples) int8 block of ALT
+dosages (-1 missing), so a Dask task and a JAX kernel see the same array.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from pipeline import outputs, schemas
+from pipeline.errors import InputError
+
+FORMAT_NAME = "genofed-dataset"
+FORMAT_VERSION = "1.0.0"
+
+
+@dataclass(frozen=True)
+class Block:
+    """One chunk in memory: variant metadata and the dense genotype matrices."""
+
+    variants: pa.Table
+    call_dosage: np.ndarray  # (variants, samples) int8, -1 missing
+    dosage: np.ndarray | None  # (variants, samples) float32 from FORMAT/DS, NaN missing
+
+    @property
+    def num_variants(self) -> int:
+        return self.variants.num_rows
+
+
+def chunk_name(index: int) -> str:
+    """File stem of chunk ``index`` (zero-padded so names sort in genome order)."""
+    return f"chunk-{index:05d}"
+
+
+def genotype_table(variant_id: pa.Array, call_dosage: np.ndarray, dosage: np.ndarray | None) -> pa.Table:
+    """Builds a genotypes table from dense matrices without copying per variant."""
+    n_variants, n_samples = call_dosage.shape
+    offsets = pa.array(np.arange(0, (n_variants + 1) * n_samples, n_samples, dtype=np.int32))
+    calls = pa.ListArray.from_arrays(offsets, pa.array(np.ascontiguousarray(call_dosage, dtype=np.int8).reshape(-1)))
+    if dosage is None:
+        doses = pa.nulls(n_variants, type=pa.list_(pa.float32()))
+    else:
+        doses = pa.ListArray.from_arrays(offsets, pa.array(np.ascontiguousarray(dosage, dtype=np.float32).reshape(-1)))
+    return pa.table({"variant_id": variant_id, "call_dosage": calls, "dosage": doses})
+
+
+def write_chunk(root: Path, index: int, block: Block) -> dict[str, Any]:
+    """Writes one chunk's variants and genotypes; returns its entry for ``dataset.json``."""
+    name = chunk_name(index)
+    (root / "variants").mkdir(exist_ok=True)
+    (root / "genotypes").mkdir(exist_ok=True)
+    outputs.write_table(block.variants, root / "variants" / f"{name}.parquet", "variants")
+    genotypes = genotype_table(block.variants.column("variant_id").combine_chunks(), block.call_dosage, block.dosage)
+    outputs.write_table(genotypes, root / "genotypes" / f"{name}.parquet", "genotypes")
+    return {"name": name, "num_variants": block.num_variants, "has_dosage": block.dosage is not None}
+
+
+def write_metadata(root: Path, *, samples: pa.Table, chunks: list[dict[str, Any]], extra: dict[str, Any] | None = None) -> None:
+    """Writes ``samples.parquet`` and ``dataset.json`` (the last step of a dataset)."""
+    outputs.write_table(samples, root / "samples.parquet", "samples")
+    meta = {
+        "format": FORMAT_NAME,
+        "format_version": FORMAT_VERSION,
+        "schemas": {name: schemas.load(name).version for name in ("variants", "genotypes", "samples")},
+        "num_samples": samples.num_rows,
+        "num_variants": sum(c["num_variants"] for c in chunks),
+        "chunks": chunks,
+        **(extra or {}),
+    }
+    (root / "dataset.json").write_text(json.dumps(meta, indent=2) + "\n")
+
+
+class Dataset:
+    """A harmonized dataset opened for reading (identity: a folder on disk)."""
+
+    def __init__(self, path: Path | str) -> None:
+        self.path = Path(path)
+        meta_path = self.path / "dataset.json"
+        if not meta_path.is_file():
+            raise InputError(f"{self.path} is not a genofed dataset (no dataset.json); create one with 'genofed ingest'")
+        try:
+            self.metadata: dict[str, Any] = json.loads(meta_path.read_text())
+        except json.JSONDecodeError as error:
+            raise InputError(f"{meta_path}: not valid JSON ({error}); re-run 'genofed ingest'") from error
+        if self.metadata.get("format") != FORMAT_NAME:
+            raise InputError(f"{meta_path}: format is {self.metadata.get('format')!r}, expected {FORMAT_NAME!r}")
+        major = str(self.metadata.get("format_version", "0")).split(".")[0]
+        if major != FORMAT_VERSION.split(".")[0]:
+            raise InputError(f"{meta_path}: dataset format {self.metadata.get('format_version')} is not readable by this genofed (format {FORMAT_VERSION}); re-run 'genofed ingest'")
+
+    @property
+    def num_samples(self) -> int:
+        return int(self.metadata["num_samples"])
+
+    @property
+    def num_variants(self) -> int:
+        return int(self.metadata["num_variants"])
+
+    @property
+    def chunk_names(self) -> list[str]:
+        return [c["name"] for c in self.metadata["chunks"]]
+
+    def samples(self) -> pa.Table:
+        """The samples table (IDs and phenotypes, in genotype column order)."""
+        return pq.read_table(self.path / "samples.parquet")
+
+    def variants(self, chunk: str | None = None) -> pa.Table:
+        """Variant metadata of one chunk, or of the whole dataset in genome order."""
+        if chunk is not None:
+            return pq.read_table(self.path / "variants" / f"{chunk}.parquet")
+        tables = [self.variants(name) for name in self.chunk_names]
+        return pa.concat_tables(tables) if tables else schemas.schema("variants").empty_table()
+
+    def read_block(self, chunk: str, *, with_dosage: bool = False) -> Block:
+        """Loads one chunk as dense arrays (memory ~ variants x samples bytes)."""
+        columns = ["call_dosage", "dosage"] if with_dosage else ["call_dosage"]
+        table = pq.read_table(self.path / "genotypes" / f"{chunk}.parquet", columns=columns)
+        n = self.num_samples
+        calls = table.column("call_dosage").combine_chunks()
+        call_dosage = calls.values.to_numpy(zero_copy_only=False).reshape(-1, n) if len(calls) else np.zeros((0, n), np.int8)
+        dosage = None
+        if with_dosage:
+            doses = table.column("dosage").combine_chunks()
+            if len(doses) and doses.null_count == 0:
+                dosage = doses.values.to_numpy(zero_copy_only=False).reshape(-1, n)
+        return Block(variants=self.variants(chunk), call_dosage=call_dosage, dosage=dosage)
+
+    def iter_blocks(self, *, with_dosage: bool = False) -> Iterator[Block]:
+        """Yields the chunks in genome order, one at a time (bounded memory)."""
+        for name in self.chunk_names:
+            yield self.read_block(name, with_dosage=with_dosage)
+
+
+def open_dataset(path: Path | str) -> Dataset:
+    """Opens a dataset written by ``genofed ingest``."""
+    return Dataset(path)
