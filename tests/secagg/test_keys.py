@@ -1,0 +1,115 @@
+"""Key agreement, HKDF binding, AES-GCM share transport, Ed25519 signatures."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+
+from pipeline.errors import ConfigurationError, ProtocolError
+from pipeline.secagg import keys
+
+CONTEXT = keys.KeyContext("fed", "job-1", 3)
+
+
+def test_agree__matches_cryptography_and_is_symmetric() -> None:
+    alice, bob = keys.generate_key_pair(), keys.generate_key_pair()
+    shared = keys.agree(alice.private_key, bob.public_key)
+    assert shared == keys.agree(bob.private_key, alice.public_key)
+    reference = X25519PrivateKey.from_private_bytes(alice.private_key).exchange(
+        X25519PrivateKey.from_private_bytes(bob.private_key).public_key()
+    )
+    assert shared == reference
+    assert keys.public_key_of(alice.private_key) == alice.public_key
+
+
+def test_agree__rfc7748_vector() -> None:
+    # RFC 7748 section 6.1.
+    alice_private = bytes.fromhex("77076d0a7318a57d3c16c17251b26645df4c2f87ebc0992ab177fba51db92c2a")
+    bob_public = bytes.fromhex("de9edb7d7b7dc1b4d35b61c2ece435373f8343c85b78674dadfc7e146f882b4f")
+    expected = bytes.fromhex("4a5d9d5ba4ce2de1728e3bf480350f25e07e21c947d19e3376f09b3c1e161742")
+    assert keys.agree(alice_private, bob_public) == expected
+    assert keys.generate_key_pair(alice_private).public_key == bytes.fromhex(
+        "8520f0098930a754748b7ddcb43ef75a0dbf3a0d26381af4eba4a98eaa9b4e6a"
+    )
+
+
+def test_agree__low_order_point_rejected() -> None:
+    with pytest.raises(ProtocolError, match="invalid public key"):
+        keys.agree(keys.generate_key_pair().private_key, bytes(32))
+    with pytest.raises(ProtocolError, match="32 raw bytes"):
+        keys.agree(keys.generate_key_pair().private_key, bytes(31))
+
+
+def test_derive_key__matches_independent_hkdf() -> None:
+    secret = os.urandom(32)
+    info = b"".join(len(p).to_bytes(4, "big") + p for p in (b"genofed-secagg-v1", b"purpose", b"ctx"))
+    reference = HKDF(algorithm=hashes.SHA256(), length=32, salt=None, info=info).derive(secret)
+    assert keys.derive_key(secret, purpose="purpose", context_bytes=b"ctx") == reference
+
+
+def test_pairwise_mask_seed__order_independent_and_bound_to_everything() -> None:
+    secret = os.urandom(32)
+    seed = keys.pairwise_mask_seed(secret, context=CONTEXT, site_a=2, site_b=5)
+    assert seed == keys.pairwise_mask_seed(secret, context=CONTEXT, site_a=5, site_b=2)
+    others = {
+        keys.pairwise_mask_seed(secret, context=keys.KeyContext("fed", "job-1", 4), site_a=2, site_b=5),
+        keys.pairwise_mask_seed(secret, context=keys.KeyContext("fed", "job-2", 3), site_a=2, site_b=5),
+        keys.pairwise_mask_seed(secret, context=keys.KeyContext("other", "job-1", 3), site_a=2, site_b=5),
+        keys.pairwise_mask_seed(secret, context=CONTEXT, site_a=2, site_b=6),
+        keys.share_transport_key(secret, context=CONTEXT, sender=2, receiver=5),
+    }
+    assert seed not in others and len(others) == 5
+    assert keys.share_transport_key(secret, context=CONTEXT, sender=2, receiver=5) != keys.share_transport_key(
+        secret, context=CONTEXT, sender=5, receiver=2
+    )
+
+
+def test_key_context__ambiguous_fields_do_not_collide() -> None:
+    assert keys.KeyContext("ab", "c", 0).encode() != keys.KeyContext("a", "bc", 0).encode()
+    with pytest.raises(ConfigurationError, match="round_index"):
+        keys.KeyContext("a", "b", -1)
+
+
+def test_encrypt_share__round_trip_and_binding() -> None:
+    key = os.urandom(32)
+    ciphertext = keys.encrypt_share(key, b"shares", context=CONTEXT, sender=1, receiver=2)
+    assert keys.decrypt_share(key, ciphertext, context=CONTEXT, sender=1, receiver=2) == b"shares"
+    for context, sender, receiver in [
+        (CONTEXT, 2, 1),
+        (CONTEXT, 1, 3),
+        (keys.KeyContext("fed", "job-1", 4), 1, 2),
+        (keys.KeyContext("fed", "job-9", 3), 1, 2),
+    ]:
+        with pytest.raises(ProtocolError, match="failed authentication"):
+            keys.decrypt_share(key, ciphertext, context=context, sender=sender, receiver=receiver)
+    tampered = ciphertext[:-1] + bytes([ciphertext[-1] ^ 1])
+    with pytest.raises(ProtocolError, match="failed authentication"):
+        keys.decrypt_share(key, tampered, context=CONTEXT, sender=1, receiver=2)
+    with pytest.raises(ProtocolError, match="truncated"):
+        keys.decrypt_share(key, ciphertext[:20], context=CONTEXT, sender=1, receiver=2)
+
+
+def test_sign__verify_and_reject() -> None:
+    pair = keys.generate_signing_key_pair()
+    message = keys.encode_site_list([3, 1, 2])
+    assert message == keys.encode_site_list([1, 2, 3])
+    signature = keys.sign(pair.private_key, message)
+    assert keys.verify_signature(pair.public_key, message, signature)
+    assert not keys.verify_signature(pair.public_key, keys.encode_site_list([1, 2]), signature)
+    assert not keys.verify_signature(keys.generate_signing_key_pair().public_key, message, signature)
+    assert not keys.verify_signature(pair.public_key, message, b"\x00" * 64)
+
+
+def test_deterministic_random__reproducible_stream() -> None:
+    seed = os.urandom(32)
+    first = keys.DeterministicRandom(seed)
+    second = keys.DeterministicRandom(seed)
+    assert first(10) + first(30) == second(40)
+    assert keys.DeterministicRandom(seed, b"other")(40) != keys.DeterministicRandom(seed)(40)
+    with pytest.raises(ConfigurationError, match="32-byte"):
+        keys.DeterministicRandom(b"short")
+    assert keys.generate_key_pair(first(32)) == keys.generate_key_pair(second(32))
