@@ -1,0 +1,215 @@
+"""The mask PRG of secure aggregation: ChaCha20 keystreams read as ring elements.
+
+Convention (both engines, every caller):
+
+* A mask is the RFC 8439 ChaCha20 keystream with key = a 32-byte seed, nonce = 12 zero
+  bytes and initial block counter 0.
+* Ring.R32: element ``i`` is keystream word ``i`` (bytes ``4i..4i+3``, little-endian).
+  Ring.R64: element ``i`` is words ``2i`` (low) and ``2i+1`` (high), i.e. bytes
+  ``8i..8i+7`` read as a little-endian uint64.
+* Seeds are single-use: the protocol derives them per (federation, job, round, pair)
+  by HKDF, so the fixed nonce never repeats under one key.
+
+A sign of +1 adds a mask, -1 subtracts it (mod 2^bits), so ``+seed`` and ``-seed``
+cancel exactly, whichever engine made each of them.
+
+Engines (see :mod:`pipeline.secagg.chacha20`): ``"openssl"`` adds masks in place,
+streaming each seed's keystream through one cache-sized scratch buffer, chunk by chunk
+(for each chunk of the vector, every seed in turn), so no full-length temporary exists
+and the vector is read and written once whatever the number of seeds. ``"jax"`` makes
+all masks and their signed sum in one jitted call, chunked so it never holds more than
+one chunk of every keystream; uint64 rings are computed there as (lo, hi) uint32 pairs
+(see :mod:`pipeline.secagg.encoding`).
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from pipeline.errors import ConfigurationError
+from pipeline.secagg import chacha20
+from pipeline.secagg.encoding import Ring, pairs_neg, pairs_sum
+
+SEED_BYTES = chacha20.KEY_BYTES
+MASK_NONCE = bytes(chacha20.NONCE_BYTES)
+MASK_COUNTER = 0
+
+
+def parse_seeds(seeds: Sequence[bytes], signs: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
+    """Check seeds and signs; return them as (m, 32) uint8 keys and (m,) bool "negate" flags.
+
+    Raises:
+        ConfigurationError: unequal lengths, a seed that is not 32 bytes, a sign not +-1.
+    """
+    seeds = list(seeds)
+    signs = [int(s) for s in signs]
+    if len(seeds) != len(signs):
+        raise ConfigurationError(f"got {len(seeds)} seeds but {len(signs)} signs; give one sign (+1 or -1) per seed")
+    for index, seed in enumerate(seeds):
+        if not isinstance(seed, (bytes, bytearray, memoryview)) or len(seed) != SEED_BYTES:
+            raise ConfigurationError(f"mask seed {index} must be {SEED_BYTES} bytes, got {type(seed).__name__} {seed!r:.40}")
+    bad = [s for s in signs if s not in (1, -1)]
+    if bad:
+        raise ConfigurationError(f"mask signs must be +1 or -1, got {bad[:5]}")
+    keys = np.frombuffer(b"".join(bytes(s) for s in seeds), dtype=np.uint8).reshape(len(seeds), SEED_BYTES)
+    return keys, np.asarray(signs, dtype=np.int64) < 0
+
+
+def _check_vector(vector: Any) -> Ring:
+    if not isinstance(vector, np.ndarray) or vector.ndim != 1:
+        raise ConfigurationError("masks are added to a 1-D numpy ring vector (uint32 or uint64); encode the values first")
+    ring = Ring.from_dtype(vector.dtype)
+    if not (vector.flags.c_contiguous and vector.flags.writeable):
+        raise ConfigurationError("add_masks works in place: pass a C-contiguous, writeable array (np.ascontiguousarray)")
+    chacha20.check_counter(MASK_COUNTER, -(-vector.nbytes // chacha20.BLOCK_BYTES))
+    return ring
+
+
+def add_masks(
+    vector: np.ndarray, seeds: Sequence[bytes], signs: Sequence[int], *, engine: str | None = None
+) -> np.ndarray:
+    """Add ``sign * mask(seed)`` for every seed to a ring vector, in place, and return it.
+
+    Args:
+        vector: 1-D uint32 (Ring.R32) or uint64 (Ring.R64), C-contiguous; modified.
+        seeds: 32-byte mask seeds.
+        signs: +1 or -1 per seed.
+        engine: ``"openssl"``, ``"jax"`` or None for :func:`chacha20.default_engine`.
+
+    Raises:
+        ConfigurationError: bad vector, seeds or signs.
+    """
+    ring = _check_vector(vector)
+    keys, negate = parse_seeds(seeds, signs)
+    if keys.shape[0] == 0 or vector.size == 0:
+        return vector
+    if chacha20.resolve_engine(engine) == "openssl":
+        _add_masks_openssl(vector, keys, negate)
+    else:
+        np.add(vector, mask_sum(seeds, signs, vector.size, ring, engine="jax"), out=vector)
+    return vector
+
+
+def _add_masks_openssl(vector: np.ndarray, keys: np.ndarray, negate: np.ndarray) -> None:
+    """Stream every seed's keystream through one scratch buffer into ``vector``.
+
+    The outer loop runs over cache-sized chunks of the vector and the inner loop over
+    seeds, so each chunk of the vector stays in cache while all masks are added to it.
+    """
+    encryptors = [chacha20.openssl_encryptor(key.tobytes(), MASK_NONCE, MASK_COUNTER) for key in keys]
+    scratch = np.empty(chacha20.STREAM_CHUNK_BYTES, dtype=np.uint8)
+    elements = scratch.view(np.dtype(vector.dtype).newbyteorder("<"))
+    zeros = chacha20._ZEROS
+    step = elements.size
+    operations = [np.subtract if n else np.add for n in negate]
+    for start in range(0, vector.size, step):
+        stop = min(start + step, vector.size)
+        count = stop - start
+        nbytes = count * vector.itemsize
+        source = zeros if nbytes == len(zeros) else zeros[:nbytes]
+        target = scratch[:nbytes]
+        chunk = vector[start:stop]
+        mask = elements[:count]
+        for encryptor, operation in zip(encryptors, operations):
+            encryptor.update_into(source, target)
+            operation(chunk, mask, out=chunk)
+
+
+def _signed_sum_reducer(negate: jax.Array, ring_bits: int) -> Any:
+    """Reduce one chunk of m keystreams (m, w) to their signed sum in the ring, as words."""
+
+    def reduce(words: jax.Array) -> jax.Array:
+        flip = negate[:, None]
+        if ring_bits == 32:
+            signed = jnp.where(flip, jnp.uint32(0) - words, words)
+            return jnp.sum(signed, axis=0, dtype=jnp.uint32)
+        lo, hi = words[:, 0::2], words[:, 1::2]
+        neg_lo, neg_hi = pairs_neg(lo, hi)
+        total_lo, total_hi = pairs_sum(jnp.where(flip, neg_lo, lo), jnp.where(flip, neg_hi, hi), axis=0)
+        return jnp.stack([total_lo, total_hi], axis=-1).reshape(-1)
+
+    return reduce
+
+
+def signed_mask_sum_traced(
+    key_words: jax.Array, negate: jax.Array, num_elements: int, ring_bits: int, chunk_blocks: int
+) -> jax.Array:
+    """Signed sum of masks as ring words (traceable; the last three arguments static).
+
+    Args:
+        key_words: (m, 8) uint32 seeds read little-endian.
+        negate: (m,) bool, True where the sign is -1.
+        num_elements: ring elements per mask.
+        ring_bits: 32 or 64.
+        chunk_blocks: ChaCha20 blocks per chunk (see :func:`chacha20.chunk_blocks_for`).
+
+    Returns:
+        (num_elements * ring_bits // 32,) uint32 words; for R64 read pairs as
+        little-endian uint64 (on the host: ``np.asarray(words).view('<u8')``).
+    """
+    m = key_words.shape[0]
+    nonce_words = jnp.zeros((m, 3), dtype=jnp.uint32)
+    return chacha20.keystream_words_traced(
+        key_words,
+        nonce_words,
+        jnp.uint32(MASK_COUNTER),
+        num_elements * ring_bits // 32,
+        chunk_blocks,
+        reduce=_signed_sum_reducer(negate, ring_bits),
+    )
+
+
+@functools.partial(jax.jit, static_argnames=("num_elements", "ring_bits", "chunk_blocks"))
+def _mask_sum_jit(
+    key_words: jax.Array, negate: jax.Array, *, num_elements: int, ring_bits: int, chunk_blocks: int
+) -> jax.Array:
+    return signed_mask_sum_traced(key_words, negate, num_elements, ring_bits, chunk_blocks)
+
+
+def mask_sum_device(keys: np.ndarray, negate: np.ndarray, length: int, ring: Ring) -> jax.Array:
+    """Signed sum of masks as ring words on the JAX device (see :func:`signed_mask_sum_traced`)."""
+    words = length * ring.words
+    return _mask_sum_jit(
+        jnp.asarray(np.ascontiguousarray(keys).view("<u4")),
+        jnp.asarray(negate),
+        num_elements=int(length),
+        ring_bits=ring.modulus_bits,
+        chunk_blocks=chacha20.chunk_blocks_for(keys.shape[0], words),
+    )
+
+
+def words_to_ring(words: Any, ring: Ring) -> np.ndarray:
+    """Host view of ring words (uint32, little-endian pairs for R64) as ring elements."""
+    words = np.ascontiguousarray(np.asarray(words), dtype="<u4")
+    return words.view("<u8").astype(np.uint64, copy=False) if ring is Ring.R64 else words.astype(np.uint32, copy=False)
+
+
+def mask_sum(
+    seeds: Sequence[bytes], signs: Sequence[int], length: int, ring: Ring, *, engine: str | None = None
+) -> np.ndarray:
+    """The signed sum of masks, ``sum_i signs[i] * mask(seeds[i])`` mod 2^bits.
+
+    What the coordinator subtracts to unmask, and what a site adds to its vector.
+
+    Returns:
+        (length,) ring dtype.
+
+    Raises:
+        ConfigurationError: bad seeds, signs or length.
+    """
+    if length < 0:
+        raise ConfigurationError(f"mask length must be >= 0, got {length}")
+    if not isinstance(ring, Ring):
+        raise ConfigurationError(f"ring must be Ring.R32 or Ring.R64, got {ring!r}")
+    keys, negate = parse_seeds(seeds, signs)
+    engine = chacha20.resolve_engine(engine)
+    if engine == "openssl" or keys.shape[0] == 0 or length == 0:
+        return add_masks(np.zeros(length, dtype=ring.dtype), seeds, signs, engine="openssl")
+    chacha20.check_counter(MASK_COUNTER, -(-length * ring.words // chacha20.BLOCK_WORDS))
+    return words_to_ring(mask_sum_device(keys, negate, length, ring), ring)
