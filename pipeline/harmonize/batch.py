@@ -1,0 +1,179 @@
+"""The record batch that harmonization steps pass along: biallelic, vectorized, immutable.
+
+A :class:`VariantBatch` holds one biallelic record per row with its genotypes kept as
+allele indexes (0 REF, 1 ALT, -1 missing allele, -2 absent slot of a haploid call), so a
+REF/ALT swap is an index recode and ploidy survives until the final conversion to
+dosages (:func:`to_block`). Steps never mutate a batch; they return a new one with its
+counters increased, so the same step can run in any Dask task without shared state.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from types import MappingProxyType
+
+import numpy as np
+import pyarrow as pa
+
+from pipeline import schemas
+from pipeline.dataset import Block
+
+ALLELE_MISSING = -1
+ALLELE_ABSENT = -2
+
+_FLAG_FIELDS = ("split_from_multiallelic", "swapped", "strand_flipped", "strand_ambiguous", "ref_checked")
+
+
+@dataclass(frozen=True)
+class VariantBatch:
+    """Biallelic records of one contig with their calls as allele indexes.
+
+    Attributes:
+        source: the input file, for messages.
+        contig: contig name (raw until the contig step renames it).
+        position: int64 (v,), 1-based position of the first base of ``ref``.
+        source_position: int64 (v,), POS of the source record.
+        line_number: int64 (v,) source line when known (streamed text), else None.
+        record_id: (v,) source ID, None for '.'.
+        ref, alt: (v,) allele strings (uppercase).
+        allele: int8 (v, samples, ploidy): 0 REF, 1 ALT, -1 missing, -2 absent.
+        ds: float32 (v, samples) FORMAT/DS of this ALT (NaN missing), or None.
+        split_from_multiallelic, swapped, strand_flipped, strand_ambiguous, ref_checked:
+            bool (v,) flags of the variants schema.
+        counts: what the steps did so far (report counters), immutable.
+    """
+
+    source: str
+    contig: str
+    position: np.ndarray
+    source_position: np.ndarray
+    line_number: np.ndarray | None
+    record_id: tuple[str | None, ...]
+    ref: tuple[str, ...]
+    alt: tuple[str, ...]
+    allele: np.ndarray
+    ds: np.ndarray | None
+    split_from_multiallelic: np.ndarray
+    swapped: np.ndarray
+    strand_flipped: np.ndarray
+    strand_ambiguous: np.ndarray
+    ref_checked: np.ndarray
+    counts: Mapping[str, int] = field(default_factory=lambda: MappingProxyType({}))
+
+    @property
+    def num_variants(self) -> int:
+        return int(self.position.shape[0])
+
+    @property
+    def num_samples(self) -> int:
+        return int(self.allele.shape[1])
+
+    def locus(self, i: int) -> str:
+        """``contig:pos`` (and the line when known) of row ``i``, for messages."""
+        where = f"{self.contig}:{int(self.source_position[i])}"
+        if self.line_number is not None:
+            where += f" (line {int(self.line_number[i])})"
+        return where
+
+    def counted(self, **increments: int) -> VariantBatch:
+        """The same batch with its counters increased (zero increments still create the key)."""
+        return dataclasses.replace(self, counts=add_counts(self.counts, increments))
+
+    def select(self, keep: np.ndarray) -> VariantBatch:
+        """The rows where ``keep`` is true, in order."""
+        keep = np.asarray(keep, dtype=bool)
+        if keep.all():
+            return self
+        rows = np.flatnonzero(keep)
+        pick = lambda values: tuple(values[i] for i in rows)  # noqa: E731
+        return dataclasses.replace(
+            self,
+            position=self.position[rows],
+            source_position=self.source_position[rows],
+            line_number=None if self.line_number is None else self.line_number[rows],
+            record_id=pick(self.record_id),
+            ref=pick(self.ref),
+            alt=pick(self.alt),
+            allele=self.allele[rows],
+            ds=None if self.ds is None else self.ds[rows],
+            **{name: getattr(self, name)[rows] for name in _FLAG_FIELDS},
+        )
+
+
+def add_counts(counts: Mapping[str, int], increments: Mapping[str, int]) -> Mapping[str, int]:
+    """Adds ``increments`` to ``counts`` (nested dicts, e.g. drop reasons, add per key)."""
+    merged: dict[str, object] = dict(counts)
+    for key, value in increments.items():
+        if isinstance(value, Mapping):
+            merged[key] = dict(add_counts(merged.get(key, {}), value))  # type: ignore[arg-type]
+        else:
+            merged[key] = int(merged.get(key, 0)) + int(value)  # type: ignore[call-overload]
+    return MappingProxyType(merged)  # type: ignore[arg-type]
+
+
+def call_dosage(allele: np.ndarray) -> np.ndarray:
+    """ALT counts (v, samples) int8 from allele indexes; -1 where any allele is missing.
+
+    Haploid calls (one allele slot) are stored as 0/2, as plink does; calls of higher
+    ploidy count their ALT alleles.
+    """
+    if allele.shape[0] == 0:
+        return np.zeros(allele.shape[:2], dtype=np.int8)
+    alt_count = (allele == 1).sum(axis=2, dtype=np.int8)
+    ploidy = (allele != ALLELE_ABSENT).sum(axis=2, dtype=np.int8)
+    missing = (allele == ALLELE_MISSING).any(axis=2) | (ploidy == 0)
+    dosage = np.where(ploidy == 1, alt_count * 2, alt_count).astype(np.int8)
+    dosage[missing] = -1
+    return dosage
+
+
+def effective_ploidy(allele: np.ndarray) -> np.ndarray:
+    """Ploidy on the stored scale (v, samples): haploid counts as 2 (stored 0/2), else slots used."""
+    ploidy = (allele != ALLELE_ABSENT).sum(axis=2, dtype=np.int8)
+    return np.where(ploidy <= 2, 2, ploidy).astype(np.float32)
+
+
+def variant_table(batch: VariantBatch) -> pa.Table:
+    """The variants table of the batch (schemas/variants.json)."""
+    position = batch.position.astype(np.int64)
+    variant_id = [f"{batch.contig}:{p}:{r}:{a}" for p, r, a in zip(position.tolist(), batch.ref, batch.alt)]
+    columns = {
+        "variant_id": pa.array(variant_id, pa.string()),
+        "chromosome": pa.array([batch.contig] * batch.num_variants, pa.string()),
+        "base_pair_location": pa.array(position, pa.int64()),
+        "ref": pa.array(batch.ref, pa.string()),
+        "alt": pa.array(batch.alt, pa.string()),
+        "original_id": pa.array(batch.record_id, pa.string()),
+        "source_position": pa.array(batch.source_position.astype(np.int64), pa.int64()),
+        **{name: pa.array(getattr(batch, name), pa.bool_()) for name in _FLAG_FIELDS},
+    }
+    return pa.table(columns, schema=schemas.schema("variants"))
+
+
+def to_block(batch: VariantBatch) -> Block:
+    """Converts a harmonized batch into the dataset's dense block (dosages, variant table)."""
+    return Block(variants=variant_table(batch), call_dosage=call_dosage(batch.allele), dosage=batch.ds)
+
+
+def concat_blocks(blocks: list[Block], *, num_samples: int) -> Block:
+    """Joins the blocks of one chunk, sorted by position (trimming may move a variant right)."""
+    if not blocks:
+        return Block(schemas.schema("variants").empty_table(), np.zeros((0, num_samples), np.int8), None)
+    variants = pa.concat_tables([b.variants for b in blocks])
+    calls = np.concatenate([b.call_dosage for b in blocks])
+    has_dosage = [b.dosage is not None for b in blocks]
+    if all(has_dosage):
+        dosage: np.ndarray | None = np.concatenate([b.dosage for b in blocks])  # type: ignore[misc]
+    elif any(has_dosage):
+        dosage = np.concatenate([b.dosage if b.dosage is not None else np.full(b.call_dosage.shape, np.nan, np.float32) for b in blocks])
+    else:
+        dosage = None
+    position = variants.column("base_pair_location").to_numpy()
+    if position.size > 1 and (np.diff(position) < 0).any():
+        order = np.argsort(position, kind="stable")
+        variants = variants.take(pa.array(order))
+        calls = calls[order]
+        dosage = None if dosage is None else dosage[order]
+    return Block(variants=variants.combine_chunks(), call_dosage=calls, dosage=dosage)
