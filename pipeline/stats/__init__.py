@@ -1,0 +1,23 @@
+"""Statistics kernels shared by local QC and the federated analyses.
+
+Pure functions over arrays, independent of files: genotype counts (:mod:`.counts`,
+JAX) and the Hardy-Weinberg exact test (:mod:`.hwe`).
+"""
+
+from pipeline.stats.counts import (
+    SampleCounts,
+    VariantCounts,
+    count_block,
+    sample_genotype_counts,
+    variant_genotype_counts,
+)
+from pipeline.stats.hwe import hwe_exact_p
+
+__all__ = [
+    "SampleCounts",
+    "VariantCounts",
+    "count_block",
+    "hwe_exact_p",
+    "sample_genotype_counts",
+    "variant_genotype_counts",
+]

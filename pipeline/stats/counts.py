@@ -1,0 +1,141 @@
+"""Genotype counts over a dense (variants x samples) block of hard-call ALT dosages.
+
+These are the sufficient statistics of local QC and of the federated variant census:
+per variant, how many samples are hom-ref, het, hom-alt or missing; per sample, how
+many calls it has and how many are heterozygous. The kernels are pure JAX functions of
+an int8 array (0, 1, 2 = ALT dosage, -1 = missing; haploid calls arrive as 0/2, as
+plink stores them), so the same code runs on a site's CPU, on an accelerator, or under
+``vmap`` over sites. They know nothing of files.
+
+Values outside {-1, 0, 1, 2} are counted in no class: a caller can detect them because
+the four per-variant counts then add up to less than the number of samples.
+
+A jitted kernel compiles once per input shape. Chunks of a dataset hold different
+numbers of variants, so :func:`count_block` cuts a block into tiles of a few fixed
+shapes (padding the last tile) and sums the tiles' results; a whole dataset then costs
+at most a handful of compilations.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+MISSING = -1
+"""Call dosage of a missing call (any allele of the call missing)."""
+
+DEFAULT_TILE_VARIANTS = 4096
+"""Largest number of variants handed to a kernel at once by :func:`count_block`."""
+
+
+class VariantCounts(NamedTuple):
+    """Per-variant genotype counts, each of shape (variants,)."""
+
+    n_hom_ref: jax.Array | np.ndarray
+    n_het: jax.Array | np.ndarray
+    n_hom_alt: jax.Array | np.ndarray
+    n_missing: jax.Array | np.ndarray
+
+
+class SampleCounts(NamedTuple):
+    """Per-sample call counts over a set of variants, each of shape (samples,)."""
+
+    n_called: jax.Array | np.ndarray
+    n_missing: jax.Array | np.ndarray
+    n_het: jax.Array | np.ndarray
+
+
+@jax.jit
+def variant_genotype_counts(call_dosage: jax.Array) -> VariantCounts:
+    """Counts hom-ref, het, hom-alt and missing calls of every variant (row).
+
+    Args:
+        call_dosage: int8 (variants, samples), ALT dosage 0/1/2, -1 missing.
+
+    Returns:
+        :class:`VariantCounts` of int32 arrays of shape (variants,).
+    """
+    def count(value: int) -> jax.Array:
+        return jnp.sum(call_dosage == value, axis=1, dtype=jnp.int32)
+
+    return VariantCounts(n_hom_ref=count(0), n_het=count(1), n_hom_alt=count(2), n_missing=count(MISSING))
+
+
+@jax.jit
+def sample_genotype_counts(call_dosage: jax.Array, variant_mask: jax.Array) -> SampleCounts:
+    """Counts called, missing and heterozygous calls of every sample (column).
+
+    Args:
+        call_dosage: int8 (variants, samples), ALT dosage 0/1/2, -1 missing.
+        variant_mask: bool (variants,); rows where it is False are ignored (padding).
+
+    Returns:
+        :class:`SampleCounts` of int32 arrays of shape (samples,).
+    """
+    rows = variant_mask[:, None]
+    called = (call_dosage >= 0) & (call_dosage <= 2) & rows
+    return SampleCounts(
+        n_called=jnp.sum(called, axis=0, dtype=jnp.int32),
+        n_missing=jnp.sum((call_dosage == MISSING) & rows, axis=0, dtype=jnp.int32),
+        n_het=jnp.sum((call_dosage == 1) & rows, axis=0, dtype=jnp.int32),
+    )
+
+
+def tile_rows(num_variants: int, tile_variants: int = DEFAULT_TILE_VARIANTS) -> int:
+    """Rows of the tiles used for a block of ``num_variants`` rows.
+
+    A power of two no larger than ``tile_variants``, so the set of shapes (and of
+    compilations) stays small whatever the chunk sizes are.
+    """
+    if tile_variants < 1:
+        raise ValueError(f"tile_variants must be at least 1, got {tile_variants}")
+    if num_variants >= tile_variants:
+        return tile_variants
+    rows = 1
+    while rows < num_variants:
+        rows *= 2
+    return rows
+
+
+def count_block(call_dosage: np.ndarray, *, tile_variants: int = DEFAULT_TILE_VARIANTS) -> tuple[VariantCounts, SampleCounts]:
+    """Per-variant and per-sample counts of one block, as int64 NumPy arrays.
+
+    Cuts the block into tiles of :func:`tile_rows` rows (the last one padded with
+    masked rows), runs both kernels on each tile and concatenates (variants) or sums
+    (samples) the results. Memory is one tile on the device at a time.
+
+    Args:
+        call_dosage: int8 (variants, samples), ALT dosage 0/1/2, -1 missing.
+        tile_variants: the largest tile, in variants.
+
+    Returns:
+        (:class:`VariantCounts`, :class:`SampleCounts`) of int64 NumPy arrays.
+    """
+    call_dosage = np.asarray(call_dosage)
+    if call_dosage.ndim != 2:
+        raise ValueError(f"call_dosage must be 2-D (variants, samples), got shape {call_dosage.shape}")
+    if call_dosage.dtype != np.int8:
+        raise ValueError(f"call_dosage must be int8, got {call_dosage.dtype}")
+    num_variants, num_samples = call_dosage.shape
+    rows = tile_rows(num_variants, tile_variants)
+    variant_parts: list[VariantCounts] = []
+    sample_total = SampleCounts(*(np.zeros(num_samples, np.int64) for _ in SampleCounts._fields))
+    for start in range(0, num_variants, rows):
+        tile = call_dosage[start : start + rows]
+        used = tile.shape[0]
+        mask = np.zeros(rows, dtype=bool)
+        mask[:used] = True
+        if used < rows:
+            tile = np.concatenate([tile, np.full((rows - used, num_samples), MISSING, np.int8)])
+        per_variant = variant_genotype_counts(tile)
+        per_sample = sample_genotype_counts(tile, mask)
+        variant_parts.append(VariantCounts(*(np.asarray(a)[:used].astype(np.int64) for a in per_variant)))
+        sample_total = SampleCounts(*(t + np.asarray(a, dtype=np.int64) for t, a in zip(sample_total, per_sample)))
+    if variant_parts:
+        variants = VariantCounts(*(np.concatenate(parts) for parts in zip(*variant_parts)))
+    else:
+        variants = VariantCounts(*(np.zeros(0, np.int64) for _ in VariantCounts._fields))
+    return variants, sample_total
