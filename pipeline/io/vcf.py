@@ -1,0 +1,753 @@
+"""VCF / VCF.gz (BGZF) / BCF reader: validated records in vectorized blocks.
+
+pysam/htslib reads the header, the index and the compressed bytes; genotypes are then
+parsed from the records' text with numpy. A block's sample columns are joined into one
+buffer and, in the common case (every GT a one-digit diploid call written in three
+bytes, first in FORMAT), decoded with a lookup table and no Python work per sample.
+Anything else (multi-digit allele indexes, haploid or polyploid calls, GT not first)
+goes through a per-record parser that is slower but handles the whole format, and is
+the reference the fast path is tested against (with pysam's own decoding).
+
+Records are always checked while they are read: sample column count, GT syntax, allele
+indexes within the ALT count, contigs declared in the header and sort order. Every
+error names the file, the record (``contig:pos`` and the line when streaming text) and
+what to do.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import re
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pysam
+
+from pipeline.errors import InputError, VcfFormatError
+
+MISSING_ALLELE = -1  # '.' in a GT
+ABSENT_ALLELE = -2  # slot beyond a call's ploidy (haploid call in a diploid-width array)
+MAX_ALT_ALLELES = 126  # allele indexes are stored as int8
+
+_BGZF_EOF = bytes.fromhex("1f8b08040000000000ff0600424302001b0003000000000000000000")
+_READ_CHUNK = 1 << 22  # bytes of decompressed text read at a time when streaming
+_MAX_POSITION = (1 << 31) - 2  # htslib/pysam coordinates are int32 in fetch()
+
+_TAB, _COLON = 9, 58
+_INVALID = -3
+_ALLELE_CODE = np.full(256, _INVALID, dtype=np.int8)  # byte -> allele index, '.' -> -1
+_ALLELE_CODE[48:58] = np.arange(10, dtype=np.int8)
+_ALLELE_CODE[ord(".")] = MISSING_ALLELE
+_SEPARATOR_CODE = np.full(256, 2, dtype=np.int8)  # '/' -> 0 (unphased), '|' -> 1 (phased)
+_SEPARATOR_CODE[ord("/")] = 0
+_SEPARATOR_CODE[ord("|")] = 1
+_GT_SYNTAX = re.compile(rb"[|/]?(?:\.|\d+)(?:[|/](?:\.|\d+))*")
+_GT_SPLIT = re.compile(rb"[|/]")
+
+
+@dataclass(frozen=True)
+class Region:
+    """A window of one contig: records with ``start <= POS < end`` (1-based) belong to it.
+
+    Windows of one contig tile it without overlap, so each record lands in exactly one
+    region whatever its length.
+    """
+
+    contig: str
+    start: int
+    end: int
+
+    def __post_init__(self) -> None:
+        if self.start < 1 or self.end <= self.start:
+            raise ValueError(f"region {self.contig}:{self.start}-{self.end} is empty or starts before 1; expected 1 <= start < end")
+
+    def __str__(self) -> str:
+        return f"{self.contig}:{self.start}-{self.end - 1}"
+
+
+@dataclass(frozen=True)
+class RecordBlock:
+    """A batch of consecutive records of one contig, genotypes as dense arrays.
+
+    ``allele_index`` is int8 ``(records, samples, max_ploidy)``: GT allele indexes,
+    ``-1`` for a missing allele ('.') and ``-2`` for a slot beyond the call's ploidy.
+    ``phased`` is True where a call has two or more alleles all separated by '|'.
+    ``ds`` is float32 ``(records, samples, max_alts)`` FORMAT/DS (NaN missing), or None
+    when no record of the block has DS.
+    """
+
+    source: str
+    contig: str
+    position: np.ndarray
+    line_number: np.ndarray | None
+    record_id: list[str | None]
+    ref: list[str]
+    alts: list[tuple[str, ...]]
+    allele_index: np.ndarray
+    phased: np.ndarray | None
+    ds: np.ndarray | None
+
+    @property
+    def num_records(self) -> int:
+        return int(self.position.shape[0])
+
+    @property
+    def num_samples(self) -> int:
+        return int(self.allele_index.shape[1])
+
+
+@contextlib.contextmanager
+def _quiet_htslib() -> Iterator[None]:
+    """Silences htslib's own stderr warnings; genofed reports problems itself."""
+    previous = pysam.set_verbosity(0)
+    try:
+        yield
+    finally:
+        pysam.set_verbosity(previous)
+
+
+def _check_compression(path: Path) -> bool:
+    """Returns whether ``path`` is BGZF; rejects plain gzip and truncated BGZF."""
+    try:
+        with open(path, "rb") as handle:
+            head = handle.read(18)
+            if head[:2] != b"\x1f\x8b":
+                return False
+            is_bgzf = len(head) >= 16 and head[3] & 4 and head[12:14] == b"BC"
+            if not is_bgzf:
+                raise VcfFormatError(
+                    f"{path}: compressed with plain gzip, not BGZF; recompress it so it can be read and indexed: "
+                    f"'zcat {path} | bgzip > {path.stem}.bgz.vcf.gz' (or 'bcftools view -Oz')"
+                )
+            handle.seek(0, 2)
+            size = handle.tell()
+            handle.seek(max(0, size - len(_BGZF_EOF)))
+            if handle.read() != _BGZF_EOF:
+                raise VcfFormatError(
+                    f"{path}: the BGZF end-of-file block is missing, so the file is truncated (an interrupted copy or "
+                    "download); copy it again from the source"
+                )
+    except OSError as error:
+        raise InputError(f"{path}: cannot be read ({error.strerror or error}); check the permissions") from error
+    return True
+
+
+def _header_problem(path: Path, compressed: bool) -> str:
+    """Explains why htslib rejected a text VCF header (the common cases)."""
+    try:
+        opener = pysam.BGZFile(str(path), "rb") if compressed else open(path, "rb")
+        with opener as handle:
+            head = handle.read(1 << 20)
+    except OSError:
+        return "the file cannot be decompressed"
+    if not head:
+        return "the file is empty"
+    for number, line in enumerate(head.split(b"\n"), start=1):
+        if line.startswith(b"#CHROM"):
+            return "the header is malformed"
+        if not line.startswith(b"#"):
+            if number == 1:
+                return "it does not start with a '##fileformat=VCF' header"
+            return f"line {number} is a record but no '#CHROM POS ID REF ALT QUAL FILTER INFO ...' header line came before it"
+    return "no '#CHROM' header line in the first megabyte"
+
+
+class VcfSource:
+    """An opened, header-validated VCF/BCF file (identity: a file on disk).
+
+    Attributes:
+        path: the file.
+        samples: sample IDs in column order.
+        contigs: contigs declared in the header (name -> length, None when the header
+            gives none); when the header declares no contig at all, the index's contigs.
+        declared_contigs: whether the header has ``##contig`` lines (then records on
+            other contigs are an error).
+        has_index: whether a .tbi/.csi index was found.
+        is_bcf: BCF (binary) rather than text VCF.
+        is_compressed: BGZF-compressed (always true for BCF written by bcftools).
+    """
+
+    def __init__(self, path: Path, samples: list[str], contigs: dict[str, int | None], declared_contigs: bool, has_index: bool, is_bcf: bool, is_compressed: bool) -> None:
+        self.path = path
+        self.samples = samples
+        self.contigs = contigs
+        self.declared_contigs = declared_contigs
+        self.has_index = has_index
+        self.is_bcf = is_bcf
+        self.is_compressed = is_compressed
+
+    def __repr__(self) -> str:
+        kind = "BCF" if self.is_bcf else ("VCF.gz" if self.is_compressed else "VCF")
+        return f"VcfSource({str(self.path)!r}, {kind}, samples={len(self.samples)}, contigs={len(self.contigs)}, indexed={self.has_index})"
+
+    def regions(self, chunk_size: int) -> list[Region]:
+        """Cuts the contigs that have records into windows of ``chunk_size`` bases.
+
+        Windows sit on a fixed grid (``1 + k * chunk_size``) and only those holding at
+        least one record are returned; the last window of a contig reaches past its
+        last record, even when the header gives no length or a wrong one.
+
+        Raises:
+            InputError: the file has no index.
+        """
+        if chunk_size < 1:
+            raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
+        if not self.has_index:
+            raise InputError(
+                f"{self.path}: no index (.tbi/.csi) next to the file, so it cannot be split into regions; create one with "
+                f"'tabix -p vcf {self.path}' or 'bcftools index {self.path}', or read the whole file with region=None"
+            )
+        regions: list[Region] = []
+        with _quiet_htslib(), _Fetcher(self) as fetcher:
+            for contig in fetcher.contigs():
+                first = fetcher.first_position(contig, 0, None)
+                if first is None:
+                    continue
+                end = self._end_bound(fetcher, contig)
+                start = 1 + ((first - 1) // chunk_size) * chunk_size
+                while start < end:
+                    stop = min(start + chunk_size, end)
+                    if fetcher.first_position(contig, start - 1, stop - 1) is not None:
+                        regions.append(Region(contig, start, stop))
+                    start = stop
+        return regions
+
+    def _end_bound(self, fetcher: _Fetcher, contig: str) -> int:
+        """A 1-based exclusive bound above every record's POS on ``contig``."""
+        length = self.contigs.get(contig)
+        low = length if length else 0
+        if fetcher.first_position(contig, low, None) is None:
+            return low + 1
+        high = 1 << 29
+        while high < _MAX_POSITION and fetcher.first_position(contig, high, None) is not None:
+            high = min(high * 2, _MAX_POSITION)
+        # smallest x with no record overlapping [x, inf) (0-based): every POS <= x
+        while low + 1 < high:
+            middle = (low + high) // 2
+            if fetcher.first_position(contig, middle, None) is None:
+                high = middle
+            else:
+                low = middle
+        return high + 1
+
+
+class _Fetcher:
+    """Index probes used to plan regions (first record overlapping a 0-based window)."""
+
+    def __init__(self, source: VcfSource) -> None:
+        self.source = source
+        self.handle: pysam.VariantFile | pysam.TabixFile
+        if source.is_bcf:
+            self.handle = pysam.VariantFile(str(source.path))
+        else:
+            self.handle = pysam.TabixFile(str(source.path))
+
+    def __enter__(self) -> _Fetcher:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.handle.close()
+
+    def contigs(self) -> list[str]:
+        if isinstance(self.handle, pysam.VariantFile):
+            indexed = list(self.handle.index.keys())
+        else:
+            indexed = list(self.handle.contigs)
+        ordered = [name for name in self.source.contigs if name in set(indexed)]
+        return ordered + [name for name in indexed if name not in self.source.contigs]
+
+    def first_position(self, contig: str, start0: int, end0: int | None) -> int | None:
+        try:
+            records = self.handle.fetch(contig, start0, end0)
+            for record in records:
+                if isinstance(record, str):
+                    return int(record.split("\t", 2)[1])
+                return int(record.pos)
+        except ValueError:
+            return None
+        return None
+
+
+def open_vcf(path: str | Path) -> VcfSource:
+    """Opens and validates a VCF, BGZF-compressed VCF or BCF file.
+
+    Raises:
+        InputError: the file is missing or unreadable.
+        VcfFormatError: the file is truncated, plain-gzip compressed, or its header is
+            not a valid VCF header (for example no ``#CHROM`` line).
+    """
+    path = Path(path)
+    if not path.exists():
+        raise InputError(f"{path}: no such file; check the path (expected a .vcf, .vcf.gz or .bcf file)")
+    if not path.is_file():
+        raise InputError(f"{path}: not a file; expected a .vcf, .vcf.gz or .bcf file")
+    compressed = _check_compression(path)
+    with _quiet_htslib():
+        try:
+            handle = pysam.VariantFile(str(path))
+        except (ValueError, OSError, NotImplementedError) as error:
+            if compressed and isinstance(error, OSError) and "truncated" in str(error):
+                raise VcfFormatError(f"{path}: the file is truncated; copy it again from the source") from error
+            raise VcfFormatError(
+                f"{path}: not a readable VCF/BCF file: {_header_problem(path, compressed)}; expected '##' meta lines then a "
+                "'#CHROM POS ID REF ALT QUAL FILTER INFO FORMAT <samples>' line (check with 'bcftools view -h')"
+            ) from error
+        try:
+            is_bcf = handle.format == "BCF"
+            samples = list(handle.header.samples)
+            declared = {name: contig.length for name, contig in handle.header.contigs.items()}
+            index = handle.index
+            has_index = index is not None
+            contigs: dict[str, int | None] = dict(declared)
+            if not declared and has_index:
+                contigs = {name: None for name in index.keys()}
+        finally:
+            handle.close()
+    if len(set(samples)) != len(samples):
+        raise VcfFormatError(f"{path}: duplicate sample IDs in the '#CHROM' header line; sample IDs must be unique")
+    return VcfSource(path, samples, contigs, bool(declared), has_index, is_bcf, compressed)
+
+
+# --- record streams: (line_number | None, raw record bytes) ----------------------------
+
+
+def _text_lines(source: VcfSource) -> Iterator[tuple[int, bytes]]:
+    """Streams a text VCF's lines with their 1-based numbers, bounded memory."""
+    path = source.path
+    try:
+        handle = pysam.BGZFile(str(path), "rb") if source.is_compressed else open(path, "rb")
+    except OSError as error:
+        raise InputError(f"{path}: cannot be opened ({error}); check the file and its permissions") from error
+    number = 0
+    pending = b""
+    try:
+        while True:
+            try:
+                chunk = handle.read(_READ_CHUNK)
+            except OSError as error:
+                raise VcfFormatError(
+                    f"{path}: decompression failed after line {number} (the file is truncated or corrupt); copy it again from the source"
+                ) from error
+            if not chunk:
+                break
+            lines = (pending + chunk).split(b"\n")
+            pending = lines.pop()
+            for line in lines:
+                number += 1
+                yield number, line
+        if pending:
+            yield number + 1, pending
+    finally:
+        with contextlib.suppress(OSError):
+            handle.close()
+
+
+def _streamed_records(source: VcfSource) -> Iterator[tuple[int | None, bytes]]:
+    """The records of the whole file, header lines checked and skipped."""
+    if source.is_bcf:
+        with _quiet_htslib():
+            handle = pysam.VariantFile(str(source.path))
+            try:
+                while True:
+                    try:
+                        record = next(handle)
+                    except StopIteration:
+                        return
+                    except (OSError, ValueError) as error:
+                        raise VcfFormatError(f"{source.path}: unreadable BCF record ({error}); the file is truncated or corrupt, copy it again or rewrite it with 'bcftools view -Ob'") from error
+                    yield None, str(record).encode()
+            finally:
+                handle.close()
+    seen_header = False
+    expected_columns = 9 + len(source.samples) if source.samples else None
+    for number, line in _text_lines(source):
+        if line.startswith(b"#"):
+            if line.startswith(b"#CHROM"):
+                seen_header = True
+                columns = line.rstrip(b"\r").count(b"\t") + 1
+                if expected_columns is not None and columns != expected_columns:
+                    raise VcfFormatError(f"{source.path}: line {number}: the '#CHROM' line has {columns} columns, expected {expected_columns}")
+            continue
+        if not line or line == b"\r":
+            continue
+        if not seen_header:
+            raise VcfFormatError(
+                f"{source.path}: line {number} is a record but no '#CHROM POS ID REF ALT QUAL FILTER INFO ...' header line came "
+                "before it; add the header (see 'bcftools view -h' of a valid file)"
+            )
+        yield number, line
+
+
+def _region_records(source: VcfSource, region: Region) -> Iterator[tuple[int | None, bytes]]:
+    """Records with ``region.start <= POS < region.end``, through the index."""
+    if not source.has_index:
+        raise InputError(
+            f"{source.path}: no index (.tbi/.csi), so region {region} cannot be read; create one with "
+            f"'tabix -p vcf {source.path}' or 'bcftools index {source.path}', or read the whole file"
+        )
+    start0, end0 = region.start - 1, min(region.end - 1, _MAX_POSITION)
+    with _quiet_htslib():
+        if source.is_bcf:
+            handle: pysam.VariantFile | pysam.TabixFile = pysam.VariantFile(str(source.path))
+        else:
+            handle = pysam.TabixFile(str(source.path))
+        try:
+            try:
+                records = handle.fetch(region.contig, start0, end0)
+            except ValueError:
+                return  # contig without records in the index
+            while True:
+                try:
+                    record = next(records)
+                except StopIteration:
+                    return
+                except (OSError, ValueError) as error:
+                    raise VcfFormatError(f"{source.path}: region {region}: unreadable record ({error}); the file is corrupt, copy it again") from error
+                if source.is_bcf:
+                    if start0 <= record.start < end0:
+                        yield None, str(record).encode()
+                else:
+                    line = record.encode()
+                    position = int(line.split(b"\t", 2)[1])
+                    if region.start <= position < region.end:
+                        yield None, line
+        finally:
+            handle.close()
+
+
+# --- grouping records into blocks ---------------------------------------------------------
+
+
+def _where(source: str, contig: str, position: int, line_number: int | None) -> str:
+    line = f" (line {line_number})" if line_number is not None else ""
+    return f"{source}: {contig}:{position}{line}"
+
+
+def read_blocks(path: str | Path, region: Region | None = None, *, max_records: int = 2000) -> Iterator[RecordBlock]:
+    """Reads a VCF/BCF file as blocks of at most ``max_records`` records of one contig.
+
+    Module-level and picklable so a Dask task can call it with a path and a region.
+    Memory is bounded by ``max_records x samples``, never by the file size.
+
+    Args:
+        path: a .vcf, .vcf.gz (BGZF) or .bcf file.
+        region: records with ``region.start <= POS < region.end`` (needs an index), or
+            None to stream the whole file.
+        max_records: records per block.
+
+    Raises:
+        VcfFormatError: a record is malformed, on an undeclared contig, or out of order.
+    """
+    if max_records < 1:
+        raise ValueError(f"max_records must be >= 1, got {max_records}")
+    source = open_vcf(path)
+    records = _streamed_records(source) if region is None else _region_records(source, region)
+    name = str(source.path)
+    num_samples = len(source.samples)
+    min_columns = 10 if num_samples else 8
+    finished: set[str] = set()
+    contig: str | None = None
+    last_position = 0
+    batch: list[tuple[int | None, int, list[bytes]]] = []
+    for line_number, line in records:
+        fields = line.rstrip(b"\r\n").split(b"\t", 9)
+        if len(fields) < min_columns:
+            where = f"{name}: line {line_number}" if line_number is not None else f"{name}: record {line[:40]!r}"
+            raise VcfFormatError(
+                f"{where}: {len(fields)} tab-separated columns, expected {9 + num_samples if num_samples else '8 or more'}"
+                f"{f' (9 fixed + {num_samples} samples)' if num_samples else ''}; the file is truncated or not tab-separated"
+            )
+        record_contig = fields[0].decode()
+        try:
+            position = int(fields[1])
+        except ValueError:
+            raise VcfFormatError(f"{name}: {record_contig} (line {line_number}): POS {fields[1][:20]!r} is not an integer") from None
+        if record_contig != contig:
+            if batch:
+                yield _make_block(name, contig, batch, num_samples)  # type: ignore[arg-type]
+                batch = []
+            if record_contig in finished:
+                raise VcfFormatError(
+                    f"{_where(name, record_contig, position, line_number)}: contig {record_contig} appears again after {contig}; "
+                    "records must be sorted by contig then position: sort with 'bcftools sort'"
+                )
+            if source.declared_contigs and record_contig not in source.contigs:
+                raise VcfFormatError(
+                    f"{_where(name, record_contig, position, line_number)}: contig {record_contig!r} is not declared in the header "
+                    f"(##contig lines declare {', '.join(list(source.contigs)[:5])}{', ...' if len(source.contigs) > 5 else ''}); "
+                    "add it with 'bcftools reheader' or fix the CHROM column"
+                )
+            if contig is not None:
+                finished.add(contig)
+            contig = record_contig
+            last_position = 0
+        if position < last_position:
+            raise VcfFormatError(
+                f"{_where(name, contig, position, line_number)}: position {position} comes after {last_position}; records must be "
+                "sorted by position within a contig: sort with 'bcftools sort'"
+            )
+        last_position = position
+        batch.append((line_number, position, fields))
+        if len(batch) >= max_records:
+            yield _make_block(name, contig, batch, num_samples)
+            batch = []
+    if batch:
+        yield _make_block(name, contig, batch, num_samples)  # type: ignore[arg-type]
+
+
+def _make_block(name: str, contig: str, batch: list[tuple[int | None, int, list[bytes]]], num_samples: int) -> RecordBlock:
+    """Turns a batch of split records into a RecordBlock (fixed columns + genotypes)."""
+    line_numbers = [b[0] for b in batch]
+    positions = [b[1] for b in batch]
+    record_id: list[str | None] = []
+    ref: list[str] = []
+    alts: list[tuple[str, ...]] = []
+    for _, _, fields in batch:
+        record_id.append(None if fields[2] == b"." else fields[2].decode())
+        ref.append(fields[3].decode())
+        alts.append(() if fields[4] == b"." else tuple(fields[4].decode().split(",")))
+    n = len(batch)
+    if num_samples:
+        formats = [fields[8] for _, _, fields in batch]
+        samples = [fields[9] for _, _, fields in batch]
+        num_alts = [len(a) for a in alts]
+        locate = _Locator(name, contig, positions, line_numbers)
+        allele_index, phased = decode_genotypes(formats, samples, num_samples, num_alts, locate)
+        ds = decode_ds(formats, samples, num_samples, num_alts, locate)
+    else:
+        allele_index = np.zeros((n, 0, 2), dtype=np.int8)
+        phased = np.zeros((n, 0), dtype=bool)
+        ds = None
+    return RecordBlock(
+        source=name,
+        contig=contig,
+        position=np.asarray(positions, dtype=np.int64),
+        line_number=None if line_numbers[0] is None else np.asarray(line_numbers, dtype=np.int64),
+        record_id=record_id,
+        ref=ref,
+        alts=alts,
+        allele_index=allele_index,
+        phased=phased,
+        ds=ds,
+    )
+
+
+@dataclass(frozen=True)
+class _Locator:
+    """Names record ``i`` of a block in error messages."""
+
+    source: str
+    contig: str
+    positions: Sequence[int]
+    line_numbers: Sequence[int | None]
+
+    def __call__(self, i: int) -> str:
+        return _where(self.source, self.contig, self.positions[i], self.line_numbers[i])
+
+
+def _no_locator(i: int) -> str:
+    return f"record {i + 1}"
+
+
+# --- genotype decoding ------------------------------------------------------------------
+
+
+def decode_genotypes(
+    formats: Sequence[bytes], samples: Sequence[bytes], num_samples: int, num_alts: Sequence[int], where: object = _no_locator
+) -> tuple[np.ndarray, np.ndarray]:
+    """Decodes the GT of a block of records from their FORMAT and sample columns.
+
+    Args:
+        formats: each record's FORMAT column.
+        samples: each record's sample columns, still tab-joined (the text after FORMAT).
+        num_samples: samples in the header.
+        num_alts: each record's number of ALT alleles.
+        where: callable naming record ``i`` in error messages.
+
+    Returns:
+        ``allele_index`` int8 (records, samples, max_ploidy) and ``phased`` bool
+        (records, samples).
+
+    Raises:
+        VcfFormatError: wrong number of sample columns, no GT, unparsable GT, or an
+            allele index beyond the record's ALT alleles.
+    """
+    locate = where if callable(where) else _no_locator
+    n = len(samples)
+    fast_alleles = np.empty((n, num_samples, 2), dtype=np.int8)
+    fast_phased = np.empty((n, num_samples), dtype=bool)
+    is_fast = np.zeros(n, dtype=bool)
+    width = 4 * num_samples - 1
+    plain = [i for i in range(n) if formats[i] == b"GT" and len(samples[i]) == width]
+    if plain:
+        alleles, phased, ok = _decode_plain(samples, plain, num_samples)
+        rows = np.asarray(plain)[ok]
+        fast_alleles[rows], fast_phased[rows], is_fast[rows] = alleles[ok], phased[ok], True
+    remaining = [i for i in range(n) if not is_fast[i] and formats[i][:3] in (b"GT:", b"GT") and samples[i].count(b"\t") == num_samples - 1]
+    if remaining:
+        alleles, phased, ok = _decode_fields(samples, remaining, num_samples)
+        rows = np.asarray(remaining)[ok]
+        fast_alleles[rows], fast_phased[rows], is_fast[rows] = alleles[ok], phased[ok], True
+    slow = {int(i): _parse_record_gt(formats[i], samples[i], num_samples, locate, int(i)) for i in np.flatnonzero(~is_fast)}
+    ploidy = max([2 if is_fast.any() else 1] + [a.shape[1] for a, _ in slow.values()])
+    if ploidy == 2 and not slow:
+        allele_index, phased_all = fast_alleles, fast_phased
+    else:
+        allele_index = np.full((n, num_samples, ploidy), ABSENT_ALLELE, dtype=np.int8)
+        phased_all = np.zeros((n, num_samples), dtype=bool)
+        if is_fast.any():
+            allele_index[is_fast, :, :2] = fast_alleles[is_fast]
+            phased_all[is_fast] = fast_phased[is_fast]
+        for i, (alleles, phased) in slow.items():
+            allele_index[i, :, : alleles.shape[1]] = alleles
+            phased_all[i] = phased
+    if n and num_samples:
+        highest = allele_index.max(axis=(1, 2)).astype(np.int64)
+        too_high = np.flatnonzero(highest > np.asarray(num_alts, dtype=np.int64))
+        if too_high.size:
+            i = int(too_high[0])
+            raise VcfFormatError(
+                f"{locate(i)}: a genotype uses allele index {highest[i]} but the record has {num_alts[i]} ALT allele(s); "
+                "fix the GT or ALT column (for example with 'bcftools norm --check-ref' / 'bcftools +fixploidy')"
+            )
+    return allele_index, phased_all
+
+
+def _decode_plain(samples: Sequence[bytes], rows: list[int], num_samples: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """FORMAT=GT records whose calls are all 3 bytes: one reshape, no search."""
+    buffer = b"\t".join([samples[i] for i in rows]) + b"\t"
+    cells = np.frombuffer(buffer, dtype=np.uint8).reshape(len(rows), num_samples, 4)
+    return _decode_cells(cells[:, :, 0], cells[:, :, 1], cells[:, :, 2], cells[:, :, 3] == _TAB)
+
+
+def _decode_fields(samples: Sequence[bytes], rows: list[int], num_samples: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Records whose GT is first, followed by other FORMAT fields: find each sample's start."""
+    buffer = b"\t".join([samples[i] for i in rows]) + b"\t\0\0\0"
+    data = np.frombuffer(buffer, dtype=np.uint8)
+    tabs = np.flatnonzero(data == _TAB)  # exactly len(rows) * num_samples (counts checked)
+    starts = np.empty(tabs.size, dtype=np.int64)
+    starts[0] = 0
+    starts[1:] = tabs[:-1] + 1
+    starts = starts.reshape(len(rows), num_samples)
+    end = data[starts + 3]
+    return _decode_cells(data[starts], data[starts + 1], data[starts + 2], (end == _TAB) | (end == _COLON))
+
+
+def _decode_cells(first: np.ndarray, separator: np.ndarray, second: np.ndarray, terminated: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Decodes 'a/b' / 'a|b' calls from their bytes; ``ok`` flags records fully decoded."""
+    alleles = np.stack([_ALLELE_CODE[first], _ALLELE_CODE[second]], axis=-1)
+    separator_code = _SEPARATOR_CODE[separator]
+    ok = terminated.all(axis=1) & (separator_code != 2).all(axis=1) & (alleles != _INVALID).all(axis=(1, 2))
+    return alleles, separator_code == 1, ok
+
+
+_GT_CACHE: dict[bytes, tuple[tuple[int, ...], bool] | None] = {}
+
+
+def parse_gt(text: bytes) -> tuple[tuple[int, ...], bool] | None:
+    """Parses one GT value ('0/1', '1|0|2', '.', '10/3', '|0|1'); None when invalid.
+
+    Returns the allele indexes (-1 for '.') and whether the call is phased (two or more
+    alleles, all separated by '|').
+    """
+    cached = _GT_CACHE.get(text)
+    if cached is not None or text in _GT_CACHE:
+        return cached
+    result: tuple[tuple[int, ...], bool] | None = None
+    if _GT_SYNTAX.fullmatch(text):
+        body = text[1:] if text[:1] in (b"/", b"|") else text
+        parts = _GT_SPLIT.split(body)
+        alleles = tuple(MISSING_ALLELE if part == b"." else int(part) for part in parts)
+        result = (alleles, len(parts) > 1 and b"/" not in body)
+    if len(_GT_CACHE) < 100_000:
+        _GT_CACHE[text] = result
+    return result
+
+
+def _parse_record_gt(fmt: bytes, sample_text: bytes, num_samples: int, locate: object, i: int) -> tuple[np.ndarray, np.ndarray]:
+    """The reference parser for one record: any ploidy, any allele index, GT anywhere."""
+    where = locate(i)  # type: ignore[operator]
+    keys = fmt.split(b":")
+    if b"GT" not in keys:
+        raise VcfFormatError(f"{where}: FORMAT {fmt.decode(errors='replace')!r} has no GT; genofed needs called genotypes (GT) in every record")
+    gt_key = keys.index(b"GT")
+    fields = sample_text.split(b"\t")
+    if len(fields) != num_samples:
+        raise VcfFormatError(
+            f"{where}: {len(fields)} sample columns, expected {num_samples} (the samples of the '#CHROM' line); "
+            "the record is truncated or has extra columns"
+        )
+    calls: list[tuple[int, ...]] = []
+    phased = np.zeros(num_samples, dtype=bool)
+    for j, field in enumerate(fields):
+        parts = field.split(b":", gt_key + 1)
+        text = parts[gt_key] if gt_key < len(parts) else b"."
+        parsed = parse_gt(text)
+        if parsed is None:
+            raise VcfFormatError(
+                f"{where}: sample column {j + 1}: GT {text[:20].decode(errors='replace')!r} is not a genotype; expected allele "
+                "indexes or '.' separated by '/' or '|' (for example 0/1, 1|0, ./.)"
+            )
+        calls.append(parsed[0])
+        phased[j] = parsed[1]
+    ploidy = max(len(c) for c in calls)
+    if any(value > 127 for call in calls for value in call):
+        raise VcfFormatError(f"{where}: allele index above 127; split multi-allelic records with 'bcftools norm -m-' first")
+    alleles = np.full((num_samples, ploidy), ABSENT_ALLELE, dtype=np.int8)
+    for j, call in enumerate(calls):
+        alleles[j, : len(call)] = call
+    return alleles, phased
+
+
+def decode_ds(formats: Sequence[bytes], samples: Sequence[bytes], num_samples: int, num_alts: Sequence[int], where: object = _no_locator) -> np.ndarray | None:
+    """FORMAT/DS of a block as float32 (records, samples, max_alts), NaN missing; None without DS."""
+    locate = where if callable(where) else _no_locator
+    with_ds = [i for i, fmt in enumerate(formats) if b"DS" in fmt.split(b":")]
+    if not with_ds:
+        return None
+    width = max([1] + [num_alts[i] for i in with_ds])
+    ds = np.full((len(samples), num_samples, width), np.nan, dtype=np.float32)
+    for i in with_ds:
+        key = formats[i].split(b":").index(b"DS")
+        values = _ds_fast(samples[i], key, num_samples)
+        if values is not None and num_alts[i] <= 1:
+            ds[i, :, 0] = values
+            continue
+        for j, field in enumerate(samples[i].split(b"\t")):
+            parts = field.split(b":")
+            if key >= len(parts) or parts[key] == b".":
+                continue
+            numbers = parts[key].split(b",")
+            if len(numbers) > width:
+                raise VcfFormatError(f"{locate(i)}: sample column {j + 1}: DS has {len(numbers)} values, expected one per ALT allele ({num_alts[i]})")
+            for k, number in enumerate(numbers):
+                if number == b".":
+                    continue
+                try:
+                    ds[i, j, k] = float(number)
+                except ValueError:
+                    raise VcfFormatError(f"{locate(i)}: sample column {j + 1}: DS {number[:20].decode(errors='replace')!r} is not a number") from None
+    return ds
+
+
+def _ds_fast(sample_text: bytes, key: int, num_samples: int) -> np.ndarray | None:
+    """One DS value per sample without a Python loop, or None to use the general parser."""
+    pattern = _DS_PATTERNS.get(key)
+    if pattern is None:
+        pattern = _DS_PATTERNS.setdefault(key, re.compile(rb"(?:^|\t)" + rb"[^:\t]*:" * key + rb"([^:\t]*)"))
+    values = pattern.findall(sample_text)
+    if len(values) != num_samples or b"," in sample_text and any(b"," in v for v in values):
+        return None
+    array = np.asarray(values)
+    if array.dtype.itemsize < 3:
+        array = array.astype("S3")
+    array[array == b"."] = b"nan"
+    try:
+        return array.astype(np.float32)
+    except ValueError:
+        return None
+
+
+_DS_PATTERNS: dict[int, re.Pattern[bytes]] = {}
