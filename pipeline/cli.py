@@ -12,6 +12,7 @@ import json
 import logging
 import sys
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import click
@@ -98,6 +99,99 @@ def main() -> None:
 @main.group()
 def cohort() -> None:
     """Realistic simulated multi-site cohorts (for the demo, tests and benchmarks)."""
+
+
+@main.command("qc")
+@click.argument("dataset", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option(
+    "-o", "--out", type=click.Path(path_type=Path), default=None,
+    help="Output folder for variants.parquet, samples.parquet and qc-summary.json "
+    "[default: DATASET.qc beside the dataset; the dataset itself is never modified].",
+)
+@click.option(
+    "--min-call-rate", type=click.FloatRange(0.0, 1.0), default=0.95, show_default=True,
+    help="Variants with a lower call rate fail (as plink2 --geno 0.05).",
+)
+@click.option(
+    "--min-sample-call-rate", type=click.FloatRange(0.0, 1.0), default=0.95, show_default=True,
+    help="Samples with a lower call rate fail (as plink2 --mind 0.05).",
+)
+@click.option(
+    "--hwe-p", type=click.FloatRange(0.0, 1.0), default=1e-6, show_default=True,
+    help="Variants with a lower Hardy-Weinberg exact-test p-value fail (as plink2 --hwe); 0 disables.",
+)
+@click.option(
+    "--maf", type=click.FloatRange(0.0, 0.5), default=0.0, show_default=True,
+    help="Variants with a lower minor allele frequency fail (as plink2 --maf); 0 disables.",
+)
+@force_option
+@progress_option
+@json_option
+@handles_errors
+def qc_command(
+    dataset: Path, out: Path | None, min_call_rate: float, min_sample_call_rate: float,
+    hwe_p: float, maf: float, force: bool, progress: bool | None, as_json: bool,
+) -> None:
+    """Per-variant and per-sample QC of a harmonized DATASET (the site's own view).
+
+    Per variant: genotype counts, call rate, allele count/number, ALT frequency and
+    the Hardy-Weinberg exact-test p-value (Wigginton et al. 2005, AJHG 76:887; the P
+    of plink2 --hardy). Per sample: call rate, het count and heterozygosity.
+    Thresholds mark rows pass_qc (nothing is removed). Reads one chunk at a time.
+
+    \b
+    Example:
+      genofed qc site-1.dataset --out site-1.qc --min-call-rate 0.98 --hwe-p 1e-10
+    """
+    from pipeline.qc import run_qc, summary_text
+
+    summary = run_qc(
+        dataset, out=out, min_call_rate=min_call_rate, min_sample_call_rate=min_sample_call_rate,
+        hwe_p=hwe_p, maf=maf, force=force, progress=resolve_progress(progress),
+    )
+    echo_summary(summary, as_json=as_json, text=summary_text(summary))
+
+
+class _ChunkSize(click.ParamType):
+    """``--chunk-size``: 5Mb, 500kb or a number of bases."""
+
+    name = "SIZE"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> int:
+        from pipeline.errors import ConfigurationError
+        from pipeline.ingest import parse_chunk_size
+
+        try:
+            return parse_chunk_size(value)
+        except ConfigurationError as error:
+            self.fail(str(error), param, ctx)
+
+
+@main.command("ingest")
+@click.option("--vcf", required=True, help="VCF, bgzipped VCF or BCF (with a .tbi/.csi index the work is split by region).")
+@click.option("--fasta", default=None, help="Reference FASTA: REF is checked, swapped REF/ALT and strand flips fixed.")
+@click.option("--phenotypes", default=None, help="Phenotype TSV (first column IID) matched to the VCF samples.")
+@click.option("--out", required=True, help="Dataset folder to create.")
+@click.option("--chunk-size", type=_ChunkSize(), default="5Mb", show_default=True, help="Bases per chunk / Dask task (5Mb, 500kb, 1000000).")
+@click.option(
+    "--scheduler", default="threads", show_default=True,
+    help="threads, processes, synchronous, or a dask.distributed scheduler address (tcp://host:8786).",
+)
+@click.option("--workers", type=click.IntRange(min=1), default=None, help="Workers of a local scheduler [default: one per core].")
+@click.option("--contig-style", type=click.Choice(["chr", "nochr", "keep"]), default="chr", show_default=True, help="Contig names: chr22, 22, or as in the file.")
+@force_option
+@progress_option
+@json_option
+@handles_errors
+def ingest_command(vcf: str, fasta: str | None, phenotypes: str | None, out: str, chunk_size: int, scheduler: str, workers: int | None, contig_style: str, force: bool, progress: bool | None, as_json: bool) -> None:
+    """Harmonize a site's VCF/BCF into a genofed dataset (Parquet, schemas/)."""
+    from pipeline.ingest import ingest, summary_text
+
+    report = ingest(
+        vcf, out=out, fasta=fasta, phenotypes=phenotypes, chunk_size=chunk_size, scheduler=scheduler,
+        workers=workers, contig_style=contig_style, force=force, progress=resolve_progress(progress),
+    )
+    echo_summary(report, as_json=as_json, text=summary_text(report, out))
 
 
 if __name__ == "__main__":  # pragma: no cover
