@@ -194,47 +194,5 @@ def ingest_command(vcf: str, fasta: str | None, phenotypes: str | None, out: str
     echo_summary(report, as_json=as_json, text=summary_text(report, out))
 
 
-class _ChunkSize(click.ParamType):
-    """``--chunk-size``: 5Mb, 500kb or a number of bases."""
-
-    name = "SIZE"
-
-    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> int:
-        from pipeline.errors import ConfigurationError
-        from pipeline.ingest import parse_chunk_size
-
-        try:
-            return parse_chunk_size(value)
-        except ConfigurationError as error:
-            self.fail(str(error), param, ctx)
-
-
-@main.command("ingest")
-@click.option("--vcf", required=True, help="VCF, bgzipped VCF or BCF (with a .tbi/.csi index the work is split by region).")
-@click.option("--fasta", default=None, help="Reference FASTA: REF is checked, swapped REF/ALT and strand flips fixed.")
-@click.option("--phenotypes", default=None, help="Phenotype TSV (first column IID) matched to the VCF samples.")
-@click.option("--out", required=True, help="Dataset folder to create.")
-@click.option("--chunk-size", type=_ChunkSize(), default="5Mb", show_default=True, help="Bases per chunk / Dask task (5Mb, 500kb, 1000000).")
-@click.option(
-    "--scheduler", default="threads", show_default=True,
-    help="threads, processes, synchronous, or a dask.distributed scheduler address (tcp://host:8786).",
-)
-@click.option("--workers", type=click.IntRange(min=1), default=None, help="Workers of a local scheduler [default: one per core].")
-@click.option("--contig-style", type=click.Choice(["chr", "nochr", "keep"]), default="chr", show_default=True, help="Contig names: chr22, 22, or as in the file.")
-@force_option
-@progress_option
-@json_option
-@handles_errors
-def ingest_command(vcf: str, fasta: str | None, phenotypes: str | None, out: str, chunk_size: int, scheduler: str, workers: int | None, contig_style: str, force: bool, progress: bool | None, as_json: bool) -> None:
-    """Harmonize a site's VCF/BCF into a genofed dataset (Parquet, schemas/)."""
-    from pipeline.ingest import ingest, summary_text
-
-    report = ingest(
-        vcf, out=out, fasta=fasta, phenotypes=phenotypes, chunk_size=chunk_size, scheduler=scheduler,
-        workers=workers, contig_style=contig_style, force=force, progress=resolve_progress(progress),
-    )
-    echo_summary(report, as_json=as_json, text=summary_text(report, out))
-
-
 if __name__ == "__main__":  # pragma: no cover
     main()
