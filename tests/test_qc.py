@@ -268,3 +268,42 @@ def test_cli_qc__writes_outputs_and_prints_summary(cohort: tuple[np.ndarray, Pat
     assert exists.exit_code == 1 and "already exists" in exists.output
     usage = runner.invoke(main, ["qc", str(root), "--out", str(out), "--min-call-rate", "2"])
     assert usage.exit_code == 2
+
+
+def test_run_qc__same_result_after_ingest_of_the_same_genotypes(cohort: tuple[np.ndarray, Path], cohort_qc: tuple[pa.Table, pa.Table, dict], tmp_path: Path) -> None:
+    ingest = pytest.importorskip("pipeline.ingest").ingest
+    calls, _ = cohort
+    variants, samples, _ = cohort_qc
+    write_vcf(tmp_path / "cohort.vcf", calls)
+    ingest(str(tmp_path / "cohort.vcf"), out=str(tmp_path / "ingested"), contig_style="keep", scheduler="synchronous")
+    run_qc(tmp_path / "ingested", out=tmp_path / "qc", hwe_p=1e-6, maf=0.01)
+    assert pq.read_table(tmp_path / "qc" / "variants.parquet").equals(variants)
+    assert pq.read_table(tmp_path / "qc" / "samples.parquet").equals(samples)
+
+
+@pytest.mark.skipif(shutil.which("plink2") is None, reason="plink2 is not installed")
+def test_hwe_p_value__agrees_with_plink2_on_large_samples(tmp_path: Path) -> None:
+    # 3000 samples: tables from balanced to extreme, each written as a VCF row.
+    rng = np.random.default_rng(11)
+    n_samples = 3000
+    rows = []
+    for _ in range(40):
+        hom_alt = int(rng.integers(0, 400))
+        het = int(rng.integers(0, n_samples - hom_alt + 1)) if rng.random() < 0.5 else int(rng.integers(0, 1200))
+        het = min(het, n_samples - hom_alt)
+        row = np.zeros(n_samples, np.int8)
+        row[:het] = 1
+        row[het : het + hom_alt] = 2
+        rows.append(rng.permutation(row))
+    calls = np.array(rows)
+    root = build_dataset(tmp_path / "big.dataset", calls, chunk_sizes=[len(rows)])
+    run_qc(root, out=tmp_path / "qc")
+    write_vcf(tmp_path / "big.vcf", calls)
+    subprocess.run(
+        ["plink2", "--vcf", str(tmp_path / "big.vcf"), "--hardy", "--threads", "1", "--memory", "700", "--out", str(tmp_path / "ref")],
+        check=True, capture_output=True,
+    )
+    hardy = read_plink_table(tmp_path / "ref.hardy")
+    for row in pq.read_table(tmp_path / "qc" / "variants.parquet").to_pylist():
+        plink_p = float(hardy[row["variant_id"]]["P"])
+        assert row["hwe_p_value"] == pytest.approx(plink_p, rel=5e-6, abs=1e-300), row["variant_id"]
