@@ -194,5 +194,56 @@ def ingest_command(vcf: str, fasta: str | None, phenotypes: str | None, out: str
     echo_summary(report, as_json=as_json, text=summary_text(report, out))
 
 
+def _region_argument(ctx: click.Context, param: click.Parameter, value: str) -> str:
+    from pipeline.sim.ancestry import parse_region
+
+    try:
+        return str(parse_region(value))
+    except GenofedError as error:
+        raise click.BadParameter(str(error), ctx=ctx, param=param) from error
+
+
+@cohort.command("simulate")
+@click.option("--out", "out", required=True, type=click.Path(), help="Cohort folder to create (one sub-folder per site).")
+@click.option("--sites", type=click.IntRange(min=1), default=3, show_default=True, help="Number of sites.")
+@click.option("--samples", type=click.IntRange(min=10), default=1000, show_default=True, help="VCF samples per site.")
+@click.option(
+    "--region",
+    default="chr22:16000000-21000000",
+    show_default=True,
+    callback=_region_argument,
+    help="Simulated region CONTIG:START-END (1-based, inclusive) on a human autosome.",
+)
+@click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True, help="Same seed, same bytes.")
+@force_option
+@json_option
+@progress_option
+@handles_errors
+def cohort_simulate(
+    out: str, sites: int, samples: int, region: str, seed: int, force: bool, as_json: bool, progress: bool | None
+) -> None:
+    """Simulate a multi-site cohort: per-site VCF/BCF, phenotypes, reference FASTA, truth.
+
+    Genotypes come from one stdpopsim simulation (HomSap, OutOfAfrica_3G09) dealt to
+    sites with different ancestry mixes; each site has its own file quirks (contig
+    names, VCF vs BCF, phasing, missing calls, REF/ALT swaps, variant subsets), recorded
+    in DIR/cohort.json.
+    """
+    from pipeline.sim.cohort import simulate_cohort
+
+    manifest = simulate_cohort(
+        out, sites=sites, samples=samples, region=region, seed=seed, force=force, progress=resolve_progress(progress)
+    )
+    summary = manifest.to_dict()
+    summary["path"] = str(manifest.path)
+    lines = [f"cohort {manifest.path}: {len(manifest.sites)} sites, region {manifest.region}, seed {manifest.seed}"]
+    for site in manifest.sites:
+        lines.append(
+            f"  {site.name}: {site.vcf} ({site.counts['variants']} variants x {site.counts['vcf_samples']} samples, "
+            f"contig {site.contig}, {'phased' if site.phased else 'unphased'}), {site.phenotypes}"
+        )
+    echo_summary(summary, as_json=as_json, text="\n".join(lines))
+
+
 if __name__ == "__main__":  # pragma: no cover
     main()

@@ -1,0 +1,695 @@
+"""A realistic multi-site cohort on disk: genotypes, phenotypes, reference and truth.
+
+One coalescent simulation (see :mod:`pipeline.sim.ancestry`) is dealt to sites with
+different ancestry mixes; each site writes only the variants polymorphic among its own
+samples, with its own quirks (:mod:`pipeline.sim.quirks`); traits have known causal
+variants (:mod:`pipeline.sim.phenotypes`). The same arguments give byte-identical files.
+
+Layout of ``out`` (others rely on it)::
+
+    cohort.json                       the manifest (:class:`CohortManifest`)
+    reference.fa.gz (+ .fai, .gzi)    bgzipped FASTA, one contig of length region end,
+                                      N before the region start
+    truth.tsv                         causal variants and per-site quirk lists
+    ancestry.tsv                      IID, site, population of every simulated person
+    site-K/genotypes.vcf.gz (+ .tbi)  or site-K/genotypes.bcf (+ .csi)
+    site-K/phenotypes.tsv             IID age sex quant_trait binary_trait
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from pipeline import __version__
+from pipeline.errors import ConfigurationError, InputError
+from pipeline.outputs import atomic_directory
+from pipeline.sim import phenotypes as pheno
+from pipeline.sim import writers
+from pipeline.sim.ancestry import (
+    DEMOGRAPHIC_MODEL,
+    ENGINE,
+    POPULATIONS,
+    SPECIES,
+    GenomicInterval,
+    SimulatedGenotypes,
+    ancestry_mix,
+    assign_individuals,
+    parse_region,
+    simulate_genotypes,
+    split_counts,
+)
+from pipeline.sim.quirks import SiteQuirks, add_missing_calls, contig_name, site_quirks, swap_ref_alt
+
+DEFAULT_REGION = "chr22:16000000-21000000"
+MANIFEST_NAME = "cohort.json"
+MANIFEST_FORMAT = "genofed-cohort/1"
+MIN_SAMPLES = 10
+CHUNK_VARIANTS = 2048
+NA = "NA"
+
+
+@dataclass(frozen=True)
+class SiteManifest:
+    """One site's files and quirks; paths are relative to the cohort folder."""
+
+    name: str
+    vcf: str
+    index: str
+    phenotypes: str
+    file_format: str
+    contig: str
+    contig_style: str
+    phased: bool
+    quirks: dict[str, Any]
+    counts: dict[str, int]
+    ancestry_mix: dict[str, float]
+    ancestry_counts: dict[str, int]
+    genotype_only_samples: tuple[str, ...]
+    phenotype_only_samples: tuple[str, ...]
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready form, as in ``cohort.json``."""
+        out = dict(self.__dict__)
+        out["genotype_only_samples"] = list(self.genotype_only_samples)
+        out["phenotype_only_samples"] = list(self.phenotype_only_samples)
+        return out
+
+
+@dataclass(frozen=True)
+class CohortManifest:
+    """What ``cohort.json`` says about a simulated cohort.
+
+    ``path`` is the cohort folder; every other path is relative to it (use
+    :meth:`resolve`).
+    """
+
+    path: Path
+    genofed_version: str
+    seed: int
+    region: str
+    contig: str
+    start: int
+    end: int
+    samples_per_site: int
+    reference: str
+    truth: str
+    ancestry: str
+    simulation: dict[str, Any]
+    traits: dict[str, Any]
+    sites: tuple[SiteManifest, ...] = field(default_factory=tuple)
+
+    def resolve(self, relative: str) -> Path:
+        """The absolute path of a file named in the manifest."""
+        return self.path / relative
+
+    def site(self, name: str) -> SiteManifest:
+        """The site called ``name`` (``site-1``...)."""
+        for site in self.sites:
+            if site.name == name:
+                return site
+        raise KeyError(f"no site {name!r} in {self.path / MANIFEST_NAME}; sites: {[s.name for s in self.sites]}")
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready form, as written to ``cohort.json`` (without ``path``)."""
+        out = {k: v for k, v in self.__dict__.items() if k not in {"path", "sites"}}
+        out["format"] = MANIFEST_FORMAT
+        out["sites"] = [site.to_dict() for site in self.sites]
+        return out
+
+
+def load_manifest(path: Path | str) -> CohortManifest:
+    """Reads ``cohort.json`` from a cohort folder (or the file itself).
+
+    Raises:
+        InputError: the file is missing or is not a genofed cohort manifest.
+    """
+    path = Path(path)
+    file = path if path.is_file() else path / MANIFEST_NAME
+    try:
+        data = json.loads(file.read_text())
+    except FileNotFoundError as error:
+        raise InputError(f"{file}: no cohort manifest; create one with `genofed cohort simulate --out DIR`") from error
+    except json.JSONDecodeError as error:
+        raise InputError(f"{file}: line {error.lineno}: not valid JSON ({error.msg})") from error
+    if data.get("format") != MANIFEST_FORMAT:
+        raise InputError(f"{file}: expected a {MANIFEST_FORMAT} manifest, found format {data.get('format')!r}")
+    site_data = data.pop("sites")
+    data.pop("format")
+    sites = tuple(
+        SiteManifest(
+            **{
+                **s,
+                "genotype_only_samples": tuple(s["genotype_only_samples"]),
+                "phenotype_only_samples": tuple(s["phenotype_only_samples"]),
+            }
+        )
+        for s in site_data
+    )
+    return CohortManifest(path=file.parent, sites=sites, **data)
+
+
+class _Progress:
+    """Progress lines on stderr, with elapsed seconds, when switched on."""
+
+    def __init__(self, enabled: bool) -> None:
+        self.enabled = enabled
+        self.started = time.perf_counter()
+
+    def __call__(self, message: str) -> None:
+        if self.enabled:
+            print(f"[{time.perf_counter() - self.started:6.1f}s] {message}", file=sys.stderr, flush=True)
+
+
+@dataclass(frozen=True)
+class _Census:
+    """Per-variant facts gathered in a first pass over the simulation.
+
+    position: int64 (v,), VCF POS. alleles: v tuples, ancestral first.
+    site_allele_count: int32 (v, sites, max_alleles). population_alt_count: int64
+    (v, populations), copies of allele 1. population_haplotypes: int64 (populations,).
+    """
+
+    position: np.ndarray
+    alleles: list[tuple[str, ...]]
+    site_allele_count: np.ndarray
+    population_alt_count: np.ndarray
+    population_haplotypes: np.ndarray
+
+
+@dataclass(frozen=True)
+class _SitePlan:
+    """Which variants a site writes, which it swaps, and how alleles renumber."""
+
+    keep: np.ndarray  # bool (v,)
+    dropped: np.ndarray  # bool (v,)
+    swapped: np.ndarray  # bool (v,)
+    allele_map: np.ndarray  # int8 (v, max_alleles): simulated allele -> index in the site's record
+    ref: list[str]  # (v,) REF as written (meaningful where keep)
+    alt: list[str]  # (v,) ALT as written, comma-joined
+
+
+def simulate_cohort(
+    out: Path | str,
+    *,
+    sites: int = 3,
+    samples: int = 1000,
+    region: str = DEFAULT_REGION,
+    seed: int = 0,
+    force: bool = False,
+    progress: bool = False,
+) -> CohortManifest:
+    """Simulates a multi-site cohort into the folder ``out`` (written atomically).
+
+    Args:
+        out: the cohort folder to create.
+        sites: number of sites (each ``site-K``).
+        samples: VCF samples per site.
+        region: ``contig:start-end``, 1-based inclusive, on a human autosome.
+        seed: every random choice derives from it; the same arguments give
+            byte-identical files.
+        force: replace ``out`` if it exists.
+        progress: print progress lines on stderr.
+
+    Returns:
+        The manifest written to ``out/cohort.json``.
+
+    Raises:
+        ConfigurationError: bad sizes or region.
+        OutputExistsError: ``out`` exists and ``force`` is false.
+    """
+    interval = parse_region(region)
+    if sites < 1:
+        raise ConfigurationError(f"--sites must be at least 1, got {sites}")
+    if samples < MIN_SAMPLES:
+        raise ConfigurationError(f"--samples must be at least {MIN_SAMPLES} per site, got {samples}")
+    if seed < 0:
+        raise ConfigurationError(f"--seed must be a non-negative integer, got {seed}")
+    say = _Progress(progress)
+    stream = np.random.SeedSequence(seed).spawn(5 + sites)
+    msprime_seed = int(stream[0].generate_state(1)[0]) % (2**31 - 2) + 1
+    assign_rng, causal_rng, phenotype_rng, reference_rng = (np.random.default_rng(s) for s in stream[1:5])
+    site_rngs = [np.random.default_rng(s) for s in stream[5:]]
+    quirks = [site_quirks(i) for i in range(sites)]
+    names = [f"site-{i + 1}" for i in range(sites)]
+
+    mixes = [ancestry_mix(i) for i in range(sites)]
+    site_population_count = [split_counts(samples, mix) for mix in mixes]
+    totals = {p: sum(c[p] for c in site_population_count) for p in POPULATIONS}
+    say(f"simulating {sum(totals.values())} diploid individuals over {interval} ({SPECIES}/{DEMOGRAPHIC_MODEL})")
+    simulation = simulate_genotypes(interval, totals, seed=msprime_seed)
+    site_individual = assign_individuals(simulation.individual_population, site_population_count, assign_rng)
+    site_column = [simulation.individual_haplotype[individual].reshape(-1) for individual in site_individual]
+
+    say(f"surveying {simulation.tree_sequence.num_sites} variant sites")
+    census = _survey(simulation, site_column)
+    quant_index, binary_index = _choose_causal(census, interval, causal_rng)
+    causal = np.zeros(len(census.position), dtype=bool)
+    causal[quant_index] = True
+    causal[binary_index] = True
+    plans = [_plan_site(census, s, quirks[s], causal, site_rngs[s]) for s in range(sites)]
+
+    with atomic_directory(out, force=force) as folder:
+        say("writing reference.fa.gz")
+        _write_reference(folder / "reference.fa.gz", interval, census, reference_rng)
+        say("drawing phenotypes")
+        site_records, effects = _write_phenotypes(
+            folder, simulation, census, site_individual, quant_index, binary_index, quirks, names, phenotype_rng,
+            site_rngs,
+        )
+        site_manifests = []
+        say("writing genotypes: " + ", ".join(f"{names[s]} {int(plans[s].keep.sum())} variants" for s in range(sites)))
+        vcf_paths = _write_genotypes(
+            folder, simulation, census, interval, site_column, plans, quirks, names, site_records, site_rngs, say
+        )
+        for s in range(sites):
+            site_manifests.append(
+                _site_manifest(
+                    names[s], quirks[s], interval, vcf_paths[s], plans[s], census, s, mixes[s],
+                    site_population_count[s], site_records[s], samples,
+                )
+            )
+        _write_truth(folder / "truth.tsv", interval, census, quant_index, binary_index, effects, plans, names)
+        manifest = CohortManifest(
+            path=Path(out),
+            genofed_version=__version__,
+            seed=seed,
+            region=str(interval),
+            contig=interval.contig,
+            start=interval.start,
+            end=interval.end,
+            samples_per_site=samples,
+            reference="reference.fa.gz",
+            truth="truth.tsv",
+            ancestry="ancestry.tsv",
+            simulation={
+                "species": SPECIES,
+                "demographic_model": DEMOGRAPHIC_MODEL,
+                "engine": ENGINE,
+                "populations": list(POPULATIONS),
+                "mutation_rate": simulation.mutation_rate,
+                "recombination_rate": simulation.recombination_rate,
+                "msprime_seed": msprime_seed,
+                "variant_sites": int(len(census.position)),
+                "coordinates": "tskit position x is VCF POS x + 1 and FASTA offset x",
+            },
+            traits={
+                **pheno.trait_model(),
+                "causal_variants_chosen": {"quant_trait": len(quant_index), "binary_trait": len(binary_index)},
+            },
+            sites=tuple(site_manifests),
+        )
+        (folder / MANIFEST_NAME).write_text(json.dumps(manifest.to_dict(), indent=2, sort_keys=True) + "\n")
+    say(f"done: {out}")
+    return manifest
+
+
+def _genotype_chunks(simulation: SimulatedGenotypes) -> Iterator[tuple[int, np.ndarray]]:
+    """Yields ``(first_variant, int8 (chunk, haplotypes))`` over all variant sites in order."""
+    ts = simulation.tree_sequence
+    buffer = np.empty((CHUNK_VARIANTS, ts.num_samples), dtype=np.int8)
+    filled = 0
+    first = 0
+    for variant in ts.variants(copy=False):
+        buffer[filled] = variant.genotypes
+        filled += 1
+        if filled == CHUNK_VARIANTS:
+            yield first, buffer
+            first += filled
+            filled = 0
+    if filled:
+        yield first, buffer[:filled]
+
+
+def _allele_counts(genotype: np.ndarray, n_alleles: int) -> np.ndarray:
+    """int32 (v, n_alleles): copies of each allele per row of ``genotype`` (v, h)."""
+    rows = genotype.shape[0]
+    offset = genotype.astype(np.int64) + n_alleles * np.arange(rows)[:, None]
+    return np.bincount(offset.ravel(), minlength=rows * n_alleles).reshape(rows, n_alleles).astype(np.int32)
+
+
+def _survey(simulation: SimulatedGenotypes, site_column: list[np.ndarray]) -> _Census:
+    ts = simulation.tree_sequence
+    # tskit's allele order: the ancestral state, then derived states in mutation order.
+    alleles = []
+    max_alleles = 2
+    for variant in ts.variants(copy=False):
+        alleles.append(tuple(variant.alleles))
+        max_alleles = max(max_alleles, len(variant.alleles))
+    if max_alleles > 9:
+        raise ConfigurationError(f"a simulated site has {max_alleles} alleles; at most 9 fit in a VCF GT digit")
+    n_variant = len(alleles)
+    population_column = [
+        simulation.individual_haplotype[simulation.individual_population == p].reshape(-1)
+        for p in range(len(POPULATIONS))
+    ]
+    site_allele_count = np.zeros((n_variant, len(site_column), max_alleles), dtype=np.int32)
+    population_alt_count = np.zeros((n_variant, len(POPULATIONS)), dtype=np.int64)
+    for first, genotype in _genotype_chunks(simulation):
+        stop = first + genotype.shape[0]
+        for s, column in enumerate(site_column):
+            site_allele_count[first:stop, s] = _allele_counts(genotype[:, column], max_alleles)
+        for p, column in enumerate(population_column):
+            if column.size:
+                population_alt_count[first:stop, p] = (genotype[:, column] == 1).sum(axis=1)
+    position = ts.tables.sites.position.astype(np.int64) + 1
+    return _Census(
+        position=position,
+        alleles=alleles,
+        site_allele_count=site_allele_count,
+        population_alt_count=population_alt_count,
+        population_haplotypes=np.array([c.size for c in population_column], dtype=np.int64),
+    )
+
+
+def _choose_causal(
+    census: _Census, interval: GenomicInterval, rng: np.random.Generator
+) -> tuple[np.ndarray, np.ndarray]:
+    """Common biallelic variants, polymorphic at every site, spaced along the region."""
+    biallelic = np.array([len(a) == 2 for a in census.alleles], dtype=bool)
+    polymorphic_everywhere = np.all((census.site_allele_count[:, :, :2] > 0).all(axis=2), axis=1)
+    present = census.population_haplotypes > 0
+    population_frequency = census.population_alt_count[:, present] / census.population_haplotypes[present]
+    pooled = census.population_alt_count.sum(axis=1) / census.population_haplotypes.sum()
+    pooled_maf = np.minimum(pooled, 1 - pooled)
+    strict = (
+        biallelic
+        & polymorphic_everywhere
+        & (pooled_maf >= 0.10)
+        & np.all((population_frequency >= 0.05) & (population_frequency <= 0.95), axis=1)
+    )
+    relaxed = biallelic & polymorphic_everywhere & (pooled_maf >= 0.05)
+    wanted = pheno.QUANT_CAUSAL + pheno.BINARY_CAUSAL
+    spacing = max(1, min(100_000, (interval.end - interval.start) // (4 * wanted)))
+    chosen = pheno.choose_spaced(np.flatnonzero(strict), census.position, wanted, min_spacing=spacing, rng=rng)
+    if chosen.size < wanted:
+        chosen = pheno.choose_spaced(np.flatnonzero(relaxed), census.position, wanted, min_spacing=spacing, rng=rng)
+    if chosen.size < 2:
+        raise ConfigurationError(
+            f"region {interval} has too few common variants for causal effects ({chosen.size}); "
+            "use a longer region (at least 100 kb) or more samples"
+        )
+    order = rng.permutation(chosen.size)
+    n_binary = max(1, round(chosen.size * pheno.BINARY_CAUSAL / wanted))
+    binary = np.sort(chosen[order[:n_binary]])
+    quant = np.sort(chosen[order[n_binary:]])
+    return quant, binary
+
+
+def _plan_site(
+    census: _Census, s: int, quirks: SiteQuirks, causal: np.ndarray, rng: np.random.Generator
+) -> _SitePlan:
+    count = census.site_allele_count[:, s, :]
+    observed = count > 0
+    polymorphic = observed.sum(axis=1) >= 2
+    dropped = polymorphic & ~causal & (rng.random(len(census.position)) < quirks.drop_fraction)
+    keep = polymorphic & ~dropped
+    biallelic_snp = np.array(
+        [len(a) == 2 and len(a[0]) == 1 and len(a[1]) == 1 for a in census.alleles], dtype=bool
+    ) & observed[:, :2].all(axis=1)
+    swapped = keep & biallelic_snp & (rng.random(len(census.position)) < quirks.ref_alt_swap_fraction)
+    written = observed.copy()
+    written[:, 0] = True  # REF is the ancestral allele even where no sample carries it
+    allele_map = np.where(written, np.cumsum(written, axis=1) - 1, -1).astype(np.int8)
+    ref: list[str] = []
+    alt: list[str] = []
+    for i, alleles in enumerate(census.alleles):
+        derived = [allele for k, allele in enumerate(alleles) if k > 0 and observed[i, k]]
+        if swapped[i]:
+            ref.append(derived[0])
+            alt.append(alleles[0])
+        else:
+            ref.append(alleles[0])
+            alt.append(",".join(derived))
+    return _SitePlan(keep=keep, dropped=dropped, swapped=swapped, allele_map=allele_map, ref=ref, alt=alt)
+
+
+def _write_reference(path: Path, interval: GenomicInterval, census: _Census, rng: np.random.Generator) -> None:
+    """FASTA of the whole contig up to the region end: N, then random bases, ancestral at variants."""
+    sequence = np.full(interval.end, ord("N"), dtype=np.uint8)
+    bases = np.frombuffer(b"ACGT", dtype=np.uint8)
+    sequence[interval.start - 1 :] = bases[rng.integers(0, 4, size=interval.end - interval.start + 1)]
+    ancestral = np.array([ord(a[0][0]) for a in census.alleles], dtype=np.uint8)
+    sequence[census.position - 1] = ancestral
+    writers.write_fasta(path, interval.contig, sequence)
+
+
+@dataclass(frozen=True)
+class _SiteSamples:
+    """A site's sample IDs: VCF columns, phenotype rows, and the mismatches between them."""
+
+    vcf_sample_id: list[str]
+    phenotype_sample_id: list[str]
+    genotype_only: tuple[str, ...]
+    phenotype_only: tuple[str, ...]
+    phenotype_na: int
+
+
+def _write_phenotypes(
+    folder: Path,
+    simulation: SimulatedGenotypes,
+    census: _Census,
+    site_individual: list[np.ndarray],
+    quant_index: np.ndarray,
+    binary_index: np.ndarray,
+    quirks: list[SiteQuirks],
+    names: list[str],
+    rng: np.random.Generator,
+    site_rngs: list[np.random.Generator],
+) -> tuple[list[_SiteSamples], dict[str, np.ndarray]]:
+    """Draws traits for everyone and writes each site's shuffled, imperfect phenotype table.
+
+    Returns the site sample records and the causal effects per trait.
+    """
+    n_individual = simulation.individual_population.shape[0]
+    causal = np.concatenate([quant_index, binary_index])
+    dosage = _causal_dosage(simulation, census.position[causal] - 1)
+    pooled = census.population_alt_count[causal].sum(axis=1) / census.population_haplotypes.sum()
+    # People with phenotypes but no genotypes: ancestry from the site mix, genotypes from pooled frequencies.
+    extra_population = []
+    extra_site = []
+    for s, q in enumerate(quirks):
+        mix = ancestry_mix(s)
+        weight = np.array([mix[p] for p in POPULATIONS])
+        extra_population.append(site_rngs[s].choice(len(POPULATIONS), size=q.phenotype_only_samples, p=weight))
+        extra_site.extend([s] * q.phenotype_only_samples)
+    extra_pop = np.concatenate(extra_population).astype(np.int64)
+    extra_dosage = rng.binomial(2, pooled, size=(extra_pop.size, causal.size)).astype(np.int8)
+    all_dosage = np.concatenate([dosage, extra_dosage])
+    population = np.concatenate([simulation.individual_population, extra_pop])
+    quant_effect = pheno.effect_sizes(pooled[: quant_index.size], pheno.QUANT_VARIANCE_PER_VARIANT, rng)
+    binary_effect = pheno.effect_sizes(pooled[quant_index.size :], pheno.BINARY_VARIANCE_PER_VARIANT, rng)
+    traits = pheno.simulate_traits(
+        population=population,
+        quant_dosage=all_dosage[:, : quant_index.size],
+        quant_effect=quant_effect,
+        binary_dosage=all_dosage[:, quant_index.size :],
+        binary_effect=binary_effect,
+        rng=rng,
+    )
+
+    records = []
+    ancestry_lines = ["IID\tsite\tpopulation\tin_vcf"]
+    extra_offset = n_individual
+    for s, (individual, q) in enumerate(zip(site_individual, quirks)):
+        site_rng = site_rngs[s]
+        n = individual.size
+        number = site_rng.permutation(n + q.phenotype_only_samples)
+        vcf_id = [f"S{s + 1}_{k:06d}" for k in number[:n]]
+        extra_id = [f"S{s + 1}_{k:06d}" for k in number[n:]]
+        extra_row = np.arange(extra_offset, extra_offset + q.phenotype_only_samples)
+        extra_offset += q.phenotype_only_samples
+        genotype_only = np.sort(site_rng.choice(n, size=min(q.genotype_only_samples, n - 1), replace=False))
+        with_phenotype = np.setdiff1d(np.arange(n), genotype_only)
+        rows = np.concatenate([individual[with_phenotype], extra_row])
+        ids = [vcf_id[j] for j in with_phenotype] + extra_id
+        order = site_rng.permutation(len(ids))
+        site_folder = folder / names[s]
+        site_folder.mkdir()
+        n_na = pheno.write_phenotype_table(
+            site_folder / "phenotypes.tsv",
+            [ids[k] for k in order],
+            traits,
+            rows[order],
+            na_rate=q.phenotype_na_rate,
+            rng=site_rng,
+        )
+        for j, iid in enumerate(vcf_id):
+            ancestry_lines.append(f"{iid}\t{names[s]}\t{POPULATIONS[population[individual[j]]]}\ttrue")
+        for k, iid in enumerate(extra_id):
+            ancestry_lines.append(f"{iid}\t{names[s]}\t{POPULATIONS[population[extra_row[k]]]}\tfalse")
+        records.append(
+            _SiteSamples(
+                vcf_sample_id=vcf_id,
+                phenotype_sample_id=[ids[k] for k in order],
+                genotype_only=tuple(vcf_id[j] for j in genotype_only),
+                phenotype_only=tuple(extra_id),
+                phenotype_na=n_na,
+            )
+        )
+    (folder / "ancestry.tsv").write_text("\n".join(ancestry_lines) + "\n")
+    return records, {"quant_trait": quant_effect, "binary_trait": binary_effect}
+
+
+def _causal_dosage(simulation: SimulatedGenotypes, tskit_position: np.ndarray) -> np.ndarray:
+    """int8 (individuals, causal): copies of allele 1 at the given tskit positions."""
+    ts = simulation.tree_sequence
+    dosage = np.zeros((simulation.individual_haplotype.shape[0], tskit_position.size), dtype=np.int8)
+    for k, x in enumerate(tskit_position):
+        for variant in ts.variants(left=int(x), right=int(x) + 1):
+            carries = (variant.genotypes == 1).astype(np.int8)
+            dosage[:, k] = carries[simulation.individual_haplotype].sum(axis=1)
+    return dosage
+
+
+def _write_genotypes(
+    folder: Path,
+    simulation: SimulatedGenotypes,
+    census: _Census,
+    interval: GenomicInterval,
+    site_column: list[np.ndarray],
+    plans: list[_SitePlan],
+    quirks: list[SiteQuirks],
+    names: list[str],
+    site_records: list[_SiteSamples],
+    site_rngs: list[np.random.Generator],
+    say: _Progress,
+) -> list[tuple[str, str]]:
+    """Second pass over the simulation: every site's records, then BCF conversion and indexes."""
+    contigs = [contig_name(interval.chromosome_number, q.contig_style) for q in quirks]
+    text_paths = [folder / name / "genotypes.vcf.gz" for name in names]
+    handles = []
+    for s, path in enumerate(text_paths):
+        handle = writers.open_bgzf(path)
+        source = f"stdpopsim {SPECIES}/{DEMOGRAPHIC_MODEL} via {ENGINE}"
+        handle.write(
+            writers.vcf_header(contigs[s], interval.end, site_records[s].vcf_sample_id, source=source).encode()
+        )
+        handles.append(handle)
+    try:
+        for first, genotype in _genotype_chunks(simulation):
+            stop = first + genotype.shape[0]
+            for s, plan in enumerate(plans):
+                row = np.flatnonzero(plan.keep[first:stop])
+                if row.size == 0:
+                    continue
+                variant = first + row
+                haplotype = genotype[row][:, site_column[s]].astype(np.intp)
+                allele = np.take_along_axis(plan.allele_map[variant], haplotype, axis=1)
+                allele = allele.reshape(row.size, -1, 2).astype(np.int8)
+                swapped = plan.swapped[variant]
+                if swapped.any():
+                    allele[swapped] = swap_ref_alt(allele[swapped])
+                allele = add_missing_calls(
+                    allele,
+                    missing_rate=quirks[s].missing_rate,
+                    half_missing_rate=quirks[s].half_missing_rate,
+                    rng=site_rngs[s],
+                )
+                cells = writers.encode_genotype_cells(allele, phased=quirks[s].phased)
+                handles[s].write(
+                    writers.vcf_lines(
+                        contigs[s],
+                        census.position[variant],
+                        [plan.ref[i] for i in variant],
+                        [plan.alt[i] for i in variant],
+                        cells,
+                    )
+                )
+    finally:
+        for handle in handles:
+            handle.close()
+    paths = []
+    for s, path in enumerate(text_paths):
+        if quirks[s].file_format == "bcf":
+            say(f"{names[s]}: converting to BCF and indexing")
+            bcf = path.with_name("genotypes.bcf")
+            index = writers.convert_to_bcf(path, bcf)
+            path.unlink()
+            paths.append((f"{names[s]}/{bcf.name}", f"{names[s]}/{index.name}"))
+        else:
+            say(f"{names[s]}: indexing")
+            index = writers.index_vcf_gz(path)
+            paths.append((f"{names[s]}/{path.name}", f"{names[s]}/{index.name}"))
+    return paths
+
+
+def _site_manifest(
+    name: str,
+    quirks: SiteQuirks,
+    interval: GenomicInterval,
+    paths: tuple[str, str],
+    plan: _SitePlan,
+    census: _Census,
+    s: int,
+    mix: dict[str, float],
+    population_count: dict[str, int],
+    samples_record: _SiteSamples,
+    samples: int,
+) -> SiteManifest:
+    polymorphic = (census.site_allele_count > 0).sum(axis=2) >= 2  # (v, sites)
+    private = plan.keep & polymorphic[:, s] & (polymorphic.sum(axis=1) == 1)
+    n_alt = np.array([alt.count(",") + 1 for alt in plan.alt])
+    return SiteManifest(
+        name=name,
+        vcf=paths[0],
+        index=paths[1],
+        phenotypes=f"{name}/phenotypes.tsv",
+        file_format=quirks.file_format,
+        contig=contig_name(interval.chromosome_number, quirks.contig_style),
+        contig_style=quirks.contig_style,
+        phased=quirks.phased,
+        quirks=quirks.to_dict(),
+        counts={
+            "vcf_samples": samples,
+            "phenotype_rows": len(samples_record.phenotype_sample_id),
+            "phenotype_na_values": samples_record.phenotype_na,
+            "variants": int(plan.keep.sum()),
+            "multiallelic": int((plan.keep & (n_alt > 1)).sum()),
+            "ref_alt_swapped": int(plan.swapped.sum()),
+            "dropped": int(plan.dropped.sum()),
+            "private": int(private.sum()),
+        },
+        ancestry_mix=mix,
+        ancestry_counts=population_count,
+        genotype_only_samples=samples_record.genotype_only,
+        phenotype_only_samples=samples_record.phenotype_only,
+    )
+
+
+TRUTH_COLUMNS = ("chromosome", "base_pair_location", "ref", "alt", "effect", "trait", "kind", "site")
+
+
+def _write_truth(
+    path: Path,
+    interval: GenomicInterval,
+    census: _Census,
+    quant_index: np.ndarray,
+    binary_index: np.ndarray,
+    effects: dict[str, np.ndarray],
+    plans: list[_SitePlan],
+    names: list[str],
+) -> None:
+    """truth.tsv: causal variants (kind=causal), then per-site swaps and drops.
+
+    REF/ALT are always in the reference orientation (REF = ancestral = FASTA base).
+    """
+    lines = ["\t".join(TRUTH_COLUMNS)]
+    for trait, index in (("quant_trait", quant_index), ("binary_trait", binary_index)):
+        for i, effect in zip(index, effects[trait]):
+            ref, alt = census.alleles[i]
+            lines.append(f"{interval.contig}\t{census.position[i]}\t{ref}\t{alt}\t{effect:.6f}\t{trait}\tcausal\t{NA}")
+    for plan, name in zip(plans, names):
+        for kind, mask in (("ref_alt_swap", plan.swapped), ("dropped", plan.dropped)):
+            for i in np.flatnonzero(mask):
+                ref = census.alleles[i][0]
+                alt = plan.ref[i] if plan.swapped[i] else plan.alt[i]
+                lines.append(f"{interval.contig}\t{census.position[i]}\t{ref}\t{alt}\t{NA}\t{NA}\t{kind}\t{name}")
+    path.write_text("\n".join(lines) + "\n")

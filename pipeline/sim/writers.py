@@ -1,0 +1,129 @@
+"""Byte-reproducible writers for the simulated files: VCF text, BGZF, BCF, FASTA.
+
+Genotype text is built with numpy (one fixed-width ``a|b`` cell per call), because
+setting ``record.samples[...]`` through pysam is far too slow for thousands of
+samples. BGZF, BCF and their indexes come from htslib (through pysam) and embed no
+timestamps; headers carry no dates, so the same inputs give the same bytes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import pysam
+
+from pipeline import __version__
+from pipeline.errors import ConfigurationError
+
+FASTA_LINE_WIDTH = 60
+
+_DOT = ord(".")
+_ZERO = ord("0")
+
+
+def vcf_header(contig: str, contig_length: int, sample_id: Sequence[str], *, source: str) -> str:
+    """The VCF header text: fileformat, FILTER, one ``##contig`` with length, GT, #CHROM line."""
+    lines = [
+        "##fileformat=VCFv4.2",
+        '##FILTER=<ID=PASS,Description="All filters passed">',
+        f"##contig=<ID={contig},length={contig_length}>",
+        '##FORMAT=<ID=GT,Number=1,Type=String,Description="Genotype">',
+        f"##source={source} (genofed {__version__})",
+        "#" + "\t".join(["CHROM", "POS", "ID", "REF", "ALT", "QUAL", "FILTER", "INFO", "FORMAT", *sample_id]),
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def encode_genotype_cells(allele_index: np.ndarray, *, phased: bool) -> np.ndarray:
+    """Encodes diploid calls as the tab-separated GT columns of VCF lines.
+
+    Args:
+        allele_index: int8 (variants, samples, 2), allele indexes 0..9, -1 missing.
+        phased: separate alleles with ``|`` (a call with a missing allele uses ``/``);
+            unphased calls are written in ascending order (``0/1``, ``./1``).
+
+    Returns:
+        uint8 (variants, samples * 4): each row is the bytes after ``FORMAT\\t``,
+        ending with a newline.
+    """
+    n_variant, n_sample, ploidy = allele_index.shape
+    if ploidy != 2:
+        raise ConfigurationError(f"expected diploid calls (ploidy 2), got ploidy {ploidy}")
+    if allele_index.size and int(allele_index.max()) > 9:
+        raise ConfigurationError("allele indexes above 9 do not fit the fixed-width GT encoding")
+    first = allele_index[:, :, 0]
+    second = allele_index[:, :, 1]
+    if not phased:
+        first, second = np.minimum(first, second), np.maximum(first, second)
+    any_missing = (first < 0) | (second < 0)
+    cell = np.empty((n_variant, n_sample, 4), dtype=np.uint8)
+    cell[:, :, 0] = np.where(first < 0, _DOT, first + _ZERO)
+    cell[:, :, 1] = np.where(any_missing | (not phased), ord("/"), ord("|"))
+    cell[:, :, 2] = np.where(second < 0, _DOT, second + _ZERO)
+    cell[:, :, 3] = ord("\t")
+    if n_sample:
+        cell[:, -1, 3] = ord("\n")
+    return cell.reshape(n_variant, n_sample * 4)
+
+
+def vcf_lines(
+    contig: str, position: np.ndarray, ref: Sequence[str], alts: Sequence[str], genotype_cells: np.ndarray
+) -> bytes:
+    """Joins fixed columns and encoded GT cells into VCF data lines (ID, QUAL, INFO '.')."""
+    parts = []
+    for i in range(len(position)):
+        parts.append(f"{contig}\t{int(position[i])}\t.\t{ref[i]}\t{alts[i]}\t.\tPASS\t.\tGT\t".encode())
+        parts.append(genotype_cells[i].tobytes())
+    return b"".join(parts)
+
+
+def open_bgzf(path: Path) -> pysam.BGZFile:
+    """Opens a BGZF file for writing (htslib's writer: no timestamps in the blocks)."""
+    return pysam.BGZFile(str(path), "wb")
+
+
+def index_vcf_gz(path: Path) -> Path:
+    """Builds the tabix ``.tbi`` index of a bgzipped VCF; returns its path."""
+    pysam.tabix_index(str(path), preset="vcf", force=True)
+    return Path(f"{path}.tbi")
+
+
+def convert_to_bcf(vcf_gz: Path, bcf: Path) -> Path:
+    """Rewrites a bgzipped VCF as an indexed BCF (with pysam only); returns the ``.csi`` path."""
+    # The intermediate VCF has no index on purpose: keep htslib from warning that it looked for one.
+    verbosity = pysam.set_verbosity(0)
+    try:
+        source = pysam.VariantFile(str(vcf_gz))
+    finally:
+        pysam.set_verbosity(verbosity)
+    with source, pysam.VariantFile(str(bcf), "wb", header=source.header) as sink:
+        for record in source:
+            sink.write(record)
+    pysam.tabix_index(str(bcf), preset="bcf", csi=True, force=True)
+    return Path(f"{bcf}.csi")
+
+
+def write_fasta(path: Path, contig: str, sequence: np.ndarray) -> None:
+    """Writes one contig as bgzipped FASTA with ``.fai`` and ``.gzi`` indexes.
+
+    Args:
+        path: output path ending in ``.fa.gz``.
+        contig: the sequence name.
+        sequence: uint8 (length,), ASCII bases.
+    """
+    length = int(sequence.shape[0])
+    full_lines = length // FASTA_LINE_WIDTH
+    body = np.empty((full_lines, FASTA_LINE_WIDTH + 1), dtype=np.uint8)
+    body[:, :FASTA_LINE_WIDTH] = sequence[: full_lines * FASTA_LINE_WIDTH].reshape(full_lines, FASTA_LINE_WIDTH)
+    body[:, FASTA_LINE_WIDTH] = ord("\n")
+    tail = sequence[full_lines * FASTA_LINE_WIDTH :]
+    with open_bgzf(path) as handle:
+        handle.write(f">{contig}\n".encode())
+        step = 100_000  # lines per write, to bound the size of each bytes object
+        for begin in range(0, full_lines, step):
+            handle.write(body[begin : begin + step].tobytes())
+        if tail.size:
+            handle.write(tail.tobytes() + b"\n")
+    pysam.faidx(str(path))
