@@ -1,0 +1,131 @@
+"""Mask PRG: the documented convention, cancellation across engines, uniformity."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from scipy import stats
+
+from pipeline.errors import ConfigurationError
+from pipeline.secagg import chacha20, masks
+from pipeline.secagg.chacha20 import chacha20_keystream
+from pipeline.secagg.encoding import FixedPoint, Ring, encode
+from pipeline.secagg.masks import add_masks, mask_sum
+
+ENGINES = ["openssl", "jax"]
+
+
+def naive_mask(seed: bytes, length: int, ring: Ring) -> list[int]:
+    """A mask by the written convention: keystream(key=seed, nonce=0, counter=0), little-endian elements."""
+    width = ring.modulus_bits // 8
+    stream = chacha20_keystream(seed, bytes(12), length * width, engine="openssl").tobytes()
+    return [int.from_bytes(stream[i * width : (i + 1) * width], "little") for i in range(length)]
+
+
+def naive_mask_sum(seeds: list[bytes], signs: list[int], length: int, ring: Ring) -> np.ndarray:
+    modulus = 1 << ring.modulus_bits
+    total = [0] * length
+    for seed, sign in zip(seeds, signs):
+        total = [(t + sign * m) % modulus for t, m in zip(total, naive_mask(seed, length, ring))]
+    return np.array(total, dtype=ring.dtype)
+
+
+def random_seeds(count: int, seed: int = 0) -> list[bytes]:
+    rng = np.random.default_rng(seed)
+    return [rng.bytes(32) for _ in range(count)]
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+@pytest.mark.parametrize("ring", list(Ring))
+def test_mask_sum__single_mask_follows_the_convention(engine: str, ring: Ring) -> None:
+    (seed,) = random_seeds(1)
+    mask = mask_sum([seed], [1], 37, ring, engine=engine)
+    assert mask.dtype == ring.dtype and mask.shape == (37,)
+    assert mask.tolist() == naive_mask(seed, 37, ring)
+
+
+@settings(max_examples=20, deadline=None)
+@given(
+    seed=st.integers(0, 2**32 - 1),
+    signs=st.lists(st.sampled_from([1, -1]), min_size=1, max_size=4),
+    length=st.sampled_from([1, 8, 9, 50]),
+    ring=st.sampled_from(list(Ring)),
+)
+def test_mask_sum__engines_equal_naive_reference(seed: int, signs: list[int], length: int, ring: Ring) -> None:
+    seeds = random_seeds(len(signs), seed)
+    expected = naive_mask_sum(seeds, signs, length, ring)
+    for engine in ENGINES:
+        np.testing.assert_array_equal(mask_sum(seeds, signs, length, ring, engine=engine), expected)
+
+
+@pytest.mark.parametrize("ring", list(Ring))
+def test_add_masks__plus_and_minus_seed_cancel_across_engines(ring: Ring) -> None:
+    seeds = random_seeds(3, seed=1)
+    vector = np.random.default_rng(2).integers(0, 2**32, 101).astype(ring.dtype)
+    original = vector.copy()
+    for added_by, removed_by in [("openssl", "jax"), ("jax", "openssl"), ("openssl", "openssl"), ("jax", "jax")]:
+        result = add_masks(vector, seeds, [1, -1, 1], engine=added_by)
+        assert result is vector  # in place
+        assert not np.array_equal(vector, original)
+        add_masks(vector, seeds, [-1, 1, -1], engine=removed_by)
+        np.testing.assert_array_equal(vector, original)
+    # +seed and -seed in one call cancel too.
+    np.testing.assert_array_equal(add_masks(vector, [seeds[0], seeds[0]], [1, -1]), original)
+
+
+@pytest.mark.parametrize("ring", list(Ring))
+def test_add_masks__streams_across_scratch_chunks(ring: Ring) -> None:
+    """Lengths that span several scratch buffers give the one-shot keystream."""
+    per_chunk = chacha20.STREAM_CHUNK_BYTES // np.dtype(ring.dtype).itemsize
+    length = 2 * per_chunk + 5
+    seeds = random_seeds(2, seed=3)
+    vector = add_masks(np.zeros(length, ring.dtype), seeds, [1, -1], engine="openssl")
+    width = ring.modulus_bits // 8
+    first, second = (chacha20_keystream(s, bytes(12), length * width, engine="openssl").view(f"<u{width}") for s in seeds)
+    np.testing.assert_array_equal(vector, first.astype(ring.dtype) - second.astype(ring.dtype))
+
+
+def test_add_masks__masked_vector_bytes_are_uniform() -> None:
+    """A masked constant vector looks uniform: chi-square over byte values and over low bytes."""
+    encoded = encode(np.full(1 << 15, 0.5), FixedPoint(Ring.R32, 16, 1.0))  # every element equal
+    masked = add_masks(encoded.copy(), random_seeds(2, seed=42), [1, -1])
+    as_bytes = masked.view(np.uint8)
+    for sample in (as_bytes, as_bytes[0::4]):  # all bytes; the least significant byte of each element
+        observed = np.bincount(sample, minlength=256)
+        p_value = stats.chisquare(observed).pvalue
+        assert p_value > 1e-4, p_value
+    # The unmasked vector fails the same test, so the test can fail.
+    assert stats.chisquare(np.bincount(encoded.view(np.uint8), minlength=256)).pvalue < 1e-100
+
+
+def test_add_masks__refuses_bad_arguments() -> None:
+    seeds = random_seeds(1)
+    with pytest.raises(ConfigurationError, match="uint32"):
+        add_masks(np.zeros(4, np.int32), seeds, [1])
+    with pytest.raises(ConfigurationError, match="contiguous"):
+        add_masks(np.zeros(8, np.uint32)[::2], seeds, [1])
+    with pytest.raises(ConfigurationError, match="32 bytes"):
+        add_masks(np.zeros(4, np.uint32), [b"short"], [1])
+    with pytest.raises(ConfigurationError, match=r"\+1 or -1"):
+        add_masks(np.zeros(4, np.uint32), seeds, [2])
+    with pytest.raises(ConfigurationError, match="signs"):
+        add_masks(np.zeros(4, np.uint32), seeds, [1, -1])
+    with pytest.raises(ConfigurationError, match="1-D"):
+        add_masks(np.zeros((2, 2), np.uint32), seeds, [1])
+
+
+def test_mask_sum__empty_inputs() -> None:
+    for engine in ENGINES:
+        assert mask_sum([], [], 5, Ring.R64, engine=engine).tolist() == [0] * 5
+        assert mask_sum(random_seeds(2), [1, 1], 0, Ring.R32, engine=engine).shape == (0,)
+
+
+def test_mask_sum_device__no_recompile_on_second_call() -> None:
+    keys, negate = masks.parse_seeds(random_seeds(3, seed=5), [1, -1, 1])
+    masks.mask_sum_device(keys, negate, 24, Ring.R64)
+    compiled = masks._mask_sum_jit._cache_size()
+    other_keys, other_negate = masks.parse_seeds(random_seeds(3, seed=6), [-1, -1, 1])
+    masks.mask_sum_device(other_keys, other_negate, 24, Ring.R64)
+    assert masks._mask_sum_jit._cache_size() == compiled
