@@ -36,12 +36,15 @@ into place; on any error nothing is left behind.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
+import os
 import re
 import sys
 import time
 from collections.abc import Iterator
+from concurrent.futures import Executor, ProcessPoolExecutor, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -204,30 +207,54 @@ def _progress_bar(progress: bool, **kwargs: Any) -> Any:
     return tqdm(file=sys.stderr, **kwargs)
 
 
+def _local_pool(scheduler: str, workers: int | None) -> Executor | None:
+    """The executor a local scheduler runs on, owned here so that a failure can wait for it."""
+    if scheduler == "sync":
+        return None
+    count = workers or os.cpu_count() or 1
+    if scheduler == "threads":
+        return ThreadPoolExecutor(count)
+    import multiprocessing
+
+    import dask
+
+    return ProcessPoolExecutor(count, mp_context=multiprocessing.get_context(dask.config.get("multiprocessing.context", "spawn")))
+
+
 def _compute(tasks: list[ChunkTask], *, scheduler: str, workers: int | None, progress: bool) -> list[dict[str, Any]]:
-    """Builds the graph (one delayed call per region) and computes it once."""
+    """Builds the graph (one delayed call per region) and computes it once.
+
+    When a task fails, the tasks already running finish before the error propagates, so
+    none of them writes into the temporary folder after it has been removed.
+    """
     import dask
 
     graph = [dask.delayed(ingest_region, pure=True)(task, dask_key_name=f"ingest-chunk-{task.chunk_index:05d}") for task in tasks]
     if scheduler in LOCAL_SCHEDULERS:
-        options: dict[str, Any] = {"scheduler": LOCAL_SCHEDULERS[scheduler]}
-        if workers is not None and options["scheduler"] != "sync":
-            options["num_workers"] = workers
+        name = LOCAL_SCHEDULERS[scheduler]
+        pool = _local_pool(name, workers)
+        options: dict[str, Any] = {"scheduler": name} if pool is None else {"scheduler": name, "pool": pool}
+        bar = contextlib.nullcontext()
         if progress:
             from dask.diagnostics import ProgressBar
 
-            with ProgressBar(out=sys.stderr):
+            bar = ProgressBar(out=sys.stderr)
+        try:
+            with bar:
                 return list(dask.compute(*graph, **options))
-        return list(dask.compute(*graph, **options))
+        finally:
+            if pool is not None:
+                pool.shutdown(wait=True, cancel_futures=True)
     import distributed
 
     with distributed.Client(scheduler, set_as_default=False) as client:
         futures = client.compute(graph)
         if progress:
-            bar = _progress_bar(True, total=len(futures), unit="chunks", desc="ingest")
+            tick = _progress_bar(True, total=len(futures), unit="chunks", desc="ingest")
             for _ in distributed.as_completed(futures):
-                bar.update(1)
-            bar.close()
+                tick.update(1)
+            tick.close()
+        distributed.wait(futures)
         return list(client.gather(futures))
 
 

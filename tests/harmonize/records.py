@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
@@ -78,3 +79,32 @@ class DictReference:
             if candidate in self.sequences:
                 return candidate
         raise FastaError(f"contig {name!r} not in memory.fa")
+
+
+VCF_HEADER = """##fileformat=VCFv4.2
+{contigs}##FORMAT=<ID=GT,Number=1,Type=String,Description="Genotype">
+##FORMAT=<ID=DS,Number=A,Type=Float,Description="Alternate allele dosage">
+#CHROM\tPOS\tID\tREF\tALT\tQUAL\tFILTER\tINFO\tFORMAT\t{samples}
+"""
+
+
+def vcf_text(records: list[tuple], samples: list[str], *, contigs: dict[str, int] | None = None) -> str:
+    """records: (contig, pos, ref, alt, format, [cells]) -> VCF text with a #CHROM header."""
+    contigs = contigs if contigs is not None else {"chr1": 1000}
+    header = VCF_HEADER.format(
+        contigs="".join(f"##contig=<ID={name},length={length}>\n" for name, length in contigs.items()),
+        samples="\t".join(samples),
+    )
+    lines = ["\t".join([c, str(p), ".", r, a, ".", ".", ".", fmt, *cells]) for c, p, r, a, fmt, cells in records]
+    return header + "".join(line + "\n" for line in lines)
+
+
+def write_vcf(path, text: str, *, indexed: bool = False):
+    """Writes plain text, or BGZF + .tbi when ``indexed`` (returns the path to give ingest)."""
+    import pysam
+
+    path = Path(path)
+    path.write_text(text)
+    if not indexed:
+        return path
+    return Path(pysam.tabix_index(str(path), preset="vcf", force=True))
