@@ -247,14 +247,14 @@ def _compute(tasks: list[ChunkTask], *, scheduler: str, workers: int | None, pro
                 pool.shutdown(wait=True, cancel_futures=True)
     import distributed
 
-    with distributed.Client(scheduler, set_as_default=False) as client:
+    with distributed.Client(scheduler) as client:
         futures = client.compute(graph)
-        if progress:
-            tick = _progress_bar(True, total=len(futures), unit="chunks", desc="ingest")
-            for _ in distributed.as_completed(futures):
+        tick = _progress_bar(progress, total=len(futures), unit="chunks", desc="ingest")
+        for _ in distributed.as_completed(futures):  # every task ends before an error is raised
+            if tick is not None:
                 tick.update(1)
+        if tick is not None:
             tick.close()
-        distributed.wait(futures)
         return list(client.gather(futures))
 
 
