@@ -33,16 +33,38 @@ MAX_ALT_ALLELES = 126  # allele indexes are stored as int8
 
 _BGZF_EOF = bytes.fromhex("1f8b08040000000000ff0600424302001b0003000000000000000000")
 _READ_CHUNK = 1 << 22  # bytes of decompressed text read at a time when streaming
+_BATCH_BYTES = 1 << 19  # genotype text decoded at a time (fits in cache)
 _MAX_POSITION = (1 << 31) - 2  # htslib/pysam coordinates are int32 in fetch()
 
-_TAB, _COLON = 9, 58
-_INVALID = -3
-_ALLELE_CODE = np.full(256, _INVALID, dtype=np.int8)  # byte -> allele index, '.' -> -1
-_ALLELE_CODE[48:58] = np.arange(10, dtype=np.int8)
-_ALLELE_CODE[ord(".")] = MISSING_ALLELE
-_SEPARATOR_CODE = np.full(256, 2, dtype=np.int8)  # '/' -> 0 (unphased), '|' -> 1 (phased)
-_SEPARATOR_CODE[ord("/")] = 0
-_SEPARATOR_CODE[ord("|")] = 1
+_TAB = 9
+
+
+def _cell_table() -> bytes:
+    """bytes.translate table giving each byte of a GT cell a code checkable by word arithmetic.
+
+    Digits -> 0..9 and '.' -> 0xFF (so the allele bytes are already int8 allele
+    indexes), '/' -> 0x20, '|' -> 0x21, tab -> 0x40, ':' -> 0x44, anything else -> 0x80.
+    Read as a little-endian uint32, a cell 'a', separator, 'b', terminator is valid
+    exactly when ``(word + 0x00010001) & mask == 0x40002000``: adding 1 maps the allele
+    codes {0xFF, 0..9} to {0, 1..10}, whose high nibble is 0; the carry out of a '.'
+    is absorbed by the separator and terminator checks, which accept code + 1.
+    """
+    table = bytearray([0x80] * 256)
+    for digit in range(10):
+        table[ord("0") + digit] = digit
+    table[ord(".")] = 0xFF
+    table[ord("/")], table[ord("|")] = 0x20, 0x21
+    table[ord("\t")], table[ord(":")] = 0x40, 0x44
+    return bytes(table)
+
+
+_CELL_CODES = _cell_table()
+_CELL_ADD = np.uint32(0x00010001)
+_CELL_MASK_TAB = np.uint32(0xFEF0FCF0)  # allele, separator, allele, then exactly a tab
+_CELL_MASK_FIELD = np.uint32(0xFAF0FCF0)  # allele, separator, allele, then a tab or ':'
+_CELL_EXPECTED = np.uint32(0x40002000)
+_TAB_CODE = 0x40
+_PHASED_CODE = 0x21
 _GT_SYNTAX = re.compile(rb"[|/]?(?:\.|\d+)(?:[|/](?:\.|\d+))*")
 _GT_SPLIT = re.compile(rb"[|/]")
 
@@ -310,18 +332,58 @@ def open_vcf(path: str | Path) -> VcfSource:
     return VcfSource(path, samples, contigs, bool(declared), has_index, is_bcf, compressed)
 
 
-# --- record streams: (line_number | None, raw record bytes) ----------------------------
+# --- record streams: (line_number | None, split record) ----------------------------------
+#
+# A split record is the list of its first nine columns as bytes plus, as a tenth item,
+# its sample columns still tab-joined, as a zero-copy view into the decompressed buffer
+# where possible (the genotype decoder joins these views once per block).
+
+_HEAD_BYTES = 1024  # the fixed columns of a record almost always fit in this many bytes
 
 
-def _text_lines(source: VcfSource) -> Iterator[tuple[int, bytes]]:
-    """Streams a text VCF's lines with their 1-based numbers, bounded memory."""
+def _split_record(buffer: bytes, start: int, end: int) -> list[bytes | memoryview]:
+    """Splits ``buffer[start:end]`` (one record, no newline) into 9 columns + samples."""
+    if end > start and buffer[end - 1] == 13:  # '\r' of a CRLF file
+        end -= 1
+    head = buffer[start : min(end, start + _HEAD_BYTES)]
+    fields: list[bytes | memoryview] = head.split(b"\t", 9)  # type: ignore[assignment]
+    if len(fields) == 10 and end > start + _HEAD_BYTES:
+        fields[9] = memoryview(buffer)[start + len(head) - len(fields[9]) : end]
+    elif len(fields) < 10 and end > start + _HEAD_BYTES:
+        fields = buffer[start:end].split(b"\t", 9)  # type: ignore[assignment]
+    return fields
+
+
+def _text_records(source: VcfSource) -> Iterator[tuple[int | None, list[bytes | memoryview]]]:
+    """Streams a text VCF's records with their 1-based line numbers, header checked.
+
+    Reads decompressed text in large chunks (bounded memory) and splits records in
+    place, so the sample columns are copied once, by the genotype decoder.
+    """
     path = source.path
     try:
         handle = pysam.BGZFile(str(path), "rb") if source.is_compressed else open(path, "rb")
     except OSError as error:
         raise InputError(f"{path}: cannot be opened ({error}); check the file and its permissions") from error
+    expected_columns = 9 + len(source.samples) if source.samples else None
+    seen_header = False
     number = 0
     pending = b""
+
+    def header_line(line: bytes, number: int) -> None:
+        nonlocal seen_header
+        if line.startswith(b"#CHROM"):
+            seen_header = True
+            columns = line.rstrip(b"\r").count(b"\t") + 1
+            if expected_columns is not None and columns != expected_columns:
+                raise VcfFormatError(f"{path}: line {number}: the '#CHROM' line has {columns} columns, expected {expected_columns} (9 fixed + one per sample)")
+
+    def no_header(number: int) -> VcfFormatError:
+        return VcfFormatError(
+            f"{path}: line {number} is a record but no '#CHROM POS ID REF ALT QUAL FILTER INFO ...' header line came "
+            "before it; add the header (see 'bcftools view -h' of a valid file)"
+        )
+
     try:
         while True:
             try:
@@ -332,55 +394,63 @@ def _text_lines(source: VcfSource) -> Iterator[tuple[int, bytes]]:
                 ) from error
             if not chunk:
                 break
-            lines = (pending + chunk).split(b"\n")
-            pending = lines.pop()
-            for line in lines:
+            newline = chunk.find(b"\n")
+            if newline < 0:
+                pending += chunk
+                continue
+            lines: list[tuple[bytes, int, int]] = []
+            first = pending + chunk[:newline]
+            lines.append((first, 0, len(first)))
+            position = newline + 1
+            while True:
+                newline = chunk.find(b"\n", position)
+                if newline < 0:
+                    break
+                lines.append((chunk, position, newline))
+                position = newline + 1
+            pending = chunk[position:]
+            for buffer, start, end in lines:
                 number += 1
-                yield number, line
-        if pending:
-            yield number + 1, pending
+                if end - start <= 1 and buffer[start:end] in (b"", b"\r"):
+                    continue
+                if buffer[start] == 35:  # '#'
+                    header_line(buffer[start:end], number)
+                    continue
+                if not seen_header:
+                    raise no_header(number)
+                yield number, _split_record(buffer, start, end)
+        if pending.strip():
+            number += 1
+            if pending.startswith(b"#"):
+                header_line(pending, number)
+            elif not seen_header:
+                raise no_header(number)
+            else:
+                yield number, _split_record(pending, 0, len(pending))
     finally:
         with contextlib.suppress(OSError):
             handle.close()
 
 
-def _streamed_records(source: VcfSource) -> Iterator[tuple[int | None, bytes]]:
-    """The records of the whole file, header lines checked and skipped."""
-    if source.is_bcf:
-        with _quiet_htslib():
-            handle = pysam.VariantFile(str(source.path))
-            try:
-                while True:
-                    try:
-                        record = next(handle)
-                    except StopIteration:
-                        return
-                    except (OSError, ValueError) as error:
-                        raise VcfFormatError(f"{source.path}: unreadable BCF record ({error}); the file is truncated or corrupt, copy it again or rewrite it with 'bcftools view -Ob'") from error
-                    yield None, str(record).encode()
-            finally:
-                handle.close()
-    seen_header = False
-    expected_columns = 9 + len(source.samples) if source.samples else None
-    for number, line in _text_lines(source):
-        if line.startswith(b"#"):
-            if line.startswith(b"#CHROM"):
-                seen_header = True
-                columns = line.rstrip(b"\r").count(b"\t") + 1
-                if expected_columns is not None and columns != expected_columns:
-                    raise VcfFormatError(f"{source.path}: line {number}: the '#CHROM' line has {columns} columns, expected {expected_columns}")
-            continue
-        if not line or line == b"\r":
-            continue
-        if not seen_header:
-            raise VcfFormatError(
-                f"{source.path}: line {number} is a record but no '#CHROM POS ID REF ALT QUAL FILTER INFO ...' header line came "
-                "before it; add the header (see 'bcftools view -h' of a valid file)"
-            )
-        yield number, line
+def _bcf_records(source: VcfSource) -> Iterator[tuple[int | None, list[bytes | memoryview]]]:
+    """Streams a BCF's records, formatted as VCF text by htslib (C)."""
+    with _quiet_htslib():
+        handle = pysam.VariantFile(str(source.path))
+        try:
+            while True:
+                try:
+                    record = next(handle)
+                except StopIteration:
+                    return
+                except (OSError, ValueError) as error:
+                    raise VcfFormatError(f"{source.path}: unreadable BCF record ({error}); the file is truncated or corrupt, copy it again or rewrite it with 'bcftools view -Ob'") from error
+                line = str(record).encode()
+                yield None, _split_record(line, 0, len(line) - 1)
+        finally:
+            handle.close()
 
 
-def _region_records(source: VcfSource, region: Region) -> Iterator[tuple[int | None, bytes]]:
+def _region_records(source: VcfSource, region: Region) -> Iterator[tuple[int | None, list[bytes | memoryview]]]:
     """Records with ``region.start <= POS < region.end``, through the index."""
     if not source.has_index:
         raise InputError(
@@ -407,12 +477,17 @@ def _region_records(source: VcfSource, region: Region) -> Iterator[tuple[int | N
                     raise VcfFormatError(f"{source.path}: region {region}: unreadable record ({error}); the file is corrupt, copy it again") from error
                 if source.is_bcf:
                     if start0 <= record.start < end0:
-                        yield None, str(record).encode()
+                        line = str(record).encode()
+                        yield None, _split_record(line, 0, len(line) - 1)
                 else:
                     line = record.encode()
-                    position = int(line.split(b"\t", 2)[1])
-                    if region.start <= position < region.end:
-                        yield None, line
+                    fields = _split_record(line, 0, len(line))
+                    try:
+                        inside = region.start <= int(fields[1]) < region.end
+                    except (ValueError, IndexError):
+                        inside = True  # reported by read_blocks
+                    if inside:
+                        yield None, fields
         finally:
             handle.close()
 
@@ -443,27 +518,31 @@ def read_blocks(path: str | Path, region: Region | None = None, *, max_records: 
     if max_records < 1:
         raise ValueError(f"max_records must be >= 1, got {max_records}")
     source = open_vcf(path)
-    records = _streamed_records(source) if region is None else _region_records(source, region)
+    if region is not None:
+        records = _region_records(source, region)
+    elif source.is_bcf:
+        records = _bcf_records(source)
+    else:
+        records = _text_records(source)
     name = str(source.path)
     num_samples = len(source.samples)
     min_columns = 10 if num_samples else 8
     finished: set[str] = set()
     contig: str | None = None
     last_position = 0
-    batch: list[tuple[int | None, int, list[bytes]]] = []
-    for line_number, line in records:
-        fields = line.rstrip(b"\r\n").split(b"\t", 9)
+    batch: list[tuple[int | None, int, list[bytes | memoryview]]] = []
+    for line_number, fields in records:
         if len(fields) < min_columns:
-            where = f"{name}: line {line_number}" if line_number is not None else f"{name}: record {line[:40]!r}"
+            where = f"{name}: line {line_number}" if line_number is not None else f"{name}: record {bytes(fields[0])[:20]!r}:{bytes(fields[1])[:12]!r}" if len(fields) > 1 else name
             raise VcfFormatError(
                 f"{where}: {len(fields)} tab-separated columns, expected {9 + num_samples if num_samples else '8 or more'}"
                 f"{f' (9 fixed + {num_samples} samples)' if num_samples else ''}; the file is truncated or not tab-separated"
             )
-        record_contig = fields[0].decode()
+        record_contig = bytes(fields[0]).decode()
         try:
             position = int(fields[1])
-        except ValueError:
-            raise VcfFormatError(f"{name}: {record_contig} (line {line_number}): POS {fields[1][:20]!r} is not an integer") from None
+        except (ValueError, TypeError):
+            raise VcfFormatError(f"{name}: {record_contig} (line {line_number}): POS {bytes(fields[1])[:20]!r} is not an integer") from None
         if record_contig != contig:
             if batch:
                 yield _make_block(name, contig, batch, num_samples)  # type: ignore[arg-type]
@@ -555,7 +634,7 @@ def _no_locator(i: int) -> str:
 
 
 def decode_genotypes(
-    formats: Sequence[bytes], samples: Sequence[bytes], num_samples: int, num_alts: Sequence[int], where: object = _no_locator
+    formats: Sequence[bytes], samples: Sequence[bytes | memoryview], num_samples: int, num_alts: Sequence[int], where: object = _no_locator
 ) -> tuple[np.ndarray, np.ndarray]:
     """Decodes the GT of a block of records from their FORMAT and sample columns.
 
@@ -576,71 +655,88 @@ def decode_genotypes(
     """
     locate = where if callable(where) else _no_locator
     n = len(samples)
-    fast_alleles = np.empty((n, num_samples, 2), dtype=np.int8)
-    fast_phased = np.empty((n, num_samples), dtype=bool)
+    alleles = np.empty((n, num_samples, 2), dtype=np.int8)
+    phased = np.empty((n, num_samples), dtype=bool)
+    highest = np.zeros(n, dtype=np.int64)
     is_fast = np.zeros(n, dtype=bool)
-    width = 4 * num_samples - 1
-    plain = [i for i in range(n) if formats[i] == b"GT" and len(samples[i]) == width]
-    if plain:
-        alleles, phased, ok = _decode_plain(samples, plain, num_samples)
-        rows = np.asarray(plain)[ok]
-        fast_alleles[rows], fast_phased[rows], is_fast[rows] = alleles[ok], phased[ok], True
-    remaining = [i for i in range(n) if not is_fast[i] and formats[i][:3] in (b"GT:", b"GT") and samples[i].count(b"\t") == num_samples - 1]
-    if remaining:
-        alleles, phased, ok = _decode_fields(samples, remaining, num_samples)
-        rows = np.asarray(remaining)[ok]
-        fast_alleles[rows], fast_phased[rows], is_fast[rows] = alleles[ok], phased[ok], True
-    slow = {int(i): _parse_record_gt(formats[i], samples[i], num_samples, locate, int(i)) for i in np.flatnonzero(~is_fast)}
-    ploidy = max([2 if is_fast.any() else 1] + [a.shape[1] for a, _ in slow.values()])
-    if ploidy == 2 and not slow:
-        allele_index, phased_all = fast_alleles, fast_phased
+    if num_samples:
+        width = 4 * num_samples - 1
+        plain = [i for i in range(n) if formats[i] == b"GT" and len(samples[i]) == width]
+        if plain:
+            _decode_fast(samples, plain, num_samples, alleles, phased, highest, is_fast, with_fields=False)
+        if len(plain) < n:
+            samples = [sample if is_fast[i] else bytes(sample) for i, sample in enumerate(samples)]
+            others = [i for i in range(n) if not is_fast[i] and formats[i][:3] in (b"GT:", b"GT") and samples[i].count(b"\t") == num_samples - 1]
+            if others:
+                _decode_fast(samples, others, num_samples, alleles, phased, highest, is_fast, with_fields=True)
+    slow: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+    for i in np.flatnonzero(~is_fast).tolist():
+        slow[i] = _parse_record_gt(formats[i], bytes(samples[i]), num_samples, locate, i)
+        highest[i] = slow[i][0].max(initial=-1)
+    ploidy = max([2 if is_fast.any() else 1] + [calls.shape[1] for calls, _ in slow.values()])
+    if ploidy == 2:
+        allele_index = alleles
     else:
         allele_index = np.full((n, num_samples, ploidy), ABSENT_ALLELE, dtype=np.int8)
-        phased_all = np.zeros((n, num_samples), dtype=bool)
-        if is_fast.any():
-            allele_index[is_fast, :, :2] = fast_alleles[is_fast]
-            phased_all[is_fast] = fast_phased[is_fast]
-        for i, (alleles, phased) in slow.items():
-            allele_index[i, :, : alleles.shape[1]] = alleles
-            phased_all[i] = phased
-    if n and num_samples:
-        highest = allele_index.max(axis=(1, 2)).astype(np.int64)
-        too_high = np.flatnonzero(highest > np.asarray(num_alts, dtype=np.int64))
-        if too_high.size:
-            i = int(too_high[0])
-            raise VcfFormatError(
-                f"{locate(i)}: a genotype uses allele index {highest[i]} but the record has {num_alts[i]} ALT allele(s); "
-                "fix the GT or ALT column (for example with 'bcftools norm --check-ref' / 'bcftools +fixploidy')"
-            )
-    return allele_index, phased_all
+        allele_index[is_fast, :, :2] = alleles[is_fast]
+    for i, (calls, call_phased) in slow.items():
+        allele_index[i, :, calls.shape[1] :] = ABSENT_ALLELE
+        allele_index[i, :, : calls.shape[1]] = calls
+        phased[i] = call_phased
+    too_high = np.flatnonzero(highest > np.asarray(num_alts, dtype=np.int64))
+    if too_high.size:
+        i = int(too_high[0])
+        raise VcfFormatError(
+            f"{locate(i)}: a genotype uses allele index {highest[i]} but the record has {num_alts[i]} ALT allele(s); "
+            "fix the GT or ALT column of the record (or re-export the file from the source)"
+        )
+    return allele_index, phased
 
 
-def _decode_plain(samples: Sequence[bytes], rows: list[int], num_samples: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """FORMAT=GT records whose calls are all 3 bytes: one reshape, no search."""
-    buffer = b"\t".join([samples[i] for i in rows]) + b"\t"
-    cells = np.frombuffer(buffer, dtype=np.uint8).reshape(len(rows), num_samples, 4)
-    return _decode_cells(cells[:, :, 0], cells[:, :, 1], cells[:, :, 2], cells[:, :, 3] == _TAB)
+def _decode_fast(
+    samples: Sequence[bytes | memoryview],
+    rows: list[int],
+    num_samples: int,
+    alleles: np.ndarray,
+    phased: np.ndarray,
+    highest: np.ndarray,
+    is_fast: np.ndarray,
+    *,
+    with_fields: bool,
+) -> None:
+    """Decodes one-digit diploid calls written in 3 bytes, for ``rows``, into the outputs.
 
-
-def _decode_fields(samples: Sequence[bytes], rows: list[int], num_samples: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Records whose GT is first, followed by other FORMAT fields: find each sample's start."""
-    buffer = b"\t".join([samples[i] for i in rows]) + b"\t\0\0\0"
-    data = np.frombuffer(buffer, dtype=np.uint8)
-    tabs = np.flatnonzero(data == _TAB)  # exactly len(rows) * num_samples (counts checked)
-    starts = np.empty(tabs.size, dtype=np.int64)
-    starts[0] = 0
-    starts[1:] = tabs[:-1] + 1
-    starts = starts.reshape(len(rows), num_samples)
-    end = data[starts + 3]
-    return _decode_cells(data[starts], data[starts + 1], data[starts + 2], (end == _TAB) | (end == _COLON))
-
-
-def _decode_cells(first: np.ndarray, separator: np.ndarray, second: np.ndarray, terminated: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Decodes 'a/b' / 'a|b' calls from their bytes; ``ok`` flags records fully decoded."""
-    alleles = np.stack([_ALLELE_CODE[first], _ALLELE_CODE[second]], axis=-1)
-    separator_code = _SEPARATOR_CODE[separator]
-    ok = terminated.all(axis=1) & (separator_code != 2).all(axis=1) & (alleles != _INVALID).all(axis=(1, 2))
-    return alleles, separator_code == 1, ok
+    Without other FORMAT fields the joined sample text is a (rows, samples, 4) array
+    as is; with them, each sample's start is found from the tabs. Rows are handled in
+    batches of about ``_BATCH_BYTES`` so temporaries stay in cache. Rows with any other
+    call shape keep ``is_fast`` False and go to the general parser.
+    """
+    per_record = 4 * num_samples if not with_fields else max(len(samples[rows[0]]), 4 * num_samples)
+    step = max(1, _BATCH_BYTES // per_record)
+    for first in range(0, len(rows), step):
+        batch = rows[first : first + step]
+        m = len(batch)
+        if with_fields:
+            codes = (b"\t".join([samples[i] for i in batch]) + b"\t\x80\x80\x80").translate(_CELL_CODES)
+            data = np.frombuffer(codes, dtype=np.uint8)
+            tabs = np.flatnonzero(data == _TAB_CODE)  # exactly m * num_samples (counts checked)
+            starts = np.empty(tabs.size, dtype=np.int64)
+            starts[0] = 0
+            starts[1:] = tabs[:-1] + 1
+            cells = data[starts.reshape(m, num_samples, 1) + np.arange(4)]
+            mask = _CELL_MASK_FIELD
+        else:
+            codes = b"\t".join([samples[i] for i in batch] + [b""]).translate(_CELL_CODES)
+            cells = np.frombuffer(codes, dtype=np.uint8).reshape(m, num_samples, 4)
+            mask = _CELL_MASK_TAB
+        words = cells.view(np.uint32).reshape(m, num_samples)
+        ok = (((words + _CELL_ADD) & mask) == _CELL_EXPECTED).all(axis=1)
+        contiguous = batch[-1] - batch[0] == m - 1
+        target = slice(batch[0], batch[-1] + 1) if contiguous else np.asarray(batch)
+        alleles[target] = cells[:, :, 0:3:2].view(np.int8)
+        phased[target] = cells[:, :, 1] == _PHASED_CODE
+        highest[target] = alleles[target].reshape(m, -1).max(axis=1)
+        is_fast[target] = ok
 
 
 _GT_CACHE: dict[bytes, tuple[tuple[int, ...], bool] | None] = {}
@@ -701,7 +797,7 @@ def _parse_record_gt(fmt: bytes, sample_text: bytes, num_samples: int, locate: o
     return alleles, phased
 
 
-def decode_ds(formats: Sequence[bytes], samples: Sequence[bytes], num_samples: int, num_alts: Sequence[int], where: object = _no_locator) -> np.ndarray | None:
+def decode_ds(formats: Sequence[bytes], samples: Sequence[bytes | memoryview], num_samples: int, num_alts: Sequence[int], where: object = _no_locator) -> np.ndarray | None:
     """FORMAT/DS of a block as float32 (records, samples, max_alts), NaN missing; None without DS."""
     locate = where if callable(where) else _no_locator
     with_ds = [i for i, fmt in enumerate(formats) if b"DS" in fmt.split(b":")]
@@ -711,11 +807,12 @@ def decode_ds(formats: Sequence[bytes], samples: Sequence[bytes], num_samples: i
     ds = np.full((len(samples), num_samples, width), np.nan, dtype=np.float32)
     for i in with_ds:
         key = formats[i].split(b":").index(b"DS")
-        values = _ds_fast(samples[i], key, num_samples)
+        sample_text = bytes(samples[i])
+        values = _ds_fast(sample_text, key, num_samples)
         if values is not None and num_alts[i] <= 1:
             ds[i, :, 0] = values
             continue
-        for j, field in enumerate(samples[i].split(b"\t")):
+        for j, field in enumerate(sample_text.split(b"\t")):
             parts = field.split(b":")
             if key >= len(parts) or parts[key] == b".":
                 continue
