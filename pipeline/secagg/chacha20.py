@@ -58,7 +58,7 @@ MAX_BLOCKS = 1 << 32
 # Scratch size for streaming: large enough that per-call overhead vanishes, small
 # enough to stay in L2 next to the destination chunk.
 STREAM_CHUNK_BYTES = 256 * 1024
-_ZEROS = bytes(STREAM_CHUNK_BYTES)
+ZERO_CHUNK = bytes(STREAM_CHUNK_BYTES)  # OpenSSL encrypts zeros: the output is the keystream
 
 _SIGMA = (0x61707865, 0x3320646E, 0x79622D32, 0x6B206574)  # "expand 32-byte k"
 
@@ -135,7 +135,7 @@ def stream_into(encryptor: Any, out: np.ndarray) -> None:
     view = out.reshape(-1).view(np.uint8)
     for start in range(0, view.size, STREAM_CHUNK_BYTES):
         stop = min(start + STREAM_CHUNK_BYTES, view.size)
-        encryptor.update_into(_ZEROS[: stop - start] if stop - start < STREAM_CHUNK_BYTES else _ZEROS, view[start:stop])
+        encryptor.update_into(ZERO_CHUNK[: stop - start] if stop - start < STREAM_CHUNK_BYTES else ZERO_CHUNK, view[start:stop])
 
 
 def _keystream_words_openssl(keys: np.ndarray, nonces: np.ndarray, num_words: int, counter: int) -> np.ndarray:
@@ -251,18 +251,17 @@ def keystream_words_traced(
 
 
 def chunk_blocks_for(num_keys: int, num_words: int, backend: str | None = None) -> int:
-    """Blocks per chunk: ~256 KiB of state on a CPU, ~256 MiB on an accelerator.
+    """Blocks per chunk: ~256 KiB of state on a CPU (stays in L2), ~256 MiB on an accelerator.
 
-    A power of two, and no larger than the request needs, so small requests compile
-    small programs.
+    A power of two when the request spans several chunks; exactly the blocks needed
+    when one chunk holds the whole request, so no work is padded away.
     """
     backend = backend or jax.default_backend()
     budget_bytes = (256 << 10) if backend == "cpu" else (256 << 20)
     per_block = max(1, num_keys) * BLOCK_BYTES
     chunk = max(16, budget_bytes // per_block)
-    needed = max(1, _blocks_for_words(num_words))
-    chunk = min(chunk, 1 << (needed - 1).bit_length())
-    return 1 << (chunk.bit_length() - 1)
+    chunk = 1 << (chunk.bit_length() - 1)
+    return min(chunk, max(1, _blocks_for_words(num_words)))
 
 
 @functools.partial(jax.jit, static_argnames=("num_words", "chunk_blocks"))
