@@ -192,6 +192,7 @@ class _SitePlan:
     dropped: np.ndarray  # bool (v,)
     swapped: np.ndarray  # bool (v,)
     allele_map: np.ndarray  # int8 (v, max_alleles): simulated allele -> index in the site's record
+    renumbered: np.ndarray  # bool (v,): allele_map is not the identity (an unobserved ALT was left out)
     ref: list[str]  # (v,) REF as written (meaningful where keep)
     alt: list[str]  # (v,) ALT as written, comma-joined
 
@@ -246,10 +247,10 @@ def simulate_cohort(
     say(f"simulating {sum(totals.values())} diploid individuals over {interval} ({SPECIES}/{DEMOGRAPHIC_MODEL})")
     simulation = simulate_genotypes(interval, totals, seed=msprime_seed)
     site_individual = assign_individuals(simulation.individual_population, site_population_count, assign_rng)
-    site_column = [simulation.individual_haplotype[individual].reshape(-1) for individual in site_individual]
+    layout = _layout(simulation, site_individual)
 
     say(f"surveying {simulation.tree_sequence.num_sites} variant sites")
-    census = _survey(simulation, site_column)
+    census = _survey(simulation, layout)
     quant_index, binary_index = _choose_causal(census, interval, causal_rng)
     causal = np.zeros(len(census.position), dtype=bool)
     causal[quant_index] = True
@@ -267,7 +268,7 @@ def simulate_cohort(
         site_manifests = []
         say("writing genotypes: " + ", ".join(f"{names[s]} {int(plans[s].keep.sum())} variants" for s in range(sites)))
         vcf_paths = _write_genotypes(
-            folder, simulation, census, interval, site_column, plans, quirks, names, site_records, site_rngs, say
+            folder, simulation, census, interval, layout, plans, quirks, names, site_records, site_rngs, say
         )
         for s in range(sites):
             site_manifests.append(
@@ -311,13 +312,41 @@ def simulate_cohort(
     return manifest
 
 
-def _genotype_chunks(simulation: SimulatedGenotypes) -> Iterator[tuple[int, np.ndarray]]:
-    """Yields ``(first_variant, int8 (chunk, haplotypes))`` over all variant sites in order."""
+@dataclass(frozen=True)
+class _Layout:
+    """The order in which haplotypes are decoded: site by site, each in VCF sample order.
+
+    Site ``s`` owns the contiguous columns ``site_offset[s]:site_offset[s + 1]``;
+    its sample ``j`` has columns ``2j`` and ``2j + 1`` of that slice.
+    """
+
+    sample_node: np.ndarray  # int32 (haplotypes,), tskit sample node per column
+    site_offset: np.ndarray  # int64 (sites + 1,)
+    column_population: np.ndarray  # int64 (haplotypes,)
+
+
+def _layout(simulation: SimulatedGenotypes, site_individual: list[np.ndarray]) -> _Layout:
+    sample_node = simulation.tree_sequence.samples()
+    individual = np.concatenate(site_individual)
+    column = simulation.individual_haplotype[individual].reshape(-1)
+    sizes = [0] + [2 * members.size for members in site_individual]
+    return _Layout(
+        sample_node=sample_node[column].astype(np.int32),
+        site_offset=np.cumsum(sizes).astype(np.int64),
+        column_population=np.repeat(simulation.individual_population[individual], 2),
+    )
+
+
+def _genotype_chunks(simulation: SimulatedGenotypes, layout: _Layout) -> Iterator[tuple[int, np.ndarray]]:
+    """Yields ``(first_variant, int8 (chunk, haplotypes))`` over all variant sites in order.
+
+    The buffer is reused: consumers must finish with a chunk before asking for the next.
+    """
     ts = simulation.tree_sequence
-    buffer = np.empty((CHUNK_VARIANTS, ts.num_samples), dtype=np.int8)
+    buffer = np.empty((CHUNK_VARIANTS, layout.sample_node.size), dtype=np.int8)
     filled = 0
     first = 0
-    for variant in ts.variants(copy=False):
+    for variant in ts.variants(samples=layout.sample_node, copy=False):
         buffer[filled] = variant.genotypes
         filled += 1
         if filled == CHUNK_VARIANTS:
@@ -328,44 +357,43 @@ def _genotype_chunks(simulation: SimulatedGenotypes) -> Iterator[tuple[int, np.n
         yield first, buffer[:filled]
 
 
-def _allele_counts(genotype: np.ndarray, n_alleles: int) -> np.ndarray:
-    """int32 (v, n_alleles): copies of each allele per row of ``genotype`` (v, h)."""
-    rows = genotype.shape[0]
-    offset = genotype.astype(np.int64) + n_alleles * np.arange(rows)[:, None]
-    return np.bincount(offset.ravel(), minlength=rows * n_alleles).reshape(rows, n_alleles).astype(np.int32)
-
-
-def _survey(simulation: SimulatedGenotypes, site_column: list[np.ndarray]) -> _Census:
+def _survey(simulation: SimulatedGenotypes, layout: _Layout) -> _Census:
+    """First pass: alleles, per-site allele counts and per-population ALT counts."""
     ts = simulation.tree_sequence
     # tskit's allele order: the ancestral state, then derived states in mutation order.
-    alleles = []
-    max_alleles = 2
-    for variant in ts.variants(copy=False):
-        alleles.append(tuple(variant.alleles))
-        max_alleles = max(max_alleles, len(variant.alleles))
+    alleles = [tuple(variant.alleles) for variant in ts.variants(copy=False)]
+    n_allele = np.array([len(a) for a in alleles], dtype=np.int64)
+    max_alleles = max(2, int(n_allele.max(initial=2)))
     if max_alleles > 9:
         raise ConfigurationError(f"a simulated site has {max_alleles} alleles; at most 9 fit in a VCF GT digit")
-    n_variant = len(alleles)
-    population_column = [
-        simulation.individual_haplotype[simulation.individual_population == p].reshape(-1)
-        for p in range(len(POPULATIONS))
-    ]
-    site_allele_count = np.zeros((n_variant, len(site_column), max_alleles), dtype=np.int32)
-    population_alt_count = np.zeros((n_variant, len(POPULATIONS)), dtype=np.int64)
-    for first, genotype in _genotype_chunks(simulation):
+    n_site = layout.site_offset.size - 1
+    n_population = len(POPULATIONS)
+    haplotypes = layout.sample_node.size
+    # Column membership: one indicator column per site, then one per population.
+    column_site = np.repeat(np.arange(n_site), np.diff(layout.site_offset))
+    membership = np.zeros((haplotypes, n_site + n_population), dtype=np.float32)
+    membership[np.arange(haplotypes), column_site] = 1.0
+    membership[np.arange(haplotypes), n_site + layout.column_population] = 1.0
+    group_size = membership.sum(axis=0).astype(np.int64)
+
+    count = np.zeros((len(alleles), n_site + n_population, max_alleles), dtype=np.int32)
+    for first, genotype in _genotype_chunks(simulation, layout):
         stop = first + genotype.shape[0]
-        for s, column in enumerate(site_column):
-            site_allele_count[first:stop, s] = _allele_counts(genotype[:, column], max_alleles)
-        for p, column in enumerate(population_column):
-            if column.size:
-                population_alt_count[first:stop, p] = (genotype[:, column] == 1).sum(axis=1)
+        # Biallelic rows: the sum of allele indexes is the ALT count (exact in float32).
+        count[first:stop, :, 1] = np.rint(genotype.astype(np.float32) @ membership).astype(np.int32)
+        multi = np.flatnonzero(n_allele[first:stop] > 2)
+        for k in range(1, max_alleles):
+            if multi.size:
+                carries = (genotype[multi] == k).astype(np.float32)
+                count[first + multi, :, k] = np.rint(carries @ membership).astype(np.int32)
+    count[:, :, 0] = group_size - count[:, :, 1:].sum(axis=2)
     position = ts.tables.sites.position.astype(np.int64) + 1
     return _Census(
         position=position,
         alleles=alleles,
-        site_allele_count=site_allele_count,
-        population_alt_count=population_alt_count,
-        population_haplotypes=np.array([c.size for c in population_column], dtype=np.int64),
+        site_allele_count=count[:, :n_site, :],
+        population_alt_count=count[:, n_site:, 1].astype(np.int64),
+        population_haplotypes=group_size[n_site:],
     )
 
 
@@ -418,6 +446,9 @@ def _plan_site(
     written = observed.copy()
     written[:, 0] = True  # REF is the ancestral allele even where no sample carries it
     allele_map = np.where(written, np.cumsum(written, axis=1) - 1, -1).astype(np.int8)
+    n_allele = np.array([len(a) for a in census.alleles])
+    in_range = np.arange(allele_map.shape[1])[None, :] < n_allele[:, None]
+    renumbered = np.any(in_range & (allele_map != np.arange(allele_map.shape[1])[None, :]), axis=1)
     ref: list[str] = []
     alt: list[str] = []
     for i, alleles in enumerate(census.alleles):
@@ -428,7 +459,9 @@ def _plan_site(
         else:
             ref.append(alleles[0])
             alt.append(",".join(derived))
-    return _SitePlan(keep=keep, dropped=dropped, swapped=swapped, allele_map=allele_map, ref=ref, alt=alt)
+    return _SitePlan(
+        keep=keep, dropped=dropped, swapped=swapped, allele_map=allele_map, renumbered=renumbered, ref=ref, alt=alt
+    )
 
 
 def _write_reference(path: Path, interval: GenomicInterval, census: _Census, rng: np.random.Generator) -> None:
@@ -554,7 +587,7 @@ def _write_genotypes(
     simulation: SimulatedGenotypes,
     census: _Census,
     interval: GenomicInterval,
-    site_column: list[np.ndarray],
+    layout: _Layout,
     plans: list[_SitePlan],
     quirks: list[SiteQuirks],
     names: list[str],
@@ -564,26 +597,34 @@ def _write_genotypes(
 ) -> list[tuple[str, str]]:
     """Second pass over the simulation: every site's records, then BCF conversion and indexes."""
     contigs = [contig_name(interval.chromosome_number, q.contig_style) for q in quirks]
-    text_paths = [folder / name / "genotypes.vcf.gz" for name in names]
+    # BCF sites go through an uncompressed VCF intermediate, removed after conversion.
+    text_paths = [
+        folder / name / ("genotypes.vcf" if q.file_format == "bcf" else "genotypes.vcf.gz")
+        for name, q in zip(names, quirks)
+    ]
     handles = []
     for s, path in enumerate(text_paths):
-        handle = writers.open_bgzf(path)
+        handle = writers.open_vcf_output(path)
         source = f"stdpopsim {SPECIES}/{DEMOGRAPHIC_MODEL} via {ENGINE}"
         handle.write(
             writers.vcf_header(contigs[s], interval.end, site_records[s].vcf_sample_id, source=source).encode()
         )
         handles.append(handle)
     try:
-        for first, genotype in _genotype_chunks(simulation):
+        for first, genotype in _genotype_chunks(simulation, layout):
             stop = first + genotype.shape[0]
             for s, plan in enumerate(plans):
                 row = np.flatnonzero(plan.keep[first:stop])
                 if row.size == 0:
                     continue
                 variant = first + row
-                haplotype = genotype[row][:, site_column[s]].astype(np.intp)
-                allele = np.take_along_axis(plan.allele_map[variant], haplotype, axis=1)
-                allele = allele.reshape(row.size, -1, 2).astype(np.int8)
+                allele = genotype[row, layout.site_offset[s] : layout.site_offset[s + 1]]
+                renumber = np.flatnonzero(plan.renumbered[variant])
+                if renumber.size:
+                    allele[renumber] = np.take_along_axis(
+                        plan.allele_map[variant[renumber]], allele[renumber].astype(np.intp), axis=1
+                    )
+                allele = allele.reshape(row.size, -1, 2)
                 swapped = plan.swapped[variant]
                 if swapped.any():
                     allele[swapped] = swap_ref_alt(allele[swapped])

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 import pysam
@@ -84,18 +85,23 @@ def open_bgzf(path: Path) -> pysam.BGZFile:
     return pysam.BGZFile(str(path), "wb")
 
 
+def open_vcf_output(path: Path) -> BinaryIO:
+    """Opens VCF text output: BGZF for ``*.gz``, plain text otherwise (an intermediate)."""
+    return open_bgzf(path) if path.name.endswith(".gz") else open(path, "wb")  # noqa: SIM115
+
+
 def index_vcf_gz(path: Path) -> Path:
     """Builds the tabix ``.tbi`` index of a bgzipped VCF; returns its path."""
     pysam.tabix_index(str(path), preset="vcf", force=True)
     return Path(f"{path}.tbi")
 
 
-def convert_to_bcf(vcf_gz: Path, bcf: Path) -> Path:
-    """Rewrites a bgzipped VCF as an indexed BCF (with pysam only); returns the ``.csi`` path."""
+def convert_to_bcf(vcf: Path, bcf: Path) -> Path:
+    """Rewrites a VCF as an indexed BCF (with pysam only); returns the ``.csi`` path."""
     # The intermediate VCF has no index on purpose: keep htslib from warning that it looked for one.
     verbosity = pysam.set_verbosity(0)
     try:
-        source = pysam.VariantFile(str(vcf_gz))
+        source = pysam.VariantFile(str(vcf))
     finally:
         pysam.set_verbosity(verbosity)
     with source, pysam.VariantFile(str(bcf), "wb", header=source.header) as sink:
