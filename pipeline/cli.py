@@ -245,5 +245,78 @@ def cohort_simulate(
     echo_summary(summary, as_json=as_json, text="\n".join(lines))
 
 
+@main.command("provision")
+@click.option("--federation", required=True, help="Federation name (the O= of every certificate).")
+@click.option("--site", "sites", multiple=True, required=True, help="A site's name; repeat for each site.")
+@click.option("--analyst", "analysts", multiple=True, help="An analyst's name; repeat for each [default: analyst].")
+@click.option("--out", required=True, type=click.Path(path_type=Path), help="Folder to create.")
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address (IP or DNS name) sites and analysts use to reach the coordinator.")
+@click.option("--port", type=click.IntRange(1, 65535), default=8443, show_default=True, help="The coordinator's TCP port.")
+@click.option("--days", type=click.IntRange(min=1), default=365, show_default=True, help="Validity of the certificates, in days.")
+@click.option(
+    "--allow", "allowed", multiple=True,
+    help="An analysis every site's policy allows initially; repeat [default: census, secure-sum].",
+)
+@force_option
+@json_option
+@handles_errors
+def provision_command(
+    federation: str, sites: tuple[str, ...], analysts: tuple[str, ...], out: Path, host: str, port: int,
+    days: int, allowed: tuple[str, ...], force: bool, as_json: bool,
+) -> None:
+    """Create a federation: CA, certificates, keys and a configuration per participant.
+
+    Writes OUT/coordinator/, OUT/sites/NAME/ and OUT/analysts/NAME/, each a folder to
+    hand to that participant (certificate, 0600 private key, CA certificate, config).
+    OUT/ca/ca.key, the CA's private key, is needed only to issue certificates: it
+    stays with the consortium operator and is never copied to any participant.
+
+    \b
+    Example:
+      genofed provision --federation demo --site site-1 --site site-2 --analyst alice --out demo-federation
+    """
+    from pipeline.federation.provision import DEFAULT_ANALYSES, provision
+
+    manifest = provision(
+        out, federation=federation, sites=sites, analysts=analysts or ("analyst",), coordinator_host=host,
+        coordinator_port=port, valid_days=days, allowed_analyses=allowed or DEFAULT_ANALYSES, force=force,
+    )
+    lines = [f"federation {manifest.federation}: {manifest.path} (coordinator {manifest.coordinator_url})"]
+    for participant in manifest.participants:
+        lines.append(f"  {participant.role:<11} {participant.name:<16} {participant.config}")
+    lines.append(f"keep {manifest.ca_key} with the consortium operator: it can issue any participant's certificate")
+    echo_summary(manifest.to_dict(), as_json=as_json, text="\n".join(lines))
+
+
+@main.group()
+def audit() -> None:
+    """Hash-chained audit logs of contributions, rounds and results."""
+
+
+@audit.command("verify")
+@click.argument("log_path", metavar="LOG", type=click.Path(path_type=Path))
+@click.option("--head", "expected_head", default=None, help="An entry hash recorded elsewhere; the log must end with it.")
+@json_option
+@handles_errors
+def audit_verify(log_path: Path, expected_head: str | None, as_json: bool) -> None:
+    """Check an audit LOG: every entry's hash, the chain, and the head file LOG.head.
+
+    Exits 0 when intact; exits 1 naming the first bad line when an entry was edited,
+    inserted, deleted or moved, or when the end of the log was cut off.
+    """
+    from pipeline.errors import AuditError
+    from pipeline.federation.audit import verify
+
+    report = verify(log_path, expected_head=expected_head)
+    if as_json:
+        click.echo(json.dumps(report.to_dict(), indent=2, sort_keys=True))
+        if not report.ok:
+            sys.exit(1)
+    elif not report.ok:
+        raise AuditError(report.text())
+    else:
+        click.echo(report.text())
+
+
 if __name__ == "__main__":  # pragma: no cover
     main()

@@ -47,3 +47,23 @@ class ProtocolError(GenofedError):
 
 class AggregationAborted(GenofedError):
     """Too few sites survived to recover the sum; nothing was revealed."""
+
+
+class IdentityError(GenofedError):
+    """A peer certificate does not name an enrolled participant of this federation."""
+
+
+class AuditError(GenofedError):
+    """The audit log is broken (edited, reordered, truncated) or cannot be appended to."""
+
+
+class PolicyRefusal(GenofedError):
+    """A site's policy forbids contributing to a job (analysis not allowed, too few samples...)."""
+
+
+class MessageConflict(ProtocolError):
+    """A message for another job, round or stage than the one in progress, or a replay with other content."""
+
+
+class NotFoundError(GenofedError):
+    """A job, round or result that the coordinator does not know."""

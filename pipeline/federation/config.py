@@ -1,0 +1,507 @@
+"""Participant configuration files: ``coordinator.toml``, ``site.toml``, ``analyst.toml``.
+
+Each participant of a federation has one TOML file (``genofed provision`` writes them;
+``sites/template/site.toml`` explains every key). The loaders here are the only place
+that reads them: every key is validated (an unknown key, a missing key or a value of
+the wrong type is an error that names the file, the key and what was expected),
+relative paths are resolved against the folder of the file, and a few ``GENOFED_*``
+environment variables override settings that legitimately differ between the machine
+that provisioned a federation and the one that runs it:
+
+- ``GENOFED_COORDINATOR_URL``: the coordinator's URL, for sites and analysts (a site
+  behind a proxy or a port forward reaches the coordinator at another address);
+- ``GENOFED_COORDINATOR_HOST`` / ``GENOFED_COORDINATOR_PORT``: the address the
+  coordinator binds (``0.0.0.0`` in a container).
+
+Identities, keys and disclosure policy are never overridden from the environment.
+
+The small TOML writer (:func:`render_toml`) serves ``genofed provision``; it writes
+flat tables of strings, numbers, booleans and lists, with comments.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import re
+import tomllib
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import MappingProxyType
+from typing import Any
+from urllib.parse import urlsplit
+
+from pipeline.errors import ConfigurationError
+
+__all__ = [
+    "ROLES",
+    "AnalystConfig",
+    "CoordinatorConfig",
+    "SiteConfig",
+    "SitePolicy",
+    "check_name",
+    "load_analyst_config",
+    "load_coordinator_config",
+    "load_site_config",
+    "render_toml",
+]
+
+log = logging.getLogger(__name__)
+
+ROLES = ("coordinator", "site", "analyst")
+"""The roles a certificate can carry (its subject OU)."""
+
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,63}")
+_ANALYSIS = re.compile(r"[a-z0-9][a-z0-9_-]{0,63}")
+_FINGERPRINT = re.compile(r"[0-9a-f]{64}")
+
+DEFAULT_PORT = 8443
+DEFAULT_MAX_MESSAGE_BYTES = 64 * 1024 * 1024
+
+
+def check_name(name: str, *, what: str = "name") -> str:
+    """Returns ``name`` if it is a valid federation, participant or analysis name.
+
+    Names become certificate subjects, folder names and TOML keys, so they are kept to
+    letters, digits, ``_`` and ``-`` (at most 64 characters, starting with a letter or
+    digit).
+
+    Raises:
+        ConfigurationError: the name has other characters or is empty.
+    """
+    if not isinstance(name, str) or not _NAME.fullmatch(name):
+        raise ConfigurationError(
+            f"invalid {what} {name!r}: use 1-64 letters, digits, '_' or '-', starting with a letter or digit"
+        )
+    return name
+
+
+@dataclass(frozen=True)
+class SitePolicy:
+    """What a site agrees to contribute to (disclosure control in the spirit of DataSHIELD).
+
+    Attributes:
+        allowed_analyses: names of the analyses this site runs; any other job is refused.
+        min_samples: k: the site refuses to contribute to any aggregate over fewer than
+            k of its samples.
+        min_allele_count: per-variant results are published only above this minor
+            allele count.
+    """
+
+    allowed_analyses: tuple[str, ...]
+    min_samples: int = 10
+    min_allele_count: int = 5
+
+    def allows(self, analysis: str) -> bool:
+        """Whether jobs of ``analysis`` may use this site's data."""
+        return analysis in self.allowed_analyses
+
+
+@dataclass(frozen=True)
+class SiteConfig:
+    """A site's ``site.toml``: its identity, its coordinator, its data and its policy."""
+
+    path: Path
+    name: str
+    federation: str
+    coordinator_url: str
+    cert: Path
+    key: Path
+    ca: Path
+    dataset: Path
+    policy: SitePolicy
+    audit_log: Path
+    state_dir: Path
+    poll_interval: float
+
+
+@dataclass(frozen=True)
+class CoordinatorConfig:
+    """The coordinator's ``coordinator.toml``: where it listens and who is enrolled.
+
+    ``fingerprints`` optionally pins each enrolled participant to one certificate
+    (SHA-256 of its DER): a participant whose certificate was re-issued is then refused
+    until the pin is updated. Empty means certificates are not pinned (any unexpired
+    certificate from the federation CA with an enrolled name and role is accepted).
+    """
+
+    path: Path
+    federation: str
+    host: str
+    port: int
+    cert: Path
+    key: Path
+    ca: Path
+    database: Path
+    audit_log: Path
+    sites: tuple[str, ...]
+    analysts: tuple[str, ...]
+    max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES
+    fingerprints: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
+
+    @property
+    def url(self) -> str:
+        """The URL clients use, ``https://host:port``."""
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"https://{host}:{self.port}"
+
+    def role_of(self, name: str) -> str | None:
+        """The enrolled role of participant ``name`` (``site``/``analyst``), or ``None``."""
+        if name in self.sites:
+            return "site"
+        if name in self.analysts:
+            return "analyst"
+        return None
+
+
+@dataclass(frozen=True)
+class AnalystConfig:
+    """An analyst's ``analyst.toml``: identity and the coordinator to submit jobs to."""
+
+    path: Path
+    name: str
+    federation: str
+    coordinator_url: str
+    cert: Path
+    key: Path
+    ca: Path
+
+
+# --------------------------------------------------------------------------- reading
+
+
+class _Table:
+    """One TOML table being validated: every read is checked and every key accounted for."""
+
+    def __init__(self, path: Path, data: Mapping[str, Any], prefix: str) -> None:
+        self.path = path
+        self.data = data
+        self.prefix = prefix
+        self.seen: set[str] = set()
+
+    def _key(self, key: str) -> str:
+        return f"{self.prefix}.{key}" if self.prefix else key
+
+    def fail(self, key: str, expected: str, value: Any = None, *, missing: bool = False) -> ConfigurationError:
+        where = f"{self.path}: key '{self._key(key)}'"
+        if missing:
+            return ConfigurationError(f"{where} is missing; expected {expected}")
+        return ConfigurationError(f"{where}: expected {expected}, got {value!r}")
+
+    def get(self, key: str, check: Callable[[Any], Any], expected: str, default: Any = ...) -> Any:
+        self.seen.add(key)
+        if key not in self.data:
+            if default is ...:
+                raise self.fail(key, expected, missing=True)
+            return default
+        value = self.data[key]
+        try:
+            return check(value)
+        except (TypeError, ValueError, ConfigurationError):
+            raise self.fail(key, expected, value) from None
+
+    def finish(self) -> None:
+        unknown = sorted(set(self.data) - self.seen)
+        if unknown:
+            allowed = ", ".join(sorted(self.seen))
+            raise ConfigurationError(
+                f"{self.path}: unknown key '{self._key(unknown[0])}'; expected only: {allowed} (check the spelling)"
+            )
+
+
+def _str(value: Any) -> str:
+    if not isinstance(value, str) or not value:
+        raise TypeError
+    return value
+
+
+def _name(value: Any) -> str:
+    return check_name(_str(value))
+
+
+def _int(minimum: int, maximum: int | None = None) -> Callable[[Any], int]:
+    def check(value: Any) -> int:
+        if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+            raise ValueError
+        if maximum is not None and value > maximum:
+            raise ValueError
+        return value
+
+    return check
+
+
+def _positive_float(value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
+        raise ValueError
+    return float(value)
+
+
+def _names(pattern: re.Pattern[str]) -> Callable[[Any], tuple[str, ...]]:
+    def check(value: Any) -> tuple[str, ...]:
+        if not isinstance(value, list) or not all(isinstance(v, str) and pattern.fullmatch(v) for v in value):
+            raise TypeError
+        if len(set(value)) != len(value):
+            raise ValueError
+        return tuple(value)
+
+    return check
+
+
+def _fingerprint(value: Any) -> str:
+    if not _FINGERPRINT.fullmatch(_str(value)):
+        raise ValueError
+    return value
+
+
+def _url(value: Any) -> str:
+    parts = urlsplit(_str(value))
+    if parts.scheme != "https" or not parts.hostname:
+        raise ValueError
+    parts.port  # noqa: B018 -- raises ValueError on a malformed port
+    return value.rstrip("/")
+
+
+def _path(base: Path) -> Callable[[Any], Path]:
+    def check(value: Any) -> Path:
+        path = Path(os.path.expanduser(_str(value)))
+        return path if path.is_absolute() else (base / path)
+
+    return check
+
+
+def _read(path: Path | str) -> tuple[Path, dict[str, Any]]:
+    path = Path(path)
+    try:
+        with open(path, "rb") as handle:
+            data = tomllib.load(handle)
+    except FileNotFoundError:
+        raise ConfigurationError(f"{path}: no such configuration file (genofed provision writes one per participant)") from None
+    except OSError as error:
+        raise ConfigurationError(f"{path}: cannot read: {error.strerror}") from None
+    except tomllib.TOMLDecodeError as error:
+        raise ConfigurationError(f"{path}: not valid TOML: {error}") from None
+    return path, data
+
+
+def _tables(path: Path, data: Mapping[str, Any], required: Sequence[str], optional: Sequence[str] = ()) -> dict[str, _Table]:
+    tables: dict[str, _Table] = {}
+    for name in (*required, *optional):
+        if name not in data:
+            if name in required:
+                raise ConfigurationError(f"{path}: table [{name}] is missing")
+            tables[name] = _Table(path, {}, name)
+            continue
+        if not isinstance(data[name], dict):
+            raise ConfigurationError(f"{path}: key '{name}' must be a table [{name}], got {data[name]!r}")
+        tables[name] = _Table(path, data[name], name)
+    unknown = sorted(set(data) - set(tables))
+    if unknown:
+        raise ConfigurationError(
+            f"{path}: unknown key '{unknown[0]}'; expected only the tables {', '.join(f'[{n}]' for n in tables)}"
+        )
+    return tables
+
+
+def _tls(table: _Table, base: Path, *, check_files: bool) -> tuple[Path, Path, Path]:
+    paths = []
+    for key, what in (("cert", "certificate"), ("key", "private key"), ("ca", "federation CA certificate")):
+        path = table.get(key, _path(base), f"the path of the participant's {what} (PEM)")
+        if check_files and not path.is_file():
+            raise ConfigurationError(
+                f"{table.path}: key 'tls.{key}': {path} does not exist; expected the {what} written by genofed provision"
+            )
+        paths.append(path)
+    table.finish()
+    if check_files:
+        mode = paths[1].stat().st_mode & 0o077
+        if mode:
+            log.warning("%s: private key %s is readable by other users; run: chmod 600 %s", table.path, paths[1], paths[1])
+    return paths[0], paths[1], paths[2]
+
+
+def _env_url(env: Mapping[str, str], url: str, path: Path) -> str:
+    override = env.get("GENOFED_COORDINATOR_URL")
+    if not override:
+        return url
+    try:
+        return _url(override)
+    except (TypeError, ValueError):
+        raise ConfigurationError(
+            f"GENOFED_COORDINATOR_URL={override!r} (overriding {path}): expected https://HOST:PORT"
+        ) from None
+
+
+def load_site_config(
+    path: Path | str, *, check_files: bool = True, env: Mapping[str, str] | None = None
+) -> SiteConfig:
+    """Reads and validates a site's ``site.toml``.
+
+    Args:
+        path: the file; relative paths inside it are resolved against its folder.
+        check_files: require the certificate, key and CA files to exist (the dataset is
+            checked when a job opens it).
+        env: environment for ``GENOFED_COORDINATOR_URL`` (default ``os.environ``).
+
+    Raises:
+        ConfigurationError: naming the file and the key that is missing or wrong.
+    """
+    path, data = _read(path)
+    env = os.environ if env is None else env
+    base = path.parent.resolve()
+    tables = _tables(path, data, ("site", "tls", "policy"))
+    site = tables["site"]
+    name = site.get("name", _name, "the site's name (letters, digits, '_', '-'), as in its certificate")
+    federation = site.get("federation", _name, "the federation's name, as in the CA certificate")
+    url = site.get("coordinator_url", _url, "the coordinator's URL, https://HOST:PORT")
+    dataset = site.get("dataset", _path(base), "the path of the site's harmonized dataset (genofed ingest --out)")
+    audit_log = site.get("audit_log", _path(base), "the path of the site's audit log", "audit.log")
+    state_dir = site.get("state_dir", _path(base), "a folder for the agent's state", "state")
+    poll_interval = site.get("poll_interval", _positive_float, "a number of seconds > 0", 2.0)
+    site.finish()
+    cert, key, ca = _tls(tables["tls"], base, check_files=check_files)
+    table = tables["policy"]
+    policy = SitePolicy(
+        allowed_analyses=table.get(
+            "allowed_analyses", _names(_ANALYSIS), "a list of distinct analysis names, e.g. [\"census\"]"
+        ),
+        min_samples=table.get("min_samples", _int(1), "an integer >= 1 (k: no aggregate over fewer samples)", 10),
+        min_allele_count=table.get("min_allele_count", _int(0), "an integer >= 0", 5),
+    )
+    table.finish()
+    return SiteConfig(
+        path=path, name=name, federation=federation, coordinator_url=_env_url(env, url, path), cert=cert, key=key,
+        ca=ca, dataset=dataset, policy=policy, audit_log=audit_log, state_dir=state_dir, poll_interval=poll_interval,
+    )
+
+
+def load_analyst_config(
+    path: Path | str, *, check_files: bool = True, env: Mapping[str, str] | None = None
+) -> AnalystConfig:
+    """Reads and validates an analyst's ``analyst.toml`` (see :func:`load_site_config`)."""
+    path, data = _read(path)
+    env = os.environ if env is None else env
+    base = path.parent.resolve()
+    tables = _tables(path, data, ("analyst", "tls"))
+    analyst = tables["analyst"]
+    name = analyst.get("name", _name, "the analyst's name, as in the certificate")
+    federation = analyst.get("federation", _name, "the federation's name, as in the CA certificate")
+    url = analyst.get("coordinator_url", _url, "the coordinator's URL, https://HOST:PORT")
+    analyst.finish()
+    cert, key, ca = _tls(tables["tls"], base, check_files=check_files)
+    return AnalystConfig(
+        path=path, name=name, federation=federation, coordinator_url=_env_url(env, url, path), cert=cert, key=key, ca=ca
+    )
+
+
+def load_coordinator_config(
+    path: Path | str, *, check_files: bool = True, env: Mapping[str, str] | None = None
+) -> CoordinatorConfig:
+    """Reads and validates the coordinator's ``coordinator.toml``.
+
+    ``GENOFED_COORDINATOR_HOST`` and ``GENOFED_COORDINATOR_PORT`` override the address
+    it binds (the certificate still names the provisioned host).
+
+    Raises:
+        ConfigurationError: naming the file and the key that is missing or wrong.
+    """
+    path, data = _read(path)
+    env = os.environ if env is None else env
+    base = path.parent.resolve()
+    tables = _tables(path, data, ("coordinator", "tls", "enrolment"), ("fingerprints",))
+    coordinator = tables["coordinator"]
+    federation = coordinator.get("federation", _name, "the federation's name, as in the CA certificate")
+    host = coordinator.get("host", _str, "the address to listen on, e.g. \"127.0.0.1\"")
+    port = coordinator.get("port", _int(1, 65535), "a TCP port 1-65535", DEFAULT_PORT)
+    database = coordinator.get("database", _path(base), "the path of the coordinator's database", "coordinator.db")
+    audit_log = coordinator.get("audit_log", _path(base), "the path of the coordinator's audit log", "audit.log")
+    max_message_bytes = coordinator.get(
+        "max_message_bytes", _int(1024), "an integer >= 1024 (bytes)", DEFAULT_MAX_MESSAGE_BYTES
+    )
+    coordinator.finish()
+    cert, key, ca = _tls(tables["tls"], base, check_files=check_files)
+    enrolment = tables["enrolment"]
+    sites = enrolment.get("sites", _names(_NAME), "a list of distinct site names")
+    analysts = enrolment.get("analysts", _names(_NAME), "a list of distinct analyst names", [])
+    enrolment.finish()
+    both = sorted(set(sites) & set(analysts))
+    if both:
+        raise ConfigurationError(
+            f"{path}: key 'enrolment.analysts': {both[0]!r} is also enrolled as a site; a name has one role"
+        )
+    pins = tables["fingerprints"]
+    fingerprints: dict[str, str] = {}
+    for participant in list(pins.data):
+        if participant not in sites and participant not in analysts:
+            raise ConfigurationError(
+                f"{path}: key 'fingerprints.{participant}': not an enrolled site or analyst; remove it or enrol it"
+            )
+        fingerprints[participant] = pins.get(
+            participant, _fingerprint, "a SHA-256 certificate fingerprint (64 lowercase hex digits)",
+        )
+    pins.finish()
+    if env.get("GENOFED_COORDINATOR_HOST"):
+        host = env["GENOFED_COORDINATOR_HOST"]
+    if env.get("GENOFED_COORDINATOR_PORT"):
+        value = env["GENOFED_COORDINATOR_PORT"]
+        if not value.isdigit() or not 1 <= int(value) <= 65535:
+            raise ConfigurationError(f"GENOFED_COORDINATOR_PORT={value!r} (overriding {path}): expected a TCP port 1-65535")
+        port = int(value)
+    return CoordinatorConfig(
+        path=path, federation=federation, host=host, port=port, cert=cert, key=key, ca=ca, database=database,
+        audit_log=audit_log, sites=sites, analysts=analysts, max_message_bytes=max_message_bytes,
+        fingerprints=MappingProxyType(fingerprints),
+    )
+
+
+# --------------------------------------------------------------------------- writing
+
+TomlValue = str | int | float | bool | Sequence[str | int | float | bool]
+
+
+def _toml_value(value: TomlValue) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int):
+        return str(value)
+    if isinstance(value, float):
+        if not math.isfinite(value):
+            raise ConfigurationError(f"cannot write {value!r} to TOML")
+        return repr(value)
+    if isinstance(value, str):
+        return json.dumps(value, ensure_ascii=False).replace("\x7f", "\\u007f")
+    if isinstance(value, Sequence):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    raise ConfigurationError(f"cannot write {type(value).__name__} to TOML")
+
+
+def render_toml(
+    tables: Mapping[str, Mapping[str, TomlValue]],
+    *,
+    header: str = "",
+    comments: Mapping[str, str] | None = None,
+) -> str:
+    """Renders flat tables as TOML, with an optional header and per-key comments.
+
+    Args:
+        tables: ``{table: {key: value}}``; values are strings, numbers, booleans or
+            lists of them.
+        header: comment lines written at the top.
+        comments: ``{"table.key": "comment"}`` written above a key, or
+            ``{"table": "comment"}`` above a table header.
+    """
+    comments = comments or {}
+    lines = [f"# {line}".rstrip() for line in header.splitlines()]
+    for table, values in tables.items():
+        if lines:
+            lines.append("")
+        if table in comments:
+            lines.extend(f"# {line}".rstrip() for line in comments[table].splitlines())
+        lines.append(f"[{table}]")
+        for key, value in values.items():
+            if f"{table}.{key}" in comments:
+                lines.extend(f"# {line}".rstrip() for line in comments[f"{table}.{key}"].splitlines())
+            lines.append(f"{json.dumps(key)} = {_toml_value(value)}" if not _NAME.fullmatch(key) else f"{key} = {_toml_value(value)}")
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,178 @@
+"""Mutual TLS between the coordinator and its participants, and identity from certificates.
+
+Both ends trust only the federation CA (never the system's CA store), require
+TLS 1.2 or later, and present their certificate: the coordinator's server context
+requires a client certificate (``CERT_REQUIRED``), so a connection without one, with
+one from another CA, or with an expired one fails in the handshake. OpenSSL also
+checks the extended key usage that ``genofed provision`` puts in each certificate: a
+site's client certificate cannot serve as the coordinator, and the coordinator's
+server certificate cannot log in as a site.
+
+A verified handshake proves the peer holds a key the federation CA certified; who
+the peer *is* comes from that certificate's subject (:func:`peer_identity`), and
+whether it may do what it asks from the enrolment list (:func:`authorize`).
+"""
+
+from __future__ import annotations
+
+import ssl
+from collections.abc import Collection
+from dataclasses import dataclass
+from pathlib import Path
+
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes
+from cryptography.x509.oid import NameOID
+
+from pipeline.errors import ConfigurationError, IdentityError
+from pipeline.federation.config import ROLES, CoordinatorConfig
+
+__all__ = ["Identity", "authorize", "client_context", "peer_identity", "server_context"]
+
+
+@dataclass(frozen=True)
+class Identity:
+    """Who is at the other end of a verified connection.
+
+    Attributes:
+        name: participant name (certificate CN).
+        role: ``coordinator``, ``site`` or ``analyst`` (certificate OU).
+        federation: federation name (certificate O).
+        fingerprint: SHA-256 of the certificate's DER, lowercase hex.
+    """
+
+    name: str
+    role: str
+    federation: str
+    fingerprint: str
+
+
+def _check_file(path: Path | str, what: str) -> str:
+    if not Path(path).is_file():
+        raise ConfigurationError(f"{path}: no such file; expected the {what} (PEM) written by genofed provision")
+    return str(path)
+
+
+def _load(context: ssl.SSLContext, cert: Path | str, key: Path | str, ca: Path | str) -> ssl.SSLContext:
+    cert_file = _check_file(cert, "participant certificate")
+    key_file = _check_file(key, "participant private key")
+    ca_file = _check_file(ca, "federation CA certificate")
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    context.verify_mode = ssl.CERT_REQUIRED
+    context.verify_flags |= ssl.VERIFY_X509_STRICT
+    try:
+        context.load_verify_locations(cafile=ca_file)
+    except ssl.SSLError as error:
+        raise ConfigurationError(f"{ca_file}: not a PEM CA certificate ({error.reason or error})") from None
+    try:
+        context.load_cert_chain(certfile=cert_file, keyfile=key_file)
+    except ssl.SSLError as error:
+        raise ConfigurationError(
+            f"{cert_file} / {key_file}: cannot load the certificate and key ({error.reason or error}); "
+            "they must be the PEM pair genofed provision wrote for this participant"
+        ) from None
+    return context
+
+
+def server_context(cert: Path | str, key: Path | str, ca: Path | str) -> ssl.SSLContext:
+    """The coordinator's TLS context: serves ``cert``, requires a client certificate from ``ca``.
+
+    Raises:
+        ConfigurationError: a file is missing, or the certificate and key do not match.
+    """
+    return _load(ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER), cert, key, ca)
+
+
+def client_context(cert: Path | str, key: Path | str, ca: Path | str) -> ssl.SSLContext:
+    """A site's or analyst's TLS context: presents ``cert``, trusts only the federation ``ca``.
+
+    The server's host name is checked against its certificate (pass
+    ``server_hostname=`` the host of the coordinator URL when wrapping the socket).
+
+    Raises:
+        ConfigurationError: a file is missing, or the certificate and key do not match.
+    """
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    context.check_hostname = True
+    return _load(context, cert, key, ca)
+
+
+def _single(cert: x509.Certificate, oid: x509.ObjectIdentifier, label: str, fingerprint: str) -> str:
+    values = cert.subject.get_attributes_for_oid(oid)
+    if len(values) != 1 or not isinstance(values[0].value, str) or not values[0].value:
+        raise IdentityError(
+            f"peer certificate {fingerprint[:16]}... has no single {label} in its subject; "
+            "it was not issued by genofed provision"
+        )
+    return values[0].value
+
+
+def peer_identity(der_or_cert: bytes | x509.Certificate) -> Identity:
+    """Reads the participant's identity from its certificate.
+
+    Args:
+        der_or_cert: the peer certificate, as DER bytes
+            (``ssl_socket.getpeercert(binary_form=True)``), PEM bytes, or a
+            :class:`cryptography.x509.Certificate`. Only call this on a certificate
+            the TLS handshake verified.
+
+    Raises:
+        IdentityError: no certificate, or a subject without exactly one CN, O and a
+            known role in OU.
+    """
+    if der_or_cert is None:
+        raise IdentityError("the peer presented no certificate (the connection must use mutual TLS)")
+    if isinstance(der_or_cert, x509.Certificate):
+        cert = der_or_cert
+    else:
+        data = bytes(der_or_cert)
+        try:
+            if data.lstrip().startswith(b"-----BEGIN"):
+                cert = x509.load_pem_x509_certificate(data)
+            else:
+                cert = x509.load_der_x509_certificate(data)
+        except ValueError as error:
+            raise IdentityError(f"the peer certificate cannot be parsed ({error})") from None
+    fingerprint = cert.fingerprint(hashes.SHA256()).hex()
+    name = _single(cert, NameOID.COMMON_NAME, "CN (participant name)", fingerprint)
+    federation = _single(cert, NameOID.ORGANIZATION_NAME, "O (federation)", fingerprint)
+    role = _single(cert, NameOID.ORGANIZATIONAL_UNIT_NAME, "OU (role)", fingerprint)
+    if role not in ROLES:
+        raise IdentityError(f"peer certificate for {name!r} has role {role!r}; expected one of {', '.join(ROLES)}")
+    return Identity(name=name, role=role, federation=federation, fingerprint=fingerprint)
+
+
+def authorize(
+    identity: Identity, config: CoordinatorConfig, *, roles: Collection[str] = ("site", "analyst")
+) -> Identity:
+    """Checks a verified peer against the coordinator's enrolment list.
+
+    The peer must belong to this federation, carry one of ``roles``, be enrolled
+    under that name with that role, and, where ``coordinator.toml`` pins
+    fingerprints, present exactly the pinned certificate.
+
+    Returns:
+        ``identity`` unchanged, so the call can wrap :func:`peer_identity`.
+
+    Raises:
+        IdentityError: saying which check failed.
+    """
+    if identity.federation != config.federation:
+        raise IdentityError(
+            f"{identity.name!r} belongs to federation {identity.federation!r}, not {config.federation!r}"
+        )
+    if identity.role not in roles:
+        raise IdentityError(
+            f"{identity.name!r} is a {identity.role}; this request needs a {' or '.join(sorted(roles))}"
+        )
+    if config.role_of(identity.name) != identity.role:
+        raise IdentityError(
+            f"{identity.role} {identity.name!r} is not enrolled in {config.path} (add it to [enrolment])"
+        )
+    pinned = config.fingerprints.get(identity.name)
+    if pinned is not None and pinned != identity.fingerprint:
+        raise IdentityError(
+            f"{identity.role} {identity.name!r} presented certificate {identity.fingerprint[:16]}..., "
+            f"but {config.path} pins {pinned[:16]}... (update [fingerprints] after re-issuing)"
+        )
+    return identity
