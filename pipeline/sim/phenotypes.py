@@ -1,8 +1,9 @@
 """Traits with known causes: causal variants, covariates and an ancestry effect.
 
-The quantitative trait has ``QUANT_CAUSAL`` common causal variants, each explaining
-``QUANT_VARIANCE_PER_VARIANT`` of the variance, so each reaches genome-wide significance
-at about 3000 samples. The binary trait follows a liability-threshold model with
+The quantitative trait has ``QUANT_CAUSAL`` common causal variants, each adding
+2 p (1 - p) b^2 = ``QUANT_VARIANCE_PER_VARIANT`` to a trait variance of about 1.1, so each
+reaches genome-wide significance (p < 5e-8) at about 3000 samples once ancestry is
+accounted for. The binary trait follows a liability-threshold model with
 ``BINARY_CAUSAL`` variants and a prevalence of ``PREVALENCE``. Both traits depend on
 age and sex and shift with ancestry (a population-specific mean), so an analysis that
 ignores ancestry (no principal components) finds spurious associations.
@@ -24,7 +25,7 @@ from pipeline.sim.ancestry import POPULATIONS
 
 QUANT_CAUSAL = 10
 BINARY_CAUSAL = 4
-QUANT_VARIANCE_PER_VARIANT = 0.02
+QUANT_VARIANCE_PER_VARIANT = 0.025
 BINARY_VARIANCE_PER_VARIANT = 0.04
 PREVALENCE = 0.30
 AGE_MEAN, AGE_SD, AGE_MIN, AGE_MAX = 55.0, 12.0, 20, 90

@@ -338,3 +338,51 @@ def test_cli_simulate__malformed_region_is_usage_error(tmp_path: Path) -> None:
     assert result.exit_code == 2
     assert "CONTIG:START-END" in result.output
     assert not (tmp_path / "x").exists()
+
+
+def _ols_p_value(design: np.ndarray, target: np.ndarray) -> float:
+    """Two-sided p-value of the coefficient of column 1 (ordinary least squares)."""
+    from scipy import stats
+
+    beta, *_ = np.linalg.lstsq(design, target, rcond=None)
+    residual = target - design @ beta
+    dof = design.shape[0] - design.shape[1]
+    se = np.sqrt(residual @ residual / dof * np.linalg.inv(design.T @ design)[1, 1])
+    return float(2 * stats.t.sf(abs(beta[1] / se), dof))
+
+
+@pytest.mark.slow
+def test_phenotypes__quant_causal_variants_genome_wide_significant_at_3000(tmp_path: Path) -> None:
+    """At 3 x 1000 samples each causal variant reaches p < 5e-8 adjusted for ancestry, age, sex."""
+    out = tmp_path / "large"
+    simulate_cohort(out, sites=3, samples=1000, region="chr22:16000000-18000000", seed=0)
+    manifest = load_manifest(out)
+    causal = [r for r in _truth(out) if r["kind"] == "causal" and r["trait"] == "quant_trait"]
+    with open(out / "ancestry.tsv", newline="") as handle:
+        population = {r["IID"]: r["population"] for r in csv.DictReader(handle, delimiter="\t")}
+    dosage_columns, covariates, trait = [], [], []
+    for site in manifest.sites:
+        pheno = {r["IID"]: r for r in _phenotype_rows(manifest.resolve(site.phenotypes))}
+        with pysam.VariantFile(str(manifest.resolve(site.vcf))) as vcf:
+            samples = list(vcf.header.samples)
+            dosage = np.full((len(causal), len(samples)), np.nan)
+            for k, row in enumerate(causal):
+                pos = int(row["base_pair_location"])
+                (record,) = [r for r in vcf.fetch(site.contig, pos - 1, pos) if r.pos == pos]
+                alt_index = record.alleles.index(row["alt"])
+                for j, call in enumerate(record.samples.values()):
+                    if None not in call["GT"]:
+                        dosage[k, j] = sum(a == alt_index for a in call["GT"])
+        for j, sample in enumerate(samples):
+            row = pheno.get(sample)
+            if row is None or "NA" in (row["quant_trait"], row["age"], row["sex"]):
+                continue
+            dosage_columns.append(dosage[:, j])
+            covariates.append([float(row["age"]), float(row["sex"]), population[sample] == "YRI", population[sample] == "CHB"])
+            trait.append(float(row["quant_trait"]))
+    dosage_matrix, covariate_matrix, y = np.array(dosage_columns), np.array(covariates, dtype=float), np.array(trait)
+    assert len(y) > 2500  # 3000 minus the NA values in trait, age or sex
+    for k, row in enumerate(causal):
+        ok = ~np.isnan(dosage_matrix[:, k])
+        design = np.column_stack([np.ones(ok.sum()), dosage_matrix[ok, k], covariate_matrix[ok]])
+        assert _ols_p_value(design, y[ok]) < 5e-8, row["base_pair_location"]
