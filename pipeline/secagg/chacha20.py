@@ -19,6 +19,10 @@ Engines:
 ``jax``) or an explicit ``engine=`` argument forces one. Both engines produce the same
 bytes, so a mask added by one engine is cancelled by the same mask from the other.
 
+The jax engine compiles one program per (number of keys, number of words, chunk size);
+keys, nonces and the counter are traced arguments, so a new round with new seeds and
+the same shapes reuses the compiled program.
+
 Conventions:
 
 * key: 32 bytes; nonce: 12 bytes; counter: the RFC's 32-bit initial block counter.
@@ -58,7 +62,8 @@ MAX_BLOCKS = 1 << 32
 # Scratch size for streaming: large enough that per-call overhead vanishes, small
 # enough to stay in L2 next to the destination chunk.
 STREAM_CHUNK_BYTES = 256 * 1024
-ZERO_CHUNK = bytes(STREAM_CHUNK_BYTES)  # OpenSSL encrypts zeros: the output is the keystream
+# OpenSSL encrypts these zeros, so its output is the keystream; a memoryview slices without copying.
+ZERO_CHUNK = memoryview(bytes(STREAM_CHUNK_BYTES))
 
 _SIGMA = (0x61707865, 0x3320646E, 0x79622D32, 0x6B206574)  # "expand 32-byte k"
 
@@ -135,7 +140,7 @@ def stream_into(encryptor: Any, out: np.ndarray) -> None:
     view = out.reshape(-1).view(np.uint8)
     for start in range(0, view.size, STREAM_CHUNK_BYTES):
         stop = min(start + STREAM_CHUNK_BYTES, view.size)
-        encryptor.update_into(ZERO_CHUNK[: stop - start] if stop - start < STREAM_CHUNK_BYTES else ZERO_CHUNK, view[start:stop])
+        encryptor.update_into(ZERO_CHUNK[: stop - start], view[start:stop])
 
 
 def _keystream_words_openssl(keys: np.ndarray, nonces: np.ndarray, num_words: int, counter: int) -> np.ndarray:

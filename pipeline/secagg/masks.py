@@ -105,14 +105,13 @@ def _add_masks_openssl(vector: np.ndarray, keys: np.ndarray, negate: np.ndarray)
     encryptors = [chacha20.openssl_encryptor(key.tobytes(), MASK_NONCE, MASK_COUNTER) for key in keys]
     scratch = np.empty(chacha20.STREAM_CHUNK_BYTES, dtype=np.uint8)
     elements = scratch.view(np.dtype(vector.dtype).newbyteorder("<"))
-    zeros = chacha20.ZERO_CHUNK
     step = elements.size
     operations = [np.subtract if n else np.add for n in negate]
     for start in range(0, vector.size, step):
         stop = min(start + step, vector.size)
         count = stop - start
         nbytes = count * vector.itemsize
-        source = zeros if nbytes == len(zeros) else zeros[:nbytes]
+        source = chacha20.ZERO_CHUNK[:nbytes]
         target = scratch[:nbytes]
         chunk = vector[start:stop]
         mask = elements[:count]
