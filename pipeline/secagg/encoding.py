@@ -172,7 +172,8 @@ def check_bit_budget(encoding: FixedPoint, num_sites: int) -> None:
         return
     # Suggest the smallest change of each parameter that fits.
     per_site = limit // int(num_sites)
-    fitting_scale_bits = [s for s in range(encoding.scale_bits) if math.ceil(Fraction(encoding.clip) * (1 << s)) <= per_site]
+    clip = Fraction(encoding.clip)
+    fitting_scale_bits = [s for s in range(encoding.scale_bits) if math.ceil(clip * (1 << s)) <= per_site]
     scale_hint = (
         f"lower scale_bits to {fitting_scale_bits[-1]}" if fitting_scale_bits else "no scale_bits fits with this clip"
     )
@@ -384,7 +385,9 @@ class Layout:
         rings = {f.encoding.ring for f in fields}
         if len(rings) > 1:
             detail = ", ".join(f"{f.name}: {f.encoding.ring.name}" for f in fields)
-            raise ConfigurationError(f"all fields of a Layout must share one ring ({detail}); pick one ring for the job")
+            raise ConfigurationError(
+                f"all fields of a Layout must share one ring ({detail}); pick one ring for the job"
+            )
         object.__setattr__(self, "fields", fields)
 
     @property

@@ -53,7 +53,9 @@ def parse_seeds(seeds: Sequence[bytes], signs: Sequence[int]) -> tuple[np.ndarra
         raise ConfigurationError(f"got {len(seeds)} seeds but {len(signs)} signs; give one sign (+1 or -1) per seed")
     for index, seed in enumerate(seeds):
         if not isinstance(seed, (bytes, bytearray, memoryview)) or len(seed) != SEED_BYTES:
-            raise ConfigurationError(f"mask seed {index} must be {SEED_BYTES} bytes, got {type(seed).__name__} {seed!r:.40}")
+            # The seed itself is secret: the message names its position and size only.
+            size = len(seed) if isinstance(seed, (bytes, bytearray, memoryview)) else type(seed).__name__
+            raise ConfigurationError(f"mask seed {index} must be {SEED_BYTES} bytes, got {size}")
     bad = [s for s in signs if s not in (1, -1)]
     if bad:
         raise ConfigurationError(f"mask signs must be +1 or -1, got {bad[:5]}")
@@ -63,10 +65,14 @@ def parse_seeds(seeds: Sequence[bytes], signs: Sequence[int]) -> tuple[np.ndarra
 
 def _check_vector(vector: Any) -> Ring:
     if not isinstance(vector, np.ndarray) or vector.ndim != 1:
-        raise ConfigurationError("masks are added to a 1-D numpy ring vector (uint32 or uint64); encode the values first")
+        raise ConfigurationError(
+            "masks are added to a 1-D numpy ring vector (uint32 or uint64); encode the values first"
+        )
     ring = Ring.from_dtype(vector.dtype)
     if not (vector.flags.c_contiguous and vector.flags.writeable):
-        raise ConfigurationError("add_masks works in place: pass a C-contiguous, writeable array (np.ascontiguousarray)")
+        raise ConfigurationError(
+            "add_masks works in place: pass a C-contiguous, writeable array (np.ascontiguousarray)"
+        )
     chacha20.check_counter(MASK_COUNTER, -(-vector.nbytes // chacha20.BLOCK_BYTES))
     return ring
 
