@@ -196,8 +196,9 @@ class _Table:
         if key not in self.data:
             if default is ...:
                 raise self.fail(key, expected, missing=True)
-            return default
-        value = self.data[key]
+            value = default
+        else:
+            value = self.data[key]
         try:
             return check(value)
         except (TypeError, ValueError, ConfigurationError):
@@ -497,11 +498,14 @@ def render_toml(
     for table, values in tables.items():
         if lines:
             lines.append("")
+        if not _NAME.fullmatch(table):
+            raise ConfigurationError(f"cannot write table name {table!r} to TOML")
         if table in comments:
             lines.extend(f"# {line}".rstrip() for line in comments[table].splitlines())
         lines.append(f"[{table}]")
         for key, value in values.items():
             if f"{table}.{key}" in comments:
                 lines.extend(f"# {line}".rstrip() for line in comments[f"{table}.{key}"].splitlines())
-            lines.append(f"{json.dumps(key)} = {_toml_value(value)}" if not _NAME.fullmatch(key) else f"{key} = {_toml_value(value)}")
+            name = key if _NAME.fullmatch(key) else _toml_value(key)
+            lines.append(f"{name} = {_toml_value(value)}")
     return "\n".join(lines) + "\n"

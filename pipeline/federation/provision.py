@@ -49,6 +49,7 @@ __all__ = [
     "DEFAULT_ANALYSES",
     "Participant",
     "ProvisionManifest",
+    "fingerprint",
     "issue_certificate",
     "make_ca",
     "provision",

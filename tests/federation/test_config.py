@@ -1,0 +1,269 @@
+"""Config loaders: every key validated, errors name file and key, paths resolved, env overrides."""
+
+from __future__ import annotations
+
+import tomllib
+from pathlib import Path
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from pipeline.errors import ConfigurationError
+from pipeline.federation.config import (
+    SitePolicy,
+    load_analyst_config,
+    load_coordinator_config,
+    load_site_config,
+    render_toml,
+)
+
+SITES_DIR = Path(__file__).resolve().parents[2] / "sites"
+
+SITE = """
+[site]
+name = "site-1"
+federation = "demo"
+coordinator_url = "https://127.0.0.1:8443"
+dataset = "data/site-1.dataset"
+
+[tls]
+cert = "cert.pem"
+key = "key.pem"
+ca = "/etc/genofed/ca.pem"
+
+[policy]
+allowed_analyses = ["census"]
+"""
+
+COORDINATOR = """
+[coordinator]
+federation = "demo"
+host = "127.0.0.1"
+port = 9443
+
+[tls]
+cert = "cert.pem"
+key = "key.pem"
+ca = "ca.pem"
+
+[enrolment]
+sites = ["site-1", "site-2"]
+analysts = ["alice"]
+"""
+
+ANALYST = """
+[analyst]
+name = "alice"
+federation = "demo"
+coordinator_url = "https://localhost:8443/"
+
+[tls]
+cert = "cert.pem"
+key = "key.pem"
+ca = "ca.pem"
+"""
+
+
+def write(tmp_path: Path, text: str, name: str = "site.toml") -> Path:
+    path = tmp_path / name
+    path.write_text(text)
+    return path
+
+
+def replace_line(text: str, old: str, new: str) -> str:
+    assert old in text
+    return text.replace(old, new)
+
+
+@pytest.mark.parametrize("name", ["template", "site-1", "site-2", "site-3"])
+def test_shipped_site_configs__load(name):
+    config = load_site_config(SITES_DIR / name / "site.toml", check_files=False, env={})
+    assert config.federation == "demo"
+    assert config.coordinator_url == "https://127.0.0.1:8443"
+    assert config.cert == SITES_DIR.resolve() / name / "cert.pem"
+    assert config.policy.allowed_analyses
+    if name != "template":
+        assert config.name == name
+
+
+def test_shipped_site_configs__template_comments_every_key():
+    text = (SITES_DIR / "template" / "site.toml").read_text()
+    data = tomllib.loads(text)
+    lines = text.splitlines()
+    for table, values in data.items():
+        for key in values:
+            index = next(i for i, line in enumerate(lines) if line.startswith(f"{key} = "))
+            assert lines[index - 1].startswith("#"), f"{table}.{key} has no comment"
+
+
+def test_site_config__defaults_and_paths(tmp_path):
+    config = load_site_config(write(tmp_path, SITE), check_files=False, env={})
+    base = tmp_path.resolve()
+    assert config.dataset == base / "data" / "site-1.dataset"
+    assert config.cert == base / "cert.pem" and config.ca == Path("/etc/genofed/ca.pem")
+    assert config.audit_log == base / "audit.log" and config.state_dir == base / "state"
+    assert config.poll_interval == 2.0
+    assert config.policy == SitePolicy(allowed_analyses=("census",), min_samples=10, min_allele_count=5)
+    assert config.policy.allows("census") and not config.policy.allows("gwas")
+
+
+def test_site_config__relative_to_file_not_cwd(tmp_path, monkeypatch):
+    path = write(tmp_path, SITE)
+    monkeypatch.chdir("/")
+    assert load_site_config(path, check_files=False, env={}).cert == tmp_path.resolve() / "cert.pem"
+
+
+@pytest.mark.parametrize(
+    ("old", "new", "key", "expected"),
+    [
+        ('name = "site-1"\n', "", "site.name", "is missing"),
+        ('name = "site-1"', 'name = "site 1"', "site.name", "letters, digits"),
+        ('name = "site-1"', "name = 1", "site.name", "letters, digits"),
+        ('coordinator_url = "https://127.0.0.1:8443"', 'coordinator_url = "http://127.0.0.1:8443"', "site.coordinator_url", "https://"),
+        ('coordinator_url = "https://127.0.0.1:8443"', 'coordinator_url = "https://h:99999"', "site.coordinator_url", "https://"),
+        ('dataset = "data/site-1.dataset"', 'dataset = ""', "site.dataset", "dataset"),
+        ('dataset = "data/site-1.dataset"', 'dataset = "d"\npoll_interval = 0', "site.poll_interval", "> 0"),
+        ('dataset = "data/site-1.dataset"', 'dataset = "d"\npoll_interval = "fast"', "site.poll_interval", "> 0"),
+        ('dataset = "data/site-1.dataset"', 'dataset = "d"\ndatset = "d"', "site.datset", "unknown key"),
+        ('cert = "cert.pem"\n', "", "tls.cert", "is missing"),
+        ('key = "key.pem"', 'key = ["key.pem"]', "tls.key", "private key"),
+        ('allowed_analyses = ["census"]', 'allowed_analyses = "census"', "policy.allowed_analyses", "list"),
+        ('allowed_analyses = ["census"]', 'allowed_analyses = ["census", "census"]', "policy.allowed_analyses", "distinct"),
+        ('allowed_analyses = ["census"]', 'allowed_analyses = ["census"]\nmin_samples = 0', "policy.min_samples", ">= 1"),
+        ('allowed_analyses = ["census"]', 'allowed_analyses = ["census"]\nmin_samples = 2.5', "policy.min_samples", ">= 1"),
+        ('allowed_analyses = ["census"]', 'allowed_analyses = ["census"]\nmin_samples = true', "policy.min_samples", ">= 1"),
+        ('allowed_analyses = ["census"]', 'allowed_analyses = ["census"]\nmin_allele_count = -1', "policy.min_allele_count", ">= 0"),
+        ('allowed_analyses = ["census"]', 'allowed_analyses = ["census"]\nk = 5', "policy.k", "unknown key"),
+    ],
+)
+def test_site_config__errors_name_file_and_key(tmp_path, old, new, key, expected):
+    path = write(tmp_path, replace_line(SITE, old, new))
+    with pytest.raises(ConfigurationError) as error:
+        load_site_config(path, check_files=False, env={})
+    message = str(error.value)
+    assert str(path) in message and f"'{key}'" in message and expected in message
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        (SITE.replace("[policy]", "[polcy]"), "[policy] is missing"),
+        (SITE + "\n[extra]\nx = 1\n", "unknown key 'extra'"),
+        ('tls = "x"\n' + SITE.replace('[tls]\ncert = "cert.pem"\nkey = "key.pem"\nca = "/etc/genofed/ca.pem"\n', ""),
+         "must be a table"),
+        ("[site\n", "not valid TOML"),
+    ],
+)
+def test_site_config__table_errors(tmp_path, text, expected):
+    path = write(tmp_path, text)
+    with pytest.raises(ConfigurationError, match=str(path)) as error:
+        load_site_config(path, check_files=False, env={})
+    assert expected in str(error.value)
+
+
+def test_site_config__missing_file(tmp_path):
+    with pytest.raises(ConfigurationError, match="no such configuration file"):
+        load_site_config(tmp_path / "site.toml")
+
+
+def test_site_config__check_files(tmp_path):
+    path = write(tmp_path, SITE.replace("/etc/genofed/ca.pem", "ca.pem"))
+    with pytest.raises(ConfigurationError, match="'tls.cert'.*does not exist"):
+        load_site_config(path, env={})
+    for name in ("cert.pem", "key.pem", "ca.pem"):
+        (tmp_path / name).write_text("x")
+    (tmp_path / "key.pem").chmod(0o600)
+    assert load_site_config(path, env={}).key == tmp_path.resolve() / "key.pem"
+
+
+def test_site_config__env_overrides_url_only(tmp_path):
+    path = write(tmp_path, SITE)
+    env = {"GENOFED_COORDINATOR_URL": "https://10.1.2.3:9000", "GENOFED_COORDINATOR_PORT": "1"}
+    config = load_site_config(path, check_files=False, env=env)
+    assert config.coordinator_url == "https://10.1.2.3:9000" and config.name == "site-1"
+    with pytest.raises(ConfigurationError, match="GENOFED_COORDINATOR_URL"):
+        load_site_config(path, check_files=False, env={"GENOFED_COORDINATOR_URL": "10.1.2.3:9000"})
+
+
+def test_site_config__env_defaults_to_os_environ(tmp_path, monkeypatch):
+    monkeypatch.setenv("GENOFED_COORDINATOR_URL", "https://coord.example.org:443")
+    assert load_site_config(write(tmp_path, SITE), check_files=False).coordinator_url == "https://coord.example.org:443"
+
+
+def test_coordinator_config__defaults(tmp_path):
+    config = load_coordinator_config(write(tmp_path, COORDINATOR, "coordinator.toml"), check_files=False, env={})
+    assert (config.federation, config.host, config.port) == ("demo", "127.0.0.1", 9443)
+    assert config.url == "https://127.0.0.1:9443"
+    assert config.database == tmp_path.resolve() / "coordinator.db"
+    assert config.audit_log == tmp_path.resolve() / "audit.log"
+    assert config.sites == ("site-1", "site-2") and config.analysts == ("alice",)
+    assert config.max_message_bytes == 64 * 1024 * 1024 and dict(config.fingerprints) == {}
+    assert config.role_of("site-2") == "site" and config.role_of("alice") == "analyst" and config.role_of("eve") is None
+
+
+def test_coordinator_config__env_overrides_bind_address(tmp_path):
+    path = write(tmp_path, COORDINATOR, "coordinator.toml")
+    config = load_coordinator_config(path, check_files=False,
+                                     env={"GENOFED_COORDINATOR_HOST": "0.0.0.0", "GENOFED_COORDINATOR_PORT": "8000"})
+    assert (config.host, config.port) == ("0.0.0.0", 8000)
+    with pytest.raises(ConfigurationError, match="GENOFED_COORDINATOR_PORT"):
+        load_coordinator_config(path, check_files=False, env={"GENOFED_COORDINATOR_PORT": "http"})
+
+
+@pytest.mark.parametrize(
+    ("extra", "key", "expected"),
+    [
+        ('\n[fingerprints]\nsite-1 = "abc"\n', "fingerprints.site-1", "64 lowercase hex"),
+        (f'\n[fingerprints]\neve = "{"0" * 64}"\n', "fingerprints.eve", "not an enrolled"),
+    ],
+)
+def test_coordinator_config__fingerprint_errors(tmp_path, extra, key, expected):
+    path = write(tmp_path, COORDINATOR + extra, "coordinator.toml")
+    with pytest.raises(ConfigurationError, match=f"'{key}'") as error:
+        load_coordinator_config(path, check_files=False, env={})
+    assert expected in str(error.value)
+
+
+@pytest.mark.parametrize(
+    ("old", "new", "key"),
+    [
+        ("port = 9443", "port = 70000", "coordinator.port"),
+        ("port = 9443", 'port = "9443"', "coordinator.port"),
+        ('analysts = ["alice"]', 'analysts = ["site-1"]', "enrolment.analysts"),
+        ('sites = ["site-1", "site-2"]\n', "", "enrolment.sites"),
+        ("port = 9443", "port = 9443\nmax_message_bytes = 10", "coordinator.max_message_bytes"),
+    ],
+)
+def test_coordinator_config__errors(tmp_path, old, new, key):
+    path = write(tmp_path, replace_line(COORDINATOR, old, new), "coordinator.toml")
+    with pytest.raises(ConfigurationError, match=f"'{key}'"):
+        load_coordinator_config(path, check_files=False, env={})
+
+
+def test_analyst_config(tmp_path):
+    config = load_analyst_config(write(tmp_path, ANALYST, "analyst.toml"), check_files=False, env={})
+    assert config.name == "alice" and config.coordinator_url == "https://localhost:8443"
+    with pytest.raises(ConfigurationError, match="'analyst.role'"):
+        load_analyst_config(write(tmp_path, ANALYST.replace('name = "alice"', 'name = "alice"\nrole = "x"'), "a.toml"),
+                            check_files=False, env={})
+
+
+@pytest.mark.parametrize("value", ['quote " and \\ backslash', "tab\tnew\nline", "ünïcødé 🧬", "del\x7fchar", "\x00\x1f"])
+def test_render_toml__strings_round_trip(value):
+    text = render_toml({"t": {"k": value, "list": [value, "x"]}})
+    assert tomllib.loads(text) == {"t": {"k": value, "list": [value, "x"]}}
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    st.dictionaries(
+        st.text(min_size=1, max_size=8),
+        st.one_of(st.text(max_size=20), st.integers(-(2**63), 2**63 - 1), st.booleans(),
+                  st.floats(allow_nan=False, allow_infinity=False), st.lists(st.text(max_size=5), max_size=3)),
+        max_size=5,
+    )
+)
+def test_render_toml__round_trips_tomllib(values):
+    text = render_toml({"table": values}, header="header\nsecond line", comments={"table": "about the table"})
+    assert tomllib.loads(text) == {"table": values}
