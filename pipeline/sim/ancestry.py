@@ -12,16 +12,14 @@ It is simulated as the tskit interval ``[start - 1, end)``; a tskit site at posi
 
 from __future__ import annotations
 
-import logging
 import re
 import warnings
 from dataclasses import dataclass
 
 import numpy as np
+import tskit
 
 from pipeline.errors import ConfigurationError
-
-log = logging.getLogger(__name__)
 
 SPECIES = "HomSap"
 DEMOGRAPHIC_MODEL = "OutOfAfrica_3G09"
@@ -132,7 +130,7 @@ class SimulatedGenotypes:
         mutation_rate, recombination_rate: per bp per generation, as simulated.
     """
 
-    tree_sequence: object
+    tree_sequence: tskit.TreeSequence
     individual_population: np.ndarray
     individual_haplotype: np.ndarray
     mutation_rate: float

@@ -30,7 +30,7 @@ import numpy as np
 
 from pipeline import __version__
 from pipeline.errors import ConfigurationError, InputError
-from pipeline.outputs import atomic_directory
+from pipeline.outputs import atomic_directory, check_output_path
 from pipeline.sim import phenotypes as pheno
 from pipeline.sim import writers
 from pipeline.sim.ancestry import (
@@ -233,6 +233,7 @@ def simulate_cohort(
         raise ConfigurationError(f"--samples must be at least {MIN_SAMPLES} per site, got {samples}")
     if seed < 0:
         raise ConfigurationError(f"--seed must be a non-negative integer, got {seed}")
+    check_output_path(Path(out), force=force)  # fail before the simulation, not after it
     say = _Progress(progress)
     stream = np.random.SeedSequence(seed).spawn(5 + sites)
     msprime_seed = int(stream[0].generate_state(1)[0]) % (2**31 - 2) + 1

@@ -61,7 +61,9 @@ def trait_model() -> dict[str, Any]:
             "male_effect": BINARY_MALE_EFFECT,
             "noise_variance": NOISE_VARIANCE,
         },
-        "effect": "per copy of the ALT (derived) allele, in the reference orientation; liability scale for binary_trait",
+        "effect": (
+            "per copy of the ALT (derived) allele, in the reference orientation; liability scale for binary_trait"
+        ),
     }
 
 

@@ -19,7 +19,7 @@ import pytest
 from click.testing import CliRunner
 
 from pipeline.cli import main
-from pipeline.errors import ConfigurationError, OutputExistsError
+from pipeline.errors import ConfigurationError, InputError, OutputExistsError
 from pipeline.sim import load_manifest, parse_region, simulate_cohort
 from pipeline.sim.quirks import add_missing_calls
 from pipeline.sim.writers import encode_genotype_cells
@@ -93,7 +93,9 @@ def test_reference__bases_equal_ref_or_alt_where_swapped(tiny_cohort: Path) -> N
     assert "N" not in fasta.fetch("chr22", manifest.start - 1, manifest.end)
     truth = _truth(tiny_cohort)
     for site in manifest.sites:
-        swapped = {int(r["base_pair_location"]) for r in truth if r["kind"] == "ref_alt_swap" and r["site"] == site.name}
+        swapped = {
+            int(r["base_pair_location"]) for r in truth if r["kind"] == "ref_alt_swap" and r["site"] == site.name
+        }
         assert len(swapped) == site.counts["ref_alt_swapped"] > 0
         seen_swapped = set()
         with pysam.VariantFile(str(manifest.resolve(site.vcf))) as vcf:
@@ -313,6 +315,14 @@ def test_simulate_cohort__refuses_existing_output(tiny_cohort: Path) -> None:
     assert _digests(tiny_cohort) == before
 
 
+def test_load_manifest__missing_or_foreign_file_is_input_error(tmp_path: Path) -> None:
+    with pytest.raises(InputError, match="genofed cohort simulate"):
+        load_manifest(tmp_path)
+    (tmp_path / "cohort.json").write_text('{"format": "something-else"}')
+    with pytest.raises(InputError, match="genofed-cohort/1"):
+        load_manifest(tmp_path)
+
+
 def test_cli_simulate__writes_layout_and_json_summary(tmp_path: Path) -> None:
     out = tmp_path / "cli"
     args = ["cohort", "simulate", "--out", str(out), "--sites", "2", "--samples", "20"]
@@ -329,8 +339,9 @@ def test_cli_simulate__writes_layout_and_json_summary(tmp_path: Path) -> None:
     assert again.exit_code == 1
     assert "already exists" in again.stderr and "--force" in again.stderr
 
-    forced = CliRunner().invoke(main, [*args, "--force"])
+    forced = CliRunner().invoke(main, [*args, "--force", "--progress"])
     assert forced.exit_code == 0, forced.output
+    assert "simulating" in forced.stderr and "done:" in forced.stderr
 
 
 def test_cli_simulate__malformed_region_is_usage_error(tmp_path: Path) -> None:
@@ -378,7 +389,8 @@ def test_phenotypes__quant_causal_variants_genome_wide_significant_at_3000(tmp_p
             if row is None or "NA" in (row["quant_trait"], row["age"], row["sex"]):
                 continue
             dosage_columns.append(dosage[:, j])
-            covariates.append([float(row["age"]), float(row["sex"]), population[sample] == "YRI", population[sample] == "CHB"])
+            ancestry = population[sample]
+            covariates.append([float(row["age"]), float(row["sex"]), ancestry == "YRI", ancestry == "CHB"])
             trait.append(float(row["quant_trait"]))
     dosage_matrix, covariate_matrix, y = np.array(dosage_columns), np.array(covariates, dtype=float), np.array(trait)
     assert len(y) > 2500  # 3000 minus the NA values in trait, age or sex
