@@ -319,17 +319,32 @@ def open_vcf(path: str | Path) -> VcfSource:
         try:
             is_bcf = handle.format == "BCF"
             samples = list(handle.header.samples)
-            declared = {name: contig.length for name, contig in handle.header.contigs.items()}
-            index = handle.index
-            has_index = index is not None
-            contigs: dict[str, int | None] = dict(declared)
-            if not declared and has_index:
-                contigs = {name: None for name in index.keys()}
+            contigs: dict[str, int | None] = {name: contig.length for name, contig in handle.header.contigs.items()}
+            has_index = handle.index is not None
         finally:
             handle.close()
+    # htslib adds the index's contigs to a text header that declares none: look at the text
+    declared = bool(contigs) if is_bcf else _declares_contigs(path, compressed)
     if len(set(samples)) != len(samples):
         raise VcfFormatError(f"{path}: duplicate sample IDs in the '#CHROM' header line; sample IDs must be unique")
-    return VcfSource(path, samples, contigs, bool(declared), has_index, is_bcf, compressed)
+    return VcfSource(path, samples, contigs, declared, has_index, is_bcf, compressed)
+
+
+def _declares_contigs(path: Path, compressed: bool) -> bool:
+    """Whether a text VCF's own header has ``##contig`` lines (read up to '#CHROM')."""
+    opener = pysam.BGZFile(str(path), "rb") if compressed else open(path, "rb")
+    seen = b""
+    with contextlib.suppress(OSError), opener as handle:
+        while True:
+            chunk = handle.read(1 << 16)
+            if not chunk:
+                break
+            seen = seen[-16:] + chunk
+            if b"\n##contig=" in seen or seen.startswith(b"##contig="):
+                return True
+            if b"\n#CHROM" in seen:
+                break
+    return False
 
 
 # --- record streams: (line_number | None, split record) ----------------------------------
@@ -678,7 +693,8 @@ def decode_genotypes(
         allele_index = alleles
     else:
         allele_index = np.full((n, num_samples, ploidy), ABSENT_ALLELE, dtype=np.int8)
-        allele_index[is_fast, :, :2] = alleles[is_fast]
+        if is_fast.any():
+            allele_index[is_fast, :, :2] = alleles[is_fast]
     for i, (calls, call_phased) in slow.items():
         allele_index[i, :, calls.shape[1] :] = ABSENT_ALLELE
         allele_index[i, :, : calls.shape[1]] = calls
