@@ -255,14 +255,18 @@ def cohort_simulate(
 @click.option("--days", type=click.IntRange(min=1), default=365, show_default=True, help="Validity of the certificates, in days.")
 @click.option(
     "--allow", "allowed", multiple=True,
-    help="An analysis every site's policy allows initially; repeat [default: census, secure-sum].",
+    help="An analysis every site's policy allows initially; repeat [default: census, secure_sum].",
+)
+@click.option(
+    "--share-variant-keys", is_flag=True,
+    help="Let every site reveal which variants it has (IDs, never counts), as the census needs; each site can change it.",
 )
 @force_option
 @json_option
 @handles_errors
 def provision_command(
     federation: str, sites: tuple[str, ...], analysts: tuple[str, ...], out: Path, host: str, port: int,
-    days: int, allowed: tuple[str, ...], force: bool, as_json: bool,
+    days: int, allowed: tuple[str, ...], share_variant_keys: bool, force: bool, as_json: bool,
 ) -> None:
     """Create a federation: CA, certificates, keys and a configuration per participant.
 
@@ -279,7 +283,8 @@ def provision_command(
 
     manifest = provision(
         out, federation=federation, sites=sites, analysts=analysts or ("analyst",), coordinator_host=host,
-        coordinator_port=port, valid_days=days, allowed_analyses=allowed or DEFAULT_ANALYSES, force=force,
+        coordinator_port=port, valid_days=days, allowed_analyses=allowed or DEFAULT_ANALYSES,
+        share_variant_keys=share_variant_keys, force=force,
     )
     lines = [f"federation {manifest.federation}: {manifest.path} (coordinator {manifest.coordinator_url})"]
     for participant in manifest.participants:

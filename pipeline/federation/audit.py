@@ -52,7 +52,7 @@ log = logging.getLogger(__name__)
 GENESIS_HASH = "0" * 64
 """``prev_hash`` of the first entry."""
 
-MAX_FIELDS_BYTES = 4096
+MAX_FIELDS_BYTES = 16384
 """Largest canonical JSON of an entry's fields: digests and counts, never payloads."""
 
 _KEYS = ("seq", "time", "event", "fields", "prev_hash", "entry_hash")

@@ -89,11 +89,15 @@ class SitePolicy:
             k of its samples.
         min_allele_count: per-variant results are published only above this minor
             allele count.
+        share_variant_keys: whether the site may reveal which variants it has (their
+            IDs, never counts) where an analysis needs the union of the sites' variants
+            (the census's first round); off unless the site opts in.
     """
 
     allowed_analyses: tuple[str, ...]
     min_samples: int = 10
     min_allele_count: int = 5
+    share_variant_keys: bool = False
 
     def allows(self, analysis: str) -> bool:
         """Whether jobs of ``analysis`` may use this site's data."""
@@ -234,6 +238,12 @@ def _int(minimum: int, maximum: int | None = None) -> Callable[[Any], int]:
     return check
 
 
+def _bool(value: Any) -> bool:
+    if not isinstance(value, bool):
+        raise TypeError
+    return value
+
+
 def _positive_float(value: Any) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
         raise ValueError
@@ -370,6 +380,7 @@ def load_site_config(
         ),
         min_samples=table.get("min_samples", _int(1), "an integer >= 1 (k: no aggregate over fewer samples)", 10),
         min_allele_count=table.get("min_allele_count", _int(0), "an integer >= 0", 5),
+        share_variant_keys=table.get("share_variant_keys", _bool, "true or false", False),
     )
     table.finish()
     return SiteConfig(

@@ -55,7 +55,7 @@ __all__ = [
     "provision",
 ]
 
-DEFAULT_ANALYSES = ("census", "secure-sum")
+DEFAULT_ANALYSES = ("census", "secure_sum")
 """Analyses a freshly provisioned site allows; each site edits ``[policy]`` to taste."""
 
 _CLOCK_SKEW = dt.timedelta(minutes=5)
@@ -332,17 +332,19 @@ def _coordinator_toml(federation: str, host: str, port: int, sites: Sequence[str
     return render_toml(tables, header=_HEADER.format(role="coordinator", federation=federation, reference=_REFERENCE), comments=comments)
 
 
-def _site_toml(federation: str, name: str, url: str, analyses: Sequence[str]) -> str:
+def _site_toml(federation: str, name: str, url: str, analyses: Sequence[str], share_variant_keys: bool) -> str:
     tables: dict[str, dict[str, Any]] = {
         "site": {"name": name, "federation": federation, "coordinator_url": url, "dataset": "dataset",
                  "audit_log": "audit.log", "state_dir": "state", "poll_interval": 2.0},
         "tls": {"cert": "cert.pem", "key": "key.pem", "ca": "ca.pem"},
-        "policy": {"allowed_analyses": list(analyses), "min_samples": 10, "min_allele_count": 5},
+        "policy": {"allowed_analyses": list(analyses), "min_samples": 10, "min_allele_count": 5,
+                   "share_variant_keys": share_variant_keys},
     }
     comments = {
         "site.dataset": "The harmonized dataset made by: genofed ingest --out <this path>",
         "policy": "What this site agrees to: only these analyses, never an aggregate over fewer than\n"
-                  "min_samples of its samples, per-variant results only above min_allele_count.",
+                  "min_samples of its samples, per-variant results only above min_allele_count;\n"
+                  "share_variant_keys = true lets it reveal which variants it has (IDs, never counts).",
     }
     return render_toml(tables, header=_HEADER.format(
         role="site", federation=federation, reference="Every key is explained in sites/template/site.toml of the genofed sources."
@@ -392,6 +394,7 @@ def provision(
     coordinator_port: int = DEFAULT_PORT,
     valid_days: int = 365,
     allowed_analyses: Sequence[str] = DEFAULT_ANALYSES,
+    share_variant_keys: bool = False,
     force: bool = False,
 ) -> ProvisionManifest:
     """Creates a federation: CA, certificates, keys and one configuration per participant.
@@ -407,6 +410,8 @@ def provision(
         coordinator_port: the coordinator's TCP port.
         valid_days: validity of every certificate (the CA's as well).
         allowed_analyses: the analyses each site's policy allows initially.
+        share_variant_keys: the initial ``[policy] share_variant_keys`` of every site
+            (whether it may reveal which variants it has, for the census).
         force: replace an existing ``out``.
 
     Raises:
@@ -450,7 +455,7 @@ def provision(
             issued[(role, name)] = (folder.relative_to(tmp), x509.load_pem_x509_certificate(cert_pem))
 
         for name in sites:
-            issue(name, "site", tmp / "sites" / name, "site.toml", _site_toml(federation, name, url, allowed_analyses))
+            issue(name, "site", tmp / "sites" / name, "site.toml", _site_toml(federation, name, url, allowed_analyses, share_variant_keys))
         for name in analysts:
             issue(name, "analyst", tmp / "analysts" / name, "analyst.toml", _analyst_toml(federation, name, url))
         issue("coordinator", "coordinator", tmp / "coordinator", "coordinator.toml")

@@ -271,7 +271,7 @@ def test_open__refuses_log_with_edited_last_entry(tmp_path):
         ({"genotypes": np.zeros((3, 4), dtype=np.int8)}, "ndarray"),
         ({"payload": b"\x00\x01"}, "bytes"),
         ({"value": float("nan")}, "finite"),
-        ({"sample_ids": ["s"] * 2000}, "limit"),
+        ({"sample_ids": ["s"] * 5000}, "limit"),
     ],
 )
 def test_append__refuses_payloads(tmp_path, fields, match):

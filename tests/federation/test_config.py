@@ -85,6 +85,7 @@ def test_shipped_site_configs__load(name):
     assert config.policy.allowed_analyses
     if name != "template":
         assert config.name == name
+    assert config.policy.share_variant_keys == (name in ("site-1", "site-2"))
 
 
 def test_shipped_site_configs__template_comments_every_key():
@@ -104,7 +105,8 @@ def test_site_config__defaults_and_paths(tmp_path):
     assert config.cert == base / "cert.pem" and config.ca == Path("/etc/genofed/ca.pem")
     assert config.audit_log == base / "audit.log" and config.state_dir == base / "state"
     assert config.poll_interval == 2.0
-    assert config.policy == SitePolicy(allowed_analyses=("census",), min_samples=10, min_allele_count=5)
+    assert config.policy == SitePolicy(allowed_analyses=("census",), min_samples=10, min_allele_count=5,
+                                       share_variant_keys=False)
     assert config.policy.allows("census") and not config.policy.allows("gwas")
 
 
@@ -135,6 +137,7 @@ def test_site_config__relative_to_file_not_cwd(tmp_path, monkeypatch):
         ('allowed_analyses = ["census"]', 'allowed_analyses = ["census"]\nmin_samples = true', "policy.min_samples", ">= 1"),
         ('allowed_analyses = ["census"]', 'allowed_analyses = ["census"]\nmin_allele_count = -1', "policy.min_allele_count", ">= 0"),
         ('allowed_analyses = ["census"]', 'allowed_analyses = ["census"]\nk = 5', "policy.k", "unknown key"),
+        ('allowed_analyses = ["census"]', 'allowed_analyses = ["census"]\nshare_variant_keys = 1', "policy.share_variant_keys", "true or false"),
     ],
 )
 def test_site_config__errors_name_file_and_key(tmp_path, old, new, key, expected):

@@ -149,8 +149,9 @@ def test_provision__configs_load_and_point_at_files(federation):
         assert site.cert == participant.cert.resolve() and site.key == participant.key.resolve()
         assert site.ca.read_bytes() == federation.ca_cert.read_bytes()
         assert site.dataset == participant.folder.resolve() / "dataset"
-        assert site.policy.allowed_analyses == ("census", "secure-sum")
+        assert site.policy.allowed_analyses == ("census", "secure_sum")
         assert (site.policy.min_samples, site.policy.min_allele_count) == (10, 5)
+        assert site.policy.share_variant_keys is False
     for participant in federation.analysts:
         analyst = load_analyst_config(participant.config, env={})
         assert analyst.name == participant.name and analyst.cert == participant.cert.resolve()
@@ -253,10 +254,11 @@ def test_cli_provision__text_and_json(tmp_path):
     assert summary["ca_key"].endswith("ca/ca.key")
 
     result = runner.invoke(main, ["provision", "--federation", "demo", "--site", "s", "--out", str(tmp_path / "fed2"),
-                                  "--allow", "census"])
+                                  "--allow", "census", "--share-variant-keys"])
     assert result.exit_code == 0
     assert "consortium operator" in result.output
-    assert load_site_config(tmp_path / "fed2" / "sites" / "s" / "site.toml", env={}).policy.allowed_analyses == ("census",)
+    policy = load_site_config(tmp_path / "fed2" / "sites" / "s" / "site.toml", env={}).policy
+    assert policy.allowed_analyses == ("census",) and policy.share_variant_keys is True
 
 
 def test_cli_provision__errors_exit_1_with_one_line(tmp_path):
