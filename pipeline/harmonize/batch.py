@@ -113,25 +113,59 @@ def add_counts(counts: Mapping[str, int], increments: Mapping[str, int]) -> Mapp
     return MappingProxyType(merged)  # type: ignore[arg-type]
 
 
+def _slot_counts(allele: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(ALT count, ploidy, any missing) per call, looping over the few ploidy slots.
+
+    Element-wise passes over (v, samples) planes are much faster than numpy reductions
+    over a last axis of length 2.
+    """
+    shape = allele.shape[:2]
+    alt_count = np.zeros(shape, dtype=np.int8)
+    ploidy = np.zeros(shape, dtype=np.int8)
+    missing = np.zeros(shape, dtype=bool)
+    for slot in range(allele.shape[2]):
+        plane = allele[:, :, slot]
+        alt_count += plane == 1
+        ploidy += plane != ALLELE_ABSENT
+        missing |= plane == ALLELE_MISSING
+    return alt_count, ploidy, missing
+
+
+def _diploid_table() -> np.ndarray:
+    """Dosage of every two-slot call, indexed by ``(a0 + 2) * 4 + (a1 + 2)``."""
+    table = np.zeros(16, dtype=np.int8)
+    for a0 in range(-2, 2):
+        for a1 in range(-2, 2):
+            table[(a0 + 2) * 4 + (a1 + 2)] = _general_dosage(np.array([[[a0, a1]]], dtype=np.int8))[0, 0]
+    return table
+
+
 def call_dosage(allele: np.ndarray) -> np.ndarray:
     """ALT counts (v, samples) int8 from allele indexes; -1 where any allele is missing.
 
     Haploid calls (one allele slot) are stored as 0/2, as plink does; calls of higher
-    ploidy count their ALT alleles.
+    ploidy count their ALT alleles. Two-slot arrays (the common case) use a 16-entry
+    lookup table built from the general rule.
     """
-    if allele.shape[0] == 0:
-        return np.zeros(allele.shape[:2], dtype=np.int8)
-    alt_count = (allele == 1).sum(axis=2, dtype=np.int8)
-    ploidy = (allele != ALLELE_ABSENT).sum(axis=2, dtype=np.int8)
-    missing = (allele == ALLELE_MISSING).any(axis=2) | (ploidy == 0)
-    dosage = np.where(ploidy == 1, alt_count * 2, alt_count).astype(np.int8)
-    dosage[missing] = -1
+    if allele.ndim == 3 and allele.shape[2] == 2:
+        index = (allele[:, :, 0] + np.int8(2)) * np.int8(4) + (allele[:, :, 1] + np.int8(2))
+        return _DIPLOID_DOSAGE.take(index.astype(np.intp, copy=False))
+    return _general_dosage(allele)
+
+
+def _general_dosage(allele: np.ndarray) -> np.ndarray:
+    alt_count, ploidy, missing = _slot_counts(allele)
+    dosage = np.where(ploidy == 1, alt_count * 2, alt_count).astype(np.int8, copy=False)
+    dosage[missing | (ploidy == 0)] = -1
     return dosage
+
+
+_DIPLOID_DOSAGE = _diploid_table()
 
 
 def effective_ploidy(allele: np.ndarray) -> np.ndarray:
     """Ploidy on the stored scale (v, samples): haploid counts as 2 (stored 0/2), else slots used."""
-    ploidy = (allele != ALLELE_ABSENT).sum(axis=2, dtype=np.int8)
+    _, ploidy, _ = _slot_counts(allele)
     return np.where(ploidy <= 2, 2, ploidy).astype(np.float32)
 
 

@@ -79,9 +79,14 @@ def split_block(block: RecordBlock) -> VariantBatch:
     alt_number = np.array([k for _, k in rows], dtype=np.int8)
     multi = n_alts[record] > 1 if rows else np.zeros(0, bool)
 
-    source_allele = allele_index[record]  # (v, samples, ploidy)
-    target = alt_number[:, None, None]
-    allele = np.where(source_allele == target, np.int8(1), np.where(source_allele >= 0, np.int8(0), source_allele)).astype(np.int8)
+    identity = record.size == n_records and bool((n_alts == 1).all())
+    source_allele = allele_index if identity else allele_index[record]  # (v, samples, ploidy)
+    allele = source_allele
+    if multi.any():  # biallelic rows already hold 0/1/-1/-2; recode only the split ones
+        allele = source_allele.copy()
+        sub = source_allele[multi]
+        target = alt_number[multi][:, None, None]
+        allele[multi] = np.where(sub == target, np.int8(1), np.where(sub >= 0, np.int8(0), sub))
 
     ds = None
     if block.ds is not None:

@@ -35,3 +35,13 @@ def test_concat_blocks__sorts_by_position_and_fills_missing_ds():
     assert block.call_dosage.tolist() == [[2], [1]]
     assert np.isnan(block.dosage[0, 0]) and block.dosage[1, 0] == np.float32(0.7)
     assert isinstance(block.variants, pa.Table)
+
+
+def test_call_dosage__diploid_lookup_equals_general_rule():
+    from pipeline.harmonize.batch import _general_dosage
+
+    combos = np.array([[[a, b] for a in range(-2, 2) for b in range(-2, 2)]], dtype=np.int8)
+    np.testing.assert_array_equal(call_dosage(combos), _general_dosage(combos))
+    rng = np.random.default_rng(0)
+    allele = rng.integers(-2, 2, size=(50, 40, 2)).astype(np.int8)
+    np.testing.assert_array_equal(call_dosage(allele), _general_dosage(allele))
