@@ -317,3 +317,40 @@ def test_ingest__generated_vcfs_round_trip(tmp_path_factory, data, indexed):
     with pysam.VariantFile(str(path)) as vcf:
         expected = naive_dataset(vcf, contig_style="keep", fasta=None)
     assert dataset_calls(folder / "d") == expected
+
+
+def test_ingest__multi_contig_indexed_equals_streamed(tmp_path):
+    records = [
+        ("1", 10, "A", "G", "GT", ["0/1", "1/1"]),
+        ("1", 160, "CA", "C,CAA", "GT", ["1/2", "0/0"]),
+        ("1", 420, "T", "C", "GT", ["./1", "1"]),
+        ("2", 15, "G", "T", "GT", ["0|1", "1|1"]),
+        ("2", 390, "A", "C", "GT", ["0/0", "0/1"]),
+    ]
+    text = vcf_text(records, ["a", "b"], contigs={"1": 1000, "2": 1000})
+    indexed = write_vcf(tmp_path / "m.vcf", text, indexed=True)
+    plain = write_vcf(tmp_path / "plain.vcf", text)
+    a = ingest(indexed, out=tmp_path / "a", chunk_size=200, scheduler="synchronous")
+    b = ingest(plain, out=tmp_path / "b", chunk_size=200)
+    assert a["chunks"] == b["chunks"] == 4 and a["tasks"] == 4 and b["tasks"] == 0
+    assert dataset_calls(tmp_path / "a") == dataset_calls(tmp_path / "b")
+    variants = open_dataset(tmp_path / "b").variants().to_pandas()
+    assert list(variants["chromosome"]) == ["chr1", "chr1", "chr1", "chr1", "chr2", "chr2"]
+    assert list(variants["variant_id"][1:3]) == ["chr1:160:CA:C", "chr1:161:A:AA"]
+
+
+def test_ingest__builds_one_graph_and_computes_once(tmp_path, monkeypatch):
+    import dask
+
+    calls = []
+    real_compute = dask.compute
+
+    def counting_compute(*args, **kwargs):
+        calls.append(len(args))
+        return real_compute(*args, **kwargs)
+
+    monkeypatch.setattr(dask, "compute", counting_compute)
+    records = [("chr1", p, "A", "G", "GT", ["0/1"]) for p in (10, 120, 230, 340)]
+    path = write_vcf(tmp_path / "g.vcf", vcf_text(records, ["a"]), indexed=True)
+    report = ingest(path, out=tmp_path / "d", chunk_size=100, scheduler="threads", workers=2)
+    assert calls == [report["tasks"]] == [4]
