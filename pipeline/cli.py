@@ -348,5 +348,122 @@ def demo_command(out: str, sites: int, samples: int, region: str, seed: int, for
     echo_summary(summary, as_json=as_json, text=f"demo finished in {summary['seconds']} s; everything is in {summary['out']}")
 
 
+@main.group()
+def coordinator() -> None:
+    """The federation's coordinator (HTTPS server with mutual TLS)."""
+
+
+@coordinator.command("serve")
+@click.option("--config", "config_path", required=True, type=click.Path(exists=True, dir_okay=False, path_type=Path), help="coordinator.toml (written by genofed provision).")
+@click.option("--host", default=None, help="Address to bind [default: from the config].")
+@click.option("--port", type=click.IntRange(1, 65535), default=None, help="Port to bind [default: from the config].")
+@handles_errors
+def coordinator_serve(config_path: Path, host: str | None, port: int | None) -> None:
+    """Serve the coordinator until interrupted; running jobs resume after a restart."""
+    from pipeline.federation.server import serve
+
+    serve(config_path, host=host, port=port)
+
+
+@main.group()
+def site() -> None:
+    """A site's agent: polls the coordinator (outbound only) and contributes masked sums."""
+
+
+@site.command("run")
+@click.option("--config", "config_path", required=True, type=click.Path(exists=True, dir_okay=False, path_type=Path), help="site.toml (written by genofed provision).")
+@click.option("--once", is_flag=True, help="Exit when the jobs this site took part in have finished.")
+@click.option("--max-idle", type=click.FloatRange(min=0), default=None, help="Exit after this many seconds without an active job.")
+@json_option
+@handles_errors
+def site_run(config_path: Path, once: bool, max_idle: float | None, as_json: bool) -> None:
+    """Run the site agent: policy checks, local step, masking, upload; survives coordinator restarts."""
+    from pipeline.federation.agent import run_site
+
+    summary = run_site(config_path, once=once, max_idle=max_idle)
+    echo_summary(summary, as_json=as_json, text=f"site {summary['site']}: {summary['tasks']} tasks in jobs {', '.join(summary['jobs']) or 'none'}")
+
+
+@main.group()
+def job() -> None:
+    """Submit federated jobs and collect their results (as an analyst)."""
+
+
+def _analyst_config_option(func: Callable[..., Any]) -> Callable[..., Any]:
+    return click.option(
+        "--config", "config_path", required=True, envvar="GENOFED_ANALYST_CONFIG",
+        type=click.Path(exists=True, dir_okay=False, path_type=Path), help="analyst.toml [env GENOFED_ANALYST_CONFIG].",
+    )(func)
+
+
+@job.command("submit")
+@click.argument("spec", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@_analyst_config_option
+@click.option("--threshold", type=click.IntRange(min=2), default=None, help="Sites that must answer each stage (overrides the spec).")
+@json_option
+@handles_errors
+def job_submit(spec: Path, config_path: Path, threshold: int | None, as_json: bool) -> None:
+    """Submit the job SPEC (YAML, e.g. workflows/census.yaml); prints its ID."""
+    from pipeline.federation.jobs import submit_job
+
+    answer = submit_job(config_path, spec, threshold=threshold)
+    echo_summary(answer, as_json=as_json, text=answer["job_id"])
+
+
+@job.command("status")
+@click.argument("job_id")
+@_analyst_config_option
+@json_option
+@handles_errors
+def job_status_command(job_id: str, config_path: Path, as_json: bool) -> None:
+    """Show a job's status (running: round, stage and the sites it waits for)."""
+    from pipeline.federation.jobs import job_status
+
+    status = job_status(config_path, job_id)
+    text = f"{status['job_id']} {status['analysis']}: {status['status']}"
+    if status["status"] == "running":
+        text += f" (round {status.get('round')}, stage {status.get('stage')}, waiting for {', '.join(status.get('waiting_for', [])) or 'nobody'})"
+    if status.get("error"):
+        text += f": {status['error']}"
+    echo_summary(status, as_json=as_json, text=text)
+
+
+@job.command("results")
+@click.argument("job_id")
+@_analyst_config_option
+@click.option("--out", required=True, type=click.Path(path_type=Path), help="Folder to create: summary.json and one Parquet file per table.")
+@force_option
+@json_option
+@handles_errors
+def job_results(job_id: str, config_path: Path, out: Path, force: bool, as_json: bool) -> None:
+    """Download a finished job's results."""
+    from pipeline.federation.jobs import fetch_results
+
+    summary = fetch_results(config_path, job_id, out, force=force)
+    echo_summary(summary, as_json=as_json, text=f"{job_id}: {', '.join(summary['tables'])} and summary.json written to {summary['out']}")
+
+
+@main.command("federate")
+@click.option("--site", "datasets", multiple=True, required=True, type=click.Path(exists=True, file_okay=False, path_type=Path), help="A site's dataset folder; repeat for each site.")
+@click.option("--job", "spec", required=True, type=click.Path(exists=True, dir_okay=False, path_type=Path), help="Job spec (YAML), e.g. workflows/census.yaml.")
+@click.option("--out", required=True, type=click.Path(path_type=Path), help="Folder to create: federation/, logs/, results/.")
+@click.option("--threshold", type=click.IntRange(min=2), default=None, help="Sites that must answer each stage (overrides the spec).")
+@click.option("--timeout", type=click.FloatRange(min=1), default=900.0, show_default=True, help="Seconds to wait for the job.")
+@force_option
+@json_option
+@handles_errors
+def federate_command(datasets: tuple[Path, ...], spec: Path, out: Path, threshold: int | None, timeout: float, force: bool, as_json: bool) -> None:
+    """Run a whole federation on this machine: coordinator and one agent per dataset, mutual TLS on 127.0.0.1.
+
+    \b
+    Example:
+      genofed federate --site a.dataset --site b.dataset --site c.dataset --job workflows/census.yaml --out fed-run
+    """
+    from pipeline.federation.local import federate, summary_text
+
+    summary = federate(list(datasets), spec, out, threshold=threshold, timeout=timeout, force=force)
+    echo_summary(summary, as_json=as_json, text=summary_text(summary))
+
+
 if __name__ == "__main__":  # pragma: no cover
     main()

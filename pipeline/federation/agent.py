@@ -1,0 +1,331 @@
+"""The site agent: polls the coordinator, runs the job's site step, masks and uploads.
+
+``genofed site run --config site.toml`` opens only outbound HTTPS connections (mutual
+TLS). It long-polls ``/v1/site/work``; for each task it
+
+1. enforces the site's policy before anything is computed or sent: the analysis must be
+   in ``allowed_analyses``, the dataset must hold at least ``min_samples`` samples (k),
+   and the analysis' own checks (for the census: the job may not publish variants below
+   the site's ``min_allele_count``) — a refused job is declined with the reason;
+2. computes its contribution with the analysis' ``site_step`` (JAX) and encodes it with
+   the round's layout;
+3. runs its side of the secure-aggregation protocol (:mod:`pipeline.secagg.protocol`)
+   one stage per task, uploading each message.
+
+The protocol secrets of a round in progress (32 random bytes every key derives from,
+and the encoded contribution) are kept in ``state_dir`` (0600), with the server
+messages received so far. Client transitions are pure functions of those, so after a
+restart of the agent *or* of the coordinator the agent rebuilds the same state and
+re-sends byte-identical messages (which the coordinator accepts idempotently). An agent
+that lost its state mid-round sits the round out (the others finish by dropout
+recovery). Secrets are deleted as soon as the site's last message of a round is
+acknowledged. Every contribution and decline is written to the site's audit log
+(digests only).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import logging
+import os
+import shutil
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from pipeline import dataset as dataset_io
+from pipeline.analyses import Analysis, KeyUnion, SiteContext, get_analysis
+from pipeline.errors import ConfigurationError, GenofedError, PolicyRefusal, ProtocolError
+from pipeline.federation import wire
+from pipeline.federation.config import SiteConfig, load_site_config
+from pipeline.federation.jobs import KEYS_STAGE, encode_keys, round_config
+from pipeline.secagg import keys as secagg_keys
+from pipeline.secagg.encoding import Layout
+from pipeline.secagg.protocol import ClientState, Message, Stage, client_advance, client_init
+
+log = logging.getLogger(__name__)
+
+__all__ = ["SiteAgent", "run_site", "check_policy", "CLIENT_STAGES"]
+
+CLIENT_STAGES = (Stage.ADVERTISE_KEYS, Stage.SHARE_KEYS, Stage.MASKED_INPUT, Stage.CONSISTENCY_CHECK, Stage.UNMASKING)
+_WAIT_SECONDS = 10.0
+
+
+def check_policy(config: SiteConfig, analysis: str, dataset: dataset_io.Dataset) -> None:
+    """The site's generic policy: allowed analyses and k (minimum samples).
+
+    Raises:
+        PolicyRefusal: saying which rule the job breaks.
+    """
+    policy = config.policy
+    if analysis not in policy.allowed_analyses:
+        raise PolicyRefusal(
+            f"site {config.name}: analysis {analysis!r} is not in this site's allowed_analyses {list(policy.allowed_analyses)}"
+        )
+    if dataset.num_samples < policy.min_samples:
+        raise PolicyRefusal(
+            f"site {config.name}: {dataset.num_samples} samples, fewer than the policy's min_samples {policy.min_samples}; "
+            "no aggregate over fewer samples leaves this site"
+        )
+
+
+def _write_private(path: Path, data: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "wb") as handle:
+        handle.write(data)
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(tmp, path)
+
+
+@dataclass
+class _RoundMemory:
+    """A round's client state in memory: the last state and each stage's outgoing message."""
+
+    state: ClientState
+    outgoing: dict[Stage, list[Message]] = field(default_factory=dict)
+
+
+class SiteAgent:
+    """One site's agent (identity: a site, its state folder and its connection)."""
+
+    def __init__(self, config: SiteConfig, *, connection: wire.Connection | None = None, audit: Any = None) -> None:
+        from pipeline.federation.audit import AuditLog
+
+        self.config = config
+        self.connection = connection or wire.Connection(
+            config.coordinator_url, cert=config.cert, key=config.key, ca=config.ca, max_attempts=10, max_backoff=5.0,
+        )
+        self.audit = audit if audit is not None else AuditLog(config.audit_log)
+        self.state_dir = Path(config.state_dir)
+        self.state_dir.mkdir(parents=True, exist_ok=True)
+        self._rounds: dict[tuple[str, int], _RoundMemory] = {}
+        self._states: dict[tuple[str, int], dict[str, Any]] = {}
+        self._dataset: dataset_io.Dataset | None = None
+        self.tasks_done = 0
+        self.jobs_seen: set[str] = set()
+
+    # ------------------------------------------------------------------ loop
+
+    def run(self, *, once: bool = False, max_idle: float | None = None, should_stop: Callable[[], bool] | None = None) -> dict[str, Any]:
+        """Polls and works until stopped.
+
+        Args:
+            once: return when every job this agent took part in has finished.
+            max_idle: return after this many seconds without an active job (``None``: never).
+            should_stop: checked between polls (tests, signal handlers).
+        """
+        idle_since = time.monotonic()
+        while not (should_stop and should_stop()):
+            try:
+                answer = self.connection.get_json(f"/v1/site/work?wait={_WAIT_SECONDS}", timeout=_WAIT_SECONDS + 30)
+            except ProtocolError as error:
+                log.warning("site %s: polling failed (%s); retrying in %.1f s", self.config.name, error, self.config.poll_interval)
+                time.sleep(self.config.poll_interval)
+                answer = None
+            if answer is not None:
+                active = set(answer.get("active_jobs", []))
+                self._forget_finished(active)
+                task = answer.get("task")
+                if task is not None:
+                    self.jobs_seen.add(task["job_id"])
+                    try:
+                        self.handle(task)
+                    except ProtocolError as error:
+                        log.warning("site %s: task %s failed: %s", self.config.name, _describe(task), error)
+                        time.sleep(self.config.poll_interval)
+                    idle_since = time.monotonic()
+                    continue
+                if active:
+                    idle_since = time.monotonic()
+                elif once and self.jobs_seen:
+                    break
+            if max_idle is not None and time.monotonic() - idle_since > max_idle:
+                break
+        return {"site": self.config.name, "tasks": self.tasks_done, "jobs": sorted(self.jobs_seen)}
+
+    def _forget_finished(self, active: set[str]) -> None:
+        jobs_dir = self.state_dir / "jobs"
+        for job_id in list({job for job, _ in self._rounds} | {job for job, _ in self._states}):
+            if job_id not in active:
+                self._rounds = {k: v for k, v in self._rounds.items() if k[0] != job_id}
+                self._states = {k: v for k, v in self._states.items() if k[0] != job_id}
+        if jobs_dir.is_dir():
+            for folder in jobs_dir.iterdir():
+                if folder.name not in active:
+                    shutil.rmtree(folder, ignore_errors=True)
+
+    # ------------------------------------------------------------------ one task
+
+    def dataset(self) -> dataset_io.Dataset:
+        if self._dataset is None:
+            self._dataset = dataset_io.open_dataset(self.config.dataset)
+        return self._dataset
+
+    def site_context(self) -> SiteContext:
+        policy = self.config.policy
+        return SiteContext(
+            name=self.config.name,
+            min_samples=policy.min_samples,
+            min_allele_count=policy.min_allele_count,
+            share_variant_keys=bool(getattr(policy, "share_variant_keys", False)),
+        )
+
+    def handle(self, task: dict[str, Any]) -> None:
+        """Does one task from ``/v1/site/work`` (declines the job if the policy forbids it)."""
+        job_id, round_index = task["job_id"], int(task["round_index"])
+        try:
+            analysis = get_analysis(task["analysis"])
+            if task["kind"] == "keys":
+                self._keys_round(task, analysis)
+            else:
+                self._secagg_stage(task, analysis)
+        except (PolicyRefusal, ConfigurationError) as refusal:
+            self._decline(job_id, str(refusal))
+        except GenofedError as error:
+            if isinstance(error, ProtocolError):
+                raise
+            self._decline(job_id, f"site {self.config.name} could not compute its contribution: {error}")
+        self.tasks_done += 1
+        log.debug("site %s: did %s (job %s round %d)", self.config.name, task["stage"], job_id, round_index)
+
+    def _decline(self, job_id: str, reason: str) -> None:
+        log.warning("site %s declines job %s: %s", self.config.name, job_id, reason)
+        self.audit.append("job.declined", job_id=job_id, reason=reason[:500])
+        self.connection.post_json(f"/v1/site/jobs/{job_id}/decline", {"reason": reason})
+
+    def _state(self, job_id: str, round_index: int) -> dict[str, Any]:
+        key = (job_id, round_index)
+        if key not in self._states:
+            self._states[key] = self.connection.get_json(f"/v1/site/jobs/{job_id}/rounds/{round_index}/state")
+        return self._states[key]
+
+    def _contribution(self, task: dict[str, Any], analysis: Analysis) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+        dataset = self.dataset()
+        check_policy(self.config, analysis.name, dataset)
+        state = self._state(task["job_id"], int(task["round_index"]))
+        if wire.digest(wire.canonical_json(state)) != task["state_digest"]:
+            raise ProtocolError(f"job {task['job_id']}: the round state fetched does not match the task's digest; retrying")
+        values = analysis.site_step(state, int(task["round_index"]), dataset, self.site_context())
+        return state, values
+
+    def _upload(self, task: dict[str, Any], stage: str, body: bytes, message_id: str) -> None:
+        path = f"/v1/site/jobs/{task['job_id']}/rounds/{task['round_index']}/stages/{stage}/messages/{message_id}"
+        try:
+            receipt = self.connection.put_bytes(path, body)
+        except wire.HttpError as error:
+            if error.status == 409:
+                log.warning("site %s: upload refused: %s", self.config.name, error.detail)
+                return
+            raise
+        self.audit.append(
+            "contribution.sent", job_id=task["job_id"], round=int(task["round_index"]), stage=stage,
+            digest=wire.digest(body), bytes=len(body), status=receipt.get("status"),
+        )
+
+    def _keys_round(self, task: dict[str, Any], analysis: Analysis) -> None:
+        state, values = self._contribution(task, analysis)
+        layout = analysis.layout(state, int(task["round_index"]))
+        if not isinstance(layout, KeyUnion):
+            raise ProtocolError(f"job {task['job_id']} round {task['round_index']}: the coordinator asks for keys, the analysis sums")
+        body = encode_keys(values[layout.name], layout.name)
+        message_id = hashlib.sha256(f"{self.config.name}|{task['job_id']}|{task['round_index']}|keys".encode()).hexdigest()[:32]
+        self._upload(task, KEYS_STAGE, body, message_id)
+
+    # ------------------------------------------------------------------ secure aggregation
+
+    def _round_dir(self, job_id: str, round_index: int) -> Path:
+        return self.state_dir / "jobs" / job_id / f"round-{round_index}"
+
+    def _secagg_stage(self, task: dict[str, Any], analysis: Analysis) -> None:
+        job_id, round_index = task["job_id"], int(task["round_index"])
+        stage = Stage(task["stage"])
+        folder = self._round_dir(job_id, round_index)
+        memory = self._rounds.get((job_id, round_index))
+        if memory is None:
+            if not (folder / "randomness.bin").is_file():
+                if stage is not Stage.ADVERTISE_KEYS:
+                    log.warning("site %s: no saved state for job %s round %d at stage %s; sitting the round out",
+                                self.config.name, job_id, round_index, stage.name)
+                    return
+                self._start_round(task, analysis, folder)
+            memory = self._replay(task, analysis, folder)
+            self._rounds[(job_id, round_index)] = memory
+        if stage is not Stage.ADVERTISE_KEYS and stage not in memory.outgoing:
+            if memory.state.stage is not stage:
+                raise ProtocolError(f"site {self.config.name}: coordinator is at stage {stage.name}, this site at {memory.state.stage.name}")
+            body = self.connection.get_bytes(f"/v1/site/jobs/{job_id}/rounds/{round_index}/stages/{stage.value}/message")
+            message = wire.decode_message(body)
+            memory.state, memory.outgoing[stage] = client_advance(memory.state, [message])
+            _write_private(folder / f"server-{stage.value}.arrow", body)
+        outgoing = memory.outgoing.get(stage, [])
+        if not outgoing:
+            return
+        seed = (folder / "randomness.bin").read_bytes()
+        for message in outgoing:
+            body = wire.encode_message(message)
+            message_id = hashlib.sha256(seed + f"|{job_id}|{round_index}|{stage.value}".encode()).hexdigest()[:32]
+            self._upload(task, stage.value, body, message_id)
+        if memory.state.stage in (Stage.DONE, Stage.ABORTED):
+            # Last message acknowledged: the round's secrets are no longer needed.
+            shutil.rmtree(folder, ignore_errors=True)
+            self._rounds.pop((job_id, round_index), None)
+
+    def _start_round(self, task: dict[str, Any], analysis: Analysis, folder: Path) -> None:
+        state, values = self._contribution(task, analysis)
+        layout = analysis.layout(state, int(task["round_index"]))
+        if not isinstance(layout, Layout):
+            raise ProtocolError(f"job {task['job_id']} round {task['round_index']}: the coordinator runs a secure sum, the analysis expects keys")
+        vector = layout.encode(values)
+        buffer = io.BytesIO()
+        np.save(buffer, vector, allow_pickle=False)
+        _write_private(folder / "vector.npy", buffer.getvalue())
+        _write_private(folder / "task.json", wire.canonical_json(task))
+        _write_private(folder / "randomness.bin", os.urandom(secagg_keys.KEY_BYTES))
+
+    def _replay(self, task: dict[str, Any], analysis: Analysis, folder: Path) -> _RoundMemory:
+        """Rebuilds the client state from the saved secrets and server messages."""
+        saved = json.loads((folder / "task.json").read_text())
+        state = self._state(saved["job_id"], int(saved["round_index"]))
+        layout = analysis.layout(state, int(saved["round_index"]))
+        assert isinstance(layout, Layout)
+        config = round_config(
+            federation=saved["federation"], job_id=saved["job_id"], round_index=int(saved["round_index"]),
+            site_ids=saved["site_ids"], threshold=int(saved["threshold"]), layout=layout, spec=saved["spec"],
+        )
+        vector = np.load(folder / "vector.npy", allow_pickle=False)
+        client = client_init(config, int(saved["site_id"]), vector, randomness=(folder / "randomness.bin").read_bytes())
+        client, first = client_advance(client, [])
+        memory = _RoundMemory(client, {Stage.ADVERTISE_KEYS: first})
+        for stage in CLIENT_STAGES[1:]:
+            path = folder / f"server-{stage.value}.arrow"
+            if not path.is_file():
+                break
+            memory.state, memory.outgoing[stage] = client_advance(memory.state, [wire.decode_message(path.read_bytes())])
+        return memory
+
+
+def _describe(task: dict[str, Any]) -> str:
+    return f"job {task.get('job_id')} round {task.get('round_index')} stage {task.get('stage')}"
+
+
+def run_site(config_path: Path | str, *, once: bool = False, max_idle: float | None = None) -> dict[str, Any]:
+    """``genofed site run``: loads ``site.toml`` and runs the agent.
+
+    Raises:
+        ConfigurationError: the configuration or certificates are unusable.
+    """
+    config = load_site_config(config_path)
+    agent = SiteAgent(config)
+    try:
+        return agent.run(once=once, max_idle=max_idle)
+    finally:
+        agent.connection.close()

@@ -1,0 +1,776 @@
+"""Jobs and the round engine: an analysis run as a sequence of secure-sum rounds.
+
+A job is an analysis (:mod:`pipeline.analyses`) with its spec (YAML in
+``workflows/``). The :class:`Coordinator` runs it round after round: it asks the
+analysis for the round's layout, opens one secure-aggregation round of
+:mod:`pipeline.secagg.protocol` among the invited sites, collects each stage's
+messages (they arrive over HTTPS, :mod:`pipeline.federation.server`), closes the stage
+with the pure ``server_advance`` when every expected site has answered or the stage's
+deadline has passed (silent sites have dropped out), hands the decoded sum to the
+analysis' ``coordinator_step``, and opens the next round or stores the result.
+
+Nothing here is lost on a crash: every accepted message and every stage closure is in
+the :class:`~pipeline.federation.store.Store` before it is acknowledged, and
+:meth:`Coordinator.recover` replays them through ``server_advance`` (deterministic) to
+rebuild each running job at its current stage.
+
+Site IDs: a job's participants (sorted names) are sites 1..n in every round; a round
+invites those that have not declined the job.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import secrets
+import threading
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+import pyarrow as pa
+import yaml
+
+from pipeline.analyses import Analysis, KeyUnion, Result, RoundLayout, get_analysis
+from pipeline.errors import (
+    AggregationAborted,
+    ConfigurationError,
+    GenofedError,
+    IdentityError,
+    InputError,
+    MessageConflict,
+    NotFoundError,
+    ProtocolError,
+)
+from pipeline.federation import wire
+from pipeline.secagg import keys
+from pipeline.secagg.encoding import Layout, decode, decode_integers
+from pipeline.secagg.protocol import (
+    SERVER,
+    Message,
+    RoundConfig,
+    ServerAborted,
+    ServerDone,
+    ServerState,
+    Stage,
+    server_advance,
+    server_init,
+    server_result,
+)
+
+log = logging.getLogger(__name__)
+
+__all__ = [
+    "KEYS_STAGE",
+    "JOB_KEYS",
+    "Coordinator",
+    "AuditSink",
+    "load_spec",
+    "parse_spec",
+    "round_config",
+    "decode_total",
+    "default_threshold",
+    "MAX_KEYS",
+    "submit_job",
+    "job_status",
+    "fetch_results",
+    "download_results",
+    "wait_for_job",
+    "analyst_connection",
+]
+
+KEYS_STAGE = "keys"
+"""Stage name of a :class:`~pipeline.analyses.KeyUnion` round (its only stage)."""
+
+JOB_KEYS = ("analysis", "threshold", "stage_timeout", "consistency_check", "num_neighbours", "sites", "description")
+"""Spec keys the runtime reads; every other key is the analysis' parameter."""
+
+DEFAULT_STAGE_TIMEOUT = 60.0
+MAX_KEYS = 50_000_000
+
+
+class AuditSink(Protocol):
+    """What the engine needs of an audit log (:class:`pipeline.federation.audit.AuditLog`)."""
+
+    def append(self, event: str, /, **fields: Any) -> dict[str, Any]: ...
+
+
+class _NoAudit:
+    def append(self, event: str, /, **fields: Any) -> dict[str, Any]:
+        return {}
+
+
+def default_threshold(num_sites: int) -> int:
+    """A strict majority of the invited sites (at least 2): fewer cannot unmask anything."""
+    return max(2, num_sites // 2 + 1)
+
+
+def load_spec(path: Path | str) -> dict[str, Any]:
+    """Reads a job spec (YAML mapping) from ``workflows/*.yaml`` or any file.
+
+    Raises:
+        InputError: unreadable file or not a YAML mapping.
+    """
+    path = Path(path)
+    try:
+        data = yaml.safe_load(path.read_text())
+    except OSError as error:
+        raise InputError(f"{path}: cannot read the job spec ({error.strerror})") from None
+    except yaml.YAMLError as error:
+        raise InputError(f"{path}: not valid YAML ({error})") from None
+    if not isinstance(data, dict):
+        raise InputError(f"{path}: a job spec is a YAML mapping with at least 'analysis: NAME'")
+    return data
+
+
+def parse_spec(spec: Mapping[str, Any], enrolled: Sequence[str]) -> tuple[Analysis, tuple[str, ...], int | None]:
+    """Checks the runtime part of a spec: analysis, sites, threshold and round options.
+
+    Returns:
+        (the analysis, the participating sites (sorted), the threshold or ``None``).
+
+    Raises:
+        ConfigurationError: naming the key and what was expected.
+    """
+    if not isinstance(spec, Mapping):
+        raise ConfigurationError("a job spec must be a mapping with at least 'analysis: NAME'")
+    name = spec.get("analysis")
+    if not isinstance(name, str):
+        raise ConfigurationError("the job spec needs 'analysis: NAME' (secure_sum or census)")
+    analysis = get_analysis(name)
+    sites = spec.get("sites", list(enrolled))
+    if not isinstance(sites, list) or not all(isinstance(s, str) for s in sites) or len(set(sites)) != len(sites):
+        raise ConfigurationError("job spec key 'sites' must be a list of distinct enrolled site names")
+    unknown = sorted(set(sites) - set(enrolled))
+    if unknown:
+        raise ConfigurationError(f"job spec key 'sites': {unknown} are not enrolled at this coordinator (enrolled: {sorted(enrolled)})")
+    if len(sites) < 2:
+        raise ConfigurationError(f"a job needs at least 2 sites, the spec names {len(sites)}")
+    threshold = spec.get("threshold")
+    if threshold is not None and (isinstance(threshold, bool) or not isinstance(threshold, int) or not 2 <= threshold <= len(sites)):
+        raise ConfigurationError(f"job spec key 'threshold' must be an integer in [2, {len(sites)}], got {threshold!r}")
+    timeout = spec.get("stage_timeout", DEFAULT_STAGE_TIMEOUT)
+    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not 0 < timeout <= 86400:
+        raise ConfigurationError(f"job spec key 'stage_timeout' must be seconds in (0, 86400], got {timeout!r}")
+    if not isinstance(spec.get("consistency_check", False), bool):
+        raise ConfigurationError("job spec key 'consistency_check' must be true or false")
+    neighbours = spec.get("num_neighbours")
+    if neighbours is not None and (isinstance(neighbours, bool) or not isinstance(neighbours, int) or neighbours < 1):
+        raise ConfigurationError(f"job spec key 'num_neighbours' must be a positive integer or absent, got {neighbours!r}")
+    return analysis, tuple(sorted(sites)), threshold
+
+
+def round_config(
+    *, federation: str, job_id: str, round_index: int, site_ids: Sequence[int], threshold: int, layout: Layout,
+    spec: Mapping[str, Any],
+) -> RoundConfig:
+    """The round's public secure-aggregation parameters, computed identically by every party."""
+    return RoundConfig(
+        context=keys.KeyContext(federation, job_id, round_index),
+        site_ids=tuple(site_ids),
+        threshold=threshold,
+        ring=layout.ring,
+        length=layout.size,
+        consistency_check=bool(spec.get("consistency_check", False)),
+        num_neighbours=spec.get("num_neighbours"),
+    )
+
+
+def decode_total(layout: Layout, total: np.ndarray, num_sites: int) -> dict[str, np.ndarray]:
+    """Splits an unmasked ring sum into named arrays: exact int64 for integer fields."""
+    out: dict[str, np.ndarray] = {}
+    offset = 0
+    for f in layout.fields:
+        part = total[offset : offset + f.size]
+        values = decode_integers(part, f.encoding, num_sites) if f.encoding.scale_bits == 0 else decode(part, f.encoding, num_sites)
+        out[f.name] = values.reshape(f.shape)
+        offset += f.size
+    return out
+
+
+def decode_keys(body: bytes, name: str) -> np.ndarray:
+    """The key set a site sent in a :class:`KeyUnion` round (one string column).
+
+    Raises:
+        ProtocolError: not an Arrow table with exactly that string column, or nulls.
+    """
+    table = wire.decode_table(body, what="key set")
+    if table.column_names != [name] or not pa.types.is_string(table.schema.field(0).type):
+        raise ProtocolError(f"a key set is an Arrow table with one string column {name!r}, got columns {table.column_names}")
+    if table.num_rows > MAX_KEYS:
+        raise ProtocolError(f"a key set holds at most {MAX_KEYS} keys, got {table.num_rows}")
+    column = table.column(0)
+    if column.null_count:
+        raise ProtocolError(f"the key set has {column.null_count} null keys")
+    return np.asarray(column.to_pylist(), dtype=object)
+
+
+def encode_keys(values: np.ndarray, name: str) -> bytes:
+    """A site's key set as an Arrow IPC table (the inverse of :func:`decode_keys`)."""
+    return wire.encode_table(pa.table({name: pa.array([str(v) for v in np.asarray(values).tolist()], pa.string())}))
+
+
+def _expected_ids(server: ServerState) -> frozenset[int]:
+    """The sites whose message the server waits for in its current stage."""
+    stage = server.stage
+    if stage is Stage.ADVERTISE_KEYS:
+        return frozenset(server.config.site_ids)
+    if stage is Stage.SHARE_KEYS:
+        return frozenset(server.directory)  # type: ignore[union-attr]
+    if stage is Stage.MASKED_INPUT:
+        return server.shared  # type: ignore[union-attr,no-any-return]
+    if stage is Stage.CONSISTENCY_CHECK:
+        return server.survivors  # type: ignore[union-attr,no-any-return]
+    if stage is Stage.UNMASKING:
+        return server.asked  # type: ignore[union-attr,no-any-return]
+    return frozenset()
+
+
+@dataclass
+class _Round:
+    """The round in progress of one running job (a cache rebuilt from the store)."""
+
+    job_id: str
+    analysis: Analysis
+    spec: dict[str, Any]
+    participants: tuple[str, ...]
+    threshold: int
+    round_index: int
+    state: dict[str, Any]
+    layout: RoundLayout
+    site_ids: tuple[int, ...]
+    config: RoundConfig | None
+    server: ServerState | None
+    declined: set[str]
+    stage_seq: int = 0
+    stage_opened: float = 0.0
+    received: dict[str, Any] = field(default_factory=dict)
+    inbox: dict[int, bytes] = field(default_factory=dict)
+
+    @property
+    def stage(self) -> str:
+        return KEYS_STAGE if self.server is None else self.server.stage.value
+
+    def site_id(self, name: str) -> int:
+        return self.participants.index(name) + 1
+
+    def name_of(self, site_id: int) -> str:
+        return self.participants[site_id - 1]
+
+    def expected(self) -> set[str]:
+        """Site names that still owe a message in the current stage."""
+        if self.server is None:
+            ids: frozenset[int] = frozenset(self.site_ids)
+        else:
+            ids = _expected_ids(self.server)
+        return {self.name_of(i) for i in ids} - self.declined - set(self.received)
+
+    @property
+    def timeout(self) -> float:
+        return float(self.spec.get("stage_timeout", DEFAULT_STAGE_TIMEOUT))
+
+
+class Coordinator:
+    """The coordinator's job engine (identity: the federation's one coordinator).
+
+    Thread-safe: every public method holds one lock, so the HTTP server may call it
+    from worker threads. ``version`` increases on every change (long polls watch it).
+    """
+
+    def __init__(
+        self,
+        store: Any,
+        *,
+        federation: str,
+        sites: Sequence[str],
+        audit: AuditSink | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.store = store
+        self.federation = federation
+        self.sites = tuple(sites)
+        self.audit: AuditSink = audit if audit is not None else _NoAudit()
+        self.clock = clock
+        self.version = 0
+        self._lock = threading.RLock()
+        self._rounds: dict[str, _Round] = {}
+        self.recover()
+
+    # ------------------------------------------------------------------ analyst side
+
+    def submit(self, spec: Mapping[str, Any], analyst: str) -> str:
+        """Validates and starts a job; returns its ID.
+
+        Raises:
+            ConfigurationError: the spec is wrong (nothing is stored).
+        """
+        spec = dict(spec)
+        analysis, participants, threshold = parse_spec(spec, self.sites)
+        params = {k: v for k, v in spec.items() if k not in JOB_KEYS}
+        state = analysis.init(params, participants)
+        threshold = threshold if threshold is not None else default_threshold(len(participants))
+        job_id = f"job-{time.strftime('%Y%m%d-%H%M%S', time.gmtime(self.clock()))}-{secrets.token_hex(4)}"
+        from pipeline.federation.store import StoredJob
+
+        with self._lock:
+            self.store.add_job(
+                StoredJob(job_id, analysis.name, spec, analyst, participants, threshold, "running", None, self.clock(), None)
+            )
+            self.audit.append(
+                "job.submitted", job_id=job_id, analysis=analysis.name, analyst=analyst,
+                sites=list(participants), threshold=threshold, spec_digest=wire.digest(wire.canonical_json(spec)),
+            )
+            self._open_round(job_id, analysis, spec, participants, threshold, 0, state, set())
+            self._changed()
+        return job_id
+
+    def status(self, job_id: str) -> dict[str, Any]:
+        """The job's status: running (with round and stage), done or failed (with the reason)."""
+        with self._lock:
+            job = self._job(job_id)
+            out: dict[str, Any] = {
+                "job_id": job.job_id, "analysis": job.analysis, "status": job.status, "error": job.error,
+                "sites": list(job.participants), "threshold": job.threshold, "analyst": job.analyst,
+                "declined": self.store.declines(job_id),
+            }
+            current = self._rounds.get(job_id)
+            if current is not None:
+                out.update(round=current.round_index, stage=current.stage, waiting_for=sorted(current.expected()))
+            return out
+
+    def results(self, job_id: str) -> dict[str, Any]:
+        """The result summary and the names of the result tables.
+
+        Raises:
+            NotFoundError: unknown job; MessageConflict: the job is not done.
+        """
+        job = self._job(job_id)
+        if job.status != "done":
+            raise MessageConflict(f"job {job_id} is {job.status}{': ' + job.error if job.error else ''}; it has no results")
+        stored = self.store.results(job_id)
+        summary = json.loads(stored["summary"][1]) if "summary" in stored else {}
+        return {"summary": summary, "tables": sorted(name for name, (kind, _) in stored.items() if kind == "table")}
+
+    def result_table(self, job_id: str, name: str) -> bytes:
+        """One result table as an Arrow IPC stream."""
+        stored = self.store.results(self._job(job_id).job_id)
+        if name not in stored or stored[name][0] != "table":
+            raise NotFoundError(f"job {job_id} has no result table {name!r}")
+        return stored[name][1]
+
+    # ------------------------------------------------------------------ site side
+
+    def active_jobs(self, site: str) -> list[str]:
+        """Running jobs that invite ``site`` and that it has not declined."""
+        with self._lock:
+            return sorted(j for j, r in self._rounds.items() if site in r.participants and site not in r.declined)
+
+    def next_task(self, site: str) -> dict[str, Any] | None:
+        """What ``site`` must do now: the first stage of a running job that waits for it."""
+        with self._lock:
+            for job_id in sorted(self._rounds):
+                current = self._rounds[job_id]
+                if site not in current.expected():
+                    continue
+                site_id = current.site_id(site)
+                task = {
+                    "job_id": job_id,
+                    "analysis": current.analysis.name,
+                    "spec": current.spec,
+                    "round_index": current.round_index,
+                    "stage": current.stage,
+                    "kind": "keys" if current.server is None else "secagg",
+                    "site_id": site_id,
+                    "site_ids": list(current.site_ids),
+                    "threshold": current.threshold,
+                    "federation": self.federation,
+                    "has_message": site_id in current.inbox,
+                    "state_digest": wire.digest(wire.canonical_json(current.state)),
+                }
+                return task
+            return None
+
+    def round_state(self, site: str, job_id: str, round_index: int) -> dict[str, Any]:
+        """The public state round ``round_index`` started from (what the site step reads)."""
+        job = self._job(job_id)
+        if site not in job.participants:
+            raise IdentityError(f"site {site!r} is not a participant of job {job_id}")
+        for stored in self.store.rounds(job_id):
+            if stored.round_index == round_index:
+                return stored.state
+        raise NotFoundError(f"job {job_id} has no round {round_index}")
+
+    def stage_message(self, site: str, job_id: str, round_index: int, stage: str) -> bytes:
+        """The server's message to ``site`` for the current stage (Arrow IPC)."""
+        with self._lock:
+            current = self._current(site, job_id, round_index, stage)
+            site_id = current.site_id(site)
+            if site_id not in current.inbox:
+                raise NotFoundError(f"job {job_id} round {round_index} stage {stage}: no message for site {site!r}")
+            return current.inbox[site_id]
+
+    def decline(self, site: str, job_id: str, reason: str) -> None:
+        """Records that ``site`` refuses the job (its policy); it is left out from now on."""
+        with self._lock:
+            job = self._job(job_id)
+            if site not in job.participants:
+                raise IdentityError(f"site {site!r} is not a participant of job {job_id}")
+            self.store.add_decline(job_id, site, reason[:500])
+            self.audit.append("site.declined", job_id=job_id, site=site, reason=reason[:500])
+            current = self._rounds.get(job_id)
+            if current is not None:
+                current.declined.add(site)
+                if not current.expected():
+                    self._close_stage(current)
+            self._changed()
+
+    def receive(self, site: str, job_id: str, round_index: int, stage: str, message_id: str, body: bytes) -> dict[str, Any]:
+        """Accepts one upload: idempotent by message ID, checked for job, round, stage and content.
+
+        Returns:
+            ``{"status": "accepted"}`` or ``{"status": "duplicate"}`` (same ID, same bytes).
+
+        Raises:
+            MessageConflict: message ID reused with other bytes, a replay, or a message
+                for another job, round or stage (the message names the expected ones).
+            ProtocolError: malformed content (wrong type, sender, shape...).
+            NotFoundError: unknown job. IdentityError: the site is not a participant.
+        """
+        payload_digest = wire.digest(body)
+        with self._lock:
+            existing = self.store.message(message_id)
+            if existing is not None:
+                if existing.digest == payload_digest and existing.site == site:
+                    return {"status": "duplicate", "message_id": message_id, "digest": payload_digest}
+                raise MessageConflict(
+                    f"message id {message_id!r} was already used for other content (digest {existing.digest[:16]}...); "
+                    "a message id names one payload"
+                )
+            current = self._current(site, job_id, round_index, stage)
+            if site not in current.expected():
+                previous = self.store.message_of(job_id, round_index, stage, site)
+                if previous is not None:
+                    raise MessageConflict(
+                        f"site {site!r} already sent its {stage} message of job {job_id} round {round_index} "
+                        f"(message id {previous.message_id}); replay refused"
+                    )
+                raise MessageConflict(
+                    f"site {site!r} is not expected to send in stage {stage} of job {job_id} round {round_index} "
+                    "(it dropped out of this round or declined the job)"
+                )
+            decoded = self._validate(current, site, body)
+            from pipeline.federation.store import StoredMessage
+
+            self.store.add_message(
+                StoredMessage(message_id, job_id, round_index, stage, site, payload_digest, body, self.clock())
+            )
+            self.audit.append(
+                "contribution.received", job_id=job_id, round=round_index, stage=stage, site=site,
+                digest=payload_digest, bytes=len(body),
+            )
+            current.received[site] = decoded
+            if not current.expected():
+                self._close_stage(current)
+            self._changed()
+            return {"status": "accepted", "message_id": message_id, "digest": payload_digest}
+
+    def tick(self) -> bool:
+        """Closes every stage whose deadline has passed; returns whether anything changed."""
+        changed = False
+        with self._lock:
+            now = self.clock()
+            for current in list(self._rounds.values()):
+                if now - current.stage_opened >= current.timeout or not current.expected():
+                    log.info("job %s round %d: closing stage %s at its deadline", current.job_id, current.round_index, current.stage)
+                    self._close_stage(current)
+                    changed = True
+            if changed:
+                self._changed()
+        return changed
+
+    # ------------------------------------------------------------------ recovery
+
+    def recover(self) -> None:
+        """Rebuilds every running job from the store (replays stored messages)."""
+        with self._lock:
+            self._rounds.clear()
+            for job in self.store.jobs(status="running"):
+                try:
+                    self._recover_job(job)
+                except GenofedError as error:
+                    self._fail(job.job_id, f"cannot resume after a restart: {error}")
+            self._changed()
+
+    def _recover_job(self, job: Any) -> None:
+        analysis = get_analysis(job.analysis)
+        rounds = self.store.rounds(job.job_id)
+        if not rounds:
+            raise ProtocolError(f"job {job.job_id} has no round")
+        stored = rounds[-1]
+        declined = set(self.store.declines(job.job_id))
+        current = self._make_round(job.job_id, analysis, job.spec, job.participants, job.threshold, stored.round_index,
+                                   stored.state, declined, site_ids=stored.site_ids)
+        stages = self.store.stages(job.job_id, stored.round_index)
+        finished = False
+        for closed in stages:
+            messages = [self._decode_stored(current, closed.stage, site) for site in closed.included]
+            if current.server is None:
+                finished = True
+                total = self._key_union(current, messages)
+            else:
+                self._advance(current, messages)
+            current.stage_seq += 1
+        current.stage_opened = self.clock()
+        self._rounds[job.job_id] = current
+        log.info("job %s resumed at round %d stage %s", job.job_id, current.round_index, current.stage)
+        if current.server is not None and current.server.stage in (Stage.DONE, Stage.ABORTED):
+            self._after_server(current)
+            return
+        if finished:
+            self._finish_round(current, total, len(stages[-1].included))
+            return
+        for message in self.store.messages(job.job_id, stored.round_index, current.stage):
+            if message.site not in declined:
+                current.received[message.site] = self._decode(current, message.site, message.body)
+
+    def _decode_stored(self, current: _Round, stage: str, site: str) -> Any:
+        message = self.store.message_of(current.job_id, current.round_index, stage, site)
+        if message is None:
+            raise ProtocolError(f"job {current.job_id} round {current.round_index}: stored stage {stage} lacks {site}'s message")
+        return self._decode(current, site, message.body)
+
+    # ------------------------------------------------------------------ internals
+
+    def _changed(self) -> None:
+        self.version += 1
+
+    def _job(self, job_id: str) -> Any:
+        job = self.store.job(job_id)
+        if job is None:
+            raise NotFoundError(f"no job {job_id!r} at this coordinator")
+        return job
+
+    def _current(self, site: str, job_id: str, round_index: int, stage: str) -> _Round:
+        job = self._job(job_id)
+        if site not in job.participants:
+            raise IdentityError(f"site {site!r} is not a participant of job {job_id}")
+        current = self._rounds.get(job_id)
+        if current is None:
+            raise MessageConflict(f"job {job_id} is {job.status}; it accepts no more messages")
+        if round_index != current.round_index or stage != current.stage:
+            raise MessageConflict(
+                f"job {job_id} expects round {current.round_index} stage {current.stage}, "
+                f"got a message for round {round_index} stage {stage}"
+            )
+        return current
+
+    def _make_round(
+        self, job_id: str, analysis: Analysis, spec: dict[str, Any], participants: tuple[str, ...], threshold: int,
+        round_index: int, state: dict[str, Any], declined: set[str], *, site_ids: Sequence[int] | None = None,
+    ) -> _Round:
+        layout = analysis.layout(state, round_index)
+        if site_ids is None:
+            site_ids = [i + 1 for i, name in enumerate(participants) if name not in declined]
+        config = server = None
+        if isinstance(layout, Layout):
+            if len(site_ids) < threshold:
+                raise AggregationAborted(
+                    f"only {len(site_ids)} sites remain for round {round_index}, fewer than the threshold {threshold}"
+                )
+            layout.check_bit_budget(len(site_ids))
+            config = round_config(federation=self.federation, job_id=job_id, round_index=round_index, site_ids=site_ids,
+                                  threshold=threshold, layout=layout, spec=spec)
+            server = server_init(config)
+        return _Round(job_id, analysis, spec, participants, threshold, round_index, dict(state), layout, tuple(site_ids),
+                      config, server, set(declined), stage_opened=self.clock())
+
+    def _open_round(self, job_id: str, analysis: Analysis, spec: dict[str, Any], participants: tuple[str, ...],
+                    threshold: int, round_index: int, state: dict[str, Any], declined: set[str]) -> None:
+        try:
+            current = self._make_round(job_id, analysis, spec, participants, threshold, round_index, state, declined)
+        except GenofedError as error:
+            self._fail(job_id, f"round {round_index} cannot start: {error}")
+            return
+        self.store.add_round(job_id, round_index, state, current.site_ids)
+        self._rounds[job_id] = current
+        self.audit.append("round.opened", job_id=job_id, round=round_index, sites=[current.name_of(i) for i in current.site_ids],
+                          kind="keys" if current.server is None else "secure_sum",
+                          state_digest=wire.digest(wire.canonical_json(state)))
+
+    def _decode(self, current: _Round, site: str, body: bytes) -> Any:
+        if current.server is None:
+            assert isinstance(current.layout, KeyUnion)
+            return decode_keys(body, current.layout.name)
+        return wire.decode_message(body)
+
+    def _validate(self, current: _Round, site: str, body: bytes) -> Any:
+        """Decodes an upload and checks it as the server's next transition would."""
+        decoded = self._decode(current, site, body)
+        if current.server is None:
+            return decoded
+        site_id = current.site_id(site)
+        if decoded.sender != site_id or decoded.receiver != SERVER:
+            raise ProtocolError(
+                f"site {site!r} is party {site_id} and must send to the server (party {SERVER}); "
+                f"the message says sender {decoded.sender}, receiver {decoded.receiver}"
+            )
+        # server_advance is pure: running it on this message alone checks type, round and content.
+        server_advance(current.server, [decoded])
+        return decoded
+
+    def _advance(self, current: _Round, messages: Sequence[Message]) -> None:
+        assert current.server is not None
+        current.server, outgoing = server_advance(current.server, list(messages))
+        current.inbox = {m.receiver: wire.encode_message(m) for m in outgoing}
+        current.received = {}
+
+    def _key_union(self, current: _Round, key_sets: Sequence[np.ndarray]) -> dict[str, np.ndarray]:
+        assert isinstance(current.layout, KeyUnion)
+        union = np.unique(np.concatenate([np.asarray(k, dtype=object) for k in key_sets]).astype(str)) if key_sets else np.array([], dtype=str)
+        return {current.layout.name: union}
+
+    def _close_stage(self, current: _Round) -> None:
+        included = sorted(current.received, key=current.site_id)
+        messages = [current.received[name] for name in included]
+        stage = current.stage
+        if current.server is None:
+            total = self._key_union(current, messages)
+            self.store.close_stage(current.job_id, current.round_index, current.stage_seq, stage, included)
+            current.stage_seq += 1
+            self.audit.append("stage.closed", job_id=current.job_id, round=current.round_index, stage=stage, sites=included)
+            self._finish_round(current, total, len(included))
+            return
+        try:
+            self._advance(current, messages)
+        except ProtocolError as error:
+            self._fail(current.job_id, f"round {current.round_index} stage {stage}: {error}")
+            return
+        self.store.close_stage(current.job_id, current.round_index, current.stage_seq, stage, included)
+        current.stage_seq += 1
+        current.stage_opened = self.clock()
+        self.audit.append("stage.closed", job_id=current.job_id, round=current.round_index, stage=stage, sites=included)
+        self._after_server(current)
+
+    def _after_server(self, current: _Round) -> None:
+        assert current.server is not None
+        if isinstance(current.server, ServerAborted):
+            try:
+                server_result(current.server)
+            except AggregationAborted as error:
+                self._fail(current.job_id, str(error))
+            return
+        if isinstance(current.server, ServerDone):
+            total, survivors = server_result(current.server)
+            assert isinstance(current.layout, Layout)
+            decoded = decode_total(current.layout, total, len(survivors))
+            self.audit.append("round.summed", job_id=current.job_id, round=current.round_index,
+                              sites=[current.name_of(i) for i in sorted(survivors)],
+                              total_digest=wire.digest(np.ascontiguousarray(total).tobytes()))
+            self._finish_round(current, decoded, len(survivors))
+
+    def _finish_round(self, current: _Round, total: Mapping[str, np.ndarray], num_sites: int) -> None:
+        try:
+            state, done, result = current.analysis.coordinator_step(current.state, current.round_index, total, num_sites)
+        except GenofedError as error:
+            self._fail(current.job_id, f"round {current.round_index}: {error}")
+            return
+        if done:
+            assert result is not None
+            self._store_result(current, result, num_sites)
+            return
+        self._rounds.pop(current.job_id, None)
+        self._open_round(current.job_id, current.analysis, current.spec, current.participants, current.threshold,
+                         current.round_index + 1, state, current.declined)
+
+    def _store_result(self, current: _Round, result: Result, num_sites: int) -> None:
+        summary = {
+            **dict(result.summary),
+            "job_id": current.job_id,
+            "rounds": current.round_index + 1,
+            "declined": sorted(current.declined),
+        }
+        entries: list[tuple[str, str, bytes]] = [("summary", "json", wire.canonical_json(summary))]
+        for name, table in result.tables.items():
+            entries.append((name, "table", wire.encode_table(table)))
+        self.store.finish_with_results(current.job_id, entries)
+        self._rounds.pop(current.job_id, None)
+        self.audit.append("job.done", job_id=current.job_id, results={name: wire.digest(body) for name, _, body in entries})
+
+    def _fail(self, job_id: str, reason: str) -> None:
+        log.warning("job %s failed: %s", job_id, reason)
+        self.store.finish_job(job_id, "failed", reason)
+        self._rounds.pop(job_id, None)
+        self.audit.append("job.failed", job_id=job_id, reason=reason[:2000])
+        self._changed()
+
+
+# --------------------------------------------------------------------------- analyst side
+
+_TABLE_SCHEMAS = {"census_variants": "census_variants"}
+"""Result tables written through the Arrow contract (others are written as received)."""
+
+
+def analyst_connection(config_path: Path | str) -> wire.Connection:
+    """A connection to the coordinator as the analyst of ``analyst.toml``."""
+    from pipeline.federation.config import load_analyst_config
+
+    config = load_analyst_config(config_path)
+    return wire.Connection(config.coordinator_url, cert=config.cert, key=config.key, ca=config.ca, max_attempts=5)
+
+
+def submit_job(config_path: Path | str, spec: Path | str | Mapping[str, Any], *, threshold: int | None = None) -> dict[str, Any]:
+    """``genofed job submit``: sends a spec (a YAML file or a mapping); returns ``{"job_id": ...}``."""
+    spec_dict = dict(spec) if isinstance(spec, Mapping) else load_spec(spec)
+    if threshold is not None:
+        spec_dict["threshold"] = threshold
+    with analyst_connection(config_path) as connection:
+        return connection.post_json("/v1/jobs", {"spec": spec_dict})  # type: ignore[no-any-return]
+
+
+def job_status(config_path: Path | str, job_id: str) -> dict[str, Any]:
+    """``genofed job status``: the coordinator's view of a job."""
+    with analyst_connection(config_path) as connection:
+        return connection.get_json(f"/v1/jobs/{job_id}")  # type: ignore[no-any-return]
+
+
+def wait_for_job(connection: wire.Connection, job_id: str, *, timeout: float, interval: float = 0.2) -> dict[str, Any]:
+    """Polls a job's status until it is no longer running or ``timeout`` seconds pass."""
+    deadline = time.monotonic() + timeout
+    while True:
+        status = connection.get_json(f"/v1/jobs/{job_id}")
+        if status["status"] != "running" or time.monotonic() >= deadline:
+            return status  # type: ignore[no-any-return]
+        time.sleep(interval)
+
+
+def download_results(connection: wire.Connection, job_id: str, out: Path | str, *, force: bool = False) -> dict[str, Any]:
+    """Writes a done job's results: ``OUT/summary.json`` and one Parquet file per table.
+
+    Raises:
+        HttpError: the job is unknown (404) or not done (409).
+        OutputExistsError: ``out`` exists and ``force`` is false.
+    """
+    import pyarrow.parquet as pq
+
+    from pipeline import outputs
+
+    listing = connection.get_json(f"/v1/jobs/{job_id}/results")
+    target = Path(out)
+    with outputs.atomic_directory(target, force=force) as tmp:
+        for name in listing["tables"]:
+            table = wire.decode_table(connection.get_bytes(f"/v1/jobs/{job_id}/results/{name}"), what=f"result table {name}")
+            if name in _TABLE_SCHEMAS:
+                outputs.write_table(table, tmp / f"{name}.parquet", _TABLE_SCHEMAS[name])
+            else:
+                pq.write_table(table, tmp / f"{name}.parquet")
+        (tmp / "summary.json").write_text(json.dumps(listing["summary"], indent=2, sort_keys=True) + "\n")
+    return {"job_id": job_id, "out": str(target), "tables": listing["tables"], "summary": listing["summary"]}
+
+
+def fetch_results(config_path: Path | str, job_id: str, out: Path | str, *, force: bool = False) -> dict[str, Any]:
+    """``genofed job results``: downloads a done job's results into ``out``."""
+    with analyst_connection(config_path) as connection:
+        return download_results(connection, job_id, out, force=force)

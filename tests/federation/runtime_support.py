@@ -1,0 +1,240 @@
+"""Helpers of the federation runtime tests: tiny datasets, a provisioned federation, servers.
+
+Datasets are built from numpy genotype matrices with :mod:`pipeline.dataset`, so the
+tests can compute pooled statistics directly from the same matrices.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+
+from pipeline import dataset as dataset_io
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def variant_ids(positions: Sequence[int], contig: str = "chr22") -> list[str]:
+    return [f"{contig}:{p}:A:G" for p in positions]
+
+
+def random_genotypes(seed: int, num_variants: int, num_samples: int, *, missing_rate: float = 0.05) -> np.ndarray:
+    """int8 (variants, samples) dosages with per-variant frequencies and some missing calls."""
+    rng = np.random.default_rng(seed)
+    frequency = rng.uniform(0.0, 0.6, size=(num_variants, 1))
+    calls = rng.binomial(2, frequency, size=(num_variants, num_samples)).astype(np.int8)
+    calls[rng.random(calls.shape) < missing_rate] = -1
+    return calls
+
+
+def write_dataset(root: Path, ids: Sequence[str], call_dosage: np.ndarray, *, sample_prefix: str = "S", chunk_size: int = 7) -> Path:
+    """A dataset of ``call_dosage`` (variants x samples), in chunks of ``chunk_size`` variants."""
+    root.mkdir(parents=True, exist_ok=True)
+    num_variants, num_samples = call_dosage.shape
+    chunks = []
+    for index, start in enumerate(range(0, num_variants, chunk_size)):
+        stop = min(start + chunk_size, num_variants)
+        part = list(ids[start:stop])
+        positions = [int(v.split(":")[1]) for v in part]
+        n = len(part)
+        variants = pa.table(
+            {
+                "variant_id": pa.array(part, pa.string()),
+                "chromosome": pa.array([v.split(":")[0] for v in part], pa.string()),
+                "base_pair_location": pa.array(positions, pa.int64()),
+                "ref": pa.array([v.split(":")[2] for v in part], pa.string()),
+                "alt": pa.array([v.split(":")[3] for v in part], pa.string()),
+                "original_id": pa.array([None] * n, pa.string()),
+                "source_position": pa.array(positions, pa.int64()),
+                "split_from_multiallelic": pa.array([False] * n),
+                "swapped": pa.array([False] * n),
+                "strand_flipped": pa.array([False] * n),
+                "strand_ambiguous": pa.array([False] * n),
+                "ref_checked": pa.array([False] * n),
+            }
+        )
+        block = dataset_io.Block(variants=variants, call_dosage=call_dosage[start:stop], dosage=None)
+        chunks.append(dataset_io.write_chunk(root, index, block))
+    samples = pa.table(
+        {
+            "sample_index": pa.array(np.arange(num_samples, dtype=np.int32)),
+            "sample_id": pa.array([f"{sample_prefix}{i}" for i in range(num_samples)], pa.string()),
+            "has_phenotypes": pa.array([False] * num_samples),
+        }
+    )
+    dataset_io.write_metadata(root, samples=samples, chunks=chunks)
+    return root
+
+
+def set_policy(site_toml: Path, **values: Any) -> None:
+    """Rewrites keys of a site.toml's [policy] table (the file provision wrote)."""
+    text = site_toml.read_text()
+    head, _, policy = text.partition("[policy]")
+    lines = [line for line in policy.splitlines() if not any(re.match(rf"\s*{k}\s*=", line) for k in values)]
+    for key, value in values.items():
+        if isinstance(value, bool):
+            rendered = "true" if value else "false"
+        elif isinstance(value, (list, tuple)):
+            rendered = "[" + ", ".join(f'"{v}"' for v in value) + "]"
+        else:
+            rendered = repr(value)
+        lines.append(f"{key} = {rendered}")
+    site_toml.write_text(head + "[policy]" + "\n".join(lines) + "\n")
+
+
+def provision_federation(out: Path, datasets: dict[str, Path], *, port: int | None = None, min_samples: int = 5,
+                         min_allele_count: int = 0, analyses: Sequence[str] = ("secure_sum", "census")) -> Any:
+    """Provisions a federation whose sites use ``datasets``; returns the manifest."""
+    from pipeline.federation.provision import provision
+
+    manifest = provision(out, federation="testfed", sites=sorted(datasets), analysts=("analyst",),
+                         coordinator_port=port or free_port(), valid_days=2, allowed_analyses=tuple(analyses),
+                         share_variant_keys=True)
+    for site in manifest.sites:
+        toml = site.config
+        text = toml.read_text().replace('dataset = "dataset"', f'dataset = "{datasets[site.name]}"').replace(
+            "poll_interval = 2.0", "poll_interval = 0.2")
+        toml.write_text(text)
+        set_policy(toml, min_samples=min_samples, min_allele_count=min_allele_count)
+    return manifest
+
+
+class ThreadedCoordinator:
+    """A coordinator served by uvicorn in a thread of the test process."""
+
+    def __init__(self, config_path: Path) -> None:
+        import uvicorn
+
+        from pipeline.federation import tls
+        from pipeline.federation.config import load_coordinator_config
+        from pipeline.federation.server import PeerCertificateH11Protocol, build_coordinator, create_app
+
+        self.config = load_coordinator_config(config_path)
+        self.coordinator = build_coordinator(self.config)
+        app = create_app(self.coordinator, self.config, tick_seconds=0.1)
+        server_config = uvicorn.Config(app, host=self.config.host, port=self.config.port, http=PeerCertificateH11Protocol,
+                                       lifespan="on", log_level="warning", access_log=False)
+        server_config.load()
+        server_config.ssl = tls.server_context(self.config.cert, self.config.key, self.config.ca)
+        self.server = uvicorn.Server(server_config)
+        self.thread = threading.Thread(target=self.server.run, daemon=True)
+
+    def __enter__(self) -> ThreadedCoordinator:
+        self.thread.start()
+        deadline = time.monotonic() + 20
+        while not self.server.started:
+            if time.monotonic() > deadline or not self.thread.is_alive():
+                raise RuntimeError("the coordinator did not start")
+            time.sleep(0.02)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.server.should_exit = True
+        self.thread.join(timeout=10)
+
+
+def connection(participant_folder: Path, url: str, **kwargs: Any) -> Any:
+    from pipeline.federation.wire import Connection
+
+    return Connection(url, cert=participant_folder / "cert.pem", key=participant_folder / "key.pem",
+                      ca=participant_folder / "ca.pem", **kwargs)
+
+
+@contextlib.contextmanager
+def agent_threads(manifest: Any, names: Sequence[str] | None = None, *, max_idle: float = 60.0) -> Iterator[dict[str, Any]]:
+    """Site agents in threads (``once``); yields {name: agent}; joins them on exit."""
+    from pipeline.federation.agent import SiteAgent
+    from pipeline.federation.config import load_site_config
+
+    stop = threading.Event()
+    agents: dict[str, Any] = {}
+    threads = []
+    for site in manifest.sites:
+        if names is not None and site.name not in names:
+            continue
+        agent = SiteAgent(load_site_config(site.config))
+        agents[site.name] = agent
+        thread = threading.Thread(target=agent.run, kwargs={"once": True, "max_idle": max_idle, "should_stop": stop.is_set}, daemon=True)
+        thread.start()
+        threads.append(thread)
+    try:
+        yield agents
+    finally:
+        stop.set()
+        for thread in threads:
+            thread.join(timeout=30)
+        for agent in agents.values():
+            agent.connection.close()
+
+
+def wait_for_job(conn: Any, job_id: str, *, timeout: float = 60.0) -> dict[str, Any]:
+    deadline = time.monotonic() + timeout
+    while True:
+        status = conn.get_json(f"/v1/jobs/{job_id}")
+        if status["status"] != "running" or time.monotonic() > deadline:
+            return status
+        time.sleep(0.1)
+
+
+def start_coordinator_process(config_path: Path, log_path: Path) -> subprocess.Popen[bytes]:
+    """``genofed coordinator serve`` as a child process (its own process group)."""
+    handle = open(log_path, "ab")
+    return subprocess.Popen(
+        [sys.executable, "-m", "pipeline.cli", "coordinator", "serve", "--config", str(config_path)],
+        stdout=handle, stderr=subprocess.STDOUT, cwd=REPO, start_new_session=True,
+    )
+
+
+def start_site_process(config_path: Path, log_path: Path) -> subprocess.Popen[bytes]:
+    handle = open(log_path, "ab")
+    return subprocess.Popen(
+        [sys.executable, "-m", "pipeline.cli", "site", "run", "--config", str(config_path), "--once"],
+        stdout=handle, stderr=subprocess.STDOUT, cwd=REPO, start_new_session=True,
+    )
+
+
+def wait_until_serving(conn: Any, *, timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            conn.get_json("/v1/health")
+            return
+        except Exception:  # noqa: BLE001 -- not up yet
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.1)
+
+
+def kill(process: subprocess.Popen[bytes]) -> None:
+    """SIGKILL a child process we started (by its id), and reap it."""
+    if process.poll() is None:
+        os.kill(process.pid, signal.SIGKILL)
+    process.wait(timeout=10)
+
+
+def stop(process: subprocess.Popen[bytes]) -> None:
+    if process.poll() is None:
+        os.kill(process.pid, signal.SIGTERM)
+        try:
+            process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            kill(process)
