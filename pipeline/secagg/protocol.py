@@ -49,7 +49,7 @@ import hashlib
 import os
 import struct
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from functools import cached_property
 from types import MappingProxyType
 from typing import ClassVar, Union
@@ -57,7 +57,7 @@ from typing import ClassVar, Union
 import numpy as np
 
 from pipeline.errors import AggregationAborted, ConfigurationError, ProtocolError
-from pipeline.secagg import keys, kernels, masks, shamir
+from pipeline.secagg import chacha20, keys, kernels, masks, shamir
 from pipeline.secagg.encoding import Ring
 from pipeline.secagg.neighbours import complete_graph, neighbour_graph
 
@@ -562,27 +562,26 @@ def _client_abort(state: ClientState, reason: str) -> ClientAborted:
     return ClientAborted(config=state.config, site=state.site, at_stage=state.stage, reason=reason)
 
 
-def _client_check(state: ClientState, messages: Sequence[object], expected_type: type) -> object | None:
-    """The one server message of the stage, or ``None`` when it is an Abort."""
-    if len(messages) == 1 and isinstance(messages[0], Abort):
-        _check_incoming(messages, stage=state.stage, expected_type=Abort, config=state.config,
-                        receiver=state.site, allowed_senders=frozenset({SERVER}), party=f"site {state.site}")
-        return None
+def _client_check(state: ClientState, messages: Sequence[object], expected_type: type) -> _Message:
+    """The one server message of the stage: of ``expected_type``, or an :class:`Abort`."""
+    single_abort = len(messages) == 1 and isinstance(messages[0], Abort)
     checked = _check_incoming(
         messages,
         stage=state.stage,
-        expected_type=expected_type,
+        expected_type=Abort if single_abort else expected_type,
         config=state.config,
         receiver=state.site,
         allowed_senders=frozenset({SERVER}),
         party=f"site {state.site}",
     )
-    if len(checked) != 1:
+    if len(messages) != 1:
         raise ProtocolError(
             f"site {state.site} in stage {state.stage.name} expected exactly one {expected_type.__name__} "
             f"from the server, got {len(messages)} messages"
         )
-    return checked[SERVER]
+    message = checked[SERVER]
+    assert isinstance(message, _Message)
+    return message
 
 
 # --------------------------------------------------------------------------- client
@@ -643,8 +642,8 @@ def _client_advertise(state: ClientAdvertise, messages: Sequence[object]) -> tup
 
 def _client_share_keys(state: ClientShareKeys, messages: Sequence[object]) -> tuple[ClientState, list[Message]]:
     message = _client_check(state, messages, KeyDirectory)
-    if message is None:
-        return _client_abort(state, messages[0].reason), []
+    if isinstance(message, Abort):
+        return _client_abort(state, message.reason), []
     assert isinstance(message, KeyDirectory)
     config, site = state.config, state.site
     allowed = config.graph[site] | {site}
@@ -701,8 +700,8 @@ def _client_share_keys(state: ClientShareKeys, messages: Sequence[object]) -> tu
 
 def _client_masked_input(state: ClientMaskedInput, messages: Sequence[object]) -> tuple[ClientState, list[Message]]:
     message = _client_check(state, messages, ForwardedShares)
-    if message is None:
-        return _client_abort(state, messages[0].reason), []
+    if isinstance(message, Abort):
+        return _client_abort(state, message.reason), []
     assert isinstance(message, ForwardedShares)
     config, site = state.config, state.site
     received: dict[int, bytes] = {}
@@ -751,8 +750,8 @@ def _client_masked_input(state: ClientMaskedInput, messages: Sequence[object]) -
 
 def _client_consistency(state: ClientConsistencyCheck, messages: Sequence[object]) -> tuple[ClientState, list[Message]]:
     message = _client_check(state, messages, SurvivorList)
-    if message is None:
-        return _client_abort(state, messages[0].reason), []
+    if isinstance(message, Abort):
+        return _client_abort(state, message.reason), []
     assert isinstance(message, SurvivorList)
     config, site = state.config, state.site
     survivors = frozenset(message.survivors)
@@ -776,8 +775,8 @@ def _client_consistency(state: ClientConsistencyCheck, messages: Sequence[object
 
 def _client_unmasking(state: ClientUnmasking, messages: Sequence[object]) -> tuple[ClientState, list[Message]]:
     message = _client_check(state, messages, UnmaskRequest)
-    if message is None:
-        return _client_abort(state, messages[0].reason), []
+    if isinstance(message, Abort):
+        return _client_abort(state, message.reason), []
     assert isinstance(message, UnmaskRequest)
     config, site = state.config, state.site
     survivors, dropped = frozenset(message.survivors), frozenset(message.dropped)
@@ -1002,8 +1001,6 @@ def _sum_masked(vectors: Sequence[np.ndarray], config: RoundConfig) -> np.ndarra
     arithmetic, one pass over each vector, no (n, d) stack); on the JAX engine the
     vectorized :func:`kernels.ring_sum` over the stacked vectors.
     """
-    from pipeline.secagg import chacha20
-
     if chacha20.resolve_engine(config.engine) != "openssl":
         return kernels.ring_sum(np.stack(vectors))
     total = np.array(vectors[0], copy=True)

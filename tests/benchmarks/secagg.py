@@ -65,7 +65,9 @@ def run_prg_benchmark() -> None:
     spec.loader.exec_module(module)
     rows = module.bench_prg()
     print("== mask PRG (bench_prg from secagg_prg.py) ==")
-    if rows:
+    if hasattr(module, "format_table"):
+        print(module.format_table(rows))
+    elif rows:
         columns = list(rows[0])
         print("  ".join(f"{c:>12}" for c in columns))
         for row in rows:
@@ -313,7 +315,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--ring", type=int, choices=(32, 64), default=32)
     parser.add_argument("--no-flower", action="store_true", help="skip timing Flower even if installed")
     parser.add_argument("--no-prg", action="store_true", help="skip the mask PRG benchmark")
-    parser.add_argument("--flower-max-values", type=float, default=1e7, help="time Flower only up to n*d values (default 1e7... see --help)")
+    parser.add_argument(
+        "--flower-max-values", type=float, default=1e8, help="time Flower only where n*d is at most this (default 1e8)"
+    )
     args = parser.parse_args(argv)
     if args.sizes:
         sizes = args.sizes

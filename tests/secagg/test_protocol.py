@@ -17,7 +17,6 @@ from pipeline.secagg.protocol import (
     ClientAborted,
     ClientDone,
     EncryptedShares,
-    ForwardedShares,
     KeyDirectory,
     MaskedInput,
     RoundConfig,
