@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import re
+import warnings
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -821,7 +822,18 @@ def decode_ds(formats: Sequence[bytes], samples: Sequence[bytes | memoryview], n
         return None
     width = max([1] + [num_alts[i] for i in with_ds])
     ds = np.full((len(samples), num_samples, width), np.nan, dtype=np.float32)
+    simple = [i for i in with_ds if formats[i] == b"GT:DS" and num_alts[i] == 1]
+    done: set[int] = set()
+    step = max(1, _BATCH_BYTES // (12 * max(num_samples, 1)))
+    for first in range(0, len(simple), step):
+        batch = simple[first : first + step]
+        values = _ds_batch(samples, batch, num_samples)
+        if values is not None:
+            ds[batch, :, 0] = values
+            done.update(batch)
     for i in with_ds:
+        if i in done:
+            continue
         key = formats[i].split(b":").index(b"DS")
         sample_text = bytes(samples[i])
         values = _ds_fast(sample_text, key, num_samples)
@@ -843,6 +855,42 @@ def decode_ds(formats: Sequence[bytes], samples: Sequence[bytes | memoryview], n
                 except ValueError:
                     raise VcfFormatError(f"{locate(i)}: sample column {j + 1}: DS {number[:20].decode(errors='replace')!r} is not a number") from None
     return ds
+
+
+def _ds_batch(samples: Sequence[bytes | memoryview], rows: list[int], num_samples: int) -> np.ndarray | None:
+    """DS of biallelic 'GT:DS' records whose GT are 3 bytes, parsed in one numpy call.
+
+    Blanks out each 'a/b:' prefix in place, writes '0' over missing '.' values (then
+    NaN), and parses the remaining numbers with ``np.fromstring``. Returns None, so the
+    general parser runs and reports the exact problem, when anything is unusual.
+    """
+    m = len(rows)
+    buffer = bytearray(b"\t".join([samples[i] for i in rows] + [b""]))
+    data = np.frombuffer(buffer, dtype=np.uint8)
+    tabs = np.flatnonzero(data == _TAB)
+    if tabs.size != m * num_samples or buffer.count(b":") != m * num_samples or b"," in buffer:
+        return None
+    starts = np.empty(tabs.size, dtype=np.int64)
+    starts[0] = 0
+    starts[1:] = tabs[:-1] + 1
+    if (tabs - starts < 5).any() or not (data[starts + 3] == _COLON_BYTE).all():
+        return None
+    missing = (data[starts + 4] == _DOT_BYTE) & (tabs == starts + 5)
+    data[starts[:, None] + np.arange(4)] = _SPACE_BYTE
+    data[starts[missing] + 4] = ord("0")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            values = np.fromstring(bytes(buffer), dtype=np.float64, sep=" ")
+    except (ValueError, DeprecationWarning):
+        return None
+    if values.size != m * num_samples:
+        return None
+    values[missing] = np.nan
+    return values.reshape(m, num_samples)
+
+
+_COLON_BYTE, _DOT_BYTE, _SPACE_BYTE = ord(":"), ord("."), ord(" ")
 
 
 def _ds_fast(sample_text: bytes, key: int, num_samples: int) -> np.ndarray | None:

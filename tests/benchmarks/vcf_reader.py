@@ -5,7 +5,7 @@ variants, FORMAT=GT, phased and unphased calls, 1% missing), then times in the s
 process:
 
 - read_blocks streaming the whole file (region=None), and through the index by regions;
-- ``plink2 --vcf FILE --make-pgen --threads 1`` (if installed);
+- ``plink2 --vcf FILE --make-pgen --threads 1`` (if installed; ``dosage=DS`` with --ds);
 - ``bcftools query -f '[%GT\\t]\\n'`` (if installed);
 - the naive pysam loop ``[s['GT'] for s in rec.samples.values()]`` on a subset.
 
@@ -126,7 +126,8 @@ def main() -> None:
         results["read_blocks (regions)"] = time_call(lambda: consume_regions(path))
         if shutil.which("plink2"):
             out = Path(folder) / "plink"
-            command = ["plink2", "--vcf", str(path), "--make-pgen", "--threads", "1", "--allow-extra-chr", "--out", str(out)]
+            vcf_argument = [str(path), "dosage=DS"] if args.ds else [str(path)]  # with --ds, plink2 imports the dosages too
+            command = ["plink2", "--vcf", *vcf_argument, "--make-pgen", "--threads", "1", "--allow-extra-chr", "--out", str(out)]
             results["plink2 --make-pgen --threads 1"] = time_call(lambda: subprocess.run(command, check=True, capture_output=True))
         if shutil.which("bcftools"):
             command = ["bcftools", "query", "-f", "[%GT\\t]\\n", str(path)]
