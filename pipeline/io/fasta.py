@@ -139,7 +139,8 @@ def open_reference(path: str | Path) -> Reference:
     """Opens a FASTA (plain or bgzipped), creating its .fai/.gzi index if missing.
 
     The index is written next to the file when the folder is writable, otherwise into
-    a temporary folder (the file itself is never modified).
+    a temporary folder (the file itself is never modified). An index older than the
+    FASTA is rebuilt, so a rewritten reference never keeps stale contig lengths.
 
     Raises:
         FastaError: the file is missing, plain-gzip compressed or not a FASTA file.
@@ -151,14 +152,19 @@ def open_reference(path: str | Path) -> Reference:
         raise FastaError(f"{path}: compressed with plain gzip, which cannot be indexed; recompress it with 'zcat {path} | bgzip > {path.name}.bgz' and 'samtools faidx'")
     fai = gzi = None
     compressed = _starts_gzip(path)
-    missing_index = not Path(f"{path}.fai").exists() or (compressed and not Path(f"{path}.gzi").exists())
-    if missing_index and not os.access(path.parent, os.W_OK):
+    indexes = [Path(f"{path}.fai")] + ([Path(f"{path}.gzi")] if compressed else [])
+    modified = path.stat().st_mtime
+    stale = any(not index.exists() or index.stat().st_mtime < modified for index in indexes)
+    rebuild = stale and any(index.exists() for index in indexes)  # an index older than the FASTA
+    if stale and not os.access(path.parent, os.W_OK):
         folder = Path(tempfile.mkdtemp(prefix="genofed-fai-"))
         fai = folder / f"{path.name}.fai"
         gzi = folder / f"{path.name}.gzi" if compressed else None
     try:
         previous = pysam.set_verbosity(0)
         try:
+            if fai is None and rebuild:
+                pysam.faidx(str(path))  # rewrites the stale .fai/.gzi next to the file
             if fai is not None:
                 arguments = [str(path), "--fai-idx", str(fai)] + (["--gzi-idx", str(gzi)] if gzi else [])
                 pysam.faidx(*arguments)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gzip
+import os
 import pickle
 from pathlib import Path
 
@@ -80,6 +81,21 @@ def test_fetch_alleles__far_apart_positions_are_fetched_in_groups(tmp_path: Path
     monkeypatch.setattr(reference, "fetch", counting)
     assert reference.fetch_alleles("chr22", [300, 2, 5, 310], [1, 2, 1, 3]) == [SEQUENCES["chr22"][p - 1 : p - 1 + s].upper() for p, s in [(300, 1), (2, 2), (5, 1), (310, 3)]]
     assert calls == [(1, 5), (299, 312)]
+
+
+@pytest.mark.parametrize("bgzip", [False, True])
+def test_open_reference__rebuilds_an_index_older_than_the_fasta(tmp_path: Path, bgzip: bool) -> None:
+    path = write_fasta(tmp_path, bgzip=bgzip)
+    open_reference(path).close()
+    plain = tmp_path / "ref.fa"
+    plain.write_text(">chr22\nACGTACGT\n")  # rewritten with another length
+    if bgzip:
+        pysam.tabix_compress(str(plain), str(path), force=True)
+    for index in tmp_path.glob("ref.fa*.[fg][az]i"):
+        os.utime(index, (1, 1))
+    reference = open_reference(path)
+    assert reference.contigs == {"chr22": 8}
+    assert reference.fetch("chr22", 0, 8) == "ACGTACGT"
 
 
 def test_open_reference__picklable(tmp_path: Path) -> None:
