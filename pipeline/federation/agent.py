@@ -111,6 +111,7 @@ class SiteAgent:
         self._states: dict[tuple[str, int], dict[str, Any]] = {}
         self._dataset: dataset_io.Dataset | None = None
         self.tasks_done = 0
+        self._active: set[str] = set()
         self.jobs_seen: set[str] = set()
 
     # ------------------------------------------------------------------ loop
@@ -126,13 +127,15 @@ class SiteAgent:
         idle_since = time.monotonic()
         while not (should_stop and should_stop()):
             try:
-                answer = self.connection.get_json(f"/v1/site/work?wait={_WAIT_SECONDS}", timeout=_WAIT_SECONDS + 30)
+                known = ",".join(sorted(self._active))
+                answer = self.connection.get_json(f"/v1/site/work?wait={_WAIT_SECONDS}&active={known}", timeout=_WAIT_SECONDS + 30)
             except ProtocolError as error:
                 log.warning("site %s: polling failed (%s); retrying in %.1f s", self.config.name, error, self.config.poll_interval)
                 time.sleep(self.config.poll_interval)
                 answer = None
             if answer is not None:
                 active = set(answer.get("active_jobs", []))
+                self._active = active
                 self._forget_finished(active)
                 task = answer.get("task")
                 if task is not None:

@@ -170,7 +170,7 @@ def openapi_document() -> dict[str, Any]:
         }
         if params:
             out["parameters"] = [
-                {"name": p, "in": "query" if p == "wait" else "path", "required": p != "wait", "schema": {"type": "string"}}
+                {"name": p, "in": "query" if p in ("wait", "active") else "path", "required": p not in ("wait", "active"), "schema": {"type": "string"}}
                 for p in params
             ]
         if body is not None:
@@ -188,7 +188,7 @@ def openapi_document() -> dict[str, Any]:
             "/v1/jobs/{job_id}": {"get": op("Job status", "analyst", {"200": "status", **common}, params=("job_id",))},
             "/v1/jobs/{job_id}/results": {"get": op("Result summary and table names", "analyst", {"200": "results", "409": "job not done", **common}, params=("job_id",))},
             "/v1/jobs/{job_id}/results/{name}": {"get": op("One result table (Arrow IPC stream)", "analyst", {"200": arrow, **common}, params=("job_id", "name"))},
-            "/v1/site/work": {"get": op("Long poll for the next task", "site", {"200": "a task or null, and the site's active jobs", "403": common["403"]}, params=("wait",))},
+            "/v1/site/work": {"get": op("Long poll (up to ?wait= seconds) for the next task; ?active= the job IDs the site knows as running (answers at once when they changed)", "site", {"200": "a task or null, and the site's active jobs", "403": common["403"]}, params=("wait", "active"))},
             "/v1/site/jobs/{job_id}/rounds/{round_index}/state": {"get": op("Public job state a round started from", "site", {"200": "JSON", **common}, params=("job_id", "round_index"))},
             "/v1/site/jobs/{job_id}/rounds/{round_index}/stages/{stage}/message": {"get": op("The server's protocol message for this site and stage (Arrow IPC)", "site", {"200": arrow, "409": "another stage is in progress", **common}, params=("job_id", "round_index", "stage"))},
             "/v1/site/jobs/{job_id}/rounds/{round_index}/stages/{stage}/messages/{message_id}": {"put": op(
@@ -266,6 +266,9 @@ def create_app(coordinator: Coordinator, config: CoordinatorConfig, *, tick_seco
         deadline = asyncio.get_running_loop().time() + wait
         version = coordinator.version
         task = await call(coordinator.next_task, who.name)
+        known = request.query_params.get("active")
+        if known is not None and sorted(filter(None, known.split(","))) != await call(coordinator.active_jobs, who.name):
+            deadline = 0.0  # the site's view of its jobs is stale: answer at once
         # Wait for a change (a task, or a job finishing), then answer: the site polls again.
         while task is None and coordinator.version == version and asyncio.get_running_loop().time() < deadline:
             await asyncio.sleep(_POLL_SECONDS)
