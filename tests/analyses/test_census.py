@@ -1,0 +1,148 @@
+"""The census analysis run through the real secure-aggregation protocol in memory,
+checked against pooled counts computed directly from the concatenated genotype matrices."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from pipeline import dataset as dataset_io
+from pipeline.analyses import KeyUnion, SiteContext
+from pipeline.analyses.census import CENSUS, COUNT_FIELDS
+from pipeline.errors import PolicyRefusal
+from pipeline.federation.jobs import decode_total
+from pipeline.secagg.driver import run_round
+from pipeline.secagg.encoding import Layout, Ring
+from pipeline.secagg.protocol import Stage
+from pipeline.stats.hwe import hwe_exact_p
+from tests.federation import runtime_support as rs
+
+SITES = ("alpha", "beta", "gamma")
+
+
+@pytest.fixture(scope="module")
+def cohort(tmp_path_factory: pytest.TempPathFactory):
+    """Three sites with overlapping, different variant sets and different sample counts."""
+    tmp = tmp_path_factory.mktemp("census")
+    positions = {"alpha": range(100, 140), "beta": range(110, 150), "gamma": list(range(100, 120)) + [500, 501]}
+    sizes = {"alpha": 40, "beta": 25, "gamma": 33}
+    data = {}
+    for i, name in enumerate(SITES):
+        ids = rs.variant_ids(positions[name])
+        calls = rs.random_genotypes(10 + i, len(ids), sizes[name])
+        data[name] = (ids, calls, rs.write_dataset(tmp / name, ids, calls))
+    return data
+
+
+def _context(name: str, *, share: bool = True, min_allele_count: int = 0) -> SiteContext:
+    return SiteContext(name=name, min_samples=5, min_allele_count=min_allele_count, share_variant_keys=share)
+
+
+def naive_pooled(cohort, union: list[str], names=SITES) -> dict[str, np.ndarray]:
+    """Counts over the concatenated (variants x all samples) matrix; -9 marks 'not typed'."""
+    columns = []
+    for name in names:
+        ids, calls, _ = cohort[name]
+        matrix = np.full((len(union), calls.shape[1]), -9, np.int8)
+        row = {v: i for i, v in enumerate(ids)}
+        for j, variant in enumerate(union):
+            if variant in row:
+                matrix[j] = calls[row[variant]]
+        columns.append(matrix)
+    pooled = np.concatenate(columns, axis=1)
+    return {
+        "n_hom_ref": (pooled == 0).sum(1), "n_het": (pooled == 1).sum(1), "n_hom_alt": (pooled == 2).sum(1),
+        "n_missing": (pooled == -1).sum(1), "n_not_typed": (pooled == -9).sum(1), "n_samples": pooled.shape[1],
+    }
+
+
+def _run_census(cohort, parameters: dict, contexts: dict[str, SiteContext], *, dropouts=None, names=SITES):
+    state = CENSUS.init(parameters, tuple(names))
+    assert isinstance(CENSUS.layout(state, 0), KeyUnion)
+    datasets = {name: dataset_io.open_dataset(cohort[name][2]) for name in names}
+    keys = [CENSUS.site_step(state, 0, datasets[n], contexts[n])["variant_id"] for n in names]
+    union = np.unique(np.concatenate(keys))
+    state, done, _ = CENSUS.coordinator_step(state, 0, {"variant_id": union}, len(names))
+    assert not done
+    layout = CENSUS.layout(state, 1)
+    assert isinstance(layout, Layout)
+    contributions = [CENSUS.site_step(state, 1, datasets[n], contexts[n]) for n in names]
+    outcome = run_round([layout.encode(c) for c in contributions], threshold=2, ring=layout.ring, dropouts=dropouts, seed=7)
+    total = decode_total(layout, outcome.total, len(outcome.survivors))
+    state, done, result = CENSUS.coordinator_step(state, 1, total, len(outcome.survivors))
+    assert done and result is not None
+    return state, layout, result, outcome
+
+
+def test_census__equals_pooled_counts_and_pooled_hwe(cohort):
+    contexts = {n: _context(n) for n in SITES}
+    params = {"min_allele_count": 0, "hwe_p": 1e-6, "min_call_rate": 0.9}
+    state, layout, result, _ = _run_census(cohort, params, contexts)
+    union = sorted(set().union(*(cohort[n][0] for n in SITES)))
+    assert state["variant_ids"] == union
+    assert layout.ring is Ring.R32
+    table = result.tables["census_variants"].to_pydict()
+    expected = naive_pooled(cohort, union)
+    for name in (*COUNT_FIELDS, "n_not_typed"):
+        np.testing.assert_array_equal(table[name], expected[name], err_msg=name)
+    assert result.summary["num_samples"] == expected["n_samples"] == 98
+    p = hwe_exact_p(expected["n_hom_ref"], expected["n_het"], expected["n_hom_alt"])
+    np.testing.assert_allclose(np.array(table["hwe_p_value"], float), p, rtol=1e-12)
+    called = expected["n_hom_ref"] + expected["n_het"] + expected["n_hom_alt"]
+    np.testing.assert_allclose(table["call_rate"], called / 98)
+    frequency = (expected["n_het"] + 2 * expected["n_hom_alt"]) / (2 * called)
+    np.testing.assert_allclose(table["alt_allele_frequency"], frequency)
+    assert table["pass_qc"] == [f == "PASS" for f in table["filter"]]
+    assert all(("call_rate" in f) == (c / 98 < 0.9) for f, c in zip(table["filter"], called))
+    assert result.tables["filter"].column_names == ["variant_id", "pass_qc", "filter"]
+
+
+def test_census__dropout_sums_the_survivors(cohort):
+    contexts = {n: _context(n) for n in SITES}
+    state, _, result, outcome = _run_census(cohort, {"min_allele_count": 0}, contexts, dropouts={1: Stage.MASKED_INPUT})
+    assert outcome.survivors == frozenset({1, 3})
+    expected = naive_pooled(cohort, state["variant_ids"], names=("alpha", "gamma"))
+    table = result.tables["census_variants"].to_pydict()
+    for name in (*COUNT_FIELDS, "n_not_typed"):
+        np.testing.assert_array_equal(table[name], expected[name], err_msg=name)
+
+
+def test_census__key_step_shares_only_keys_above_the_site_minimum(cohort):
+    ids, calls, path = cohort["alpha"]
+    state = CENSUS.init({"min_allele_count": 30}, SITES)
+    keys = CENSUS.site_step(state, 0, dataset_io.open_dataset(path), _context("alpha", min_allele_count=30))["variant_id"]
+    allele_count = np.where(calls >= 0, calls, 0).sum(1)
+    allele_number = 2 * (calls >= 0).sum(1)
+    minor = np.minimum(allele_count, allele_number - allele_count)
+    assert sorted(keys.tolist()) == sorted(v for v, m in zip(ids, minor) if m >= 30)
+    assert 0 < len(keys) < len(ids)
+    silent = CENSUS.site_step(state, 0, dataset_io.open_dataset(path), _context("alpha", share=False))
+    assert silent["variant_id"].size == 0
+
+
+def test_census__variants_below_the_minimum_are_not_published(cohort):
+    contexts = {n: _context(n) for n in SITES}
+    _, _, result, _ = _run_census(cohort, {"min_allele_count": 20}, contexts)
+    table = result.tables["census_variants"].to_pydict()
+    minor = [min(ac, an - ac) if ac is not None else None for ac, an in zip(table["allele_count"], table["allele_number"])]
+    for publishable, count, m, passing in zip(table["publishable"], table["n_het"], minor, table["pass_qc"]):
+        if publishable:
+            assert m >= 20 and count is not None
+        else:
+            assert count is None and m is None and not passing
+    assert 0 < sum(table["publishable"]) < len(table["publishable"])
+
+
+def test_census__site_refuses_a_publish_threshold_below_its_policy(cohort):
+    state = CENSUS.init({"min_allele_count": 2}, SITES)
+    dataset = dataset_io.open_dataset(cohort["beta"][2])
+    with pytest.raises(PolicyRefusal, match="min_allele_count 5"):
+        CENSUS.site_step(state, 0, dataset, _context("beta", min_allele_count=5))
+
+
+def test_census__ring_widens_when_the_bit_budget_requires(cohort):
+    state = CENSUS.init({"max_samples_per_site": 2**30}, SITES)
+    state = {**state, "variant_ids": ["chr22:1:A:G"]}
+    assert CENSUS.layout(state, 1).ring is Ring.R64
