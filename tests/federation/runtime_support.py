@@ -160,8 +160,13 @@ def connection(participant_folder: Path, url: str, **kwargs: Any) -> Any:
 
 
 @contextlib.contextmanager
-def agent_threads(manifest: Any, names: Sequence[str] | None = None, *, max_idle: float = 60.0) -> Iterator[dict[str, Any]]:
-    """Site agents in threads (``once``); yields {name: agent}; joins them on exit."""
+def agent_threads(manifest: Any, names: Sequence[str] | None = None, *, max_idle: float = 60.0,
+                  stop_after: dict[str, int] | None = None, configure: Any = None) -> Iterator[dict[str, Any]]:
+    """Site agents in threads (``once``); yields {name: agent}; joins them on exit.
+
+    ``stop_after={name: n}`` makes that agent go silent after n tasks (a crash from the
+    coordinator's point of view); ``configure(config) -> config`` edits each SiteConfig.
+    """
     from pipeline.federation.agent import SiteAgent
     from pipeline.federation.config import load_site_config
 
@@ -171,9 +176,15 @@ def agent_threads(manifest: Any, names: Sequence[str] | None = None, *, max_idle
     for site in manifest.sites:
         if names is not None and site.name not in names:
             continue
-        agent = SiteAgent(load_site_config(site.config))
+        config = load_site_config(site.config)
+        agent = SiteAgent(configure(config) if configure else config)
         agents[site.name] = agent
-        thread = threading.Thread(target=agent.run, kwargs={"once": True, "max_idle": max_idle, "should_stop": stop.is_set}, daemon=True)
+        limit = (stop_after or {}).get(site.name)
+
+        def should_stop(agent: Any = agent, limit: int | None = limit) -> bool:
+            return stop.is_set() or (limit is not None and agent.tasks_done >= limit)
+
+        thread = threading.Thread(target=agent.run, kwargs={"once": True, "max_idle": max_idle, "should_stop": should_stop}, daemon=True)
         thread.start()
         threads.append(thread)
     try:
