@@ -63,7 +63,7 @@ def write_vcf(path: Path, samples: int, variants: int, *, with_ds: bool, seed: i
                 fmt = "GT:DS" if with_ds else "GT"
                 prefix = f"chr22\t{positions[i]}\trs{i}\t{bases[ref]}\t{bases[alt]}\t.\tPASS\t.\t{fmt}\t".encode()
                 if with_ds:
-                    ds = np.char.mod("%.3f", (alleles[k] == ord("1")).sum(axis=1) + rng.uniform(-0.2, 0.2, samples).clip(0, 0.2))
+                    ds = np.char.mod("%.3f", np.clip((alleles[k] == ord("1")).sum(axis=1) + rng.uniform(-0.2, 0.2, samples), 0, 2))
                     row = "\t".join(f"{c[:3].tobytes().decode()}:{d}" for c, d in zip(cells[k], ds, strict=True)).encode()
                     handle.write(prefix + row + b"\n")
                 else:
