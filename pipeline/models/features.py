@@ -1,0 +1,267 @@
+"""The feature matrix of a site: selected variants plus covariates, standardized federally.
+
+Features are the ALT dosages of a list of variants (given by ``variant_id``, or the top
+hits of a GWAS table, or every variant the sites share) followed by covariate columns
+of the samples table (``age``, ``sex``...). Samples without the target or a covariate
+are left out; a missing genotype call is imputed with the federated mean.
+
+Standardization uses federated moments: the first round of a training job sums, per
+feature, the number of observed values, their sum and their sum of squares over the
+sites' training splits (:func:`moment_statistics`), from which every site gets the
+same means and standard deviations (:func:`standardization`). Standardized missing
+values are 0 (the mean). For a quantitative target the target is standardized the same
+way, so R² and coefficients are on a common scale.
+
+Train / held-out split: a sample is held out when the first 8 bytes of
+SHA-256(seed, sample_id) fall below the held-out fraction: deterministic from the job's
+seed, independent of sample order and of the site.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from pipeline.dataset import Dataset
+from pipeline.errors import ConfigurationError, InputError, PhenotypeError
+
+__all__ = [
+    "FeatureSpec",
+    "SiteData",
+    "Standardization",
+    "held_out",
+    "read_site_data",
+    "moment_statistics",
+    "standardization",
+    "standardize",
+    "top_hits",
+    "MIN_SCALE",
+]
+
+MIN_SCALE = 1e-8
+"""Standard deviations below this are treated as 1 (a constant feature carries no signal)."""
+
+
+@dataclass(frozen=True)
+class FeatureSpec:
+    """Which columns make the feature matrix and the target (identical at every site).
+
+    Attributes:
+        variant_ids: variants whose ALT dosage is a feature, in column order.
+        covariates: sample-table columns appended after the variants.
+        target: the sample-table column to predict.
+        task: ``binary`` (0/1 target) or ``quantitative``.
+        holdout_fraction: fraction of each site's samples held out for evaluation.
+        split_seed: seed of the train / held-out split.
+    """
+
+    variant_ids: tuple[str, ...]
+    covariates: tuple[str, ...]
+    target: str
+    task: str
+    holdout_fraction: float = 0.2
+    split_seed: int = 0
+
+    @property
+    def names(self) -> list[str]:
+        """Feature names in column order: variant IDs, then covariates."""
+        return [*self.variant_ids, *self.covariates]
+
+    @property
+    def num_features(self) -> int:
+        return len(self.variant_ids) + len(self.covariates)
+
+
+@dataclass(frozen=True, eq=False)
+class SiteData:
+    """A site's raw feature matrix and target (never leaves the site).
+
+    Attributes:
+        sample_id: (samples,) IDs of the samples kept.
+        features: (samples, features) float64, NaN for a missing genotype call.
+        target: (samples,) float64, NaN when the target is unknown (prediction only).
+        holdout: (samples,) bool, held out for evaluation.
+    """
+
+    sample_id: np.ndarray
+    features: np.ndarray
+    target: np.ndarray
+    holdout: np.ndarray
+
+    @property
+    def train(self) -> np.ndarray:
+        return ~self.holdout
+
+
+@dataclass(frozen=True)
+class Standardization:
+    """Per-feature mean and scale (and the target's, for a quantitative trait)."""
+
+    mean: np.ndarray
+    scale: np.ndarray
+    target_mean: float = 0.0
+    target_scale: float = 1.0
+
+    def to_json(self) -> dict[str, Any]:
+        return {"mean": self.mean.tolist(), "scale": self.scale.tolist(), "target_mean": self.target_mean, "target_scale": self.target_scale}
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> Standardization:
+        return cls(np.asarray(data["mean"], np.float64), np.asarray(data["scale"], np.float64),
+                   float(data.get("target_mean", 0.0)), float(data.get("target_scale", 1.0)))
+
+
+def held_out(sample_id: Sequence[str], *, seed: int, fraction: float) -> np.ndarray:
+    """Whether each sample is in the held-out split (deterministic in seed and ID)."""
+    limit = int(fraction * 2**64)
+    out = np.zeros(len(sample_id), bool)
+    for index, sid in enumerate(sample_id):
+        digest = hashlib.sha256(f"genofed-split:{seed}:{sid}".encode()).digest()
+        out[index] = int.from_bytes(digest[:8], "little") < limit
+    return out
+
+
+def _column(dataset: Dataset, table: Any, name: str) -> np.ndarray:
+    if name not in table.column_names:
+        extra = [c for c in table.column_names if c not in ("sample_index", "sample_id", "has_phenotypes")]
+        raise PhenotypeError(
+            f"{dataset.path}/samples.parquet: no column {name!r}; the phenotype columns are {extra} "
+            "(ingest the dataset with --phenotypes, or fix the job's target/covariates)"
+        )
+    column = table.column(name)
+    if not (pa.types.is_floating(column.type) or pa.types.is_integer(column.type) or pa.types.is_boolean(column.type)):
+        raise PhenotypeError(f"{dataset.path}/samples.parquet: column {name!r} is {column.type}, a model needs numbers")
+    return np.asarray(pc.cast(column, "float64").to_numpy(zero_copy_only=False), np.float64)
+
+
+def read_site_data(dataset: Dataset, spec: FeatureSpec, *, require_target: bool = True) -> SiteData:
+    """Reads the features and target of a site's samples from its dataset.
+
+    Samples with a missing covariate (or target, when ``require_target``) are left out.
+
+    Raises:
+        PhenotypeError: a column is absent or not numeric, or a binary target is not 0/1.
+    """
+    samples = dataset.samples()
+    sample_id = np.asarray(samples.column("sample_id").to_pylist(), dtype=object)
+    keep = np.ones(len(sample_id), bool)
+    if "has_phenotypes" in samples.column_names:
+        keep &= np.asarray(samples.column("has_phenotypes").to_pylist(), bool)
+    covariates = np.column_stack([_column(dataset, samples, c) for c in spec.covariates]) if spec.covariates else np.zeros((len(sample_id), 0))
+    keep &= ~np.isnan(covariates).any(axis=1)
+    if spec.target in samples.column_names:
+        target = _column(dataset, samples, spec.target)
+    elif require_target:
+        target = _column(dataset, samples, spec.target)
+    else:
+        target = np.full(len(sample_id), np.nan)
+    if require_target:
+        keep &= ~np.isnan(target)
+        if spec.task == "binary":
+            bad = ~np.isin(target[keep], (0.0, 1.0))
+            if bad.any():
+                raise PhenotypeError(
+                    f"{dataset.path}/samples.parquet: binary target {spec.target!r} has values other than 0/1 "
+                    f"(e.g. {target[keep][bad][0]!r}); recode cases as 1 and controls as 0"
+                )
+    genotypes = np.full((len(sample_id), len(spec.variant_ids)), np.nan)
+    column_of = {vid: j for j, vid in enumerate(spec.variant_ids)}
+    if column_of:
+        for block in dataset.iter_blocks():
+            ids = block.variants.column("variant_id").to_pylist()
+            rows = [(i, column_of[v]) for i, v in enumerate(ids) if v in column_of]
+            if not rows:
+                continue
+            block_rows, columns = (np.asarray(x) for x in zip(*rows))
+            calls = block.call_dosage[block_rows].astype(np.float64)
+            calls[calls < 0] = np.nan
+            genotypes[:, columns] = calls.T
+    features = np.concatenate([genotypes, covariates], axis=1)[keep]
+    kept_id = sample_id[keep]
+    return SiteData(kept_id, features, target[keep], held_out(kept_id.tolist(), seed=spec.split_seed, fraction=spec.holdout_fraction))
+
+
+def moment_statistics(data: SiteData) -> dict[str, np.ndarray]:
+    """The site's additive moments over its training split (the first round's contribution)."""
+    train = data.train
+    features = data.features[train]
+    observed = ~np.isnan(features)
+    filled = np.where(observed, features, 0.0)
+    target = data.target[train]
+    return {
+        "feature_count": observed.sum(axis=0).astype(np.int64),
+        "feature_sum": filled.sum(axis=0),
+        "feature_sumsq": np.square(filled).sum(axis=0),
+        "target_sum": np.array([np.sum(target)]),
+        "target_sumsq": np.array([np.sum(np.square(target))]),
+        "n_train": np.array([int(train.sum())], np.int64),
+        "n_holdout": np.array([int(data.holdout.sum())], np.int64),
+    }
+
+
+def standardization(totals: Mapping[str, np.ndarray], *, task: str) -> Standardization:
+    """Means and scales from the summed moments of every site."""
+    count = np.asarray(totals["feature_count"], np.float64)
+    safe = np.maximum(count, 1.0)
+    mean = np.asarray(totals["feature_sum"], np.float64) / safe
+    variance = np.maximum(np.asarray(totals["feature_sumsq"], np.float64) / safe - mean**2, 0.0)
+    scale = np.sqrt(variance)
+    scale = np.where((scale < MIN_SCALE) | (count < 2), 1.0, scale)
+    mean = np.where(count > 0, mean, 0.0)
+    if task != "quantitative":
+        return Standardization(mean, scale)
+    n = float(np.asarray(totals["n_train"]).reshape(-1)[0])
+    target_mean = float(np.asarray(totals["target_sum"]).reshape(-1)[0]) / max(n, 1.0)
+    target_var = float(np.asarray(totals["target_sumsq"]).reshape(-1)[0]) / max(n, 1.0) - target_mean**2
+    target_scale = float(np.sqrt(target_var)) if target_var > MIN_SCALE**2 else 1.0
+    return Standardization(mean, scale, target_mean, target_scale)
+
+
+def standardize(features: np.ndarray, scaling: Standardization) -> np.ndarray:
+    """(features - mean) / scale as float32, missing values at 0 (the mean)."""
+    values = (np.asarray(features, np.float64) - scaling.mean) / scaling.scale
+    return np.nan_to_num(values, nan=0.0).astype(np.float32)
+
+
+def top_hits(path: Path | str, *, top: int, p_value_max: float = 1.0) -> list[str]:
+    """The ``top`` variants with the smallest p-values of a GWAS result table (Parquet or TSV).
+
+    The table needs ``p_value`` and either ``variant_id`` or the GWAS-SSF columns
+    ``chromosome``, ``base_pair_location``, ``other_allele``, ``effect_allele``
+    (the variant ID is then ``chromosome:position:other:effect``).
+
+    Raises:
+        InputError: unreadable table or missing columns; ConfigurationError: no variant passes.
+    """
+    path = Path(path)
+    try:
+        if path.suffix in (".tsv", ".txt", ".gz"):
+            import pyarrow.csv as pacsv
+
+            table = pacsv.read_csv(path, parse_options=pacsv.ParseOptions(delimiter="\t"))
+        else:
+            table = pq.read_table(path)
+    except (OSError, ValueError) as error:
+        raise InputError(f"{path}: cannot read the GWAS table ({error})") from None
+    if "p_value" not in table.column_names:
+        raise InputError(f"{path}: a GWAS table needs a p_value column; it has {table.column_names}")
+    if "variant_id" in table.column_names:
+        ids = [str(v) for v in table.column("variant_id").to_pylist()]
+    elif all(c in table.column_names for c in ("chromosome", "base_pair_location", "other_allele", "effect_allele")):
+        ids = [f"{c}:{p}:{o}:{e}" for c, p, o, e in zip(*(table.column(n).to_pylist() for n in ("chromosome", "base_pair_location", "other_allele", "effect_allele")))]
+    else:
+        raise InputError(f"{path}: a GWAS table needs variant_id or chromosome/base_pair_location/other_allele/effect_allele columns")
+    p_value = np.asarray(pc.cast(table.column("p_value"), "float64").to_numpy(zero_copy_only=False), np.float64)
+    order = np.argsort(np.where(np.isnan(p_value), np.inf, p_value), kind="stable")
+    chosen = [ids[i] for i in order[:top] if p_value[i] <= p_value_max]
+    if not chosen:
+        raise ConfigurationError(f"{path}: no variant has p_value <= {p_value_max}; raise features.p_value_max")
+    return sorted(set(chosen), key=chosen.index)
