@@ -465,5 +465,183 @@ def federate_command(datasets: tuple[Path, ...], spec: Path, out: Path, threshol
     echo_summary(summary, as_json=as_json, text=summary_text(summary))
 
 
+def cluster_options(func: Callable[..., Any]) -> Callable[..., Any]:
+    """``--scheduler`` and the dask-jobqueue worker-job options, for every Dask-backed command."""
+    options = [
+        click.option(
+            "--scheduler", default="threads", show_default=True,
+            help="Where Dask-backed work runs: threads, processes, synchronous (this machine); tcp://HOST:PORT "
+            "(a running dask.distributed scheduler); slurm or pbs (Dask workers as batch jobs, via dask-jobqueue).",
+        ),
+        click.option("--workers", type=click.IntRange(min=1), default=None, help="Workers of a local scheduler [default: one per core]."),
+        click.option("--queue", default=None, help="slurm/pbs: partition or queue of the worker jobs [default: Dask config jobqueue.*.queue]."),
+        click.option("--cores", type=click.IntRange(min=1), default=None, help="slurm/pbs: cores per worker job [default: Dask config]."),
+        click.option("--memory", default=None, help="slurm/pbs: memory per worker job, e.g. 8GB [default: Dask config]."),
+        click.option("--walltime", default=None, help="slurm/pbs: walltime per worker job, e.g. 02:00:00 [default: Dask config]."),
+        click.option("--account", default=None, help="slurm/pbs: account to charge [default: Dask config]."),
+        click.option("--jobs", type=click.IntRange(min=1), default=1, show_default=True, help="slurm/pbs: worker jobs to start."),
+        click.option(
+            "--performance-report", type=click.Path(dir_okay=False, path_type=Path), default=None,
+            help="Write Dask's performance report (HTML) here; needs a distributed scheduler (tcp://, slurm, pbs).",
+        ),
+    ]
+    for option in reversed(options):
+        func = option(func)
+    return func
+
+
+def _cluster(queue: str | None, cores: int | None, memory: str | None, walltime: str | None, account: str | None, jobs: int) -> Any:
+    from pipeline.workflow.cluster import ClusterOptions
+
+    return ClusterOptions(queue=queue, cores=cores, memory=memory, walltime=walltime, account=account, jobs=jobs)
+
+
+@main.group()
+def workflow() -> None:
+    """Site workflows: workflows/*.yaml files with 'kind: workflow' (site-prep, gwas, pca, train).
+
+    A site workflow chains steps a site runs on its own data (ingest -> qc -> taking part
+    in federated jobs), with parameters, inputs and outputs. It is not a job spec: files
+    with 'analysis: NAME' (workflows/census.yaml) are submitted by an analyst with
+    'genofed job submit'. Steps whose inputs and parameters did not change since they
+    last succeeded are skipped (a record with content hashes sits in each output
+    folder); after a failure, the same command resumes at the failed step.
+    """
+
+
+def _workflow_args(func: Callable[..., Any]) -> Callable[..., Any]:
+    func = click.option("--work", type=click.Path(file_okay=False, path_type=Path), default=None, help="Working folder: run records, batch scripts, logs [default: SITE_DIR/runs/WORKFLOW].")(func)
+    func = click.option("--param", "param_pairs", multiple=True, metavar="NAME=VALUE", help="A workflow parameter, e.g. --param vcf=site-1.vcf.gz; repeat.")(func)
+    func = click.option("--site", "site_path", required=True, envvar="GENOFED_SITE_CONFIG", type=click.Path(exists=True, dir_okay=False, path_type=Path), help="The site's site.toml [env GENOFED_SITE_CONFIG].")(func)
+    return click.argument("workflow_file", metavar="FILE", type=click.Path(exists=True, dir_okay=False, path_type=Path))(func)
+
+
+def _step_lines(summary: dict[str, Any]) -> str:
+    return "\n".join(f"  {s['action']:<8} {s['name']:<12} {s.get('reason', '')}" for s in summary["steps"])
+
+
+@workflow.command("run")
+@_workflow_args
+@click.option("--dry-run", is_flag=True, help="Print the plan (what would run and why), run nothing.")
+@click.option("--only", multiple=True, metavar="STEP", help="Run only this step (its inputs must be up to date); repeat.")
+@click.option("--rerun", multiple=True, metavar="STEP", help="Run this step even if it is up to date; repeat.")
+@cluster_options
+@click.option("--part", type=click.IntRange(min=0), default=None, hidden=True)
+@click.option("--parts", type=click.IntRange(min=1), default=None, hidden=True)
+@progress_option
+@json_option
+@handles_errors
+def workflow_run(
+    workflow_file: Path, site_path: Path, param_pairs: tuple[str, ...], work: Path | None, dry_run: bool, only: tuple[str, ...],
+    rerun: tuple[str, ...], scheduler: str, workers: int | None, queue: str | None, cores: int | None, memory: str | None,
+    walltime: str | None, account: str | None, jobs: int, performance_report: Path | None, part: int | None, parts: int | None,
+    progress: bool | None, as_json: bool,
+) -> None:
+    """Run a site workflow FILE: print the plan, run the out-of-date steps, skip the rest.
+
+    \b
+    Examples:
+      genofed workflow run workflows/site-prep.yaml --site sites/site-1/site.toml --param vcf=site-1.vcf.gz --dry-run
+      genofed workflow run workflows/site-prep.yaml --site sites/site-1/site.toml --param vcf=site-1.vcf.gz --scheduler slurm --cores 8 --memory 16GB --jobs 4
+    """
+    from pipeline.workflow.plan import parse_param_overrides
+    from pipeline.workflow.run import run_workflow
+
+    say = (lambda line: click.echo(line, err=True)) if as_json else click.echo
+    summary = run_workflow(
+        workflow_file, site=site_path, params=parse_param_overrides(param_pairs), work=work, dry_run=dry_run, only=only,
+        rerun=rerun, scheduler=scheduler, workers=workers, cluster=_cluster(queue, cores, memory, walltime, account, jobs),
+        performance_report=performance_report, progress=resolve_progress(progress), part=part, parts=parts, say=say,
+    )
+    if as_json:
+        echo_summary(summary, as_json=True, text="")
+
+
+@workflow.command("submit")
+@_workflow_args
+@click.option("--scheduler", type=click.Choice(["slurm", "pbs"]), default="slurm", show_default=True, help="Batch system to submit to (step jobs are written for Slurm's sbatch).")
+@click.option("--partition", "--queue", "partition", default=None, help="sbatch --partition of every step job.")
+@click.option("--account", default=None, help="sbatch --account.")
+@click.option("--walltime", default=None, help="sbatch --time, e.g. 04:00:00.")
+@click.option("--cpus", type=click.IntRange(min=1), default=None, help="sbatch --cpus-per-task (the job's Dask threads).")
+@click.option("--memory", default=None, help="sbatch --mem, e.g. 16G.")
+@click.option("--max-array", type=click.IntRange(min=1), default=32, show_default=True, help="Most tasks of a per-region ingest array job (1: no array).")
+@click.option("--sbatch-option", "extra", multiple=True, help="Another #SBATCH option, verbatim (e.g. --qos=short); repeat.")
+@click.option("--step-scheduler", default="threads", show_default=True, help="--scheduler inside each step job.")
+@click.option("--federated-on", type=click.Choice(["batch", "login"]), default="batch", show_default=True, help="Where federated steps run: as batch jobs (compute nodes with outbound HTTPS) or left for the agent's login/service node.")
+@click.option("--rerun", multiple=True, metavar="STEP", help="Submit this step even if it is up to date; repeat.")
+@click.option("--dry-run", is_flag=True, help="Write the sbatch scripts, submit nothing.")
+@json_option
+@handles_errors
+def workflow_submit(
+    workflow_file: Path, site_path: Path, param_pairs: tuple[str, ...], work: Path | None, scheduler: str, partition: str | None,
+    account: str | None, walltime: str | None, cpus: int | None, memory: str | None, max_array: int, extra: tuple[str, ...],
+    step_scheduler: str, federated_on: str, rerun: tuple[str, ...], dry_run: bool, as_json: bool,
+) -> None:
+    """Submit a site workflow FILE as batch jobs: one per out-of-date step, chained by afterok.
+
+    An indexed VCF's ingest becomes an array job over its genomic regions plus an
+    assembling job. Scripts go to WORK/slurm/, logs to WORK/logs/STEP-JOBID.out; follow
+    them with 'genofed workflow status'.
+
+    \b
+    Example:
+      genofed workflow submit workflows/site-prep.yaml --site sites/site-1/site.toml --param vcf=/data/site-1.bcf --partition short --cpus 4 --memory 8G
+    """
+    from pipeline.errors import ConfigurationError
+    from pipeline.workflow.plan import parse_param_overrides
+    from pipeline.workflow.slurm import BatchOptions, submit_workflow
+
+    if scheduler == "pbs":
+        raise ConfigurationError(
+            "batch submission writes Slurm (sbatch) jobs; on PBS run the workflow with "
+            "'genofed workflow run ... --scheduler pbs' (Dask workers as PBS jobs via dask-jobqueue)"
+        )
+    options = BatchOptions(partition=partition, account=account, walltime=walltime, cpus=cpus, memory=memory, max_array=max_array, extra=extra)
+    summary = submit_workflow(
+        workflow_file, site=site_path, params=parse_param_overrides(param_pairs), work=work, options=options,
+        step_scheduler=step_scheduler, federated_on=federated_on, rerun=rerun, dry_run=dry_run,
+    )
+    lines = [f"workflow {summary['workflow']} for site {summary['site']}: {'scripts written' if dry_run else 'submitted'} ({summary['work']})"]
+    for step in summary["steps"]:
+        job = step.get("job_id", "")
+        array = f" array {step['array_job_id']} x{step['parts']}" if step.get("array_job_id") else ""
+        lines.append(f"  {step['action']:<10} {step['name']:<12} {job}{array}  {step.get('script', step.get('reason', ''))}")
+    if summary.get("login_node_command"):
+        lines.append(f"once the jobs are done, on the agent's node: {summary['login_node_command']}")
+    echo_summary(summary, as_json=as_json, text="\n".join(lines))
+
+
+@workflow.command("status")
+@_workflow_args
+@json_option
+@handles_errors
+def workflow_status_command(workflow_file: Path, site_path: Path, param_pairs: tuple[str, ...], work: Path | None, as_json: bool) -> None:
+    """Show each step of a site workflow: up to date or not, last run, batch job states and logs."""
+    from pipeline.workflow.plan import parse_param_overrides
+    from pipeline.workflow.slurm import workflow_status
+
+    status = workflow_status(workflow_file, site=site_path, params=parse_param_overrides(param_pairs) or None, work=work)
+    lines = [f"workflow {status['workflow']} for site {status['site']} ({status['work']})"]
+    for row in status["steps"]:
+        jobs = " ".join(f"{key.split('_')[0]} {row[key]} {row[key.replace('id', 'state')]}" for key in ("array_job_id", "job_id") if key in row)
+        lines.append(f"  {'done' if row['up_to_date'] else 'todo':<5} {row['name']:<12} {row['reason']}  {jobs}  {row.get('log', '')}".rstrip())
+    echo_summary(status, as_json=as_json, text="\n".join(lines))
+
+
+@workflow.command("validate")
+@click.argument("files", metavar="FILE...", nargs=-1, required=True, type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@json_option
+@handles_errors
+def workflow_validate(files: tuple[Path, ...], as_json: bool) -> None:
+    """Check site workflow files; errors name the file and line (FILE:LINE: ...)."""
+    from pipeline.workflow.spec import load_workflow
+
+    specs = [load_workflow(path) for path in files]
+    summary = {"workflows": [{"file": str(s.path), "name": s.name, "steps": [[t.name, t.run] for t in s.steps], "params": list(s.params)} for s in specs]}
+    text = "\n".join(f"{s.path}: workflow {s.name} ok: " + " -> ".join(f"{t.name} ({t.run})" for t in s.steps) for s in specs)
+    echo_summary(summary, as_json=as_json, text=text)
+
+
 if __name__ == "__main__":  # pragma: no cover
     main()

@@ -4,7 +4,8 @@ With an index the file is cut into genomic regions of ``chunk_size`` bases and e
 region becomes one Dask task (``read_blocks`` -> harmonize -> ``write_chunk`` into the
 temporary output folder); the graph is built from :func:`ingest_region` wrapped in
 ``dask.delayed`` and computed once, on a local scheduler (threads, processes,
-synchronous) or a ``dask.distributed`` scheduler address. Without an index the file is
+synchronous), a ``dask.distributed`` scheduler address, or a dask-jobqueue cluster on
+Slurm/PBS (:mod:`pipeline.workflow.cluster`). Without an index the file is
 streamed in order and cut into the same windows. Memory is bounded by the chunk size
 (one chunk's dense genotypes per worker), not by the file size. The driver then writes
 ``samples.parquet``, ``dataset.json`` and ``ingest-report.json`` and renames the folder
@@ -102,11 +103,9 @@ def parse_chunk_size(value: str | int) -> int:
 def _parse_scheduler(scheduler: str, workers: int | None) -> str:
     if workers is not None and workers < 1:
         raise ConfigurationError(f"--workers must be at least 1, got {workers}")
-    if scheduler in LOCAL_SCHEDULERS or "://" in scheduler or re.match(r"^[\w.-]+:\d+$", scheduler):
-        return scheduler
-    raise ConfigurationError(
-        f"unknown scheduler {scheduler!r}; use threads, processes, synchronous or a dask.distributed address such as tcp://host:8786"
-    )
+    from pipeline.workflow.cluster import parse_scheduler
+
+    return parse_scheduler(scheduler)
 
 
 @dataclass(frozen=True)
@@ -247,7 +246,9 @@ def _compute(tasks: list[ChunkTask], *, scheduler: str, workers: int | None, pro
                 pool.shutdown(wait=True, cancel_futures=True)
     import distributed
 
-    with distributed.Client(scheduler) as client:
+    from pipeline.workflow.cluster import dask_client
+
+    with dask_client(scheduler) as client:  # the active client (--scheduler slurm/pbs, a workflow run) or a new one
         futures = client.compute(graph)
         tick = _progress_bar(progress, total=len(futures), unit="chunks", desc="ingest")
         for _ in distributed.as_completed(futures):  # every task ends before an error is raised
@@ -256,6 +257,74 @@ def _compute(tasks: list[ChunkTask], *, scheduler: str, workers: int | None, pro
         if tick is not None:
             tick.close()
         return list(client.gather(futures))
+
+
+PARTS_RESULTS = "results"
+
+
+def _region_tasks(vcf: str, out: str, *, chunk_size: int, fasta: str | None, contig_style: str) -> list[ChunkTask]:
+    source = open_vcf(vcf)
+    if not source.has_index:
+        raise InputError(f"{vcf}: no index (.tbi/.csi), so it cannot be split into parts; index it with 'bcftools index {vcf}'")
+    return [ChunkTask(vcf, region, i, out, len(source.samples), fasta, contig_style) for i, region in enumerate(source.regions(chunk_size))]
+
+
+def ingest_part(
+    vcf: str | Path,
+    *,
+    parts_dir: str | Path,
+    part: int,
+    parts: int,
+    fasta: str | Path | None = None,
+    chunk_size: int | str = 5_000_000,
+    contig_style: str = "chr",
+    scheduler: str = "threads",
+    workers: int | None = None,
+) -> dict[str, Any]:
+    """One task of a batch (array job) ingest: regions ``part``, ``part + parts``, ... into ``parts_dir``.
+
+    Every task writes its chunk files and ``results/part-NNNNN.json`` into the shared
+    ``parts_dir``; :func:`ingest` with ``parts_dir=`` then assembles the dataset. A task
+    run again overwrites its own files only.
+
+    Raises:
+        InputError: the VCF has no index.
+        ConfigurationError: ``part`` is not in ``0..parts-1``.
+    """
+    if not 0 <= part < parts:
+        raise ConfigurationError(f"part {part} of {parts}: expected 0 <= part < parts")
+    parts_path = Path(parts_dir)
+    fasta_path = None if fasta is None else str(fasta)
+    tasks = _region_tasks(str(vcf), str(parts_path), chunk_size=parse_chunk_size(chunk_size), fasta=fasta_path, contig_style=contig_style)
+    mine = [task for task in tasks if task.chunk_index % parts == part]
+    (parts_path / PARTS_RESULTS).mkdir(parents=True, exist_ok=True)
+    results = _compute(mine, scheduler=_parse_scheduler(scheduler, workers), workers=workers, progress=False) if mine else []
+    record = {"part": part, "parts": parts, "num_regions": len(tasks), "results": results}
+    target = parts_path / PARTS_RESULTS / f"part-{part:05d}.json"
+    with outputs.atomic_file(target, force=True) as tmp:
+        Path(tmp).write_text(json.dumps(record, default=int) + "\n")
+    return record
+
+
+def _collect_parts(parts_dir: Path, tasks: list[ChunkTask], tmp: Path) -> list[dict[str, Any]]:
+    """The results of every :func:`ingest_part` task; their chunk files are moved into ``tmp``."""
+    results: list[dict[str, Any]] = []
+    for path in sorted((parts_dir / PARTS_RESULTS).glob("part-*.json")):
+        record = json.loads(path.read_text())
+        if record["num_regions"] != len(tasks):
+            raise InputError(f"{path}: written for {record['num_regions']} regions, the VCF has {len(tasks)} now; run the ingest parts again")
+        results.extend(record["results"])
+    found = sorted(r["chunk_index"] for r in results)
+    if found != list(range(len(tasks))):
+        missing = sorted(set(range(len(tasks))) - set(found))
+        raise InputError(f"{parts_dir}: the ingest parts cover {len(found)} of {len(tasks)} regions (missing chunks {missing[:5]}); run the missing parts")
+    for result in results:
+        if result["entry"] is not None:
+            for folder in ("variants", "genotypes"):
+                (tmp / folder).mkdir(exist_ok=True)
+                name = f"{result['entry']['name']}.parquet"
+                os.replace(parts_dir / folder / name, tmp / folder / name)
+    return results
 
 
 def _check_reference_contigs(fasta: str, contigs: list[Region], vcf: str) -> None:
@@ -287,6 +356,7 @@ def ingest(
     contig_style: str = "chr",
     force: bool = False,
     progress: bool = False,
+    parts_dir: str | Path | None = None,
 ) -> dict[str, Any]:
     """Harmonizes ``vcf`` into a dataset at ``out`` and returns the ingest report.
 
@@ -296,11 +366,14 @@ def ingest(
         fasta: reference FASTA to check REF against (swap, strand flip, drop).
         phenotypes: TSV keyed by IID to match samples with.
         chunk_size: bases per chunk (``5Mb``, ``500kb``, ``1000000``).
-        scheduler: ``threads``, ``processes``, ``synchronous`` or a dask.distributed address.
+        scheduler: ``threads``, ``processes``, ``synchronous``, a dask.distributed address, or
+            ``slurm``/``pbs`` (dask-jobqueue; see :mod:`pipeline.workflow.cluster`).
         workers: local scheduler workers (default: dask's, one per core).
         contig_style: ``chr``, ``nochr`` or ``keep``.
         force: replace an existing ``out``.
         progress: show a progress bar on stderr.
+        parts_dir: assemble the dataset from the chunks :func:`ingest_part` tasks wrote
+            there (a batch array job) instead of computing them.
 
     Raises:
         GenofedError: any input problem (the message names the file and record); ``out``
@@ -328,7 +401,10 @@ def ingest(
             tasks = [
                 ChunkTask(vcf_path, region, i, str(tmp), len(source.samples), fasta_path, contig_style) for i, region in enumerate(regions)
             ]
-            results = _compute(tasks, scheduler=scheduler, workers=workers, progress=progress) if tasks else []
+            if parts_dir is not None:
+                results = _collect_parts(Path(parts_dir), tasks, tmp)
+            else:
+                results = _compute(tasks, scheduler=scheduler, workers=workers, progress=progress) if tasks else []
         else:
             log.info("%s has no index: streaming it in one pass", vcf_path)
             tasks = []
