@@ -169,6 +169,13 @@ def federate(
         _stop(processes)
         if previous is not None:
             signal.signal(signal.SIGTERM, previous)
+    extra: dict[str, Any] = {}
+    from pipeline.analyses import get_analysis
+
+    baselines = getattr(get_analysis(str(analysis)), "simulation_baselines", None)
+    if baselines is not None:
+        # Everything runs here, so the analysis may add what a real federation cannot (pooled data).
+        extra["baselines"] = baselines(spec_dict, paths, target / "results", results["summary"])
     return {
         "job_id": job_id,
         "status": status["status"],
@@ -180,6 +187,7 @@ def federate(
         "federation": str(target / "federation"),
         "logs": str(logs),
         "summary": results["summary"],
+        **extra,
     }
 
 
@@ -206,6 +214,8 @@ def summary_text(summary: Mapping[str, Any]) -> str:
             f"  {result.get('num_samples', '?')} samples; variants: {variants['total']} total, "
             f"{variants['publishable']} publishable, {variants['passing']} pass QC"
         )
+    if summary.get("baselines"):
+        lines.append(summary["baselines"]["table"])
     if summary.get("declined"):
         lines.append(f"  declined: {summary['declined']}")
     lines.append(f"  results: {summary['results']}  (federation and audit logs: {summary['federation']})")
