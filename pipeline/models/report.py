@@ -84,6 +84,7 @@ def _plot(path: Path, task: str, federated: Sequence[Mapping[str, Any]], pooled:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
     metric = evaluation.PRIMARY_METRIC[task]
     figure, axis = plt.subplots(figsize=(6.4, 4.2), dpi=110)
@@ -92,6 +93,7 @@ def _plot(path: Path, task: str, federated: Sequence[Mapping[str, Any]], pooled:
                   label="local-only" if name == next(iter(local)) else None)
     axis.plot([c["round"] for c in pooled], [c[metric] for c in pooled], color="tab:green", linewidth=2, label="pooled")
     axis.plot([c["round"] for c in federated], [c[metric] for c in federated], color="tab:blue", linewidth=2, marker="o", markersize=3, label="federated")
+    axis.xaxis.set_major_locator(MaxNLocator(integer=True))
     axis.set_xlabel("round")
     axis.set_ylabel(f"held-out {metric.upper() if metric == 'auc' else metric}")
     axis.set_title("Learning curve on the union of held-out splits")

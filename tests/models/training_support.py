@@ -38,7 +38,7 @@ def planted_cohort(root: Path, sizes: tuple[int, ...] = (150, 400, 80), *, num_v
         else:
             trait = (rng.random(n) < 1 / (1 + np.exp(-score))).astype(np.float64)
         calls[rng.random(calls.shape) < missing_rate] = -1
-        out[f"site-{index + 1}"] = write_dataset(root / f"site-{index + 1}", ids, calls, {"age": age, "sex": sex, "trait": trait}, prefix=f"s{index}_")
+        out[f"site-{index + 1}"] = write_dataset(root / f"site-{index + 1}", ids, calls, {"age": age, "sex": sex, ("quant_trait" if quantitative else "binary_trait"): trait}, prefix=f"s{index}_")
     return out
 
 
