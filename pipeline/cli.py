@@ -643,5 +643,24 @@ def workflow_validate(files: tuple[Path, ...], as_json: bool) -> None:
     echo_summary(summary, as_json=as_json, text=text)
 
 
+@main.command("predict")
+@click.option("--model", "model", required=True, type=click.Path(exists=True, path_type=Path), help="A trained model: model.json, or a training job's results folder or summary.json.")
+@click.option("--dataset", required=True, type=click.Path(exists=True, file_okay=False, path_type=Path), help="This site's dataset folder (genofed ingest --out).")
+@click.option("--out", default="predictions.parquet", show_default=True, type=click.Path(path_type=Path), help="Parquet file to write: sample_id, prediction.")
+@force_option
+@json_option
+@handles_errors
+def predict_command(model: Path, dataset: Path, out: Path, force: bool, as_json: bool) -> None:
+    """Score this site's samples with a federated model, locally (nothing is sent anywhere).
+
+    The prediction is the probability of a binary trait, or the value of a
+    quantitative trait in its own units.
+    """
+    from pipeline.models.checkpoint import predict_dataset
+
+    summary = predict_dataset(model, dataset, out, force=force)
+    echo_summary(summary, as_json=as_json, text=f"{summary['samples_scored']} samples scored ({summary['target']}, {summary['task']}); {summary['samples_skipped']} without covariates skipped; written to {summary['out']}")
+
+
 if __name__ == "__main__":  # pragma: no cover
     main()
