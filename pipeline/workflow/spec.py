@@ -155,7 +155,8 @@ def _parse_yaml(path: Path) -> Any:
     except yaml.MarkedYAMLError as error:
         mark = error.problem_mark or error.context_mark
         line = f":{mark.line + 1}" if mark is not None else ""
-        raise ConfigurationError(f"{path}{line}: not valid YAML: {error.problem or error}") from None
+        context = f" ({error.context} started on line {error.context_mark.line + 1})" if error.context and error.context_mark else ""
+        raise ConfigurationError(f"{path}{line}: not valid YAML: {error.problem or error}{context}") from None
     except yaml.YAMLError as error:
         raise ConfigurationError(f"{path}: not valid YAML: {error}") from None
     finally:
