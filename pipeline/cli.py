@@ -152,6 +152,37 @@ def qc_command(
     echo_summary(summary, as_json=as_json, text=summary_text(summary))
 
 
+def cluster_options(func: Callable[..., Any]) -> Callable[..., Any]:
+    """``--scheduler`` and the dask-jobqueue worker-job options, for every Dask-backed command."""
+    options = [
+        click.option(
+            "--scheduler", default="threads", show_default=True,
+            help="Where Dask-backed work runs: threads, processes, synchronous (this machine); tcp://HOST:PORT "
+            "(a running dask.distributed scheduler); slurm or pbs (Dask workers as batch jobs, via dask-jobqueue).",
+        ),
+        click.option("--workers", type=click.IntRange(min=1), default=None, help="Workers of a local scheduler [default: one per core]."),
+        click.option("--queue", default=None, help="slurm/pbs: partition or queue of the worker jobs [default: Dask config jobqueue.*.queue]."),
+        click.option("--cores", type=click.IntRange(min=1), default=None, help="slurm/pbs: cores per worker job [default: Dask config]."),
+        click.option("--memory", default=None, help="slurm/pbs: memory per worker job, e.g. 8GB [default: Dask config]."),
+        click.option("--walltime", default=None, help="slurm/pbs: walltime per worker job, e.g. 02:00:00 [default: Dask config]."),
+        click.option("--account", default=None, help="slurm/pbs: account to charge [default: Dask config]."),
+        click.option("--jobs", type=click.IntRange(min=1), default=1, show_default=True, help="slurm/pbs: worker jobs to start."),
+        click.option(
+            "--performance-report", type=click.Path(dir_okay=False, path_type=Path), default=None,
+            help="Write Dask's performance report (HTML) here; needs a distributed scheduler (tcp://, slurm, pbs).",
+        ),
+    ]
+    for option in reversed(options):
+        func = option(func)
+    return func
+
+
+def _cluster(queue: str | None, cores: int | None, memory: str | None, walltime: str | None, account: str | None, jobs: int) -> Any:
+    from pipeline.workflow.cluster import ClusterOptions
+
+    return ClusterOptions(queue=queue, cores=cores, memory=memory, walltime=walltime, account=account, jobs=jobs)
+
+
 class _ChunkSize(click.ParamType):
     """``--chunk-size``: 5Mb, 500kb or a number of bases."""
 
@@ -173,24 +204,31 @@ class _ChunkSize(click.ParamType):
 @click.option("--phenotypes", default=None, help="Phenotype TSV (first column IID) matched to the VCF samples.")
 @click.option("--out", required=True, help="Dataset folder to create.")
 @click.option("--chunk-size", type=_ChunkSize(), default="5Mb", show_default=True, help="Bases per chunk / Dask task (5Mb, 500kb, 1000000).")
-@click.option(
-    "--scheduler", default="threads", show_default=True,
-    help="threads, processes, synchronous, or a dask.distributed scheduler address (tcp://host:8786).",
-)
-@click.option("--workers", type=click.IntRange(min=1), default=None, help="Workers of a local scheduler [default: one per core].")
+@cluster_options
 @click.option("--contig-style", type=click.Choice(["chr", "nochr", "keep"]), default="chr", show_default=True, help="Contig names: chr22, 22, or as in the file.")
 @force_option
 @progress_option
 @json_option
 @handles_errors
-def ingest_command(vcf: str, fasta: str | None, phenotypes: str | None, out: str, chunk_size: int, scheduler: str, workers: int | None, contig_style: str, force: bool, progress: bool | None, as_json: bool) -> None:
-    """Harmonize a site's VCF/BCF into a genofed dataset (Parquet, schemas/)."""
-    from pipeline.ingest import ingest, summary_text
+def ingest_command(
+    vcf: str, fasta: str | None, phenotypes: str | None, out: str, chunk_size: int, scheduler: str, workers: int | None,
+    queue: str | None, cores: int | None, memory: str | None, walltime: str | None, account: str | None, jobs: int,
+    performance_report: Path | None, contig_style: str, force: bool, progress: bool | None, as_json: bool,
+) -> None:
+    """Harmonize a site's VCF/BCF into a genofed dataset (Parquet, schemas/).
 
-    report = ingest(
-        vcf, out=out, fasta=fasta, phenotypes=phenotypes, chunk_size=chunk_size, scheduler=scheduler,
-        workers=workers, contig_style=contig_style, force=force, progress=resolve_progress(progress),
-    )
+    \b
+    Example (one Dask task per 5 Mb region, workers as Slurm jobs):
+      genofed ingest --vcf site.bcf --fasta ref.fa.gz --out site.dataset --scheduler slurm --cores 4 --memory 8GB --jobs 4
+    """
+    from pipeline.ingest import ingest, summary_text
+    from pipeline.workflow.cluster import dask_session
+
+    with dask_session(scheduler, options=_cluster(queue, cores, memory, walltime, account, jobs), performance_report=performance_report):
+        report = ingest(
+            vcf, out=out, fasta=fasta, phenotypes=phenotypes, chunk_size=chunk_size, scheduler=scheduler,
+            workers=workers, contig_style=contig_style, force=force, progress=resolve_progress(progress),
+        )
     echo_summary(report, as_json=as_json, text=summary_text(report, out))
 
 
@@ -465,37 +503,6 @@ def federate_command(datasets: tuple[Path, ...], spec: Path, out: Path, threshol
     echo_summary(summary, as_json=as_json, text=summary_text(summary))
 
 
-def cluster_options(func: Callable[..., Any]) -> Callable[..., Any]:
-    """``--scheduler`` and the dask-jobqueue worker-job options, for every Dask-backed command."""
-    options = [
-        click.option(
-            "--scheduler", default="threads", show_default=True,
-            help="Where Dask-backed work runs: threads, processes, synchronous (this machine); tcp://HOST:PORT "
-            "(a running dask.distributed scheduler); slurm or pbs (Dask workers as batch jobs, via dask-jobqueue).",
-        ),
-        click.option("--workers", type=click.IntRange(min=1), default=None, help="Workers of a local scheduler [default: one per core]."),
-        click.option("--queue", default=None, help="slurm/pbs: partition or queue of the worker jobs [default: Dask config jobqueue.*.queue]."),
-        click.option("--cores", type=click.IntRange(min=1), default=None, help="slurm/pbs: cores per worker job [default: Dask config]."),
-        click.option("--memory", default=None, help="slurm/pbs: memory per worker job, e.g. 8GB [default: Dask config]."),
-        click.option("--walltime", default=None, help="slurm/pbs: walltime per worker job, e.g. 02:00:00 [default: Dask config]."),
-        click.option("--account", default=None, help="slurm/pbs: account to charge [default: Dask config]."),
-        click.option("--jobs", type=click.IntRange(min=1), default=1, show_default=True, help="slurm/pbs: worker jobs to start."),
-        click.option(
-            "--performance-report", type=click.Path(dir_okay=False, path_type=Path), default=None,
-            help="Write Dask's performance report (HTML) here; needs a distributed scheduler (tcp://, slurm, pbs).",
-        ),
-    ]
-    for option in reversed(options):
-        func = option(func)
-    return func
-
-
-def _cluster(queue: str | None, cores: int | None, memory: str | None, walltime: str | None, account: str | None, jobs: int) -> Any:
-    from pipeline.workflow.cluster import ClusterOptions
-
-    return ClusterOptions(queue=queue, cores=cores, memory=memory, walltime=walltime, account=account, jobs=jobs)
-
-
 @main.group()
 def workflow() -> None:
     """Site workflows: workflows/*.yaml files with 'kind: workflow' (site-prep, gwas, pca, train).
@@ -514,10 +521,6 @@ def _workflow_args(func: Callable[..., Any]) -> Callable[..., Any]:
     func = click.option("--param", "param_pairs", multiple=True, metavar="NAME=VALUE", help="A workflow parameter, e.g. --param vcf=site-1.vcf.gz; repeat.")(func)
     func = click.option("--site", "site_path", required=True, envvar="GENOFED_SITE_CONFIG", type=click.Path(exists=True, dir_okay=False, path_type=Path), help="The site's site.toml [env GENOFED_SITE_CONFIG].")(func)
     return click.argument("workflow_file", metavar="FILE", type=click.Path(exists=True, dir_okay=False, path_type=Path))(func)
-
-
-def _step_lines(summary: dict[str, Any]) -> str:
-    return "\n".join(f"  {s['action']:<8} {s['name']:<12} {s.get('reason', '')}" for s in summary["steps"])
 
 
 @workflow.command("run")

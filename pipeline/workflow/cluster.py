@@ -33,7 +33,7 @@ log = logging.getLogger(__name__)
 
 LOCAL_SCHEDULERS = ("threads", "processes", "synchronous", "sync")
 JOBQUEUE_SCHEDULERS = ("slurm", "pbs")
-_ADDRESS = re.compile(r"^(?:[a-z][a-z0-9+]*://)?[\w.\-\[\]:]+:\d+$")
+_ADDRESS = re.compile(r"^(?:[a-z][a-z0-9+]*://\S+|[\w.\-\[\]:]+:\d+)$")
 
 
 @dataclass(frozen=True)
@@ -161,6 +161,11 @@ def dask_session(
         return
     import distributed
 
+    if performance_report is not None:
+        try:
+            import bokeh  # noqa: F401  (distributed renders the report with it)
+        except ImportError:
+            raise ConfigurationError("--performance-report needs bokeh: pip install 'bokeh>=3.1'") from None
     with _new_client(scheduler, options or ClusterOptions()) as client:
         report = contextlib.nullcontext() if performance_report is None else distributed.performance_report(filename=str(performance_report))
         with report:
