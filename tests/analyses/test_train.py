@@ -1,0 +1,158 @@
+"""Federated training: equal to local and pooled training where theory says so, and secure."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from pipeline.analyses import SiteContext, get_analysis
+from pipeline.analyses.in_memory import run_in_memory
+from pipeline.analyses.train import TRAIN, TrainingPlan, site_training_arrays
+from pipeline.dataset import open_dataset
+from pipeline.errors import ConfigurationError, PolicyRefusal
+from pipeline.models import param_space
+from pipeline.models.features import Standardization, read_site_data
+from pipeline.models.report import simulation_baselines, train_sequential
+from pipeline.models.server import decode_array
+from tests.models.training_support import CAUSAL, planted_cohort
+
+COVARIATES = ["age", "sex"]
+
+
+@pytest.fixture(scope="module")
+def cohort(tmp_path_factory):
+    return planted_cohort(tmp_path_factory.mktemp("train"), sizes=(120, 260, 70), num_variants=16)
+
+
+def _spec(**overrides):
+    spec = {
+        "target": "binary_trait", "covariates": COVARIATES, "features": {"variants": "all"}, "rounds": 4, "clip_norm": 1000.0,
+        "local": {"epochs": 2, "batch_size": 32, "learning_rate": 0.2, "l2": 0.001},
+    }
+    spec.update(overrides)
+    return spec
+
+
+def _arrays(result, datasets):
+    summary = json.loads(json.dumps(dict(result.summary)))
+    plan = TrainingPlan(summary["parameters"])
+    record = summary["model"]
+    scaling = Standardization.from_json(record["standardization"])
+    spec = plan.feature_spec(record["variant_ids"])
+    arrays = {n: site_training_arrays(read_site_data(open_dataset(p), spec), scaling, plan.task) for n, p in datasets.items()}
+    return summary, plan, plan.local(spec.num_features), arrays
+
+
+def test_train__registered_and_spec_errors_name_the_key():
+    assert get_analysis("train") is TRAIN
+    with pytest.raises(ConfigurationError, match="target"):
+        TRAIN.init({}, ("a", "b"))
+    with pytest.raises(ConfigurationError, match="unknown key.*'local'"):
+        TRAIN.init({"target": "t", "local": {"epoch": 2}}, ("a", "b"))
+    with pytest.raises(ConfigurationError, match="server optimizer"):
+        TRAIN.init({"target": "t", "server": {"optimizer": "fedsgd"}}, ("a", "b"))
+
+
+def test_train__one_site_federation_equals_local_training_of_the_same_schedule(cohort):
+    datasets = {"site-2": cohort["site-2"]}
+    run = run_in_memory(TRAIN, _spec(), datasets)
+    summary, plan, config, arrays = _arrays(run.result, datasets)
+    a = arrays["site-2"]
+    theta, curve = train_sequential(plan, config, "site-2", a["train_x"], a["train_y"], param_space(config.model).initial, a["holdout_x"], a["holdout_y"])
+    np.testing.assert_allclose(decode_array(summary["model"]["params"]), theta, atol=1e-6)
+    assert summary["metrics"]["auc"] == pytest.approx(curve[-1]["auc"], abs=1e-9)
+
+
+def test_train__fedavg_one_full_batch_step_equals_pooled_gradient_descent(cohort):
+    spec = _spec(rounds=6, local={"epochs": 1, "batch_size": None, "learning_rate": 0.5, "l2": 0.01})
+    run = run_in_memory(TRAIN, spec, cohort)
+    summary, plan, config, arrays = _arrays(run.result, cohort)
+    pooled_x = np.concatenate([a["train_x"] for a in arrays.values()])
+    pooled_y = np.concatenate([a["train_y"] for a in arrays.values()])
+    holdout_x = np.concatenate([a["holdout_x"] for a in arrays.values()])
+    holdout_y = np.concatenate([a["holdout_y"] for a in arrays.values()])
+    theta, _ = train_sequential(plan, config, "pooled", pooled_x, pooled_y, param_space(config.model).initial, holdout_x, holdout_y)
+    np.testing.assert_allclose(decode_array(summary["model"]["params"]), theta, atol=2e-6)
+
+
+def test_train__secure_and_plain_aggregation_give_the_same_model(cohort):
+    spec = _spec(rounds=3, clip_norm=10.0, model={"kind": "mlp", "hidden": [8]})
+    plain = run_in_memory(TRAIN, spec, cohort)
+    secure = run_in_memory(TRAIN, spec, cohort, secure=True, threshold=2, seed=7)
+    plain_theta = decode_array(plain.result.summary["model"]["params"])
+    secure_theta = decode_array(secure.result.summary["model"]["params"])
+    # Z_2^32 with >= 10 fractional bits on n_s * delta: each round errs by < 2^-11 * sites / N per coordinate.
+    np.testing.assert_allclose(secure_theta, plain_theta, atol=1e-4)
+    assert not np.array_equal(plain_theta, param_space(TrainingPlan(plain.result.summary["parameters"]).model(plain.result.summary["num_features"])).initial)
+    for a, b in zip(plain.result.summary["history"], secure.result.summary["history"]):
+        assert a["n"] == b["n"]
+        assert a["auc"] == pytest.approx(b["auc"], abs=0.01)
+
+
+def test_train__restart_from_a_stored_round_state_finishes_with_the_same_model(cohort):
+    spec = _spec(rounds=4, server={"optimizer": "fedadam", "learning_rate": 0.05})
+    full = run_in_memory(TRAIN, spec, cohort)
+    round_index, state = full.states[3]  # keys, moments, train 1, [train 2 ...]
+    assert state["phase"] == "train" and state["train_round"] == 1
+    resumed = run_in_memory(TRAIN, spec, cohort, start=(round_index, json.loads(json.dumps(state))))
+    np.testing.assert_array_equal(decode_array(resumed.result.summary["model"]["params"]), decode_array(full.result.summary["model"]["params"]))
+    assert [h["auc"] for h in resumed.result.summary["history"]] == [h["auc"] for h in full.result.summary["history"]]
+
+
+def test_train__site_with_fewer_samples_than_its_k_refuses(cohort):
+    state = TRAIN.init(_spec(features={"variants": ["chr22:1000:A:G"]}), ("site-1", "site-3"))
+    strict = SiteContext("site-3", min_samples=500, min_allele_count=0, share_variant_keys=False)
+    with pytest.raises(PolicyRefusal, match="min_samples 500"):
+        TRAIN.site_step(state, 0, open_dataset(cohort["site-3"]), strict)
+
+
+def test_train__quantitative_linear_model_learns_and_reports_biomarkers(tmp_path):
+    datasets = planted_cohort(tmp_path, sizes=(150, 150), num_variants=14, quantitative=True)
+    spec = {"target": "quant_trait", "task": "quantitative", "covariates": COVARIATES, "rounds": 10,
+            "local": {"epochs": 2, "batch_size": 32, "learning_rate": 0.1, "l1": 0.1}}
+    run = run_in_memory(TRAIN, spec, datasets)
+    assert run.result.summary["metrics"]["r2"] > 0.15
+    markers = run.result.tables["biomarkers"].to_pylist()
+    variants = [m["feature"] for m in markers if m["kind"] == "variant"]
+    causal = {f"chr22:{1000 + 10 * i}:A:G" for i in CAUSAL}
+    assert set(variants[:4]) == causal
+    assert len(markers) < 16  # the L1 step zeroed some coefficients
+
+
+def test_train__non_iid_three_sites_federated_auc_near_pooled_and_above_local_mean(tmp_path):
+    datasets = planted_cohort(tmp_path, sizes=(300, 1200, 200), num_variants=16, seed=3)
+    spec = _spec(rounds=15, clip_norm=10.0, holdout_fraction=0.3, local={"epochs": 1, "batch_size": 64, "learning_rate": 0.1})
+    run = run_in_memory(TRAIN, spec, datasets, secure=True, threshold=2, seed=3)
+    out = tmp_path / "results"
+    report = simulation_baselines(spec, [datasets[n] for n in sorted(datasets)], out, json.loads(json.dumps(dict(run.result.summary))))
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert set(metrics) == {"local_mean", "local_best", "federated", "pooled"}
+    assert metrics == report["metrics"]
+    assert abs(metrics["federated"]["auc"] - metrics["pooled"]["auc"]) <= 0.02
+    assert metrics["federated"]["auc"] > metrics["local_mean"]["auc"]
+    assert (out / "learning_curve.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.mark.network
+def test_train__genofed_federate_writes_the_report_and_the_model_scores_a_site_locally(cohort, tmp_path):
+    from click.testing import CliRunner
+
+    from pipeline.cli import main
+    from pipeline.federation.local import federate, summary_text
+
+    spec = _spec(analysis="train", rounds=3, clip_norm=10.0, stage_timeout=30, model={"kind": "logistic"}, local={"epochs": 1, "batch_size": 32, "l1": 0.01})
+    summary = federate([cohort[n] for n in sorted(cohort)], spec, tmp_path / "run", timeout=300)
+    results = tmp_path / "run" / "results"
+    metrics = json.loads((results / "metrics.json").read_text())
+    assert set(metrics) == {"local_mean", "local_best", "federated", "pooled"}
+    assert metrics["federated"]["auc"] == pytest.approx(summary["summary"]["metrics"]["auc"])
+    assert len(summary["summary"]["history"]) == 4
+    assert "| Federated |" in summary_text(summary)
+    for name in ("learning_curve.png", "training_report.md", "model.json", "biomarkers.parquet", "history.parquet"):
+        assert (results / name).is_file(), name
+    out = tmp_path / "scores.parquet"
+    answer = CliRunner().invoke(main, ["predict", "--model", str(results), "--dataset", str(cohort["site-1"]), "--out", str(out), "--json"])
+    assert answer.exit_code == 0, answer.output
+    assert json.loads(answer.output)["samples_scored"] == 120
