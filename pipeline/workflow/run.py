@@ -15,6 +15,7 @@ The run's working folder (default ``SITE_DIR/runs/WORKFLOW``) holds ``last-run.j
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import json
 import logging
@@ -204,6 +205,8 @@ def run_workflow(
                     continue
                 if parts_dir is not None:
                     shutil.rmtree(parts_dir, ignore_errors=True)
+                    with contextlib.suppress(OSError):
+                        parts_dir.parent.rmdir()  # WORK/parts, once no other step's parts are left
                 _write_record(step, workflow=spec.name, digests=digests, seconds=seconds)
                 entry.update(action="ran", seconds=round(seconds, 3))
                 failed = None
