@@ -31,7 +31,10 @@ from pipeline.federation.config import SiteConfig
 from pipeline.workflow.spec import REFERENCE, WorkflowSpec
 from pipeline.workflow.steps import KINDS
 
-__all__ = ["RECORD_NAME", "Step", "StepPlan", "resolve", "parse_param_overrides", "content_digest", "step_key", "read_record", "plan_steps"]
+__all__ = [
+    "RECORD_NAME", "Step", "StepPlan", "resolve", "parse_param_overrides", "content_digest", "step_key", "read_record",
+    "input_digests", "check_step", "plan_steps",
+]
 
 RECORD_NAME = ".genofed-step.json"
 _BLOCK = 1 << 20

@@ -161,7 +161,7 @@ def run_workflow(
     say(f"workflow {spec.name} for site {site_config.name} ({'dry run' if dry_run else 'run'}):\n{plan_text(plans)}")
     summary: dict[str, Any] = {
         "workflow": spec.name, "file": str(spec.path), "site": site_config.name, "work": str(work_dir), "dry_run": dry_run,
-        "scheduler": scheduler, "steps": [],
+        "scheduler": scheduler, "params": json.loads(json.dumps(dict(params or {}), default=str)), "steps": [],
     }
     if dry_run:
         summary["steps"] = [

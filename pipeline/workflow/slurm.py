@@ -268,7 +268,8 @@ def job_states(job_ids: Sequence[str]) -> dict[str, str]:
 def workflow_status(path: Path | str, *, site: Path | str, params: Mapping[str, Any] | None = None, work: Path | str | None = None) -> dict[str, Any]:
     """Per step: up to date or not (records), the last local run, and the Slurm jobs' states.
 
-    Parameters default to those of the last submission, so ``status`` needs only the file and the site.
+    Parameters default to those of the last submission or local run (the later one), so
+    ``status`` needs only the file and the site.
     """
     spec = load_workflow(path)
     site_config = load_site_config(site, check_files=False)
@@ -276,9 +277,13 @@ def workflow_status(path: Path | str, *, site: Path | str, params: Mapping[str, 
     submission: dict[str, Any] = {}
     if (work_dir / SUBMISSION).is_file():
         submission = json.loads((work_dir / SUBMISSION).read_text())
-    given = dict(submission.get("params", {})) if params is None else dict(params)
-    steps = planning.resolve(spec, site=site_config, params=given, work=work_dir)
     last_run: dict[str, Any] = json.loads((work_dir / LAST_RUN).read_text()) if (work_dir / LAST_RUN).is_file() else {}
+    if params is not None:
+        given = dict(params)
+    else:  # those of the latest of the last submission and the last local run
+        candidates = [(submission.get("submitted_at", ""), submission.get("params")), (last_run.get("started_at", ""), last_run.get("params"))]
+        given = dict(max((c for c in candidates if c[1] is not None), default=("", {}), key=lambda c: c[0])[1])
+    steps = planning.resolve(spec, site=site_config, params=given, work=work_dir)
     last_actions = {s["name"]: s["action"] for s in last_run.get("steps", [])}
     jobs = {s["name"]: s for s in submission.get("steps", [])}
     ids = [job for s in jobs.values() for job in (s.get("array_job_id"), s.get("job_id")) if job]

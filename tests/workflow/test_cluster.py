@@ -59,6 +59,8 @@ def test_dask_session__performance_report_needs_distributed():
 def test_dask_session__slurm_without_cores_and_memory_says_what_to_set():
     import dask
 
+    pytest.importorskip("dask_jobqueue")  # loads its config defaults before the override below, not inside it
+
     with dask.config.set({"jobqueue.slurm.cores": None, "jobqueue.slurm.memory": None}):
         with pytest.raises(ConfigurationError, match=r"give --cores and --memory .* jobqueue.slurm"):
             with dask_session("slurm", options=ClusterOptions()):

@@ -7,7 +7,6 @@ import hashlib
 import json
 import os
 import shutil
-import textwrap
 from pathlib import Path
 
 import pytest
@@ -199,3 +198,15 @@ def test_workflow_run__cli_plan_and_json(tmp_path, inputs):
     assert _actions(summary) == {"ingest": "ran", "qc": "ran"}
     missing = CliRunner().invoke(main, ["workflow", "run", str(SITE_PREP), "--site", str(site)])
     assert missing.exit_code == 1 and "parameter 'vcf'" in missing.output and "is required" in missing.output
+
+
+def test_workflow_status__after_a_local_run(tmp_path, inputs):
+    from pipeline.workflow.slurm import workflow_status
+
+    site = make_site(tmp_path / "site")
+    run_workflow(SITE_PREP, site=site, params=inputs)
+    status = workflow_status(SITE_PREP, site=site)  # parameters of the last run
+    assert [(row["name"], row["up_to_date"], row["last_local_run"]) for row in status["steps"]] == [("ingest", True, "ran"), ("qc", True, "ran")]
+    changed = workflow_status(SITE_PREP, site=site, params={**inputs, "hwe_p": 0.001})
+    assert [row["up_to_date"] for row in changed["steps"]] == [True, False]
+    assert changed["steps"][1]["reason"] == "parameters changed: hwe_p"

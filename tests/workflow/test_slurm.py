@@ -130,6 +130,7 @@ def test_workflow_submit__site_prep_runs_to_completion_on_slurm(slurm, tmp_path,
 def test_ingest__on_a_slurm_cluster_equals_threads(slurm, tmp_path, wf_cohort, monkeypatch):
     import dask
 
+    pytest.importorskip("dask_jobqueue")  # loads its config defaults before the override below
     monkeypatch.setenv("SLURM_CONF", str(slurm.conf))
     params = site_params(wf_cohort)
     kwargs = dict(fasta=params["fasta"], phenotypes=params["phenotypes"], chunk_size="200kb")
