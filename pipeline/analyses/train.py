@@ -5,10 +5,14 @@ Phases, each one or more secure-sum rounds (the state's ``phase`` says which):
 0. **keys** (only with ``features: {variants: all}``): a
    :class:`~pipeline.analyses.KeyUnion` of the variant IDs the sites hold at or above
    their minimum minor allele count (sites whose policy allows ``share_variant_keys``).
-1. **moments**: per feature the count, sum and sum of squares over each site's
+1. **screen** (only with ``features: {screen_top: K}``): per candidate variant, sums
+   over the training splits of x, x², x·y, y, y² and the count (Z_2^64); the
+   coordinator keeps the K variants most correlated with the target (sure independence
+   screening, Fan & Lv 2008), the marginal association a GWAS would publish.
+2. **moments**: per feature the count, sum and sum of squares over each site's
    training split, and the split sizes (Z_2^64): every site then standardizes with the
    same federated means and standard deviations (:mod:`pipeline.models.features`).
-2. **train**, rounds 1..T: each site runs the jitted local update
+3. **train**, rounds 1..T: each site runs the jitted local update
    (:mod:`pipeline.models.local`: E epochs, minibatches, optional FedProx ``mu`` and
    elastic net) from the global model, clips its delta to L2 norm ``clip_norm`` and
    contributes ``(n_s * delta_s, n_s)`` in Z_2^32 with a fixed-point scale chosen so the
@@ -16,7 +20,7 @@ Phases, each one or more secure-sum rounds (the state's ``phase`` says which):
    transformation, :mod:`pipeline.models.server`) to the pseudo-gradient. In the same
    sum each site adds the evaluation statistics of the global model it started from on
    its held-out split, which gives the learning curve at no extra round.
-3. **evaluate**: the final model's statistics on the held-out splits
+4. **evaluate**: the final model's statistics on the held-out splits
    (:mod:`pipeline.models.evaluation`: AUC from per-class score histograms, accuracy,
    Brier score, log loss; or R² and MSE).
 
@@ -31,7 +35,7 @@ Spec (see ``workflows/train.yaml``)::
     target: binary_trait          # column of the samples table
     task: binary                  # or quantitative
     covariates: [age, sex]
-    features: {variants: all, max_variants: 20000}   # or {variants: [ids]}, or {gwas: PATH, top: 50}
+    features: {variants: all, screen_top: 50}   # or {variants: [ids]}, or {gwas: PATH, top: 50}
     model: {kind: logistic, hidden: [32], seed: 0}   # linear | logistic | mlp
     local: {epochs: 1, batch_size: 64, optimizer: sgd, learning_rate: 0.1, mu: 0.0, l1: 0.0, l2: 0.0}
     server: {optimizer: fedavg, learning_rate: 1.0}  # fedavg | fedadam | fedyogi | fedadagrad
@@ -59,7 +63,18 @@ from pipeline.dataset import Dataset
 from pipeline.errors import ConfigurationError, InputError, PolicyRefusal
 from pipeline.models import ModelConfig, param_space
 from pipeline.models import evaluation
-from pipeline.models.features import FeatureSpec, SiteData, Standardization, moment_statistics, read_site_data, standardization, standardize, top_hits
+from pipeline.models.features import (
+    FeatureSpec,
+    SiteData,
+    Standardization,
+    moment_statistics,
+    read_site_data,
+    screening_scores,
+    screening_statistics,
+    standardization,
+    standardize,
+    top_hits,
+)
 from pipeline.models.local import LocalConfig, clip_by_l2, local_update_fn, predict_fn
 from pipeline.models.server import decode_array, encode_array, server_optimizer, server_step, state_from_json, state_to_json
 from pipeline.secagg.encoding import Field, FixedPoint, Layout, Ring
@@ -77,7 +92,7 @@ __all__ = [
     "biomarkers",
 ]
 
-PHASES = ("keys", "moments", "train", "evaluate")
+PHASES = ("keys", "screen", "moments", "train", "evaluate")
 MIN_SCALE_BITS = 10
 """Fewer fractional bits than this in Z_2^32 and a round uses Z_2^64 instead."""
 MAX_SCALE_BITS = 32
@@ -184,12 +199,17 @@ def parse_plan(spec: Mapping[str, Any]) -> dict[str, Any]:
         p_max = _number(features.get("p_value_max", 1.0), "features.p_value_max", 0.0, 1.0)
         p["features"] = {"variants": top_hits(features["gwas"], top=top, p_value_max=p_max), "source": f"gwas:{features['gwas']}"}
     else:
+        unknown_keys = sorted(set(features) - {"variants", "max_variants", "screen_top"})
+        if unknown_keys:
+            raise ConfigurationError(f"train: unknown key(s) {unknown_keys} in 'features'; expected variants, max_variants, screen_top, or gwas, top, p_value_max")
         variants = features.get("variants", "all")
         max_variants = _number(features.get("max_variants", 20_000), "features.max_variants", 1, 10_000_000, integer=True)
+        screen = features.get("screen_top")
+        screen_top = None if screen is None else _number(screen, "features.screen_top", 1, 10_000_000, integer=True)
         if variants == "all":
-            p["features"] = {"variants": "all", "max_variants": max_variants, "source": "union"}
+            p["features"] = {"variants": "all", "max_variants": max_variants, "screen_top": screen_top, "source": "union"}
         elif isinstance(variants, list) and all(isinstance(v, str) for v in variants) and len(set(variants)) == len(variants):
-            p["features"] = {"variants": list(variants), "source": "list"}
+            p["features"] = {"variants": list(variants), "screen_top": screen_top, "source": "list"}
         else:
             raise ConfigurationError(f"train: features.variants must be 'all' or a list of distinct variant IDs, got {variants!r}")
     model = _sub(spec, "model", {"kind": "logistic" if task == "binary" else "linear", "hidden": [32], "seed": 0})
@@ -318,10 +338,11 @@ class Train:
         """Parses the spec; the variant list is fixed now, or after the key-union round."""
         parameters = parse_plan(spec)
         variants = parameters["features"]["variants"]
+        screening = parameters["features"].get("screen_top") is not None
         return {
             "parameters": parameters,
             "num_participants": len(participants),
-            "phase": "keys" if variants == "all" else "moments",
+            "phase": "keys" if variants == "all" else ("screen" if screening else "moments"),
             "variant_ids": None if variants == "all" else list(variants),
             "train_round": 0,
             "history": [],
@@ -336,6 +357,13 @@ class Train:
         sites = int(state["num_participants"])
         if phase == "keys":
             return KeyUnion("variant_id", "variants each site holds at or above its minimum minor allele count (feature union)")
+        if phase == "screen":
+            v = len(state["variant_ids"])
+            n_max = float(plan.max_samples_per_site)
+            y_bound = 1.0 if plan.task == "binary" else plan.max_abs_value
+            floats = {"x_sum": ((v,), 2 * n_max), "x_sumsq": ((v,), 4 * n_max), "xy_sum": ((v,), 2 * n_max * y_bound),
+                      "y_sum": ((v,), n_max * y_bound), "y_sumsq": ((v,), n_max * y_bound**2)}
+            return _layout(floats, {"count": ((v,), n_max)}, sites, prefer=Ring.R64)
         if phase == "moments":
             p = len(state["variant_ids"]) + len(plan.covariates)
             n_max = float(plan.max_samples_per_site)
@@ -370,6 +398,12 @@ class Train:
         if phase == "keys":
             return {"variant_id": _variant_keys(dataset, site)}
         spec = plan.feature_spec(state["variant_ids"])
+        if phase == "screen":
+            # Streams the chunks: the candidates can be every variant of the dataset.
+            usable = read_site_data(dataset, plan.feature_spec(())).features.shape[0]
+            if usable < site.min_samples:
+                raise PolicyRefusal(f"site {site.name}: {usable} samples with {plan.target} and the covariates, fewer than the policy's min_samples {site.min_samples}")
+            return screening_statistics(dataset, spec)
         data = _site_data(dataset, spec)
         if data.features.shape[0] < site.min_samples:
             raise PolicyRefusal(f"site {site.name}: {data.features.shape[0]} samples with {plan.target} and the covariates, fewer than the policy's min_samples {site.min_samples}")
@@ -423,12 +457,23 @@ class Train:
             limit = int(plan.parameters["features"]["max_variants"])
             if not union and not plan.covariates:
                 raise InputError("train: no site shared any variant key and there are no covariates; nothing to train on")
-            if len(union) > limit:
+            screen_top = plan.parameters["features"].get("screen_top")
+            if len(union) > limit and screen_top is None:
                 raise ConfigurationError(
                     f"train: the sites share {len(union)} variants, more than features.max_variants {limit}; "
-                    "select features from a GWAS table (features: {gwas: PATH, top: K}) or raise max_variants"
+                    "screen them (features: {variants: all, screen_top: K}), select them from a GWAS table "
+                    "(features: {gwas: PATH, top: K}) or raise max_variants"
                 )
-            new.update(variant_ids=union, phase="moments")
+            new.update(variant_ids=union, phase="moments" if screen_top is None else "screen")
+            return new, False, None
+        if phase == "screen":
+            scores = screening_scores(total)
+            top = int(plan.parameters["features"]["screen_top"])
+            order = np.argsort(-scores, kind="stable")[:top]
+            chosen = np.sort(order[scores[order] > 0])
+            new.update(variant_ids=[state["variant_ids"][i] for i in chosen], phase="moments",
+                       screening={"candidates": len(state["variant_ids"]), "selected": int(chosen.size),
+                                  "min_r2_selected": float(scores[chosen].min()) if chosen.size else None})
             return new, False, None
         if phase == "moments":
             scaling = standardization(total, task=plan.task)
@@ -479,6 +524,7 @@ class Train:
             "n_holdout": int(state["n_holdout"]),
             "num_features": len(variant_ids) + len(plan.covariates),
             "num_params": int(theta.size),
+            "screening": state.get("screening"),
             "history": history,
             "model": model_record(plan, variant_ids, scaling, theta),
             "parameters": plan.parameters,
@@ -486,6 +532,8 @@ class Train:
                 "the coordinator learned only sums: feature moments, sample-weighted clipped model deltas and held-out "
                 "score histograms over the included sites"
                 + ("; the key round revealed which variant IDs each site holds" if plan.parameters["features"]["variants"] == "all" else "")
+                + ("; the screening round revealed each candidate variant's pooled marginal association with the target"
+                   if plan.parameters["features"].get("screen_top") is not None else "")
             ),
         }
         new["history"] = history

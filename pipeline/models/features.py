@@ -43,6 +43,8 @@ __all__ = [
     "standardization",
     "standardize",
     "top_hits",
+    "screening_statistics",
+    "screening_scores",
     "MIN_SCALE",
 ]
 
@@ -265,3 +267,52 @@ def top_hits(path: Path | str, *, top: int, p_value_max: float = 1.0) -> list[st
     if not chosen:
         raise ConfigurationError(f"{path}: no variant has p_value <= {p_value_max}; raise features.p_value_max")
     return sorted(set(chosen), key=chosen.index)
+
+
+def screening_statistics(dataset: Dataset, spec: FeatureSpec) -> dict[str, np.ndarray]:
+    """Per-variant sums for marginal association screening, over the site's training split.
+
+    Streams the genotype chunks (memory: one chunk), so it scales to every variant of a
+    dataset. For each of ``spec.variant_ids``, over training samples with an observed
+    call: their number, the sums of x, x², x·y, y and y². Summed over sites these give
+    each variant's correlation with the target (:func:`screening_scores`).
+    """
+    base = FeatureSpec((), spec.covariates, spec.target, spec.task, spec.holdout_fraction, spec.split_seed)
+    data = read_site_data(dataset, base)
+    samples = np.asarray(dataset.samples().column("sample_id").to_pylist(), dtype=object)
+    column = {sid: i for i, sid in enumerate(samples.tolist())}
+    train_columns = np.asarray([column[s] for s in data.sample_id[data.train].tolist()], np.int64)
+    y = data.target[data.train]
+    v = len(spec.variant_ids)
+    out = {name: np.zeros(v) for name in ("x_sum", "x_sumsq", "xy_sum", "y_sum", "y_sumsq")}
+    out["count"] = np.zeros(v, np.int64)
+    row_of = {vid: j for j, vid in enumerate(spec.variant_ids)}
+    for block in dataset.iter_blocks():
+        ids = block.variants.column("variant_id").to_pylist()
+        pairs = [(i, row_of[x]) for i, x in enumerate(ids) if x in row_of]
+        if not pairs or train_columns.size == 0:
+            continue
+        block_rows, rows = (np.asarray(p) for p in zip(*pairs))
+        calls = block.call_dosage[np.ix_(block_rows, train_columns)].astype(np.float64)
+        observed = calls >= 0
+        x = np.where(observed, calls, 0.0)
+        out["count"][rows] += observed.sum(axis=1)
+        out["x_sum"][rows] += x.sum(axis=1)
+        out["x_sumsq"][rows] += np.square(x).sum(axis=1)
+        out["xy_sum"][rows] += x @ y
+        out["y_sum"][rows] += observed @ y
+        out["y_sumsq"][rows] += observed @ np.square(y)
+    return out
+
+
+def screening_scores(totals: Mapping[str, np.ndarray]) -> np.ndarray:
+    """Squared correlation of each variant with the target, from summed screening statistics."""
+    n = np.asarray(totals["count"], np.float64)
+    sx, sxx, sxy = (np.asarray(totals[k], np.float64) for k in ("x_sum", "x_sumsq", "xy_sum"))
+    sy, syy = np.asarray(totals["y_sum"], np.float64), np.asarray(totals["y_sumsq"], np.float64)
+    covariance = n * sxy - sx * sy
+    variance_x = n * sxx - sx**2
+    variance_y = n * syy - sy**2
+    with np.errstate(invalid="ignore", divide="ignore"):
+        r2 = covariance**2 / (variance_x * variance_y)
+    return np.where((variance_x > 1e-9 * np.maximum(n, 1) ** 2) & (variance_y > 0) & (n >= 3), r2, 0.0)

@@ -101,6 +101,17 @@ def test_train__restart_from_a_stored_round_state_finishes_with_the_same_model(c
     assert [h["auc"] for h in resumed.result.summary["history"]] == [h["auc"] for h in full.result.summary["history"]]
 
 
+def test_train__screening_keeps_the_top_variants_and_the_model_uses_only_those(cohort):
+    run = run_in_memory(TRAIN, _spec(rounds=2, features={"variants": "all", "screen_top": 5}), cohort)
+    summary = run.result.summary
+    phases = [state["phase"] for _, state in run.states]
+    assert phases[:3] == ["keys", "screen", "moments"]
+    assert summary["screening"]["candidates"] == 16 and summary["screening"]["selected"] == 5
+    assert summary["num_features"] == 5 + len(COVARIATES)
+    causal = {f"chr22:{1000 + 10 * i}:A:G" for i in CAUSAL}
+    assert len(causal & set(summary["model"]["variant_ids"])) >= 3
+
+
 def test_train__site_with_fewer_samples_than_its_k_refuses(cohort):
     state = TRAIN.init(_spec(features={"variants": ["chr22:1000:A:G"]}), ("site-1", "site-3"))
     strict = SiteContext("site-3", min_samples=500, min_allele_count=0, share_variant_keys=False)

@@ -61,3 +61,27 @@ def test_top_hits__smallest_p_values_first_from_gwas_ssf_columns(tmp_path):
     pq.write_table(table, tmp_path / "gwas.parquet")
     assert top_hits(tmp_path / "gwas.parquet", top=2) == ["chr22:20:A:G", "chr22:40:A:G"]
     assert top_hits(tmp_path / "gwas.parquet", top=5, p_value_max=1e-3) == ["chr22:20:A:G", "chr22:40:A:G"]
+
+
+def test_screening_statistics__streamed_sums_equal_the_dense_matrix_and_rank_the_causal_variants(cohort):
+    from pipeline.models.features import screening_scores, screening_statistics
+    from tests.models.training_support import CAUSAL
+
+    ids = open_dataset(cohort["site-2"]).variants().column("variant_id").to_pylist()
+    spec = _spec(ids)
+    per_site = []
+    for path in cohort.values():
+        stats = screening_statistics(open_dataset(path), spec)
+        data = read_site_data(open_dataset(path), spec)
+        x = data.features[data.train][:, : len(ids)]
+        y = data.target[data.train]
+        observed = ~np.isnan(x)
+        filled = np.where(observed, x, 0.0)
+        np.testing.assert_array_equal(stats["count"], observed.sum(axis=0))
+        np.testing.assert_allclose(stats["xy_sum"], filled.T @ y)
+        np.testing.assert_allclose(stats["y_sumsq"], observed.T @ (y**2))
+        per_site.append(stats)
+    totals = {k: sum(s[k] for s in per_site) for k in per_site[0]}
+    scores = screening_scores(totals)
+    top = {ids[i] for i in np.argsort(-scores)[:6]}
+    assert sum(f"chr22:{1000 + 10 * i}:A:G" in top for i in CAUSAL) >= 3
