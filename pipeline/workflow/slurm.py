@@ -36,6 +36,7 @@ from pipeline.federation.config import load_site_config
 from pipeline.workflow import plan as planning
 from pipeline.workflow.run import LAST_RUN, default_work_dir, load_for_site, plan_text
 from pipeline.workflow.spec import load_workflow
+from pipeline.workflow.steps import KINDS
 
 __all__ = ["BatchOptions", "SUBMISSION", "render_script", "submit_workflow", "workflow_status", "job_states"]
 
@@ -177,6 +178,8 @@ def submit_workflow(
         command = _base_command(spec.path, site_path, work_dir, given, step.name) + ["--scheduler", step_scheduler]
         if step.name in rerun:
             command += ["--rerun", step.name]
+        if options.cpus is not None and KINDS[step.kind].dask:
+            command += ["--workers", str(options.cpus)]  # the job's cores, not the node's
         job_name = f"genofed-{spec.name}-{step.name}"
         regions = _region_count(step) if step.kind == "ingest" and step.inputs["vcf"].exists() else 0
         if regions > 1 and options.max_array > 1:

@@ -173,6 +173,11 @@ def _federated(inputs: Mapping[str, Path], params: Mapping[str, Any], output: Pa
         )
     get_analysis(analysis)  # fails with the list of analyses this genofed knows
     summary = run_site(site.path, once=True, max_idle=params["max_idle"])
+    if not summary["jobs"]:
+        raise ConfigurationError(
+            f"site {site.name}: no federated job reached the agent within max_idle = {params['max_idle']:g} s; ask the analyst "
+            f"to submit the {analysis} job (genofed job submit) and run the workflow again, or raise max_idle"
+        )
     summary = {**summary, "analysis": analysis}
     with outputs.atomic_directory(output, force=True) as tmp:
         (tmp / "summary.json").write_text(json.dumps(summary, indent=2, sort_keys=True) + "\n")

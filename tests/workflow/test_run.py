@@ -210,3 +210,25 @@ def test_workflow_status__after_a_local_run(tmp_path, inputs):
     changed = workflow_status(SITE_PREP, site=site, params={**inputs, "hwe_p": 0.001})
     assert [row["up_to_date"] for row in changed["steps"]] == [True, False]
     assert changed["steps"][1]["reason"] == "parameters changed: hwe_p"
+
+
+def test_run_workflow__federated_step_runs_the_agent_once(tmp_path, inputs, monkeypatch):
+    site = make_site(tmp_path / "site")
+    calls: list[tuple] = []
+    answers = [{"site": "site-1", "tasks": 0, "jobs": []}, {"site": "site-1", "tasks": 7, "jobs": ["job-1"]}]
+
+    def fake_run_site(config_path, *, once, max_idle):
+        calls.append((Path(config_path), once, max_idle))
+        return answers.pop(0)
+
+    monkeypatch.setattr("pipeline.federation.agent.run_site", fake_run_site)
+    monkeypatch.setattr("pipeline.analyses.get_analysis", lambda name: object())
+    gwas = REPO / "workflows" / "site-gwas.yaml"
+    with pytest.raises(ConfigurationError, match=r"no federated job reached the agent within max_idle = 5 s"):
+        run_workflow(gwas, site=site, params={**inputs, "max_idle": 5})
+    assert calls == [(site.resolve(), True, 5.0)]
+    done = run_workflow(gwas, site=site, params={**inputs, "max_idle": 5})
+    assert _actions(done) == {"ingest": "skipped", "qc": "skipped", "gwas": "ran"}
+    out = tmp_path / "site" / "runs" / "site-gwas" / "gwas"
+    assert json.loads((out / "summary.json").read_text()) == {"site": "site-1", "tasks": 7, "jobs": ["job-1"], "analysis": "gwas"}
+    assert (out / RECORD_NAME).is_file()

@@ -53,7 +53,7 @@ def fake_sbatch(tmp_path):
 def test_submit_workflow__array_ingest_and_afterok_chain(tmp_path, wf_cohort, fake_sbatch):
     sbatch, calls = fake_sbatch
     site = make_site(tmp_path / "site")
-    summary = submit_workflow(SITE_PREP, site=site, params=site_params(wf_cohort), options=BatchOptions(max_array=2), sbatch=str(sbatch))
+    summary = submit_workflow(SITE_PREP, site=site, params=site_params(wf_cohort), options=BatchOptions(max_array=2, cpus=2), sbatch=str(sbatch))
     submitted = [json.loads(line) for line in calls.read_text().splitlines()]
     assert len(submitted) == 3  # ingest array, ingest assembly, qc
     array_script, assemble_script, qc_script = (Path(args[-1]) for args in submitted)
@@ -66,6 +66,8 @@ def test_submit_workflow__array_ingest_and_afterok_chain(tmp_path, wf_cohort, fa
     assert '--parts 2 --part "${SLURM_ARRAY_TASK_ID}"' in array_text
     assert "--only ingest --no-progress" in assemble_script.read_text() and "--parts 2" in assemble_script.read_text()
     assert f"#SBATCH --output={work}/logs/qc-%j.out" in qc_script.read_text()
+    assert "--workers 2" in assemble_script.read_text() and "--workers" not in qc_script.read_text()  # Dask steps use the job's cores
+    assert "#SBATCH --cpus-per-task=2" in qc_script.read_text()
     steps = {s["name"]: s for s in summary["steps"]}
     assert steps["ingest"]["array_job_id"] == "101" and steps["ingest"]["job_id"] == "102" and steps["qc"]["job_id"] == "103"
     assert json.loads((work / "submission.json").read_text())["steps"] == summary["steps"]
