@@ -12,7 +12,7 @@ federation. Tests, benchmarks and the simulation baselines use it; deployments u
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -41,7 +41,7 @@ def default_context(name: str) -> SiteContext:
     return SiteContext(name=name, min_samples=1, min_allele_count=1, share_variant_keys=True)
 
 
-def plain_sum(layout: Layout, contributions: list[Mapping[str, np.ndarray]]) -> dict[str, np.ndarray]:
+def plain_sum(layout: Layout, contributions: Sequence[Mapping[str, np.ndarray]]) -> dict[str, np.ndarray]:
     """The exact sum without encoding: int64 for integer fields, float64 otherwise."""
     out: dict[str, np.ndarray] = {}
     for f in layout.fields:

@@ -492,15 +492,15 @@ class Train:
         metrics = evaluation.metrics(plan.task, total)
         train_round = int(state["train_round"])
         if phase == "train":
-            n_train = float(np.asarray(total["n_train"]).reshape(-1)[0])
-            mean_delta = np.asarray(total["weighted_delta"], np.float64) / max(n_train, 1.0)
+            round_samples = float(np.asarray(total["n_train"]).reshape(-1)[0])
+            mean_delta = np.asarray(total["weighted_delta"], np.float64) / max(round_samples, 1.0)
             optimizer = plan.server()
             theta = decode_array(state["params"])
             opt_state = state_from_json(optimizer, theta, state["server_state"])
             theta, opt_state = server_step(optimizer, theta, opt_state, mean_delta)
             if not np.all(np.isfinite(theta)):
                 raise InputError(f"train: round {train_round + 1} made the model non-finite; lower the learning rates")
-            record = {"round": train_round, **metrics, "train_loss": float(np.asarray(total["train_loss_sum"]).reshape(-1)[0]) / max(n_train, 1.0),
+            record = {"round": train_round, **metrics, "train_loss": float(np.asarray(total["train_loss_sum"]).reshape(-1)[0]) / max(round_samples, 1.0),
                       "num_sites": int(num_sites), "clipped_sites": int(np.asarray(total["n_clipped"]).reshape(-1)[0])}
             new.update(params=encode_array(theta), server_state=state_to_json(opt_state), train_round=train_round + 1,
                        history=[*state["history"], record], phase="train" if train_round + 1 < plan.rounds else "evaluate")
@@ -555,7 +555,7 @@ def _variant_keys(dataset: Dataset, site: SiteContext) -> np.ndarray:
     kept: list[np.ndarray] = []
     for block in dataset.iter_blocks():
         counts, _ = count_block(block.call_dosage)
-        minor = minor_allele_count(counts.n_hom_ref, counts.n_het, counts.n_hom_alt)
+        minor = minor_allele_count(np.asarray(counts.n_hom_ref), np.asarray(counts.n_het), np.asarray(counts.n_hom_alt))
         ids = np.asarray(block.variants.column("variant_id").to_pylist(), dtype=object)
         kept.append(ids[minor >= max(site.min_allele_count, 1)])
     keys = np.concatenate(kept) if kept else np.array([], dtype=object)

@@ -147,7 +147,7 @@ def _objective(space: ParamSpace, config: LocalConfig) -> Callable[..., jax.Arra
 _UPDATES: dict[LocalConfig, Any] = {}
 
 
-def local_update_fn(config: LocalConfig) -> Callable[..., tuple[jax.Array, jax.Array]]:
+def local_update_fn(config: LocalConfig) -> Callable[..., Any]:
     """The jitted local update of ``config`` (one function per config, shared in the process).
 
     Returns:
@@ -208,7 +208,7 @@ def local_update_fn(config: LocalConfig) -> Callable[..., tuple[jax.Array, jax.A
 _PREDICTS: dict[ModelConfig, Any] = {}
 
 
-def predict_fn(model: ModelConfig) -> Callable[[jax.Array, jax.Array], jax.Array]:
+def predict_fn(model: ModelConfig) -> Callable[..., Any]:
     """Jitted ``(theta, features) -> outputs``: probabilities (binary) or values."""
     if model in _PREDICTS:
         return _PREDICTS[model]  # type: ignore[no-any-return]
