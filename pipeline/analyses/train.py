@@ -431,6 +431,9 @@ class Train:
         if phase == "evaluate":
             return stats
         n_train = int(arrays["train_y"].shape[0])
+        if n_train == 0:  # every sample held out: the site only evaluates
+            return {"weighted_delta": np.zeros(theta_global.size), "train_loss_sum": np.zeros(1), "n_train": np.zeros(1, np.int64),
+                    "n_clipped": np.zeros(1, np.int64), **stats}
         update = local_update_fn(local)
         weight = np.ones(n_train, np.float32)
         theta, loss = update(theta_global, arrays["train_x"], arrays["train_y"], weight, site_key(plan.seed, int(state["train_round"]), site.name))
