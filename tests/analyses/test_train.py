@@ -167,3 +167,16 @@ def test_train__genofed_federate_writes_the_report_and_the_model_scores_a_site_l
     answer = CliRunner().invoke(main, ["predict", "--model", str(results), "--dataset", str(cohort["site-1"]), "--out", str(out), "--json"])
     assert answer.exit_code == 0, answer.output
     assert json.loads(answer.output)["samples_scored"] == 120
+
+
+@pytest.mark.parametrize("n_train, sites, ring_bits", [(1_000, 3, 32), (20_000, 3, 32), (50_000, 10, 64), (5_000_000, 10, 64)])
+def test_train__round_layout_fits_the_ring_and_widens_when_needed(n_train, sites, ring_bits):
+    from pipeline.models.server import encode_array
+
+    state = TRAIN.init(_spec(clip_norm=10.0, features={"variants": ["chr22:1000:A:G"]}), tuple(f"s{i}" for i in range(sites)))
+    state.update(phase="train", n_train=n_train, n_holdout=n_train // 4, params=encode_array(np.zeros(10, np.float32)))
+    layout = TRAIN.layout(state, 2)
+    assert layout.ring.modulus_bits == ring_bits
+    layout.check_bit_budget(sites)
+    delta = next(f for f in layout.fields if f.name == "weighted_delta")
+    assert delta.encoding.clip >= n_train * 10.0 and delta.encoding.scale_bits >= 10
