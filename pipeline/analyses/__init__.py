@@ -121,10 +121,11 @@ class Analysis(Protocol):
 
 def _registry() -> dict[str, Analysis]:
     from pipeline.analyses.census import CENSUS
+    from pipeline.analyses.pca import PCA
     from pipeline.analyses.secure_sum import SECURE_SUM
     from pipeline.analyses.train import TRAIN
 
-    return {analysis.name: analysis for analysis in (SECURE_SUM, CENSUS, TRAIN)}
+    return {analysis.name: analysis for analysis in (SECURE_SUM, CENSUS, TRAIN, PCA)}
 
 
 REGISTRY: Mapping[str, Analysis]
