@@ -94,7 +94,11 @@ __all__ = [
 
 PHASES = ("keys", "screen", "moments", "train", "evaluate")
 MIN_SCALE_BITS = 10
-"""Fewer fractional bits than this in Z_2^32 and a round uses Z_2^64 instead."""
+"""Fewer fractional bits than this for the model delta in Z_2^32 and a round uses Z_2^64 instead."""
+MIN_METRIC_SCALE_BITS = 4
+"""The same for sums of per-sample losses (a 1/32 error on a sum over many samples is harmless)."""
+TRAIN_LOSS_CAP = 10.0
+"""Largest mean local training loss a site reports (the loss is informational)."""
 MAX_SCALE_BITS = 32
 
 
@@ -236,7 +240,8 @@ def _layout(float_clips: Mapping[str, tuple[tuple[int, ...], float]], int_clips:
     """A layout of float fields (scale chosen per field) and exact integer fields, in ``prefer`` if it fits."""
     for ring in (prefer, Ring.R64) if prefer is Ring.R32 else (Ring.R64,):
         bits = {name: _fit_scale_bits(clip, num_sites, ring) for name, (_, clip) in float_clips.items()}
-        if all(b >= (MIN_SCALE_BITS if ring is Ring.R32 else 0) for b in bits.values()) and all(
+        needed = {name: (MIN_SCALE_BITS if name == "weighted_delta" else MIN_METRIC_SCALE_BITS) if ring is Ring.R32 else 0 for name in bits}
+        if all(bits[name] >= needed[name] for name in bits) and all(
             num_sites * math.ceil(clip) <= ring.max_signed for _, clip in int_clips.values()
         ):
             fields = [Field(name, shape, FixedPoint(ring, bits[name], float(clip))) for name, (shape, clip) in float_clips.items()]
@@ -380,7 +385,7 @@ class Train:
             return _layout(eval_floats, eval_ints, sites, prefer=Ring.R32)
         n_train = float(state["n_train"])
         size = int(state["params"]["shape"][0])
-        floats = {"weighted_delta": ((size,), n_train * plan.clip_norm), "train_loss_sum": ((1,), n_train * evaluation.LOG_LOSS_CAP), **eval_floats}
+        floats = {"weighted_delta": ((size,), n_train * plan.clip_norm), "train_loss_sum": ((1,), n_train * TRAIN_LOSS_CAP), **eval_floats}
         ints = {"n_train": ((1,), n_train), "n_clipped": ((1,), 1.0), **eval_ints}
         return _layout(floats, ints, sites, prefer=Ring.R32)
 
@@ -440,7 +445,7 @@ class Train:
         delta, clipped = clip_by_l2(np.asarray(theta, np.float64) - theta_global, plan.clip_norm)
         return {
             "weighted_delta": n_train * delta,
-            "train_loss_sum": np.array([n_train * min(float(loss), evaluation.LOG_LOSS_CAP)]),
+            "train_loss_sum": np.array([n_train * min(float(loss), TRAIN_LOSS_CAP)]),
             "n_train": np.array([n_train], np.int64),
             "n_clipped": np.array([int(clipped)], np.int64),
             **stats,
