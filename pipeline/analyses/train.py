@@ -16,7 +16,8 @@ Phases, each one or more secure-sum rounds (the state's ``phase`` says which):
    (:mod:`pipeline.models.local`: E epochs, minibatches, optional FedProx ``mu`` and
    elastic net) from the global model, clips its delta to L2 norm ``clip_norm`` and
    contributes ``(n_s * delta_s, n_s)`` in Z_2^32 with a fixed-point scale chosen so the
-   sum of all sites cannot wrap; the coordinator applies the server optimizer (an optax
+   sum of all sites cannot wrap (Z_2^64 when Z_2^32 would keep fewer than 10 fractional
+   bits of the delta); the coordinator applies the server optimizer (an optax
    transformation, :mod:`pipeline.models.server`) to the pseudo-gradient. In the same
    sum each site adds the evaluation statistics of the global model it started from on
    its held-out split, which gives the learning curve at no extra round.
