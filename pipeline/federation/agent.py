@@ -113,6 +113,8 @@ class SiteAgent:
         self.tasks_done = 0
         self._active: set[str] = set()
         self.jobs_seen: set[str] = set()
+        self._job_analysis: dict[str, str] = {}
+        self._declined_jobs: set[str] = set()
 
     # ------------------------------------------------------------------ loop
 
@@ -159,6 +161,7 @@ class SiteAgent:
         jobs_dir = self.state_dir / "jobs"
         for job_id in list({job for job, _ in self._rounds} | {job for job, _ in self._states}):
             if job_id not in active:
+                self._finish_job(job_id)
                 self._rounds = {k: v for k, v in self._rounds.items() if k[0] != job_id}
                 self._states = {k: v for k, v in self._states.items() if k[0] != job_id}
         if jobs_dir.is_dir():
@@ -185,6 +188,7 @@ class SiteAgent:
     def handle(self, task: dict[str, Any]) -> None:
         """Does one task from ``/v1/site/work`` (declines the job if the policy forbids it)."""
         job_id, round_index = task["job_id"], int(task["round_index"])
+        self._job_analysis[job_id] = str(task["analysis"])
         try:
             analysis = get_analysis(task["analysis"])
             if task["kind"] == "keys":
@@ -202,8 +206,34 @@ class SiteAgent:
 
     def _decline(self, job_id: str, reason: str) -> None:
         log.warning("site %s declines job %s: %s", self.config.name, job_id, reason)
+        self._declined_jobs.add(job_id)
         self.audit.append("job.declined", job_id=job_id, reason=reason[:500])
         self.connection.post_json(f"/v1/site/jobs/{job_id}/decline", {"reason": reason})
+
+    def _finish_job(self, job_id: str) -> None:
+        """Runs the analysis' optional ``site_finish(state, dataset, site, out_dir)`` hook.
+
+        Called once a job this site contributed to is no longer running, with the last
+        round state the site fetched; the hook writes site-local outputs (PCA scores)
+        under ``state_dir/results/JOB_ID``. It runs only in the agent that did the job's
+        rounds (an agent restarted after the job ended has no state to finish from).
+        """
+        name = self._job_analysis.pop(job_id, None)
+        rounds = [r for job, r in self._states if job == job_id]
+        if name is None or not rounds or job_id in self._declined_jobs:
+            return
+        try:
+            hook = getattr(get_analysis(name), "site_finish", None)
+            if hook is None:
+                return
+            written = hook(self._states[(job_id, max(rounds))], self.dataset(), self.site_context(),
+                           self.state_dir / "results" / job_id)
+        except GenofedError as error:
+            log.warning("site %s: outputs of job %s not written: %s", self.config.name, job_id, error)
+            self.audit.append("job.outputs_failed", job_id=job_id, reason=str(error)[:500])
+            return
+        if written is not None:
+            self.audit.append("job.outputs_written", job_id=job_id, outputs=written)
 
     def _state(self, job_id: str, round_index: int) -> dict[str, Any]:
         key = (job_id, round_index)
