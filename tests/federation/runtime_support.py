@@ -161,8 +161,10 @@ def connection(participant_folder: Path, url: str, **kwargs: Any) -> Any:
 
 @contextlib.contextmanager
 def agent_threads(manifest: Any, names: Sequence[str] | None = None, *, max_idle: float = 60.0,
-                  stop_after: dict[str, int] | None = None, configure: Any = None) -> Iterator[dict[str, Any]]:
-    """Site agents in threads (``once``); yields {name: agent}; joins them on exit.
+                  stop_after: dict[str, int] | None = None, configure: Any = None, once: bool = True) -> Iterator[dict[str, Any]]:
+    """Site agents in threads; yields {name: agent}; stops and joins them on exit.
+
+    With ``once`` an agent exits when the jobs it took part in have finished.
 
     ``stop_after={name: n}`` makes that agent go silent after n tasks (a crash from the
     coordinator's point of view); ``configure(config) -> config`` edits each SiteConfig.
@@ -184,7 +186,7 @@ def agent_threads(manifest: Any, names: Sequence[str] | None = None, *, max_idle
         def should_stop(agent: Any = agent, limit: int | None = limit) -> bool:
             return stop.is_set() or (limit is not None and agent.tasks_done >= limit)
 
-        thread = threading.Thread(target=agent.run, kwargs={"once": True, "max_idle": max_idle, "should_stop": should_stop}, daemon=True)
+        thread = threading.Thread(target=agent.run, kwargs={"once": once, "max_idle": max_idle, "should_stop": should_stop}, daemon=True)
         thread.start()
         threads.append(thread)
     try:

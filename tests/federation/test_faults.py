@@ -65,3 +65,123 @@ def test_faults__coordinator_killed_mid_round_resumes_with_the_same_result(tmp_p
     from pipeline.federation.audit import verify
 
     assert verify(manifest.coordinator.folder / "audit.log").ok
+
+
+# ---------------------------------------------------------------------------------------
+# Restarts at every point of a census, in process: agents talk to the engine directly.
+
+
+class _Direct:
+    """A stand-in for wire.Connection that routes a site's requests to a Coordinator."""
+
+    def __init__(self, holder: dict, site: str) -> None:
+        self.holder, self.site = holder, site
+        self.bytes_sent = 0
+
+    @property
+    def engine(self):
+        return self.holder["coordinator"]
+
+    def _parts(self, path: str) -> list[str]:
+        return path.split("?")[0].strip("/").split("/")
+
+    def get_json(self, path: str, **_: object):
+        parts = self._parts(path)
+        if parts[:3] == ["v1", "site", "work"]:
+            return {"task": self.engine.next_task(self.site), "active_jobs": self.engine.active_jobs(self.site)}
+        return self.engine.round_state(self.site, parts[3], int(parts[5]))
+
+    def get_bytes(self, path: str) -> bytes:
+        parts = self._parts(path)
+        return self.engine.stage_message(self.site, parts[3], int(parts[5]), parts[7])
+
+    def put_bytes(self, path: str, body: bytes):
+        parts = self._parts(path)
+        return self.engine.receive(self.site, parts[3], int(parts[5]), parts[7], parts[9], body)
+
+    def post_json(self, path: str, value: dict, **_: object):
+        self.engine.decline(self.site, self._parts(path)[3], value["reason"])
+        return {}
+
+    def close(self) -> None:
+        pass
+
+
+def _census_run(tmp_path, datasets, *, crash_after: int | None, crash_in_add_round: bool = False):
+    from pipeline.federation.agent import SiteAgent
+    from pipeline.federation.audit import AuditLog
+    from pipeline.federation.config import SitePolicy, SiteConfig
+    from pipeline.federation.jobs import Coordinator
+    from pipeline.federation.store import Store
+
+    names = sorted(datasets)
+    database = tmp_path / "coordinator.db"
+
+    def start():
+        return Coordinator(Store(database), federation="testfed", sites=names, audit=AuditLog(tmp_path / "audit.log"))
+
+    holder = {"coordinator": start()}
+    agents = {}
+    for name in names:
+        policy = SitePolicy(allowed_analyses=("census",), min_samples=3, min_allele_count=0, share_variant_keys=True)
+        config = SiteConfig(path=tmp_path / f"{name}.toml", name=name, federation="testfed", coordinator_url="https://x:1",
+                            cert=tmp_path, key=tmp_path, ca=tmp_path, dataset=datasets[name], policy=policy,
+                            audit_log=tmp_path / f"{name}.audit.log", state_dir=tmp_path / f"{name}-state", poll_interval=0.1)
+        agents[name] = SiteAgent(config, connection=_Direct(holder, name))
+    job_id = holder["coordinator"].submit({"analysis": "census", "min_allele_count": 0, "stage_timeout": 600}, "analyst")
+    steps = 0
+    while holder["coordinator"].status(job_id)["status"] == "running":
+        progressed = False
+        for name in names:
+            task = holder["coordinator"].next_task(name)
+            if task is None:
+                continue
+            if crash_in_add_round and task["round_index"] == 0 and name == names[-1]:
+                # The coordinator dies between closing round 0 and storing round 1.
+                store = holder["coordinator"].store
+                original = store.add_round
+
+                def crash(*args, **kwargs):
+                    store.add_round = original
+                    raise KeyboardInterrupt("simulated crash")
+
+                store.add_round = crash
+                with pytest.raises(KeyboardInterrupt):
+                    agents[name].handle(task)
+                holder["coordinator"] = start()
+                progressed = True
+                continue
+            agents[name].handle(task)
+            steps += 1
+            progressed = True
+            if crash_after is not None and steps == crash_after:
+                holder["coordinator"] = start()  # a fresh engine over the same database
+        assert progressed, holder["coordinator"].status(job_id)
+    status = holder["coordinator"].status(job_id)
+    assert status["status"] == "done", status
+    from pipeline.federation import wire
+
+    return wire.decode_table(holder["coordinator"].result_table(job_id, "census_variants"))
+
+
+@pytest.fixture(scope="module")
+def census_data(tmp_path_factory: pytest.TempPathFactory):
+    tmp = tmp_path_factory.mktemp("census-restart")
+    return {
+        name: rs.write_dataset(tmp / name, rs.variant_ids(range(100 + 2 * i, 120 + 2 * i)), rs.random_genotypes(60 + i, 20, 15))
+        for i, name in enumerate(SITES)
+    }
+
+
+def test_faults__census_restarted_at_every_step_gives_the_uninterrupted_result(census_data, tmp_path):
+    reference = _census_run(tmp_path / "reference", census_data, crash_after=None)
+    # 3 key uploads + 3 sites x 4 protocol stages = 15 steps; restart after each of them.
+    for crash_after in range(1, 15):
+        restarted = _census_run(tmp_path / f"crash-{crash_after}", census_data, crash_after=crash_after)
+        assert restarted.equals(reference), crash_after
+
+
+def test_faults__crash_between_rounds_reopens_the_next_round(census_data, tmp_path):
+    reference = _census_run(tmp_path / "reference", census_data, crash_after=None)
+    restarted = _census_run(tmp_path / "crash", census_data, crash_after=None, crash_in_add_round=True)
+    assert restarted.equals(reference)

@@ -53,8 +53,9 @@ def _submit(manifest, spec: dict) -> str:
 
 def test_secure_sum__three_sites_equals_plain_sum(federation):
     manifest, _ = federation
-    for dtype in ("int", "float"):
-        job_id = _submit(manifest, {"analysis": "secure_sum", "vector": {"source": "test", "length": 50, "dtype": dtype}})
+    for dtype, check in (("int", False), ("float", False), ("int", True)):
+        spec = {"analysis": "secure_sum", "vector": {"source": "test", "length": 50, "dtype": dtype}, "consistency_check": check}
+        job_id = _submit(manifest, spec)
         with rs.agent_threads(manifest, max_idle=30), _analyst(manifest) as analyst:
             status = rs.wait_for_job(analyst, job_id)
             assert status["status"] == "done", status
