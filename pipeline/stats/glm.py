@@ -1,0 +1,340 @@
+"""Per-variant regression kernels of the federated GWAS: site statistics and pooled fits.
+
+A site holds covariates ``C`` (samples x k, column 0 the intercept), a phenotype ``y``
+and hard-call genotypes ``G`` (variants x samples, -1 missing). For variant ``v`` the
+design is ``X_v = [C, g_v]`` restricted to the samples with a called genotype. Its
+sufficient statistics are additive over sites, which is what makes the federated fit
+equal the pooled one:
+
+* linear model: ``X_v'X_v`` (only the unique entries of the symmetric matrix, "packed"),
+  ``X_v'y``, ``y'y`` and ``n_v``, all over the called samples. ``C'C`` over the called
+  samples is ``C'C`` over all samples minus ``sum_{missing} c c'``, computed for every
+  variant at once from the missing mask (one matrix product), never per sample.
+* logistic model, at the current coefficients ``theta_v``: the score ``X_v'(y - p)`` and
+  the packed Fisher information ``X_v' W X_v``, for every variant at once.
+
+Site kernels are JAX functions of one variant, ``vmap``-ed over a tile of variants and
+``jit``-ed once per tile shape; they run in float64 (``jax.enable_x64`` around the call,
+never flipped globally) because the pooled fit must be exact to 1e-6. The coordinator's
+solves are batched numpy in float64.
+
+Packed order of a ``(k+1) x (k+1)`` matrix (genotype last): the upper triangle of the
+covariate block row by row, then the genotype column ``C'g``, then ``g'g``
+(:func:`packed_index`).
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from scipy import stats as scipy_stats
+
+__all__ = [
+    "STATUS",
+    "LinearFit",
+    "LogisticStep",
+    "packed_size",
+    "packed_index",
+    "unpack_symmetric",
+    "tile_variants",
+    "linear_statistics",
+    "logistic_statistics",
+    "linear_fit",
+    "newton_step",
+    "wald_test",
+    "genomic_inflation",
+]
+
+STATUS = ("OK", "CONST_ALLELE", "VIF_TOO_HIGH", "TOO_FEW_SAMPLES", "SEPARATION", "UNFINISHED", "BELOW_SITE_MIN_ALLELE_COUNT", "NOT_TESTED")
+"""Per-variant outcome codes (plink2 ``--glm`` ERRCODE names where plink2 has one)."""
+
+MAX_VIF = 50.0
+"""plink2's default ``--vif``: a genotype this collinear with the covariates is not tested."""
+
+_TILE_ELEMENTS = 1 << 23
+"""Genotype entries per kernel call: bounds a tile's float64 temporaries to ~64 MiB each."""
+
+
+def packed_size(num_covariates: int) -> int:
+    """Number of unique entries of the ``(k+1) x (k+1)`` symmetric design matrix."""
+    d = num_covariates + 1
+    return d * (d + 1) // 2
+
+
+@lru_cache(maxsize=32)
+def packed_index(num_covariates: int) -> tuple[np.ndarray, np.ndarray]:
+    """(rows, cols) of the packed entries: covariate triangle, then ``C'g``, then ``g'g``."""
+    k = num_covariates
+    rows, cols = np.triu_indices(k)
+    rows = np.concatenate([rows, np.arange(k), [k]])
+    cols = np.concatenate([cols, np.full(k, k), [k]])
+    return rows.astype(np.int64), cols.astype(np.int64)
+
+
+def unpack_symmetric(packed: np.ndarray, num_covariates: int) -> np.ndarray:
+    """(..., P) packed entries -> (..., k+1, k+1) symmetric matrices."""
+    rows, cols = packed_index(num_covariates)
+    d = num_covariates + 1
+    packed = np.asarray(packed, np.float64)
+    out = np.zeros((*packed.shape[:-1], d, d))
+    out[..., rows, cols] = packed
+    out[..., cols, rows] = packed
+    return out
+
+
+def tile_variants(num_samples: int) -> int:
+    """Variants per kernel call for ``num_samples`` samples (a power of two, 64..4096)."""
+    tile = 4096
+    while tile > 64 and tile * max(num_samples, 1) > _TILE_ELEMENTS:
+        tile //= 2
+    return tile
+
+
+def _covariate_products(covariates: np.ndarray) -> np.ndarray:
+    """(n, k(k+1)/2): per sample, the upper triangle of ``c c'`` in packed order."""
+    rows, cols = np.triu_indices(covariates.shape[1])
+    return covariates[:, rows] * covariates[:, cols]
+
+
+def _linear_one(calls: jax.Array, covariates: jax.Array, phenotype: jax.Array, per_sample: jax.Array,
+                total: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array, jax.Array]:
+    """One variant's packed X'X, X'y, y'y and n over its called samples."""
+    called = calls >= 0
+    g = jnp.where(called, calls, 0).astype(jnp.float64)
+    missing = (~called).astype(jnp.float64)
+    base = total - missing @ per_sample  # [C'C triangle, C'y, y'y] over the called samples
+    k = covariates.shape[1]
+    cc_size = k * (k + 1) // 2
+    xtx = jnp.concatenate([base[:cc_size], g @ covariates, jnp.sum(g * g)[None]])
+    xty = jnp.concatenate([base[cc_size : cc_size + k], (g @ phenotype)[None]])
+    return xtx, xty, base[-1], jnp.sum(called).astype(jnp.float64)
+
+
+_linear_tile = jax.jit(jax.vmap(_linear_one, in_axes=(0, None, None, None, None)))
+
+
+def _tiles(call_dosage: np.ndarray, tile: int):
+    """(start, stop, padded int8 tile) over the rows; padding rows are all missing."""
+    num_variants = call_dosage.shape[0]
+    for start in range(0, num_variants, tile):
+        stop = min(start + tile, num_variants)
+        part = call_dosage[start:stop]
+        if stop - start < tile:
+            part = np.concatenate([part, np.full((tile - (stop - start), call_dosage.shape[1]), -1, np.int8)])
+        yield start, stop, np.ascontiguousarray(part, dtype=np.int8)
+
+
+def linear_statistics(call_dosage: np.ndarray, covariates: np.ndarray, phenotype: np.ndarray) -> dict[str, np.ndarray]:
+    """A site's linear-model sufficient statistics for a block of variants.
+
+    Args:
+        call_dosage: (variants, samples) int8 ALT dosages, negative = missing.
+        covariates: (samples, k) float64, column 0 the intercept; only complete samples.
+        phenotype: (samples,) float64, no missing values.
+
+    Returns:
+        ``xtx`` (variants, packed), ``xty`` (variants, k+1), ``yty`` and ``n`` (variants,),
+        ``alt_count`` (variants,): float64 arrays, sums over each variant's called samples.
+    """
+    covariates = np.asarray(covariates, np.float64)
+    phenotype = np.asarray(phenotype, np.float64)
+    num_variants, num_samples = call_dosage.shape
+    k = covariates.shape[1]
+    per_sample = np.concatenate([_covariate_products(covariates), covariates * phenotype[:, None], (phenotype**2)[:, None]], axis=1)
+    total = per_sample.sum(axis=0)
+    out = {
+        "xtx": np.zeros((num_variants, packed_size(k))), "xty": np.zeros((num_variants, k + 1)),
+        "yty": np.zeros(num_variants), "n": np.zeros(num_variants),
+    }
+    with jax.enable_x64(True):
+        arguments = (jnp.asarray(covariates), jnp.asarray(phenotype), jnp.asarray(per_sample), jnp.asarray(total))
+        for start, stop, tile in _tiles(call_dosage, tile_variants(num_samples)):
+            results = _linear_tile(jnp.asarray(tile), *arguments)
+            for name, values in zip(("xtx", "xty", "yty", "n"), results):
+                out[name][start:stop] = np.asarray(values)[: stop - start]
+    out["alt_count"] = out["xtx"][:, k * (k + 1) // 2].copy()  # C'g with c_0 = 1: the ALT allele count
+    return out
+
+
+def _logistic_one(calls: jax.Array, theta: jax.Array, covariates: jax.Array, phenotype: jax.Array,
+                  products: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """One variant's score, packed Fisher information and log-likelihood at ``theta``."""
+    called = calls >= 0
+    weight = called.astype(jnp.float64)
+    g = jnp.where(called, calls, 0).astype(jnp.float64)
+    eta = covariates @ theta[:-1] + g * theta[-1]
+    p = jax.nn.sigmoid(eta)
+    residual = (phenotype - p) * weight
+    w = p * (1.0 - p) * weight
+    score = jnp.concatenate([residual @ covariates, jnp.sum(residual * g)[None]])
+    wg = w * g
+    information = jnp.concatenate([w @ products, wg @ covariates, jnp.sum(wg * g)[None]])
+    loglik = jnp.sum(weight * (phenotype * jax.nn.log_sigmoid(eta) + (1.0 - phenotype) * jax.nn.log_sigmoid(-eta)))
+    return score, information, loglik
+
+
+_logistic_tile = jax.jit(jax.vmap(_logistic_one, in_axes=(0, 0, None, None, None)))
+
+
+def logistic_statistics(call_dosage: np.ndarray, theta: np.ndarray, covariates: np.ndarray, phenotype: np.ndarray) -> dict[str, np.ndarray]:
+    """A site's logistic-model score and Fisher information for a block of variants.
+
+    Args:
+        call_dosage: (variants, samples) int8, negative = missing.
+        theta: (variants, k+1) current coefficients (covariates, then genotype).
+        covariates: (samples, k) float64 with the intercept in column 0.
+        phenotype: (samples,) 0/1 float64.
+
+    Returns:
+        ``score`` (variants, k+1), ``information`` (variants, packed), ``loglik`` (variants,).
+    """
+    covariates = np.asarray(covariates, np.float64)
+    phenotype = np.asarray(phenotype, np.float64)
+    num_variants, num_samples = call_dosage.shape
+    k = covariates.shape[1]
+    out = {"score": np.zeros((num_variants, k + 1)), "information": np.zeros((num_variants, packed_size(k))), "loglik": np.zeros(num_variants)}
+    theta = np.asarray(theta, np.float64)
+    tile_size = tile_variants(num_samples)
+    with jax.enable_x64(True):
+        arguments = (jnp.asarray(covariates), jnp.asarray(phenotype), jnp.asarray(_covariate_products(covariates)))
+        for start, stop, tile in _tiles(call_dosage, tile_size):
+            theta_tile = np.zeros((tile_size, k + 1))
+            theta_tile[: stop - start] = theta[start:stop]
+            results = _logistic_tile(jnp.asarray(tile), jnp.asarray(theta_tile), *arguments)
+            for name, values in zip(("score", "information", "loglik"), results):
+                out[name][start:stop] = np.asarray(values)[: stop - start]
+    return out
+
+
+class LinearFit(NamedTuple):
+    """Per-variant OLS results (NaN where ``status`` is not OK)."""
+
+    beta: np.ndarray
+    standard_error: np.ndarray
+    t_statistic: np.ndarray
+    p_value: np.ndarray
+    df: np.ndarray
+    status: np.ndarray  # indices into STATUS
+
+
+def _genotype_vif(matrix: np.ndarray, n: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(centred variance of g, VIF of g against the covariates) from X'X (genotype last)."""
+    d = matrix.shape[-1]
+    covariate_block = matrix[:, : d - 1, : d - 1]
+    cross = matrix[:, : d - 1, d - 1]
+    gg = matrix[:, d - 1, d - 1]
+    sum_g = matrix[:, 0, d - 1]
+    centred = gg - np.divide(sum_g**2, n, out=np.zeros_like(gg), where=n > 0)
+    solved = _safe_solve(covariate_block, cross)
+    residual = gg - np.einsum("vi,vi->v", cross, solved)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        vif = np.where(residual > 0, centred / residual, np.inf)
+    return centred, vif
+
+
+def _safe_solve(matrix: np.ndarray, rhs: np.ndarray) -> np.ndarray:
+    """Batched solve; singular systems give NaN instead of failing the whole batch."""
+    try:
+        return np.linalg.solve(matrix, rhs[..., None])[..., 0]
+    except np.linalg.LinAlgError:
+        out = np.full(rhs.shape, np.nan)
+        for index in range(matrix.shape[0]):
+            try:
+                out[index] = np.linalg.solve(matrix[index], rhs[index])
+            except np.linalg.LinAlgError:
+                pass
+        return out
+
+
+def _check_design(matrix: np.ndarray, n: np.ndarray, num_parameters: int) -> np.ndarray:
+    """Status codes shared by both models: too few samples, constant genotype, collinearity."""
+    status = np.zeros(matrix.shape[0], np.int8)
+    centred, vif = _genotype_vif(matrix, n)
+    gg = matrix[:, -1, -1]
+    status[~(vif <= MAX_VIF)] = STATUS.index("VIF_TOO_HIGH")
+    status[centred <= 1e-9 * np.maximum(gg, 1.0)] = STATUS.index("CONST_ALLELE")
+    status[n <= num_parameters] = STATUS.index("TOO_FEW_SAMPLES")
+    return status
+
+
+def linear_fit(xtx: np.ndarray, xty: np.ndarray, yty: np.ndarray, n: np.ndarray) -> LinearFit:
+    """Pooled OLS of every variant from summed sufficient statistics (t test as plink2 --glm).
+
+    ``beta`` and its standard error are the genotype's; the residual variance has
+    ``n - (k + 1)`` degrees of freedom and the p-value is two-sided from Student's t.
+    """
+    xty = np.asarray(xty, np.float64)
+    num_covariates = xty.shape[1] - 1
+    matrix = unpack_symmetric(xtx, num_covariates)
+    n = np.asarray(n, np.float64)
+    status = _check_design(matrix, n, num_covariates + 1)
+    ok = status == 0
+    matrix[~ok] = np.eye(num_covariates + 1)
+    scale = np.sqrt(np.einsum("vii->vi", matrix))
+    scaled = matrix / (scale[:, :, None] * scale[:, None, :])
+    inverse = np.linalg.inv(scaled) / (scale[:, :, None] * scale[:, None, :])
+    coefficients = np.einsum("vij,vj->vi", inverse, xty)
+    df = n - (num_covariates + 1)
+    rss = np.asarray(yty, np.float64) - np.einsum("vi,vi->v", coefficients, xty)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        sigma2 = np.maximum(rss, 0.0) / df
+        se = np.sqrt(sigma2 * inverse[:, -1, -1])
+        beta = coefficients[:, -1]
+        t = beta / se
+    p = 2.0 * scipy_stats.t.sf(np.abs(t), np.maximum(df, 1.0))
+    nan = np.where(ok, 1.0, np.nan)
+    return LinearFit(beta * nan, se * nan, t * nan, p * nan, df, status)
+
+
+class LogisticStep(NamedTuple):
+    """One Newton-Raphson update of every variant's coefficients."""
+
+    theta: np.ndarray  # (variants, k+1) updated coefficients
+    step: np.ndarray  # (variants,) largest absolute change
+    variance: np.ndarray  # (variants,) inverse-information diagonal entry of the genotype at the old theta
+
+
+def newton_step(theta: np.ndarray, score: np.ndarray, information: np.ndarray, *, max_step: float = 5.0) -> LogisticStep:
+    """``theta + I^-1 U`` for all variants at once (steps capped at ``max_step`` per coefficient)."""
+    num_covariates = theta.shape[1] - 1
+    matrix = unpack_symmetric(information, num_covariates)
+    diag = np.einsum("vii->vi", matrix)
+    bad = ~np.all(diag > 0, axis=1) | ~np.all(np.isfinite(matrix), axis=(1, 2))
+    matrix[bad] = np.eye(num_covariates + 1)
+    scale = np.sqrt(np.einsum("vii->vi", matrix))
+    scaled = matrix / (scale[:, :, None] * scale[:, None, :])
+    with np.errstate(invalid="ignore", over="ignore"):
+        condition = np.linalg.cond(scaled)
+    bad |= ~(condition < 1e13)
+    scaled[bad] = np.eye(num_covariates + 1)
+    inverse = np.linalg.inv(scaled) / (scale[:, :, None] * scale[:, None, :])
+    delta = np.einsum("vij,vj->vi", inverse, score)
+    largest = np.max(np.abs(delta), axis=1)
+    factor = np.where(largest > max_step, max_step / np.maximum(largest, 1e-300), 1.0)
+    delta = np.where(bad[:, None], 0.0, delta * factor[:, None])
+    step = np.where(bad, np.inf, np.max(np.abs(delta), axis=1))
+    variance = np.where(bad, np.nan, inverse[:, -1, -1])
+    return LogisticStep(theta + delta, step, variance)
+
+
+def wald_test(beta: np.ndarray, variance: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(standard error, z, two-sided normal p-value) of coefficients with the given variances."""
+    with np.errstate(invalid="ignore", divide="ignore"):
+        se = np.sqrt(variance)
+        z = beta / se
+    return se, z, 2.0 * scipy_stats.norm.sf(np.abs(z))
+
+
+def genomic_inflation(p_value: np.ndarray) -> float:
+    """lambda_GC: median 1-df chi-square of the p-values over its expectation (NaN ignored)."""
+    p = np.asarray(p_value, np.float64)
+    p = p[np.isfinite(p)]
+    if p.size == 0:
+        return float("nan")
+    chi2 = scipy_stats.chi2.isf(np.clip(p, 1e-300, 1.0), 1)
+    return float(np.median(chi2) / scipy_stats.chi2.ppf(0.5, 1))
+

@@ -1,0 +1,116 @@
+"""Small GWAS cohorts built from numpy arrays, and pooled reference fits computed directly.
+
+The references use the concatenated (samples x variants) data of all sites and
+``numpy.linalg.lstsq`` (linear) or a textbook IRLS loop (logistic): a different route
+from the federated sufficient statistics, which never form the pooled matrix.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+
+from pipeline import outputs
+from tests.federation import runtime_support as rs
+
+SITES = ("alpha", "beta", "gamma")
+
+
+@dataclass
+class Site:
+    ids: list[str]
+    calls: np.ndarray  # (variants, samples) int8
+    age: np.ndarray  # NaN missing
+    sex: np.ndarray
+    quant: np.ndarray
+    binary: np.ndarray
+    path: Path
+
+
+def write_phenotypes(root: Path, columns: dict[str, np.ndarray]) -> None:
+    """Replaces a dataset's samples table with one carrying phenotype columns (NaN -> null)."""
+    n = len(next(iter(columns.values())))
+    table = {
+        "sample_index": pa.array(np.arange(n, dtype=np.int32)),
+        "sample_id": pa.array([f"{root.name}-{i}" for i in range(n)], pa.string()),
+        "has_phenotypes": pa.array([True] * n),
+    }
+    for name, values in columns.items():
+        values = np.asarray(values, np.float64)
+        table[name] = pa.array(values, pa.float64(), mask=np.isnan(values))
+    outputs.write_table(pa.table(table), root / "samples.parquet", "samples")
+
+
+def make_cohort(root: Path, *, seed: int = 0, sizes=(150, 110, 90), num_variants: int = 40) -> dict[str, Site]:
+    """Three sites with overlapping variant sets, missing calls, phenotypes and covariates."""
+    rng = np.random.default_rng(seed)
+    positions = {"alpha": range(100, 100 + num_variants), "beta": range(105, 105 + num_variants),
+                 "gamma": list(range(100, 100 + num_variants - 5)) + [900, 901]}
+    effects = {p: (0.4 if p % 7 == 0 else 0.0) for p in range(100, 1000)}
+    sites = {}
+    for index, name in enumerate(SITES):
+        n = sizes[index]
+        ids = rs.variant_ids(positions[name])
+        calls = rs.random_genotypes(seed * 10 + index, len(ids), n, missing_rate=0.04)
+        calls[:, :] = np.where(calls < 0, -1, calls)
+        age = rng.normal(55 + 3 * index, 10, n).round()
+        sex = rng.integers(1, 3, n).astype(np.float64)
+        dosage = np.where(calls >= 0, calls, 0).astype(np.float64)
+        signal = sum(effects[int(v.split(":")[1])] * dosage[j] for j, v in enumerate(ids))
+        quant = 0.5 + 0.02 * age - 0.3 * sex + signal + 0.2 * index + rng.normal(0, 1, n)
+        liability = -3.0 + 0.03 * age + 0.4 * sex + signal + rng.normal(0, 1, n)
+        binary = (liability > np.median(liability)).astype(np.float64)
+        age[rng.random(n) < 0.03] = np.nan
+        quant[rng.random(n) < 0.05] = np.nan
+        binary[rng.random(n) < 0.05] = np.nan
+        path = rs.write_dataset(root / name, ids, calls, sample_prefix=name)
+        write_phenotypes(path, {"age": age, "sex": sex, "quant_trait": quant, "binary_trait": binary})
+        sites[name] = Site(ids, calls, age, sex, quant, binary, path)
+    return sites
+
+
+def pooled_design(sites: dict[str, Site], variant_id: str, phenotype: str) -> tuple[np.ndarray, np.ndarray]:
+    """[1, age, sex, g] and y over all sites' complete samples with a called genotype."""
+    rows, ys = [], []
+    for site in sites.values():
+        if variant_id not in site.ids:
+            continue
+        g = site.calls[site.ids.index(variant_id)].astype(np.float64)
+        y = site.quant if phenotype == "quant_trait" else site.binary
+        keep = np.isfinite(y) & np.isfinite(site.age) & (g >= 0)
+        rows.append(np.column_stack([np.ones(keep.sum()), site.age[keep], site.sex[keep], g[keep]]))
+        ys.append(y[keep])
+    return np.concatenate(rows), np.concatenate(ys)
+
+
+def pooled_ols(x: np.ndarray, y: np.ndarray) -> tuple[float, float]:
+    """Genotype beta and its standard error by least squares on the pooled rows."""
+    beta, _, rank, _ = np.linalg.lstsq(x, y, rcond=None)
+    residual = y - x @ beta
+    df = x.shape[0] - x.shape[1]
+    q, r = np.linalg.qr(x)
+    r_inv = np.linalg.inv(r)
+    covariance = r_inv @ r_inv.T * (residual @ residual / df)
+    return float(beta[-1]), float(np.sqrt(covariance[-1, -1]))
+
+
+def pooled_irls(x: np.ndarray, y: np.ndarray, *, iterations: int = 100) -> tuple[float, float]:
+    """Genotype log-odds ratio and Wald standard error by iteratively reweighted least squares."""
+    beta = np.zeros(x.shape[1])
+    for _ in range(iterations):
+        eta = x @ beta
+        p = 1.0 / (1.0 + np.exp(-eta))
+        w = p * (1 - p)
+        z = eta + (y - p) / w
+        sw = np.sqrt(w)
+        new, *_ = np.linalg.lstsq(x * sw[:, None], z * sw, rcond=None)
+        if np.max(np.abs(new - beta)) < 1e-13:
+            beta = new
+            break
+        beta = new
+    p = 1.0 / (1.0 + np.exp(-(x @ beta)))
+    covariance = np.linalg.inv(x.T @ (x * (p * (1 - p))[:, None]))
+    return float(beta[-1]), float(np.sqrt(covariance[-1, -1]))
