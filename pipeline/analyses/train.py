@@ -27,8 +27,10 @@ Phases, each one or more secure-sum rounds (the state's ``phase`` says which):
 
 The global model, the server optimizer state and the history are the job's public
 state, which the coordinator stores before each round: a restarted coordinator resumes
-at the round it was in, from the last global model. Per-site metrics are never sent;
-a site logs its own held-out metrics to its own log.
+at the round it was in, from the last global model. Per-site metrics are never sent:
+each round a site logs its own held-out metrics to its own log, and after the job its
+agent writes the final model and its held-out metrics under its state folder
+(:meth:`Train.site_finish`).
 
 Spec (see ``workflows/train.yaml``)::
 
@@ -547,6 +549,39 @@ class Train:
         }
         new["history"] = history
         return new, True, Result(summary=summary, tables=tables)
+
+    def site_finish(self, state: Mapping[str, Any], dataset: Dataset, site: SiteContext, out_dir: Path) -> dict[str, str] | None:
+        """At the site, after the job: the final model and its metrics on this site's held-out split.
+
+        Writes ``out_dir/model.json`` (for ``genofed predict``) and ``out_dir/site_metrics.json``.
+        Per-site metrics are never sent to the coordinator: they stay here.
+
+        Returns:
+            The paths written, or ``None`` when ``state`` is not the final evaluation's.
+        """
+        if state.get("phase") != "evaluate":
+            return None
+        import json
+
+        from pipeline import outputs
+        from pipeline.models.checkpoint import save_model
+
+        plan = TrainingPlan(state["parameters"])
+        spec = plan.feature_spec(state["variant_ids"])
+        scaling = Standardization.from_json(state["standardization"])
+        arrays = site_training_arrays(_site_data(dataset, spec), scaling, plan.task)
+        theta = decode_array(state["params"])
+        output = np.asarray(predict_fn(plan.model(spec.num_features))(theta, arrays["holdout_x"]), np.float64)
+        metrics = evaluation.metrics(plan.task, evaluation.statistics(plan.task, output, arrays["holdout_y"], bins=plan.bins))
+        target = Path(out_dir)
+        target.mkdir(parents=True, exist_ok=True)
+        model_path = save_model(model_record(plan, state["variant_ids"], scaling, theta), target / "model.json", force=True)
+        report = {"site": site.name, "target": plan.target, "task": plan.task, "held_out_metrics": metrics,
+                  "n_train": int(arrays["train_y"].shape[0]), "n_holdout": int(arrays["holdout_y"].shape[0]),
+                  "disclosure": "computed at this site from its own held-out split; not sent to the coordinator"}
+        with outputs.atomic_file(target / "site_metrics.json", force=True) as tmp:
+            tmp.write_text(json.dumps(report, indent=2, sort_keys=True) + "\n")
+        return {"model": str(model_path), "site_metrics": str(target / "site_metrics.json")}
 
     def simulation_baselines(self, spec: Mapping[str, Any], datasets: Sequence[Path], out_dir: Path, summary: Mapping[str, Any]) -> dict[str, Any]:
         """Local-only and pooled baselines next to the federated result (all data on one machine)."""

@@ -180,3 +180,22 @@ def test_train__round_layout_fits_the_ring_and_widens_when_needed(n_train, sites
     layout.check_bit_budget(sites)
     delta = next(f for f in layout.fields if f.name == "weighted_delta")
     assert delta.encoding.clip >= n_train * 10.0 and delta.encoding.scale_bits >= 10
+
+
+def test_train__site_finish_writes_the_final_model_and_this_sites_metrics_locally(cohort, tmp_path):
+    run = run_in_memory(TRAIN, _spec(rounds=2), cohort)
+    final_round, final_state = run.states[-1]
+    assert final_state["phase"] == "evaluate"
+    assert TRAIN.site_finish(run.states[-2][1], open_dataset(cohort["site-1"]), SiteContext("site-1", 1, 0, True), tmp_path / "early") is None
+    written = TRAIN.site_finish(final_state, open_dataset(cohort["site-1"]), SiteContext("site-1", 1, 0, True), tmp_path / "out")
+    report = json.loads(open(written["site_metrics"]).read())
+    summary, plan, config, arrays = _arrays(run.result, {"site-1": cohort["site-1"]})
+    from pipeline.models import evaluation
+    from pipeline.models.local import predict_fn
+
+    a = arrays["site-1"]
+    output = np.asarray(predict_fn(config.model)(decode_array(summary["model"]["params"]), a["holdout_x"]))
+    expected = evaluation.metrics("binary", evaluation.statistics("binary", output, a["holdout_y"]))
+    assert report["held_out_metrics"] == pytest.approx(expected)
+    assert report["n_holdout"] == a["holdout_y"].shape[0] and report["n_holdout"] < summary["n_holdout"]
+    assert json.loads(open(written["model"]).read())["params"] == summary["model"]["params"]
