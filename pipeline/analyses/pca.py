@@ -115,10 +115,10 @@ def parse_parameters(spec: Mapping[str, Any]) -> dict[str, Any]:
         value = p[name]
         if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
             raise ConfigurationError(f"pca: {name} must be an integer in [{low}, {high}], got {value!r}")
-    for name, (low, high) in _FLOATS.items():
+    for name, (low_f, high_f) in _FLOATS.items():
         value = p[name]
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or not low <= value <= high:
-            raise ConfigurationError(f"pca: {name} must be a number in [{low}, {high}], got {value!r}")
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or not low_f <= value <= high_f:
+            raise ConfigurationError(f"pca: {name} must be a number in [{low_f}, {high_f}], got {value!r}")
         p[name] = float(value)
     if not isinstance(p["typed_at_all_sites"], bool):
         raise ConfigurationError(f"pca: typed_at_all_sites must be true or false, got {p['typed_at_all_sites']!r}")
@@ -330,6 +330,44 @@ class Pca:
         log.info("site %s: wrote %d samples' PCA scores to %s", site.name, table.num_rows, path)
         return {"pca_scores": str(path), "num_samples": table.num_rows, "components": table.num_columns - 1}
 
+    def simulation_baselines(self, spec: Mapping[str, Any], datasets: Sequence[Path], out_dir: Path, summary: Mapping[str, Any]) -> dict[str, Any]:
+        """``genofed federate`` only (every dataset at hand): the pooled SVD of the same matrix.
+
+        Builds the pooled standardized matrix over the federated job's variant set
+        (``out_dir/pca_loadings.parquet``), takes its SVD and writes the agreement to
+        ``out_dir/pca_pooled_comparison.json``: per component, |correlation| of the
+        loadings and the relative error of the eigenvalue. A federation never does this.
+        """
+        import json
+
+        import pyarrow.parquet as pq
+
+        from pipeline.dataset import open_dataset
+
+        loadings_table = pq.read_table(Path(out_dir) / "pca_loadings.parquet")
+        variant_ids = [str(v) for v in loadings_table.column("variant_id").to_pylist()]
+        digest = _selection_digest(variant_ids)
+        calls = np.concatenate([_selected_calls(open_dataset(d), variant_ids, digest) for d in datasets], axis=1)
+        mean, inv_scale = linalg.standardization((calls == 0).sum(1), (calls == 1).sum(1), (calls == 2).sum(1))
+        _, singular, vt = np.linalg.svd(linalg.standardize(calls, mean, inv_scale).T, full_matrices=False)
+        names = [c for c in loadings_table.column_names if c != "variant_id"]
+        eigenvalues = np.asarray(summary["eigenvalues"], np.float64)
+        rows = []
+        for c, name in enumerate(names):
+            loading = loadings_table.column(name).to_numpy()
+            rows.append({
+                "component": name,
+                "loading_abs_correlation": float(abs(np.corrcoef(loading, vt[c])[0, 1])),
+                "eigenvalue": float(eigenvalues[c]),
+                "pooled_eigenvalue": float(singular[c] ** 2),
+                "eigenvalue_relative_error": float(abs(eigenvalues[c] - singular[c] ** 2) / singular[c] ** 2),
+            })
+        path = Path(out_dir) / "pca_pooled_comparison.json"
+        path.write_text(json.dumps({"components": rows}, indent=2) + "\n")
+        lines = ["  component  |corr(loadings, pooled SVD)|  eigenvalue rel. error"]
+        lines += [f"  {r['component']:<9}  {r['loading_abs_correlation']:.9f}                  {r['eigenvalue_relative_error']:.2e}" for r in rows]
+        return {"components": rows, "table": "\n".join(lines), "files": [str(path)]}
+
     # ------------------------------------------------------------------ coordinator side
 
     def coordinator_step(
@@ -463,7 +501,7 @@ class Pca:
             "num_sites": int(state["num_sites"]),
             "num_samples": n,
             "parameters": dict(p),
-            "variants": dict(state["selection"]),
+            "variant_set": dict(state["selection"]),
             "iterations": int(state["iteration"]),
             "width": int(state["width"]),
             "eigenvalues": eigenvalues.tolist(),

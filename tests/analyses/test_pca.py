@@ -88,7 +88,7 @@ def test_pca__registered_and_spec_errors_name_the_key():
 def test_pca__federated_secure_equals_pooled_svd_on_the_top_components(cohort, federated):
     result = federated.result
     final = federated.states[-1][1]
-    assert final["phase"] == "scores" and result.summary["variants"]["selected"] >= 100
+    assert final["phase"] == "scores" and result.summary["variant_set"]["selected"] >= 100
     loadings_table, eigen_table = result.tables["pca_loadings"], result.tables["pca_eigenvalues"]
     schemas.validate(loadings_table, "pca_loadings")
     schemas.validate(eigen_table, "pca_eigenvalues")
@@ -233,3 +233,15 @@ def test_pca__site_agents_write_their_scores_at_the_site_through_the_runtime(coh
     np.testing.assert_allclose(got, expected, atol=1e-8)
     log = (agents["site-1"].config.audit_log).read_text()
     assert "job.outputs_written" in log
+
+
+def test_pca__simulation_baseline_reports_agreement_with_the_pooled_svd(cohort, federated, tmp_path):
+    for name, table in federated.result.tables.items():
+        pq.write_table(table, tmp_path / f"{name}.parquet")
+    summary = dict(federated.result.summary)
+    report = PCA.simulation_baselines(SPEC, [cohort[n] for n in sorted(cohort)], tmp_path, summary)
+    assert (tmp_path / "pca_pooled_comparison.json").is_file()
+    assert [row["component"] for row in report["components"]] == [f"PC{c + 1}" for c in range(K)]
+    for row in report["components"]:
+        assert row["loading_abs_correlation"] >= 0.999
+        assert row["eigenvalue_relative_error"] < 1e-4
