@@ -163,6 +163,8 @@ def test_train__genofed_federate_writes_the_report_and_the_model_scores_a_site_l
     assert "| Federated |" in summary_text(summary)
     for name in ("learning_curve.png", "training_report.md", "model.json", "biomarkers.parquet", "history.parquet"):
         assert (results / name).is_file(), name
+    site_reports = sorted((tmp_path / "run" / "federation" / "sites").glob("*/state/results/*/site_metrics.json"))
+    assert len(site_reports) == 3  # each site's own held-out metrics, kept at the site
     out = tmp_path / "scores.parquet"
     answer = CliRunner().invoke(main, ["predict", "--model", str(results), "--dataset", str(cohort["site-1"]), "--out", str(out), "--json"])
     assert answer.exit_code == 0, answer.output
