@@ -121,11 +121,12 @@ class Analysis(Protocol):
 
 def _registry() -> dict[str, Analysis]:
     from pipeline.analyses.census import CENSUS
+    from pipeline.analyses.gwas import GWAS
     from pipeline.analyses.pca import PCA
     from pipeline.analyses.secure_sum import SECURE_SUM
     from pipeline.analyses.train import TRAIN
 
-    return {analysis.name: analysis for analysis in (SECURE_SUM, CENSUS, TRAIN, PCA)}
+    return {analysis.name: analysis for analysis in (SECURE_SUM, CENSUS, TRAIN, PCA, GWAS)}
 
 
 REGISTRY: Mapping[str, Analysis]

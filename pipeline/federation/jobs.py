@@ -749,6 +749,9 @@ def wait_for_job(connection: wire.Connection, job_id: str, *, timeout: float, in
 def download_results(connection: wire.Connection, job_id: str, out: Path | str, *, force: bool = False) -> dict[str, Any]:
     """Writes a done job's results: ``OUT/summary.json`` and one Parquet file per table.
 
+    An analysis may add files of its own (GWAS-SSF TSV, plots) through an optional
+    ``write_outputs(result, out_dir)``, called on the same temporary folder.
+
     Raises:
         HttpError: the job is unknown (404) or not done (409).
         OutputExistsError: ``out`` exists and ``force`` is false.
@@ -759,14 +762,21 @@ def download_results(connection: wire.Connection, job_id: str, out: Path | str, 
 
     listing = connection.get_json(f"/v1/jobs/{job_id}/results")
     target = Path(out)
+    tables: dict[str, pa.Table] = {}
     with outputs.atomic_directory(target, force=force) as tmp:
         for name in listing["tables"]:
             table = wire.decode_table(connection.get_bytes(f"/v1/jobs/{job_id}/results/{name}"), what=f"result table {name}")
+            tables[name] = table
             if name in _TABLE_SCHEMAS:
                 outputs.write_table(table, tmp / f"{name}.parquet", _TABLE_SCHEMAS[name])
             else:
                 pq.write_table(table, tmp / f"{name}.parquet")
         (tmp / "summary.json").write_text(json.dumps(listing["summary"], indent=2, sort_keys=True) + "\n")
+        from pipeline.analyses import REGISTRY
+
+        writer = getattr(REGISTRY.get(str(listing["summary"].get("analysis"))), "write_outputs", None)
+        if writer is not None:
+            writer(Result(summary=listing["summary"], tables=tables), tmp)
     return {"job_id": job_id, "out": str(target), "tables": listing["tables"], "summary": listing["summary"]}
 
 

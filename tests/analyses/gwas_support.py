@@ -55,7 +55,10 @@ def make_cohort(root: Path, *, seed: int = 0, sizes=(150, 110, 90), num_variants
         n = sizes[index]
         ids = rs.variant_ids(positions[name])
         calls = rs.random_genotypes(seed * 10 + index, len(ids), n, missing_rate=0.04)
-        calls[:, :] = np.where(calls < 0, -1, calls)
+        for j, variant in enumerate(ids):  # a few variants rare at this site: 1 to 3 ALT alleles
+            if int(variant.split(":")[1]) % 11 == 3:
+                calls[j] = np.where(calls[j] < 0, -1, 0)
+                calls[j, : 1 + j % 3] = 1
         age = rng.normal(55 + 3 * index, 10, n).round()
         sex = rng.integers(1, 3, n).astype(np.float64)
         dosage = np.where(calls >= 0, calls, 0).astype(np.float64)

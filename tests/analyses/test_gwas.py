@@ -1,0 +1,245 @@
+"""The federated GWAS (census -> regression) through the real secure-aggregation protocol
+in Z_2^64, against pooled fits computed directly on the concatenated data: numpy lstsq for
+the linear model, a textbook IRLS loop for the logistic one, and plink2 --glm when installed."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+import yaml
+from scipy import stats as scipy_stats
+
+from pipeline.analyses import SiteContext, get_analysis
+from pipeline.analyses.gwas import GWAS, parse_gwas_spec, write_outputs
+from pipeline.analyses.in_memory import default_context, run_in_memory
+from pipeline.errors import ConfigurationError
+from pipeline.secagg.encoding import Layout, Ring
+from tests.analyses import gwas_support as gs
+
+BASE = {"covariates": ["age", "sex"], "min_call_rate": 0.0, "hwe_p": 0.0, "min_allele_count": 1}
+LINEAR = {**BASE, "model": "linear", "phenotype": "quant_trait"}
+LOGISTIC = {**BASE, "model": "logistic", "phenotype": "binary_trait"}
+
+
+@pytest.fixture(scope="module")
+def cohort(tmp_path_factory):
+    return gs.make_cohort(tmp_path_factory.mktemp("gwas"))
+
+
+def _datasets(cohort):
+    return {name: site.path for name, site in cohort.items()}
+
+
+@pytest.fixture(scope="module")
+def linear_run(cohort):
+    return run_in_memory(GWAS, LINEAR, _datasets(cohort), secure=True, seed=5)
+
+
+@pytest.fixture(scope="module")
+def logistic_run(cohort):
+    return run_in_memory(GWAS, LOGISTIC, _datasets(cohort), secure=True, seed=6)
+
+
+def _rows(run):
+    return run.result.tables["gwas"].to_pylist()
+
+
+def test_gwas_linear__secure_equals_pooled_lstsq(cohort, linear_run):
+    rows = _rows(linear_run)
+    assert len(rows) >= 40
+    for row in rows:
+        x, y = gs.pooled_design(cohort, row["variant_id"], "quant_trait")
+        beta, se = gs.pooled_ols(x, y)
+        assert row["n"] == len(y)
+        assert row["beta"] == pytest.approx(beta, rel=1e-6)
+        assert row["standard_error"] == pytest.approx(se, rel=1e-6)
+        p = 2 * scipy_stats.t.sf(abs(beta / se), len(y) - x.shape[1])
+        assert row["p_value"] == pytest.approx(p, rel=1e-5)
+        frequency = x[:, -1].sum() / (2 * len(y))
+        assert row["effect_allele_frequency"] == pytest.approx(frequency, rel=1e-9)
+
+
+def test_gwas_linear__rounds_are_census_moments_statistics_in_the_64_bit_ring(linear_run):
+    stages = [state["stage"] for _, state in linear_run.states]
+    assert stages == [0, 0, 2, 2]  # census keys + counts, then (no PCA) moments + statistics
+    summary = linear_run.result.summary
+    assert summary["encoding"]["ring"] == "R64"
+    assert min(summary["encoding"]["scale_bits"][name] for name in ("xtx", "xty", "yty")) >= 20
+    assert "census" in summary["stages"] and summary["num_samples"] > 250
+    round_index, state = linear_run.states[-1]
+    layout = GWAS.layout(state, round_index)
+    assert isinstance(layout, Layout) and layout.ring is Ring.R64
+    layout.check_bit_budget(3)
+    for sites in (3, 10, 100):  # scale bits shrink with the number of sites, the budget always holds
+        wide = {**state, "inner": {**state["inner"], "num_participants": sites}}
+        layout = GWAS.layout(wide, round_index)
+        layout.check_bit_budget(sites)
+        assert min(f.encoding.scale_bits for f in layout.fields if f.name in ("xtx", "xty", "yty")) >= 20
+
+
+def test_gwas_linear__missing_phenotypes_and_genotypes_change_n_per_variant(cohort, linear_run):
+    n = {row["variant_id"]: row["n"] for row in _rows(linear_run)}
+    assert len(set(n.values())) > 5
+    complete = sum(int((np.isfinite(s.quant) & np.isfinite(s.age)).sum()) for s in cohort.values())
+    assert max(n.values()) < complete
+
+
+def test_gwas_logistic__secure_equals_pooled_irls(cohort, logistic_run):
+    rows = [r for r in _rows(logistic_run) if r["beta"] is not None]
+    assert len(rows) >= 40
+    for row in rows:
+        x, y = gs.pooled_design(cohort, row["variant_id"], "binary_trait")
+        beta, se = gs.pooled_irls(x, y)
+        assert row["n"] == len(y)
+        assert row["beta"] == pytest.approx(beta, rel=1e-5)
+        assert row["standard_error"] == pytest.approx(se, rel=1e-5)
+        assert row["p_value"] == pytest.approx(2 * scipy_stats.norm.sf(abs(beta / se)), rel=1e-4)
+    assert 3 <= logistic_run.result.summary["newton_rounds"] <= 10
+
+
+def test_gwas_logistic__separation_reported_not_fitted(tmp_path):
+    ids = [f"chr1:{p}:A:G" for p in (10, 20, 30)]
+    rng = np.random.default_rng(3)
+    paths = {}
+    for index, name in enumerate(("a", "b")):
+        n = 80
+        binary = (rng.random(n) < 0.5).astype(np.float64)
+        calls = rng.binomial(2, 0.3, size=(3, n)).astype(np.int8)
+        calls[1] = np.where(binary == 1, 1, 0)  # carriers are exactly the cases: complete separation
+        calls[2] = np.where(binary == 0, 0, calls[2])  # no ALT allele among controls: quasi-separation
+        path = gs.rs.write_dataset(tmp_path / name, ids, calls)
+        gs.write_phenotypes(path, {"age": rng.normal(50, 5, n), "binary_trait": binary})
+        paths[name] = path
+    spec = {**LOGISTIC, "covariates": ["age"]}
+    run = run_in_memory(GWAS, spec, paths, secure=True, seed=1)
+    status = dict(zip(run.result.tables["gwas_status"].column("variant_id").to_pylist(),
+                      run.result.tables["gwas_status"].column("status").to_pylist()))
+    assert status == {ids[0]: "OK", ids[1]: "SEPARATION", ids[2]: "SEPARATION"}
+    rows = {r["variant_id"]: r for r in _rows(run)}
+    assert rows[ids[1]]["beta"] is None and rows[ids[1]]["p_value"] is None
+    assert rows[ids[0]]["beta"] is not None
+
+
+def test_gwas__variants_below_a_site_minimum_withheld(cohort):
+    contexts = {name: default_context(name) for name in cohort}
+    contexts["beta"] = SiteContext(name="beta", min_samples=1, min_allele_count=4, share_variant_keys=True)
+    spec = {**LINEAR, "min_allele_count": 4}  # a site refuses a census that publishes below its own minimum
+    run = run_in_memory(GWAS, spec, _datasets(cohort), secure=True, seed=2, contexts=contexts)
+    everyone = run_in_memory(GWAS, spec, _datasets(cohort), seed=2)
+    beta = cohort["beta"]
+    expected_hidden = set()
+    for j, variant in enumerate(beta.ids):
+        called = beta.calls[j][beta.calls[j] >= 0].astype(int)
+        minor = min(called.sum(), 2 * called.size - called.sum())
+        if 0 < minor < 4:
+            expected_hidden.add(variant)
+    assert expected_hidden, "the cohort should have rare variants at site beta"
+    published = {r["variant_id"] for r in _rows(run)}
+    every = {r["variant_id"] for r in _rows(everyone)}
+    assert expected_hidden <= every
+    assert published == every - expected_hidden
+    status = dict(zip(run.result.tables["gwas_status"].column("variant_id").to_pylist(),
+                      run.result.tables["gwas_status"].column("status").to_pylist()))
+    assert {v for v, s in status.items() if s == "BELOW_SITE_MIN_ALLELE_COUNT"} == expected_hidden
+
+
+def test_gwas__outputs_tsv_metadata_and_plots(linear_run, tmp_path):
+    written = write_outputs(linear_run.result, tmp_path)
+    assert sorted(written) == sorted(p.name for p in tmp_path.iterdir())
+    lines = (tmp_path / "gwas.tsv").read_text().splitlines()
+    assert lines[0].split("\t") == ["chromosome", "base_pair_location", "effect_allele", "other_allele", "beta",
+                                    "standard_error", "effect_allele_frequency", "p_value", "n", "variant_id"]
+    first = lines[1].split("\t")
+    assert first[0] == "22" and first[2] == "G" and first[3] == "A"
+    positions = [int(line.split("\t")[1]) for line in lines[1:]]
+    assert positions == sorted(positions) and len(lines) - 1 == linear_run.result.tables["gwas"].num_rows
+    meta = yaml.safe_load((tmp_path / "gwas.tsv-meta.yaml").read_text())
+    assert meta["file_type"] == "GWAS-SSF v1.1" and meta["data_file_name"] == "gwas.tsv"
+    assert meta["samples"][0]["sample_size"] == linear_run.result.summary["num_samples"]
+    for png in ("manhattan.png", "qq.png"):
+        assert (tmp_path / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert get_analysis("gwas") is GWAS
+
+
+def test_gwas__spec_errors_name_the_key():
+    with pytest.raises(ConfigurationError, match="phenotype"):
+        parse_gwas_spec({"model": "linear"})
+    with pytest.raises(ConfigurationError, match="model"):
+        parse_gwas_spec({"phenotype": "y", "model": "probit"})
+    with pytest.raises(ConfigurationError, match="unknown spec key"):
+        parse_gwas_spec({"phenotype": "y", "covariate": ["age"]})
+    with pytest.raises(ConfigurationError, match="pcs"):
+        GWAS.init({"phenotype": "y", "pcs": -1}, ("a", "b"))
+
+
+# --------------------------------------------------------------------------- plink2
+
+
+def _write_pooled_plink_inputs(cohort, root: Path) -> None:
+    """The pooled cohort as one VCF (not-typed = missing) and phenotype/covariate tables."""
+    union = sorted({v for s in cohort.values() for v in s.ids}, key=lambda v: int(v.split(":")[1]))
+    samples, records = [], {v: [] for v in union}
+    pheno = ["#IID\tquant_trait\tbinary_trait\tage\tsex"]
+    for name, site in cohort.items():
+        n = site.calls.shape[1]
+        samples += [f"{name}_{i}" for i in range(n)]
+        row = {v: j for j, v in enumerate(site.ids)}
+        for v in union:
+            calls = site.calls[row[v]] if v in row else np.full(n, -1, np.int8)
+            records[v] += [{-1: "./.", 0: "0/0", 1: "0/1", 2: "1/1"}[int(c)] for c in calls]
+
+        def text(values):
+            return ["NA" if not np.isfinite(x) else f"{x:g}" for x in values]
+
+        for i, values in enumerate(zip(text(site.quant), text(site.binary), text(site.age), text(site.sex))):
+            pheno.append(f"{name}_{i}\t" + "\t".join(values))
+    lines = ["##fileformat=VCFv4.2", "##contig=<ID=chr22>", '##FORMAT=<ID=GT,Number=1,Type=String,Description="Genotype">',
+             "\t".join(["#CHROM", "POS", "ID", "REF", "ALT", "QUAL", "FILTER", "INFO", "FORMAT", *samples])]
+    for v in union:
+        contig, position, ref, alt = v.split(":")
+        lines.append("\t".join([contig, position, v, ref, alt, ".", ".", ".", "GT", *records[v]]))
+    (root / "pooled.vcf").write_text("\n".join(lines) + "\n")
+    (root / "pheno.tsv").write_text("\n".join(pheno) + "\n")
+
+
+def _plink2_glm(root: Path, phenotype: str) -> dict[str, dict[str, str]]:
+    arguments = ["plink2", "--vcf", str(root / "pooled.vcf"), "--pheno", str(root / "pheno.tsv"), "--pheno-name", phenotype,
+                 "--covar", str(root / "pheno.tsv"), "--covar-name", "age,sex", "--glm", "hide-covar", "no-firth",
+                 "--1", "--threads", "1", "--out", str(root / phenotype)]
+    done = subprocess.run(arguments, capture_output=True, text=True)
+    assert done.returncode == 0, done.stdout + done.stderr
+    suffix = "linear" if phenotype == "quant_trait" else "logistic"
+    out = root / f"{phenotype}.{phenotype}.glm.{suffix}"
+    header, *body = out.read_text().splitlines()
+    names = header.lstrip("#").split("\t")
+    return {row["ID"]: row for row in (dict(zip(names, line.split("\t"))) for line in body)}
+
+
+@pytest.mark.parametrize("model", ["linear", "logistic"])
+def test_gwas__agrees_with_plink2_glm(cohort, linear_run, logistic_run, tmp_path, model):
+    if shutil.which("plink2") is None:
+        pytest.skip("plink2 is not installed")
+    _write_pooled_plink_inputs(cohort, tmp_path)
+    phenotype = "quant_trait" if model == "linear" else "binary_trait"
+    reference = _plink2_glm(tmp_path, phenotype)
+    run = linear_run if model == "linear" else logistic_run
+    compared = 0
+    for row in _rows(run):
+        theirs = reference[row["variant_id"]]
+        if theirs.get("ERRCODE", ".") != "." or row["beta"] is None:
+            continue
+        sign = 1.0 if theirs["A1"] == "G" else -1.0
+        if "BETA" in theirs:
+            beta = float(theirs["BETA"])
+        else:  # OR is printed to 6 digits (too coarse for a small log-odds ratio); Z * SE is not
+            beta = float(theirs["Z_STAT"]) * float(theirs["LOG(OR)_SE"])
+        assert int(theirs["OBS_CT"]) == row["n"]
+        assert sign * beta == pytest.approx(row["beta"], rel=1e-4)
+        assert -np.log10(float(theirs["P"])) == pytest.approx(-np.log10(row["p_value"]), abs=1e-3)
+        compared += 1
+    assert compared >= 40
