@@ -192,6 +192,11 @@ def agent_threads(manifest: Any, names: Sequence[str] | None = None, *, max_idle
     try:
         yield agents
     finally:
+        if once:
+            # Let the agents see that their jobs ended (and run their end-of-job hooks).
+            deadline = time.monotonic() + 10
+            for thread in threads:
+                thread.join(timeout=max(0.0, deadline - time.monotonic()))
         stop.set()
         for thread in threads:
             thread.join(timeout=30)
