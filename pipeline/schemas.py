@@ -9,13 +9,13 @@ from __future__ import annotations
 import functools
 import json
 import re
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 
 import pyarrow as pa
 
 from pipeline.errors import SchemaError
+from pipeline.resources import schemas_dir
 
 _PRIMITIVES: dict[str, pa.DataType] = {
     "bool": pa.bool_(),
@@ -40,21 +40,6 @@ class TableSpec:
     version: str
     schema: pa.Schema
     additional_types: tuple[pa.DataType, ...]
-
-
-def schemas_dir() -> Path:
-    """Where the JSON schemas live: the source tree, else the installed data files."""
-    candidates = [
-        Path(__file__).resolve().parent.parent / "schemas",
-        Path(sys.prefix) / "share" / "genofed" / "schemas",
-    ]
-    for candidate in candidates:
-        if (candidate / "variants.json").is_file():
-            return candidate
-    raise SchemaError(
-        f"cannot find the schema files (looked in {', '.join(map(str, candidates))}); "
-        "reinstall genofed with 'pip install -e .' from the repository"
-    )
 
 
 def parse_type(text: str) -> pa.DataType:

@@ -37,8 +37,9 @@ from pipeline.models import evaluation
 from pipeline.models.checkpoint import save_model
 from pipeline.models.features import Standardization, read_site_data
 from pipeline.models.local import local_update_fn, predict_fn
+from pipeline.resources import workflows_dir
 
-__all__ = ["simulation_baselines", "run_federated_training", "train_sequential", "comparison_table", "TABLE_METRICS", "DEFAULT_SPEC"]
+__all__ = ["simulation_baselines", "run_federated_training", "train_sequential", "comparison_table", "TABLE_METRICS"]
 
 TABLE_METRICS = {"binary": ("auc", "accuracy", "brier", "log_loss"), "quantitative": ("r2", "mse")}
 POOLED = "pooled"
@@ -177,7 +178,6 @@ def simulation_baselines(spec: Mapping[str, Any], datasets: Sequence[Path | str]
     return {"metrics": metrics, "table": table, "best_site": best_site, "files": [str(out / f) for f in files]}
 
 
-DEFAULT_SPEC = Path(__file__).resolve().parents[2] / "workflows" / "train.yaml"
 
 
 def run_federated_training(
@@ -216,9 +216,7 @@ def run_federated_training(
     from pipeline.federation.local import federate, summary_text
 
     if spec is None:
-        if not DEFAULT_SPEC.is_file():
-            raise ConfigurationError(f"no training spec at {DEFAULT_SPEC}; pass spec= (a YAML file or a mapping)")
-        spec = DEFAULT_SPEC
+        spec = workflows_dir() / "train.yaml"
     spec_dict = dict(spec) if isinstance(spec, Mapping) else load_spec(spec)
     if rounds is not None:
         spec_dict["rounds"] = rounds
