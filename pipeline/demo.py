@@ -17,8 +17,12 @@ from pathlib import Path
 from typing import Any
 
 from pipeline import outputs
+from pipeline.federation.jobs import load_spec
+from pipeline.federation.local import federate, summary_text
 from pipeline.ingest import ingest
+from pipeline.models.report import run_federated_training
 from pipeline.qc import run_qc
+from pipeline.resources import workflows_dir
 from pipeline.sim.cohort import simulate_cohort
 
 log = logging.getLogger(__name__)
@@ -34,15 +38,17 @@ def run_demo(
     region: str = DEFAULT_REGION,
     seed: int = 0,
     force: bool = False,
+    training_rounds: int = 10,
     progress: bool = False,
     say: Callable[[str], None] = print,
 ) -> dict[str, Any]:
-    """Runs simulate → ingest → qc (per site) → federated steps; returns the summary.
+    """Runs simulate → ingest → qc (per site) → federated jobs; returns the summary.
 
     Args:
         out: folder for everything the demo writes (``cohort/``, ``datasets/``,
             ``qc/``, ``summary.json``); refused if it exists unless ``force``.
         sites, samples, region, seed: the simulated cohort (see ``genofed cohort simulate``).
+        training_rounds: rounds of the federated risk model (short for a demo).
         say: where progress lines go (the CLI passes ``click.echo``).
     """
     root = Path(out)
@@ -50,10 +56,10 @@ def run_demo(
     started = time.perf_counter()
     summary: dict[str, Any] = {"out": str(root), "sites": {}}
     with outputs.atomic_directory(root, force=force) as work:
-        say(f"[1/3] simulating {sites} sites x {samples} samples over {region} (seed {seed})")
+        say(f"[1/5] simulating {sites} sites x {samples} samples over {region} (seed {seed})")
         manifest = simulate_cohort(work / "cohort", sites=sites, samples=samples, region=region, seed=seed, progress=progress)
         reference = manifest.resolve(manifest.reference)
-        say("[2/3] ingesting each site's genotypes (harmonized to the reference)")
+        say("[2/5] ingesting each site's genotypes (harmonized to the reference)")
         for site in manifest.sites:
             report = ingest(
                 manifest.resolve(site.vcf),
@@ -64,12 +70,21 @@ def run_demo(
             )
             summary["sites"][site.name] = {"ingest": _ingest_digest(report)}
             say(f"      {site.name}: {_ingest_line(report)}")
-        say("[3/3] local QC at each site")
+        say("[3/5] local QC at each site")
         for site in manifest.sites:
             qc = run_qc(work / "datasets" / site.name, out=work / "qc" / site.name, progress=progress)
             summary["sites"][site.name]["qc"] = {"variants": qc["variants"], "samples": qc["samples"]}
             variants = qc["variants"]
             say(f"      {site.name}: {variants['passing']:,} of {variants['total']:,} variants pass QC")
+        datasets = [work / "datasets" / site.name for site in manifest.sites]
+        say("[4/5] federated variant census: global counts by secure aggregation over mutual TLS")
+        census = federate(datasets, load_spec(workflows_dir() / "census.yaml"), work / "census")
+        summary["census"] = census["summary"]
+        say(_indent(summary_text(census), work, root))
+        say(f"[5/5] federated training of a risk model for binary_trait ({training_rounds} rounds, with local and pooled baselines)")
+        training = run_federated_training(datasets, work / "train", rounds=training_rounds)
+        summary["training"] = training.get("baselines", {}).get("metrics", {})
+        say(_indent(training["text"], work, root))
         summary["seconds"] = round(time.perf_counter() - started, 1)
         (work / "summary.json").write_text(json.dumps(summary, indent=2, default=str) + "\n")
     summary["out"] = str(root)
@@ -99,3 +114,8 @@ def _ingest_line(report: dict[str, Any]) -> str:
         f"{d['strand_ambiguous']} strand-ambiguous, {d['dropped']} dropped); "
         f"{d['samples_matched']}/{d['samples']} samples with phenotypes"
     )
+
+
+def _indent(text: str, work: Path, root: Path) -> str:
+    """Indents a step's report and names files where they will be once the demo ends."""
+    return "\n".join(f"      {line}" for line in text.replace(str(work), str(root)).splitlines())
