@@ -139,7 +139,9 @@ def parse_spec(spec: Mapping[str, Any], enrolled: Sequence[str]) -> tuple[Analys
         raise ConfigurationError("a job spec must be a mapping with at least 'analysis: NAME'")
     name = spec.get("analysis")
     if not isinstance(name, str):
-        raise ConfigurationError("the job spec needs 'analysis: NAME' (secure_sum or census)")
+        from pipeline.analyses import REGISTRY
+
+        raise ConfigurationError(f"the job spec needs 'analysis: NAME' (one of {', '.join(sorted(REGISTRY))})")
     analysis = get_analysis(name)
     sites = spec.get("sites", list(enrolled))
     if not isinstance(sites, list) or not all(isinstance(s, str) for s in sites) or len(set(sites)) != len(sites):
