@@ -1,0 +1,101 @@
+"""The GWAS job through the real runtime (``genofed federate``: coordinator and site agents as
+processes, mutual TLS, SQLite state), and the science on a simulated cohort (slow)."""
+
+from __future__ import annotations
+
+import csv
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+import yaml
+
+from pipeline.analyses.gwas import GWAS, causal_hits, write_outputs
+from pipeline.analyses.in_memory import run_in_memory
+from pipeline.federation.local import federate
+from pipeline.stats.glm import genomic_inflation
+from tests.analyses import gwas_support as gs
+
+
+@pytest.mark.network
+def test_gwas_federate__results_folder_equals_pooled_ols(tmp_path):
+    cohort = gs.make_cohort(tmp_path / "data", seed=4)
+    spec = {"analysis": "gwas", "model": "linear", "phenotype": "quant_trait", "covariates": ["age", "sex"],
+            "min_call_rate": 0.0, "hwe_p": 0.0, "min_allele_count": 5, "stage_timeout": 60}
+    summary = federate([site.path for site in cohort.values()], spec, tmp_path / "run", timeout=300)
+    results = Path(summary["results"])
+    assert summary["status"] == "done" and summary["summary"]["analysis"] == "gwas"
+    for name in ("gwas.tsv", "gwas.tsv-meta.yaml", "manhattan.png", "qq.png", "gwas.parquet", "gwas_status.parquet",
+                 "census_variants.parquet", "summary.json"):
+        assert (results / name).is_file(), name
+    assert yaml.safe_load((results / "gwas.tsv-meta.yaml").read_text())["file_type"] == "GWAS-SSF v1.1"
+    rows = pq.read_table(results / "gwas.parquet").to_pylist()
+    assert len(rows) >= 30
+    for row in rows:
+        x, y = gs.pooled_design(cohort, row["variant_id"], "quant_trait")
+        beta, se = gs.pooled_ols(x, y)
+        assert row["n"] == len(y)
+        assert row["beta"] == pytest.approx(beta, rel=1e-6)
+        assert row["standard_error"] == pytest.approx(se, rel=1e-6)
+    # provisioned sites withhold variants whose own minor allele count is 1..4 (policy min_allele_count 5)
+    status = pq.read_table(results / "gwas_status.parquet").to_pylist()
+    withheld = {r["variant_id"] for r in status if r["status"] == "BELOW_SITE_MIN_ALLELE_COUNT"}
+    assert withheld and not withheld & {r["variant_id"] for r in rows}
+
+
+@pytest.fixture(scope="module")
+def simulated(tmp_path_factory):
+    """3 sites x 1000 simulated samples over 2 Mb of chr22, ingested with their phenotypes."""
+    from pipeline.ingest import ingest
+    from pipeline.sim.cohort import load_manifest, simulate_cohort
+
+    root = tmp_path_factory.mktemp("gwas-sim")
+    simulate_cohort(root / "cohort", sites=3, samples=1000, region="chr22:16000000-18000000", seed=0)
+    manifest = load_manifest(root / "cohort")
+    datasets = {}
+    for site in manifest.sites:
+        datasets[site.name] = root / site.name
+        ingest(manifest.resolve(site.vcf), phenotypes=manifest.resolve(site.phenotypes), out=datasets[site.name],
+               fasta=root / "cohort" / "reference.fa.gz", chunk_size="250kb", workers=1)
+    return root / "cohort", datasets
+
+
+SIM_SPEC = {"model": "linear", "phenotype": "quant_trait", "covariates": ["age", "sex"], "maf": 0.01,
+            "pca": {"window_bp": 2000, "maf": 0.05}}
+
+
+@pytest.mark.slow
+def test_gwas_simulated__causal_variants_genome_wide_significant_with_pcs(simulated, tmp_path):
+    cohort, datasets = simulated
+    run = run_in_memory(GWAS, {**SIM_SPEC, "pcs": 4}, datasets, secure=True, seed=1)
+    assert set(run.result.tables) >= {"gwas", "gwas_status", "census_variants", "pca_loadings", "pca_eigenvalues"}
+    write_outputs(run.result, tmp_path)
+    hits = causal_hits(tmp_path / "gwas.tsv", cohort / "truth.tsv")
+    assert len(hits) == 10 and all(hit["significant"] for hit in hits), hits
+
+
+@pytest.mark.slow
+def test_gwas_simulated__pcs_remove_stratification_of_a_null_trait(simulated, tmp_path):
+    """A trait with population means but no genetic effect: lambda_GC far above 1 without PCs, near 1 with."""
+    cohort, datasets = simulated
+    population = {row["IID"]: row["population"] for row in csv.DictReader(open(cohort / "ancestry.tsv"), delimiter="\t")}
+    shift = {"YRI": 0.6, "CEU": 0.0, "CHB": -0.5}
+    rng = np.random.default_rng(11)
+    copies = {}
+    for name, path in datasets.items():
+        copy = tmp_path / name
+        shutil.copytree(path, copy)
+        samples = pq.read_table(copy / "samples.parquet")
+        ids = samples.column("sample_id").to_pylist()
+        null_trait = np.array([shift[population[i]] for i in ids]) + rng.normal(0, 1, len(ids))
+        columns = {c: np.asarray(samples.column(c).to_numpy(zero_copy_only=False), np.float64) for c in ("age", "sex")}
+        gs.write_phenotypes(copy, {**columns, "null_trait": null_trait})
+        copies[name] = copy
+    spec = {**SIM_SPEC, "phenotype": "null_trait"}
+    without = run_in_memory(GWAS, {**spec, "pcs": 0}, copies).result.summary["lambda_gc"]
+    with_pcs = run_in_memory(GWAS, {**spec, "pcs": 4}, copies).result.summary["lambda_gc"]
+    assert without > 3.0
+    assert 0.85 < with_pcs < 1.2, (without, with_pcs)
+    assert genomic_inflation(np.array([0.5])) == pytest.approx(1.0)
