@@ -410,7 +410,7 @@ class Regression:
                 raise InputError(f"gwas: the binary phenotype {names[-1]!r} has no {'cases' if cases == 0 else 'controls'} among complete samples")
             theta = np.zeros((v, k + 1))
             theta[:, 0] = math.log(cases / (1.0 - cases))
-            state.update(theta=encode_array(theta), active=encode_array(np.arange(v, dtype=np.int64)),
+            state.update(theta=encode_array(theta), active=encode_array(_compact(np.arange(v))),
                          status=encode_array(np.full(v, glm.STATUS.index("UNFINISHED"), np.int8)),
                          variance=encode_array(np.full(v, np.nan)), counts=None)
         return state
@@ -437,7 +437,7 @@ class Regression:
             ref_case = 2 * n_case - counts["alt_case"]
             ref_control = 2 * (n - n_case) - alt_control
             separated = (counts["alt_case"] == 0) | (alt_control == 0) | (ref_case == 0) | (ref_control == 0)
-            counts_json = {name: encode_array(values) for name, values in counts.items()}
+            counts_json = {name: encode_array(_compact(values)) for name, values in counts.items()}
         else:
             separated = np.zeros(len(active), bool)
             counts_json = state["counts"]
@@ -451,7 +451,7 @@ class Regression:
         still = active[~(separated | diverged | converged)]
         iteration = int(state["iteration"]) + 1
         state = {**state, "theta": encode_array(theta), "status": encode_array(status), "variance": encode_array(variance),
-                 "active": encode_array(still), "iteration": iteration, "counts": counts_json}
+                 "active": encode_array(_compact(still)), "iteration": iteration, "counts": counts_json}
         if still.size and iteration < int(p["max_iterations"]):
             return state, False, None
         counts = {name: decode_array(values) for name, values in counts_json.items()}
@@ -463,6 +463,12 @@ class Regression:
         nan = np.where(ok, 1.0, np.nan)
         return state, True, _result(state, beta * nan, se * nan, z * nan, p_value * nan, status, counts["n"],
                                     counts["alt_count"].astype(np.float64), counts["below_min"], num_sites)
+
+
+def _compact(values: np.ndarray) -> np.ndarray:
+    """int32 where the values fit (half the base64 in the stored JSON state)."""
+    values = np.asarray(values, np.int64)
+    return values.astype(np.int32) if values.size == 0 or np.abs(values).max() < 2**31 else values
 
 
 def _design_status(n: np.ndarray, num_parameters: int) -> np.ndarray:
