@@ -30,6 +30,7 @@ from pipeline.errors import InputError
 
 FORMAT_NAME = "genofed-dataset"
 FORMAT_VERSION = "1.0.0"
+GENOTYPES_PER_ROW_GROUP = 2**25  # ~32 M calls: large enough to compress, small enough to stay in cache
 
 
 @dataclass(frozen=True)
@@ -69,7 +70,8 @@ def write_chunk(root: Path, index: int, block: Block) -> dict[str, Any]:
     (root / "genotypes").mkdir(exist_ok=True)
     outputs.write_table(block.variants, root / "variants" / f"{name}.parquet", "variants")
     genotypes = genotype_table(block.variants.column("variant_id").combine_chunks(), block.call_dosage, block.dosage)
-    outputs.write_table(genotypes, root / "genotypes" / f"{name}.parquet", "genotypes")
+    rows_per_group = max(256, GENOTYPES_PER_ROW_GROUP // max(1, block.call_dosage.shape[1]))
+    outputs.write_table(genotypes, root / "genotypes" / f"{name}.parquet", "genotypes", row_group_size=rows_per_group)
     return {"name": name, "num_variants": block.num_variants, "has_dosage": block.dosage is not None}
 
 
