@@ -20,12 +20,13 @@ invites those that have not declined the job.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import secrets
 import threading
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -280,6 +281,12 @@ class Coordinator:
 
     Thread-safe: every public method holds one lock, so the HTTP server may call it
     from worker threads. ``version`` increases on every change (long polls watch it).
+
+    Audit entries are appended in the order the engine made them, but after its lock
+    is released (each append syncs the log to disk): the thread that made them takes
+    the audit log's turn before it lets the engine go and writes them before it
+    returns, so they are on disk before the HTTP answer, as the store's rows are, and
+    another request's engine work overlaps the write.
     """
 
     def __init__(
@@ -298,8 +305,39 @@ class Coordinator:
         self.clock = clock
         self.version = 0
         self._lock = threading.RLock()
+        self._audit_turn = threading.Lock()
+        self._depth = 0
+        self._pending: list[tuple[str, dict[str, Any]]] = []
         self._rounds: dict[str, _Round] = {}
         self.recover()
+
+    @contextlib.contextmanager
+    def _locked(self) -> Iterator[None]:
+        """The engine lock; on the outermost release, the audit entries made under it are written."""
+        pending: list[tuple[str, dict[str, Any]]] = []
+        with self._lock:
+            self._depth += 1
+            try:
+                yield
+            finally:
+                self._depth -= 1
+                if self._depth == 0 and self._pending:
+                    pending, self._pending = self._pending, []
+                    self._audit_turn.acquire()  # keeps the engine's order among writers
+        if pending:
+            try:
+                for event, fields in pending:
+                    self.audit.append(event, **fields)
+            finally:
+                self._audit_turn.release()
+
+    def _log(self, event: str, /, **fields: Any) -> None:
+        """Queues an audit entry, written when the engine lock is released."""
+        if self._depth == 0:
+            with self._audit_turn:
+                self.audit.append(event, **fields)
+            return
+        self._pending.append((event, fields))
 
     # ------------------------------------------------------------------ analyst side
 
@@ -317,11 +355,11 @@ class Coordinator:
         job_id = f"job-{time.strftime('%Y%m%d-%H%M%S', time.gmtime(self.clock()))}-{secrets.token_hex(4)}"
         from pipeline.federation.store import StoredJob
 
-        with self._lock:
+        with self._locked():
             self.store.add_job(
                 StoredJob(job_id, analysis.name, spec, analyst, participants, threshold, "running", None, self.clock(), None)
             )
-            self.audit.append(
+            self._log(
                 "job.submitted", job_id=job_id, analysis=analysis.name, analyst=analyst,
                 sites=list(participants), threshold=threshold, spec_digest=wire.digest(wire.canonical_json(spec)),
             )
@@ -331,7 +369,7 @@ class Coordinator:
 
     def status(self, job_id: str) -> dict[str, Any]:
         """The job's status: running (with round and stage), done or failed (with the reason)."""
-        with self._lock:
+        with self._locked():
             job = self._job(job_id)
             out: dict[str, Any] = {
                 "job_id": job.job_id, "analysis": job.analysis, "status": job.status, "error": job.error,
@@ -367,12 +405,12 @@ class Coordinator:
 
     def active_jobs(self, site: str) -> list[str]:
         """Running jobs that invite ``site`` and that it has not declined."""
-        with self._lock:
+        with self._locked():
             return sorted(j for j, r in self._rounds.items() if site in r.participants and site not in r.declined)
 
     def next_task(self, site: str) -> dict[str, Any] | None:
         """What ``site`` must do now: the first stage of a running job that waits for it."""
-        with self._lock:
+        with self._locked():
             for job_id in sorted(self._rounds):
                 current = self._rounds[job_id]
                 if site not in current.expected():
@@ -407,7 +445,7 @@ class Coordinator:
 
     def stage_message(self, site: str, job_id: str, round_index: int, stage: str) -> bytes:
         """The server's message to ``site`` for the current stage (Arrow IPC)."""
-        with self._lock:
+        with self._locked():
             current = self._current(site, job_id, round_index, stage)
             site_id = current.site_id(site)
             if site_id not in current.inbox:
@@ -416,12 +454,12 @@ class Coordinator:
 
     def decline(self, site: str, job_id: str, reason: str) -> None:
         """Records that ``site`` refuses the job (its policy); it is left out from now on."""
-        with self._lock:
+        with self._locked():
             job = self._job(job_id)
             if site not in job.participants:
                 raise IdentityError(f"site {site!r} is not a participant of job {job_id}")
             self.store.add_decline(job_id, site, reason[:500])
-            self.audit.append("site.declined", job_id=job_id, site=site, reason=reason[:500])
+            self._log("site.declined", job_id=job_id, site=site, reason=reason[:500])
             current = self._rounds.get(job_id)
             if current is not None:
                 current.declined.add(site)
@@ -442,8 +480,19 @@ class Coordinator:
             NotFoundError: unknown job. IdentityError: the site is not a participant.
         """
         payload_digest = wire.digest(body)
-        with self._lock:
-            existing = self.store.message(message_id)
+        # The body's write and fsync happen before the lock; under it only a rename and a row.
+        stage_body = getattr(self.store, "stage_body", None)
+        staged = stage_body(body, payload_digest) if stage_body is not None else None
+        try:
+            return self._receive(site, job_id, round_index, stage, message_id, body, payload_digest, staged)
+        finally:
+            if staged is not None:
+                self.store.discard(staged)
+
+    def _receive(self, site: str, job_id: str, round_index: int, stage: str, message_id: str, body: bytes,
+                 payload_digest: str, staged: Any) -> dict[str, Any]:
+        with self._locked():
+            existing = self.store.message(message_id, body=False)
             if existing is not None:
                 if existing.digest == payload_digest and existing.site == site:
                     return {"status": "duplicate", "message_id": message_id, "digest": payload_digest}
@@ -453,7 +502,7 @@ class Coordinator:
                 )
             current = self._current(site, job_id, round_index, stage)
             if site not in current.expected():
-                previous = self.store.message_of(job_id, round_index, stage, site)
+                previous = self.store.message_of(job_id, round_index, stage, site, body=False)
                 if previous is not None:
                     raise MessageConflict(
                         f"site {site!r} already sent its {stage} message of job {job_id} round {round_index} "
@@ -467,9 +516,10 @@ class Coordinator:
             from pipeline.federation.store import StoredMessage
 
             self.store.add_message(
-                StoredMessage(message_id, job_id, round_index, stage, site, payload_digest, body, self.clock())
+                StoredMessage(message_id, job_id, round_index, stage, site, payload_digest, body, self.clock()),
+                **({"staged": staged} if staged is not None else {}),
             )
-            self.audit.append(
+            self._log(
                 "contribution.received", job_id=job_id, round=round_index, stage=stage, site=site,
                 digest=payload_digest, bytes=len(body),
             )
@@ -482,7 +532,7 @@ class Coordinator:
     def tick(self) -> bool:
         """Closes every stage whose deadline has passed; returns whether anything changed."""
         changed = False
-        with self._lock:
+        with self._locked():
             now = self.clock()
             for current in list(self._rounds.values()):
                 if now - current.stage_opened >= current.timeout or not current.expected():
@@ -497,7 +547,7 @@ class Coordinator:
 
     def recover(self) -> None:
         """Rebuilds every running job from the store (replays stored messages)."""
-        with self._lock:
+        with self._locked():
             self._rounds.clear()
             for job in self.store.jobs(status="running"):
                 try:
@@ -598,7 +648,7 @@ class Coordinator:
             return
         self.store.add_round(job_id, round_index, state, current.site_ids)
         self._rounds[job_id] = current
-        self.audit.append("round.opened", job_id=job_id, round=round_index, sites=[current.name_of(i) for i in current.site_ids],
+        self._log("round.opened", job_id=job_id, round=round_index, sites=[current.name_of(i) for i in current.site_ids],
                           kind="keys" if current.server is None else "secure_sum",
                           state_digest=wire.digest(wire.canonical_json(state)))
 
@@ -642,7 +692,7 @@ class Coordinator:
             total = self._key_union(current, messages)
             self.store.close_stage(current.job_id, current.round_index, current.stage_seq, stage, included)
             current.stage_seq += 1
-            self.audit.append("stage.closed", job_id=current.job_id, round=current.round_index, stage=stage, sites=included)
+            self._log("stage.closed", job_id=current.job_id, round=current.round_index, stage=stage, sites=included)
             self._finish_round(current, total, len(included))
             return
         try:
@@ -653,7 +703,7 @@ class Coordinator:
         self.store.close_stage(current.job_id, current.round_index, current.stage_seq, stage, included)
         current.stage_seq += 1
         current.stage_opened = self.clock()
-        self.audit.append("stage.closed", job_id=current.job_id, round=current.round_index, stage=stage, sites=included)
+        self._log("stage.closed", job_id=current.job_id, round=current.round_index, stage=stage, sites=included)
         self._after_server(current)
 
     def _after_server(self, current: _Round) -> None:
@@ -668,7 +718,7 @@ class Coordinator:
             total, survivors = server_result(current.server)
             assert isinstance(current.layout, Layout)
             decoded = decode_total(current.layout, total, len(survivors))
-            self.audit.append("round.summed", job_id=current.job_id, round=current.round_index,
+            self._log("round.summed", job_id=current.job_id, round=current.round_index,
                               sites=[current.name_of(i) for i in sorted(survivors)],
                               total_digest=wire.digest(np.ascontiguousarray(total).tobytes()))
             self._finish_round(current, decoded, len(survivors))
@@ -699,13 +749,13 @@ class Coordinator:
             entries.append((name, "table", wire.encode_table(table)))
         self.store.finish_with_results(current.job_id, entries)
         self._rounds.pop(current.job_id, None)
-        self.audit.append("job.done", job_id=current.job_id, results={name: wire.digest(body) for name, _, body in entries})
+        self._log("job.done", job_id=current.job_id, results={name: wire.digest(body) for name, _, body in entries})
 
     def _fail(self, job_id: str, reason: str) -> None:
         log.warning("job %s failed: %s", job_id, reason)
         self.store.finish_job(job_id, "failed", reason)
         self._rounds.pop(job_id, None)
-        self.audit.append("job.failed", job_id=job_id, reason=reason[:2000])
+        self._log("job.failed", job_id=job_id, reason=reason[:2000])
         self._changed()
 
 

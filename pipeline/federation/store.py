@@ -11,12 +11,24 @@ middle of a round resumes where it stopped.
 
 Writes are transactions committed before the server answers, so an acknowledged
 upload survives a crash. WAL lets the long-poll readers run beside the writer.
+
+Large message bodies (masked vectors: 8 MB for 10^6 values in Z_2^64) are not written
+into SQLite, where each would be copied into the WAL, checkpointed into the database
+and synced twice. They are files in a folder beside the database
+(``coordinator.db`` -> ``coordinator.blobs/<sha256>``), written to a temporary name,
+fsync'd and renamed into place before the row that names them (by digest) commits;
+the row is the acknowledgment. :meth:`Store.stage_body` does the write and the sync
+before the caller takes its lock, so only a rename and a small row remain under it.
+Bodies are checked against their digest when read back.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
+import os
 import sqlite3
+import tempfile
 import threading
 import time
 from collections.abc import Iterator, Sequence
@@ -25,7 +37,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-__all__ = ["Store", "StoredJob", "StoredRound", "StoredMessage", "StoredStage"]
+from pipeline.errors import ProtocolError
+
+__all__ = ["Store", "StoredJob", "StoredRound", "StoredMessage", "StoredStage", "StagedBody", "INLINE_BODY_BYTES"]
+
+INLINE_BODY_BYTES = 64 * 1024
+"""Message bodies up to this size stay in the database; larger ones are files."""
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS jobs (
@@ -66,6 +83,7 @@ CREATE TABLE IF NOT EXISTS messages (
     digest TEXT NOT NULL,
     body BLOB NOT NULL,
     received_at REAL NOT NULL,
+    in_file INTEGER NOT NULL DEFAULT 0,
     UNIQUE (job_id, round_index, stage, site)
 );
 CREATE TABLE IF NOT EXISTS declines (
@@ -80,6 +98,7 @@ CREATE TABLE IF NOT EXISTS results (
     name TEXT NOT NULL,
     kind TEXT NOT NULL,
     body BLOB NOT NULL,
+    digest TEXT,
     PRIMARY KEY (job_id, name)
 );
 """
@@ -124,7 +143,7 @@ class StoredStage:
 
 @dataclass(frozen=True)
 class StoredMessage:
-    """One received message."""
+    """One received message (``body`` is empty when read with ``body=False``)."""
 
     message_id: str
     job_id: str
@@ -136,21 +155,59 @@ class StoredMessage:
     received_at: float
 
 
+@dataclass
+class StagedBody:
+    """A message body written and synced under a temporary name, not yet stored.
+
+    Made by :meth:`Store.stage_body`; :meth:`Store.add_message` moves it into place,
+    :meth:`Store.discard` removes it when the message is refused. ``temporary`` is
+    ``None`` for a body kept in the database, and once the file has been moved into place.
+    """
+
+    digest: str
+    size: int
+    temporary: Path | None
+
+
+def _fsync_dir(folder: Path) -> None:
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+_MESSAGE_COLUMNS = "message_id, job_id, round_index, stage, site, digest, body, received_at, in_file"
+
+
 class Store:
     """The coordinator's database (identity: one file, one connection per thread)."""
 
     def __init__(self, path: Path | str) -> None:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.blob_dir = self.path.with_suffix(".blobs")
+        self.blob_dir.mkdir(exist_ok=True)
         self._local = threading.local()
-        self._connection().executescript(_SCHEMA)
+        db = self._connection()
+        db.executescript(_SCHEMA)
+        columns = {row[1] for row in db.execute("PRAGMA table_info(messages)")}
+        if "in_file" not in columns:  # a database written before bodies could be files
+            db.execute("ALTER TABLE messages ADD COLUMN in_file INTEGER NOT NULL DEFAULT 0")
+        if "digest" not in {row[1] for row in db.execute("PRAGMA table_info(results)")}:
+            db.execute("ALTER TABLE results ADD COLUMN digest TEXT")
+        self._collect_garbage()
 
     def _connection(self) -> sqlite3.Connection:
         connection = getattr(self._local, "connection", None)
         if connection is None:
             connection = sqlite3.connect(self.path, timeout=30.0, isolation_level=None)
             connection.execute("PRAGMA journal_mode=WAL")
-            connection.execute("PRAGMA synchronous=FULL")
+            # WAL with synchronous=NORMAL: a commit is in the WAL (the OS's cache) before it
+            # returns, so it survives the process being killed; a power loss may roll the
+            # database back to an earlier consistent point (sites then re-send their
+            # byte-identical messages). Large bodies are files synced before their row.
+            connection.execute("PRAGMA synchronous=NORMAL")
             self._local.connection = connection
         return connection
 
@@ -231,31 +288,109 @@ class Store:
 
     # ------------------------------------------------------------------ messages
 
-    def message(self, message_id: str) -> StoredMessage | None:
-        row = self._connection().execute("SELECT * FROM messages WHERE message_id = ?", (message_id,)).fetchone()
-        return None if row is None else StoredMessage(*row)
+    def _blob(self, digest: str) -> Path:
+        return self.blob_dir / digest
 
-    def message_of(self, job_id: str, round_index: int, stage: str, site: str) -> StoredMessage | None:
+    def _message(self, row: Sequence[Any], *, body: bool) -> StoredMessage:
+        *fields, in_file = row
+        message = StoredMessage(*fields)
+        if not in_file:
+            return message
+        if not body:
+            return message
+        return StoredMessage(*fields[:6], self._read_blob(message.digest, f"message {message.message_id}"), fields[7])
+
+    def _read_blob(self, digest: str, what: str) -> bytes:
+        path = self._blob(digest)
+        try:
+            data = path.read_bytes()
+        except OSError as error:
+            raise ProtocolError(f"{path}: the stored body of {what} is unreadable ({error.strerror})") from None
+        if hashlib.sha256(data).hexdigest() != digest:
+            raise ProtocolError(f"{path}: the stored body of {what} does not match its digest {digest[:16]}...")
+        return data
+
+    def _write_blob(self, body: bytes) -> str:
+        """Writes a body file named by its digest (synced, then renamed into place)."""
+        digest = hashlib.sha256(body).hexdigest()
+        staged = self.stage_body(body, digest)
+        if staged.temporary is not None:
+            os.replace(staged.temporary, self._blob(digest))
+            _fsync_dir(self.blob_dir)
+        return digest
+
+    def message(self, message_id: str, *, body: bool = True) -> StoredMessage | None:
+        """The message with this ID (without reading a file-backed body when ``body`` is false)."""
+        row = self._connection().execute(f"SELECT {_MESSAGE_COLUMNS} FROM messages WHERE message_id = ?", (message_id,)).fetchone()
+        return None if row is None else self._message(row, body=body)
+
+    def message_of(self, job_id: str, round_index: int, stage: str, site: str, *, body: bool = True) -> StoredMessage | None:
         row = self._connection().execute(
-            "SELECT * FROM messages WHERE job_id = ? AND round_index = ? AND stage = ? AND site = ?",
+            f"SELECT {_MESSAGE_COLUMNS} FROM messages WHERE job_id = ? AND round_index = ? AND stage = ? AND site = ?",
             (job_id, round_index, stage, site),
         ).fetchone()
-        return None if row is None else StoredMessage(*row)
+        return None if row is None else self._message(row, body=body)
 
-    def add_message(self, message: StoredMessage) -> None:
+    def stage_body(self, body: bytes, digest: str) -> StagedBody:
+        """Writes a large body to a synced temporary file (no lock needed); small ones stay in memory.
+
+        ``digest`` is the body's SHA-256 hex digest (the caller has computed it already).
+        """
+        if len(body) <= INLINE_BODY_BYTES:
+            return StagedBody(digest, len(body), None)
+        fd, name = tempfile.mkstemp(prefix=".incoming-", dir=self.blob_dir)
+        try:
+            with os.fdopen(fd, "wb") as handle:
+                handle.write(body)
+                handle.flush()
+                os.fsync(handle.fileno())
+        except BaseException:
+            Path(name).unlink(missing_ok=True)
+            raise
+        return StagedBody(digest, len(body), Path(name))
+
+    def discard(self, staged: StagedBody | None) -> None:
+        """Removes a staged body that was not stored (a refused upload)."""
+        if staged is not None and staged.temporary is not None:
+            staged.temporary.unlink(missing_ok=True)
+
+    def add_message(self, message: StoredMessage, *, staged: StagedBody | None = None) -> None:
+        """Stores a message; its body, if large, as a synced file named by its digest.
+
+        Args:
+            staged: the body already written by :meth:`stage_body` (moved into place here).
+        """
+        if staged is None:
+            staged = self.stage_body(message.body, message.digest)
+        in_file = staged.size > INLINE_BODY_BYTES
+        if in_file:
+            if staged.temporary is None or staged.digest != message.digest:
+                raise ValueError(f"message {message.message_id}: its staged body is used or belongs to another message")
+            os.replace(staged.temporary, self._blob(message.digest))
+            staged.temporary = None
+            _fsync_dir(self.blob_dir)
         with self.transaction() as db:
             db.execute(
-                "INSERT INTO messages VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                f"INSERT INTO messages ({_MESSAGE_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (message.message_id, message.job_id, message.round_index, message.stage, message.site, message.digest,
-                 message.body, message.received_at),
+                 b"" if in_file else message.body, message.received_at, int(in_file)),
             )
 
     def messages(self, job_id: str, round_index: int, stage: str) -> list[StoredMessage]:
         rows = self._connection().execute(
-            "SELECT * FROM messages WHERE job_id = ? AND round_index = ? AND stage = ? ORDER BY site",
+            f"SELECT {_MESSAGE_COLUMNS} FROM messages WHERE job_id = ? AND round_index = ? AND stage = ? ORDER BY site",
             (job_id, round_index, stage),
         )
-        return [StoredMessage(*row) for row in rows]
+        return [self._message(row, body=True) for row in rows]
+
+    def _collect_garbage(self) -> None:
+        """Removes body files no row names: staged uploads of a process that crashed."""
+        db = self._connection()
+        referenced = {row[0] for row in db.execute("SELECT digest FROM messages WHERE in_file = 1")}
+        referenced |= {row[0] for row in db.execute("SELECT digest FROM results WHERE digest IS NOT NULL")}
+        for path in self.blob_dir.iterdir():
+            if path.name not in referenced:
+                path.unlink(missing_ok=True)
 
     # ------------------------------------------------------------------ declines and results
 
@@ -268,12 +403,20 @@ class Store:
         return {site: reason for site, reason in rows}
 
     def finish_with_results(self, job_id: str, results: Sequence[tuple[str, str, bytes]]) -> None:
-        """Stores the results and marks the job done, in one transaction."""
+        """Stores the results and marks the job done, in one transaction (large tables as files first)."""
+        digests = {name: self._write_blob(body) for name, _, body in results if len(body) > INLINE_BODY_BYTES}
         with self.transaction() as db:
             for name, kind, body in results:
-                db.execute("INSERT OR REPLACE INTO results VALUES (?, ?, ?, ?)", (job_id, name, kind, body))
+                digest = digests.get(name)
+                db.execute(
+                    "INSERT OR REPLACE INTO results (job_id, name, kind, body, digest) VALUES (?, ?, ?, ?, ?)",
+                    (job_id, name, kind, b"" if digest else body, digest),
+                )
             db.execute("UPDATE jobs SET status = 'done', finished_at = ? WHERE job_id = ?", (time.time(), job_id))
 
     def results(self, job_id: str) -> dict[str, tuple[str, bytes]]:
-        rows = self._connection().execute("SELECT name, kind, body FROM results WHERE job_id = ?", (job_id,))
-        return {name: (kind, bytes(body)) for name, kind, body in rows}
+        rows = self._connection().execute("SELECT name, kind, body, digest FROM results WHERE job_id = ?", (job_id,))
+        return {
+            name: (kind, self._read_blob(digest, f"result {name} of job {job_id}") if digest else bytes(body))
+            for name, kind, body, digest in rows
+        }

@@ -14,6 +14,7 @@ from tests.federation import runtime_support as rs
 pytestmark = pytest.mark.network
 
 SITES = ("alpha", "beta", "gamma")
+LENGTH = 10_000
 
 
 def _wait_status(analyst, job_id: str, predicate, timeout: float = 60.0) -> dict:
@@ -39,7 +40,8 @@ def test_faults__coordinator_killed_mid_round_resumes_with_the_same_result(tmp_p
     try:
         with rs.connection(manifest.analysts[0].folder, manifest.coordinator_url, max_attempts=30) as analyst:
             rs.wait_until_serving(analyst)
-            spec = {"analysis": "secure_sum", "vector": {"source": "test", "length": 64}, "stage_timeout": 120}
+            # 10^4 int64 values: masked vectors above the store's inline limit, so they are files.
+            spec = {"analysis": "secure_sum", "vector": {"source": "test", "length": LENGTH}, "stage_timeout": 120}
             job_id = analyst.post_json("/v1/jobs", {"spec": spec})["job_id"]
             with rs.agent_threads(manifest, ["alpha", "beta"], max_idle=90):
                 # gamma advertises and shares keys, then stops: the job waits in masked_input
@@ -60,7 +62,7 @@ def test_faults__coordinator_killed_mid_round_resumes_with_the_same_result(tmp_p
     finally:
         rs.stop(process)
     assert summary["num_sites"] == 3
-    expected = sum(deterministic_vector(name, 64, "int") for name in SITES)
+    expected = sum(deterministic_vector(name, LENGTH, "int") for name in SITES)
     np.testing.assert_array_equal(table.column("sum").to_numpy(), expected)
     from pipeline.federation.audit import verify
 
