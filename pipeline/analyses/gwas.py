@@ -66,7 +66,7 @@ import pyarrow as pa
 
 from pipeline import schemas
 from pipeline.analyses import Result, RoundLayout, SiteContext
-from pipeline.analyses.census import CENSUS, minor_allele_count
+from pipeline.analyses.census import CENSUS
 from pipeline.analyses.pca import PCA, local_scores, pca_state_done
 from pipeline.analyses.stages import Stage, Staged
 from pipeline.dataset import Dataset
@@ -86,6 +86,8 @@ __all__ = [
     "gwas_table",
     "write_outputs",
     "causal_hits",
+    "demo_spec",
+    "run_federated_gwas",
 ]
 
 MOMENTS_ROUND = 0
@@ -265,6 +267,36 @@ def _variant_rows(state: Mapping[str, Any], dataset: Dataset):
             yield order[where[present]], block.call_dosage[present]
 
 
+_CALLS_CACHE: dict[str, list[tuple[np.ndarray, np.ndarray]]] = {}
+CALLS_CACHE_BYTES = 1 << 30
+"""Largest site genotype matrix kept in memory between Newton rounds (else re-read each round)."""
+
+
+def _complete_calls(state: Mapping[str, Any], dataset: Dataset, data: _SiteData, *, keep_in_memory: bool):
+    """(positions in the job's variant list, calls of the complete samples) per block.
+
+    With ``keep_in_memory`` (the Newton rounds) the blocks are kept for the next round
+    when they fit :data:`CALLS_CACHE_BYTES`: every round reads the same rows.
+    """
+    key = f"{Path(dataset.path).resolve()}:{hashlib.sha256(json.dumps(state['variant_ids']).encode()).hexdigest()}:{data.keep.sum()}"
+    if key in _CALLS_CACHE:
+        yield from _CALLS_CACHE[key]
+        return
+    kept: list[tuple[np.ndarray, np.ndarray]] | None = [] if keep_in_memory else None
+    size = 0
+    for rows, calls in _variant_rows(state, dataset):
+        calls = np.ascontiguousarray(calls[:, data.keep])
+        if kept is not None:
+            size += calls.nbytes
+            kept = kept if size <= CALLS_CACHE_BYTES else None
+            if kept is not None:
+                kept.append((rows, calls))
+        yield rows, calls
+    if kept is not None:
+        _CALLS_CACHE.clear()
+        _CALLS_CACHE[key] = kept
+
+
 # --------------------------------------------------------------------------- the regression stage
 
 
@@ -341,13 +373,13 @@ class Regression:
         v, k = len(state["variant_ids"]), covariates.shape[1]
         out = {"xtx": np.zeros((v, glm.packed_size(k))), "xty": np.zeros((v, k + 1)), "yty": np.zeros(v),
                "n": np.zeros(v, np.int64), "below_min": np.zeros(v, np.int64)}
-        for rows, calls in _variant_rows(state, dataset):
-            calls = calls[:, data.keep]
+        for rows, calls in _complete_calls(state, dataset, data, keep_in_memory=False):
             stats = glm.linear_statistics(calls, covariates, phenotype)
             for name in ("xtx", "xty", "yty"):
                 out[name][rows] = stats[name]
-            out["n"][rows] = np.rint(stats["n"]).astype(np.int64)
-            out["below_min"][rows] = _below_minimum(calls, site)
+            called = np.rint(stats["n"]).astype(np.int64)
+            out["n"][rows] = called
+            out["below_min"][rows] = _below_minimum(called, np.rint(stats["alt_count"]).astype(np.int64), site)
         return out
 
     def _logistic_site(self, state, dataset, site, data, covariates, phenotype) -> dict[str, np.ndarray]:
@@ -362,12 +394,12 @@ class Regression:
         if first:
             out.update({name: np.zeros(a, np.int64) for name in ("n", "n_case", "alt_count", "alt_case", "below_min")})
         case = phenotype == 1.0
-        for rows, calls in _variant_rows(state, dataset):
+        for rows, calls in _complete_calls(state, dataset, data, keep_in_memory=True):
             where = slot[rows]
             use = where >= 0
             if not use.any():
                 continue
-            calls = calls[use][:, data.keep]
+            calls = calls[use]
             stats = glm.logistic_statistics(calls, theta_all[rows[use]], covariates, phenotype)
             out["score"][where[use]] = stats["score"]
             out["information"][where[use]] = stats["information"]
@@ -378,7 +410,7 @@ class Regression:
                 out["n_case"][where[use]] = (called & case).sum(axis=1)
                 out["alt_count"][where[use]] = dosage.sum(axis=1)
                 out["alt_case"][where[use]] = dosage[:, case].sum(axis=1)
-                out["below_min"][where[use]] = _below_minimum(calls, site)
+                out["below_min"][where[use]] = _below_minimum(called.sum(axis=1), dosage.sum(axis=1), site)
         return out
 
     def coordinator_step(
@@ -475,16 +507,12 @@ def _design_status(n: np.ndarray, num_parameters: int) -> np.ndarray:
     return np.where(n <= num_parameters, glm.STATUS.index("TOO_FEW_SAMPLES"), 0).astype(np.int8)
 
 
-def _below_minimum(calls: np.ndarray, site: SiteContext) -> np.ndarray:
+def _below_minimum(called: np.ndarray, alt_count: np.ndarray, site: SiteContext) -> np.ndarray:
     """1 where the site's own minor allele count of a variant is non-zero and below its policy minimum.
 
     As DataSHIELD's ``nfilter.tab``, a count of 0 is not a small cell: no carrier to identify.
     """
-    called = calls >= 0
-    hom_ref = ((calls == 0) & called).sum(axis=1)
-    het = (calls == 1).sum(axis=1)
-    hom_alt = (calls == 2).sum(axis=1)
-    minor = minor_allele_count(hom_ref, het, hom_alt)
+    minor = np.minimum(alt_count, 2 * called - alt_count)
     return ((minor > 0) & (minor < site.min_allele_count)).astype(np.int64)
 
 
@@ -772,3 +800,41 @@ def causal_hits(gwas_tsv: Path | str, truth_tsv: Path | str, *, trait: str = "qu
                 "p_value": p_value, "significant": p_value is not None and p_value < threshold,
             })
     return hits
+
+
+def demo_spec(*, pcs: int = 4, phenotype: str = "quant_trait") -> dict[str, Any]:
+    """The demo's job: linear GWAS of the simulated trait on age, sex and ``pcs`` PCs."""
+    return {
+        "analysis": "gwas", "model": "linear", "phenotype": phenotype, "covariates": ["age", "sex"], "pcs": pcs,
+        "pca": {"window_bp": 2000, "maf": 0.05}, "maf": 0.01, "min_allele_count": 5, "stage_timeout": 300,
+    }
+
+
+def run_federated_gwas(datasets: Sequence[Path | str], out: Path | str, *, truth: Path | str | None = None, pcs: int = 4,
+                       force: bool = False) -> dict[str, Any]:
+    """``genofed federate`` of :func:`demo_spec` over local datasets, with the causal hits when ``truth`` is given.
+
+    Returns the federate summary plus ``causal_hits`` (see :func:`causal_hits`) and
+    ``text``: a few lines for a terminal (lambda_GC, hits, where the files are).
+    """
+    from pipeline.federation.local import federate
+
+    result = federate(list(datasets), demo_spec(pcs=pcs), out, force=force)
+    summary = result["summary"]
+    results = Path(result["results"])
+    lines = [
+        f"GWAS of quant_trait on age, sex and {pcs} PCs: {summary['num_samples']} samples, "
+        f"{summary['variants']['published']} variants published, {summary['variants']['genome_wide_significant']} "
+        f"with p < 5e-8, lambda_GC {summary['lambda_gc']}",
+    ]
+    if truth is not None:
+        hits = causal_hits(results / "gwas.tsv", truth)
+        result["causal_hits"] = hits
+        found = sum(hit["significant"] for hit in hits)
+        lines.append(f"  simulated causal variants at genome-wide significance: {found} of {len(hits)}")
+        for hit in hits:
+            p_text = "not tested" if hit["p_value"] is None else f"p = {hit['p_value']:.2e}"
+            lines.append(f"    {hit['chromosome']}:{hit['position']}  true effect {hit['effect']}  {p_text}")
+    lines.append(f"  results: {results / 'gwas.tsv'}, manhattan.png, qq.png")
+    result["text"] = "\n".join(lines)
+    return result

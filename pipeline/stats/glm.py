@@ -8,14 +8,16 @@ equal the pooled one:
 
 * linear model: ``X_v'X_v`` (only the unique entries of the symmetric matrix, "packed"),
   ``X_v'y``, ``y'y`` and ``n_v``, all over the called samples. ``C'C`` over the called
-  samples is ``C'C`` over all samples minus ``sum_{missing} c c'``, computed for every
-  variant at once from the missing mask (one matrix product), never per sample.
+  samples is ``C'C`` over all samples minus ``sum_{missing} c c'``, computed for a whole
+  tile of variants at once by one scatter-add over the tile's missing calls (few, so far
+  cheaper than a product with the dense missing mask).
 * logistic model, at the current coefficients ``theta_v``: the score ``X_v'(y - p)`` and
   the packed Fisher information ``X_v' W X_v``, for every variant at once.
 
-Site kernels are JAX functions of one variant, ``vmap``-ed over a tile of variants and
-``jit``-ed once per tile shape; they run in float64 (``jax.enable_x64`` around the call,
-never flipped globally) because the pooled fit must be exact to 1e-6. The coordinator's
+Site kernels are ``jit``-ed JAX functions of a tile of variants (the logistic one a
+function of one variant, ``vmap``-ed over the tile), compiled once per tile shape; they
+run in float64 (``jax.enable_x64`` around the call, never flipped globally) because the
+pooled fit must be exact to 1e-6. The coordinator's
 solves are batched numpy in float64.
 
 Packed order of a ``(k+1) x (k+1)`` matrix (genotype last): the upper triangle of the
@@ -100,31 +102,51 @@ def _covariate_products(covariates: np.ndarray) -> np.ndarray:
     return covariates[:, rows] * covariates[:, cols]
 
 
-def _linear_one(calls: jax.Array, covariates: jax.Array, phenotype: jax.Array, per_sample: jax.Array,
-                total: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array, jax.Array]:
-    """One variant's packed X'X, X'y, y'y and n over its called samples."""
+def _linear_tile_fn(calls: jax.Array, missing_variant: jax.Array, missing_sample: jax.Array, covariates: jax.Array,
+                    phenotype: jax.Array, per_sample: jax.Array, total: jax.Array
+                    ) -> tuple[jax.Array, jax.Array, jax.Array, jax.Array]:
+    """A tile's packed X'X, X'y, y'y and n over each variant's called samples.
+
+    The covariate block over the called samples is the total minus the sum of
+    ``per_sample`` rows over the missing calls, given as (variant, sample) pairs: missing
+    calls are few, so this scatter-add costs far less than a dense product with the
+    missing mask. Pairs padded to a fixed length point at variant ``tile`` (dropped).
+    """
+    tile = calls.shape[0]
     called = calls >= 0
     g = jnp.where(called, calls, 0).astype(jnp.float64)
-    missing = (~called).astype(jnp.float64)
-    base = total - missing @ per_sample  # [C'C triangle, C'y, y'y] over the called samples
+    correction = jax.ops.segment_sum(per_sample[missing_sample], missing_variant, num_segments=tile + 1)[:tile]
+    base = total[None, :] - correction  # [C'C triangle, C'y, y'y] over the called samples
     k = covariates.shape[1]
     cc_size = k * (k + 1) // 2
-    xtx = jnp.concatenate([base[:cc_size], g @ covariates, jnp.sum(g * g)[None]])
-    xty = jnp.concatenate([base[cc_size : cc_size + k], (g @ phenotype)[None]])
-    return xtx, xty, base[-1], jnp.sum(called).astype(jnp.float64)
+    cross = g @ jnp.concatenate([covariates, phenotype[:, None]], axis=1)  # [C'g, g'y]
+    xtx = jnp.concatenate([base[:, :cc_size], cross[:, :k], jnp.sum(g * g, axis=1)[:, None]], axis=1)
+    xty = jnp.concatenate([base[:, cc_size : cc_size + k], cross[:, k:]], axis=1)
+    return xtx, xty, base[:, -1], jnp.sum(called, axis=1).astype(jnp.float64)
 
 
-_linear_tile = jax.jit(jax.vmap(_linear_one, in_axes=(0, None, None, None, None)))
+_linear_tile = jax.jit(_linear_tile_fn)
+
+
+def _missing_pairs(tile: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(variant, sample) of the tile's missing calls, padded to a power of two (padding -> variant ``tile``)."""
+    variant, sample = np.nonzero(tile < 0)
+    size = max(256, 1 << int(np.ceil(np.log2(max(variant.size, 1)))))
+    padded_variant = np.full(size, tile.shape[0], np.int32)
+    padded_sample = np.zeros(size, np.int32)
+    padded_variant[: variant.size] = variant
+    padded_sample[: sample.size] = sample
+    return padded_variant, padded_sample
 
 
 def _tiles(call_dosage: np.ndarray, tile: int):
-    """(start, stop, padded int8 tile) over the rows; padding rows are all missing."""
+    """(start, stop, padded int8 tile) over the rows; padding rows are hom-ref (their results are dropped)."""
     num_variants = call_dosage.shape[0]
     for start in range(0, num_variants, tile):
         stop = min(start + tile, num_variants)
         part = call_dosage[start:stop]
         if stop - start < tile:
-            part = np.concatenate([part, np.full((tile - (stop - start), call_dosage.shape[1]), -1, np.int8)])
+            part = np.concatenate([part, np.zeros((tile - (stop - start), call_dosage.shape[1]), np.int8)])
         yield start, stop, np.ascontiguousarray(part, dtype=np.int8)
 
 
@@ -153,7 +175,8 @@ def linear_statistics(call_dosage: np.ndarray, covariates: np.ndarray, phenotype
     with jax.enable_x64(True):
         arguments = (jnp.asarray(covariates), jnp.asarray(phenotype), jnp.asarray(per_sample), jnp.asarray(total))
         for start, stop, tile in _tiles(call_dosage, tile_variants(num_samples)):
-            results = _linear_tile(jnp.asarray(tile), *arguments)
+            missing_variant, missing_sample = _missing_pairs(tile)
+            results = _linear_tile(jnp.asarray(tile), jnp.asarray(missing_variant), jnp.asarray(missing_sample), *arguments)
             for name, values in zip(("xtx", "xty", "yty", "n"), results):
                 out[name][start:stop] = np.asarray(values)[: stop - start]
     out["alt_count"] = out["xtx"][:, k * (k + 1) // 2].copy()  # C'g with c_0 = 1: the ALT allele count
