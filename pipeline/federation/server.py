@@ -61,6 +61,9 @@ MAX_WAIT_SECONDS = 30.0
 MAX_CONTROL_BYTES = 1 << 20
 """Largest JSON control body (job specs, declines)."""
 
+MAX_JSON_DEPTH = 32
+"""Deepest nesting of arrays and objects in a JSON control body (a job spec needs a few)."""
+
 PEER_CERT_STATE_KEY = "genofed.peer_certificate_der"
 _TICK_SECONDS = 0.25
 _POLL_SECONDS = 0.05
@@ -147,9 +150,26 @@ async def _json_body(request: Request) -> dict[str, Any]:
         value = json.loads(body)
     except (json.JSONDecodeError, UnicodeDecodeError) as error:
         raise ProtocolError(f"request body is not valid JSON ({error})") from None
+    except RecursionError:
+        raise ProtocolError(f"request body nests arrays or objects deeper than {MAX_JSON_DEPTH} levels") from None
     if not isinstance(value, dict):
         raise ProtocolError("request body must be a JSON object")
+    if _json_depth(value) > MAX_JSON_DEPTH:
+        raise ProtocolError(f"request body nests arrays or objects deeper than {MAX_JSON_DEPTH} levels")
     return value
+
+
+def _json_depth(value: Any) -> int:
+    """Nesting depth of a decoded JSON value (iterative: no recursion limit to hit)."""
+    deepest, stack = 0, [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, (dict, list)):
+            deepest = max(deepest, depth)
+            if depth > MAX_JSON_DEPTH:
+                break
+            stack.extend((child, depth + 1) for child in (item.values() if isinstance(item, dict) else item))
+    return deepest
 
 
 def _int_param(request: Request, name: str) -> int:
@@ -160,42 +180,129 @@ def _int_param(request: Request, name: str) -> int:
 
 
 def openapi_document() -> dict[str, Any]:
-    """The OpenAPI 3.1 description of the coordinator's API (served at /openapi.json)."""
+    """The OpenAPI 3.1 description of the coordinator's API (served at /openapi.json).
 
-    def op(summary: str, role: str, responses: dict[str, str], *, body: str | None = None, params: tuple[str, ...] = ()) -> dict[str, Any]:
-        out: dict[str, Any] = {
-            "summary": summary,
-            "description": f"Caller role: {role} (client certificate, mutual TLS).",
-            "responses": {code: {"description": text} for code, text in responses.items()},
-        }
-        if params:
-            out["parameters"] = [
-                {"name": p, "in": "query" if p in ("wait", "active") else "path", "required": p not in ("wait", "active"), "schema": {"type": "string"}}
-                for p in params
-            ]
-        if body is not None:
-            out["requestBody"] = {"required": True, "content": {body: {"schema": {"type": "object"} if body == "application/json" else {"type": "string", "format": "binary"}}}}
+    Parameters, bodies and answers are described as the server checks them, so a
+    fuzzer driven by this document (``tests/federation/test_fuzz.py``) reaches the
+    handlers' own validation rather than only the router's 404s.
+    """
+    from pipeline.analyses import REGISTRY
+    from pipeline.federation.jobs import KEYS_STAGE
+    from pipeline.secagg.protocol import Stage
+
+    arrow = wire.ARROW_MEDIA_TYPE
+    error = {"$ref": "#/components/schemas/Error"}
+
+    def answers(codes: dict[str, str], *, ok_schema: dict[str, Any] | None = None, ok_media: str = "application/json") -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for code, text in codes.items():
+            if code.startswith("2"):
+                media = {ok_media: {"schema": ok_schema or ({"type": "string", "format": "binary"} if ok_media == arrow else {"type": "object"})}}
+            else:
+                media = {"application/json": {"schema": error}}
+            out[code] = {"description": text, "content": media}
         return out
 
-    common = {"403": "caller not enrolled with this role", "404": "unknown job"}
-    arrow = wire.ARROW_MEDIA_TYPE
+    def op(summary: str, role: str, codes: dict[str, str], *, params: tuple[dict[str, Any], ...] = (),
+           body: dict[str, Any] | None = None, ok_schema: dict[str, Any] | None = None, ok_media: str = "application/json") -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "summary": summary,
+            "description": f"Caller role: {role} (client certificate from the federation CA, mutual TLS).",
+            "responses": answers({**codes, "403": f"the caller is not an enrolled {role}"}, ok_schema=ok_schema, ok_media=ok_media),
+        }
+        if params:
+            out["parameters"] = list(params)
+        if body is not None:
+            out["requestBody"] = {"required": True, "content": body}
+        return out
+
+    def path_param(name: str, schema: dict[str, Any], text: str) -> dict[str, Any]:
+        return {"name": name, "in": "path", "required": True, "schema": schema, "description": text}
+
+    job_id = path_param("job_id", {"type": "string", "minLength": 1, "maxLength": 200}, "a job ID from POST /v1/jobs")
+    round_index = path_param("round_index", {"type": "integer", "minimum": 0}, "the round, from 0")
+    stage = path_param("stage", {"type": "string", "enum": [KEYS_STAGE, *(s.value for s in Stage)]}, "the stage of the round")
+    message_id = path_param("message_id", {"type": "string", "pattern": "^[A-Za-z0-9._-]{8,128}$"},
+                            "the site's ID for this payload: the same ID and bytes again are a duplicate, not a new message")
+    name = path_param("name", {"type": "string", "minLength": 1, "maxLength": 200}, "a table name from the results listing")
+    spec = {
+        "type": "object",
+        "required": ["analysis"],
+        "properties": {
+            "analysis": {"type": "string", "enum": sorted(REGISTRY)},
+            "sites": {"type": "array", "items": {"type": "string"}, "uniqueItems": True},
+            "threshold": {"type": "integer", "minimum": 2},
+            "stage_timeout": {"type": "number", "exclusiveMinimum": 0, "maximum": 86400},
+            "consistency_check": {"type": "boolean"},
+            "num_neighbours": {"type": "integer", "minimum": 1},
+            "description": {"type": "string"},
+        },
+        "additionalProperties": True,
+        "description": "runtime keys above; every other key is a parameter of the analysis",
+    }
+    common = {"404": "no such job"}
     return {
         "openapi": "3.1.0",
         "info": {"title": "genofed coordinator", "version": "1", "description": __doc__.split("\n\n")[0]},
+        "components": {
+            "schemas": {
+                "Error": {
+                    "type": "object",
+                    "required": ["error", "detail"],
+                    "properties": {"error": {"type": "string"}, "detail": {"type": "string"}},
+                },
+            },
+        },
         "paths": {
-            "/v1/health": {"get": op("Liveness and the federation's name", "any enrolled participant", {"200": "ok"})},
-            "/v1/jobs": {"post": op("Submit a job spec ({'spec': {...}})", "analyst", {"201": "job created", "422": "invalid spec", **common}, body="application/json")},
-            "/v1/jobs/{job_id}": {"get": op("Job status", "analyst", {"200": "status", **common}, params=("job_id",))},
-            "/v1/jobs/{job_id}/results": {"get": op("Result summary and table names", "analyst", {"200": "results", "409": "job not done", **common}, params=("job_id",))},
-            "/v1/jobs/{job_id}/results/{name}": {"get": op("One result table (Arrow IPC stream)", "analyst", {"200": arrow, **common}, params=("job_id", "name"))},
-            "/v1/site/work": {"get": op("Long poll (up to ?wait= seconds) for the next task; ?active= the job IDs the site knows as running (answers at once when they changed)", "site", {"200": "a task or null, and the site's active jobs", "403": common["403"]}, params=("wait", "active"))},
-            "/v1/site/jobs/{job_id}/rounds/{round_index}/state": {"get": op("Public job state a round started from", "site", {"200": "JSON", **common}, params=("job_id", "round_index"))},
-            "/v1/site/jobs/{job_id}/rounds/{round_index}/stages/{stage}/message": {"get": op("The server's protocol message for this site and stage (Arrow IPC)", "site", {"200": arrow, "409": "another stage is in progress", **common}, params=("job_id", "round_index", "stage"))},
+            "/v1/health": {"get": op("Liveness and the federation's name", "site or analyst", {"200": "ok"})},
+            "/v1/jobs": {"post": op(
+                "Submit a job spec", "analyst",
+                {"201": "job created", "413": "body too large", "422": "not JSON, or an invalid spec (the detail names the key)"},
+                body={"application/json": {"schema": {"type": "object", "required": ["spec"], "properties": {"spec": spec}}}},
+                ok_schema={"type": "object", "required": ["job_id"], "properties": {"job_id": {"type": "string"}}},
+            )},
+            "/v1/jobs/{job_id}": {"get": op("Job status", "analyst", {"200": "status", **common}, params=(job_id,))},
+            "/v1/jobs/{job_id}/results": {"get": op(
+                "Result summary and table names", "analyst", {"200": "results", "409": "the job is not done", **common}, params=(job_id,))},
+            "/v1/jobs/{job_id}/results/{name}": {"get": op(
+                "One result table (Arrow IPC stream)", "analyst", {"200": "the table", **common, "409": "the job is not done"},
+                params=(job_id, name), ok_media=arrow)},
+            "/v1/site/work": {"get": op(
+                "Long poll for the site's next task", "site",
+                {"200": "a task or null, and the site's active jobs", "422": "wait is not a number"},
+                params=(
+                    {"name": "wait", "in": "query", "required": False, "schema": {"type": "number", "minimum": 0, "maximum": MAX_WAIT_SECONDS},
+                     "description": "seconds to wait for a task (longer values are capped)"},
+                    {"name": "active", "in": "query", "required": False, "schema": {"type": "string"},
+                     "description": "comma-separated job IDs the site knows as running: the answer comes at once when they changed"},
+                ),
+                ok_schema={"type": "object", "required": ["task", "active_jobs"],
+                           "properties": {"task": {"type": ["object", "null"]}, "active_jobs": {"type": "array", "items": {"type": "string"}}}},
+            )},
+            "/v1/site/jobs/{job_id}/rounds/{round_index}/state": {"get": op(
+                "Public job state a round started from", "site", {"200": "the state (JSON)", "404": "no such job or round"},
+                params=(job_id, round_index))},
+            "/v1/site/jobs/{job_id}/rounds/{round_index}/stages/{stage}/message": {"get": op(
+                "The server's protocol message for this site and stage (Arrow IPC)", "site",
+                {"200": "the message", "404": "no such job, or no message for this site", "409": "another round or stage is in progress",
+                 "422": "malformed round index"},
+                params=(job_id, round_index, stage), ok_media=arrow)},
             "/v1/site/jobs/{job_id}/rounds/{round_index}/stages/{stage}/messages/{message_id}": {"put": op(
                 "Upload this site's protocol message for a stage (idempotent by message id)", "site",
-                {"201": "accepted", "200": "duplicate of an accepted message", "409": "another round/stage, replay, or id reused with other content", "413": "too large", "422": "malformed", **common},
-                body=arrow, params=("job_id", "round_index", "stage", "message_id"))},
-            "/v1/site/jobs/{job_id}/decline": {"post": op("Refuse a job (site policy)", "site", {"200": "recorded", **common}, body="application/json", params=("job_id",))},
+                {"201": "accepted", "200": "duplicate of an accepted message", "404": "no such job",
+                 "409": "another round or stage, a replay, or the id reused with other content", "413": "too large",
+                 "422": "malformed message or parameters"},
+                params=(job_id, round_index, stage, message_id),
+                body={arrow: {"schema": {"type": "string", "format": "binary"}}},
+                ok_schema={"type": "object", "required": ["status", "message_id", "digest"],
+                           "properties": {"status": {"enum": ["accepted", "duplicate"]}, "message_id": {"type": "string"}, "digest": {"type": "string"}}},
+            )},
+            "/v1/site/jobs/{job_id}/decline": {"post": op(
+                "Refuse a job (site policy)", "site", {"200": "recorded", "413": "body too large", "422": "no reason given", **common},
+                params=(job_id,),
+                body={"application/json": {"schema": {"type": "object", "required": ["reason"],
+                                                      "properties": {"reason": {"type": "string", "minLength": 1, "maxLength": 2000}}}}},
+            )},
         },
     }
 

@@ -236,6 +236,8 @@ def decode_message(data: bytes) -> Message:
         header = json.loads(metadata[HEADER_KEY])
     except (json.JSONDecodeError, UnicodeDecodeError) as error:
         raise ProtocolError(f"malformed protocol message header: {error}") from None
+    except RecursionError:
+        raise ProtocolError("malformed protocol message header: nested too deeply") from None
     if not isinstance(header, dict) or header.get("wire_version") != WIRE_VERSION:
         raise ProtocolError(f"protocol message header must be an object with wire_version {WIRE_VERSION}")
     kind = header.get("type")
