@@ -100,7 +100,7 @@ _CENSUS_KEYS = ("min_allele_count", "min_call_rate", "hwe_p", "maf", "max_sample
 _DEFAULTS: dict[str, Any] = {
     "model": "linear", "covariates": [], "pcs": 0, "pca": {}, "min_allele_count": 5, "min_call_rate": 0.95,
     "hwe_p": 1e-6, "maf": 0.0, "max_samples_per_site": 1_000_000, "max_abs_z": 100.0, "max_iterations": 25,
-    "tolerance": 1e-8,
+    "tolerance": 1e-8, "firth": True,
 }
 
 
@@ -139,6 +139,8 @@ def parse_gwas_spec(spec: Mapping[str, Any]) -> dict[str, Any]:
     p["max_samples_per_site"] = _number(p["max_samples_per_site"], "max_samples_per_site", 1, 2**31 - 1, integer=True)
     p["max_iterations"] = _number(p["max_iterations"], "max_iterations", 1, 1000, integer=True)
     p["tolerance"] = _number(p["tolerance"], "tolerance", 1e-14, 1e-2)
+    if not isinstance(p["firth"], bool):
+        raise ConfigurationError(f"gwas: firth must be true or false, got {p['firth']!r}")
     p["pca"] = dict(p["pca"])
     p["covariates"] = list(covariates)
     return p
@@ -341,9 +343,10 @@ class Regression:
                 _float_field("xtx", (v, packed), bound, sites), _float_field("xty", (v, k + 1), bound, sites),
                 _float_field("yty", (v,), bound, sites), _int_field("n", (v,), n_max), _int_field("below_min", (v,), 1),
             ))
-        active = len(decode_array(state["active"]))
+        firth = state.get("firth")
+        active = len(decode_array((firth or state)["active"]))
         fields = [_float_field("score", (active, k + 1), bound, sites), _float_field("information", (active, packed), bound, sites)]
-        if state["iteration"] == 0:
+        if firth is None and state["iteration"] == 0:
             fields += [_int_field(name, (active,), 2 * n_max) for name in ("n", "n_case", "alt_count", "alt_case")]
             fields.append(_int_field("below_min", (active,), 1))
         return Layout(tuple(fields))
@@ -383,14 +386,23 @@ class Regression:
         return out
 
     def _logistic_site(self, state, dataset, site, data, covariates, phenotype) -> dict[str, np.ndarray]:
-        active = decode_array(state["active"])
-        theta_all = decode_array(state["theta"])
         k = covariates.shape[1]
+        firth = state.get("firth")
+        if firth is None:
+            active = decode_array(state["active"])
+            theta_active = decode_array(state["theta"])[active]
+            inverse = None
+        else:
+            firth_active = decode_array(firth["active"])
+            active = decode_array(firth["index"])[firth_active]
+            theta_active = decode_array(firth["theta"])[firth_active]
+            inverse = (glm.unpack_symmetric(decode_array(firth["inverse"])[firth_active], k) if firth["stage"] == "score"
+                       else np.zeros((len(active), k + 1, k + 1)))
         slot = np.full(len(state["variant_ids"]), -1, np.int64)
         slot[active] = np.arange(len(active))
         a = len(active)
         out = {"score": np.zeros((a, k + 1)), "information": np.zeros((a, glm.packed_size(k)))}
-        first = state["iteration"] == 0
+        first = firth is None and state["iteration"] == 0
         if first:
             out.update({name: np.zeros(a, np.int64) for name in ("n", "n_case", "alt_count", "alt_case", "below_min")})
         case = phenotype == 1.0
@@ -400,7 +412,10 @@ class Regression:
             if not use.any():
                 continue
             calls = calls[use]
-            stats = glm.logistic_statistics(calls, theta_all[rows[use]], covariates, phenotype)
+            if inverse is None:
+                stats = glm.logistic_statistics(calls, theta_active[where[use]], covariates, phenotype)
+            else:
+                stats = glm.firth_statistics(calls, theta_active[where[use]], inverse[where[use]], covariates, phenotype)
             out["score"][where[use]] = stats["score"]
             out["information"][where[use]] = stats["information"]
             if first:
@@ -421,6 +436,8 @@ class Regression:
             return self._moments(state, total), False, None
         if state["parameters"]["model"] == "linear":
             return dict(state), True, self._linear_result(state, total, num_sites)
+        if state.get("firth") is not None:
+            return self._firth(state, total, num_sites)
         return self._newton(state, total, num_sites)
 
     def _moments(self, state: Mapping[str, Any], total: Mapping[str, np.ndarray]) -> dict[str, Any]:
@@ -487,14 +504,77 @@ class Regression:
         if still.size and iteration < int(p["max_iterations"]):
             return state, False, None
         counts = {name: decode_array(values) for name, values in counts_json.items()}
+        design = _design_status(counts["n"], counts["alt_count"], len(state["columns"]) + 2)
+        status = np.where(design != 0, design, status)
+        failed = np.flatnonzero(np.isin(status, (glm.STATUS.index("SEPARATION"), glm.STATUS.index("UNFINISHED"))))
+        state = {**state, "status": encode_array(status)}
+        if p["firth"] and failed.size:
+            # plink2's firth-fallback: these variants are refitted with Firth's penalized likelihood.
+            k = len(state["columns"]) + 1
+            start = np.zeros((failed.size, k + 1))
+            cases = float(state["moments"]["mean"][-1])
+            start[:, 0] = math.log(cases / (1.0 - cases))
+            state["firth"] = {"index": encode_array(_compact(failed)), "active": encode_array(_compact(np.arange(failed.size))),
+                              "theta": encode_array(start), "inverse": None, "iteration": 0, "stage": "information",
+                              "variance": encode_array(np.full(failed.size, np.nan)),
+                              "status": encode_array(np.full(failed.size, glm.STATUS.index("FIRTH_CONVERGE_FAIL"), np.int8))}
+            return state, False, None
+        return state, True, self._logistic_result(state, num_sites)
+
+    def _firth(self, state: Mapping[str, Any], total: Mapping[str, np.ndarray], num_sites: int) -> tuple[dict[str, Any], bool, Result | None]:
+        """One round of Firth-penalized Newton-Raphson for the variants the plain fit could not handle.
+
+        An iteration is two rounds at the same coefficients: ``information`` (the sum of
+        the sites' Fisher information, whose inverse becomes public) and ``score`` (each
+        site's modified score, whose hat diagonal needs that inverse), then the step
+        ``I^-1 U*``, at most 5 per coefficient as logistf's ``maxstep``.
+        """
+        p = state["parameters"]
+        firth = dict(state["firth"])
+        k = len(state["columns"]) + 1
+        active = decode_array(firth["active"])
+        theta = decode_array(firth["theta"])
+        variance = decode_array(firth["variance"])
+        status = decode_array(firth["status"])
+        count = len(decode_array(firth["index"]))
+        inverse = decode_array(firth["inverse"]) if firth["inverse"] is not None else np.zeros((count, glm.packed_size(k)))
+        step = glm.newton_step(theta[active], np.asarray(total["score"]), np.asarray(total["information"]))
+        inverse[active] = glm.pack_symmetric(step.inverse, k)
+        variance[active] = step.variance
+        if firth["stage"] == "information":
+            still = active
+        else:
+            theta[active] = step.theta
+            diverged = ~np.isfinite(step.step) | (np.max(np.abs(step.theta[:, 1:]), axis=1) > MAX_COEFFICIENT)
+            converged = (step.step <= float(p["tolerance"])) & ~diverged
+            status[active[converged]] = glm.STATUS.index("OK")
+            still = active[~(diverged | converged)]
+        iteration = int(firth["iteration"]) + (firth["stage"] == "score")
+        firth.update(active=encode_array(_compact(still)), theta=encode_array(theta), inverse=encode_array(inverse),
+                     variance=encode_array(variance), status=encode_array(status), iteration=iteration,
+                     stage="score" if firth["stage"] == "information" else "information")
+        state = {**state, "firth": firth}
+        if still.size and iteration < int(p["max_iterations"]):
+            return state, False, None
+        return state, True, self._logistic_result(state, num_sites)
+
+    def _logistic_result(self, state: Mapping[str, Any], num_sites: int) -> Result:
+        counts = {name: decode_array(values) for name, values in state["counts"].items()}
+        theta = decode_array(state["theta"])
+        variance = decode_array(state["variance"])
+        status = decode_array(state["status"])
+        firth_used = np.zeros(len(status), bool)
+        if state.get("firth") is not None:
+            index = decode_array(state["firth"]["index"])
+            theta[index] = decode_array(state["firth"]["theta"])
+            variance[index] = decode_array(state["firth"]["variance"])
+            status[index] = decode_array(state["firth"]["status"])
+            firth_used[index] = True
         beta = theta[:, -1]
         se, z, p_value = glm.wald_test(beta, variance)
-        design = _design_status(counts["n"], len(state["columns"]) + 2)
-        status = np.where((status == 0) & (design != 0), design, status)
-        ok = status == 0
-        nan = np.where(ok, 1.0, np.nan)
-        return state, True, _result(state, beta * nan, se * nan, z * nan, p_value * nan, status, counts["n"],
-                                    counts["alt_count"].astype(np.float64), counts["below_min"], num_sites)
+        nan = np.where(status == 0, 1.0, np.nan)
+        return _result(state, beta * nan, se * nan, z * nan, p_value * nan, status, counts["n"],
+                       counts["alt_count"].astype(np.float64), counts["below_min"], num_sites, firth=firth_used)
 
 
 def _compact(values: np.ndarray) -> np.ndarray:
@@ -503,8 +583,10 @@ def _compact(values: np.ndarray) -> np.ndarray:
     return values.astype(np.int32) if values.size == 0 or np.abs(values).max() < 2**31 else values
 
 
-def _design_status(n: np.ndarray, num_parameters: int) -> np.ndarray:
-    return np.where(n <= num_parameters, glm.STATUS.index("TOO_FEW_SAMPLES"), 0).astype(np.int8)
+def _design_status(n: np.ndarray, alt_count: np.ndarray, num_parameters: int) -> np.ndarray:
+    """TOO_FEW_SAMPLES or CONST_ALLELE from the summed counts (0 where the design is fine)."""
+    status = np.where((alt_count == 0) | (alt_count == 2 * n), glm.STATUS.index("CONST_ALLELE"), 0)
+    return np.where(n <= num_parameters, glm.STATUS.index("TOO_FEW_SAMPLES"), status).astype(np.int8)
 
 
 def _below_minimum(called: np.ndarray, alt_count: np.ndarray, site: SiteContext) -> np.ndarray:
@@ -553,7 +635,8 @@ def gwas_table(variant_ids: Sequence[str], beta: np.ndarray, se: np.ndarray, eaf
 
 
 def _result(state: Mapping[str, Any], beta: np.ndarray, se: np.ndarray, statistic: np.ndarray, p_value: np.ndarray,
-            status: np.ndarray, n: np.ndarray, alt_count: np.ndarray, below_min: np.ndarray, num_sites: int) -> Result:
+            status: np.ndarray, n: np.ndarray, alt_count: np.ndarray, below_min: np.ndarray, num_sites: int,
+            *, firth: np.ndarray | None = None) -> Result:
     p = state["parameters"]
     ids = np.asarray(state["variant_ids"], dtype=object)
     status = np.asarray(status, np.int8).copy()
@@ -568,6 +651,7 @@ def _result(state: Mapping[str, Any], beta: np.ndarray, se: np.ndarray, statisti
         "variant_id": pa.array([str(v) for v in ids], pa.string()),
         "status": pa.array([glm.STATUS[s] for s in status], pa.string()),
         "statistic": pa.array(np.where(ok_mask, statistic, np.nan), pa.float64(), mask=~ok_mask),
+        "firth": pa.array(np.zeros(len(ids), bool) if firth is None else firth, pa.bool_()),
     })
     tested = p_value[ok_mask]
     lam = glm.genomic_inflation(tested)
@@ -598,6 +682,8 @@ def _result(state: Mapping[str, Any], beta: np.ndarray, se: np.ndarray, statisti
     }
     if p["model"] == "logistic":
         summary["newton_rounds"] = int(state["iteration"])
+        summary["firth"] = {"enabled": bool(p["firth"]), "variants": int(0 if firth is None else firth.sum()),
+                            "rounds": int(state["firth"]["iteration"]) if state.get("firth") else 0}
     return Result(summary=summary, tables={"gwas": table, "gwas_status": status_table})
 
 

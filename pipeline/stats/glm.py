@@ -45,13 +45,16 @@ __all__ = [
     "tile_variants",
     "linear_statistics",
     "logistic_statistics",
+    "firth_statistics",
+    "pack_symmetric",
     "linear_fit",
     "newton_step",
     "wald_test",
     "genomic_inflation",
 ]
 
-STATUS = ("OK", "CONST_ALLELE", "VIF_TOO_HIGH", "TOO_FEW_SAMPLES", "SEPARATION", "UNFINISHED", "BELOW_SITE_MIN_ALLELE_COUNT", "NOT_TESTED")
+STATUS = ("OK", "CONST_ALLELE", "VIF_TOO_HIGH", "TOO_FEW_SAMPLES", "SEPARATION", "UNFINISHED", "BELOW_SITE_MIN_ALLELE_COUNT",
+          "NOT_TESTED", "FIRTH_CONVERGE_FAIL")
 """Per-variant outcome codes (plink2 ``--glm`` ERRCODE names where plink2 has one)."""
 
 MAX_VIF = 50.0
@@ -233,6 +236,69 @@ def logistic_statistics(call_dosage: np.ndarray, theta: np.ndarray, covariates: 
     return out
 
 
+def _firth_one(calls: jax.Array, theta: jax.Array, inverse: jax.Array, covariates: jax.Array, phenotype: jax.Array,
+               products: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """One variant's Firth-modified score and Fisher information at ``theta``.
+
+    The modified score is ``X'(y - p + h (1/2 - p))`` with the hat diagonal
+    ``h_i = w_i x_i' inverse x_i``; ``inverse`` is the public inverse information of the
+    previous round (zeros: the plain score).
+    """
+    called = calls >= 0
+    weight = called.astype(jnp.float64)
+    g = jnp.where(called, calls, 0).astype(jnp.float64)
+    x = jnp.concatenate([covariates, g[:, None]], axis=1)
+    p = jax.nn.sigmoid(x @ theta)
+    w = p * (1.0 - p) * weight
+    h = w * jnp.sum((x @ inverse) * x, axis=1)
+    score = x.T @ ((phenotype - p + h * (0.5 - p)) * weight)
+    wg = w * g
+    information = jnp.concatenate([w @ products, wg @ covariates, jnp.sum(wg * g)[None]])
+    return score, information
+
+
+_firth_tile = jax.jit(jax.vmap(_firth_one, in_axes=(0, 0, 0, None, None, None)))
+
+
+def firth_statistics(call_dosage: np.ndarray, theta: np.ndarray, inverse: np.ndarray, covariates: np.ndarray,
+                     phenotype: np.ndarray) -> dict[str, np.ndarray]:
+    """A site's Firth-penalized score and Fisher information for a block of variants.
+
+    Args:
+        call_dosage: (variants, samples) int8, negative = missing.
+        theta: (variants, k+1) current coefficients.
+        inverse: (variants, k+1, k+1) the federation's inverse information of the
+            previous round (zeros for the plain score).
+        covariates, phenotype: as :func:`logistic_statistics`.
+
+    Returns:
+        ``score`` (variants, k+1) and ``information`` (variants, packed).
+    """
+    covariates = np.asarray(covariates, np.float64)
+    phenotype = np.asarray(phenotype, np.float64)
+    num_variants, num_samples = call_dosage.shape
+    k = covariates.shape[1]
+    out = {"score": np.zeros((num_variants, k + 1)), "information": np.zeros((num_variants, packed_size(k)))}
+    tile_size = tile_variants(num_samples * (k + 1))
+    with jax.enable_x64(True):
+        arguments = (jnp.asarray(covariates), jnp.asarray(phenotype), jnp.asarray(_covariate_products(covariates)))
+        for start, stop, tile in _tiles(call_dosage, tile_size):
+            theta_tile = np.zeros((tile_size, k + 1))
+            inverse_tile = np.zeros((tile_size, k + 1, k + 1))
+            theta_tile[: stop - start] = theta[start:stop]
+            inverse_tile[: stop - start] = inverse[start:stop]
+            results = _firth_tile(jnp.asarray(tile), jnp.asarray(theta_tile), jnp.asarray(inverse_tile), *arguments)
+            for name, values in zip(("score", "information"), results):
+                out[name][start:stop] = np.asarray(values)[: stop - start]
+    return out
+
+
+def pack_symmetric(matrix: np.ndarray, num_covariates: int) -> np.ndarray:
+    """(..., k+1, k+1) symmetric matrices -> (..., P) packed entries (inverse of :func:`unpack_symmetric`)."""
+    rows, cols = packed_index(num_covariates)
+    return np.asarray(matrix)[..., rows, cols]
+
+
 class LinearFit(NamedTuple):
     """Per-variant OLS results (NaN where ``status`` is not OK)."""
 
@@ -319,6 +385,7 @@ class LogisticStep(NamedTuple):
     theta: np.ndarray  # (variants, k+1) updated coefficients
     step: np.ndarray  # (variants,) largest absolute change
     variance: np.ndarray  # (variants,) inverse-information diagonal entry of the genotype at the old theta
+    inverse: np.ndarray  # (variants, k+1, k+1) inverse information at the old theta (identity where singular)
 
 
 def newton_step(theta: np.ndarray, score: np.ndarray, information: np.ndarray, *, max_step: float = 5.0) -> LogisticStep:
@@ -341,7 +408,7 @@ def newton_step(theta: np.ndarray, score: np.ndarray, information: np.ndarray, *
     delta = np.where(bad[:, None], 0.0, delta * factor[:, None])
     step = np.where(bad, np.inf, np.max(np.abs(delta), axis=1))
     variance = np.where(bad, np.nan, inverse[:, -1, -1])
-    return LogisticStep(theta + delta, step, variance)
+    return LogisticStep(theta + delta, step, variance, inverse)
 
 
 def wald_test(beta: np.ndarray, variance: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

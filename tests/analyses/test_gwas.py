@@ -102,27 +102,57 @@ def test_gwas_logistic__secure_equals_pooled_irls(cohort, logistic_run):
     assert 3 <= logistic_run.result.summary["newton_rounds"] <= 10
 
 
-def test_gwas_logistic__separation_reported_not_fitted(tmp_path):
+@pytest.fixture(scope="module")
+def separated(tmp_path_factory):
+    """Two sites; variant 2: carriers are exactly the cases; variant 3: no ALT allele among controls."""
+    root = tmp_path_factory.mktemp("separation")
     ids = [f"chr1:{p}:A:G" for p in (10, 20, 30)]
     rng = np.random.default_rng(3)
-    paths = {}
-    for index, name in enumerate(("a", "b")):
+    paths, pooled = {}, []
+    for name in ("a", "b"):
         n = 80
         binary = (rng.random(n) < 0.5).astype(np.float64)
+        age = rng.normal(50, 5, n)
         calls = rng.binomial(2, 0.3, size=(3, n)).astype(np.int8)
-        calls[1] = np.where(binary == 1, 1, 0)  # carriers are exactly the cases: complete separation
-        calls[2] = np.where(binary == 0, 0, calls[2])  # no ALT allele among controls: quasi-separation
-        path = gs.rs.write_dataset(tmp_path / name, ids, calls)
-        gs.write_phenotypes(path, {"age": rng.normal(50, 5, n), "binary_trait": binary})
+        calls[1] = np.where(binary == 1, 1, 0)
+        calls[2] = np.where(binary == 0, 0, calls[2])
+        path = gs.rs.write_dataset(root / name, ids, calls)
+        gs.write_phenotypes(path, {"age": age, "binary_trait": binary})
         paths[name] = path
-    spec = {**LOGISTIC, "covariates": ["age"]}
-    run = run_in_memory(GWAS, spec, paths, secure=True, seed=1)
-    status = dict(zip(run.result.tables["gwas_status"].column("variant_id").to_pylist(),
-                      run.result.tables["gwas_status"].column("status").to_pylist()))
-    assert status == {ids[0]: "OK", ids[1]: "SEPARATION", ids[2]: "SEPARATION"}
+        pooled.append((calls, age, binary))
+    return ids, paths, pooled
+
+
+def _status(run) -> dict[str, str]:
+    table = run.result.tables["gwas_status"]
+    return dict(zip(table.column("variant_id").to_pylist(), table.column("status").to_pylist()))
+
+
+def test_gwas_logistic__separation_reported_without_firth(separated):
+    ids, paths, _ = separated
+    run = run_in_memory(GWAS, {**LOGISTIC, "covariates": ["age"], "firth": False}, paths, secure=True, seed=1)
+    assert _status(run) == {ids[0]: "OK", ids[1]: "SEPARATION", ids[2]: "SEPARATION"}
     rows = {r["variant_id"]: r for r in _rows(run)}
-    assert rows[ids[1]]["beta"] is None and rows[ids[1]]["p_value"] is None
+    assert rows[ids[1]]["beta"] is None and rows[ids[2]]["p_value"] is None
     assert rows[ids[0]]["beta"] is not None
+
+
+def test_gwas_logistic__firth_fallback_equals_pooled_firth(separated):
+    ids, paths, pooled = separated
+    run = run_in_memory(GWAS, {**LOGISTIC, "covariates": ["age"]}, paths, secure=True, seed=1)
+    status = _status(run)
+    firth = dict(zip(run.result.tables["gwas_status"].column("variant_id").to_pylist(),
+                     run.result.tables["gwas_status"].column("firth").to_pylist()))
+    assert status[ids[0]] == "OK" and not firth[ids[0]]
+    assert status[ids[2]] == "OK" and firth[ids[2]]
+    assert firth[ids[1]] and status[ids[1]] in ("OK", "FIRTH_CONVERGE_FAIL")
+    x = np.concatenate([np.column_stack([np.ones(len(a)), a, c[2].astype(float)]) for c, a, _ in pooled])
+    y = np.concatenate([b for _, _, b in pooled])
+    beta, se = gs.pooled_firth(x, y)
+    row = {r["variant_id"]: r for r in _rows(run)}[ids[2]]
+    assert row["beta"] == pytest.approx(beta, rel=1e-5)
+    assert row["standard_error"] == pytest.approx(se, rel=1e-5)
+    assert run.result.summary["firth"]["variants"] == 2
 
 
 def test_gwas__variants_below_a_site_minimum_withheld(cohort):
