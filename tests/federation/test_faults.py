@@ -1,4 +1,4 @@
-"""Faults across processes: the coordinator killed (SIGKILL) mid-round and restarted."""
+"""Faults across processes: the coordinator killed (SIGKILL) mid-round and restarted; a site agent process killed mid-round."""
 
 from __future__ import annotations
 
@@ -187,3 +187,82 @@ def test_faults__crash_between_rounds_reopens_the_next_round(census_data, tmp_pa
     reference = _census_run(tmp_path / "reference", census_data, crash_after=None)
     restarted = _census_run(tmp_path / "crash", census_data, crash_after=None, crash_in_add_round=True)
     assert restarted.equals(reference)
+
+
+# ---------------------------------------------------------------------------------------
+# A site agent process killed mid-round.
+
+
+def _start_site(config_path, log_path):
+    """``genofed site run`` as a child process that stays up between jobs (its own process group)."""
+    import subprocess
+    import sys
+
+    handle = open(log_path, "ab")
+    return subprocess.Popen(
+        [sys.executable, "-m", "pipeline.cli", "site", "run", "--config", str(config_path), "--max-idle", "120"],
+        stdout=handle, stderr=subprocess.STDOUT, cwd=rs.REPO, start_new_session=True,
+    )
+
+
+def test_faults__site_process_killed_after_sharing_keys_survivors_sum_is_exact(tmp_path):
+    import json
+    import threading
+
+    from pipeline.federation.audit import verify
+
+    datasets = {
+        name: rs.write_dataset(tmp_path / f"data-{name}", rs.variant_ids(range(100, 110)), rs.random_genotypes(i, 10, 12))
+        for i, name in enumerate(SITES)
+    }
+    manifest = rs.provision_federation(tmp_path / "fed", datasets)
+    configs = {site.name: site.config for site in manifest.sites}
+    processes = {}
+    with rs.ThreadedCoordinator(manifest.coordinator.config) as server, \
+            rs.connection(manifest.analysts[0].folder, manifest.coordinator_url) as analyst:
+        try:
+            processes = {name: _start_site(configs[name], tmp_path / f"{name}.log") for name in SITES}
+            # A first job brings every agent up and polling (imports take seconds), so the
+            # short stage deadline of the next job only ever closes the stage gamma misses.
+            warm_up = analyst.post_json("/v1/jobs", {"spec": {"analysis": "secure_sum", "vector": {"source": "test", "length": 4},
+                                                              "stage_timeout": 120}})["job_id"]
+            assert rs.wait_for_job(analyst, warm_up, timeout=120)["status"] == "done"
+
+            # gamma's agent is held back from its masked-input task (the engine answers its
+            # poll with no task, once), so it is SIGKILLed deterministically after sending its
+            # encrypted shares and before sending its masked vector.
+            engine = server.coordinator
+            next_task, held = engine.next_task, threading.Event()
+
+            def hold_gamma(site: str):
+                task = next_task(site)
+                if site == "gamma" and task is not None and task["job_id"] != warm_up and task["stage"] == "masked_input":
+                    held.set()
+                    return None
+                return task
+
+            engine.next_task = hold_gamma
+            spec = {"analysis": "secure_sum", "vector": {"source": "test", "length": LENGTH}, "stage_timeout": 4}
+            job_id = analyst.post_json("/v1/jobs", {"spec": spec})["job_id"]
+            assert held.wait(60), analyst.get_json(f"/v1/jobs/{job_id}")
+            at_kill = analyst.get_json(f"/v1/jobs/{job_id}")
+            assert (at_kill["status"], at_kill["round"], at_kill["stage"]) == ("running", 0, "masked_input"), at_kill
+            assert "gamma" in at_kill["waiting_for"], at_kill
+            rs.kill(processes["gamma"])
+            status = rs.wait_for_job(analyst, job_id, timeout=90)
+            assert status["status"] == "done", status
+            table = wire.decode_table(analyst.get_bytes(f"/v1/jobs/{job_id}/results/sum"))
+            summary = analyst.get_json(f"/v1/jobs/{job_id}/results")["summary"]
+        finally:
+            for process in processes.values():
+                rs.stop(process)
+    assert summary["num_sites"] == 2
+    expected = sum(deterministic_vector(name, LENGTH, "int") for name in ("alpha", "beta"))
+    np.testing.assert_array_equal(table.column("sum").to_numpy(), expected)
+    lines = (manifest.coordinator.folder / "audit.log").read_text().splitlines()
+    events = [(e["event"], e["fields"]) for e in map(json.loads, lines) if e["fields"].get("job_id") == job_id]
+    assert verify(manifest.coordinator.folder / "audit.log").ok
+    closed = [f for event, f in events if event == "stage.closed"]
+    assert [(f["stage"], f["sites"]) for f in closed][:2] == [("advertise_keys", list(SITES)), ("share_keys", list(SITES))]
+    assert ("masked_input", ["alpha", "beta"]) in [(f["stage"], f["sites"]) for f in closed]
+    assert [f["sites"] for event, f in events if event == "round.summed"] == [["alpha", "beta"]]
