@@ -110,6 +110,23 @@ def run_plink2(prefix: Path) -> tuple[float, dict[str, tuple[float, float]]]:
     return seconds, rows
 
 
+def stage_split(run: Path) -> str:
+    """Job time by stage from the coordinator's audit log (census = rounds 0-1, regression = the rest)."""
+    import json
+    from datetime import datetime
+
+    entries = [json.loads(line) for line in (run / "federation" / "coordinator" / "audit.log").read_text().splitlines()]
+
+    def when(event: str, **match: object) -> float:
+        for entry in entries:
+            if entry["event"] == event and all(entry["fields"].get(k) == v for k, v in match.items()):
+                return datetime.fromisoformat(entry["time"].replace("Z", "+00:00")).timestamp()
+        raise SystemExit(f"no {event} {match} in the coordinator's audit log")
+
+    submitted, regression, done = when("job.submitted"), when("round.opened", round=2), when("job.done")
+    return f"job: census stage {regression - submitted:.1f} s (includes the sites' start-up), regression stage {done - regression:.1f} s"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--samples", type=int, default=10_002)
@@ -128,13 +145,20 @@ def main() -> None:
     federated = time.perf_counter() - started
     job_seconds = float(summary["seconds"])
     print(f"federated (genofed federate, secure aggregation, Z_2^64): {federated:.1f} s total, {job_seconds:.1f} s "
-          f"from process start to results", flush=True)
+          f"from process start to results; {stage_split(root / 'run')}", flush=True)
 
     plain_spec = {k: v for k, v in SPEC.items() if k != "stage_timeout"}
+    marks: list[tuple[float, int]] = []
     started = time.perf_counter()
-    plain = run_in_memory(GWAS, plain_spec, sites)
+    plain = run_in_memory(GWAS, plain_spec, sites, on_round=lambda index, state: marks.append((time.perf_counter(), state["stage"])))
     in_memory = time.perf_counter() - started
-    print(f"same JAX kernels, plain sums, one process: {in_memory:.1f} s", flush=True)
+    ends = [t for t, _ in marks[1:]] + [started + in_memory]
+    per_stage: dict[str, float] = {}
+    for (begin, stage), end in zip(marks, ends):
+        name = GWAS.stages[stage].name
+        per_stage[name] = per_stage.get(name, 0.0) + end - begin
+    split = ", ".join(f"{name} {seconds:.1f} s" for name, seconds in per_stage.items())
+    print(f"same JAX kernels, plain sums, one process (sites one after another): {in_memory:.1f} s ({split})", flush=True)
     print(f"cost of privacy (federated / plain): {federated / in_memory:.2f}x", flush=True)
 
     table = plain.result.tables["gwas"]
