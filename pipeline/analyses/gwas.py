@@ -65,7 +65,7 @@ import numpy as np
 import pyarrow as pa
 
 from pipeline import schemas
-from pipeline.analyses import Result, RoundLayout, SiteContext
+from pipeline.analyses import Result, SiteContext
 from pipeline.analyses.census import CENSUS
 from pipeline.analyses.pca import PCA, local_scores, pca_state_done
 from pipeline.analyses.stages import Stage, Staged
@@ -325,7 +325,7 @@ class Regression:
         z = max(float(state["parameters"]["max_abs_z"]), 2.0)
         return n_max * z * z, n_max, int(state["num_participants"])
 
-    def layout(self, state: Mapping[str, Any], round_index: int) -> RoundLayout:
+    def layout(self, state: Mapping[str, Any], round_index: int) -> Layout:
         """Round 0: moments; then per-variant statistics (linear) or Newton rounds (logistic)."""
         bound, n_max, sites = self._clip(state)
         if round_index == MOMENTS_ROUND:
@@ -670,7 +670,7 @@ def _result(state: Mapping[str, Any], beta: np.ndarray, se: np.ndarray, statisti
                      "genome_wide_significant": int(np.count_nonzero(tested < 5e-8)), "status": counts},
         "lambda_gc": None if not math.isfinite(lam) else round(lam, 6),
         "top_hits": [{"variant_id": str(ids[i]), "beta": float(beta[i]), "p_value": float(p_value[i])} for i in order],
-        "test": "t (Student, n - k - 1 df), as plink2 --glm" if p["model"] == "linear" else "Wald z at the maximum-likelihood fit",
+        "test": "t (Student, n - k - 1 df), as plink2 --glm" if p["model"] == "linear" else "Wald z at the maximum-likelihood fit (Firth-penalized where gwas_status.firth)",
         "encoding": {"ring": "R64", "scale_bits": {f.name: f.encoding.scale_bits for f in layout.fields}},
         "parameters": {k: v for k, v in p.items() if k != "pca"},
         "disclosure": (
