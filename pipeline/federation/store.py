@@ -24,6 +24,7 @@ Bodies are checked against their digest when read back.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import os
@@ -298,7 +299,7 @@ class Store:
             return message
         if not body:
             return message
-        return StoredMessage(*fields[:6], self._read_blob(message.digest, f"message {message.message_id}"), fields[7])
+        return dataclasses.replace(message, body=self._read_blob(message.digest, f"message {message.message_id}"))
 
     def _read_blob(self, digest: str, what: str) -> bytes:
         path = self._blob(digest)
