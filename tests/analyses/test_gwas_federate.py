@@ -12,7 +12,7 @@ import pyarrow.parquet as pq
 import pytest
 import yaml
 
-from pipeline.analyses.gwas import GWAS, causal_hits, write_outputs
+from pipeline.analyses.gwas import GWAS, causal_hits, run_federated_gwas, write_outputs
 from pipeline.analyses.in_memory import run_in_memory
 from pipeline.federation.local import federate
 from pipeline.stats.glm import genomic_inflation
@@ -99,3 +99,20 @@ def test_gwas_simulated__pcs_remove_stratification_of_a_null_trait(simulated, tm
     assert without > 3.0
     assert 0.85 < with_pcs < 1.2, (without, with_pcs)
     assert genomic_inflation(np.array([0.5])) == pytest.approx(1.0)
+
+
+@pytest.mark.slow
+@pytest.mark.network
+def test_gwas_federate__demo_job_with_pcs_finds_causal_hits_and_sites_keep_scores(simulated, tmp_path):
+    cohort, datasets = simulated
+    result = run_federated_gwas(list(datasets.values()), tmp_path / "run", truth=cohort / "truth.tsv", pcs=4)
+    assert result["status"] == "done"
+    hits = result["causal_hits"]
+    assert len(hits) == 10 and all(hit["significant"] for hit in hits), result["text"]
+    results = Path(result["results"])
+    for name in ("pca_loadings.parquet", "pca_eigenvalues.parquet", "gwas.tsv", "manhattan.png", "qq.png"):
+        assert (results / name).is_file(), name
+    scores = sorted((tmp_path / "run" / "federation" / "sites").glob("*/**/pca_scores.parquet"))
+    assert len(scores) == 3, "each site keeps its own PC scores"
+    assert sum(pq.read_table(path).num_rows for path in scores) == sum(
+        pq.read_table(Path(d) / "samples.parquet").num_rows for d in datasets.values())
