@@ -653,6 +653,7 @@ def _result(state: Mapping[str, Any], beta: np.ndarray, se: np.ndarray, statisti
         "statistic": pa.array(np.where(ok_mask, statistic, np.nan), pa.float64(), mask=~ok_mask),
         "firth": pa.array(np.zeros(len(ids), bool) if firth is None else firth, pa.bool_()),
     })
+    status_table = schemas.conform(status_table, "gwas_status", source="gwas result")
     tested = p_value[ok_mask]
     lam = glm.genomic_inflation(tested)
     order = np.argsort(np.where(ok_mask, p_value, np.inf))[: min(10, int(ok_mask.sum()))]
@@ -678,7 +679,7 @@ def _result(state: Mapping[str, Any], beta: np.ndarray, se: np.ndarray, statisti
             "statistics (or Newton scores and information), and per variant the number of sites below their own minimum "
             "allele count; variants where that number is not 0 are withheld"
         ),
-        "schemas": {"gwas": schemas.load("gwas").version},
+        "schemas": {name: schemas.load(name).version for name in ("gwas", "gwas_status")},
     }
     if p["model"] == "logistic":
         summary["newton_rounds"] = int(state["iteration"])
