@@ -46,9 +46,11 @@ Spec (see ``workflows/gwas.yaml``)::
     hwe_p: 1.0e-6
     maf: 0.01
     max_samples_per_site: 1000000
+    max_abs_value: 10000          # bound of a raw covariate or phenotype value (moments round)
     max_abs_z: 100                # bound of a standardized covariate or phenotype value
-    max_iterations: 25            # logistic Newton rounds
+    max_iterations: 25            # logistic Newton rounds (and Firth iterations)
     tolerance: 1.0e-8             # logistic: largest coefficient change at convergence
+    firth: true                   # Firth-penalized refit of separated / unfinished variants
 """
 
 from __future__ import annotations
@@ -99,7 +101,7 @@ MAX_COEFFICIENT = 30.0
 _CENSUS_KEYS = ("min_allele_count", "min_call_rate", "hwe_p", "maf", "max_samples_per_site")
 _DEFAULTS: dict[str, Any] = {
     "model": "linear", "covariates": [], "pcs": 0, "pca": {}, "min_allele_count": 5, "min_call_rate": 0.95,
-    "hwe_p": 1e-6, "maf": 0.0, "max_samples_per_site": 1_000_000, "max_abs_z": 100.0, "max_iterations": 25,
+    "hwe_p": 1e-6, "maf": 0.0, "max_samples_per_site": 1_000_000, "max_abs_value": 1e4, "max_abs_z": 100.0, "max_iterations": 25,
     "tolerance": 1e-8, "firth": True,
 }
 
@@ -136,6 +138,7 @@ def parse_gwas_spec(spec: Mapping[str, Any]) -> dict[str, Any]:
     if not isinstance(p["pca"], Mapping):
         raise ConfigurationError(f"gwas: pca must be a mapping of PCA options, got {p['pca']!r}")
     p["max_abs_z"] = _number(p["max_abs_z"], "max_abs_z", 2.0, 1e4)
+    p["max_abs_value"] = _number(p["max_abs_value"], "max_abs_value", 1.0, 1e6)
     p["max_samples_per_site"] = _number(p["max_samples_per_site"], "max_samples_per_site", 1, 2**31 - 1, integer=True)
     p["max_iterations"] = _number(p["max_iterations"], "max_iterations", 1, 1000, integer=True)
     p["tolerance"] = _number(p["tolerance"], "tolerance", 1e-14, 1e-2)
@@ -330,9 +333,9 @@ class Regression:
         bound, n_max, sites = self._clip(state)
         if round_index == MOMENTS_ROUND:
             m = len(state["columns"]) + 1
-            # Sums of raw values up to 1e4 and of their squares; only used to standardize, so a few
-            # fractional bits suffice (the genotype's fit does not depend on the exact shift and scale).
-            raw_bound = n_max * 1e8
+            # Sums of raw values up to max_abs_value and of their squares; only used to standardize, so a
+            # few fractional bits suffice (the genotype's fit does not depend on the exact shift and scale).
+            raw_bound = n_max * float(state["parameters"]["max_abs_value"]) ** 2
             return Layout((_int_field("n_samples", (1,), n_max), _float_field("sum", (m,), raw_bound, sites, min_bits=2),
                            _float_field("sum_squares", (m,), raw_bound, sites, min_bits=2)))
         k = len(state["columns"]) + 1
@@ -364,8 +367,10 @@ class Regression:
             raise PolicyRefusal(f"site {site.name}: {len(data.phenotype)} samples exceed the job's max_samples_per_site {n_max}")
         if round_index == MOMENTS_ROUND:
             values = np.column_stack([data.raw, data.phenotype])
-            if values.size and np.max(np.abs(values)) > 1e4:
-                raise InputError(f"site {site.name}: a covariate or phenotype value exceeds 1e4 in absolute value; rescale that column")
+            limit = float(state["parameters"]["max_abs_value"])
+            if values.size and np.max(np.abs(values)) > limit:
+                raise InputError(f"site {site.name}: a covariate or phenotype value exceeds max_abs_value={limit:g} in absolute "
+                                 "value; rescale that column or raise max_abs_value in the job spec")
             return {"n_samples": np.array([len(data.phenotype)], np.int64), "sum": values.sum(axis=0), "sum_squares": (values**2).sum(axis=0)}
         covariates, phenotype = _design(data, state)
         if state["parameters"]["model"] == "linear":

@@ -273,3 +273,23 @@ def test_gwas__agrees_with_plink2_glm(cohort, linear_run, logistic_run, tmp_path
         assert -np.log10(float(theirs["P"])) == pytest.approx(-np.log10(row["p_value"]), abs=1e-3)
         compared += 1
     assert compared >= 40
+
+
+def test_gwas__outlying_covariate_refused_naming_the_column(tmp_path):
+    from pipeline.errors import InputError
+
+    ids = [f"chr1:{p}:A:G" for p in (10, 20)]
+    rng = np.random.default_rng(9)
+    paths = {}
+    for name in ("a", "b"):
+        calls = rng.binomial(2, 0.4, size=(2, 60)).astype(np.int8)
+        age = rng.normal(50, 1, 60)
+        if name == "b":
+            age[0] = 5000.0  # a unit error: far beyond max_abs_z standard deviations
+        path = gs.rs.write_dataset(tmp_path / name, ids, calls)
+        gs.write_phenotypes(path, {"age": age, "quant_trait": rng.normal(size=60)})
+        paths[name] = path
+    with pytest.raises(InputError, match="'age'.*max_abs_z"):
+        run_in_memory(GWAS, {**LINEAR, "covariates": ["age"], "max_abs_z": 5}, paths)
+    with pytest.raises(InputError, match="max_abs_value=1000"):
+        run_in_memory(GWAS, {**LINEAR, "covariates": ["age"], "max_abs_value": 1000}, paths)
