@@ -731,7 +731,7 @@ def gwas_stages() -> tuple[Stage, ...]:
     """census -> pca (when ``pcs > 0``) -> regression."""
     return (
         Stage("census", CENSUS, _census_spec, _census_carry),
-        Stage("pca", PCA, _pca_spec, _pca_carry),
+        Stage("pca", PCA, _pca_spec, _pca_carry, keep_tables=("pca_loadings", "pca_eigenvalues")),
         Stage("gwas", REGRESSION, _regression_spec, lambda result, state: {}),
     )
 
@@ -748,7 +748,8 @@ class Gwas(Staged):
 
     def site_finish(self, state: Mapping[str, Any], dataset: Dataset, site: SiteContext, out_dir: Path) -> dict[str, Any] | None:
         """Keeps this site's PC scores at the site (``pca_scores.parquet``) once the PCA stage is done."""
-        pca_state = state.get("carried", {}).get("pca_state") if isinstance(state.get("carried"), Mapping) else None
+        inner = state.get("inner")
+        pca_state = inner.get("pca_state") if isinstance(inner, Mapping) and int(state.get("stage", -1)) == len(self.stages) - 1 else None
         if pca_state is None:
             return None
         return PCA.site_finish(pca_state, dataset, site, out_dir)

@@ -12,8 +12,12 @@ analysis with one round counter:
   ``init(spec(job_spec, carried), participants)``, in the same coordinator step (no
   round is spent on the hand-over);
 * the final result is the last stage's, with every earlier summary under
-  ``summary["stages"][name]`` and the earlier tables kept (they travel in the state as
-  compressed Arrow IPC, because the state must be JSON).
+  ``summary["stages"][name]`` and the earlier tables a stage declares in ``keep_tables``
+  (they travel in the state as compressed Arrow IPC, because the state must be JSON;
+  the sites receive the state, so keep only tables the sites may see, e.g. PCA loadings
+  they hold anyway);
+* ``carried`` is dropped from the state once the last stage starts (it has been turned
+  into that stage's spec), so the state sent to the sites stays small.
 
 A stage whose ``spec`` returns ``None`` is skipped (``pcs: 0`` skips the PCA).
 """
@@ -45,12 +49,14 @@ class Stage:
         spec: ``(job spec, carried) -> stage spec``, or ``None`` to skip the stage.
         carry: ``(result, final stage state) -> JSON`` handed to the later stages (merged
             into ``carried``), e.g. the QC-passing variant IDs or a PCA's loadings.
+        keep_tables: names of the stage's result tables that go into the job's result.
     """
 
     name: str
     analysis: Analysis
     spec: Callable[[Mapping[str, Any], Mapping[str, Any]], Mapping[str, Any] | None]
     carry: Callable[[Result, Mapping[str, Any]], Mapping[str, Any]]
+    keep_tables: tuple[str, ...] = ()
 
 
 def table_to_json(table: pa.Table) -> str:
@@ -125,10 +131,11 @@ class Staged:
             earlier = {name: table_from_json(text) for name, text in state["tables"].items()}
             summary = {**dict(result.summary), "stages": {n: s for n, s in summaries.items() if n != stage.name}}
             return {**state, "inner": inner}, True, Result(summary=summary, tables={**earlier, **dict(result.tables)})
-        tables = {**state["tables"], **{name: table_to_json(table) for name, table in result.tables.items()}}
+        kept = {name: table_to_json(table) for name, table in result.tables.items() if name in stage.keep_tables}
+        tables = {**state["tables"], **kept}
         next_index, next_inner = self._start(remaining[0], state["job_spec"], carried, tuple(state["participants"]))
         next_state = {
-            **state, "stage": next_index, "offset": round_index + 1, "inner": next_inner, "carried": carried,
-            "summaries": summaries, "tables": tables,
+            **state, "stage": next_index, "offset": round_index + 1, "inner": next_inner,
+            "carried": {} if next_index == len(self.stages) - 1 else carried, "summaries": summaries, "tables": tables,
         }
         return next_state, False, None

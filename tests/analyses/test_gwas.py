@@ -70,6 +70,8 @@ def test_gwas_linear__rounds_are_census_moments_statistics_in_the_64_bit_ring(li
     assert summary["encoding"]["ring"] == "R64"
     assert min(summary["encoding"]["scale_bits"][name] for name in ("xtx", "xty", "yty")) >= 20
     assert "census" in summary["stages"] and summary["num_samples"] > 250
+    assert set(linear_run.result.tables) == {"gwas", "gwas_status"}  # census counts stay out of the state and result
+    assert linear_run.states[-1][1]["carried"] == {} and linear_run.states[-1][1]["tables"] == {}
     round_index, state = linear_run.states[-1]
     layout = GWAS.layout(state, round_index)
     assert isinstance(layout, Layout) and layout.ring is Ring.R64

@@ -28,7 +28,7 @@ def test_gwas_federate__results_folder_equals_pooled_ols(tmp_path):
     results = Path(summary["results"])
     assert summary["status"] == "done" and summary["summary"]["analysis"] == "gwas"
     for name in ("gwas.tsv", "gwas.tsv-meta.yaml", "manhattan.png", "qq.png", "gwas.parquet", "gwas_status.parquet",
-                 "census_variants.parquet", "summary.json"):
+                 "summary.json"):
         assert (results / name).is_file(), name
     assert yaml.safe_load((results / "gwas.tsv-meta.yaml").read_text())["file_type"] == "GWAS-SSF v1.1"
     rows = pq.read_table(results / "gwas.parquet").to_pylist()
@@ -70,7 +70,7 @@ SIM_SPEC = {"model": "linear", "phenotype": "quant_trait", "covariates": ["age",
 def test_gwas_simulated__causal_variants_genome_wide_significant_with_pcs(simulated, tmp_path):
     cohort, datasets = simulated
     run = run_in_memory(GWAS, {**SIM_SPEC, "pcs": 4}, datasets, secure=True, seed=1)
-    assert set(run.result.tables) >= {"gwas", "gwas_status", "census_variants", "pca_loadings", "pca_eigenvalues"}
+    assert set(run.result.tables) == {"gwas", "gwas_status", "pca_loadings", "pca_eigenvalues"}
     write_outputs(run.result, tmp_path)
     hits = causal_hits(tmp_path / "gwas.tsv", cohort / "truth.tsv")
     assert len(hits) == 10 and all(hit["significant"] for hit in hits), hits
