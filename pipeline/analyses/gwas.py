@@ -747,7 +747,13 @@ class Gwas(Staged):
         return write_outputs(result, out_dir)
 
     def site_finish(self, state: Mapping[str, Any], dataset: Dataset, site: SiteContext, out_dir: Path) -> dict[str, Any] | None:
-        """Keeps this site's PC scores at the site (``pca_scores.parquet``) once the PCA stage is done."""
+        """Keeps this site's PC scores at the site (``pca_scores.parquet``) once the PCA stage is done.
+
+        Called by the site agent when the job has ended: it also frees the genotypes kept
+        in memory for the Newton rounds.
+        """
+        _CALLS_CACHE.clear()
+        _CACHE.clear()
         inner = state.get("inner")
         pca_state = inner.get("pca_state") if isinstance(inner, Mapping) and int(state.get("stage", -1)) == len(self.stages) - 1 else None
         if pca_state is None:
