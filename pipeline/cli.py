@@ -364,7 +364,7 @@ def audit_verify(log_path: Path, expected_head: str | None, as_json: bool) -> No
 @main.command("demo")
 @click.option("--out", type=click.Path(), default="genofed-demo", show_default=True, help="Folder for everything the demo writes.")
 @click.option("--sites", type=click.IntRange(min=2), default=3, show_default=True, help="Number of simulated sites.")
-@click.option("--samples", type=click.IntRange(min=50), default=500, show_default=True, help="Samples per site.")
+@click.option("--samples", type=click.IntRange(min=50), default=1000, show_default=True, help="Samples per site.")
 @click.option("--region", default="chr22:16000000-18000000", show_default=True, help="Simulated region contig:start-end.")
 @click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True, help="Seed of the simulation (same seed, same files).")
 @force_option

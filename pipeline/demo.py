@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from pipeline import outputs
+from pipeline.analyses.gwas import run_federated_gwas
 from pipeline.federation.jobs import load_spec
 from pipeline.federation.local import federate, summary_text
 from pipeline.ingest import ingest
@@ -34,7 +35,7 @@ def run_demo(
     out: Path | str,
     *,
     sites: int = 3,
-    samples: int = 500,
+    samples: int = 1000,
     region: str = DEFAULT_REGION,
     seed: int = 0,
     force: bool = False,
@@ -56,10 +57,10 @@ def run_demo(
     started = time.perf_counter()
     summary: dict[str, Any] = {"out": str(root), "sites": {}}
     with outputs.atomic_directory(root, force=force) as work:
-        say(f"[1/5] simulating {sites} sites x {samples} samples over {region} (seed {seed})")
+        say(f"[1/6] simulating {sites} sites x {samples} samples over {region} (seed {seed})")
         manifest = simulate_cohort(work / "cohort", sites=sites, samples=samples, region=region, seed=seed, progress=progress)
         reference = manifest.resolve(manifest.reference)
-        say("[2/5] ingesting each site's genotypes (harmonized to the reference)")
+        say("[2/6] ingesting each site's genotypes (harmonized to the reference)")
         for site in manifest.sites:
             report = ingest(
                 manifest.resolve(site.vcf),
@@ -70,18 +71,23 @@ def run_demo(
             )
             summary["sites"][site.name] = {"ingest": _ingest_digest(report)}
             say(f"      {site.name}: {_ingest_line(report)}")
-        say("[3/5] local QC at each site")
+        say("[3/6] local QC at each site")
         for site in manifest.sites:
             qc = run_qc(work / "datasets" / site.name, out=work / "qc" / site.name, progress=progress)
             summary["sites"][site.name]["qc"] = {"variants": qc["variants"], "samples": qc["samples"]}
             variants = qc["variants"]
             say(f"      {site.name}: {variants['passing']:,} of {variants['total']:,} variants pass QC")
         datasets = [work / "datasets" / site.name for site in manifest.sites]
-        say("[4/5] federated variant census: global counts by secure aggregation over mutual TLS")
+        say("[4/6] federated variant census: global counts by secure aggregation over mutual TLS")
         census = federate(datasets, load_spec(workflows_dir() / "census.yaml"), work / "census")
         summary["census"] = census["summary"]
         say(_indent(summary_text(census), work, root))
-        say(f"[5/5] federated training of a risk model for binary_trait ({training_rounds} rounds, with local and pooled baselines)")
+        say("[5/6] federated GWAS of quant_trait on age, sex and 4 PCs (census -> PCA -> exact linear regression)")
+        gwas = run_federated_gwas(datasets, work / "gwas", truth=manifest.resolve(manifest.truth), pcs=4)
+        summary["gwas"] = {key: gwas["summary"][key] for key in ("lambda_gc", "variants", "num_samples") if key in gwas["summary"]}
+        summary["gwas"]["causal_hits"] = gwas.get("causal_hits", [])
+        say(_indent(gwas["text"], work, root))
+        say(f"[6/6] federated training of a risk model for binary_trait ({training_rounds} rounds, with local and pooled baselines)")
         training = run_federated_training(datasets, work / "train", rounds=training_rounds)
         summary["training"] = training.get("baselines", {}).get("metrics", {})
         say(_indent(training["text"], work, root))
