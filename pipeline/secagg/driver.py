@@ -54,7 +54,7 @@ __all__ = [
     "simulate_secure_sum",
 ]
 
-DropoutPattern = Union[Mapping[int, Stage], Sequence[int], None]
+DropoutPattern = Union[Mapping[int, Union[Stage, str]], Sequence[int], None]
 
 DEFAULT_CONTEXT = keys.KeyContext("simulation", "simulate_secure_sum", 0)
 DEFAULT_FLOAT_CLIP = float(2**20)
@@ -122,11 +122,21 @@ class RoundOutcome:
         return isinstance(self.server, ServerAborted)
 
 
+def _parse_stage(stage: Stage | str) -> Stage | str:
+    """A stage given as a :class:`Stage` or by name (``"masked_input"`` or ``"MASKED_INPUT"``)."""
+    if isinstance(stage, Stage):
+        return stage
+    for candidate in Stage:
+        if str(stage).lower() == candidate.value:
+            return candidate
+    return stage  # reported by the caller with the list of valid stages
+
+
 def _parse_dropouts(dropouts: DropoutPattern, num_sites: int) -> dict[int, Stage]:
     if dropouts is None:
         return {}
     if isinstance(dropouts, Mapping):
-        pattern = {int(index): stage for index, stage in dropouts.items()}
+        pattern = {int(index): _parse_stage(stage) for index, stage in dropouts.items()}
     else:
         pattern = {int(index): Stage.MASKED_INPUT for index in dropouts}
     for index, stage in pattern.items():

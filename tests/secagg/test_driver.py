@@ -199,3 +199,12 @@ def test_run_round__jax_engine_same_exact_sum(dtype: type) -> None:
     expected = naive_ring_sum([vectors[i] for i in (0, 2, 3, 4)], ring)
     np.testing.assert_array_equal(jax_outcome.total, expected)
     np.testing.assert_array_equal(openssl_outcome.total, expected)
+
+
+def test_simulate_secure_sum__dropout_stages_by_name() -> None:
+    vectors = [np.arange(5, dtype=np.int64) * (site + 1) for site in range(4)]
+    total = simulate_secure_sum(vectors, threshold=2, dropouts={3: "unmasking", 2: "MASKED_INPUT"}, seed=0)
+    # site 3 sent its masked input before dropping, so it is in the sum; site 2 is not
+    np.testing.assert_array_equal(total, vectors[0] + vectors[1] + vectors[3])
+    with pytest.raises(ConfigurationError, match="expected one of"):
+        simulate_secure_sum(vectors, threshold=2, dropouts={3: "no_such_stage"}, seed=0)
