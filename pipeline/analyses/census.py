@@ -9,7 +9,7 @@ Two rounds:
    union. This reveals which variants a site holds above that count. A site whose
    policy forbids it sends nothing in this step and still contributes counts in step 1.
 1. **Counts** (a secure sum): per union variant, each site's hom-ref, het, hom-alt and
-   missing counts (:func:`pipeline.stats.counts.count_block`, JAX), zeros for variants
+   missing counts (:func:`pipeline.stats.counts.count_variants`), zeros for variants
    it does not have, plus its sample count. The coordinator learns only the sums: the
    global counts, N (so "not typed" = N - the four counts), allele frequency, call
    rate, the Hardy-Weinberg exact p-value (:func:`pipeline.stats.hwe.hwe_exact_p`) and
@@ -43,7 +43,7 @@ from pipeline.analyses import KeyUnion, Result, RoundLayout, SiteContext
 from pipeline.dataset import Dataset
 from pipeline.errors import ConfigurationError, InputError, PolicyRefusal
 from pipeline.secagg.encoding import Field, FixedPoint, Layout, Ring
-from pipeline.stats.counts import count_block
+from pipeline.stats.counts import count_variants
 from pipeline.stats.hwe import hwe_exact_p
 
 __all__ = ["CENSUS", "Census", "COUNT_FIELDS", "census_table", "minor_allele_count"]
@@ -192,7 +192,7 @@ class Census:
                 return {"variant_id": np.array([], dtype=str)}
             kept: list[np.ndarray] = []
             for block in dataset.iter_blocks():
-                variant_counts, _ = count_block(block.call_dosage)
+                variant_counts = count_variants(block.call_dosage)
                 minor = minor_allele_count(variant_counts.n_hom_ref, variant_counts.n_het, variant_counts.n_hom_alt)
                 ids = np.asarray(block.variants.column("variant_id").to_pylist(), dtype=object)
                 kept.append(ids[minor >= site.min_allele_count])
@@ -201,7 +201,7 @@ class Census:
         union = np.asarray(state["variant_ids"], dtype=str)
         totals = {name: np.zeros(union.size, np.int64) for name in COUNT_FIELDS}
         for block in dataset.iter_blocks():
-            variant_counts, _ = count_block(block.call_dosage)
+            variant_counts = count_variants(block.call_dosage)
             ids = np.asarray(block.variants.column("variant_id").to_pylist(), dtype=str)
             if union.size == 0 or ids.size == 0:
                 continue

@@ -1,13 +1,14 @@
 """Statistics kernels shared by local QC and the federated analyses.
 
 Pure functions over arrays, independent of files: genotype counts (:mod:`.counts`,
-JAX) and the Hardy-Weinberg exact test (:mod:`.hwe`).
+JAX or NumPy by backend) and the Hardy-Weinberg exact test (:mod:`.hwe`).
 """
 
 from pipeline.stats.counts import (
     SampleCounts,
     VariantCounts,
     count_block,
+    count_variants,
     sample_genotype_counts,
     variant_genotype_counts,
 )
@@ -17,6 +18,7 @@ __all__ = [
     "SampleCounts",
     "VariantCounts",
     "count_block",
+    "count_variants",
     "hwe_exact_p",
     "sample_genotype_counts",
     "variant_genotype_counts",

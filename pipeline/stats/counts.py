@@ -14,21 +14,37 @@ A jitted kernel compiles once per input shape. Chunks of a dataset hold differen
 numbers of variants, so :func:`count_block` cuts a block into tiles of a few fixed
 shapes (padding the last tile) and sums the tiles' results; a whole dataset then costs
 at most a handful of compilations.
+
+:func:`count_block` and :func:`count_variants` have two engines with identical results:
+``"jax"`` (the kernels above, for accelerators) and ``"numpy"`` (comparisons into a
+reused boolean tile of about a megabyte, summed as uint8 into int32 along the samples),
+which XLA's CPU reductions of int8 comparisons trail by an order of magnitude.
+:func:`default_engine` picks ``"numpy"`` when JAX's default backend is the CPU and
+``"jax"`` otherwise; ``GENOFED_COUNT_ENGINE`` (``numpy`` or ``jax``) forces one.
 """
 
 from __future__ import annotations
 
+import os
 from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from pipeline.errors import ConfigurationError
+
 MISSING = -1
 """Call dosage of a missing call (any allele of the call missing)."""
 
 DEFAULT_TILE_VARIANTS = 4096
 """Largest number of variants handed to a kernel at once by :func:`count_block`."""
+
+ENGINES = ("numpy", "jax")
+ENV_ENGINE = "GENOFED_COUNT_ENGINE"
+
+_NUMPY_TILE_BYTES = 1 << 20
+"""Calls per tile of the NumPy engine: its boolean scratch stays in the CPU's L2 cache."""
 
 
 class VariantCounts(NamedTuple):
@@ -100,25 +116,61 @@ def tile_rows(num_variants: int, tile_variants: int = DEFAULT_TILE_VARIANTS) -> 
     return rows
 
 
-def count_block(call_dosage: np.ndarray, *, tile_variants: int = DEFAULT_TILE_VARIANTS) -> tuple[VariantCounts, SampleCounts]:
-    """Per-variant and per-sample counts of one block, as int64 NumPy arrays.
+def default_engine() -> str:
+    """The count engine to use when none is given: env ``GENOFED_COUNT_ENGINE``, else by JAX backend.
 
-    Cuts the block into tiles of :func:`tile_rows` rows (the last one padded with
-    masked rows), runs both kernels on each tile and concatenates (variants) or sums
-    (samples) the results. Memory is one tile on the device at a time.
-
-    Args:
-        call_dosage: int8 (variants, samples), ALT dosage 0/1/2, -1 missing.
-        tile_variants: the largest tile, in variants.
-
-    Returns:
-        (:class:`VariantCounts`, :class:`SampleCounts`) of int64 NumPy arrays.
+    Raises:
+        ConfigurationError: the environment variable names an unknown engine.
     """
+    forced = os.environ.get(ENV_ENGINE, "").strip().lower()
+    if forced:
+        if forced not in ENGINES:
+            raise ConfigurationError(f"{ENV_ENGINE}={forced!r} is not a count engine; use one of {ENGINES} or unset it")
+        return forced
+    return "numpy" if jax.default_backend() == "cpu" else "jax"
+
+
+def _parse_block(call_dosage: np.ndarray, engine: str | None) -> tuple[np.ndarray, str]:
     call_dosage = np.asarray(call_dosage)
     if call_dosage.ndim != 2:
         raise ValueError(f"call_dosage must be 2-D (variants, samples), got shape {call_dosage.shape}")
     if call_dosage.dtype != np.int8:
         raise ValueError(f"call_dosage must be int8, got {call_dosage.dtype}")
+    if engine is None:
+        engine = default_engine()
+    elif engine not in ENGINES:
+        raise ValueError(f"unknown count engine {engine!r}; use one of {ENGINES}")
+    return call_dosage, engine
+
+
+def _numpy_counts(call_dosage: np.ndarray, *, with_samples: bool) -> tuple[VariantCounts, SampleCounts | None]:
+    """Both count sets with NumPy, tile by tile (the CPU engine; int64 results)."""
+    num_variants, num_samples = call_dosage.shape
+    rows = max(1, _NUMPY_TILE_BYTES // max(1, num_samples))
+    per_variant = np.zeros((4, num_variants), np.int32)
+    per_sample = np.zeros((3, num_samples), np.int64) if with_samples else None
+    scratch = np.empty((min(rows, num_variants), num_samples), bool)
+    flags = scratch.view(np.uint8)
+    codes = call_dosage.view(np.uint8)  # -1 reads 255, so "called" is codes <= 2
+    for start in range(0, num_variants, rows):
+        tile = call_dosage[start : start + rows]
+        used = tile.shape[0]
+        for row, value in enumerate((0, 1, 2, MISSING)):
+            np.equal(tile, value, out=scratch[:used])
+            np.add.reduce(flags[:used], axis=1, dtype=np.int32, out=per_variant[row, start : start + used])
+            if per_sample is not None and value == 1:
+                per_sample[2] += np.add.reduce(flags[:used], axis=0, dtype=np.int32)
+            if per_sample is not None and value == MISSING:
+                per_sample[1] += np.add.reduce(flags[:used], axis=0, dtype=np.int32)
+        if per_sample is not None:
+            np.less_equal(codes[start : start + used], 2, out=scratch[:used])
+            per_sample[0] += np.add.reduce(flags[:used], axis=0, dtype=np.int32)
+    variants = VariantCounts(*(row.astype(np.int64) for row in per_variant))
+    return variants, (SampleCounts(*per_sample) if per_sample is not None else None)
+
+
+def _jax_counts(call_dosage: np.ndarray, tile_variants: int, *, with_samples: bool) -> tuple[VariantCounts, SampleCounts | None]:
+    """Both count sets with the jitted kernels over padded tiles of a few fixed shapes."""
     num_variants, num_samples = call_dosage.shape
     rows = tile_rows(num_variants, tile_variants)
     variant_parts: list[VariantCounts] = []
@@ -131,11 +183,52 @@ def count_block(call_dosage: np.ndarray, *, tile_variants: int = DEFAULT_TILE_VA
         if used < rows:
             tile = np.concatenate([tile, np.full((rows - used, num_samples), MISSING, np.int8)])
         per_variant = variant_genotype_counts(tile)
-        per_sample = sample_genotype_counts(tile, mask)
         variant_parts.append(VariantCounts(*(np.asarray(a)[:used].astype(np.int64) for a in per_variant)))
-        sample_total = SampleCounts(*(t + np.asarray(a, dtype=np.int64) for t, a in zip(sample_total, per_sample)))
+        if with_samples:
+            per_sample = sample_genotype_counts(tile, mask)
+            sample_total = SampleCounts(*(t + np.asarray(a, dtype=np.int64) for t, a in zip(sample_total, per_sample)))
     if variant_parts:
         variants = VariantCounts(*(np.concatenate(parts) for parts in zip(*variant_parts)))
     else:
         variants = VariantCounts(*(np.zeros(0, np.int64) for _ in VariantCounts._fields))
-    return variants, sample_total
+    return variants, (sample_total if with_samples else None)
+
+
+def count_block(
+    call_dosage: np.ndarray, *, tile_variants: int = DEFAULT_TILE_VARIANTS, engine: str | None = None
+) -> tuple[VariantCounts, SampleCounts]:
+    """Per-variant and per-sample counts of one block, as int64 NumPy arrays.
+
+    With the ``"jax"`` engine, cuts the block into tiles of :func:`tile_rows` rows (the
+    last one padded with masked rows), runs both kernels on each tile and concatenates
+    (variants) or sums (samples) the results; memory is one tile on the device at a
+    time. The ``"numpy"`` engine gives the same numbers faster on a CPU.
+
+    Args:
+        call_dosage: int8 (variants, samples), ALT dosage 0/1/2, -1 missing.
+        tile_variants: the largest tile of the JAX engine, in variants.
+        engine: ``"numpy"`` or ``"jax"``; None for :func:`default_engine`.
+
+    Returns:
+        (:class:`VariantCounts`, :class:`SampleCounts`) of int64 NumPy arrays.
+    """
+    call_dosage, engine = _parse_block(call_dosage, engine)
+    if engine == "numpy":
+        variants, samples = _numpy_counts(call_dosage, with_samples=True)
+    else:
+        variants, samples = _jax_counts(call_dosage, tile_variants, with_samples=True)
+    assert samples is not None
+    return variants, samples
+
+
+def count_variants(
+    call_dosage: np.ndarray, *, tile_variants: int = DEFAULT_TILE_VARIANTS, engine: str | None = None
+) -> VariantCounts:
+    """Per-variant counts only (what the census needs), as int64 NumPy arrays.
+
+    The first half of :func:`count_block` (same arguments), without the per-sample sums.
+    """
+    call_dosage, engine = _parse_block(call_dosage, engine)
+    if engine == "numpy":
+        return _numpy_counts(call_dosage, with_samples=False)[0]
+    return _jax_counts(call_dosage, tile_variants, with_samples=False)[0]

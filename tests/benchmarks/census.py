@@ -43,7 +43,7 @@ from pipeline.analyses.census import CENSUS, COUNT_FIELDS, census_table  # noqa:
 from pipeline.analyses.in_memory import default_context, run_in_memory  # noqa: E402
 from pipeline.dataset import open_dataset  # noqa: E402
 from pipeline.federation.local import federate  # noqa: E402
-from pipeline.stats.counts import count_block  # noqa: E402
+from pipeline.stats.counts import ENGINES, count_variants, default_engine  # noqa: E402
 from pipeline.stats.hwe import hwe_exact_p  # noqa: E402
 from tests.federation import runtime_support as rs  # noqa: E402
 
@@ -89,8 +89,10 @@ def parts(sites: dict[str, Path], spec: dict[str, Any]) -> None:
     blocks = list(dataset.iter_blocks())
     rows: list[tuple[str, float]] = []
     rows.append(("read the dataset (one site, all chunks)", timed(lambda: list(dataset.iter_blocks()))[0]))
-    count_block(blocks[0].call_dosage)  # compile outside the timing
-    rows.append(("count kernels (count_block, one site)", timed(lambda: [count_block(b.call_dosage) for b in blocks])[0]))
+    for engine in ENGINES:
+        count_variants(blocks[0].call_dosage, engine=engine)  # compile outside the timing
+        seconds = timed(lambda: [count_variants(b.call_dosage, engine=engine) for b in blocks])[0]
+        rows.append((f"per-variant counts, {engine} engine{' (default)' if engine == default_engine() else ''} (one site)", seconds))
     seconds, keys = timed(lambda: CENSUS.site_step(state, 0, dataset, context))
     rows.append(("site step, key round (one site)", seconds))
     key_sets = [keys["variant_id"]] + [CENSUS.site_step(state, 0, open_dataset(sites[n]), default_context(n))["variant_id"] for n in names[1:]]

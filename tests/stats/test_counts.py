@@ -1,4 +1,4 @@
-"""The JAX genotype-count kernels against plain NumPy loops."""
+"""The genotype-count kernels (JAX and NumPy engines) against plain Python loops."""
 
 from __future__ import annotations
 
@@ -9,6 +9,8 @@ from pipeline.stats.counts import (
     SampleCounts,
     VariantCounts,
     count_block,
+    count_variants,
+    default_engine,
     sample_genotype_counts,
     tile_rows,
     variant_genotype_counts,
@@ -76,10 +78,10 @@ def test_count_kernels__do_not_recompile_on_second_call_with_same_shape() -> Non
 
 def test_count_block__chunks_of_different_sizes_share_compilations() -> None:
     rng = np.random.default_rng(3)
-    count_block(random_block(rng, 40, 6), tile_variants=16)
+    count_block(random_block(rng, 40, 6), tile_variants=16, engine="jax")
     size = variant_genotype_counts._cache_size()
     for n_variants in (33, 48, 17, 64):  # all cut into tiles of 16 rows
-        count_block(random_block(rng, n_variants, 6), tile_variants=16)
+        count_block(random_block(rng, n_variants, 6), tile_variants=16, engine="jax")
     assert variant_genotype_counts._cache_size() == size
 
 
@@ -90,22 +92,61 @@ def test_count_kernels__zero_variants() -> None:
     assert all(np.asarray(a).shape == (0,) for a in per_variant)
     for a in per_sample:
         np.testing.assert_array_equal(np.asarray(a), np.zeros(4))
-    variants, samples = count_block(empty)
-    assert all(a.shape == (0,) for a in variants)
-    assert all(a.shape == (4,) and not a.any() for a in samples)
+    for engine in ("numpy", "jax"):
+        variants, samples = count_block(empty, engine=engine)
+        assert all(a.shape == (0,) for a in variants)
+        assert all(a.shape == (4,) and not a.any() for a in samples)
+        assert all(a.shape == (0,) for a in count_variants(empty, engine=engine))
 
 
+@pytest.mark.parametrize("engine", ["numpy", "jax"])
 @pytest.mark.parametrize("n_variants", [1, 5, 16, 37])
-def test_count_block__matches_naive_across_tiles(n_variants: int) -> None:
+def test_count_block__matches_naive_across_tiles(n_variants: int, engine: str) -> None:
     block = random_block(np.random.default_rng(n_variants), n_variants, 9)
-    got = count_block(block, tile_variants=16)
+    got = count_block(block, tile_variants=16, engine=engine)
     assert_counts_equal(got, naive_counts(block))
     assert all(a.dtype == np.int64 for part in got for a in part)
 
 
-def test_count_block__invalid_values_are_counted_nowhere() -> None:
+def test_count_block__numpy_engine_matches_naive_across_its_tiles(monkeypatch: pytest.MonkeyPatch) -> None:
+    import pipeline.stats.counts as counts
+
+    monkeypatch.setattr(counts, "_NUMPY_TILE_BYTES", 40)  # 3 rows of 11 samples per tile: 23 rows = 8 tiles
+    block = random_block(np.random.default_rng(4), 23, 11)
+    block[3, :4] = [3, -5, 127, -128]
+    got = count_block(block, engine="numpy")
+    assert_counts_equal(got, naive_counts(block))
+    assert_counts_equal((count_variants(block, engine="numpy"),), (naive_counts(block)[0],))
+
+
+@pytest.mark.parametrize("engine", ["numpy", "jax"])
+def test_count_variants__equals_the_per_variant_half_of_count_block(engine: str) -> None:
+    block = random_block(np.random.default_rng(5), 37, 9)
+    got = count_variants(block, tile_variants=16, engine=engine)
+    assert all(a.dtype == np.int64 for a in got)
+    assert_counts_equal((got,), (naive_counts(block)[0],))
+
+
+def test_default_engine__numpy_on_cpu_and_forced_by_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    import jax
+
+    from pipeline.errors import ConfigurationError
+
+    monkeypatch.delenv("GENOFED_COUNT_ENGINE", raising=False)
+    assert default_engine() == ("numpy" if jax.default_backend() == "cpu" else "jax")
+    monkeypatch.setenv("GENOFED_COUNT_ENGINE", "jax")
+    assert default_engine() == "jax"
+    monkeypatch.setenv("GENOFED_COUNT_ENGINE", "cuda")
+    with pytest.raises(ConfigurationError, match="GENOFED_COUNT_ENGINE"):
+        default_engine()
+    with pytest.raises(ValueError, match="unknown count engine"):
+        count_block(np.zeros((1, 1), np.int8), engine="cuda")
+
+
+@pytest.mark.parametrize("engine", ["numpy", "jax"])
+def test_count_block__invalid_values_are_counted_nowhere(engine: str) -> None:
     block = np.array([[0, 1, 2, -1, 3, -5]], np.int8)
-    variants, samples = count_block(block)
+    variants, samples = count_block(block, engine=engine)
     assert [int(a[0]) for a in variants] == [1, 1, 1, 1]
     np.testing.assert_array_equal(samples.n_called, [1, 1, 1, 0, 0, 0])
     np.testing.assert_array_equal(samples.n_missing, [0, 0, 0, 1, 0, 0])
