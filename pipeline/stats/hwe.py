@@ -23,8 +23,18 @@ h = n_rare mod 2, +2, +4, ... reached by the Wigginton recurrence
 accumulated as a cumulative sum of log-ratios and padded with -inf past each row's
 last valid h. The p-value is then ``exp(logsumexp(tail) - logsumexp(all))``, which
 neither overflows nor loses the tail to underflow. Variants are sorted by their number
-of possible tables and processed in groups so that a group's matrix stays under a
-fixed number of cells (bounded memory whatever the sample size).
+of tables and processed in groups so that a group's matrix stays under a fixed number
+of cells (bounded memory whatever the sample size).
+
+A row does not span every h: the ratio above decreases with h, so log P is concave in
+h and the tables that matter form one window around the mode, wide enough to reach
+:data:`WINDOW_LOG_DROP` below the observed table's log-probability on both sides (a
+normal approximation of the het count sizes it: about ten standard deviations, a few
+hundred tables at n = 10,000 instead of up to n / 2). Every table outside the window
+is then, by concavity, less probable than the window's ends, so at most
+``e^-WINDOW_LOG_DROP`` of the observed one: together less than 1e-15 of the p-value.
+A row whose window ends turn out to be above that bound is computed again over all of
+its tables.
 
 Probabilities within a relative 1e-9 of the observed one count as ties (part of the
 tail), as plink compares with a small epsilon: exact ties occur (for instance in
@@ -34,9 +44,16 @@ symmetric tables) and floating-point rounding must not split them.
 from __future__ import annotations
 
 import numpy as np
+from scipy.special import gammaln
 
 TIE_TOLERANCE = 1e-9
 """Log-probabilities within this of the observed one are treated as equal to it."""
+
+WINDOW_LOG_DROP = 50.0
+"""Tables less probable than e^-WINDOW_LOG_DROP times the observed one may be left out of the sums."""
+
+_SAFE_GAP = 600.0
+"""Largest log(top / observed) for which the tail is summed from the terms scaled to the top."""
 
 DEFAULT_MAX_CELLS = 1 << 21
 """Largest (variants x tables) matrix built at once (float64: 16 MiB per temporary)."""
@@ -54,33 +71,118 @@ def _as_counts(name: str, values: np.ndarray | list[int]) -> np.ndarray:
     return array
 
 
-def _group_log_p(n_rare: np.ndarray, n_het: np.ndarray, n_samples: np.ndarray) -> np.ndarray:
-    """Log p-values of one group of variants (all with at least one sample)."""
+def _log_weight_from_first(n_rare: np.ndarray, n_samples: np.ndarray, k: np.ndarray) -> np.ndarray:
+    """log P(h) - log P(h0) for h = h0 + 2k, h0 = n_rare mod 2, in closed form (log-gamma).
+
+    Only the scale of the tie tolerance comes from it (it is not exact enough for sums).
+    """
+    parity = n_rare % 2
+
+    def log_weight(het: np.ndarray) -> np.ndarray:
+        hom_rare = (n_rare - het) // 2
+        return het * np.log(2.0) - gammaln(hom_rare + 1.0) - gammaln(het + 1.0) - gammaln(n_samples - het - hom_rare + 1.0)
+
+    return log_weight(parity + 2 * k) - log_weight(parity)
+
+
+def _group_log_p(
+    n_rare: np.ndarray, n_het: np.ndarray, n_samples: np.ndarray, first_k: np.ndarray, last_k: np.ndarray,
+    tie_scale: np.ndarray,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Log p-values of one group of variants over their windows of tables [first_k, last_k].
+
+    Returns:
+        (log p-values, whether each row's window holds every table that matters).
+    """
     parity = n_rare % 2
     n_steps = n_rare // 2  # index k = 0..n_steps stands for h = parity + 2k
-    width = int(n_steps.max()) + 1
-    k = np.arange(width, dtype=np.float64)[None, :]
-    het = parity[:, None] + 2.0 * k
-    hom_rare = (n_rare[:, None] - het) / 2.0
-    hom_common = n_samples[:, None] - het - hom_rare
-    valid = k <= n_steps[:, None]
-    # log P(h+2)/P(h) at step k (meaningful where k < n_steps; masked elsewhere).
+    span = last_k - first_k  # columns 0..span of a row are its window
+    width = int(span.max()) + 1
+    column = np.arange(width, dtype=np.float64)[None, :]
+    het = (parity + 2.0 * first_k)[:, None] + 2.0 * column
+    # log P(h+2)/P(h) = log(4 hom_rare hom_common / ((h+1)(h+2))); 2 hom_rare = n_rare - h and
+    # 2 hom_common = 2n - n_rare - h. Columns past a row's span hold garbage, masked below.
+    log_ratio = n_rare[:, None] - het
+    log_ratio *= (2.0 * n_samples - n_rare)[:, None] - het
+    log_ratio /= (het + 1.0) * (het + 2.0)
     with np.errstate(divide="ignore", invalid="ignore"):
-        log_ratio = np.log(4.0 * hom_rare * hom_common) - np.log((het + 1.0) * (het + 2.0))
-    step_valid = k < n_steps[:, None]
-    log_ratio = np.where(step_valid, log_ratio, 0.0)
-    log_weight = np.zeros_like(log_ratio)
-    np.cumsum(log_ratio[:, :-1], axis=1, out=log_weight[:, 1:])
-    log_weight = np.where(valid, log_weight, -np.inf)
-    observed_k = (n_het - parity) // 2
-    observed = np.take_along_axis(log_weight, observed_k[:, None], axis=1)
-    in_tail = log_weight <= observed + TIE_TOLERANCE * np.maximum(1.0, np.abs(observed))
+        np.log(log_ratio, out=log_ratio)
+    log_weight = np.empty_like(log_ratio)
+    log_weight[:, 0] = 0.0
+    with np.errstate(invalid="ignore"):
+        np.cumsum(log_ratio[:, :-1], axis=1, out=log_weight[:, 1:])
+    log_weight[column > span[:, None]] = -np.inf
+    del log_ratio, het
+    observed = np.take_along_axis(log_weight, ((n_het - parity) // 2 - first_k)[:, None], axis=1)
+    in_tail = log_weight <= observed + TIE_TOLERANCE * tie_scale[:, None]
     top = np.max(log_weight, axis=1, keepdims=True)
     scaled = np.exp(log_weight - top)
     total = np.sum(scaled, axis=1)
-    tail_top = observed  # the tail's largest term is the observed one
-    tail = np.sum(np.exp(np.where(in_tail, log_weight - tail_top, -np.inf)), axis=1)
-    return (tail_top[:, 0] - top[:, 0]) + np.log(tail) - np.log(total)
+    # The tail relative to the observed term (its largest): exp(top - observed) times the
+    # scaled terms where that factor is representable and no tail term that matters
+    # (within WINDOW_LOG_DROP of the observed) underflows in ``scaled``; directly elsewhere.
+    gap = (top - observed)[:, 0]
+    tail = np.exp(np.minimum(gap, _SAFE_GAP)) * np.sum(scaled, axis=1, where=in_tail)
+    far = np.flatnonzero(gap >= _SAFE_GAP)
+    if far.size:
+        tail[far] = np.sum(np.exp(np.where(in_tail[far], log_weight[far] - observed[far], -np.inf)), axis=1)
+    log_p = -gap + np.log(tail) - np.log(total)
+    bound = observed[:, 0] - WINDOW_LOG_DROP
+    last = np.take_along_axis(log_weight, span[:, None], axis=1)[:, 0]
+    complete = ((first_k == 0) | (log_weight[:, 0] <= bound)) & ((last_k == n_steps) | (last <= bound))
+    return log_p, complete
+
+
+def _windows(n_rare: np.ndarray, n_het: np.ndarray, n_samples: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Tables [first_k, last_k] expected to hold every one within WINDOW_LOG_DROP of the observed.
+
+    Normal approximation of the het count: mean n_rare n_common / (2n - 1), curvature
+    of log P at the mode from the ratio's derivative; the window reaches the observed
+    table's distance from the mode plus the distance over which log P drops by
+    WINDOW_LOG_DROP, with a quarter of slack; all tables where that is half of them.
+    """
+    parity = n_rare % 2
+    n_steps = n_rare // 2
+    mean_het = n_rare * (2.0 * n_samples - n_rare) / np.maximum(2.0 * n_samples - 1.0, 1.0)
+    mode_k = np.clip((mean_het - parity) / 2.0, 0.0, n_steps)
+    het = parity + 2.0 * mode_k
+    hom_rare = np.maximum((n_rare - het) / 2.0, 1.0)
+    hom_common = np.maximum(n_samples - het - (n_rare - het) / 2.0, 1.0)
+    curvature = 1.0 / hom_rare + 1.0 / hom_common + 2.0 / (het + 1.0) + 2.0 / (het + 2.0)
+    distance = np.abs((n_het - parity) // 2 - mode_k)
+    half = np.ceil(1.25 * np.sqrt(2.0 * WINDOW_LOG_DROP / curvature + distance**2)) + 4.0
+    first_k = np.clip(np.floor(mode_k - half), 0, n_steps).astype(np.int64)
+    last_k = np.clip(np.ceil(mode_k + half), 0, n_steps).astype(np.int64)
+    # Where the window would cover half of the tables, cover them all (nothing to verify).
+    whole = 2 * (last_k - first_k + 1) > n_steps + 1
+    first_k[whole] = 0
+    last_k[whole] = n_steps[whole]
+    return first_k, last_k
+
+
+def _log_p_in_groups(
+    n_rare: np.ndarray, het: np.ndarray, n_samples: np.ndarray, first_k: np.ndarray, last_k: np.ndarray,
+    tie_scale: np.ndarray, max_cells: int,
+) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`_group_log_p` over groups of rows of similar window width, each under ``max_cells``."""
+    log_p = np.empty(n_rare.shape)
+    complete = np.empty(n_rare.shape, bool)
+    width = last_k - first_k + 1
+    order = np.argsort(width, kind="stable")
+    sorted_width = width[order]
+    start = 0
+    while start < order.size:
+        # Largest group [start, stop) whose padded matrix fits in max_cells (at least one row).
+        # Widths only grow along ``order``, so no group is longer than the first row allows.
+        window = sorted_width[start : start + max(1, max_cells // int(sorted_width[start]))]
+        fits = np.arange(1, window.size + 1) * window <= max_cells
+        stop = start + max(1, int(np.count_nonzero(fits)))
+        group = order[start:stop]
+        log_p[group], complete[group] = _group_log_p(
+            n_rare[group], het[group], n_samples[group], first_k[group], last_k[group], tie_scale[group]
+        )
+        start = stop
+    return log_p, complete
 
 
 def hwe_exact_p(
@@ -119,18 +221,17 @@ def hwe_exact_p(
     todo = np.flatnonzero((n_samples > 0) & (n_rare >= 2))
     if todo.size == 0:
         return p_value
-    width = n_rare[todo] // 2 + 1
-    order = todo[np.argsort(width, kind="stable")]
-    sorted_width = n_rare[order] // 2 + 1
-    start = 0
-    while start < order.size:
-        # Largest group [start, stop) whose padded matrix fits in max_cells (at least one row).
-        # Widths only grow along ``order``, so no group is longer than the first row allows.
-        window = sorted_width[start : start + max(1, max_cells // int(sorted_width[start]))]
-        fits = np.arange(1, window.size + 1) * window <= max_cells
-        stop = start + max(1, int(np.count_nonzero(fits)))
-        group = order[start:stop]
-        log_p = _group_log_p(n_rare[group], het[group], n_samples[group])
-        p_value[group] = np.minimum(np.exp(log_p), 1.0)
-        start = stop
+    rare, het_todo, samples = n_rare[todo], het[todo], n_samples[todo]
+    first_k, last_k = _windows(rare, het_todo, samples)
+    # Ties are judged on the scale of log P(observed) / P(fewest hets), whatever the window.
+    observed_k = (het_todo - rare % 2) // 2
+    tie_scale = np.maximum(1.0, np.abs(_log_weight_from_first(rare, samples, observed_k)))
+    log_p, complete = _log_p_in_groups(rare, het_todo, samples, first_k, last_k, tie_scale, max_cells)
+    redo = np.flatnonzero(~complete)
+    if redo.size:
+        log_p[redo], _ = _log_p_in_groups(
+            rare[redo], het_todo[redo], samples[redo], np.zeros(redo.size, np.int64), rare[redo] // 2,
+            tie_scale[redo], max_cells,
+        )
+    p_value[todo] = np.minimum(np.exp(log_p), 1.0)
     return p_value

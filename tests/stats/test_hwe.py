@@ -10,6 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from pipeline.stats import hwe as hwe_module
 from pipeline.stats.hwe import hwe_exact_p
 
 
@@ -127,3 +128,39 @@ def test_hwe_exact_p__matches_naive__large_counts(n_samples: int, rare_seed: int
     want = naive_hwe_exact(hom_common, het, hom_rare)
     got = hwe_exact_p([hom_common, hom_rare], [het, het], [hom_rare, hom_common])
     np.testing.assert_allclose(got, [want, want], rtol=1e-9, atol=1e-300)
+
+
+def _tables_near_equilibrium(n_samples: int, frequencies: list[float], het_shifts: list[int]) -> list[tuple[int, int, int]]:
+    """Tables of n_samples with the HWE-expected het count moved by each shift (parity kept)."""
+    tables = []
+    for frequency in frequencies:
+        n_rare = int(2 * n_samples * frequency)
+        expected = n_rare * (2 * n_samples - n_rare) / (2 * n_samples - 1)
+        for shift in het_shifts:
+            het = int(expected) + shift
+            het -= (n_rare - het) % 2
+            het = min(max(het, n_rare % 2), n_rare)
+            hom_rare = (n_rare - het) // 2
+            tables.append((n_samples - het - hom_rare, het, hom_rare))
+    return tables
+
+
+def test_hwe_exact_p__windowed_rows_match_naive__large_samples() -> None:
+    # n = 5000: the windows cover a few hundred of up to 1500 tables; p from 1 down to ~1e-30.
+    tables = _tables_near_equilibrium(5000, [0.15, 0.3], [0, 3, -40, 150])
+    hom_ref, het, hom_alt = (np.array(c) for c in zip(*tables))
+    n_rare = 2 * np.minimum(hom_ref, hom_alt) + het
+    first_k, last_k = hwe_module._windows(n_rare, het, hom_ref + het + hom_alt)
+    assert np.all(2 * (last_k - first_k + 1) <= n_rare // 2 + 1)  # the fast path, not whole rows
+    _check(*(list(c) for c in zip(*tables)))
+
+
+def test_hwe_exact_p__too_narrow_windows_are_detected_and_redone(monkeypatch: pytest.MonkeyPatch) -> None:
+    tables = _tables_near_equilibrium(3000, [0.1, 0.3], [0, 25, -60])
+
+    def narrow(n_rare: np.ndarray, n_het: np.ndarray, n_samples: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        observed_k = (n_het - n_rare % 2) // 2
+        return np.maximum(observed_k - 2, 0), np.minimum(observed_k + 2, n_rare // 2)
+
+    monkeypatch.setattr(hwe_module, "_windows", narrow)
+    _check(*(list(c) for c in zip(*tables)))
