@@ -32,11 +32,15 @@ Spec::
 
 from __future__ import annotations
 
+import os
+import threading
+from collections import OrderedDict
 from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from pipeline import schemas
 from pipeline.analyses import KeyUnion, Result, RoundLayout, SiteContext
@@ -46,11 +50,15 @@ from pipeline.secagg.encoding import Field, FixedPoint, Layout, Ring
 from pipeline.stats.counts import count_variants
 from pipeline.stats.hwe import hwe_exact_p
 
-__all__ = ["CENSUS", "Census", "COUNT_FIELDS", "census_table", "minor_allele_count"]
+__all__ = ["CENSUS", "Census", "COUNT_FIELDS", "census_table", "minor_allele_count", "site_variant_counts"]
 
 COUNT_FIELDS = ("n_hom_ref", "n_het", "n_hom_alt", "n_missing")
 KEYS_ROUND = 0
 COUNTS_ROUND = 1
+_MEMO_DATASETS = 4
+"""Datasets whose per-variant counts a process keeps between the two rounds."""
+_memo: OrderedDict[tuple[Any, ...], tuple[pa.Array, np.ndarray]] = OrderedDict()
+_memo_lock = threading.Lock()
 _DEFAULTS = {"min_allele_count": 5, "min_call_rate": 0.95, "hwe_p": 1e-6, "maf": 0.0, "max_samples_per_site": 10_000_000}
 
 
@@ -136,6 +144,45 @@ def census_table(
     return schemas.conform(table, "census_variants", source="census result")
 
 
+def _fingerprint(dataset: Dataset) -> tuple[Any, ...]:
+    """What identifies a dataset's content on disk: its path and every file's inode, size and mtime."""
+    files = [dataset.path / "dataset.json"]
+    for chunk in dataset.chunk_names:
+        files += [dataset.path / "genotypes" / f"{chunk}.parquet", dataset.path / "variants" / f"{chunk}.parquet"]
+    stats = [os.stat(path) for path in files]
+    return (str(dataset.path.resolve()), *((st.st_ino, st.st_size, st.st_mtime_ns) for st in stats))
+
+
+def site_variant_counts(dataset: Dataset) -> tuple[pa.Array, np.ndarray]:
+    """A dataset's variant IDs (genome order) and their hom-ref, het, hom-alt, missing counts.
+
+    Both census rounds need them; reading the genotypes is most of a site step's time,
+    so a process keeps them for the last few datasets it counted, keyed by the files'
+    identity (a dataset rewritten in between is read again).
+
+    Returns:
+        (string array of IDs, int64 (4, variants) counts in :data:`COUNT_FIELDS` order).
+    """
+    key = _fingerprint(dataset)
+    with _memo_lock:
+        if key in _memo:
+            _memo.move_to_end(key)
+            return _memo[key]
+    id_parts: list[pa.Array] = []
+    count_parts: list[np.ndarray] = []
+    for block in dataset.iter_blocks():
+        id_parts.append(block.variants.column("variant_id").combine_chunks())
+        count_parts.append(np.stack(count_variants(block.call_dosage)))
+    ids = pa.concat_arrays(id_parts) if id_parts else pa.array([], pa.string())
+    counts = np.concatenate(count_parts, axis=1) if count_parts else np.zeros((len(COUNT_FIELDS), 0), np.int64)
+    counts.setflags(write=False)
+    with _memo_lock:
+        _memo[key] = (ids, counts)
+        while len(_memo) > _MEMO_DATASETS:
+            _memo.popitem(last=False)
+    return ids, counts
+
+
 class Census:
     """Federated variant census / QC (see the module docstring)."""
 
@@ -190,25 +237,18 @@ class Census:
         if round_index == KEYS_ROUND:
             if not site.share_variant_keys:
                 return {"variant_id": np.array([], dtype=str)}
-            kept: list[np.ndarray] = []
-            for block in dataset.iter_blocks():
-                variant_counts = count_variants(block.call_dosage)
-                minor = minor_allele_count(variant_counts.n_hom_ref, variant_counts.n_het, variant_counts.n_hom_alt)
-                ids = np.asarray(block.variants.column("variant_id").to_pylist(), dtype=object)
-                kept.append(ids[minor >= site.min_allele_count])
-            keys = np.concatenate(kept) if kept else np.array([], dtype=object)
-            return {"variant_id": np.unique(keys.astype(str))}
-        union = np.asarray(state["variant_ids"], dtype=str)
-        totals = {name: np.zeros(union.size, np.int64) for name in COUNT_FIELDS}
-        for block in dataset.iter_blocks():
-            variant_counts = count_variants(block.call_dosage)
-            ids = np.asarray(block.variants.column("variant_id").to_pylist(), dtype=str)
-            if union.size == 0 or ids.size == 0:
-                continue
-            position = np.minimum(np.searchsorted(union, ids), union.size - 1)
-            present = union[position] == ids
-            for name, values in zip(COUNT_FIELDS, variant_counts):
-                np.add.at(totals[name], position[present], np.asarray(values, np.int64)[present])
+            ids, counts = site_variant_counts(dataset)
+            minor = minor_allele_count(counts[0], counts[1], counts[2])
+            kept = pc.filter(ids, pa.array(minor >= site.min_allele_count)).to_numpy(zero_copy_only=False)
+            return {"variant_id": np.unique(kept.astype(str))}
+        union = pa.array(state["variant_ids"], pa.string())
+        ids, counts = site_variant_counts(dataset)
+        position = pc.fill_null(pc.index_in(ids, value_set=union), -1).to_numpy(zero_copy_only=False)
+        present = position >= 0
+        where = position[present].astype(np.int64)
+        totals = {name: np.zeros(len(union), np.int64) for name in COUNT_FIELDS}
+        for name, values in zip(COUNT_FIELDS, counts):
+            np.add.at(totals[name], where, values[present])
         return {**totals, "n_samples": np.array([dataset.num_samples], np.int64)}
 
     def coordinator_step(

@@ -146,3 +146,36 @@ def test_census__ring_widens_when_the_bit_budget_requires(cohort):
     state = CENSUS.init({"max_samples_per_site": 2**30}, SITES)
     state = {**state, "variant_ids": ["chr22:1:A:G"]}
     assert CENSUS.layout(state, 1).ring is Ring.R64
+
+
+def test_site_variant_counts__equal_the_per_block_counts_and_are_read_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    from pipeline.analyses import census
+    from pipeline.stats.counts import count_variants
+
+    ids = rs.variant_ids(range(100, 123))
+    calls = rs.random_genotypes(3, len(ids), 9)
+    dataset = dataset_io.open_dataset(rs.write_dataset(tmp_path / "site", ids, calls, chunk_size=5))
+    got_ids, got_counts = census.site_variant_counts(dataset)
+    assert got_ids.to_pylist() == ids
+    np.testing.assert_array_equal(got_counts, np.stack(count_variants(calls)))
+
+    def no_reading(*args, **kwargs):
+        raise AssertionError("the genotypes were read again")
+
+    monkeypatch.setattr(dataset_io.Dataset, "iter_blocks", no_reading)
+    again_ids, again_counts = census.site_variant_counts(dataset_io.open_dataset(tmp_path / "site"))
+    assert again_ids.equals(got_ids)
+    np.testing.assert_array_equal(again_counts, got_counts)
+
+
+def test_site_variant_counts__a_rewritten_dataset_is_read_again(tmp_path: Path):
+    from pipeline.analyses import census
+
+    ids = rs.variant_ids(range(100, 110))
+    first = rs.random_genotypes(4, len(ids), 7)
+    path = rs.write_dataset(tmp_path / "site", ids, first)
+    census.site_variant_counts(dataset_io.open_dataset(path))
+    second = np.where(first == 0, np.int8(2), first)  # same shape and IDs, other calls
+    rs.write_dataset(path, ids, second)
+    _, counts = census.site_variant_counts(dataset_io.open_dataset(path))
+    np.testing.assert_array_equal(counts[2], (second == 2).sum(axis=1))
