@@ -256,7 +256,9 @@ class Census:
     ) -> tuple[dict[str, Any], bool, Result | None]:
         """Round 0: keep the union; round 1: the census table and its summary."""
         if round_index == KEYS_ROUND:
-            union = sorted({str(key) for key in np.asarray(total["variant_id"]).tolist()})
+            keys = pa.array(np.asarray(total["variant_id"]).astype(str).tolist(), pa.string())
+            unique = pc.unique(keys)
+            union = unique.take(pc.array_sort_indices(unique)).to_pylist()
             if not union:
                 raise InputError("census: no site shared any variant key; nothing to count (check the sites' share_variant_keys policy)")
             return {**state, "variant_ids": union}, False, None

@@ -33,6 +33,7 @@ from typing import Any, Protocol
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import yaml
 
 from pipeline.analyses import Analysis, KeyUnion, Result, RoundLayout, get_analysis
@@ -73,6 +74,7 @@ __all__ = [
     "parse_spec",
     "round_config",
     "decode_total",
+    "union_keys",
     "default_threshold",
     "MAX_KEYS",
     "submit_job",
@@ -208,12 +210,30 @@ def decode_keys(body: bytes, name: str) -> np.ndarray:
     column = table.column(0)
     if column.null_count:
         raise ProtocolError(f"the key set has {column.null_count} null keys")
-    return np.asarray(column.to_pylist(), dtype=object)
+    return column.combine_chunks().to_numpy(zero_copy_only=False)
 
 
 def encode_keys(values: np.ndarray, name: str) -> bytes:
     """A site's key set as an Arrow IPC table (the inverse of :func:`decode_keys`)."""
-    return wire.encode_table(pa.table({name: pa.array([str(v) for v in np.asarray(values).tolist()], pa.string())}))
+    return wire.encode_table(pa.table({name: _arrow_strings(values)}))
+
+
+def _arrow_strings(values: np.ndarray) -> pa.Array:
+    # Through Python str objects: pyarrow converts those fast, NumPy unicode arrays slowly.
+    return pa.array(np.asarray(values).astype(str).tolist(), pa.string())
+
+
+def union_keys(key_sets: Sequence[np.ndarray]) -> np.ndarray:
+    """The sorted union of the sites' key sets (code point order, as Python sorts str).
+
+    Hashing and sorting happen in Arrow: 100,000 keys from each of three sites take
+    milliseconds, where NumPy's unicode sort of the concatenation took a tenth of a second.
+    """
+    if not key_sets:
+        return np.array([], dtype=str)
+    keys = pa.chunked_array([_arrow_strings(k) for k in key_sets], type=pa.string())
+    unique = pc.unique(keys)
+    return unique.take(pc.array_sort_indices(unique)).to_numpy(zero_copy_only=False).astype(str)
 
 
 def _expected_ids(server: ServerState) -> frozenset[int]:
@@ -681,8 +701,7 @@ class Coordinator:
 
     def _key_union(self, current: _Round, key_sets: Sequence[np.ndarray]) -> dict[str, np.ndarray]:
         assert isinstance(current.layout, KeyUnion)
-        union = np.unique(np.concatenate([np.asarray(k, dtype=object) for k in key_sets]).astype(str)) if key_sets else np.array([], dtype=str)
-        return {current.layout.name: union}
+        return {current.layout.name: union_keys(key_sets)}
 
     def _close_stage(self, current: _Round) -> None:
         included = sorted(current.received, key=current.site_id)

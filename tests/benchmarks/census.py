@@ -42,6 +42,7 @@ from pipeline.analyses import census as census_module  # noqa: E402
 from pipeline.analyses.census import CENSUS, COUNT_FIELDS, census_table  # noqa: E402
 from pipeline.analyses.in_memory import default_context, run_in_memory  # noqa: E402
 from pipeline.dataset import open_dataset  # noqa: E402
+from pipeline.federation.jobs import decode_keys, encode_keys, union_keys  # noqa: E402
 from pipeline.federation.local import federate  # noqa: E402
 from pipeline.stats.counts import ENGINES, count_variants, default_engine  # noqa: E402
 from pipeline.stats.hwe import hwe_exact_p  # noqa: E402
@@ -103,9 +104,12 @@ def parts(sites: dict[str, Path], spec: dict[str, Any]) -> None:
     seconds, keys = timed(lambda: (forget_counts(), CENSUS.site_step(state, 0, dataset, context))[1])
     rows.append(("site step, key round (one site, reads the dataset)", seconds))
     key_sets = [keys["variant_id"]] + [CENSUS.site_step(state, 0, open_dataset(sites[n]), default_context(n))["variant_id"] for n in names[1:]]
-    seconds, total = timed(lambda: {"variant_id": np.unique(np.concatenate([np.asarray(k, dtype=object) for k in key_sets]).astype(str))})
+    bodies = [encode_keys(keys, "variant_id") for keys in key_sets]
+    rows.append(("key sets to Arrow IPC and back (3 sites)", timed(lambda: [decode_keys(encode_keys(k, "variant_id"), "variant_id") for k in key_sets], repeat=3)[0]))
+    received = [decode_keys(body, "variant_id") for body in bodies]
+    seconds, total = timed(lambda: {"variant_id": union_keys(received)}, repeat=3)
     rows.append(("key union (3 sites, as the runtime forms it)", seconds))
-    seconds, (state, _, _) = timed(lambda: CENSUS.coordinator_step(state, 0, total, len(names)))
+    seconds, (state, _, _) = timed(lambda: CENSUS.coordinator_step(state, 0, total, len(names)), repeat=3)
     rows.append(("coordinator step, key round", seconds))
     seconds, state = timed(lambda: json.loads(json.dumps(state)))
     rows.append((f"JSON round trip of the counts round's state ({len(json.dumps(state)) / 1e6:.1f} MB)", seconds))
