@@ -55,8 +55,9 @@ WINDOW_LOG_DROP = 50.0
 _SAFE_GAP = 600.0
 """Largest log(top / observed) for which the tail is summed from the terms scaled to the top."""
 
-DEFAULT_MAX_CELLS = 1 << 21
-"""Largest (variants x tables) matrix built at once (float64: 16 MiB per temporary)."""
+DEFAULT_MAX_CELLS = 1 << 18
+"""Largest (variants x tables) matrix built at once (float64: 2 MiB per temporary, so that the
+ten or so temporaries of a group stay in the CPU caches; larger groups ran twice as slow)."""
 
 
 def _as_counts(name: str, values: np.ndarray | list[int]) -> np.ndarray:
@@ -139,7 +140,7 @@ def _windows(n_rare: np.ndarray, n_het: np.ndarray, n_samples: np.ndarray) -> tu
     Normal approximation of the het count: mean n_rare n_common / (2n - 1), curvature
     of log P at the mode from the ratio's derivative; the window reaches the observed
     table's distance from the mode plus the distance over which log P drops by
-    WINDOW_LOG_DROP, with a quarter of slack; all tables where that is half of them.
+    WINDOW_LOG_DROP, with 40% of slack; all tables where that is half of them.
     """
     parity = n_rare % 2
     n_steps = n_rare // 2
@@ -150,7 +151,7 @@ def _windows(n_rare: np.ndarray, n_het: np.ndarray, n_samples: np.ndarray) -> tu
     hom_common = np.maximum(n_samples - het - (n_rare - het) / 2.0, 1.0)
     curvature = 1.0 / hom_rare + 1.0 / hom_common + 2.0 / (het + 1.0) + 2.0 / (het + 2.0)
     distance = np.abs((n_het - parity) // 2 - mode_k)
-    half = np.ceil(1.25 * np.sqrt(2.0 * WINDOW_LOG_DROP / curvature + distance**2)) + 4.0
+    half = np.ceil(1.4 * np.sqrt(2.0 * WINDOW_LOG_DROP / curvature + distance**2)) + 4.0
     first_k = np.clip(np.floor(mode_k - half), 0, n_steps).astype(np.int64)
     last_k = np.clip(np.ceil(mode_k + half), 0, n_steps).astype(np.int64)
     # Where the window would cover half of the tables, cover them all (nothing to verify).
