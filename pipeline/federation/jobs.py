@@ -272,6 +272,12 @@ class _Round:
     stage_opened: float = 0.0
     received: dict[str, Any] = field(default_factory=dict)
     inbox: dict[int, bytes] = field(default_factory=dict)
+    state_digest: str = ""
+
+    def __post_init__(self) -> None:
+        # Every task a site polls for carries it; a census state holds every variant ID
+        # (megabytes of JSON), so it is hashed once per round, not once per poll.
+        self.state_digest = wire.digest(wire.canonical_json(self.state))
 
     @property
     def stage(self) -> str:
@@ -448,7 +454,7 @@ class Coordinator:
                     "threshold": current.threshold,
                     "federation": self.federation,
                     "has_message": site_id in current.inbox,
-                    "state_digest": wire.digest(wire.canonical_json(current.state)),
+                    "state_digest": current.state_digest,
                 }
                 return task
             return None
@@ -670,7 +676,7 @@ class Coordinator:
         self._rounds[job_id] = current
         self._log("round.opened", job_id=job_id, round=round_index, sites=[current.name_of(i) for i in current.site_ids],
                           kind="keys" if current.server is None else "secure_sum",
-                          state_digest=wire.digest(wire.canonical_json(state)))
+                          state_digest=current.state_digest)
 
     def _decode(self, current: _Round, site: str, body: bytes) -> Any:
         if current.server is None:
