@@ -36,6 +36,7 @@ import os
 import threading
 from collections import OrderedDict
 from collections.abc import Mapping
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import numpy as np
@@ -57,6 +58,9 @@ KEYS_ROUND = 0
 COUNTS_ROUND = 1
 _MEMO_DATASETS = 4
 """Datasets whose per-variant counts a process keeps between the two rounds."""
+_READ_THREADS = max(1, min(4, (os.cpu_count() or 1) // 2))
+"""Chunks a site reads and counts at once: up to 4, half the cores (one on a 2-core machine,
+where three site processes sharing the cores ran ~15% slower with two threads each)."""
 _memo: OrderedDict[tuple[Any, ...], tuple[pa.Array, np.ndarray]] = OrderedDict()
 _memo_lock = threading.Lock()
 _DEFAULTS = {"min_allele_count": 5, "min_call_rate": 0.95, "hwe_p": 1e-6, "maf": 0.0, "max_samples_per_site": 10_000_000}
@@ -168,11 +172,17 @@ def site_variant_counts(dataset: Dataset) -> tuple[pa.Array, np.ndarray]:
         if key in _memo:
             _memo.move_to_end(key)
             return _memo[key]
-    id_parts: list[pa.Array] = []
-    count_parts: list[np.ndarray] = []
-    for block in dataset.iter_blocks():
-        id_parts.append(block.variants.column("variant_id").combine_chunks())
-        count_parts.append(np.stack(count_variants(block.call_dosage)))
+
+    def count_chunk(chunk: str) -> tuple[pa.Array, np.ndarray]:
+        block = dataset.read_block(chunk)
+        return block.variants.column("variant_id").combine_chunks(), np.stack(count_variants(block.call_dosage))
+
+    # Parquet decoding and the counts release the GIL: chunks are read on a few threads,
+    # in genome order, at most _READ_THREADS blocks in memory at once.
+    with ThreadPoolExecutor(max_workers=_READ_THREADS) as pool:
+        parts = list(pool.map(count_chunk, dataset.chunk_names))
+    id_parts = [part[0] for part in parts]
+    count_parts = [part[1] for part in parts]
     ids = pa.concat_arrays(id_parts) if id_parts else pa.array([], pa.string())
     counts = np.concatenate(count_parts, axis=1) if count_parts else np.zeros((len(COUNT_FIELDS), 0), np.int64)
     counts.setflags(write=False)

@@ -162,6 +162,7 @@ def test_site_variant_counts__equal_the_per_block_counts_and_are_read_once(tmp_p
     def no_reading(*args, **kwargs):
         raise AssertionError("the genotypes were read again")
 
+    monkeypatch.setattr(dataset_io.Dataset, "read_block", no_reading)
     monkeypatch.setattr(dataset_io.Dataset, "iter_blocks", no_reading)
     again_ids, again_counts = census.site_variant_counts(dataset_io.open_dataset(tmp_path / "site"))
     assert again_ids.equals(got_ids)
