@@ -19,6 +19,15 @@ from pipeline import schemas
 from pipeline.errors import OutputExistsError
 
 
+def fsync_directory(folder: Path) -> None:
+    """Makes a rename or a new file in ``folder`` durable (fsync of the directory entry)."""
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 def check_output_path(path: Path, *, force: bool) -> None:
     """Refuses to overwrite ``path`` unless ``force``."""
     if path.exists() and not force:

@@ -44,6 +44,7 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.errors import AuditError, InputError
+from pipeline.outputs import fsync_directory
 
 __all__ = ["GENESIS_HASH", "AuditLog", "VerifyReport", "digest", "entry_hash", "verify"]
 
@@ -122,14 +123,6 @@ def _utc_now() -> str:
     return dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
-def _fsync_dir(folder: Path) -> None:
-    fd = os.open(folder, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def _write_head(path: Path, entries: int, head: str) -> None:
     sidecar = head_path(path)
     fd, name = tempfile.mkstemp(prefix=f".{sidecar.name}.tmp-", dir=sidecar.parent)
@@ -139,7 +132,7 @@ def _write_head(path: Path, entries: int, head: str) -> None:
     finally:
         os.close(fd)
     os.replace(name, sidecar)
-    _fsync_dir(sidecar.parent)
+    fsync_directory(sidecar.parent)
 
 
 def _read_head(path: Path) -> tuple[int, str] | None:

@@ -39,6 +39,7 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.errors import ProtocolError
+from pipeline.outputs import fsync_directory
 
 __all__ = ["Store", "StoredJob", "StoredRound", "StoredMessage", "StoredStage", "StagedBody", "INLINE_BODY_BYTES"]
 
@@ -168,14 +169,6 @@ class StagedBody:
     digest: str
     size: int
     temporary: Path | None
-
-
-def _fsync_dir(folder: Path) -> None:
-    fd = os.open(folder, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 _MESSAGE_COLUMNS = "message_id, job_id, round_index, stage, site, digest, body, received_at, in_file"
@@ -317,7 +310,7 @@ class Store:
         staged = self.stage_body(body, digest)
         if staged.temporary is not None:
             os.replace(staged.temporary, self._blob(digest))
-            _fsync_dir(self.blob_dir)
+            fsync_directory(self.blob_dir)
         return digest
 
     def message(self, message_id: str, *, body: bool = True) -> StoredMessage | None:
@@ -369,7 +362,7 @@ class Store:
                 raise ValueError(f"message {message.message_id}: its staged body is used or belongs to another message")
             os.replace(staged.temporary, self._blob(message.digest))
             staged.temporary = None
-            _fsync_dir(self.blob_dir)
+            fsync_directory(self.blob_dir)
         with self.transaction() as db:
             db.execute(
                 f"INSERT INTO messages ({_MESSAGE_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
