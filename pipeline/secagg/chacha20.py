@@ -40,7 +40,6 @@ Conventions:
 from __future__ import annotations
 
 import functools
-import os
 from collections.abc import Callable
 from typing import Any
 
@@ -49,6 +48,7 @@ import jax.numpy as jnp
 import numpy as np
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms
 
+from pipeline.backends import choose_engine
 from pipeline.errors import ConfigurationError
 
 ENGINES = ("openssl", "jax")
@@ -72,26 +72,13 @@ _SIGMA = (0x61707865, 0x3320646E, 0x79622D32, 0x6B206574)  # "expand 32-byte k"
 
 
 def default_engine() -> str:
-    """The engine to use when none is given: env ``GENOFED_PRG_ENGINE``, else by JAX backend.
-
-    Raises:
-        ConfigurationError: if the environment variable names an unknown engine.
-    """
-    forced = os.environ.get(ENV_ENGINE, "").strip().lower()
-    if forced:
-        if forced not in ENGINES:
-            raise ConfigurationError(f"{ENV_ENGINE}={forced!r} is not an engine; use one of {ENGINES} or unset it")
-        return forced
-    return "openssl" if jax.default_backend() == "cpu" else "jax"
+    """The engine to use when none is given: env ``GENOFED_PRG_ENGINE``, else by JAX backend."""
+    return choose_engine(None, engines=ENGINES, env_var=ENV_ENGINE, what="PRG")
 
 
 def resolve_engine(engine: str | None) -> str:
     """``engine`` checked, or :func:`default_engine` when None."""
-    if engine is None:
-        return default_engine()
-    if engine not in ENGINES:
-        raise ConfigurationError(f"unknown PRG engine {engine!r}; use one of {ENGINES}")
-    return engine
+    return choose_engine(engine, engines=ENGINES, env_var=ENV_ENGINE, what="PRG")
 
 
 def check_counter(counter: int, num_blocks: int) -> None:

@@ -25,14 +25,13 @@ which XLA's CPU reductions of int8 comparisons trail by an order of magnitude.
 
 from __future__ import annotations
 
-import os
 from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from pipeline.errors import ConfigurationError
+from pipeline.backends import choose_engine
 
 MISSING = -1
 """Call dosage of a missing call (any allele of the call missing)."""
@@ -117,17 +116,8 @@ def tile_rows(num_variants: int, tile_variants: int = DEFAULT_TILE_VARIANTS) -> 
 
 
 def default_engine() -> str:
-    """The count engine to use when none is given: env ``GENOFED_COUNT_ENGINE``, else by JAX backend.
-
-    Raises:
-        ConfigurationError: the environment variable names an unknown engine.
-    """
-    forced = os.environ.get(ENV_ENGINE, "").strip().lower()
-    if forced:
-        if forced not in ENGINES:
-            raise ConfigurationError(f"{ENV_ENGINE}={forced!r} is not a count engine; use one of {ENGINES} or unset it")
-        return forced
-    return "numpy" if jax.default_backend() == "cpu" else "jax"
+    """The count engine to use when none is given: env ``GENOFED_COUNT_ENGINE``, else by JAX backend."""
+    return choose_engine(None, engines=ENGINES, env_var=ENV_ENGINE, what="count")
 
 
 def _parse_block(call_dosage: np.ndarray, engine: str | None) -> tuple[np.ndarray, str]:
@@ -136,11 +126,7 @@ def _parse_block(call_dosage: np.ndarray, engine: str | None) -> tuple[np.ndarra
         raise ValueError(f"call_dosage must be 2-D (variants, samples), got shape {call_dosage.shape}")
     if call_dosage.dtype != np.int8:
         raise ValueError(f"call_dosage must be int8, got {call_dosage.dtype}")
-    if engine is None:
-        engine = default_engine()
-    elif engine not in ENGINES:
-        raise ValueError(f"unknown count engine {engine!r}; use one of {ENGINES}")
-    return call_dosage, engine
+    return call_dosage, choose_engine(engine, engines=ENGINES, env_var=ENV_ENGINE, what="count")
 
 
 def _numpy_counts(call_dosage: np.ndarray, *, with_samples: bool) -> tuple[VariantCounts, SampleCounts | None]:

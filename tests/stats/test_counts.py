@@ -139,7 +139,7 @@ def test_default_engine__numpy_on_cpu_and_forced_by_the_environment(monkeypatch:
     monkeypatch.setenv("GENOFED_COUNT_ENGINE", "cuda")
     with pytest.raises(ConfigurationError, match="GENOFED_COUNT_ENGINE"):
         default_engine()
-    with pytest.raises(ValueError, match="unknown count engine"):
+    with pytest.raises(ConfigurationError, match="unknown count engine"):
         count_block(np.zeros((1, 1), np.int8), engine="cuda")
 
 
