@@ -16,47 +16,13 @@ from pipeline.analyses.in_memory import run_in_memory
 from pipeline.analyses.train import TRAIN
 from pipeline.models.server import decode_array
 from tests.models.training_support import planted_cohort
+from tests.federation.runtime_support import DirectConnection
 
 SPEC = {
     "analysis": "train", "target": "binary_trait", "covariates": ["age", "sex"], "features": {"variants": "all"},
     "rounds": 2, "clip_norm": 10.0, "local": {"epochs": 1, "batch_size": 32, "learning_rate": 0.2},
     "server": {"optimizer": "fedadam", "learning_rate": 0.05}, "stage_timeout": 600,
 }
-
-
-class _Direct:
-    """A stand-in for wire.Connection that routes a site's requests to a Coordinator."""
-
-    def __init__(self, holder: dict, site: str) -> None:
-        self.holder, self.site = holder, site
-
-    @property
-    def engine(self):
-        return self.holder["coordinator"]
-
-    def _parts(self, path: str) -> list[str]:
-        return path.split("?")[0].strip("/").split("/")
-
-    def get_json(self, path: str, **_: object):
-        parts = self._parts(path)
-        if parts[:3] == ["v1", "site", "work"]:
-            return {"task": self.engine.next_task(self.site), "active_jobs": self.engine.active_jobs(self.site)}
-        return self.engine.round_state(self.site, parts[3], int(parts[5]))
-
-    def get_bytes(self, path: str) -> bytes:
-        parts = self._parts(path)
-        return self.engine.stage_message(self.site, parts[3], int(parts[5]), parts[7])
-
-    def put_bytes(self, path: str, body: bytes):
-        parts = self._parts(path)
-        return self.engine.receive(self.site, parts[3], int(parts[5]), parts[7], parts[9], body)
-
-    def post_json(self, path: str, value: dict, **_: object):
-        self.engine.decline(self.site, self._parts(path)[3], value["reason"])
-        return {}
-
-    def close(self) -> None:
-        pass
 
 
 def _run(tmp_path, datasets, *, restart_at: tuple[int, ...] = ()) -> dict:
@@ -77,7 +43,7 @@ def _run(tmp_path, datasets, *, restart_at: tuple[int, ...] = ()) -> dict:
         config = SiteConfig(path=tmp_path / f"{name}.toml", name=name, federation="testfed", coordinator_url="https://x:1",
                             cert=tmp_path, key=tmp_path, ca=tmp_path, dataset=datasets[name], policy=policy,
                             audit_log=tmp_path / f"{name}.audit.log", state_dir=tmp_path / f"{name}-state", poll_interval=0.1)
-        agents[name] = SiteAgent(config, connection=_Direct(holder, name))
+        agents[name] = SiteAgent(config, connection=DirectConnection(holder, name))
     job_id = holder["coordinator"].submit(SPEC, "analyst")
     steps = 0
     rounds_seen = set()

@@ -256,3 +256,38 @@ def stop(process: subprocess.Popen[bytes]) -> None:
             process.wait(timeout=10)
         except subprocess.TimeoutExpired:
             kill(process)
+
+
+class DirectConnection:
+    """A stand-in for wire.Connection that routes a site's requests to a Coordinator."""
+
+    def __init__(self, holder: dict, site: str) -> None:
+        self.holder, self.site = holder, site
+
+    @property
+    def engine(self):
+        return self.holder["coordinator"]
+
+    def _parts(self, path: str) -> list[str]:
+        return path.split("?")[0].strip("/").split("/")
+
+    def get_json(self, path: str, **_: object):
+        parts = self._parts(path)
+        if parts[:3] == ["v1", "site", "work"]:
+            return {"task": self.engine.next_task(self.site), "active_jobs": self.engine.active_jobs(self.site)}
+        return self.engine.round_state(self.site, parts[3], int(parts[5]))
+
+    def get_bytes(self, path: str) -> bytes:
+        parts = self._parts(path)
+        return self.engine.stage_message(self.site, parts[3], int(parts[5]), parts[7])
+
+    def put_bytes(self, path: str, body: bytes):
+        parts = self._parts(path)
+        return self.engine.receive(self.site, parts[3], int(parts[5]), parts[7], parts[9], body)
+
+    def post_json(self, path: str, value: dict, **_: object):
+        self.engine.decline(self.site, self._parts(path)[3], value["reason"])
+        return {}
+
+    def close(self) -> None:
+        pass

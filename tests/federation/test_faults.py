@@ -73,42 +73,6 @@ def test_faults__coordinator_killed_mid_round_resumes_with_the_same_result(tmp_p
 # Restarts at every point of a census, in process: agents talk to the engine directly.
 
 
-class _Direct:
-    """A stand-in for wire.Connection that routes a site's requests to a Coordinator."""
-
-    def __init__(self, holder: dict, site: str) -> None:
-        self.holder, self.site = holder, site
-        self.bytes_sent = 0
-
-    @property
-    def engine(self):
-        return self.holder["coordinator"]
-
-    def _parts(self, path: str) -> list[str]:
-        return path.split("?")[0].strip("/").split("/")
-
-    def get_json(self, path: str, **_: object):
-        parts = self._parts(path)
-        if parts[:3] == ["v1", "site", "work"]:
-            return {"task": self.engine.next_task(self.site), "active_jobs": self.engine.active_jobs(self.site)}
-        return self.engine.round_state(self.site, parts[3], int(parts[5]))
-
-    def get_bytes(self, path: str) -> bytes:
-        parts = self._parts(path)
-        return self.engine.stage_message(self.site, parts[3], int(parts[5]), parts[7])
-
-    def put_bytes(self, path: str, body: bytes):
-        parts = self._parts(path)
-        return self.engine.receive(self.site, parts[3], int(parts[5]), parts[7], parts[9], body)
-
-    def post_json(self, path: str, value: dict, **_: object):
-        self.engine.decline(self.site, self._parts(path)[3], value["reason"])
-        return {}
-
-    def close(self) -> None:
-        pass
-
-
 def _census_run(tmp_path, datasets, *, crash_after: int | None, crash_in_add_round: bool = False):
     from pipeline.federation.agent import SiteAgent
     from pipeline.federation.audit import AuditLog
@@ -129,7 +93,7 @@ def _census_run(tmp_path, datasets, *, crash_after: int | None, crash_in_add_rou
         config = SiteConfig(path=tmp_path / f"{name}.toml", name=name, federation="testfed", coordinator_url="https://x:1",
                             cert=tmp_path, key=tmp_path, ca=tmp_path, dataset=datasets[name], policy=policy,
                             audit_log=tmp_path / f"{name}.audit.log", state_dir=tmp_path / f"{name}-state", poll_interval=0.1)
-        agents[name] = SiteAgent(config, connection=_Direct(holder, name))
+        agents[name] = SiteAgent(config, connection=rs.DirectConnection(holder, name))
     job_id = holder["coordinator"].submit({"analysis": "census", "min_allele_count": 0, "stage_timeout": 600}, "analyst")
     steps = 0
     while holder["coordinator"].status(job_id)["status"] == "running":
