@@ -69,12 +69,16 @@ class SiteContext:
         min_allele_count: the least minor allele count of a variant whose key the
             site shares in a :class:`KeyUnion` round.
         share_variant_keys: whether the site sends keys in a :class:`KeyUnion` round.
+        share_site_metrics: whether the site may reveal statistics of its own (for
+            example a model's metrics on its held-out split) in a slot of a secure sum
+            that only it fills; off unless the site's policy opts in.
     """
 
     name: str
     min_samples: int
     min_allele_count: int
     share_variant_keys: bool
+    share_site_metrics: bool = False
 
 
 @dataclass(frozen=True)

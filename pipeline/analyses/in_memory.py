@@ -36,9 +36,14 @@ class InMemoryRun:
     states: list[tuple[int, dict[str, Any]]] = field(default_factory=list)
 
 
-def default_context(name: str) -> SiteContext:
-    """A permissive site policy (k = 1, shares variant keys) for simulations."""
-    return SiteContext(name=name, min_samples=1, min_allele_count=1, share_variant_keys=True)
+def default_context(name: str, *, share_site_metrics: bool = False) -> SiteContext:
+    """A permissive site policy (k = 1, shares variant keys) for simulations.
+
+    Per-site metrics stay at the site unless ``share_site_metrics``, as in a
+    deployed site's policy.
+    """
+    return SiteContext(name=name, min_samples=1, min_allele_count=1, share_variant_keys=True,
+                       share_site_metrics=share_site_metrics)
 
 
 def plain_sum(layout: Layout, contributions: Sequence[Mapping[str, np.ndarray]]) -> dict[str, np.ndarray]:
@@ -70,7 +75,8 @@ def run_in_memory(
         secure: sum through the real SecAgg protocol (fixed-point, masks) instead of plainly.
         threshold: Shamir threshold of the secure sum (default: a majority, at least 1).
         seed: deterministic key material of the secure sum (tests only).
-        contexts: each site's policy (default: :func:`default_context`).
+        contexts: each site's policy (default: :func:`default_context`); its
+            ``share_site_metrics`` reaches the analysis' site steps.
         start: ``(round_index, state)`` to resume from instead of ``analysis.init``.
         max_rounds: stop with ``ProtocolError`` after this many rounds (a guard).
         on_round: called with ``(round_index, state)`` before each round.

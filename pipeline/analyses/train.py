@@ -23,14 +23,18 @@ Phases, each one or more secure-sum rounds (the state's ``phase`` says which):
    its held-out split, which gives the learning curve at no extra round.
 4. **evaluate**: the final model's statistics on the held-out splits
    (:mod:`pipeline.models.evaluation`: AUC from per-class score histograms, accuracy,
-   Brier score, log loss; or R² and MSE).
+   Brier score, log loss; or R² and MSE). The layout also holds one slot per
+   participant (the same statistics and a ``shared`` flag): a site whose policy says
+   ``share_site_metrics`` fills its own slot and sets its flag to 1, every other site
+   contributes zeros there, so the sum reveals the held-out metrics of exactly the
+   sites that opted in; the flag, not the zeros, tells an opted-out site apart.
 
 The global model, the server optimizer state and the history are the job's public
 state, which the coordinator stores before each round: a restarted coordinator resumes
-at the round it was in, from the last global model. Per-site metrics are never sent:
-each round a site logs its own held-out metrics to its own log, and after the job its
-agent writes the final model and its held-out metrics under its state folder
-(:meth:`Train.site_finish`).
+at the round it was in, from the last global model. Per-site metrics stay local unless
+the site's policy allows them (the evaluation slots above): each round a site logs its
+own held-out metrics to its own log, and after the job its agent writes the final model
+and its held-out metrics under its state folder (:meth:`Train.site_finish`).
 
 Spec (see ``workflows/train.yaml``)::
 
@@ -63,7 +67,7 @@ import pyarrow as pa
 
 from pipeline.analyses import KeyUnion, Result, RoundLayout, SiteContext
 from pipeline.dataset import Dataset
-from pipeline.errors import ConfigurationError, InputError, PolicyRefusal
+from pipeline.errors import ConfigurationError, InputError, PolicyRefusal, ProtocolError
 from pipeline.models import ModelConfig, param_space
 from pipeline.models import evaluation
 from pipeline.models.features import (
@@ -296,6 +300,53 @@ def _eval_shapes(plan: TrainingPlan, n_holdout: int) -> tuple[dict[str, Any], di
     return floats, ints
 
 
+def _slot(site: str, statistic: str) -> str:
+    """The field of ``site``'s own slot in the evaluation layout."""
+    return f"site:{site}:{statistic}"
+
+
+def _site_slot_shapes(plan: TrainingPlan, participants: Sequence[str], n_holdout: int) -> tuple[dict[str, Any], dict[str, Any]]:
+    """One slot per participant: the evaluation statistics and a 0/1 ``shared`` flag."""
+    floats, ints = _eval_shapes(plan, n_holdout)
+    slot_floats = {_slot(site, name): shape for site in participants for name, shape in floats.items()}
+    slot_ints = {_slot(site, name): shape for site in participants for name, shape in ints.items()}
+    slot_ints.update({_slot(site, "shared"): ((1,), 1.0) for site in participants})
+    return slot_floats, slot_ints
+
+
+def _site_slots(plan: TrainingPlan, participants: Sequence[str], n_holdout: int, site: SiteContext,
+                stats: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """This site's statistics in its own slot if its policy shares them; zeros everywhere else."""
+    floats, ints = _eval_shapes(plan, n_holdout)
+    out: dict[str, np.ndarray] = {}
+    for name in participants:
+        own = site.share_site_metrics and name == site.name
+        for statistic, (shape, _) in floats.items():
+            out[_slot(name, statistic)] = np.asarray(stats[statistic], np.float64).reshape(shape) if own else np.zeros(shape)
+        for statistic, (shape, _) in ints.items():
+            out[_slot(name, statistic)] = np.asarray(stats[statistic], np.int64).reshape(shape) if own else np.zeros(shape, np.int64)
+        out[_slot(name, "shared")] = np.array([int(own)], np.int64)
+    return out
+
+
+def _shared_site_metrics(task: str, participants: Sequence[str], total: Mapping[str, np.ndarray]) -> dict[str, dict[str, float]]:
+    """Held-out metrics of the sites whose ``shared`` flag is 1 in the sum (the others are absent).
+
+    Raises:
+        ProtocolError: a flag is neither 0 nor 1 (a site filled a slot that is not its own).
+    """
+    shared: dict[str, dict[str, float]] = {}
+    for site in participants:
+        flag = int(np.asarray(total[_slot(site, "shared")]).reshape(-1)[0])
+        if flag not in (0, 1):
+            raise ProtocolError(f"train: the evaluation slot of site {site} has shared flag {flag}; expected 0 or 1")
+        if flag == 1:
+            prefix = _slot(site, "")
+            stats = {name[len(prefix):]: value for name, value in total.items() if name.startswith(prefix)}
+            shared[site] = evaluation.metrics(task, stats)
+    return shared
+
+
 def model_record(plan: TrainingPlan, variant_ids: Sequence[str], scaling: Standardization, theta: np.ndarray) -> dict[str, Any]:
     """Everything ``genofed predict`` needs: model config, features, standardization, parameters."""
     return {
@@ -350,6 +401,7 @@ class Train:
         return {
             "parameters": parameters,
             "num_participants": len(participants),
+            "participants": list(participants),
             "phase": "keys" if variants == "all" else ("screen" if screening else "moments"),
             "variant_ids": None if variants == "all" else list(variants),
             "train_round": 0,
@@ -385,7 +437,9 @@ class Train:
             return _layout(floats, ints, sites, prefer=Ring.R64)
         eval_floats, eval_ints = _eval_shapes(plan, int(state["n_holdout"]))
         if phase == "evaluate":
-            return _layout(eval_floats, eval_ints, sites, prefer=Ring.R32)
+            # A state stored before per-site slots existed has no participant list: no slots.
+            slot_floats, slot_ints = _site_slot_shapes(plan, state.get("participants") or (), int(state["n_holdout"]))
+            return _layout({**eval_floats, **slot_floats}, {**eval_ints, **slot_ints}, sites, prefer=Ring.R32)
         n_train = float(state["n_train"])
         size = int(state["params"]["shape"][0])
         floats = {"weighted_delta": ((size,), n_train * plan.clip_norm), "train_loss_sum": ((1,), n_train * TRAIN_LOSS_CAP), **eval_floats}
@@ -434,10 +488,13 @@ class Train:
         predict = predict_fn(local.model)
         output = np.asarray(predict(theta_global, arrays["holdout_x"]), np.float64)
         stats = evaluation.statistics(plan.task, output, arrays["holdout_y"], bins=plan.bins)
-        log.info("site %s: held-out %s of the global model (stays local): %s", site.name, phase,
+        participants = state.get("participants") or ()
+        shares = phase == "evaluate" and site.share_site_metrics and site.name in participants
+        log.info("site %s: held-out %s of the global model (%s): %s", site.name, phase,
+                 "shared in this site's slot, policy share_site_metrics" if shares else "stays local",
                  {k: round(v, 4) for k, v in evaluation.metrics(plan.task, stats).items()})
         if phase == "evaluate":
-            return stats
+            return {**stats, **_site_slots(plan, participants, int(state["n_holdout"]), site, stats)}
         n_train = int(arrays["train_y"].shape[0])
         if n_train == 0:  # every sample held out: the site only evaluates
             return {"weighted_delta": np.zeros(theta_global.size), "train_loss_sum": np.zeros(1), "n_train": np.zeros(1, np.int64),
@@ -517,6 +574,7 @@ class Train:
                        history=[*state["history"], record], phase="train" if train_round + 1 < plan.rounds else "evaluate")
             return new, False, None
         history = [*state["history"], {"round": train_round, **metrics, "num_sites": int(num_sites)}]
+        site_metrics = _shared_site_metrics(plan.task, state.get("participants") or (), total)
         variant_ids = state["variant_ids"]
         scaling = Standardization.from_json(state["standardization"])
         theta = decode_array(state["params"])
@@ -530,6 +588,7 @@ class Train:
             "task": plan.task,
             "target": plan.target,
             "metrics": metrics,
+            "site_metrics": site_metrics,
             "primary_metric": evaluation.PRIMARY_METRIC[plan.task],
             "n_train": int(state["n_train"]),
             "n_holdout": int(state["n_holdout"]),
@@ -545,6 +604,8 @@ class Train:
                 + ("; the key round revealed which variant IDs each site holds" if plan.parameters["features"]["variants"] == "all" else "")
                 + ("; the screening round revealed each candidate variant's pooled marginal association with the target"
                    if plan.parameters["features"].get("screen_top") is not None else "")
+                + (f"; sites {', '.join(sorted(site_metrics))} shared their own held-out statistics (policy share_site_metrics)"
+                   if site_metrics else "")
             ),
         }
         new["history"] = history
@@ -554,7 +615,8 @@ class Train:
         """At the site, after the job: the final model and its metrics on this site's held-out split.
 
         Writes ``out_dir/model.json`` (for ``genofed predict``) and ``out_dir/site_metrics.json``.
-        Per-site metrics are never sent to the coordinator: they stay here.
+        The metrics stay here unless the site's policy says ``share_site_metrics``, in
+        which case the final evaluation round also sent them in this site's slot.
 
         Returns:
             The paths written, or ``None`` when ``state`` is not the final evaluation's.
@@ -578,7 +640,9 @@ class Train:
         model_path = save_model(model_record(plan, state["variant_ids"], scaling, theta), target / "model.json", force=True)
         report = {"site": site.name, "target": plan.target, "task": plan.task, "held_out_metrics": metrics,
                   "n_train": int(arrays["train_y"].shape[0]), "n_holdout": int(arrays["holdout_y"].shape[0]),
-                  "disclosure": "computed at this site from its own held-out split; not sent to the coordinator"}
+                  "disclosure": "computed at this site from its own held-out split; "
+                                + ("also sent to the coordinator in this site's slot of the final evaluation (policy share_site_metrics)"
+                                   if site.share_site_metrics else "not sent to the coordinator")}
         with outputs.atomic_file(target / "site_metrics.json", force=True) as tmp:
             tmp.write_text(json.dumps(report, indent=2, sort_keys=True) + "\n")
         return {"model": str(model_path), "site_metrics": str(target / "site_metrics.json")}

@@ -183,6 +183,7 @@ class SiteAgent:
             min_samples=policy.min_samples,
             min_allele_count=policy.min_allele_count,
             share_variant_keys=bool(getattr(policy, "share_variant_keys", False)),
+            share_site_metrics=bool(getattr(policy, "share_site_metrics", False)),
         )
 
     def handle(self, task: dict[str, Any]) -> None:

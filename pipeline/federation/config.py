@@ -92,12 +92,17 @@ class SitePolicy:
         share_variant_keys: whether the site may reveal which variants it has (their
             IDs, never counts) where an analysis needs the union of the sites' variants
             (the census's first round); off unless the site opts in.
+        share_site_metrics: whether the site may reveal its own held-out metrics of a
+            trained model (the statistics behind AUC, accuracy, R², in its own slot of
+            the final evaluation's secure sum); off unless the site opts in, and then
+            they stay at the site.
     """
 
     allowed_analyses: tuple[str, ...]
     min_samples: int = 10
     min_allele_count: int = 5
     share_variant_keys: bool = False
+    share_site_metrics: bool = False
 
     def allows(self, analysis: str) -> bool:
         """Whether jobs of ``analysis`` may use this site's data."""
@@ -381,6 +386,7 @@ def load_site_config(
         min_samples=table.get("min_samples", _int(1), "an integer >= 1 (k: no aggregate over fewer samples)", 10),
         min_allele_count=table.get("min_allele_count", _int(0), "an integer >= 0", 5),
         share_variant_keys=table.get("share_variant_keys", _bool, "true or false", False),
+        share_site_metrics=table.get("share_site_metrics", _bool, "true or false", False),
     )
     table.finish()
     return SiteConfig(

@@ -332,19 +332,21 @@ def _coordinator_toml(federation: str, host: str, port: int, sites: Sequence[str
     return render_toml(tables, header=_HEADER.format(role="coordinator", federation=federation, reference=_REFERENCE), comments=comments)
 
 
-def _site_toml(federation: str, name: str, url: str, analyses: Sequence[str], share_variant_keys: bool) -> str:
+def _site_toml(federation: str, name: str, url: str, analyses: Sequence[str], share_variant_keys: bool,
+               share_site_metrics: bool) -> str:
     tables: dict[str, dict[str, Any]] = {
         "site": {"name": name, "federation": federation, "coordinator_url": url, "dataset": "dataset",
                  "audit_log": "audit.log", "state_dir": "state", "poll_interval": 2.0},
         "tls": {"cert": "cert.pem", "key": "key.pem", "ca": "ca.pem"},
         "policy": {"allowed_analyses": list(analyses), "min_samples": 10, "min_allele_count": 5,
-                   "share_variant_keys": share_variant_keys},
+                   "share_variant_keys": share_variant_keys, "share_site_metrics": share_site_metrics},
     }
     comments = {
         "site.dataset": "The harmonized dataset made by: genofed ingest --out <this path>",
         "policy": "What this site agrees to: only these analyses, never an aggregate over fewer than\n"
                   "min_samples of its samples, per-variant results only above min_allele_count;\n"
-                  "share_variant_keys = true lets it reveal which variants it has (IDs, never counts).",
+                  "share_variant_keys = true lets it reveal which variants it has (IDs, never counts);\n"
+                  "share_site_metrics = true lets it reveal a trained model's metrics on its own held-out split.",
     }
     return render_toml(tables, header=_HEADER.format(
         role="site", federation=federation, reference="Every key is explained in sites/template/site.toml of the genofed sources."
@@ -395,6 +397,7 @@ def provision(
     valid_days: int = 365,
     allowed_analyses: Sequence[str] = DEFAULT_ANALYSES,
     share_variant_keys: bool = False,
+    share_site_metrics: bool = False,
     force: bool = False,
 ) -> ProvisionManifest:
     """Creates a federation: CA, certificates, keys and one configuration per participant.
@@ -412,6 +415,8 @@ def provision(
         allowed_analyses: the analyses each site's policy allows initially.
         share_variant_keys: the initial ``[policy] share_variant_keys`` of every site
             (whether it may reveal which variants it has, for the census).
+        share_site_metrics: the initial ``[policy] share_site_metrics`` of every site
+            (whether it may reveal a trained model's metrics on its own held-out split).
         force: replace an existing ``out``.
 
     Raises:
@@ -455,7 +460,7 @@ def provision(
             issued[(role, name)] = (folder.relative_to(tmp), x509.load_pem_x509_certificate(cert_pem))
 
         for name in sites:
-            issue(name, "site", tmp / "sites" / name, "site.toml", _site_toml(federation, name, url, allowed_analyses, share_variant_keys))
+            issue(name, "site", tmp / "sites" / name, "site.toml", _site_toml(federation, name, url, allowed_analyses, share_variant_keys, share_site_metrics))
         for name in analysts:
             issue(name, "analyst", tmp / "analysts" / name, "analyst.toml", _analyst_toml(federation, name, url))
         issue("coordinator", "coordinator", tmp / "coordinator", "coordinator.toml")

@@ -16,7 +16,8 @@ model with the best primary metric), federated, pooled. Written to the job's res
   mapping metric -> value;
 * ``baselines.json``: per-site local metrics and per-round learning curves;
 * ``learning_curve.png``: the primary metric per round (matplotlib, Agg backend);
-* ``training_report.md``: the table and the selected biomarkers;
+* ``training_report.md``: the table, the per-site metrics the sites shared (policy
+  ``share_site_metrics``) and the selected biomarkers;
 * ``model.json``: the federated model, for ``genofed predict``.
 """
 
@@ -39,7 +40,7 @@ from pipeline.models.features import Standardization, read_site_data
 from pipeline.models.local import local_update_fn, predict_fn
 from pipeline.resources import workflows_dir
 
-__all__ = ["simulation_baselines", "run_federated_training", "train_sequential", "comparison_table", "TABLE_METRICS"]
+__all__ = ["simulation_baselines", "run_federated_training", "train_sequential", "comparison_table", "site_metrics_section", "TABLE_METRICS"]
 
 TABLE_METRICS = {"binary": ("auc", "accuracy", "brier", "log_loss"), "quantitative": ("r2", "mse")}
 POOLED = "pooled"
@@ -77,6 +78,25 @@ def comparison_table(metrics: Mapping[str, Mapping[str, float]], task: str, *, b
         cells = [f"{values[n]:.4f}" if n in values and math.isfinite(values[n]) else "n/a" for n in names]
         lines.append(f"| {label} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
+
+
+def site_metrics_section(site_metrics: Mapping[str, Mapping[str, float]], task: str) -> list[str]:
+    """Report lines for the per-site metrics the sites chose to share (none: no lines).
+
+    Only sites whose policy says ``share_site_metrics`` appear; each row is the
+    federated model on that site's own held-out split.
+    """
+    if not site_metrics:
+        return []
+    names = [*TABLE_METRICS[task], "n"]
+    lines = [f"Federated model on each site's own held-out split (shared by {len(site_metrics)} site(s) whose policy "
+             "allows share_site_metrics; other sites' metrics stayed at the site):", "",
+             "| site | " + " | ".join(names) + " |", "| --- | " + " | ".join("---:" for _ in names) + " |"]
+    for site in sorted(site_metrics):
+        values = site_metrics[site]
+        cells = [(f"{values[n]:.0f}" if n == "n" else f"{values[n]:.4f}") if n in values and math.isfinite(values[n]) else "n/a" for n in names]
+        lines.append(f"| {site} | " + " | ".join(cells) + " |")
+    return [*lines, ""]
 
 
 def _plot(path: Path, task: str, federated: Sequence[Mapping[str, Any]], pooled: Sequence[Mapping[str, Any]],
@@ -167,6 +187,7 @@ def simulation_baselines(spec: Mapping[str, Any], datasets: Sequence[Path | str]
              f"{len(names)} sites, {summary['n_train']} training and {summary['n_holdout']} held-out samples, "
              f"{summary['num_features']} features, {plan.rounds} rounds; all models evaluated on the union of the held-out splits.", "",
              table, ""]
+    lines += site_metrics_section(summary.get("site_metrics") or {}, plan.task)
     markers_path = out / "biomarkers.parquet"
     if markers_path.is_file():
         markers = pq.read_table(markers_path).to_pylist()

@@ -86,6 +86,7 @@ def test_shipped_site_configs__load(name):
     if name != "template":
         assert config.name == name
     assert config.policy.share_variant_keys == (name in ("site-1", "site-2"))
+    assert config.policy.share_site_metrics is False
 
 
 def test_shipped_site_configs__template_comments_every_key():
@@ -106,8 +107,14 @@ def test_site_config__defaults_and_paths(tmp_path):
     assert config.audit_log == base / "audit.log" and config.state_dir == base / "state"
     assert config.poll_interval == 2.0
     assert config.policy == SitePolicy(allowed_analyses=("census",), min_samples=10, min_allele_count=5,
-                                       share_variant_keys=False)
+                                       share_variant_keys=False, share_site_metrics=False)
     assert config.policy.allows("census") and not config.policy.allows("gwas")
+
+
+def test_site_config__share_site_metrics_opt_in(tmp_path):
+    text = replace_line(SITE, 'allowed_analyses = ["census"]', 'allowed_analyses = ["census"]\nshare_site_metrics = true')
+    policy = load_site_config(write(tmp_path, text), check_files=False, env={}).policy
+    assert policy.share_site_metrics is True and policy.share_variant_keys is False
 
 
 def test_site_config__relative_to_file_not_cwd(tmp_path, monkeypatch):
@@ -138,6 +145,7 @@ def test_site_config__relative_to_file_not_cwd(tmp_path, monkeypatch):
         ('allowed_analyses = ["census"]', 'allowed_analyses = ["census"]\nmin_allele_count = -1', "policy.min_allele_count", ">= 0"),
         ('allowed_analyses = ["census"]', 'allowed_analyses = ["census"]\nk = 5', "policy.k", "unknown key"),
         ('allowed_analyses = ["census"]', 'allowed_analyses = ["census"]\nshare_variant_keys = 1', "policy.share_variant_keys", "true or false"),
+        ('allowed_analyses = ["census"]', 'allowed_analyses = ["census"]\nshare_site_metrics = "yes"', "policy.share_site_metrics", "true or false"),
     ],
 )
 def test_site_config__errors_name_file_and_key(tmp_path, old, new, key, expected):
