@@ -299,12 +299,16 @@ def cohort_simulate(
     "--share-variant-keys", is_flag=True,
     help="Let every site reveal which variants it has (IDs, never counts), as the census needs; each site can change it.",
 )
+@click.option(
+    "--share-site-metrics", is_flag=True,
+    help="Let every site send its own held-out model metrics (not only the federation's); each site can change it.",
+)
 @force_option
 @json_option
 @handles_errors
 def provision_command(
     federation: str, sites: tuple[str, ...], analysts: tuple[str, ...], out: Path, host: str, port: int,
-    days: int, allowed: tuple[str, ...], share_variant_keys: bool, force: bool, as_json: bool,
+    days: int, allowed: tuple[str, ...], share_variant_keys: bool, share_site_metrics: bool, force: bool, as_json: bool,
 ) -> None:
     """Create a federation: CA, certificates, keys and a configuration per participant.
 
@@ -322,7 +326,7 @@ def provision_command(
     manifest = provision(
         out, federation=federation, sites=sites, analysts=analysts or ("analyst",), coordinator_host=host,
         coordinator_port=port, valid_days=days, allowed_analyses=allowed or DEFAULT_ANALYSES,
-        share_variant_keys=share_variant_keys, force=force,
+        share_variant_keys=share_variant_keys, share_site_metrics=share_site_metrics, force=force,
     )
     lines = [f"federation {manifest.federation}: {manifest.path} (coordinator {manifest.coordinator_url})"]
     for participant in manifest.participants:

@@ -254,11 +254,14 @@ def test_cli_provision__text_and_json(tmp_path):
     assert summary["ca_key"].endswith("ca/ca.key")
 
     result = runner.invoke(main, ["provision", "--federation", "demo", "--site", "s", "--out", str(tmp_path / "fed2"),
-                                  "--allow", "census", "--share-variant-keys"])
+                                  "--allow", "census", "--share-variant-keys", "--share-site-metrics"])
     assert result.exit_code == 0
     assert "consortium operator" in result.output
     policy = load_site_config(tmp_path / "fed2" / "sites" / "s" / "site.toml", env={}).policy
     assert policy.allowed_analyses == ("census",) and policy.share_variant_keys is True
+    assert policy.share_site_metrics is True
+    default = load_site_config(tmp_path / "fed" / "sites" / "site-1" / "site.toml", env={}).policy
+    assert default.share_variant_keys is False and default.share_site_metrics is False
 
 
 def test_cli_provision__errors_exit_1_with_one_line(tmp_path):
