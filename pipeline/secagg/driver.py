@@ -316,13 +316,13 @@ def simulate_secure_sum(
         AggregationAborted: fewer than ``threshold`` sites remained; nothing revealed.
     """
     num_sites = len(vectors)
-    if layout is not None:
-        layout.check_bit_budget(num_sites)
+
+    def secure_total(inputs: Sequence[Any], ring: Ring, encoder: Callable[[Any], np.ndarray]) -> tuple[np.ndarray, int]:
         outcome = run_round(
-            vectors,
+            inputs,
             threshold=threshold,
-            ring=layout.ring,
-            encoder=layout.encode,
+            ring=ring,
+            encoder=encoder,
             dropouts=dropouts,
             consistency_check=consistency_check,
             num_neighbours=num_neighbours,
@@ -330,7 +330,12 @@ def simulate_secure_sum(
             engine=engine,
         )
         total, survivors = server_result(outcome.server)
-        return layout.decode(total, len(survivors))
+        return total, len(survivors)
+
+    if layout is not None:
+        layout.check_bit_budget(num_sites)
+        total, num_survivors = secure_total(vectors, layout.ring, layout.encode)
+        return layout.decode(total, num_survivors)
     arrays = [np.asarray(vector) for vector in vectors]
     shapes = {array.shape for array in arrays}
     if len(shapes) > 1:
@@ -340,19 +345,9 @@ def simulate_secure_sum(
         encoding = default_integer_encoding(num_sites) if integer_input else default_float_encoding(num_sites)
         _check_within_clip(arrays, encoding)
     check_bit_budget(encoding, num_sites)
-    outcome = run_round(
-        arrays,
-        threshold=threshold,
-        ring=encoding.ring,
-        encoder=lambda values: encode(values, encoding),
-        dropouts=dropouts,
-        consistency_check=consistency_check,
-        num_neighbours=num_neighbours,
-        seed=seed,
-        engine=engine,
-    )
-    total, survivors = server_result(outcome.server)
+    chosen = encoding
+    total, num_survivors = secure_total(arrays, chosen.ring, lambda values: encode(values, chosen))
     shape = arrays[0].shape if arrays else (0,)
-    if integer_input and encoding.scale_bits == 0:
-        return decode_integers(total, encoding, len(survivors)).reshape(shape)
-    return decode(total, encoding, len(survivors)).reshape(shape)
+    if integer_input and chosen.scale_bits == 0:
+        return decode_integers(total, chosen, num_survivors).reshape(shape)
+    return decode(total, chosen, num_survivors).reshape(shape)
