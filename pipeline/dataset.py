@@ -46,6 +46,19 @@ class Block:
         return self.variants.num_rows
 
 
+def locate(sorted_ids: np.ndarray, block_ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Where a block's variant IDs sit in a sorted ID list (a job's variant list).
+
+    Returns:
+        ``(index, present)``: for each row of the block, its index in ``sorted_ids``
+        (meaningful where ``present``) and whether it is in the list at all.
+    """
+    if sorted_ids.size == 0 or block_ids.size == 0:
+        return np.zeros(block_ids.size, np.int64), np.zeros(block_ids.size, bool)
+    index = np.minimum(np.searchsorted(sorted_ids, block_ids), sorted_ids.size - 1)
+    return index, sorted_ids[index] == block_ids
+
+
 def chunk_name(index: int) -> str:
     """File stem of chunk ``index`` (zero-padded so names sort in genome order)."""
     return f"chunk-{index:05d}"

@@ -71,7 +71,7 @@ from pipeline.analyses import Result, SiteContext
 from pipeline.analyses.census import CENSUS
 from pipeline.analyses.pca import PCA, local_scores, pca_state_done
 from pipeline.analyses.stages import Stage, Staged
-from pipeline.dataset import Dataset
+from pipeline.dataset import Dataset, locate
 from pipeline.errors import ConfigurationError, InputError, PolicyRefusal
 from pipeline.models.server import decode_array, encode_array
 from pipeline.secagg.encoding import Field, FixedPoint, Layout, Ring
@@ -264,10 +264,7 @@ def _variant_rows(state: Mapping[str, Any], dataset: Dataset):
     sorted_ids = ids[order]
     for block in dataset.iter_blocks():
         block_ids = np.asarray(block.variants.column("variant_id").to_pylist(), dtype=str)
-        if block_ids.size == 0 or sorted_ids.size == 0:
-            continue
-        where = np.minimum(np.searchsorted(sorted_ids, block_ids), sorted_ids.size - 1)
-        present = sorted_ids[where] == block_ids
+        where, present = locate(sorted_ids, block_ids)
         if present.any():
             yield order[where[present]], block.call_dosage[present]
 

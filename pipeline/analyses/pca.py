@@ -74,7 +74,7 @@ import pyarrow as pa
 from pipeline import outputs, schemas
 from pipeline.analyses import Result, RoundLayout, SiteContext
 from pipeline.analyses.census import CENSUS, COUNT_FIELDS
-from pipeline.dataset import Dataset
+from pipeline.dataset import Dataset, locate
 from pipeline.errors import ConfigurationError, InputError, PolicyRefusal
 from pipeline.models.server import decode_array, encode_array
 from pipeline.secagg.encoding import Field, FixedPoint, Layout, Ring
@@ -152,10 +152,7 @@ def _selected_calls(dataset: Dataset, variant_ids: Sequence[str], digest: str) -
     calls = np.full((selected.size, dataset.num_samples), -1, np.int8)
     for block in dataset.iter_blocks():
         ids = np.asarray(block.variants.column("variant_id").to_pylist(), dtype=str)
-        if selected.size == 0 or ids.size == 0:
-            continue
-        row = np.minimum(np.searchsorted(selected, ids), selected.size - 1)
-        present = selected[row] == ids
+        row, present = locate(selected, ids)
         calls[row[present]] = block.call_dosage[present]
     if len(_CALLS_CACHE) >= 4:
         _CALLS_CACHE.pop(next(iter(_CALLS_CACHE)))
