@@ -28,7 +28,6 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable
-from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -46,6 +45,7 @@ from pipeline.federation.jobs import decode_keys, encode_keys, union_keys  # noq
 from pipeline.federation.local import federate  # noqa: E402
 from pipeline.stats.counts import ENGINES, count_variants, default_engine  # noqa: E402
 from pipeline.stats.hwe import hwe_exact_p  # noqa: E402
+from tests.benchmarks.audit_times import event_clock  # noqa: E402
 from tests.federation import runtime_support as rs  # noqa: E402
 
 
@@ -140,13 +140,7 @@ def in_memory(sites: dict[str, Path], spec: dict[str, Any], *, secure: bool) -> 
 
 def audit_split(run: Path) -> str:
     """Job time by round from the coordinator's audit log."""
-    entries = [json.loads(line) for line in (run / "federation" / "coordinator" / "audit.log").read_text().splitlines()]
-
-    def when(event: str, **match: object) -> float:
-        for entry in entries:
-            if entry["event"] == event and all(entry["fields"].get(k) == v for k, v in match.items()):
-                return datetime.fromisoformat(entry["time"].replace("Z", "+00:00")).timestamp()
-        raise SystemExit(f"no {event} {match} in the coordinator's audit log")
+    when = event_clock(run)
 
     submitted, counts, done = when("job.submitted"), when("round.opened", round=1), when("job.done")
     return (f"job {done - submitted:.1f} s: key round {counts - submitted:.1f} s (includes the sites' start-up), "

@@ -38,6 +38,7 @@ from pipeline.analyses.gwas import GWAS  # noqa: E402
 from pipeline.analyses.in_memory import run_in_memory  # noqa: E402
 from pipeline.federation.local import federate  # noqa: E402
 from tests.analyses.gwas_support import write_phenotypes  # noqa: E402
+from tests.benchmarks.audit_times import event_clock  # noqa: E402
 from tests.federation import runtime_support as rs  # noqa: E402
 
 SPEC = {"model": "linear", "phenotype": "quant_trait", "covariates": ["age", "sex"], "min_call_rate": 0.9,
@@ -113,16 +114,7 @@ def run_plink2(prefix: Path) -> tuple[float, dict[str, tuple[float, float]]]:
 
 def stage_split(run: Path) -> str:
     """Job time by stage from the coordinator's audit log (census = rounds 0-1, regression = the rest)."""
-    import json
-    from datetime import datetime
-
-    entries = [json.loads(line) for line in (run / "federation" / "coordinator" / "audit.log").read_text().splitlines()]
-
-    def when(event: str, **match: object) -> float:
-        for entry in entries:
-            if entry["event"] == event and all(entry["fields"].get(k) == v for k, v in match.items()):
-                return datetime.fromisoformat(entry["time"].replace("Z", "+00:00")).timestamp()
-        raise SystemExit(f"no {event} {match} in the coordinator's audit log")
+    when = event_clock(run)
 
     submitted, regression, done = when("job.submitted"), when("round.opened", round=2), when("job.done")
     return f"job: census stage {regression - submitted:.1f} s (includes the sites' start-up), regression stage {done - regression:.1f} s"
