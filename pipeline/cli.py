@@ -178,7 +178,7 @@ def cluster_options(func: Callable[..., Any]) -> Callable[..., Any]:
 
 
 def _cluster(queue: str | None, cores: int | None, memory: str | None, walltime: str | None, account: str | None, jobs: int) -> Any:
-    from pipeline.workflow.cluster import ClusterOptions
+    from pipeline.cluster import ClusterOptions
 
     return ClusterOptions(queue=queue, cores=cores, memory=memory, walltime=walltime, account=account, jobs=jobs)
 
@@ -222,7 +222,7 @@ def ingest_command(
       genofed ingest --vcf site.bcf --fasta ref.fa.gz --out site.dataset --scheduler slurm --cores 4 --memory 8GB --jobs 4
     """
     from pipeline.ingest import ingest, summary_text
-    from pipeline.workflow.cluster import dask_session
+    from pipeline.cluster import dask_session
 
     with dask_session(scheduler, options=_cluster(queue, cores, memory, walltime, account, jobs), performance_report=performance_report):
         report = ingest(
@@ -402,7 +402,7 @@ def coordinator() -> None:
 @handles_errors
 def coordinator_serve(config_path: Path, host: str | None, port: int | None) -> None:
     """Serve the coordinator until interrupted; running jobs resume after a restart."""
-    from pipeline.federation.server import serve
+    from pipeline.federation.api import serve
 
     serve(config_path, host=host, port=port)
 
@@ -446,7 +446,7 @@ def _analyst_config_option(func: Callable[..., Any]) -> Callable[..., Any]:
 @handles_errors
 def job_submit(spec: Path, config_path: Path, threshold: int | None, as_json: bool) -> None:
     """Submit the job SPEC (YAML, e.g. workflows/census.yaml); prints its ID."""
-    from pipeline.federation.jobs import submit_job
+    from pipeline.federation.analyst import submit_job
 
     answer = submit_job(config_path, spec, threshold=threshold)
     echo_summary(answer, as_json=as_json, text=answer["job_id"])
@@ -459,7 +459,7 @@ def job_submit(spec: Path, config_path: Path, threshold: int | None, as_json: bo
 @handles_errors
 def job_status_command(job_id: str, config_path: Path, as_json: bool) -> None:
     """Show a job's status (running: round, stage and the sites it waits for)."""
-    from pipeline.federation.jobs import job_status
+    from pipeline.federation.analyst import job_status
 
     status = job_status(config_path, job_id)
     text = f"{status['job_id']} {status['analysis']}: {status['status']}"
@@ -479,7 +479,7 @@ def job_status_command(job_id: str, config_path: Path, as_json: bool) -> None:
 @handles_errors
 def job_results(job_id: str, config_path: Path, out: Path, force: bool, as_json: bool) -> None:
     """Download a finished job's results."""
-    from pipeline.federation.jobs import fetch_results
+    from pipeline.federation.analyst import fetch_results
 
     summary = fetch_results(config_path, job_id, out, force=force)
     echo_summary(summary, as_json=as_json, text=f"{job_id}: {', '.join(summary['tables'])} and summary.json written to {summary['out']}")
@@ -501,7 +501,7 @@ def federate_command(datasets: tuple[Path, ...], spec: Path, out: Path, threshol
     Example:
       genofed federate --site a.dataset --site b.dataset --site c.dataset --job workflows/census.yaml --out fed-run
     """
-    from pipeline.federation.local import federate, summary_text
+    from pipeline.federation.localhost import federate, summary_text
 
     summary = federate(list(datasets), spec, out, threshold=threshold, timeout=timeout, force=force)
     echo_summary(summary, as_json=as_json, text=summary_text(summary))

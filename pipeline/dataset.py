@@ -16,7 +16,7 @@ dosages (-1 missing), so a Dask task and a JAX kernel see the same array.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -162,6 +162,21 @@ class Dataset:
         """Yields the chunks in genome order, one at a time (bounded memory)."""
         for name in self.chunk_names:
             yield self.read_block(name, with_dosage=with_dosage)
+
+
+def selected_calls(dataset: Dataset, variant_ids: Sequence[str]) -> np.ndarray:
+    """The dataset's int8 calls of ``variant_ids`` (sorted), one row per ID in that order.
+
+    Rows of variants the dataset does not hold are -1, as missing calls are: an analysis
+    that mean-imputes treats "not typed here" and "missing" alike.
+    """
+    selected = np.asarray(variant_ids, dtype=str)
+    calls = np.full((selected.size, dataset.num_samples), -1, np.int8)
+    for block in dataset.iter_blocks():
+        ids = np.asarray(block.variants.column("variant_id").to_pylist(), dtype=str)
+        row, present = locate(selected, ids)
+        calls[row[present]] = block.call_dosage[present]
+    return calls
 
 
 def open_dataset(path: Path | str) -> Dataset:

@@ -2,26 +2,30 @@
 
 Simulates a multi-site cohort (each site with its own file quirks), ingests every site's
 VCF/BCF against the shared reference, runs each site's local QC, then federates the
-analyses available (the census across sites by secure aggregation) and prints a short
-report. Everything lands under one output folder, so a user can open every
-intermediate file with plain pyarrow/pandas.
+analyses (a census, a GWAS with PCs, a risk model) across the sites by secure
+aggregation and prints a short report: the GWAS's hits among the simulated causal
+variants (:func:`causal_hits`), and the federated model next to local-only and pooled
+ones. Everything lands under one output folder, so a user can open every intermediate
+file with plain pyarrow/pandas.
 """
 
 from __future__ import annotations
 
+import csv
 import json
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+import pyarrow.parquet as pq
+
 from pipeline import outputs
-from pipeline.analyses.gwas import run_federated_gwas
-from pipeline.federation.jobs import load_spec
-from pipeline.federation.local import federate, summary_text
+from pipeline.federation.job_spec import load_spec
+from pipeline.federation.localhost import federate, summary_text
+from pipeline.harmonize.contigs import canonical_contig
 from pipeline.ingest import ingest
-from pipeline.models.report import run_federated_training
 from pipeline.qc import run_qc
 from pipeline.resources import workflows_dir
 from pipeline.sim.cohort import simulate_cohort
@@ -125,3 +129,110 @@ def _ingest_line(report: dict[str, Any]) -> str:
 def _indent(text: str, work: Path, root: Path) -> str:
     """Indents a step's report and names files where they will be once the demo ends."""
     return "\n".join(f"      {line}" for line in text.replace(str(work), str(root)).splitlines())
+
+
+def causal_hits(gwas_tsv: Path | str, truth_tsv: Path | str, *, trait: str = "quant_trait", threshold: float = 5e-8) -> list[dict[str, Any]]:
+    """The simulated causal variants of ``trait`` with their GWAS p-values (for the demo).
+
+    Returns one record per causal variant: variant position, alleles, true effect,
+    estimated beta and p-value (None when not tested) and whether p < ``threshold``.
+    """
+    with open(gwas_tsv, newline="") as handle:
+        rows = {(r["chromosome"], int(r["base_pair_location"])): r for r in csv.DictReader(handle, delimiter="\t")}
+    hits = []
+    with open(truth_tsv, newline="") as handle:
+        for record in csv.DictReader(handle, delimiter="\t"):
+            if record.get("kind") != "causal" or record.get("trait") != trait:
+                continue
+            contig = record[next(iter(record))]
+            chromosome = canonical_contig(contig, "nochr")
+            position = int(record["pos"] if "pos" in record else list(record.values())[1])
+            row = rows.get((chromosome, position))
+            p_value = None if row is None or row["p_value"] == "NA" else float(row["p_value"])
+            hits.append({
+                "chromosome": chromosome, "position": position, "effect": record.get("effect"),
+                "beta": None if row is None or row["beta"] == "NA" else float(row["beta"]),
+                "p_value": p_value, "significant": p_value is not None and p_value < threshold,
+            })
+    return hits
+
+
+def demo_spec(*, pcs: int = 4, phenotype: str = "quant_trait") -> dict[str, Any]:
+    """The demo's job: linear GWAS of the simulated trait on age, sex and ``pcs`` PCs."""
+    return {
+        "analysis": "gwas", "model": "linear", "phenotype": phenotype, "covariates": ["age", "sex"], "pcs": pcs,
+        "pca": {"window_bp": 2000, "maf": 0.05}, "maf": 0.01, "min_allele_count": 5, "stage_timeout": 300,
+    }
+
+
+def run_federated_gwas(datasets: Sequence[Path | str], out: Path | str, *, truth: Path | str | None = None, pcs: int = 4,
+                       force: bool = False) -> dict[str, Any]:
+    """``genofed federate`` of :func:`demo_spec` over local datasets, with the causal hits when ``truth`` is given.
+
+    Returns the federate summary plus ``causal_hits`` (see :func:`causal_hits`) and
+    ``text``: a few lines for a terminal (lambda_GC, hits, where the files are).
+    """
+    result = federate(list(datasets), demo_spec(pcs=pcs), out, force=force)
+    summary = result["summary"]
+    results = Path(result["results"])
+    lines = [
+        f"GWAS of quant_trait on age, sex and {pcs} PCs: {summary['num_samples']} samples, "
+        f"{summary['variants']['published']} variants published, {summary['variants']['genome_wide_significant']} "
+        f"with p < 5e-8, lambda_GC {summary['lambda_gc']}",
+    ]
+    if truth is not None:
+        hits = causal_hits(results / "gwas.tsv", truth)
+        result["causal_hits"] = hits
+        found = sum(hit["significant"] for hit in hits)
+        lines.append(f"  simulated causal variants at genome-wide significance: {found} of {len(hits)}")
+        for hit in hits:
+            p_text = "not tested" if hit["p_value"] is None else f"p = {hit['p_value']:.2e}"
+            lines.append(f"    {hit['chromosome']}:{hit['position']}  true effect {hit['effect']}  {p_text}")
+    lines.append(f"  results: {results / 'gwas.tsv'}, manhattan.png, qq.png")
+    result["text"] = "\n".join(lines)
+    return result
+
+
+def run_federated_training(
+    datasets: Sequence[Path | str],
+    out: Path | str,
+    *,
+    spec: Path | str | Mapping[str, Any] | None = None,
+    rounds: int | None = None,
+    timeout: float = 900.0,
+    force: bool = False,
+) -> dict[str, Any]:
+    """Federated training across local processes (``genofed federate``) with its baselines.
+
+    The demo's training step: one site per dataset, the ``train`` job of ``spec``
+    (default ``workflows/train.yaml``: a sparse logistic risk model of
+    ``binary_trait``), then the local-only and pooled baselines and the report in
+    ``OUT/results``.
+
+    Args:
+        datasets: one dataset folder per site (with the phenotype columns).
+        out: folder to create (``genofed federate --out``).
+        spec: the job spec (YAML path or mapping).
+        rounds: overrides the spec's number of training rounds (a shorter demo).
+        timeout: seconds to wait for the job.
+        force: replace ``out``.
+
+    Returns:
+        ``genofed federate``'s summary, with ``baselines`` (``metrics``, ``table``,
+        ``files``) and ``text``: lines to print (the table included).
+
+    Raises:
+        ConfigurationError: no spec at the default path, or a wrong spec.
+    """
+    spec_dict = load_spec(workflows_dir() / "train.yaml" if spec is None else spec, {"rounds": rounds})
+    summary = federate(list(datasets), spec_dict, out, timeout=timeout, force=force)
+    result = summary["summary"]
+    lines = [summary_text(summary)]
+    markers = Path(summary["results"]) / "biomarkers.parquet"
+    if markers.is_file():
+        top = pq.read_table(markers).to_pylist()[:5]
+        lines.append("  top biomarkers: " + ", ".join(f"{m['feature']} ({m['coefficient']:+.3f}/SD)" for m in top))
+    lines.append(f"  {result['num_features']} features, {result['num_params']} parameters, {len(result['history']) - 1} rounds; "
+                 f"report: {Path(summary['results']) / 'training_report.md'}")
+    summary["text"] = "\n".join(lines)
+    return summary

@@ -2,10 +2,11 @@
 
 With an index the file is cut into genomic regions of ``chunk_size`` bases and each
 region becomes one Dask task (``read_blocks`` -> harmonize -> ``write_chunk`` into the
-temporary output folder); the graph is built from :func:`ingest_region` wrapped in
+temporary output folder, :mod:`pipeline.ingest_task`); the graph is built from
+:func:`~pipeline.ingest_task.ingest_region` wrapped in
 ``dask.delayed`` and computed once, on a local scheduler (threads, processes,
 synchronous), a ``dask.distributed`` scheduler address, or a dask-jobqueue cluster on
-Slurm/PBS (:mod:`pipeline.workflow.cluster`). Without an index the file is
+Slurm/PBS (:mod:`pipeline.cluster`). Without an index the file is
 streamed in order and cut into the same windows. Memory is bounded by the chunk size
 (one chunk's dense genotypes per worker), not by the file size. The driver then writes
 ``samples.parquet``, ``dataset.json`` and ``ingest-report.json`` and renames the folder
@@ -37,26 +38,26 @@ into place; on any error nothing is left behind.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import os
 import re
-import sys
 import time
 from collections.abc import Iterator
-from concurrent.futures import Executor, ProcessPoolExecutor, ThreadPoolExecutor
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import dask
+
 from pipeline import __version__, outputs
-from pipeline.dataset import Block, write_chunk, write_metadata
+from pipeline.cluster import compute_graph, parse_scheduler, progress_bar
+from pipeline.dataset import Block, write_metadata
 from pipeline.errors import ConfigurationError, InputError
-from pipeline.harmonize.batch import VariantBatch, add_counts, concat_blocks, to_block
+from pipeline.harmonize.batch import VariantBatch, add_counts, to_block
 from pipeline.harmonize.chain import harmonizer
 from pipeline.harmonize.contigs import CONTIG_STYLES
 from pipeline.harmonize.samples import match_samples
+from pipeline.ingest_task import RECORDS_PER_BLOCK, ChunkTask, empty_counts, ingest_region, write_blocks
 from pipeline.io.fasta import open_reference
 from pipeline.io.phenotypes import read_phenotypes
 from pipeline.io.vcf import Region, open_vcf, read_blocks
@@ -64,19 +65,6 @@ from pipeline.io.vcf import Region, open_vcf, read_blocks
 log = logging.getLogger(__name__)
 
 REPORT_NAME = "ingest-report.json"
-DROP_REASONS = ("no_alt_allele", "symbolic_allele", "alt_equals_ref", "ref_mismatch", "position_outside_reference")
-COUNTERS = (
-    "records_read",
-    "multiallelic_records_split",
-    "records_from_split",
-    "trimmed",
-    "ref_checked",
-    "swapped",
-    "strand_flipped",
-    "strand_ambiguous",
-)
-LOCAL_SCHEDULERS = {"threads": "threads", "processes": "processes", "synchronous": "sync", "sync": "sync"}
-RECORDS_PER_BLOCK = 2000
 
 _SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmg]?)b?\s*$", re.IGNORECASE)
 _UNITS = {"": 1, "k": 1_000, "m": 1_000_000, "g": 1_000_000_000}
@@ -103,53 +91,7 @@ def parse_chunk_size(value: str | int) -> int:
 def _parse_scheduler(scheduler: str, workers: int | None) -> str:
     if workers is not None and workers < 1:
         raise ConfigurationError(f"--workers must be at least 1, got {workers}")
-    from pipeline.workflow.cluster import parse_scheduler
-
     return parse_scheduler(scheduler)
-
-
-@dataclass(frozen=True)
-class ChunkTask:
-    """Everything one region's task needs (plain, picklable values: no open files)."""
-
-    vcf: str
-    region: Region
-    chunk_index: int
-    out: str
-    num_samples: int
-    fasta: str | None
-    contig_style: str
-
-
-def _empty_counts() -> dict[str, Any]:
-    return {**{name: 0 for name in COUNTERS}, "dropped": {reason: 0 for reason in DROP_REASONS}}
-
-
-def _write(out: Path, chunk_index: int, blocks: list[Block], num_samples: int) -> dict[str, Any] | None:
-    block = concat_blocks(blocks, num_samples=num_samples)
-    if block.num_variants == 0:
-        return None
-    return write_chunk(out, chunk_index, block)
-
-
-def ingest_region(task: ChunkTask) -> dict[str, Any]:
-    """One Dask task: reads a region, harmonizes it and writes its chunk files.
-
-    Returns:
-        ``{"chunk_index", "entry" (the dataset.json entry, None when nothing was kept),
-        "counts"}``.
-    """
-    reference = open_reference(task.fasta) if task.fasta else None
-    harmonize = harmonizer(contig_style=task.contig_style, reference=reference)
-    counts: dict[str, Any] = _empty_counts()
-    blocks: list[Block] = []
-    for record_block in read_blocks(task.vcf, task.region, max_records=RECORDS_PER_BLOCK):
-        batch: VariantBatch = harmonize(record_block)
-        counts = dict(add_counts(counts, batch.counts))
-        if batch.num_variants:
-            blocks.append(to_block(batch))
-    entry = _write(Path(task.out), task.chunk_index, blocks, task.num_samples)
-    return {"chunk_index": task.chunk_index, "entry": entry, "counts": counts}
 
 
 def _stream(vcf: str, out: Path, *, num_samples: int, chunk_size: int, fasta: str | None, contig_style: str, progress: bool) -> list[dict[str, Any]]:
@@ -157,17 +99,17 @@ def _stream(vcf: str, out: Path, *, num_samples: int, chunk_size: int, fasta: st
     reference = open_reference(fasta) if fasta else None
     harmonize = harmonizer(contig_style=contig_style, reference=reference)
     results: list[dict[str, Any]] = []
-    counts: dict[str, Any] = _empty_counts()
+    counts: dict[str, Any] = empty_counts()
     pending: list[Block] = []
     current: tuple[str, int] | None = None
 
     def flush() -> None:
         nonlocal pending, counts
-        entry = _write(out, len(results), pending, num_samples)
+        entry = write_blocks(out, len(results), pending, num_samples)
         results.append({"chunk_index": len(results), "entry": entry, "counts": counts})
-        pending, counts = [], _empty_counts()
+        pending, counts = [], empty_counts()
 
-    bar = _progress_bar(progress, unit="records", desc="ingest")
+    bar = progress_bar(progress, unit="records", desc="ingest")
     try:
         for record_block in read_blocks(vcf, None, max_records=RECORDS_PER_BLOCK):
             batch: VariantBatch = harmonize(record_block)
@@ -198,65 +140,15 @@ def _ordered_unique(values: list[int]) -> Iterator[int]:
             yield value
 
 
-def _progress_bar(progress: bool, **kwargs: Any) -> Any:
-    if not progress:
-        return None
-    from tqdm import tqdm
-
-    return tqdm(file=sys.stderr, **kwargs)
-
-
-def _local_pool(scheduler: str, workers: int | None) -> Executor | None:
-    """The executor a local scheduler runs on, owned here so that a failure can wait for it."""
-    if scheduler == "sync":
-        return None
-    count = workers or os.cpu_count() or 1
-    if scheduler == "threads":
-        return ThreadPoolExecutor(count)
-    import multiprocessing
-
-    import dask
-
-    return ProcessPoolExecutor(count, mp_context=multiprocessing.get_context(dask.config.get("multiprocessing.context", "spawn")))
-
-
 def _compute(tasks: list[ChunkTask], *, scheduler: str, workers: int | None, progress: bool) -> list[dict[str, Any]]:
-    """Builds the graph (one delayed call per region) and computes it once.
+    """One delayed :func:`~pipeline.ingest_task.ingest_region` per region, computed once.
 
-    When a task fails, the tasks already running finish before the error propagates, so
-    none of them writes into the temporary folder after it has been removed.
+    When a task fails, the tasks already running finish before the error propagates
+    (:func:`pipeline.cluster.compute_graph`), so none of them writes into the temporary
+    folder after it has been removed.
     """
-    import dask
-
     graph = [dask.delayed(ingest_region, pure=True)(task, dask_key_name=f"ingest-chunk-{task.chunk_index:05d}") for task in tasks]
-    if scheduler in LOCAL_SCHEDULERS:
-        name = LOCAL_SCHEDULERS[scheduler]
-        pool = _local_pool(name, workers)
-        options: dict[str, Any] = {"scheduler": name} if pool is None else {"scheduler": name, "pool": pool}
-        bar = contextlib.nullcontext()
-        if progress:
-            from dask.diagnostics import ProgressBar
-
-            bar = ProgressBar(out=sys.stderr)
-        try:
-            with bar:
-                return list(dask.compute(*graph, **options))
-        finally:
-            if pool is not None:
-                pool.shutdown(wait=True, cancel_futures=True)
-    import distributed
-
-    from pipeline.workflow.cluster import dask_client
-
-    with dask_client(scheduler) as client:  # the active client (--scheduler slurm/pbs, a workflow run) or a new one
-        futures = client.compute(graph)
-        tick = _progress_bar(progress, total=len(futures), unit="chunks", desc="ingest")
-        for _ in distributed.as_completed(futures):  # every task ends before an error is raised
-            if tick is not None:
-                tick.update(1)
-        if tick is not None:
-            tick.close()
-        return list(client.gather(futures))
+    return compute_graph(graph, scheduler=scheduler, workers=workers, progress=progress, unit="chunks", desc="ingest")
 
 
 PARTS_RESULTS = "results"
@@ -367,7 +259,7 @@ def ingest(
         phenotypes: TSV keyed by IID to match samples with.
         chunk_size: bases per chunk (``5Mb``, ``500kb``, ``1000000``).
         scheduler: ``threads``, ``processes``, ``synchronous``, a dask.distributed address, or
-            ``slurm``/``pbs`` (dask-jobqueue; see :mod:`pipeline.workflow.cluster`).
+            ``slurm``/``pbs`` (dask-jobqueue; see :mod:`pipeline.cluster`).
         workers: local scheduler workers (default: dask's, one per core).
         contig_style: ``chr``, ``nochr`` or ``keep``.
         force: replace an existing ``out``.
@@ -411,7 +303,7 @@ def ingest(
             results = _stream(vcf_path, tmp, num_samples=len(source.samples), chunk_size=size, fasta=fasta_path, contig_style=contig_style, progress=progress)
         results.sort(key=lambda r: r["chunk_index"])
         entries = [r["entry"] for r in results if r["entry"] is not None]
-        counts: dict[str, Any] = _empty_counts()
+        counts: dict[str, Any] = empty_counts()
         for result in results:
             counts = dict(add_counts(counts, result["counts"]))
         counts["dropped"] = dict(counts["dropped"])

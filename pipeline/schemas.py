@@ -10,7 +10,6 @@ import functools
 import json
 import re
 from dataclasses import dataclass
-from pathlib import Path
 
 import pyarrow as pa
 

@@ -18,7 +18,8 @@ from hypothesis import strategies as st
 from pipeline.cli import main
 from pipeline.dataset import open_dataset
 from pipeline.harmonize.contigs import canonical_contig
-from pipeline.ingest import DROP_REASONS, ingest, parse_chunk_size
+from pipeline.ingest import ingest, parse_chunk_size
+from pipeline.ingest_task import DROP_REASONS
 from pipeline.sim.cohort import load_manifest
 from tests.harmonize.records import vcf_text, write_vcf
 

@@ -32,11 +32,11 @@ Spec::
 
 from __future__ import annotations
 
+import dataclasses
 import os
-import threading
-from collections import OrderedDict
 from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -44,26 +44,100 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from pipeline import schemas
-from pipeline.analyses import KeyUnion, Result, RoundLayout, SiteContext
+from pipeline.analyses.protocol import Analysis, KeyUnion, Result, RoundLayout, SiteContext, StepResult
+from pipeline.analyses.site_cache import SiteCache
 from pipeline.dataset import Dataset
-from pipeline.errors import ConfigurationError, InputError, PolicyRefusal
-from pipeline.secagg.encoding import Field, FixedPoint, Layout, Ring
+from pipeline.encoding import Count, Ring, plan_layout
+from pipeline.errors import InputError, PolicyRefusal
+from pipeline.parameters import Param, integer, number, parse_params
 from pipeline.stats.counts import count_variants
 from pipeline.stats.hwe import hwe_exact_p
 
-__all__ = ["CENSUS", "Census", "COUNT_FIELDS", "census_table", "minor_allele_count", "site_variant_counts"]
+__all__ = [
+    "CENSUS",
+    "Census",
+    "CensusParameters",
+    "CensusState",
+    "COUNT_FIELDS",
+    "census_table",
+    "minor_allele_count",
+    "site_variant_counts",
+]
 
 COUNT_FIELDS = ("n_hom_ref", "n_het", "n_hom_alt", "n_missing")
 KEYS_ROUND = 0
 COUNTS_ROUND = 1
-_MEMO_DATASETS = 4
-"""Datasets whose per-variant counts a process keeps between the two rounds."""
 _READ_THREADS = max(1, min(4, (os.cpu_count() or 1) // 2))
 """Chunks a site reads and counts at once: up to 4, half the cores (one on a 2-core machine,
 where three site processes sharing the cores ran ~15% slower with two threads each)."""
-_memo: OrderedDict[tuple[Any, ...], tuple[pa.Array, np.ndarray]] = OrderedDict()
-_memo_lock = threading.Lock()
-_DEFAULTS = {"min_allele_count": 5, "min_call_rate": 0.95, "hwe_p": 1e-6, "maf": 0.0, "max_samples_per_site": 10_000_000}
+
+PARAMS = {
+    "min_allele_count": Param(5, integer(0, 2**31)),
+    "min_call_rate": Param(0.95, number(0.0, 1.0)),
+    "hwe_p": Param(1e-6, number(0.0, 1.0)),
+    "maf": Param(0.0, number(0.0, 0.5)),
+    "max_samples_per_site": Param(10_000_000, integer(1, 2**40)),
+}
+"""The census' spec keys, defaults and checks."""
+
+
+@dataclass(frozen=True)
+class CensusParameters:
+    """The census' thresholds (see the module docstring's spec)."""
+
+    min_allele_count: int
+    min_call_rate: float
+    hwe_p: float
+    maf: float
+    max_samples_per_site: int
+
+    @classmethod
+    def parse(cls, spec: Mapping[str, Any]) -> CensusParameters:
+        """Checks a census spec and fills its defaults.
+
+        Raises:
+            ConfigurationError: naming the key, what was expected and what was given.
+        """
+        return cls(**parse_params(spec, PARAMS, where="census"))
+
+    def to_json(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+@dataclass(frozen=True)
+class CensusState:
+    """The census' public state: its thresholds, and after round 0 the variant union.
+
+    Attributes:
+        parameters: the job's thresholds.
+        num_participants: sites invited (the bit budget is sized for all of them).
+        variant_ids: the sorted union of the keys the sites shared; ``None`` before round 0 ends.
+    """
+
+    parameters: CensusParameters
+    num_participants: int
+    variant_ids: tuple[str, ...] | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return {"parameters": self.parameters.to_json(), "num_participants": self.num_participants,
+                "variant_ids": None if self.variant_ids is None else list(self.variant_ids)}
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> CensusState:
+        ids = data["variant_ids"]
+        return cls(CensusParameters(**data["parameters"]), int(data["num_participants"]),
+                   None if ids is None else tuple(str(v) for v in ids))
+
+    @property
+    def union(self) -> tuple[str, ...]:
+        """The variant union (round 1 on).
+
+        Raises:
+            InputError: round 0 has not ended yet.
+        """
+        if self.variant_ids is None:
+            raise InputError("census: the variant union is not known before the key round ends")
+        return self.variant_ids
 
 
 def minor_allele_count(n_hom_ref: np.ndarray, n_het: np.ndarray, n_hom_alt: np.ndarray) -> np.ndarray:
@@ -73,19 +147,8 @@ def minor_allele_count(n_hom_ref: np.ndarray, n_het: np.ndarray, n_hom_alt: np.n
     return np.minimum(allele_count, allele_number - allele_count)
 
 
-def _number(spec: Mapping[str, Any], name: str, low: float, high: float, *, integer: bool = False) -> Any:
-    value = spec.get(name, _DEFAULTS[name])
-    ok = not isinstance(value, bool) and isinstance(value, (int, float)) and low <= value <= high
-    if integer:
-        ok = ok and isinstance(value, int)
-    if not ok:
-        kind = "an integer" if integer else "a number"
-        raise ConfigurationError(f"census: {name} must be {kind} in [{low}, {high}], got {value!r}")
-    return int(value) if integer else float(value)
-
-
 def census_table(
-    variant_id: np.ndarray, counts: Mapping[str, np.ndarray], num_samples: int, parameters: Mapping[str, Any]
+    variant_id: np.ndarray, counts: Mapping[str, np.ndarray], num_samples: int, parameters: CensusParameters
 ) -> pa.Table:
     """The census_variants table from global counts (see ``schemas/census_variants.json``).
 
@@ -105,14 +168,14 @@ def census_table(
         frequency = np.where(allele_number > 0, allele_count / np.maximum(allele_number, 1), np.nan)
     hwe_p = hwe_exact_p(hom_ref, het, hom_alt)
     minor_count = np.minimum(allele_count, allele_number - allele_count)
-    publishable = minor_count >= int(parameters["min_allele_count"])
+    publishable = minor_count >= parameters.min_allele_count
     minor_frequency = np.minimum(frequency, 1.0 - frequency)
     with np.errstate(invalid="ignore"):
         failures = {
             "min_allele_count": ~publishable,
-            "call_rate": call_rate < parameters["min_call_rate"],
-            "hwe": hwe_p < parameters["hwe_p"],
-            "maf": (np.isnan(minor_frequency) | (minor_frequency < parameters["maf"])) if parameters["maf"] > 0 else np.zeros(called.shape, bool),
+            "call_rate": call_rate < parameters.min_call_rate,
+            "hwe": hwe_p < parameters.hwe_p,
+            "maf": (np.isnan(minor_frequency) | (minor_frequency < parameters.maf)) if parameters.maf > 0 else np.zeros(called.shape, bool),
         }
     reasons = np.full(called.shape, "", dtype=object)
     for reason, mask in failures.items():
@@ -157,22 +220,20 @@ def _fingerprint(dataset: Dataset) -> tuple[Any, ...]:
     return (str(dataset.path.resolve()), *((st.st_ino, st.st_size, st.st_mtime_ns) for st in stats))
 
 
-def site_variant_counts(dataset: Dataset) -> tuple[pa.Array, np.ndarray]:
+def site_variant_counts(dataset: Dataset, cache: SiteCache) -> tuple[pa.Array, np.ndarray]:
     """A dataset's variant IDs (genome order) and their hom-ref, het, hom-alt, missing counts.
 
     Both census rounds need them; reading the genotypes is most of a site step's time,
-    so a process keeps them for the last few datasets it counted, keyed by the files'
-    identity (a dataset rewritten in between is read again).
+    so they are kept in the job's ``cache``, keyed by the files' identity (a dataset
+    rewritten in between is read again).
 
     Returns:
         (string array of IDs, int64 (4, variants) counts in :data:`COUNT_FIELDS` order).
     """
-    key = _fingerprint(dataset)
-    with _memo_lock:
-        if key in _memo:
-            _memo.move_to_end(key)
-            return _memo[key]
+    return cache.get(("census.site_variant_counts", _fingerprint(dataset)), lambda: _count_dataset(dataset))
 
+
+def _count_dataset(dataset: Dataset) -> tuple[pa.Array, np.ndarray]:
     def count_chunk(chunk: str) -> tuple[pa.Array, np.ndarray]:
         block = dataset.read_block(chunk)
         return block.variants.column("variant_id").combine_chunks(), np.stack(count_variants(block.call_dosage))
@@ -186,73 +247,60 @@ def site_variant_counts(dataset: Dataset) -> tuple[pa.Array, np.ndarray]:
     ids = pa.concat_arrays(id_parts) if id_parts else pa.array([], pa.string())
     counts = np.concatenate(count_parts, axis=1) if count_parts else np.zeros((len(COUNT_FIELDS), 0), np.int64)
     counts.setflags(write=False)
-    with _memo_lock:
-        _memo[key] = (ids, counts)
-        while len(_memo) > _MEMO_DATASETS:
-            _memo.popitem(last=False)
     return ids, counts
 
 
-class Census:
+class Census(Analysis[CensusState]):
     """Federated variant census / QC (see the module docstring)."""
 
     name = "census"
 
-    def init(self, spec: Mapping[str, Any], participants: tuple[str, ...]) -> dict[str, Any]:
+    def init(self, spec: Mapping[str, Any], participants: tuple[str, ...]) -> CensusState:
         """Parses the thresholds; the variant list comes from round 0."""
-        parameters = {
-            "min_allele_count": _number(spec, "min_allele_count", 0, 2**31, integer=True),
-            "min_call_rate": _number(spec, "min_call_rate", 0.0, 1.0),
-            "hwe_p": _number(spec, "hwe_p", 0.0, 1.0),
-            "maf": _number(spec, "maf", 0.0, 0.5),
-            "max_samples_per_site": _number(spec, "max_samples_per_site", 1, 2**40, integer=True),
-        }
-        return {"parameters": parameters, "num_participants": len(participants), "variant_ids": None}
+        return CensusState(CensusParameters.parse(spec), len(participants))
 
-    def _encoding(self, state: Mapping[str, Any]) -> FixedPoint:
-        clip = float(state["parameters"]["max_samples_per_site"])
-        sites = int(state["num_participants"])
-        ring = Ring.R32 if sites * clip <= Ring.R32.max_signed else Ring.R64
-        return FixedPoint(ring, scale_bits=0, clip=clip)
+    def state_from_json(self, data: Mapping[str, Any]) -> CensusState:
+        return CensusState.from_json(data)
 
-    def layout(self, state: Mapping[str, Any], round_index: int) -> RoundLayout:
-        """Round 0: the variant-key union; round 1: four count vectors and the sample count."""
+    def layout(self, state: CensusState, round_index: int) -> RoundLayout:
+        """Round 0: the variant-key union; round 1: four count vectors and the sample count.
+
+        Counts are exact, in Z_2^32 when the sum of every invited site fits, else Z_2^64.
+        """
         if round_index == KEYS_ROUND:
             return KeyUnion("variant_id", "variants each site holds at or above its minimum minor allele count")
-        encoding = self._encoding(state)
-        num_variants = len(state["variant_ids"])
-        fields = [Field(name, (num_variants,), encoding) for name in COUNT_FIELDS]
-        return Layout((*fields, Field("n_samples", (1,), encoding)))
+        n_max = state.parameters.max_samples_per_site
+        num_variants = len(state.union)
+        fields = [Count(name, (num_variants,), n_max) for name in COUNT_FIELDS]
+        return plan_layout([*fields, Count("n_samples", (1,), n_max)], state.num_participants, rings=(Ring.R32, Ring.R64))
 
-    def site_step(
-        self, state: Mapping[str, Any], round_index: int, dataset: Dataset, site: SiteContext
-    ) -> dict[str, np.ndarray]:
+    def site_step(self, state: CensusState, round_index: int, dataset: Dataset, site: SiteContext) -> dict[str, np.ndarray]:
         """Round 0: the site's keys above its threshold; round 1: its counts over the union.
 
         Raises:
             PolicyRefusal: the job would publish variants below the site's own minimum
                 allele count, or the site has more samples than the job's encoding allows.
         """
-        parameters = state["parameters"]
-        if int(parameters["min_allele_count"]) < site.min_allele_count:
+        parameters = state.parameters
+        if parameters.min_allele_count < site.min_allele_count:
             raise PolicyRefusal(
                 f"site {site.name}: the census publishes variants with a minor allele count of "
-                f"{parameters['min_allele_count']}, below this site's policy min_allele_count {site.min_allele_count}"
+                f"{parameters.min_allele_count}, below this site's policy min_allele_count {site.min_allele_count}"
             )
-        if dataset.num_samples > int(parameters["max_samples_per_site"]):
+        if dataset.num_samples > parameters.max_samples_per_site:
             raise PolicyRefusal(
                 f"site {site.name}: {dataset.num_samples} samples exceed the job's max_samples_per_site "
-                f"{parameters['max_samples_per_site']}; the sum could overflow"
+                f"{parameters.max_samples_per_site}; the sum could overflow"
             )
         if round_index == KEYS_ROUND:
             if not site.share_variant_keys:
                 return {"variant_id": np.array([], dtype=str)}
-            ids, counts = site_variant_counts(dataset)
+            ids, counts = site_variant_counts(dataset, site.cache)
             minor = minor_allele_count(counts[0], counts[1], counts[2])
             kept = pc.filter(ids, pa.array(minor >= site.min_allele_count)).to_numpy(zero_copy_only=False)
             return {"variant_id": np.unique(kept.astype(str))}
-        union = pa.array(state["variant_ids"], pa.string())
-        ids, counts = site_variant_counts(dataset)
+        union = pa.array(state.union, pa.string())
+        ids, counts = site_variant_counts(dataset, site.cache)
         position = pc.fill_null(pc.index_in(ids, value_set=union), -1).to_numpy(zero_copy_only=False)
         present = position >= 0
         where = position[present].astype(np.int64)
@@ -262,19 +310,17 @@ class Census:
         return {**totals, "n_samples": np.array([dataset.num_samples], np.int64)}
 
     def coordinator_step(
-        self, state: Mapping[str, Any], round_index: int, total: Mapping[str, np.ndarray], num_sites: int
-    ) -> tuple[dict[str, Any], bool, Result | None]:
+        self, state: CensusState, round_index: int, total: Mapping[str, np.ndarray], num_sites: int
+    ) -> StepResult[CensusState]:
         """Round 0: keep the union; round 1: the census table and its summary."""
         if round_index == KEYS_ROUND:
-            keys = pa.array(np.asarray(total["variant_id"]).astype(str).tolist(), pa.string())
-            unique = pc.unique(keys)
-            union = unique.take(pc.array_sort_indices(unique)).to_pylist()
+            union = tuple(np.asarray(total["variant_id"]).astype(str).tolist())  # sorted by the runtime
             if not union:
                 raise InputError("census: no site shared any variant key; nothing to count (check the sites' share_variant_keys policy)")
-            return {**state, "variant_ids": union}, False, None
+            return dataclasses.replace(state, variant_ids=union), False, None
         num_samples = int(np.asarray(total["n_samples"]).reshape(-1)[0])
         counts = {name: np.asarray(total[name], np.int64) for name in COUNT_FIELDS}
-        table = census_table(np.asarray(state["variant_ids"], dtype=str), counts, num_samples, state["parameters"])
+        table = census_table(np.asarray(state.union, dtype=str), counts, num_samples, state.parameters)
         publishable = table.column("publishable").to_numpy(zero_copy_only=False)
         passing = table.column("pass_qc").to_numpy(zero_copy_only=False)
         filter_table = table.select(["variant_id", "pass_qc", "filter"])
@@ -282,7 +328,7 @@ class Census:
             "analysis": self.name,
             "num_sites": int(num_sites),
             "num_samples": num_samples,
-            "parameters": dict(state["parameters"]),
+            "parameters": state.parameters.to_json(),
             "variants": {
                 "total": int(table.num_rows),
                 "publishable": int(np.count_nonzero(publishable)),
@@ -295,7 +341,7 @@ class Census:
             ),
             "schemas": {"census_variants": schemas.load("census_variants").version},
         }
-        return dict(state), True, Result(summary=summary, tables={"census_variants": table, "filter": filter_table})
+        return state, True, Result(summary=summary, tables={"census_variants": table, "filter": filter_table})
 
 
 CENSUS = Census()

@@ -6,4 +6,13 @@ connections; analysts submit jobs. Identity is the certificate a federation CA i
 (:mod:`pipeline.federation.tls`) and checked against the enrolment list in the
 configuration (:mod:`pipeline.federation.config`). Every contribution, round and
 result is written to a hash-chained audit log (:mod:`pipeline.federation.audit`).
+
+The runtime is the only place that turns an analysis' declared layout into ring
+vectors, masks, signs, moves and stores them: the coordinator's job engine
+(:mod:`.coordinator`) behind its HTTPS API (:mod:`.api`), the site agent
+(:mod:`.agent`), the analyst's client (:mod:`.analyst`), the round vocabulary both ends
+compute alike (:mod:`.rounds`, :mod:`.job_spec`), the byte formats (:mod:`.wire`,
+:mod:`.secagg_wire`, :mod:`.transport`), persistence (:mod:`.store`), and the
+one-machine runners (:mod:`.in_memory`, :mod:`.localhost`, with the baselines only
+they can compute, :mod:`.baselines`).
 """

@@ -9,7 +9,7 @@ TLS). It long-polls ``/v1/site/work``; for each task it
    the site's ``min_allele_count``) — a refused job is declined with the reason;
 2. computes its contribution with the analysis' ``site_step`` (JAX) and encodes it with
    the round's layout;
-3. runs its side of the secure-aggregation protocol (:mod:`pipeline.secagg.protocol`)
+3. runs its side of the secure-aggregation protocol (:mod:`pipeline.secagg.client`)
    one stage per task, uploading each message.
 
 The protocol secrets of a round in progress (32 random bytes every key derives from,
@@ -40,14 +40,17 @@ from typing import Any
 import numpy as np
 
 from pipeline import dataset as dataset_io
-from pipeline.analyses import Analysis, KeyUnion, SiteContext, get_analysis
+from pipeline.analyses import Analysis, JobState, KeyUnion, SiteCache, SiteContext
+from pipeline.analyses.registry import get_analysis
+from pipeline.encoding import Layout
 from pipeline.errors import ConfigurationError, GenofedError, PolicyRefusal, ProtocolError
-from pipeline.federation import wire
+from pipeline.federation import secagg_wire, transport, wire
+from pipeline.federation.audit import AuditLog
 from pipeline.federation.config import SiteConfig, load_site_config
-from pipeline.federation.jobs import KEYS_STAGE, encode_keys, round_config
+from pipeline.federation.rounds import KEY_UNION_STAGE, encode_keys, round_config
 from pipeline.secagg import keys as secagg_keys
-from pipeline.secagg.encoding import Layout
-from pipeline.secagg.protocol import ClientState, Message, Stage, client_advance, client_init
+from pipeline.secagg.client import ClientState, client_advance, client_init
+from pipeline.secagg.messages import Message, Stage
 
 log = logging.getLogger(__name__)
 
@@ -97,18 +100,17 @@ class _RoundMemory:
 class SiteAgent:
     """One site's agent (identity: a site, its state folder and its connection)."""
 
-    def __init__(self, config: SiteConfig, *, connection: wire.Connection | None = None, audit: Any = None) -> None:
-        from pipeline.federation.audit import AuditLog
-
+    def __init__(self, config: SiteConfig, *, connection: transport.Connection | None = None, audit: Any = None) -> None:
         self.config = config
-        self.connection = connection or wire.Connection(
+        self.connection = connection or transport.Connection(
             config.coordinator_url, cert=config.cert, key=config.key, ca=config.ca, max_attempts=10, max_backoff=5.0,
         )
         self.audit = audit if audit is not None else AuditLog(config.audit_log)
         self.state_dir = Path(config.state_dir)
         self.state_dir.mkdir(parents=True, exist_ok=True)
         self._rounds: dict[tuple[str, int], _RoundMemory] = {}
-        self._states: dict[tuple[str, int], dict[str, Any]] = {}
+        self._states: dict[tuple[str, int], tuple[str, JobState]] = {}
+        self._caches: dict[str, SiteCache] = {}
         self._dataset: dataset_io.Dataset | None = None
         self.tasks_done = 0
         self._active: set[str] = set()
@@ -164,6 +166,8 @@ class SiteAgent:
                 self._finish_job(job_id)
                 self._rounds = {k: v for k, v in self._rounds.items() if k[0] != job_id}
                 self._states = {k: v for k, v in self._states.items() if k[0] != job_id}
+        for job_id in [job for job in self._caches if job not in active]:
+            self._caches.pop(job_id).clear()
         if jobs_dir.is_dir():
             for folder in jobs_dir.iterdir():
                 if folder.name not in active:
@@ -176,14 +180,16 @@ class SiteAgent:
             self._dataset = dataset_io.open_dataset(self.config.dataset)
         return self._dataset
 
-    def site_context(self) -> SiteContext:
+    def site_context(self, job_id: str) -> SiteContext:
+        """The site's policy, and the cache of ``job_id`` (kept until the job ends)."""
         policy = self.config.policy
         return SiteContext(
             name=self.config.name,
             min_samples=policy.min_samples,
             min_allele_count=policy.min_allele_count,
-            share_variant_keys=bool(getattr(policy, "share_variant_keys", False)),
-            share_site_metrics=bool(getattr(policy, "share_site_metrics", False)),
+            share_variant_keys=policy.share_variant_keys,
+            share_site_metrics=policy.share_site_metrics,
+            cache=self._caches.setdefault(job_id, SiteCache()),
         )
 
     def handle(self, task: dict[str, Any]) -> None:
@@ -212,7 +218,7 @@ class SiteAgent:
         self.connection.post_json(f"/v1/site/jobs/{job_id}/decline", {"reason": reason})
 
     def _finish_job(self, job_id: str) -> None:
-        """Runs the analysis' optional ``site_finish(state, dataset, site, out_dir)`` hook.
+        """Runs the analysis' ``site_finish(state, dataset, site, out_dir)`` hook.
 
         Called once a job this site contributed to is no longer running, with the last
         round state the site fetched; the hook writes site-local outputs (PCA scores)
@@ -224,11 +230,8 @@ class SiteAgent:
         if name is None or not rounds or job_id in self._declined_jobs:
             return
         try:
-            hook = getattr(get_analysis(name), "site_finish", None)
-            if hook is None:
-                return
-            written = hook(self._states[(job_id, max(rounds))], self.dataset(), self.site_context(),
-                           self.state_dir / "results" / job_id)
+            written = get_analysis(name).site_finish(self._states[(job_id, max(rounds))][1], self.dataset(),
+                                                     self.site_context(job_id), self.state_dir / "results" / job_id)
         except GenofedError as error:
             log.warning("site %s: outputs of job %s not written: %s", self.config.name, job_id, error)
             self.audit.append("job.outputs_failed", job_id=job_id, reason=str(error)[:500])
@@ -236,26 +239,29 @@ class SiteAgent:
         if written is not None:
             self.audit.append("job.outputs_written", job_id=job_id, outputs=written)
 
-    def _state(self, job_id: str, round_index: int) -> dict[str, Any]:
+    def _state(self, job_id: str, round_index: int, analysis: Analysis[Any]) -> tuple[str, JobState]:
+        """The public state round ``round_index`` started from: its JSON's digest, and the typed state."""
         key = (job_id, round_index)
         if key not in self._states:
-            self._states[key] = self.connection.get_json(f"/v1/site/jobs/{job_id}/rounds/{round_index}/state")
+            data = self.connection.get_json(f"/v1/site/jobs/{job_id}/rounds/{round_index}/state")
+            self._states[key] = (wire.digest(wire.canonical_json(data)), analysis.state_from_json(data))
         return self._states[key]
 
-    def _contribution(self, task: dict[str, Any], analysis: Analysis) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+    def _contribution(self, task: dict[str, Any], analysis: Analysis[Any]) -> tuple[JobState, dict[str, np.ndarray]]:
         dataset = self.dataset()
         check_policy(self.config, analysis.name, dataset)
-        state = self._state(task["job_id"], int(task["round_index"]))
-        if wire.digest(wire.canonical_json(state)) != task["state_digest"]:
+        digest, state = self._state(task["job_id"], int(task["round_index"]), analysis)
+        if digest != task["state_digest"]:
+            self._states.pop((task["job_id"], int(task["round_index"])), None)
             raise ProtocolError(f"job {task['job_id']}: the round state fetched does not match the task's digest; retrying")
-        values = analysis.site_step(state, int(task["round_index"]), dataset, self.site_context())
+        values = analysis.site_step(state, int(task["round_index"]), dataset, self.site_context(task["job_id"]))
         return state, values
 
     def _upload(self, task: dict[str, Any], stage: str, body: bytes, message_id: str) -> None:
         path = f"/v1/site/jobs/{task['job_id']}/rounds/{task['round_index']}/stages/{stage}/messages/{message_id}"
         try:
             receipt = self.connection.put_bytes(path, body)
-        except wire.HttpError as error:
+        except transport.HttpError as error:
             if error.status == 409:
                 log.warning("site %s: upload refused: %s", self.config.name, error.detail)
                 return
@@ -265,21 +271,21 @@ class SiteAgent:
             digest=wire.digest(body), bytes=len(body), status=receipt.get("status"),
         )
 
-    def _keys_round(self, task: dict[str, Any], analysis: Analysis) -> None:
+    def _keys_round(self, task: dict[str, Any], analysis: Analysis[Any]) -> None:
         state, values = self._contribution(task, analysis)
         layout = analysis.layout(state, int(task["round_index"]))
         if not isinstance(layout, KeyUnion):
             raise ProtocolError(f"job {task['job_id']} round {task['round_index']}: the coordinator asks for keys, the analysis sums")
         body = encode_keys(values[layout.name], layout.name)
         message_id = hashlib.sha256(f"{self.config.name}|{task['job_id']}|{task['round_index']}|keys".encode()).hexdigest()[:32]
-        self._upload(task, KEYS_STAGE, body, message_id)
+        self._upload(task, KEY_UNION_STAGE, body, message_id)
 
     # ------------------------------------------------------------------ secure aggregation
 
     def _round_dir(self, job_id: str, round_index: int) -> Path:
         return self.state_dir / "jobs" / job_id / f"round-{round_index}"
 
-    def _secagg_stage(self, task: dict[str, Any], analysis: Analysis) -> None:
+    def _secagg_stage(self, task: dict[str, Any], analysis: Analysis[Any]) -> None:
         job_id, round_index = task["job_id"], int(task["round_index"])
         stage = Stage(task["stage"])
         folder = self._round_dir(job_id, round_index)
@@ -297,7 +303,7 @@ class SiteAgent:
             if memory.state.stage is not stage:
                 raise ProtocolError(f"site {self.config.name}: coordinator is at stage {stage.name}, this site at {memory.state.stage.name}")
             body = self.connection.get_bytes(f"/v1/site/jobs/{job_id}/rounds/{round_index}/stages/{stage.value}/message")
-            message = wire.decode_message(body)
+            message = secagg_wire.decode_message(body)
             memory.state, memory.outgoing[stage] = client_advance(memory.state, [message])
             _write_private(folder / f"server-{stage.value}.arrow", body)
         outgoing = memory.outgoing.get(stage, [])
@@ -305,7 +311,7 @@ class SiteAgent:
             return
         seed = (folder / "randomness.bin").read_bytes()
         for message in outgoing:
-            body = wire.encode_message(message)
+            body = secagg_wire.encode_message(message)
             message_id = hashlib.sha256(seed + f"|{job_id}|{round_index}|{stage.value}".encode()).hexdigest()[:32]
             self._upload(task, stage.value, body, message_id)
         if memory.state.stage in (Stage.DONE, Stage.ABORTED):
@@ -313,7 +319,7 @@ class SiteAgent:
             shutil.rmtree(folder, ignore_errors=True)
             self._rounds.pop((job_id, round_index), None)
 
-    def _start_round(self, task: dict[str, Any], analysis: Analysis, folder: Path) -> None:
+    def _start_round(self, task: dict[str, Any], analysis: Analysis[Any], folder: Path) -> None:
         state, values = self._contribution(task, analysis)
         layout = analysis.layout(state, int(task["round_index"]))
         if not isinstance(layout, Layout):
@@ -325,10 +331,10 @@ class SiteAgent:
         _write_private(folder / "task.json", wire.canonical_json(task))
         _write_private(folder / "randomness.bin", os.urandom(secagg_keys.KEY_BYTES))
 
-    def _replay(self, task: dict[str, Any], analysis: Analysis, folder: Path) -> _RoundMemory:
+    def _replay(self, task: dict[str, Any], analysis: Analysis[Any], folder: Path) -> _RoundMemory:
         """Rebuilds the client state from the saved secrets and server messages."""
         saved = json.loads((folder / "task.json").read_text())
-        state = self._state(saved["job_id"], int(saved["round_index"]))
+        _, state = self._state(saved["job_id"], int(saved["round_index"]), analysis)
         layout = analysis.layout(state, int(saved["round_index"]))
         assert isinstance(layout, Layout)
         config = round_config(
@@ -343,7 +349,7 @@ class SiteAgent:
             path = folder / f"server-{stage.value}.arrow"
             if not path.is_file():
                 break
-            memory.state, memory.outgoing[stage] = client_advance(memory.state, [wire.decode_message(path.read_bytes())])
+            memory.state, memory.outgoing[stage] = client_advance(memory.state, [secagg_wire.decode_message(path.read_bytes())])
         return memory
 
 

@@ -6,7 +6,7 @@ the stages each round closed (with the sites whose messages were included), ever
 protocol message the secure-aggregation server received (raw bytes and their
 digest), declines, and results. The coordinator's in-memory protocol state is a cache:
 replaying the stored messages through the pure ``server_advance`` rebuilds it exactly
-(:meth:`pipeline.federation.jobs.Coordinator.recover`), so a coordinator killed in the
+(:meth:`pipeline.federation.coordinator.Coordinator.recover`), so a coordinator killed in the
 middle of a round resumes where it stopped.
 
 Writes are transactions committed before the server answers, so an acknowledged

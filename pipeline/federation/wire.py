@@ -1,12 +1,14 @@
-"""The wire format: JSON for control, Arrow IPC streams for arrays and protocol messages.
+"""Byte formats the federation's parties agree on: digests, canonical JSON, Arrow IPC tables.
 
-Every secure-aggregation message (:mod:`pipeline.secagg.protocol`) travels as one Arrow
-IPC stream (``application/vnd.apache.arrow.stream``): a JSON header in the schema
-metadata under ``genofed.message`` carries the message type, round, sender, receiver
-and small scalar fields; byte strings (keys, encrypted shares, signatures) and ring
-vectors travel as columns of one record batch, so a masked vector of 10^6 uint64 values
-is 8 MB on the wire and is read without a copy. Tables (census results, variant keys)
-travel as plain Arrow IPC streams.
+JSON carries control (job specs, task descriptions, receipts), written canonically so
+that equal values give equal bytes and equal digests; arrays and tables (census
+results, variant keys) travel as plain Arrow IPC streams
+(``application/vnd.apache.arrow.stream``).
+
+Only the generic formats live here. Secure-aggregation messages are encoded on top of
+them in :mod:`pipeline.federation.secagg_wire` and the HTTPS client is
+:mod:`pipeline.federation.transport`; this module imports neither secure aggregation
+nor JAX, so an analyst's client that submits jobs and downloads results loads neither.
 
 Decoding never trusts its input: anything malformed raises
 :class:`~pipeline.errors.ProtocolError`, which the server answers with 422.
@@ -16,28 +18,20 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Callable
 from typing import Any
 
-import numpy as np
 import pyarrow as pa
 
 from pipeline.errors import ProtocolError
-from pipeline.secagg import protocol
-from pipeline.secagg.protocol import Message, PeerKeys, Stage
 
 ARROW_MEDIA_TYPE = "application/vnd.apache.arrow.stream"
-HEADER_KEY = b"genofed.message"
-WIRE_VERSION = 1
 
 __all__ = [
     "ARROW_MEDIA_TYPE",
     "digest",
-    "encode_message",
-    "decode_message",
+    "canonical_json",
     "encode_table",
     "decode_table",
-    "canonical_json",
 ]
 
 
@@ -70,295 +64,3 @@ def decode_table(data: bytes, *, what: str = "table") -> pa.Table:
             return reader.read_all()
     except (pa.ArrowException, OSError, ValueError) as error:
         raise ProtocolError(f"malformed {what}: not an Arrow IPC stream ({error})") from None
-
-
-def _binary(values: list[bytes | None]) -> pa.Array:
-    return pa.array(values, type=pa.binary())
-
-
-def _ints(values: list[int]) -> pa.Array:
-    return pa.array(values, type=pa.int64())
-
-
-def _peer_columns(peers: tuple[PeerKeys, ...]) -> dict[str, pa.Array]:
-    return {
-        "site": _ints([p.site for p in peers]),
-        "encryption_key": _binary([p.encryption_key for p in peers]),
-        "masking_key": _binary([p.masking_key for p in peers]),
-        "signing_key": _binary([p.signing_key for p in peers]),
-    }
-
-
-def _peers(table: pa.Table) -> tuple[PeerKeys, ...]:
-    rows = table.to_pydict()
-    return tuple(
-        PeerKeys(int(site), bytes(enc), bytes(mask), None if sign is None else bytes(sign))
-        for site, enc, mask, sign in zip(rows["site"], rows["encryption_key"], rows["masking_key"], rows["signing_key"])
-    )
-
-
-def _pairs(table: pa.Table, key: str, value: str) -> tuple[tuple[int, bytes], ...]:
-    rows = table.to_pydict()
-    return tuple((int(k), bytes(v)) for k, v in zip(rows[key], rows[value]))
-
-
-def _pair_columns(pairs: tuple[tuple[int, bytes], ...], key: str, value: str) -> dict[str, pa.Array]:
-    return {key: _ints([k for k, _ in pairs]), value: _binary([v for _, v in pairs])}
-
-
-def _fields_of(message: Message) -> tuple[dict[str, Any], dict[str, pa.Array]]:
-    """Header fields and columns of one message."""
-    if isinstance(message, protocol.AdvertiseKeys):
-        return {}, _peer_columns((message.keys,))
-    if isinstance(message, protocol.KeyDirectory):
-        return {}, _peer_columns(message.peers)
-    if isinstance(message, (protocol.EncryptedShares, protocol.ForwardedShares)):
-        return {}, _pair_columns(message.ciphertexts, "peer", "ciphertext")
-    if isinstance(message, protocol.MaskedInput):
-        vector = np.ascontiguousarray(message.vector)
-        return {"dtype": str(vector.dtype)}, {"vector": pa.array(vector)}
-    if isinstance(message, protocol.SurvivorList):
-        return {"survivors": list(message.survivors)}, {}
-    if isinstance(message, protocol.ConsistencySignature):
-        return {}, {"signature": _binary([message.signature])}
-    if isinstance(message, protocol.UnmaskRequest):
-        header = {
-            "survivors": list(message.survivors),
-            "dropped": list(message.dropped),
-            "signed_survivors": list(message.signed_survivors),
-        }
-        return header, _pair_columns(message.signatures, "signer", "signature")
-    if isinstance(message, protocol.UnmaskShares):
-        owners = [o for o, _ in message.self_mask_shares] + [o for o, _ in message.key_shares]
-        shares = [s for _, s in message.self_mask_shares] + [s for _, s in message.key_shares]
-        kinds = ["self_mask"] * len(message.self_mask_shares) + ["masking_key"] * len(message.key_shares)
-        return {}, {"owner": _ints(owners), "kind": pa.array(kinds, pa.string()), "share": _binary(shares)}
-    if isinstance(message, protocol.Abort):
-        return {"stage": message.stage.value, "reason": message.reason}, {}
-    raise ProtocolError(f"cannot encode an object of type {type(message).__name__} as a protocol message")
-
-
-def encode_message(message: Message) -> bytes:
-    """One protocol message as an Arrow IPC stream (header in the schema metadata)."""
-    fields, columns = _fields_of(message)
-    header = {
-        "wire_version": WIRE_VERSION,
-        "type": type(message).__name__,
-        "round_index": int(message.round_index),
-        "sender": int(message.sender),
-        "receiver": int(message.receiver),
-        **fields,
-    }
-    table = pa.table(columns) if columns else pa.table({"_": pa.array([], pa.int8())})
-    table = table.replace_schema_metadata({HEADER_KEY: canonical_json(header)})
-    return encode_table(table)
-
-
-def _decode_unmask_shares(header: dict[str, Any], table: pa.Table) -> dict[str, Any]:
-    rows = table.to_pydict()
-    self_mask, key = [], []
-    for owner, kind, share in zip(rows["owner"], rows["kind"], rows["share"]):
-        if kind == "self_mask":
-            self_mask.append((int(owner), bytes(share)))
-        elif kind == "masking_key":
-            key.append((int(owner), bytes(share)))
-        else:
-            raise ProtocolError(f"unknown share kind {kind!r}; expected 'self_mask' or 'masking_key'")
-    return {"self_mask_shares": tuple(self_mask), "key_shares": tuple(key)}
-
-
-def _decode_masked_input(header: dict[str, Any], table: pa.Table) -> dict[str, Any]:
-    column = table.column("vector")
-    if column.null_count:
-        raise ProtocolError("the masked vector has null elements")
-    dtype = np.dtype(str(header.get("dtype")))
-    vector = column.to_numpy()
-    if vector.dtype != dtype or dtype not in (np.dtype(np.uint32), np.dtype(np.uint64)):
-        raise ProtocolError(f"masked vector of dtype {vector.dtype} (header says {dtype}); expected uint32 or uint64")
-    return {"vector": vector}
-
-
-def _single_signature(header: dict[str, Any], table: pa.Table) -> dict[str, Any]:
-    values = table.column("signature").to_pylist()
-    if len(values) != 1 or values[0] is None:
-        raise ProtocolError(f"a consistency signature message carries exactly one signature, got {len(values)}")
-    return {"signature": bytes(values[0])}
-
-
-def _single_peer(header: dict[str, Any], table: pa.Table) -> dict[str, Any]:
-    peers = _peers(table)
-    if len(peers) != 1:
-        raise ProtocolError(f"an advertise-keys message carries exactly one site's keys, got {len(peers)}")
-    return {"keys": peers[0]}
-
-
-def _sites(header: dict[str, Any], name: str) -> tuple[int, ...]:
-    values = header.get(name, [])
-    if not isinstance(values, list) or not all(isinstance(v, int) and not isinstance(v, bool) for v in values):
-        raise ProtocolError(f"header field {name!r} must be a list of site IDs")
-    return tuple(values)
-
-
-_DECODERS: dict[str, tuple[type, Callable[[dict[str, Any], pa.Table], dict[str, Any]]]] = {
-    "AdvertiseKeys": (protocol.AdvertiseKeys, _single_peer),
-    "KeyDirectory": (protocol.KeyDirectory, lambda h, t: {"peers": _peers(t)}),
-    "EncryptedShares": (protocol.EncryptedShares, lambda h, t: {"ciphertexts": _pairs(t, "peer", "ciphertext")}),
-    "ForwardedShares": (protocol.ForwardedShares, lambda h, t: {"ciphertexts": _pairs(t, "peer", "ciphertext")}),
-    "MaskedInput": (protocol.MaskedInput, _decode_masked_input),
-    "SurvivorList": (protocol.SurvivorList, lambda h, t: {"survivors": _sites(h, "survivors")}),
-    "ConsistencySignature": (protocol.ConsistencySignature, _single_signature),
-    "UnmaskRequest": (
-        protocol.UnmaskRequest,
-        lambda h, t: {
-            "survivors": _sites(h, "survivors"),
-            "dropped": _sites(h, "dropped"),
-            "signed_survivors": _sites(h, "signed_survivors"),
-            "signatures": _pairs(t, "signer", "signature"),
-        },
-    ),
-    "UnmaskShares": (protocol.UnmaskShares, _decode_unmask_shares),
-    "Abort": (protocol.Abort, lambda h, t: {"stage": Stage(h.get("stage")), "reason": str(h.get("reason", ""))}),
-}
-
-
-def decode_message(data: bytes) -> Message:
-    """Reads one protocol message written by :func:`encode_message`.
-
-    Raises:
-        ProtocolError: not an Arrow stream, no or bad header, unknown type, missing
-            columns or wrong types. The message says what was expected.
-    """
-    table = decode_table(data, what="protocol message")
-    metadata = table.schema.metadata or {}
-    if HEADER_KEY not in metadata:
-        raise ProtocolError(f"malformed protocol message: no {HEADER_KEY.decode()!r} header in the Arrow schema metadata")
-    try:
-        header = json.loads(metadata[HEADER_KEY])
-    except (json.JSONDecodeError, UnicodeDecodeError) as error:
-        raise ProtocolError(f"malformed protocol message header: {error}") from None
-    except RecursionError:
-        raise ProtocolError("malformed protocol message header: nested too deeply") from None
-    if not isinstance(header, dict) or header.get("wire_version") != WIRE_VERSION:
-        raise ProtocolError(f"protocol message header must be an object with wire_version {WIRE_VERSION}")
-    kind = header.get("type")
-    if kind not in _DECODERS:
-        raise ProtocolError(f"unknown protocol message type {kind!r}; expected one of {sorted(_DECODERS)}")
-    cls, decode_fields = _DECODERS[kind]
-    try:
-        base = {name: int(header[name]) for name in ("round_index", "sender", "receiver")}
-        if any(isinstance(header[name], bool) for name in base):
-            raise TypeError("booleans are not party IDs")
-        return cls(**base, **decode_fields(header, table))  # type: ignore[no-any-return]
-    except ProtocolError:
-        raise
-    except (KeyError, TypeError, ValueError, pa.ArrowException) as error:
-        raise ProtocolError(f"malformed {kind} message: {type(error).__name__}: {error}") from None
-
-
-# --------------------------------------------------------------------------- transport
-
-
-class HttpError(ProtocolError):
-    """The coordinator answered with an error status; ``status`` and ``detail`` say which."""
-
-    def __init__(self, status: int, detail: str, method: str, path: str) -> None:
-        super().__init__(f"{method} {path}: HTTP {status}: {detail}")
-        self.status = status
-        self.detail = detail
-
-
-class Connection:
-    """An HTTPS client for one participant: mutual TLS, bounded retries with backoff.
-
-    Transport failures (connection refused or reset, timeouts, 502/503/504) are retried
-    with exponential backoff up to ``max_attempts`` times (unbounded when ``None``: a
-    site agent waits out a coordinator restart); answers with another error status
-    raise :class:`HttpError` at once.
-    """
-
-    RETRY_STATUS = frozenset({502, 503, 504})
-
-    def __init__(
-        self,
-        base_url: str,
-        *,
-        cert: Any,
-        key: Any,
-        ca: Any,
-        timeout: float = 60.0,
-        max_attempts: int | None = 8,
-        backoff: float = 0.2,
-        max_backoff: float = 5.0,
-    ) -> None:
-        import httpx
-
-        from pipeline.federation.tls import client_context
-
-        self.base_url = base_url.rstrip("/")
-        self.max_attempts = max_attempts
-        self.backoff = backoff
-        self.max_backoff = max_backoff
-        self.client = httpx.Client(base_url=self.base_url, verify=client_context(cert, key, ca), timeout=timeout)
-        self.bytes_sent = 0
-        self.bytes_received = 0
-
-    def close(self) -> None:
-        self.client.close()
-
-    def __enter__(self) -> "Connection":
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-    def request(self, method: str, path: str, *, ok: tuple[int, ...] = (200,), timeout: float | None = None, **kwargs: Any) -> Any:
-        """One request with retries; returns the ``httpx.Response`` (status in ``ok``)."""
-        import time
-
-        import httpx
-
-        attempt = 0
-        delay = self.backoff
-        while True:
-            attempt += 1
-            try:
-                extra = {} if timeout is None else {"timeout": timeout}
-                response = self.client.request(method, path, **kwargs, **extra)
-            except (httpx.TransportError,) as error:
-                failure = f"{type(error).__name__}: {error}"
-                status = None
-            else:
-                self.bytes_sent += len(kwargs.get("content", b"") or b"")
-                self.bytes_received += len(response.content)
-                if response.status_code in ok:
-                    return response
-                status = response.status_code
-                failure = _detail(response)
-                if status not in self.RETRY_STATUS:
-                    raise HttpError(status, failure, method, path)
-            if self.max_attempts is not None and attempt >= self.max_attempts:
-                if status is not None:
-                    raise HttpError(status, failure, method, path)
-                raise ProtocolError(f"{method} {self.base_url}{path}: no answer after {attempt} attempts ({failure})")
-            time.sleep(delay)
-            delay = min(delay * 2, self.max_backoff)
-
-    def get_json(self, path: str, **kwargs: Any) -> Any:
-        return self.request("GET", path, **kwargs).json()
-
-    def post_json(self, path: str, value: Any, *, ok: tuple[int, ...] = (200, 201)) -> Any:
-        return self.request("POST", path, ok=ok, content=canonical_json(value), headers={"content-type": "application/json"}).json()
-
-    def get_bytes(self, path: str) -> bytes:
-        return bytes(self.request("GET", path).content)
-
-    def put_bytes(self, path: str, body: bytes) -> Any:
-        return self.request("PUT", path, ok=(200, 201), content=body, headers={"content-type": ARROW_MEDIA_TYPE}).json()
-
-
-def _detail(response: Any) -> str:
-    try:
-        value = response.json()
-        return str(value.get("detail", value))
-    except ValueError:
-        return response.text[:500]

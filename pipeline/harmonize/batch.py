@@ -19,6 +19,7 @@ import pyarrow as pa
 
 from pipeline import schemas
 from pipeline.dataset import Block
+from pipeline.harmonize.variant_ids import variant_ids
 
 ALLELE_MISSING = -1
 ALLELE_ABSENT = -2
@@ -172,9 +173,8 @@ def effective_ploidy(allele: np.ndarray) -> np.ndarray:
 def variant_table(batch: VariantBatch) -> pa.Table:
     """The variants table of the batch (schemas/variants.json)."""
     position = batch.position.astype(np.int64)
-    variant_id = [f"{batch.contig}:{p}:{r}:{a}" for p, r, a in zip(position.tolist(), batch.ref, batch.alt)]
     columns = {
-        "variant_id": pa.array(variant_id, pa.string()),
+        "variant_id": pa.array(variant_ids(batch.contig, position, batch.ref, batch.alt), pa.string()),
         "chromosome": pa.array([batch.contig] * batch.num_variants, pa.string()),
         "base_pair_location": pa.array(position, pa.int64()),
         "ref": pa.array(batch.ref, pa.string()),

@@ -14,11 +14,21 @@ from pipeline.errors import ConfigurationError
 from pipeline.harmonize.batch import VariantBatch
 
 CONTIG_STYLES = ("chr", "nochr", "keep")
+_MITOCHONDRIAL = ("chrM", "MT", "chrMT", "M")
 
 
 def _bare(name: str) -> str:
     bare = name[3:] if name[:3].lower() == "chr" and len(name) > 3 else name
     return "MT" if bare.upper() in ("M", "MT") else bare
+
+
+def contig_aliases(name: str) -> list[str]:
+    """``name`` first, then the names it may have under the other convention ('22' <-> 'chr22')."""
+    if name in _MITOCHONDRIAL:
+        return [name] + [alias for alias in _MITOCHONDRIAL if alias != name]
+    if name.startswith("chr"):
+        return [name, name[3:]]
+    return [name, "chr" + name]
 
 
 def canonical_contig(name: str, style: str) -> str:

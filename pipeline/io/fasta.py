@@ -17,18 +17,9 @@ import numpy as np
 import pysam
 
 from pipeline.errors import FastaError
+from pipeline.harmonize.contigs import contig_aliases
 
-_MITOCHONDRIAL = ("chrM", "MT", "chrMT", "M")
 _MAX_GAP = 1 << 20  # positions further apart than this are fetched separately
-
-
-def _contig_aliases(name: str) -> list[str]:
-    """Names a contig may have under the other naming convention ('22' <-> 'chr22')."""
-    if name in _MITOCHONDRIAL:
-        return [name] + [alias for alias in _MITOCHONDRIAL if alias != name]
-    if name.startswith("chr"):
-        return [name, name[3:]]
-    return [name, "chr" + name]
 
 
 def _is_plain_gzip(path: Path) -> bool:
@@ -74,13 +65,13 @@ class Reference:
         Raises:
             FastaError: no contig of that name under either convention.
         """
-        for alias in _contig_aliases(name):
+        for alias in contig_aliases(name):
             if alias in self.contigs:
                 return alias
         names = list(self.contigs)
         shown = ", ".join(names[:8]) + (f", ... ({len(names)} in all)" if len(names) > 8 else "")
         raise FastaError(
-            f"{self.path}: no contig {name!r} (nor {', '.join(repr(a) for a in _contig_aliases(name)[1:])}); the reference has "
+            f"{self.path}: no contig {name!r} (nor {', '.join(repr(a) for a in contig_aliases(name)[1:])}); the reference has "
             f"{shown}; use the reference of the VCF's genome build"
         )
 

@@ -27,6 +27,8 @@ from flax import nnx
 from jax.flatten_util import ravel_pytree
 
 from pipeline.errors import ConfigurationError
+from pipeline.models.linear import LinearModel
+from pipeline.models.mlp import MLP
 
 __all__ = ["ModelConfig", "ParamSpace", "build_model", "param_space", "TASKS", "MODEL_KINDS"]
 
@@ -81,9 +83,6 @@ class ModelConfig:
 
 def build_model(config: ModelConfig) -> nnx.Module:
     """A freshly initialized model (deterministic in ``config.seed``)."""
-    from pipeline.models.linear import LinearModel
-    from pipeline.models.mlp import MLP
-
     rngs = nnx.Rngs(config.seed)
     if config.kind == "mlp":
         return MLP(config.num_features, config.hidden, rngs=rngs)

@@ -27,8 +27,8 @@ from pipeline.dataset import open_dataset
 from pipeline.errors import InputError
 from pipeline.models import ModelConfig, param_space
 from pipeline.models.features import FeatureSpec, Standardization, read_site_data, standardize
-from pipeline.models.local import predict_fn
-from pipeline.models.server import decode_array
+from pipeline.models.local_update import predict_fn
+from pipeline.json_arrays import decode_array
 
 __all__ = ["MODEL_FORMAT", "save_model", "load_model", "predict_dataset"]
 

@@ -27,6 +27,7 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.csv as pacsv
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
@@ -246,8 +247,6 @@ def top_hits(path: Path | str, *, top: int, p_value_max: float = 1.0) -> list[st
     path = Path(path)
     try:
         if path.suffix in (".tsv", ".txt", ".gz"):
-            import pyarrow.csv as pacsv
-
             table = pacsv.read_csv(path, parse_options=pacsv.ParseOptions(delimiter="\t"))
         else:
             table = pq.read_table(path)

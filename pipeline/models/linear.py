@@ -2,7 +2,7 @@
 
 Both are one dense layer from the standardized features to one output (a value or a
 logit). What makes the logistic model *sparse* is its training: an L1 proximal step
-(soft thresholding, :func:`pipeline.models.local.soft_threshold`) after every optimizer
+(soft thresholding, :func:`pipeline.models.local_update.soft_threshold`) after every optimizer
 step, plus an L2 term in the loss, i.e. the elastic net. Coefficients that end at
 exactly zero are the features the model does not use; the others are the biomarkers.
 

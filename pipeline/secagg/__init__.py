@@ -1,39 +1,16 @@
 """Secure aggregation: the coordinator learns the sum of the sites' vectors, nothing else.
 
-Bonawitz et al. (CCS 2017) SecAgg, with the SecAgg+ neighbour graph as an option:
-fixed-point encoding into Z_(2^32) or Z_(2^64) (:mod:`.encoding`), ChaCha20 masks
-(:mod:`.chacha20`, :mod:`.masks`), the coordinator's vectorized kernels
-(:mod:`.kernels`), X25519/HKDF/AES-GCM keys (:mod:`.keys`), Shamir shares
-(:mod:`.shamir`), the neighbour graph (:mod:`.neighbours`), the client and server
-state machines (:mod:`.protocol`) and an in-memory driver (:mod:`.driver`).
+Bonawitz et al. (CCS 2017) SecAgg, with the SecAgg+ neighbour graph as an option, over
+vectors that :mod:`pipeline.encoding` puts in Z_(2^32) or Z_(2^64): ChaCha20 masks
+(:mod:`.chacha20`, :mod:`.masks`), the coordinator's vectorized kernels (:mod:`.kernels`;
+R64 elements as uint32 pairs on accelerators, :mod:`.pairs`), X25519/HKDF/AES-GCM keys
+(:mod:`.keys`), Shamir shares (:mod:`.shamir`), the neighbour graph (:mod:`.neighbours`),
+the protocol's stages, parameters and messages (:mod:`.messages`), the site's and the
+coordinator's state machines (:mod:`.client`, :mod:`.server`) and an in-memory driver
+(:mod:`.driver`).
 
-:func:`simulate_secure_sum` runs the real protocol for n simulated sites in memory.
+:func:`pipeline.secagg.driver.simulate_secure_sum` runs the real protocol for n simulated
+sites in memory. The package re-exports nothing: import from the module that holds a
+name, so a JAX-free module (messages, keys, Shamir shares, neighbour graph) loads
+without the JAX kernels.
 """
-
-from pipeline.secagg.chacha20 import chacha20_keystream
-from pipeline.secagg.driver import run_round, simulate_secure_sum
-from pipeline.secagg.encoding import Field, FixedPoint, Layout, Ring, check_bit_budget, decode, encode
-from pipeline.secagg.masks import add_masks, mask_sum
-from pipeline.secagg.protocol import RoundConfig, Stage, client_advance, client_init, server_advance, server_init, server_result
-
-__all__ = [
-    "chacha20_keystream",
-    "simulate_secure_sum",
-    "run_round",
-    "Ring",
-    "FixedPoint",
-    "Field",
-    "Layout",
-    "encode",
-    "decode",
-    "check_bit_budget",
-    "add_masks",
-    "mask_sum",
-    "Stage",
-    "RoundConfig",
-    "client_init",
-    "client_advance",
-    "server_init",
-    "server_advance",
-    "server_result",
-]

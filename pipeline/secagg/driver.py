@@ -29,36 +29,31 @@ import numpy as np
 
 from pipeline.errors import ConfigurationError
 from pipeline.secagg import keys
-from pipeline.secagg.encoding import FixedPoint, Layout, Ring, check_bit_budget, decode, decode_integers, encode
-from pipeline.secagg.protocol import (
-    ClientState,
-    Message,
-    RoundConfig,
-    ServerAborted,
-    ServerState,
-    Stage,
-    client_advance,
-    client_init,
-    server_advance,
-    server_init,
-    server_result,
+from pipeline.encoding import (
+    FixedPoint,
+    Layout,
+    Ring,
+    check_bit_budget,
+    decode,
+    default_float_encoding,
+    default_integer_encoding,
+    encode,
 )
+from pipeline.secagg.client import ClientState, client_advance, client_init
+from pipeline.secagg.messages import Message, RoundConfig, Stage
+from pipeline.secagg.server import ServerAborted, ServerState, server_advance, server_init, server_result
 
 __all__ = [
     "DropoutPattern",
     "PartyTimes",
     "RoundOutcome",
     "run_round",
-    "default_float_encoding",
-    "default_integer_encoding",
     "simulate_secure_sum",
 ]
 
 DropoutPattern = Union[Mapping[int, Union[Stage, str]], Sequence[int], None]
 
 DEFAULT_CONTEXT = keys.KeyContext("simulation", "simulate_secure_sum", 0)
-DEFAULT_FLOAT_CLIP = float(2**20)
-DEFAULT_FLOAT_SCALE_BITS = 32
 _STAGES = (Stage.ADVERTISE_KEYS, Stage.SHARE_KEYS, Stage.MASKED_INPUT, Stage.CONSISTENCY_CHECK, Stage.UNMASKING)
 
 
@@ -259,18 +254,6 @@ def run_round(
     return RoundOutcome(total, survivors, server, clients, tuple(log), times)
 
 
-def default_float_encoding(num_sites: int) -> FixedPoint:
-    """R64, 32 fractional bits, values clipped to +-2^20: exact to 2^-33 per value, up to 2047 sites."""
-    encoding = FixedPoint(Ring.R64, scale_bits=DEFAULT_FLOAT_SCALE_BITS, clip=DEFAULT_FLOAT_CLIP)
-    check_bit_budget(encoding, num_sites)
-    return encoding
-
-
-def default_integer_encoding(num_sites: int) -> FixedPoint:
-    """R64 with ``scale_bits=0`` and the largest power-of-two clip the sum of ``num_sites`` allows."""
-    return FixedPoint(Ring.R64, scale_bits=0, clip=float(2 ** (62 - max(0, num_sites - 1).bit_length())))
-
-
 def _check_within_clip(arrays: Sequence[np.ndarray], encoding: FixedPoint) -> None:
     for index, array in enumerate(arrays):
         if array.size and np.nanmax(np.abs(array.astype(np.float64))) > encoding.clip:
@@ -348,6 +331,5 @@ def simulate_secure_sum(
     chosen = encoding
     total, num_survivors = secure_total(arrays, chosen.ring, lambda values: encode(values, chosen))
     shape = arrays[0].shape if arrays else (0,)
-    if integer_input and chosen.scale_bits == 0:
-        return decode_integers(total, chosen, num_survivors).reshape(shape)
-    return decode(total, chosen, num_survivors).reshape(shape)
+    decoded = decode(total, chosen, num_survivors).reshape(shape)
+    return decoded if integer_input else decoded.astype(np.float64)

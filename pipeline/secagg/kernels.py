@@ -7,7 +7,7 @@ jitted calls here (the masks of all seeds come from one ``vmap``-ed ChaCha20 cal
 reduced chunk by chunk), so they run unchanged on a GPU when JAX has one.
 
 Ring arithmetic wraps modulo 2^bits. Ring.R32 uses uint32 natively. Ring.R64 uses
-(lo, hi) uint32 pairs with explicit carries (see :mod:`pipeline.secagg.encoding`), because
+(lo, hi) uint32 pairs with explicit carries (see :mod:`pipeline.secagg.pairs`), because
 JAX has no uint64 unless the global ``jax_enable_x64`` flag is set, which library code
 must not flip. Inputs and outputs are numpy arrays of the ring's dtype; the pair
 representation never leaks out of this module.
@@ -29,7 +29,8 @@ import numpy as np
 
 from pipeline.errors import ConfigurationError
 from pipeline.secagg import chacha20, masks
-from pipeline.secagg.encoding import Ring, from_pairs, pairs_add, pairs_neg, pairs_sum, to_pairs
+from pipeline.encoding import Ring
+from pipeline.secagg.pairs import from_pairs, pairs_add, pairs_neg, pairs_sum, to_pairs
 
 
 @jax.jit

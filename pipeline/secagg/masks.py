@@ -19,7 +19,7 @@ streaming each seed's keystream through one cache-sized scratch buffer, chunk by
 and the vector is read and written once whatever the number of seeds. ``"jax"`` makes
 all masks and their signed sum in one jitted call, chunked so it never holds more than
 one chunk of every keystream; uint64 rings are computed there as (lo, hi) uint32 pairs
-(see :mod:`pipeline.secagg.encoding`).
+(see :mod:`pipeline.secagg.pairs`).
 """
 
 from __future__ import annotations
@@ -34,7 +34,8 @@ import numpy as np
 
 from pipeline.errors import ConfigurationError
 from pipeline.secagg import chacha20
-from pipeline.secagg.encoding import Ring, pairs_neg, pairs_sum
+from pipeline.encoding import Ring
+from pipeline.secagg.pairs import pairs_neg, pairs_sum
 
 SEED_BYTES = chacha20.KEY_BYTES
 MASK_NONCE = bytes(chacha20.NONCE_BYTES)

@@ -19,7 +19,12 @@ from dataclasses import dataclass
 import numpy as np
 import tskit
 
+with warnings.catch_warnings():  # stdpopsim warns about its own dependencies on import
+    warnings.simplefilter("ignore")
+    import stdpopsim
+
 from pipeline.errors import ConfigurationError
+from pipeline.harmonize.contigs import canonical_contig
 
 SPECIES = "HomSap"
 DEMOGRAPHIC_MODEL = "OutOfAfrica_3G09"
@@ -50,7 +55,7 @@ class GenomicInterval:
     @property
     def chromosome_number(self) -> str:
         """The contig name without a ``chr`` prefix (``chr22`` -> ``22``)."""
-        return self.contig[3:] if self.contig.lower().startswith("chr") else self.contig
+        return canonical_contig(self.contig, "nochr")
 
 
 def parse_region(text: str) -> GenomicInterval:
@@ -92,10 +97,6 @@ def _chromosome_length(number: str) -> int:
 
 
 def _species():  # type: ignore[no-untyped-def]
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        import stdpopsim
-
     return stdpopsim.get_species(SPECIES)
 
 
@@ -145,8 +146,6 @@ def simulate_genotypes(interval: GenomicInterval, population_count: dict[str, in
     """
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        import stdpopsim
-
         species = _species()
         model = species.get_demographic_model(DEMOGRAPHIC_MODEL)
         contig = species.get_contig(

@@ -4,6 +4,8 @@
 - :mod:`pipeline.workflow.steps`: the step kinds (ingest, qc, federated);
 - :mod:`pipeline.workflow.plan`: resolve a workflow for a site, content digests, step records;
 - :mod:`pipeline.workflow.run`: run what is out of date, in order, resuming after a failure;
-- :mod:`pipeline.workflow.cluster`: ``--scheduler`` -> a Dask scheduler or client (dask-jobqueue);
 - :mod:`pipeline.workflow.slurm`: sbatch scripts, dependent submission, status.
+
+``--scheduler`` (a Dask scheduler address, ``slurm`` or ``pbs``) is chosen by
+:mod:`pipeline.cluster`, which ``genofed ingest`` uses too.
 """

@@ -29,7 +29,7 @@ from pipeline import __version__
 from pipeline.errors import ConfigurationError
 from pipeline.federation.config import SiteConfig, load_site_config
 from pipeline.workflow import plan as planning
-from pipeline.workflow.cluster import ClusterOptions, dask_session, parse_scheduler
+from pipeline.cluster import ClusterOptions, dask_session, parse_scheduler
 from pipeline.workflow.spec import WorkflowSpec, load_workflow
 from pipeline.workflow.steps import KINDS, RunContext
 
@@ -125,7 +125,7 @@ def run_workflow(
         dry_run: print the plan, run nothing.
         only: run just these steps (their upstream outputs must be up to date).
         rerun: run these steps even when up to date.
-        scheduler: for Dask-backed steps; see :mod:`pipeline.workflow.cluster`.
+        scheduler: for Dask-backed steps; see :mod:`pipeline.cluster`.
         workers: workers of a local scheduler.
         cluster: worker jobs for ``slurm``/``pbs``.
         performance_report: write Dask's performance report (HTML) here (distributed only).

@@ -33,6 +33,8 @@ from typing import Any
 
 from pipeline.errors import ConfigurationError
 from pipeline.federation.config import load_site_config
+from pipeline.ingest import parse_chunk_size
+from pipeline.io.vcf import open_vcf
 from pipeline.workflow import plan as planning
 from pipeline.workflow.run import LAST_RUN, default_work_dir, load_for_site, plan_text
 from pipeline.workflow.spec import load_workflow
@@ -115,9 +117,6 @@ def _sbatch(script: Path, dependencies: Sequence[str], sbatch: str) -> str:
 
 
 def _region_count(step: planning.Step) -> int:
-    from pipeline.ingest import parse_chunk_size
-    from pipeline.io.vcf import open_vcf
-
     source = open_vcf(str(step.inputs["vcf"]))
     return len(source.regions(parse_chunk_size(step.params["chunk_size"]))) if source.has_index else 0
 

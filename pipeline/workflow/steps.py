@@ -15,27 +15,22 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from pipeline import outputs
+from pipeline.analyses.registry import get_analysis
 from pipeline.errors import ConfigurationError
+from pipeline.federation.agent import run_site
 from pipeline.federation.config import SiteConfig
+from pipeline.ingest import ingest, ingest_part, parse_chunk_size
+from pipeline.parameters import Param, choice, number
+from pipeline.qc import run_qc
 
-__all__ = ["Param", "StepKind", "KINDS", "RunContext", "check_param"]
-
-
-@dataclass(frozen=True)
-class Param:
-    """One parameter of a step kind: its default and a check returning the cast value.
-
-    ``check`` raises ``ValueError`` with what was expected (e.g. "a number between 0 and 1").
-    """
-
-    default: Any
-    check: Callable[[Any], Any]
+__all__ = ["StepKind", "KINDS", "RunContext", "check_param"]
 
 
 @dataclass(frozen=True)
@@ -77,15 +72,6 @@ class StepKind:
         return self.required_inputs + self.optional_inputs
 
 
-def _fraction(upper: float) -> Callable[[Any], float]:
-    def check(value: Any) -> float:
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= float(value) <= upper:
-            raise ValueError(f"a number between 0 and {upper}")
-        return float(value)
-
-    return check
-
-
 def _seconds(value: Any) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
         raise ValueError("a number of seconds > 0")
@@ -93,8 +79,6 @@ def _seconds(value: Any) -> float:
 
 
 def _chunk_size(value: Any) -> int:
-    from pipeline.ingest import parse_chunk_size
-
     if isinstance(value, bool) or not isinstance(value, (int, str)):
         raise ValueError("a size such as 5Mb, 500kb or 1000000")
     try:
@@ -103,18 +87,7 @@ def _chunk_size(value: Any) -> int:
         raise ValueError("a size such as 5Mb, 500kb or 1000000") from None
 
 
-def _choice(*choices: str) -> Callable[[Any], str]:
-    def check(value: Any) -> str:
-        if value not in choices:
-            raise ValueError("one of " + ", ".join(choices))
-        return str(value)
-
-    return check
-
-
 def _analysis_name(value: Any) -> str:
-    import re
-
     if not isinstance(value, str) or not re.fullmatch(r"[a-z0-9][a-z0-9_-]{0,63}", value):
         raise ValueError("an analysis name such as gwas, pca or train")
     return value
@@ -130,8 +103,6 @@ def check_param(kind: StepKind, name: str, value: Any) -> Any:
 
 
 def _ingest(inputs: Mapping[str, Path], params: Mapping[str, Any], output: Path, context: RunContext) -> dict[str, Any]:
-    from pipeline.ingest import ingest, ingest_part
-
     if context.parts is not None and context.part is not None:  # one task of a batch array job
         return ingest_part(
             inputs["vcf"], parts_dir=context.parts_dir or output.with_name(output.name + ".parts"), part=context.part,
@@ -147,8 +118,6 @@ def _ingest(inputs: Mapping[str, Path], params: Mapping[str, Any], output: Path,
 
 
 def _qc(inputs: Mapping[str, Path], params: Mapping[str, Any], output: Path, context: RunContext) -> dict[str, Any]:
-    from pipeline.qc import run_qc
-
     return run_qc(
         inputs["dataset"], out=output, min_call_rate=params["min_call_rate"], min_sample_call_rate=params["min_sample_call_rate"],
         hwe_p=params["hwe_p"], maf=params["maf"], force=True, progress=context.progress,
@@ -156,9 +125,6 @@ def _qc(inputs: Mapping[str, Path], params: Mapping[str, Any], output: Path, con
 
 
 def _federated(inputs: Mapping[str, Path], params: Mapping[str, Any], output: Path, context: RunContext) -> dict[str, Any]:
-    from pipeline.analyses import get_analysis
-    from pipeline.federation.agent import run_site
-
     analysis = params["analysis"]
     site = context.site
     if inputs["dataset"].resolve() != site.dataset.resolve():
@@ -187,14 +153,14 @@ def _federated(inputs: Mapping[str, Path], params: Mapping[str, Any], output: Pa
 KINDS: Mapping[str, StepKind] = {
     "ingest": StepKind(
         name="ingest", required_inputs=("vcf",), optional_inputs=("fasta", "phenotypes"),
-        params={"chunk_size": Param("5Mb", _chunk_size), "contig_style": Param("chr", _choice("chr", "nochr", "keep"))},
+        params={"chunk_size": Param("5Mb", _chunk_size), "contig_style": Param("chr", choice("chr", "nochr", "keep"))},
         dask=True, execute=_ingest, help="VCF/BCF (+ FASTA, + phenotypes) -> harmonized dataset (genofed ingest)",
     ),
     "qc": StepKind(
         name="qc", required_inputs=("dataset",), optional_inputs=(),
         params={
-            "min_call_rate": Param(0.95, _fraction(1.0)), "min_sample_call_rate": Param(0.95, _fraction(1.0)),
-            "hwe_p": Param(1e-6, _fraction(1.0)), "maf": Param(0.0, _fraction(0.5)),
+            "min_call_rate": Param(0.95, number(0.0, 1.0)), "min_sample_call_rate": Param(0.95, number(0.0, 1.0)),
+            "hwe_p": Param(1e-6, number(0.0, 1.0)), "maf": Param(0.0, number(0.0, 0.5)),
         },
         dask=False, execute=_qc, help="per-variant and per-sample QC of a dataset (genofed qc)",
     ),

@@ -3,19 +3,19 @@ checked against pooled counts computed directly from the concatenated genotype m
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 from pipeline import dataset as dataset_io
-from pipeline.analyses import KeyUnion, SiteContext
+from pipeline.analyses import KeyUnion, SiteCache, SiteContext
 from pipeline.analyses.census import CENSUS, COUNT_FIELDS
 from pipeline.errors import PolicyRefusal
-from pipeline.federation.jobs import decode_total
 from pipeline.secagg.driver import run_round
-from pipeline.secagg.encoding import Layout, Ring
-from pipeline.secagg.protocol import Stage
+from pipeline.encoding import Layout, Ring
+from pipeline.secagg.messages import Stage
 from pipeline.stats.hwe import hwe_exact_p
 from tests.federation import runtime_support as rs
 
@@ -70,7 +70,7 @@ def _run_census(cohort, parameters: dict, contexts: dict[str, SiteContext], *, d
     assert isinstance(layout, Layout)
     contributions = [CENSUS.site_step(state, 1, datasets[n], contexts[n]) for n in names]
     outcome = run_round([layout.encode(c) for c in contributions], threshold=2, ring=layout.ring, dropouts=dropouts, seed=7)
-    total = decode_total(layout, outcome.total, len(outcome.survivors))
+    total = layout.decode(outcome.total, len(outcome.survivors))
     state, done, result = CENSUS.coordinator_step(state, 1, total, len(outcome.survivors))
     assert done and result is not None
     return state, layout, result, outcome
@@ -81,7 +81,7 @@ def test_census__equals_pooled_counts_and_pooled_hwe(cohort):
     params = {"min_allele_count": 0, "hwe_p": 1e-6, "min_call_rate": 0.9}
     state, layout, result, _ = _run_census(cohort, params, contexts)
     union = sorted(set().union(*(cohort[n][0] for n in SITES)))
-    assert state["variant_ids"] == union
+    assert list(state.variant_ids) == union
     assert layout.ring is Ring.R32
     table = result.tables["census_variants"].to_pydict()
     expected = naive_pooled(cohort, union)
@@ -103,7 +103,7 @@ def test_census__dropout_sums_the_survivors(cohort):
     contexts = {n: _context(n) for n in SITES}
     state, _, result, outcome = _run_census(cohort, {"min_allele_count": 0}, contexts, dropouts={1: Stage.MASKED_INPUT})
     assert outcome.survivors == frozenset({1, 3})
-    expected = naive_pooled(cohort, state["variant_ids"], names=("alpha", "gamma"))
+    expected = naive_pooled(cohort, list(state.variant_ids), names=("alpha", "gamma"))
     table = result.tables["census_variants"].to_pydict()
     for name in (*COUNT_FIELDS, "n_not_typed"):
         np.testing.assert_array_equal(table[name], expected[name], err_msg=name)
@@ -144,7 +144,7 @@ def test_census__site_refuses_a_publish_threshold_below_its_policy(cohort):
 
 def test_census__ring_widens_when_the_bit_budget_requires(cohort):
     state = CENSUS.init({"max_samples_per_site": 2**30}, SITES)
-    state = {**state, "variant_ids": ["chr22:1:A:G"]}
+    state = dataclasses.replace(state, variant_ids=("chr22:1:A:G",))
     assert CENSUS.layout(state, 1).ring is Ring.R64
 
 
@@ -155,7 +155,8 @@ def test_site_variant_counts__equal_the_per_block_counts_and_are_read_once(tmp_p
     ids = rs.variant_ids(range(100, 123))
     calls = rs.random_genotypes(3, len(ids), 9)
     dataset = dataset_io.open_dataset(rs.write_dataset(tmp_path / "site", ids, calls, chunk_size=5))
-    got_ids, got_counts = census.site_variant_counts(dataset)
+    cache = SiteCache()
+    got_ids, got_counts = census.site_variant_counts(dataset, cache)
     assert got_ids.to_pylist() == ids
     np.testing.assert_array_equal(got_counts, np.stack(count_variants(calls)))
 
@@ -164,7 +165,7 @@ def test_site_variant_counts__equal_the_per_block_counts_and_are_read_once(tmp_p
 
     monkeypatch.setattr(dataset_io.Dataset, "read_block", no_reading)
     monkeypatch.setattr(dataset_io.Dataset, "iter_blocks", no_reading)
-    again_ids, again_counts = census.site_variant_counts(dataset_io.open_dataset(tmp_path / "site"))
+    again_ids, again_counts = census.site_variant_counts(dataset_io.open_dataset(tmp_path / "site"), cache)
     assert again_ids.equals(got_ids)
     np.testing.assert_array_equal(again_counts, got_counts)
 
@@ -175,8 +176,9 @@ def test_site_variant_counts__a_rewritten_dataset_is_read_again(tmp_path: Path):
     ids = rs.variant_ids(range(100, 110))
     first = rs.random_genotypes(4, len(ids), 7)
     path = rs.write_dataset(tmp_path / "site", ids, first)
-    census.site_variant_counts(dataset_io.open_dataset(path))
+    cache = SiteCache()
+    census.site_variant_counts(dataset_io.open_dataset(path), cache)
     second = np.where(first == 0, np.int8(2), first)  # same shape and IDs, other calls
     rs.write_dataset(path, ids, second)
-    _, counts = census.site_variant_counts(dataset_io.open_dataset(path))
+    _, counts = census.site_variant_counts(dataset_io.open_dataset(path), cache)
     np.testing.assert_array_equal(counts[2], (second == 2).sum(axis=1))

@@ -4,6 +4,8 @@ the linear model, a textbook IRLS loop for the logistic one, and plink2 --glm wh
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import shutil
 import subprocess
 from pathlib import Path
@@ -13,11 +15,13 @@ import pytest
 import yaml
 from scipy import stats as scipy_stats
 
-from pipeline.analyses import SiteContext, get_analysis
-from pipeline.analyses.gwas import GWAS, parse_gwas_spec, write_outputs
-from pipeline.analyses.in_memory import default_context, run_in_memory
-from pipeline.errors import ConfigurationError
-from pipeline.secagg.encoding import Layout, Ring
+from pipeline.analyses import SiteContext
+from pipeline.analyses.gwas import GWAS, GwasParameters, RegressionState, write_outputs
+from pipeline.analyses.registry import get_analysis
+from pipeline.dataset import open_dataset
+from pipeline.encoding import Layout, Ring
+from pipeline.errors import ConfigurationError, InputError
+from pipeline.federation.in_memory import default_context, run_in_memory
 from tests.analyses import gwas_support as gs
 
 BASE = {"covariates": ["age", "sex"], "min_call_rate": 0.0, "hwe_p": 0.0, "min_allele_count": 1}
@@ -64,20 +68,20 @@ def test_gwas_linear__secure_equals_pooled_lstsq(cohort, linear_run):
 
 
 def test_gwas_linear__rounds_are_census_moments_statistics_in_the_64_bit_ring(linear_run):
-    stages = [state["stage"] for _, state in linear_run.states]
-    assert stages == [0, 0, 2, 2]  # census keys + counts, then (no PCA) moments + statistics
+    phases = [state.phase for _, state in linear_run.states]
+    assert phases == [0, 0, 2, 2]  # census keys + counts, then (no PCA) moments + statistics
     summary = linear_run.result.summary
     assert summary["encoding"]["ring"] == "R64"
     assert min(summary["encoding"]["scale_bits"][name] for name in ("xtx", "xty", "yty")) >= 20
-    assert "census" in summary["stages"] and summary["num_samples"] > 250
+    assert "census" in summary["phases"] and summary["num_samples"] > 250
     assert set(linear_run.result.tables) == {"gwas", "gwas_status"}  # census counts stay out of the state and result
-    assert linear_run.states[-1][1]["carried"] == {} and linear_run.states[-1][1]["tables"] == {}
+    assert linear_run.states[-1][1].carried == {} and linear_run.states[-1][1].tables == {}
     round_index, state = linear_run.states[-1]
     layout = GWAS.layout(state, round_index)
     assert isinstance(layout, Layout) and layout.ring is Ring.R64
     layout.check_bit_budget(3)
     for sites in (3, 10, 100):  # scale bits shrink with the number of sites, the budget always holds
-        wide = {**state, "inner": {**state["inner"], "num_participants": sites}}
+        wide = dataclasses.replace(state, inner=dataclasses.replace(state.inner, num_participants=sites))
         layout = GWAS.layout(wide, round_index)
         layout.check_bit_budget(sites)
         assert min(f.encoding.scale_bits for f in layout.fields if f.name in ("xtx", "xty", "yty")) >= 20
@@ -156,6 +160,45 @@ def test_gwas_logistic__firth_fallback_equals_pooled_firth(separated):
     assert run.result.summary["firth"]["variants"] == 2
 
 
+def _assert_states_round_trip(run) -> None:
+    """Every round's state is plain JSON and reads back equal, with the same layout and the same JSON."""
+    for round_index, state in run.states:
+        data = state.to_json()
+        assert json.loads(json.dumps(data)) == data
+        restored = GWAS.state_from_json(data)
+        assert restored == state
+        assert restored.to_json() == data
+        assert GWAS.layout(restored, round_index) == GWAS.layout(state, round_index)
+
+
+def test_gwas__state_round_trips_through_json_at_every_round(linear_run, separated):
+    _assert_states_round_trip(linear_run)
+    assert isinstance(linear_run.states[-1][1].inner, RegressionState)
+    _, paths, _ = separated
+    firth_run = run_in_memory(GWAS, {**LOGISTIC, "covariates": ["age"]}, paths, seed=1)
+    inner = [state.inner for _, state in firth_run.states if isinstance(state.inner, RegressionState)]
+    assert any(s.newton is not None and s.newton.counts is not None for s in inner)  # Newton rounds after the first
+    firth = [s.firth for s in inner if s.firth is not None]
+    assert {f.next_round.value for f in firth} == {"information", "score"} and any(f.inverse is not None for f in firth)
+    _assert_states_round_trip(firth_run)
+
+
+def test_gwas__with_pcs_state_round_trips_and_sites_keep_their_scores(cohort, tmp_path):
+    pca = {"window_bp": 1, "maf": 0.01, "min_allele_count": 1, "min_call_rate": 0.0, "typed_at_all_sites": False}
+    run = run_in_memory(GWAS, {**LINEAR, "pcs": 2, "pca": pca}, _datasets(cohort), seed=3)
+    assert run.result.summary["covariates"] == ["age", "sex"] and "pca" in run.result.summary["phases"]
+    _assert_states_round_trip(run)
+    final = run.states[-1][1]
+    assert isinstance(final.inner, RegressionState) and final.inner.pca is not None and final.inner.pca.has_loadings
+    site = default_context("alpha")
+    dataset = open_dataset(cohort["alpha"].path)
+    in_pca_phase = [state for _, state in run.states if state.phase == GWAS.phase_named("pca")][-1]
+    assert GWAS.site_finish(in_pca_phase, dataset, site, tmp_path / "early") is None  # a job that ended in the PCA phase
+    written = GWAS.site_finish(final, dataset, site, tmp_path / "done")
+    assert written["num_samples"] == len(cohort["alpha"].age) and written["components"] == 2
+    assert (tmp_path / "done" / "pca_scores.parquet").is_file() and not (tmp_path / "early").exists()
+
+
 def test_gwas__variants_below_a_site_minimum_withheld(cohort):
     contexts = {name: default_context(name) for name in cohort}
     contexts["beta"] = SiteContext(name="beta", min_samples=1, min_allele_count=4, share_variant_keys=True)
@@ -200,11 +243,11 @@ def test_gwas__outputs_tsv_metadata_and_plots(linear_run, tmp_path):
 
 def test_gwas__spec_errors_name_the_key():
     with pytest.raises(ConfigurationError, match="phenotype"):
-        parse_gwas_spec({"model": "linear"})
+        GwasParameters.parse({"model": "linear"})
     with pytest.raises(ConfigurationError, match="model"):
-        parse_gwas_spec({"phenotype": "y", "model": "probit"})
+        GwasParameters.parse({"phenotype": "y", "model": "probit"})
     with pytest.raises(ConfigurationError, match="unknown spec key"):
-        parse_gwas_spec({"phenotype": "y", "covariate": ["age"]})
+        GwasParameters.parse({"phenotype": "y", "covariate": ["age"]})
     with pytest.raises(ConfigurationError, match="pcs"):
         GWAS.init({"phenotype": "y", "pcs": -1}, ("a", "b"))
 
@@ -278,8 +321,6 @@ def test_gwas__agrees_with_plink2_glm(cohort, linear_run, logistic_run, tmp_path
 
 
 def test_gwas__outlying_covariate_refused_naming_the_column(tmp_path):
-    from pipeline.errors import InputError
-
     ids = [f"chr1:{p}:A:G" for p in (10, 20)]
     rng = np.random.default_rng(9)
     paths = {}

@@ -12,9 +12,10 @@ import pyarrow.parquet as pq
 import pytest
 import yaml
 
-from pipeline.analyses.gwas import GWAS, causal_hits, run_federated_gwas, write_outputs
-from pipeline.analyses.in_memory import run_in_memory
-from pipeline.federation.local import federate
+from pipeline.analyses.gwas import GWAS, write_outputs
+from pipeline.demo import causal_hits, run_federated_gwas
+from pipeline.federation.in_memory import run_in_memory
+from pipeline.federation.localhost import federate
 from pipeline.stats.glm import genomic_inflation
 from tests.analyses import gwas_support as gs
 

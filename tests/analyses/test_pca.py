@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import json
 import math
 
 import numpy as np
@@ -10,13 +11,15 @@ import pyarrow.parquet as pq
 import pytest
 
 from pipeline import schemas
-from pipeline.analyses import KeyUnion, get_analysis
-from pipeline.analyses.in_memory import default_context, plain_sum, run_in_memory
-from pipeline.analyses.pca import PCA, SCORES_FILE, local_scores, pca_state_done
+from pipeline.analyses import KeyUnion, SiteCache
+from pipeline.analyses.pca import PCA, SCORES_FILE, PcaRound, local_scores
+from pipeline.analyses.registry import get_analysis
 from pipeline.dataset import open_dataset
+from pipeline.encoding import Layout, Ring
 from pipeline.errors import ConfigurationError, InputError
+from pipeline.federation.baselines import pca_baselines
+from pipeline.federation.in_memory import default_context, plain_sum, run_in_memory
 from pipeline.ingest import ingest
-from pipeline.secagg.encoding import Layout, Ring
 from pipeline.sim.cohort import load_manifest
 from tests.federation import runtime_support as rs
 
@@ -82,13 +85,13 @@ def test_pca__registered_and_spec_errors_name_the_key():
     with pytest.raises(ConfigurationError, match="score_scaling"):
         PCA.init({"score_scaling": "unit"}, ("a", "b"))
     state = PCA.init({}, ("a", "b"))
-    assert state["phase"] == "keys" and isinstance(PCA.layout(state, 0), KeyUnion)
+    assert state.round_kind is PcaRound.KEYS and isinstance(PCA.layout(state, 0), KeyUnion)
 
 
 def test_pca__federated_secure_equals_pooled_svd_on_the_top_components(cohort, federated):
     result = federated.result
     final = federated.states[-1][1]
-    assert final["phase"] == "scores" and result.summary["variant_set"]["selected"] >= 100
+    assert final.round_kind is PcaRound.SCORES and result.summary["variant_set"]["selected"] >= 100
     loadings_table, eigen_table = result.tables["pca_loadings"], result.tables["pca_eigenvalues"]
     schemas.validate(loadings_table, "pca_loadings")
     schemas.validate(eigen_table, "pca_eigenvalues")
@@ -98,7 +101,7 @@ def test_pca__federated_secure_equals_pooled_svd_on_the_top_components(cohort, f
     u, s, vt = np.linalg.svd(pooled, full_matrices=False)
     names = [f"PC{c + 1}" for c in range(K)]
     loadings = _columns(loadings_table, names)
-    scores_tables = [local_scores(final, d) for d in datasets]
+    scores_tables = [local_scores(final, d, SiteCache()) for d in datasets]
     scores = np.concatenate([_columns(t, names) for t in scores_tables])
     assert sum((t.column("sample_id").to_pylist() for t in scores_tables), []) == sample_ids
     for c in range(K):
@@ -117,7 +120,7 @@ def test_pca__top_components_separate_the_simulated_populations(small_cohort, co
         population = {row["IID"]: row["population"] for row in csv.DictReader(handle, delimiter="\t")}
     ids, points = [], []
     for name in sorted(cohort):
-        table = local_scores(final, open_dataset(cohort[name]))
+        table = local_scores(final, open_dataset(cohort[name]), SiteCache())
         ids += table.column("sample_id").to_pylist()
         points.append(_columns(table, ["PC1", "PC2"]))
     points = np.concatenate(points)
@@ -131,7 +134,7 @@ def test_pca__top_components_separate_the_simulated_populations(small_cohort, co
 
 
 def test_pca__secure_sum_fields_are_64_bit_fixed_point_with_fine_resolution(federated):
-    state = next(s for _, s in federated.states if s["phase"] == "iterate")
+    state = next(s for _, s in federated.states if s.round_kind is PcaRound.ITERATE)
     layout = PCA.layout(state, 2)
     assert isinstance(layout, Layout) and layout.ring is Ring.R64
     for f in layout.fields:
@@ -147,39 +150,59 @@ def test_pca__plain_and_secure_sums_give_the_same_components(cohort, federated):
     np.testing.assert_allclose(_columns(a, names), _columns(b, names), atol=1e-9)
 
 
-def _drive(cohort, spec, *, drop_in_phase=None, tamper_scores=False):
-    """Runs the rounds by hand (plain sums) so a test can drop a site or alter a total."""
+def _drive(cohort, spec, *, drop_in_round=None, tamper_scores=False, states=None):
+    """Runs the rounds by hand (plain sums) so a test can drop a site or alter a total.
+
+    Appends every state, the final one included, to ``states`` when given.
+    """
     names = sorted(cohort)
     datasets = {n: open_dataset(cohort[n]) for n in names}
+    contexts = {n: default_context(n) for n in names}
     state = PCA.init(spec, tuple(names))
     for round_index in range(100):
+        if states is not None:
+            states.append(state)
         layout = PCA.layout(state, round_index)
-        sites = [n for n in names if not (state["phase"] == drop_in_phase and n == names[-1])]
-        parts = [PCA.site_step(state, round_index, datasets[n], default_context(n)) for n in sites]
+        sites = [n for n in names if not (state.round_kind is drop_in_round and n == names[-1])]
+        parts = [PCA.site_step(state, round_index, datasets[n], contexts[n]) for n in sites]
         if isinstance(layout, KeyUnion):
             total = {layout.name: np.unique(np.concatenate([p[layout.name] for p in parts]))}
         else:
             total = plain_sum(layout, parts)
-            if tamper_scores and state["phase"] == "scores":
+            if tamper_scores and state.round_kind is PcaRound.SCORES:
                 total["score_sum_squares"] = total["score_sum_squares"] * 1.01
         state, done, result = PCA.coordinator_step(state, round_index, total, len(sites))
         if done:
+            if states is not None:
+                states.append(state)
             return state, result
     raise AssertionError("did not finish")
 
 
 def test_pca__done_state_holds_everything_a_site_needs_for_its_scores(cohort, federated):
     state, result = _drive(cohort, {**SPEC, "iterations": 2})
-    assert pca_state_done(state) and state["phase"] == "done"
-    assert len(state["score_moments"]["sd"]) == K
-    table = local_scores(state, open_dataset(cohort["site-1"]), scaling="raw")
+    assert state.has_loadings and state.round_kind is PcaRound.DONE
+    assert len(state.score_moments.sd) == K
+    table = local_scores(state, open_dataset(cohort["site-1"]), SiteCache(), scaling="raw")
     assert table.schema.metadata[b"genofed.pca.scaling"] == b"raw"
     assert result.summary["iterations"] == 2
 
 
+def test_pca__state_survives_json_at_every_round(cohort):
+    states = []
+    _drive(cohort, {**SPEC, "iterations": 2}, states=states)
+    assert [s.round_kind for s in states] == [PcaRound.KEYS, PcaRound.COUNTS, PcaRound.ITERATE, PcaRound.ITERATE,
+                                              PcaRound.SCORES, PcaRound.DONE]
+    for state in states:
+        data = state.to_json()
+        again = PCA.state_from_json(json.loads(json.dumps(data)))
+        assert again.to_json() == data
+        assert again == state
+
+
 def test_pca__site_dropping_out_after_the_counts_round_fails_the_job(cohort):
     with pytest.raises(InputError, match="changing set of samples"):
-        _drive(cohort, {**SPEC, "iterations": 2}, drop_in_phase="iterate")
+        _drive(cohort, {**SPEC, "iterations": 2}, drop_in_round=PcaRound.ITERATE)
 
 
 def test_pca__scores_contradicting_the_eigenvalues_fail_the_job(cohort):
@@ -188,9 +211,10 @@ def test_pca__scores_contradicting_the_eigenvalues_fail_the_job(cohort):
 
 
 def test_pca__scores_need_the_final_loadings(cohort, federated):
-    state = next(s for _, s in federated.states if s["phase"] == "iterate")
-    with pytest.raises(InputError, match="phase 'iterate'"):
-        local_scores(state, open_dataset(cohort["site-1"]))
+    state = next(s for _, s in federated.states if s.round_kind is PcaRound.ITERATE)
+    assert not state.has_loadings
+    with pytest.raises(InputError, match="round 'iterate'"):
+        local_scores(state, open_dataset(cohort["site-1"]), SiteCache())
     assert PCA.site_finish(state, open_dataset(cohort["site-1"]), default_context("site-1"), cohort["site-1"].parent / "x") is None
 
 
@@ -209,7 +233,7 @@ def test_pca__site_agents_write_their_scores_at_the_site_through_the_runtime(coh
             with rs.agent_threads(manifest, max_idle=60) as agents:
                 status = rs.wait_for_job(analyst, job_id, timeout=120)
             assert status["status"] == "done", status
-            from pipeline.federation.jobs import download_results
+            from pipeline.federation.analyst import download_results
 
             results = download_results(analyst, job_id, tmp_path / "results")
     assert sorted(results["tables"]) == ["pca_eigenvalues", "pca_loadings"]
@@ -239,7 +263,7 @@ def test_pca__simulation_baseline_reports_agreement_with_the_pooled_svd(cohort, 
     for name, table in federated.result.tables.items():
         pq.write_table(table, tmp_path / f"{name}.parquet")
     summary = dict(federated.result.summary)
-    report = PCA.simulation_baselines(SPEC, [cohort[n] for n in sorted(cohort)], tmp_path, summary)
+    report = pca_baselines(SPEC, [cohort[n] for n in sorted(cohort)], tmp_path, summary)
     assert (tmp_path / "pca_pooled_comparison.json").is_file()
     assert [row["component"] for row in report["components"]] == [f"PC{c + 1}" for c in range(K)]
     for row in report["components"]:

@@ -1,6 +1,6 @@
 """Training through the real round engine and store, with coordinator restarts mid-job.
 
-Site agents talk to the :class:`~pipeline.federation.jobs.Coordinator` in process (no
+Site agents talk to the :class:`~pipeline.federation.coordinator.Coordinator` in process (no
 sockets); "restarting" builds a fresh engine over the same SQLite database, as a
 coordinator process killed and started again would. The global model is part of every
 stored round state, so training continues where it stopped and ends with the model of
@@ -12,9 +12,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from pipeline.analyses.in_memory import run_in_memory
+from pipeline.federation.in_memory import run_in_memory
 from pipeline.analyses.train import TRAIN
-from pipeline.models.server import decode_array
+from pipeline.json_arrays import decode_array
 from tests.models.training_support import planted_cohort
 from tests.federation.runtime_support import DirectConnection
 
@@ -28,7 +28,7 @@ SPEC = {
 def _run(tmp_path, datasets, *, restart_at: tuple[int, ...] = ()) -> dict:
     from pipeline.federation.agent import SiteAgent
     from pipeline.federation.config import SiteConfig, SitePolicy
-    from pipeline.federation.jobs import Coordinator
+    from pipeline.federation.coordinator import Coordinator
     from pipeline.federation.store import Store
 
     names = sorted(datasets)

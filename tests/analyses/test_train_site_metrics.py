@@ -8,15 +8,15 @@ import numpy as np
 import pytest
 
 from pipeline.analyses import SiteContext
-from pipeline.analyses.in_memory import default_context, run_in_memory
 from pipeline.analyses.train import TRAIN, TrainingPlan, site_training_arrays
 from pipeline.dataset import open_dataset
 from pipeline.errors import ProtocolError
+from pipeline.federation.baselines import site_metrics_section
+from pipeline.federation.in_memory import default_context, run_in_memory
+from pipeline.json_arrays import decode_array
 from pipeline.models import evaluation
 from pipeline.models.features import Standardization, read_site_data
-from pipeline.models.local import predict_fn
-from pipeline.models.report import site_metrics_section
-from pipeline.models.server import decode_array
+from pipeline.models.local_update import predict_fn
 from tests.models.training_support import planted_cohort
 
 SPEC = {"target": "binary_trait", "covariates": ["age", "sex"], "features": {"variants": ["chr22:1000:A:G", "chr22:1010:A:G", "chr22:1020:A:G"]},
@@ -36,7 +36,7 @@ def opted_in_run(cohort):
 
 def _local_metrics(summary, dataset):
     """What the site computes at home: the final model on its own held-out split."""
-    plan = TrainingPlan(summary["parameters"])
+    plan = TrainingPlan.from_json(summary["parameters"])
     record = summary["model"]
     spec = plan.feature_spec(record["variant_ids"])
     arrays = site_training_arrays(read_site_data(open_dataset(dataset), spec), Standardization.from_json(record["standardization"]), plan.task)
@@ -69,7 +69,7 @@ def test_train_site_metrics__default_policy_shares_nothing(cohort):
 
 def test_train_site_metrics__a_site_fills_only_its_own_slot_and_flag(cohort, opted_in_run):
     _, state = opted_in_run.states[-1]
-    assert state["phase"] == "evaluate"
+    assert TRAIN.phases[state.phase].name == "evaluate"
     layout = TRAIN.layout(state, len(opted_in_run.states) - 1)
     opted_in = TRAIN.site_step(state, 0, open_dataset(cohort["site-1"]), default_context("site-1", share_site_metrics=True))
     opted_out = TRAIN.site_step(state, 0, open_dataset(cohort["site-2"]), default_context("site-2"))

@@ -7,7 +7,7 @@ random genotypes with per-variant allele frequencies and 1% missing calls, chunk
 1. **parts**: each piece of the census on one site's data or on the global counts:
    reading the dataset, the count kernels, the site's key step and count step, the key
    union, the JSON round trip of the state, the HWE exact test and the result table;
-2. **plain**: :func:`pipeline.analyses.in_memory.run_in_memory` with plain sums (sites
+2. **plain**: :func:`pipeline.federation.in_memory.run_in_memory` with plain sums (sites
    one after another, one process), split into the key round and the counts round;
 3. **secure**: the same through the secure-aggregation protocol in memory;
 4. **federate**: ``genofed federate`` with ``workflows/census.yaml`` (coordinator and 3
@@ -39,10 +39,10 @@ sys.path.insert(0, str(REPO))
 
 from pipeline.analyses import census as census_module  # noqa: E402
 from pipeline.analyses.census import CENSUS, COUNT_FIELDS, census_table  # noqa: E402
-from pipeline.analyses.in_memory import default_context, run_in_memory  # noqa: E402
+from pipeline.federation.in_memory import default_context, run_in_memory  # noqa: E402
 from pipeline.dataset import open_dataset  # noqa: E402
-from pipeline.federation.jobs import decode_keys, encode_keys, union_keys  # noqa: E402
-from pipeline.federation.local import federate  # noqa: E402
+from pipeline.federation.rounds import decode_keys, encode_keys, union_keys  # noqa: E402
+from pipeline.federation.localhost import federate  # noqa: E402
 from pipeline.stats.counts import ENGINES, count_variants, default_engine  # noqa: E402
 from pipeline.stats.hwe import hwe_exact_p  # noqa: E402
 from tests.benchmarks.audit_times import event_clock  # noqa: E402

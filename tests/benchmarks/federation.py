@@ -34,9 +34,9 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from pipeline.federation import jobs  # noqa: E402
+from pipeline.federation import coordinator as coordinator_module  # noqa: E402
 from pipeline.secagg.driver import run_round  # noqa: E402
-from pipeline.secagg.encoding import FixedPoint, Ring, encode  # noqa: E402
+from pipeline.encoding import FixedPoint, Ring, encode  # noqa: E402
 from tests.federation import runtime_support as rs  # noqa: E402
 
 
@@ -105,15 +105,15 @@ def main() -> None:
 
     # The engine works under one lock: the time it is held is the coordinator's busy time.
     advance_timer, engine_timer, audit_timer = _Timer(), _TimedLock(), _Timer()
-    jobs.server_advance = advance_timer.wrap(jobs.server_advance)
-    original_init = jobs.Coordinator.__init__
+    coordinator_module.server_advance = advance_timer.wrap(coordinator_module.server_advance)
+    original_init = coordinator_module.Coordinator.__init__
 
     def init(self, *a, **k):
         original_init(self, *a, **k)
         self._lock = engine_timer
         self.audit.append = audit_timer.wrap(self.audit.append)  # the coordinator's log only
 
-    jobs.Coordinator.__init__ = init
+    coordinator_module.Coordinator.__init__ = init
 
     with tempfile.TemporaryDirectory() as tmp_name:
         tmp = Path(tmp_name)

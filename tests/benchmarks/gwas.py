@@ -8,7 +8,7 @@ and sex, a quantitative trait with 20 causal variants. Timed in this one run:
    TLS, secure aggregation in Z_2^64): census rounds (QC filter) + moments + the
    per-variant statistics round; wall time from job submission to results written.
 2. **no secure aggregation**: the same analysis and JAX kernels in one process with plain
-   sums (:func:`pipeline.analyses.in_memory.run_in_memory`), sites one after another; and
+   sums (:func:`pipeline.federation.in_memory.run_in_memory`), sites one after another; and
    the same through the secure-aggregation protocol in memory: their ratio is the cost of
    privacy (the federated run also has its sites in parallel processes and TLS).
 3. **plink2**: ``plink2 --bfile pooled --glm hide-covar`` on the pooled data (skipped when
@@ -35,8 +35,8 @@ REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))
 
 from pipeline.analyses.gwas import GWAS  # noqa: E402
-from pipeline.analyses.in_memory import run_in_memory  # noqa: E402
-from pipeline.federation.local import federate  # noqa: E402
+from pipeline.federation.in_memory import run_in_memory  # noqa: E402
+from pipeline.federation.localhost import federate  # noqa: E402
 from tests.analyses.gwas_support import write_phenotypes  # noqa: E402
 from tests.benchmarks.audit_times import event_clock  # noqa: E402
 from tests.federation import runtime_support as rs  # noqa: E402
@@ -112,12 +112,12 @@ def run_plink2(prefix: Path) -> tuple[float, dict[str, tuple[float, float]]]:
     return seconds, rows
 
 
-def stage_split(run: Path) -> str:
-    """Job time by stage from the coordinator's audit log (census = rounds 0-1, regression = the rest)."""
+def phase_split(run: Path) -> str:
+    """Job time by phase from the coordinator's audit log (census = rounds 0-1, regression = the rest)."""
     when = event_clock(run)
 
     submitted, regression, done = when("job.submitted"), when("round.opened", round=2), when("job.done")
-    return f"job: census stage {regression - submitted:.1f} s (includes the sites' start-up), regression stage {done - regression:.1f} s"
+    return f"job: census phase {regression - submitted:.1f} s (includes the sites' start-up), regression phase {done - regression:.1f} s"
 
 
 def main() -> None:
@@ -138,20 +138,20 @@ def main() -> None:
     federated = time.perf_counter() - started
     job_seconds = float(summary["seconds"])
     print(f"federated (genofed federate, secure aggregation, Z_2^64): {federated:.1f} s total, {job_seconds:.1f} s "
-          f"from process start to results; {stage_split(root / 'run')}", flush=True)
+          f"from process start to results; {phase_split(root / 'run')}", flush=True)
 
     plain_spec = {k: v for k, v in SPEC.items() if k != "stage_timeout"}
     run_in_memory(GWAS, plain_spec, sites)  # warm-up: JAX compiles the kernels' shapes once, untimed
     marks: list[tuple[float, int]] = []
     started = time.perf_counter()
-    plain = run_in_memory(GWAS, plain_spec, sites, on_round=lambda index, state: marks.append((time.perf_counter(), state["stage"])))
+    plain = run_in_memory(GWAS, plain_spec, sites, on_round=lambda index, state: marks.append((time.perf_counter(), state.phase)))
     in_memory = time.perf_counter() - started
     ends = [t for t, _ in marks[1:]] + [started + in_memory]
-    per_stage: dict[str, float] = {}
-    for (begin, stage), end in zip(marks, ends):
-        name = GWAS.stages[stage].name
-        per_stage[name] = per_stage.get(name, 0.0) + end - begin
-    split = ", ".join(f"{name} {seconds:.1f} s" for name, seconds in per_stage.items())
+    per_phase: dict[str, float] = {}
+    for (begin, phase), end in zip(marks, ends):
+        name = GWAS.phases[phase].name
+        per_phase[name] = per_phase.get(name, 0.0) + end - begin
+    split = ", ".join(f"{name} {seconds:.1f} s" for name, seconds in per_phase.items())
     print(f"same JAX kernels, plain sums, one process (sites one after another): {in_memory:.1f} s ({split})", flush=True)
     started = time.perf_counter()
     run_in_memory(GWAS, plain_spec, sites, secure=True, seed=0)

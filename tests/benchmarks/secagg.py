@@ -45,8 +45,8 @@ from pathlib import Path
 import numpy as np
 
 from pipeline.secagg.driver import run_round
-from pipeline.secagg.encoding import FixedPoint, Ring, check_bit_budget, decode, encode
-from pipeline.secagg.protocol import Stage
+from pipeline.encoding import FixedPoint, Ring, check_bit_budget, decode, encode
+from pipeline.secagg.messages import Stage
 
 FLOWER_REFERENCE = {  # measured before with Flower 1.42 on 2 cores: 10 sites, 10^6 values, 20% dropout
     "SecAgg": 0.88,
@@ -110,7 +110,7 @@ def recoverable(graph: dict[int, set[int]], dropped: set[int], threshold: int) -
 def choose_dropouts(num_sites: int, count: int, k: int | None, threshold: int, rng: np.random.Generator) -> list[int]:
     """``count`` random site indices whose silence still lets the SecAgg+ round finish."""
     from pipeline.secagg.driver import DEFAULT_CONTEXT
-    from pipeline.secagg.protocol import RoundConfig
+    from pipeline.secagg.messages import RoundConfig
 
     if k is None:
         return sorted(rng.choice(num_sites, size=count, replace=False).tolist())

@@ -24,7 +24,7 @@ import jax
 import numpy as np
 
 from pipeline.secagg import chacha20, masks
-from pipeline.secagg.encoding import Ring
+from pipeline.encoding import Ring
 
 
 def _best_seconds(run: Callable[[], object], repeats: int) -> float:

@@ -11,7 +11,7 @@ of the ``train`` analysis is timed piece by piece, in one process:
 * **masking**: every site's SecAgg client work (key agreement, Shamir shares, ChaCha20
   masks), from the in-memory protocol driver's per-party CPU timers;
 * **transport**: serializing and parsing every protocol message with the wire format
-  (``pipeline.federation.wire``) plus the public state (global model and server
+  (``pipeline.federation.secagg_wire``) plus the public state (global model and server
   optimizer state as base64 JSON) that each site downloads; the bytes are printed,
   network time is not simulated;
 * **aggregation**: the coordinator's protocol work (summing, unmasking), the decoding
@@ -34,14 +34,20 @@ import time
 import jax
 import numpy as np
 
-from pipeline.analyses.train import _layout
-from pipeline.federation import wire
+from pipeline.analyses.train.declarations import LAYOUT_HINT, MIN_DELTA_SCALE_BITS, real
+from pipeline.encoding import Count, Ring, plan_layout
+from pipeline.federation import secagg_wire
+from pipeline.json_arrays import decode_array, encode_array
 from pipeline.models import ModelConfig, param_space
-from pipeline.models.local import LocalConfig, clip_by_l2, local_update_fn
-from pipeline.models.server import decode_array, encode_array, server_optimizer, server_step, state_from_json, state_to_json
+from pipeline.models.local_update import LocalConfig, clip_by_l2, local_update_fn
+from pipeline.models.server_optimizers import (
+    server_optimizer,
+    server_step,
+    state_from_json,
+    state_to_json,
+)
 from pipeline.secagg.driver import run_round
-from pipeline.secagg.encoding import Ring
-from pipeline.secagg.protocol import server_result
+from pipeline.secagg.server import server_result
 
 SAMPLES = 256
 FEATURES = 1000
@@ -68,7 +74,9 @@ def bench(hidden: int, num_sites: int, *, repeats: int) -> dict[str, float]:
     opt_state = optimizer.init(theta)
     update(theta, *data[0], jax.random.key(0))[0].block_until_ready()  # compile once, as round 1 does
     n_total = SAMPLES * num_sites
-    layout = _layout({"weighted_delta": ((space.size,), n_total * 10.0)}, {"n_train": ((1,), n_total)}, num_sites, prefer=Ring.R32)
+    # The training round's own declarations (the held-out statistics left out): Z_2^32 when it fits.
+    declarations = [real("weighted_delta", (space.size,), n_total * 10.0, min_bits=MIN_DELTA_SCALE_BITS), Count("n_train", (1,), n_total)]
+    layout = plan_layout(declarations, num_sites, rings=(Ring.R32, Ring.R64), hint=LAYOUT_HINT)
     times = {"local": 0.0, "encode": 0.0, "mask": 0.0, "transport": 0.0, "aggregate": 0.0}
     transport_bytes = 0
     for repeat in range(repeats + 1):
@@ -97,8 +105,8 @@ def bench(hidden: int, num_sites: int, *, repeats: int) -> dict[str, float]:
         times["mask"] += outcome.times.total_cpu - outcome.times.server_cpu
         start = time.perf_counter()
         for message in outcome.messages:
-            body = wire.encode_message(message)
-            wire.decode_message(body)
+            body = secagg_wire.encode_message(message)
+            secagg_wire.decode_message(body)
             transport_bytes += len(body)
         times["transport"] += time.perf_counter() - start
         start = time.perf_counter()

@@ -126,7 +126,7 @@ class ThreadedCoordinator:
 
         from pipeline.federation import tls
         from pipeline.federation.config import load_coordinator_config
-        from pipeline.federation.server import PeerCertificateH11Protocol, build_coordinator, create_app
+        from pipeline.federation.api import PeerCertificateH11Protocol, build_coordinator, create_app
 
         self.config = load_coordinator_config(config_path)
         self.coordinator = build_coordinator(self.config)
@@ -153,7 +153,7 @@ class ThreadedCoordinator:
 
 
 def connection(participant_folder: Path, url: str, **kwargs: Any) -> Any:
-    from pipeline.federation.wire import Connection
+    from pipeline.federation.transport import Connection
 
     return Connection(url, cert=participant_folder / "cert.pem", key=participant_folder / "key.pem",
                       ca=participant_folder / "ca.pem", **kwargs)
@@ -259,7 +259,7 @@ def stop(process: subprocess.Popen[bytes]) -> None:
 
 
 class DirectConnection:
-    """A stand-in for wire.Connection that routes a site's requests to a Coordinator."""
+    """A stand-in for transport.Connection that routes a site's requests to a Coordinator."""
 
     def __init__(self, holder: dict, site: str) -> None:
         self.holder, self.site = holder, site

@@ -77,7 +77,7 @@ def _census_run(tmp_path, datasets, *, crash_after: int | None, crash_in_add_rou
     from pipeline.federation.agent import SiteAgent
     from pipeline.federation.audit import AuditLog
     from pipeline.federation.config import SitePolicy, SiteConfig
-    from pipeline.federation.jobs import Coordinator
+    from pipeline.federation.coordinator import Coordinator
     from pipeline.federation.store import Store
 
     names = sorted(datasets)
@@ -127,7 +127,7 @@ def _census_run(tmp_path, datasets, *, crash_after: int | None, crash_in_add_rou
     assert status["status"] == "done", status
     from pipeline.federation import wire
 
-    return wire.decode_table(holder["coordinator"].result_table(job_id, "census_variants"))
+    return wire.decode_table(holder["coordinator"].result_item(job_id, "census_variants", "table"))
 
 
 @pytest.fixture(scope="module")

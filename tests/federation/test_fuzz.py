@@ -20,7 +20,7 @@ from hypothesis import HealthCheck, Phase, given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 from schemathesis.checks import not_a_server_error  # noqa: E402
 
-from pipeline.federation.server import openapi_document  # noqa: E402
+from pipeline.federation.api import openapi_document  # noqa: E402
 from tests.federation import runtime_support as rs  # noqa: E402
 
 pytestmark = pytest.mark.network
@@ -102,13 +102,13 @@ def test_fuzz__deeply_nested_json_is_a_4xx(served, depth):
 def test_fuzz__deeply_nested_message_header_is_a_4xx(served):
     import pyarrow as pa
 
-    from pipeline.federation import wire
+    from pipeline.federation import secagg_wire, wire
 
     _, sessions, url, _ = served
     answer = sessions["analyst"].post(f"{url}/v1/jobs", json={"spec": {
         "analysis": "secure_sum", "vector": {"source": "test", "length": 16}, "stage_timeout": 3600}}, timeout=30)
     job_id = answer.json()["job_id"]  # a fresh job: the fuzzing above may have declined the other one
-    table = pa.table({"_": pa.array([], pa.int8())}).replace_schema_metadata({wire.HEADER_KEY: "[" * 5000 + "]" * 5000})
+    table = pa.table({"_": pa.array([], pa.int8())}).replace_schema_metadata({secagg_wire.HEADER_KEY: "[" * 5000 + "]" * 5000})
     path = f"{url}/v1/site/jobs/{job_id}/rounds/0/stages/advertise_keys/messages/deep-header-0001"
     answer = sessions["site"].put(path, data=wire.encode_table(table), headers={"content-type": wire.ARROW_MEDIA_TYPE}, timeout=60)
     assert answer.status_code == 422, answer.text[:300]

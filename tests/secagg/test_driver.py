@@ -8,9 +8,11 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from pipeline.errors import AggregationAborted, ConfigurationError
-from pipeline.secagg import Field, FixedPoint, Layout, Ring, encode, simulate_secure_sum
+from pipeline.encoding import Field, FixedPoint, Layout, Ring, encode
+from pipeline.secagg.driver import simulate_secure_sum
 from pipeline.secagg.driver import run_round
-from pipeline.secagg.protocol import ServerAborted, Stage, UnmaskShares
+from pipeline.secagg.messages import Stage, UnmaskShares
+from pipeline.secagg.server import ServerAborted
 
 STAGES = [Stage.ADVERTISE_KEYS, Stage.SHARE_KEYS, Stage.MASKED_INPUT, Stage.CONSISTENCY_CHECK, Stage.UNMASKING]
 

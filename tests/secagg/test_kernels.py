@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 
 from pipeline.errors import ConfigurationError
 from pipeline.secagg import kernels, masks
-from pipeline.secagg.encoding import FixedPoint, Ring, decode, encode
+from pipeline.encoding import FixedPoint, Ring, decode, encode
 from pipeline.secagg.kernels import ring_sum, unmask
 from pipeline.secagg.masks import add_masks
 

@@ -11,7 +11,7 @@ from scipy import stats
 from pipeline.errors import ConfigurationError
 from pipeline.secagg import chacha20, masks
 from pipeline.secagg.chacha20 import chacha20_keystream
-from pipeline.secagg.encoding import FixedPoint, Ring, encode
+from pipeline.encoding import FixedPoint, Ring, encode
 from pipeline.secagg.masks import add_masks, mask_sum
 
 ENGINES = ["openssl", "jax"]

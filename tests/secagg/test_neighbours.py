@@ -12,9 +12,9 @@ from hypothesis import strategies as st
 
 from pipeline.errors import AggregationAborted, ConfigurationError
 from pipeline.secagg.driver import DEFAULT_CONTEXT, run_round, simulate_secure_sum
-from pipeline.secagg.encoding import Ring
+from pipeline.encoding import Ring
 from pipeline.secagg.neighbours import complete_graph, neighbour_graph, secure_permutation
-from pipeline.secagg.protocol import RoundConfig, Stage
+from pipeline.secagg.messages import RoundConfig, Stage
 
 
 @settings(max_examples=40, deadline=None)

@@ -8,28 +8,22 @@ import numpy as np
 import pytest
 
 from pipeline.errors import AggregationAborted, ConfigurationError, ProtocolError
-from pipeline.secagg import keys, protocol
+from pipeline.secagg import keys
 from pipeline.secagg.chacha20 import chacha20_keystream
-from pipeline.secagg.encoding import Ring
-from pipeline.secagg.protocol import (
+from pipeline.encoding import Ring
+from pipeline.secagg.client import ClientAborted, ClientDone, ClientMaskedInput, ClientState, client_advance, client_init
+from pipeline.secagg.messages import (
     SERVER,
     AdvertiseKeys,
-    ClientAborted,
-    ClientDone,
     EncryptedShares,
     KeyDirectory,
     MaskedInput,
     RoundConfig,
-    ServerAborted,
     Stage,
     UnmaskRequest,
     UnmaskShares,
-    client_advance,
-    client_init,
-    server_advance,
-    server_init,
-    server_result,
 )
+from pipeline.secagg.server import ServerAborted, server_advance, server_init, server_result
 
 CONTEXT = keys.KeyContext("fed", "job-a", 7)
 LENGTH = 33
@@ -39,7 +33,7 @@ def make_config(num_sites: int = 5, threshold: int = 3, ring: Ring = Ring.R32, *
     return RoundConfig(CONTEXT, tuple(range(1, num_sites + 1)), threshold, ring, LENGTH, **options)  # type: ignore[arg-type]
 
 
-def make_clients(config: RoundConfig, seed: int = 0) -> dict[int, protocol.ClientState]:
+def make_clients(config: RoundConfig, seed: int = 0) -> dict[int, ClientState]:
     rng = np.random.default_rng(seed)
     info = np.iinfo(config.ring.dtype)
     return {
@@ -101,7 +95,7 @@ def test_client_masked_input__matches_naive_formula(ring: Ring) -> None:
     modulus = 1 << ring.modulus_bits
     for site in config.site_ids:
         state = clients[site]
-        assert isinstance(state, protocol.ClientMaskedInput)
+        assert isinstance(state, ClientMaskedInput)
         expected = [int(v) for v in inputs[site]]
         terms = [(state.self_mask_seed, 1)]
         for peer in config.site_ids:

@@ -117,7 +117,7 @@ def _slurm_conf(root: Path, memory_mb: int) -> str:
 
 
 def _port() -> int:
-    from pipeline.federation.local import free_port
+    from pipeline.federation.localhost import free_port
 
     return free_port()
 

@@ -11,7 +11,7 @@ import pytest
 from pipeline.dataset import open_dataset
 from pipeline.errors import ConfigurationError, InputError
 from pipeline.ingest import ingest, ingest_part
-from pipeline.workflow.cluster import ClusterOptions, dask_session, is_distributed, parse_scheduler
+from pipeline.cluster import ClusterOptions, dask_session, is_distributed, parse_scheduler
 from pipeline.workflow.run import run_workflow
 from tests.workflow.conftest import make_site, site_params
 

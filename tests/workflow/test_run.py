@@ -221,8 +221,7 @@ def test_run_workflow__federated_step_runs_the_agent_once(tmp_path, inputs, monk
         calls.append((Path(config_path), once, max_idle))
         return answers.pop(0)
 
-    monkeypatch.setattr("pipeline.federation.agent.run_site", fake_run_site)
-    monkeypatch.setattr("pipeline.analyses.get_analysis", lambda name: object())
+    monkeypatch.setattr("pipeline.workflow.steps.run_site", fake_run_site)
     gwas = REPO / "workflows" / "site-gwas.yaml"
     with pytest.raises(ConfigurationError, match=r"no federated job reached the agent within max_idle = 5 s"):
         run_workflow(gwas, site=site, params={**inputs, "max_idle": 5})

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from pipeline.ingest import ingest
-from pipeline.workflow.cluster import ClusterOptions, dask_session
+from pipeline.cluster import ClusterOptions, dask_session
 from pipeline.workflow.slurm import BatchOptions, render_script, submit_workflow, workflow_status
 from tests.workflow.conftest import make_site, site_params, wait_for_jobs
 from tests.workflow.test_cluster import assert_same_dataset

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from pipeline.errors import ConfigurationError
-from pipeline.federation.jobs import load_spec
+from pipeline.federation.job_spec import load_spec
 from pipeline.workflow.run import load_for_site
 from pipeline.workflow.spec import is_workflow_file, load_workflow
 from tests.workflow.conftest import make_site
@@ -82,7 +82,7 @@ BROKEN = [
     (VALID.replace("${params.maf}", "${params.mafx}"), 14, "names no declared parameter"),
     (VALID.replace("${steps.ingest.output}", "${steps.qc.output}"), 13, "names no earlier step"),
     (VALID.replace("  - name: qc", "  - name: ingest"), 11, "already exists"),
-    (VALID.replace('params: {maf: "${params.maf}"}', "params: {maf: 0.7}"), 14, "expected a number between 0 and 0.5"),
+    (VALID.replace('params: {maf: "${params.maf}"}', "params: {maf: 0.7}"), 14, "expected a number in [0.0, 0.5]"),
     (VALID.replace('    inputs: {dataset: "${steps.ingest.output}"}\n', ""), 11, "needs inputs.dataset"),
     (VALID.replace("  maf: 0.0\n", "  maf: 0.0\n  maf: 0.1\n"), 6, "duplicate key 'maf'"),
     (VALID.replace("${site.dataset}", "${site.colour}"), 10, "the site has"),
@@ -130,7 +130,7 @@ def test_resolve__parameters_checked_against_the_file(tmp_path):
         load_for_site(path, site=site)
     with pytest.raises(ConfigurationError, match=r"--param colour: the workflow has no such parameter"):
         load_for_site(path, site=site, params={"vcf": "a.vcf", "colour": "red"})
-    with pytest.raises(ConfigurationError, match=r"wf.yaml:14: step 'qc': maf is 0.9; expected a number between 0 and 0.5"):
+    with pytest.raises(ConfigurationError, match=r"wf.yaml:14: step 'qc': maf is 0.9; expected a number in \[0.0, 0.5\]"):
         load_for_site(path, site=site, params={"vcf": "a.vcf", "maf": 0.9})
     _, _, work, steps = load_for_site(path, site=site, params={"vcf": "a.vcf"}, work=tmp_path / "w")
     assert steps[0].inputs == {"vcf": Path("a.vcf").resolve()}

@@ -1,0 +1,157 @@
+"""``gwas``: exact federated GWAS (linear or logistic), equal to the pooled fit.
+
+A GWAS job is three phases run as one job (:mod:`pipeline.analyses.phases`):
+
+1. **census** (:mod:`pipeline.analyses.census`): variant-key union, summed genotype
+   counts and the QC filter (call rate, HWE, MAF, minimum allele count); only variants
+   that pass are tested.
+2. **pca** (only with ``pcs: K``, :mod:`pipeline.analyses.pca`): the public basis.
+   Every site then computes its own samples' PC scores locally; scores never leave it.
+3. **regression** (:class:`~pipeline.analyses.gwas.regression.Regression`):
+
+   * round 0, *moments*: per site the sample count and the sums and sums of squares of
+     every covariate (PCs included) and of the phenotype over the complete samples. The
+     coordinator publishes their means and SDs; every site standardizes with them, so
+     each value of the fixed-point encoding is bounded by ``max_abs_z`` (the fit of the
+     genotype is invariant to this reparametrization: the intercept absorbs the shift).
+   * linear, round 1: per variant the packed ``X'X``, ``X'y``, ``y'y`` and ``n`` over the
+     samples with a called genotype (:func:`pipeline.stats.glm.linear_statistics`); the
+     coordinator solves every variant's normal equations in float64: the pooled OLS.
+   * logistic, rounds 1..: federated Newton-Raphson over all variants at once. Each round
+     every site returns, for the variants still iterating, the score and the packed Fisher
+     information at the public coefficients; the coordinator updates every coefficient
+     vector in one batched solve. Wald tests at convergence; separation (an allele absent
+     from the cases or the controls, or diverging coefficients) and non-convergence are
+     reported per variant (``SEPARATION``, ``UNFINISHED``), as plink2 does.
+
+All sums are in Z_2^64; each float field gets the most fractional bits its bound allows
+for the job's number of sites (at least 20 bits up to 100 sites with the defaults).
+
+Disclosure: with the first per-variant round each site also contributes, per variant, 1
+if its own minor allele count (called samples) is non-zero and below its policy's
+``min_allele_count``, else 0. The coordinator only learns the secure sum, and
+publishes a variant only where it is 0. Samples with a missing phenotype or covariate
+are dropped at the site; missing genotypes are dropped per variant.
+
+Spec (see ``workflows/gwas.yaml``)::
+
+    analysis: gwas
+    model: linear                 # or logistic (phenotype coded 0/1)
+    phenotype: quant_trait
+    covariates: [age, sex]
+    pcs: 4                        # 0 = no PCA phase
+    pca: {}                       # passed to the PCA phase unchanged
+    min_allele_count: 5           # census QC (see census): publish threshold
+    min_call_rate: 0.95
+    hwe_p: 1.0e-6
+    maf: 0.01
+    max_samples_per_site: 1000000
+    max_abs_value: 10000          # bound of a raw covariate or phenotype value (moments round)
+    max_abs_z: 100                # bound of a standardized covariate or phenotype value
+    max_iterations: 25            # logistic Newton rounds (and Firth iterations)
+    tolerance: 1.0e-8             # logistic: largest coefficient change at convergence
+    firth: true                   # Firth-penalized refit of separated / unfinished variants
+
+The package follows those seams: :mod:`.spec` (parameters), :mod:`.state` (the typed
+public state), :mod:`.site_data` (complete samples, design, genotype rows),
+:mod:`.regression` (the moments round and the dispatch), :mod:`.linear`,
+:mod:`.logistic`, and :mod:`.outputs` (tables and files).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from pipeline.analyses.census import CENSUS, CensusState
+from pipeline.analyses.gwas.outputs import gwas_table, regression_result, write_outputs
+from pipeline.analyses.gwas.regression import REGRESSION, Regression
+from pipeline.analyses.gwas.spec import PARAMS, GwasParameters
+from pipeline.analyses.gwas.state import (
+    FirthRound,
+    FirthState,
+    Moments,
+    NewtonState,
+    RegressionState,
+    VariantCounts,
+)
+from pipeline.analyses.pca import PCA, PcaState
+from pipeline.analyses.phases import Phase, Phased, PhasedState
+from pipeline.analyses.protocol import Result, SiteContext
+from pipeline.dataset import Dataset
+
+__all__ = [
+    "GWAS",
+    "PARAMS",
+    "REGRESSION",
+    "FirthRound",
+    "FirthState",
+    "Gwas",
+    "GwasParameters",
+    "Moments",
+    "NewtonState",
+    "Regression",
+    "RegressionState",
+    "VariantCounts",
+    "gwas_phases",
+    "gwas_table",
+    "regression_result",
+    "write_outputs",
+]
+
+
+def _census_spec(job: Mapping[str, Any], carried: Mapping[str, Any]) -> dict[str, Any]:
+    return GwasParameters.parse(job).census_spec()  # the whole spec is checked at submission
+
+
+def _census_carry(result: Result, state: CensusState) -> dict[str, Any]:
+    table = result.tables["census_variants"]
+    passing = np.asarray(table.column("pass_qc").to_numpy(zero_copy_only=False), bool)
+    ids = np.asarray(table.column("variant_id").to_pylist(), dtype=object)
+    return {"variant_ids": [str(v) for v in ids[passing]]}
+
+
+def _pca_spec(job: Mapping[str, Any], carried: Mapping[str, Any]) -> dict[str, Any] | None:
+    parameters = GwasParameters.parse(job)
+    if parameters.pcs == 0:
+        return None
+    return {**parameters.pca, "k": parameters.pcs}
+
+
+def _pca_carry(result: Result, state: PcaState) -> dict[str, Any]:
+    return {"pca_state": state.to_json()}
+
+
+def _regression_spec(job: Mapping[str, Any], carried: Mapping[str, Any]) -> dict[str, Any]:
+    return {**dict(job), "variant_ids": list(carried.get("variant_ids", [])), "pca_state": carried.get("pca_state")}
+
+
+def gwas_phases() -> tuple[Phase, ...]:
+    """census -> pca (when ``pcs > 0``) -> regression."""
+    return (
+        Phase("census", CENSUS, _census_spec, _census_carry),
+        Phase("pca", PCA, _pca_spec, _pca_carry, keep_tables=("pca_loadings", "pca_eigenvalues")),
+        Phase("gwas", REGRESSION, _regression_spec, lambda result, state: {}),
+    )
+
+
+class Gwas(Phased):
+    """The ``gwas`` analysis: census, optional PCA, then the regression rounds."""
+
+    def __init__(self) -> None:
+        super().__init__("gwas", gwas_phases())
+
+    def site_finish(self, state: PhasedState, dataset: Dataset, site: SiteContext, out_dir: Path) -> dict[str, Any] | None:
+        """Keeps this site's PC scores at the site (``pca_scores.parquet``) once the regression phase has begun.
+
+        A job that ended in an earlier phase leaves nothing at the site.
+        """
+        if state.phase != len(self.phases) - 1:
+            return None
+        return super().site_finish(state, dataset, site, out_dir)
+
+
+GWAS = Gwas()

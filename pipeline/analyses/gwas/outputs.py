@@ -1,0 +1,251 @@
+"""What a GWAS publishes: the ``gwas`` and ``gwas_status`` tables, and the files made from them.
+
+:func:`regression_result` turns the coordinator's per-variant fits into the job's
+result: the ``gwas`` table (GWAS-SSF columns, genome order) of the publishable
+variants, the ``gwas_status`` table of every tested variant (why a variant has no
+estimate), and a JSON summary. A variant is publishable only where no site's own minor
+allele count is non-zero and below its policy minimum (the secure sum of those flags is
+0); the others are withheld with status ``BELOW_SITE_MIN_ALLELE_COUNT``.
+
+:func:`write_outputs` renders the files an analyst downloads: ``gwas.tsv`` (GWAS-SSF
+v1.1), its metadata YAML, a Manhattan and a QQ plot.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import yaml
+from matplotlib.figure import Figure
+
+from pipeline import schemas
+from pipeline.analyses.gwas.state import RegressionState
+from pipeline.analyses.protocol import Result
+from pipeline.encoding import Layout
+from pipeline.harmonize.contigs import canonical_contig
+from pipeline.harmonize.variant_ids import parse_variant_ids
+from pipeline.outputs import atomic_file
+from pipeline.stats import glm
+
+__all__ = ["OUTPUT_FILES", "gwas_table", "regression_result", "write_outputs"]
+
+OUTPUT_FILES = ("gwas.tsv", "gwas.tsv-meta.yaml", "manhattan.png", "qq.png")
+"""The files :func:`write_outputs` writes."""
+
+GENOME_WIDE = 5e-8
+"""The conventional genome-wide significance threshold (summary counts, Manhattan line)."""
+
+
+def _chromosome_rank(chromosome: str) -> tuple[int, str]:
+    return (int(chromosome), "") if chromosome.isdigit() else (1000, chromosome)
+
+
+def gwas_table(variant_ids: Sequence[str], beta: np.ndarray, se: np.ndarray, eaf: np.ndarray, p_value: np.ndarray,
+               n: np.ndarray) -> pa.Table:
+    """The ``gwas`` table (GWAS-SSF columns + n, variant_id), in genome order.
+
+    The effect allele is the ALT allele; chromosomes are written without a ``chr`` prefix.
+
+    Raises:
+        InputError: a variant ID is not ``contig:position:ref:alt``.
+    """
+    contigs, position, other, effect = parse_variant_ids(variant_ids)
+    chromosome = [canonical_contig(c, "nochr") for c in contigs]
+    order = sorted(range(len(variant_ids)), key=lambda i: (_chromosome_rank(chromosome[i]), int(position[i]), variant_ids[i]))
+    index = np.asarray(order, np.int64)
+
+    def floats(values: np.ndarray) -> pa.Array:
+        values = np.asarray(values, np.float64)[index]
+        return pa.array(values, pa.float64(), mask=~np.isfinite(values))
+
+    table = pa.table({
+        "chromosome": pa.array([chromosome[i] for i in order], pa.string()),
+        "base_pair_location": pa.array(position[index], pa.int64()),
+        "effect_allele": pa.array([effect[i] for i in order], pa.string()),
+        "other_allele": pa.array([other[i] for i in order], pa.string()),
+        "beta": floats(beta), "standard_error": floats(se), "effect_allele_frequency": floats(eaf),
+        "p_value": floats(p_value), "n": pa.array(np.asarray(n, np.int64)[index], pa.int64()),
+        "variant_id": pa.array([variant_ids[i] for i in order], pa.string()),
+    })
+    return schemas.conform(table, "gwas", source="gwas result")
+
+
+def regression_result(state: RegressionState, beta: np.ndarray, se: np.ndarray, statistic: np.ndarray, p_value: np.ndarray,
+                      status: np.ndarray, n: np.ndarray, alt_count: np.ndarray, below_min: np.ndarray, num_sites: int,
+                      *, layout: Layout, firth: np.ndarray | None = None) -> Result:
+    """The job's result from every tested variant's fit.
+
+    Args:
+        state: the regression's final state.
+        beta, se, statistic, p_value: (variants,) the genotype's effect, its standard
+            error, test statistic and p-value (NaN where not estimated).
+        status: (variants,) :data:`pipeline.stats.glm.STATUS` codes.
+        n: (variants,) samples with a called genotype.
+        alt_count: (variants,) ALT alleles among them.
+        below_min: (variants,) sites below their own minimum allele count.
+        num_sites: sites included in the sums.
+        layout: the per-variant round's layout (its scale bits go into the summary).
+        firth: (variants,) which estimates come from the Firth refit (logistic).
+    """
+    p = state.parameters
+    ids = np.asarray(state.variant_ids, dtype=object)
+    status = np.asarray(status, np.int8).copy()
+    publishable = np.asarray(below_min) == 0
+    status[~publishable] = glm.STATUS.index("BELOW_SITE_MIN_ALLELE_COUNT")
+    with np.errstate(invalid="ignore", divide="ignore"):
+        eaf = np.where(n > 0, alt_count / (2.0 * np.maximum(n, 1)), np.nan)
+    table = gwas_table([str(v) for v in ids[publishable]], beta[publishable], se[publishable], eaf[publishable],
+                       p_value[publishable], np.asarray(n)[publishable])
+    ok_mask = (status == 0)
+    status_table = pa.table({
+        "variant_id": pa.array([str(v) for v in ids], pa.string()),
+        "status": pa.array([glm.STATUS[s] for s in status], pa.string()),
+        "statistic": pa.array(np.where(ok_mask, statistic, np.nan), pa.float64(), mask=~ok_mask),
+        "firth": pa.array(np.zeros(len(ids), bool) if firth is None else firth, pa.bool_()),
+    })
+    status_table = schemas.conform(status_table, "gwas_status", source="gwas result")
+    tested = p_value[ok_mask]
+    lam = glm.genomic_inflation(tested)
+    order = np.argsort(np.where(ok_mask, p_value, np.inf))[: min(10, int(ok_mask.sum()))]
+    counts = {name: int(np.count_nonzero(status == code)) for code, name in enumerate(glm.STATUS) if np.any(status == code)}
+    parameters = {key: value for key, value in p.to_json().items() if key != "pca"}
+    summary: dict[str, Any] = {
+        "analysis": "gwas",
+        "model": p.model,
+        "phenotype": p.phenotype,
+        "covariates": list(p.covariates),
+        "pcs": p.pcs,
+        "num_sites": int(num_sites),
+        "num_samples": state.standardization.n,
+        "variants": {"tested": len(ids), "published": int(publishable.sum()), "ok": int(ok_mask.sum()),
+                     "genome_wide_significant": int(np.count_nonzero(tested < GENOME_WIDE)), "status": counts},
+        "lambda_gc": None if not math.isfinite(lam) else round(lam, 6),
+        "top_hits": [{"variant_id": str(ids[i]), "beta": float(beta[i]), "p_value": float(p_value[i])} for i in order],
+        "test": "t (Student, n - k - 1 df), as plink2 --glm" if p.model == "linear" else "Wald z at the maximum-likelihood fit (Firth-penalized where gwas_status.firth)",
+        "encoding": {"ring": layout.ring.name, "scale_bits": {f.name: f.encoding.scale_bits for f in layout.fields}},
+        "parameters": parameters,
+        "disclosure": (
+            "the regression rounds revealed only sums over the included sites: covariate moments, per-variant sufficient "
+            "statistics (or Newton scores and information), and per variant the number of sites below their own minimum "
+            "allele count; variants where that number is not 0 are withheld"
+        ),
+        "schemas": {name: schemas.load(name).version for name in ("gwas", "gwas_status")},
+    }
+    if p.model == "logistic":
+        summary["newton_rounds"] = state.logistic_fit.iteration
+        summary["firth"] = {"enabled": p.firth, "variants": int(0 if firth is None else firth.sum()),
+                            "rounds": state.firth.iteration if state.firth is not None else 0}
+    return Result(summary=summary, tables={"gwas": table, "gwas_status": status_table})
+
+
+# --------------------------------------------------------------------------- files
+
+
+def _format_float(values: np.ndarray, digits: int = 6) -> list[str]:
+    return ["NA" if not math.isfinite(x) else f"{x:.{digits}g}" for x in values.tolist()]
+
+
+def write_outputs(result: Result, out_dir: Path | str) -> list[str]:
+    """Writes gwas.tsv, gwas.tsv-meta.yaml, manhattan.png and qq.png; returns the file names.
+
+    ``gwas.tsv`` is tab-separated GWAS-SSF v1.1 (NA for missing values, p-values floored
+    at the smallest positive double), in genome order. Each file is written to a
+    temporary path and renamed.
+    """
+    out = Path(out_dir)
+    table = result.tables["gwas"]
+    columns = table.column_names
+    data = {name: table.column(name).to_numpy(zero_copy_only=False) for name in columns}
+    p = np.asarray(data["p_value"], np.float64)
+    p = np.where(np.isfinite(p), np.maximum(p, np.finfo(np.float64).tiny), np.nan)
+    rendered = {
+        "chromosome": [str(x) for x in data["chromosome"]],
+        "base_pair_location": [str(int(x)) for x in data["base_pair_location"]],
+        "effect_allele": [str(x) for x in data["effect_allele"]],
+        "other_allele": [str(x) for x in data["other_allele"]],
+        "beta": _format_float(np.asarray(data["beta"], np.float64), 8),
+        "standard_error": _format_float(np.asarray(data["standard_error"], np.float64), 8),
+        "effect_allele_frequency": _format_float(np.asarray(data["effect_allele_frequency"], np.float64)),
+        "p_value": _format_float(p, 6),
+        "n": [str(int(x)) for x in data["n"]],
+        "variant_id": [str(x) for x in data["variant_id"]],
+    }
+    lines = ["\t".join(columns)] + ["\t".join(row) for row in zip(*(rendered[c] for c in columns))]
+    text = "\n".join(lines) + "\n"
+    with atomic_file(out / "gwas.tsv", force=True) as tmp:
+        Path(tmp).write_text(text)
+    summary = result.summary
+    meta = {
+        "file_type": "GWAS-SSF v1.1",
+        "data_file_name": "gwas.tsv",
+        "data_file_md5sum": hashlib.md5(text.encode()).hexdigest(),
+        "is_harmonised": False,
+        "is_sorted": True,
+        "genome_assembly": "GRCh38",
+        "coordinate_system": "1-based",
+        "trait_description": [str(summary.get("phenotype"))],
+        "samples": [{"sample_size": int(summary.get("num_samples", 0)), "sample_ancestry": ["NR"]}],
+        "analysis_software": "genofed (federated, exact pooled fit over secure aggregation)",
+        "test_statistic": summary.get("test"),
+        "covariates": list(summary.get("covariates", [])) + [f"PC{i + 1}" for i in range(int(summary.get("pcs", 0)))],
+        "model": summary.get("model"),
+        "lambda_gc": summary.get("lambda_gc"),
+        "effect_statistic": "beta",
+    }
+    with atomic_file(out / "gwas.tsv-meta.yaml", force=True) as tmp:
+        Path(tmp).write_text(yaml.safe_dump(meta, sort_keys=False))
+    _plots(table, out, summary)
+    return list(OUTPUT_FILES)
+
+
+def _save(figure: Figure, path: Path) -> None:
+    with atomic_file(path, force=True) as tmp:
+        figure.savefig(tmp, dpi=120, format="png")
+
+
+def _plots(table: pa.Table, out: Path, summary: Mapping[str, Any]) -> None:
+    """manhattan.png and qq.png (matplotlib's object API: no pyplot, no global backend)."""
+    p = np.asarray(table.column("p_value").to_numpy(zero_copy_only=False), np.float64)
+    chromosome = [str(c) for c in table.column("chromosome").to_pylist()]
+    position = np.asarray(table.column("base_pair_location").to_numpy(), np.float64)
+    ok = np.isfinite(p)
+    score = -np.log10(np.maximum(p[ok], 1e-300))
+    # Manhattan: chromosomes side by side in genome order.
+    x = np.zeros(len(p))
+    offset, ticks, labels, colours = 0.0, [], [], np.zeros(len(p), int)
+    for index, name in enumerate(dict.fromkeys(chromosome)):
+        rows = np.array([c == name for c in chromosome])
+        start, stop = position[rows].min(), position[rows].max()
+        x[rows] = position[rows] - start + offset
+        ticks.append(offset + (stop - start) / 2)
+        labels.append(name)
+        colours[rows] = index % 2
+        offset += stop - start + max(1.0, 0.02 * (stop - start))
+    figure = Figure(figsize=(10, 4))
+    axis = figure.subplots()
+    axis.scatter(x[ok], score, c=np.where(colours[ok] == 0, "#1f4e79", "#7fa7d0"), s=4)
+    axis.axhline(-np.log10(GENOME_WIDE), color="#c0392b", lw=0.8, ls="--")
+    axis.set_xticks(ticks, labels)
+    axis.set_xlabel("chromosome" if len(labels) > 1 else f"chromosome {labels[0] if labels else ''} position")
+    axis.set_ylabel("-log10 p")
+    axis.set_title(f"GWAS of {summary.get('phenotype')} ({summary.get('model')}, {summary.get('num_samples')} samples)")
+    figure.tight_layout()
+    _save(figure, out / "manhattan.png")
+    figure = Figure(figsize=(4.5, 4.5))
+    axis = figure.subplots()
+    observed = np.sort(score)[::-1]
+    expected = -np.log10((np.arange(1, observed.size + 1) - 0.5) / max(observed.size, 1))
+    axis.scatter(expected, observed, s=4, color="#1f4e79")
+    top = max(float(expected.max(initial=1.0)), float(observed.max(initial=1.0)))
+    axis.plot([0, top], [0, top], color="#c0392b", lw=0.8)
+    axis.set_xlabel("expected -log10 p")
+    axis.set_ylabel("observed -log10 p")
+    axis.set_title(f"QQ, lambda_GC = {summary.get('lambda_gc')}")
+    figure.tight_layout()
+    _save(figure, out / "qq.png")

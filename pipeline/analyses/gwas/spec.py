@@ -1,0 +1,155 @@
+"""The GWAS spec: one table of parameters, their frozen form, and the bounds they imply.
+
+Every key of a GWAS job spec is declared once in :data:`PARAMS` (its default and its
+check); :class:`GwasParameters` is the checked, typed result that travels in the job's
+state. The census thresholds reuse the census' own checks, so a GWAS refuses at
+submission what its census phase would refuse later.
+
+The parameters also bound what one site may contribute to a secure sum
+(:meth:`GwasParameters.statistic_bound`), and with the number of sites that bound fixes
+how many fractional bits each fixed-point field keeps: :func:`plan_regression_layout`
+is the one place the regression's layouts are planned.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from pipeline.analyses.census import PARAMS as CENSUS_PARAMS
+from pipeline.encoding import Declaration, Layout, Ring, plan_layout
+from pipeline.errors import ConfigurationError
+from pipeline.parameters import (
+    REQUIRED,
+    Param,
+    boolean,
+    choice,
+    integer,
+    mapping,
+    names,
+    number,
+    parse_params,
+)
+
+__all__ = [
+    "MAX_SCALE_BITS",
+    "MIN_MOMENT_SCALE_BITS",
+    "MIN_SCALE_BITS",
+    "PARAMS",
+    "GwasParameters",
+    "plan_regression_layout",
+]
+
+MAX_SCALE_BITS = 40
+"""Most fractional bits a statistic keeps (float64 holds 53; the rest is the sum's headroom)."""
+MIN_SCALE_BITS = 20
+"""Fewest fractional bits a per-variant statistic may keep (refused below)."""
+MIN_MOMENT_SCALE_BITS = 2
+"""Fewest fractional bits of the raw moments: they only standardize, and the genotype's fit
+does not depend on the exact shift and scale."""
+
+
+def _column_name(value: Any) -> str:
+    if not isinstance(value, str) or not value:
+        raise ValueError("a column of the sites' phenotype tables (e.g. quant_trait)")
+    return value
+
+
+PARAMS = {
+    "model": Param("linear", choice("linear", "logistic")),
+    "covariates": Param([], names),
+    "pcs": Param(0, integer(0, 50)),
+    "pca": Param({}, mapping),
+    "min_allele_count": Param(5, CENSUS_PARAMS["min_allele_count"].check),
+    "min_call_rate": Param(0.95, CENSUS_PARAMS["min_call_rate"].check),
+    "hwe_p": Param(1e-6, CENSUS_PARAMS["hwe_p"].check),
+    "maf": Param(0.0, CENSUS_PARAMS["maf"].check),
+    "max_samples_per_site": Param(1_000_000, integer(1, 2**31 - 1)),
+    "max_abs_value": Param(1e4, number(1.0, 1e6)),
+    "max_abs_z": Param(100.0, number(2.0, 1e4)),
+    "max_iterations": Param(25, integer(1, 1000)),
+    "tolerance": Param(1e-8, number(1e-14, 1e-2)),
+    "firth": Param(True, boolean),
+    "phenotype": Param(REQUIRED, _column_name),
+}
+"""The GWAS spec keys, defaults and checks (``pca`` is handed to the PCA phase, which checks it)."""
+
+
+@dataclass(frozen=True)
+class GwasParameters:
+    """A checked GWAS spec (see the package docstring's spec)."""
+
+    model: str
+    covariates: tuple[str, ...]
+    pcs: int
+    pca: dict[str, Any]
+    min_allele_count: int
+    min_call_rate: float
+    hwe_p: float
+    maf: float
+    max_samples_per_site: int
+    max_abs_value: float
+    max_abs_z: float
+    max_iterations: int
+    tolerance: float
+    firth: bool
+    phenotype: str
+
+    @classmethod
+    def parse(cls, spec: Mapping[str, Any], *, ignore: Iterable[str] = ()) -> GwasParameters:
+        """Checks a GWAS spec and fills its defaults.
+
+        Args:
+            spec: the job spec without the runtime's keys.
+            ignore: keys handed over by earlier phases, not checked here.
+
+        Raises:
+            ConfigurationError: naming the key, what was expected and what was given.
+        """
+        values = parse_params(spec, PARAMS, where="gwas", ignore=ignore)
+        if values["phenotype"] in values["covariates"]:
+            raise ConfigurationError(f"gwas: the phenotype {values['phenotype']!r} is also listed as a covariate")
+        return cls(**{**values, "covariates": tuple(values["covariates"])})
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> GwasParameters:
+        return cls(**{**data, "covariates": tuple(data["covariates"]), "pca": dict(data["pca"])})
+
+    def to_json(self) -> dict[str, Any]:
+        return {**dataclasses.asdict(self), "covariates": list(self.covariates), "pca": dict(self.pca)}
+
+    def census_spec(self) -> dict[str, Any]:
+        """The census phase's spec: its QC thresholds and the per-site sample bound."""
+        return {"min_allele_count": self.min_allele_count, "min_call_rate": self.min_call_rate, "hwe_p": self.hwe_p,
+                "maf": self.maf, "max_samples_per_site": self.max_samples_per_site}
+
+    @property
+    def columns(self) -> tuple[str, ...]:
+        """The covariates of the fit, principal components last (``PC1``..)."""
+        return (*self.covariates, *(f"PC{i + 1}" for i in range(self.pcs)))
+
+    @property
+    def statistic_bound(self) -> float:
+        """Largest absolute value of one site's per-variant statistic: n_max * max_abs_z^2."""
+        z = max(self.max_abs_z, 2.0)
+        return self.max_samples_per_site * z * z
+
+    @property
+    def raw_moment_bound(self) -> float:
+        """Largest absolute sum of one site's raw values or their squares: n_max * max_abs_value^2."""
+        return self.max_samples_per_site * self.max_abs_value**2
+
+
+def plan_regression_layout(declarations: Sequence[Declaration], num_sites: int, *, hint: str) -> Layout:
+    """The layout of a regression round in Z_2^64.
+
+    Raises:
+        ConfigurationError: a field does not keep its fewest fractional bits for
+            ``num_sites`` sites; says what to lower.
+    """
+    try:
+        return plan_layout(declarations, num_sites, rings=(Ring.R64,), hint=hint)
+    except ConfigurationError as error:
+        raise ConfigurationError(f"gwas: {error}") from None

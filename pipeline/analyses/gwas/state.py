@@ -1,0 +1,334 @@
+"""The regression phase's public state: typed, frozen, and JSON for the coordinator's store.
+
+What the coordinator publishes between rounds, one frozen dataclass per part:
+
+* :class:`RegressionState`: the parameters, the variants to test (QC-passing), the PCA
+  phase's final state (the basis every site scores its samples with), and then the
+  parts below as the rounds produce them;
+* :class:`Moments`: the covariates' and phenotype's pooled means and SDs (round 0);
+* :class:`NewtonState`: a logistic fit in progress: every variant's coefficients,
+  variance, status, and the variants still iterating; after the first Newton round
+  also the summed allele counts (:class:`VariantCounts`);
+* :class:`FirthState`: the Firth-penalized refit of the variants the plain fit could
+  not handle, alternating ``information`` and ``score`` rounds (:class:`FirthRound`).
+
+Arrays are held as read-only numpy arrays, decoded once in ``from_json``;
+``to_json`` writes them with :func:`pipeline.json_arrays.encode_array` (bit-exact,
+index arrays as int32 where they fit: half the base64). Because numpy arrays have no
+single truth value, these classes compare by their JSON form.
+"""
+
+from __future__ import annotations
+
+import enum
+import hashlib
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass
+from functools import cached_property
+from typing import Any
+
+import numpy as np
+
+from pipeline.analyses.gwas.spec import GwasParameters
+from pipeline.analyses.pca import PCA, PcaState
+from pipeline.analyses.protocol import JsonState
+from pipeline.errors import InputError
+from pipeline.json_arrays import decode_array, encode_array, frozen_array
+from pipeline.stats import glm
+
+__all__ = ["COUNT_NAMES", "FirthRound", "FirthState", "Moments", "NewtonState", "RegressionState", "VariantCounts"]
+
+
+def _compact(values: np.ndarray) -> np.ndarray:
+    """int32 where the values fit (half the base64 in the stored JSON state)."""
+    values = np.asarray(values, np.int64)
+    return values.astype(np.int32) if values.size == 0 or np.abs(values).max() < 2**31 else values
+
+
+@dataclass(frozen=True, eq=False)
+class Moments(JsonState):
+    """Pooled means and SDs of the covariates (PCs included), then the phenotype.
+
+    Attributes:
+        n: complete samples over the included sites.
+        mean: (columns + 1,) means.
+        sd: (columns + 1,) standard deviations (population form, as they standardize).
+    """
+
+    n: int
+    mean: np.ndarray
+    sd: np.ndarray
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "mean", frozen_array(self.mean, np.float64))
+        object.__setattr__(self, "sd", frozen_array(self.sd, np.float64))
+
+    def to_json(self) -> dict[str, Any]:
+        return {"n": self.n, "mean": self.mean.tolist(), "sd": self.sd.tolist()}
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> Moments:
+        return cls(int(data["n"]), np.asarray(data["mean"], np.float64), np.asarray(data["sd"], np.float64))
+
+
+COUNT_NAMES = ("n", "n_case", "alt_count", "alt_case", "below_min")
+"""The per-variant counts of the first Newton round, in layout order."""
+
+
+@dataclass(frozen=True, eq=False)
+class VariantCounts(JsonState):
+    """Per variant sums of the first Newton round (all int64, one entry per tested variant).
+
+    Attributes:
+        n: samples with a called genotype.
+        n_case: of them, cases.
+        alt_count: ALT alleles.
+        alt_case: ALT alleles among cases.
+        below_min: sites whose own minor allele count is non-zero and below their minimum.
+    """
+
+    n: np.ndarray
+    n_case: np.ndarray
+    alt_count: np.ndarray
+    alt_case: np.ndarray
+    below_min: np.ndarray
+
+    def __post_init__(self) -> None:
+        for name in COUNT_NAMES:
+            object.__setattr__(self, name, frozen_array(getattr(self, name), np.int64))
+
+    @classmethod
+    def from_total(cls, total: Mapping[str, np.ndarray]) -> VariantCounts:
+        """The counts of a round's decoded total."""
+        return cls(**{name: np.asarray(total[name], np.int64) for name in COUNT_NAMES})
+
+    def to_json(self) -> dict[str, Any]:
+        return {name: encode_array(_compact(getattr(self, name))) for name in COUNT_NAMES}
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> VariantCounts:
+        return cls(**{name: decode_array(data[name]) for name in COUNT_NAMES})
+
+
+@dataclass(frozen=True, eq=False)
+class NewtonState(JsonState):
+    """A logistic fit of every variant by Newton-Raphson rounds.
+
+    Attributes:
+        iteration: Newton rounds done.
+        theta: (variants, k + 1) coefficients, intercept first, genotype last.
+        active: indices of the variants still iterating.
+        status: (variants,) int8 :data:`pipeline.stats.glm.STATUS` codes.
+        variance: (variants,) the genotype coefficient's variance at the last step.
+        counts: the summed counts, from the first Newton round on.
+    """
+
+    iteration: int
+    theta: np.ndarray
+    active: np.ndarray
+    status: np.ndarray
+    variance: np.ndarray
+    counts: VariantCounts | None = None
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "theta", frozen_array(self.theta, np.float64))
+        object.__setattr__(self, "active", frozen_array(self.active, np.int64))
+        object.__setattr__(self, "status", frozen_array(self.status, np.int8))
+        object.__setattr__(self, "variance", frozen_array(self.variance, np.float64))
+
+    @property
+    def summed_counts(self) -> VariantCounts:
+        """The counts of the first Newton round.
+
+        Raises:
+            InputError: that round has not ended yet.
+        """
+        if self.counts is None:
+            raise InputError("gwas: the allele counts are not known before the first Newton round ends")
+        return self.counts
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "iteration": self.iteration, "theta": encode_array(self.theta), "active": encode_array(_compact(self.active)),
+            "status": encode_array(self.status), "variance": encode_array(self.variance),
+            "counts": None if self.counts is None else self.counts.to_json(),
+        }
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> NewtonState:
+        counts = data["counts"]
+        return cls(int(data["iteration"]), decode_array(data["theta"]), decode_array(data["active"]),
+                   decode_array(data["status"]), decode_array(data["variance"]),
+                   None if counts is None else VariantCounts.from_json(counts))
+
+
+class FirthRound(enum.Enum):
+    """The two rounds of one Firth iteration, at the same coefficients."""
+
+    INFORMATION = "information"
+    """Sites send the Fisher information; its inverse becomes public."""
+    SCORE = "score"
+    """Sites send the modified score, whose hat diagonal needs that inverse."""
+
+
+@dataclass(frozen=True, eq=False)
+class FirthState(JsonState):
+    """The Firth-penalized refit of the variants the plain Newton fit could not handle.
+
+    Attributes:
+        index: (refitted,) the refitted variants' indices in the job's variant list.
+        active: positions (into ``index``) of the variants still iterating.
+        theta: (refitted, k + 1) coefficients.
+        inverse: (refitted, packed) inverse Fisher information, once published.
+        iteration: Firth iterations done (one per ``score`` round).
+        next_round: which round comes next.
+        variance: (refitted,) the genotype coefficient's variance.
+        status: (refitted,) int8 status codes (``FIRTH_CONVERGE_FAIL`` until converged).
+    """
+
+    index: np.ndarray
+    active: np.ndarray
+    theta: np.ndarray
+    inverse: np.ndarray | None
+    iteration: int
+    next_round: FirthRound
+    variance: np.ndarray
+    status: np.ndarray
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "index", frozen_array(self.index, np.int64))
+        object.__setattr__(self, "active", frozen_array(self.active, np.int64))
+        object.__setattr__(self, "theta", frozen_array(self.theta, np.float64))
+        if self.inverse is not None:
+            object.__setattr__(self, "inverse", frozen_array(self.inverse, np.float64))
+        object.__setattr__(self, "variance", frozen_array(self.variance, np.float64))
+        object.__setattr__(self, "status", frozen_array(self.status, np.int8))
+
+    @classmethod
+    def start(cls, failed: np.ndarray, num_coefficients: int, intercept: float) -> FirthState:
+        """The refit of ``failed`` variants from the null model's intercept (no round done)."""
+        count = len(failed)
+        theta = np.zeros((count, num_coefficients + 1))
+        theta[:, 0] = intercept
+        return cls(index=failed, active=np.arange(count), theta=theta, inverse=None, iteration=0,
+                   next_round=FirthRound.INFORMATION, variance=np.full(count, np.nan),
+                   status=np.full(count, glm.STATUS.index("FIRTH_CONVERGE_FAIL"), np.int8))
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "index": encode_array(_compact(self.index)), "active": encode_array(_compact(self.active)),
+            "theta": encode_array(self.theta), "inverse": None if self.inverse is None else encode_array(self.inverse),
+            "iteration": self.iteration, "next_round": self.next_round.value, "variance": encode_array(self.variance),
+            "status": encode_array(self.status),
+        }
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> FirthState:
+        inverse = data["inverse"]
+        return cls(decode_array(data["index"]), decode_array(data["active"]), decode_array(data["theta"]),
+                   None if inverse is None else decode_array(inverse), int(data["iteration"]),
+                   FirthRound(data["next_round"]), decode_array(data["variance"]), decode_array(data["status"]))
+
+
+@dataclass(frozen=True, eq=False)
+class RegressionState(JsonState):
+    """The regression phase's public state (see the module docstring).
+
+    Attributes:
+        parameters: the job's checked spec.
+        num_participants: sites invited (the bit budget is sized for all of them).
+        variant_ids: the variants to test, in the census' order.
+        pca: the PCA phase's final state (``pcs > 0``), else ``None``.
+        moments: the pooled means and SDs, from round 0 on.
+        newton: the logistic fit, from round 0 on (logistic model only).
+        firth: the Firth refit, once the plain fit has ended with failures.
+    """
+
+    parameters: GwasParameters
+    num_participants: int
+    variant_ids: tuple[str, ...]
+    pca: PcaState | None = None
+    moments: Moments | None = None
+    newton: NewtonState | None = None
+    firth: FirthState | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "parameters": self.parameters.to_json(), "num_participants": self.num_participants,
+            "variant_ids": list(self.variant_ids), "pca": None if self.pca is None else self.pca.to_json(),
+            "moments": None if self.moments is None else self.moments.to_json(),
+            "newton": None if self.newton is None else self.newton.to_json(),
+            "firth": None if self.firth is None else self.firth.to_json(),
+        }
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> RegressionState:
+        def part(name: str, parse: Any) -> Any:
+            return None if data[name] is None else parse(data[name])
+
+        return cls(
+            parameters=GwasParameters.from_json(data["parameters"]), num_participants=int(data["num_participants"]),
+            variant_ids=tuple(str(v) for v in data["variant_ids"]), pca=part("pca", PCA.state_from_json),
+            moments=part("moments", Moments.from_json), newton=part("newton", NewtonState.from_json),
+            firth=part("firth", FirthState.from_json),
+        )
+
+    @property
+    def columns(self) -> tuple[str, ...]:
+        """The fit's covariates, principal components last."""
+        return self.parameters.columns
+
+    @property
+    def num_coefficients(self) -> int:
+        """k: the intercept and the covariates (the genotype's coefficient comes on top)."""
+        return len(self.columns) + 1
+
+    @property
+    def standardization(self) -> Moments:
+        """The pooled moments every site standardizes with.
+
+        Raises:
+            InputError: round 0 has not ended yet.
+        """
+        if self.moments is None:
+            raise InputError("gwas: the covariate moments are not known before the moments round ends")
+        return self.moments
+
+    @property
+    def logistic_fit(self) -> NewtonState:
+        """The logistic fit in progress.
+
+        Raises:
+            InputError: the model is linear, or round 0 has not ended yet.
+        """
+        if self.newton is None:
+            raise InputError("gwas: no logistic fit in progress (a linear model, or before the moments round ends)")
+        return self.newton
+
+    @cached_property
+    def variant_order(self) -> np.ndarray:
+        """Indices that sort :attr:`variant_ids` (code point order, stable)."""
+        order = np.argsort(np.asarray(self.variant_ids, dtype=str), kind="stable").astype(np.int64)
+        order.setflags(write=False)
+        return order
+
+    @cached_property
+    def sorted_variant_ids(self) -> np.ndarray:
+        """:attr:`variant_ids` sorted, for :func:`pipeline.dataset.locate`."""
+        return np.asarray(self.variant_ids, dtype=str)[self.variant_order]
+
+    @cached_property
+    def variants_digest(self) -> str:
+        """SHA-256 of the tested variant list (names the site's cached genotype rows)."""
+        return hashlib.sha256(json.dumps(list(self.variant_ids)).encode()).hexdigest()
+
+    @cached_property
+    def samples_digest(self) -> str:
+        """SHA-256 of what decides a site's complete samples and their covariate values:
+        phenotype, covariates, model and the PCA basis."""
+        p = self.parameters
+        basis = None if self.pca is None else self.pca.to_json()
+        text = json.dumps([p.phenotype, list(p.covariates), p.model, basis], sort_keys=True)
+        return hashlib.sha256(text.encode()).hexdigest()
+

@@ -1,0 +1,195 @@
+"""What an analysis is: two pure functions and a layout per round, over a typed state.
+
+The runtime (:mod:`pipeline.federation`) runs a job as a sequence of rounds. In round
+``r`` every site computes ``site_step(state, r, dataset, site)`` from the job's public
+``state`` and its own data; the runtime encodes it with ``layout(state, r)``, masks it
+and runs one secure sum; the coordinator then calls ``coordinator_step(state, r,
+total, num_sites)`` with the decoded *sum* of the surviving sites' contributions and
+gets the next state, or the result. An analysis knows nothing of keys, sockets or
+databases: it *declares* its layout (:mod:`pipeline.encoding`) and never encodes,
+masks or decodes anything itself.
+
+One round kind is not a sum: a :class:`KeyUnion` round, where each site sends a set of
+public keys (for example the variant IDs it holds) and the coordinator receives their
+union, sorted and without duplicates (code point order, as Python sorts ``str``). It discloses which keys a site holds, never a count, and a site takes part
+only when its policy says ``share_variant_keys``; otherwise it sends an empty set.
+
+A job's public state is one frozen, typed object per analysis (a dataclass with
+``to_json``), stored by the coordinator and sent to the sites as JSON; the analysis
+reads it back with ``state_from_json``. Results are a JSON summary plus named Arrow
+tables, and the files :meth:`Analysis.write_outputs` renders from them.
+
+Every hook the runtime calls is declared here, with a default where an analysis may
+leave it out (``site_finish``, ``write_outputs``).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Generic, Protocol, TypeVar, Union
+
+import numpy as np
+import pyarrow as pa
+
+from pipeline.analyses.site_cache import SiteCache
+from pipeline.dataset import Dataset
+from pipeline.encoding import Layout
+
+__all__ = [
+    "Analysis",
+    "JobState",
+    "JsonState",
+    "KeyUnion",
+    "RoundLayout",
+    "Result",
+    "SiteContext",
+    "StepResult",
+]
+
+
+@dataclass(frozen=True)
+class KeyUnion:
+    """A round whose contributions are key sets and whose "sum" is their sorted union.
+
+    Attributes:
+        name: the contribution's field name (``variant_id``).
+        purpose: one line saying what the keys are for (shown in the audit log).
+    """
+
+    name: str
+    purpose: str
+
+
+RoundLayout = Union[Layout, KeyUnion]
+"""What a site contributes in one round: a secure-sum :class:`Layout` or a :class:`KeyUnion`."""
+
+
+@dataclass(frozen=True)
+class SiteContext:
+    """What a site step may know about the site besides its data: name, policy and cache.
+
+    Attributes:
+        name: the site's name (its certificate's subject).
+        min_samples: the site's k; the runtime checks it before any step runs.
+        min_allele_count: the least minor allele count of a variant whose key the
+            site shares in a :class:`KeyUnion` round.
+        share_variant_keys: whether the site sends keys in a :class:`KeyUnion` round.
+        share_site_metrics: whether the site may reveal statistics of its own (for
+            example a model's metrics on its held-out split) in a slot of a secure sum
+            that only it fills; off unless the site's policy opts in.
+        cache: what the site keeps between the rounds of one job (genotypes it read);
+            owned by the runtime, which drops it when the job ends.
+    """
+
+    name: str
+    min_samples: int
+    min_allele_count: int
+    share_variant_keys: bool
+    share_site_metrics: bool = False
+    cache: SiteCache = field(default_factory=SiteCache, compare=False, repr=False)
+
+
+@dataclass(frozen=True)
+class Result:
+    """A finished job's result: a JSON summary and named Arrow tables."""
+
+    summary: Mapping[str, Any]
+    tables: Mapping[str, pa.Table] = field(default_factory=dict)
+
+
+class JobState(Protocol):
+    """A job's public state: frozen, typed, and JSON for storage and transport."""
+
+    def to_json(self) -> dict[str, Any]:
+        """The state as JSON (``state_from_json`` of the analysis reads it back)."""
+        ...
+
+
+class JsonState:
+    """Base of frozen state dataclasses that hold numpy arrays (declared with ``eq=False``).
+
+    A dataclass's generated ``==`` cannot compare numpy fields. What every party agrees
+    on is the state's canonical JSON (the coordinator hashes it, the sites check the
+    digest), so that is what equality compares: ``state_from_json(state.to_json()) ==
+    state`` says the state survives storage and transport bit for bit.
+    """
+
+    def to_json(self) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def __eq__(self, other: object) -> bool:
+        if type(other) is not type(self):
+            return NotImplemented
+        assert isinstance(other, JsonState)
+        return _canonical(self.to_json()) == _canonical(other.to_json())
+
+    __hash__ = None  # type: ignore[assignment]
+
+
+def _canonical(data: Any) -> str:
+    return json.dumps(data, sort_keys=True, separators=(",", ":"))
+
+
+S = TypeVar("S", bound=JobState)
+
+StepResult = tuple[S, bool, Union[Result, None]]
+"""What ``coordinator_step`` returns: ``(next state, done, result when done)``."""
+
+
+class Analysis(Protocol, Generic[S]):
+    """The interface of one federated analysis (pure functions, no I/O but the dataset).
+
+    Analyses subclass it explicitly, which gives them the defaults of the optional hooks.
+    """
+
+    name: str
+
+    def init(self, spec: Mapping[str, Any], participants: tuple[str, ...]) -> S:
+        """The coordinator's initial public state from the job's parameters.
+
+        Raises:
+            ConfigurationError: a parameter is missing or wrong (the job is refused).
+        """
+        ...
+
+    def state_from_json(self, data: Mapping[str, Any]) -> S:
+        """The state that ``state.to_json()`` wrote (identical at every party)."""
+        ...
+
+    def layout(self, state: S, round_index: int) -> RoundLayout:
+        """What every site contributes in round ``round_index`` (identical at every party)."""
+        ...
+
+    def site_step(self, state: S, round_index: int, dataset: Dataset, site: SiteContext) -> dict[str, np.ndarray]:
+        """A site's local contribution: arrays named and shaped as the layout's fields."""
+        ...
+
+    def coordinator_step(
+        self, state: S, round_index: int, total: Mapping[str, np.ndarray], num_sites: int
+    ) -> StepResult[S]:
+        """Next state from the round's total (sum of ``num_sites`` sites, or a key union).
+
+        Returns:
+            ``(state, done, result)``; ``result`` is set when ``done``.
+        """
+        ...
+
+    def site_finish(self, state: S, dataset: Dataset, site: SiteContext, out_dir: Path) -> dict[str, Any] | None:
+        """At a site, once a job it contributed to has ended: write what stays at the site.
+
+        Called with the last round state the site fetched; returns what was written
+        (for the site's audit log) or ``None``. Default: nothing stays.
+        """
+        return None
+
+    def write_outputs(self, result: Result, out_dir: Path) -> list[str]:
+        """At the coordinator, once the job is done: files rendered from the result.
+
+        Returns the names of the files written into ``out_dir`` (reports, plots,
+        community formats); they are stored and served with the result's tables.
+        Default: none.
+        """
+        return []

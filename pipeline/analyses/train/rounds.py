@@ -1,0 +1,213 @@
+"""Phase ``train`` of a training job: T rounds of federated optimization.
+
+Skipped with ``rounds: 0``. In round t each site runs the jitted local update
+(:mod:`pipeline.models.local_update`: E epochs, minibatches, optional FedProx ``mu``
+and elastic net) from the global model, clips its delta to L2 norm ``clip_norm`` and
+contributes ``(n_s * delta_s, n_s)``, in Z_2^32 when the sum of all sites keeps enough
+fractional bits, else Z_2^64 (:mod:`.declarations`). The coordinator applies the
+server optimizer (an optax transformation, :mod:`pipeline.models.server_optimizers`)
+to the pseudo-gradient. In the same sum each site adds the held-out statistics of the
+global model it started from, which gives the learning curve at no extra round.
+
+The global model, the server optimizer's state and the history are the phase's public
+state, stored by the coordinator before each round: a restarted coordinator resumes at
+the round it was in, from the last global model.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from pipeline.analyses.protocol import (
+    Analysis,
+    Result,
+    RoundLayout,
+    SiteContext,
+    StepResult,
+)
+from pipeline.analyses.train.declarations import (
+    LAYOUT_HINT,
+    MIN_DELTA_SCALE_BITS,
+    MIN_METRIC_SCALE_BITS,
+    real,
+    statistic_fields,
+)
+from pipeline.analyses.protocol import JsonState
+from pipeline.analyses.train.plan import TrainingPlan
+from pipeline.analyses.train.site_data import (
+    checked_site_data,
+    held_out_statistics,
+    site_key,
+    site_training_arrays,
+)
+from pipeline.dataset import Dataset
+from pipeline.encoding import Count, Ring, plan_layout
+from pipeline.errors import InputError
+from pipeline.json_arrays import decode_array, encode_array
+from pipeline.models import evaluation, param_space
+from pipeline.models.features import Standardization
+from pipeline.models.local_update import clip_by_l2, local_update_fn
+from pipeline.models.server_optimizers import (
+    server_step,
+    state_from_json,
+    state_to_json,
+)
+
+log = logging.getLogger(__name__)
+
+__all__ = ["TRAINING_ROUNDS", "TrainingRounds", "TrainingRoundsState", "TRAIN_LOSS_CAP"]
+
+TRAIN_LOSS_CAP = 10.0
+"""Largest mean local training loss a site reports (the loss is informational)."""
+
+
+@dataclass(frozen=True, eq=False)
+class TrainingRoundsState(JsonState):
+    """The training phase's state: the global model and what led to it.
+
+    Attributes:
+        plan: the job's plan.
+        num_participants: sites invited (the bit budget is sized for all of them).
+        variant_ids: the variant features, in column order (covariates follow).
+        scaling: the federated standardization.
+        n_train: training samples over the sites (the moments round's count).
+        n_holdout: held-out samples over the sites.
+        params: the global model's parameters (float32).
+        server_state: the server optimizer's state, as JSON leaves
+            (:func:`~pipeline.models.server_optimizers.state_to_json`).
+        train_round: rounds done.
+        history: one record per round done: the held-out metrics of the model the round
+            started from, the mean training loss, the sites included and clipped.
+    """
+
+    plan: TrainingPlan
+    num_participants: int
+    variant_ids: tuple[str, ...]
+    scaling: Standardization
+    n_train: int
+    n_holdout: int
+    params: np.ndarray
+    server_state: tuple[dict[str, Any], ...]
+    train_round: int = 0
+    history: tuple[dict[str, Any], ...] = ()
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "plan": self.plan.to_json(), "num_participants": self.num_participants, "variant_ids": list(self.variant_ids),
+            "scaling": self.scaling.to_json(), "n_train": self.n_train, "n_holdout": self.n_holdout,
+            "params": encode_array(self.params), "server_state": [dict(leaf) for leaf in self.server_state],
+            "train_round": self.train_round, "history": [dict(record) for record in self.history],
+        }
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> TrainingRoundsState:
+        return cls(
+            TrainingPlan.from_json(data["plan"]), int(data["num_participants"]), tuple(str(v) for v in data["variant_ids"]),
+            Standardization.from_json(data["scaling"]), int(data["n_train"]), int(data["n_holdout"]),
+            decode_array(data["params"]), tuple(dict(leaf) for leaf in data["server_state"]), int(data["train_round"]),
+            tuple(dict(record) for record in data["history"]),
+        )
+
+    def handover(self) -> dict[str, Any]:
+        """What the evaluation needs: the final global model and the learning curve."""
+        return {"params": encode_array(self.params), "history": [dict(record) for record in self.history]}
+
+
+class TrainingRounds(Analysis[TrainingRoundsState]):
+    """Federated optimization rounds (see the module docstring)."""
+
+    name = "train.rounds"
+
+    def init(self, spec: Mapping[str, Any], participants: tuple[str, ...]) -> TrainingRoundsState:
+        """The initial global model and server optimizer state.
+
+        ``spec``: the phase spec of the training job (``plan``, ``variant_ids``,
+        ``standardization``, ``n_train``, ``n_holdout``).
+        """
+        plan = TrainingPlan.from_json(spec["plan"])
+        variant_ids = tuple(str(v) for v in spec["variant_ids"])
+        theta = param_space(plan.model(plan.num_features(variant_ids))).initial
+        return TrainingRoundsState(
+            plan, len(participants), variant_ids, Standardization.from_json(spec["standardization"]), int(spec["n_train"]),
+            int(spec["n_holdout"]), theta, tuple(state_to_json(plan.server().init(theta))),
+        )
+
+    def state_from_json(self, data: Mapping[str, Any]) -> TrainingRoundsState:
+        return TrainingRoundsState.from_json(data)
+
+    def layout(self, state: TrainingRoundsState, round_index: int) -> RoundLayout:
+        """``n_s * delta_s`` (at least 10 fractional bits), the loss, the counts and the held-out statistics."""
+        plan = state.plan
+        n_train = float(state.n_train)
+        reals, counts = statistic_fields(plan, state.n_holdout)
+        fields = [
+            real("weighted_delta", (int(state.params.size),), n_train * plan.clip_norm, min_bits=MIN_DELTA_SCALE_BITS),
+            real("train_loss_sum", (1,), n_train * TRAIN_LOSS_CAP, min_bits=MIN_METRIC_SCALE_BITS), *reals,
+            Count("n_train", (1,), n_train), Count("n_clipped", (1,), 1.0), *counts,
+        ]
+        return plan_layout(fields, state.num_participants, rings=(Ring.R32, Ring.R64), hint=LAYOUT_HINT)
+
+    def site_step(self, state: TrainingRoundsState, round_index: int, dataset: Dataset, site: SiteContext) -> dict[str, np.ndarray]:
+        """The site's clipped, sample-weighted model delta and the held-out statistics of the global model.
+
+        Raises:
+            PolicyRefusal: fewer usable samples than the site's k, or more than the job allows.
+        """
+        plan = state.plan
+        data = checked_site_data(plan, state.variant_ids, dataset, site)
+        arrays = site_training_arrays(data, state.scaling, plan.task)
+        local = plan.local(plan.num_features(state.variant_ids))
+        theta_global = state.params
+        stats = held_out_statistics(plan, local.model, theta_global, arrays["holdout_x"], arrays["holdout_y"])
+        log.info("site %s: held-out %s of the global model (%s): %s", site.name, "train", "stays local",
+                 {k: round(v, 4) for k, v in evaluation.metrics(plan.task, stats).items()})
+        n_train = int(arrays["train_y"].shape[0])
+        if n_train == 0:  # every sample held out: the site only evaluates
+            return {"weighted_delta": np.zeros(theta_global.size), "train_loss_sum": np.zeros(1), "n_train": np.zeros(1, np.int64),
+                    "n_clipped": np.zeros(1, np.int64), **stats}
+        update = local_update_fn(local)
+        weight = np.ones(n_train, np.float32)
+        theta, loss = update(theta_global, arrays["train_x"], arrays["train_y"], weight, site_key(plan.seed, state.train_round, site.name))
+        delta, clipped = clip_by_l2(np.asarray(theta, np.float64) - theta_global, plan.clip_norm)
+        return {
+            "weighted_delta": n_train * delta,
+            "train_loss_sum": np.array([n_train * min(float(loss), TRAIN_LOSS_CAP)]),
+            "n_train": np.array([n_train], np.int64),
+            "n_clipped": np.array([int(clipped)], np.int64),
+            **stats,
+        }
+
+    def coordinator_step(
+        self, state: TrainingRoundsState, round_index: int, total: Mapping[str, np.ndarray], num_sites: int
+    ) -> StepResult[TrainingRoundsState]:
+        """The server optimizer's step on the mean delta; done after ``rounds`` rounds.
+
+        Raises:
+            InputError: the step made the model non-finite.
+        """
+        plan = state.plan
+        metrics = evaluation.metrics(plan.task, total)
+        round_samples = float(np.asarray(total["n_train"]).reshape(-1)[0])
+        mean_delta = np.asarray(total["weighted_delta"], np.float64) / max(round_samples, 1.0)
+        optimizer = plan.server()
+        opt_state = state_from_json(optimizer, state.params, list(state.server_state))
+        theta, opt_state = server_step(optimizer, state.params, opt_state, mean_delta)
+        if not np.all(np.isfinite(theta)):
+            raise InputError(f"train: round {state.train_round + 1} made the model non-finite; lower the learning rates")
+        record = {"round": state.train_round, **metrics,
+                  "train_loss": float(np.asarray(total["train_loss_sum"]).reshape(-1)[0]) / max(round_samples, 1.0),
+                  "num_sites": int(num_sites), "clipped_sites": int(np.asarray(total["n_clipped"]).reshape(-1)[0])}
+        new = dataclasses.replace(state, params=theta, server_state=tuple(state_to_json(opt_state)),
+                                  train_round=state.train_round + 1, history=(*state.history, record))
+        if new.train_round < plan.rounds:
+            return new, False, None
+        return new, True, Result(summary={})
+
+
+TRAINING_ROUNDS = TrainingRounds()

@@ -1,0 +1,99 @@
+"""The analyst's client: submit a job, follow it, download its results.
+
+``genofed job submit|status|results`` talk to the coordinator as the analyst of
+``analyst.toml`` (mutual TLS). The client knows no analysis: a done job's results are
+its summary, its Arrow tables and the files the analysis rendered at the coordinator
+(GWAS-SSF TSV, plots...), and the client writes them as they are. So it loads neither
+the analyses nor secure aggregation, and starts fast.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from pipeline import outputs
+from pipeline.errors import ProtocolError
+from pipeline.federation import wire
+from pipeline.federation.config import load_analyst_config
+from pipeline.federation.job_spec import load_spec
+from pipeline.federation.transport import Connection
+
+__all__ = ["analyst_connection", "submit_job", "job_status", "wait_for_job", "download_results", "fetch_results"]
+
+TABLE_SCHEMAS = {"census_variants": "census_variants"}
+"""Result tables written through the Arrow contract (others are written as received)."""
+
+
+def analyst_connection(config_path: Path | str) -> Connection:
+    """A connection to the coordinator as the analyst of ``analyst.toml``."""
+    config = load_analyst_config(config_path)
+    return Connection(config.coordinator_url, cert=config.cert, key=config.key, ca=config.ca, max_attempts=5)
+
+
+def submit_job(config_path: Path | str, spec: Path | str | Mapping[str, Any], *, threshold: int | None = None) -> dict[str, Any]:
+    """``genofed job submit``: sends a spec (a YAML file or a mapping); returns ``{"job_id": ...}``."""
+    spec_dict = load_spec(spec, {"threshold": threshold})
+    with analyst_connection(config_path) as connection:
+        return connection.post_json("/v1/jobs", {"spec": spec_dict})  # type: ignore[no-any-return]
+
+
+def job_status(config_path: Path | str, job_id: str) -> dict[str, Any]:
+    """``genofed job status``: the coordinator's view of a job."""
+    with analyst_connection(config_path) as connection:
+        return connection.get_json(f"/v1/jobs/{job_id}")  # type: ignore[no-any-return]
+
+
+def wait_for_job(connection: Connection, job_id: str, *, timeout: float, interval: float = 0.2) -> dict[str, Any]:
+    """Polls a job's status until it is no longer running or ``timeout`` seconds pass."""
+    deadline = time.monotonic() + timeout
+    while True:
+        status = connection.get_json(f"/v1/jobs/{job_id}")
+        if status["status"] != "running" or time.monotonic() >= deadline:
+            return status  # type: ignore[no-any-return]
+        time.sleep(interval)
+
+
+def download_results(connection: Connection, job_id: str, out: Path | str, *, force: bool = False) -> dict[str, Any]:
+    """Writes a done job's results: ``OUT/summary.json``, one Parquet file per table, and its files.
+
+    Everything is written to a temporary folder renamed to ``out`` at the end, so an
+    interrupted download leaves no half-written results.
+
+    Raises:
+        HttpError: the job is unknown (404) or not done (409).
+        OutputExistsError: ``out`` exists and ``force`` is false.
+    """
+    listing = connection.get_json(f"/v1/jobs/{job_id}/results")
+    target = Path(out)
+    files = list(listing.get("files", []))
+    with outputs.atomic_directory(target, force=force) as tmp:
+        for name in listing["tables"]:
+            table: pa.Table = wire.decode_table(connection.get_bytes(f"/v1/jobs/{job_id}/results/{name}"), what=f"result table {name}")
+            if name in TABLE_SCHEMAS:
+                outputs.write_table(table, tmp / f"{name}.parquet", TABLE_SCHEMAS[name])
+            else:
+                pq.write_table(table, tmp / f"{name}.parquet")
+        for name in files:
+            (tmp / _file_name(name)).write_bytes(connection.get_bytes(f"/v1/jobs/{job_id}/files/{name}"))
+        (tmp / "summary.json").write_text(json.dumps(listing["summary"], indent=2, sort_keys=True) + "\n")
+    return {"job_id": job_id, "out": str(target), "tables": listing["tables"], "files": files, "summary": listing["summary"]}
+
+
+def _file_name(name: str) -> str:
+    """A result file's name, refused if it would leave the results folder."""
+    if not name or Path(name).name != name or name in (".", ".."):
+        raise ProtocolError(f"the coordinator names a result file {name!r}; a result file is a plain file name")
+    return name
+
+
+def fetch_results(config_path: Path | str, job_id: str, out: Path | str, *, force: bool = False) -> dict[str, Any]:
+    """``genofed job results``: downloads a done job's results into ``out``."""
+    with analyst_connection(config_path) as connection:
+        return download_results(connection, job_id, out, force=force)

@@ -1,0 +1,487 @@
+"""The coordinator's HTTPS server: Starlette on uvicorn, mutual TLS, JSON and Arrow.
+
+Every request arrives over TLS with a client certificate from the federation CA (the
+handshake refuses anything else). The certificate names the caller
+(:func:`pipeline.federation.tls.peer_identity`), which must be enrolled with that role
+(:func:`pipeline.federation.tls.authorize`): sites may only call ``/v1/site/...``,
+analysts only ``/v1/jobs...`` (403 otherwise). Sites never accept connections: they
+long-poll ``GET /v1/site/work`` for what to do next and upload their protocol messages.
+
+Uploads are bounded (413 above ``max_message_bytes``), idempotent by message ID (the
+same ID and bytes again: 200; the same ID with other bytes: 409), and checked against
+the job's current round and stage (409 naming the expected ones; 422 for malformed
+content). The job engine (:class:`pipeline.federation.coordinator.Coordinator`) does the
+work in worker threads; a background task closes stages at their deadlines.
+
+uvicorn does not put the client certificate in the ASGI scope, so the server uses a
+small subclass of its h11 protocol that reads it from the connection's SSL object and
+exposes it as the ASGI TLS extension (``scope["extensions"]["tls"]``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import json
+import logging
+import ssl
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import anyio.to_thread
+import uvicorn
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+from uvicorn.protocols.http.h11_impl import H11Protocol
+
+from pipeline.errors import (
+    AggregationAborted,
+    ConfigurationError,
+    GenofedError,
+    IdentityError,
+    InputError,
+    MessageConflict,
+    NotFoundError,
+    ProtocolError,
+)
+from pipeline.analyses.registry import REGISTRY
+from pipeline.federation import tls, wire
+from pipeline.federation.audit import AuditLog
+from pipeline.federation.config import CoordinatorConfig, load_coordinator_config
+from pipeline.federation.coordinator import Coordinator
+from pipeline.federation.rounds import KEY_UNION_STAGE
+from pipeline.federation.store import Store
+from pipeline.secagg.messages import Stage
+
+log = logging.getLogger(__name__)
+
+__all__ = ["create_app", "serve", "build_coordinator", "openapi_document", "MAX_WAIT_SECONDS", "PEER_CERT_STATE_KEY"]
+
+MAX_WAIT_SECONDS = 30.0
+"""Longest long poll a site may ask for."""
+
+MAX_CONTROL_BYTES = 1 << 20
+"""Largest JSON control body (job specs, declines)."""
+
+MAX_JSON_DEPTH = 32
+"""Deepest nesting of arrays and objects in a JSON control body (a job spec needs a few)."""
+
+PEER_CERT_STATE_KEY = "genofed.peer_certificate_der"
+_TICK_SECONDS = 0.25
+_POLL_SECONDS = 0.05
+
+
+class PeerCertificateH11Protocol(H11Protocol):
+    """uvicorn's h11 protocol, recording the verified client certificate per connection."""
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        ssl_object = transport.get_extra_info("ssl_object")
+        der = ssl_object.getpeercert(binary_form=True) if ssl_object is not None else None
+        # app_state is copied into every request's scope["state"]; a per-connection copy.
+        self.app_state = {**self.app_state, PEER_CERT_STATE_KEY: der}
+
+
+def _peer_certificate(scope: dict[str, Any]) -> bytes | None:
+    """The client certificate (DER or PEM) from the ASGI TLS extension or the connection."""
+    extension = scope.get("extensions", {}).get("tls") or {}
+    chain = extension.get("client_cert_chain")
+    if chain:
+        first = chain[0]
+        return first.encode() if isinstance(first, str) else bytes(first)
+    state = scope.get("state") or {}
+    return state.get(PEER_CERT_STATE_KEY)
+
+
+class _TlsExtension:
+    """ASGI middleware: exposes the connection's client certificate as the TLS extension."""
+
+    def __init__(self, app: Callable[..., Awaitable[None]]) -> None:
+        self.app = app
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] == "http":
+            der = (scope.get("state") or {}).get(PEER_CERT_STATE_KEY)
+            extensions = scope.setdefault("extensions", {})
+            if der is not None and "tls" not in extensions:
+                pem = ssl.DER_cert_to_PEM_cert(der)
+                extensions["tls"] = {"client_cert_chain": [pem], "server_cert": None}
+        await self.app(scope, receive, send)
+
+
+class _TooLarge(GenofedError):
+    pass
+
+
+_STATUS = (
+    (_TooLarge, 413),
+    (IdentityError, 403),
+    (NotFoundError, 404),
+    (MessageConflict, 409),
+    (AggregationAborted, 409),
+    (ProtocolError, 422),
+    (ConfigurationError, 422),
+    (InputError, 422),
+)
+
+
+def _error_response(error: Exception) -> JSONResponse:
+    for cls, status in _STATUS:
+        if isinstance(error, cls):
+            return JSONResponse({"error": type(error).__name__, "detail": str(error)}, status_code=status)
+    log.exception("internal error", exc_info=error)
+    return JSONResponse({"error": "InternalError", "detail": "internal error; see the coordinator's log"}, status_code=500)
+
+
+async def _read_body(request: Request, limit: int) -> bytes:
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise _TooLarge(f"body of {declared} bytes exceeds the limit of {limit} bytes (max_message_bytes)")
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise _TooLarge(f"body exceeds the limit of {limit} bytes (max_message_bytes)")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+async def _json_body(request: Request) -> dict[str, Any]:
+    body = await _read_body(request, MAX_CONTROL_BYTES)
+    try:
+        value = json.loads(body)
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise ProtocolError(f"request body is not valid JSON ({error})") from None
+    except RecursionError:
+        raise ProtocolError(f"request body nests arrays or objects deeper than {MAX_JSON_DEPTH} levels") from None
+    if not isinstance(value, dict):
+        raise ProtocolError("request body must be a JSON object")
+    if _json_depth(value) > MAX_JSON_DEPTH:
+        raise ProtocolError(f"request body nests arrays or objects deeper than {MAX_JSON_DEPTH} levels")
+    return value
+
+
+def _json_depth(value: Any) -> int:
+    """Nesting depth of a decoded JSON value (iterative: no recursion limit to hit)."""
+    deepest, stack = 0, [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, (dict, list)):
+            deepest = max(deepest, depth)
+            if depth > MAX_JSON_DEPTH:
+                break
+            stack.extend((child, depth + 1) for child in (item.values() if isinstance(item, dict) else item))
+    return deepest
+
+
+def _int_param(request: Request, name: str) -> int:
+    value = request.path_params[name]
+    if not str(value).isdigit():
+        raise ProtocolError(f"path parameter {name} must be a non-negative integer, got {value!r}")
+    return int(value)
+
+
+def openapi_document() -> dict[str, Any]:
+    """The OpenAPI 3.1 description of the coordinator's API (served at /openapi.json).
+
+    Parameters, bodies and answers are described as the server checks them, so a
+    fuzzer driven by this document (``tests/federation/test_fuzz.py``) reaches the
+    handlers' own validation rather than only the router's 404s.
+    """
+    arrow = wire.ARROW_MEDIA_TYPE
+    error = {"$ref": "#/components/schemas/Error"}
+
+    def answers(codes: dict[str, str], *, ok_schema: dict[str, Any] | None = None, ok_media: str = "application/json") -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for code, text in codes.items():
+            if code.startswith("2"):
+                media = {ok_media: {"schema": ok_schema or ({"type": "string", "format": "binary"} if ok_media == arrow else {"type": "object"})}}
+            else:
+                media = {"application/json": {"schema": error}}
+            out[code] = {"description": text, "content": media}
+        return out
+
+    def op(summary: str, role: str, codes: dict[str, str], *, params: tuple[dict[str, Any], ...] = (),
+           body: dict[str, Any] | None = None, ok_schema: dict[str, Any] | None = None, ok_media: str = "application/json") -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "summary": summary,
+            "description": f"Caller role: {role} (client certificate from the federation CA, mutual TLS).",
+            "responses": answers({**codes, "403": f"the caller is not an enrolled {role}"}, ok_schema=ok_schema, ok_media=ok_media),
+        }
+        if params:
+            out["parameters"] = list(params)
+        if body is not None:
+            out["requestBody"] = {"required": True, "content": body}
+        return out
+
+    def path_param(name: str, schema: dict[str, Any], text: str) -> dict[str, Any]:
+        return {"name": name, "in": "path", "required": True, "schema": schema, "description": text}
+
+    job_id = path_param("job_id", {"type": "string", "minLength": 1, "maxLength": 200}, "a job ID from POST /v1/jobs")
+    round_index = path_param("round_index", {"type": "integer", "minimum": 0}, "the round, from 0")
+    stage = path_param("stage", {"type": "string", "enum": [KEY_UNION_STAGE, *(s.value for s in Stage)]}, "the stage of the round")
+    message_id = path_param("message_id", {"type": "string", "pattern": "^[A-Za-z0-9._-]{8,128}$"},
+                            "the site's ID for this payload: the same ID and bytes again are a duplicate, not a new message")
+    name = path_param("name", {"type": "string", "minLength": 1, "maxLength": 200}, "a table name from the results listing")
+    file_name = path_param("name", {"type": "string", "minLength": 1, "maxLength": 200}, "a file name from the results listing")
+    spec = {
+        "type": "object",
+        "required": ["analysis"],
+        "properties": {
+            "analysis": {"type": "string", "enum": sorted(REGISTRY)},
+            "sites": {"type": "array", "items": {"type": "string"}, "uniqueItems": True},
+            "threshold": {"type": "integer", "minimum": 2},
+            "stage_timeout": {"type": "number", "exclusiveMinimum": 0, "maximum": 86400},
+            "consistency_check": {"type": "boolean"},
+            "num_neighbours": {"type": "integer", "minimum": 1},
+            "description": {"type": "string"},
+        },
+        "additionalProperties": True,
+        "description": "runtime keys above; every other key is a parameter of the analysis",
+    }
+    common = {"404": "no such job"}
+    return {
+        "openapi": "3.1.0",
+        "info": {"title": "genofed coordinator", "version": "1", "description": __doc__.split("\n\n")[0]},
+        "components": {
+            "schemas": {
+                "Error": {
+                    "type": "object",
+                    "required": ["error", "detail"],
+                    "properties": {"error": {"type": "string"}, "detail": {"type": "string"}},
+                },
+            },
+        },
+        "paths": {
+            "/v1/health": {"get": op("Liveness and the federation's name", "site or analyst", {"200": "ok"})},
+            "/v1/jobs": {"post": op(
+                "Submit a job spec", "analyst",
+                {"201": "job created", "413": "body too large", "422": "not JSON, or an invalid spec (the detail names the key)"},
+                body={"application/json": {"schema": {"type": "object", "required": ["spec"], "properties": {"spec": spec}}}},
+                ok_schema={"type": "object", "required": ["job_id"], "properties": {"job_id": {"type": "string"}}},
+            )},
+            "/v1/jobs/{job_id}": {"get": op("Job status", "analyst", {"200": "status", **common}, params=(job_id,))},
+            "/v1/jobs/{job_id}/results": {"get": op(
+                "Result summary, table names and file names", "analyst", {"200": "results", "409": "the job is not done", **common},
+                params=(job_id,))},
+            "/v1/jobs/{job_id}/results/{name}": {"get": op(
+                "One result table (Arrow IPC stream)", "analyst", {"200": "the table", **common, "409": "the job is not done"},
+                params=(job_id, name), ok_media=arrow)},
+            "/v1/jobs/{job_id}/files/{name}": {"get": op(
+                "One file the analysis rendered from the result (a report, a plot, GWAS-SSF)", "analyst",
+                {"200": "the file's bytes", **common, "409": "the job is not done"},
+                params=(job_id, file_name), ok_media="application/octet-stream")},
+            "/v1/site/work": {"get": op(
+                "Long poll for the site's next task", "site",
+                {"200": "a task or null, and the site's active jobs", "422": "wait is not a number"},
+                params=(
+                    {"name": "wait", "in": "query", "required": False, "schema": {"type": "number", "minimum": 0, "maximum": MAX_WAIT_SECONDS},
+                     "description": "seconds to wait for a task (longer values are capped)"},
+                    {"name": "active", "in": "query", "required": False, "schema": {"type": "string"},
+                     "description": "comma-separated job IDs the site knows as running: the answer comes at once when they changed"},
+                ),
+                ok_schema={"type": "object", "required": ["task", "active_jobs"],
+                           "properties": {"task": {"type": ["object", "null"]}, "active_jobs": {"type": "array", "items": {"type": "string"}}}},
+            )},
+            "/v1/site/jobs/{job_id}/rounds/{round_index}/state": {"get": op(
+                "Public job state a round started from", "site", {"200": "the state (JSON)", "404": "no such job or round"},
+                params=(job_id, round_index))},
+            "/v1/site/jobs/{job_id}/rounds/{round_index}/stages/{stage}/message": {"get": op(
+                "The server's protocol message for this site and stage (Arrow IPC)", "site",
+                {"200": "the message", "404": "no such job, or no message for this site", "409": "another round or stage is in progress",
+                 "422": "malformed round index"},
+                params=(job_id, round_index, stage), ok_media=arrow)},
+            "/v1/site/jobs/{job_id}/rounds/{round_index}/stages/{stage}/messages/{message_id}": {"put": op(
+                "Upload this site's protocol message for a stage (idempotent by message id)", "site",
+                {"201": "accepted", "200": "duplicate of an accepted message", "404": "no such job",
+                 "409": "another round or stage, a replay, or the id reused with other content", "413": "too large",
+                 "422": "malformed message or parameters"},
+                params=(job_id, round_index, stage, message_id),
+                body={arrow: {"schema": {"type": "string", "format": "binary"}}},
+                ok_schema={"type": "object", "required": ["status", "message_id", "digest"],
+                           "properties": {"status": {"enum": ["accepted", "duplicate"]}, "message_id": {"type": "string"}, "digest": {"type": "string"}}},
+            )},
+            "/v1/site/jobs/{job_id}/decline": {"post": op(
+                "Refuse a job (site policy)", "site", {"200": "recorded", "413": "body too large", "422": "no reason given", **common},
+                params=(job_id,),
+                body={"application/json": {"schema": {"type": "object", "required": ["reason"],
+                                                      "properties": {"reason": {"type": "string", "minLength": 1, "maxLength": 2000}}}}},
+            )},
+        },
+    }
+
+
+def create_app(coordinator: Coordinator, config: CoordinatorConfig, *, tick_seconds: float = _TICK_SECONDS) -> Any:
+    """The ASGI application of a coordinator (Starlette, wrapped for the TLS extension)."""
+
+    def identity(request: Request, role: str) -> tls.Identity:
+        der = _peer_certificate(request.scope)
+        return tls.authorize(tls.peer_identity(der), config, roles=(role,))
+
+    async def call(fn: Callable[..., Any], *args: Any) -> Any:
+        return await anyio.to_thread.run_sync(functools.partial(fn, *args))
+
+    def endpoint(role: str | None) -> Callable[[Callable[..., Awaitable[Response]]], Callable[[Request], Awaitable[Response]]]:
+        def wrap(handler: Callable[..., Awaitable[Response]]) -> Callable[[Request], Awaitable[Response]]:
+            @functools.wraps(handler)
+            async def run(request: Request) -> Response:
+                try:
+                    if role is None:
+                        who = tls.peer_identity(_peer_certificate(request.scope))
+                        tls.authorize(who, config)
+                    else:
+                        who = identity(request, role)
+                    return await handler(request, who)
+                except Exception as error:  # noqa: BLE001 -- every error becomes a JSON answer
+                    return _error_response(error)
+
+            return run
+
+        return wrap
+
+    @endpoint(None)
+    async def health(request: Request, who: tls.Identity) -> Response:
+        return JSONResponse({"status": "ok", "federation": config.federation, "you": who.name, "role": who.role})
+
+    async def openapi(request: Request) -> Response:
+        return JSONResponse(openapi_document())
+
+    @endpoint("analyst")
+    async def submit(request: Request, who: tls.Identity) -> Response:
+        body = await _json_body(request)
+        spec = body.get("spec")
+        if not isinstance(spec, dict):
+            raise ProtocolError("the body must be {'spec': {...the job spec...}}")
+        job_id = await call(coordinator.submit, spec, who.name)
+        return JSONResponse({"job_id": job_id}, status_code=201)
+
+    @endpoint("analyst")
+    async def status(request: Request, who: tls.Identity) -> Response:
+        return JSONResponse(await call(coordinator.status, request.path_params["job_id"]))
+
+    @endpoint("analyst")
+    async def results(request: Request, who: tls.Identity) -> Response:
+        return JSONResponse(await call(coordinator.results, request.path_params["job_id"]))
+
+    @endpoint("analyst")
+    async def result_table(request: Request, who: tls.Identity) -> Response:
+        body = await call(coordinator.result_item, request.path_params["job_id"], request.path_params["name"], "table")
+        return Response(body, media_type=wire.ARROW_MEDIA_TYPE)
+
+    @endpoint("analyst")
+    async def result_file(request: Request, who: tls.Identity) -> Response:
+        body = await call(coordinator.result_item, request.path_params["job_id"], request.path_params["name"], "file")
+        return Response(body, media_type="application/octet-stream")
+
+    @endpoint("site")
+    async def work(request: Request, who: tls.Identity) -> Response:
+        try:
+            wait = min(max(float(request.query_params.get("wait", "0")), 0.0), MAX_WAIT_SECONDS)
+        except ValueError:
+            raise ProtocolError("query parameter wait must be a number of seconds") from None
+        deadline = asyncio.get_running_loop().time() + wait
+        version = coordinator.version
+        task = await call(coordinator.next_task, who.name)
+        known = request.query_params.get("active")
+        if known is not None and sorted(filter(None, known.split(","))) != await call(coordinator.active_jobs, who.name):
+            deadline = 0.0  # the site's view of its jobs is stale: answer at once
+        # Wait for a change (a task, or a job finishing), then answer: the site polls again.
+        while task is None and coordinator.version == version and asyncio.get_running_loop().time() < deadline:
+            await asyncio.sleep(_POLL_SECONDS)
+        if task is None and coordinator.version != version:
+            task = await call(coordinator.next_task, who.name)
+        active = await call(coordinator.active_jobs, who.name)
+        return JSONResponse({"task": task, "active_jobs": active})
+
+    @endpoint("site")
+    async def round_state(request: Request, who: tls.Identity) -> Response:
+        state = await call(coordinator.round_state, who.name, request.path_params["job_id"], _int_param(request, "round_index"))
+        return JSONResponse(state)
+
+    @endpoint("site")
+    async def stage_message(request: Request, who: tls.Identity) -> Response:
+        body = await call(
+            coordinator.stage_message, who.name, request.path_params["job_id"], _int_param(request, "round_index"),
+            request.path_params["stage"],
+        )
+        return Response(body, media_type=wire.ARROW_MEDIA_TYPE)
+
+    @endpoint("site")
+    async def upload(request: Request, who: tls.Identity) -> Response:
+        message_id = request.path_params["message_id"]
+        if not 8 <= len(message_id) <= 128 or not all(c.isalnum() or c in "-_." for c in message_id):
+            raise ProtocolError("message id must be 8-128 characters of letters, digits, '-', '_' or '.'")
+        body = await _read_body(request, config.max_message_bytes)
+        receipt = await call(
+            coordinator.receive, who.name, request.path_params["job_id"], _int_param(request, "round_index"),
+            request.path_params["stage"], message_id, body,
+        )
+        return JSONResponse(receipt, status_code=201 if receipt["status"] == "accepted" else 200)
+
+    @endpoint("site")
+    async def decline(request: Request, who: tls.Identity) -> Response:
+        body = await _json_body(request)
+        reason = body.get("reason")
+        if not isinstance(reason, str) or not reason:
+            raise ProtocolError("the body must be {'reason': 'why the site refuses'}")
+        await call(coordinator.decline, who.name, request.path_params["job_id"], reason)
+        return JSONResponse({"status": "declined"})
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        async def ticker() -> None:
+            while True:
+                await asyncio.sleep(tick_seconds)
+                try:
+                    await call(coordinator.tick)
+                except Exception:  # noqa: BLE001 -- the deadline loop must outlive one bad round
+                    log.exception("closing stages at their deadlines failed")
+
+        task = asyncio.create_task(ticker())
+        try:
+            yield
+        finally:
+            task.cancel()
+
+    routes = [
+        Route("/openapi.json", openapi, methods=["GET"]),
+        Route("/v1/health", health, methods=["GET"]),
+        Route("/v1/jobs", submit, methods=["POST"]),
+        Route("/v1/jobs/{job_id}", status, methods=["GET"]),
+        Route("/v1/jobs/{job_id}/results", results, methods=["GET"]),
+        Route("/v1/jobs/{job_id}/results/{name}", result_table, methods=["GET"]),
+        Route("/v1/jobs/{job_id}/files/{name}", result_file, methods=["GET"]),
+        Route("/v1/site/work", work, methods=["GET"]),
+        Route("/v1/site/jobs/{job_id}/rounds/{round_index}/state", round_state, methods=["GET"]),
+        Route("/v1/site/jobs/{job_id}/rounds/{round_index}/stages/{stage}/message", stage_message, methods=["GET"]),
+        Route("/v1/site/jobs/{job_id}/rounds/{round_index}/stages/{stage}/messages/{message_id}", upload, methods=["PUT"]),
+        Route("/v1/site/jobs/{job_id}/decline", decline, methods=["POST"]),
+    ]
+    return _TlsExtension(Starlette(routes=routes, lifespan=lifespan))
+
+
+def build_coordinator(config: CoordinatorConfig) -> Coordinator:
+    """The job engine over the configured database and audit log (resumes running jobs)."""
+    return Coordinator(Store(config.database), federation=config.federation, sites=config.sites, audit=AuditLog(config.audit_log))
+
+
+def serve(config_path: Path | str, *, host: str | None = None, port: int | None = None, log_level: str = "warning") -> None:
+    """Runs the coordinator until interrupted: ``genofed coordinator serve --config FILE``.
+
+    Raises:
+        ConfigurationError: the configuration, certificates or database are unusable.
+    """
+    config = load_coordinator_config(config_path)
+    coordinator = build_coordinator(config)
+    app = create_app(coordinator, config)
+    server_config = uvicorn.Config(
+        app, host=host or config.host, port=port or config.port, http=PeerCertificateH11Protocol, lifespan="on",
+        log_level=log_level, access_log=False, timeout_keep_alive=MAX_WAIT_SECONDS + 5,
+    )
+    server_config.load()
+    server_config.ssl = tls.server_context(config.cert, config.key, config.ca)
+    uvicorn.Server(server_config).run()

@@ -1,0 +1,653 @@
+"""The coordinator's job engine: an analysis run as a sequence of secure-sum rounds.
+
+A job is an analysis (:mod:`pipeline.analyses`) with its spec
+(:mod:`pipeline.federation.job_spec`). The :class:`Coordinator` runs it round after
+round: it asks the analysis for the round's layout, opens one secure-aggregation round
+(:mod:`pipeline.secagg.server`) among the invited sites, collects each stage's messages
+(they arrive over HTTPS, :mod:`pipeline.federation.api`), closes the stage with the
+pure ``server_advance`` when every expected site has answered or the stage's deadline
+has passed (silent sites have dropped out), decodes the sum exactly
+(:meth:`pipeline.encoding.Layout.decode`, which refuses sums outside the fields'
+declared bounds), hands it to the analysis' ``coordinator_step``, and opens the next
+round or stores the result with the files the analysis renders from it
+(``write_outputs``).
+
+Nothing here is lost on a crash: every accepted message and every stage closure is in
+the :class:`~pipeline.federation.store.Store` before it is acknowledged, and
+:meth:`Coordinator.recover` replays them through ``server_advance`` (deterministic) to
+rebuild each running job at its current stage. A round's public state is stored as the
+JSON of the analysis' typed state and read back with its ``state_from_json``.
+
+Site IDs: a job's participants (sorted names) are sites 1..n in every round; a round
+invites those that have not declined the job.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import secrets
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+
+from pipeline.analyses import Analysis, JobState, KeyUnion, Result, RoundLayout
+from pipeline.analyses.registry import REGISTRY, get_analysis
+from pipeline.encoding import Layout
+from pipeline.errors import (
+    AggregationAborted,
+    GenofedError,
+    IdentityError,
+    MessageConflict,
+    NotFoundError,
+    ProtocolError,
+)
+from pipeline.federation import secagg_wire, wire
+from pipeline.federation.job_spec import (
+    DEFAULT_STAGE_TIMEOUT,
+    analysis_parameters,
+    default_threshold,
+    parse_round_options,
+)
+from pipeline.federation.rounds import KEY_UNION_STAGE, decode_keys, round_config, union_keys
+from pipeline.federation.store import StoredJob, StoredMessage
+from pipeline.secagg.messages import SERVER, Message, RoundConfig, Stage
+from pipeline.secagg.server import ServerAborted, ServerDone, ServerState, server_advance, server_init, server_result
+
+log = logging.getLogger(__name__)
+
+__all__ = ["Coordinator", "AuditSink", "RESULT_KINDS"]
+
+RESULT_KINDS = ("json", "table", "file")
+"""What a job's stored results hold: the summary (json), Arrow tables, rendered files."""
+
+
+class AuditSink(Protocol):
+    """What the engine needs of an audit log (:class:`pipeline.federation.audit.AuditLog`)."""
+
+    def append(self, event: str, /, **fields: Any) -> dict[str, Any]: ...
+
+
+class _NoAudit:
+    def append(self, event: str, /, **fields: Any) -> dict[str, Any]:
+        return {}
+
+
+def _expected_ids(server: ServerState) -> frozenset[int]:
+    """The sites whose message the server waits for in its current stage."""
+    stage = server.stage
+    if stage is Stage.ADVERTISE_KEYS:
+        return frozenset(server.config.site_ids)
+    if stage is Stage.SHARE_KEYS:
+        return frozenset(server.directory)  # type: ignore[union-attr]
+    if stage is Stage.MASKED_INPUT:
+        return server.shared  # type: ignore[union-attr,no-any-return]
+    if stage is Stage.CONSISTENCY_CHECK:
+        return server.survivors  # type: ignore[union-attr,no-any-return]
+    if stage is Stage.UNMASKING:
+        return server.asked  # type: ignore[union-attr,no-any-return]
+    return frozenset()
+
+
+@dataclass
+class _Round:
+    """The round in progress of one running job (a cache rebuilt from the store)."""
+
+    job_id: str
+    analysis: Analysis[Any]
+    spec: dict[str, Any]
+    participants: tuple[str, ...]
+    threshold: int
+    round_index: int
+    state: JobState
+    layout: RoundLayout
+    site_ids: tuple[int, ...]
+    config: RoundConfig | None
+    server: ServerState | None
+    declined: set[str]
+    stage_seq: int = 0
+    stage_opened: float = 0.0
+    received: dict[str, Any] = field(default_factory=dict)
+    inbox: dict[int, bytes] = field(default_factory=dict)
+    state_digest: str = ""
+
+    def __post_init__(self) -> None:
+        # Every task a site polls for carries it; a census state holds every variant ID
+        # (megabytes of JSON), so it is hashed once per round, not once per poll.
+        self.state_digest = wire.digest(wire.canonical_json(self.state.to_json()))
+
+    @property
+    def stage(self) -> str:
+        return KEY_UNION_STAGE if self.server is None else self.server.stage.value
+
+    def site_id(self, name: str) -> int:
+        return self.participants.index(name) + 1
+
+    def name_of(self, site_id: int) -> str:
+        return self.participants[site_id - 1]
+
+    def expected(self) -> set[str]:
+        """Site names that still owe a message in the current stage."""
+        if self.server is None:
+            ids: frozenset[int] = frozenset(self.site_ids)
+        else:
+            ids = _expected_ids(self.server)
+        return {self.name_of(i) for i in ids} - self.declined - set(self.received)
+
+    @property
+    def timeout(self) -> float:
+        return float(self.spec.get("stage_timeout", DEFAULT_STAGE_TIMEOUT))
+
+
+class Coordinator:
+    """The coordinator's job engine (identity: the federation's one coordinator).
+
+    Thread-safe: every public method holds one lock, so the HTTP server may call it
+    from worker threads. ``version`` increases on every change (long polls watch it).
+
+    Audit entries are appended in the order the engine made them, but after its lock
+    is released (each append syncs the log to disk): the thread that made them takes
+    the audit log's turn before it lets the engine go and writes them before it
+    returns, so they are on disk before the HTTP answer, as the store's rows are, and
+    another request's engine work overlaps the write.
+    """
+
+    def __init__(
+        self,
+        store: Any,
+        *,
+        federation: str,
+        sites: Sequence[str],
+        audit: AuditSink | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.store = store
+        self.federation = federation
+        self.sites = tuple(sites)
+        self.audit: AuditSink = audit if audit is not None else _NoAudit()
+        self.clock = clock
+        self.version = 0
+        self._lock = threading.RLock()
+        self._audit_turn = threading.Lock()
+        self._depth = 0
+        self._pending: list[tuple[str, dict[str, Any]]] = []
+        self._rounds: dict[str, _Round] = {}
+        self.recover()
+
+    @contextlib.contextmanager
+    def _locked(self) -> Iterator[None]:
+        """The engine lock; on the outermost release, the audit entries made under it are written."""
+        pending: list[tuple[str, dict[str, Any]]] = []
+        with self._lock:
+            self._depth += 1
+            try:
+                yield
+            finally:
+                self._depth -= 1
+                if self._depth == 0 and self._pending:
+                    pending, self._pending = self._pending, []
+                    self._audit_turn.acquire()  # keeps the engine's order among writers
+        if pending:
+            try:
+                for event, fields in pending:
+                    self.audit.append(event, **fields)
+            finally:
+                self._audit_turn.release()
+
+    def _log(self, event: str, /, **fields: Any) -> None:
+        """Queues an audit entry, written when the engine lock is released."""
+        if self._depth == 0:
+            with self._audit_turn:
+                self.audit.append(event, **fields)
+            return
+        self._pending.append((event, fields))
+
+    # ------------------------------------------------------------------ analyst side
+
+    def submit(self, spec: Mapping[str, Any], analyst: str) -> str:
+        """Validates and starts a job; returns its ID.
+
+        Raises:
+            ConfigurationError: the spec is wrong (nothing is stored).
+        """
+        spec = dict(spec)
+        options = parse_round_options(spec, self.sites, known_analyses=tuple(REGISTRY))
+        analysis = get_analysis(options.analysis)
+        participants = options.participants
+        state = analysis.init(analysis_parameters(spec), participants)
+        threshold = options.threshold if options.threshold is not None else default_threshold(len(participants))
+        job_id = f"job-{time.strftime('%Y%m%d-%H%M%S', time.gmtime(self.clock()))}-{secrets.token_hex(4)}"
+        with self._locked():
+            self.store.add_job(
+                StoredJob(job_id, analysis.name, spec, analyst, participants, threshold, "running", None, self.clock(), None)
+            )
+            self._log(
+                "job.submitted", job_id=job_id, analysis=analysis.name, analyst=analyst,
+                sites=list(participants), threshold=threshold, spec_digest=wire.digest(wire.canonical_json(spec)),
+            )
+            self._open_round(job_id, analysis, spec, participants, threshold, 0, state, set())
+            self._changed()
+        return job_id
+
+    def status(self, job_id: str) -> dict[str, Any]:
+        """The job's status: running (with round and stage), done or failed (with the reason)."""
+        with self._locked():
+            job = self._job(job_id)
+            out: dict[str, Any] = {
+                "job_id": job.job_id, "analysis": job.analysis, "status": job.status, "error": job.error,
+                "sites": list(job.participants), "threshold": job.threshold, "analyst": job.analyst,
+                "declined": self.store.declines(job_id),
+            }
+            current = self._rounds.get(job_id)
+            if current is not None:
+                out.update(round=current.round_index, stage=current.stage, waiting_for=sorted(current.expected()))
+            return out
+
+    def results(self, job_id: str) -> dict[str, Any]:
+        """The result summary and the names of the result tables.
+
+        Raises:
+            NotFoundError: unknown job; MessageConflict: the job is not done.
+        """
+        job = self._job(job_id)
+        if job.status != "done":
+            raise MessageConflict(f"job {job_id} is {job.status}{': ' + job.error if job.error else ''}; it has no results")
+        stored = self.store.results(job_id)
+        summary = json.loads(stored["summary"][1]) if "summary" in stored else {}
+        return {
+            "summary": summary,
+            "tables": sorted(name for name, (kind, _) in stored.items() if kind == "table"),
+            "files": sorted(name for name, (kind, _) in stored.items() if kind == "file"),
+        }
+
+    def result_item(self, job_id: str, name: str, kind: str) -> bytes:
+        """One stored result: a table (Arrow IPC stream) or a rendered file (its bytes).
+
+        Raises:
+            NotFoundError: the job has no result of that kind and name.
+        """
+        stored = self.store.results(self._job(job_id).job_id)
+        if name not in stored or stored[name][0] != kind:
+            raise NotFoundError(f"job {job_id} has no result {kind} {name!r}")
+        return stored[name][1]
+
+    # ------------------------------------------------------------------ site side
+
+    def active_jobs(self, site: str) -> list[str]:
+        """Running jobs that invite ``site`` and that it has not declined."""
+        with self._locked():
+            return sorted(j for j, r in self._rounds.items() if site in r.participants and site not in r.declined)
+
+    def next_task(self, site: str) -> dict[str, Any] | None:
+        """What ``site`` must do now: the first stage of a running job that waits for it."""
+        with self._locked():
+            for job_id in sorted(self._rounds):
+                current = self._rounds[job_id]
+                if site not in current.expected():
+                    continue
+                site_id = current.site_id(site)
+                task = {
+                    "job_id": job_id,
+                    "analysis": current.analysis.name,
+                    "spec": current.spec,
+                    "round_index": current.round_index,
+                    "stage": current.stage,
+                    "kind": "keys" if current.server is None else "secagg",
+                    "site_id": site_id,
+                    "site_ids": list(current.site_ids),
+                    "threshold": current.threshold,
+                    "federation": self.federation,
+                    "has_message": site_id in current.inbox,
+                    "state_digest": current.state_digest,
+                }
+                return task
+            return None
+
+    def round_state(self, site: str, job_id: str, round_index: int) -> dict[str, Any]:
+        """The public state round ``round_index`` started from (what the site step reads)."""
+        job = self._job(job_id)
+        if site not in job.participants:
+            raise IdentityError(f"site {site!r} is not a participant of job {job_id}")
+        for stored in self.store.rounds(job_id):
+            if stored.round_index == round_index:
+                return dict(stored.state)
+        raise NotFoundError(f"job {job_id} has no round {round_index}")
+
+    def stage_message(self, site: str, job_id: str, round_index: int, stage: str) -> bytes:
+        """The server's message to ``site`` for the current stage (Arrow IPC)."""
+        with self._locked():
+            current = self._current(site, job_id, round_index, stage)
+            site_id = current.site_id(site)
+            if site_id not in current.inbox:
+                raise NotFoundError(f"job {job_id} round {round_index} stage {stage}: no message for site {site!r}")
+            return current.inbox[site_id]
+
+    def decline(self, site: str, job_id: str, reason: str) -> None:
+        """Records that ``site`` refuses the job (its policy); it is left out from now on."""
+        with self._locked():
+            job = self._job(job_id)
+            if site not in job.participants:
+                raise IdentityError(f"site {site!r} is not a participant of job {job_id}")
+            self.store.add_decline(job_id, site, reason[:500])
+            self._log("site.declined", job_id=job_id, site=site, reason=reason[:500])
+            current = self._rounds.get(job_id)
+            if current is not None:
+                current.declined.add(site)
+                if not current.expected():
+                    self._close_stage(current)
+            self._changed()
+
+    def receive(self, site: str, job_id: str, round_index: int, stage: str, message_id: str, body: bytes) -> dict[str, Any]:
+        """Accepts one upload: idempotent by message ID, checked for job, round, stage and content.
+
+        Returns:
+            ``{"status": "accepted"}`` or ``{"status": "duplicate"}`` (same ID, same bytes).
+
+        Raises:
+            MessageConflict: message ID reused with other bytes, a replay, or a message
+                for another job, round or stage (the message names the expected ones).
+            ProtocolError: malformed content (wrong type, sender, shape...).
+            NotFoundError: unknown job. IdentityError: the site is not a participant.
+        """
+        payload_digest = wire.digest(body)
+        # The body's write and fsync happen before the lock; under it only a rename and a row.
+        stage_body = getattr(self.store, "stage_body", None)
+        staged = stage_body(body, payload_digest) if stage_body is not None else None
+        try:
+            return self._receive(site, job_id, round_index, stage, message_id, body, payload_digest, staged)
+        finally:
+            if staged is not None:
+                self.store.discard(staged)
+
+    def _receive(self, site: str, job_id: str, round_index: int, stage: str, message_id: str, body: bytes,
+                 payload_digest: str, staged: Any) -> dict[str, Any]:
+        with self._locked():
+            existing = self.store.message(message_id, body=False)
+            if existing is not None:
+                if existing.digest == payload_digest and existing.site == site:
+                    return {"status": "duplicate", "message_id": message_id, "digest": payload_digest}
+                raise MessageConflict(
+                    f"message id {message_id!r} was already used for other content (digest {existing.digest[:16]}...); "
+                    "a message id names one payload"
+                )
+            current = self._current(site, job_id, round_index, stage)
+            if site not in current.expected():
+                previous = self.store.message_of(job_id, round_index, stage, site, body=False)
+                if previous is not None:
+                    raise MessageConflict(
+                        f"site {site!r} already sent its {stage} message of job {job_id} round {round_index} "
+                        f"(message id {previous.message_id}); replay refused"
+                    )
+                raise MessageConflict(
+                    f"site {site!r} is not expected to send in stage {stage} of job {job_id} round {round_index} "
+                    "(it dropped out of this round or declined the job)"
+                )
+            decoded = self._validate(current, site, body)
+            self.store.add_message(
+                StoredMessage(message_id, job_id, round_index, stage, site, payload_digest, body, self.clock()),
+                **({"staged": staged} if staged is not None else {}),
+            )
+            self._log(
+                "contribution.received", job_id=job_id, round=round_index, stage=stage, site=site,
+                digest=payload_digest, bytes=len(body),
+            )
+            current.received[site] = decoded
+            if not current.expected():
+                self._close_stage(current)
+            self._changed()
+            return {"status": "accepted", "message_id": message_id, "digest": payload_digest}
+
+    def tick(self) -> bool:
+        """Closes every stage whose deadline has passed; returns whether anything changed."""
+        changed = False
+        with self._locked():
+            now = self.clock()
+            for current in list(self._rounds.values()):
+                if now - current.stage_opened >= current.timeout or not current.expected():
+                    log.info("job %s round %d: closing stage %s at its deadline", current.job_id, current.round_index, current.stage)
+                    self._close_stage(current)
+                    changed = True
+            if changed:
+                self._changed()
+        return changed
+
+    # ------------------------------------------------------------------ recovery
+
+    def recover(self) -> None:
+        """Rebuilds every running job from the store (replays stored messages)."""
+        with self._locked():
+            self._rounds.clear()
+            for job in self.store.jobs(status="running"):
+                try:
+                    self._recover_job(job)
+                except GenofedError as error:
+                    self._fail(job.job_id, f"cannot resume after a restart: {error}")
+            self._changed()
+
+    def _recover_job(self, job: Any) -> None:
+        analysis = get_analysis(job.analysis)
+        rounds = self.store.rounds(job.job_id)
+        if not rounds:
+            raise ProtocolError(f"job {job.job_id} has no round")
+        stored = rounds[-1]
+        declined = set(self.store.declines(job.job_id))
+        current = self._make_round(job.job_id, analysis, job.spec, job.participants, job.threshold, stored.round_index,
+                                   analysis.state_from_json(stored.state), declined, site_ids=stored.site_ids)
+        stages = self.store.stages(job.job_id, stored.round_index)
+        finished = False
+        for closed in stages:
+            messages = [self._decode_stored(current, closed.stage, site) for site in closed.included]
+            if current.server is None:
+                finished = True
+                total = self._key_union(current, messages)
+            else:
+                self._advance(current, messages)
+            current.stage_seq += 1
+        current.stage_opened = self.clock()
+        self._rounds[job.job_id] = current
+        log.info("job %s resumed at round %d stage %s", job.job_id, current.round_index, current.stage)
+        if current.server is not None and current.server.stage in (Stage.DONE, Stage.ABORTED):
+            self._after_server(current)
+            return
+        if finished:
+            self._finish_round(current, total, len(stages[-1].included))
+            return
+        for message in self.store.messages(job.job_id, stored.round_index, current.stage):
+            if message.site not in declined:
+                current.received[message.site] = self._decode(current, message.site, message.body)
+
+    def _decode_stored(self, current: _Round, stage: str, site: str) -> Any:
+        message = self.store.message_of(current.job_id, current.round_index, stage, site)
+        if message is None:
+            raise ProtocolError(f"job {current.job_id} round {current.round_index}: stored stage {stage} lacks {site}'s message")
+        return self._decode(current, site, message.body)
+
+    # ------------------------------------------------------------------ internals
+
+    def _changed(self) -> None:
+        self.version += 1
+
+    def _job(self, job_id: str) -> Any:
+        job = self.store.job(job_id)
+        if job is None:
+            raise NotFoundError(f"no job {job_id!r} at this coordinator")
+        return job
+
+    def _current(self, site: str, job_id: str, round_index: int, stage: str) -> _Round:
+        job = self._job(job_id)
+        if site not in job.participants:
+            raise IdentityError(f"site {site!r} is not a participant of job {job_id}")
+        current = self._rounds.get(job_id)
+        if current is None:
+            raise MessageConflict(f"job {job_id} is {job.status}; it accepts no more messages")
+        if round_index != current.round_index or stage != current.stage:
+            raise MessageConflict(
+                f"job {job_id} expects round {current.round_index} stage {current.stage}, "
+                f"got a message for round {round_index} stage {stage}"
+            )
+        return current
+
+    def _make_round(
+        self, job_id: str, analysis: Analysis[Any], spec: dict[str, Any], participants: tuple[str, ...], threshold: int,
+        round_index: int, state: JobState, declined: set[str], *, site_ids: Sequence[int] | None = None,
+    ) -> _Round:
+        layout = analysis.layout(state, round_index)
+        if site_ids is None:
+            site_ids = [i + 1 for i, name in enumerate(participants) if name not in declined]
+        config = server = None
+        if isinstance(layout, Layout):
+            if len(site_ids) < threshold:
+                raise AggregationAborted(
+                    f"only {len(site_ids)} sites remain for round {round_index}, fewer than the threshold {threshold}"
+                )
+            layout.check_bit_budget(len(site_ids))
+            config = round_config(federation=self.federation, job_id=job_id, round_index=round_index, site_ids=site_ids,
+                                  threshold=threshold, layout=layout, spec=spec)
+            server = server_init(config)
+        return _Round(job_id, analysis, spec, participants, threshold, round_index, state, layout, tuple(site_ids),
+                      config, server, set(declined), stage_opened=self.clock())
+
+    def _open_round(self, job_id: str, analysis: Analysis[Any], spec: dict[str, Any], participants: tuple[str, ...],
+                    threshold: int, round_index: int, state: JobState, declined: set[str]) -> None:
+        try:
+            current = self._make_round(job_id, analysis, spec, participants, threshold, round_index, state, declined)
+        except GenofedError as error:
+            self._fail(job_id, f"round {round_index} cannot start: {error}")
+            return
+        self.store.add_round(job_id, round_index, state.to_json(), current.site_ids)
+        self._rounds[job_id] = current
+        self._log("round.opened", job_id=job_id, round=round_index, sites=[current.name_of(i) for i in current.site_ids],
+                          kind="keys" if current.server is None else "secure_sum",
+                          state_digest=current.state_digest)
+
+    def _decode(self, current: _Round, site: str, body: bytes) -> Any:
+        if current.server is None:
+            assert isinstance(current.layout, KeyUnion)
+            return decode_keys(body, current.layout.name)
+        return secagg_wire.decode_message(body)
+
+    def _validate(self, current: _Round, site: str, body: bytes) -> Any:
+        """Decodes an upload and checks it as the server's next transition would."""
+        decoded = self._decode(current, site, body)
+        if current.server is None:
+            return decoded
+        site_id = current.site_id(site)
+        if decoded.sender != site_id or decoded.receiver != SERVER:
+            raise ProtocolError(
+                f"site {site!r} is party {site_id} and must send to the server (party {SERVER}); "
+                f"the message says sender {decoded.sender}, receiver {decoded.receiver}"
+            )
+        # server_advance is pure: running it on this message alone checks type, round and content.
+        server_advance(current.server, [decoded])
+        return decoded
+
+    def _advance(self, current: _Round, messages: Sequence[Message]) -> None:
+        assert current.server is not None
+        current.server, outgoing = server_advance(current.server, list(messages))
+        current.inbox = {m.receiver: secagg_wire.encode_message(m) for m in outgoing}
+        current.received = {}
+
+    def _key_union(self, current: _Round, key_sets: Sequence[np.ndarray]) -> dict[str, np.ndarray]:
+        assert isinstance(current.layout, KeyUnion)
+        return {current.layout.name: union_keys(key_sets)}
+
+    def _close_stage(self, current: _Round) -> None:
+        included = sorted(current.received, key=current.site_id)
+        messages = [current.received[name] for name in included]
+        stage = current.stage
+        if current.server is None:
+            total = self._key_union(current, messages)
+            self.store.close_stage(current.job_id, current.round_index, current.stage_seq, stage, included)
+            current.stage_seq += 1
+            self._log("stage.closed", job_id=current.job_id, round=current.round_index, stage=stage, sites=included)
+            self._finish_round(current, total, len(included))
+            return
+        try:
+            self._advance(current, messages)
+        except ProtocolError as error:
+            self._fail(current.job_id, f"round {current.round_index} stage {stage}: {error}")
+            return
+        self.store.close_stage(current.job_id, current.round_index, current.stage_seq, stage, included)
+        current.stage_seq += 1
+        current.stage_opened = self.clock()
+        self._log("stage.closed", job_id=current.job_id, round=current.round_index, stage=stage, sites=included)
+        self._after_server(current)
+
+    def _after_server(self, current: _Round) -> None:
+        assert current.server is not None
+        if isinstance(current.server, ServerAborted):
+            try:
+                server_result(current.server)
+            except AggregationAborted as error:
+                self._fail(current.job_id, str(error))
+            return
+        if isinstance(current.server, ServerDone):
+            total, survivors = server_result(current.server)
+            assert isinstance(current.layout, Layout)
+            try:
+                decoded = current.layout.decode(total, len(survivors))
+            except ProtocolError as error:
+                self._fail(current.job_id, f"round {current.round_index}: {error}")
+                return
+            self._log("round.summed", job_id=current.job_id, round=current.round_index,
+                              sites=[current.name_of(i) for i in sorted(survivors)],
+                              total_digest=wire.digest(np.ascontiguousarray(total).tobytes()))
+            self._finish_round(current, decoded, len(survivors))
+
+    def _finish_round(self, current: _Round, total: Mapping[str, np.ndarray], num_sites: int) -> None:
+        try:
+            state, done, result = current.analysis.coordinator_step(current.state, current.round_index, total, num_sites)
+        except GenofedError as error:
+            self._fail(current.job_id, f"round {current.round_index}: {error}")
+            return
+        if done:
+            assert result is not None
+            self._store_result(current, result, num_sites)
+            return
+        self._rounds.pop(current.job_id, None)
+        self._open_round(current.job_id, current.analysis, current.spec, current.participants, current.threshold,
+                         current.round_index + 1, state, current.declined)
+
+    def _store_result(self, current: _Round, result: Result, num_sites: int) -> None:
+        summary = {
+            **dict(result.summary),
+            "job_id": current.job_id,
+            "rounds": current.round_index + 1,
+            "declined": sorted(current.declined),
+        }
+        entries: list[tuple[str, str, bytes]] = [("summary", "json", wire.canonical_json(summary))]
+        for name, table in result.tables.items():
+            entries.append((name, "table", wire.encode_table(table)))
+        try:
+            entries += [(name, "file", body) for name, body in _rendered_files(current.analysis, Result(summary, result.tables))]
+        except GenofedError as error:
+            self._fail(current.job_id, f"the result's files could not be written: {error}")
+            return
+        names = [name for name, _, _ in entries]
+        if len(set(names)) != len(names):
+            self._fail(current.job_id, f"the result names {sorted(names)} repeat a name; each table and file needs its own")
+            return
+        self.store.finish_with_results(current.job_id, entries)
+        self._rounds.pop(current.job_id, None)
+        self._log("job.done", job_id=current.job_id, results={name: wire.digest(body) for name, _, body in entries})
+
+    def _fail(self, job_id: str, reason: str) -> None:
+        log.warning("job %s failed: %s", job_id, reason)
+        self.store.finish_job(job_id, "failed", reason)
+        self._rounds.pop(job_id, None)
+        self._log("job.failed", job_id=job_id, reason=reason[:2000])
+        self._changed()
+
+
+def _rendered_files(analysis: Analysis[Any], result: Result) -> list[tuple[str, bytes]]:
+    """The files ``analysis.write_outputs`` renders from a result, as (name, bytes), in a scratch folder."""
+    with tempfile.TemporaryDirectory(prefix="genofed-results-") as scratch:
+        names = analysis.write_outputs(result, Path(scratch))
+        return [(name, (Path(scratch) / name).read_bytes()) for name in names]

@@ -1,0 +1,125 @@
+"""A job spec: which analysis, which sites, which round options, and the analysis' parameters.
+
+A spec is a YAML mapping (``workflows/*.yaml``) with ``analysis: NAME``. The runtime
+reads a few keys of its own (:data:`RUNTIME_KEYS`: sites, threshold, stage timeout,
+consistency check, SecAgg+ neighbours, description); every other key is a parameter of
+the analysis, checked by the analysis when the job is submitted.
+
+This module reads and checks the runtime's part only, and knows no analysis, so the
+analyst's client (submit, status, results) loads it without the analyses' numeric stack.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from pipeline.errors import ConfigurationError, InputError
+
+__all__ = [
+    "RUNTIME_KEYS",
+    "DEFAULT_STAGE_TIMEOUT",
+    "RoundOptions",
+    "load_spec",
+    "parse_round_options",
+    "analysis_parameters",
+    "default_threshold",
+]
+
+RUNTIME_KEYS = ("analysis", "threshold", "stage_timeout", "consistency_check", "num_neighbours", "sites", "description")
+"""Spec keys the runtime reads; every other key is the analysis' parameter."""
+
+DEFAULT_STAGE_TIMEOUT = 60.0
+
+
+def load_spec(spec: Path | str | Mapping[str, Any], overrides: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """A job spec from a YAML file (``workflows/*.yaml``) or a mapping, with ``overrides`` applied.
+
+    Overrides whose value is ``None`` are left out (an option the user did not give).
+
+    Raises:
+        InputError: unreadable file or not a YAML mapping.
+    """
+    if isinstance(spec, Mapping):
+        data = dict(spec)
+    else:
+        path = Path(spec)
+        try:
+            loaded = yaml.safe_load(path.read_text())
+        except OSError as error:
+            raise InputError(f"{path}: cannot read the job spec ({error.strerror})") from None
+        except yaml.YAMLError as error:
+            raise InputError(f"{path}: not valid YAML ({error})") from None
+        if not isinstance(loaded, dict):
+            raise InputError(f"{path}: a job spec is a YAML mapping with at least 'analysis: NAME'")
+        data = loaded
+    return {**data, **{key: value for key, value in (overrides or {}).items() if value is not None}}
+
+
+def default_threshold(num_sites: int) -> int:
+    """A strict majority of the invited sites (at least 2): fewer cannot unmask anything."""
+    return max(2, num_sites // 2 + 1)
+
+
+@dataclass(frozen=True)
+class RoundOptions:
+    """The runtime's part of a spec, checked.
+
+    Attributes:
+        analysis: the analysis' name (not yet looked up).
+        participants: the sites invited (sorted names).
+        threshold: sites that must answer each stage (``None``: :func:`default_threshold`).
+        stage_timeout: seconds a stage waits before silent sites count as dropped.
+        consistency_check: run the signed survivor-list stage.
+        num_neighbours: SecAgg+ with this many neighbours per site (``None``: every site).
+    """
+
+    analysis: str
+    participants: tuple[str, ...]
+    threshold: int | None
+    stage_timeout: float
+    consistency_check: bool
+    num_neighbours: int | None
+
+
+def analysis_parameters(spec: Mapping[str, Any]) -> dict[str, Any]:
+    """The spec without the runtime's keys: what the analysis' ``init`` receives."""
+    return {key: value for key, value in spec.items() if key not in RUNTIME_KEYS}
+
+
+def parse_round_options(spec: Mapping[str, Any], enrolled: Sequence[str], *, known_analyses: Sequence[str]) -> RoundOptions:
+    """Checks the runtime's part of a spec against the enrolled sites.
+
+    Raises:
+        ConfigurationError: naming the key and what was expected.
+    """
+    if not isinstance(spec, Mapping):
+        raise ConfigurationError("a job spec must be a mapping with at least 'analysis: NAME'")
+    name = spec.get("analysis")
+    if not isinstance(name, str):
+        raise ConfigurationError(f"the job spec needs 'analysis: NAME' (one of {', '.join(sorted(known_analyses))})")
+    sites = spec.get("sites", list(enrolled))
+    if not isinstance(sites, list) or not all(isinstance(s, str) for s in sites) or len(set(sites)) != len(sites):
+        raise ConfigurationError("job spec key 'sites' must be a list of distinct enrolled site names")
+    unknown = sorted(set(sites) - set(enrolled))
+    if unknown:
+        raise ConfigurationError(f"job spec key 'sites': {unknown} are not enrolled at this coordinator (enrolled: {sorted(enrolled)})")
+    if len(sites) < 2:
+        raise ConfigurationError(f"a job needs at least 2 sites, the spec names {len(sites)}")
+    threshold = spec.get("threshold")
+    if threshold is not None and (isinstance(threshold, bool) or not isinstance(threshold, int) or not 2 <= threshold <= len(sites)):
+        raise ConfigurationError(f"job spec key 'threshold' must be an integer in [2, {len(sites)}], got {threshold!r}")
+    timeout = spec.get("stage_timeout", DEFAULT_STAGE_TIMEOUT)
+    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not 0 < timeout <= 86400:
+        raise ConfigurationError(f"job spec key 'stage_timeout' must be seconds in (0, 86400], got {timeout!r}")
+    consistency_check = spec.get("consistency_check", False)
+    if not isinstance(consistency_check, bool):
+        raise ConfigurationError("job spec key 'consistency_check' must be true or false")
+    neighbours = spec.get("num_neighbours")
+    if neighbours is not None and (isinstance(neighbours, bool) or not isinstance(neighbours, int) or neighbours < 1):
+        raise ConfigurationError(f"job spec key 'num_neighbours' must be a positive integer or absent, got {neighbours!r}")
+    return RoundOptions(name, tuple(sorted(sites)), threshold, float(timeout), consistency_check, neighbours)

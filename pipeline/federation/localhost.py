@@ -1,0 +1,234 @@
+"""``genofed federate``: a whole federation on this machine, for trying a job end to end.
+
+Provisions throwaway certificates (:func:`pipeline.federation.provision.provision`) in
+``OUT/federation``, starts the coordinator and one site agent per dataset as separate
+processes on 127.0.0.1 (a free port, mutual TLS: the same code and the same wire as a
+real deployment), submits the job as the analyst, waits, writes the results to
+``OUT/results`` and stops every process it started, also on Ctrl-C or an error.
+Each process logs to ``OUT/logs/``.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from pipeline import dataset as dataset_io
+from pipeline import outputs
+from pipeline.analyses.registry import REGISTRY, get_analysis
+from pipeline.errors import AggregationAborted, ConfigurationError, GenofedError, ProtocolError
+from pipeline.federation import transport
+from pipeline.federation.analyst import analyst_connection, download_results, wait_for_job
+from pipeline.federation.baselines import BASELINES
+from pipeline.federation.job_spec import load_spec, parse_round_options
+from pipeline.federation.provision import provision
+
+log = logging.getLogger(__name__)
+
+__all__ = ["federate", "free_port"]
+
+FEDERATION = "local"
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A TCP port nothing listens on right now."""
+    with socket.socket() as sock:
+        sock.bind((host, 0))
+        return int(sock.getsockname()[1])
+
+
+def _spawn(arguments: Sequence[str], log_path: Path) -> subprocess.Popen[bytes]:
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    with open(log_path, "ab") as handle:
+        return subprocess.Popen(
+            [sys.executable, "-m", "pipeline.cli", *arguments], stdout=handle, stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL, start_new_session=True,
+        )
+
+
+SITE_FINISH_SECONDS = 120.0
+"""How long a site agent may take to write its own outputs after the job, before it is stopped."""
+
+
+def _wait_for_exit(processes: Sequence[subprocess.Popen[bytes]], *, timeout: float) -> None:
+    """Waits until every process has exited, or ``timeout`` seconds have passed."""
+    deadline = time.monotonic() + timeout
+    for process in processes:
+        try:
+            process.wait(timeout=max(0.0, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            log.warning("process %d still running %.0f s after the job ended; stopping it", process.pid, timeout)
+
+
+def _stop(processes: Sequence[subprocess.Popen[bytes]], *, grace: float = 5.0) -> None:
+    """SIGTERM each child we started (by pid), then SIGKILL the ones still alive after ``grace``."""
+    for process in processes:
+        if process.poll() is None:
+            with _ignore_missing():
+                os.kill(process.pid, signal.SIGTERM)
+    deadline = time.monotonic() + grace
+    for process in processes:
+        try:
+            process.wait(timeout=max(0.0, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            with _ignore_missing():
+                os.kill(process.pid, signal.SIGKILL)
+            process.wait(timeout=5)
+
+
+class _ignore_missing:
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, kind: Any, value: Any, traceback: Any) -> bool:
+        return kind is ProcessLookupError
+
+
+def _site_names(datasets: Sequence[Path]) -> list[str]:
+    return [f"site-{index + 1}" for index in range(len(datasets))]
+
+
+def _wait_until_serving(connection: transport.Connection, coordinator: subprocess.Popen[bytes], log_path: Path, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while True:
+        if coordinator.poll() is not None:
+            raise ConfigurationError(f"the coordinator exited with code {coordinator.returncode}; see {log_path}")
+        try:
+            connection.get_json("/v1/health")
+            return
+        except ProtocolError:
+            if time.monotonic() > deadline:
+                raise ConfigurationError(f"the coordinator did not answer within {timeout:.0f} s; see {log_path}") from None
+            time.sleep(0.2)
+
+
+def federate(
+    datasets: Sequence[Path | str],
+    spec: Path | str | Mapping[str, Any],
+    out: Path | str,
+    *,
+    threshold: int | None = None,
+    timeout: float = 900.0,
+    force: bool = False,
+) -> dict[str, Any]:
+    """Runs one job across a federation of local processes, one site per dataset.
+
+    Args:
+        datasets: one harmonized dataset folder per site (``genofed ingest --out``).
+        spec: the job spec (YAML file or mapping), e.g. ``workflows/census.yaml``.
+        out: folder to create: ``federation/`` (certificates, configs, database, audit
+            logs), ``logs/`` and ``results/``.
+        threshold: overrides the spec's threshold (sites that must answer each stage).
+        timeout: seconds to wait for the job.
+        force: replace ``out``.
+
+    Returns:
+        A summary: job ID, status, sites, result summary and paths.
+
+    Raises:
+        ConfigurationError: fewer than 2 datasets, a bad spec, or a process that fails to start.
+        AggregationAborted: the job failed (the coordinator's reason is in the message).
+    """
+    paths = [Path(d).resolve() for d in datasets]
+    if len(paths) < 2:
+        raise ConfigurationError(f"a federation needs at least 2 sites, got {len(paths)} datasets (repeat --site)")
+    for path in paths:
+        dataset_io.open_dataset(path)  # fails early, naming the folder, if it is not a dataset
+    spec_dict = load_spec(spec, {"threshold": threshold})
+    analysis = parse_round_options(spec_dict, _site_names(paths), known_analyses=tuple(REGISTRY)).analysis
+    get_analysis(analysis)  # fails early, listing the known analyses
+    target = Path(out)
+    outputs.check_output_path(target, force=force)
+    if target.exists():
+        shutil.rmtree(target)
+    target.mkdir(parents=True)
+    names = _site_names(paths)
+    manifest = provision(
+        target / "federation", federation=FEDERATION, sites=names, analysts=("analyst",), coordinator_port=free_port(),
+        valid_days=2, allowed_analyses=(str(analysis),), share_variant_keys=True,
+    )
+    for site, path in zip(manifest.sites, paths):
+        (site.folder / "dataset").symlink_to(path, target_is_directory=True)
+    logs = target / "logs"
+    processes: list[subprocess.Popen[bytes]] = []
+    previous = signal.signal(signal.SIGTERM, _raise_interrupt) if _main_thread() else None
+    started = time.monotonic()
+    try:
+        coordinator = _spawn(["coordinator", "serve", "--config", str(manifest.coordinator.config)], logs / "coordinator.log")
+        processes.append(coordinator)
+        analyst = manifest.analysts[0]
+        with analyst_connection(analyst.config) as connection:
+            _wait_until_serving(connection, coordinator, logs / "coordinator.log", timeout=60.0)
+            for site in manifest.sites:
+                processes.append(_spawn(["site", "run", "--config", str(site.config), "--once"], logs / f"{site.name}.log"))
+            job_id = connection.post_json("/v1/jobs", {"spec": spec_dict})["job_id"]
+            status = wait_for_job(connection, job_id, timeout=timeout)
+            if status["status"] == "running":
+                raise GenofedError(f"job {job_id} did not finish within {timeout:.0f} s (stage {status.get('stage')}); see {logs}")
+            if status["status"] != "done":
+                raise AggregationAborted(f"job {job_id} failed: {status.get('error')}; logs in {logs}")
+            results = download_results(connection, job_id, target / "results")
+            # Sites write what stays with them (PCA scores, the model) once they see the job end,
+            # then exit on their own (--once): wait for that before stopping anything.
+            _wait_for_exit(processes[1:], timeout=SITE_FINISH_SECONDS)
+    finally:
+        _stop(processes)
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+    extra: dict[str, Any] = {}
+    baselines = BASELINES.get(analysis)
+    if baselines is not None:
+        # Everything runs here, so the analysis may add what a real federation cannot (pooled data).
+        extra["baselines"] = baselines(spec_dict, paths, target / "results", results["summary"])
+    return {
+        "job_id": job_id,
+        "status": status["status"],
+        "analysis": analysis,
+        "sites": dict(zip(names, map(str, paths))),
+        "declined": status.get("declined", {}),
+        "seconds": round(time.monotonic() - started, 1),
+        "results": str(target / "results"),
+        "federation": str(target / "federation"),
+        "logs": str(logs),
+        "summary": results["summary"],
+        **extra,
+    }
+
+
+def _main_thread() -> bool:
+    return threading.current_thread() is threading.main_thread()
+
+
+def _raise_interrupt(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
+def summary_text(summary: Mapping[str, Any]) -> str:
+    """A few human lines about a finished federated job."""
+    lines = [
+        f"job {summary['job_id']} ({summary['analysis']}) {summary['status']} in {summary['seconds']} s across "
+        f"{len(summary['sites'])} sites",
+    ]
+    result = summary.get("summary", {})
+    if "variants" in result:
+        variants = result["variants"]
+        lines.append(
+            f"  {result.get('num_samples', '?')} samples; variants: {variants['total']} total, "
+            f"{variants['publishable']} publishable, {variants['passing']} pass QC"
+        )
+    if summary.get("baselines"):
+        lines.append(summary["baselines"]["table"])
+    if summary.get("declined"):
+        lines.append(f"  declined: {summary['declined']}")
+    lines.append(f"  results: {summary['results']}  (federation and audit logs: {summary['federation']})")
+    return "\n".join(lines)

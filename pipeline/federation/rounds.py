@@ -1,0 +1,89 @@
+"""What the coordinator and a site agree on for each round, besides the analysis' layout.
+
+A secure-sum round's public parameters (:func:`round_config`: the key-derivation
+context binds federation, job and round; sites, threshold, ring, length and options
+come from the job) are computed identically by both ends from what each already
+holds, so they are never trusted from the wire. A :class:`~pipeline.analyses.KeyUnion`
+round has one stage, :data:`KEY_UNION_STAGE`, in which each site uploads its key set
+as a one-column Arrow table (:func:`encode_keys`, :func:`decode_keys`) and the
+coordinator forms their sorted union (:func:`union_keys`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from pipeline.encoding import Layout
+from pipeline.errors import ProtocolError
+from pipeline.federation import wire
+from pipeline.secagg import keys
+from pipeline.secagg.messages import RoundConfig
+
+__all__ = ["KEY_UNION_STAGE", "MAX_KEYS", "round_config", "encode_keys", "decode_keys", "union_keys"]
+
+KEY_UNION_STAGE = "keys"
+"""Stage name of a :class:`~pipeline.analyses.KeyUnion` round (its only stage)."""
+
+MAX_KEYS = 50_000_000
+"""Most keys one site's key set may hold."""
+
+
+def round_config(
+    *, federation: str, job_id: str, round_index: int, site_ids: Sequence[int], threshold: int, layout: Layout,
+    spec: Mapping[str, Any],
+) -> RoundConfig:
+    """The round's public secure-aggregation parameters, computed identically by every party."""
+    return RoundConfig(
+        context=keys.KeyContext(federation, job_id, round_index),
+        site_ids=tuple(site_ids),
+        threshold=threshold,
+        ring=layout.ring,
+        length=layout.size,
+        consistency_check=bool(spec.get("consistency_check", False)),
+        num_neighbours=spec.get("num_neighbours"),
+    )
+
+
+def decode_keys(body: bytes, name: str) -> np.ndarray:
+    """The key set a site sent in a :class:`KeyUnion` round (one string column).
+
+    Raises:
+        ProtocolError: not an Arrow table with exactly that string column, or nulls.
+    """
+    table = wire.decode_table(body, what="key set")
+    if table.column_names != [name] or not pa.types.is_string(table.schema.field(0).type):
+        raise ProtocolError(f"a key set is an Arrow table with one string column {name!r}, got columns {table.column_names}")
+    if table.num_rows > MAX_KEYS:
+        raise ProtocolError(f"a key set holds at most {MAX_KEYS} keys, got {table.num_rows}")
+    column = table.column(0)
+    if column.null_count:
+        raise ProtocolError(f"the key set has {column.null_count} null keys")
+    return column.combine_chunks().to_numpy(zero_copy_only=False)
+
+
+def encode_keys(values: np.ndarray, name: str) -> bytes:
+    """A site's key set as an Arrow IPC table (the inverse of :func:`decode_keys`)."""
+    return wire.encode_table(pa.table({name: _arrow_strings(values)}))
+
+
+def _arrow_strings(values: np.ndarray) -> pa.Array:
+    # Through Python str objects: pyarrow converts those fast, NumPy unicode arrays slowly.
+    return pa.array(np.asarray(values).astype(str).tolist(), pa.string())
+
+
+def union_keys(key_sets: Sequence[np.ndarray]) -> np.ndarray:
+    """The sorted union of the sites' key sets (code point order, as Python sorts str).
+
+    Hashing and sorting happen in Arrow: 100,000 keys from each of three sites take
+    milliseconds, where NumPy's unicode sort of the concatenation took a tenth of a second.
+    """
+    if not key_sets:
+        return np.array([], dtype=str)
+    keys = pa.chunked_array([_arrow_strings(k) for k in key_sets], type=pa.string())
+    unique = pc.unique(keys)
+    return unique.take(pc.array_sort_indices(unique)).to_numpy(zero_copy_only=False).astype(str)

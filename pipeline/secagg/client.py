@@ -1,0 +1,500 @@
+"""A site's side of a SecAgg round: pure transitions over frozen per-stage state.
+
+A site holds one frozen dataclass per stage (:class:`ClientAdvertise` ...
+:class:`ClientAborted`). :func:`client_advance` takes it and the server's message for
+the stage and returns the next state and the messages to send; what the stages and
+messages are is in :mod:`pipeline.secagg.messages`.
+
+A client's randomness is drawn from a 32-byte seed in its initial state
+(``os.urandom`` by default), so transitions are deterministic functions of their
+inputs. The input vector is dropped from the state as soon as the masked input is sent.
+
+The honest-client rule: whatever the server asks, a site never reveals both the
+self-mask share and the masking-key share of one peer (that would unmask the peer's
+input). With the consistency check on, it also refuses to unmask unless the request
+matches the survivor list it signed and carries ``threshold`` valid signatures of it.
+"""
+
+from __future__ import annotations
+
+import os
+import struct
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import ClassVar, Union
+
+import numpy as np
+
+from pipeline.errors import ConfigurationError, ProtocolError
+from pipeline.secagg import keys, masks, shamir
+from pipeline.secagg.messages import (
+    SECRET_BYTES,
+    SERVER,
+    Abort,
+    AdvertiseKeys,
+    BaseMessage,
+    ConsistencySignature,
+    EncryptedShares,
+    ForwardedShares,
+    KeyDirectory,
+    MaskedInput,
+    Message,
+    PeerKeys,
+    RoundConfig,
+    Stage,
+    SurvivorList,
+    UnmaskRequest,
+    UnmaskShares,
+    check_incoming,
+    describe,
+    frame,
+    frozen_map,
+    mask_sign,
+    survivor_statement,
+    unframe,
+)
+
+__all__ = [
+    "ClientAdvertise",
+    "ClientShareKeys",
+    "ClientMaskedInput",
+    "ClientConsistencyCheck",
+    "ClientUnmasking",
+    "ClientDone",
+    "ClientAborted",
+    "ClientState",
+    "client_init",
+    "client_advance",
+]
+
+# --------------------------------------------------------------------------- client states
+
+
+@dataclass(frozen=True, eq=False)
+class ClientAdvertise:
+    """Initial state: the site has its encoded input and its randomness, nothing sent."""
+
+    config: RoundConfig
+    site: int
+    vector: np.ndarray
+    randomness: bytes
+    stage: ClassVar[Stage] = Stage.ADVERTISE_KEYS
+
+
+@dataclass(frozen=True, eq=False)
+class ClientShareKeys:
+    """Keys advertised; waiting for the key directory."""
+
+    config: RoundConfig
+    site: int
+    vector: np.ndarray
+    randomness: bytes
+    encryption: keys.KeyPair
+    masking: keys.KeyPair
+    signing: keys.KeyPair | None
+    stage: ClassVar[Stage] = Stage.SHARE_KEYS
+
+
+@dataclass(frozen=True, eq=False)
+class ClientMaskedInput:
+    """Shares sent; waiting for the shares addressed to this site."""
+
+    config: RoundConfig
+    site: int
+    vector: np.ndarray
+    self_mask_seed: bytes
+    encryption: keys.KeyPair
+    masking: keys.KeyPair
+    signing: keys.KeyPair | None
+    directory: Mapping[int, PeerKeys]
+    own_shares: tuple[bytes, bytes]
+    stage: ClassVar[Stage] = Stage.MASKED_INPUT
+
+
+@dataclass(frozen=True)
+class ClientConsistencyCheck:
+    """Masked input sent; waiting for the survivor list to sign. Holds no input vector."""
+
+    config: RoundConfig
+    site: int
+    encryption: keys.KeyPair
+    signing: keys.KeyPair
+    directory: Mapping[int, PeerKeys]
+    received: Mapping[int, bytes]
+    own_shares: tuple[bytes, bytes]
+    stage: ClassVar[Stage] = Stage.CONSISTENCY_CHECK
+
+
+@dataclass(frozen=True)
+class ClientUnmasking:
+    """Waiting for the unmasking request. ``signed_survivors`` is set when checking."""
+
+    config: RoundConfig
+    site: int
+    encryption: keys.KeyPair
+    directory: Mapping[int, PeerKeys]
+    received: Mapping[int, bytes]
+    own_shares: tuple[bytes, bytes]
+    signed_survivors: frozenset[int] | None
+    stage: ClassVar[Stage] = Stage.UNMASKING
+
+
+@dataclass(frozen=True)
+class ClientDone:
+    """Shares sent; the site is finished. Records which peers' secrets it revealed."""
+
+    config: RoundConfig
+    site: int
+    revealed_self_mask_of: frozenset[int]
+    revealed_key_of: frozenset[int]
+    stage: ClassVar[Stage] = Stage.DONE
+
+
+@dataclass(frozen=True)
+class ClientAborted:
+    """The round was abandoned; the site keeps no secrets of it."""
+
+    config: RoundConfig
+    site: int
+    at_stage: Stage
+    reason: str
+    stage: ClassVar[Stage] = Stage.ABORTED
+
+
+ClientState = Union[
+    ClientAdvertise, ClientShareKeys, ClientMaskedInput, ClientConsistencyCheck, ClientUnmasking, ClientDone, ClientAborted
+]
+
+# --------------------------------------------------------------------------- helpers
+
+
+def _client_abort(state: ClientState, reason: str) -> ClientAborted:
+    return ClientAborted(config=state.config, site=state.site, at_stage=state.stage, reason=reason)
+
+
+def _client_check(state: ClientState, messages: Sequence[object], expected_type: type) -> BaseMessage:
+    """The one server message of the stage: of ``expected_type``, or an :class:`Abort`."""
+    single_abort = len(messages) == 1 and isinstance(messages[0], Abort)
+    checked = check_incoming(
+        messages,
+        stage=state.stage,
+        expected_type=Abort if single_abort else expected_type,
+        config=state.config,
+        receiver=state.site,
+        allowed_senders=frozenset({SERVER}),
+        party=f"site {state.site}",
+    )
+    if len(messages) != 1:
+        raise ProtocolError(
+            f"site {state.site} in stage {state.stage.name} expected exactly one {expected_type.__name__} "
+            f"from the server, got {len(messages)} messages"
+        )
+    message = checked[SERVER]
+    assert isinstance(message, BaseMessage)
+    return message
+
+
+# --------------------------------------------------------------------------- transitions
+
+
+def client_init(
+    config: RoundConfig, site: int, vector: np.ndarray, *, randomness: bytes | None = None
+) -> ClientAdvertise:
+    """A site's initial state for one round.
+
+    Args:
+        config: the round's public parameters.
+        site: this site's ID (in ``config.site_ids``).
+        vector: the encoded input, 1-D of the ring's dtype and ``config.length``.
+        randomness: 32 bytes all the site's secrets derive from; ``None`` draws them
+            from ``os.urandom`` (pass bytes only to make tests reproducible).
+    """
+    if site not in config.site_ids:
+        raise ConfigurationError(f"site {site} is not one of the round's sites {list(config.site_ids)}")
+    vector = np.asarray(vector)
+    if vector.dtype != config.ring.dtype or vector.shape != (config.length,):
+        raise ConfigurationError(
+            f"site {site}'s encoded input must be a ({config.length},) {config.ring.dtype} vector for "
+            f"{config.ring.name}, got shape {vector.shape} dtype {vector.dtype}; encode it with the job's Layout"
+        )
+    randomness = os.urandom(keys.KEY_BYTES) if randomness is None else randomness
+    if len(randomness) != keys.KEY_BYTES:
+        raise ConfigurationError(f"randomness must be {keys.KEY_BYTES} bytes, got {len(randomness)}")
+    return ClientAdvertise(config=config, site=site, vector=vector, randomness=bytes(randomness))
+
+
+def _random(state: ClientAdvertise | ClientShareKeys, label: str) -> keys.DeterministicRandom:
+    return keys.DeterministicRandom(state.randomness, label.encode() + state.config.context.encode())
+
+
+def _client_advertise(state: ClientAdvertise, messages: Sequence[object]) -> tuple[ClientState, list[Message]]:
+    if messages:
+        raise ProtocolError(
+            f"site {state.site} in stage ADVERTISE_KEYS expects no message (it speaks first), got {describe(messages[0])}"
+        )
+    random = _random(state, "keys")
+    encryption = keys.generate_key_pair(random(keys.KEY_BYTES))
+    masking = keys.generate_key_pair(random(keys.KEY_BYTES))
+    signing = keys.generate_signing_key_pair(random(keys.KEY_BYTES)) if state.config.consistency_check else None
+    peer = PeerKeys(state.site, encryption.public_key, masking.public_key, signing.public_key if signing else None)
+    outgoing = AdvertiseKeys(round_index=state.config.round_index, sender=state.site, receiver=SERVER, keys=peer)
+    next_state = ClientShareKeys(
+        config=state.config,
+        site=state.site,
+        vector=state.vector,
+        randomness=state.randomness,
+        encryption=encryption,
+        masking=masking,
+        signing=signing,
+    )
+    return next_state, [outgoing]
+
+
+def _client_share_keys(state: ClientShareKeys, messages: Sequence[object]) -> tuple[ClientState, list[Message]]:
+    message = _client_check(state, messages, KeyDirectory)
+    if isinstance(message, Abort):
+        return _client_abort(state, message.reason), []
+    assert isinstance(message, KeyDirectory)
+    config, site = state.config, state.site
+    allowed = config.graph[site] | {site}
+    directory: dict[int, PeerKeys] = {}
+    for peer in message.peers:
+        if peer.site not in allowed or peer.site in directory:
+            raise ProtocolError(
+                f"site {site}: the key directory lists site {peer.site}, which is not a (unique) neighbour "
+                f"of site {site}; the server sent a forged directory"
+            )
+        if config.consistency_check and peer.signing_key is None:
+            raise ProtocolError(f"site {site}: site {peer.site} advertised no signing key but the consistency check is on")
+        directory[peer.site] = peer
+    own = directory.get(site)
+    if own is None or own.encryption_key != state.encryption.public_key or own.masking_key != state.masking.public_key:
+        raise ProtocolError(f"site {site}: the key directory does not carry this site's own advertised keys")
+    public_keys = [key for peer in directory.values() for key in (peer.encryption_key, peer.masking_key)]
+    if len(set(public_keys)) != len(public_keys):
+        raise ProtocolError(f"site {site}: the key directory repeats a public key; refusing to share")
+    holders = sorted(directory)
+    if len(holders) < config.threshold:
+        return _client_abort(state, f"only {len(holders)} shareholders advertised keys, fewer than the threshold {config.threshold}"), []
+    random = _random(state, "shares")
+    self_mask_seed = random(SECRET_BYTES)
+    key_shares = shamir.split(state.masking.private_key, threshold=config.threshold, xs=holders, random_bytes=random)
+    seed_shares = shamir.split(self_mask_seed, threshold=config.threshold, xs=holders, random_bytes=random)
+    ciphertexts = []
+    own_shares: tuple[bytes, bytes] = (b"", b"")
+    for holder, key_share, seed_share in zip(holders, key_shares, seed_shares):
+        bundle = (key_share.to_bytes(), seed_share.to_bytes())
+        if holder == site:
+            own_shares = bundle
+            continue
+        plaintext = frame(struct.pack(">QQ", site, holder), *bundle)
+        shared = keys.agree(state.encryption.private_key, directory[holder].encryption_key)
+        transport_key = keys.share_transport_key(shared, context=config.context, sender=site, receiver=holder)
+        ciphertexts.append(
+            (holder, keys.encrypt_share(transport_key, plaintext, context=config.context, sender=site, receiver=holder, nonce=random(12)))
+        )
+    outgoing = EncryptedShares(round_index=config.round_index, sender=site, receiver=SERVER, ciphertexts=tuple(ciphertexts))
+    next_state = ClientMaskedInput(
+        config=config,
+        site=site,
+        vector=state.vector,
+        self_mask_seed=self_mask_seed,
+        encryption=state.encryption,
+        masking=state.masking,
+        signing=state.signing,
+        directory=frozen_map(directory),
+        own_shares=own_shares,
+    )
+    return next_state, [outgoing]
+
+
+def _client_masked_input(state: ClientMaskedInput, messages: Sequence[object]) -> tuple[ClientState, list[Message]]:
+    message = _client_check(state, messages, ForwardedShares)
+    if isinstance(message, Abort):
+        return _client_abort(state, message.reason), []
+    assert isinstance(message, ForwardedShares)
+    config, site = state.config, state.site
+    received: dict[int, bytes] = {}
+    for sender, ciphertext in message.ciphertexts:
+        if sender not in state.directory or sender == site or sender in received:
+            raise ProtocolError(
+                f"site {site}: forwarded shares claim to come from site {sender}, which is not a (unique) "
+                "neighbour in this site's key directory"
+            )
+        received[sender] = bytes(ciphertext)
+    if len(received) + 1 < config.threshold:
+        return _client_abort(state, f"only {len(received) + 1} shareholders sent shares, fewer than the threshold {config.threshold}"), []
+    seeds = [state.self_mask_seed]
+    signs = [1]
+    for peer in sorted(received):
+        shared = keys.agree(state.masking.private_key, state.directory[peer].masking_key)
+        seeds.append(keys.pairwise_mask_seed(shared, context=config.context, site_a=site, site_b=peer))
+        signs.append(mask_sign(site, peer))
+    masked = np.array(state.vector, dtype=config.ring.dtype, copy=True, order="C")
+    masks.add_masks(masked, seeds, signs, engine=config.engine)
+    outgoing = MaskedInput(round_index=config.round_index, sender=site, receiver=SERVER, vector=masked)
+    frozen_received = frozen_map(received)
+    if config.consistency_check:
+        assert state.signing is not None
+        next_state: ClientState = ClientConsistencyCheck(
+            config=config,
+            site=site,
+            encryption=state.encryption,
+            signing=state.signing,
+            directory=state.directory,
+            received=frozen_received,
+            own_shares=state.own_shares,
+        )
+    else:
+        next_state = ClientUnmasking(
+            config=config,
+            site=site,
+            encryption=state.encryption,
+            directory=state.directory,
+            received=frozen_received,
+            own_shares=state.own_shares,
+            signed_survivors=None,
+        )
+    return next_state, [outgoing]
+
+
+def _client_consistency(state: ClientConsistencyCheck, messages: Sequence[object]) -> tuple[ClientState, list[Message]]:
+    message = _client_check(state, messages, SurvivorList)
+    if isinstance(message, Abort):
+        return _client_abort(state, message.reason), []
+    assert isinstance(message, SurvivorList)
+    config, site = state.config, state.site
+    survivors = frozenset(message.survivors)
+    if len(survivors) != len(message.survivors) or not survivors <= set(config.site_ids) or site not in survivors:
+        raise ProtocolError(f"site {site}: the survivor list {sorted(message.survivors)} is malformed or omits this site")
+    if len(survivors) < config.threshold:
+        return _client_abort(state, f"only {len(survivors)} survivors, fewer than the threshold {config.threshold}"), []
+    signature = keys.sign(state.signing.private_key, survivor_statement(config, sorted(survivors)))
+    outgoing = ConsistencySignature(round_index=config.round_index, sender=site, receiver=SERVER, signature=signature)
+    next_state = ClientUnmasking(
+        config=config,
+        site=site,
+        encryption=state.encryption,
+        directory=state.directory,
+        received=state.received,
+        own_shares=state.own_shares,
+        signed_survivors=survivors,
+    )
+    return next_state, [outgoing]
+
+
+def _client_unmasking(state: ClientUnmasking, messages: Sequence[object]) -> tuple[ClientState, list[Message]]:
+    message = _client_check(state, messages, UnmaskRequest)
+    if isinstance(message, Abort):
+        return _client_abort(state, message.reason), []
+    assert isinstance(message, UnmaskRequest)
+    config, site = state.config, state.site
+    survivors, dropped = frozenset(message.survivors), frozenset(message.dropped)
+    # The honest-client rule: never reveal both secrets of one peer, whatever the server asks.
+    both = survivors & dropped
+    if both:
+        raise ProtocolError(
+            f"site {site}: the server asked for both the self-mask share and the masking-key share of "
+            f"site(s) {sorted(both)}; that would unmask their input, refusing"
+        )
+    known = frozenset(state.received) | {site}
+    if not survivors <= known or not dropped <= known - {site} or site not in survivors:
+        raise ProtocolError(
+            f"site {site}: the unmasking request names sites {sorted((survivors | dropped) - known)} that sent "
+            "this site no shares, or omits this site from the survivors"
+        )
+    if state.signed_survivors is not None:
+        _verify_consistency(state, message, survivors, dropped)
+    own_key_share, own_seed_share = state.own_shares
+    self_mask_shares: list[tuple[int, bytes]] = []
+    key_shares: list[tuple[int, bytes]] = []
+    for peer in sorted(survivors | dropped):
+        if peer == site:
+            key_share, seed_share = own_key_share, own_seed_share
+        else:
+            key_share, seed_share = _open_bundle(state, peer)
+        if peer in survivors:
+            self_mask_shares.append((peer, seed_share))
+        else:
+            key_shares.append((peer, key_share))
+    revealed_self = frozenset(peer for peer, _ in self_mask_shares)
+    revealed_key = frozenset(peer for peer, _ in key_shares)
+    assert not revealed_self & revealed_key, "honest-client rule violated"
+    outgoing = UnmaskShares(
+        round_index=config.round_index,
+        sender=site,
+        receiver=SERVER,
+        self_mask_shares=tuple(self_mask_shares),
+        key_shares=tuple(key_shares),
+    )
+    return ClientDone(config=config, site=site, revealed_self_mask_of=revealed_self, revealed_key_of=revealed_key), [outgoing]
+
+
+def _verify_consistency(state: ClientUnmasking, message: UnmaskRequest, survivors: frozenset[int], dropped: frozenset[int]) -> None:
+    config, site = state.config, state.site
+    signed = state.signed_survivors
+    assert signed is not None
+    if frozenset(message.signed_survivors) != signed:
+        raise ProtocolError(f"site {site}: the unmasking request is for a survivor list other than the one this site signed")
+    if survivors != signed & (frozenset(state.received) | {site}) or dropped & signed:
+        raise ProtocolError(f"site {site}: the unmasking request disagrees with the signed survivor list")
+    statement = survivor_statement(config, sorted(signed))
+    valid = set()
+    for signer, signature in message.signatures:
+        peer = state.directory.get(signer)
+        if signer not in signed or signer in valid:
+            raise ProtocolError(f"site {site}: unexpected or repeated consistency signature from site {signer}")
+        if peer is None or peer.signing_key is None:
+            raise ProtocolError(f"site {site}: no signing key known for site {signer}")
+        if not keys.verify_signature(peer.signing_key, statement, signature):
+            raise ProtocolError(f"site {site}: invalid consistency signature from site {signer}; the survivor lists differ")
+        valid.add(signer)
+    if len(valid) < config.threshold:
+        raise ProtocolError(
+            f"site {site}: only {len(valid)} valid consistency signatures, fewer than the threshold {config.threshold}"
+        )
+
+
+def _open_bundle(state: ClientUnmasking, peer: int) -> tuple[bytes, bytes]:
+    config, site = state.config, state.site
+    shared = keys.agree(state.encryption.private_key, state.directory[peer].encryption_key)
+    transport_key = keys.share_transport_key(shared, context=config.context, sender=peer, receiver=site)
+    plaintext = keys.decrypt_share(transport_key, state.received[peer], context=config.context, sender=peer, receiver=site)
+    header, key_share, seed_share = unframe(plaintext, 3, f"share bundle from site {peer}")
+    if header != struct.pack(">QQ", peer, site):
+        raise ProtocolError(f"site {site}: the share bundle from site {peer} names another sender or receiver")
+    return key_share, seed_share
+
+
+_CLIENT_TRANSITIONS = {
+    Stage.ADVERTISE_KEYS: _client_advertise,
+    Stage.SHARE_KEYS: _client_share_keys,
+    Stage.MASKED_INPUT: _client_masked_input,
+    Stage.CONSISTENCY_CHECK: _client_consistency,
+    Stage.UNMASKING: _client_unmasking,
+}
+
+
+def client_advance(state: ClientState, messages: Sequence[Message] = ()) -> tuple[ClientState, list[Message]]:
+    """Run one stage of a site: consume the server's message, emit the site's reply.
+
+    Args:
+        state: the site's current state.
+        messages: the server's message for this stage (none in ADVERTISE_KEYS); an
+            :class:`Abort` is accepted in any stage.
+
+    Returns:
+        The next state and the messages to send to the server.
+
+    Raises:
+        ProtocolError: a message of another stage, round, sender or receiver, a
+            replay, or a request that would break the protocol's guarantees.
+    """
+    transition = _CLIENT_TRANSITIONS.get(state.stage)
+    if transition is None:
+        if messages:
+            raise ProtocolError(
+                f"site {state.site} is in stage {state.stage.name} and accepts no more messages, got {describe(messages[0])}"
+            )
+        return state, []
+    return transition(state, list(messages))  # type: ignore[operator]

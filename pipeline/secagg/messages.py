@@ -1,0 +1,394 @@
+"""What the two parties of a SecAgg round say to each other (Bonawitz et al., CCS 2017).
+
+The vocabulary a site (:mod:`pipeline.secagg.client`) and the coordinator
+(:mod:`pipeline.secagg.server`) share: the round's public parameters
+(:class:`RoundConfig`), the stages, the messages, and the checks both apply to what they
+receive. It is a module of its own so that code that only carries, stores or inspects
+messages (the wire format, :mod:`pipeline.federation.secagg_wire`) need not load either
+party's transitions, and it imports no JAX.
+
+One secure-sum round runs five stages::
+
+    ADVERTISE_KEYS    site -> server: two X25519 public keys (+ Ed25519 key if checking)
+                      server -> site: the directory of its neighbours' keys
+    SHARE_KEYS        site -> server: Shamir shares of its masking key and self-mask
+                      seed, AES-GCM-encrypted to each neighbour
+                      server -> site: the ciphertexts addressed to it
+    MASKED_INPUT      site -> server: y_u = x_u + PRG(b_u) + sum_v sign(u, v) PRG(s_uv)
+                      server -> site: the survivor list (or the unmasking request)
+    CONSISTENCY_CHECK (optional) site -> server: Ed25519 signature of the survivor list
+                      server -> site: the unmasking request with all signatures
+    UNMASKING         site -> server: for each neighbour, the self-mask share if it
+                      survived, the masking-key share if it dropped (never both)
+                      server: reconstructs, regenerates and removes the masks -> sum
+
+Sign convention: ``sign(u, v) = +1`` when ``u < v`` and ``-1`` when ``u > v``, so the
+two ends of a pair cancel (:func:`mask_sign`). Neighbours are every other site (SecAgg)
+or the :func:`~pipeline.secagg.neighbours.neighbour_graph` (SecAgg+,
+``num_neighbours=k``).
+
+Every party's state is one frozen dataclass per stage; ``client_advance`` and
+``server_advance`` take a state and the messages that arrived for its stage and
+return the next state and the outgoing messages. Messages are checked for stage,
+round, sender and receiver, and duplicates are refused (:func:`check_incoming`), so
+replays fail with :class:`~pipeline.errors.ProtocolError`.
+
+Security model: honest-but-curious server and up to ``threshold - 1`` colluding
+sites. Without the consistency check, a *malicious* server could tell two sites
+different survivor lists; ``consistency_check=True`` (each site signs the survivor
+list and verifies ``threshold`` signatures before unmasking) closes that, given
+authentic signing keys (from the federation's certificates in deployment).
+"""
+
+from __future__ import annotations
+
+import enum
+import hashlib
+import struct
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from functools import cached_property
+from types import MappingProxyType
+from typing import ClassVar, Union
+
+import numpy as np
+
+from pipeline.encoding import Ring
+from pipeline.errors import ConfigurationError, ProtocolError
+from pipeline.secagg import keys
+from pipeline.secagg.neighbours import complete_graph, neighbour_graph
+
+__all__ = [
+    "SERVER",
+    "SECRET_BYTES",
+    "Stage",
+    "mask_sign",
+    "RoundConfig",
+    "PeerKeys",
+    "BaseMessage",
+    "AdvertiseKeys",
+    "KeyDirectory",
+    "EncryptedShares",
+    "ForwardedShares",
+    "MaskedInput",
+    "SurvivorList",
+    "ConsistencySignature",
+    "UnmaskRequest",
+    "UnmaskShares",
+    "Abort",
+    "Message",
+    "check_incoming",
+    "describe",
+    "frame",
+    "unframe",
+    "survivor_statement",
+    "frozen_map",
+]
+
+SERVER = 0
+"""The coordinator's party ID in messages; sites are 1, 2, ..."""
+
+SECRET_BYTES = keys.KEY_BYTES
+"""Length of each site's two shared secrets (masking private key, self-mask seed)."""
+
+
+class Stage(enum.Enum):
+    """The protocol stage a party is in: the stage whose messages it expects next."""
+
+    ADVERTISE_KEYS = "advertise_keys"
+    SHARE_KEYS = "share_keys"
+    MASKED_INPUT = "masked_input"
+    CONSISTENCY_CHECK = "consistency_check"
+    UNMASKING = "unmasking"
+    DONE = "done"
+    ABORTED = "aborted"
+
+
+def mask_sign(site: int, peer: int) -> int:
+    """Sign with which ``site`` adds the pairwise mask shared with ``peer``: +1 iff site < peer."""
+    return 1 if site < peer else -1
+
+
+@dataclass(frozen=True)
+class RoundConfig:
+    """Public parameters of one secure-sum round, identical at every party.
+
+    Attributes:
+        context: federation, job and round every key is bound to.
+        site_ids: the invited sites (distinct ints >= 1; a site's ID is also its Shamir
+            evaluation point).
+        threshold: shares needed to reconstruct a secret, and the least number of sites
+            that must answer each stage. For SecAgg+ it applies per neighbourhood
+            (``threshold <= num_neighbours + 1``).
+        ring: the ring of the masked vectors.
+        length: number of ring elements per vector.
+        consistency_check: run the signed survivor-list stage (malicious-server setting).
+        num_neighbours: ``k`` for SecAgg+; ``None`` masks with every other site.
+        engine: mask PRG engine (``"openssl"``, ``"jax"``, ``None`` = default).
+    """
+
+    context: keys.KeyContext
+    site_ids: tuple[int, ...]
+    threshold: int
+    ring: Ring
+    length: int
+    consistency_check: bool = False
+    num_neighbours: int | None = None
+    engine: str | None = None
+
+    def __post_init__(self) -> None:
+        sites = tuple(int(site) for site in self.site_ids)
+        if len(set(sites)) != len(sites) or any(site < 1 for site in sites):
+            raise ConfigurationError(f"site_ids must be distinct ints >= 1 (0 is the server), got {list(self.site_ids)}")
+        if len(sites) < 2:
+            raise ConfigurationError(f"a secure sum needs at least 2 sites, got {len(sites)}")
+        object.__setattr__(self, "site_ids", tuple(sorted(sites)))
+        if not isinstance(self.ring, Ring):
+            raise ConfigurationError(f"ring must be Ring.R32 or Ring.R64, got {self.ring!r}")
+        if isinstance(self.length, bool) or not isinstance(self.length, int) or self.length < 0:
+            raise ConfigurationError(f"length must be a non-negative int, got {self.length!r}")
+        max_holders = len(sites)
+        if self.num_neighbours is not None:
+            self.graph  # validates num_neighbours
+            max_holders = min(len(sites), self.num_neighbours + 1)
+        if isinstance(self.threshold, bool) or not isinstance(self.threshold, int) or not 1 <= self.threshold <= max_holders:
+            where = "sites" if self.num_neighbours is None else "num_neighbours + 1 shareholders per neighbourhood"
+            raise ConfigurationError(
+                f"threshold must be between 1 and {max_holders} ({where}), got {self.threshold!r}; "
+                "lower the threshold or invite more sites"
+            )
+
+    @cached_property
+    def graph(self) -> Mapping[int, frozenset[int]]:
+        """Each site's neighbours: all other sites, or the SecAgg+ graph."""
+        if self.num_neighbours is None:
+            return MappingProxyType(complete_graph(self.site_ids))
+        seed = hashlib.sha256(b"genofed-secagg-graph" + self.context.encode()).digest()
+        return MappingProxyType(dict(neighbour_graph(self.site_ids, num_neighbours=self.num_neighbours, seed=seed)))
+
+    @property
+    def round_index(self) -> int:
+        """The round every message must carry."""
+        return self.context.round_index
+
+
+# --------------------------------------------------------------------------- messages
+
+
+@dataclass(frozen=True)
+class PeerKeys:
+    """A site's advertised public keys."""
+
+    site: int
+    encryption_key: bytes
+    masking_key: bytes
+    signing_key: bytes | None = None
+
+
+@dataclass(frozen=True, eq=False)
+class BaseMessage:
+    """Fields every message carries. ``STAGE``: the receiver's stage that accepts it (:class:`Abort`: any)."""
+
+    round_index: int
+    sender: int
+    receiver: int
+    STAGE: ClassVar[Stage]
+
+
+@dataclass(frozen=True, eq=False)
+class AdvertiseKeys(BaseMessage):
+    """Site -> server: the site's public keys for this round."""
+
+    keys: PeerKeys
+    STAGE: ClassVar[Stage] = Stage.ADVERTISE_KEYS
+
+
+@dataclass(frozen=True, eq=False)
+class KeyDirectory(BaseMessage):
+    """Server -> site: the keys of the site and its neighbours that advertised (U1)."""
+
+    peers: tuple[PeerKeys, ...]
+    STAGE: ClassVar[Stage] = Stage.SHARE_KEYS
+
+
+@dataclass(frozen=True, eq=False)
+class EncryptedShares(BaseMessage):
+    """Site -> server: ``(receiver, ciphertext)`` for each neighbour."""
+
+    ciphertexts: tuple[tuple[int, bytes], ...]
+    STAGE: ClassVar[Stage] = Stage.SHARE_KEYS
+
+
+@dataclass(frozen=True, eq=False)
+class ForwardedShares(BaseMessage):
+    """Server -> site: ``(sender, ciphertext)`` addressed to it, from the sites in U2."""
+
+    ciphertexts: tuple[tuple[int, bytes], ...]
+    STAGE: ClassVar[Stage] = Stage.MASKED_INPUT
+
+
+@dataclass(frozen=True, eq=False)
+class MaskedInput(BaseMessage):
+    """Site -> server: the masked ring vector."""
+
+    vector: np.ndarray
+    STAGE: ClassVar[Stage] = Stage.MASKED_INPUT
+
+
+@dataclass(frozen=True, eq=False)
+class SurvivorList(BaseMessage):
+    """Server -> site: the sites whose masked input arrived (U3), to be signed."""
+
+    survivors: tuple[int, ...]
+    STAGE: ClassVar[Stage] = Stage.CONSISTENCY_CHECK
+
+
+@dataclass(frozen=True, eq=False)
+class ConsistencySignature(BaseMessage):
+    """Site -> server: Ed25519 signature of the survivor list."""
+
+    signature: bytes
+    STAGE: ClassVar[Stage] = Stage.CONSISTENCY_CHECK
+
+
+@dataclass(frozen=True, eq=False)
+class UnmaskRequest(BaseMessage):
+    """Server -> site: which neighbours survived and which dropped (+ signatures)."""
+
+    survivors: tuple[int, ...]
+    dropped: tuple[int, ...]
+    signatures: tuple[tuple[int, bytes], ...] = ()
+    signed_survivors: tuple[int, ...] = ()
+    STAGE: ClassVar[Stage] = Stage.UNMASKING
+
+
+@dataclass(frozen=True, eq=False)
+class UnmaskShares(BaseMessage):
+    """Site -> server: self-mask shares of survivors, masking-key shares of dropped sites."""
+
+    self_mask_shares: tuple[tuple[int, bytes], ...]
+    key_shares: tuple[tuple[int, bytes], ...]
+    STAGE: ClassVar[Stage] = Stage.UNMASKING
+
+
+@dataclass(frozen=True, eq=False)
+class Abort(BaseMessage):
+    """Server -> site: the round is abandoned; accepted in any stage."""
+
+    stage: Stage
+    reason: str
+    STAGE: ClassVar[Stage] = Stage.ABORTED
+
+
+Message = Union[
+    AdvertiseKeys,
+    KeyDirectory,
+    EncryptedShares,
+    ForwardedShares,
+    MaskedInput,
+    SurvivorList,
+    ConsistencySignature,
+    UnmaskRequest,
+    UnmaskShares,
+    Abort,
+]
+
+# --------------------------------------------------------------------------- helpers
+
+
+def frozen_map(items: Mapping[int, object]) -> Mapping:
+    """A read-only copy of ``items``, for the mappings held in frozen states."""
+    return MappingProxyType(dict(items))
+
+
+def describe(message: object) -> str:
+    """A message (or a stray object) as error messages name it: type, sender and round."""
+    if isinstance(message, BaseMessage):
+        return f"{type(message).__name__} from party {message.sender} (round {message.round_index})"
+    return f"object of type {type(message).__name__}"
+
+
+def check_incoming(
+    messages: Sequence[object],
+    *,
+    stage: Stage,
+    expected_type: type,
+    config: RoundConfig,
+    receiver: int,
+    allowed_senders: frozenset[int],
+    party: str,
+) -> dict[int, object]:
+    """Validate stage, round, sender, receiver and uniqueness; return sender -> message.
+
+    Args:
+        messages: what arrived for the stage.
+        stage: the receiving party's stage (named in errors).
+        expected_type: the message class the stage accepts.
+        config: the round's parameters (its round index is checked).
+        receiver: the receiving party's ID.
+        allowed_senders: the parties that may send in this stage.
+        party: the receiving party as errors name it (``"server"``, ``"site 3"``).
+
+    Returns:
+        Each sender's message.
+
+    Raises:
+        ProtocolError: a message of another type, round or receiver, from an
+            unexpected sender, or a second one from the same sender (a replay).
+    """
+    by_sender: dict[int, object] = {}
+    for message in messages:
+        if not isinstance(message, BaseMessage):
+            raise ProtocolError(f"{party} in stage {stage.name} expected {expected_type.__name__} messages, got {describe(message)}")
+        if not isinstance(message, expected_type):
+            raise ProtocolError(
+                f"{party} expected a stage {stage.name} message ({expected_type.__name__}), got {describe(message)} "
+                f"of stage {message.STAGE.name}; out-of-order or replayed message"
+            )
+        if message.round_index != config.round_index:
+            raise ProtocolError(
+                f"{party} in round {config.round_index} (stage {stage.name}) got {describe(message)}; "
+                "replayed or misrouted message from another round"
+            )
+        if message.receiver != receiver:
+            raise ProtocolError(f"{party} got {describe(message)} addressed to party {message.receiver}")
+        if message.sender not in allowed_senders:
+            raise ProtocolError(
+                f"{party} in stage {stage.name} got {describe(message)}, but that party is not expected to send "
+                f"in this stage (expected one of {sorted(allowed_senders)})"
+            )
+        if message.sender in by_sender:
+            raise ProtocolError(f"{party} in stage {stage.name} got a second {describe(message)}; replayed message")
+        by_sender[message.sender] = message
+    return by_sender
+
+
+def frame(*parts: bytes) -> bytes:
+    """Length-prefixed concatenation (4-byte big-endian lengths): unambiguous to split."""
+    return b"".join(struct.pack(">I", len(part)) + part for part in parts)
+
+
+def unframe(data: bytes, count: int, what: str) -> list[bytes]:
+    """Splits what :func:`frame` joined into exactly ``count`` parts.
+
+    Raises:
+        ProtocolError: ``data`` is truncated or has trailing bytes (``what`` names it).
+    """
+    parts, offset = [], 0
+    for _ in range(count):
+        if offset + 4 > len(data):
+            raise ProtocolError(f"malformed {what}: truncated")
+        (size,) = struct.unpack_from(">I", data, offset)
+        offset += 4
+        if offset + size > len(data):
+            raise ProtocolError(f"malformed {what}: truncated")
+        parts.append(data[offset : offset + size])
+        offset += size
+    if offset != len(data):
+        raise ProtocolError(f"malformed {what}: trailing bytes")
+    return parts
+
+
+def survivor_statement(config: RoundConfig, survivors: Sequence[int]) -> bytes:
+    """The bytes a site signs in the consistency check: the survivor list bound to the round."""
+    return frame(b"genofed-secagg-survivors", config.context.encode(), keys.encode_site_list(survivors))

@@ -1,0 +1,458 @@
+"""The coordinator's side of a SecAgg round: pure transitions over frozen per-stage state.
+
+The coordinator holds one frozen dataclass per stage (:class:`ServerAdvertise` ...
+:class:`ServerAborted`). :func:`server_advance` is given every message that arrived
+before the stage's deadline: sites that sent nothing have dropped out. It returns the
+next state and the messages to deliver; what the stages and messages are is in
+:mod:`pipeline.secagg.messages`. :func:`server_result` reads the sum off the final state.
+
+Dropouts: the sum of the survivors (the sites whose masked input arrived) is
+recovered whenever at least ``threshold`` sites answer each stage (and, for SecAgg+,
+each affected neighbourhood keeps ``threshold`` shareholders). Otherwise the server
+moves to :class:`ServerAborted`, which holds no vector and no secret, and tells the
+sites to stop; :func:`server_result` then raises
+:class:`~pipeline.errors.AggregationAborted`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import ClassVar, Union
+
+import numpy as np
+
+from pipeline.errors import AggregationAborted, ProtocolError
+from pipeline.secagg import chacha20, kernels, keys, shamir
+from pipeline.secagg.messages import (
+    SECRET_BYTES,
+    SERVER,
+    Abort,
+    AdvertiseKeys,
+    ConsistencySignature,
+    EncryptedShares,
+    ForwardedShares,
+    KeyDirectory,
+    MaskedInput,
+    Message,
+    PeerKeys,
+    RoundConfig,
+    Stage,
+    SurvivorList,
+    UnmaskRequest,
+    UnmaskShares,
+    check_incoming,
+    describe,
+    frozen_map,
+    mask_sign,
+    survivor_statement,
+)
+
+__all__ = [
+    "ServerAdvertise",
+    "ServerShareKeys",
+    "ServerMaskedInput",
+    "ServerConsistencyCheck",
+    "ServerUnmasking",
+    "ServerDone",
+    "ServerAborted",
+    "ServerState",
+    "server_init",
+    "server_advance",
+    "server_result",
+]
+
+# --------------------------------------------------------------------------- server states
+
+
+@dataclass(frozen=True)
+class ServerAdvertise:
+    """Initial state: waiting for the sites' public keys."""
+
+    config: RoundConfig
+    stage: ClassVar[Stage] = Stage.ADVERTISE_KEYS
+
+
+@dataclass(frozen=True)
+class ServerShareKeys:
+    """Directory sent to U1; waiting for encrypted shares."""
+
+    config: RoundConfig
+    directory: Mapping[int, PeerKeys]
+    stage: ClassVar[Stage] = Stage.SHARE_KEYS
+
+
+@dataclass(frozen=True)
+class ServerMaskedInput:
+    """Shares forwarded within U2; waiting for masked inputs."""
+
+    config: RoundConfig
+    directory: Mapping[int, PeerKeys]
+    shared: frozenset[int]
+    stage: ClassVar[Stage] = Stage.MASKED_INPUT
+
+
+@dataclass(frozen=True, eq=False)
+class ServerConsistencyCheck:
+    """Masked inputs of U3 summed; waiting for signatures of the survivor list."""
+
+    config: RoundConfig
+    directory: Mapping[int, PeerKeys]
+    shared: frozenset[int]
+    survivors: frozenset[int]
+    masked_sum: np.ndarray
+    stage: ClassVar[Stage] = Stage.CONSISTENCY_CHECK
+
+
+@dataclass(frozen=True, eq=False)
+class ServerUnmasking:
+    """Unmasking requests sent to ``asked``; waiting for their shares."""
+
+    config: RoundConfig
+    directory: Mapping[int, PeerKeys]
+    shared: frozenset[int]
+    survivors: frozenset[int]
+    asked: frozenset[int]
+    masked_sum: np.ndarray
+    stage: ClassVar[Stage] = Stage.UNMASKING
+
+
+@dataclass(frozen=True, eq=False)
+class ServerDone:
+    """The unmasked ring sum of the survivors' encoded inputs."""
+
+    config: RoundConfig
+    survivors: frozenset[int]
+    total: np.ndarray
+    stage: ClassVar[Stage] = Stage.DONE
+
+
+@dataclass(frozen=True)
+class ServerAborted:
+    """The round was abandoned at ``at_stage``; no vector, no share, no secret is kept."""
+
+    config: RoundConfig
+    at_stage: Stage
+    reason: str
+    stage: ClassVar[Stage] = Stage.ABORTED
+
+
+ServerState = Union[
+    ServerAdvertise, ServerShareKeys, ServerMaskedInput, ServerConsistencyCheck, ServerUnmasking, ServerDone, ServerAborted
+]
+
+# --------------------------------------------------------------------------- transitions
+
+
+def server_init(config: RoundConfig) -> ServerAdvertise:
+    """The coordinator's initial state for one round."""
+    return ServerAdvertise(config=config)
+
+
+def _server_abort(state: ServerState, reason: str, notify: frozenset[int]) -> tuple[ServerAborted, list[Message]]:
+    config = state.config
+    aborted = ServerAborted(config=config, at_stage=state.stage, reason=reason)
+    notices: list[Message] = [
+        Abort(round_index=config.round_index, sender=SERVER, receiver=site, stage=state.stage, reason=reason)
+        for site in sorted(notify)
+    ]
+    return aborted, notices
+
+
+def _server_check(state: ServerState, messages: Sequence[object], expected_type: type, allowed: frozenset[int]) -> dict[int, object]:
+    return check_incoming(
+        messages,
+        stage=state.stage,
+        expected_type=expected_type,
+        config=state.config,
+        receiver=SERVER,
+        allowed_senders=allowed,
+        party="server",
+    )
+
+
+def _server_advertise(state: ServerAdvertise, messages: Sequence[object]) -> tuple[ServerState, list[Message]]:
+    config = state.config
+    received = _server_check(state, messages, AdvertiseKeys, frozenset(config.site_ids))
+    directory: dict[int, PeerKeys] = {}
+    for site, message in received.items():
+        assert isinstance(message, AdvertiseKeys)
+        if message.keys.site != site:
+            raise ProtocolError(f"server: site {site} advertised keys labelled for site {message.keys.site}")
+        if config.consistency_check and message.keys.signing_key is None:
+            raise ProtocolError(f"server: site {site} advertised no signing key but the consistency check is on")
+        directory[site] = message.keys
+    advertised = frozenset(directory)
+    if len(advertised) < config.threshold:
+        return _server_abort(
+            state, f"only {len(advertised)} sites advertised keys, fewer than the threshold {config.threshold}", advertised
+        )
+    outgoing: list[Message] = []
+    for site in sorted(advertised):
+        peers = tuple(directory[peer] for peer in sorted((config.graph[site] & advertised) | {site}))
+        outgoing.append(KeyDirectory(round_index=config.round_index, sender=SERVER, receiver=site, peers=peers))
+    return ServerShareKeys(config=config, directory=frozen_map(directory)), outgoing
+
+
+def _server_share_keys(state: ServerShareKeys, messages: Sequence[object]) -> tuple[ServerState, list[Message]]:
+    config = state.config
+    advertised = frozenset(state.directory)
+    received = _server_check(state, messages, EncryptedShares, advertised)
+    inbox: dict[int, list[tuple[int, bytes]]] = {}
+    for sender, message in sorted(received.items()):
+        assert isinstance(message, EncryptedShares)
+        receivers = [receiver for receiver, _ in message.ciphertexts]
+        expected = config.graph[sender] & advertised
+        if len(set(receivers)) != len(receivers) or set(receivers) != expected:
+            raise ProtocolError(
+                f"server: site {sender} sent shares to sites {sorted(receivers)}, expected exactly one to each of "
+                f"its advertised neighbours {sorted(expected)}"
+            )
+        for receiver, ciphertext in message.ciphertexts:
+            inbox.setdefault(receiver, []).append((sender, bytes(ciphertext)))
+    shared = frozenset(received)
+    if len(shared) < config.threshold:
+        return _server_abort(state, f"only {len(shared)} sites sent their shares, fewer than the threshold {config.threshold}", shared)
+    outgoing: list[Message] = [
+        ForwardedShares(
+            round_index=config.round_index,
+            sender=SERVER,
+            receiver=site,
+            ciphertexts=tuple((sender, ciphertext) for sender, ciphertext in inbox.get(site, []) if sender in shared),
+        )
+        for site in sorted(shared)
+    ]
+    return ServerMaskedInput(config=config, directory=state.directory, shared=shared), outgoing
+
+
+def _unrecoverable(config: RoundConfig, shared: frozenset[int], survivors: frozenset[int], responders: frozenset[int]) -> str | None:
+    """Why the sum cannot be unmasked if only ``responders`` answer, or ``None`` if it can."""
+    graph, threshold = config.graph, config.threshold
+    for site in sorted(survivors):
+        holders = len((graph[site] | {site}) & responders)
+        if holders < threshold:
+            return (
+                f"only {holders} holders of site {site}'s self-mask shares remain, fewer than the threshold {threshold}"
+            )
+    for site in sorted(shared - survivors):
+        if graph[site] & survivors:
+            holders = len(graph[site] & responders)
+            if holders < threshold:
+                return (
+                    f"only {holders} holders of dropped site {site}'s masking-key shares remain, fewer than the "
+                    f"threshold {threshold}"
+                )
+    return None
+
+
+def _sum_masked(vectors: Sequence[np.ndarray], config: RoundConfig) -> np.ndarray:
+    """Ring sum of the masked inputs.
+
+    On the CPU engine a numpy in-place accumulation (wrap-around is the ring's
+    arithmetic, one pass over each vector, no (n, d) stack); on the JAX engine the
+    vectorized :func:`kernels.ring_sum` over the stacked vectors.
+    """
+    if chacha20.resolve_engine(config.engine) != "openssl":
+        return kernels.ring_sum(np.stack(vectors))
+    total = np.array(vectors[0], copy=True)
+    for vector in vectors[1:]:
+        np.add(total, vector, out=total)
+    return total
+
+
+def _unmask_requests(
+    config: RoundConfig,
+    shared: frozenset[int],
+    survivors: frozenset[int],
+    asked: frozenset[int],
+    signatures: Mapping[int, bytes] | None,
+) -> list[Message]:
+    requests: list[Message] = []
+    for site in sorted(asked):
+        neighbours = config.graph[site]
+        signed: tuple[tuple[int, bytes], ...] = ()
+        if signatures is not None:
+            signed = tuple((peer, signatures[peer]) for peer in sorted((neighbours | {site}) & frozenset(signatures)))
+        requests.append(
+            UnmaskRequest(
+                round_index=config.round_index,
+                sender=SERVER,
+                receiver=site,
+                survivors=tuple(sorted((neighbours & survivors) | {site})),
+                dropped=tuple(sorted(neighbours & (shared - survivors))),
+                signatures=signed,
+                signed_survivors=tuple(sorted(survivors)) if signatures is not None else (),
+            )
+        )
+    return requests
+
+
+def _server_masked_input(state: ServerMaskedInput, messages: Sequence[object]) -> tuple[ServerState, list[Message]]:
+    config = state.config
+    received = _server_check(state, messages, MaskedInput, state.shared)
+    for sender, message in received.items():
+        assert isinstance(message, MaskedInput)
+        vector = message.vector
+        if not isinstance(vector, np.ndarray) or vector.dtype != config.ring.dtype or vector.shape != (config.length,):
+            raise ProtocolError(
+                f"server: site {sender}'s masked input must be a ({config.length},) {config.ring.dtype} vector, got "
+                f"{getattr(vector, 'shape', None)} {getattr(vector, 'dtype', type(vector).__name__)}"
+            )
+    survivors = frozenset(received)
+    if len(survivors) < config.threshold:
+        return _server_abort(state, f"only {len(survivors)} masked inputs arrived, fewer than the threshold {config.threshold}", survivors)
+    reason = _unrecoverable(config, state.shared, survivors, survivors)
+    if reason is not None:
+        return _server_abort(state, reason, survivors)
+    masked_sum = _sum_masked([received[site].vector for site in sorted(survivors)], config)  # type: ignore[attr-defined]
+    if config.consistency_check:
+        outgoing: list[Message] = [
+            SurvivorList(round_index=config.round_index, sender=SERVER, receiver=site, survivors=tuple(sorted(survivors)))
+            for site in sorted(survivors)
+        ]
+        next_state: ServerState = ServerConsistencyCheck(
+            config=config, directory=state.directory, shared=state.shared, survivors=survivors, masked_sum=masked_sum
+        )
+        return next_state, outgoing
+    next_state = ServerUnmasking(
+        config=config,
+        directory=state.directory,
+        shared=state.shared,
+        survivors=survivors,
+        asked=survivors,
+        masked_sum=masked_sum,
+    )
+    return next_state, _unmask_requests(config, state.shared, survivors, survivors, None)
+
+
+def _server_consistency(state: ServerConsistencyCheck, messages: Sequence[object]) -> tuple[ServerState, list[Message]]:
+    config = state.config
+    received = _server_check(state, messages, ConsistencySignature, state.survivors)
+    statement = survivor_statement(config, sorted(state.survivors))
+    signatures: dict[int, bytes] = {}
+    for sender, message in received.items():
+        assert isinstance(message, ConsistencySignature)
+        signing_key = state.directory[sender].signing_key
+        if signing_key is None or not keys.verify_signature(signing_key, statement, message.signature):
+            raise ProtocolError(f"server: site {sender}'s consistency signature does not verify for the survivor list")
+        signatures[sender] = message.signature
+    signers = frozenset(signatures)
+    if len(signers) < config.threshold:
+        return _server_abort(state, f"only {len(signers)} sites signed the survivor list, fewer than the threshold {config.threshold}", signers)
+    reason = _unrecoverable(config, state.shared, state.survivors, signers)
+    if reason is not None:
+        return _server_abort(state, reason, signers)
+    next_state = ServerUnmasking(
+        config=config,
+        directory=state.directory,
+        shared=state.shared,
+        survivors=state.survivors,
+        asked=signers,
+        masked_sum=state.masked_sum,
+    )
+    return next_state, _unmask_requests(config, state.shared, state.survivors, signers, signatures)
+
+
+def _server_unmasking(state: ServerUnmasking, messages: Sequence[object]) -> tuple[ServerState, list[Message]]:
+    config, graph = state.config, state.config.graph
+    received = _server_check(state, messages, UnmaskShares, state.asked)
+    dropped = state.shared - state.survivors
+    seed_shares: dict[int, list[shamir.Share]] = {}
+    key_shares: dict[int, list[shamir.Share]] = {}
+    for sender, message in sorted(received.items()):
+        assert isinstance(message, UnmaskShares)
+        want_seeds = (graph[sender] & state.survivors) | {sender}
+        want_keys = graph[sender] & dropped
+        for pairs, want, store, what in (
+            (message.self_mask_shares, want_seeds, seed_shares, "self-mask"),
+            (message.key_shares, want_keys, key_shares, "masking-key"),
+        ):
+            owners = [owner for owner, _ in pairs]
+            if len(set(owners)) != len(owners) or set(owners) != want:
+                raise ProtocolError(
+                    f"server: site {sender} sent {what} shares of sites {sorted(owners)}, expected those of {sorted(want)}"
+                )
+            for owner, data in pairs:
+                share = shamir.Share.from_bytes(data)
+                if share.x != sender:
+                    raise ProtocolError(f"server: site {sender} sent a share with evaluation point {share.x}, expected {sender}")
+                store.setdefault(owner, []).append(share)
+    responders = frozenset(received)
+    reason = _unrecoverable(config, state.shared, state.survivors, responders)
+    if reason is not None:
+        return _server_abort(state, reason, frozenset())
+    self_mask_seeds = [
+        shamir.combine(seed_shares[site], threshold=config.threshold, secret_bytes=SECRET_BYTES)
+        for site in sorted(state.survivors)
+    ]
+    pair_seeds: list[bytes] = []
+    pair_signs: list[int] = []
+    for site in sorted(dropped):
+        partners = graph[site] & state.survivors
+        if not partners:
+            continue
+        private_key = shamir.combine(key_shares[site], threshold=config.threshold, secret_bytes=SECRET_BYTES)
+        if keys.public_key_of(private_key) != state.directory[site].masking_key:
+            raise ProtocolError(
+                f"server: the masking key reconstructed for dropped site {site} does not match its advertised "
+                "public key; a site sent corrupted shares"
+            )
+        for partner in sorted(partners):
+            shared_secret = keys.agree(private_key, state.directory[partner].masking_key)
+            pair_seeds.append(keys.pairwise_mask_seed(shared_secret, context=config.context, site_a=partner, site_b=site))
+            pair_signs.append(mask_sign(partner, site))
+    total = kernels.unmask(state.masked_sum, self_mask_seeds, pair_seeds, pair_signs, config.ring, engine=config.engine)
+    return ServerDone(config=config, survivors=state.survivors, total=total), []
+
+
+_SERVER_TRANSITIONS = {
+    Stage.ADVERTISE_KEYS: _server_advertise,
+    Stage.SHARE_KEYS: _server_share_keys,
+    Stage.MASKED_INPUT: _server_masked_input,
+    Stage.CONSISTENCY_CHECK: _server_consistency,
+    Stage.UNMASKING: _server_unmasking,
+}
+
+
+def server_advance(state: ServerState, messages: Sequence[Message]) -> tuple[ServerState, list[Message]]:
+    """Close the server's current stage with every message that arrived for it.
+
+    Sites that sent nothing are treated as dropped from this stage on. Too few
+    answers move the server to :class:`ServerAborted` (holding nothing) and emit
+    :class:`Abort` to the sites still waiting.
+
+    Args:
+        state: the server's current state.
+        messages: all messages received for this stage before its deadline.
+
+    Returns:
+        The next state and the messages to deliver to the sites.
+
+    Raises:
+        ProtocolError: a message of another stage, round, sender or receiver, a
+            duplicate (replay), or malformed content. The state is left unchanged
+            (it is immutable), so the caller may drop the offending message and retry.
+    """
+    transition = _SERVER_TRANSITIONS.get(state.stage)
+    if transition is None:
+        if messages:
+            raise ProtocolError(f"server is in stage {state.stage.name} and accepts no more messages, got {describe(messages[0])}")
+        return state, []
+    return transition(state, list(messages))  # type: ignore[operator]
+
+
+def server_result(state: ServerState) -> tuple[np.ndarray, frozenset[int]]:
+    """The unmasked ring sum and the sites it includes.
+
+    Raises:
+        AggregationAborted: the round was abandoned (too few sites answered).
+        ProtocolError: the round has not finished.
+    """
+    if isinstance(state, ServerDone):
+        return state.total, state.survivors
+    if isinstance(state, ServerAborted):
+        raise AggregationAborted(
+            f"secure sum of round {state.config.round_index} (job {state.config.context.job_id!r}) aborted in stage "
+            f"{state.at_stage.name}: {state.reason}; nothing was revealed"
+        )
+    raise ProtocolError(f"the secure sum has not finished: the server is in stage {state.stage.name}")

@@ -1,0 +1,48 @@
+"""Job specs: the runtime keys checked before anything is stored, and the one loader with overrides."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from pipeline.analyses.registry import REGISTRY
+from pipeline.errors import ConfigurationError, InputError
+from pipeline.federation.job_spec import analysis_parameters, load_spec, parse_round_options
+
+ENROLLED = ("alpha", "beta", "gamma")
+
+
+def test_parse_round_options__missing_analysis_lists_every_registered_name():
+    with pytest.raises(ConfigurationError) as error:
+        parse_round_options({"threshold": 2}, ENROLLED, known_analyses=tuple(REGISTRY))
+    for name in REGISTRY:
+        assert name in str(error.value)
+
+
+def test_parse_round_options__num_neighbours_must_be_a_positive_integer():
+    options = parse_round_options({"analysis": "secure_sum", "num_neighbours": 2}, ENROLLED, known_analyses=tuple(REGISTRY))
+    assert (options.analysis, options.participants, options.threshold, options.num_neighbours) == ("secure_sum", ENROLLED, None, 2)
+    for bad in (0, -1, True, "2"):
+        with pytest.raises(ConfigurationError, match="num_neighbours"):
+            parse_round_options({"analysis": "secure_sum", "num_neighbours": bad}, ENROLLED, known_analyses=tuple(REGISTRY))
+
+
+def test_parse_round_options__sites_threshold_and_timeout_are_checked():
+    with pytest.raises(ConfigurationError, match="not enrolled"):
+        parse_round_options({"analysis": "census", "sites": ["alpha", "mallory"]}, ENROLLED, known_analyses=())
+    with pytest.raises(ConfigurationError, match="threshold"):
+        parse_round_options({"analysis": "census", "threshold": 4}, ENROLLED, known_analyses=())
+    with pytest.raises(ConfigurationError, match="stage_timeout"):
+        parse_round_options({"analysis": "census", "stage_timeout": 0}, ENROLLED, known_analyses=())
+
+
+def test_load_spec__file_or_mapping_with_overrides_that_skip_none(tmp_path: Path):
+    path = tmp_path / "job.yaml"
+    path.write_text("analysis: census\nmin_allele_count: 5\nthreshold: 2\n")
+    assert load_spec(path, {"threshold": 3, "rounds": None}) == {"analysis": "census", "min_allele_count": 5, "threshold": 3}
+    assert load_spec({"analysis": "train"}, {"rounds": 4}) == {"analysis": "train", "rounds": 4}
+    assert analysis_parameters(load_spec(path)) == {"min_allele_count": 5}
+    path.write_text("- not a mapping\n")
+    with pytest.raises(InputError, match="YAML mapping"):
+        load_spec(path)
