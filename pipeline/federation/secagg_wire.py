@@ -27,7 +27,7 @@ from pipeline.secagg import messages
 from pipeline.secagg.messages import Message, PeerKeys, Stage
 
 HEADER_KEY = b"genofed.message"
-WIRE_VERSION = 1
+WIRE_VERSION = 2
 
 __all__ = [
     "HEADER_KEY",
@@ -51,14 +51,19 @@ def _peer_columns(peers: tuple[PeerKeys, ...]) -> dict[str, pa.Array]:
         "encryption_key": _binary([p.encryption_key for p in peers]),
         "masking_key": _binary([p.masking_key for p in peers]),
         "signing_key": _binary([p.signing_key for p in peers]),
+        "identity_signature": _binary([p.identity_signature for p in peers]),
     }
 
 
 def _peers(table: pa.Table) -> tuple[PeerKeys, ...]:
     rows = table.to_pydict()
+    if "identity_signature" not in rows:
+        raise ProtocolError("malformed key advertisement: no identity_signature column")
     return tuple(
-        PeerKeys(int(site), bytes(enc), bytes(mask), None if sign is None else bytes(sign))
-        for site, enc, mask, sign in zip(rows["site"], rows["encryption_key"], rows["masking_key"], rows["signing_key"])
+        PeerKeys(int(site), bytes(enc), bytes(mask), None if sign is None else bytes(sign), None if ident is None else bytes(ident))
+        for site, enc, mask, sign, ident in zip(
+            rows["site"], rows["encryption_key"], rows["masking_key"], rows["signing_key"], rows["identity_signature"]
+        )
     )
 
 

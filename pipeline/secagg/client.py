@@ -17,6 +17,7 @@ matches the survivor list it signed and carries ``threshold`` valid signatures o
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import struct
 from collections.abc import Mapping, Sequence
@@ -24,6 +25,8 @@ from dataclasses import dataclass
 from typing import ClassVar, Union
 
 import numpy as np
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec
 
 from pipeline.errors import ConfigurationError, ProtocolError
 from pipeline.secagg import keys, masks, shamir
@@ -45,6 +48,8 @@ from pipeline.secagg.messages import (
     SurvivorList,
     UnmaskRequest,
     UnmaskShares,
+    advertisement_problem,
+    advertisement_statement,
     check_incoming,
     describe,
     frame,
@@ -72,12 +77,17 @@ __all__ = [
 
 @dataclass(frozen=True, eq=False)
 class ClientAdvertise:
-    """Initial state: the site has its encoded input and its randomness, nothing sent."""
+    """Initial state: the site has its encoded input and its randomness, nothing sent.
+
+    ``identity_key`` is the site's certificate private key, which signs its key
+    advertisement when the round binds identities (``config.identities``).
+    """
 
     config: RoundConfig
     site: int
     vector: np.ndarray
     randomness: bytes
+    identity_key: ec.EllipticCurvePrivateKey | None = None
     stage: ClassVar[Stage] = Stage.ADVERTISE_KEYS
 
 
@@ -152,12 +162,18 @@ class ClientDone:
 
 @dataclass(frozen=True)
 class ClientAborted:
-    """The round was abandoned; the site keeps no secrets of it."""
+    """The round was abandoned; the site keeps no secrets of it.
+
+    ``refused`` is true when the site itself stopped because what it received cannot
+    come from an honest coordinator (a key not signed by its site's certificate, a
+    forged directory...), as opposed to being told to stop.
+    """
 
     config: RoundConfig
     site: int
     at_stage: Stage
     reason: str
+    refused: bool = False
     stage: ClassVar[Stage] = Stage.ABORTED
 
 
@@ -168,8 +184,8 @@ ClientState = Union[
 # --------------------------------------------------------------------------- helpers
 
 
-def _client_abort(state: ClientState, reason: str) -> ClientAborted:
-    return ClientAborted(config=state.config, site=state.site, at_stage=state.stage, reason=reason)
+def _client_abort(state: ClientState, reason: str, *, refused: bool = False) -> ClientAborted:
+    return ClientAborted(config=state.config, site=state.site, at_stage=state.stage, reason=reason, refused=refused)
 
 
 def _client_check(state: ClientState, messages: Sequence[object], expected_type: type) -> BaseMessage:
@@ -198,7 +214,8 @@ def _client_check(state: ClientState, messages: Sequence[object], expected_type:
 
 
 def client_init(
-    config: RoundConfig, site: int, vector: np.ndarray, *, randomness: bytes | None = None
+    config: RoundConfig, site: int, vector: np.ndarray, *, randomness: bytes | None = None,
+    identity_key: ec.EllipticCurvePrivateKey | None = None,
 ) -> ClientAdvertise:
     """A site's initial state for one round.
 
@@ -208,9 +225,21 @@ def client_init(
         vector: the encoded input, 1-D of the ring's dtype and ``config.length``.
         randomness: 32 bytes all the site's secrets derive from; ``None`` draws them
             from ``os.urandom`` (pass bytes only to make tests reproducible).
+        identity_key: the site's certificate private key; required when the round binds
+            identities, and it must be the key of the certificate the round names.
+
+    Raises:
+        ConfigurationError: a site outside the round, a wrong input, or a missing or
+            foreign identity key.
     """
     if site not in config.site_ids:
         raise ConfigurationError(f"site {site} is not one of the round's sites {list(config.site_ids)}")
+    if config.identities is not None:
+        if identity_key is None:
+            raise ConfigurationError(f"the round binds keys to identities: site {site} needs identity_key= (its certificate key)")
+        own = identity_key.public_key().public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+        if own != config.identity_of(site):
+            raise ConfigurationError(f"site {site}'s identity key is not the key of the certificate the roster names for it")
     vector = np.asarray(vector)
     if vector.dtype != config.ring.dtype or vector.shape != (config.length,):
         raise ConfigurationError(
@@ -220,7 +249,7 @@ def client_init(
     randomness = os.urandom(keys.KEY_BYTES) if randomness is None else randomness
     if len(randomness) != keys.KEY_BYTES:
         raise ConfigurationError(f"randomness must be {keys.KEY_BYTES} bytes, got {len(randomness)}")
-    return ClientAdvertise(config=config, site=site, vector=vector, randomness=bytes(randomness))
+    return ClientAdvertise(config=config, site=site, vector=vector, randomness=bytes(randomness), identity_key=identity_key)
 
 
 def _random(state: ClientAdvertise | ClientShareKeys, label: str) -> keys.DeterministicRandom:
@@ -237,6 +266,9 @@ def _client_advertise(state: ClientAdvertise, messages: Sequence[object]) -> tup
     masking = keys.generate_key_pair(random(keys.KEY_BYTES))
     signing = keys.generate_signing_key_pair(random(keys.KEY_BYTES)) if state.config.consistency_check else None
     peer = PeerKeys(state.site, encryption.public_key, masking.public_key, signing.public_key if signing else None)
+    if state.identity_key is not None:
+        signature = keys.sign_identity(state.identity_key, advertisement_statement(state.config, peer))
+        peer = dataclasses.replace(peer, identity_signature=signature)
     outgoing = AdvertiseKeys(round_index=state.config.round_index, sender=state.site, receiver=SERVER, keys=peer)
     next_state = ClientShareKeys(
         config=state.config,
@@ -266,6 +298,10 @@ def _client_share_keys(state: ClientShareKeys, messages: Sequence[object]) -> tu
             )
         if config.consistency_check and peer.signing_key is None:
             raise ProtocolError(f"site {site}: site {peer.site} advertised no signing key but the consistency check is on")
+        problem = advertisement_problem(config, peer)
+        if problem is not None:
+            # Nothing secret has left this site yet: it stops here, and says why.
+            return _client_abort(state, f"site {site} refuses the key directory: {problem}", refused=True), []
         directory[peer.site] = peer
     own = directory.get(site)
     if own is None or own.encryption_key != state.encryption.public_key or own.masking_key != state.masking.public_key:

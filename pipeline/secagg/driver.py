@@ -26,6 +26,8 @@ from dataclasses import dataclass, field
 from typing import Any, Union
 
 import numpy as np
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec
 
 from pipeline.errors import ConfigurationError
 from pipeline.secagg import keys
@@ -162,6 +164,7 @@ def run_round(
     seed: bytes | int | None = None,
     engine: str | None = None,
     record_messages: bool = False,
+    identity_keys: Sequence[ec.EllipticCurvePrivateKey] | None = None,
 ) -> RoundOutcome:
     """Run one secure-sum round among ``len(vectors)`` sites (IDs 1..n) in memory.
 
@@ -178,6 +181,8 @@ def run_round(
         seed: makes every site's key material deterministic (tests only).
         engine: mask PRG engine.
         record_messages: keep every delivered message in the outcome.
+        identity_keys: one certificate key per site: the round then binds every key
+            advertisement to its site (each signs, every party verifies), as deployed.
 
     Returns:
         The :class:`RoundOutcome`; it does not raise on abort (see ``.aborted``).
@@ -205,11 +210,16 @@ def run_round(
         consistency_check=consistency_check,
         num_neighbours=num_neighbours,
         engine=engine,
+        identities=None if identity_keys is None else tuple(
+            (site, key.public_key().public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo))
+            for site, key in zip(site_ids, identity_keys)
+        ),
     )
     clients: dict[int, ClientState] = {}
-    for site, vector in zip(site_ids, encoded):
+    for index, (site, vector) in enumerate(zip(site_ids, encoded)):
+        identity_key = None if identity_keys is None else identity_keys[index]
         with _Stopwatch() as watch:
-            clients[site] = client_init(config, site, vector, randomness=_site_randomness(seed, site))
+            clients[site] = client_init(config, site, vector, randomness=_site_randomness(seed, site), identity_key=identity_key)
         times.client_cpu[site] += watch.cpu
         times.client_wall[site] += watch.wall
     del encoded

@@ -13,7 +13,13 @@ Everything cryptographic here comes from the ``cryptography`` package:
 - AES-256-GCM for the relayed shares, the additional data binding sender,
   receiver, round, job and federation, so the coordinator cannot redirect or
   replay a ciphertext;
-- Ed25519 for the optional consistency check (a site signs the survivor list).
+- Ed25519 for the consistency check (a site signs the survivor list with a key it
+  advertised for the round);
+- ECDSA P-256 with the site's *certificate* key for its key advertisement
+  (:func:`sign_identity`, :func:`verify_identity`), so a peer can check against the
+  federation roster that the round keys it uses are the named site's, not keys the
+  coordinator swapped in. Signatures are deterministic (RFC 6979): a site that replays
+  a round after a restart sends byte-identical messages.
 
 :class:`DeterministicRandom` turns a 32-byte seed into a ChaCha20 byte stream; the
 protocol draws all of a site's secrets from it so that state transitions are pure
@@ -29,6 +35,7 @@ from typing import Sequence
 
 from cryptography.exceptions import InvalidSignature, InvalidTag
 from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms
@@ -53,6 +60,8 @@ __all__ = [
     "generate_signing_key_pair",
     "sign",
     "verify_signature",
+    "sign_identity",
+    "verify_identity",
     "encode_site_list",
 ]
 
@@ -256,6 +265,28 @@ def verify_signature(public_key: bytes, message: bytes, signature: bytes) -> boo
     try:
         Ed25519PublicKey.from_public_bytes(public_key).verify(signature, message)
     except (InvalidSignature, ValueError):
+        return False
+    return True
+
+
+_IDENTITY_ALGORITHM = ec.ECDSA(hashes.SHA256(), deterministic_signing=True)
+
+
+def sign_identity(private_key: ec.EllipticCurvePrivateKey, message: bytes) -> bytes:
+    """ECDSA P-256 / SHA-256 signature of ``message`` with a certificate's key (deterministic, RFC 6979)."""
+    if not isinstance(private_key, ec.EllipticCurvePrivateKey):
+        raise ConfigurationError(f"an identity key is the site's certificate EC private key, got {type(private_key).__name__}")
+    return private_key.sign(message, _IDENTITY_ALGORITHM)
+
+
+def verify_identity(public_key_der: bytes, message: bytes, signature: bytes) -> bool:
+    """True when ``signature`` is a certificate key's signature of ``message`` (DER SubjectPublicKeyInfo key)."""
+    try:
+        public_key = serialization.load_der_public_key(public_key_der)
+        if not isinstance(public_key, ec.EllipticCurvePublicKey):
+            return False
+        public_key.verify(signature, message, ec.ECDSA(hashes.SHA256()))
+    except (InvalidSignature, ValueError, TypeError):
         return False
     return True
 

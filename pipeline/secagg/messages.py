@@ -82,6 +82,8 @@ __all__ = [
     "frame",
     "unframe",
     "survivor_statement",
+    "advertisement_statement",
+    "advertisement_problem",
     "frozen_map",
 ]
 
@@ -125,6 +127,10 @@ class RoundConfig:
         consistency_check: run the signed survivor-list stage (malicious-server setting).
         num_neighbours: ``k`` for SecAgg+; ``None`` masks with every other site.
         engine: mask PRG engine (``"openssl"``, ``"jax"``, ``None`` = default).
+        identities: each site's certificate public key (DER SubjectPublicKeyInfo), from
+            the party's own copy of the federation roster, never from the wire. When
+            set, every key advertisement must carry its site's certificate signature
+            (:func:`advertisement_statement`) and is refused otherwise.
     """
 
     context: keys.KeyContext
@@ -135,6 +141,7 @@ class RoundConfig:
     consistency_check: bool = False
     num_neighbours: int | None = None
     engine: str | None = None
+    identities: tuple[tuple[int, bytes], ...] | None = None
 
     def __post_init__(self) -> None:
         sites = tuple(int(site) for site in self.site_ids)
@@ -147,6 +154,13 @@ class RoundConfig:
             raise ConfigurationError(f"ring must be Ring.R32 or Ring.R64, got {self.ring!r}")
         if isinstance(self.length, bool) or not isinstance(self.length, int) or self.length < 0:
             raise ConfigurationError(f"length must be a non-negative int, got {self.length!r}")
+        if self.identities is not None:
+            identities = tuple(sorted((int(site), bytes(key)) for site, key in self.identities))
+            if [site for site, _ in identities] != sorted(sites):
+                raise ConfigurationError(
+                    f"identities must name exactly the round's sites {sorted(sites)}, got {[site for site, _ in identities]}"
+                )
+            object.__setattr__(self, "identities", identities)
         max_holders = len(sites)
         if self.num_neighbours is not None:
             self.graph  # validates num_neighbours
@@ -171,18 +185,33 @@ class RoundConfig:
         """The round every message must carry."""
         return self.context.round_index
 
+    def identity_of(self, site: int) -> bytes | None:
+        """Site ``site``'s certificate public key, or ``None`` when the round binds no identities."""
+        if self.identities is None:
+            return None
+        return dict(self.identities)[site]
+
 
 # --------------------------------------------------------------------------- messages
 
 
 @dataclass(frozen=True)
 class PeerKeys:
-    """A site's advertised public keys."""
+    """A site's advertised public keys, and its certificate's signature of them.
+
+    Attributes:
+        site: the advertising site.
+        encryption_key, masking_key: its X25519 public keys for this round.
+        signing_key: its Ed25519 key for the consistency check, if the round runs one.
+        identity_signature: ECDSA signature by the site's certificate key of
+            :func:`advertisement_statement` (``None`` when the round binds no identities).
+    """
 
     site: int
     encryption_key: bytes
     masking_key: bytes
     signing_key: bytes | None = None
+    identity_signature: bytes | None = None
 
 
 @dataclass(frozen=True, eq=False)
@@ -387,6 +416,33 @@ def unframe(data: bytes, count: int, what: str) -> list[bytes]:
     if offset != len(data):
         raise ProtocolError(f"malformed {what}: trailing bytes")
     return parts
+
+
+def advertisement_statement(config: RoundConfig, peer: PeerKeys) -> bytes:
+    """The bytes a site's certificate key signs: its round keys bound to the site, federation, job and round."""
+    return frame(
+        b"genofed-secagg-advertisement", config.context.encode(), struct.pack(">Q", peer.site),
+        peer.encryption_key, peer.masking_key, peer.signing_key or b"",
+    )
+
+
+def advertisement_problem(config: RoundConfig, peer: PeerKeys) -> str | None:
+    """Why ``peer``'s advertisement cannot be trusted in this round, or ``None`` when it can.
+
+    With identities bound, the advertisement must carry a valid signature by the
+    certificate key the party's own roster holds for that site; a key the coordinator
+    invented or swapped has none.
+    """
+    identity = config.identity_of(peer.site) if peer.site in config.site_ids else None
+    if config.identities is None:
+        return None
+    if identity is None:
+        return f"site {peer.site} is not one of the round's sites"
+    if peer.identity_signature is None:
+        return f"the keys of site {peer.site} carry no signature by its certificate"
+    if not keys.verify_identity(identity, advertisement_statement(config, peer), peer.identity_signature):
+        return f"the keys of site {peer.site} are not signed by its certificate (forged, swapped or altered keys)"
+    return None
 
 
 def survivor_statement(config: RoundConfig, survivors: Sequence[int]) -> bytes:

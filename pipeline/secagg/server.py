@@ -41,6 +41,7 @@ from pipeline.secagg.messages import (
     SurvivorList,
     UnmaskRequest,
     UnmaskShares,
+    advertisement_problem,
     check_incoming,
     describe,
     frozen_map,
@@ -181,6 +182,9 @@ def _server_advertise(state: ServerAdvertise, messages: Sequence[object]) -> tup
             raise ProtocolError(f"server: site {site} advertised keys labelled for site {message.keys.site}")
         if config.consistency_check and message.keys.signing_key is None:
             raise ProtocolError(f"server: site {site} advertised no signing key but the consistency check is on")
+        problem = advertisement_problem(config, message.keys)
+        if problem is not None:
+            raise ProtocolError(f"server: refused the advertisement of site {site}: {problem}")
         directory[site] = message.keys
     advertised = frozenset(directory)
     if len(advertised) < config.threshold:
