@@ -313,7 +313,8 @@ def provision_command(
     """Create a federation: CA, certificates, keys and a configuration per participant.
 
     Writes OUT/coordinator/, OUT/sites/NAME/ and OUT/analysts/NAME/, each a folder to
-    hand to that participant (certificate, 0600 private key, CA certificate, config).
+    hand to that participant (certificate, 0600 private key, CA certificate, the
+    federation roster signed by the CA, config).
     OUT/ca/ca.key, the CA's private key, is needed only to issue certificates: it
     stays with the consortium operator and is never copied to any participant.
 
@@ -331,6 +332,7 @@ def provision_command(
     lines = [f"federation {manifest.federation}: {manifest.path} (coordinator {manifest.coordinator_url})"]
     for participant in manifest.participants:
         lines.append(f"  {participant.role:<11} {participant.name:<16} {participant.config}")
+    lines.append(f"roster {manifest.roster} (version 1, signed by the CA; a copy is in every participant folder)")
     lines.append(f"keep {manifest.ca_key} with the consortium operator: it can issue any participant's certificate")
     echo_summary(manifest.to_dict(), as_json=as_json, text="\n".join(lines))
 

@@ -4,7 +4,8 @@ A coordinator (an HTTPS server with mutual TLS) and sites that only open outboun
 connections; analysts submit jobs. Identity is the certificate a federation CA issued
 (:mod:`pipeline.federation.provision`), read back from the TLS handshake
 (:mod:`pipeline.federation.tls`) and checked against the enrolment list in the
-configuration (:mod:`pipeline.federation.config`). Every contribution, round and
+configuration (:mod:`pipeline.federation.config`) and the federation roster the CA
+signed (:mod:`pipeline.federation.roster`). Every contribution, round and
 result is written to a hash-chained audit log (:mod:`pipeline.federation.audit`).
 
 The runtime is the only place that turns an analysis' declared layout into ring

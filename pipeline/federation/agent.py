@@ -1,7 +1,10 @@
 """The site agent: polls the coordinator, runs the job's site step, masks and uploads.
 
 ``genofed site run --config site.toml`` opens only outbound HTTPS connections (mutual
-TLS). It long-polls ``/v1/site/work``; for each task it
+TLS), and only once it has checked that its certificate is its own: the one the
+federation roster, signed by the CA, lists under the name in ``site.toml``
+(:func:`pipeline.federation.roster.check_own_identity`). It long-polls
+``/v1/site/work``; for each task it
 
 1. enforces the site's policy before anything is computed or sent: the analysis must be
    in ``allowed_analyses``, the dataset must hold at least ``min_samples`` samples (k),
@@ -47,6 +50,7 @@ from pipeline.errors import ConfigurationError, GenofedError, PolicyRefusal, Pro
 from pipeline.federation import secagg_wire, transport, wire
 from pipeline.federation.audit import AuditLog
 from pipeline.federation.config import SiteConfig, load_site_config
+from pipeline.federation.roster import check_own_identity, load_roster
 from pipeline.federation.rounds import KEY_UNION_STAGE, encode_keys, round_config
 from pipeline.secagg import keys as secagg_keys
 from pipeline.secagg.client import ClientState, client_advance, client_init
@@ -98,10 +102,25 @@ class _RoundMemory:
 
 
 class SiteAgent:
-    """One site's agent (identity: a site, its state folder and its connection)."""
+    """One site's agent (identity: a site, its state folder and its connection).
+
+    Attributes:
+        config: the site's configuration.
+        roster: the federation roster, verified against the federation CA; the
+            certificate keys of the other sites (:meth:`Roster.public_key`) come from
+            here, never from the coordinator.
+    """
 
     def __init__(self, config: SiteConfig, *, connection: transport.Connection | None = None, audit: Any = None) -> None:
+        """Loads the roster and checks the site's own identity, before any connection.
+
+        Raises:
+            ConfigurationError: the roster is missing, unsigned or not the CA's, or the
+                site's certificate is not the one the roster lists under its name.
+        """
         self.config = config
+        self.roster = load_roster(config.roster, config.ca)
+        check_own_identity(config, self.roster)
         self.connection = connection or transport.Connection(
             config.coordinator_url, cert=config.cert, key=config.key, ca=config.ca, max_attempts=10, max_backoff=5.0,
         )
@@ -361,7 +380,8 @@ def run_site(config_path: Path | str, *, once: bool = False, max_idle: float | N
     """``genofed site run``: loads ``site.toml`` and runs the agent.
 
     Raises:
-        ConfigurationError: the configuration or certificates are unusable.
+        ConfigurationError: the configuration, certificates or roster are unusable, or
+            the certificate is not this site's (nothing is sent then).
     """
     config = load_site_config(config_path)
     agent = SiteAgent(config)

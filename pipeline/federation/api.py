@@ -53,6 +53,7 @@ from pipeline.federation import tls, wire
 from pipeline.federation.audit import AuditLog
 from pipeline.federation.config import CoordinatorConfig, load_coordinator_config
 from pipeline.federation.coordinator import Coordinator
+from pipeline.federation.roster import check_enrolment, load_roster
 from pipeline.federation.rounds import KEY_UNION_STAGE
 from pipeline.federation.store import Store
 from pipeline.secagg.messages import Stage
@@ -465,7 +466,16 @@ def create_app(coordinator: Coordinator, config: CoordinatorConfig, *, tick_seco
 
 
 def build_coordinator(config: CoordinatorConfig) -> Coordinator:
-    """The job engine over the configured database and audit log (resumes running jobs)."""
+    """The job engine over the configured database and audit log (resumes running jobs).
+
+    Before anything else, the federation roster is verified against the CA, and the
+    coordinator's certificate and every enrolled site and analyst checked against it.
+
+    Raises:
+        ConfigurationError: the roster is missing or not the CA's, or the coordinator's
+            certificate or an enrolled participant is not in it.
+    """
+    check_enrolment(config, load_roster(config.roster, config.ca))
     return Coordinator(Store(config.database), federation=config.federation, sites=config.sites, audit=AuditLog(config.audit_log))
 
 

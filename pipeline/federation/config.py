@@ -111,7 +111,12 @@ class SitePolicy:
 
 @dataclass(frozen=True)
 class SiteConfig:
-    """A site's ``site.toml``: its identity, its coordinator, its data and its policy."""
+    """A site's ``site.toml``: its identity, its coordinator, its data and its policy.
+
+    ``roster`` is the federation roster signed by the CA
+    (:mod:`pipeline.federation.roster`): the agent starts only if ``cert`` is the
+    certificate it lists under ``name``.
+    """
 
     path: Path
     name: str
@@ -120,6 +125,7 @@ class SiteConfig:
     cert: Path
     key: Path
     ca: Path
+    roster: Path
     dataset: Path
     policy: SitePolicy
     audit_log: Path
@@ -135,6 +141,8 @@ class CoordinatorConfig:
     (SHA-256 of its DER): a participant whose certificate was re-issued is then refused
     until the pin is updated. Empty means certificates are not pinned (any unexpired
     certificate from the federation CA with an enrolled name and role is accepted).
+    ``roster`` is the federation roster signed by the CA; every enrolled participant
+    must be in it.
     """
 
     path: Path
@@ -144,6 +152,7 @@ class CoordinatorConfig:
     cert: Path
     key: Path
     ca: Path
+    roster: Path
     database: Path
     audit_log: Path
     sites: tuple[str, ...]
@@ -322,6 +331,7 @@ def _tables(path: Path, data: Mapping[str, Any], required: Sequence[str], option
 
 
 def _tls(table: _Table, base: Path, *, check_files: bool) -> tuple[Path, Path, Path]:
+    """The ``[tls]`` certificate, key and CA paths (the caller finishes the table)."""
     paths = []
     for key, what in (("cert", "certificate"), ("key", "private key"), ("ca", "federation CA certificate")):
         path = table.get(key, _path(base), f"the path of the participant's {what} (PEM)")
@@ -330,12 +340,31 @@ def _tls(table: _Table, base: Path, *, check_files: bool) -> tuple[Path, Path, P
                 f"{table.path}: key 'tls.{key}': {path} does not exist; expected the {what} written by genofed provision"
             )
         paths.append(path)
-    table.finish()
     if check_files:
         mode = paths[1].stat().st_mode & 0o077
         if mode:
             log.warning("%s: private key %s is readable by other users; run: chmod 600 %s", table.path, paths[1], paths[1])
     return paths[0], paths[1], paths[2]
+
+
+def _roster(table: _Table, base: Path, *, check_files: bool) -> Path:
+    """The ``[tls] roster`` path: required, with a message that says how to get one."""
+    how = (
+        "re-run genofed provision, or copy the federation's roster.json (in the operator's provision output and "
+        "in every participant folder) into this folder"
+    )
+    if "roster" not in table.data:
+        raise ConfigurationError(
+            f"{table.path}: key 'tls.roster' is missing; expected the path of the federation roster signed by the CA "
+            f"(this file predates it): {how}, and add roster = \"roster.json\" to [tls]"
+        )
+    path: Path = table.get("roster", _path(base), "the path of the federation roster (roster.json), signed by the CA")
+    if check_files and not path.is_file():
+        raise ConfigurationError(
+            f"{table.path}: key 'tls.roster': {path} does not exist; expected the federation roster written by "
+            f"genofed provision: {how}"
+        )
+    return path
 
 
 def _env_url(env: Mapping[str, str], url: str, path: Path) -> str:
@@ -357,8 +386,9 @@ def load_site_config(
 
     Args:
         path: the file; relative paths inside it are resolved against its folder.
-        check_files: require the certificate, key and CA files to exist (the dataset is
-            checked when a job opens it).
+        check_files: require the certificate, key, CA and roster files to exist (the
+            dataset is checked when a job opens it; the roster's signature when the
+            agent starts).
         env: environment for ``GENOFED_COORDINATOR_URL`` (default ``os.environ``).
 
     Raises:
@@ -378,6 +408,8 @@ def load_site_config(
     poll_interval = site.get("poll_interval", _positive_float, "a number of seconds > 0", 2.0)
     site.finish()
     cert, key, ca = _tls(tables["tls"], base, check_files=check_files)
+    roster = _roster(tables["tls"], base, check_files=check_files)
+    tables["tls"].finish()
     table = tables["policy"]
     policy = SitePolicy(
         allowed_analyses=table.get(
@@ -391,7 +423,7 @@ def load_site_config(
     table.finish()
     return SiteConfig(
         path=path, name=name, federation=federation, coordinator_url=_env_url(env, url, path), cert=cert, key=key,
-        ca=ca, dataset=dataset, policy=policy, audit_log=audit_log, state_dir=state_dir, poll_interval=poll_interval,
+        ca=ca, roster=roster, dataset=dataset, policy=policy, audit_log=audit_log, state_dir=state_dir, poll_interval=poll_interval,
     )
 
 
@@ -409,6 +441,7 @@ def load_analyst_config(
     url = analyst.get("coordinator_url", _url, "the coordinator's URL, https://HOST:PORT")
     analyst.finish()
     cert, key, ca = _tls(tables["tls"], base, check_files=check_files)
+    tables["tls"].finish()
     return AnalystConfig(
         path=path, name=name, federation=federation, coordinator_url=_env_url(env, url, path), cert=cert, key=key, ca=ca
     )
@@ -440,6 +473,8 @@ def load_coordinator_config(
     )
     coordinator.finish()
     cert, key, ca = _tls(tables["tls"], base, check_files=check_files)
+    roster = _roster(tables["tls"], base, check_files=check_files)
+    tables["tls"].finish()
     enrolment = tables["enrolment"]
     sites = enrolment.get("sites", _names(_NAME), "a list of distinct site names")
     analysts = enrolment.get("analysts", _names(_NAME), "a list of distinct analyst names", [])
@@ -468,7 +503,7 @@ def load_coordinator_config(
             raise ConfigurationError(f"GENOFED_COORDINATOR_PORT={value!r} (overriding {path}): expected a TCP port 1-65535")
         port = int(value)
     return CoordinatorConfig(
-        path=path, federation=federation, host=host, port=port, cert=cert, key=key, ca=ca, database=database,
+        path=path, federation=federation, host=host, port=port, cert=cert, key=key, ca=ca, roster=roster, database=database,
         audit_log=audit_log, sites=sites, analysts=analysts, max_message_bytes=max_message_bytes,
         fingerprints=MappingProxyType(fingerprints),
     )

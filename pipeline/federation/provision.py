@@ -7,16 +7,23 @@ configuration file per participant:
 
 ```
 OUT/ca.pem                                   the federation CA certificate (public)
+OUT/roster.json                              the federation roster, signed by the CA (public)
 OUT/ca/ca.key, OUT/ca/ca.pem                 the CA's private key (0600): issuing only
-OUT/coordinator/{cert.pem,key.pem,ca.pem,coordinator.toml}
-OUT/sites/<name>/{cert.pem,key.pem,ca.pem,site.toml}
-OUT/analysts/<name>/{cert.pem,key.pem,ca.pem,analyst.toml}
+OUT/coordinator/{cert.pem,key.pem,ca.pem,roster.json,coordinator.toml}
+OUT/sites/<name>/{cert.pem,key.pem,ca.pem,roster.json,site.toml}
+OUT/analysts/<name>/{cert.pem,key.pem,ca.pem,roster.json,analyst.toml}
 ```
 
 Each participant folder is self-contained (the configuration refers to its files by
 relative path) and is what the consortium operator hands to that participant. The CA
 private key is needed only to issue certificates and must stay with the consortium
 operator; whoever holds it can mint a certificate for any participant.
+
+The roster (:mod:`pipeline.federation.roster`, version 1) lists every participant
+with its certificate's fingerprint and public key, signed by the CA: it is the list
+a site checks a job's participants and their round keys against without trusting
+the coordinator, and the list the site agent and the coordinator check their own
+certificate and enrolment against when they start.
 
 A certificate's subject says who it belongs to: CN = participant name,
 O = federation, OU = role (``coordinator``, ``site`` or ``analyst``). Extended key
@@ -41,8 +48,15 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from pipeline.errors import ConfigurationError, InputError
+from pipeline.errors import ConfigurationError, IdentityError, InputError
 from pipeline.federation.config import DEFAULT_PORT, ROLES, check_name, render_toml
+from pipeline.federation.roster import (
+    ROSTER_FILE,
+    RosterEntry,
+    make_roster,
+    write_roster,
+)
+from pipeline.federation.tls import federation_of
 from pipeline.outputs import atomic_directory
 
 __all__ = [
@@ -92,6 +106,7 @@ class ProvisionManifest:
     coordinator_url: str
     ca_cert: Path
     ca_key: Path
+    roster: Path
     coordinator: Participant
     sites: tuple[Participant, ...]
     analysts: tuple[Participant, ...]
@@ -105,7 +120,7 @@ class ProvisionManifest:
         """JSON-ready summary."""
         return {
             "path": str(self.path), "federation": self.federation, "coordinator_url": self.coordinator_url,
-            "ca_cert": str(self.ca_cert), "ca_key": str(self.ca_key),
+            "ca_cert": str(self.ca_cert), "ca_key": str(self.ca_key), "roster": str(self.roster),
             "coordinator": self.coordinator.to_dict(),
             "sites": [p.to_dict() for p in self.sites], "analysts": [p.to_dict() for p in self.analysts],
         }
@@ -211,10 +226,10 @@ def _load_ca(ca_dir: Path) -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey
 
 
 def _federation_of(cert: x509.Certificate) -> str:
-    values = cert.subject.get_attributes_for_oid(NameOID.ORGANIZATION_NAME)
-    if len(values) != 1:
-        raise InputError("the CA certificate's subject has no single O= (federation name)")
-    return str(values[0].value)
+    try:
+        return federation_of(cert)
+    except IdentityError:
+        raise InputError("the CA certificate's subject has no single O= (federation name)") from None
 
 
 def _subject_alt_names(host: str) -> list[x509.GeneralName]:
@@ -320,7 +335,7 @@ def _coordinator_toml(federation: str, host: str, port: int, sites: Sequence[str
     tables: dict[str, dict[str, Any]] = {
         "coordinator": {"federation": federation, "host": host, "port": port, "database": "coordinator.db",
                         "audit_log": "audit.log"},
-        "tls": {"cert": "cert.pem", "key": "key.pem", "ca": "ca.pem"},
+        "tls": {"cert": "cert.pem", "key": "key.pem", "ca": "ca.pem", "roster": ROSTER_FILE},
         "enrolment": {"sites": list(sites), "analysts": list(analysts)},
         "fingerprints": fingerprints,
     }
@@ -328,6 +343,7 @@ def _coordinator_toml(federation: str, host: str, port: int, sites: Sequence[str
         "coordinator.host": "Address to listen on (GENOFED_COORDINATOR_HOST overrides); the certificate names this host.",
         "enrolment": "Who may connect: a certificate from the federation CA whose CN is listed with the role in its OU.",
         "fingerprints": "Pinned certificates (SHA-256 of the DER): a re-issued certificate is refused until updated here.",
+        "tls.roster": "The federation roster signed by the CA: every enrolled site and analyst must be in it.",
     }
     return render_toml(tables, header=_HEADER.format(role="coordinator", federation=federation, reference=_REFERENCE), comments=comments)
 
@@ -337,12 +353,14 @@ def _site_toml(federation: str, name: str, url: str, analyses: Sequence[str], sh
     tables: dict[str, dict[str, Any]] = {
         "site": {"name": name, "federation": federation, "coordinator_url": url, "dataset": "dataset",
                  "audit_log": "audit.log", "state_dir": "state", "poll_interval": 2.0},
-        "tls": {"cert": "cert.pem", "key": "key.pem", "ca": "ca.pem"},
+        "tls": {"cert": "cert.pem", "key": "key.pem", "ca": "ca.pem", "roster": ROSTER_FILE},
         "policy": {"allowed_analyses": list(analyses), "min_samples": 10, "min_allele_count": 5,
                    "share_variant_keys": share_variant_keys, "share_site_metrics": share_site_metrics},
     }
     comments = {
         "site.dataset": "The harmonized dataset made by: genofed ingest --out <this path>",
+        "tls.roster": "The federation roster signed by the CA: who is in the federation, with their certificates.\n"
+                      "This site's certificate must be in it under this site's name.",
         "policy": "What this site agrees to: only these analyses, never an aggregate over fewer than\n"
                   "min_samples of its samples, per-variant results only above min_allele_count;\n"
                   "share_variant_keys = true lets it reveal which variants it has (IDs, never counts);\n"
@@ -400,8 +418,10 @@ def provision(
     share_site_metrics: bool = False,
     force: bool = False,
 ) -> ProvisionManifest:
-    """Creates a federation: CA, certificates, keys and one configuration per participant.
+    """Creates a federation: CA, certificates, keys, the signed roster and one configuration per participant.
 
+    The roster (version 1) lists every participant just issued; a copy of it is in
+    every participant folder, and every site and coordinator configuration names it.
     Everything is written to a temporary folder renamed onto ``out`` at the end, so a
     failure leaves nothing behind. Private keys are created 0600.
 
@@ -468,6 +488,11 @@ def provision(
         (tmp / "coordinator" / "coordinator.toml").write_text(
             _coordinator_toml(federation, coordinator_host, coordinator_port, sites, analysts, pins)
         )
+        _, ca_key = _load_ca(tmp / "ca")
+        roster = make_roster(federation, 1, [RosterEntry.from_certificate(cert) for _, cert in issued.values()], ca_key)
+        write_roster(tmp / ROSTER_FILE, roster)
+        for folder, _ in issued.values():
+            shutil.copyfile(tmp / ROSTER_FILE, tmp / folder / ROSTER_FILE)
 
     def participant(role: str, name: str, config_name: str) -> Participant:
         relative, cert = issued[(role, name)]
@@ -479,7 +504,7 @@ def provision(
 
     return ProvisionManifest(
         path=target, federation=federation, coordinator_url=url, ca_cert=target / "ca.pem",
-        ca_key=target / "ca" / "ca.key",
+        ca_key=target / "ca" / "ca.key", roster=target / ROSTER_FILE,
         coordinator=participant("coordinator", "coordinator", "coordinator.toml"),
         sites=tuple(participant("site", n, "site.toml") for n in sites),
         analysts=tuple(participant("analyst", n, "analyst.toml") for n in analysts),

@@ -27,7 +27,7 @@ from cryptography.x509.oid import NameOID
 from pipeline.errors import ConfigurationError, IdentityError
 from pipeline.federation.config import ROLES, CoordinatorConfig
 
-__all__ = ["Identity", "authorize", "client_context", "peer_identity", "server_context"]
+__all__ = ["Identity", "authorize", "client_context", "federation_of", "peer_identity", "server_context"]
 
 
 @dataclass(frozen=True)
@@ -107,6 +107,18 @@ def _single(cert: x509.Certificate, oid: x509.ObjectIdentifier, label: str, fing
     return values[0].value
 
 
+def federation_of(cert: x509.Certificate) -> str:
+    """The federation a certificate belongs to: the single O of its subject.
+
+    Works for the federation CA's certificate too (whose OU, ``ca``, is no participant
+    role), so the CA and its participants are read by the same code.
+
+    Raises:
+        IdentityError: the subject has no single, non-empty O.
+    """
+    return _single(cert, NameOID.ORGANIZATION_NAME, "O (federation)", cert.fingerprint(hashes.SHA256()).hex())
+
+
 def peer_identity(der_or_cert: bytes | x509.Certificate) -> Identity:
     """Reads the participant's identity from its certificate.
 
@@ -135,7 +147,7 @@ def peer_identity(der_or_cert: bytes | x509.Certificate) -> Identity:
             raise IdentityError(f"the peer certificate cannot be parsed ({error})") from None
     fingerprint = cert.fingerprint(hashes.SHA256()).hex()
     name = _single(cert, NameOID.COMMON_NAME, "CN (participant name)", fingerprint)
-    federation = _single(cert, NameOID.ORGANIZATION_NAME, "O (federation)", fingerprint)
+    federation = federation_of(cert)
     role = _single(cert, NameOID.ORGANIZATIONAL_UNIT_NAME, "OU (role)", fingerprint)
     if role not in ROLES:
         raise IdentityError(f"peer certificate for {name!r} has role {role!r}; expected one of {', '.join(ROLES)}")

@@ -16,7 +16,7 @@ from pipeline.federation.in_memory import run_in_memory
 from pipeline.analyses.train import TRAIN
 from pipeline.json_arrays import decode_array
 from tests.models.training_support import planted_cohort
-from tests.federation.runtime_support import DirectConnection
+from tests.federation.runtime_support import DirectConnection, in_process_site_configs
 
 SPEC = {
     "analysis": "train", "target": "binary_trait", "covariates": ["age", "sex"], "features": {"variants": "all"},
@@ -27,7 +27,7 @@ SPEC = {
 
 def _run(tmp_path, datasets, *, restart_at: tuple[int, ...] = ()) -> dict:
     from pipeline.federation.agent import SiteAgent
-    from pipeline.federation.config import SiteConfig, SitePolicy
+    from pipeline.federation.config import SitePolicy
     from pipeline.federation.coordinator import Coordinator
     from pipeline.federation.store import Store
 
@@ -37,13 +37,9 @@ def _run(tmp_path, datasets, *, restart_at: tuple[int, ...] = ()) -> dict:
         return Coordinator(Store(tmp_path / "coordinator.db"), federation="testfed", sites=names)
 
     holder = {"coordinator": start()}
-    agents = {}
-    for name in names:
-        policy = SitePolicy(allowed_analyses=("train",), min_samples=3, min_allele_count=0, share_variant_keys=True)
-        config = SiteConfig(path=tmp_path / f"{name}.toml", name=name, federation="testfed", coordinator_url="https://x:1",
-                            cert=tmp_path, key=tmp_path, ca=tmp_path, dataset=datasets[name], policy=policy,
-                            audit_log=tmp_path / f"{name}.audit.log", state_dir=tmp_path / f"{name}-state", poll_interval=0.1)
-        agents[name] = SiteAgent(config, connection=DirectConnection(holder, name))
+    policy = SitePolicy(allowed_analyses=("train",), min_samples=3, min_allele_count=0, share_variant_keys=True)
+    configs = in_process_site_configs(tmp_path, datasets, policy)
+    agents = {name: SiteAgent(configs[name], connection=DirectConnection(holder, name)) for name in names}
     job_id = holder["coordinator"].submit(SPEC, "analyst")
     steps = 0
     rounds_seen = set()

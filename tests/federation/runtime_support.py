@@ -23,6 +23,8 @@ import numpy as np
 import pyarrow as pa
 
 from pipeline import dataset as dataset_io
+from pipeline.federation.config import SiteConfig, SitePolicy
+from pipeline.federation.provision import provision
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -118,6 +120,25 @@ def provision_federation(out: Path, datasets: dict[str, Path], *, port: int | No
     return manifest
 
 
+def in_process_site_configs(tmp_path: Path, datasets: dict[str, Path], policy: SitePolicy) -> dict[str, SiteConfig]:
+    """Configs of site agents that talk to a coordinator engine in process (no server).
+
+    A site agent starts only with its own certificate and a roster the CA signed, so
+    the sites get real ones (federation ``testfed``); the coordinator URL is never used.
+    """
+    manifest = provision(tmp_path / "federation", federation="testfed", sites=sorted(datasets), analysts=("analyst",),
+                         valid_days=2)
+    return {
+        site.name: SiteConfig(
+            path=site.config, name=site.name, federation="testfed", coordinator_url="https://x:1", cert=site.cert,
+            key=site.key, ca=site.folder / "ca.pem", roster=site.folder / "roster.json", dataset=datasets[site.name],
+            policy=policy, audit_log=tmp_path / f"{site.name}.audit.log", state_dir=tmp_path / f"{site.name}-state",
+            poll_interval=0.1,
+        )
+        for site in manifest.sites
+    }
+
+
 class ThreadedCoordinator:
     """A coordinator served by uvicorn in a thread of the test process."""
 
@@ -125,8 +146,12 @@ class ThreadedCoordinator:
         import uvicorn
 
         from pipeline.federation import tls
+        from pipeline.federation.api import (
+            PeerCertificateH11Protocol,
+            build_coordinator,
+            create_app,
+        )
         from pipeline.federation.config import load_coordinator_config
-        from pipeline.federation.api import PeerCertificateH11Protocol, build_coordinator, create_app
 
         self.config = load_coordinator_config(config_path)
         self.coordinator = build_coordinator(self.config)

@@ -31,6 +31,7 @@ dataset = "data/site-1.dataset"
 cert = "cert.pem"
 key = "key.pem"
 ca = "/etc/genofed/ca.pem"
+roster = "roster.json"
 
 [policy]
 allowed_analyses = ["census"]
@@ -46,6 +47,7 @@ port = 9443
 cert = "cert.pem"
 key = "key.pem"
 ca = "ca.pem"
+roster = "roster.json"
 
 [enrolment]
 sites = ["site-1", "site-2"]
@@ -82,6 +84,7 @@ def test_shipped_site_configs__load(name):
     assert config.federation == "demo"
     assert config.coordinator_url == "https://127.0.0.1:8443"
     assert config.cert == SITES_DIR.resolve() / name / "cert.pem"
+    assert config.roster == SITES_DIR.resolve() / name / "roster.json"
     assert config.policy.allowed_analyses
     if name != "template":
         assert config.name == name
@@ -104,6 +107,7 @@ def test_site_config__defaults_and_paths(tmp_path):
     base = tmp_path.resolve()
     assert config.dataset == base / "data" / "site-1.dataset"
     assert config.cert == base / "cert.pem" and config.ca == Path("/etc/genofed/ca.pem")
+    assert config.roster == base / "roster.json"
     assert config.audit_log == base / "audit.log" and config.state_dir == base / "state"
     assert config.poll_interval == 2.0
     assert config.policy == SitePolicy(allowed_analyses=("census",), min_samples=10, min_allele_count=5,
@@ -161,7 +165,7 @@ def test_site_config__errors_name_file_and_key(tmp_path, old, new, key, expected
     [
         (SITE.replace("[policy]", "[polcy]"), "[policy] is missing"),
         (SITE + "\n[extra]\nx = 1\n", "unknown key 'extra'"),
-        ('tls = "x"\n' + SITE.replace('[tls]\ncert = "cert.pem"\nkey = "key.pem"\nca = "/etc/genofed/ca.pem"\n', ""),
+        ('tls = "x"\n' + SITE.replace('[tls]\ncert = "cert.pem"\nkey = "key.pem"\nca = "/etc/genofed/ca.pem"\nroster = "roster.json"\n', ""),
          "must be a table"),
         ("[site\n", "not valid TOML"),
     ],
@@ -185,7 +189,21 @@ def test_site_config__check_files(tmp_path):
     for name in ("cert.pem", "key.pem", "ca.pem"):
         (tmp_path / name).write_text("x")
     (tmp_path / "key.pem").chmod(0o600)
+    with pytest.raises(ConfigurationError, match="'tls.roster'.*does not exist.*copy the federation's roster.json"):
+        load_site_config(path, env={})
+    (tmp_path / "roster.json").write_text("{}")
     assert load_site_config(path, env={}).key == tmp_path.resolve() / "key.pem"
+
+
+@pytest.mark.parametrize(("text", "name"), [(SITE, "site.toml"), (COORDINATOR, "coordinator.toml")])
+def test_config__without_roster_says_how_to_get_one(tmp_path, text, name):
+    path = write(tmp_path, replace_line(text, 'roster = "roster.json"\n', ""), name)
+    load = load_site_config if name == "site.toml" else load_coordinator_config
+    with pytest.raises(ConfigurationError) as error:
+        load(path, check_files=False, env={})
+    message = str(error.value)
+    assert str(path) in message and "'tls.roster' is missing" in message
+    assert "re-run genofed provision" in message and "copy the federation's roster.json" in message
 
 
 def test_site_config__env_overrides_url_only(tmp_path):
@@ -207,6 +225,7 @@ def test_coordinator_config__defaults(tmp_path):
     assert (config.federation, config.host, config.port) == ("demo", "127.0.0.1", 9443)
     assert config.url == "https://127.0.0.1:9443"
     assert config.database == tmp_path.resolve() / "coordinator.db"
+    assert config.roster == tmp_path.resolve() / "roster.json"
     assert config.audit_log == tmp_path.resolve() / "audit.log"
     assert config.sites == ("site-1", "site-2") and config.analysts == ("alice",)
     assert config.max_message_bytes == 64 * 1024 * 1024 and dict(config.fingerprints) == {}

@@ -76,7 +76,7 @@ def test_faults__coordinator_killed_mid_round_resumes_with_the_same_result(tmp_p
 def _census_run(tmp_path, datasets, *, crash_after: int | None, crash_in_add_round: bool = False):
     from pipeline.federation.agent import SiteAgent
     from pipeline.federation.audit import AuditLog
-    from pipeline.federation.config import SitePolicy, SiteConfig
+    from pipeline.federation.config import SitePolicy
     from pipeline.federation.coordinator import Coordinator
     from pipeline.federation.store import Store
 
@@ -87,13 +87,9 @@ def _census_run(tmp_path, datasets, *, crash_after: int | None, crash_in_add_rou
         return Coordinator(Store(database), federation="testfed", sites=names, audit=AuditLog(tmp_path / "audit.log"))
 
     holder = {"coordinator": start()}
-    agents = {}
-    for name in names:
-        policy = SitePolicy(allowed_analyses=("census",), min_samples=3, min_allele_count=0, share_variant_keys=True)
-        config = SiteConfig(path=tmp_path / f"{name}.toml", name=name, federation="testfed", coordinator_url="https://x:1",
-                            cert=tmp_path, key=tmp_path, ca=tmp_path, dataset=datasets[name], policy=policy,
-                            audit_log=tmp_path / f"{name}.audit.log", state_dir=tmp_path / f"{name}-state", poll_interval=0.1)
-        agents[name] = SiteAgent(config, connection=rs.DirectConnection(holder, name))
+    policy = SitePolicy(allowed_analyses=("census",), min_samples=3, min_allele_count=0, share_variant_keys=True)
+    configs = rs.in_process_site_configs(tmp_path, datasets, policy)
+    agents = {name: SiteAgent(configs[name], connection=rs.DirectConnection(holder, name)) for name in names}
     job_id = holder["coordinator"].submit({"analysis": "census", "min_allele_count": 0, "stage_timeout": 600}, "analyst")
     steps = 0
     while holder["coordinator"].status(job_id)["status"] == "running":

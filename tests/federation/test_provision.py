@@ -21,6 +21,7 @@ from pipeline.errors import ConfigurationError, InputError, OutputExistsError
 from pipeline.federation import provision as provision_module
 from pipeline.federation.config import load_analyst_config, load_coordinator_config, load_site_config
 from pipeline.federation.provision import issue_certificate, provision
+from pipeline.federation.roster import load_roster
 
 SITES = ("site-1", "site-2", "site-3")
 
@@ -45,12 +46,12 @@ def mode(path) -> int:
 
 def test_provision__layout(federation):
     root = federation.path
-    expected = {"ca.pem", "ca/ca.key", "ca/ca.pem", "ca/README.txt",
-                "coordinator/cert.pem", "coordinator/key.pem", "coordinator/ca.pem", "coordinator/coordinator.toml"}
+    expected = {"ca.pem", "roster.json", "ca/ca.key", "ca/ca.pem", "ca/README.txt", "coordinator/cert.pem",
+                "coordinator/key.pem", "coordinator/ca.pem", "coordinator/roster.json", "coordinator/coordinator.toml"}
     for name in SITES:
-        expected |= {f"sites/{name}/{f}" for f in ("cert.pem", "key.pem", "ca.pem", "site.toml")}
+        expected |= {f"sites/{name}/{f}" for f in ("cert.pem", "key.pem", "ca.pem", "roster.json", "site.toml")}
     for name in ("alice", "bob"):
-        expected |= {f"analysts/{name}/{f}" for f in ("cert.pem", "key.pem", "ca.pem", "analyst.toml")}
+        expected |= {f"analysts/{name}/{f}" for f in ("cert.pem", "key.pem", "ca.pem", "roster.json", "analyst.toml")}
     assert {str(p.relative_to(root)) for p in root.rglob("*") if p.is_file()} == expected
     assert [p.name for p in federation.sites] == list(SITES)
     assert federation.coordinator_url == "https://127.0.0.1:9443"
@@ -141,6 +142,7 @@ def test_provision__configs_load_and_point_at_files(federation):
     assert coordinator.sites == SITES and coordinator.analysts == ("alice", "bob")
     assert coordinator.cert == federation.coordinator.cert.resolve()
     assert coordinator.key == federation.coordinator.key.resolve()
+    assert coordinator.roster == (federation.coordinator.folder / "roster.json").resolve()
     assert coordinator.url == federation.coordinator_url
     assert dict(coordinator.fingerprints) == {p.name: p.fingerprint for p in (*federation.sites, *federation.analysts)}
     for participant in federation.sites:
@@ -148,6 +150,7 @@ def test_provision__configs_load_and_point_at_files(federation):
         assert (site.name, site.federation, site.coordinator_url) == (participant.name, "demo", federation.coordinator_url)
         assert site.cert == participant.cert.resolve() and site.key == participant.key.resolve()
         assert site.ca.read_bytes() == federation.ca_cert.read_bytes()
+        assert site.roster == (participant.folder / "roster.json").resolve()
         assert site.dataset == participant.folder.resolve() / "dataset"
         assert site.policy.allowed_analyses == ("census", "secure_sum")
         assert (site.policy.min_samples, site.policy.min_allele_count) == (10, 5)
@@ -252,11 +255,12 @@ def test_cli_provision__text_and_json(tmp_path):
     assert [s["name"] for s in summary["sites"]] == ["site-1", "site-2"]
     assert [a["name"] for a in summary["analysts"]] == ["alice"]
     assert summary["ca_key"].endswith("ca/ca.key")
+    assert summary["roster"] == str(tmp_path / "fed" / "roster.json")
 
     result = runner.invoke(main, ["provision", "--federation", "demo", "--site", "s", "--out", str(tmp_path / "fed2"),
                                   "--allow", "census", "--share-variant-keys", "--share-site-metrics"])
     assert result.exit_code == 0
-    assert "consortium operator" in result.output
+    assert "consortium operator" in result.output and "roster.json (version 1, signed by the CA" in result.output
     policy = load_site_config(tmp_path / "fed2" / "sites" / "s" / "site.toml", env={}).policy
     assert policy.allowed_analyses == ("census",) and policy.share_variant_keys is True
     assert policy.share_site_metrics is True
@@ -272,3 +276,21 @@ def test_cli_provision__errors_exit_1_with_one_line(tmp_path):
     assert len(result.output.strip().splitlines()) == 1 and "given twice" in result.output
     result = runner.invoke(main, ["provision", "--federation", "demo", "--out", str(tmp_path / "fed")])
     assert result.exit_code == 2  # usage error: --site is required
+
+
+def test_provision__roster_copies_identical_and_verified(federation):
+    top = federation.roster.read_bytes()
+    roster = load_roster(federation.roster, federation.ca_cert)
+    for participant in federation.participants:
+        copy = participant.folder / "roster.json"
+        assert copy.read_bytes() == top, participant.name
+        assert load_roster(copy, participant.folder / "ca.pem") == roster
+    assert (roster.federation, roster.version) == ("demo", 1)
+    assert roster.sites == SITES and roster.analysts == ("alice", "bob")
+    assert [(e.role, e.name) for e in roster.participants] == sorted((p.role, p.name) for p in federation.participants)
+    for participant in federation.participants:
+        cert = load_cert(participant.cert)
+        entry = roster.check_certificate(participant.name, participant.role, cert)
+        assert entry.fingerprint == participant.fingerprint
+        assert entry.public_key == cert.public_key().public_bytes(
+            serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)

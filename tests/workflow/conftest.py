@@ -35,6 +35,7 @@ dataset = "dataset"
 cert = "cert.pem"
 key = "key.pem"
 ca = "ca.pem"
+roster = "roster.json"
 
 [policy]
 allowed_analyses = ["census", "gwas"]
