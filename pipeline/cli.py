@@ -443,7 +443,7 @@ def _analyst_config_option(func: Callable[..., Any]) -> Callable[..., Any]:
 @job.command("submit")
 @click.argument("spec", type=click.Path(exists=True, dir_okay=False, path_type=Path))
 @_analyst_config_option
-@click.option("--threshold", type=click.IntRange(min=2), default=None, help="Sites that must answer each stage (overrides the spec).")
+@click.option("--threshold", type=click.IntRange(min=2), default=None, help="Sites that must answer each stage (overrides the spec; default two thirds of the sites plus one, the least each site accepts unless its policy says threshold_rule = \"majority\").")
 @json_option
 @handles_errors
 def job_submit(spec: Path, config_path: Path, threshold: int | None, as_json: bool) -> None:
@@ -491,7 +491,7 @@ def job_results(job_id: str, config_path: Path, out: Path, force: bool, as_json:
 @click.option("--site", "datasets", multiple=True, required=True, type=click.Path(exists=True, file_okay=False, path_type=Path), help="A site's dataset folder; repeat for each site.")
 @click.option("--job", "spec", required=True, type=click.Path(exists=True, dir_okay=False, path_type=Path), help="Job spec (YAML), e.g. workflows/census.yaml.")
 @click.option("--out", required=True, type=click.Path(path_type=Path), help="Folder to create: federation/, logs/, results/.")
-@click.option("--threshold", type=click.IntRange(min=2), default=None, help="Sites that must answer each stage (overrides the spec).")
+@click.option("--threshold", type=click.IntRange(min=2), default=None, help="Sites that must answer each stage (overrides the spec; default two thirds of the sites plus one, the least each site accepts unless its policy says threshold_rule = \"majority\").")
 @click.option("--timeout", type=click.FloatRange(min=1), default=900.0, show_default=True, help="Seconds to wait for the job.")
 @force_option
 @json_option

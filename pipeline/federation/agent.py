@@ -6,14 +6,20 @@ federation roster, signed by the CA, lists under the name in ``site.toml``
 (:func:`pipeline.federation.roster.check_own_identity`). It long-polls
 ``/v1/site/work``; for each task it
 
-1. enforces the site's policy before anything is computed or sent: the analysis must be
-   in ``allowed_analyses``, the dataset must hold at least ``min_samples`` samples (k),
+1. enforces the site's policy before anything is computed or sent: the round's terms
+   (:func:`check_round_terms`: participants all in the roster, the number of sites,
+   the consistency round on, a threshold its ``threshold_rule`` accepts — decided by
+   the site, not taken from the coordinator), the analysis must be in
+   ``allowed_analyses``, the dataset must hold at least ``min_samples`` samples (k),
    and the analysis' own checks (for the census: the job may not publish variants below
    the site's ``min_allele_count``) — a refused job is declined with the reason;
 2. computes its contribution with the analysis' ``site_step`` (JAX) and encodes it with
    the round's layout;
 3. runs its side of the secure-aggregation protocol (:mod:`pipeline.secagg.client`)
-   one stage per task, uploading each message.
+   one stage per task, uploading each message. Its key advertisement is signed with
+   its certificate key, and it checks every peer's against its own roster: a key the
+   coordinator swapped or invented stops the site before any share leaves it
+   (``round.refused`` in its audit log, and the job is declined).
 
 The protocol secrets of a round in progress (32 random bytes every key derives from,
 and the encoded contribution) are kept in ``state_dir`` (0600), with the server
@@ -35,12 +41,14 @@ import logging
 import os
 import shutil
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec
 
 from pipeline import dataset as dataset_io
 from pipeline.analyses import Analysis, JobState, KeyUnion, SiteCache, SiteContext
@@ -50,15 +58,16 @@ from pipeline.errors import ConfigurationError, GenofedError, PolicyRefusal, Pro
 from pipeline.federation import secagg_wire, transport, wire
 from pipeline.federation.audit import AuditLog
 from pipeline.federation.config import SiteConfig, load_site_config
-from pipeline.federation.roster import check_own_identity, load_roster
+from pipeline.federation.job_spec import CONSISTENCY_CHECK_DEFAULT, minimum_threshold, shareholders
+from pipeline.federation.roster import Roster, check_own_identity, load_roster
 from pipeline.federation.rounds import KEY_UNION_STAGE, encode_keys, round_config
 from pipeline.secagg import keys as secagg_keys
-from pipeline.secagg.client import ClientState, client_advance, client_init
+from pipeline.secagg.client import ClientAborted, ClientState, client_advance, client_init
 from pipeline.secagg.messages import Message, Stage
 
 log = logging.getLogger(__name__)
 
-__all__ = ["SiteAgent", "run_site", "check_policy", "CLIENT_STAGES"]
+__all__ = ["SiteAgent", "run_site", "check_policy", "check_round_terms", "CLIENT_STAGES"]
 
 CLIENT_STAGES = (Stage.ADVERTISE_KEYS, Stage.SHARE_KEYS, Stage.MASKED_INPUT, Stage.CONSISTENCY_CHECK, Stage.UNMASKING)
 _WAIT_SECONDS = 10.0
@@ -79,6 +88,50 @@ def check_policy(config: SiteConfig, analysis: str, dataset: dataset_io.Dataset)
         raise PolicyRefusal(
             f"site {config.name}: {dataset.num_samples} samples, fewer than the policy's min_samples {policy.min_samples}; "
             "no aggregate over fewer samples leaves this site"
+        )
+
+
+def check_round_terms(config: SiteConfig, roster: Roster, task: Mapping[str, Any]) -> None:
+    """What the site accepts of a task's terms, decided from its own policy and roster, not the coordinator's word.
+
+    Checked before the site sends anything of a round: every participant is a site of
+    the signed roster (no invented, Sybil sites) and this site is the one its ID says;
+    the number of sites is within the policy's ``min_sites``..``max_sites``; and for a
+    secure sum, the consistency round is on and the threshold is at least what the
+    policy's ``threshold_rule`` demands of the parties holding this site's shares.
+
+    Raises:
+        PolicyRefusal: naming the term the task breaks.
+    """
+    policy, name = config.policy, config.name
+    participants = [str(p) for p in task.get("participants") or ()]
+    if len(set(participants)) != len(participants) or participants != sorted(participants):
+        raise PolicyRefusal(f"site {name}: the task's participants {participants} are not a sorted list of distinct sites")
+    strangers = sorted(set(participants) - set(roster.sites))
+    if strangers:
+        raise PolicyRefusal(f"site {name}: the job names participants {strangers} that the federation roster does not list as sites")
+    site_ids = [int(i) for i in task.get("site_ids") or ()]
+    if name not in participants or int(task["site_id"]) != participants.index(name) + 1:
+        raise PolicyRefusal(f"site {name}: the task calls this site party {task['site_id']}, but it is not that participant")
+    if not set(site_ids) <= set(range(1, len(participants) + 1)):
+        raise PolicyRefusal(f"site {name}: the round invites party IDs {site_ids} beyond the job's {len(participants)} participants")
+    if not policy.min_sites <= len(participants) <= policy.max_sites:
+        raise PolicyRefusal(
+            f"site {name}: a job of {len(participants)} sites is outside this site's policy "
+            f"(min_sites {policy.min_sites}, max_sites {policy.max_sites})"
+        )
+    if task.get("kind") != "secagg":
+        return
+    spec = task.get("spec") or {}
+    if spec.get("consistency_check", CONSISTENCY_CHECK_DEFAULT) is not True:
+        raise PolicyRefusal(f"site {name}: the round skips the signed consistency check; this site never does")
+    holders = shareholders(len(site_ids), spec.get("num_neighbours"))
+    least = max(2, minimum_threshold(holders, policy.threshold_rule))
+    threshold = int(task["threshold"])
+    if not least <= threshold <= holders:
+        raise PolicyRefusal(
+            f"site {name}: threshold {threshold} for {holders} shareholders; this site's policy "
+            f"(threshold_rule {policy.threshold_rule}) accepts {least} to {holders}"
         )
 
 
@@ -121,6 +174,7 @@ class SiteAgent:
         self.config = config
         self.roster = load_roster(config.roster, config.ca)
         check_own_identity(config, self.roster)
+        self.identity_key = _load_identity_key(config)
         self.connection = connection or transport.Connection(
             config.coordinator_url, cert=config.cert, key=config.key, ca=config.ca, max_attempts=10, max_backoff=5.0,
         )
@@ -216,6 +270,7 @@ class SiteAgent:
         job_id, round_index = task["job_id"], int(task["round_index"])
         self._job_analysis[job_id] = str(task["analysis"])
         try:
+            check_round_terms(self.config, self.roster, task)
             analysis = get_analysis(task["analysis"])
             if task["kind"] == "keys":
                 self._keys_round(task, analysis)
@@ -325,6 +380,13 @@ class SiteAgent:
             message = secagg_wire.decode_message(body)
             memory.state, memory.outgoing[stage] = client_advance(memory.state, [message])
             _write_private(folder / f"server-{stage.value}.arrow", body)
+            if isinstance(memory.state, ClientAborted) and memory.state.refused:
+                # What the coordinator relayed cannot come from honest parties: stop, say why, keep nothing.
+                self.audit.append("round.refused", job_id=job_id, round=round_index, stage=stage.value,
+                                  reason=memory.state.reason[:500])
+                shutil.rmtree(folder, ignore_errors=True)
+                self._rounds.pop((job_id, round_index), None)
+                raise PolicyRefusal(memory.state.reason)
         outgoing = memory.outgoing.get(stage, [])
         if not outgoing:
             return
@@ -359,9 +421,11 @@ class SiteAgent:
         config = round_config(
             federation=saved["federation"], job_id=saved["job_id"], round_index=int(saved["round_index"]),
             site_ids=saved["site_ids"], threshold=int(saved["threshold"]), layout=layout, spec=saved["spec"],
+            participants=saved["participants"], roster=self.roster,
         )
         vector = np.load(folder / "vector.npy", allow_pickle=False)
-        client = client_init(config, int(saved["site_id"]), vector, randomness=(folder / "randomness.bin").read_bytes())
+        client = client_init(config, int(saved["site_id"]), vector, randomness=(folder / "randomness.bin").read_bytes(),
+                             identity_key=self.identity_key)
         client, first = client_advance(client, [])
         memory = _RoundMemory(client, {Stage.ADVERTISE_KEYS: first})
         for stage in CLIENT_STAGES[1:]:
@@ -370,6 +434,21 @@ class SiteAgent:
                 break
             memory.state, memory.outgoing[stage] = client_advance(memory.state, [secagg_wire.decode_message(path.read_bytes())])
         return memory
+
+
+def _load_identity_key(config: SiteConfig) -> ec.EllipticCurvePrivateKey:
+    """The site's certificate key, which signs its round keys.
+
+    Raises:
+        ConfigurationError: the key file is unreadable or not an EC key.
+    """
+    try:
+        key = serialization.load_pem_private_key(Path(config.key).read_bytes(), password=None)
+    except (OSError, ValueError, TypeError) as error:
+        raise ConfigurationError(f"{config.key}: cannot read the site's certificate key ({error})") from None
+    if not isinstance(key, ec.EllipticCurvePrivateKey):
+        raise ConfigurationError(f"{config.key}: the site's certificate key is {type(key).__name__}, expected an EC key")
+    return key
 
 
 def _describe(task: dict[str, Any]) -> str:

@@ -475,8 +475,10 @@ def build_coordinator(config: CoordinatorConfig) -> Coordinator:
         ConfigurationError: the roster is missing or not the CA's, or the coordinator's
             certificate or an enrolled participant is not in it.
     """
-    check_enrolment(config, load_roster(config.roster, config.ca))
-    return Coordinator(Store(config.database), federation=config.federation, sites=config.sites, audit=AuditLog(config.audit_log))
+    roster = load_roster(config.roster, config.ca)
+    check_enrolment(config, roster)
+    return Coordinator(Store(config.database), federation=config.federation, sites=config.sites,
+                       audit=AuditLog(config.audit_log), roster=roster)
 
 
 def serve(config_path: Path | str, *, host: str | None = None, port: int | None = None, log_level: str = "warning") -> None:

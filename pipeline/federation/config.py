@@ -35,6 +35,8 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from pipeline.errors import ConfigurationError
+from pipeline.federation.job_spec import THRESHOLD_RULES
+from pipeline.parameters import choice
 
 __all__ = [
     "ROLES",
@@ -96,6 +98,12 @@ class SitePolicy:
             trained model (the statistics behind AUC, accuracy, R², in its own slot of
             the final evaluation's secure sum); off unless the site opts in, and then
             they stay at the site.
+        threshold_rule: the least Shamir threshold the site accepts, relative to the
+            parties that hold shares of its secrets: ``two_thirds`` (t >= floor(2m/3) + 1,
+            the default: the coordinator may deviate) or ``majority`` (t > m/2, a
+            coordinator trusted to follow the protocol).
+        min_sites, max_sites: the least and most sites a job may have for this site
+            to take part.
     """
 
     allowed_analyses: tuple[str, ...]
@@ -103,6 +111,9 @@ class SitePolicy:
     min_allele_count: int = 5
     share_variant_keys: bool = False
     share_site_metrics: bool = False
+    threshold_rule: str = "two_thirds"
+    min_sites: int = 2
+    max_sites: int = 1000
 
     def allows(self, analysis: str) -> bool:
         """Whether jobs of ``analysis`` may use this site's data."""
@@ -419,8 +430,13 @@ def load_site_config(
         min_allele_count=table.get("min_allele_count", _int(0), "an integer >= 0", 5),
         share_variant_keys=table.get("share_variant_keys", _bool, "true or false", False),
         share_site_metrics=table.get("share_site_metrics", _bool, "true or false", False),
+        threshold_rule=table.get("threshold_rule", choice(*THRESHOLD_RULES), f"one of {', '.join(THRESHOLD_RULES)}", "two_thirds"),
+        min_sites=table.get("min_sites", _int(2), "an integer >= 2", 2),
+        max_sites=table.get("max_sites", _int(2), "an integer >= 2", 1000),
     )
     table.finish()
+    if policy.max_sites < policy.min_sites:
+        raise ConfigurationError(f"{path}: [policy] max_sites = {policy.max_sites} is below min_sites = {policy.min_sites}")
     return SiteConfig(
         path=path, name=name, federation=federation, coordinator_url=_env_url(env, url, path), cert=cert, key=key,
         ca=ca, roster=roster, dataset=dataset, policy=policy, audit_log=audit_log, state_dir=state_dir, poll_interval=poll_interval,

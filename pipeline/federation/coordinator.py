@@ -56,6 +56,7 @@ from pipeline.federation.job_spec import (
     default_threshold,
     parse_round_options,
 )
+from pipeline.federation.roster import Roster
 from pipeline.federation.rounds import KEY_UNION_STAGE, decode_keys, round_config, union_keys
 from pipeline.federation.store import StoredJob, StoredMessage
 from pipeline.secagg.messages import SERVER, Message, RoundConfig, Stage
@@ -167,10 +168,12 @@ class Coordinator:
         sites: Sequence[str],
         audit: AuditSink | None = None,
         clock: Callable[[], float] = time.time,
+        roster: Roster | None = None,
     ) -> None:
         self.store = store
         self.federation = federation
         self.sites = tuple(sites)
+        self.roster = roster
         self.audit: AuditSink = audit if audit is not None else _NoAudit()
         self.clock = clock
         self.version = 0
@@ -222,7 +225,7 @@ class Coordinator:
         analysis = get_analysis(options.analysis)
         participants = options.participants
         state = analysis.init(analysis_parameters(spec), participants)
-        threshold = options.threshold if options.threshold is not None else default_threshold(len(participants))
+        threshold = options.threshold if options.threshold is not None else default_threshold(len(participants), options.num_neighbours)
         job_id = f"job-{time.strftime('%Y%m%d-%H%M%S', time.gmtime(self.clock()))}-{secrets.token_hex(4)}"
         with self._locked():
             self.store.add_job(
@@ -302,6 +305,7 @@ class Coordinator:
                     "kind": "keys" if current.server is None else "secagg",
                     "site_id": site_id,
                     "site_ids": list(current.site_ids),
+                    "participants": list(current.participants),
                     "threshold": current.threshold,
                     "federation": self.federation,
                     "has_message": site_id in current.inbox,
@@ -509,7 +513,7 @@ class Coordinator:
                 )
             layout.check_bit_budget(len(site_ids))
             config = round_config(federation=self.federation, job_id=job_id, round_index=round_index, site_ids=site_ids,
-                                  threshold=threshold, layout=layout, spec=spec)
+                                  threshold=threshold, layout=layout, spec=spec, participants=participants, roster=self.roster)
             server = server_init(config)
         return _Round(job_id, analysis, spec, participants, threshold, round_index, state, layout, tuple(site_ids),
                       config, server, set(declined), stage_opened=self.clock())

@@ -23,6 +23,10 @@ from pipeline.errors import ConfigurationError, InputError
 __all__ = [
     "RUNTIME_KEYS",
     "DEFAULT_STAGE_TIMEOUT",
+    "CONSISTENCY_CHECK_DEFAULT",
+    "THRESHOLD_RULES",
+    "minimum_threshold",
+    "shareholders",
     "RoundOptions",
     "load_spec",
     "parse_round_options",
@@ -34,6 +38,17 @@ RUNTIME_KEYS = ("analysis", "threshold", "stage_timeout", "consistency_check", "
 """Spec keys the runtime reads; every other key is the analysis' parameter."""
 
 DEFAULT_STAGE_TIMEOUT = 60.0
+
+CONSISTENCY_CHECK_DEFAULT = True
+"""The signed survivor-list round is always on in a federation (in-memory simulations may skip it)."""
+
+THRESHOLD_RULES = ("two_thirds", "majority")
+"""How many of the parties holding a site's secret shares must answer to reconstruct it.
+
+``two_thirds`` (the default, for a coordinator that may deviate): t >= floor(2m/3) + 1;
+``majority`` (a coordinator trusted to follow the protocol): t > m/2. Below a majority,
+two disjoint groups could each reconstruct one of a site's two secrets.
+"""
 
 
 def load_spec(spec: Path | str | Mapping[str, Any], overrides: Mapping[str, Any] | None = None) -> dict[str, Any]:
@@ -60,9 +75,27 @@ def load_spec(spec: Path | str | Mapping[str, Any], overrides: Mapping[str, Any]
     return {**data, **{key: value for key, value in (overrides or {}).items() if value is not None}}
 
 
-def default_threshold(num_sites: int) -> int:
-    """A strict majority of the invited sites (at least 2): fewer cannot unmask anything."""
-    return max(2, num_sites // 2 + 1)
+def shareholders(num_sites: int, num_neighbours: int | None = None) -> int:
+    """How many parties hold shares of one site's secrets: every site, or its SecAgg+ neighbourhood."""
+    return num_sites if num_neighbours is None else min(num_sites, num_neighbours + 1)
+
+
+def minimum_threshold(holders: int, rule: str = "two_thirds") -> int:
+    """The least threshold ``rule`` accepts for secrets shared among ``holders`` parties (see :data:`THRESHOLD_RULES`).
+
+    Raises:
+        ConfigurationError: an unknown rule.
+    """
+    if rule == "two_thirds":
+        return (2 * holders) // 3 + 1
+    if rule == "majority":
+        return holders // 2 + 1
+    raise ConfigurationError(f"unknown threshold rule {rule!r}; expected one of {', '.join(THRESHOLD_RULES)}")
+
+
+def default_threshold(num_sites: int, num_neighbours: int | None = None) -> int:
+    """The threshold every site accepts by default: two thirds of the shareholders plus one (at least 2)."""
+    return max(2, minimum_threshold(shareholders(num_sites, num_neighbours)))
 
 
 @dataclass(frozen=True)
@@ -116,9 +149,12 @@ def parse_round_options(spec: Mapping[str, Any], enrolled: Sequence[str], *, kno
     timeout = spec.get("stage_timeout", DEFAULT_STAGE_TIMEOUT)
     if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not 0 < timeout <= 86400:
         raise ConfigurationError(f"job spec key 'stage_timeout' must be seconds in (0, 86400], got {timeout!r}")
-    consistency_check = spec.get("consistency_check", False)
-    if not isinstance(consistency_check, bool):
-        raise ConfigurationError("job spec key 'consistency_check' must be true or false")
+    consistency_check = spec.get("consistency_check", CONSISTENCY_CHECK_DEFAULT)
+    if consistency_check is not True:
+        raise ConfigurationError(
+            f"job spec key 'consistency_check' is {consistency_check!r}: the signed survivor-list round is always on in a "
+            "federation (it stops a coordinator from showing sites different survivor lists); remove the key"
+        )
     neighbours = spec.get("num_neighbours")
     if neighbours is not None and (isinstance(neighbours, bool) or not isinstance(neighbours, int) or neighbours < 1):
         raise ConfigurationError(f"job spec key 'num_neighbours' must be a positive integer or absent, got {neighbours!r}")

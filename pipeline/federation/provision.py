@@ -355,7 +355,8 @@ def _site_toml(federation: str, name: str, url: str, analyses: Sequence[str], sh
                  "audit_log": "audit.log", "state_dir": "state", "poll_interval": 2.0},
         "tls": {"cert": "cert.pem", "key": "key.pem", "ca": "ca.pem", "roster": ROSTER_FILE},
         "policy": {"allowed_analyses": list(analyses), "min_samples": 10, "min_allele_count": 5,
-                   "share_variant_keys": share_variant_keys, "share_site_metrics": share_site_metrics},
+                   "share_variant_keys": share_variant_keys, "share_site_metrics": share_site_metrics,
+                   "threshold_rule": "two_thirds", "min_sites": 2, "max_sites": 1000},
     }
     comments = {
         "site.dataset": "The harmonized dataset made by: genofed ingest --out <this path>",
@@ -364,7 +365,9 @@ def _site_toml(federation: str, name: str, url: str, analyses: Sequence[str], sh
         "policy": "What this site agrees to: only these analyses, never an aggregate over fewer than\n"
                   "min_samples of its samples, per-variant results only above min_allele_count;\n"
                   "share_variant_keys = true lets it reveal which variants it has (IDs, never counts);\n"
-                  "share_site_metrics = true lets it reveal a trained model's metrics on its own held-out split.",
+                  "share_site_metrics = true lets it reveal a trained model's metrics on its own held-out split;\n"
+                  "threshold_rule: the least secret-sharing threshold it accepts, two_thirds (a coordinator that may\n"
+                  "deviate) or majority (one trusted to follow the protocol); jobs of min_sites..max_sites sites only.",
     }
     return render_toml(tables, header=_HEADER.format(
         role="site", federation=federation, reference="Every key is explained in sites/template/site.toml of the genofed sources."

@@ -19,8 +19,10 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from pipeline.encoding import Layout
-from pipeline.errors import ProtocolError
+from pipeline.errors import ConfigurationError, ProtocolError
 from pipeline.federation import wire
+from pipeline.federation.job_spec import CONSISTENCY_CHECK_DEFAULT
+from pipeline.federation.roster import Roster
 from pipeline.secagg import keys
 from pipeline.secagg.messages import RoundConfig
 
@@ -35,17 +37,31 @@ MAX_KEYS = 50_000_000
 
 def round_config(
     *, federation: str, job_id: str, round_index: int, site_ids: Sequence[int], threshold: int, layout: Layout,
-    spec: Mapping[str, Any],
+    spec: Mapping[str, Any], participants: Sequence[str] | None = None, roster: Roster | None = None,
 ) -> RoundConfig:
-    """The round's public secure-aggregation parameters, computed identically by every party."""
+    """The round's public secure-aggregation parameters, computed identically by every party.
+
+    With a ``roster`` (each party's own verified copy) the round binds identities: site
+    ``i`` is ``participants[i - 1]`` and its advertisement must be signed by the
+    certificate key the roster holds for that name.
+
+    Raises:
+        ConfigurationError: a participant the roster does not list as a site.
+    """
+    identities = None
+    if roster is not None:
+        if participants is None:
+            raise ConfigurationError("binding a round's keys to identities needs the job's participants")
+        identities = tuple((site, roster.public_key(participants[site - 1], "site")) for site in site_ids)
     return RoundConfig(
         context=keys.KeyContext(federation, job_id, round_index),
         site_ids=tuple(site_ids),
         threshold=threshold,
         ring=layout.ring,
         length=layout.size,
-        consistency_check=bool(spec.get("consistency_check", False)),
+        consistency_check=bool(spec.get("consistency_check", CONSISTENCY_CHECK_DEFAULT)),
         num_neighbours=spec.get("num_neighbours"),
+        identities=identities,
     )
 
 

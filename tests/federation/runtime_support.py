@@ -104,8 +104,14 @@ def set_policy(site_toml: Path, **values: Any) -> None:
 
 
 def provision_federation(out: Path, datasets: dict[str, Path], *, port: int | None = None, min_samples: int = 5,
-                         min_allele_count: int = 0, analyses: Sequence[str] = ("secure_sum", "census")) -> Any:
-    """Provisions a federation whose sites use ``datasets``; returns the manifest."""
+                         min_allele_count: int = 0, analyses: Sequence[str] = ("secure_sum", "census"),
+                         threshold_rule: str = "majority") -> Any:
+    """Provisions a federation whose sites use ``datasets``; returns the manifest.
+
+    The sites accept a majority threshold (``threshold_rule``), so that jobs of three
+    sites with ``threshold: 2`` can show dropout recovery; provisioned sites default to
+    two thirds.
+    """
     from pipeline.federation.provision import provision
 
     manifest = provision(out, federation="testfed", sites=sorted(datasets), analysts=("analyst",),
@@ -116,7 +122,7 @@ def provision_federation(out: Path, datasets: dict[str, Path], *, port: int | No
         text = toml.read_text().replace('dataset = "dataset"', f'dataset = "{datasets[site.name]}"').replace(
             "poll_interval = 2.0", "poll_interval = 0.2")
         toml.write_text(text)
-        set_policy(toml, min_samples=min_samples, min_allele_count=min_allele_count)
+        set_policy(toml, min_samples=min_samples, min_allele_count=min_allele_count, threshold_rule=threshold_rule)
     return manifest
 
 

@@ -43,7 +43,7 @@ def _run_job(manifest, spec: dict, **agent_options) -> tuple[dict, object]:
 
 
 def _sum_spec(**extra) -> dict:
-    return {"analysis": "secure_sum", "vector": {"source": "test", "length": 20}, "stage_timeout": 3, **extra}
+    return {"analysis": "secure_sum", "vector": {"source": "test", "length": 20}, "stage_timeout": 3, "threshold": 2, **extra}
 
 
 def _expected(names) -> np.ndarray:

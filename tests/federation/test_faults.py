@@ -202,7 +202,7 @@ def test_faults__site_process_killed_after_sharing_keys_survivors_sum_is_exact(t
                 return task
 
             engine.next_task = hold_gamma
-            spec = {"analysis": "secure_sum", "vector": {"source": "test", "length": LENGTH}, "stage_timeout": 4}
+            spec = {"analysis": "secure_sum", "vector": {"source": "test", "length": LENGTH}, "stage_timeout": 4, "threshold": 2}
             job_id = analyst.post_json("/v1/jobs", {"spec": spec})["job_id"]
             assert held.wait(60), analyst.get_json(f"/v1/jobs/{job_id}")
             at_kill = analyst.get_json(f"/v1/jobs/{job_id}")

@@ -1,0 +1,115 @@
+"""A malicious coordinator against real site agents, over mutual TLS on 127.0.0.1.
+
+The coordinator here is the real server with its engine bent the way an attacker who
+runs it would bend it: it swaps a site's round keys in the directory it relays (man in
+the middle), or tells the sites a threshold of 1, invents a Sybil participant, or
+switches the consistency round off. Each attack must fail to attack: the honest sites
+refuse before any share of their secrets leaves them, write why in their own audit
+log, and decline the job; the round never completes.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+
+import pytest
+
+from pipeline.federation import coordinator as coordinator_module
+from pipeline.secagg import keys
+from pipeline.secagg.messages import KeyDirectory, Stage
+from tests.federation import runtime_support as rs
+
+pytestmark = pytest.mark.network
+
+SITES = ("alpha", "beta", "gamma", "delta")
+SPEC = {"analysis": "secure_sum", "vector": {"source": "test", "length": 12}, "stage_timeout": 5}
+
+
+@pytest.fixture(scope="module")
+def federation(tmp_path_factory: pytest.TempPathFactory):
+    tmp = tmp_path_factory.mktemp("malicious")
+    datasets = {}
+    for i, name in enumerate(SITES):
+        ids = rs.variant_ids(range(100, 110))
+        datasets[name] = rs.write_dataset(tmp / f"data-{name}", ids, rs.random_genotypes(40 + i, len(ids), 12))
+    # The sites' own defaults: a two-thirds threshold, the consistency round always on.
+    manifest = rs.provision_federation(tmp / "fed", datasets, min_samples=3, threshold_rule="two_thirds")
+    with rs.ThreadedCoordinator(manifest.coordinator.config) as server:
+        yield manifest, server
+
+
+def _run(manifest, server, spec=SPEC) -> tuple[str, dict]:
+    with rs.connection(manifest.analysts[0].folder, manifest.coordinator_url) as analyst:
+        job_id = analyst.post_json("/v1/jobs", {"spec": spec})["job_id"]
+        with rs.agent_threads(manifest, max_idle=20):
+            status = rs.wait_for_job(analyst, job_id, timeout=90)
+    return job_id, status
+
+
+def _audit(manifest, site: str, job_id: str) -> list[dict]:
+    folder = next(s.folder for s in manifest.sites if s.name == site)
+    entries = [json.loads(line) for line in (folder / "audit.log").read_text().splitlines() if line.strip()]
+    return [{"event": e["event"], **e["fields"]} for e in entries if e["fields"].get("job_id") == job_id]
+
+
+def _shares_sent(server, job_id: str) -> list:
+    return [m for m in server.coordinator.store.messages(job_id, 0, Stage.SHARE_KEYS.value)]
+
+
+def test_honest_coordinator__the_round_completes_with_identities_bound(federation):
+    manifest, server = federation
+    job_id, status = _run(manifest, server)
+    assert status["status"] == "done", status
+    assert status["threshold"] == 3  # floor(2 * 4 / 3) + 1: the sites' default rule
+    assert all(not any(e["event"] == "round.refused" for e in _audit(manifest, s, job_id)) for s in SITES)
+
+
+def test_attack__coordinator_swapping_a_sites_keys_is_refused_by_every_honest_site(federation, monkeypatch):
+    manifest, server = federation
+    impostor = {"encryption": keys.generate_key_pair(b"\x07" * 32), "masking": keys.generate_key_pair(b"\x08" * 32)}
+    honest_advance = coordinator_module.server_advance
+
+    def man_in_the_middle(state, messages):
+        state, outgoing = honest_advance(state, messages)
+        forged = []
+        for message in outgoing:
+            if isinstance(message, KeyDirectory):
+                peers = tuple(dataclasses.replace(p, encryption_key=impostor["encryption"].public_key,
+                                                  masking_key=impostor["masking"].public_key) if p.site == 2 else p
+                              for p in message.peers)
+                message = dataclasses.replace(message, peers=peers)
+            forged.append(message)
+        return state, forged
+
+    monkeypatch.setattr(coordinator_module, "server_advance", man_in_the_middle)
+    job_id, status = _run(manifest, server)
+    assert status["status"] == "failed", status
+    assert _shares_sent(server, job_id) == []  # no site sent a single encrypted share
+    for site in SITES:
+        refused = [e for e in _audit(manifest, site, job_id) if e["event"] == "round.refused"]
+        assert refused and "site 2" in refused[0]["reason"] and "not signed by its certificate" in refused[0]["reason"]
+    assert set(status["declined"]) == set(SITES)
+
+
+@pytest.mark.parametrize("attack, expected", [
+    (lambda task: {**task, "threshold": 1}, "threshold 1 for 4 shareholders"),
+    (lambda task: {**task, "participants": sorted([*task["participants"], "mallory"]),
+                   "site_ids": [*task["site_ids"], len(task["site_ids"]) + 1]}, "['mallory'] that the federation roster"),
+    (lambda task: {**task, "spec": {**task["spec"], "consistency_check": False}}, "skips the signed consistency check"),
+], ids=["threshold-1", "sybil-participant", "consistency-off"])
+def test_attack__terms_the_coordinator_dictates_are_refused_by_the_sites(federation, monkeypatch, attack, expected):
+    manifest, server = federation
+    engine = server.coordinator
+    honest_next_task = engine.next_task
+
+    def dictate(site):
+        task = honest_next_task(site)
+        return None if task is None else attack(task)
+
+    monkeypatch.setattr(engine, "next_task", dictate)
+    job_id, status = _run(manifest, server)
+    assert status["status"] == "failed", status
+    assert server.coordinator.store.messages(job_id, 0, Stage.ADVERTISE_KEYS.value) == []  # nothing was sent at all
+    assert set(status["declined"]) == set(SITES)
+    assert all(expected in reason for reason in status["declined"].values()), status["declined"]
