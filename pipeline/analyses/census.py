@@ -34,7 +34,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
@@ -48,7 +48,7 @@ from pipeline.analyses.protocol import Analysis, KeyUnion, Result, RoundLayout, 
 from pipeline.analyses.site_cache import SiteCache
 from pipeline.dataset import Dataset
 from pipeline.encoding import Count, Ring, plan_layout
-from pipeline.errors import InputError, PolicyRefusal
+from pipeline.errors import InputError, PolicyRefusal, ProtocolError
 from pipeline.parameters import Param, integer, number, parse_params
 from pipeline.stats.counts import count_variants
 from pipeline.stats.hwe import hwe_exact_p
@@ -60,6 +60,7 @@ __all__ = [
     "CensusState",
     "COUNT_FIELDS",
     "census_table",
+    "check_counts",
     "minor_allele_count",
     "site_variant_counts",
 ]
@@ -145,6 +146,27 @@ def minor_allele_count(n_hom_ref: np.ndarray, n_het: np.ndarray, n_hom_alt: np.n
     allele_count = np.asarray(n_het, np.int64) + 2 * np.asarray(n_hom_alt, np.int64)
     allele_number = 2 * (np.asarray(n_hom_ref, np.int64) + np.asarray(n_het, np.int64) + np.asarray(n_hom_alt, np.int64))
     return np.minimum(allele_count, allele_number - allele_count)
+
+
+def check_counts(counts: Mapping[str, np.ndarray], num_samples: int, variant_ids: Sequence[str]) -> None:
+    """Refuses summed counts that no honest sites can give: a variant counted over more samples than exist.
+
+    Every sample of every included site is hom-ref, het, hom-alt, missing or not typed
+    at each variant, so the four counts add up to at most N. A larger total means a
+    site sent counts beyond its own samples; publishing them would publish a lie.
+
+    Raises:
+        ProtocolError: naming the first impossible variant and the fields.
+    """
+    called_or_missing = sum(np.asarray(counts[name], np.int64) for name in COUNT_FIELDS)
+    impossible = np.flatnonzero(called_or_missing > num_samples)
+    if impossible.size:
+        first = int(impossible[0])
+        raise ProtocolError(
+            f"census: variant {variant_ids[first]}: n_hom_ref + n_het + n_hom_alt + n_missing = "
+            f"{int(called_or_missing[first])} exceeds n_samples = {num_samples} ({impossible.size} such variants); "
+            "a site sent counts beyond its own samples, so nothing is published"
+        )
 
 
 def census_table(
@@ -320,6 +342,7 @@ class Census(Analysis[CensusState]):
             return dataclasses.replace(state, variant_ids=union), False, None
         num_samples = int(np.asarray(total["n_samples"]).reshape(-1)[0])
         counts = {name: np.asarray(total[name], np.int64) for name in COUNT_FIELDS}
+        check_counts(counts, num_samples, state.union)
         table = census_table(np.asarray(state.union, dtype=str), counts, num_samples, state.parameters)
         publishable = table.column("publishable").to_numpy(zero_copy_only=False)
         passing = table.column("pass_qc").to_numpy(zero_copy_only=False)

@@ -12,7 +12,7 @@ import pytest
 from pipeline import dataset as dataset_io
 from pipeline.analyses import KeyUnion, SiteCache, SiteContext
 from pipeline.analyses.census import CENSUS, COUNT_FIELDS
-from pipeline.errors import PolicyRefusal
+from pipeline.errors import PolicyRefusal, ProtocolError
 from pipeline.secagg.driver import run_round
 from pipeline.encoding import Layout, Ring
 from pipeline.secagg.messages import Stage
@@ -182,3 +182,21 @@ def test_site_variant_counts__a_rewritten_dataset_is_read_again(tmp_path: Path):
     rs.write_dataset(path, ids, second)
     _, counts = census.site_variant_counts(dataset_io.open_dataset(path), cache)
     np.testing.assert_array_equal(counts[2], (second == 2).sum(axis=1))
+
+
+def test_census__impossible_counts_from_a_lying_site_fail_the_round_instead_of_being_published(cohort):
+    contexts = {n: _context(n) for n in SITES}
+    state = CENSUS.init({"min_allele_count": 0}, SITES)
+    datasets = {name: dataset_io.open_dataset(cohort[name][2]) for name in SITES}
+    keys = [CENSUS.site_step(state, 0, datasets[n], contexts[n])["variant_id"] for n in SITES]
+    state, _, _ = CENSUS.coordinator_step(state, 0, {"variant_id": np.unique(np.concatenate(keys))}, len(SITES))
+    layout = CENSUS.layout(state, 1)
+    contributions = [CENSUS.site_step(state, 1, datasets[n], contexts[n]) for n in SITES]
+    # gamma claims 1000 hom-ref calls at the first variant: within the declared bound of one
+    # site's counts, but more than the samples all sites have together.
+    contributions[2] = {**contributions[2], "n_hom_ref": contributions[2]["n_hom_ref"].copy()}
+    contributions[2]["n_hom_ref"][0] = 1000
+    outcome = run_round([layout.encode(c) for c in contributions], threshold=2, ring=layout.ring, seed=3)
+    total = layout.decode(outcome.total, len(outcome.survivors))
+    with pytest.raises(ProtocolError, match=f"variant {state.variant_ids[0]}.*exceeds n_samples"):
+        CENSUS.coordinator_step(state, 1, total, len(SITES))

@@ -17,10 +17,11 @@ from scipy import stats as scipy_stats
 
 from pipeline.analyses import SiteContext
 from pipeline.analyses.gwas import GWAS, GwasParameters, RegressionState, write_outputs
+from pipeline.analyses.gwas.outputs import check_variant_sums
 from pipeline.analyses.registry import get_analysis
 from pipeline.dataset import open_dataset
 from pipeline.encoding import Layout, Ring
-from pipeline.errors import ConfigurationError, InputError
+from pipeline.errors import ConfigurationError, InputError, ProtocolError
 from pipeline.federation.in_memory import default_context, run_in_memory
 from tests.analyses import gwas_support as gs
 
@@ -336,3 +337,18 @@ def test_gwas__outlying_covariate_refused_naming_the_column(tmp_path):
         run_in_memory(GWAS, {**LINEAR, "covariates": ["age"], "max_abs_z": 5}, paths)
     with pytest.raises(InputError, match="max_abs_value=1000"):
         run_in_memory(GWAS, {**LINEAR, "covariates": ["age"], "max_abs_value": 1000}, paths)
+
+
+def test_gwas__impossible_per_variant_sums_are_refused_not_published(linear_run):
+    state = linear_run.states[-1][1].inner
+    v = len(state.variant_ids)
+    n = np.full(v, state.standardization.n, np.int64)
+    check_variant_sums(state, n, n.astype(float), np.zeros(v, np.int64), 3)  # honest extremes pass
+    too_many = n.copy()
+    too_many[1] += 1  # one sample more than the federation's complete samples
+    with pytest.raises(ProtocolError, match=f"variant {state.variant_ids[1]}: the summed n"):
+        check_variant_sums(state, too_many, n.astype(float), np.zeros(v, np.int64), 3)
+    with pytest.raises(ProtocolError, match="alt_count"):
+        check_variant_sums(state, n, 2.0 * n + 3, np.zeros(v, np.int64), 3)
+    with pytest.raises(ProtocolError, match="below_min"):
+        check_variant_sums(state, n, n.astype(float), np.full(v, 4, np.int64), 3)

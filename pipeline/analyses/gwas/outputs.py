@@ -28,6 +28,7 @@ from pipeline import schemas
 from pipeline.analyses.gwas.state import RegressionState
 from pipeline.analyses.protocol import Result
 from pipeline.encoding import Layout
+from pipeline.errors import ProtocolError
 from pipeline.harmonize.contigs import canonical_contig
 from pipeline.harmonize.variant_ids import parse_variant_ids
 from pipeline.outputs import atomic_file
@@ -76,6 +77,34 @@ def gwas_table(variant_ids: Sequence[str], beta: np.ndarray, se: np.ndarray, eaf
     return schemas.conform(table, "gwas", source="gwas result")
 
 
+def check_variant_sums(state: RegressionState, n: np.ndarray, alt_count: np.ndarray, below_min: np.ndarray,
+                       num_sites: int) -> None:
+    """Refuses per-variant sums that no honest sites can give, before anything is published.
+
+    A variant is called in at most the complete samples the moments round counted, has
+    between 0 and 2n ALT alleles, and at most every included site can be below its own
+    minimum allele count.
+
+    Raises:
+        ProtocolError: naming the first impossible variant and the field.
+    """
+    ids = state.variant_ids
+    n = np.asarray(n, np.int64)
+    alt = np.asarray(alt_count, np.float64)
+    checks = (
+        ("n", n > state.standardization.n, f"more than the {state.standardization.n} complete samples"),
+        ("alt_count", (alt < -0.5) | (alt > 2 * n + 0.5), "outside [0, 2n]"),
+        ("below_min", (np.asarray(below_min, np.int64) > num_sites), f"more than the {num_sites} sites"),
+    )
+    for name, impossible, what in checks:
+        if impossible.any():
+            first = int(np.flatnonzero(impossible)[0])
+            raise ProtocolError(
+                f"gwas: variant {ids[first]}: the summed {name} is {what} ({int(impossible.sum())} such variants); "
+                "a site sent values beyond its own data, so nothing is published"
+            )
+
+
 def regression_result(state: RegressionState, beta: np.ndarray, se: np.ndarray, statistic: np.ndarray, p_value: np.ndarray,
                       status: np.ndarray, n: np.ndarray, alt_count: np.ndarray, below_min: np.ndarray, num_sites: int,
                       *, layout: Layout, firth: np.ndarray | None = None) -> Result:
@@ -92,7 +121,11 @@ def regression_result(state: RegressionState, beta: np.ndarray, se: np.ndarray, 
         num_sites: sites included in the sums.
         layout: the per-variant round's layout (its scale bits go into the summary).
         firth: (variants,) which estimates come from the Firth refit (logistic).
+
+    Raises:
+        ProtocolError: sums no honest sites can give (:func:`check_variant_sums`).
     """
+    check_variant_sums(state, n, alt_count, below_min, num_sites)
     p = state.parameters
     ids = np.asarray(state.variant_ids, dtype=object)
     status = np.asarray(status, np.int8).copy()

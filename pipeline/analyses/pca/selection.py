@@ -21,7 +21,7 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 
-from pipeline.analyses.census import COUNT_FIELDS
+from pipeline.analyses.census import COUNT_FIELDS, check_counts
 from pipeline.analyses.pca.state import PcaParameters, Standardization, VariantSelection
 from pipeline.errors import InputError
 from pipeline.harmonize.variant_ids import parse_variant_ids
@@ -45,11 +45,13 @@ def select_variants(
     Raises:
         InputError: fewer than ``k`` variants pass (names the filters to lower), or a
             union key is not ``contig:pos:ref:alt``.
+        ProtocolError: counts no honest sites can give (:func:`~pipeline.analyses.census.check_counts`).
     """
     p = parameters
     ids = np.asarray(union, dtype=str)
     counts = {name: np.asarray(total[name], np.int64) for name in COUNT_FIELDS}
     num_samples = int(np.asarray(total["n_samples"]).reshape(-1)[0])
+    check_counts(counts, num_samples, union)
     hom_ref, het, hom_alt, missing = (counts[name] for name in COUNT_FIELDS)
     called = hom_ref + het + hom_alt
     allele_count = het + 2 * hom_alt
