@@ -593,6 +593,10 @@ class Coordinator:
                 self._fail(current.job_id, str(error))
             return
         if isinstance(current.server, ServerDone):
+            for holder, dealer, kind in current.server.discarded:
+                # A share that does not match what its dealer signed: left out of the reconstruction, and its holder named.
+                self._log("share.discarded", job_id=current.job_id, round=current.round_index, holder=current.name_of(holder),
+                          dealer=current.name_of(dealer), kind=kind)
             total, survivors = server_result(current.server)
             assert isinstance(current.layout, Layout)
             try:

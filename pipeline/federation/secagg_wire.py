@@ -15,6 +15,7 @@ Decoding never trusts its input: anything malformed raises
 from __future__ import annotations
 
 import json
+import struct
 from collections.abc import Callable
 from typing import Any
 
@@ -27,7 +28,7 @@ from pipeline.secagg import messages
 from pipeline.secagg.messages import Message, PeerKeys, Stage
 
 HEADER_KEY = b"genofed.message"
-WIRE_VERSION = 2
+WIRE_VERSION = 3
 
 __all__ = [
     "HEADER_KEY",
@@ -51,18 +52,46 @@ def _peer_columns(peers: tuple[PeerKeys, ...]) -> dict[str, pa.Array]:
         "encryption_key": _binary([p.encryption_key for p in peers]),
         "masking_key": _binary([p.masking_key for p in peers]),
         "signing_key": _binary([p.signing_key for p in peers]),
+        "share_commitments": _binary([_commitments_bytes(p.share_commitments) for p in peers]),
+        "seed_commitment": _binary([p.seed_commitment for p in peers]),
         "identity_signature": _binary([p.identity_signature for p in peers]),
     }
 
 
+_COMMITMENT_RECORD = 8 + 32 + 32
+"""One share commitment on the wire: holder (8 bytes), key-share and seed-share digests."""
+
+
+def _commitments_bytes(commitments: tuple[tuple[int, bytes, bytes], ...] | None) -> bytes | None:
+    if commitments is None:
+        return None
+    return b"".join(struct.pack(">Q", holder) + key + seed for holder, key, seed in commitments)
+
+
+def _commitments(data: bytes | None) -> tuple[tuple[int, bytes, bytes], ...] | None:
+    if data is None:
+        return None
+    if len(data) % _COMMITMENT_RECORD:
+        raise ProtocolError(f"malformed share commitments: {len(data)} bytes is not a whole number of records")
+    records = (data[i : i + _COMMITMENT_RECORD] for i in range(0, len(data), _COMMITMENT_RECORD))
+    return tuple((struct.unpack(">Q", r[:8])[0], bytes(r[8:40]), bytes(r[40:72])) for r in records)
+
+
 def _peers(table: pa.Table) -> tuple[PeerKeys, ...]:
     rows = table.to_pydict()
-    if "identity_signature" not in rows:
-        raise ProtocolError("malformed key advertisement: no identity_signature column")
+    missing = sorted({"share_commitments", "seed_commitment", "identity_signature"} - set(rows))
+    if missing:
+        raise ProtocolError(f"malformed key advertisement: no {missing} columns")
+
+    def optional(value: bytes | None) -> bytes | None:
+        return None if value is None else bytes(value)
+
     return tuple(
-        PeerKeys(int(site), bytes(enc), bytes(mask), None if sign is None else bytes(sign), None if ident is None else bytes(ident))
-        for site, enc, mask, sign, ident in zip(
-            rows["site"], rows["encryption_key"], rows["masking_key"], rows["signing_key"], rows["identity_signature"]
+        PeerKeys(int(site), bytes(enc), bytes(mask), optional(sign), _commitments(optional(commit)), optional(seed),
+                 optional(ident))
+        for site, enc, mask, sign, commit, seed, ident in zip(
+            rows["site"], rows["encryption_key"], rows["masking_key"], rows["signing_key"], rows["share_commitments"],
+            rows["seed_commitment"], rows["identity_signature"],
         )
     )
 

@@ -51,6 +51,8 @@ from pipeline.secagg.messages import (
     advertisement_problem,
     advertisement_statement,
     check_incoming,
+    seed_commitment,
+    share_commitment,
     describe,
     frame,
     frozen_map,
@@ -93,7 +95,12 @@ class ClientAdvertise:
 
 @dataclass(frozen=True, eq=False)
 class ClientShareKeys:
-    """Keys advertised; waiting for the key directory."""
+    """Keys advertised, shares dealt and committed to; waiting for the key directory.
+
+    ``dealt`` maps each potential shareholder to its (masking-key share, self-mask-seed
+    share), dealt before the directory arrives so that the advertisement could commit
+    to every one of them.
+    """
 
     config: RoundConfig
     site: int
@@ -102,6 +109,8 @@ class ClientShareKeys:
     encryption: keys.KeyPair
     masking: keys.KeyPair
     signing: keys.KeyPair | None
+    self_mask_seed: bytes
+    dealt: Mapping[int, tuple[bytes, bytes]]
     stage: ClassVar[Stage] = Stage.SHARE_KEYS
 
 
@@ -265,7 +274,21 @@ def _client_advertise(state: ClientAdvertise, messages: Sequence[object]) -> tup
     encryption = keys.generate_key_pair(random(keys.KEY_BYTES))
     masking = keys.generate_key_pair(random(keys.KEY_BYTES))
     signing = keys.generate_signing_key_pair(random(keys.KEY_BYTES)) if state.config.consistency_check else None
-    peer = PeerKeys(state.site, encryption.public_key, masking.public_key, signing.public_key if signing else None)
+    config, site = state.config, state.site
+    # Both secrets are shared now, for every potential holder, so the advertisement can
+    # commit to each share (the coordinator checks what holders return against them).
+    dealing = _random(state, "shares")
+    self_mask_seed = dealing(SECRET_BYTES)
+    holders = sorted(config.graph[site] | {site})
+    key_shares = shamir.split(masking.private_key, threshold=config.threshold, xs=holders, random_bytes=dealing)
+    seed_shares = shamir.split(self_mask_seed, threshold=config.threshold, xs=holders, random_bytes=dealing)
+    dealt = {holder: (k.to_bytes(), v.to_bytes()) for holder, k, v in zip(holders, key_shares, seed_shares)}
+    commitments = tuple(
+        (holder, share_commitment(config, site, holder, "key", key), share_commitment(config, site, holder, "seed", seed))
+        for holder, (key, seed) in dealt.items()
+    )
+    peer = PeerKeys(site, encryption.public_key, masking.public_key, signing.public_key if signing else None, commitments,
+                    seed_commitment(config, site, self_mask_seed))
     if state.identity_key is not None:
         signature = keys.sign_identity(state.identity_key, advertisement_statement(state.config, peer))
         peer = dataclasses.replace(peer, identity_signature=signature)
@@ -278,6 +301,8 @@ def _client_advertise(state: ClientAdvertise, messages: Sequence[object]) -> tup
         encryption=encryption,
         masking=masking,
         signing=signing,
+        self_mask_seed=self_mask_seed,
+        dealt=frozen_map(dealt),
     )
     return next_state, [outgoing]
 
@@ -312,14 +337,11 @@ def _client_share_keys(state: ClientShareKeys, messages: Sequence[object]) -> tu
     holders = sorted(directory)
     if len(holders) < config.threshold:
         return _client_abort(state, f"only {len(holders)} shareholders advertised keys, fewer than the threshold {config.threshold}"), []
-    random = _random(state, "shares")
-    self_mask_seed = random(SECRET_BYTES)
-    key_shares = shamir.split(state.masking.private_key, threshold=config.threshold, xs=holders, random_bytes=random)
-    seed_shares = shamir.split(self_mask_seed, threshold=config.threshold, xs=holders, random_bytes=random)
+    random = _random(state, "nonces")
     ciphertexts = []
     own_shares: tuple[bytes, bytes] = (b"", b"")
-    for holder, key_share, seed_share in zip(holders, key_shares, seed_shares):
-        bundle = (key_share.to_bytes(), seed_share.to_bytes())
+    for holder in holders:
+        bundle = state.dealt[holder]
         if holder == site:
             own_shares = bundle
             continue
@@ -334,7 +356,7 @@ def _client_share_keys(state: ClientShareKeys, messages: Sequence[object]) -> tu
         config=config,
         site=site,
         vector=state.vector,
-        self_mask_seed=self_mask_seed,
+        self_mask_seed=state.self_mask_seed,
         encryption=state.encryption,
         masking=state.masking,
         signing=state.signing,

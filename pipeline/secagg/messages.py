@@ -33,11 +33,17 @@ return the next state and the outgoing messages. Messages are checked for stage,
 round, sender and receiver, and duplicates are refused (:func:`check_incoming`), so
 replays fail with :class:`~pipeline.errors.ProtocolError`.
 
-Security model: honest-but-curious server and up to ``threshold - 1`` colluding
-sites. Without the consistency check, a *malicious* server could tell two sites
+Security model: up to ``threshold - 1`` colluding sites, and a server that may
+deviate. Without the consistency check, a *malicious* server could tell two sites
 different survivor lists; ``consistency_check=True`` (each site signs the survivor
-list and verifies ``threshold`` signatures before unmasking) closes that, given
-authentic signing keys (from the federation's certificates in deployment).
+list and verifies ``threshold`` signatures before unmasking) closes that. With
+``RoundConfig.identities`` each advertisement (round keys, share commitments, seed
+commitment) is signed by the site's certificate key and checked by every peer, so the
+server cannot swap or invent keys (:func:`advertisement_problem`). Every advertisement
+commits to each Shamir share its site deals (:func:`share_commitment`) and to its
+self-mask seed (:func:`seed_commitment`): the server discards a returned share that
+does not match and names its holder, and names a dealer whose shares do not rebuild
+what it committed to.
 """
 
 from __future__ import annotations
@@ -83,6 +89,9 @@ __all__ = [
     "unframe",
     "survivor_statement",
     "advertisement_statement",
+    "share_commitment",
+    "seed_commitment",
+    "SHARE_KINDS",
     "advertisement_problem",
     "frozen_map",
 ]
@@ -203,6 +212,13 @@ class PeerKeys:
         site: the advertising site.
         encryption_key, masking_key: its X25519 public keys for this round.
         signing_key: its Ed25519 key for the consistency check, if the round runs one.
+        share_commitments: per potential shareholder ``(holder, commitment to its
+            masking-key share, commitment to its self-mask-seed share)``
+            (:func:`share_commitment`), fixed before any share is sent; the coordinator
+            checks every share it is given to reconstruct against them.
+        seed_commitment: commitment to the self-mask seed itself (:func:`seed_commitment`),
+            so a seed reconstructed from inconsistently dealt shares is caught and the
+            dealer named (the masking key is checked against ``masking_key``).
         identity_signature: ECDSA signature by the site's certificate key of
             :func:`advertisement_statement` (``None`` when the round binds no identities).
     """
@@ -211,7 +227,16 @@ class PeerKeys:
     encryption_key: bytes
     masking_key: bytes
     signing_key: bytes | None = None
+    share_commitments: tuple[tuple[int, bytes, bytes], ...] | None = None
+    seed_commitment: bytes | None = None
     identity_signature: bytes | None = None
+
+    def commitment(self, holder: int, kind: str) -> bytes | None:
+        """The commitment to the ``kind`` (``key`` or ``seed``) share this site dealt to ``holder``."""
+        for site, key_commitment, seed_commitment in self.share_commitments or ():
+            if site == holder:
+                return key_commitment if kind == "key" else seed_commitment
+        return None
 
 
 @dataclass(frozen=True, eq=False)
@@ -418,11 +443,28 @@ def unframe(data: bytes, count: int, what: str) -> list[bytes]:
     return parts
 
 
+SHARE_KINDS = ("key", "seed")
+"""The two secrets a site shares: its masking private key and its self-mask seed."""
+
+
+def share_commitment(config: RoundConfig, dealer: int, holder: int, kind: str, share: bytes) -> bytes:
+    """SHA-256 commitment to the ``kind`` share ``dealer`` deals to ``holder`` in this round."""
+    return hashlib.sha256(
+        frame(b"genofed-secagg-share", config.context.encode(), struct.pack(">QQ", dealer, holder), kind.encode(), share)
+    ).digest()
+
+
+def seed_commitment(config: RoundConfig, dealer: int, seed: bytes) -> bytes:
+    """SHA-256 commitment to ``dealer``'s self-mask seed in this round."""
+    return hashlib.sha256(frame(b"genofed-secagg-seed", config.context.encode(), struct.pack(">Q", dealer), seed)).digest()
+
+
 def advertisement_statement(config: RoundConfig, peer: PeerKeys) -> bytes:
-    """The bytes a site's certificate key signs: its round keys bound to the site, federation, job and round."""
+    """The bytes a site's certificate key signs: its round keys and share commitments, bound to the round."""
+    commitments = b"".join(struct.pack(">Q", holder) + key + seed for holder, key, seed in peer.share_commitments or ())
     return frame(
         b"genofed-secagg-advertisement", config.context.encode(), struct.pack(">Q", peer.site),
-        peer.encryption_key, peer.masking_key, peer.signing_key or b"",
+        peer.encryption_key, peer.masking_key, peer.signing_key or b"", commitments, peer.seed_commitment or b"",
     )
 
 

@@ -42,6 +42,8 @@ from pipeline.secagg.messages import (
     UnmaskRequest,
     UnmaskShares,
     advertisement_problem,
+    seed_commitment,
+    share_commitment,
     check_incoming,
     describe,
     frozen_map,
@@ -120,11 +122,16 @@ class ServerUnmasking:
 
 @dataclass(frozen=True, eq=False)
 class ServerDone:
-    """The unmasked ring sum of the survivors' encoded inputs."""
+    """The unmasked ring sum of the survivors' encoded inputs.
+
+    ``discarded`` names the shares left out of the reconstruction because they did not
+    match the commitment their dealer signed: ``(holder who returned it, dealer, kind)``.
+    """
 
     config: RoundConfig
     survivors: frozenset[int]
     total: np.ndarray
+    discarded: tuple[tuple[int, int, str], ...] = ()
     stage: ClassVar[Stage] = Stage.DONE
 
 
@@ -363,6 +370,7 @@ def _server_unmasking(state: ServerUnmasking, messages: Sequence[object]) -> tup
     dropped = state.shared - state.survivors
     seed_shares: dict[int, list[shamir.Share]] = {}
     key_shares: dict[int, list[shamir.Share]] = {}
+    discarded: list[tuple[int, int, str]] = []
     for sender, message in sorted(received.items()):
         assert isinstance(message, UnmaskShares)
         want_seeds = (graph[sender] & state.survivors) | {sender}
@@ -376,37 +384,79 @@ def _server_unmasking(state: ServerUnmasking, messages: Sequence[object]) -> tup
                 raise ProtocolError(
                     f"server: site {sender} sent {what} shares of sites {sorted(owners)}, expected those of {sorted(want)}"
                 )
+            kind = "seed" if what == "self-mask" else "key"
             for owner, data in pairs:
                 share = shamir.Share.from_bytes(data)
                 if share.x != sender:
                     raise ProtocolError(f"server: site {sender} sent a share with evaluation point {share.x}, expected {sender}")
+                if share_commitment(config, owner, sender, kind, bytes(data)) != state.directory[owner].commitment(sender, kind):
+                    discarded.append((sender, owner, kind))  # altered by the holder: left out, and named
+                    continue
                 store.setdefault(owner, []).append(share)
     responders = frozenset(received)
     reason = _unrecoverable(config, state.shared, state.survivors, responders)
+    if reason is None:
+        reason = _too_few_valid(config, state.survivors, dropped, seed_shares, key_shares, discarded)
     if reason is not None:
         return _server_abort(state, reason, frozenset())
-    self_mask_seeds = [
-        shamir.combine(seed_shares[site], threshold=config.threshold, secret_bytes=SECRET_BYTES)
-        for site in sorted(state.survivors)
-    ]
+    self_mask_seeds = []
+    for site in sorted(state.survivors):
+        try:
+            seed = _combine(seed_shares[site], config, what=f"site {site}'s self-mask seed")
+        except ProtocolError as error:
+            return _server_abort(state, str(error), frozenset())
+        if seed_commitment(config, site, seed) != state.directory[site].seed_commitment:
+            return _server_abort(
+                state, f"site {site}'s self-mask seed reconstructed from shares that match the commitments it signed is "
+                f"not the seed it committed to: the dealer shared it inconsistently", frozenset())
+        self_mask_seeds.append(seed)
     pair_seeds: list[bytes] = []
     pair_signs: list[int] = []
     for site in sorted(dropped):
         partners = graph[site] & state.survivors
         if not partners:
             continue
-        private_key = shamir.combine(key_shares[site], threshold=config.threshold, secret_bytes=SECRET_BYTES)
+        try:
+            private_key = _combine(key_shares[site], config, what=f"dropped site {site}'s masking key")
+        except ProtocolError as error:
+            return _server_abort(state, str(error), frozenset())
         if keys.public_key_of(private_key) != state.directory[site].masking_key:
-            raise ProtocolError(
-                f"server: the masking key reconstructed for dropped site {site} does not match its advertised "
-                "public key; a site sent corrupted shares"
-            )
+            return _server_abort(
+                state, f"the masking key reconstructed for dropped site {site} does not match the public key it signed: "
+                f"site {site} dealt shares of another key", frozenset())
         for partner in sorted(partners):
             shared_secret = keys.agree(private_key, state.directory[partner].masking_key)
             pair_seeds.append(keys.pairwise_mask_seed(shared_secret, context=config.context, site_a=partner, site_b=site))
             pair_signs.append(mask_sign(partner, site))
     total = kernels.unmask(state.masked_sum, self_mask_seeds, pair_seeds, pair_signs, config.ring, engine=config.engine)
-    return ServerDone(config=config, survivors=state.survivors, total=total), []
+    return ServerDone(config=config, survivors=state.survivors, total=total, discarded=tuple(discarded)), []
+
+
+def _too_few_valid(config: RoundConfig, survivors: frozenset[int], dropped: frozenset[int],
+                   seed_shares: Mapping[int, list[shamir.Share]], key_shares: Mapping[int, list[shamir.Share]],
+                   discarded: Sequence[tuple[int, int, str]]) -> str | None:
+    """Why too few shares that match their commitments remain to unmask, naming the holders that altered theirs."""
+    needed = [(site, seed_shares, "self-mask seed") for site in sorted(survivors)]
+    needed += [(site, key_shares, "masking key") for site in sorted(dropped) if config.graph[site] & survivors]
+    for site, shares, what in needed:
+        if len(shares.get(site, [])) < config.threshold:
+            altered = sorted({holder for holder, dealer, _ in discarded if dealer == site})
+            return (
+                f"only {len(shares.get(site, []))} shares of site {site}'s {what} match the commitments it signed, fewer "
+                f"than the threshold {config.threshold}; sites {altered} returned altered shares"
+            )
+    return None
+
+
+def _combine(shares: Sequence[shamir.Share], config: RoundConfig, *, what: str) -> bytes:
+    """A secret from shares that all match their dealer's commitments; a failure is the dealer's."""
+    try:
+        return shamir.combine(shares, threshold=config.threshold, secret_bytes=SECRET_BYTES)
+    except ProtocolError as error:
+        raise ProtocolError(
+            f"{what} cannot be reconstructed from shares that match the commitments its dealer signed ({error}): "
+            "the dealer shared it inconsistently"
+        ) from None
 
 
 _SERVER_TRANSITIONS = {

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from pipeline.errors import AggregationAborted, ConfigurationError, ProtocolError
-from pipeline.secagg import keys
+from pipeline.secagg import keys, shamir
 from pipeline.secagg.chacha20 import chacha20_keystream
 from pipeline.encoding import Ring
 from pipeline.secagg.client import ClientAborted, ClientDone, ClientMaskedInput, ClientState, client_advance, client_init
@@ -22,6 +22,7 @@ from pipeline.secagg.messages import (
     Stage,
     UnmaskRequest,
     UnmaskShares,
+    share_commitment,
 )
 from pipeline.secagg.server import ServerAborted, server_advance, server_init, server_result
 
@@ -301,16 +302,30 @@ def test_consistency_check__server_rejects_bad_signature() -> None:
         server_advance(server, forged)
 
 
-def test_server__corrupted_key_share_detected() -> None:
+def test_server__altered_share_is_discarded_named_and_the_others_reconstruct() -> None:
     config = make_config(4, 2)
-    server, clients, to_clients, _ = run_to(config, Stage.MASKED_INPUT)
+    server, clients, to_clients, inputs = run_to(config, Stage.MASKED_INPUT)
     server, requests = server_advance(server, step_clients(clients, to_clients, sites=[1, 2, 3]))
     answers = step_clients(clients, deliver(requests), sites=[1, 2, 3])
     (owner, data), = answers[0].key_shares
     corrupted = data[:4] + bytes(66 - 33) + bytes(33 * [7])
     answers[0] = dataclasses.replace(answers[0], key_shares=((owner, corrupted),))
-    with pytest.raises(ProtocolError, match="valid secret|does not match its advertised"):
-        server_advance(server, answers)
+    done, _ = server_advance(server, answers)
+    total, survivors = server_result(done)
+    assert done.discarded == ((1, owner, "key"),)  # site 1 returned a share its dealer never committed to
+    np.testing.assert_array_equal(total, ring_sum([inputs[s] for s in sorted(survivors)], config.ring))
+
+
+def test_server__too_few_committed_shares_left_aborts_naming_who_altered_them() -> None:
+    config = make_config(4, 3)
+    server, clients, to_clients, _ = run_to(config, Stage.MASKED_INPUT)
+    server, requests = server_advance(server, step_clients(clients, to_clients, sites=[1, 2, 3]))
+    answers = step_clients(clients, deliver(requests), sites=[1, 2, 3])
+    (owner, data), = answers[1].key_shares
+    answers[1] = dataclasses.replace(answers[1], key_shares=((owner, data[:-1] + bytes([data[-1] ^ 1])),))
+    aborted, _ = server_advance(server, answers)
+    assert isinstance(aborted, ServerAborted)
+    assert f"site {owner}'s masking key" in aborted.reason and "sites [2] returned altered shares" in aborted.reason
 
 
 def test_server__share_set_other_than_requested_rejected() -> None:
@@ -352,3 +367,26 @@ def test_round_config__invalid_parameters() -> None:
 def test_server_result__unfinished_round() -> None:
     with pytest.raises(ProtocolError, match="not finished"):
         server_result(server_init(make_config()))
+
+
+def test_server__a_dealer_that_shares_its_seed_inconsistently_is_named() -> None:
+    config = make_config(5, 3)
+    clients = make_clients(config)
+    server = server_init(config)
+    advertisements = step_clients(clients, {})
+    # Site 1 deals holder 2 a shifted self-mask-seed share, and commits to the shifted one,
+    # so every holder's check of what it received passes.
+    dealer = clients[1]
+    key_share, seed_share = dealer.dealt[2]
+    share = shamir.Share.from_bytes(seed_share)
+    shifted = shamir.Share(share.x, (share.y + 1) % shamir.PRIME).to_bytes()
+    commitments = tuple((holder, key, share_commitment(config, 1, 2, "seed", shifted) if holder == 2 else seed)
+                        for holder, key, seed in advertisements[0].keys.share_commitments)
+    clients[1] = dataclasses.replace(dealer, dealt={**dealer.dealt, 2: (key_share, shifted)})
+    advertisements[0] = dataclasses.replace(advertisements[0], keys=dataclasses.replace(advertisements[0].keys,
+                                                                                        share_commitments=commitments))
+    server, outgoing = server_advance(server, advertisements)
+    while server.stage not in (Stage.DONE, Stage.ABORTED):
+        server, outgoing = server_advance(server, step_clients(clients, deliver(outgoing)))
+    assert isinstance(server, ServerAborted)
+    assert "site 1's self-mask seed" in server.reason and "the dealer shared it inconsistently" in server.reason
