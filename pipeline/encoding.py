@@ -267,7 +267,11 @@ def decode(total: np.ndarray, encoding: FixedPoint, num_sites: int) -> np.ndarra
     total = np.asarray(total)
     _check_ring_dtype(total, encoding.ring)
     check_bit_budget(encoding, num_sites)
-    centred = to_signed(total).astype(np.int64)
+    return _from_centred(to_signed(total).astype(np.int64), encoding)
+
+
+def _from_centred(centred: np.ndarray, encoding: FixedPoint) -> np.ndarray:
+    """Signed ring sums as values: exact int64 for an integer encoding, else float64 divided by the scale."""
     if encoding.scale_bits == 0:
         return centred
     return centred.astype(np.float64) / float(1 << encoding.scale_bits)
@@ -423,12 +427,12 @@ class Layout:
             raise InputError(f"sum has shape {total.shape}, the layout expects ({self.size},)")
         _check_ring_dtype(total, self.ring)
         self.check_bit_budget(num_sites)
+        signed = to_signed(total).astype(np.int64)
         out: dict[str, np.ndarray] = {}
         offset = 0
         for f in self.fields:
-            part = total[offset : offset + f.size]
+            centred = signed[offset : offset + f.size]
             low, high = f.encoded_bounds(num_sites)
-            centred = to_signed(part)
             outside = (centred < low) | (centred > high)
             if outside.any():
                 index = int(np.flatnonzero(outside)[0])
@@ -437,7 +441,7 @@ class Layout:
                     f"every site declared ([{low}, {high}] in ring units); a site sent values beyond them, "
                     "so the round is refused"
                 )
-            out[f.name] = decode(part, f.encoding, num_sites).reshape(f.shape)
+            out[f.name] = _from_centred(centred, f.encoding).reshape(f.shape)
             offset += f.size
         return out
 

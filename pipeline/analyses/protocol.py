@@ -25,6 +25,7 @@ leave it out (``site_finish``, ``write_outputs``).
 
 from __future__ import annotations
 
+import abc
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -108,7 +109,7 @@ class JobState(Protocol):
         ...
 
 
-class JsonState:
+class JsonState(abc.ABC):
     """Base of frozen state dataclasses that hold numpy arrays (declared with ``eq=False``).
 
     A dataclass's generated ``==`` cannot compare numpy fields. What every party agrees
@@ -117,8 +118,9 @@ class JsonState:
     state`` says the state survives storage and transport bit for bit.
     """
 
+    @abc.abstractmethod
     def to_json(self) -> dict[str, Any]:
-        raise NotImplementedError
+        """The state as JSON: what every party stores, hashes and compares."""
 
     def __eq__(self, other: object) -> bool:
         if type(other) is not type(self):

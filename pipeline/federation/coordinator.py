@@ -64,10 +64,7 @@ from pipeline.secagg.server import ServerAborted, ServerDone, ServerState, serve
 
 log = logging.getLogger(__name__)
 
-__all__ = ["Coordinator", "AuditSink", "RESULT_KINDS"]
-
-RESULT_KINDS = ("json", "table", "file")
-"""What a job's stored results hold: the summary (json), Arrow tables, rendered files."""
+__all__ = ["Coordinator", "AuditSink"]
 
 
 class AuditSink(Protocol):

@@ -106,16 +106,15 @@ class RoundOptions:
         analysis: the analysis' name (not yet looked up).
         participants: the sites invited (sorted names).
         threshold: sites that must answer each stage (``None``: :func:`default_threshold`).
-        stage_timeout: seconds a stage waits before silent sites count as dropped.
-        consistency_check: run the signed survivor-list stage.
         num_neighbours: SecAgg+ with this many neighbours per site (``None``: every site).
+
+    The stage timeout and the consistency round are checked here and read from the spec
+    where they are used (every party reads the same spec).
     """
 
     analysis: str
     participants: tuple[str, ...]
     threshold: int | None
-    stage_timeout: float
-    consistency_check: bool
     num_neighbours: int | None
 
 
@@ -158,4 +157,4 @@ def parse_round_options(spec: Mapping[str, Any], enrolled: Sequence[str], *, kno
     neighbours = spec.get("num_neighbours")
     if neighbours is not None and (isinstance(neighbours, bool) or not isinstance(neighbours, int) or neighbours < 1):
         raise ConfigurationError(f"job spec key 'num_neighbours' must be a positive integer or absent, got {neighbours!r}")
-    return RoundOptions(name, tuple(sorted(sites)), threshold, float(timeout), consistency_check, neighbours)
+    return RoundOptions(name, tuple(sorted(sites)), threshold, neighbours)

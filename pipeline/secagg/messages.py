@@ -194,11 +194,13 @@ class RoundConfig:
         """The round every message must carry."""
         return self.context.round_index
 
+    @cached_property
+    def _identity_map(self) -> Mapping[int, bytes]:
+        return MappingProxyType(dict(self.identities or ()))
+
     def identity_of(self, site: int) -> bytes | None:
-        """Site ``site``'s certificate public key, or ``None`` when the round binds no identities."""
-        if self.identities is None:
-            return None
-        return dict(self.identities)[site]
+        """Site ``site``'s certificate public key, or ``None`` (no identities bound, or not a site of the round)."""
+        return self._identity_map.get(site)
 
 
 # --------------------------------------------------------------------------- messages
@@ -475,9 +477,9 @@ def advertisement_problem(config: RoundConfig, peer: PeerKeys) -> str | None:
     certificate key the party's own roster holds for that site; a key the coordinator
     invented or swapped has none.
     """
-    identity = config.identity_of(peer.site) if peer.site in config.site_ids else None
     if config.identities is None:
         return None
+    identity = config.identity_of(peer.site)
     if identity is None:
         return f"site {peer.site} is not one of the round's sites"
     if peer.identity_signature is None:

@@ -44,7 +44,7 @@ from pipeline.analyses.train.model_record import biomarkers, model_record
 from pipeline.analyses.train.plan import TrainingPlan
 from pipeline.analyses.train.screening import ScreeningSummary
 from pipeline.analyses.train.site_data import (
-    checked_site_data,
+    global_model_on_site,
     held_out_statistics,
     site_data,
     site_training_arrays,
@@ -190,16 +190,10 @@ class FinalEvaluation(Analysis[EvaluationState]):
         Raises:
             PolicyRefusal: fewer usable samples than the site's k, or more than the job allows.
         """
-        plan = state.plan
-        data = checked_site_data(plan, state.variant_ids, dataset, site)
-        arrays = site_training_arrays(data, state.scaling, plan.task)
-        model = plan.model(plan.num_features(state.variant_ids))
-        stats = held_out_statistics(plan, model, state.params, arrays["holdout_x"], arrays["holdout_y"])
         shares = site.share_site_metrics and site.name in state.participants
-        log.info("site %s: held-out %s of the global model (%s): %s", site.name, "evaluate",
-                 "shared in this site's slot, policy share_site_metrics" if shares else "stays local",
-                 {k: round(v, 4) for k, v in evaluation.metrics(plan.task, stats).items()})
-        return {**stats, **_site_slots(plan, state.participants, state.n_holdout, site, stats)}
+        _, stats = global_model_on_site(state.plan, state.variant_ids, state.scaling, state.params, dataset, site,
+                                        phase="evaluate", shared=shares)
+        return {**stats, **_site_slots(state.plan, state.participants, state.n_holdout, site, stats)}
 
     def coordinator_step(
         self, state: EvaluationState, round_index: int, total: Mapping[str, np.ndarray], num_sites: int

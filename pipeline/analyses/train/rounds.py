@@ -40,12 +40,7 @@ from pipeline.analyses.train.declarations import (
 )
 from pipeline.analyses.protocol import JsonState
 from pipeline.analyses.train.plan import TrainingPlan
-from pipeline.analyses.train.site_data import (
-    checked_site_data,
-    held_out_statistics,
-    site_key,
-    site_training_arrays,
-)
+from pipeline.analyses.train.site_data import global_model_on_site, site_key
 from pipeline.dataset import Dataset
 from pipeline.encoding import Count, Ring, plan_layout
 from pipeline.errors import InputError
@@ -160,13 +155,10 @@ class TrainingRounds(Analysis[TrainingRoundsState]):
             PolicyRefusal: fewer usable samples than the site's k, or more than the job allows.
         """
         plan = state.plan
-        data = checked_site_data(plan, state.variant_ids, dataset, site)
-        arrays = site_training_arrays(data, state.scaling, plan.task)
-        local = plan.local(plan.num_features(state.variant_ids))
         theta_global = state.params
-        stats = held_out_statistics(plan, local.model, theta_global, arrays["holdout_x"], arrays["holdout_y"])
-        log.info("site %s: held-out %s of the global model (%s): %s", site.name, "train", "stays local",
-                 {k: round(v, 4) for k, v in evaluation.metrics(plan.task, stats).items()})
+        arrays, stats = global_model_on_site(plan, state.variant_ids, state.scaling, theta_global, dataset, site,
+                                             phase="train", shared=False)
+        local = plan.local(plan.num_features(state.variant_ids))
         n_train = int(arrays["train_y"].shape[0])
         if n_train == 0:  # every sample held out: the site only evaluates
             return {"weighted_delta": np.zeros(theta_global.size), "train_loss_sum": np.zeros(1), "n_train": np.zeros(1, np.int64),

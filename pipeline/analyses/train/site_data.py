@@ -9,6 +9,7 @@ the job's :class:`~pipeline.analyses.SiteCache`, keyed by the dataset's path and
 from __future__ import annotations
 
 import hashlib
+import logging
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -30,7 +31,10 @@ from pipeline.models.features import (
 )
 from pipeline.models.local_update import predict_fn
 
-__all__ = ["site_key", "site_data", "refuse_below_k", "checked_site_data", "site_training_arrays", "held_out_statistics"]
+log = logging.getLogger(__name__)
+
+__all__ = [
+    "global_model_on_site","site_key", "site_data", "refuse_below_k", "checked_site_data", "site_training_arrays", "held_out_statistics"]
 
 
 def site_key(seed: int, train_round: int, site: str) -> jax.Array:
@@ -78,6 +82,28 @@ def site_training_arrays(data: SiteData, scaling: Standardization, task: str) ->
         "train_x": features[data.train], "train_y": target[data.train],
         "holdout_x": features[data.holdout], "holdout_y": target[data.holdout],
     }
+
+
+def global_model_on_site(plan: TrainingPlan, variant_ids: Sequence[str], scaling: Standardization, theta: np.ndarray,
+                         dataset: Dataset, site: SiteContext, *, phase: str, shared: bool
+                         ) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+    """A site's standardized arrays, and the global model's statistics on its held-out split (logged locally).
+
+    Both the training rounds and the final evaluation start from this; whether the
+    statistics leave the site is the caller's layout's business (``shared`` only says
+    so in the site's log).
+
+    Raises:
+        PolicyRefusal: fewer usable samples than the site's k, or more than the job allows.
+    """
+    data = checked_site_data(plan, variant_ids, dataset, site)
+    arrays = site_training_arrays(data, scaling, plan.task)
+    model = plan.model(plan.num_features(variant_ids))
+    stats = held_out_statistics(plan, model, theta, arrays["holdout_x"], arrays["holdout_y"])
+    log.info("site %s: held-out %s of the global model (%s): %s", site.name, phase,
+             "shared in this site's slot, policy share_site_metrics" if shared else "stays local",
+             {k: round(v, 4) for k, v in evaluation.metrics(plan.task, stats).items()})
+    return arrays, stats
 
 
 def held_out_statistics(plan: TrainingPlan, model: ModelConfig, theta: np.ndarray, holdout_x: np.ndarray,
