@@ -28,6 +28,18 @@ def fsync_directory(folder: Path) -> None:
         os.close(fd)
 
 
+def write_private(path: Path, data: bytes) -> None:
+    """Replaces ``path`` atomically with ``data``, readable by its owner only (0600), synced to disk."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "wb") as handle:
+        handle.write(data)
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(tmp, path)
+
+
 def check_output_path(path: Path, *, force: bool) -> None:
     """Refuses to overwrite ``path`` unless ``force``."""
     if path.exists() and not force:

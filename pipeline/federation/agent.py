@@ -55,21 +55,21 @@ from pipeline.analyses import Analysis, JobState, KeyUnion, SiteCache, SiteConte
 from pipeline.analyses.registry import get_analysis
 from pipeline.encoding import Layout
 from pipeline.errors import ConfigurationError, GenofedError, PolicyRefusal, ProtocolError
+from pipeline.outputs import write_private
 from pipeline.federation import secagg_wire, transport, wire
+from pipeline.federation.attempts import RoundAttempts
 from pipeline.federation.audit import AuditLog
 from pipeline.federation.config import SiteConfig, load_site_config
-from pipeline.federation.job_spec import CONSISTENCY_CHECK_DEFAULT, minimum_threshold, shareholders
+from pipeline.federation.job_spec import CONSISTENCY_CHECK_DEFAULT, maximum_threshold, minimum_threshold, shareholders
 from pipeline.federation.roster import Roster, check_own_identity, load_roster
 from pipeline.federation.rounds import KEY_UNION_STAGE, encode_keys, round_config
 from pipeline.secagg import keys as secagg_keys
 from pipeline.secagg.client import ClientAborted, ClientState, client_advance, client_init
-from pipeline.secagg.messages import Message, Stage
+from pipeline.secagg.messages import Message, Stage, round_stages
 
 log = logging.getLogger(__name__)
 
-__all__ = ["SiteAgent", "run_site", "check_policy", "check_round_terms", "CLIENT_STAGES"]
-
-CLIENT_STAGES = (Stage.ADVERTISE_KEYS, Stage.SHARE_KEYS, Stage.MASKED_INPUT, Stage.CONSISTENCY_CHECK, Stage.UNMASKING)
+__all__ = ["SiteAgent", "run_site", "check_policy", "check_round_terms"]
 _WAIT_SECONDS = 10.0
 
 
@@ -127,23 +127,13 @@ def check_round_terms(config: SiteConfig, roster: Roster, task: Mapping[str, Any
         raise PolicyRefusal(f"site {name}: the round skips the signed consistency check; this site never does")
     holders = shareholders(len(site_ids), spec.get("num_neighbours"))
     least = max(2, minimum_threshold(holders, policy.threshold_rule))
+    most = maximum_threshold(len(site_ids), spec.get("num_neighbours"))
     threshold = int(task["threshold"])
-    if not least <= threshold <= holders:
+    if not least <= threshold <= most:
         raise PolicyRefusal(
             f"site {name}: threshold {threshold} for {holders} shareholders; this site's policy "
-            f"(threshold_rule {policy.threshold_rule}) accepts {least} to {holders}"
+            f"(threshold_rule {policy.threshold_rule}) accepts {least} to {most}"
         )
-
-
-def _write_private(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "wb") as handle:
-        handle.write(data)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(tmp, path)
 
 
 @dataclass
@@ -181,6 +171,7 @@ class SiteAgent:
         self.audit = audit if audit is not None else AuditLog(config.audit_log)
         self.state_dir = Path(config.state_dir)
         self.state_dir.mkdir(parents=True, exist_ok=True)
+        self.attempts = RoundAttempts(self.state_dir / "round-attempts.json")
         self._rounds: dict[tuple[str, int], _RoundMemory] = {}
         self._states: dict[tuple[str, int], tuple[str, JobState]] = {}
         self._caches: dict[str, SiteCache] = {}
@@ -370,6 +361,7 @@ class SiteAgent:
                     log.warning("site %s: no saved state for job %s round %d at stage %s; sitting the round out",
                                 self.config.name, job_id, round_index, stage.name)
                     return
+                self._begin_attempt(job_id, round_index)
                 self._start_round(task, analysis, folder)
             memory = self._replay(task, analysis, folder)
             self._rounds[(job_id, round_index)] = memory
@@ -379,7 +371,9 @@ class SiteAgent:
             body = self.connection.get_bytes(f"/v1/site/jobs/{job_id}/rounds/{round_index}/stages/{stage.value}/message")
             message = secagg_wire.decode_message(body)
             memory.state, memory.outgoing[stage] = client_advance(memory.state, [message])
-            _write_private(folder / f"server-{stage.value}.arrow", body)
+            write_private(folder / f"server-{stage.value}.arrow", body)
+            if memory.state.stage in (Stage.DONE, Stage.ABORTED):
+                self.attempts.finish(job_id, round_index, memory.state.stage.value)
             if isinstance(memory.state, ClientAborted) and memory.state.refused:
                 # What the coordinator relayed cannot come from honest parties: stop, say why, keep nothing.
                 self.audit.append("round.refused", job_id=job_id, round=round_index, stage=stage.value,
@@ -400,6 +394,18 @@ class SiteAgent:
             shutil.rmtree(folder, ignore_errors=True)
             self._rounds.pop((job_id, round_index), None)
 
+    def _begin_attempt(self, job_id: str, round_index: int) -> None:
+        """Records a new attempt at a round, or refuses one the site's record forbids (audited)."""
+        try:
+            attempt = self.attempts.begin(job_id, round_index, max_reruns=self.config.policy.max_round_reruns,
+                                          site=self.config.name)
+        except PolicyRefusal as refusal:
+            self.audit.append("round.refused", job_id=job_id, round=round_index, stage=Stage.ADVERTISE_KEYS.value,
+                              reason=str(refusal)[:500])
+            raise
+        if attempt > 1:
+            self.audit.append("round.rerun", job_id=job_id, round=round_index, attempt=attempt)
+
     def _start_round(self, task: dict[str, Any], analysis: Analysis[Any], folder: Path) -> None:
         state, values = self._contribution(task, analysis)
         layout = analysis.layout(state, int(task["round_index"]))
@@ -408,9 +414,9 @@ class SiteAgent:
         vector = layout.encode(values)
         buffer = io.BytesIO()
         np.save(buffer, vector, allow_pickle=False)
-        _write_private(folder / "vector.npy", buffer.getvalue())
-        _write_private(folder / "task.json", wire.canonical_json(task))
-        _write_private(folder / "randomness.bin", os.urandom(secagg_keys.KEY_BYTES))
+        write_private(folder / "vector.npy", buffer.getvalue())
+        write_private(folder / "task.json", wire.canonical_json(task))
+        write_private(folder / "randomness.bin", os.urandom(secagg_keys.KEY_BYTES))
 
     def _replay(self, task: dict[str, Any], analysis: Analysis[Any], folder: Path) -> _RoundMemory:
         """Rebuilds the client state from the saved secrets and server messages."""
@@ -428,7 +434,7 @@ class SiteAgent:
                              identity_key=self.identity_key)
         client, first = client_advance(client, [])
         memory = _RoundMemory(client, {Stage.ADVERTISE_KEYS: first})
-        for stage in CLIENT_STAGES[1:]:
+        for stage in round_stages(config)[1:]:
             path = folder / f"server-{stage.value}.arrow"
             if not path.is_file():
                 break

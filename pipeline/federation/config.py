@@ -104,6 +104,10 @@ class SitePolicy:
             coordinator trusted to follow the protocol).
         min_sites, max_sites: the least and most sites a job may have for this site
             to take part.
+        max_round_reruns: how many more attempts at a secure-sum round of one job the
+            site takes part in after an attempt was aborted (each draws fresh keys and
+            SecAgg+ graph, so this bounds a coordinator aborting to redraw); a round the
+            site completed is never run again.
     """
 
     allowed_analyses: tuple[str, ...]
@@ -114,6 +118,7 @@ class SitePolicy:
     threshold_rule: str = "two_thirds"
     min_sites: int = 2
     max_sites: int = 1000
+    max_round_reruns: int = 0
 
     def allows(self, analysis: str) -> bool:
         """Whether jobs of ``analysis`` may use this site's data."""
@@ -433,6 +438,7 @@ def load_site_config(
         threshold_rule=table.get("threshold_rule", choice(*THRESHOLD_RULES), f"one of {', '.join(THRESHOLD_RULES)}", "two_thirds"),
         min_sites=table.get("min_sites", _int(2), "an integer >= 2", 2),
         max_sites=table.get("max_sites", _int(2), "an integer >= 2", 1000),
+        max_round_reruns=table.get("max_round_reruns", _int(0), "an integer >= 0", 0),
     )
     table.finish()
     if policy.max_sites < policy.min_sites:

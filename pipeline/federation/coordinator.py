@@ -83,7 +83,7 @@ def _expected_ids(server: ServerState) -> frozenset[int]:
     stage = server.stage
     if stage is Stage.ADVERTISE_KEYS:
         return frozenset(server.config.site_ids)
-    if stage is Stage.SHARE_KEYS:
+    if stage in (Stage.CHOOSE_GRAPH, Stage.SHARE_KEYS):
         return frozenset(server.directory)  # type: ignore[union-attr]
     if stage is Stage.MASKED_INPUT:
         return server.shared  # type: ignore[union-attr,no-any-return]

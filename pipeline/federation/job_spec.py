@@ -27,6 +27,7 @@ __all__ = [
     "THRESHOLD_RULES",
     "minimum_threshold",
     "shareholders",
+    "maximum_threshold",
     "RoundOptions",
     "load_spec",
     "parse_round_options",
@@ -78,6 +79,15 @@ def load_spec(spec: Path | str | Mapping[str, Any], overrides: Mapping[str, Any]
 def shareholders(num_sites: int, num_neighbours: int | None = None) -> int:
     """How many parties hold shares of one site's secrets: every site, or its SecAgg+ neighbourhood."""
     return num_sites if num_neighbours is None else min(num_sites, num_neighbours + 1)
+
+
+def maximum_threshold(num_sites: int, num_neighbours: int | None = None) -> int:
+    """The largest threshold a round of ``num_sites`` accepts: every site (SecAgg); ``k`` and below ``n`` (SecAgg+).
+
+    With SecAgg+ ``t <= k`` so that one silent site never leaves a neighbourhood
+    without ``t`` shareholders: a single dropout cannot halt the round.
+    """
+    return num_sites if num_neighbours is None else min(num_sites - 1, num_neighbours)
 
 
 def minimum_threshold(holders: int, rule: str = "two_thirds") -> int:
@@ -155,6 +165,16 @@ def parse_round_options(spec: Mapping[str, Any], enrolled: Sequence[str], *, kno
             "federation (it stops a coordinator from showing sites different survivor lists); remove the key"
         )
     neighbours = spec.get("num_neighbours")
-    if neighbours is not None and (isinstance(neighbours, bool) or not isinstance(neighbours, int) or neighbours < 1):
-        raise ConfigurationError(f"job spec key 'num_neighbours' must be a positive integer or absent, got {neighbours!r}")
+    if neighbours is not None and (isinstance(neighbours, bool) or not isinstance(neighbours, int) or neighbours < 2 or neighbours % 2):
+        raise ConfigurationError(
+            f"job spec key 'num_neighbours' must be an even integer >= 2 (k/2 neighbours on each side of a ring) or absent, "
+            f"got {neighbours!r}"
+        )
+    least = threshold if threshold is not None else default_threshold(len(sites), neighbours)
+    most = maximum_threshold(len(sites), neighbours)
+    if least > most:
+        raise ConfigurationError(
+            f"job spec: threshold {least} for {len(sites)} sites with num_neighbours {neighbours}; at most {most} "
+            "(t <= num_neighbours, so that one dropout cannot halt a round); raise num_neighbours or lower the threshold"
+        )
     return RoundOptions(name, tuple(sorted(sites)), threshold, neighbours)

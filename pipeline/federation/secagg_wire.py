@@ -28,7 +28,7 @@ from pipeline.secagg import messages
 from pipeline.secagg.messages import Message, PeerKeys, Stage
 
 HEADER_KEY = b"genofed.message"
-WIRE_VERSION = 3
+WIRE_VERSION = 4
 
 __all__ = [
     "HEADER_KEY",
@@ -54,6 +54,7 @@ def _peer_columns(peers: tuple[PeerKeys, ...]) -> dict[str, pa.Array]:
         "signing_key": _binary([p.signing_key for p in peers]),
         "share_commitments": _binary([_commitments_bytes(p.share_commitments) for p in peers]),
         "seed_commitment": _binary([p.seed_commitment for p in peers]),
+        "graph_commitment": _binary([p.graph_commitment for p in peers]),
         "identity_signature": _binary([p.identity_signature for p in peers]),
     }
 
@@ -79,7 +80,7 @@ def _commitments(data: bytes | None) -> tuple[tuple[int, bytes, bytes], ...] | N
 
 def _peers(table: pa.Table) -> tuple[PeerKeys, ...]:
     rows = table.to_pydict()
-    missing = sorted({"share_commitments", "seed_commitment", "identity_signature"} - set(rows))
+    missing = sorted({"share_commitments", "seed_commitment", "graph_commitment", "identity_signature"} - set(rows))
     if missing:
         raise ProtocolError(f"malformed key advertisement: no {missing} columns")
 
@@ -88,10 +89,10 @@ def _peers(table: pa.Table) -> tuple[PeerKeys, ...]:
 
     return tuple(
         PeerKeys(int(site), bytes(enc), bytes(mask), optional(sign), _commitments(optional(commit)), optional(seed),
-                 optional(ident))
-        for site, enc, mask, sign, commit, seed, ident in zip(
+                 optional(graph), optional(ident))
+        for site, enc, mask, sign, commit, seed, graph, ident in zip(
             rows["site"], rows["encryption_key"], rows["masking_key"], rows["signing_key"], rows["share_commitments"],
-            rows["seed_commitment"], rows["identity_signature"],
+            rows["seed_commitment"], rows["graph_commitment"], rows["identity_signature"],
         )
     )
 
@@ -111,6 +112,10 @@ def _fields_of(message: Message) -> tuple[dict[str, Any], dict[str, pa.Array]]:
         return {}, _peer_columns((message.keys,))
     if isinstance(message, messages.KeyDirectory):
         return {}, _peer_columns(message.peers)
+    if isinstance(message, messages.GraphReveal):
+        return {}, {"randomness": _binary([message.randomness])}
+    if isinstance(message, messages.GraphRandomness):
+        return {}, _pair_columns(message.reveals, "peer", "randomness")
     if isinstance(message, (messages.EncryptedShares, messages.ForwardedShares)):
         return {}, _pair_columns(message.ciphertexts, "peer", "ciphertext")
     if isinstance(message, messages.MaskedInput):
@@ -177,11 +182,16 @@ def _decode_masked_input(header: dict[str, Any], table: pa.Table) -> dict[str, A
     return {"vector": vector}
 
 
-def _single_signature(header: dict[str, Any], table: pa.Table) -> dict[str, Any]:
-    values = table.column("signature").to_pylist()
-    if len(values) != 1 or values[0] is None:
-        raise ProtocolError(f"a consistency signature message carries exactly one signature, got {len(values)}")
-    return {"signature": bytes(values[0])}
+def _single_bytes(column: str, what: str) -> Callable[[dict[str, Any], pa.Table], dict[str, Any]]:
+    """Decoder of a message carrying one byte string in ``column``."""
+
+    def decode(header: dict[str, Any], table: pa.Table) -> dict[str, Any]:
+        values = table.column(column).to_pylist()
+        if len(values) != 1 or values[0] is None:
+            raise ProtocolError(f"a {what} message carries exactly one {column}, got {len(values)}")
+        return {column: bytes(values[0])}
+
+    return decode
 
 
 def _single_peer(header: dict[str, Any], table: pa.Table) -> dict[str, Any]:
@@ -201,11 +211,13 @@ def _sites(header: dict[str, Any], name: str) -> tuple[int, ...]:
 _DECODERS: dict[str, tuple[type, Callable[[dict[str, Any], pa.Table], dict[str, Any]]]] = {
     "AdvertiseKeys": (messages.AdvertiseKeys, _single_peer),
     "KeyDirectory": (messages.KeyDirectory, lambda h, t: {"peers": _peers(t)}),
+    "GraphReveal": (messages.GraphReveal, _single_bytes("randomness", "graph reveal")),
+    "GraphRandomness": (messages.GraphRandomness, lambda h, t: {"reveals": _pairs(t, "peer", "randomness")}),
     "EncryptedShares": (messages.EncryptedShares, lambda h, t: {"ciphertexts": _pairs(t, "peer", "ciphertext")}),
     "ForwardedShares": (messages.ForwardedShares, lambda h, t: {"ciphertexts": _pairs(t, "peer", "ciphertext")}),
     "MaskedInput": (messages.MaskedInput, _decode_masked_input),
     "SurvivorList": (messages.SurvivorList, lambda h, t: {"survivors": _sites(h, "survivors")}),
-    "ConsistencySignature": (messages.ConsistencySignature, _single_signature),
+    "ConsistencySignature": (messages.ConsistencySignature, _single_bytes("signature", "consistency signature")),
     "UnmaskRequest": (
         messages.UnmaskRequest,
         lambda h, t: {

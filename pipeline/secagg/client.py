@@ -12,7 +12,8 @@ inputs. The input vector is dropped from the state as soon as the masked input i
 The honest-client rule: whatever the server asks, a site never reveals both the
 self-mask share and the masking-key share of one peer (that would unmask the peer's
 input). With the consistency check on, it also refuses to unmask unless the request
-matches the survivor list it signed and carries ``threshold`` valid signatures of it.
+matches the survivor list it signed and carries ``threshold`` valid signatures of it,
+and it signs a survivor list only if the survivors are connected in the round's graph.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import struct
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import ClassVar, Union
 
@@ -39,6 +40,8 @@ from pipeline.secagg.messages import (
     ConsistencySignature,
     EncryptedShares,
     ForwardedShares,
+    GraphRandomness,
+    GraphReveal,
     KeyDirectory,
     MaskedInput,
     Message,
@@ -56,13 +59,18 @@ from pipeline.secagg.messages import (
     describe,
     frame,
     frozen_map,
+    graph_commitment,
+    graph_seed,
     mask_sign,
+    round_graph,
     survivor_statement,
     unframe,
 )
+from pipeline.secagg.neighbours import is_connected
 
 __all__ = [
     "ClientAdvertise",
+    "ClientChooseGraph",
     "ClientShareKeys",
     "ClientMaskedInput",
     "ClientConsistencyCheck",
@@ -94,12 +102,12 @@ class ClientAdvertise:
 
 
 @dataclass(frozen=True, eq=False)
-class ClientShareKeys:
-    """Keys advertised, shares dealt and committed to; waiting for the key directory.
+class ClientChooseGraph:
+    """SecAgg+: keys advertised with a commitment to ``graph_randomness``; waiting for the key directory.
 
-    ``dealt`` maps each potential shareholder to its (masking-key share, self-mask-seed
-    share), dealt before the directory arrives so that the advertisement could commit
-    to every one of them.
+    ``dealt`` maps each potential shareholder (every site of the round: the graph is not
+    known yet) to its (masking-key share, self-mask-seed share), dealt before any
+    directory arrives so that the advertisement could commit to every one of them.
     """
 
     config: RoundConfig
@@ -111,12 +119,38 @@ class ClientShareKeys:
     signing: keys.KeyPair | None
     self_mask_seed: bytes
     dealt: Mapping[int, tuple[bytes, bytes]]
+    graph_randomness: bytes
+    stage: ClassVar[Stage] = Stage.CHOOSE_GRAPH
+
+
+@dataclass(frozen=True, eq=False)
+class ClientShareKeys:
+    """Keys advertised, shares dealt and committed to; waiting for what fixes the graph.
+
+    SecAgg: the key directory. SecAgg+: every site's graph randomness; ``directory``
+    then holds the key directory received in CHOOSE_GRAPH (``None`` in SecAgg).
+    """
+
+    config: RoundConfig
+    site: int
+    vector: np.ndarray
+    randomness: bytes
+    encryption: keys.KeyPair
+    masking: keys.KeyPair
+    signing: keys.KeyPair | None
+    self_mask_seed: bytes
+    dealt: Mapping[int, tuple[bytes, bytes]]
+    directory: Mapping[int, PeerKeys] | None = None
     stage: ClassVar[Stage] = Stage.SHARE_KEYS
 
 
 @dataclass(frozen=True, eq=False)
 class ClientMaskedInput:
-    """Shares sent; waiting for the shares addressed to this site."""
+    """Shares sent; waiting for the shares addressed to this site.
+
+    ``directory`` holds this site's and its neighbours' keys; ``graph`` is the whole
+    round's graph and ``graph_seed`` its seed (:func:`~pipeline.secagg.messages.graph_seed`).
+    """
 
     config: RoundConfig
     site: int
@@ -127,6 +161,8 @@ class ClientMaskedInput:
     signing: keys.KeyPair | None
     directory: Mapping[int, PeerKeys]
     own_shares: tuple[bytes, bytes]
+    graph: Mapping[int, frozenset[int]]
+    graph_seed: bytes
     stage: ClassVar[Stage] = Stage.MASKED_INPUT
 
 
@@ -141,6 +177,8 @@ class ClientConsistencyCheck:
     directory: Mapping[int, PeerKeys]
     received: Mapping[int, bytes]
     own_shares: tuple[bytes, bytes]
+    graph: Mapping[int, frozenset[int]]
+    graph_seed: bytes
     stage: ClassVar[Stage] = Stage.CONSISTENCY_CHECK
 
 
@@ -155,6 +193,7 @@ class ClientUnmasking:
     received: Mapping[int, bytes]
     own_shares: tuple[bytes, bytes]
     signed_survivors: frozenset[int] | None
+    graph_seed: bytes
     stage: ClassVar[Stage] = Stage.UNMASKING
 
 
@@ -187,7 +226,7 @@ class ClientAborted:
 
 
 ClientState = Union[
-    ClientAdvertise, ClientShareKeys, ClientMaskedInput, ClientConsistencyCheck, ClientUnmasking, ClientDone, ClientAborted
+    ClientAdvertise, ClientChooseGraph, ClientShareKeys, ClientMaskedInput, ClientConsistencyCheck, ClientUnmasking, ClientDone, ClientAborted
 ]
 
 # --------------------------------------------------------------------------- helpers
@@ -275,11 +314,12 @@ def _client_advertise(state: ClientAdvertise, messages: Sequence[object]) -> tup
     masking = keys.generate_key_pair(random(keys.KEY_BYTES))
     signing = keys.generate_signing_key_pair(random(keys.KEY_BYTES)) if state.config.consistency_check else None
     config, site = state.config, state.site
-    # Both secrets are shared now, for every potential holder, so the advertisement can
-    # commit to each share (the coordinator checks what holders return against them).
+    # Both secrets are shared now, for every potential holder (any site of the round may
+    # become a neighbour), so the advertisement can commit to each share; the
+    # coordinator checks what holders return against these commitments.
     dealing = _random(state, "shares")
     self_mask_seed = dealing(SECRET_BYTES)
-    holders = sorted(config.graph[site] | {site})
+    holders = list(config.site_ids)
     key_shares = shamir.split(masking.private_key, threshold=config.threshold, xs=holders, random_bytes=dealing)
     seed_shares = shamir.split(self_mask_seed, threshold=config.threshold, xs=holders, random_bytes=dealing)
     dealt = {holder: (k.to_bytes(), v.to_bytes()) for holder, k, v in zip(holders, key_shares, seed_shares)}
@@ -287,53 +327,112 @@ def _client_advertise(state: ClientAdvertise, messages: Sequence[object]) -> tup
         (holder, share_commitment(config, site, holder, "key", key), share_commitment(config, site, holder, "seed", seed))
         for holder, (key, seed) in dealt.items()
     )
+    graph_randomness = _random(state, "graph")(SECRET_BYTES) if config.sparse else b""
     peer = PeerKeys(site, encryption.public_key, masking.public_key, signing.public_key if signing else None, commitments,
-                    seed_commitment(config, site, self_mask_seed))
+                    seed_commitment(config, site, self_mask_seed),
+                    graph_commitment(config, site, graph_randomness) if config.sparse else None)
     if state.identity_key is not None:
         signature = keys.sign_identity(state.identity_key, advertisement_statement(state.config, peer))
         peer = dataclasses.replace(peer, identity_signature=signature)
     outgoing = AdvertiseKeys(round_index=state.config.round_index, sender=state.site, receiver=SERVER, keys=peer)
-    next_state = ClientShareKeys(
-        config=state.config,
-        site=state.site,
-        vector=state.vector,
-        randomness=state.randomness,
-        encryption=encryption,
-        masking=masking,
-        signing=signing,
-        self_mask_seed=self_mask_seed,
-        dealt=frozen_map(dealt),
-    )
-    return next_state, [outgoing]
+    secrets = dict(config=config, site=site, vector=state.vector, randomness=state.randomness, encryption=encryption,
+                   masking=masking, signing=signing, self_mask_seed=self_mask_seed, dealt=frozen_map(dealt))
+    if config.sparse:
+        return ClientChooseGraph(**secrets, graph_randomness=graph_randomness), [outgoing]
+    return ClientShareKeys(**secrets), [outgoing]
 
 
-def _client_share_keys(state: ClientShareKeys, messages: Sequence[object]) -> tuple[ClientState, list[Message]]:
+def _signature_problem(config: RoundConfig, peers: Iterable[PeerKeys]) -> str | None:
+    """The first of ``peers`` whose advertisement is not signed by its site's certificate, said as a refusal."""
+    for peer in peers:
+        problem = advertisement_problem(config, peer)
+        if problem is not None:
+            return f"refuses the key directory: {problem}"
+    return None
+
+
+def _directory_problem(state: ClientChooseGraph | ClientShareKeys, peers: Sequence[PeerKeys]) -> str | None:
+    """Why the key directory cannot come from an honest coordinator, checking what needs no signature, or ``None``."""
+    config, site = state.config, state.site
+    sites = [peer.site for peer in peers]
+    if len(set(sites)) != len(sites) or not set(sites) <= set(config.site_ids):
+        return f"refuses the key directory: it lists sites {sorted(sites)}, not distinct sites of the round"
+    for peer in peers:
+        if config.consistency_check and peer.signing_key is None:
+            return f"refuses the key directory: site {peer.site} has no signing key but the consistency check is on"
+        if config.sparse and peer.graph_commitment is None:
+            return f"refuses the key directory: site {peer.site} committed to no graph randomness in a SecAgg+ round"
+    own = next((peer for peer in peers if peer.site == site), None)
+    if own is None or own.encryption_key != state.encryption.public_key or own.masking_key != state.masking.public_key:
+        return "refuses the key directory: it does not carry this site's own advertised keys"
+    public_keys = [key for peer in peers for key in (peer.encryption_key, peer.masking_key)]
+    if len(set(public_keys)) != len(public_keys):
+        return "refuses the key directory: it repeats a public key"
+    return None
+
+
+def _refuse(state: ClientState, problem: str) -> tuple[ClientState, list[Message]]:
+    """Nothing secret has left the site yet: it stops here, and says why."""
+    return _client_abort(state, f"site {state.site} {problem}", refused=True), []
+
+
+def _client_choose_graph(state: ClientChooseGraph, messages: Sequence[object]) -> tuple[ClientState, list[Message]]:
     message = _client_check(state, messages, KeyDirectory)
     if isinstance(message, Abort):
         return _client_abort(state, message.reason), []
     assert isinstance(message, KeyDirectory)
+    # Signatures are checked once the graph is known, for the neighbours whose keys the site uses.
+    problem = _directory_problem(state, message.peers)
+    if problem is not None:
+        return _refuse(state, problem)
+    directory = {peer.site: peer for peer in message.peers}
+    if directory[state.site].graph_commitment != graph_commitment(state.config, state.site, state.graph_randomness):
+        return _refuse(state, "refuses the key directory: it carries another graph commitment for this site")
+    # Every advertisement is fixed now: only then is this site's randomness revealed.
+    outgoing = GraphReveal(round_index=state.config.round_index, sender=state.site, receiver=SERVER,
+                           randomness=state.graph_randomness)
+    next_state = ClientShareKeys(
+        config=state.config, site=state.site, vector=state.vector, randomness=state.randomness,
+        encryption=state.encryption, masking=state.masking, signing=state.signing, self_mask_seed=state.self_mask_seed,
+        dealt=state.dealt, directory=frozen_map(directory),
+    )
+    return next_state, [outgoing]
+
+
+def _reveals_problem(state: ClientShareKeys, message: GraphRandomness, directory: Mapping[int, PeerKeys]) -> str | None:
+    """Why the relayed graph randomness is not every advertised site's committed randomness, or ``None``."""
+    reveals = dict(message.reveals)
+    if len(reveals) != len(message.reveals) or set(reveals) != set(directory):
+        return (f"refuses the graph randomness: it is for sites {sorted(reveals)}, not exactly the advertised sites "
+                f"{sorted(directory)}")
+    for peer, randomness in sorted(reveals.items()):
+        if graph_commitment(state.config, peer, randomness) != directory[peer].graph_commitment:
+            return f"refuses the graph randomness: site {peer}'s does not match the commitment it advertised"
+    return None
+
+
+def _client_share_keys(state: ClientShareKeys, messages: Sequence[object]) -> tuple[ClientState, list[Message]]:
+    message = _client_check(state, messages, KeyDirectory if state.directory is None else GraphRandomness)
+    if isinstance(message, Abort):
+        return _client_abort(state, message.reason), []
     config, site = state.config, state.site
-    allowed = config.graph[site] | {site}
-    directory: dict[int, PeerKeys] = {}
-    for peer in message.peers:
-        if peer.site not in allowed or peer.site in directory:
-            raise ProtocolError(
-                f"site {site}: the key directory lists site {peer.site}, which is not a (unique) neighbour "
-                f"of site {site}; the server sent a forged directory"
-            )
-        if config.consistency_check and peer.signing_key is None:
-            raise ProtocolError(f"site {site}: site {peer.site} advertised no signing key but the consistency check is on")
-        problem = advertisement_problem(config, peer)
+    if isinstance(message, KeyDirectory):
+        problem = _signature_problem(config, message.peers) or _directory_problem(state, message.peers)
+        everyone, reveals = {peer.site: peer for peer in message.peers}, {}
+    else:
+        assert isinstance(message, GraphRandomness) and state.directory is not None
+        everyone = dict(state.directory)
+        problem = _reveals_problem(state, message, everyone)
+        reveals = dict(message.reveals)
+    if problem is not None:
+        return _refuse(state, problem)
+    seed = graph_seed(config, everyone, reveals)
+    graph = round_graph(config, sorted(everyone), seed)
+    directory = {peer: everyone[peer] for peer in sorted(graph[site] | {site})}
+    if config.sparse:
+        problem = _signature_problem(config, directory.values())
         if problem is not None:
-            # Nothing secret has left this site yet: it stops here, and says why.
-            return _client_abort(state, f"site {site} refuses the key directory: {problem}", refused=True), []
-        directory[peer.site] = peer
-    own = directory.get(site)
-    if own is None or own.encryption_key != state.encryption.public_key or own.masking_key != state.masking.public_key:
-        raise ProtocolError(f"site {site}: the key directory does not carry this site's own advertised keys")
-    public_keys = [key for peer in directory.values() for key in (peer.encryption_key, peer.masking_key)]
-    if len(set(public_keys)) != len(public_keys):
-        raise ProtocolError(f"site {site}: the key directory repeats a public key; refusing to share")
+            return _refuse(state, problem)
     holders = sorted(directory)
     if len(holders) < config.threshold:
         return _client_abort(state, f"only {len(holders)} shareholders advertised keys, fewer than the threshold {config.threshold}"), []
@@ -362,6 +461,8 @@ def _client_share_keys(state: ClientShareKeys, messages: Sequence[object]) -> tu
         signing=state.signing,
         directory=frozen_map(directory),
         own_shares=own_shares,
+        graph=graph,
+        graph_seed=seed,
     )
     return next_state, [outgoing]
 
@@ -402,6 +503,8 @@ def _client_masked_input(state: ClientMaskedInput, messages: Sequence[object]) -
             directory=state.directory,
             received=frozen_received,
             own_shares=state.own_shares,
+            graph=state.graph,
+            graph_seed=state.graph_seed,
         )
     else:
         next_state = ClientUnmasking(
@@ -412,6 +515,7 @@ def _client_masked_input(state: ClientMaskedInput, messages: Sequence[object]) -
             received=frozen_received,
             own_shares=state.own_shares,
             signed_survivors=None,
+            graph_seed=state.graph_seed,
         )
     return next_state, [outgoing]
 
@@ -423,11 +527,15 @@ def _client_consistency(state: ClientConsistencyCheck, messages: Sequence[object
     assert isinstance(message, SurvivorList)
     config, site = state.config, state.site
     survivors = frozenset(message.survivors)
-    if len(survivors) != len(message.survivors) or not survivors <= set(config.site_ids) or site not in survivors:
+    if len(survivors) != len(message.survivors) or not survivors <= set(state.graph) or site not in survivors:
         raise ProtocolError(f"site {site}: the survivor list {sorted(message.survivors)} is malformed or omits this site")
     if len(survivors) < config.threshold:
         return _client_abort(state, f"only {len(survivors)} survivors, fewer than the threshold {config.threshold}"), []
-    signature = keys.sign(state.signing.private_key, survivor_statement(config, sorted(survivors)))
+    if not is_connected(state.graph, survivors):
+        # Masks cancel within each component: the coordinator would learn each part's sum.
+        return _refuse(state, f"refuses the survivor list {sorted(survivors)}: it is not connected in the round's "
+                       "neighbour graph, so unmasking would reveal the sums of its parts")
+    signature = keys.sign(state.signing.private_key, survivor_statement(config, sorted(survivors), state.graph_seed))
     outgoing = ConsistencySignature(round_index=config.round_index, sender=site, receiver=SERVER, signature=signature)
     next_state = ClientUnmasking(
         config=config,
@@ -437,6 +545,7 @@ def _client_consistency(state: ClientConsistencyCheck, messages: Sequence[object
         received=state.received,
         own_shares=state.own_shares,
         signed_survivors=survivors,
+        graph_seed=state.graph_seed,
     )
     return next_state, [outgoing]
 
@@ -496,7 +605,7 @@ def _verify_consistency(state: ClientUnmasking, message: UnmaskRequest, survivor
         raise ProtocolError(f"site {site}: the unmasking request is for a survivor list other than the one this site signed")
     if survivors != signed & (frozenset(state.received) | {site}) or dropped & signed:
         raise ProtocolError(f"site {site}: the unmasking request disagrees with the signed survivor list")
-    statement = survivor_statement(config, sorted(signed))
+    statement = survivor_statement(config, sorted(signed), state.graph_seed)
     valid = set()
     for signer, signature in message.signatures:
         peer = state.directory.get(signer)
@@ -526,6 +635,7 @@ def _open_bundle(state: ClientUnmasking, peer: int) -> tuple[bytes, bytes]:
 
 _CLIENT_TRANSITIONS = {
     Stage.ADVERTISE_KEYS: _client_advertise,
+    Stage.CHOOSE_GRAPH: _client_choose_graph,
     Stage.SHARE_KEYS: _client_share_keys,
     Stage.MASKED_INPUT: _client_masked_input,
     Stage.CONSISTENCY_CHECK: _client_consistency,

@@ -42,7 +42,7 @@ from pipeline.encoding import (
     encode,
 )
 from pipeline.secagg.client import ClientState, client_advance, client_init
-from pipeline.secagg.messages import Message, RoundConfig, Stage
+from pipeline.secagg.messages import Message, RoundConfig, Stage, round_stages
 from pipeline.secagg.server import ServerAborted, ServerState, server_advance, server_init, server_result
 
 __all__ = [
@@ -56,7 +56,7 @@ __all__ = [
 DropoutPattern = Union[Mapping[int, Union[Stage, str]], Sequence[int], None]
 
 DEFAULT_CONTEXT = keys.KeyContext("simulation", "simulate_secure_sum", 0)
-_STAGES = (Stage.ADVERTISE_KEYS, Stage.SHARE_KEYS, Stage.MASKED_INPUT, Stage.CONSISTENCY_CHECK, Stage.UNMASKING)
+_STAGES = (Stage.ADVERTISE_KEYS, Stage.CHOOSE_GRAPH, Stage.SHARE_KEYS, Stage.MASKED_INPUT, Stage.CONSISTENCY_CHECK, Stage.UNMASKING)
 
 
 @dataclass
@@ -227,8 +227,7 @@ def run_round(
     server: ServerState = server_init(config)
     inbox: dict[int, list[Message]] = {site: [] for site in site_ids}
     log: list[Message] = []
-    stages = [stage for stage in _STAGES if consistency_check or stage is not Stage.CONSISTENCY_CHECK]
-    for stage in stages:
+    for stage in round_stages(config):
         gone = {site for site, at in drop_stage.items() if _STAGES.index(at) <= _STAGES.index(stage)}
         to_server: list[Message] = []
         for site in site_ids:

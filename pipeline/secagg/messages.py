@@ -7,10 +7,14 @@ receive. It is a module of its own so that code that only carries, stores or ins
 messages (the wire format, :mod:`pipeline.federation.secagg_wire`) need not load either
 party's transitions, and it imports no JAX.
 
-One secure-sum round runs five stages::
+One secure-sum round runs five stages (six with SecAgg+)::
 
-    ADVERTISE_KEYS    site -> server: two X25519 public keys (+ Ed25519 key if checking)
-                      server -> site: the directory of its neighbours' keys
+    ADVERTISE_KEYS    site -> server: two X25519 public keys (+ Ed25519 key if checking),
+                      share commitments, and for SecAgg+ a commitment to fresh randomness
+                      server -> site: the directory of every advertised site's keys
+    CHOOSE_GRAPH      (SecAgg+ only) site -> server: the randomness it committed to
+                      server -> site: every site's randomness; each site derives the
+                      neighbour graph from it and all advertisements (:func:`graph_seed`)
     SHARE_KEYS        site -> server: Shamir shares of its masking key and self-mask
                       seed, AES-GCM-encrypted to each neighbour
                       server -> site: the ciphertexts addressed to it
@@ -23,9 +27,11 @@ One secure-sum round runs five stages::
                       server: reconstructs, regenerates and removes the masks -> sum
 
 Sign convention: ``sign(u, v) = +1`` when ``u < v`` and ``-1`` when ``u > v``, so the
-two ends of a pair cancel (:func:`mask_sign`). Neighbours are every other site (SecAgg)
-or the :func:`~pipeline.secagg.neighbours.neighbour_graph` (SecAgg+,
-``num_neighbours=k``).
+two ends of a pair cancel (:func:`mask_sign`). Neighbours are every other advertised
+site (SecAgg) or the :func:`~pipeline.secagg.neighbours.neighbour_graph` (SecAgg+,
+``num_neighbours=k``) over the advertised sites, seeded only once every key is fixed
+(:func:`round_graph`). Every site checks that the survivors are connected in it before
+it reveals a share, and signs the graph's seed with the survivor list.
 
 Every party's state is one frozen dataclass per stage; ``client_advance`` and
 ``server_advance`` take a state and the messages that arrived for its stage and
@@ -62,7 +68,7 @@ import numpy as np
 from pipeline.encoding import Ring
 from pipeline.errors import ConfigurationError, ProtocolError
 from pipeline.secagg import keys
-from pipeline.secagg.neighbours import complete_graph, neighbour_graph
+from pipeline.secagg.neighbours import check_num_neighbours, complete_graph, neighbour_graph
 
 __all__ = [
     "SERVER",
@@ -82,12 +88,18 @@ __all__ = [
     "UnmaskRequest",
     "UnmaskShares",
     "Abort",
+    "GraphReveal",
+    "GraphRandomness",
     "Message",
     "check_incoming",
     "describe",
     "frame",
     "unframe",
     "survivor_statement",
+    "round_stages",
+    "graph_commitment",
+    "graph_seed",
+    "round_graph",
     "advertisement_statement",
     "share_commitment",
     "seed_commitment",
@@ -107,6 +119,7 @@ class Stage(enum.Enum):
     """The protocol stage a party is in: the stage whose messages it expects next."""
 
     ADVERTISE_KEYS = "advertise_keys"
+    CHOOSE_GRAPH = "choose_graph"
     SHARE_KEYS = "share_keys"
     MASKED_INPUT = "masked_input"
     CONSISTENCY_CHECK = "consistency_check"
@@ -129,8 +142,8 @@ class RoundConfig:
         site_ids: the invited sites (distinct ints >= 1; a site's ID is also its Shamir
             evaluation point).
         threshold: shares needed to reconstruct a secret, and the least number of sites
-            that must answer each stage. For SecAgg+ it applies per neighbourhood
-            (``threshold <= num_neighbours + 1``).
+            that must answer each stage. For SecAgg+ it applies per neighbourhood, and
+            ``threshold <= num_neighbours`` so that one dropout cannot halt a round.
         ring: the ring of the masked vectors.
         length: number of ring elements per vector.
         consistency_check: run the signed survivor-list stage (malicious-server setting).
@@ -170,24 +183,21 @@ class RoundConfig:
                     f"identities must name exactly the round's sites {sorted(sites)}, got {[site for site, _ in identities]}"
                 )
             object.__setattr__(self, "identities", identities)
-        max_holders = len(sites)
+        max_threshold = len(sites)
         if self.num_neighbours is not None:
-            self.graph  # validates num_neighbours
-            max_holders = min(len(sites), self.num_neighbours + 1)
-        if isinstance(self.threshold, bool) or not isinstance(self.threshold, int) or not 1 <= self.threshold <= max_holders:
-            where = "sites" if self.num_neighbours is None else "num_neighbours + 1 shareholders per neighbourhood"
+            check_num_neighbours(self.num_neighbours)
+            max_threshold = min(len(sites) - 1, self.num_neighbours)
+        if isinstance(self.threshold, bool) or not isinstance(self.threshold, int) or not 1 <= self.threshold <= max_threshold:
+            where = "sites" if self.num_neighbours is None else "num_neighbours, so that one dropout cannot halt the round"
             raise ConfigurationError(
-                f"threshold must be between 1 and {max_holders} ({where}), got {self.threshold!r}; "
+                f"threshold must be between 1 and {max_threshold} ({where}), got {self.threshold!r}; "
                 "lower the threshold or invite more sites"
             )
 
-    @cached_property
-    def graph(self) -> Mapping[int, frozenset[int]]:
-        """Each site's neighbours: all other sites, or the SecAgg+ graph."""
-        if self.num_neighbours is None:
-            return MappingProxyType(complete_graph(self.site_ids))
-        seed = hashlib.sha256(b"genofed-secagg-graph" + self.context.encode()).digest()
-        return MappingProxyType(dict(neighbour_graph(self.site_ids, num_neighbours=self.num_neighbours, seed=seed)))
+    @property
+    def sparse(self) -> bool:
+        """SecAgg+: a neighbour graph of degree ``num_neighbours``, chosen in the CHOOSE_GRAPH stage."""
+        return self.num_neighbours is not None
 
     @property
     def round_index(self) -> int:
@@ -221,6 +231,8 @@ class PeerKeys:
         seed_commitment: commitment to the self-mask seed itself (:func:`seed_commitment`),
             so a seed reconstructed from inconsistently dealt shares is caught and the
             dealer named (the masking key is checked against ``masking_key``).
+        graph_commitment: SecAgg+ only: commitment to the randomness the site will
+            reveal towards the neighbour graph's seed (:func:`graph_commitment`).
         identity_signature: ECDSA signature by the site's certificate key of
             :func:`advertisement_statement` (``None`` when the round binds no identities).
     """
@@ -231,6 +243,7 @@ class PeerKeys:
     signing_key: bytes | None = None
     share_commitments: tuple[tuple[int, bytes, bytes], ...] | None = None
     seed_commitment: bytes | None = None
+    graph_commitment: bytes | None = None
     identity_signature: bytes | None = None
 
     def commitment(self, holder: int, kind: str) -> bytes | None:
@@ -261,9 +274,25 @@ class AdvertiseKeys(BaseMessage):
 
 @dataclass(frozen=True, eq=False)
 class KeyDirectory(BaseMessage):
-    """Server -> site: the keys of the site and its neighbours that advertised (U1)."""
+    """Server -> site: the keys of every site that advertised (U1); accepted in CHOOSE_GRAPH with SecAgg+."""
 
     peers: tuple[PeerKeys, ...]
+    STAGE: ClassVar[Stage] = Stage.SHARE_KEYS
+
+
+@dataclass(frozen=True, eq=False)
+class GraphReveal(BaseMessage):
+    """Site -> server (SecAgg+): the randomness its advertisement committed to."""
+
+    randomness: bytes
+    STAGE: ClassVar[Stage] = Stage.CHOOSE_GRAPH
+
+
+@dataclass(frozen=True, eq=False)
+class GraphRandomness(BaseMessage):
+    """Server -> site (SecAgg+): ``(site, randomness)`` of every advertised site."""
+
+    reveals: tuple[tuple[int, bytes], ...]
     STAGE: ClassVar[Stage] = Stage.SHARE_KEYS
 
 
@@ -339,6 +368,8 @@ class Abort(BaseMessage):
 Message = Union[
     AdvertiseKeys,
     KeyDirectory,
+    GraphReveal,
+    GraphRandomness,
     EncryptedShares,
     ForwardedShares,
     MaskedInput,
@@ -467,6 +498,7 @@ def advertisement_statement(config: RoundConfig, peer: PeerKeys) -> bytes:
     return frame(
         b"genofed-secagg-advertisement", config.context.encode(), struct.pack(">Q", peer.site),
         peer.encryption_key, peer.masking_key, peer.signing_key or b"", commitments, peer.seed_commitment or b"",
+        peer.graph_commitment or b"",
     )
 
 
@@ -489,6 +521,46 @@ def advertisement_problem(config: RoundConfig, peer: PeerKeys) -> str | None:
     return None
 
 
-def survivor_statement(config: RoundConfig, survivors: Sequence[int]) -> bytes:
-    """The bytes a site signs in the consistency check: the survivor list bound to the round."""
-    return frame(b"genofed-secagg-survivors", config.context.encode(), keys.encode_site_list(survivors))
+def survivor_statement(config: RoundConfig, survivors: Sequence[int], seed: bytes) -> bytes:
+    """The bytes a site signs in the consistency check: the survivor list and the graph's seed, bound to the round.
+
+    Signing the seed too means ``threshold`` signatures vouch that the signers agree
+    on every advertised key and on the graph, not only on who survived.
+    """
+    return frame(b"genofed-secagg-survivors", config.context.encode(), keys.encode_site_list(survivors), seed)
+
+
+def round_stages(config: RoundConfig) -> tuple[Stage, ...]:
+    """The stages a round of ``config`` runs, in order (CHOOSE_GRAPH with SecAgg+, CONSISTENCY_CHECK when checking)."""
+    return tuple(
+        stage for stage in (Stage.ADVERTISE_KEYS, Stage.CHOOSE_GRAPH, Stage.SHARE_KEYS, Stage.MASKED_INPUT,
+                            Stage.CONSISTENCY_CHECK, Stage.UNMASKING)
+        if (stage is not Stage.CHOOSE_GRAPH or config.sparse) and (stage is not Stage.CONSISTENCY_CHECK or config.consistency_check)
+    )
+
+
+def graph_commitment(config: RoundConfig, site: int, randomness: bytes) -> bytes:
+    """SHA-256 commitment to the randomness ``site`` contributes to this round's neighbour graph."""
+    return hashlib.sha256(frame(b"genofed-secagg-graph-commitment", config.context.encode(), struct.pack(">Q", site), randomness)).digest()
+
+
+def graph_seed(config: RoundConfig, directory: Mapping[int, PeerKeys], reveals: Mapping[int, bytes]) -> bytes:
+    """The seed of the round's neighbour graph: every advertisement, then every site's revealed randomness.
+
+    It is fixed only after all keys are (commit, then reveal): the coordinator sees the
+    reveals only once it has relayed the advertisements that commit to them, so it can
+    neither choose the graph nor grind it; one honest site's randomness makes it uniform.
+    For plain SecAgg (no reveals) it is a digest of the key directory, which the
+    consistency round then signs.
+    """
+    parts = [b"genofed-secagg-graph-seed", config.context.encode()]
+    for site in sorted(directory):
+        parts += [struct.pack(">Q", site), advertisement_statement(config, directory[site]), reveals.get(site, b"")]
+    return hashlib.sha256(frame(*parts)).digest()
+
+
+def round_graph(config: RoundConfig, sites: Sequence[int], seed: bytes) -> Mapping[int, frozenset[int]]:
+    """Each advertised site's neighbours: every other one (SecAgg), or the SecAgg+ graph drawn from ``seed``."""
+    if config.num_neighbours is None:
+        return MappingProxyType(complete_graph(sites))
+    return MappingProxyType(dict(neighbour_graph(sites, num_neighbours=config.num_neighbours, seed=seed)))

@@ -22,9 +22,14 @@ Security trade-off (read this before choosing ``k``):
   margin (Bell et al. give ``k = O(log n)`` for a constant fraction of corrupt sites,
   *if the graph is random and fixed before sites are corrupted*).
 - The seed is public, so the graph is public: an adversary that can corrupt sites
-  *after* seeing it can target one site's neighbourhood. Fix the seed only after the
-  keys are advertised (the protocol derives it from the round's context) and assume a
-  static adversary.
+  *after* seeing it can target one site's neighbourhood. The protocol therefore fixes
+  the seed only after every key is advertised, from all advertisements and randomness
+  each site committed to in its own (commit, then reveal;
+  :func:`pipeline.secagg.messages.graph_seed`): the coordinator cannot choose it, and a
+  site's own contribution alone makes it uniform. A static adversary is assumed.
+- The survivors must stay connected in the graph (:func:`is_connected`): if they split
+  into components, the masks cancel within each component and the coordinator would
+  learn each component's sum. Sites check it before revealing any share.
 - Dropout tolerance is also per neighbourhood: the sum is recovered only if every
   surviving site, and every dropped site that a survivor masked with, keeps at least
   ``t`` live shareholders. A clustered dropout can abort a round that full SecAgg
@@ -42,7 +47,7 @@ from typing import Mapping, Sequence
 
 from pipeline.errors import ConfigurationError
 
-__all__ = ["secure_permutation", "neighbour_graph", "complete_graph"]
+__all__ = ["secure_permutation", "neighbour_graph", "complete_graph", "check_num_neighbours", "is_connected"]
 
 
 class _ShakeStream:
@@ -99,6 +104,28 @@ def complete_graph(site_ids: Sequence[int]) -> dict[int, frozenset[int]]:
     return {site: everyone - {site} for site in sites}
 
 
+def check_num_neighbours(num_neighbours: object) -> None:
+    """Raises :class:`ConfigurationError` unless ``num_neighbours`` is an even int >= 2."""
+    if isinstance(num_neighbours, bool) or not isinstance(num_neighbours, int) or num_neighbours < 2 or num_neighbours % 2:
+        raise ConfigurationError(
+            f"num_neighbours must be an even int >= 2 (k/2 neighbours on each side of the ring), got {num_neighbours!r}"
+        )
+
+
+def is_connected(graph: Mapping[int, frozenset[int]], nodes: frozenset[int] | set[int]) -> bool:
+    """Whether ``nodes`` induce a connected subgraph of ``graph`` (an empty set is not connected)."""
+    if not nodes:
+        return False
+    start = min(nodes)
+    reached, frontier = {start}, [start]
+    while frontier:
+        for peer in graph.get(frontier.pop(), frozenset()) & nodes:
+            if peer not in reached:
+                reached.add(peer)
+                frontier.append(peer)
+    return len(reached) == len(nodes)
+
+
 def neighbour_graph(site_ids: Sequence[int], *, num_neighbours: int, seed: bytes) -> Mapping[int, frozenset[int]]:
     """The SecAgg+ graph: each site's ``num_neighbours`` neighbours (symmetric).
 
@@ -112,10 +139,7 @@ def neighbour_graph(site_ids: Sequence[int], *, num_neighbours: int, seed: bytes
         site -> frozenset of its neighbours (never itself); ``v in g[u]`` iff ``u in g[v]``.
     """
     sites = _parse_sites(site_ids)
-    if isinstance(num_neighbours, bool) or not isinstance(num_neighbours, int) or num_neighbours < 2 or num_neighbours % 2:
-        raise ConfigurationError(
-            f"num_neighbours must be an even int >= 2 (k/2 neighbours on each side of the ring), got {num_neighbours!r}"
-        )
+    check_num_neighbours(num_neighbours)
     if num_neighbours >= len(sites) - 1:
         return complete_graph(sites)
     order = secure_permutation(sites, seed=seed)

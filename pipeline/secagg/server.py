@@ -8,7 +8,9 @@ next state and the messages to deliver; what the stages and messages are is in
 
 Dropouts: the sum of the survivors (the sites whose masked input arrived) is
 recovered whenever at least ``threshold`` sites answer each stage (and, for SecAgg+,
-each affected neighbourhood keeps ``threshold`` shareholders). Otherwise the server
+each affected neighbourhood keeps ``threshold`` shareholders and the survivors stay
+connected in the graph). With SecAgg+ every advertised site must also reveal its graph
+randomness: a graph drawn from whoever answered would let the coordinator choose it. Otherwise the server
 moves to :class:`ServerAborted`, which holds no vector and no secret, and tells the
 sites to stop; :func:`server_result` then raises
 :class:`~pipeline.errors.AggregationAborted`.
@@ -32,6 +34,8 @@ from pipeline.secagg.messages import (
     ConsistencySignature,
     EncryptedShares,
     ForwardedShares,
+    GraphRandomness,
+    GraphReveal,
     KeyDirectory,
     MaskedInput,
     Message,
@@ -47,12 +51,17 @@ from pipeline.secagg.messages import (
     check_incoming,
     describe,
     frozen_map,
+    graph_commitment,
+    graph_seed,
     mask_sign,
+    round_graph,
     survivor_statement,
 )
+from pipeline.secagg.neighbours import is_connected
 
 __all__ = [
     "ServerAdvertise",
+    "ServerChooseGraph",
     "ServerShareKeys",
     "ServerMaskedInput",
     "ServerConsistencyCheck",
@@ -77,11 +86,22 @@ class ServerAdvertise:
 
 
 @dataclass(frozen=True)
-class ServerShareKeys:
-    """Directory sent to U1; waiting for encrypted shares."""
+class ServerChooseGraph:
+    """SecAgg+: directory sent to U1; waiting for every advertised site's graph randomness."""
 
     config: RoundConfig
     directory: Mapping[int, PeerKeys]
+    stage: ClassVar[Stage] = Stage.CHOOSE_GRAPH
+
+
+@dataclass(frozen=True)
+class ServerShareKeys:
+    """The graph is fixed (``graph_seed``, :func:`~pipeline.secagg.messages.graph_seed`); waiting for encrypted shares."""
+
+    config: RoundConfig
+    directory: Mapping[int, PeerKeys]
+    graph: Mapping[int, frozenset[int]]
+    graph_seed: bytes
     stage: ClassVar[Stage] = Stage.SHARE_KEYS
 
 
@@ -91,6 +111,8 @@ class ServerMaskedInput:
 
     config: RoundConfig
     directory: Mapping[int, PeerKeys]
+    graph: Mapping[int, frozenset[int]]
+    graph_seed: bytes
     shared: frozenset[int]
     stage: ClassVar[Stage] = Stage.MASKED_INPUT
 
@@ -101,6 +123,8 @@ class ServerConsistencyCheck:
 
     config: RoundConfig
     directory: Mapping[int, PeerKeys]
+    graph: Mapping[int, frozenset[int]]
+    graph_seed: bytes
     shared: frozenset[int]
     survivors: frozenset[int]
     masked_sum: np.ndarray
@@ -113,6 +137,8 @@ class ServerUnmasking:
 
     config: RoundConfig
     directory: Mapping[int, PeerKeys]
+    graph: Mapping[int, frozenset[int]]
+    graph_seed: bytes
     shared: frozenset[int]
     survivors: frozenset[int]
     asked: frozenset[int]
@@ -146,7 +172,7 @@ class ServerAborted:
 
 
 ServerState = Union[
-    ServerAdvertise, ServerShareKeys, ServerMaskedInput, ServerConsistencyCheck, ServerUnmasking, ServerDone, ServerAborted
+    ServerAdvertise, ServerChooseGraph, ServerShareKeys, ServerMaskedInput, ServerConsistencyCheck, ServerUnmasking, ServerDone, ServerAborted
 ]
 
 # --------------------------------------------------------------------------- transitions
@@ -189,6 +215,8 @@ def _server_advertise(state: ServerAdvertise, messages: Sequence[object]) -> tup
             raise ProtocolError(f"server: site {site} advertised keys labelled for site {message.keys.site}")
         if config.consistency_check and message.keys.signing_key is None:
             raise ProtocolError(f"server: site {site} advertised no signing key but the consistency check is on")
+        if config.sparse and message.keys.graph_commitment is None:
+            raise ProtocolError(f"server: site {site} committed to no graph randomness in a SecAgg+ round")
         problem = advertisement_problem(config, message.keys)
         if problem is not None:
             raise ProtocolError(f"server: refused the advertisement of site {site}: {problem}")
@@ -198,11 +226,39 @@ def _server_advertise(state: ServerAdvertise, messages: Sequence[object]) -> tup
         return _server_abort(
             state, f"only {len(advertised)} sites advertised keys, fewer than the threshold {config.threshold}", advertised
         )
-    outgoing: list[Message] = []
-    for site in sorted(advertised):
-        peers = tuple(directory[peer] for peer in sorted((config.graph[site] & advertised) | {site}))
-        outgoing.append(KeyDirectory(round_index=config.round_index, sender=SERVER, receiver=site, peers=peers))
-    return ServerShareKeys(config=config, directory=frozen_map(directory)), outgoing
+    peers = tuple(directory[site] for site in sorted(advertised))
+    outgoing: list[Message] = [
+        KeyDirectory(round_index=config.round_index, sender=SERVER, receiver=site, peers=peers) for site in sorted(advertised)
+    ]
+    if config.sparse:
+        return ServerChooseGraph(config=config, directory=frozen_map(directory)), outgoing
+    seed = graph_seed(config, directory, {})
+    return ServerShareKeys(config=config, directory=frozen_map(directory), graph=round_graph(config, sorted(advertised), seed),
+                           graph_seed=seed), outgoing
+
+
+def _server_choose_graph(state: ServerChooseGraph, messages: Sequence[object]) -> tuple[ServerState, list[Message]]:
+    config = state.config
+    advertised = frozenset(state.directory)
+    received = _server_check(state, messages, GraphReveal, advertised)
+    reveals: dict[int, bytes] = {}
+    for site, message in received.items():
+        assert isinstance(message, GraphReveal)
+        if graph_commitment(config, site, message.randomness) != state.directory[site].graph_commitment:
+            raise ProtocolError(f"server: site {site}'s graph randomness does not match the commitment it signed")
+        reveals[site] = bytes(message.randomness)
+    missing = sorted(advertised - frozenset(reveals))
+    if missing:
+        # A graph drawn from the sites that happened to answer would be the coordinator's choice.
+        return _server_abort(state, f"sites {missing} did not reveal their graph randomness; the neighbour graph is "
+                             "drawn from every advertised site's or not at all", frozenset(reveals))
+    seed = graph_seed(config, state.directory, reveals)
+    pairs = tuple(sorted(reveals.items()))
+    outgoing: list[Message] = [
+        GraphRandomness(round_index=config.round_index, sender=SERVER, receiver=site, reveals=pairs) for site in sorted(advertised)
+    ]
+    return ServerShareKeys(config=config, directory=state.directory, graph=round_graph(config, sorted(advertised), seed),
+                           graph_seed=seed), outgoing
 
 
 def _server_share_keys(state: ServerShareKeys, messages: Sequence[object]) -> tuple[ServerState, list[Message]]:
@@ -213,7 +269,7 @@ def _server_share_keys(state: ServerShareKeys, messages: Sequence[object]) -> tu
     for sender, message in sorted(received.items()):
         assert isinstance(message, EncryptedShares)
         receivers = [receiver for receiver, _ in message.ciphertexts]
-        expected = config.graph[sender] & advertised
+        expected = state.graph[sender]
         if len(set(receivers)) != len(receivers) or set(receivers) != expected:
             raise ProtocolError(
                 f"server: site {sender} sent shares to sites {sorted(receivers)}, expected exactly one to each of "
@@ -233,12 +289,14 @@ def _server_share_keys(state: ServerShareKeys, messages: Sequence[object]) -> tu
         )
         for site in sorted(shared)
     ]
-    return ServerMaskedInput(config=config, directory=state.directory, shared=shared), outgoing
+    return ServerMaskedInput(config=config, directory=state.directory, graph=state.graph, graph_seed=state.graph_seed,
+                             shared=shared), outgoing
 
 
-def _unrecoverable(config: RoundConfig, shared: frozenset[int], survivors: frozenset[int], responders: frozenset[int]) -> str | None:
+def _unrecoverable(config: RoundConfig, graph: Mapping[int, frozenset[int]], shared: frozenset[int],
+                   survivors: frozenset[int], responders: frozenset[int]) -> str | None:
     """Why the sum cannot be unmasked if only ``responders`` answer, or ``None`` if it can."""
-    graph, threshold = config.graph, config.threshold
+    threshold = config.threshold
     for site in sorted(survivors):
         holders = len((graph[site] | {site}) & responders)
         if holders < threshold:
@@ -273,6 +331,7 @@ def _sum_masked(vectors: Sequence[np.ndarray], config: RoundConfig) -> np.ndarra
 
 def _unmask_requests(
     config: RoundConfig,
+    graph: Mapping[int, frozenset[int]],
     shared: frozenset[int],
     survivors: frozenset[int],
     asked: frozenset[int],
@@ -280,7 +339,7 @@ def _unmask_requests(
 ) -> list[Message]:
     requests: list[Message] = []
     for site in sorted(asked):
-        neighbours = config.graph[site]
+        neighbours = graph[site]
         signed: tuple[tuple[int, bytes], ...] = ()
         if signatures is not None:
             signed = tuple((peer, signatures[peer]) for peer in sorted((neighbours | {site}) & frozenset(signatures)))
@@ -312,7 +371,10 @@ def _server_masked_input(state: ServerMaskedInput, messages: Sequence[object]) -
     survivors = frozenset(received)
     if len(survivors) < config.threshold:
         return _server_abort(state, f"only {len(survivors)} masked inputs arrived, fewer than the threshold {config.threshold}", survivors)
-    reason = _unrecoverable(config, state.shared, survivors, survivors)
+    reason = _unrecoverable(config, state.graph, state.shared, survivors, survivors)
+    if reason is None and not is_connected(state.graph, survivors):
+        # Each connected part's masks cancel on their own: unmasking would reveal each part's sum.
+        reason = f"the survivors {sorted(survivors)} are not connected in the neighbour graph"
     if reason is not None:
         return _server_abort(state, reason, survivors)
     masked_sum = _sum_masked([received[site].vector for site in sorted(survivors)], config)  # type: ignore[attr-defined]
@@ -322,24 +384,27 @@ def _server_masked_input(state: ServerMaskedInput, messages: Sequence[object]) -
             for site in sorted(survivors)
         ]
         next_state: ServerState = ServerConsistencyCheck(
-            config=config, directory=state.directory, shared=state.shared, survivors=survivors, masked_sum=masked_sum
+            config=config, directory=state.directory, graph=state.graph, graph_seed=state.graph_seed, shared=state.shared,
+            survivors=survivors, masked_sum=masked_sum,
         )
         return next_state, outgoing
     next_state = ServerUnmasking(
         config=config,
         directory=state.directory,
+        graph=state.graph,
+        graph_seed=state.graph_seed,
         shared=state.shared,
         survivors=survivors,
         asked=survivors,
         masked_sum=masked_sum,
     )
-    return next_state, _unmask_requests(config, state.shared, survivors, survivors, None)
+    return next_state, _unmask_requests(config, state.graph, state.shared, survivors, survivors, None)
 
 
 def _server_consistency(state: ServerConsistencyCheck, messages: Sequence[object]) -> tuple[ServerState, list[Message]]:
     config = state.config
     received = _server_check(state, messages, ConsistencySignature, state.survivors)
-    statement = survivor_statement(config, sorted(state.survivors))
+    statement = survivor_statement(config, sorted(state.survivors), state.graph_seed)
     signatures: dict[int, bytes] = {}
     for sender, message in received.items():
         assert isinstance(message, ConsistencySignature)
@@ -350,22 +415,24 @@ def _server_consistency(state: ServerConsistencyCheck, messages: Sequence[object
     signers = frozenset(signatures)
     if len(signers) < config.threshold:
         return _server_abort(state, f"only {len(signers)} sites signed the survivor list, fewer than the threshold {config.threshold}", signers)
-    reason = _unrecoverable(config, state.shared, state.survivors, signers)
+    reason = _unrecoverable(config, state.graph, state.shared, state.survivors, signers)
     if reason is not None:
         return _server_abort(state, reason, signers)
     next_state = ServerUnmasking(
         config=config,
         directory=state.directory,
+        graph=state.graph,
+        graph_seed=state.graph_seed,
         shared=state.shared,
         survivors=state.survivors,
         asked=signers,
         masked_sum=state.masked_sum,
     )
-    return next_state, _unmask_requests(config, state.shared, state.survivors, signers, signatures)
+    return next_state, _unmask_requests(config, state.graph, state.shared, state.survivors, signers, signatures)
 
 
 def _server_unmasking(state: ServerUnmasking, messages: Sequence[object]) -> tuple[ServerState, list[Message]]:
-    config, graph = state.config, state.config.graph
+    config, graph = state.config, state.graph
     received = _server_check(state, messages, UnmaskShares, state.asked)
     dropped = state.shared - state.survivors
     seed_shares: dict[int, list[shamir.Share]] = {}
@@ -394,9 +461,9 @@ def _server_unmasking(state: ServerUnmasking, messages: Sequence[object]) -> tup
                     continue
                 store.setdefault(owner, []).append(share)
     responders = frozenset(received)
-    reason = _unrecoverable(config, state.shared, state.survivors, responders)
+    reason = _unrecoverable(config, graph, state.shared, state.survivors, responders)
     if reason is None:
-        reason = _too_few_valid(config, state.survivors, dropped, seed_shares, key_shares, discarded)
+        reason = _too_few_valid(config, graph, state.survivors, dropped, seed_shares, key_shares, discarded)
     if reason is not None:
         return _server_abort(state, reason, frozenset())
     self_mask_seeds = []
@@ -432,12 +499,12 @@ def _server_unmasking(state: ServerUnmasking, messages: Sequence[object]) -> tup
     return ServerDone(config=config, survivors=state.survivors, total=total, discarded=tuple(discarded)), []
 
 
-def _too_few_valid(config: RoundConfig, survivors: frozenset[int], dropped: frozenset[int],
+def _too_few_valid(config: RoundConfig, graph: Mapping[int, frozenset[int]], survivors: frozenset[int], dropped: frozenset[int],
                    seed_shares: Mapping[int, list[shamir.Share]], key_shares: Mapping[int, list[shamir.Share]],
                    discarded: Sequence[tuple[int, int, str]]) -> str | None:
     """Why too few shares that match their commitments remain to unmask, naming the holders that altered theirs."""
     needed = [(site, seed_shares, "self-mask seed") for site in sorted(survivors)]
-    needed += [(site, key_shares, "masking key") for site in sorted(dropped) if config.graph[site] & survivors]
+    needed += [(site, key_shares, "masking key") for site in sorted(dropped) if graph[site] & survivors]
     for site, shares, what in needed:
         if len(shares.get(site, [])) < config.threshold:
             altered = sorted({holder for holder, dealer, _ in discarded if dealer == site})
@@ -461,6 +528,7 @@ def _combine(shares: Sequence[shamir.Share], config: RoundConfig, *, what: str) 
 
 _SERVER_TRANSITIONS = {
     Stage.ADVERTISE_KEYS: _server_advertise,
+    Stage.CHOOSE_GRAPH: _server_choose_graph,
     Stage.SHARE_KEYS: _server_share_keys,
     Stage.MASKED_INPUT: _server_masked_input,
     Stage.CONSISTENCY_CHECK: _server_consistency,

@@ -98,26 +98,36 @@ def secagg_plus_neighbours(num_sites: int) -> int | None:
     return 2 * math.ceil(math.log2(num_sites) / 2)
 
 
-def recoverable(graph: dict[int, set[int]], dropped: set[int], threshold: int) -> bool:
-    """Whether every neighbourhood keeps ``threshold`` live shareholders (graphs include no self loops)."""
+def recoverable(graph: dict[int, frozenset[int]], dropped: set[int], threshold: int) -> bool:
+    """Whether every neighbourhood keeps ``threshold`` live shareholders and the survivors stay connected."""
+    from pipeline.secagg.neighbours import is_connected
+
     for site, neighbours in graph.items():
         if site in dropped:
             if neighbours - dropped and len(neighbours - dropped) < threshold:
                 return False
         elif len((neighbours | {site}) - dropped) < threshold:
             return False
-    return True
+    return is_connected(graph, frozenset(graph) - dropped)
 
 
-def choose_dropouts(num_sites: int, count: int, k: int | None, threshold: int, rng: np.random.Generator) -> list[int]:
-    """``count`` random site indices whose silence still lets the SecAgg+ round finish."""
-    from pipeline.secagg.driver import DEFAULT_CONTEXT
-    from pipeline.secagg.messages import RoundConfig
+def round_graph_of(num_sites: int, threshold: int, k: int | None, seed: int) -> dict[int, frozenset[int]]:
+    """The neighbour graph a round with this ``seed`` draws (read off a dry run's share messages).
 
+    The graph is drawn inside the round from every site's randomness, so a benchmark that
+    wants a recoverable dropout pattern runs the round's key exchange once beforehand.
+    """
+    outcome = run_round([np.zeros(0, dtype=np.uint32)] * num_sites, threshold=threshold, num_neighbours=k, seed=seed,
+                        record_messages=True)
+    return {m.sender: frozenset(receiver for receiver, _ in m.ciphertexts)
+            for m in outcome.messages if type(m).__name__ == "EncryptedShares"}
+
+
+def choose_dropouts(num_sites: int, count: int, k: int | None, threshold: int, rng: np.random.Generator, seed: int) -> list[int]:
+    """``count`` random site indices whose silence still lets the round of ``seed`` finish."""
     if k is None:
         return sorted(rng.choice(num_sites, size=count, replace=False).tolist())
-    config = RoundConfig(DEFAULT_CONTEXT, tuple(range(1, num_sites + 1)), threshold, Ring.R32, 0, num_neighbours=k)
-    graph = {site: set(peers) for site, peers in config.graph.items()}
+    graph = round_graph_of(num_sites, threshold, k, seed)
     for _ in range(1000):
         dropped = sorted(rng.choice(num_sites, size=count, replace=False).tolist())
         if recoverable(graph, {index + 1 for index in dropped}, threshold):
@@ -135,7 +145,7 @@ def plain_sum_seconds(vectors: list[np.ndarray]) -> float:
 
 def ours(
     vectors: list[np.ndarray], *, threshold: int, dropped: list[int], ring: Ring, num_neighbours: int | None,
-    identity_keys: list[ec.EllipticCurvePrivateKey] | None = None,
+    identity_keys: list[ec.EllipticCurvePrivateKey] | None = None, seed: int | None = None,
 ) -> tuple[float, float, float, float]:
     """(total CPU s, client CPU s, server CPU s, total wall s) of one secure round.
 
@@ -153,6 +163,7 @@ def ours(
         num_neighbours=num_neighbours,
         consistency_check=identity_keys is not None,
         identity_keys=identity_keys,
+        seed=seed,
     )
     assert outcome.total is not None
     start_cpu, start_wall = time.process_time(), time.perf_counter()
@@ -366,8 +377,9 @@ def main(argv: list[str] | None = None) -> None:
             count = round(rate * num_sites)
             shareholders = num_sites if k is None else k + 1
             threshold = max(2, min(num_sites - count, shareholders // 2 + 1))
-            dropped = choose_dropouts(num_sites, count, k, threshold, rng)
-            total, client, server, wall = ours(vectors, threshold=threshold, dropped=dropped, ring=ring, num_neighbours=k)
+            dropped = choose_dropouts(num_sites, count, k, threshold, rng, seed=num_sites)
+            total, client, server, wall = ours(vectors, threshold=threshold, dropped=dropped, ring=ring, num_neighbours=k,
+                                               seed=num_sites)
             plain = plain_sum_seconds(vectors)
             label = "SecAgg" if k is None else f"SecAgg+ k={k}"
             flower = ""
@@ -386,8 +398,8 @@ def main(argv: list[str] | None = None) -> None:
     vectors = [rng.uniform(-1.0, 1.0, size=10**6).astype(np.float32) for _ in range(10)]
     rows = [("SecAgg", None, 6, 10), ("SecAgg+ (3 shares)", 2, 2, 3)]
     for label, k, threshold, num_shares in rows:
-        dropped = choose_dropouts(10, 2, k, threshold, rng)
-        total, client, server, _ = ours(vectors, threshold=threshold, dropped=dropped, ring=ring, num_neighbours=k)
+        dropped = choose_dropouts(10, 2, k, threshold, rng, seed=10)
+        total, client, server, _ = ours(vectors, threshold=threshold, dropped=dropped, ring=ring, num_neighbours=k, seed=10)
         if use_flower:
             flower_total, _, _ = flower_round(vectors, num_shares=num_shares, threshold=threshold, dropped=dropped)
             source = "Flower 1.42 timed here"

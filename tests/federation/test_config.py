@@ -121,6 +121,12 @@ def test_site_config__share_site_metrics_opt_in(tmp_path):
     assert policy.share_site_metrics is True and policy.share_variant_keys is False
 
 
+def test_site_config__max_round_reruns(tmp_path):
+    assert load_site_config(write(tmp_path, SITE), check_files=False, env={}).policy.max_round_reruns == 0
+    text = replace_line(SITE, 'allowed_analyses = ["census"]', 'allowed_analyses = ["census"]\nmax_round_reruns = 2')
+    assert load_site_config(write(tmp_path, text), check_files=False, env={}).policy.max_round_reruns == 2
+
+
 def test_site_config__relative_to_file_not_cwd(tmp_path, monkeypatch):
     path = write(tmp_path, SITE)
     monkeypatch.chdir("/")
@@ -150,6 +156,7 @@ def test_site_config__relative_to_file_not_cwd(tmp_path, monkeypatch):
         ('allowed_analyses = ["census"]', 'allowed_analyses = ["census"]\nk = 5', "policy.k", "unknown key"),
         ('allowed_analyses = ["census"]', 'allowed_analyses = ["census"]\nshare_variant_keys = 1', "policy.share_variant_keys", "true or false"),
         ('allowed_analyses = ["census"]', 'allowed_analyses = ["census"]\nshare_site_metrics = "yes"', "policy.share_site_metrics", "true or false"),
+        ('allowed_analyses = ["census"]', 'allowed_analyses = ["census"]\nmax_round_reruns = -1', "policy.max_round_reruns", ">= 0"),
     ],
 )
 def test_site_config__errors_name_file_and_key(tmp_path, old, new, key, expected):

@@ -8,7 +8,7 @@ import pytest
 
 from pipeline.analyses.registry import REGISTRY
 from pipeline.errors import ConfigurationError, InputError
-from pipeline.federation.job_spec import analysis_parameters, load_spec, parse_round_options
+from pipeline.federation.job_spec import analysis_parameters, default_threshold, load_spec, maximum_threshold, parse_round_options
 
 ENROLLED = ("alpha", "beta", "gamma")
 
@@ -20,12 +20,22 @@ def test_parse_round_options__missing_analysis_lists_every_registered_name():
         assert name in str(error.value)
 
 
-def test_parse_round_options__num_neighbours_must_be_a_positive_integer():
-    options = parse_round_options({"analysis": "secure_sum", "num_neighbours": 2}, ENROLLED, known_analyses=tuple(REGISTRY))
-    assert (options.analysis, options.participants, options.threshold, options.num_neighbours) == ("secure_sum", ENROLLED, None, 2)
-    for bad in (0, -1, True, "2"):
+def test_parse_round_options__num_neighbours_must_be_an_even_integer():
+    options = parse_round_options({"analysis": "secure_sum", "num_neighbours": 2, "threshold": 2}, ENROLLED,
+                                  known_analyses=tuple(REGISTRY))
+    assert (options.analysis, options.participants, options.threshold, options.num_neighbours) == ("secure_sum", ENROLLED, 2, 2)
+    for bad in (0, -1, 1, 3, True, "2"):
         with pytest.raises(ConfigurationError, match="num_neighbours"):
             parse_round_options({"analysis": "secure_sum", "num_neighbours": bad}, ENROLLED, known_analyses=tuple(REGISTRY))
+
+
+def test_parse_round_options__secagg_plus_threshold_leaves_room_for_one_dropout():
+    # Two thirds of k + 1 = 3 shareholders plus one is 3 > k = 2: one dropout would halt every round.
+    with pytest.raises(ConfigurationError, match="at most 2 .t <= num_neighbours"):
+        parse_round_options({"analysis": "secure_sum", "num_neighbours": 2}, ENROLLED, known_analyses=tuple(REGISTRY))
+    enrolled = tuple(f"site{i:02d}" for i in range(12))
+    options = parse_round_options({"analysis": "secure_sum", "num_neighbours": 4}, enrolled, known_analyses=tuple(REGISTRY))
+    assert options.num_neighbours == 4 and default_threshold(12, 4) == 4 <= maximum_threshold(12, 4) == 4
 
 
 def test_parse_round_options__sites_threshold_and_timeout_are_checked():

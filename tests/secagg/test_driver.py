@@ -173,15 +173,19 @@ def test_simulate_secure_sum__seed_makes_round_reproducible() -> None:
 def test_run_round__secagg_plus_exact_or_abort(data: st.DataObject, seed: int) -> None:
     num_sites = data.draw(st.integers(4, 20))
     k = data.draw(st.sampled_from([2, 4, 6]))
-    threshold = data.draw(st.integers(1, min(num_sites, k + 1)))
+    threshold = data.draw(st.integers(1, min(num_sites - 1, k)))
     dropped = data.draw(st.lists(st.integers(0, num_sites - 1), unique=True, max_size=num_sites))
-    dropouts = {index: data.draw(st.sampled_from(STAGES)) for index in dropped}
+    dropouts = {index: data.draw(st.sampled_from([*STAGES, Stage.CHOOSE_GRAPH])) for index in dropped}
     rng = np.random.default_rng(seed)
     vectors = [rng.integers(0, 2**32, size=9, dtype=np.uint64).astype(np.uint32) for _ in range(num_sites)]
     outcome = run_round(vectors, threshold=threshold, dropouts=dropouts, num_neighbours=k, seed=seed, record_messages=True)
     check_share_rule(outcome)
-    # With at most k + 1 - t silent sites every neighbourhood keeps t shareholders.
-    if len(dropouts) <= min(k, num_sites - 1) + 1 - threshold:
+    # With at most k + 1 - t silent sites every neighbourhood keeps t shareholders, and
+    # with t >= 2 that is fewer than k, so the k-connected graph stays connected; a site
+    # silent in CHOOSE_GRAPH always aborts (the graph is drawn from every advertiser's randomness).
+    if Stage.CHOOSE_GRAPH in dropouts.values():
+        assert outcome.aborted
+    elif threshold >= 2 and len(dropouts) <= min(k, num_sites - 1) + 1 - threshold:
         assert not outcome.aborted
     if outcome.aborted:
         return

@@ -205,11 +205,16 @@ def test_client__forged_directory_rejected() -> None:
     server, directories = server_advance(server_init(config), step_clients(clients, {}))
     directory = deliver(directories)[1][0]
     others = [peer for peer in directory.peers if peer.site != 1]
-    with pytest.raises(ProtocolError, match="own advertised keys"):
-        client_advance(clients[1], [dataclasses.replace(directory, peers=tuple(others))])
     duplicate_key = dataclasses.replace(others[0], masking_key=others[1].masking_key)
-    with pytest.raises(ProtocolError, match="repeats a public key"):
-        client_advance(clients[1], [dataclasses.replace(directory, peers=(directory.peers[0], duplicate_key, *others[1:]))])
+    stranger = dataclasses.replace(others[0], site=9)
+    for peers, reason in (
+        (tuple(others), "own advertised keys"),
+        ((directory.peers[0], duplicate_key, *others[1:]), "repeats a public key"),
+        ((*directory.peers, stranger), "not distinct sites of the round"),
+    ):
+        # Nothing secret has left the site: it stops, refusing, and says why.
+        state, sent = client_advance(clients[1], [dataclasses.replace(directory, peers=peers)])
+        assert isinstance(state, ClientAborted) and state.refused and reason in state.reason and sent == []
 
 
 def test_client__ciphertext_relayed_for_another_pair_fails_authentication() -> None:
@@ -351,8 +356,8 @@ def test_states__frozen() -> None:
 def test_round_config__invalid_parameters() -> None:
     with pytest.raises(ConfigurationError, match="threshold must be between 1 and 5"):
         make_config(5, 6)
-    with pytest.raises(ConfigurationError, match="num_neighbours \\+ 1"):
-        RoundConfig(CONTEXT, tuple(range(1, 11)), 4, Ring.R32, 8, num_neighbours=2)
+    with pytest.raises(ConfigurationError, match="between 1 and 2 .num_neighbours, so that one dropout"):
+        RoundConfig(CONTEXT, tuple(range(1, 11)), 3, Ring.R32, 8, num_neighbours=2)
     with pytest.raises(ConfigurationError, match="distinct ints >= 1"):
         RoundConfig(CONTEXT, (0, 1, 2), 2, Ring.R32, 8)
     with pytest.raises(ConfigurationError, match="at least 2 sites"):
