@@ -27,8 +27,8 @@ from matplotlib.figure import Figure
 from pipeline import schemas
 from pipeline.analyses.gwas.state import RegressionState
 from pipeline.analyses.protocol import Result
+from pipeline.analyses.sum_checks import refuse_impossible
 from pipeline.encoding import Layout
-from pipeline.errors import ProtocolError
 from pipeline.harmonize.contigs import canonical_contig
 from pipeline.harmonize.variant_ids import parse_variant_ids
 from pipeline.outputs import atomic_file
@@ -88,21 +88,15 @@ def check_variant_sums(state: RegressionState, n: np.ndarray, alt_count: np.ndar
     Raises:
         ProtocolError: naming the first impossible variant and the field.
     """
-    ids = state.variant_ids
     n = np.asarray(n, np.int64)
     alt = np.asarray(alt_count, np.float64)
-    checks = (
-        ("n", n > state.standardization.n, f"more than the {state.standardization.n} complete samples"),
-        ("alt_count", (alt < -0.5) | (alt > 2 * n + 0.5), "outside [0, 2n]"),
-        ("below_min", (np.asarray(below_min, np.int64) > num_sites), f"more than the {num_sites} sites"),
-    )
-    for name, impossible, what in checks:
-        if impossible.any():
-            first = int(np.flatnonzero(impossible)[0])
-            raise ProtocolError(
-                f"gwas: variant {ids[first]}: the summed {name} is {what} ({int(impossible.sum())} such variants); "
-                "a site sent values beyond its own data, so nothing is published"
-            )
+    below = np.asarray(below_min, np.int64)
+    ids = state.variant_ids
+    complete = state.standardization.n
+    refuse_impossible("gwas", "n", n, n > complete, f"at most the {complete} complete samples", labels=ids, noun="variant")
+    refuse_impossible("gwas", "alt_count", alt, (alt < -0.5) | (alt > 2 * n + 0.5), "in [0, 2n = {limit}]", limit=2 * n,
+                      labels=ids, noun="variant")
+    refuse_impossible("gwas", "below_min", below, below > num_sites, f"at most the {num_sites} sites", labels=ids, noun="variant")
 
 
 def regression_result(state: RegressionState, beta: np.ndarray, se: np.ndarray, statistic: np.ndarray, p_value: np.ndarray,

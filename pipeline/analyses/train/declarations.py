@@ -11,15 +11,19 @@ whose sums must be near exact, use Z_2^64.
 The held-out statistics (:mod:`pipeline.models.evaluation`) are summed in every
 training round (the learning curve) and in the final evaluation, which also has one
 *slot* per participant: the same statistics under ``site:NAME:statistic`` names and a
-``site:NAME:shared`` flag.
+``site:NAME:shared`` flag. The coordinator refuses summed statistics no honest sites
+give (:func:`check_statistics`).
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
+import numpy as np
+
+from pipeline.analyses.sum_checks import check_moments, check_real_sum, refuse_impossible
 from pipeline.analyses.train.plan import TrainingPlan
-from pipeline.encoding import Count, Declaration, Real
+from pipeline.encoding import Count, Declaration, Layout, Real
 from pipeline.models import evaluation
 
 __all__ = [
@@ -29,6 +33,8 @@ __all__ = [
     "LAYOUT_HINT",
     "real",
     "statistic_fields",
+    "check_samples",
+    "check_statistics",
     "slot",
     "slot_fields",
 ]
@@ -62,6 +68,50 @@ def statistic_fields(plan: TrainingPlan, n_holdout: int, *, prefix: str = "") ->
         counts = [("count", (1,), n)]
     return ([real(prefix + name, shape, bound, min_bits=MIN_METRIC_SCALE_BITS) for name, shape, bound in reals],
             [Count(prefix + name, shape, bound) for name, shape, bound in counts])
+
+
+def check_samples(where: str, plan: TrainingPlan, field: str, samples: int, sites: int) -> None:
+    """Refuses more samples than ``sites`` sites have: a site with more than ``max_samples_per_site`` refuses the job.
+
+    Raises:
+        ProtocolError: naming ``field`` and the count.
+    """
+    most = sites * plan.max_samples_per_site
+    refuse_impossible(where, field, samples, samples > most,
+                      f"at most {sites} sites x max_samples_per_site {plan.max_samples_per_site} = {most}")
+
+
+def check_statistics(where: str, plan: TrainingPlan, layout: Layout, total: Mapping[str, np.ndarray], num_sites: int, *,
+                     prefix: str = "") -> None:
+    """Refuses summed held-out statistics no honest sites give, so no published rate leaves [0, 1].
+
+    Over n held-out samples, at most ``max_samples_per_site`` per site: binary, at most
+    n correct calls, a Brier sum in [0, n] and a log-loss sum in [0, n x LOG_LOSS_CAP];
+    quantitative, an SSE in [0, n x SQUARED_ERROR_CAP] and a target variance >= 0.
+
+    Args:
+        prefix: a site's slot (:func:`slot`), whose statistics are that one site's.
+
+    Raises:
+        ProtocolError: naming the field and the value.
+    """
+    if plan.task == "binary":
+        n_name = f"{prefix}hist_case + {prefix}hist_control"
+        n = int(np.sum(total[prefix + "hist_case"]) + np.sum(total[prefix + "hist_control"]))
+    else:
+        n_name = prefix + "count"
+        n = int(np.asarray(total[n_name]).reshape(-1)[0])
+    check_samples(where, plan, n_name, n, 1 if prefix else num_sites)
+    if plan.task == "binary":
+        correct = np.asarray(total[prefix + "correct"])
+        refuse_impossible(where, prefix + "correct", correct, correct > n, f"at most the {n} held-out samples")
+        check_real_sum(where, layout, total, num_sites, prefix + "brier_sum", at_most=n, expected="n x 1")
+        check_real_sum(where, layout, total, num_sites, prefix + "log_loss_sum", at_most=n * evaluation.LOG_LOSS_CAP,
+                       expected=f"n x {evaluation.LOG_LOSS_CAP:g}")
+    else:
+        check_real_sum(where, layout, total, num_sites, prefix + "sse", at_most=n * evaluation.SQUARED_ERROR_CAP,
+                       expected=f"n x {evaluation.SQUARED_ERROR_CAP:g}")
+        check_moments(where, layout, total, num_sites, count=n_name, sums=prefix + "target_sum", squares=prefix + "target_sumsq")
 
 
 def slot(site: str, statistic: str) -> str:

@@ -29,17 +29,18 @@ from pipeline import outputs
 from pipeline.analyses.protocol import (
     Analysis,
     Result,
-    RoundLayout,
     SiteContext,
     StepResult,
 )
 from pipeline.analyses.train.declarations import (
     LAYOUT_HINT,
+    check_statistics,
     slot,
     slot_fields,
     statistic_fields,
 )
 from pipeline.analyses.protocol import JsonState
+from pipeline.analyses.sum_checks import refuse_impossible
 from pipeline.analyses.train.model_record import biomarkers, model_record
 from pipeline.analyses.train.plan import TrainingPlan
 from pipeline.analyses.train.screening import ScreeningSummary
@@ -50,8 +51,7 @@ from pipeline.analyses.train.site_data import (
     site_training_arrays,
 )
 from pipeline.dataset import Dataset
-from pipeline.encoding import Ring, plan_layout
-from pipeline.errors import ProtocolError
+from pipeline.encoding import Layout, Ring, plan_layout
 from pipeline.json_arrays import decode_array, encode_array
 from pipeline.models import evaluation, param_space
 from pipeline.models.checkpoint import save_model
@@ -122,18 +122,37 @@ def _site_slots(plan: TrainingPlan, participants: Sequence[str], n_holdout: int,
     return out
 
 
-def _shared_site_metrics(task: str, participants: Sequence[str], total: Mapping[str, np.ndarray]) -> dict[str, dict[str, float]]:
-    """Held-out metrics of the sites whose ``shared`` flag is 1 in the sum (the others are absent).
+def _check_sums(state: EvaluationState, layout: Layout, total: Mapping[str, np.ndarray], num_sites: int) -> None:
+    """Refuses evaluation sums no honest sites give, so no impossible metric is published.
+
+    The statistics pass :func:`~.declarations.check_statistics`. Only a site fills its
+    own slot: its flag is 0 or 1, at most the sites summed set theirs, a slot whose flag
+    is 0 holds only zeros, and a shared slot holds one site's statistics.
 
     Raises:
-        ProtocolError: a flag is neither 0 nor 1 (a site filled a slot that is not its own).
+        ProtocolError: naming the field (a slot's names its site) and the value.
     """
+    where = "train.evaluate"
+    check_statistics(where, state.plan, layout, total, num_sites)
+    flags = np.array([int(np.asarray(total[slot(site, "shared")]).reshape(-1)[0]) for site in state.participants])
+    for site, flag in zip(state.participants, flags):
+        refuse_impossible(where, slot(site, "shared"), flag, flag not in (0, 1), f"0 or 1 (only site {site} fills its slot)")
+        if flag == 0:
+            reals, counts = statistic_fields(state.plan, state.n_holdout, prefix=slot(site, ""))
+            for name in (field.name for field in (*reals, *counts)):
+                value = np.asarray(total[name])
+                refuse_impossible(where, name, value, value != 0, f"0 (site {site} did not share its statistics)")
+        else:
+            check_statistics(where, state.plan, layout, total, num_sites, prefix=slot(site, ""))
+    sharing = int(np.count_nonzero(flags))
+    refuse_impossible(where, "number of shared slots", sharing, sharing > num_sites, f"at most the {num_sites} sites summed")
+
+
+def _shared_site_metrics(task: str, participants: Sequence[str], total: Mapping[str, np.ndarray]) -> dict[str, dict[str, float]]:
+    """Held-out metrics of the sites whose ``shared`` flag is 1 in the sum (the others are absent)."""
     shared: dict[str, dict[str, float]] = {}
     for site in participants:
-        flag = int(np.asarray(total[slot(site, "shared")]).reshape(-1)[0])
-        if flag not in (0, 1):
-            raise ProtocolError(f"train: the evaluation slot of site {site} has shared flag {flag}; expected 0 or 1")
-        if flag == 1:
+        if int(np.asarray(total[slot(site, "shared")]).reshape(-1)[0]) == 1:
             prefix = slot(site, "")
             stats = {name[len(prefix):]: value for name, value in total.items() if name.startswith(prefix)}
             shared[site] = evaluation.metrics(task, stats)
@@ -177,7 +196,7 @@ class FinalEvaluation(Analysis[EvaluationState]):
     def state_from_json(self, data: Mapping[str, Any]) -> EvaluationState:
         return EvaluationState.from_json(data)
 
-    def layout(self, state: EvaluationState, round_index: int) -> RoundLayout:
+    def layout(self, state: EvaluationState, round_index: int) -> Layout:
         """The held-out statistics, then one slot per participant and the slots' flags."""
         reals, counts = statistic_fields(state.plan, state.n_holdout)
         slot_reals, slot_counts, flags = slot_fields(state.plan, state.participants, state.n_holdout)
@@ -198,8 +217,13 @@ class FinalEvaluation(Analysis[EvaluationState]):
     def coordinator_step(
         self, state: EvaluationState, round_index: int, total: Mapping[str, np.ndarray], num_sites: int
     ) -> StepResult[EvaluationState]:
-        """The job's result: metrics, the shared per-site metrics, the model, the history and the biomarkers."""
+        """The job's result: metrics, the shared per-site metrics, the model, the history and the biomarkers.
+
+        Raises:
+            ProtocolError: sums no honest sites can give (:func:`_check_sums`).
+        """
         plan = state.plan
+        _check_sums(state, self.layout(state, round_index), total, num_sites)
         metrics = evaluation.metrics(plan.task, total)
         history = [*state.history, {"round": len(state.history), **metrics, "num_sites": int(num_sites)}]
         site_metrics = _shared_site_metrics(plan.task, state.participants, total)

@@ -19,16 +19,16 @@ import numpy as np
 from pipeline.analyses.protocol import (
     Analysis,
     Result,
-    RoundLayout,
     SiteContext,
     StepResult,
 )
-from pipeline.analyses.train.declarations import LAYOUT_HINT, real
+from pipeline.analyses.train.declarations import LAYOUT_HINT, check_samples, real
 from pipeline.analyses.protocol import JsonState
+from pipeline.analyses.sum_checks import check_moments, refuse_impossible
 from pipeline.analyses.train.plan import TrainingPlan
 from pipeline.analyses.train.site_data import checked_site_data
 from pipeline.dataset import Dataset
-from pipeline.encoding import Count, Declaration, Ring, plan_layout
+from pipeline.encoding import Count, Declaration, Layout, Ring, plan_layout
 from pipeline.errors import InputError
 from pipeline.models.features import Standardization, moment_statistics, standardization
 
@@ -73,6 +73,31 @@ class MomentsState(JsonState):
                 "n_train": self.n_train, "n_holdout": self.n_holdout}
 
 
+def _check_sums(state: MomentsState, layout: Layout, total: Mapping[str, np.ndarray], num_sites: int) -> None:
+    """Refuses moments no honest sites give, so no impossible mean or scale reaches every site.
+
+    Each site has at most ``max_samples_per_site`` samples, split into training and
+    held-out ones; a feature is observed in at most every training sample; a variance
+    is never negative; a value's magnitude is at most the layout's bound (``max_abs_value``,
+    or 2 for a dosage), a binary target's at most 1.
+
+    Raises:
+        ProtocolError: naming the field, the feature and the value.
+    """
+    plan = state.plan
+    where = "train.moments"
+    n_train = int(np.asarray(total["n_train"]).reshape(-1)[0])
+    check_samples(where, plan, "n_train + n_holdout", n_train + int(np.asarray(total["n_holdout"]).reshape(-1)[0]), num_sites)
+    names = plan.feature_spec(state.variant_ids).names
+    count = np.asarray(total["feature_count"])
+    refuse_impossible(where, "feature_count", count, count > n_train, f"at most n_train = {n_train}", labels=names,
+                      noun="feature")
+    check_moments(where, layout, total, num_sites, count="feature_count", sums="feature_sum", squares="feature_sumsq",
+                  bound=max(2.0, plan.max_abs_value), labels=names, noun="feature")
+    check_moments(where, layout, total, num_sites, count="n_train", sums="target_sum", squares="target_sumsq",
+                  bound=1.0 if plan.task == "binary" else plan.max_abs_value)
+
+
 class Moments(Analysis[MomentsState]):
     """Feature moments and sample counts (see the module docstring)."""
 
@@ -85,7 +110,7 @@ class Moments(Analysis[MomentsState]):
     def state_from_json(self, data: Mapping[str, Any]) -> MomentsState:
         return MomentsState.from_json(data)
 
-    def layout(self, state: MomentsState, round_index: int) -> RoundLayout:
+    def layout(self, state: MomentsState, round_index: int) -> Layout:
         """Real sums bounded by ``max_samples_per_site`` times ``max_abs_value`` (or 2, a dosage), exact counts; Z_2^64."""
         plan = state.plan
         p = plan.num_features(state.variant_ids)
@@ -124,9 +149,11 @@ class Moments(Analysis[MomentsState]):
         """The standardization and the sample counts.
 
         Raises:
+            ProtocolError: sums no honest sites can give (:func:`_check_sums`).
             InputError: fewer than 2 training samples over the sites.
         """
         plan = state.plan
+        _check_sums(state, self.layout(state, round_index), total, num_sites)
         scaling = standardization(total, task=plan.task)
         n_train = int(np.asarray(total["n_train"]).reshape(-1)[0])
         n_holdout = int(np.asarray(total["n_holdout"]).reshape(-1)[0])

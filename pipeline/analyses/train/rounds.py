@@ -27,7 +27,6 @@ import numpy as np
 from pipeline.analyses.protocol import (
     Analysis,
     Result,
-    RoundLayout,
     SiteContext,
     StepResult,
 )
@@ -35,14 +34,17 @@ from pipeline.analyses.train.declarations import (
     LAYOUT_HINT,
     MIN_DELTA_SCALE_BITS,
     MIN_METRIC_SCALE_BITS,
+    check_samples,
+    check_statistics,
     real,
     statistic_fields,
 )
 from pipeline.analyses.protocol import JsonState
+from pipeline.analyses.sum_checks import RELATIVE_TOLERANCE, check_real_sum, refuse_impossible, rounding_slack
 from pipeline.analyses.train.plan import TrainingPlan
 from pipeline.analyses.train.site_data import global_model_on_site, site_key
 from pipeline.dataset import Dataset
-from pipeline.encoding import Count, Ring, plan_layout
+from pipeline.encoding import Count, Layout, Ring, plan_layout
 from pipeline.errors import InputError
 from pipeline.json_arrays import decode_array, encode_array
 from pipeline.models import evaluation, param_space
@@ -114,6 +116,35 @@ class TrainingRoundsState(JsonState):
         return {"params": encode_array(self.params), "history": [dict(record) for record in self.history]}
 
 
+def _check_sums(state: TrainingRoundsState, layout: Layout, total: Mapping[str, np.ndarray], num_sites: int) -> None:
+    """Refuses a round's sums no honest sites give, so no impossible update reaches the model or the history.
+
+    Each site clips its delta to ``clip_norm`` and weights it by its training samples, so
+    the summed delta's norm is at most n_train x clip_norm; a site has at most
+    ``max_samples_per_site`` training and held-out samples, clips at most once and
+    reports a mean loss in [0, TRAIN_LOSS_CAP]; the held-out statistics pass
+    :func:`~.declarations.check_statistics`.
+
+    Raises:
+        ProtocolError: naming the field and the value.
+    """
+    plan = state.plan
+    where = "train.rounds"
+    n_train = int(np.asarray(total["n_train"]).reshape(-1)[0])
+    clipped = int(np.asarray(total["n_clipped"]).reshape(-1)[0])
+    refuse_impossible(where, "n_clipped", clipped, clipped > num_sites, f"at most the {num_sites} sites summed")
+    check_statistics(where, plan, layout, total, num_sites)
+    check_samples(where, plan, "n_train + held-out samples", n_train + int(evaluation.metrics(plan.task, total)["n"]), num_sites)
+    check_real_sum(where, layout, total, num_sites, "train_loss_sum", at_most=n_train * TRAIN_LOSS_CAP,
+                   expected=f"n_train x {TRAIN_LOSS_CAP:g}")
+    delta = np.asarray(total["weighted_delta"], np.float64)
+    norm = float(np.linalg.norm(delta))
+    limit = n_train * plan.clip_norm
+    slack = rounding_slack(layout, "weighted_delta", num_sites) * np.sqrt(delta.size)
+    refuse_impossible(where, "weighted_delta (L2 norm)", norm, norm - slack > limit * (1 + RELATIVE_TOLERANCE),
+                      f"at most n_train x clip_norm = {limit:g}")
+
+
 class TrainingRounds(Analysis[TrainingRoundsState]):
     """Federated optimization rounds (see the module docstring)."""
 
@@ -136,7 +167,7 @@ class TrainingRounds(Analysis[TrainingRoundsState]):
     def state_from_json(self, data: Mapping[str, Any]) -> TrainingRoundsState:
         return TrainingRoundsState.from_json(data)
 
-    def layout(self, state: TrainingRoundsState, round_index: int) -> RoundLayout:
+    def layout(self, state: TrainingRoundsState, round_index: int) -> Layout:
         """``n_s * delta_s`` (at least 10 fractional bits), the loss, the counts and the held-out statistics."""
         plan = state.plan
         n_train = float(state.n_train)
@@ -181,9 +212,11 @@ class TrainingRounds(Analysis[TrainingRoundsState]):
         """The server optimizer's step on the mean delta; done after ``rounds`` rounds.
 
         Raises:
+            ProtocolError: sums no honest sites can give (:func:`_check_sums`).
             InputError: the step made the model non-finite.
         """
         plan = state.plan
+        _check_sums(state, self.layout(state, round_index), total, num_sites)
         metrics = evaluation.metrics(plan.task, total)
         round_samples = float(np.asarray(total["n_train"]).reshape(-1)[0])
         mean_delta = np.asarray(total["weighted_delta"], np.float64) / max(round_samples, 1.0)

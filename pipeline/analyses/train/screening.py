@@ -21,15 +21,15 @@ import numpy as np
 from pipeline.analyses.protocol import (
     Analysis,
     Result,
-    RoundLayout,
     SiteContext,
     StepResult,
 )
+from pipeline.analyses.sum_checks import check_moments
 from pipeline.analyses.train.declarations import LAYOUT_HINT, real
 from pipeline.analyses.train.plan import TrainingPlan
 from pipeline.analyses.train.site_data import refuse_below_k, site_data
 from pipeline.dataset import Dataset
-from pipeline.encoding import Count, Declaration, Ring, plan_layout
+from pipeline.encoding import Count, Declaration, Layout, Ring, plan_layout
 from pipeline.models.features import screening_scores, screening_statistics
 
 __all__ = ["SCREENING", "Screening", "ScreeningState", "ScreeningSummary"]
@@ -100,7 +100,7 @@ class Screening(Analysis[ScreeningState]):
     def state_from_json(self, data: Mapping[str, Any]) -> ScreeningState:
         return ScreeningState.from_json(data)
 
-    def layout(self, state: ScreeningState, round_index: int) -> RoundLayout:
+    def layout(self, state: ScreeningState, round_index: int) -> Layout:
         """Five real sums and a count per candidate, in Z_2^64."""
         plan = state.plan
         v = len(state.candidates)
@@ -127,7 +127,17 @@ class Screening(Analysis[ScreeningState]):
     def coordinator_step(
         self, state: ScreeningState, round_index: int, total: Mapping[str, np.ndarray], num_sites: int
     ) -> StepResult[ScreeningState]:
-        """Keeps the ``screen_top`` candidates with the largest r² (and r² > 0), in candidate order."""
+        """Keeps the ``screen_top`` candidates with the largest r² (and r² > 0), in candidate order.
+
+        Raises:
+            ProtocolError: moments no honest sites give: a negative variance of a dosage
+                or of the target, or dosages whose squares exceed 4 per call.
+        """
+        layout = self.layout(state, round_index)
+        target_bound = 1.0 if state.plan.task == "binary" else None  # sites check max_abs_value from the moments on
+        for sums, squares, bound in (("x_sum", "x_sumsq", 2.0), ("y_sum", "y_sumsq", target_bound)):
+            check_moments("train.screen", layout, total, num_sites, count="count", sums=sums, squares=squares, bound=bound,
+                          labels=state.candidates, noun="variant")
         scores = screening_scores(total)
         top = state.plan.features.screen_top
         assert top is not None  # the phase runs only with screen_top
