@@ -52,7 +52,7 @@ def _peer_columns(peers: tuple[PeerKeys, ...]) -> dict[str, pa.Array]:
         "encryption_key": _binary([p.encryption_key for p in peers]),
         "masking_key": _binary([p.masking_key for p in peers]),
         "signing_key": _binary([p.signing_key for p in peers]),
-        "share_commitments": _binary([_commitments_bytes(p.share_commitments) for p in peers]),
+        "share_commitments": _binary([None if p.share_commitments is None else p.commitments_bytes for p in peers]),
         "seed_commitment": _binary([p.seed_commitment for p in peers]),
         "graph_commitment": _binary([p.graph_commitment for p in peers]),
         "identity_signature": _binary([p.identity_signature for p in peers]),
@@ -61,12 +61,6 @@ def _peer_columns(peers: tuple[PeerKeys, ...]) -> dict[str, pa.Array]:
 
 _COMMITMENT_RECORD = 8 + 32 + 32
 """One share commitment on the wire: holder (8 bytes), key-share and seed-share digests."""
-
-
-def _commitments_bytes(commitments: tuple[tuple[int, bytes, bytes], ...] | None) -> bytes | None:
-    if commitments is None:
-        return None
-    return b"".join(struct.pack(">Q", holder) + key + seed for holder, key, seed in commitments)
 
 
 def _commitments(data: bytes | None) -> tuple[tuple[int, bytes, bytes], ...] | None:

@@ -606,8 +606,10 @@ def _verify_consistency(state: ClientUnmasking, message: UnmaskRequest, survivor
     if survivors != signed & (frozenset(state.received) | {site}) or dropped & signed:
         raise ProtocolError(f"site {site}: the unmasking request disagrees with the signed survivor list")
     statement = survivor_statement(config, sorted(signed), state.graph_seed)
-    valid = set()
+    valid: set[int] = set()
     for signer, signature in message.signatures:
+        if len(valid) == config.threshold:
+            break  # threshold signatures of this list are the proof; more are not needed
         peer = state.directory.get(signer)
         if signer not in signed or signer in valid:
             raise ProtocolError(f"site {site}: unexpected or repeated consistency signature from site {signer}")

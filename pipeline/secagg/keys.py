@@ -31,6 +31,7 @@ from __future__ import annotations
 import os
 import struct
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Sequence
 
 from cryptography.exceptions import InvalidSignature, InvalidTag
@@ -96,6 +97,11 @@ class KeyContext:
 
     def encode(self) -> bytes:
         """Unambiguous byte encoding (length-prefixed fields) used in HKDF info and AAD."""
+        return self._encoded
+
+    @cached_property
+    def _encoded(self) -> bytes:
+        # Every key, share and statement of a round is bound to it: encoded once.
         return _frame(
             self.federation_id.encode("utf-8"),
             self.job_id.encode("utf-8"),

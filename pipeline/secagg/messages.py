@@ -246,6 +246,11 @@ class PeerKeys:
     graph_commitment: bytes | None = None
     identity_signature: bytes | None = None
 
+    @cached_property
+    def commitments_bytes(self) -> bytes:
+        """The share commitments as one byte string (holder, key-share digest, seed-share digest per record)."""
+        return b"".join(struct.pack(">Q", holder) + key + seed for holder, key, seed in self.share_commitments or ())
+
     def commitment(self, holder: int, kind: str) -> bytes | None:
         """The commitment to the ``kind`` (``key`` or ``seed``) share this site dealt to ``holder``."""
         for site, key_commitment, seed_commitment in self.share_commitments or ():
@@ -494,10 +499,9 @@ def seed_commitment(config: RoundConfig, dealer: int, seed: bytes) -> bytes:
 
 def advertisement_statement(config: RoundConfig, peer: PeerKeys) -> bytes:
     """The bytes a site's certificate key signs: its round keys and share commitments, bound to the round."""
-    commitments = b"".join(struct.pack(">Q", holder) + key + seed for holder, key, seed in peer.share_commitments or ())
     return frame(
         b"genofed-secagg-advertisement", config.context.encode(), struct.pack(">Q", peer.site),
-        peer.encryption_key, peer.masking_key, peer.signing_key or b"", commitments, peer.seed_commitment or b"",
+        peer.encryption_key, peer.masking_key, peer.signing_key or b"", peer.commitments_bytes, peer.seed_commitment or b"",
         peer.graph_commitment or b"",
     )
 
