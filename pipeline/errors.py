@@ -57,8 +57,37 @@ class AuditError(GenofedError):
     """The audit log is broken (edited, reordered, truncated) or cannot be appended to."""
 
 
+REFUSAL_CODES = {
+    "policy": "the site's policy does not allow this job",
+    "too-few-samples": "fewer of the site's samples would contribute than its policy's minimum",
+    "set-too-close": "the samples that would contribute differ from those of an earlier release by too few",
+    "one-site-difference": "the release would differ by exactly one site from a comparable earlier release",
+    "budget-exhausted": "the site's privacy budget is spent",
+    "data-error": "the site could not compute its contribution from its data",
+}
+"""What an analyst may learn of a site's refusal: a coarse code and its meaning (never a site's value, count or path)."""
+
+
 class PolicyRefusal(GenofedError):
-    """A site's policy forbids contributing to a job (analysis not allowed, too few samples...)."""
+    """A site's policy forbids contributing to a job (analysis not allowed, too few samples...).
+
+    The message (``str(refusal)``) is the detail, which stays in the site's own log.
+    ``code`` (one of :data:`REFUSAL_CODES`) and ``public`` are all that reaches the
+    coordinator and the analyst: ``public`` may name the analyst's own spec keys and
+    column names, never a value, count or path of the site's (it defaults to the code's
+    meaning).
+    """
+
+    def __init__(self, detail: str, *, code: str = "policy", public: str | None = None) -> None:
+        super().__init__(detail)
+        if code not in REFUSAL_CODES:
+            raise ValueError(f"unknown refusal code {code!r}; expected one of {sorted(REFUSAL_CODES)}")
+        self.code = code
+        self.public = public if public is not None else REFUSAL_CODES[code]
+
+    def for_analyst(self) -> str:
+        """The refusal as the coordinator and the analyst see it: ``code: public``."""
+        return f"{self.code}: {self.public}"
 
 
 class MessageConflict(ProtocolError):

@@ -9,7 +9,17 @@ never :mod:`pipeline.secagg` or :mod:`pipeline.federation`: the runtime encodes,
 and moves their contributions.
 """
 
-from pipeline.analyses.protocol import Analysis, JobState, KeyUnion, Result, RoundLayout, SiteContext, StepResult
+from pipeline.analyses.protocol import (
+    GENOTYPES,
+    Analysis,
+    Contribution,
+    JobState,
+    KeyUnion,
+    Result,
+    RoundLayout,
+    SiteContext,
+    StepResult,
+)
 from pipeline.analyses.site_cache import SiteCache
 
-__all__ = ["Analysis", "JobState", "KeyUnion", "Result", "RoundLayout", "SiteCache", "SiteContext", "StepResult"]
+__all__ = ["GENOTYPES", "Analysis", "Contribution", "JobState", "KeyUnion", "Result", "RoundLayout", "SiteCache", "SiteContext", "StepResult"]

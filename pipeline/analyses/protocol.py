@@ -41,6 +41,8 @@ from pipeline.encoding import Layout
 
 __all__ = [
     "Analysis",
+    "Contribution",
+    "GENOTYPES",
     "JobState",
     "JsonState",
     "KeyUnion",
@@ -91,6 +93,25 @@ class SiteContext:
     share_variant_keys: bool
     share_site_metrics: bool = False
     cache: SiteCache = field(default_factory=SiteCache, compare=False, repr=False)
+
+
+GENOTYPES = "genotypes"
+"""The variable name of genotype data in a :class:`Contribution` (every genotype analysis uses it)."""
+
+
+@dataclass(frozen=True)
+class Contribution:
+    """One release's contributing set at a site: which of its samples, over which variables.
+
+    ``samples`` are the site's sample IDs that enter the release after missingness,
+    selections and filters (complete cases of the phenotype and covariates, the
+    training and held-out splits...); ``variables`` the sorted column names involved,
+    with :data:`GENOTYPES` for genotype data. It never leaves the site: the site's
+    ledger checks it against earlier releases.
+    """
+
+    samples: frozenset[str]
+    variables: tuple[str, ...]
 
 
 @dataclass(frozen=True)
@@ -178,6 +199,16 @@ class Analysis(Protocol, Generic[S]):
             ``(state, done, result)``; ``result`` is set when ``done``.
         """
         ...
+
+    def contributions(self, state: S, dataset: Dataset, site: SiteContext) -> tuple[Contribution, ...]:
+        """At a site, before it sends anything of the job: the contributing sets the job would release.
+
+        One per phenotype or selection the job releases separately. Called with the
+        job's first round state. Default: every sample of the dataset, over the
+        genotypes. An analysis whose release involves no sample (a test vector)
+        returns ``()``.
+        """
+        return (Contribution(frozenset(str(s) for s in dataset.samples().column("sample_id").to_pylist()), (GENOTYPES,)),)
 
     def site_finish(self, state: S, dataset: Dataset, site: SiteContext, out_dir: Path) -> dict[str, Any] | None:
         """At a site, once a job it contributed to has ended: write what stays at the site.
