@@ -10,20 +10,28 @@ Two rounds:
    policy forbids it sends nothing in this step and still contributes counts in step 1.
 1. **Counts** (a secure sum): per union variant, each site's hom-ref, het, hom-alt and
    missing counts (:func:`pipeline.stats.counts.count_variants`), zeros for variants
-   it does not have, plus its sample count. The coordinator learns only the sums: the
-   global counts, N (so "not typed" = N - the four counts), allele frequency, call
-   rate, the Hardy-Weinberg exact p-value (:func:`pipeline.stats.hwe.hwe_exact_p`) and
-   a pass/fail filter that every site applies identically.
+   it does not have, plus its sample count, and a 0/1 flag ``below_min``: 1 where the
+   site holds the variant and its own minor allele count there is non-zero and below
+   its policy's ``min_allele_count`` (:func:`below_minimum`, as the GWAS's). The
+   coordinator learns only the sums: the global counts, N (so "not typed" = N - the
+   four counts), allele frequency, call rate, the Hardy-Weinberg exact p-value
+   (:func:`pipeline.stats.hwe.hwe_exact_p`), a pass/fail filter that every site
+   applies identically, and per variant how many sites flagged it.
 
 Counts are encoded exactly (``scale_bits=0``) in Z_2^32 when
-``num_sites * max_samples_per_site`` fits its signed half, else in Z_2^64. Variants
-whose global minor allele count is below the job's ``min_allele_count`` are not
-publishable: their counts and metrics are left out (null) of the result table.
+``num_sites * max_samples_per_site`` fits its signed half, else in Z_2^64. A variant is
+not publishable, and its counts and metrics are left out (null) of the result table,
+when its global minor allele count is below the job's ``min_allele_count`` (filter
+``min_allele_count``) or when any site flagged it (filter ``site_min_allele_count``:
+withheld, as the GWAS withholds with status ``BELOW_SITE_MIN_ALLELE_COUNT``). The filter
+of a variant that is not publishable names only why it is withheld, never a check
+computed from its hidden counts. So a site whose own minimum is above the job's
+threshold takes part anyway: the variants where it holds a small cell are withheld.
 
 Spec::
 
     analysis: census
-    min_allele_count: 5        # publish threshold; each site refuses one below its own
+    min_allele_count: 5        # publish threshold (global); each site also withholds variants below its own
     min_call_rate: 0.95        # thresholds of the filter (plink2 --geno / --hwe / --maf)
     hwe_p: 1.0e-6
     maf: 0.0
@@ -44,8 +52,19 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from pipeline import schemas
-from pipeline.analyses.protocol import Analysis, KeyUnion, Result, RoundLayout, SiteContext, StepResult
+from pipeline.analyses.protocol import (
+    GENOTYPES,
+    Analysis,
+    Contribution,
+    KeyUnion,
+    Result,
+    RoundLayout,
+    SiteContext,
+    StepResult,
+    dataset_sample_ids,
+)
 from pipeline.analyses.site_cache import SiteCache
+from pipeline.analyses.sum_checks import refuse_impossible
 from pipeline.dataset import Dataset
 from pipeline.encoding import Count, Ring, plan_layout
 from pipeline.errors import InputError, PolicyRefusal, ProtocolError
@@ -59,6 +78,9 @@ __all__ = [
     "CensusParameters",
     "CensusState",
     "COUNT_FIELDS",
+    "FLAG_FIELD",
+    "WITHHELD",
+    "below_minimum",
     "census_table",
     "check_counts",
     "minor_allele_count",
@@ -66,6 +88,10 @@ __all__ = [
 ]
 
 COUNT_FIELDS = ("n_hom_ref", "n_het", "n_hom_alt", "n_missing")
+FLAG_FIELD = "below_min"
+"""The counts round's per-variant flag: sites whose own minor allele count is non-zero and below their minimum."""
+WITHHELD = "site_min_allele_count"
+"""The filter of a variant that some site flagged (withheld from the published counts)."""
 KEYS_ROUND = 0
 COUNTS_ROUND = 1
 _READ_THREADS = max(1, min(4, (os.cpu_count() or 1) // 2))
@@ -148,17 +174,39 @@ def minor_allele_count(n_hom_ref: np.ndarray, n_het: np.ndarray, n_hom_alt: np.n
     return np.minimum(allele_count, allele_number - allele_count)
 
 
-def check_counts(counts: Mapping[str, np.ndarray], num_samples: int, variant_ids: Sequence[str]) -> None:
-    """Refuses summed counts that no honest sites can give: a variant counted over more samples than exist.
+def below_minimum(called: np.ndarray, alt_count: np.ndarray, site: SiteContext) -> np.ndarray:
+    """1 where the site's own minor allele count of a variant is non-zero and below its policy minimum.
+
+    As DataSHIELD's ``nfilter.tab``, a count of 0 is not a small cell: no carrier to
+    identify. A variant the site does not hold has no calls, hence a count of 0.
+
+    Args:
+        called: (variants,) the site's samples with a called genotype.
+        alt_count: (variants,) ALT alleles among them.
+        site: the site (its ``min_allele_count``).
+
+    Returns:
+        (variants,) int64 0/1 flags.
+    """
+    called = np.asarray(called, np.int64)
+    alt_count = np.asarray(alt_count, np.int64)
+    minor = np.minimum(alt_count, 2 * called - alt_count)
+    return ((minor > 0) & (minor < site.min_allele_count)).astype(np.int64)
+
+
+def check_counts(counts: Mapping[str, np.ndarray], num_samples: int, variant_ids: Sequence[str], *,
+                 below_min: np.ndarray, num_sites: int) -> None:
+    """Refuses summed counts that no honest sites can give.
 
     Every sample of every included site is hom-ref, het, hom-alt, missing or not typed
-    at each variant, so the four counts add up to at most N. A larger total means a
-    site sent counts beyond its own samples; publishing them would publish a lie.
+    at each variant, so the four counts add up to at most N; each site flags a variant
+    at most once, so ``below_min`` is at most the number of sites. A larger total means
+    a site sent values beyond its own data; publishing them would publish a lie.
 
     Raises:
         ProtocolError: naming the first impossible variant and the fields.
     """
-    called_or_missing = sum(np.asarray(counts[name], np.int64) for name in COUNT_FIELDS)
+    called_or_missing = np.sum([np.asarray(counts[name], np.int64) for name in COUNT_FIELDS], axis=0)
     impossible = np.flatnonzero(called_or_missing > num_samples)
     if impossible.size:
         first = int(impossible[0])
@@ -167,18 +215,29 @@ def check_counts(counts: Mapping[str, np.ndarray], num_samples: int, variant_ids
             f"{int(called_or_missing[first])} exceeds n_samples = {num_samples} ({impossible.size} such variants); "
             "a site sent counts beyond its own samples, so nothing is published"
         )
+    flags = np.asarray(below_min, np.int64)
+    refuse_impossible("census", FLAG_FIELD, flags, (flags < 0) | (flags > num_sites), f"in [0, the {num_sites} sites]",
+                      labels=variant_ids, noun="variant")
 
 
 def census_table(
-    variant_id: np.ndarray, counts: Mapping[str, np.ndarray], num_samples: int, parameters: CensusParameters
+    variant_id: np.ndarray, counts: Mapping[str, np.ndarray], num_samples: int, parameters: CensusParameters, *,
+    below_min: np.ndarray,
 ) -> pa.Table:
     """The census_variants table from global counts (see ``schemas/census_variants.json``).
+
+    A variant is publishable when its global minor allele count reaches the job's
+    ``min_allele_count`` and no site flagged it; otherwise its counts and metrics are
+    null and its filter names only why it is withheld (``site_min_allele_count``, which
+    takes precedence, or ``min_allele_count``): a check computed from hidden counts
+    (call rate, HWE, MAF) would reveal something of them.
 
     Args:
         variant_id: (variants,) the union's keys.
         counts: the four global count arrays (int64).
         num_samples: N, all samples of the sites included in the sum.
         parameters: the job's thresholds (min_allele_count, min_call_rate, hwe_p, maf).
+        below_min: (variants,) the summed site flags (sites below their own minimum).
     """
     hom_ref, het, hom_alt, missing = (np.asarray(counts[name], np.int64) for name in COUNT_FIELDS)
     called = hom_ref + het + hom_alt
@@ -190,11 +249,12 @@ def census_table(
         frequency = np.where(allele_number > 0, allele_count / np.maximum(allele_number, 1), np.nan)
     hwe_p = hwe_exact_p(hom_ref, het, hom_alt)
     minor_count = np.minimum(allele_count, allele_number - allele_count)
-    publishable = minor_count >= parameters.min_allele_count
+    withheld = np.asarray(below_min, np.int64) > 0
+    below_job_minimum = minor_count < parameters.min_allele_count
+    publishable = ~withheld & ~below_job_minimum
     minor_frequency = np.minimum(frequency, 1.0 - frequency)
     with np.errstate(invalid="ignore"):
         failures = {
-            "min_allele_count": ~publishable,
             "call_rate": call_rate < parameters.min_call_rate,
             "hwe": hwe_p < parameters.hwe_p,
             "maf": (np.isnan(minor_frequency) | (minor_frequency < parameters.maf)) if parameters.maf > 0 else np.zeros(called.shape, bool),
@@ -202,8 +262,10 @@ def census_table(
     reasons = np.full(called.shape, "", dtype=object)
     for reason, mask in failures.items():
         reasons[mask] = np.where(reasons[mask] == "", reason, reasons[mask] + ";" + reason)
-    passing = reasons == ""
-    reasons[passing] = "PASS"
+    reasons[reasons == ""] = "PASS"
+    reasons[below_job_minimum] = "min_allele_count"
+    reasons[withheld] = WITHHELD
+    passing = reasons == "PASS"
     hidden = ~publishable
 
     def ints(values: np.ndarray) -> pa.Array:
@@ -285,7 +347,7 @@ class Census(Analysis[CensusState]):
         return CensusState.from_json(data)
 
     def layout(self, state: CensusState, round_index: int) -> RoundLayout:
-        """Round 0: the variant-key union; round 1: four count vectors and the sample count.
+        """Round 0: the variant-key union; round 1: four count vectors, the site flags and the sample count.
 
         Counts are exact, in Z_2^32 when the sum of every invited site fits, else Z_2^64.
         """
@@ -294,25 +356,35 @@ class Census(Analysis[CensusState]):
         n_max = state.parameters.max_samples_per_site
         num_variants = len(state.union)
         fields = [Count(name, (num_variants,), n_max) for name in COUNT_FIELDS]
-        return plan_layout([*fields, Count("n_samples", (1,), n_max)], state.num_participants, rings=(Ring.R32, Ring.R64))
+        return plan_layout([*fields, Count(FLAG_FIELD, (num_variants,), 1), Count("n_samples", (1,), n_max)],
+                           state.num_participants, rings=(Ring.R32, Ring.R64))
+
+    def contributions(self, state: CensusState, dataset: Dataset, site: SiteContext) -> tuple[Contribution, ...]:
+        """Every sample of the site, over the genotypes.
+
+        The counts round counts every sample of the dataset at every variant (a missing
+        call is counted as missing, a sample never drops out), and ``n_samples`` is the
+        dataset's sample count; the key round's keys come from the same samples.
+        """
+        return (Contribution(dataset_sample_ids(dataset), (GENOTYPES,)),)
 
     def site_step(self, state: CensusState, round_index: int, dataset: Dataset, site: SiteContext) -> dict[str, np.ndarray]:
-        """Round 0: the site's keys above its threshold; round 1: its counts over the union.
+        """Round 0: the site's keys above its threshold; round 1: its counts and flags over the union.
+
+        A publish threshold below the site's own ``min_allele_count`` is no reason to
+        decline: the site flags the variants where its own minor allele count is
+        non-zero and below its minimum, and the coordinator withholds them.
 
         Raises:
-            PolicyRefusal: the job would publish variants below the site's own minimum
-                allele count, or the site has more samples than the job's encoding allows.
+            PolicyRefusal: (code ``policy``) the site has more samples than the job's
+                encoding allows (``max_samples_per_site``).
         """
         parameters = state.parameters
-        if parameters.min_allele_count < site.min_allele_count:
-            raise PolicyRefusal(
-                f"site {site.name}: the census publishes variants with a minor allele count of "
-                f"{parameters.min_allele_count}, below this site's policy min_allele_count {site.min_allele_count}"
-            )
         if dataset.num_samples > parameters.max_samples_per_site:
             raise PolicyRefusal(
                 f"site {site.name}: {dataset.num_samples} samples exceed the job's max_samples_per_site "
-                f"{parameters.max_samples_per_site}; the sum could overflow"
+                f"{parameters.max_samples_per_site}; the sum could overflow",
+                code="policy", public="the site has more samples than the job's max_samples_per_site allows",
             )
         if round_index == KEYS_ROUND:
             if not site.share_variant_keys:
@@ -329,12 +401,19 @@ class Census(Analysis[CensusState]):
         totals = {name: np.zeros(len(union), np.int64) for name in COUNT_FIELDS}
         for name, values in zip(COUNT_FIELDS, counts):
             np.add.at(totals[name], where, values[present])
-        return {**totals, "n_samples": np.array([dataset.num_samples], np.int64)}
+        called = totals["n_hom_ref"] + totals["n_het"] + totals["n_hom_alt"]
+        flags = below_minimum(called, totals["n_het"] + 2 * totals["n_hom_alt"], site)
+        return {**totals, FLAG_FIELD: flags, "n_samples": np.array([dataset.num_samples], np.int64)}
 
     def coordinator_step(
         self, state: CensusState, round_index: int, total: Mapping[str, np.ndarray], num_sites: int
     ) -> StepResult[CensusState]:
-        """Round 0: keep the union; round 1: the census table and its summary."""
+        """Round 0: keep the union; round 1: the census table and its summary.
+
+        Raises:
+            InputError: no site shared a key (round 0).
+            ProtocolError: counts or flags no honest sites give (:func:`check_counts`).
+        """
         if round_index == KEYS_ROUND:
             union = tuple(np.asarray(total["variant_id"]).astype(str).tolist())  # sorted by the runtime
             if not union:
@@ -342,8 +421,9 @@ class Census(Analysis[CensusState]):
             return dataclasses.replace(state, variant_ids=union), False, None
         num_samples = int(np.asarray(total["n_samples"]).reshape(-1)[0])
         counts = {name: np.asarray(total[name], np.int64) for name in COUNT_FIELDS}
-        check_counts(counts, num_samples, state.union)
-        table = census_table(np.asarray(state.union, dtype=str), counts, num_samples, state.parameters)
+        below_min = np.asarray(total[FLAG_FIELD], np.int64)
+        check_counts(counts, num_samples, state.union, below_min=below_min, num_sites=num_sites)
+        table = census_table(np.asarray(state.union, dtype=str), counts, num_samples, state.parameters, below_min=below_min)
         publishable = table.column("publishable").to_numpy(zero_copy_only=False)
         passing = table.column("pass_qc").to_numpy(zero_copy_only=False)
         filter_table = table.select(["variant_id", "pass_qc", "filter"])
@@ -355,12 +435,15 @@ class Census(Analysis[CensusState]):
             "variants": {
                 "total": int(table.num_rows),
                 "publishable": int(np.count_nonzero(publishable)),
+                "withheld_below_site_minimum": int(np.count_nonzero(below_min > 0)),
                 "passing": int(np.count_nonzero(passing)),
                 "failing": int(table.num_rows - np.count_nonzero(passing)),
             },
             "disclosure": (
                 "round 0 revealed which variant IDs each site holds at or above its own minimum minor allele count "
-                "(share_variant_keys); round 1 revealed only sums over the included sites"
+                "(share_variant_keys); round 1 revealed only sums over the included sites, among them per variant the "
+                "number of sites whose own minor allele count is below their minimum; variants where that number is not "
+                "0 are withheld"
             ),
             "schemas": {"census_variants": schemas.load("census_variants").version},
         }

@@ -34,7 +34,7 @@ from typing import Any
 
 import numpy as np
 
-from pipeline.analyses.protocol import Analysis, JobState, Result, RoundLayout, SiteContext, StepResult
+from pipeline.analyses.protocol import Analysis, Contribution, JobState, Result, RoundLayout, SiteContext, StepResult
 from pipeline.dataset import Dataset
 from pipeline.errors import ConfigurationError
 from pipeline.json_arrays import table_from_json, table_to_json
@@ -175,6 +175,15 @@ class Phased(Analysis[PhasedState]):
             tables={**state.tables, **kept},
         )
         return next_state, False, None
+
+    def contributions(self, state: PhasedState, dataset: Dataset, site: SiteContext) -> tuple[Contribution, ...]:
+        """The contributing sets of the phase in progress (the first phase, in a job's first round).
+
+        Later phases may release other sets, and their states do not exist yet: a phased
+        analysis whose later phases involve other samples or variables overrides this
+        (as the GWAS and training jobs do) from the job spec or the phase's state.
+        """
+        return self.phases[state.phase].analysis.contributions(state.inner, dataset, site)
 
     def site_finish(self, state: PhasedState, dataset: Dataset, site: SiteContext, out_dir: Path) -> dict[str, Any] | None:
         """The site hook of the phase the job ended in."""

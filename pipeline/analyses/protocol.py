@@ -50,6 +50,7 @@ __all__ = [
     "Result",
     "SiteContext",
     "StepResult",
+    "dataset_sample_ids",
 ]
 
 
@@ -78,7 +79,9 @@ class SiteContext:
         name: the site's name (its certificate's subject).
         min_samples: the site's k; the runtime checks it before any step runs.
         min_allele_count: the least minor allele count of a variant whose key the
-            site shares in a :class:`KeyUnion` round.
+            site shares in a :class:`KeyUnion` round; a variant where the site's own
+            count is non-zero and below it is flagged, and withheld from per-variant
+            results (census, PCA selection, GWAS).
         share_variant_keys: whether the site sends keys in a :class:`KeyUnion` round.
         share_site_metrics: whether the site may reveal statistics of its own (for
             example a model's metrics on its held-out split) in a slot of a secure sum
@@ -112,6 +115,11 @@ class Contribution:
 
     samples: frozenset[str]
     variables: tuple[str, ...]
+
+
+def dataset_sample_ids(dataset: Dataset) -> frozenset[str]:
+    """Every sample ID of a dataset (its samples table; no genotype is read)."""
+    return frozenset(str(s) for s in dataset.samples().column("sample_id").to_pylist())
 
 
 @dataclass(frozen=True)
@@ -208,7 +216,7 @@ class Analysis(Protocol, Generic[S]):
         genotypes. An analysis whose release involves no sample (a test vector)
         returns ``()``.
         """
-        return (Contribution(frozenset(str(s) for s in dataset.samples().column("sample_id").to_pylist()), (GENOTYPES,)),)
+        return (Contribution(dataset_sample_ids(dataset), (GENOTYPES,)),)
 
     def site_finish(self, state: S, dataset: Dataset, site: SiteContext, out_dir: Path) -> dict[str, Any] | None:
         """At a site, once a job it contributed to has ended: write what stays at the site.

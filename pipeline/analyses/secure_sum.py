@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from pipeline.analyses.protocol import Analysis, Result, RoundLayout, SiteContext, StepResult
+from pipeline.analyses.protocol import Analysis, Contribution, Result, RoundLayout, SiteContext, StepResult
 from pipeline.dataset import Dataset
 from pipeline.encoding import DEFAULT_FLOAT_CLIP, DEFAULT_FLOAT_SCALE_BITS, Integer, Real, plan_layout
 from pipeline.errors import ConfigurationError, InputError
@@ -126,6 +126,17 @@ class SecureSum(Analysis[SecureSumState]):
         bits = DEFAULT_FLOAT_SCALE_BITS
         return plan_layout([Real("vector", shape, DEFAULT_FLOAT_CLIP, min_scale_bits=bits, max_scale_bits=bits)],
                            state.num_participants)
+
+    def contributions(self, state: SecureSumState, dataset: Dataset, site: SiteContext) -> tuple[Contribution, ...]:
+        """None: the vector is no statistic of the site's samples.
+
+        A ``test`` vector is derived from the site's name alone; a ``file`` vector is
+        whatever the site's operator put in its dataset folder for this purpose, which
+        the analysis cannot relate to any sample (the operator who writes it decides
+        what it may reveal). Either way no sample enters the release, so the ledger has
+        nothing to check or record.
+        """
+        return ()
 
     def site_step(self, state: SecureSumState, round_index: int, dataset: Dataset, site: SiteContext) -> dict[str, np.ndarray]:
         """The site's vector: its test vector, or the ``.npy`` file in its dataset folder."""

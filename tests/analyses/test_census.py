@@ -10,11 +10,11 @@ import numpy as np
 import pytest
 
 from pipeline import dataset as dataset_io
-from pipeline.analyses import KeyUnion, SiteCache, SiteContext
+from pipeline.analyses import KeyUnion, SiteCache, SiteContext, census
 from pipeline.analyses.census import CENSUS, COUNT_FIELDS
-from pipeline.errors import PolicyRefusal, ProtocolError
-from pipeline.secagg.driver import run_round
 from pipeline.encoding import Layout, Ring
+from pipeline.errors import ProtocolError
+from pipeline.secagg.driver import run_round
 from pipeline.secagg.messages import Stage
 from pipeline.stats.hwe import hwe_exact_p
 from tests.federation import runtime_support as rs
@@ -135,11 +135,62 @@ def test_census__variants_below_the_minimum_are_not_published(cohort):
     assert 0 < sum(table["publishable"]) < len(table["publishable"])
 
 
-def test_census__site_refuses_a_publish_threshold_below_its_policy(cohort):
-    state = CENSUS.init({"min_allele_count": 2}, SITES)
-    dataset = dataset_io.open_dataset(cohort["beta"][2])
-    with pytest.raises(PolicyRefusal, match="min_allele_count 5"):
-        CENSUS.site_step(state, 0, dataset, _context("beta", min_allele_count=5))
+def naive_site_minor(cohort, name: str) -> dict[str, int]:
+    """Each variant's minor allele count among one site's called samples, from its matrix."""
+    ids, calls, _ = cohort[name]
+    out = {}
+    for variant, row in zip(ids, calls):
+        called = row[row >= 0].astype(int)
+        out[variant] = int(min(called.sum(), 2 * called.size - called.sum()))
+    return out
+
+
+def test_census__site_with_a_higher_minimum_takes_part_and_its_small_cells_are_withheld(cohort):
+    contexts = {n: _context(n) for n in SITES}
+    contexts["beta"] = _context("beta", min_allele_count=5)  # above the job's publish threshold of 1
+    state, layout, result, _ = _run_census(cohort, {"min_allele_count": 1, "min_call_rate": 0.0, "hwe_p": 0.0}, contexts)
+    assert layout.field("below_min").shape == (len(state.union),)
+    union = list(state.variant_ids)
+    # Variants only beta holds enter the union only at or above its minimum (the key round).
+    flagged = {v for v, m in naive_site_minor(cohort, "beta").items() if 0 < m < 5} & set(union)
+    table = result.tables["census_variants"].to_pydict()
+    assert flagged and flagged < set(union)
+    pooled = naive_pooled(cohort, union)
+    allele_count = pooled["n_het"] + 2 * pooled["n_hom_alt"]
+    allele_number = 2 * (pooled["n_hom_ref"] + pooled["n_het"] + pooled["n_hom_alt"])
+    global_minor = np.minimum(allele_count, allele_number - allele_count)
+    for j, variant in enumerate(union):
+        if variant in flagged:  # withheld whatever its global count: nothing but the reason is published
+            assert not table["publishable"][j] and not table["pass_qc"][j]
+            assert table["filter"][j] == "site_min_allele_count"
+            assert all(table[name][j] is None for name in (*COUNT_FIELDS, "n_not_typed", "call_rate", "allele_count",
+                                                          "allele_number", "alt_allele_frequency", "hwe_p_value"))
+        elif global_minor[j] >= 1:
+            assert table["publishable"][j] and table["filter"][j] == "PASS"
+            for name in (*COUNT_FIELDS, "n_not_typed"):
+                assert table[name][j] == pooled[name][j], (variant, name)
+        else:
+            assert not table["publishable"][j] and table["filter"][j] == "min_allele_count"
+    assert result.summary["variants"]["withheld_below_site_minimum"] == len(flagged)
+    assert result.summary["variants"]["publishable"] == sum(table["publishable"])
+
+
+def test_census__site_flag_is_one_only_where_its_own_count_is_a_small_cell(cohort):
+    state = CENSUS.init({"min_allele_count": 0}, SITES)
+    ids, _, path = cohort["gamma"]
+    union = sorted(set(ids) | {"chr22:99999:A:G"})  # one variant gamma does not hold
+    state = dataclasses.replace(state, variant_ids=tuple(union))
+    out = CENSUS.site_step(state, 1, dataset_io.open_dataset(path), _context("gamma", min_allele_count=6))
+    minor = naive_site_minor(cohort, "gamma")
+    expected = [int(0 < minor[v] < 6) if v in minor else 0 for v in union]
+    assert out["below_min"].tolist() == expected and 0 < sum(expected) < len(union)
+
+
+def test_census__impossible_flags_fail_the_round(cohort):
+    counts = {name: np.zeros(2, np.int64) for name in COUNT_FIELDS}
+    with pytest.raises(ProtocolError, match="variant b: the summed below_min is 4"):
+        census.check_counts(counts, 10, ["a", "b"], below_min=np.array([0, 4]), num_sites=3)
+    census.check_counts(counts, 10, ["a", "b"], below_min=np.array([3, 0]), num_sites=3)
 
 
 def test_census__ring_widens_when_the_bit_budget_requires(cohort):

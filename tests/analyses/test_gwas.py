@@ -15,13 +15,14 @@ import pytest
 import yaml
 from scipy import stats as scipy_stats
 
-from pipeline.analyses import SiteContext
+from pipeline.analyses import SiteCache, SiteContext
 from pipeline.analyses.gwas import GWAS, GwasParameters, RegressionState, write_outputs
 from pipeline.analyses.gwas.outputs import check_variant_sums
+from pipeline.analyses.gwas.site_data import design, site_data
 from pipeline.analyses.registry import get_analysis
 from pipeline.dataset import open_dataset
 from pipeline.encoding import Layout, Ring
-from pipeline.errors import ConfigurationError, InputError, ProtocolError
+from pipeline.errors import ConfigurationError, ProtocolError
 from pipeline.federation.in_memory import default_context, run_in_memory
 from tests.analyses import gwas_support as gs
 
@@ -200,28 +201,33 @@ def test_gwas__with_pcs_state_round_trips_and_sites_keep_their_scores(cohort, tm
     assert (tmp_path / "done" / "pca_scores.parquet").is_file() and not (tmp_path / "early").exists()
 
 
+def _site_minor(calls: np.ndarray, samples: np.ndarray) -> int:
+    called = calls[samples & (calls >= 0)].astype(int)
+    return int(min(called.sum(), 2 * called.size - called.sum()))
+
+
 def test_gwas__variants_below_a_site_minimum_withheld(cohort):
     contexts = {name: default_context(name) for name in cohort}
     contexts["beta"] = SiteContext(name="beta", min_samples=1, min_allele_count=4, share_variant_keys=True)
-    spec = {**LINEAR, "min_allele_count": 4}  # a site refuses a census that publishes below its own minimum
+    spec = {**LINEAR, "min_allele_count": 1}  # below beta's own minimum: beta takes part and flags its small cells
     run = run_in_memory(GWAS, spec, _datasets(cohort), secure=True, seed=2, contexts=contexts)
     everyone = run_in_memory(GWAS, spec, _datasets(cohort), seed=2)
     beta = cohort["beta"]
-    expected_hidden = set()
-    complete = np.isfinite(beta.quant) & np.isfinite(beta.age)  # the samples the site contributes
-    for j, variant in enumerate(beta.ids):
-        called = beta.calls[j][complete & (beta.calls[j] >= 0)].astype(int)
-        minor = min(called.sum(), 2 * called.size - called.sum())
-        if 0 < minor < 4:
-            expected_hidden.add(variant)
-    assert expected_hidden, "the cohort should have rare variants at site beta"
+    everybody = np.ones(len(beta.age), bool)
+    complete = np.isfinite(beta.quant) & np.isfinite(beta.age)  # the samples the site fits on
+    # The census phase counts every sample: a small cell there keeps the variant out of the tests.
+    census_hidden = {v for j, v in enumerate(beta.ids) if 0 < _site_minor(beta.calls[j], everybody) < 4}
+    # The regression counts the complete samples: a small cell there withholds the estimate.
+    regression_hidden = {v for j, v in enumerate(beta.ids) if 0 < _site_minor(beta.calls[j], complete) < 4}
+    assert census_hidden and regression_hidden, "the cohort should have rare variants at site beta"
     published = {r["variant_id"] for r in _rows(run)}
     every = {r["variant_id"] for r in _rows(everyone)}
-    assert expected_hidden <= every
-    assert published == every - expected_hidden
+    assert regression_hidden <= every
+    assert published == every - census_hidden - regression_hidden
     status = dict(zip(run.result.tables["gwas_status"].column("variant_id").to_pylist(),
                       run.result.tables["gwas_status"].column("status").to_pylist()))
-    assert {v for v, s in status.items() if s == "BELOW_SITE_MIN_ALLELE_COUNT"} == expected_hidden
+    assert not census_hidden & set(status)
+    assert {v for v, s in status.items() if s == "BELOW_SITE_MIN_ALLELE_COUNT"} == (regression_hidden & every) - census_hidden
 
 
 def test_gwas__outputs_tsv_metadata_and_plots(linear_run, tmp_path):
@@ -321,7 +327,7 @@ def test_gwas__agrees_with_plink2_glm(cohort, linear_run, logistic_run, tmp_path
     assert compared >= 40
 
 
-def test_gwas__outlying_covariate_refused_naming_the_column(tmp_path):
+def _outlier_sites(tmp_path: Path, outlier: float) -> dict[str, Path]:
     ids = [f"chr1:{p}:A:G" for p in (10, 20)]
     rng = np.random.default_rng(9)
     paths = {}
@@ -329,14 +335,35 @@ def test_gwas__outlying_covariate_refused_naming_the_column(tmp_path):
         calls = rng.binomial(2, 0.4, size=(2, 60)).astype(np.int8)
         age = rng.normal(50, 1, 60)
         if name == "b":
-            age[0] = 5000.0  # a unit error: far beyond max_abs_z standard deviations
+            age[0] = outlier  # a unit error: beyond max_abs_value, and far beyond max_abs_z standard deviations
         path = gs.rs.write_dataset(tmp_path / name, ids, calls)
         gs.write_phenotypes(path, {"age": age, "quant_trait": rng.normal(size=60)})
         paths[name] = path
-    with pytest.raises(InputError, match="'age'.*max_abs_z"):
-        run_in_memory(GWAS, {**LINEAR, "covariates": ["age"], "max_abs_z": 5}, paths)
-    with pytest.raises(InputError, match="max_abs_value=1000"):
-        run_in_memory(GWAS, {**LINEAR, "covariates": ["age"], "max_abs_value": 1000}, paths)
+    return paths
+
+
+def test_gwas__a_value_beyond_max_abs_value_is_clipped_at_the_site_as_if_the_data_were(tmp_path, caplog):
+    spec = {**LINEAR, "covariates": ["age"], "max_abs_value": 1000}
+    with caplog.at_level("INFO", logger="pipeline.analyses.bounds"):
+        clipped = run_in_memory(GWAS, spec, _outlier_sites(tmp_path / "raw", 5000.0))
+    assert any("clipped 1 value(s) of 'age' to +-max_abs_value" in r.getMessage() for r in caplog.records)
+    preclipped = run_in_memory(GWAS, spec, _outlier_sites(tmp_path / "pre", 1000.0))
+    assert clipped.result.tables["gwas"].equals(preclipped.result.tables["gwas"])
+    assert clipped.states[-1][1].inner.moments == preclipped.states[-1][1].inner.moments
+
+
+def test_gwas__a_value_beyond_max_abs_z_is_clipped_at_the_site_not_refused(tmp_path):
+    paths = _outlier_sites(tmp_path, 5000.0)
+    run = run_in_memory(GWAS, {**LINEAR, "covariates": ["age"], "max_abs_z": 5}, paths)
+    assert run.result.tables["gwas"].num_rows == 2
+    state = run.states[-1][1].inner
+    data = site_data(state, open_dataset(paths["b"]), SiteCache())
+    covariates, phenotype = design(data, state)
+    z = (data.raw[:, 0] - state.moments.mean[0]) / state.moments.sd[0]
+    assert np.abs(z).max() > 5
+    np.testing.assert_array_equal(covariates[:, 1], np.clip(z, -5, 5))
+    y = (data.phenotype - state.moments.mean[1]) / state.moments.sd[1]
+    np.testing.assert_array_equal(phenotype, np.clip(y, -5, 5))
 
 
 def test_gwas__impossible_per_variant_sums_are_refused_not_published(linear_run):

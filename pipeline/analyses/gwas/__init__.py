@@ -14,6 +14,8 @@ A GWAS job is three phases run as one job (:mod:`pipeline.analyses.phases`):
      coordinator publishes their means and SDs; every site standardizes with them, so
      each value of the fixed-point encoding is bounded by ``max_abs_z`` (the fit of the
      genotype is invariant to this reparametrization: the intercept absorbs the shift).
+     Values beyond ``max_abs_value`` (raw) or ``max_abs_z`` (standardized) are clipped
+     at the site, never refused; the count clipped stays in the site's log.
    * linear, round 1: per variant the packed ``X'X``, ``X'y``, ``y'y`` and ``n`` over the
      samples with a called genotype (:func:`pipeline.stats.glm.linear_statistics`); the
      coordinator solves every variant's normal equations in float64: the pooled OLS.
@@ -46,8 +48,8 @@ Spec (see ``workflows/gwas.yaml``)::
     hwe_p: 1.0e-6
     maf: 0.01
     max_samples_per_site: 1000000
-    max_abs_value: 10000          # bound of a raw covariate or phenotype value (moments round)
-    max_abs_z: 100                # bound of a standardized covariate or phenotype value
+    max_abs_value: 10000          # raw covariate or phenotype values are clipped to +-this at the site
+    max_abs_z: 100                # standardized ones are clipped to +-this at the site
     max_iterations: 25            # logistic Newton rounds (and Firth iterations)
     tolerance: 1.0e-8             # logistic: largest coefficient change at convergence
     firth: true                   # Firth-penalized refit of separated / unfinished variants
@@ -69,6 +71,7 @@ import numpy as np
 from pipeline.analyses.census import CENSUS, CensusState
 from pipeline.analyses.gwas.outputs import gwas_table, regression_result, write_outputs
 from pipeline.analyses.gwas.regression import REGRESSION, Regression
+from pipeline.analyses.gwas.site_data import complete_cases
 from pipeline.analyses.gwas.spec import PARAMS, GwasParameters
 from pipeline.analyses.gwas.state import (
     FirthRound,
@@ -80,7 +83,13 @@ from pipeline.analyses.gwas.state import (
 )
 from pipeline.analyses.pca import PCA, PcaState
 from pipeline.analyses.phases import Phase, Phased, PhasedState
-from pipeline.analyses.protocol import Result, SiteContext
+from pipeline.analyses.protocol import (
+    GENOTYPES,
+    Contribution,
+    Result,
+    SiteContext,
+    dataset_sample_ids,
+)
 from pipeline.dataset import Dataset
 
 __all__ = [
@@ -143,6 +152,34 @@ class Gwas(Phased):
 
     def __init__(self) -> None:
         super().__init__("gwas", gwas_phases())
+
+    def contributions(self, state: PhasedState, dataset: Dataset, site: SiteContext) -> tuple[Contribution, ...]:
+        """The regression's complete cases, and every sample for the census (and PCA) phase.
+
+        1. The regression's results come from the complete cases of the job's phenotype
+           and covariates (:func:`~.site_data.complete_cases`, the selection its site step
+           fits on), over ``sorted((phenotype, *covariates, genotypes))``. A GWAS has one
+           phenotype, so one such set.
+        2. The census phase counts every sample's genotypes (its summary, and which
+           variants pass QC and are tested, are released), and so does the PCA phase
+           with ``pcs > 0`` (its loadings and eigenvalues are in the result): every
+           sample, over the genotypes.
+
+        Read from the samples table alone (no genotype). A release the site brings no
+        sample to is not listed.
+
+        Raises:
+            ConfigurationError: the job spec is not a GWAS spec.
+            InputError: the phenotype or a covariate is missing or not numeric.
+        """
+        parameters = GwasParameters.parse(state.job_spec)
+        samples = dataset.samples()
+        keep = complete_cases(parameters, dataset, samples).keep
+        ids = np.asarray([str(s) for s in samples.column("sample_id").to_pylist()], dtype=object)
+        regression = Contribution(frozenset(ids[keep].tolist()), tuple(sorted((parameters.phenotype, *parameters.covariates,
+                                                                             GENOTYPES))))
+        every = Contribution(dataset_sample_ids(dataset), (GENOTYPES,))
+        return tuple(c for c in (regression, every) if c.samples)
 
     def site_finish(self, state: PhasedState, dataset: Dataset, site: SiteContext, out_dir: Path) -> dict[str, Any] | None:
         """Keeps this site's PC scores at the site (``pca_scores.parquet``) once the regression phase has begun.

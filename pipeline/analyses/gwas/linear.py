@@ -15,8 +15,9 @@ from collections.abc import Mapping
 
 import numpy as np
 
+from pipeline.analyses.census import below_minimum
 from pipeline.analyses.gwas.outputs import regression_result
-from pipeline.analyses.gwas.site_data import SiteData, below_minimum, complete_calls
+from pipeline.analyses.gwas.site_data import SiteData, complete_calls
 from pipeline.analyses.gwas.spec import (
     MAX_SCALE_BITS,
     MIN_SCALE_BITS,

@@ -1,10 +1,14 @@
 """The regression phase of a GWAS: the moments round, then the linear or logistic rounds.
 
 Round 0, *moments*: per site the count of complete samples and the sums and sums of
-squares of every covariate (PCs included) and of the phenotype over them. The
-coordinator publishes their means and SDs; every site standardizes with them, so each
-value of the fixed-point encoding is bounded by ``max_abs_z`` (the genotype's fit is
-invariant to this reparametrization: the intercept absorbs the shift).
+squares of every covariate (PCs included) and of the phenotype over them, each value
+clipped to ``±max_abs_value`` at the site. The coordinator publishes their means and
+SDs; every site standardizes with them and clips the standardized values to
+``±max_abs_z``, so each value of the fixed-point encoding is bounded by ``max_abs_z``
+(the genotype's fit is invariant to this reparametrization: the intercept absorbs the
+shift). A value beyond either bound is clipped, never refused: a refusal would tell
+the analyst that the site holds such a value, and bisecting the bound over jobs would
+read it off. The number clipped per column stays in the site's log.
 
 From round 1 on, :class:`Regression` dispatches to the model's rounds:
 :mod:`~pipeline.analyses.gwas.linear` (one round) or
@@ -63,7 +67,10 @@ CARRIED_KEYS = ("variant_ids", "pca_state")
 def moments_layout(state: RegressionState) -> Layout:
     """The sample count, and the sums of raw values (bounded by ``max_abs_value``) and of their squares.
 
-    Only used to standardize, so a few fractional bits suffice.
+    Sites clip their values to ``±max_abs_value`` (:func:`~.site_data.site_data`), so over
+    n <= ``max_samples_per_site`` samples a sum is at most n x max_abs_value and a sum of
+    squares n x max_abs_value^2, both within :attr:`GwasParameters.raw_moment_bound`
+    (max_abs_value >= 1). Only used to standardize, so a few fractional bits suffice.
     """
     p = state.parameters
     m = len(state.columns) + 1
@@ -136,20 +143,24 @@ class Regression(Analysis[RegressionState]):
     def site_step(self, state: RegressionState, round_index: int, dataset: Dataset, site: SiteContext) -> dict[str, np.ndarray]:
         """The site's moments, linear statistics or Newton contributions (see the module docstring).
 
+        Raw values beyond ``max_abs_value`` and standardized ones beyond ``max_abs_z`` are
+        clipped at the site (:mod:`.site_data`), never refused.
+
         Raises:
-            PolicyRefusal: more complete samples than the job's max_samples_per_site.
-            InputError: a missing column, a non-0/1 binary phenotype, or an outlying value.
+            PolicyRefusal: (code ``policy``) more complete samples than the job's max_samples_per_site.
+            InputError: a missing or non-numeric column, or a binary phenotype not coded 0/1.
         """
         p = state.parameters
         data = site_data(state, dataset, site.cache)
         if len(data.phenotype) > p.max_samples_per_site:
-            raise PolicyRefusal(f"site {site.name}: {len(data.phenotype)} samples exceed the job's max_samples_per_site "
-                                f"{p.max_samples_per_site}")
+            raise PolicyRefusal(
+                f"site {site.name}: {len(data.phenotype)} samples exceed the job's max_samples_per_site {p.max_samples_per_site}",
+                code="policy",
+                public=f"the site has more complete samples of {p.phenotype!r} and the covariates {list(p.covariates)} "
+                       "than the job's max_samples_per_site allows",
+            )
         if round_index == MOMENTS_ROUND:
             values = np.column_stack([data.raw, data.phenotype])
-            if values.size and np.max(np.abs(values)) > p.max_abs_value:
-                raise InputError(f"site {site.name}: a covariate or phenotype value exceeds max_abs_value={p.max_abs_value:g} "
-                                 "in absolute value; rescale that column or raise max_abs_value in the job spec")
             return {"n_samples": np.array([len(data.phenotype)], np.int64), "sum": values.sum(axis=0),
                     "sum_squares": (values**2).sum(axis=0)}
         covariates, phenotype = design(data, state)

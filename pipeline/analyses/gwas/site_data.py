@@ -1,10 +1,16 @@
 """A site's side of the regression: its complete samples, their design, its genotype rows.
 
-A site fits on its *complete* samples (phenotype and every covariate present; PC scores
-from the PCA phase's basis appended to the covariates), standardized with the pooled
-moments the coordinator published, and on the genotype rows of the job's variants it
-holds. Reading those is most of a site step's time and every round of a job needs the
-same ones, so they are kept in the job's :class:`~pipeline.analyses.SiteCache`:
+A site fits on its *complete* samples (:func:`complete_cases`: phenotype and every
+covariate present; PC scores from the PCA phase's basis appended to the covariates),
+standardized with the pooled moments the coordinator published, and on the genotype
+rows of the job's variants it holds. Values beyond the job's bounds are clipped at the
+site, never refused (:mod:`pipeline.analyses.bounds`): raw covariate and phenotype
+values to ``±max_abs_value`` (:func:`site_data`), standardized ones to ``±max_abs_z``
+(:func:`design`).
+
+Reading the samples and genotype rows is most of a site step's time and every round of
+a job needs the same ones, so they are kept in the job's
+:class:`~pipeline.analyses.SiteCache`:
 
 * :func:`site_data` once per job (keyed by the dataset and :attr:`RegressionState.samples_digest`);
 * :func:`complete_calls` for the Newton rounds, only where the rows fit the cache's byte
@@ -19,18 +25,20 @@ import hashlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import pyarrow as pa
 
+from pipeline.analyses.bounds import clip_columns
+from pipeline.analyses.gwas.spec import GwasParameters
 from pipeline.analyses.gwas.state import RegressionState
 from pipeline.analyses.pca import local_scores
-from pipeline.analyses.protocol import SiteContext
 from pipeline.analyses.site_cache import SiteCache
 from pipeline.dataset import Dataset, locate
 from pipeline.errors import InputError
 
-__all__ = ["SiteData", "below_minimum", "complete_calls", "design", "site_data"]
+__all__ = ["CompleteCases", "SiteData", "complete_calls", "complete_cases", "design", "site_data"]
 
 GenotypeRows = list[tuple[np.ndarray, np.ndarray]]
 """(positions in the job's variant list, int8 calls of the complete samples) per dataset block."""
@@ -59,6 +67,9 @@ class SiteData:
 def site_data(state: RegressionState, dataset: Dataset, cache: SiteCache) -> SiteData:
     """The site's complete samples for this job (read once, then from ``cache``).
 
+    Covariate (PC scores included) and phenotype values beyond ``±max_abs_value`` are
+    clipped to it, the count per column logged at the site only.
+
     Raises:
         InputError: a missing or non-numeric column, a binary phenotype not coded 0/1,
             or a PCA phase that ended without loadings.
@@ -77,21 +88,56 @@ def _column(samples: pa.Table, name: str, dataset: Dataset) -> np.ndarray:
     return np.asarray(column.cast(pa.float64()).to_numpy(zero_copy_only=False), np.float64)
 
 
+class CompleteCases(NamedTuple):
+    """A site's phenotype and spec covariates, and which samples have them all.
+
+    Attributes:
+        phenotype: (dataset samples,) float64, NaN where missing.
+        covariates: (dataset samples, covariates) the spec's covariates (no PCs), unclipped.
+        keep: (dataset samples,) bool: phenotype and every covariate present (and
+            ``has_phenotypes`` where the table has it).
+    """
+
+    phenotype: np.ndarray
+    covariates: np.ndarray
+    keep: np.ndarray
+
+
+def complete_cases(parameters: GwasParameters, dataset: Dataset, samples: pa.Table | None = None) -> CompleteCases:
+    """The complete cases of a job's phenotype and covariates, from the samples table alone.
+
+    What the site fits on (:func:`site_data`) and what it declares it would release
+    (:meth:`~pipeline.analyses.gwas.Gwas.contributions`); no genotype is read. PC
+    covariates, computed later from every sample's calls with mean imputation, are
+    finite for every sample and remove none.
+
+    Args:
+        samples: the dataset's samples table, if already read.
+
+    Raises:
+        InputError: a missing or non-numeric column.
+    """
+    samples = dataset.samples() if samples is None else samples
+    phenotype = _column(samples, parameters.phenotype, dataset)
+    columns = [_column(samples, name, dataset) for name in parameters.covariates]
+    covariates = np.column_stack(columns) if columns else np.zeros((len(phenotype), 0))
+    keep = np.isfinite(phenotype) & np.all(np.isfinite(covariates), axis=1)
+    if "has_phenotypes" in samples.column_names:
+        keep &= np.asarray(samples.column("has_phenotypes").to_numpy(zero_copy_only=False), bool)
+    return CompleteCases(phenotype, covariates, keep)
+
+
 def _read_site_data(state: RegressionState, dataset: Dataset, cache: SiteCache) -> SiteData:
     p = state.parameters
-    samples = dataset.samples()
-    phenotype = _column(samples, p.phenotype, dataset)
-    columns = [_column(samples, name, dataset) for name in p.covariates]
+    phenotype, raw, keep = complete_cases(p, dataset)
     if state.pca is not None:
         if not state.pca.has_loadings:
             raise InputError("gwas: the PCA phase ended without loadings; cannot compute PC covariates")
         scores = local_scores(state.pca, dataset, cache)
-        columns += [np.asarray(scores.column(f"PC{j + 1}").to_numpy(zero_copy_only=False), np.float64)
-                    for j in range(scores.num_columns - 1)]
-    raw = np.column_stack(columns) if columns else np.zeros((dataset.num_samples, 0))
-    keep = np.isfinite(phenotype) & np.all(np.isfinite(raw), axis=1)
-    if "has_phenotypes" in samples.column_names:
-        keep &= np.asarray(samples.column("has_phenotypes").to_numpy(zero_copy_only=False), bool)
+        pcs = np.column_stack([np.asarray(scores.column(f"PC{j + 1}").to_numpy(zero_copy_only=False), np.float64)
+                               for j in range(scores.num_columns - 1)])
+        raw = np.column_stack([raw, pcs])
+        keep &= np.all(np.isfinite(pcs), axis=1)
     if p.model == "logistic":
         bad = keep & ~np.isin(phenotype, (0.0, 1.0))
         if bad.any():
@@ -100,35 +146,33 @@ def _read_site_data(state: RegressionState, dataset: Dataset, cache: SiteCache) 
                 f"{dataset.path}: sample {first} has {p.phenotype}={phenotype[first]:g}; a logistic GWAS needs 0 (control) "
                 "or 1 (case), missing as NA"
             )
-    return SiteData(raw[keep], phenotype[keep], keep)
+    values = clip_columns(np.column_stack([raw[keep], phenotype[keep]]), [*state.columns, p.phenotype], p.max_abs_value,
+                          where="gwas", spec_key="max_abs_value")
+    return SiteData(np.ascontiguousarray(values[:, :-1]), np.ascontiguousarray(values[:, -1]), keep)
 
 
 def design(data: SiteData, state: RegressionState) -> tuple[np.ndarray, np.ndarray]:
-    """Standardized covariates (intercept first) and phenotype, checked against max_abs_z.
+    """Standardized covariates (intercept first) and phenotype, clipped to ``±max_abs_z``.
 
-    The phenotype is standardized for the linear model and kept 0/1 for the logistic one.
-
-    Raises:
-        InputError: a value lies more than ``max_abs_z`` SDs from the pooled mean (names the column).
+    The phenotype is standardized for the linear model and kept 0/1 for the logistic
+    one. A standardized value beyond ``max_abs_z`` is clipped to it (the count per
+    column logged at the site only), so every value of the fixed-point encoding stays
+    within the bound the layouts were planned for; a refusal would reveal that the
+    site holds such a value.
     """
     p = state.parameters
     moments = state.standardization
     m = data.raw.shape[1]
     z = (data.raw - moments.mean[:m]) / moments.sd[:m]
-    covariates = np.column_stack([np.ones(len(z)), z])
     if p.model == "linear":
-        phenotype = (data.phenotype - moments.mean[m]) / moments.sd[m]
-        values = np.column_stack([z, phenotype])
+        names = [*state.columns, p.phenotype]
+        values = np.column_stack([z, (data.phenotype - moments.mean[m]) / moments.sd[m]])
     else:
-        phenotype = data.phenotype
+        names = list(state.columns)
         values = z
-    if values.size and np.max(np.abs(values)) > p.max_abs_z:
-        column = int(np.argmax(np.max(np.abs(values), axis=0)))
-        names = [*state.columns, *([p.phenotype] if p.model == "linear" else [])]
-        raise InputError(
-            f"a value of {names[column]!r} lies more than max_abs_z={p.max_abs_z:g} standard deviations from the federation's "
-            "mean; check that column for unit or coding errors, or raise max_abs_z in the job spec"
-        )
+    values = clip_columns(values, names, p.max_abs_z, where="gwas", spec_key="max_abs_z")
+    covariates = np.column_stack([np.ones(len(z)), values[:, :m]])
+    phenotype = values[:, m] if p.model == "linear" else data.phenotype
     return covariates, phenotype
 
 
@@ -158,12 +202,3 @@ def complete_calls(state: RegressionState, dataset: Dataset, data: SiteData, cac
     key = ("gwas.complete_calls", str(Path(dataset.path).resolve()), state.variants_digest, keep_digest)
     rows: GenotypeRows = cache.get(key, lambda: list(_read_complete_calls(state, dataset, data.keep)))
     yield from rows
-
-
-def below_minimum(called: np.ndarray, alt_count: np.ndarray, site: SiteContext) -> np.ndarray:
-    """1 where the site's own minor allele count of a variant is non-zero and below its policy minimum.
-
-    As DataSHIELD's ``nfilter.tab``, a count of 0 is not a small cell: no carrier to identify.
-    """
-    minor = np.minimum(alt_count, 2 * called - alt_count)
-    return ((minor > 0) & (minor < site.min_allele_count)).astype(np.int64)

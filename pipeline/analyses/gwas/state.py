@@ -326,9 +326,9 @@ class RegressionState(JsonState):
     @cached_property
     def samples_digest(self) -> str:
         """SHA-256 of what decides a site's complete samples and their covariate values:
-        phenotype, covariates, model and the PCA basis."""
+        phenotype, covariates, model, the PCA basis and the clip bound ``max_abs_value``."""
         p = self.parameters
         basis = None if self.pca is None else self.pca.to_json()
-        text = json.dumps([p.phenotype, list(p.covariates), p.model, basis], sort_keys=True)
+        text = json.dumps([p.phenotype, list(p.covariates), p.model, basis, p.max_abs_value], sort_keys=True)
         return hashlib.sha256(text.encode()).hexdigest()
 

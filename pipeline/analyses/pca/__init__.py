@@ -7,11 +7,13 @@ round each, except the first):
 
 * **keys** — the census' variant-key union (:mod:`pipeline.analyses.census`, a
   :class:`~pipeline.analyses.KeyUnion`).
-* **counts** — the census' per-variant genotype counts summed over the sites. From the
+* **counts** — the census' per-variant genotype counts summed over the sites, with the
+  number of sites whose own minor allele count is below their minimum. From the
   global counts the coordinator derives the standardization ``(g - 2p) /
   sqrt(2p(1-p))`` (global ``p``; missing calls become 0, mean imputation) and picks the
-  variant set (:mod:`.selection`: publishable, typed everywhere, call rate, MAF, then
-  thinned by position, a deterministic stand-in for LD pruning).
+  variant set (:mod:`.selection`: publishable, no site below its own minimum, typed
+  everywhere, call rate, MAF, then thinned by position, a deterministic stand-in for LD
+  pruning).
 * **iterate** x ``iterations`` — the state holds an orthonormal basis ``V`` (variants x
   ``k + oversampling``), first drawn from the public ``seed``. Each site contributes
   ``G_s^T (G_s V)`` (:func:`pipeline.stats.pca.gram_product`, float64); the coordinator

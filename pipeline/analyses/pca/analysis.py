@@ -32,11 +32,14 @@ from pipeline.analyses.pca.state import (
     VariantSelection,
 )
 from pipeline.analyses.protocol import (
+    GENOTYPES,
     Analysis,
+    Contribution,
     Result,
     RoundLayout,
     SiteContext,
     StepResult,
+    dataset_sample_ids,
 )
 from pipeline.dataset import Dataset
 from pipeline.encoding import MAX_SCALE_BITS, Count, Declaration, Real, plan_layout
@@ -162,12 +165,24 @@ class Pca(Analysis[PcaState]):
 
     # ------------------------------------------------------------------ site side
 
+    def contributions(self, state: PcaState, dataset: Dataset, site: SiteContext) -> tuple[Contribution, ...]:
+        """Every sample of the site, over the genotypes.
+
+        The census rounds count every sample; the iterations and the scores round use
+        every sample's calls of the selected variants (a missing call is imputed with the
+        global mean, so no sample drops out); ``n_samples`` is the dataset's count.
+        """
+        return (Contribution(dataset_sample_ids(dataset), (GENOTYPES,)),)
+
     def site_step(self, state: PcaState, round_index: int, dataset: Dataset, site: SiteContext) -> dict[str, np.ndarray]:
         """A site's contribution in the state's round kind (see the package docstring).
 
+        In the counts round the site also flags the variants where its own minor allele
+        count is below its minimum; the coordinator leaves them out of the selection.
+
         Raises:
-            PolicyRefusal: the census' checks (publish threshold below the site's own
-                minimum allele count, too many samples for the encoding).
+            PolicyRefusal: (code ``policy``) more samples than the job's
+                ``max_samples_per_site`` (the encoding's bound).
             InputError: the job is done.
         """
         kind = state.round_kind
@@ -175,7 +190,8 @@ class Pca(Analysis[PcaState]):
             return CENSUS.site_step(_census(state), _CENSUS_ROUNDS[kind], dataset, site)
         limit = state.parameters.max_samples_per_site
         if dataset.num_samples > limit:
-            raise PolicyRefusal(f"site {site.name}: {dataset.num_samples} samples exceed the job's max_samples_per_site {limit}")
+            raise PolicyRefusal(f"site {site.name}: {dataset.num_samples} samples exceed the job's max_samples_per_site {limit}",
+                                code="policy", public="the site has more samples than the job's max_samples_per_site allows")
         selection, standardization = _fitted(state)
         if kind is PcaRound.ITERATE:
             calls = site_calls(selection, dataset, site.cache)
@@ -284,7 +300,8 @@ class Pca(Analysis[PcaState]):
             "scores": moments.to_json(),
             "disclosure": (
                 "round 0 revealed which variant IDs each site holds above its minimum minor allele count; round 1 the summed "
-                "genotype counts; later rounds only sums over the sites of G_s^T G_s V for a public basis V and of the "
+                "genotype counts and per variant the number of sites below their own minimum (such variants are not selected); "
+                "later rounds only sums over the sites of G_s^T G_s V for a public basis V and of the "
                 "per-component score sums and squares; sample scores stay at the sites"
             ),
             "schemas": {name: schemas.load(name).version for name in ("pca_loadings", "pca_eigenvalues", "pca_scores")},

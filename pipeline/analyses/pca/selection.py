@@ -1,8 +1,10 @@
 """Which variants a PCA decomposes, and how it standardizes them, from the global counts.
 
 After the census' counts round the coordinator knows, per union variant, the genotype
-counts summed over the sites, and nothing else. From them alone it picks the variant
-set: publishable (global minor allele count at least ``min_allele_count``), typed at
+counts summed over the sites and how many sites flagged each variant as below their own
+minimum minor allele count, and nothing else. From them alone it picks the variant
+set: publishable (global minor allele count at least ``min_allele_count`` and no site's
+flag, as the census publishes), typed at
 every site (``typed_at_all_sites``: no sample left out of the four counts), call rate
 at least ``min_call_rate``, MAF at least ``maf``, then at most one variant per
 ``window_bp`` window (highest MAF first, :func:`pipeline.stats.pca.thin_by_position`)
@@ -21,7 +23,7 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 
-from pipeline.analyses.census import COUNT_FIELDS, check_counts
+from pipeline.analyses.census import COUNT_FIELDS, FLAG_FIELD, check_counts
 from pipeline.analyses.pca.state import PcaParameters, Standardization, VariantSelection
 from pipeline.errors import InputError
 from pipeline.harmonize.variant_ids import parse_variant_ids
@@ -39,7 +41,7 @@ def select_variants(
         parameters: the job's filters (``maf``, ``min_call_rate``, ``window_bp``...).
         union: the census' variant union (sorted keys ``contig:pos:ref:alt``).
         total: the summed counts: the four :data:`~pipeline.analyses.census.COUNT_FIELDS`
-            (per union variant) and ``n_samples``.
+            and the sites' ``below_min`` flags (per union variant), and ``n_samples``.
         num_sites: sites whose counts the total holds.
 
     Raises:
@@ -51,7 +53,8 @@ def select_variants(
     ids = np.asarray(union, dtype=str)
     counts = {name: np.asarray(total[name], np.int64) for name in COUNT_FIELDS}
     num_samples = int(np.asarray(total["n_samples"]).reshape(-1)[0])
-    check_counts(counts, num_samples, union)
+    below_min = np.asarray(total[FLAG_FIELD], np.int64)
+    check_counts(counts, num_samples, union, below_min=below_min, num_sites=num_sites)
     hom_ref, het, hom_alt, missing = (counts[name] for name in COUNT_FIELDS)
     called = hom_ref + het + hom_alt
     allele_count = het + 2 * hom_alt
@@ -60,7 +63,7 @@ def select_variants(
     with np.errstate(invalid="ignore", divide="ignore"):
         frequency = np.where(allele_number > 0, allele_count / np.maximum(allele_number, 1), np.nan)
     maf = np.minimum(frequency, 1.0 - frequency)
-    eligible = (minor_count >= p.min_allele_count) & (called >= p.min_call_rate * num_samples) & (minor_count > 0)
+    eligible = (minor_count >= p.min_allele_count) & (below_min == 0) & (called >= p.min_call_rate * num_samples) & (minor_count > 0)
     if p.typed_at_all_sites:
         eligible &= called + missing == num_samples
     contigs, position, _, _ = parse_variant_ids(ids.tolist())

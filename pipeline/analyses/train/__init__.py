@@ -55,7 +55,7 @@ The job's parameters are a :class:`TrainingPlan` (:mod:`.plan`). Spec (see
 """
 
 from pipeline.analyses.train.final_evaluation import EvaluationState, FinalEvaluation
-from pipeline.analyses.train.job import TRAIN, training_phases
+from pipeline.analyses.train.job import TRAIN, Train, training_phases
 from pipeline.analyses.train.keys import FeatureKeys, FeatureKeysState
 from pipeline.analyses.train.model_record import biomarkers, model_record
 from pipeline.analyses.train.moments import Moments, MomentsState
@@ -66,12 +66,18 @@ from pipeline.analyses.train.screening import (
     ScreeningState,
     ScreeningSummary,
 )
-from pipeline.analyses.train.site_data import site_key, site_training_arrays
+from pipeline.analyses.train.site_data import (
+    contributing_sets,
+    site_key,
+    site_training_arrays,
+)
 
 __all__ = [
     "TRAIN",
+    "Train",
     "TrainingPlan",
     "training_phases",
+    "contributing_sets",
     "site_key",
     "site_training_arrays",
     "model_record",

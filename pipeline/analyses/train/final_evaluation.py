@@ -207,7 +207,8 @@ class FinalEvaluation(Analysis[EvaluationState]):
         """The final model's held-out statistics, and this site's slot if its policy shares them.
 
         Raises:
-            PolicyRefusal: fewer usable samples than the site's k, or more than the job allows.
+            PolicyRefusal: fewer usable samples than the site's k (``too-few-samples``), or
+                more than the job allows (``policy``).
         """
         shares = site.share_site_metrics and site.name in state.participants
         _, stats = global_model_on_site(state.plan, state.variant_ids, state.scaling, state.params, dataset, site,
@@ -262,7 +263,7 @@ class FinalEvaluation(Analysis[EvaluationState]):
             The paths written.
         """
         plan = state.plan
-        data = site_data(dataset, plan.feature_spec(state.variant_ids), site.cache)
+        data = site_data(dataset, plan.feature_spec(state.variant_ids), site.cache, max_abs_value=plan.max_abs_value)
         arrays = site_training_arrays(data, state.scaling, plan.task)
         model = plan.model(plan.num_features(state.variant_ids))
         stats = held_out_statistics(plan, model, state.params, arrays["holdout_x"], arrays["holdout_y"])

@@ -18,18 +18,21 @@ before it ran.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from typing import Any, Protocol
+from typing import Any, Protocol, runtime_checkable
 
-from pipeline.analyses.phases import Phase, Phased
-from pipeline.analyses.protocol import Result
+from pipeline.analyses.phases import Phase, Phased, PhasedState
+from pipeline.analyses.protocol import Contribution, Result, SiteContext
 from pipeline.analyses.train.final_evaluation import FINAL_EVALUATION
 from pipeline.analyses.train.keys import FEATURE_KEYS
 from pipeline.analyses.train.moments import MOMENTS
 from pipeline.analyses.train.plan import TrainingPlan
 from pipeline.analyses.train.rounds import TRAINING_ROUNDS
 from pipeline.analyses.train.screening import SCREENING
+from pipeline.analyses.train.site_data import contributing_sets
+from pipeline.dataset import Dataset
+from pipeline.errors import ConfigurationError
 
-__all__ = ["TRAIN", "training_phases"]
+__all__ = ["TRAIN", "Train", "training_phases"]
 
 PhaseSpec = Callable[[Mapping[str, Any], Mapping[str, Any]], "dict[str, Any] | None"]
 
@@ -56,6 +59,11 @@ class _HandsOver(Protocol):
     def handover(self) -> dict[str, Any]: ...
 
 
+@runtime_checkable
+class _Planned(Protocol):
+    plan: TrainingPlan
+
+
 def _handover(result: Result, state: _HandsOver) -> Mapping[str, Any]:
     """What a finished phase hands to the later ones (its final state says)."""
     return state.handover()
@@ -72,5 +80,23 @@ def training_phases() -> tuple[Phase, ...]:
     )
 
 
-TRAIN = Phased("train", training_phases())
+class Train(Phased):
+    """The ``train`` analysis: the phases of :func:`training_phases` run as one job."""
+
+    def __init__(self) -> None:
+        super().__init__("train", training_phases())
+
+    def contributions(self, state: PhasedState, dataset: Dataset, site: SiteContext) -> tuple[Contribution, ...]:
+        """The site's training set and held-out set (:func:`~.site_data.contributing_sets`).
+
+        The plan comes from the phase state (every phase's state holds it): the job spec
+        may name a GWAS table that only the coordinator reads.
+        """
+        inner = state.inner
+        if not isinstance(inner, _Planned):
+            raise ConfigurationError(f"train: the state of phase {self.phases[state.phase].name!r} holds no training plan")
+        return contributing_sets(inner.plan, dataset)
+
+
+TRAIN = Train()
 """Federated training of a biomarker model (see :mod:`pipeline.analyses.train`)."""

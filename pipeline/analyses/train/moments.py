@@ -2,7 +2,10 @@
 
 One secure sum (Z_2^64): per feature the number of observed values, their sum and sum
 of squares over each site's training split, the target's sum and sum of squares, and
-the split sizes (:func:`pipeline.models.features.moment_statistics`). From the sums
+the split sizes (:func:`pipeline.models.features.moment_statistics`). Covariates and a
+quantitative target are clipped to ``±max_abs_value`` at the site, so each sum is
+within its layout bound (``max_samples_per_site`` x ``max_abs_value``, or x 2 for a
+dosage). From the sums
 every site gets the same means and standard deviations
 (:func:`pipeline.models.features.standardization`), and the job its sample counts.
 """
@@ -127,20 +130,16 @@ class Moments(Analysis[MomentsState]):
     def site_step(self, state: MomentsState, round_index: int, dataset: Dataset, site: SiteContext) -> dict[str, np.ndarray]:
         """The site's moments over its training split.
 
+        Covariate and quantitative target values beyond the job's ``max_abs_value`` were
+        clipped to it when the site read its data (:func:`~.site_data.site_data`; the count
+        per column is in the site's log only), so every sum stays within the layout's
+        bounds and no value leads to a refusal an analyst could bisect.
+
         Raises:
-            PolicyRefusal: fewer usable samples than the site's k, or more than the job allows.
-            InputError: a covariate or target value beyond the job's ``max_abs_value``.
+            PolicyRefusal: fewer usable samples than the site's k (``too-few-samples``), or
+                more than the job allows (``policy``).
         """
-        plan = state.plan
-        data = checked_site_data(plan, state.variant_ids, dataset, site)
-        observed = np.abs(np.nan_to_num(data.features, nan=0.0))
-        covariate_max = float(observed[:, len(state.variant_ids):].max(initial=0.0))
-        target_max = float(np.max(np.abs(data.target), initial=0.0))
-        if max(covariate_max, target_max) > plan.max_abs_value:
-            raise InputError(
-                f"site {site.name}: a covariate or target value of magnitude {max(covariate_max, target_max):.6g} exceeds the job's "
-                f"max_abs_value {plan.max_abs_value}; rescale the column or raise max_abs_value"
-            )
+        data = checked_site_data(state.plan, state.variant_ids, dataset, site)
         return moment_statistics(data)
 
     def coordinator_step(

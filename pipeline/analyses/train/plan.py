@@ -295,7 +295,7 @@ class TrainingPlan:
         seed: seed of the train / held-out split and of the local updates' shuffling.
         bins: score histogram bins of the binary metrics (AUC).
         max_samples_per_site: the bound of a site's sample count in every layout.
-        max_abs_value: the bound of a raw covariate or target value.
+        max_abs_value: the bound of a raw covariate or quantitative target value (sites clip beyond it).
         holdout_fraction: each site's held-out fraction.
         features: the feature selection.
         model_spec: the model.

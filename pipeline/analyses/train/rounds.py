@@ -183,7 +183,8 @@ class TrainingRounds(Analysis[TrainingRoundsState]):
         """The site's clipped, sample-weighted model delta and the held-out statistics of the global model.
 
         Raises:
-            PolicyRefusal: fewer usable samples than the site's k, or more than the job allows.
+            PolicyRefusal: fewer usable samples than the site's k (``too-few-samples``), or
+                more than the job allows (``policy``).
         """
         plan = state.plan
         theta_global = state.params

@@ -116,11 +116,11 @@ class Screening(Analysis[ScreeningState]):
         """The site's screening sums over its training split.
 
         Raises:
-            PolicyRefusal: fewer usable samples than the site's k.
+            PolicyRefusal: fewer usable samples than the site's k (``too-few-samples``).
             PhenotypeError: the target or a covariate is missing from the samples table.
         """
         plan = state.plan
-        usable = int(site_data(dataset, plan.feature_spec(()), site.cache).features.shape[0])
+        usable = int(site_data(dataset, plan.feature_spec(()), site.cache, max_abs_value=plan.max_abs_value).features.shape[0])
         refuse_below_k(site, usable, plan)
         return screening_statistics(dataset, plan.feature_spec(state.candidates))
 
