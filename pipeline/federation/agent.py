@@ -41,7 +41,7 @@ import logging
 import os
 import shutil
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -51,7 +51,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from pipeline import dataset as dataset_io
-from pipeline.analyses import Analysis, JobState, KeyUnion, SiteCache, SiteContext
+from pipeline.analyses import Analysis, Contribution, JobState, KeyUnion, SiteCache, SiteContext
 from pipeline.analyses.registry import get_analysis
 from pipeline.encoding import Layout
 from pipeline.errors import ConfigurationError, GenofedError, PolicyRefusal, ProtocolError
@@ -59,13 +59,14 @@ from pipeline.outputs import write_private
 from pipeline.federation import secagg_wire, transport, wire
 from pipeline.federation.attempts import RoundAttempts
 from pipeline.federation.audit import AuditLog
+from pipeline.federation.ledger import Release, ReleaseLedger, samples_digest
 from pipeline.federation.config import SiteConfig, load_site_config
 from pipeline.federation.job_spec import CONSISTENCY_CHECK_DEFAULT, maximum_threshold, minimum_threshold, shareholders
 from pipeline.federation.roster import Roster, check_own_identity, load_roster
 from pipeline.federation.rounds import KEY_UNION_STAGE, encode_keys, round_config
 from pipeline.secagg import keys as secagg_keys
-from pipeline.secagg.client import ClientAborted, ClientState, client_advance, client_init
-from pipeline.secagg.messages import Message, Stage, round_stages
+from pipeline.secagg.client import ClientAborted, ClientState, ClientUnmasking, client_advance, client_init
+from pipeline.secagg.messages import Message, Stage, SurvivorList, round_stages
 
 log = logging.getLogger(__name__)
 
@@ -87,7 +88,7 @@ def check_policy(config: SiteConfig, analysis: str, dataset: dataset_io.Dataset)
     if dataset.num_samples < policy.min_samples:
         raise PolicyRefusal(
             f"site {config.name}: {dataset.num_samples} samples, fewer than the policy's min_samples {policy.min_samples}; "
-            "no aggregate over fewer samples leaves this site"
+            "no aggregate over fewer samples leaves this site", code="too-few-samples"
         )
 
 
@@ -181,6 +182,9 @@ class SiteAgent:
         self.jobs_seen: set[str] = set()
         self._job_analysis: dict[str, str] = {}
         self._declined_jobs: set[str] = set()
+        self.ledger = ReleaseLedger(self.state_dir / "ledger.jsonl")
+        self._contributions: dict[str, tuple[Contribution, ...]] = {}
+        self._disclosure_checked: set[str] = set()
 
     # ------------------------------------------------------------------ loop
 
@@ -263,24 +267,32 @@ class SiteAgent:
         try:
             check_round_terms(self.config, self.roster, task)
             analysis = get_analysis(task["analysis"])
+            check_policy(self.config, analysis.name, self.dataset())
+            if job_id not in self._disclosure_checked:
+                self._check_disclosure(task, analysis, task["participants"])
+                self._disclosure_checked.add(job_id)
             if task["kind"] == "keys":
                 self._keys_round(task, analysis)
             else:
                 self._secagg_stage(task, analysis)
-        except (PolicyRefusal, ConfigurationError) as refusal:
-            self._decline(job_id, str(refusal))
+        except PolicyRefusal as refusal:
+            self._decline(job_id, refusal)
+        except ConfigurationError as error:
+            self._decline(job_id, PolicyRefusal(str(error), code="policy"))
         except GenofedError as error:
             if isinstance(error, ProtocolError):
                 raise
-            self._decline(job_id, f"site {self.config.name} could not compute its contribution: {error}")
+            self._decline(job_id, PolicyRefusal(f"site {self.config.name} could not compute its contribution: {error}",
+                                                code="data-error"))
         self.tasks_done += 1
         log.debug("site %s: did %s (job %s round %d)", self.config.name, task["stage"], job_id, round_index)
 
-    def _decline(self, job_id: str, reason: str) -> None:
-        log.warning("site %s declines job %s: %s", self.config.name, job_id, reason)
+    def _decline(self, job_id: str, refusal: PolicyRefusal) -> None:
+        """Declines the job: the detail goes to the site's log and audit log, only the coarse code to the coordinator."""
+        log.warning("site %s declines job %s (%s): %s", self.config.name, job_id, refusal.code, refusal)
         self._declined_jobs.add(job_id)
-        self.audit.append("job.declined", job_id=job_id, reason=reason[:500])
-        self.connection.post_json(f"/v1/site/jobs/{job_id}/decline", {"reason": reason})
+        self.audit.append("job.declined", job_id=job_id, code=refusal.code, reason=str(refusal)[:500])
+        self.connection.post_json(f"/v1/site/jobs/{job_id}/decline", {"reason": refusal.for_analyst()})
 
     def _finish_job(self, job_id: str) -> None:
         """Runs the analysis' ``site_finish(state, dataset, site, out_dir)`` hook.
@@ -314,7 +326,6 @@ class SiteAgent:
 
     def _contribution(self, task: dict[str, Any], analysis: Analysis[Any]) -> tuple[JobState, dict[str, np.ndarray]]:
         dataset = self.dataset()
-        check_policy(self.config, analysis.name, dataset)
         digest, state = self._state(task["job_id"], int(task["round_index"]), analysis)
         if digest != task["state_digest"]:
             self._states.pop((task["job_id"], int(task["round_index"])), None)
@@ -370,7 +381,13 @@ class SiteAgent:
                 raise ProtocolError(f"site {self.config.name}: coordinator is at stage {stage.name}, this site at {memory.state.stage.name}")
             body = self.connection.get_bytes(f"/v1/site/jobs/{job_id}/rounds/{round_index}/stages/{stage.value}/message")
             message = secagg_wire.decode_message(body)
+            if isinstance(message, SurvivorList):
+                # The survivors are known before any share is revealed: the release must pass the ledger's rules.
+                self._check_survivors(task, analysis, message, folder)
+            signed = memory.state.signed_survivors if isinstance(memory.state, ClientUnmasking) else None
             memory.state, memory.outgoing[stage] = client_advance(memory.state, [message])
+            if memory.state.stage is Stage.DONE:
+                self._record_release(task, analysis, signed)
             write_private(folder / f"server-{stage.value}.arrow", body)
             if memory.state.stage in (Stage.DONE, Stage.ABORTED):
                 self.attempts.finish(job_id, round_index, memory.state.stage.value)
@@ -393,6 +410,43 @@ class SiteAgent:
             # Last message acknowledged: the round's secrets are no longer needed.
             shutil.rmtree(folder, ignore_errors=True)
             self._rounds.pop((job_id, round_index), None)
+
+    def _releases(self, task: dict[str, Any], analysis: Analysis[Any], sites: Sequence[str]) -> list[Release]:
+        """The releases the job would make from this site over ``sites``, from its first round's state."""
+        job_id = task["job_id"]
+        if job_id not in self._contributions:
+            _, state = self._state(job_id, 0, analysis)
+            self._contributions[job_id] = analysis.contributions(state, self.dataset(), self.site_context(job_id))
+        return self.ledger.candidates(job_id, analysis.name, self._contributions[job_id], sites)
+
+    def _check_disclosure(self, task: dict[str, Any], analysis: Analysis[Any], sites: Sequence[str]) -> None:
+        """Raises :class:`PolicyRefusal` when the job's releases over ``sites`` break the ledger's rules."""
+        policy = self.config.policy
+        self.ledger.check(self._releases(task, analysis, sites), min_samples=policy.min_samples,
+                          min_set_difference=policy.min_set_difference, site=self.config.name)
+
+    def _check_survivors(self, task: dict[str, Any], analysis: Analysis[Any], message: SurvivorList, folder: Path) -> None:
+        """Refuses, before signing, a survivor list whose release breaks the ledger's rules (aborts the round)."""
+        job_id, round_index = task["job_id"], int(task["round_index"])
+        names = [task["participants"][site - 1] for site in message.survivors if 1 <= site <= len(task["participants"])]
+        try:
+            self._check_disclosure(task, analysis, names)
+        except PolicyRefusal as refusal:
+            self.audit.append("round.refused", job_id=job_id, round=round_index, stage=Stage.CONSISTENCY_CHECK.value,
+                              code=refusal.code, reason=str(refusal)[:500])
+            self.attempts.finish(job_id, round_index, Stage.ABORTED.value)
+            shutil.rmtree(folder, ignore_errors=True)
+            self._rounds.pop((job_id, round_index), None)
+            raise
+
+    def _record_release(self, task: dict[str, Any], analysis: Analysis[Any], survivors: frozenset[int] | None) -> None:
+        """Records in the ledger, and hashed in the audit log, what this site released: its shares are out."""
+        participants = task["participants"]
+        names = participants if survivors is None else [participants[site - 1] for site in sorted(survivors)]
+        for release in self.ledger.record(self._releases(task, analysis, names)):
+            self.audit.append("ledger.recorded", job_id=release.job_id, analysis=release.analysis,
+                              variables=list(release.variables), samples=samples_digest(release.samples),
+                              sites=sorted(release.sites))
 
     def _begin_attempt(self, job_id: str, round_index: int) -> None:
         """Records a new attempt at a round, or refuses one the site's record forbids (audited)."""

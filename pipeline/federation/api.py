@@ -46,6 +46,7 @@ from pipeline.errors import (
     InputError,
     MessageConflict,
     NotFoundError,
+    REFUSAL_CODES,
     ProtocolError,
 )
 from pipeline.analyses.registry import REGISTRY
@@ -307,10 +308,13 @@ def openapi_document() -> dict[str, Any]:
                            "properties": {"status": {"enum": ["accepted", "duplicate"]}, "message_id": {"type": "string"}, "digest": {"type": "string"}}},
             )},
             "/v1/site/jobs/{job_id}/decline": {"post": op(
-                "Refuse a job (site policy)", "site", {"200": "recorded", "413": "body too large", "422": "no reason given", **common},
+                "Refuse a job (site policy): a coarse code and its public meaning, never the site's data", "site",
+                {"200": "recorded", "413": "body too large", "422": "no reason, or no refusal code", **common},
                 params=(job_id,),
-                body={"application/json": {"schema": {"type": "object", "required": ["reason"],
-                                                      "properties": {"reason": {"type": "string", "minLength": 1, "maxLength": 2000}}}}},
+                body={"application/json": {"schema": {"type": "object", "required": ["reason"], "properties": {"reason": {
+                    "type": "string", "minLength": 1, "maxLength": 2000,
+                    "pattern": f"^({'|'.join(REFUSAL_CODES)}): ",
+                    "description": "CODE: text, CODE one of " + ", ".join(REFUSAL_CODES)}}}}},
             )},
         },
     }
@@ -427,8 +431,8 @@ def create_app(coordinator: Coordinator, config: CoordinatorConfig, *, tick_seco
     async def decline(request: Request, who: tls.Identity) -> Response:
         body = await _json_body(request)
         reason = body.get("reason")
-        if not isinstance(reason, str) or not reason:
-            raise ProtocolError("the body must be {'reason': 'why the site refuses'}")
+        if not isinstance(reason, str) or reason.partition(": ")[0] not in REFUSAL_CODES:
+            raise ProtocolError(f"the body must be {{'reason': 'CODE: text'}} with CODE one of {', '.join(REFUSAL_CODES)}")
         await call(coordinator.decline, who.name, request.path_params["job_id"], reason)
         return JSONResponse({"status": "declined"})
 

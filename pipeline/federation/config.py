@@ -104,6 +104,9 @@ class SitePolicy:
             coordinator trusted to follow the protocol).
         min_sites, max_sites: the least and most sites a job may have for this site
             to take part.
+        min_set_difference: two contributing sets of the site's samples are too close
+            when they differ by 1 to ``min_set_difference - 1`` samples; the site declines
+            a job whose set is too close to one it already contributed to a release.
         max_round_reruns: how many more attempts at a secure-sum round of one job the
             site takes part in after an attempt was aborted (each draws fresh keys and
             SecAgg+ graph, so this bounds a coordinator aborting to redraw); a round the
@@ -119,6 +122,7 @@ class SitePolicy:
     min_sites: int = 2
     max_sites: int = 1000
     max_round_reruns: int = 0
+    min_set_difference: int = 5
 
     def allows(self, analysis: str) -> bool:
         """Whether jobs of ``analysis`` may use this site's data."""
@@ -439,6 +443,7 @@ def load_site_config(
         min_sites=table.get("min_sites", _int(2), "an integer >= 2", 2),
         max_sites=table.get("max_sites", _int(2), "an integer >= 2", 1000),
         max_round_reruns=table.get("max_round_reruns", _int(0), "an integer >= 0", 0),
+        min_set_difference=table.get("min_set_difference", _int(1), "an integer >= 1 (1: no set-difference rule)", 5),
     )
     table.finish()
     if policy.max_sites < policy.min_sites:

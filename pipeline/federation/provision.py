@@ -356,7 +356,8 @@ def _site_toml(federation: str, name: str, url: str, analyses: Sequence[str], sh
         "tls": {"cert": "cert.pem", "key": "key.pem", "ca": "ca.pem", "roster": ROSTER_FILE},
         "policy": {"allowed_analyses": list(analyses), "min_samples": 10, "min_allele_count": 5,
                    "share_variant_keys": share_variant_keys, "share_site_metrics": share_site_metrics,
-                   "threshold_rule": "two_thirds", "min_sites": 2, "max_sites": 1000, "max_round_reruns": 0},
+                   "threshold_rule": "two_thirds", "min_sites": 2, "max_sites": 1000, "max_round_reruns": 0,
+                   "min_set_difference": 5},
     }
     comments = {
         "site.dataset": "The harmonized dataset made by: genofed ingest --out <this path>",
@@ -368,7 +369,9 @@ def _site_toml(federation: str, name: str, url: str, analyses: Sequence[str], sh
                   "share_site_metrics = true lets it reveal a trained model's metrics on its own held-out split;\n"
                   "threshold_rule: the least secret-sharing threshold it accepts, two_thirds (a coordinator that may\n"
                   "deviate) or majority (one trusted to follow the protocol); jobs of min_sites..max_sites sites only;\n"
-                  "max_round_reruns: how often it takes part again in a round of a job after that round aborted.",
+                  "max_round_reruns: how often it takes part again in a round of a job after that round aborted;\n"
+                  "min_set_difference: it declines a job whose contributing samples differ by fewer than this (but\n"
+                  "at least one) from those of an earlier release.",
     }
     return render_toml(tables, header=_HEADER.format(
         role="site", federation=federation, reference="Every key is explained in sites/template/site.toml of the genofed sources."

@@ -235,6 +235,20 @@ def agent_threads(manifest: Any, names: Sequence[str] | None = None, *, max_idle
             agent.connection.close()
 
 
+def audit_events(manifest: Any, site: str, job_id: str) -> list[dict[str, Any]]:
+    """The events of ``job_id`` in ``site``'s own audit log, each as ``{"event": ..., **fields}``."""
+    import json
+
+    folder = next(s.folder for s in manifest.sites if s.name == site)
+    entries = [json.loads(line) for line in (folder / "audit.log").read_text().splitlines() if line.strip()]
+    return [{"event": e["event"], **e["fields"]} for e in entries if e["fields"].get("job_id") == job_id]
+
+
+def decline_detail(manifest: Any, site: str, job_id: str) -> str:
+    """Why ``site`` declined ``job_id``, as its own audit log says (the analyst sees only the code)."""
+    return " ".join(e["reason"] for e in audit_events(manifest, site, job_id) if e["event"] == "job.declined")
+
+
 def wait_for_job(conn: Any, job_id: str, *, timeout: float = 60.0) -> dict[str, Any]:
     deadline = time.monotonic() + timeout
     while True:

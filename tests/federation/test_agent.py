@@ -60,7 +60,8 @@ def test_agent__analysis_not_allowed_declines_and_the_others_finish(federation):
 
     status, (results, tables) = _run_job(manifest, _sum_spec(), configure=forbid)
     assert status["status"] == "done", status
-    assert "not in this site's allowed_analyses" in status["declined"]["beta"]
+    assert status["declined"]["beta"] == "policy: the site's policy does not allow this job"
+    assert "not in this site's allowed_analyses" in rs.decline_detail(manifest, "beta", status["job_id"])
     assert results["summary"]["num_sites"] == 2
     np.testing.assert_array_equal(tables["sum"].column("sum").to_numpy(), _expected(["alpha", "gamma"]))
 
@@ -73,7 +74,9 @@ def test_agent__fewer_samples_than_k_declines(federation):
 
     status, (results, tables) = _run_job(manifest, _sum_spec(), configure=strict)
     assert status["status"] == "done", status
-    assert list(status["declined"]) == ["gamma"] and "min_samples 10" in status["declined"]["gamma"]
+    assert list(status["declined"]) == ["gamma"] and status["declined"]["gamma"].startswith("too-few-samples: ")
+    assert not any(ch.isdigit() for ch in status["declined"]["gamma"])  # no count of the site's reaches the analyst
+    assert "min_samples 10" in rs.decline_detail(manifest, "gamma", status["job_id"])
     np.testing.assert_array_equal(tables["sum"].column("sum").to_numpy(), _expected(["alpha", "beta"]))
 
 

@@ -11,7 +11,6 @@ log, and decline the job; the round never completes.
 from __future__ import annotations
 
 import dataclasses
-import json
 
 import pytest
 
@@ -47,12 +46,6 @@ def _run(manifest, server, spec=SPEC) -> tuple[str, dict]:
     return job_id, status
 
 
-def _audit(manifest, site: str, job_id: str) -> list[dict]:
-    folder = next(s.folder for s in manifest.sites if s.name == site)
-    entries = [json.loads(line) for line in (folder / "audit.log").read_text().splitlines() if line.strip()]
-    return [{"event": e["event"], **e["fields"]} for e in entries if e["fields"].get("job_id") == job_id]
-
-
 def _shares_sent(server, job_id: str) -> list:
     return [m for m in server.coordinator.store.messages(job_id, 0, Stage.SHARE_KEYS.value)]
 
@@ -62,7 +55,7 @@ def test_honest_coordinator__the_round_completes_with_identities_bound(federatio
     job_id, status = _run(manifest, server)
     assert status["status"] == "done", status
     assert status["threshold"] == 3  # floor(2 * 4 / 3) + 1: the sites' default rule
-    assert all(not any(e["event"] == "round.refused" for e in _audit(manifest, s, job_id)) for s in SITES)
+    assert all(not any(e["event"] == "round.refused" for e in rs.audit_events(manifest, s, job_id)) for s in SITES)
 
 
 def test_attack__coordinator_swapping_a_sites_keys_is_refused_by_every_honest_site(federation, monkeypatch):
@@ -87,7 +80,7 @@ def test_attack__coordinator_swapping_a_sites_keys_is_refused_by_every_honest_si
     assert status["status"] == "failed", status
     assert _shares_sent(server, job_id) == []  # no site sent a single encrypted share
     for site in SITES:
-        refused = [e for e in _audit(manifest, site, job_id) if e["event"] == "round.refused"]
+        refused = [e for e in rs.audit_events(manifest, site, job_id) if e["event"] == "round.refused"]
         assert refused and "site 2" in refused[0]["reason"] and "not signed by its certificate" in refused[0]["reason"]
     assert set(status["declined"]) == set(SITES)
 
@@ -112,4 +105,5 @@ def test_attack__terms_the_coordinator_dictates_are_refused_by_the_sites(federat
     assert status["status"] == "failed", status
     assert server.coordinator.store.messages(job_id, 0, Stage.ADVERTISE_KEYS.value) == []  # nothing was sent at all
     assert set(status["declined"]) == set(SITES)
-    assert all(expected in reason for reason in status["declined"].values()), status["declined"]
+    assert all(reason.startswith("policy: ") for reason in status["declined"].values()), status["declined"]
+    assert all(expected in rs.decline_detail(manifest, site, job_id) for site in SITES)
