@@ -19,7 +19,9 @@ from collections.abc import Sequence
 
 import numpy as np
 
-__all__ = ["clip_columns"]
+from pipeline.errors import PolicyRefusal
+
+__all__ = ["clip_columns", "check_sample_bound"]
 
 log = logging.getLogger(__name__)
 
@@ -52,3 +54,23 @@ def clip_columns(values: np.ndarray, names: Sequence[str], bound: float, *, wher
                      bound)
     np.clip(columns, -bound, bound, out=columns)
     return array
+
+
+def check_sample_bound(count: int, bound: int, *, site: str, public: str) -> None:
+    """Refuses (code ``policy``) a site whose sample count may exceed a job's ``max_samples_per_site``.
+
+    Samples cannot be clipped, and the bound protects the ring from overflowing, so a
+    site above it must decline. It compares the bound with its count rounded up to a
+    power of two: bisecting ``max_samples_per_site`` over many jobs then tells an analyst
+    at most the power of two above the site's count, never the count. A site with
+    ``count <= bound`` may so decline a job it could have joined; raising the bound to
+    the next power of two lets it in.
+
+    Raises:
+        PolicyRefusal: ``public`` names only the job's spec keys and columns.
+    """
+    coarse = 1 << max(0, int(count) - 1).bit_length()
+    if coarse > bound:
+        raise PolicyRefusal(
+            f"site {site}: {count} samples (rounded up to {coarse}) exceed the job's max_samples_per_site {bound}",
+            code="policy", public=public)

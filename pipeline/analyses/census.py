@@ -67,9 +67,10 @@ from pipeline.analyses.site_cache import SiteCache
 from pipeline.analyses.sum_checks import refuse_impossible
 from pipeline.dataset import Dataset
 from pipeline.encoding import Count, Ring, plan_layout
-from pipeline.errors import InputError, PolicyRefusal, ProtocolError
+from pipeline.errors import InputError, ProtocolError
 from pipeline.parameters import Param, integer, number, parse_params
 from pipeline.stats.counts import count_variants
+from pipeline.analyses.bounds import check_sample_bound
 from pipeline.stats.hwe import hwe_exact_p
 
 __all__ = [
@@ -380,12 +381,8 @@ class Census(Analysis[CensusState]):
                 encoding allows (``max_samples_per_site``).
         """
         parameters = state.parameters
-        if dataset.num_samples > parameters.max_samples_per_site:
-            raise PolicyRefusal(
-                f"site {site.name}: {dataset.num_samples} samples exceed the job's max_samples_per_site "
-                f"{parameters.max_samples_per_site}; the sum could overflow",
-                code="policy", public="the site has more samples than the job's max_samples_per_site allows",
-            )
+        check_sample_bound(dataset.num_samples, parameters.max_samples_per_site, site=site.name,
+                           public="the site has more samples than the job's max_samples_per_site allows")
         if round_index == KEYS_ROUND:
             if not site.share_variant_keys:
                 return {"variant_id": np.array([], dtype=str)}

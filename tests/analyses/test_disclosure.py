@@ -329,3 +329,22 @@ def test_pca__a_site_with_a_higher_minimum_takes_part(cohort):
             flagged.add(variant)
     selected = set(run.result.tables["pca_loadings"].column("variant_id").to_pylist())
     assert flagged and selected and not selected & flagged
+
+
+def test_sample_bound__bisection_learns_only_the_power_of_two_above_the_count():
+    """Bisecting max_samples_per_site over many jobs must not find a site's sample count."""
+    from pipeline.analyses.bounds import check_sample_bound
+    from pipeline.errors import PolicyRefusal
+
+    def declines(count: int, bound: int) -> bool:
+        try:
+            check_sample_bound(count, bound, site="alpha", public="too many")
+        except PolicyRefusal as refusal:
+            assert refusal.code == "policy" and refusal.public == "too many"
+            return True
+        return False
+
+    # Every count from 65 to 128 answers every bound the same way: they look alike to the analyst.
+    answers = {tuple(declines(count, bound) for bound in range(1, 300)) for count in range(65, 129)}
+    assert len(answers) == 1
+    assert declines(100, 127) and not declines(100, 128) and not declines(1, 1) and declines(3, 3)

@@ -55,7 +55,8 @@ from pipeline.analyses.protocol import (
 )
 from pipeline.dataset import Dataset
 from pipeline.encoding import Count, Layout, Real
-from pipeline.errors import ConfigurationError, InputError, PolicyRefusal
+from pipeline.analyses.bounds import check_sample_bound
+from pipeline.errors import ConfigurationError, InputError
 
 __all__ = ["CARRIED_KEYS", "MOMENTS_ROUND", "REGRESSION", "Regression"]
 
@@ -152,13 +153,9 @@ class Regression(Analysis[RegressionState]):
         """
         p = state.parameters
         data = site_data(state, dataset, site.cache)
-        if len(data.phenotype) > p.max_samples_per_site:
-            raise PolicyRefusal(
-                f"site {site.name}: {len(data.phenotype)} samples exceed the job's max_samples_per_site {p.max_samples_per_site}",
-                code="policy",
-                public=f"the site has more complete samples of {p.phenotype!r} and the covariates {list(p.covariates)} "
-                       "than the job's max_samples_per_site allows",
-            )
+        check_sample_bound(len(data.phenotype), p.max_samples_per_site, site=site.name,
+                           public=f"the site has more complete samples of {p.phenotype!r} and the covariates "
+                                  f"{list(p.covariates)} than the job's max_samples_per_site allows")
         if round_index == MOMENTS_ROUND:
             values = np.column_stack([data.raw, data.phenotype])
             return {"n_samples": np.array([len(data.phenotype)], np.int64), "sum": values.sum(axis=0),

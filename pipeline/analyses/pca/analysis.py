@@ -43,7 +43,8 @@ from pipeline.analyses.protocol import (
 )
 from pipeline.dataset import Dataset
 from pipeline.encoding import MAX_SCALE_BITS, Count, Declaration, Real, plan_layout
-from pipeline.errors import InputError, PolicyRefusal
+from pipeline.errors import InputError
+from pipeline.analyses.bounds import check_sample_bound
 from pipeline.stats import pca as linalg
 
 __all__ = ["PCA", "RELATIVE_PRECISION", "Pca", "min_scale_bits"]
@@ -189,9 +190,8 @@ class Pca(Analysis[PcaState]):
         if kind in _CENSUS_ROUNDS:
             return CENSUS.site_step(_census(state), _CENSUS_ROUNDS[kind], dataset, site)
         limit = state.parameters.max_samples_per_site
-        if dataset.num_samples > limit:
-            raise PolicyRefusal(f"site {site.name}: {dataset.num_samples} samples exceed the job's max_samples_per_site {limit}",
-                                code="policy", public="the site has more samples than the job's max_samples_per_site allows")
+        check_sample_bound(dataset.num_samples, limit, site=site.name,
+                           public="the site has more samples than the job's max_samples_per_site allows")
         selection, standardization = _fitted(state)
         if kind is PcaRound.ITERATE:
             calls = site_calls(selection, dataset, site.cache)

@@ -24,7 +24,7 @@ from pathlib import Path
 import jax
 import numpy as np
 
-from pipeline.analyses.bounds import clip_columns
+from pipeline.analyses.bounds import check_sample_bound, clip_columns
 from pipeline.analyses.protocol import GENOTYPES, Contribution, SiteContext
 from pipeline.analyses.site_cache import SiteCache
 from pipeline.analyses.train.plan import TrainingPlan
@@ -135,13 +135,9 @@ def checked_site_data(plan: TrainingPlan, variant_ids: Sequence[str], dataset: D
     data = site_data(dataset, plan.feature_spec(variant_ids), site.cache, max_abs_value=plan.max_abs_value)
     usable = int(data.features.shape[0])
     refuse_below_k(site, usable, plan)
-    if usable > plan.max_samples_per_site:
-        raise PolicyRefusal(
-            f"site {site.name}: {usable} samples exceed the job's max_samples_per_site {plan.max_samples_per_site}",
-            code="policy",
-            public=f"the site has more samples with {plan.target!r} and the covariates {list(plan.covariates)} than the "
-                   "job's max_samples_per_site allows",
-        )
+    check_sample_bound(usable, plan.max_samples_per_site, site=site.name,
+                       public=f"the site has more samples with {plan.target!r} and the covariates {list(plan.covariates)} "
+                              "than the job's max_samples_per_site allows")
     return data
 
 
