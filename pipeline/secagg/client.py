@@ -102,8 +102,8 @@ class ClientAdvertise:
 
 
 @dataclass(frozen=True, eq=False)
-class ClientChooseGraph:
-    """SecAgg+: keys advertised with a commitment to ``graph_randomness``; waiting for the key directory.
+class _KeysDealt:
+    """What a site holds once it advertised: its round keys, its input, and the shares it dealt.
 
     ``dealt`` maps each potential shareholder (every site of the round: the graph is not
     known yet) to its (masking-key share, self-mask-seed share), dealt before any
@@ -119,27 +119,24 @@ class ClientChooseGraph:
     signing: keys.KeyPair | None
     self_mask_seed: bytes
     dealt: Mapping[int, tuple[bytes, bytes]]
+
+
+@dataclass(frozen=True, eq=False)
+class ClientChooseGraph(_KeysDealt):
+    """SecAgg+: keys advertised with a commitment to ``graph_randomness``; waiting for the key directory."""
+
     graph_randomness: bytes
     stage: ClassVar[Stage] = Stage.CHOOSE_GRAPH
 
 
 @dataclass(frozen=True, eq=False)
-class ClientShareKeys:
+class ClientShareKeys(_KeysDealt):
     """Keys advertised, shares dealt and committed to; waiting for what fixes the graph.
 
     SecAgg: the key directory. SecAgg+: every site's graph randomness; ``directory``
     then holds the key directory received in CHOOSE_GRAPH (``None`` in SecAgg).
     """
 
-    config: RoundConfig
-    site: int
-    vector: np.ndarray
-    randomness: bytes
-    encryption: keys.KeyPair
-    masking: keys.KeyPair
-    signing: keys.KeyPair | None
-    self_mask_seed: bytes
-    dealt: Mapping[int, tuple[bytes, bytes]]
     directory: Mapping[int, PeerKeys] | None = None
     stage: ClassVar[Stage] = Stage.SHARE_KEYS
 

@@ -126,6 +126,13 @@ def provision_federation(out: Path, datasets: dict[str, Path], *, port: int | No
     return manifest
 
 
+def small_datasets(root: Path, names: Sequence[str], *, num_variants: int, num_samples: int, seed: int) -> dict[str, Path]:
+    """One small random dataset per site name (same variants everywhere), for runtime tests that only sum."""
+    ids = variant_ids(range(100, 100 + num_variants))
+    return {name: write_dataset(root / f"data-{name}", ids, random_genotypes(seed + i, len(ids), num_samples))
+            for i, name in enumerate(names)}
+
+
 def in_process_site_configs(tmp_path: Path, datasets: dict[str, Path], policy: SitePolicy) -> dict[str, SiteConfig]:
     """Configs of site agents that talk to a coordinator engine in process (no server).
 

@@ -28,10 +28,7 @@ SPEC = {"analysis": "secure_sum", "vector": {"source": "test", "length": 12}, "s
 @pytest.fixture(scope="module")
 def federation(tmp_path_factory: pytest.TempPathFactory):
     tmp = tmp_path_factory.mktemp("malicious")
-    datasets = {}
-    for i, name in enumerate(SITES):
-        ids = rs.variant_ids(range(100, 110))
-        datasets[name] = rs.write_dataset(tmp / f"data-{name}", ids, rs.random_genotypes(40 + i, len(ids), 12))
+    datasets = rs.small_datasets(tmp, SITES, num_variants=10, num_samples=12, seed=40)
     # The sites' own defaults: a two-thirds threshold, the consistency round always on.
     manifest = rs.provision_federation(tmp / "fed", datasets, min_samples=3, threshold_rule="two_thirds")
     with rs.ThreadedCoordinator(manifest.coordinator.config) as server:

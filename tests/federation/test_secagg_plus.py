@@ -34,10 +34,7 @@ SPEC = {"analysis": "secure_sum", "vector": {"source": "test", "length": 16}, "s
 @pytest.fixture(scope="module")
 def federation(tmp_path_factory: pytest.TempPathFactory):
     tmp = tmp_path_factory.mktemp("secagg-plus")
-    datasets = {}
-    for i, name in enumerate(SITES):
-        ids = rs.variant_ids(range(100, 106))
-        datasets[name] = rs.write_dataset(tmp / f"data-{name}", ids, rs.random_genotypes(60 + i, len(ids), 8))
+    datasets = rs.small_datasets(tmp, SITES, num_variants=6, num_samples=8, seed=60)
     # The sites' own defaults: two thirds of the k + 1 = 5 shareholders plus one, i.e. t = 4 = k.
     manifest = rs.provision_federation(tmp / "fed", datasets, min_samples=3, threshold_rule="two_thirds")
     with rs.ThreadedCoordinator(manifest.coordinator.config) as server:
