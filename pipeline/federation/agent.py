@@ -35,10 +35,12 @@ acknowledged. Every contribution and decline is written to the site's audit log
 from __future__ import annotations
 
 import hashlib
+import hmac
 import io
 import json
 import logging
 import os
+import random
 import shutil
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -61,7 +63,13 @@ from pipeline.federation.attempts import RoundAttempts
 from pipeline.federation.audit import AuditLog
 from pipeline.federation.ledger import Release, ReleaseLedger, samples_digest
 from pipeline.federation.config import SiteConfig, load_site_config
-from pipeline.federation.job_spec import CONSISTENCY_CHECK_DEFAULT, maximum_threshold, minimum_threshold, shareholders
+from pipeline.federation.job_spec import (
+    CONSISTENCY_CHECK_DEFAULT,
+    check_job_id,
+    maximum_threshold,
+    minimum_threshold,
+    shareholders,
+)
 from pipeline.federation.roster import Roster, check_own_identity, load_roster
 from pipeline.federation.rounds import KEY_UNION_STAGE, encode_keys, round_config
 from pipeline.secagg import keys as secagg_keys
@@ -72,6 +80,8 @@ log = logging.getLogger(__name__)
 
 __all__ = ["SiteAgent", "run_site", "check_policy", "check_round_terms"]
 _WAIT_SECONDS = 10.0
+_MAX_BACKOFF = 60.0
+"""Longest wait, in seconds, before retrying an upload the coordinator refused."""
 
 
 def check_policy(config: SiteConfig, analysis: str, dataset: dataset_io.Dataset) -> None:
@@ -185,6 +195,9 @@ class SiteAgent:
         self.ledger = ReleaseLedger(self.state_dir / "ledger.jsonl")
         self._contributions: dict[str, tuple[Contribution, ...]] = {}
         self._disclosure_checked: set[str] = set()
+        self._refusals: dict[tuple[str, int, str], int] = {}
+        self._backoff: dict[tuple[str, int, str], float] = {}
+        self._message_secret = _agent_secret(self.state_dir / "message-key.bin")
 
     # ------------------------------------------------------------------ loop
 
@@ -261,8 +274,16 @@ class SiteAgent:
         )
 
     def handle(self, task: dict[str, Any]) -> None:
-        """Does one task from ``/v1/site/work`` (declines the job if the policy forbids it)."""
-        job_id, round_index = task["job_id"], int(task["round_index"])
+        """Does one task from ``/v1/site/work`` (declines the job if the policy forbids it).
+
+        Raises:
+            ProtocolError: a task no honest coordinator sends (a job ID that is not one),
+                or a step that failed and will be retried.
+        """
+        job_id, round_index = check_job_id(task.get("job_id")), int(task["round_index"])
+        wait = self._backoff.get(_task_key(task), 0.0) - time.monotonic()
+        if wait > 0:
+            time.sleep(wait)  # the coordinator refused this upload before: retry later, not in a hot loop
         self._job_analysis[job_id] = str(task["analysis"])
         try:
             check_round_terms(self.config, self.roster, task)
@@ -308,7 +329,7 @@ class SiteAgent:
             return
         try:
             written = get_analysis(name).site_finish(self._states[(job_id, max(rounds))][1], self.dataset(),
-                                                     self.site_context(job_id), self.state_dir / "results" / job_id)
+                                                     self.site_context(job_id), self._inside("results", job_id))
         except GenofedError as error:
             log.warning("site %s: outputs of job %s not written: %s", self.config.name, job_id, error)
             self.audit.append("job.outputs_failed", job_id=job_id, reason=str(error)[:500])
@@ -339,27 +360,61 @@ class SiteAgent:
             receipt = self.connection.put_bytes(path, body)
         except transport.HttpError as error:
             if error.status == 409:
-                log.warning("site %s: upload refused: %s", self.config.name, error.detail)
+                self._refused(task, error.detail)
                 return
             raise
+        self._refusals.pop(_task_key(task), None)
+        self._backoff.pop(_task_key(task), None)
         self.audit.append(
             "contribution.sent", job_id=task["job_id"], round=int(task["round_index"]), stage=stage,
             digest=wire.digest(body), bytes=len(body), status=receipt.get("status"),
         )
 
+    def _refused(self, task: dict[str, Any], detail: str) -> None:
+        """An upload the coordinator refused: back off exponentially, with jitter, and say why once."""
+        key = _task_key(task)
+        count = self._refusals.get(key, 0) + 1
+        self._refusals[key] = count
+        (log.warning if count == 1 else log.debug)("site %s: upload refused (%s): %s", self.config.name, _describe(task), detail)
+        delay = min(_MAX_BACKOFF, self.config.poll_interval * 2 ** (count - 1)) * random.uniform(0.5, 1.0)
+        self._backoff[key] = time.monotonic() + delay
+
+    def _message_id(self, task: dict[str, Any], stage: str, secret: bytes) -> str:
+        """This site's ID of its message for a stage: keyed by a secret, so no other party can predict or take it."""
+        material = f"{self.config.name}|{task['job_id']}|{int(task['round_index'])}|{stage}".encode()
+        return hmac.new(secret, material, hashlib.sha256).hexdigest()[:32]
+
     def _keys_round(self, task: dict[str, Any], analysis: Analysis[Any]) -> None:
+        job_id, round_index = task["job_id"], int(task["round_index"])
+        if self.attempts.completed(job_id, round_index):
+            # Sending the key set is idempotent (same message ID and bytes); a round asked for again after it ended is not.
+            refusal = PolicyRefusal(f"site {self.config.name}: round {round_index} of job {job_id} was completed already")
+            self.audit.append("round.refused", job_id=job_id, round=round_index, stage=KEY_UNION_STAGE, reason=str(refusal))
+            raise refusal
         state, values = self._contribution(task, analysis)
         layout = analysis.layout(state, int(task["round_index"]))
         if not isinstance(layout, KeyUnion):
             raise ProtocolError(f"job {task['job_id']} round {task['round_index']}: the coordinator asks for keys, the analysis sums")
         body = encode_keys(values[layout.name], layout.name)
-        message_id = hashlib.sha256(f"{self.config.name}|{task['job_id']}|{task['round_index']}|keys".encode()).hexdigest()[:32]
-        self._upload(task, KEY_UNION_STAGE, body, message_id)
+        self._upload(task, KEY_UNION_STAGE, body, self._message_id(task, KEY_UNION_STAGE, self._message_secret))
+        self.attempts.finish(job_id, round_index, Stage.DONE.value)
 
     # ------------------------------------------------------------------ secure aggregation
 
     def _round_dir(self, job_id: str, round_index: int) -> Path:
-        return self.state_dir / "jobs" / job_id / f"round-{round_index}"
+        return self._inside("jobs", job_id, f"round-{round_index}")
+
+    def _inside(self, *parts: str) -> Path:
+        """A path under the state folder, resolved; whatever the coordinator named, the agent writes nowhere else.
+
+        Raises:
+            ProtocolError: the parts would lead outside the state folder.
+        """
+        root = self.state_dir.resolve()
+        path = root.joinpath(*parts).resolve()
+        if not path.is_relative_to(root) or path == root:
+            raise ProtocolError(f"site {self.config.name}: {'/'.join(parts)!r} leads outside the state folder {root}")
+        return path
 
     def _secagg_stage(self, task: dict[str, Any], analysis: Analysis[Any]) -> None:
         job_id, round_index = task["job_id"], int(task["round_index"])
@@ -403,9 +458,7 @@ class SiteAgent:
             return
         seed = (folder / "randomness.bin").read_bytes()
         for message in outgoing:
-            body = secagg_wire.encode_message(message)
-            message_id = hashlib.sha256(seed + f"|{job_id}|{round_index}|{stage.value}".encode()).hexdigest()[:32]
-            self._upload(task, stage.value, body, message_id)
+            self._upload(task, stage.value, secagg_wire.encode_message(message), self._message_id(task, stage.value, seed))
         if memory.state.stage in (Stage.DONE, Stage.ABORTED):
             # Last message acknowledged: the round's secrets are no longer needed.
             shutil.rmtree(folder, ignore_errors=True)
@@ -509,6 +562,20 @@ def _load_identity_key(config: SiteConfig) -> ec.EllipticCurvePrivateKey:
     if not isinstance(key, ec.EllipticCurvePrivateKey):
         raise ConfigurationError(f"{config.key}: the site's certificate key is {type(key).__name__}, expected an EC key")
     return key
+
+
+def _task_key(task: Mapping[str, Any]) -> tuple[str, int, str]:
+    return str(task.get("job_id")), int(task.get("round_index", -1)), str(task.get("stage"))
+
+
+def _agent_secret(path: Path) -> bytes:
+    """The agent's own 32-byte secret (kept across restarts) that keys its message IDs."""
+    if not path.is_file():
+        write_private(path, os.urandom(32))
+    secret = path.read_bytes()
+    if len(secret) != 32:
+        raise ConfigurationError(f"{path}: expected the agent's 32-byte message key, got {len(secret)} bytes; delete it to make a new one")
+    return secret
 
 
 def _describe(task: dict[str, Any]) -> str:

@@ -69,6 +69,11 @@ class RoundAttempts:
         self._save(job_id, round_index, attempts + 1, "started")
         return attempts + 1
 
+    def completed(self, job_id: str, round_index: int) -> bool:
+        """Whether the site completed this round already."""
+        entry = self._record.get(job_id, {}).get(str(round_index))
+        return entry is not None and entry["outcome"] == "done"
+
     def finish(self, job_id: str, round_index: int, outcome: str) -> None:
         """Records how the round's current attempt ended (``done`` or ``aborted``)."""
         if outcome not in _OUTCOMES:

@@ -11,6 +11,9 @@ analyst's client (submit, status, results) loads it without the analyses' numeri
 
 from __future__ import annotations
 
+import re
+import secrets
+import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,9 +21,12 @@ from typing import Any
 
 import yaml
 
-from pipeline.errors import ConfigurationError, InputError
+from pipeline.errors import ConfigurationError, InputError, ProtocolError
 
 __all__ = [
+    "JOB_ID_PATTERN",
+    "check_job_id",
+    "new_job_id",
     "RUNTIME_KEYS",
     "DEFAULT_STAGE_TIMEOUT",
     "CONSISTENCY_CHECK_DEFAULT",
@@ -50,6 +56,43 @@ THRESHOLD_RULES = ("two_thirds", "majority")
 ``majority`` (a coordinator trusted to follow the protocol): t > m/2. Below a majority,
 two disjoint groups could each reconstruct one of a site's two secrets.
 """
+
+
+JOB_ID_PATTERN = r"^job-[0-9]{8}-[0-9]{6}-[0-9a-f]{8}$"
+"""Every job ID the coordinator makes (:func:`new_job_id`): ``job-YYYYmmdd-HHMMSS-`` and 8 lowercase hex digits.
+
+Nothing else is a job ID: the coordinator's API refuses any other ``{job_id}`` before it
+looks anything up, and a site agent refuses a task naming one, since a job ID names
+folders of its state. The pattern is anchored and ASCII-only, so it reads the same in
+Python (``re.fullmatch``) and as the OpenAPI ``pattern`` of the ``job_id`` parameter.
+"""
+
+_JOB_ID = re.compile(JOB_ID_PATTERN, re.ASCII)
+
+
+def new_job_id(now: float) -> str:
+    """A fresh job ID for a job submitted at ``now`` (seconds since the epoch, UTC), with 32 random bits."""
+    return f"job-{time.strftime('%Y%m%d-%H%M%S', time.gmtime(now))}-{secrets.token_hex(4)}"
+
+
+def check_job_id(value: object) -> str:
+    """``value`` if it is a job ID (:data:`JOB_ID_PATTERN`); a job ID names folders, so nothing else passes.
+
+    Args:
+        value: anything read from the wire (a path parameter, a task's ``job_id``).
+
+    Returns:
+        ``value``, a ``str`` that matches :data:`JOB_ID_PATTERN`.
+
+    Raises:
+        ProtocolError: naming what was expected (the value is shown cut to 80 characters).
+    """
+    if not isinstance(value, str) or _JOB_ID.fullmatch(value) is None:
+        raise ProtocolError(
+            f"{str(value)[:80]!r} is not a job ID: expected job-YYYYmmdd-HHMMSS-xxxxxxxx (x: 8 lowercase hex digits), "
+            "the form the coordinator issues, e.g. job-20250101-120000-0a1b2c3d"
+        )
+    return value
 
 
 def load_spec(spec: Path | str | Mapping[str, Any], overrides: Mapping[str, Any] | None = None) -> dict[str, Any]:

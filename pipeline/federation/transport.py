@@ -8,6 +8,7 @@ JAX, so an analyst's client that submits jobs and downloads results loads neithe
 
 from __future__ import annotations
 
+import random
 import time
 from typing import Any
 
@@ -94,7 +95,7 @@ class Connection:
                 if status is not None:
                     raise HttpError(status, failure, method, path)
                 raise ProtocolError(f"{method} {self.base_url}{path}: no answer after {attempt} attempts ({failure})")
-            time.sleep(delay)
+            time.sleep(delay * random.uniform(0.5, 1.0))  # jitter: retrying parties do not move in step
             delay = min(delay * 2, self.max_backoff)
 
     def get_json(self, path: str, **kwargs: Any) -> Any:

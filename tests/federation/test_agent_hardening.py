@@ -1,0 +1,97 @@
+"""The site agent against tasks no honest coordinator sends and against other sites: paths, message IDs, refusals."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from pipeline.errors import ProtocolError
+from pipeline.federation.agent import SiteAgent
+from pipeline.federation.config import load_site_config
+from tests.federation import runtime_support as rs
+
+pytestmark = pytest.mark.network
+
+SITES = ("alpha", "beta", "gamma")
+
+
+@pytest.fixture(scope="module")
+def manifest(tmp_path_factory: pytest.TempPathFactory):
+    tmp = tmp_path_factory.mktemp("hardening")
+    datasets = rs.small_datasets(tmp, SITES, num_variants=6, num_samples=8, seed=90)
+    return rs.provision_federation(tmp / "fed", datasets, min_samples=3)
+
+
+def _agent(manifest, name: str) -> SiteAgent:
+    site = next(s for s in manifest.sites if s.name == name)
+    return SiteAgent(load_site_config(site.config))
+
+
+def _task(job_id: str, stage: str = "advertise_keys") -> dict:
+    return {"job_id": job_id, "analysis": "secure_sum", "spec": {}, "round_index": 0, "stage": stage, "kind": "secagg",
+            "site_id": 1, "site_ids": [1, 2, 3], "participants": list(SITES), "threshold": 2, "federation": "testfed",
+            "has_message": False, "state_digest": ""}
+
+
+@pytest.mark.parametrize("job_id", ["../../outside", "job-20261204-215343-b93f4f42/../../x", "/etc/passwd", "", None,
+                                    "job-20261204-215343-B93F4F42", "job-20261204-215343-b93f4f42\n"])
+def test_attack__a_job_id_that_is_not_one_is_refused_before_anything_is_written(manifest, job_id, tmp_path):
+    agent = _agent(manifest, "alpha")
+    try:
+        before = sorted(p for p in agent.state_dir.parent.rglob("*"))
+        with pytest.raises(ProtocolError, match="is not a job ID"):
+            agent.handle(_task(job_id))
+        assert sorted(p for p in agent.state_dir.parent.rglob("*")) == before
+    finally:
+        agent.connection.close()
+
+
+def test_state_paths__stay_inside_the_state_folder(manifest):
+    agent = _agent(manifest, "alpha")
+    try:
+        assert agent._inside("jobs", "job-20261204-215343-b93f4f42", "round-0").is_relative_to(agent.state_dir.resolve())
+        for parts in (("jobs", "..", "..", "x"), ("..",), ("results", "/tmp/x"), ()):
+            with pytest.raises(ProtocolError, match="outside the state folder"):
+                agent._inside(*parts)
+    finally:
+        agent.connection.close()
+
+
+def test_attack__another_site_cannot_predict_or_take_a_sites_message_id(manifest):
+    """A site that knew beta's message ID could upload under it first and lock beta out of the round."""
+    alpha, beta = _agent(manifest, "alpha"), _agent(manifest, "beta")
+    try:
+        task = _task("job-20261204-215343-b93f4f42", "keys")
+        ids = {name: agent._message_id(task, "keys", agent._message_secret) for name, agent in (("alpha", alpha), ("beta", beta))}
+        assert ids["alpha"] != ids["beta"]
+        import hashlib
+
+        guessable = hashlib.sha256(b"beta|job-20261204-215343-b93f4f42|0|keys").hexdigest()[:32]
+        assert ids["beta"] != guessable  # not a function of public names alone
+        restarted = _agent(manifest, "beta")  # the secret is kept: a restarted agent re-sends under the same ID
+        try:
+            assert restarted._message_id(task, "keys", restarted._message_secret) == ids["beta"]
+        finally:
+            restarted.connection.close()
+    finally:
+        alpha.connection.close()
+        beta.connection.close()
+
+
+def test_refused_uploads__back_off_exponentially_with_jitter_and_are_logged_once(manifest, caplog):
+    agent = _agent(manifest, "alpha")
+    try:
+        task = _task("job-20261204-215343-b93f4f42", "masked_input")
+        delays = []
+        with caplog.at_level("WARNING", logger="pipeline.federation.agent"):
+            for _ in range(6):
+                now = time.monotonic()
+                agent._refused(task, "message ID reused with other bytes")
+                delays.append(agent._backoff[("job-20261204-215343-b93f4f42", 0, "masked_input")] - now)
+        base = agent.config.poll_interval
+        for count, delay in enumerate(delays):
+            assert 0.5 * min(60.0, base * 2**count) <= delay <= min(60.0, base * 2**count) + 0.01
+        assert sum("upload refused" in r.getMessage() for r in caplog.records) == 1  # the cause is said once
+    finally:
+        agent.connection.close()
