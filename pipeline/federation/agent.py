@@ -44,6 +44,7 @@ import random
 import shutil
 import time
 from collections.abc import Callable, Mapping, Sequence
+import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -198,6 +199,7 @@ class SiteAgent:
         self._refusals: dict[tuple[str, int, str], int] = {}
         self._backoff: dict[tuple[str, int, str], float] = {}
         self._message_secret = _agent_secret(self.state_dir / "message-key.bin")
+        self._config_digest = _file_digest(Path(config.path))
 
     # ------------------------------------------------------------------ loop
 
@@ -281,6 +283,7 @@ class SiteAgent:
                 or a step that failed and will be retried.
         """
         job_id, round_index = check_job_id(task.get("job_id")), int(task["round_index"])
+        self.reload_policy_if_changed()
         wait = self._backoff.get(_task_key(task), 0.0) - time.monotonic()
         if wait > 0:
             time.sleep(wait)  # the coordinator refused this upload before: retry later, not in a hot loop
@@ -369,6 +372,34 @@ class SiteAgent:
             "contribution.sent", job_id=task["job_id"], round=int(task["round_index"]), stage=stage,
             digest=wire.digest(body), bytes=len(body), status=receipt.get("status"),
         )
+
+    def reload_policy_if_changed(self) -> None:
+        """Takes up an edited ``[policy]`` of ``site.toml`` before the next task, and logs and audits the change.
+
+        Raises:
+            ConfigurationError: the file changed and no longer loads, or changed beyond
+                ``[policy]`` (identity, coordinator, data, folders need a restart): the
+                agent stops rather than go on with a configuration that is not the file's.
+        """
+        path = Path(self.config.path)
+        digest = _file_digest(path)
+        if digest == self._config_digest:
+            return
+        try:
+            fresh = load_site_config(path)
+        except ConfigurationError as error:
+            raise ConfigurationError(f"{path} changed and no longer loads ({error}); the agent stops rather than run on "
+                                     "a stale policy: fix the file and start it again") from None
+        if dataclasses.replace(fresh, policy=self.config.policy) != self.config:
+            raise ConfigurationError(f"{path} changed outside [policy]; restart the agent to take up the new identity, "
+                                     "coordinator, dataset or folders")
+        self._config_digest = digest
+        if fresh.policy != self.config.policy:
+            changed = sorted(f.name for f in dataclasses.fields(fresh.policy)
+                             if getattr(fresh.policy, f.name) != getattr(self.config.policy, f.name))
+            log.warning("site %s: policy reloaded from %s; changed: %s", self.config.name, path, ", ".join(changed))
+            self.audit.append("policy.reloaded", path=str(path), changed=changed, digest=digest)
+            self.config = fresh
 
     def _refused(self, task: dict[str, Any], detail: str) -> None:
         """An upload the coordinator refused: back off exponentially, with jitter, and say why once."""
@@ -566,6 +597,13 @@ def _load_identity_key(config: SiteConfig) -> ec.EllipticCurvePrivateKey:
 
 def _task_key(task: Mapping[str, Any]) -> tuple[str, int, str]:
     return str(task.get("job_id")), int(task.get("round_index", -1)), str(task.get("stage"))
+
+
+def _file_digest(path: Path) -> str:
+    try:
+        return hashlib.sha256(path.read_bytes()).hexdigest()
+    except OSError:
+        return ""
 
 
 def _agent_secret(path: Path) -> bytes:

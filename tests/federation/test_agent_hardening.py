@@ -6,7 +6,7 @@ import time
 
 import pytest
 
-from pipeline.errors import ProtocolError
+from pipeline.errors import ConfigurationError, ProtocolError
 from pipeline.federation.agent import SiteAgent
 from pipeline.federation.config import load_site_config
 from tests.federation import runtime_support as rs
@@ -94,4 +94,27 @@ def test_refused_uploads__back_off_exponentially_with_jitter_and_are_logged_once
             assert 0.5 * min(60.0, base * 2**count) <= delay <= min(60.0, base * 2**count) + 0.01
         assert sum("upload refused" in r.getMessage() for r in caplog.records) == 1  # the cause is said once
     finally:
+        agent.connection.close()
+
+
+def test_policy__an_edited_policy_is_taken_up_before_the_next_task_and_audited(manifest):
+    site = next(s for s in manifest.sites if s.name == "gamma")
+    original = site.config.read_text()
+    agent = SiteAgent(load_site_config(site.config))
+    try:
+        assert agent.config.policy.min_samples == 3
+        rs.set_policy(site.config, min_samples=50)
+        agent.reload_policy_if_changed()
+        assert agent.config.policy.min_samples == 50
+        reloaded = [e for e in (site.folder / "audit.log").read_text().splitlines() if "policy.reloaded" in e]
+        assert reloaded and "min_samples" in reloaded[-1]
+        # A file that no longer loads, or that changes more than the policy, stops the agent.
+        site.config.write_text(original.replace("[policy]", "[policy]\nmin_samples = 0\nmin_samples = 1"))
+        with pytest.raises(ConfigurationError, match="no longer loads"):
+            agent.reload_policy_if_changed()
+        site.config.write_text(original.replace("poll_interval = ", "poll_interval = 1 #"))
+        with pytest.raises(ConfigurationError, match="changed outside \\[policy\\]"):
+            agent.reload_policy_if_changed()
+    finally:
+        site.config.write_text(original)
         agent.connection.close()
