@@ -136,3 +136,50 @@ def test_ledger__survives_a_restart_and_is_recorded_hashed_in_the_audit_log(fede
     recorded = [e for e in rs.audit_events(manifest, "beta", status["job_id"]) if e["event"] == "ledger.recorded"]
     assert recorded and samples_digest(complete) in {e["samples"] for e in recorded}
     assert all("beta-" not in str(e) for e in recorded)  # sample IDs never enter the audit log, only their digest
+
+
+def test_attack__through_the_commands_an_analyst_and_the_sites_run(cohort, tmp_path):
+    """The site-set attack as deployed: ``coordinator serve``, ``site run`` and ``job submit|status`` processes.
+
+    Each job gets fresh ``site run --once`` processes, so the sites' ledgers carry over restarts.
+    """
+    import json
+    import subprocess
+    import sys
+
+    _, sites = cohort
+    manifest = rs.provision_federation(tmp_path / "fed", {name: site.path for name, site in sites.items()}, min_samples=5,
+                                       analyses=("census", "gwas"))
+    analyst_config = manifest.analysts[0].config
+    coordinator = rs.start_coordinator_process(manifest.coordinator.config, tmp_path / "coordinator.log")
+
+    def genofed(*args: str) -> dict:
+        done = subprocess.run([sys.executable, "-m", "pipeline.cli", *args, "--config", str(analyst_config), "--json"],
+                              capture_output=True, text=True, cwd=rs.REPO, timeout=120)
+        assert done.returncode == 0, done.stderr
+        return json.loads(done.stdout)
+
+    def run_job(spec: dict, name: str) -> dict:
+        path = tmp_path / f"{name}.json"  # JSON is YAML
+        path.write_text(json.dumps(spec))
+        job_id = genofed("job", "submit", str(path))["job_id"]
+        invited = spec.get("sites", SITES)  # --once: an agent that sees no job never exits, so only the invited run
+        agents = [rs.start_site_process(site.config, tmp_path / f"{site.name}-{name}.log")
+                  for site in manifest.sites if site.name in invited]
+        try:
+            for agent in agents:
+                agent.wait(timeout=120)  # --once: each exits when the jobs it saw have ended
+        finally:
+            for agent in agents:
+                rs.kill(agent)
+        return genofed("job", "status", job_id)
+
+    try:
+        with rs.connection(manifest.analysts[0].folder, manifest.coordinator_url, max_attempts=30) as analyst:
+            rs.wait_until_serving(analyst)
+        assert run_job(CENSUS, "everyone")["status"] == "done"
+        fewer = run_job({**CENSUS, "sites": ["alpha", "beta"]}, "fewer")
+        assert fewer["status"] == "failed"
+        assert _codes(fewer) == {"alpha": "one-site-difference", "beta": "one-site-difference"}
+    finally:
+        rs.stop(coordinator)
