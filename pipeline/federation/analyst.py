@@ -22,7 +22,7 @@ from pipeline import outputs
 from pipeline.errors import ProtocolError
 from pipeline.federation import wire
 from pipeline.federation.config import load_analyst_config
-from pipeline.federation.job_spec import load_spec
+from pipeline.federation.job_spec import check_job_id, load_spec
 from pipeline.federation.transport import Connection
 
 __all__ = ["analyst_connection", "submit_job", "job_status", "wait_for_job", "download_results", "fetch_results"]
@@ -45,13 +45,20 @@ def submit_job(config_path: Path | str, spec: Path | str | Mapping[str, Any], *,
 
 
 def job_status(config_path: Path | str, job_id: str) -> dict[str, Any]:
-    """``genofed job status``: the coordinator's view of a job."""
+    """``genofed job status``: the coordinator's view of a job.
+
+    Raises:
+        ProtocolError: ``job_id`` is not a job ID (nothing is sent).
+        HttpError: no such job, or another analyst's (404: the coordinator answers both alike).
+    """
+    check_job_id(job_id)
     with analyst_connection(config_path) as connection:
         return connection.get_json(f"/v1/jobs/{job_id}")  # type: ignore[no-any-return]
 
 
 def wait_for_job(connection: Connection, job_id: str, *, timeout: float, interval: float = 0.2) -> dict[str, Any]:
     """Polls a job's status until it is no longer running or ``timeout`` seconds pass."""
+    check_job_id(job_id)
     deadline = time.monotonic() + timeout
     while True:
         status = connection.get_json(f"/v1/jobs/{job_id}")
@@ -67,9 +74,11 @@ def download_results(connection: Connection, job_id: str, out: Path | str, *, fo
     interrupted download leaves no half-written results.
 
     Raises:
-        HttpError: the job is unknown (404) or not done (409).
+        ProtocolError: ``job_id`` is not a job ID (nothing is sent or written).
+        HttpError: the job is unknown or another analyst's (404), or not done (409).
         OutputExistsError: ``out`` exists and ``force`` is false.
     """
+    check_job_id(job_id)
     listing = connection.get_json(f"/v1/jobs/{job_id}/results")
     target = Path(out)
     files = list(listing.get("files", []))

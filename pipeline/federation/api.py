@@ -4,8 +4,14 @@ Every request arrives over TLS with a client certificate from the federation CA 
 handshake refuses anything else). The certificate names the caller
 (:func:`pipeline.federation.tls.peer_identity`), which must be enrolled with that role
 (:func:`pipeline.federation.tls.authorize`): sites may only call ``/v1/site/...``,
-analysts only ``/v1/jobs...`` (403 otherwise). Sites never accept connections: they
-long-poll ``GET /v1/site/work`` for what to do next and upload their protocol messages.
+analysts only ``/v1/jobs...`` (403 otherwise). Within its role a caller reaches only
+its own jobs: an analyst those it submitted (another analyst's job is a 404, the answer
+for an unknown job), a site those that invite it (403 otherwise). :data:`ACCESS_RULES`
+states each route's rule, once; the handlers apply it and the OpenAPI description
+quotes it. A ``{job_id}`` that is not a job ID
+(:data:`pipeline.federation.job_spec.JOB_ID_PATTERN`) is refused (422) before anything
+is looked up. Sites never accept connections: they long-poll ``GET /v1/site/work`` for
+what to do next and upload their protocol messages.
 
 Uploads are bounded (413 above ``max_message_bytes``), idempotent by message ID (the
 same ID and bytes again: 200; the same ID with other bytes: 409), and checked against
@@ -22,12 +28,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import enum
 import functools
 import json
 import logging
 import ssl
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any
 
 import anyio.to_thread
@@ -54,6 +63,7 @@ from pipeline.federation import tls, wire
 from pipeline.federation.audit import AuditLog
 from pipeline.federation.config import CoordinatorConfig, load_coordinator_config
 from pipeline.federation.coordinator import Coordinator
+from pipeline.federation.job_spec import JOB_ID_PATTERN, check_job_id
 from pipeline.federation.roster import check_enrolment, load_roster
 from pipeline.federation.rounds import KEY_UNION_STAGE
 from pipeline.federation.store import Store
@@ -61,7 +71,17 @@ from pipeline.secagg.messages import Stage
 
 log = logging.getLogger(__name__)
 
-__all__ = ["create_app", "serve", "build_coordinator", "openapi_document", "MAX_WAIT_SECONDS", "PEER_CERT_STATE_KEY"]
+__all__ = [
+    "ACCESS_RULES",
+    "AccessRule",
+    "JobScope",
+    "MAX_WAIT_SECONDS",
+    "PEER_CERT_STATE_KEY",
+    "build_coordinator",
+    "create_app",
+    "openapi_document",
+    "serve",
+]
 
 MAX_WAIT_SECONDS = 30.0
 """Longest long poll a site may ask for."""
@@ -75,6 +95,71 @@ MAX_JSON_DEPTH = 32
 PEER_CERT_STATE_KEY = "genofed.peer_certificate_der"
 _TICK_SECONDS = 0.25
 _POLL_SECONDS = 0.05
+_Handler = Callable[[Request, tls.Identity], Awaitable[Response]]
+
+
+class JobScope(enum.Enum):
+    """Which jobs a caller of an allowed role reaches through a route's ``{job_id}``."""
+
+    NONE = "none"
+    """The route names no job."""
+    OWNER = "owner"
+    """The analyst who submitted the job; for another analyst the job does not exist (404)."""
+    PARTICIPANT = "participant"
+    """A site the job invites; another site is refused (403)."""
+
+
+@dataclass(frozen=True)
+class AccessRule:
+    """Who may call one route.
+
+    Checked in this order, each before anything of the next is looked at: the
+    certificate's role and enrolment (403), the ``{job_id}`` against
+    :data:`~pipeline.federation.job_spec.JOB_ID_PATTERN` (422, before the store is
+    read), then ``job`` (404 or 403, before the handler runs).
+
+    Attributes:
+        roles: certificate roles that may call it, each enrolled in ``coordinator.toml``;
+            empty: any participant certificate of the federation CA, enrolled or not.
+        job: the jobs that caller reaches (:class:`JobScope`).
+        rule: the rule in words, as the OpenAPI description gives it.
+    """
+
+    roles: tuple[str, ...]
+    job: JobScope
+    rule: str
+
+
+_OWNER_RULE = (
+    "the enrolled analyst who submitted the job. Another analyst gets 404, word for word the answer for a job "
+    "that does not exist, so that a job's existence is not revealed; a site gets 403"
+)
+_PARTICIPANT_RULE = "an enrolled site that the job invites. Another site, or an analyst, gets 403"
+
+ACCESS_RULES: Mapping[tuple[str, str], AccessRule] = MappingProxyType({
+    ("GET", "/openapi.json"): AccessRule((), JobScope.NONE,
+        "any client with a participant certificate of the federation CA, enrolled or not: the description is public"),
+    ("GET", "/v1/health"): AccessRule(("site", "analyst"), JobScope.NONE, "any enrolled site or analyst"),
+    ("POST", "/v1/jobs"): AccessRule(("analyst",), JobScope.NONE,
+        "any enrolled analyst; the job is recorded as theirs, and only they can see it"),
+    ("GET", "/v1/jobs/{job_id}"): AccessRule(("analyst",), JobScope.OWNER, _OWNER_RULE),
+    ("GET", "/v1/jobs/{job_id}/results"): AccessRule(("analyst",), JobScope.OWNER, _OWNER_RULE),
+    ("GET", "/v1/jobs/{job_id}/results/{name}"): AccessRule(("analyst",), JobScope.OWNER, _OWNER_RULE),
+    ("GET", "/v1/jobs/{job_id}/files/{name}"): AccessRule(("analyst",), JobScope.OWNER, _OWNER_RULE),
+    ("GET", "/v1/site/work"): AccessRule(("site",), JobScope.NONE,
+        "any enrolled site; its tasks and active jobs are only those of jobs that invite it"),
+    ("GET", "/v1/site/jobs/{job_id}/rounds/{round_index}/state"): AccessRule(("site",), JobScope.PARTICIPANT, _PARTICIPANT_RULE),
+    ("GET", "/v1/site/jobs/{job_id}/rounds/{round_index}/stages/{stage}/message"): AccessRule(
+        ("site",), JobScope.PARTICIPANT, _PARTICIPANT_RULE),
+    ("PUT", "/v1/site/jobs/{job_id}/rounds/{round_index}/stages/{stage}/messages/{message_id}"): AccessRule(
+        ("site",), JobScope.PARTICIPANT, _PARTICIPANT_RULE),
+    ("POST", "/v1/site/jobs/{job_id}/decline"): AccessRule(("site",), JobScope.PARTICIPANT, _PARTICIPANT_RULE),
+})
+"""Every route of the coordinator, ``(method, path)``, and who may call it: the one table of access rules.
+
+:func:`create_app` serves exactly these routes, each behind its rule, and
+:func:`openapi_document` describes each with its rule's words.
+"""
 
 
 class PeerCertificateH11Protocol(H11Protocol):
@@ -88,7 +173,7 @@ class PeerCertificateH11Protocol(H11Protocol):
         self.app_state = {**self.app_state, PEER_CERT_STATE_KEY: der}
 
 
-def _peer_certificate(scope: dict[str, Any]) -> bytes | None:
+def _peer_certificate(scope: Mapping[str, Any]) -> bytes | None:
     """The client certificate (DER or PEM) from the ASGI TLS extension or the connection."""
     extension = scope.get("extensions", {}).get("tls") or {}
     chain = extension.get("client_cert_chain")
@@ -207,12 +292,21 @@ def openapi_document() -> dict[str, Any]:
             out[code] = {"description": text, "content": media}
         return out
 
-    def op(summary: str, role: str, codes: dict[str, str], *, params: tuple[dict[str, Any], ...] = (),
+    def op(method: str, path: str, summary: str, codes: dict[str, str], *, params: tuple[dict[str, Any], ...] = (),
            body: dict[str, Any] | None = None, ok_schema: dict[str, Any] | None = None, ok_media: str = "application/json") -> dict[str, Any]:
+        rule = ACCESS_RULES[(method, path)]
+        refused = {"403": f"the caller is not an enrolled {' or '.join(rule.roles)}"}
+        if rule.job is JobScope.OWNER:
+            refused = {"403": "the caller is not an enrolled analyst",
+                       "404": "no such job, or another analyst's (the same answer: a job's existence is not revealed)"}
+        elif rule.job is JobScope.PARTICIPANT:
+            refused = {"403": "the caller is not an enrolled site, or not one the job invites"}
+        if rule.job is not JobScope.NONE:
+            refused["422"] = (codes["422"] + ", or " if "422" in codes else "") + "a job ID that does not match its pattern"
         out: dict[str, Any] = {
             "summary": summary,
-            "description": f"Caller role: {role} (client certificate from the federation CA, mutual TLS).",
-            "responses": answers({**codes, "403": f"the caller is not an enrolled {role}"}, ok_schema=ok_schema, ok_media=ok_media),
+            "description": f"Who may call: {rule.rule} (client certificate from the federation CA, mutual TLS).",
+            "responses": answers({**codes, **refused}, ok_schema=ok_schema, ok_media=ok_media),
         }
         if params:
             out["parameters"] = list(params)
@@ -223,7 +317,8 @@ def openapi_document() -> dict[str, Any]:
     def path_param(name: str, schema: dict[str, Any], text: str) -> dict[str, Any]:
         return {"name": name, "in": "path", "required": True, "schema": schema, "description": text}
 
-    job_id = path_param("job_id", {"type": "string", "minLength": 1, "maxLength": 200}, "a job ID from POST /v1/jobs")
+    job_id = path_param("job_id", {"type": "string", "pattern": JOB_ID_PATTERN},
+                        "a job ID as POST /v1/jobs answered it: job-YYYYmmdd-HHMMSS- and 8 lowercase hex digits")
     round_index = path_param("round_index", {"type": "integer", "minimum": 0}, "the round, from 0")
     stage = path_param("stage", {"type": "string", "enum": [KEY_UNION_STAGE, *(s.value for s in Stage)]}, "the stage of the round")
     message_id = path_param("message_id", {"type": "string", "pattern": "^[A-Za-z0-9._-]{8,128}$"},
@@ -246,6 +341,60 @@ def openapi_document() -> dict[str, Any]:
         "description": "runtime keys above; every other key is a parameter of the analysis",
     }
     common = {"404": "no such job"}
+    paths: dict[str, dict[str, Any]] = {}
+
+    def add(method: str, path: str, summary: str, codes: dict[str, str], **kwargs: Any) -> None:
+        paths.setdefault(path, {})[method.lower()] = op(method, path, summary, codes, **kwargs)
+
+    add("GET", "/v1/health", "Liveness and the federation's name", {"200": "ok"})
+    add("POST", "/v1/jobs", "Submit a job spec",
+        {"201": "job created", "413": "body too large", "422": "not JSON, or an invalid spec (the detail names the key)"},
+        body={"application/json": {"schema": {"type": "object", "required": ["spec"], "properties": {"spec": spec}}}},
+        ok_schema={"type": "object", "required": ["job_id"], "properties": {"job_id": {"type": "string", "pattern": JOB_ID_PATTERN}}})
+    add("GET", "/v1/jobs/{job_id}", "Job status", {"200": "status", **common}, params=(job_id,))
+    add("GET", "/v1/jobs/{job_id}/results", "Result summary, table names and file names",
+        {"200": "results", "409": "the job is not done", **common}, params=(job_id,))
+    add("GET", "/v1/jobs/{job_id}/results/{name}", "One result table (Arrow IPC stream)",
+        {"200": "the table", **common, "409": "the job is not done"}, params=(job_id, name), ok_media=arrow)
+    add("GET", "/v1/jobs/{job_id}/files/{name}", "One file the analysis rendered from the result (a report, a plot, GWAS-SSF)",
+        {"200": "the file's bytes", **common, "409": "the job is not done"}, params=(job_id, file_name),
+        ok_media="application/octet-stream")
+    add("GET", "/v1/site/work", "Long poll for the site's next task",
+        {"200": "a task or null, and the site's active jobs", "422": "wait is not a number"},
+        params=(
+            {"name": "wait", "in": "query", "required": False, "schema": {"type": "number", "minimum": 0, "maximum": MAX_WAIT_SECONDS},
+             "description": "seconds to wait for a task (longer values are capped)"},
+            {"name": "active", "in": "query", "required": False, "schema": {"type": "string"},
+             "description": "comma-separated job IDs the site knows as running: the answer comes at once when they changed"},
+        ),
+        ok_schema={"type": "object", "required": ["task", "active_jobs"],
+                   "properties": {"task": {"type": ["object", "null"]}, "active_jobs": {"type": "array", "items": {"type": "string"}}}})
+    add("GET", "/v1/site/jobs/{job_id}/rounds/{round_index}/state", "Public job state a round started from",
+        {"200": "the state (JSON)", "404": "no such job or round", "422": "malformed round index"}, params=(job_id, round_index))
+    add("GET", "/v1/site/jobs/{job_id}/rounds/{round_index}/stages/{stage}/message",
+        "The server's protocol message for this site and stage (Arrow IPC)",
+        {"200": "the message", "404": "no such job, or no message for this site", "409": "another round or stage is in progress",
+         "422": "malformed round index"},
+        params=(job_id, round_index, stage), ok_media=arrow)
+    add("PUT", "/v1/site/jobs/{job_id}/rounds/{round_index}/stages/{stage}/messages/{message_id}",
+        "Upload this site's protocol message for a stage (idempotent by message id)",
+        {"201": "accepted", "200": "duplicate of an accepted message", "404": "no such job",
+         "409": "another round or stage, a replay, or the id reused with other content", "413": "too large",
+         "422": "malformed message or parameters"},
+        params=(job_id, round_index, stage, message_id),
+        body={arrow: {"schema": {"type": "string", "format": "binary"}}},
+        ok_schema={"type": "object", "required": ["status", "message_id", "digest"],
+                   "properties": {"status": {"enum": ["accepted", "duplicate"]}, "message_id": {"type": "string"}, "digest": {"type": "string"}}})
+    add("POST", "/v1/site/jobs/{job_id}/decline",
+        "Refuse a job (site policy): a coarse code and its public meaning, never the site's data",
+        {"200": "recorded", "413": "body too large", "422": "no reason, or no refusal code", **common},
+        params=(job_id,),
+        body={"application/json": {"schema": {"type": "object", "required": ["reason"], "properties": {"reason": {
+            "type": "string", "minLength": 1, "maxLength": 2000,
+            "pattern": f"^({'|'.join(REFUSAL_CODES)}): ",
+            "description": "CODE: text, CODE one of " + ", ".join(REFUSAL_CODES)}}}}})
+    described = {(method.upper(), path) for path, item in paths.items() for method in item}
+    assert described == set(ACCESS_RULES) - {("GET", "/openapi.json")}, "every route of ACCESS_RULES is described"
     return {
         "openapi": "3.1.0",
         "info": {"title": "genofed coordinator", "version": "1", "description": __doc__.split("\n\n")[0]},
@@ -258,104 +407,60 @@ def openapi_document() -> dict[str, Any]:
                 },
             },
         },
-        "paths": {
-            "/v1/health": {"get": op("Liveness and the federation's name", "site or analyst", {"200": "ok"})},
-            "/v1/jobs": {"post": op(
-                "Submit a job spec", "analyst",
-                {"201": "job created", "413": "body too large", "422": "not JSON, or an invalid spec (the detail names the key)"},
-                body={"application/json": {"schema": {"type": "object", "required": ["spec"], "properties": {"spec": spec}}}},
-                ok_schema={"type": "object", "required": ["job_id"], "properties": {"job_id": {"type": "string"}}},
-            )},
-            "/v1/jobs/{job_id}": {"get": op("Job status", "analyst", {"200": "status", **common}, params=(job_id,))},
-            "/v1/jobs/{job_id}/results": {"get": op(
-                "Result summary, table names and file names", "analyst", {"200": "results", "409": "the job is not done", **common},
-                params=(job_id,))},
-            "/v1/jobs/{job_id}/results/{name}": {"get": op(
-                "One result table (Arrow IPC stream)", "analyst", {"200": "the table", **common, "409": "the job is not done"},
-                params=(job_id, name), ok_media=arrow)},
-            "/v1/jobs/{job_id}/files/{name}": {"get": op(
-                "One file the analysis rendered from the result (a report, a plot, GWAS-SSF)", "analyst",
-                {"200": "the file's bytes", **common, "409": "the job is not done"},
-                params=(job_id, file_name), ok_media="application/octet-stream")},
-            "/v1/site/work": {"get": op(
-                "Long poll for the site's next task", "site",
-                {"200": "a task or null, and the site's active jobs", "422": "wait is not a number"},
-                params=(
-                    {"name": "wait", "in": "query", "required": False, "schema": {"type": "number", "minimum": 0, "maximum": MAX_WAIT_SECONDS},
-                     "description": "seconds to wait for a task (longer values are capped)"},
-                    {"name": "active", "in": "query", "required": False, "schema": {"type": "string"},
-                     "description": "comma-separated job IDs the site knows as running: the answer comes at once when they changed"},
-                ),
-                ok_schema={"type": "object", "required": ["task", "active_jobs"],
-                           "properties": {"task": {"type": ["object", "null"]}, "active_jobs": {"type": "array", "items": {"type": "string"}}}},
-            )},
-            "/v1/site/jobs/{job_id}/rounds/{round_index}/state": {"get": op(
-                "Public job state a round started from", "site", {"200": "the state (JSON)", "404": "no such job or round"},
-                params=(job_id, round_index))},
-            "/v1/site/jobs/{job_id}/rounds/{round_index}/stages/{stage}/message": {"get": op(
-                "The server's protocol message for this site and stage (Arrow IPC)", "site",
-                {"200": "the message", "404": "no such job, or no message for this site", "409": "another round or stage is in progress",
-                 "422": "malformed round index"},
-                params=(job_id, round_index, stage), ok_media=arrow)},
-            "/v1/site/jobs/{job_id}/rounds/{round_index}/stages/{stage}/messages/{message_id}": {"put": op(
-                "Upload this site's protocol message for a stage (idempotent by message id)", "site",
-                {"201": "accepted", "200": "duplicate of an accepted message", "404": "no such job",
-                 "409": "another round or stage, a replay, or the id reused with other content", "413": "too large",
-                 "422": "malformed message or parameters"},
-                params=(job_id, round_index, stage, message_id),
-                body={arrow: {"schema": {"type": "string", "format": "binary"}}},
-                ok_schema={"type": "object", "required": ["status", "message_id", "digest"],
-                           "properties": {"status": {"enum": ["accepted", "duplicate"]}, "message_id": {"type": "string"}, "digest": {"type": "string"}}},
-            )},
-            "/v1/site/jobs/{job_id}/decline": {"post": op(
-                "Refuse a job (site policy): a coarse code and its public meaning, never the site's data", "site",
-                {"200": "recorded", "413": "body too large", "422": "no reason, or no refusal code", **common},
-                params=(job_id,),
-                body={"application/json": {"schema": {"type": "object", "required": ["reason"], "properties": {"reason": {
-                    "type": "string", "minLength": 1, "maxLength": 2000,
-                    "pattern": f"^({'|'.join(REFUSAL_CODES)}): ",
-                    "description": "CODE: text, CODE one of " + ", ".join(REFUSAL_CODES)}}}}},
-            )},
-        },
+        "paths": paths,
     }
 
 
 def create_app(coordinator: Coordinator, config: CoordinatorConfig, *, tick_seconds: float = _TICK_SECONDS) -> Any:
     """The ASGI application of a coordinator (Starlette, wrapped for the TLS extension)."""
 
-    def identity(request: Request, role: str) -> tls.Identity:
-        der = _peer_certificate(request.scope)
-        return tls.authorize(tls.peer_identity(der), config, roles=(role,))
+    handlers: dict[tuple[str, str], Callable[[Request], Awaitable[Response]]] = {}
 
-    async def call(fn: Callable[..., Any], *args: Any) -> Any:
-        return await anyio.to_thread.run_sync(functools.partial(fn, *args))
+    async def call(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        return await anyio.to_thread.run_sync(functools.partial(fn, *args, **kwargs))
 
-    def endpoint(role: str | None) -> Callable[[Callable[..., Awaitable[Response]]], Callable[[Request], Awaitable[Response]]]:
-        def wrap(handler: Callable[..., Awaitable[Response]]) -> Callable[[Request], Awaitable[Response]]:
+    async def admit(request: Request, rule: AccessRule) -> tls.Identity:
+        """Applies ``rule`` to the request, in the order :class:`AccessRule` gives; returns the caller."""
+        who = tls.peer_identity(_peer_certificate(request.scope))
+        if not rule.roles:
+            return who
+        tls.authorize(who, config, roles=rule.roles)
+        if rule.job is JobScope.NONE:
+            return who
+        job_id = check_job_id(request.path_params["job_id"])
+        if rule.job is JobScope.OWNER:
+            await call(coordinator.job, job_id, analyst=who.name)
+        elif who.name not in (await call(coordinator.job, job_id)).participants:
+            raise IdentityError(f"site {who.name!r} is not a participant of job {job_id}")
+        return who
+
+    def endpoint(method: str, path: str) -> Callable[[_Handler], _Handler]:
+        """Serves ``handler`` at ``method path`` behind its rule in :data:`ACCESS_RULES`."""
+        rule = ACCESS_RULES[(method, path)]
+
+        def wrap(handler: _Handler) -> _Handler:
             @functools.wraps(handler)
             async def run(request: Request) -> Response:
                 try:
-                    if role is None:
-                        who = tls.peer_identity(_peer_certificate(request.scope))
-                        tls.authorize(who, config)
-                    else:
-                        who = identity(request, role)
+                    who = await admit(request, rule)
                     return await handler(request, who)
                 except Exception as error:  # noqa: BLE001 -- every error becomes a JSON answer
                     return _error_response(error)
 
-            return run
+            handlers[(method, path)] = run
+            return handler
 
         return wrap
 
-    @endpoint(None)
+    @endpoint("GET", "/v1/health")
     async def health(request: Request, who: tls.Identity) -> Response:
         return JSONResponse({"status": "ok", "federation": config.federation, "you": who.name, "role": who.role})
 
-    async def openapi(request: Request) -> Response:
+    @endpoint("GET", "/openapi.json")
+    async def openapi(request: Request, who: tls.Identity) -> Response:
         return JSONResponse(openapi_document())
 
-    @endpoint("analyst")
+    @endpoint("POST", "/v1/jobs")
     async def submit(request: Request, who: tls.Identity) -> Response:
         body = await _json_body(request)
         spec = body.get("spec")
@@ -364,25 +469,25 @@ def create_app(coordinator: Coordinator, config: CoordinatorConfig, *, tick_seco
         job_id = await call(coordinator.submit, spec, who.name)
         return JSONResponse({"job_id": job_id}, status_code=201)
 
-    @endpoint("analyst")
+    @endpoint("GET", "/v1/jobs/{job_id}")
     async def status(request: Request, who: tls.Identity) -> Response:
         return JSONResponse(await call(coordinator.status, request.path_params["job_id"]))
 
-    @endpoint("analyst")
+    @endpoint("GET", "/v1/jobs/{job_id}/results")
     async def results(request: Request, who: tls.Identity) -> Response:
         return JSONResponse(await call(coordinator.results, request.path_params["job_id"]))
 
-    @endpoint("analyst")
+    @endpoint("GET", "/v1/jobs/{job_id}/results/{name}")
     async def result_table(request: Request, who: tls.Identity) -> Response:
         body = await call(coordinator.result_item, request.path_params["job_id"], request.path_params["name"], "table")
         return Response(body, media_type=wire.ARROW_MEDIA_TYPE)
 
-    @endpoint("analyst")
+    @endpoint("GET", "/v1/jobs/{job_id}/files/{name}")
     async def result_file(request: Request, who: tls.Identity) -> Response:
         body = await call(coordinator.result_item, request.path_params["job_id"], request.path_params["name"], "file")
         return Response(body, media_type="application/octet-stream")
 
-    @endpoint("site")
+    @endpoint("GET", "/v1/site/work")
     async def work(request: Request, who: tls.Identity) -> Response:
         try:
             wait = min(max(float(request.query_params.get("wait", "0")), 0.0), MAX_WAIT_SECONDS)
@@ -402,12 +507,12 @@ def create_app(coordinator: Coordinator, config: CoordinatorConfig, *, tick_seco
         active = await call(coordinator.active_jobs, who.name)
         return JSONResponse({"task": task, "active_jobs": active})
 
-    @endpoint("site")
+    @endpoint("GET", "/v1/site/jobs/{job_id}/rounds/{round_index}/state")
     async def round_state(request: Request, who: tls.Identity) -> Response:
         state = await call(coordinator.round_state, who.name, request.path_params["job_id"], _int_param(request, "round_index"))
         return JSONResponse(state)
 
-    @endpoint("site")
+    @endpoint("GET", "/v1/site/jobs/{job_id}/rounds/{round_index}/stages/{stage}/message")
     async def stage_message(request: Request, who: tls.Identity) -> Response:
         body = await call(
             coordinator.stage_message, who.name, request.path_params["job_id"], _int_param(request, "round_index"),
@@ -415,7 +520,7 @@ def create_app(coordinator: Coordinator, config: CoordinatorConfig, *, tick_seco
         )
         return Response(body, media_type=wire.ARROW_MEDIA_TYPE)
 
-    @endpoint("site")
+    @endpoint("PUT", "/v1/site/jobs/{job_id}/rounds/{round_index}/stages/{stage}/messages/{message_id}")
     async def upload(request: Request, who: tls.Identity) -> Response:
         message_id = request.path_params["message_id"]
         if not 8 <= len(message_id) <= 128 or not all(c.isalnum() or c in "-_." for c in message_id):
@@ -427,7 +532,7 @@ def create_app(coordinator: Coordinator, config: CoordinatorConfig, *, tick_seco
         )
         return JSONResponse(receipt, status_code=201 if receipt["status"] == "accepted" else 200)
 
-    @endpoint("site")
+    @endpoint("POST", "/v1/site/jobs/{job_id}/decline")
     async def decline(request: Request, who: tls.Identity) -> Response:
         body = await _json_body(request)
         reason = body.get("reason")
@@ -452,20 +557,10 @@ def create_app(coordinator: Coordinator, config: CoordinatorConfig, *, tick_seco
         finally:
             task.cancel()
 
-    routes = [
-        Route("/openapi.json", openapi, methods=["GET"]),
-        Route("/v1/health", health, methods=["GET"]),
-        Route("/v1/jobs", submit, methods=["POST"]),
-        Route("/v1/jobs/{job_id}", status, methods=["GET"]),
-        Route("/v1/jobs/{job_id}/results", results, methods=["GET"]),
-        Route("/v1/jobs/{job_id}/results/{name}", result_table, methods=["GET"]),
-        Route("/v1/jobs/{job_id}/files/{name}", result_file, methods=["GET"]),
-        Route("/v1/site/work", work, methods=["GET"]),
-        Route("/v1/site/jobs/{job_id}/rounds/{round_index}/state", round_state, methods=["GET"]),
-        Route("/v1/site/jobs/{job_id}/rounds/{round_index}/stages/{stage}/message", stage_message, methods=["GET"]),
-        Route("/v1/site/jobs/{job_id}/rounds/{round_index}/stages/{stage}/messages/{message_id}", upload, methods=["PUT"]),
-        Route("/v1/site/jobs/{job_id}/decline", decline, methods=["POST"]),
-    ]
+    missing = sorted(set(ACCESS_RULES) - set(handlers))
+    if missing:
+        raise RuntimeError(f"routes of ACCESS_RULES without a handler: {missing}")
+    routes = [Route(path, handlers[(method, path)], methods=[method]) for method, path in ACCESS_RULES]
     return _TlsExtension(Starlette(routes=routes, lifespan=lifespan))
 
 
@@ -496,7 +591,7 @@ def serve(config_path: Path | str, *, host: str | None = None, port: int | None 
     app = create_app(coordinator, config)
     server_config = uvicorn.Config(
         app, host=host or config.host, port=port or config.port, http=PeerCertificateH11Protocol, lifespan="on",
-        log_level=log_level, access_log=False, timeout_keep_alive=MAX_WAIT_SECONDS + 5,
+        log_level=log_level, access_log=False, timeout_keep_alive=int(MAX_WAIT_SECONDS) + 5,
     )
     server_config.load()
     server_config.ssl = tls.server_context(config.cert, config.key, config.ca)

@@ -27,7 +27,6 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-import secrets
 import tempfile
 import threading
 import time
@@ -53,7 +52,9 @@ from pipeline.federation import secagg_wire, wire
 from pipeline.federation.job_spec import (
     DEFAULT_STAGE_TIMEOUT,
     analysis_parameters,
+    check_job_id,
     default_threshold,
+    new_job_id,
     parse_round_options,
 )
 from pipeline.federation.roster import Roster
@@ -223,7 +224,7 @@ class Coordinator:
         participants = options.participants
         state = analysis.init(analysis_parameters(spec), participants)
         threshold = options.threshold if options.threshold is not None else default_threshold(len(participants), options.num_neighbours)
-        job_id = f"job-{time.strftime('%Y%m%d-%H%M%S', time.gmtime(self.clock()))}-{secrets.token_hex(4)}"
+        job_id = new_job_id(self.clock())
         with self._locked():
             self.store.add_job(
                 StoredJob(job_id, analysis.name, spec, analyst, participants, threshold, "running", None, self.clock(), None)
@@ -235,6 +236,24 @@ class Coordinator:
             self._open_round(job_id, analysis, spec, participants, threshold, 0, state, set())
             self._changed()
         return job_id
+
+    def job(self, job_id: str, *, analyst: str | None = None) -> StoredJob:
+        """The stored job (its analyst, participants, status); with ``analyst``, only if they submitted it.
+
+        The HTTP server's access rules (:data:`pipeline.federation.api.ACCESS_RULES`) read
+        the owner and the participants here before a handler runs.
+
+        Raises:
+            ProtocolError: ``job_id`` is not a job ID (nothing is looked up).
+            NotFoundError: no such job, or (with ``analyst``) another analyst's job: the
+                same answer, word for word, so that an analyst cannot tell whether a job
+                of someone else exists.
+        """
+        job = self._job(job_id)
+        if analyst is not None and job.analyst != analyst:
+            log.warning("analyst %r asked for job %s of another analyst; answered as unknown", analyst, job_id)
+            raise _unknown_job(job_id)
+        return job
 
     def status(self, job_id: str) -> dict[str, Any]:
         """The job's status: running (with round and stage), done or failed (with the reason)."""
@@ -273,7 +292,8 @@ class Coordinator:
         Raises:
             NotFoundError: the job has no result of that kind and name.
         """
-        stored = self.store.results(self._job(job_id).job_id)
+        job = self._job(job_id)
+        stored = self.store.results(job.job_id)
         if name not in stored or stored[name][0] != kind:
             raise NotFoundError(f"job {job_id} has no result {kind} {name!r}")
         return stored[name][1]
@@ -475,10 +495,10 @@ class Coordinator:
     def _changed(self) -> None:
         self.version += 1
 
-    def _job(self, job_id: str) -> Any:
-        job = self.store.job(job_id)
+    def _job(self, job_id: str) -> StoredJob:
+        job: StoredJob | None = self.store.job(check_job_id(job_id))
         if job is None:
-            raise NotFoundError(f"no job {job_id!r} at this coordinator")
+            raise _unknown_job(job_id)
         return job
 
     def _current(self, site: str, job_id: str, round_index: int, stage: str) -> _Round:
@@ -649,6 +669,11 @@ class Coordinator:
         self._rounds.pop(job_id, None)
         self._log("job.failed", job_id=job_id, reason=reason[:2000])
         self._changed()
+
+
+def _unknown_job(job_id: str) -> NotFoundError:
+    """The one answer for a job that does not exist, or that the caller may not know of."""
+    return NotFoundError(f"no job {job_id!r} at this coordinator")
 
 
 def _rendered_files(analysis: Analysis[Any], result: Result) -> list[tuple[str, bytes]]:

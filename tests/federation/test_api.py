@@ -204,7 +204,8 @@ def test_upload__malformed_and_oversized_payloads_are_4xx_and_the_server_stays_u
     truncated = _advertise(manifest, job_id, "gamma")[:-40]
     assert _status_of(lambda: _put(manifest, "gamma", job_id, truncated, message_id="gamma-bad-0002")) == 422
     assert _status_of(lambda: _put(manifest, "gamma", job_id, b"\0" * 300_000, message_id="gamma-big-0001")) == 413
-    assert _status_of(lambda: _put(manifest, "gamma", "no-such-job", b"x", message_id="gamma-bad-0003")) == 404
+    assert _status_of(lambda: _put(manifest, "gamma", "job-20000101-000000-00000000", b"x", message_id="gamma-bad-0003")) == 404
+    assert _status_of(lambda: _put(manifest, "gamma", "no-such-job", b"x", message_id="gamma-bad-0004")) == 422
     assert _status_of(lambda: _put(manifest, "gamma", job_id, b"x", message_id="bad id!")) in (404, 422)
     with _analyst(manifest, max_attempts=1) as analyst:
         assert _status_of(lambda: analyst.request("POST", "/v1/jobs", content=b"{not json", ok=(201,))) == 422
