@@ -390,9 +390,11 @@ class Coordinator:
     def _receive(self, site: str, job_id: str, round_index: int, stage: str, message_id: str, body: bytes,
                  payload_digest: str, staged: Any) -> dict[str, Any]:
         with self._locked():
-            existing = self.store.message(message_id, body=False)
+            # Message IDs are the sender's: namespaced by site, so no site can take another's ID and lock it out.
+            stored_id = f"{site}/{message_id}"
+            existing = self.store.message(stored_id, body=False)
             if existing is not None:
-                if existing.digest == payload_digest and existing.site == site:
+                if existing.digest == payload_digest:
                     return {"status": "duplicate", "message_id": message_id, "digest": payload_digest}
                 raise MessageConflict(
                     f"message id {message_id!r} was already used for other content (digest {existing.digest[:16]}...); "
@@ -412,7 +414,7 @@ class Coordinator:
                 )
             decoded = self._validate(current, site, body)
             self.store.add_message(
-                StoredMessage(message_id, job_id, round_index, stage, site, payload_digest, body, self.clock()),
+                StoredMessage(stored_id, job_id, round_index, stage, site, payload_digest, body, self.clock()),
                 **({"staged": staged} if staged is not None else {}),
             )
             self._log(

@@ -118,3 +118,20 @@ def test_policy__an_edited_policy_is_taken_up_before_the_next_task_and_audited(m
     finally:
         site.config.write_text(original)
         agent.connection.close()
+
+
+def test_attack__a_site_using_another_sites_message_id_cannot_lock_it_out(manifest, monkeypatch):
+    """Every site uploads under the same message ID per stage, as if each had learned the others': the round completes."""
+    import hashlib
+
+    monkeypatch.setattr(SiteAgent, "_message_id", lambda self, task, stage, secret: hashlib.sha256(stage.encode()).hexdigest()[:32])
+    with rs.ThreadedCoordinator(manifest.coordinator.config) as server:
+        with rs.connection(manifest.analysts[0].folder, manifest.coordinator_url) as analyst:
+            spec = {"analysis": "secure_sum", "vector": {"source": "test", "length": 8}, "stage_timeout": 10}
+            job_id = analyst.post_json("/v1/jobs", {"spec": spec})["job_id"]
+            with rs.agent_threads(manifest, max_idle=20):
+                status = rs.wait_for_job(analyst, job_id, timeout=60)
+        assert status["status"] == "done", status
+        stored = server.coordinator.store.messages(job_id, 0, "advertise_keys")
+        shared = hashlib.sha256(b"advertise_keys").hexdigest()[:32]
+        assert sorted(m.message_id for m in stored) == sorted(f"{site}/{shared}" for site in SITES)
