@@ -152,8 +152,7 @@ class ReleaseLedger:
         if not new:
             return []
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        with open(self.path, "a", encoding="utf-8") as handle:
-            self.path.chmod(0o600)
+        with os.fdopen(os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600), "a", encoding="utf-8") as handle:
             for release in new:
                 handle.write(json.dumps(release.to_json(), sort_keys=True) + "\n")
             handle.flush()

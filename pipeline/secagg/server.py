@@ -95,36 +95,35 @@ class ServerChooseGraph:
 
 
 @dataclass(frozen=True)
-class ServerShareKeys:
-    """The graph is fixed (``graph_seed``, :func:`~pipeline.secagg.messages.graph_seed`); waiting for encrypted shares."""
+class _GraphFixed:
+    """What the server holds once the graph is fixed: every advertisement, the graph and its seed
+    (:func:`~pipeline.secagg.messages.graph_seed`)."""
 
     config: RoundConfig
     directory: Mapping[int, PeerKeys]
     graph: Mapping[int, frozenset[int]]
     graph_seed: bytes
+
+
+@dataclass(frozen=True)
+class ServerShareKeys(_GraphFixed):
+    """The graph is fixed; waiting for encrypted shares."""
+
     stage: ClassVar[Stage] = Stage.SHARE_KEYS
 
 
 @dataclass(frozen=True)
-class ServerMaskedInput:
+class ServerMaskedInput(_GraphFixed):
     """Shares forwarded within U2; waiting for masked inputs."""
 
-    config: RoundConfig
-    directory: Mapping[int, PeerKeys]
-    graph: Mapping[int, frozenset[int]]
-    graph_seed: bytes
     shared: frozenset[int]
     stage: ClassVar[Stage] = Stage.MASKED_INPUT
 
 
 @dataclass(frozen=True, eq=False)
-class ServerConsistencyCheck:
+class ServerConsistencyCheck(_GraphFixed):
     """Masked inputs of U3 summed; waiting for signatures of the survivor list."""
 
-    config: RoundConfig
-    directory: Mapping[int, PeerKeys]
-    graph: Mapping[int, frozenset[int]]
-    graph_seed: bytes
     shared: frozenset[int]
     survivors: frozenset[int]
     masked_sum: np.ndarray
@@ -132,13 +131,9 @@ class ServerConsistencyCheck:
 
 
 @dataclass(frozen=True, eq=False)
-class ServerUnmasking:
+class ServerUnmasking(_GraphFixed):
     """Unmasking requests sent to ``asked``; waiting for their shares."""
 
-    config: RoundConfig
-    directory: Mapping[int, PeerKeys]
-    graph: Mapping[int, frozenset[int]]
-    graph_seed: bytes
     shared: frozenset[int]
     survivors: frozenset[int]
     asked: frozenset[int]
