@@ -287,6 +287,7 @@ def cohort_simulate(
 @click.option("--federation", required=True, help="Federation name (the O= of every certificate).")
 @click.option("--site", "sites", multiple=True, required=True, help="A site's name; repeat for each site.")
 @click.option("--analyst", "analysts", multiple=True, help="An analyst's name; repeat for each [default: analyst].")
+@click.option("--operator", "operators", multiple=True, help="An operator's name (reads every job's status and results, submits none); repeat for each [default: none].")
 @click.option("--out", required=True, type=click.Path(path_type=Path), help="Folder to create.")
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address (IP or DNS name) sites and analysts use to reach the coordinator.")
 @click.option("--port", type=click.IntRange(1, 65535), default=8443, show_default=True, help="The coordinator's TCP port.")
@@ -307,13 +308,13 @@ def cohort_simulate(
 @json_option
 @handles_errors
 def provision_command(
-    federation: str, sites: tuple[str, ...], analysts: tuple[str, ...], out: Path, host: str, port: int,
-    days: int, allowed: tuple[str, ...], share_variant_keys: bool, share_site_metrics: bool, force: bool, as_json: bool,
+    federation: str, sites: tuple[str, ...], analysts: tuple[str, ...], operators: tuple[str, ...], out: Path, host: str,
+    port: int, days: int, allowed: tuple[str, ...], share_variant_keys: bool, share_site_metrics: bool, force: bool, as_json: bool,
 ) -> None:
     """Create a federation: CA, certificates, keys and a configuration per participant.
 
-    Writes OUT/coordinator/, OUT/sites/NAME/ and OUT/analysts/NAME/, each a folder to
-    hand to that participant (certificate, 0600 private key, CA certificate, the
+    Writes OUT/coordinator/, OUT/sites/NAME/, OUT/analysts/NAME/ (and OUT/operators/NAME/),
+    each a folder to hand to that participant (certificate, 0600 private key, CA certificate, the
     federation roster signed by the CA, config).
     OUT/ca/ca.key, the CA's private key, is needed only to issue certificates: it
     stays with the consortium operator and is never copied to any participant.
@@ -325,7 +326,7 @@ def provision_command(
     from pipeline.federation.provision import DEFAULT_ANALYSES, provision
 
     manifest = provision(
-        out, federation=federation, sites=sites, analysts=analysts or ("analyst",), coordinator_host=host,
+        out, federation=federation, sites=sites, analysts=analysts or ("analyst",), operators=operators, coordinator_host=host,
         coordinator_port=port, valid_days=days, allowed_analyses=allowed or DEFAULT_ANALYSES,
         share_variant_keys=share_variant_keys, share_site_metrics=share_site_metrics, force=force,
     )
@@ -430,13 +431,14 @@ def site_run(config_path: Path, once: bool, max_idle: float | None, as_json: boo
 
 @main.group()
 def job() -> None:
-    """Submit federated jobs and collect their results (as an analyst)."""
+    """Submit federated jobs and collect their results (as an analyst; an operator reads any job)."""
 
 
 def _analyst_config_option(func: Callable[..., Any]) -> Callable[..., Any]:
     return click.option(
         "--config", "config_path", required=True, envvar="GENOFED_ANALYST_CONFIG",
-        type=click.Path(exists=True, dir_okay=False, path_type=Path), help="analyst.toml [env GENOFED_ANALYST_CONFIG].",
+        type=click.Path(exists=True, dir_okay=False, path_type=Path),
+        help="analyst.toml, or an operator's operator.toml [env GENOFED_ANALYST_CONFIG].",
     )(func)
 
 
@@ -452,6 +454,19 @@ def job_submit(spec: Path, config_path: Path, threshold: int | None, as_json: bo
 
     answer = submit_job(config_path, spec, threshold=threshold)
     echo_summary(answer, as_json=as_json, text=answer["job_id"])
+
+
+@job.command("list")
+@_analyst_config_option
+@json_option
+@handles_errors
+def job_list_command(config_path: Path, as_json: bool) -> None:
+    """List jobs, newest first: an analyst's own, or every job for an operator."""
+    from pipeline.federation.analyst import list_jobs
+
+    jobs = list_jobs(config_path)
+    lines = [f"{j['job_id']}  {j['analysis']:<12} {j['status']:<8} {j['analyst']}" for j in jobs] or ["no jobs"]
+    echo_summary({"jobs": jobs}, as_json=as_json, text="\n".join(lines))
 
 
 @job.command("status")

@@ -25,14 +25,14 @@ from pipeline.federation.config import load_analyst_config
 from pipeline.federation.job_spec import check_job_id, load_spec
 from pipeline.federation.transport import Connection
 
-__all__ = ["analyst_connection", "submit_job", "job_status", "wait_for_job", "download_results", "fetch_results"]
+__all__ = ["analyst_connection", "submit_job", "list_jobs", "job_status", "wait_for_job", "download_results", "fetch_results"]
 
 TABLE_SCHEMAS = {"census_variants": "census_variants"}
 """Result tables written through the Arrow contract (others are written as received)."""
 
 
 def analyst_connection(config_path: Path | str) -> Connection:
-    """A connection to the coordinator as the analyst of ``analyst.toml``."""
+    """A connection to the coordinator as the analyst of ``analyst.toml`` (or the operator of ``operator.toml``)."""
     config = load_analyst_config(config_path)
     return Connection(config.coordinator_url, cert=config.cert, key=config.key, ca=config.ca, max_attempts=5)
 
@@ -42,6 +42,12 @@ def submit_job(config_path: Path | str, spec: Path | str | Mapping[str, Any], *,
     spec_dict = load_spec(spec, {"threshold": threshold})
     with analyst_connection(config_path) as connection:
         return connection.post_json("/v1/jobs", {"spec": spec_dict})  # type: ignore[no-any-return]
+
+
+def list_jobs(config_path: Path | str) -> list[dict[str, Any]]:
+    """``genofed job list``: the jobs the caller may see, newest first (an operator sees every job)."""
+    with analyst_connection(config_path) as connection:
+        return connection.get_json("/v1/jobs")["jobs"]  # type: ignore[no-any-return]
 
 
 def job_status(config_path: Path | str, job_id: str) -> dict[str, Any]:

@@ -4,9 +4,10 @@ Every request arrives over TLS with a client certificate from the federation CA 
 handshake refuses anything else). The certificate names the caller
 (:func:`pipeline.federation.tls.peer_identity`), which must be enrolled with that role
 (:func:`pipeline.federation.tls.authorize`): sites may only call ``/v1/site/...``,
-analysts only ``/v1/jobs...`` (403 otherwise). Within its role a caller reaches only
-its own jobs: an analyst those it submitted (another analyst's job is a 404, the answer
-for an unknown job), a site those that invite it (403 otherwise). :data:`ACCESS_RULES`
+analysts and operators only ``/v1/jobs...`` (403 otherwise). Within its role a caller
+reaches only its own jobs: an analyst those it submitted (another analyst's job is a
+404, the answer for an unknown job), a site those that invite it (403 otherwise); an
+operator reads every job but submits none. :data:`ACCESS_RULES`
 states each route's rule, once; the handlers apply it and the OpenAPI description
 quotes it. A ``{job_id}`` that is not a job ID
 (:data:`pipeline.federation.job_spec.JOB_ID_PATTERN`) is refused (422) before anything
@@ -104,7 +105,7 @@ class JobScope(enum.Enum):
     NONE = "none"
     """The route names no job."""
     OWNER = "owner"
-    """The analyst who submitted the job; for another analyst the job does not exist (404)."""
+    """The analyst who submitted the job (for another analyst it does not exist: 404), or any operator."""
     PARTICIPANT = "participant"
     """A site the job invites; another site is refused (403)."""
 
@@ -131,21 +132,25 @@ class AccessRule:
 
 
 _OWNER_RULE = (
-    "the enrolled analyst who submitted the job. Another analyst gets 404, word for word the answer for a job "
-    "that does not exist, so that a job's existence is not revealed; a site gets 403"
+    "the enrolled analyst who submitted the job, or an enrolled operator. Another analyst gets 404, word for word "
+    "the answer for a job that does not exist, so that a job's existence is not revealed; a site gets 403"
 )
+_READERS = ("analyst", "operator")
 _PARTICIPANT_RULE = "an enrolled site that the job invites. Another site, or an analyst, gets 403"
 
 ACCESS_RULES: Mapping[tuple[str, str], AccessRule] = MappingProxyType({
     ("GET", "/openapi.json"): AccessRule((), JobScope.NONE,
         "any client with a participant certificate of the federation CA, enrolled or not: the description is public"),
-    ("GET", "/v1/health"): AccessRule(("site", "analyst"), JobScope.NONE, "any enrolled site or analyst"),
+    ("GET", "/v1/health"): AccessRule(("site", "analyst", "operator"), JobScope.NONE, "any enrolled participant"),
     ("POST", "/v1/jobs"): AccessRule(("analyst",), JobScope.NONE,
-        "any enrolled analyst; the job is recorded as theirs, and only they can see it"),
-    ("GET", "/v1/jobs/{job_id}"): AccessRule(("analyst",), JobScope.OWNER, _OWNER_RULE),
-    ("GET", "/v1/jobs/{job_id}/results"): AccessRule(("analyst",), JobScope.OWNER, _OWNER_RULE),
-    ("GET", "/v1/jobs/{job_id}/results/{name}"): AccessRule(("analyst",), JobScope.OWNER, _OWNER_RULE),
-    ("GET", "/v1/jobs/{job_id}/files/{name}"): AccessRule(("analyst",), JobScope.OWNER, _OWNER_RULE),
+        "any enrolled analyst; the job is recorded as theirs, and only they (and operators) can see it; "
+        "an operator or a site gets 403"),
+    ("GET", "/v1/jobs"): AccessRule(_READERS, JobScope.NONE,
+        "any enrolled analyst, who is listed their own jobs only, or operator, who is listed every job; a site gets 403"),
+    ("GET", "/v1/jobs/{job_id}"): AccessRule(_READERS, JobScope.OWNER, _OWNER_RULE),
+    ("GET", "/v1/jobs/{job_id}/results"): AccessRule(_READERS, JobScope.OWNER, _OWNER_RULE),
+    ("GET", "/v1/jobs/{job_id}/results/{name}"): AccessRule(_READERS, JobScope.OWNER, _OWNER_RULE),
+    ("GET", "/v1/jobs/{job_id}/files/{name}"): AccessRule(_READERS, JobScope.OWNER, _OWNER_RULE),
     ("GET", "/v1/site/work"): AccessRule(("site",), JobScope.NONE,
         "any enrolled site; its tasks and active jobs are only those of jobs that invite it"),
     ("GET", "/v1/site/jobs/{job_id}/rounds/{round_index}/state"): AccessRule(("site",), JobScope.PARTICIPANT, _PARTICIPANT_RULE),
@@ -297,7 +302,7 @@ def openapi_document() -> dict[str, Any]:
         rule = ACCESS_RULES[(method, path)]
         refused = {"403": f"the caller is not an enrolled {' or '.join(rule.roles)}"}
         if rule.job is JobScope.OWNER:
-            refused = {"403": "the caller is not an enrolled analyst",
+            refused = {"403": "the caller is not an enrolled analyst or operator",
                        "404": "no such job, or another analyst's (the same answer: a job's existence is not revealed)"}
         elif rule.job is JobScope.PARTICIPANT:
             refused = {"403": "the caller is not an enrolled site, or not one the job invites"}
@@ -351,6 +356,8 @@ def openapi_document() -> dict[str, Any]:
         {"201": "job created", "413": "body too large", "422": "not JSON, or an invalid spec (the detail names the key)"},
         body={"application/json": {"schema": {"type": "object", "required": ["spec"], "properties": {"spec": spec}}}},
         ok_schema={"type": "object", "required": ["job_id"], "properties": {"job_id": {"type": "string", "pattern": JOB_ID_PATTERN}}})
+    add("GET", "/v1/jobs", "The jobs the caller may see, newest first", {"200": "the jobs"},
+        ok_schema={"type": "object", "required": ["jobs"], "properties": {"jobs": {"type": "array", "items": {"type": "object"}}}})
     add("GET", "/v1/jobs/{job_id}", "Job status", {"200": "status", **common}, params=(job_id,))
     add("GET", "/v1/jobs/{job_id}/results", "Result summary, table names and file names",
         {"200": "results", "409": "the job is not done", **common}, params=(job_id,))
@@ -429,7 +436,7 @@ def create_app(coordinator: Coordinator, config: CoordinatorConfig, *, tick_seco
             return who
         job_id = check_job_id(request.path_params["job_id"])
         if rule.job is JobScope.OWNER:
-            await call(coordinator.job, job_id, analyst=who.name)
+            await call(coordinator.job, job_id, analyst=None if who.role == "operator" else who.name)
         elif who.name not in (await call(coordinator.job, job_id)).participants:
             raise IdentityError(f"site {who.name!r} is not a participant of job {job_id}")
         return who
@@ -468,6 +475,11 @@ def create_app(coordinator: Coordinator, config: CoordinatorConfig, *, tick_seco
             raise ProtocolError("the body must be {'spec': {...the job spec...}}")
         job_id = await call(coordinator.submit, spec, who.name)
         return JSONResponse({"job_id": job_id}, status_code=201)
+
+    @endpoint("GET", "/v1/jobs")
+    async def list_jobs(request: Request, who: tls.Identity) -> Response:
+        jobs = await call(coordinator.list_jobs, analyst=None if who.role == "operator" else who.name)
+        return JSONResponse({"jobs": jobs})
 
     @endpoint("GET", "/v1/jobs/{job_id}")
     async def status(request: Request, who: tls.Identity) -> Response:

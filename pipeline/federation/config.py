@@ -53,8 +53,11 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-ROLES = ("coordinator", "site", "analyst")
-"""The roles a certificate can carry (its subject OU)."""
+ROLES = ("coordinator", "site", "analyst", "operator")
+"""The roles a certificate can carry (its subject OU).
+
+An ``operator`` runs the federation: it may read every job's status and results (an
+analyst only their own) but submits nothing and takes part in no round."""
 
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,63}")
 _ANALYSIS = re.compile(r"[a-z0-9][a-z0-9_-]{0,63}")
@@ -179,6 +182,7 @@ class CoordinatorConfig:
     analysts: tuple[str, ...]
     max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES
     fingerprints: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
+    operators: tuple[str, ...] = ()
 
     @property
     def url(self) -> str:
@@ -187,17 +191,27 @@ class CoordinatorConfig:
         return f"https://{host}:{self.port}"
 
     def role_of(self, name: str) -> str | None:
-        """The enrolled role of participant ``name`` (``site``/``analyst``), or ``None``."""
+        """The enrolled role of participant ``name`` (``site``/``analyst``/``operator``), or ``None``."""
         if name in self.sites:
             return "site"
         if name in self.analysts:
             return "analyst"
+        if name in self.operators:
+            return "operator"
         return None
+
+    def enrolled(self) -> tuple[tuple[str, tuple[str, ...]], ...]:
+        """``(role, names)`` for every role a participant can be enrolled with."""
+        return (("site", self.sites), ("analyst", self.analysts), ("operator", self.operators))
 
 
 @dataclass(frozen=True)
 class AnalystConfig:
-    """An analyst's ``analyst.toml``: identity and the coordinator to submit jobs to."""
+    """An analyst's ``analyst.toml`` (or an operator's ``operator.toml``): identity and the coordinator.
+
+    ``role`` is the table the file holds, ``analyst`` or ``operator``; the coordinator
+    checks it against the certificate, so the file only chooses what the client expects.
+    """
 
     path: Path
     name: str
@@ -206,6 +220,7 @@ class AnalystConfig:
     cert: Path
     key: Path
     ca: Path
+    role: str = "analyst"
 
 
 # --------------------------------------------------------------------------- reading
@@ -457,20 +472,26 @@ def load_site_config(
 def load_analyst_config(
     path: Path | str, *, check_files: bool = True, env: Mapping[str, str] | None = None
 ) -> AnalystConfig:
-    """Reads and validates an analyst's ``analyst.toml`` (see :func:`load_site_config`)."""
+    """Reads and validates an analyst's ``analyst.toml`` or an operator's ``operator.toml``.
+
+    The file holds either an ``[analyst]`` or an ``[operator]`` table (the same keys),
+    and ``[tls]`` (see :func:`load_site_config`).
+    """
     path, data = _read(path)
     env = os.environ if env is None else env
     base = path.parent.resolve()
-    tables = _tables(path, data, ("analyst", "tls"))
-    analyst = tables["analyst"]
-    name = analyst.get("name", _name, "the analyst's name, as in the certificate")
-    federation = analyst.get("federation", _name, "the federation's name, as in the CA certificate")
-    url = analyst.get("coordinator_url", _url, "the coordinator's URL, https://HOST:PORT")
-    analyst.finish()
+    role = "operator" if "operator" in data and "analyst" not in data else "analyst"
+    tables = _tables(path, data, (role, "tls"))
+    client = tables[role]
+    name = client.get("name", _name, f"the {role}'s name, as in the certificate")
+    federation = client.get("federation", _name, "the federation's name, as in the CA certificate")
+    url = client.get("coordinator_url", _url, "the coordinator's URL, https://HOST:PORT")
+    client.finish()
     cert, key, ca = _tls(tables["tls"], base, check_files=check_files)
     tables["tls"].finish()
     return AnalystConfig(
-        path=path, name=name, federation=federation, coordinator_url=_env_url(env, url, path), cert=cert, key=key, ca=ca
+        path=path, name=name, federation=federation, coordinator_url=_env_url(env, url, path), cert=cert, key=key, ca=ca,
+        role=role,
     )
 
 
@@ -505,18 +526,22 @@ def load_coordinator_config(
     enrolment = tables["enrolment"]
     sites = enrolment.get("sites", _names(_NAME), "a list of distinct site names")
     analysts = enrolment.get("analysts", _names(_NAME), "a list of distinct analyst names", [])
+    operators = enrolment.get("operators", _names(_NAME), "a list of distinct operator names", [])
     enrolment.finish()
-    both = sorted(set(sites) & set(analysts))
-    if both:
-        raise ConfigurationError(
-            f"{path}: key 'enrolment.analysts': {both[0]!r} is also enrolled as a site; a name has one role"
-        )
+    for listed_as, names, earlier in (("analysts", analysts, (("site", sites),)),
+                                      ("operators", operators, (("site", sites), ("analyst", analysts)))):
+        for other_role, other in earlier:
+            both = sorted(set(names) & set(other))
+            if both:
+                raise ConfigurationError(
+                    f"{path}: key 'enrolment.{listed_as}': {both[0]!r} is also enrolled as a {other_role}; a name has one role"
+                )
     pins = tables["fingerprints"]
     fingerprints: dict[str, str] = {}
     for participant in list(pins.data):
-        if participant not in sites and participant not in analysts:
+        if participant not in (*sites, *analysts, *operators):
             raise ConfigurationError(
-                f"{path}: key 'fingerprints.{participant}': not an enrolled site or analyst; remove it or enrol it"
+                f"{path}: key 'fingerprints.{participant}': not an enrolled site, analyst or operator; remove it or enrol it"
             )
         fingerprints[participant] = pins.get(
             participant, _fingerprint, "a SHA-256 certificate fingerprint (64 lowercase hex digits)",
@@ -532,7 +557,7 @@ def load_coordinator_config(
     return CoordinatorConfig(
         path=path, federation=federation, host=host, port=port, cert=cert, key=key, ca=ca, roster=roster, database=database,
         audit_log=audit_log, sites=sites, analysts=analysts, max_message_bytes=max_message_bytes,
-        fingerprints=MappingProxyType(fingerprints),
+        fingerprints=MappingProxyType(fingerprints), operators=operators,
     )
 
 

@@ -255,6 +255,16 @@ class Coordinator:
             raise _unknown_job(job_id)
         return job
 
+    def list_jobs(self, *, analyst: str | None = None) -> list[dict[str, Any]]:
+        """Every job, newest first, as ``{job_id, analysis, status, analyst, created_at}``; with ``analyst``, only theirs."""
+        with self._locked():
+            jobs = self.store.jobs()
+        return [
+            {"job_id": job.job_id, "analysis": job.analysis, "status": job.status, "analyst": job.analyst,
+             "created_at": job.created_at}
+            for job in reversed(jobs) if analyst is None or job.analyst == analyst
+        ]
+
     def status(self, job_id: str) -> dict[str, Any]:
         """The job's status: running (with round and stage), done or failed (with the reason)."""
         with self._locked():

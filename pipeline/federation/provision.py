@@ -2,7 +2,7 @@
 
 ``genofed provision`` creates a federation CA (ECDSA P-256, which every TLS stack
 accepts for both server and client authentication), the coordinator's server
-certificate, one client certificate per site and per analyst, and a ready
+certificate, one client certificate per site, analyst and operator, and a ready
 configuration file per participant:
 
 ```
@@ -12,6 +12,7 @@ OUT/ca/ca.key, OUT/ca/ca.pem                 the CA's private key (0600): issuin
 OUT/coordinator/{cert.pem,key.pem,ca.pem,roster.json,coordinator.toml}
 OUT/sites/<name>/{cert.pem,key.pem,ca.pem,roster.json,site.toml}
 OUT/analysts/<name>/{cert.pem,key.pem,ca.pem,roster.json,analyst.toml}
+OUT/operators/<name>/{cert.pem,key.pem,ca.pem,roster.json,operator.toml}   (with --operator)
 ```
 
 Each participant folder is self-contained (the configuration refers to its files by
@@ -26,7 +27,7 @@ the coordinator, and the list the site agent and the coordinator check their own
 certificate and enrolment against when they start.
 
 A certificate's subject says who it belongs to: CN = participant name,
-O = federation, OU = role (``coordinator``, ``site`` or ``analyst``). Extended key
+O = federation, OU = role (``coordinator``, ``site``, ``analyst`` or ``operator``). Extended key
 usage restricts it to what that role does: the coordinator's certificate
 authenticates a TLS server only (with the host as an IP or DNS name and ``localhost``
 in its subjectAltName), the others authenticate TLS clients only.
@@ -110,11 +111,12 @@ class ProvisionManifest:
     coordinator: Participant
     sites: tuple[Participant, ...]
     analysts: tuple[Participant, ...]
+    operators: tuple[Participant, ...] = ()
 
     @property
     def participants(self) -> tuple[Participant, ...]:
-        """The coordinator, then the sites, then the analysts."""
-        return (self.coordinator, *self.sites, *self.analysts)
+        """The coordinator, then the sites, the analysts and the operators."""
+        return (self.coordinator, *self.sites, *self.analysts, *self.operators)
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready summary."""
@@ -123,6 +125,7 @@ class ProvisionManifest:
             "ca_cert": str(self.ca_cert), "ca_key": str(self.ca_key), "roster": str(self.roster),
             "coordinator": self.coordinator.to_dict(),
             "sites": [p.to_dict() for p in self.sites], "analysts": [p.to_dict() for p in self.analysts],
+            "operators": [p.to_dict() for p in self.operators],
         }
 
 
@@ -331,19 +334,20 @@ _REFERENCE = "Every key is explained in pipeline/federation/config.py of the gen
 
 
 def _coordinator_toml(federation: str, host: str, port: int, sites: Sequence[str], analysts: Sequence[str],
-                      fingerprints: dict[str, str]) -> str:
+                      fingerprints: dict[str, str], operators: Sequence[str] = ()) -> str:
     tables: dict[str, dict[str, Any]] = {
         "coordinator": {"federation": federation, "host": host, "port": port, "database": "coordinator.db",
                         "audit_log": "audit.log"},
         "tls": {"cert": "cert.pem", "key": "key.pem", "ca": "ca.pem", "roster": ROSTER_FILE},
-        "enrolment": {"sites": list(sites), "analysts": list(analysts)},
+        "enrolment": {"sites": list(sites), "analysts": list(analysts), "operators": list(operators)},
         "fingerprints": fingerprints,
     }
     comments = {
         "coordinator.host": "Address to listen on (GENOFED_COORDINATOR_HOST overrides); the certificate names this host.",
-        "enrolment": "Who may connect: a certificate from the federation CA whose CN is listed with the role in its OU.",
+        "enrolment": "Who may connect: a certificate from the federation CA whose CN is listed with the role in its OU.\n"
+                     "Analysts submit jobs and see their own; operators see every job and submit none.",
         "fingerprints": "Pinned certificates (SHA-256 of the DER): a re-issued certificate is refused until updated here.",
-        "tls.roster": "The federation roster signed by the CA: every enrolled site and analyst must be in it.",
+        "tls.roster": "The federation roster signed by the CA: every enrolled participant must be in it.",
     }
     return render_toml(tables, header=_HEADER.format(role="coordinator", federation=federation, reference=_REFERENCE), comments=comments)
 
@@ -378,12 +382,12 @@ def _site_toml(federation: str, name: str, url: str, analyses: Sequence[str], sh
     ), comments=comments)
 
 
-def _analyst_toml(federation: str, name: str, url: str) -> str:
+def _analyst_toml(federation: str, name: str, url: str, role: str = "analyst") -> str:
     tables: dict[str, dict[str, Any]] = {
-        "analyst": {"name": name, "federation": federation, "coordinator_url": url},
+        role: {"name": name, "federation": federation, "coordinator_url": url},
         "tls": {"cert": "cert.pem", "key": "key.pem", "ca": "ca.pem"},
     }
-    return render_toml(tables, header=_HEADER.format(role="analyst", federation=federation, reference=_REFERENCE))
+    return render_toml(tables, header=_HEADER.format(role=role, federation=federation, reference=_REFERENCE))
 
 
 _CA_README = """This folder holds the private key of the federation CA {federation!r}.
@@ -397,16 +401,16 @@ each participant's folder.
 """
 
 
-def _check_participants(sites: Sequence[str], analysts: Sequence[str]) -> None:
+def _check_participants(sites: Sequence[str], analysts: Sequence[str], operators: Sequence[str] = ()) -> None:
     if not sites:
         raise ConfigurationError("a federation needs at least one --site")
     seen: set[str] = {"coordinator"}
-    for role, names in (("site", sites), ("analyst", analysts)):
+    for role, names in (("site", sites), ("analyst", analysts), ("operator", operators)):
         for name in names:
             check_name(name, what=f"{role} name")
             if name in seen:
                 raise ConfigurationError(
-                    f"participant name {name!r} is given twice or is reserved; every site and analyst needs its own name"
+                    f"participant name {name!r} is given twice or is reserved; every participant needs its own name"
                 )
             seen.add(name)
 
@@ -417,6 +421,7 @@ def provision(
     federation: str,
     sites: Sequence[str],
     analysts: Sequence[str] = ("analyst",),
+    operators: Sequence[str] = (),
     coordinator_host: str = "127.0.0.1",
     coordinator_port: int = DEFAULT_PORT,
     valid_days: int = 365,
@@ -435,7 +440,8 @@ def provision(
     Args:
         out: the folder to create (layout in the module docstring).
         federation: the federation's name (the O= of every certificate).
-        sites: site names; analysts: analyst names (all distinct).
+        sites: site names; analysts: analyst names; operators: operator names,
+            who may read every job's status and results (all names distinct).
         coordinator_host: the address sites and analysts connect to (IP or DNS name).
         coordinator_port: the coordinator's TCP port.
         valid_days: validity of every certificate (the CA's as well).
@@ -451,7 +457,7 @@ def provision(
         OutputExistsError: ``out`` exists and ``force`` is false.
     """
     check_name(federation, what="federation name")
-    _check_participants(sites, analysts)
+    _check_participants(sites, analysts, operators)
     if isinstance(coordinator_port, bool) or not isinstance(coordinator_port, int) or not 1 <= coordinator_port <= 65535:
         raise ConfigurationError(f"coordinator port must be 1-65535, got {coordinator_port!r}")
     if not coordinator_host or any(c.isspace() or c in "/[]" for c in coordinator_host):
@@ -490,10 +496,12 @@ def provision(
             issue(name, "site", tmp / "sites" / name, "site.toml", _site_toml(federation, name, url, allowed_analyses, share_variant_keys, share_site_metrics))
         for name in analysts:
             issue(name, "analyst", tmp / "analysts" / name, "analyst.toml", _analyst_toml(federation, name, url))
+        for name in operators:
+            issue(name, "operator", tmp / "operators" / name, "operator.toml", _analyst_toml(federation, name, url, "operator"))
         issue("coordinator", "coordinator", tmp / "coordinator", "coordinator.toml")
         pins = {name: fingerprint(cert) for (role, name), (_, cert) in issued.items() if role != "coordinator"}
         (tmp / "coordinator" / "coordinator.toml").write_text(
-            _coordinator_toml(federation, coordinator_host, coordinator_port, sites, analysts, pins)
+            _coordinator_toml(federation, coordinator_host, coordinator_port, sites, analysts, pins, operators)
         )
         _, ca_key = _load_ca(tmp / "ca")
         roster = make_roster(federation, 1, [RosterEntry.from_certificate(cert) for _, cert in issued.values()], ca_key)
@@ -515,4 +523,5 @@ def provision(
         coordinator=participant("coordinator", "coordinator", "coordinator.toml"),
         sites=tuple(participant("site", n, "site.toml") for n in sites),
         analysts=tuple(participant("analyst", n, "analyst.toml") for n in analysts),
+        operators=tuple(participant("operator", n, "operator.toml") for n in operators),
     )

@@ -487,7 +487,7 @@ def check_enrolment(config: CoordinatorConfig, roster: Roster) -> None:
     """Checks the coordinator's own certificate and its enrolment list against the roster.
 
     The coordinator must present the certificate the roster lists for it, every
-    enrolled site and analyst must be in the roster with that role, and a pinned
+    enrolled site, analyst and operator must be in the roster with that role, and a pinned
     fingerprint in ``[fingerprints]`` must be the roster's.
 
     Raises:
@@ -503,7 +503,7 @@ def check_enrolment(config: CoordinatorConfig, roster: Roster) -> None:
         raise ConfigurationError(f"{config.path}: key 'tls.cert': cannot read {config.cert} ({error.strerror})") from None
     except GenofedError as error:
         raise ConfigurationError(f"{config.path}: {config.cert} is not the coordinator's certificate in the roster: {error}") from None
-    for role, names in (("site", config.sites), ("analyst", config.analysts)):
+    for role, names in config.enrolled():
         listed = set(roster.names(role))
         missing = [name for name in names if name not in listed]
         if missing:

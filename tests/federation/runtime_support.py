@@ -105,7 +105,8 @@ def set_policy(site_toml: Path, **values: Any) -> None:
 
 def provision_federation(out: Path, datasets: dict[str, Path], *, port: int | None = None, min_samples: int = 5,
                          min_allele_count: int = 0, analyses: Sequence[str] = ("secure_sum", "census"),
-                         threshold_rule: str = "majority", analysts: Sequence[str] = ("analyst",)) -> Any:
+                         threshold_rule: str = "majority", analysts: Sequence[str] = ("analyst",),
+                         operators: Sequence[str] = ()) -> Any:
     """Provisions a federation whose sites use ``datasets`` (and ``analysts``); returns the manifest.
 
     The sites accept a majority threshold (``threshold_rule``), so that jobs of three
@@ -114,7 +115,7 @@ def provision_federation(out: Path, datasets: dict[str, Path], *, port: int | No
     """
     from pipeline.federation.provision import provision
 
-    manifest = provision(out, federation="testfed", sites=sorted(datasets), analysts=tuple(analysts),
+    manifest = provision(out, federation="testfed", sites=sorted(datasets), analysts=tuple(analysts), operators=tuple(operators),
                          coordinator_port=port or free_port(), valid_days=2, allowed_analyses=tuple(analyses),
                          share_variant_keys=True)
     for site in manifest.sites:

@@ -1,9 +1,9 @@
 """Who may call what, against the real server: strict job IDs, and each route's rule in ``api.ACCESS_RULES``.
 
-Two analysts (``alice`` and ``mallory``) and three sites; alice's jobs invite ``alpha``
-and ``beta`` but not ``gamma``. Every route is called by the caller its rule admits
-(2xx) and by the others (403, or 404 for another analyst's job, word for word the
-answer for a job that does not exist).
+Two analysts (``alice`` and ``mallory``), an operator (``olga``) and three sites;
+alice's jobs invite ``alpha`` and ``beta`` but not ``gamma``. Every route is called by
+the callers its rule admits (2xx) and by the others (403, or 404 for another analyst's
+job, word for word the answer for a job that does not exist).
 """
 
 from __future__ import annotations
@@ -30,6 +30,7 @@ pytestmark = pytest.mark.network
 SITES = ("alpha", "beta", "gamma")
 INVITED = ("alpha", "beta")
 ANALYSTS = ("alice", "mallory")
+OPERATORS = ("olga",)
 SECRET = "alice-secret-study-7431"
 REPORT = b"alice's report: nobody else reads this\n"
 UNKNOWN = "job-20000101-000000-00000000"
@@ -40,7 +41,7 @@ class Federation:
 
     def __init__(self, manifest: Any, server: rs.ThreadedCoordinator) -> None:
         self.manifest, self.server = manifest, server
-        folders = {p.name: p.folder for p in (*manifest.sites, *manifest.analysts)}
+        folders = {p.name: p.folder for p in (*manifest.sites, *manifest.analysts, *manifest.operators)}
         self.folders = folders
         self.connections = {name: rs.connection(folder, manifest.coordinator_url, max_attempts=1) for name, folder in folders.items()}
         self.done_job = ""
@@ -79,7 +80,7 @@ class Federation:
 def fed(tmp_path_factory: pytest.TempPathFactory):
     tmp = tmp_path_factory.mktemp("access")
     datasets = rs.small_datasets(tmp, SITES, num_variants=8, num_samples=10, seed=7)
-    manifest = rs.provision_federation(tmp / "fed", datasets, analysts=ANALYSTS)
+    manifest = rs.provision_federation(tmp / "fed", datasets, analysts=ANALYSTS, operators=OPERATORS)
 
     def write_report(result: Any, out_dir: Path) -> list[str]:
         (out_dir / "report.txt").write_bytes(REPORT)
@@ -146,24 +147,32 @@ def _statuses(callers: tuple[str, ...], request: Callable[[str], httpx.Response]
     return {who: request(who).status_code for who in callers}
 
 
+EVERYONE = (*ANALYSTS, *OPERATORS, *SITES)
+
+
 def _health(fed: Federation) -> tuple[Outcome, Outcome]:
-    return _statuses((*ANALYSTS, *SITES), lambda who: fed.call(who, "GET", "/v1/health")), {}
+    return _statuses(EVERYONE, lambda who: fed.call(who, "GET", "/v1/health")), {}
 
 
 def _openapi(fed: Federation) -> tuple[Outcome, Outcome]:
-    return _statuses((*ANALYSTS, *SITES), lambda who: fed.call(who, "GET", "/openapi.json")), {}
+    return _statuses(EVERYONE, lambda who: fed.call(who, "GET", "/openapi.json")), {}
 
 
 def _submit(fed: Federation) -> tuple[Outcome, Outcome]:
     spec = {"spec": {"analysis": "secure_sum", "vector": {"source": "test", "length": 4}, "sites": list(INVITED), "stage_timeout": 3600}}
     return _statuses(ANALYSTS, lambda who: fed.call(who, "POST", "/v1/jobs", json=spec)), \
-        _statuses(SITES, lambda who: fed.call(who, "POST", "/v1/jobs", json=spec))
+        _statuses((*OPERATORS, *SITES), lambda who: fed.call(who, "POST", "/v1/jobs", json=spec))
+
+
+def _list(fed: Federation) -> tuple[Outcome, Outcome]:
+    return _statuses((*ANALYSTS, *OPERATORS), lambda who: fed.call(who, "GET", "/v1/jobs")), \
+        _statuses(SITES, lambda who: fed.call(who, "GET", "/v1/jobs"))
 
 
 def _owner_route(suffix: str) -> Callable[[Federation], tuple[Outcome, Outcome]]:
     def check(fed: Federation) -> tuple[Outcome, Outcome]:
         path = f"/v1/jobs/{fed.done_job}{suffix}"
-        return _statuses(("alice",), lambda who: fed.call(who, "GET", path)), \
+        return _statuses(("alice", *OPERATORS), lambda who: fed.call(who, "GET", path)), \
             _statuses(("mallory", *SITES), lambda who: fed.call(who, "GET", path))
 
     return check
@@ -171,10 +180,10 @@ def _owner_route(suffix: str) -> Callable[[Federation], tuple[Outcome, Outcome]]
 
 def _work(fed: Federation) -> tuple[Outcome, Outcome]:
     return _statuses(SITES, lambda who: fed.call(who, "GET", "/v1/site/work?wait=0")), \
-        _statuses(ANALYSTS, lambda who: fed.call(who, "GET", "/v1/site/work?wait=0"))
+        _statuses((*ANALYSTS, *OPERATORS), lambda who: fed.call(who, "GET", "/v1/site/work?wait=0"))
 
 
-_NOT_INVITED = ("gamma", *ANALYSTS)
+_NOT_INVITED = ("gamma", *ANALYSTS, *OPERATORS)
 
 
 def _state(fed: Federation) -> tuple[Outcome, Outcome]:
@@ -208,7 +217,8 @@ def _decline(fed: Federation) -> tuple[Outcome, Outcome]:
 ROUTE_CHECKS: dict[tuple[str, str], tuple[Callable[[Federation], tuple[Outcome, Outcome]], int, Outcome]] = {
     ("GET", "/openapi.json"): (_openapi, 200, {}),
     ("GET", "/v1/health"): (_health, 200, {}),
-    ("POST", "/v1/jobs"): (_submit, 201, {"alpha": 403, "beta": 403, "gamma": 403}),
+    ("POST", "/v1/jobs"): (_submit, 201, {"olga": 403, "alpha": 403, "beta": 403, "gamma": 403}),
+    ("GET", "/v1/jobs"): (_list, 200, {"alpha": 403, "beta": 403, "gamma": 403}),
     ("GET", "/v1/jobs/{job_id}"): (_owner_route(""), 200, {"mallory": 404, "alpha": 403, "beta": 403, "gamma": 403}),
     ("GET", "/v1/jobs/{job_id}/results"): (_owner_route("/results"), 200,
                                            {"mallory": 404, "alpha": 403, "beta": 403, "gamma": 403}),
@@ -216,13 +226,13 @@ ROUTE_CHECKS: dict[tuple[str, str], tuple[Callable[[Federation], tuple[Outcome, 
                                                   {"mallory": 404, "alpha": 403, "beta": 403, "gamma": 403}),
     ("GET", "/v1/jobs/{job_id}/files/{name}"): (_owner_route("/files/report.txt"), 200,
                                                 {"mallory": 404, "alpha": 403, "beta": 403, "gamma": 403}),
-    ("GET", "/v1/site/work"): (_work, 200, {"alice": 403, "mallory": 403}),
-    ("GET", "/v1/site/jobs/{job_id}/rounds/{round_index}/state"): (_state, 200, {"gamma": 403, "alice": 403, "mallory": 403}),
+    ("GET", "/v1/site/work"): (_work, 200, {"alice": 403, "mallory": 403, "olga": 403}),
+    ("GET", "/v1/site/jobs/{job_id}/rounds/{round_index}/state"): (_state, 200, {"gamma": 403, "alice": 403, "mallory": 403, "olga": 403}),
     ("GET", "/v1/site/jobs/{job_id}/rounds/{round_index}/stages/{stage}/message"): (
-        _message, 200, {"gamma": 403, "alice": 403, "mallory": 403}),
+        _message, 200, {"gamma": 403, "alice": 403, "mallory": 403, "olga": 403}),
     ("PUT", "/v1/site/jobs/{job_id}/rounds/{round_index}/stages/{stage}/messages/{message_id}"): (
-        _upload, 201, {"gamma": 403, "alice": 403, "mallory": 403}),
-    ("POST", "/v1/site/jobs/{job_id}/decline"): (_decline, 200, {"gamma": 403, "alice": 403, "mallory": 403}),
+        _upload, 201, {"gamma": 403, "alice": 403, "mallory": 403, "olga": 403}),
+    ("POST", "/v1/site/jobs/{job_id}/decline"): (_decline, 200, {"gamma": 403, "alice": 403, "mallory": 403, "olga": 403}),
 }
 """The access table written again by hand: the check, the allowed callers' status, the others' statuses."""
 
@@ -281,3 +291,29 @@ def test_attack__mallory_cannot_read_alices_job_status_spec_results_or_files(fed
     mallorys = fed.submit("mallory")
     assert fed.call("mallory", "GET", f"/v1/jobs/{mallorys}").json()["analyst"] == "mallory"
     assert fed.call("alice", "GET", f"/v1/jobs/{mallorys}").status_code == 404
+
+
+def test_operator__lists_and_reads_every_job_while_an_analyst_lists_only_their_own(fed):
+    mallorys = fed.submit("mallory")
+    listed = {who: [job["job_id"] for job in fed.call(who, "GET", "/v1/jobs").json()["jobs"]] for who in ("alice", "mallory", "olga")}
+    assert fed.done_job in listed["alice"] and mallorys not in listed["alice"]
+    assert mallorys in listed["mallory"] and fed.done_job not in listed["mallory"]
+    assert {fed.done_job, mallorys} <= set(listed["olga"])
+    assert set(listed["olga"]) == set(listed["alice"]) | set(listed["mallory"])
+    assert fed.call("olga", "GET", f"/v1/jobs/{mallorys}").json()["analyst"] == "mallory"
+    assert fed.call("olga", "GET", f"/v1/jobs/{fed.done_job}/files/report.txt").content == REPORT
+
+
+def test_operator__through_the_command_line(fed):
+    from click.testing import CliRunner
+
+    from pipeline.cli import main
+
+    config = fed.folders["olga"] / "operator.toml"
+    listed = CliRunner().invoke(main, ["job", "list", "--config", str(config)])
+    assert listed.exit_code == 0, listed.output
+    assert fed.done_job in listed.output and "alice" in listed.output
+    status = CliRunner().invoke(main, ["job", "status", fed.done_job, "--config", str(config)])
+    assert status.exit_code == 0 and "done" in status.output, status.output
+    refused = CliRunner().invoke(main, ["job", "submit", "workflows/census.yaml", "--config", str(config)])
+    assert refused.exit_code != 0 and "403" in refused.output, refused.output

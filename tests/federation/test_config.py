@@ -304,3 +304,22 @@ def test_render_toml__strings_round_trip(value):
 def test_render_toml__round_trips_tomllib(values):
     text = render_toml({"table": values}, header="header\nsecond line", comments={"table": "about the table"})
     assert tomllib.loads(text) == {"table": values}
+
+
+def test_coordinator_config__operators_are_enrolled_with_their_own_role(tmp_path):
+    text = COORDINATOR + 'operators = ["olga"]\n'
+    config = load_coordinator_config(write(tmp_path, text, "coordinator.toml"), check_files=False, env={})
+    assert config.operators == ("olga",) and config.role_of("olga") == "operator"
+    assert dict(config.enrolled())["operator"] == ("olga",)
+    for clash in ("site-1", "alice"):
+        path = write(tmp_path, COORDINATOR + f'operators = ["{clash}"]\n', "coordinator.toml")
+        with pytest.raises(ConfigurationError, match=r"'enrolment.operators'.*a name has one role"):
+            load_coordinator_config(path, check_files=False, env={})
+
+
+def test_operator_config__the_operator_table_reads_like_an_analysts(tmp_path):
+    config = load_analyst_config(write(tmp_path, ANALYST.replace("[analyst]", "[operator]"), "operator.toml"), check_files=False, env={})
+    assert (config.role, config.name) == ("operator", "alice")
+    assert load_analyst_config(write(tmp_path, ANALYST, "analyst.toml"), check_files=False, env={}).role == "analyst"
+    with pytest.raises(ConfigurationError, match="unknown key 'operator'"):
+        load_analyst_config(write(tmp_path, ANALYST + "\n[operator]\nname = \"x\"\n", "both.toml"), check_files=False, env={})
