@@ -17,7 +17,9 @@ what to do next and upload their protocol messages.
 Uploads are bounded (413 above ``max_message_bytes``), idempotent by message ID (the
 same ID and bytes again: 200; the same ID with other bytes: 409), and checked against
 the job's current round and stage (409 naming the expected ones; 422 for malformed
-content). The job engine (:class:`pipeline.federation.coordinator.Coordinator`) does the
+content). The job, round, stage and sender are checked before a byte of the body is
+read. Requests in progress and body bytes buffered are limited per caller and in all
+(:mod:`pipeline.federation.limits`: 429 with ``Retry-After``, never a queue). The job engine (:class:`pipeline.federation.coordinator.Coordinator`) does the
 work in worker threads; a background task closes stages at their deadlines.
 
 uvicorn does not put the client certificate in the ASGI scope, so the server uses a
@@ -65,6 +67,7 @@ from pipeline.federation.audit import AuditLog
 from pipeline.federation.config import CoordinatorConfig, load_coordinator_config
 from pipeline.federation.coordinator import Coordinator
 from pipeline.federation.job_spec import JOB_ID_PATTERN, check_job_id
+from pipeline.federation.limits import BodyQuota, Overloaded, RequestLimiter
 from pipeline.federation.roster import check_enrolment, load_roster
 from pipeline.federation.rounds import KEY_UNION_STAGE
 from pipeline.federation.store import Store
@@ -194,6 +197,7 @@ class _TlsExtension:
 
     def __init__(self, app: Callable[..., Awaitable[None]]) -> None:
         self.app = app
+        self.limiter: RequestLimiter | None = None
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         if scope["type"] == "http":
@@ -210,6 +214,7 @@ class _TooLarge(GenofedError):
 
 
 _STATUS = (
+    (Overloaded, 429),
     (_TooLarge, 413),
     (IdentityError, 403),
     (NotFoundError, 404),
@@ -224,26 +229,45 @@ _STATUS = (
 def _error_response(error: Exception) -> JSONResponse:
     for cls, status in _STATUS:
         if isinstance(error, cls):
-            return JSONResponse({"error": type(error).__name__, "detail": str(error)}, status_code=status)
+            headers = {"Retry-After": str(Overloaded.retry_after_seconds)} if status == 429 else None
+            return JSONResponse({"error": type(error).__name__, "detail": str(error)}, status_code=status, headers=headers)
     log.exception("internal error", exc_info=error)
     return JSONResponse({"error": "InternalError", "detail": "internal error; see the coordinator's log"}, status_code=500)
 
 
-async def _read_body(request: Request, limit: int) -> bytes:
+async def _read_body(request: Request, limit: int, quota: BodyQuota) -> bytes:
+    """The body, at most ``limit`` bytes (413), every byte reserved in ``quota`` before it is read (429)."""
     declared = request.headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > limit:
-        raise _TooLarge(f"body of {declared} bytes exceeds the limit of {limit} bytes (max_message_bytes)")
+    if declared is not None and declared.isdigit():
+        if int(declared) > limit:
+            raise _TooLarge(f"body of {declared} bytes exceeds the limit of {limit} bytes (max_message_bytes)")
+        quota.reserve(int(declared))
     chunks, size = [], 0
     async for chunk in request.stream():
         size += len(chunk)
         if size > limit:
             raise _TooLarge(f"body exceeds the limit of {limit} bytes (max_message_bytes)")
+        if size > quota.reserved:
+            quota.reserve(size - quota.reserved)
         chunks.append(chunk)
     return b"".join(chunks)
 
 
-async def _json_body(request: Request) -> dict[str, Any]:
-    body = await _read_body(request, MAX_CONTROL_BYTES)
+async def _discard_body(request: Request, limit: int) -> None:
+    """Reads and drops up to ``limit`` bytes of an upload refused before its body was read.
+
+    The client is still sending it; draining lets it read the refusal rather than a reset
+    connection. Nothing is kept, so a refused upload costs bandwidth, never memory.
+    """
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            return
+
+
+async def _json_body(request: Request, quota: BodyQuota) -> dict[str, Any]:
+    body = await _read_body(request, MAX_CONTROL_BYTES, quota)
     try:
         value = json.loads(body)
     except (json.JSONDecodeError, UnicodeDecodeError) as error:
@@ -308,10 +332,11 @@ def openapi_document() -> dict[str, Any]:
             refused = {"403": "the caller is not an enrolled site, or not one the job invites"}
         if rule.job is not JobScope.NONE:
             refused["422"] = (codes["422"] + ", or " if "422" in codes else "") + "a job ID that does not match its pattern"
+        busy = {"429": "too many requests or body bytes in progress, the caller's or the server's: retry after Retry-After seconds"}
         out: dict[str, Any] = {
             "summary": summary,
             "description": f"Who may call: {rule.rule} (client certificate from the federation CA, mutual TLS).",
-            "responses": answers({**codes, **refused}, ok_schema=ok_schema, ok_media=ok_media),
+            "responses": answers({**codes, **refused, **busy}, ok_schema=ok_schema, ok_media=ok_media),
         }
         if params:
             out["parameters"] = list(params)
@@ -422,13 +447,13 @@ def create_app(coordinator: Coordinator, config: CoordinatorConfig, *, tick_seco
     """The ASGI application of a coordinator (Starlette, wrapped for the TLS extension)."""
 
     handlers: dict[tuple[str, str], Callable[[Request], Awaitable[Response]]] = {}
+    limiter = RequestLimiter(config.limits)
 
     async def call(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
         return await anyio.to_thread.run_sync(functools.partial(fn, *args, **kwargs))
 
-    async def admit(request: Request, rule: AccessRule) -> tls.Identity:
+    async def admit(request: Request, who: tls.Identity, rule: AccessRule) -> tls.Identity:
         """Applies ``rule`` to the request, in the order :class:`AccessRule` gives; returns the caller."""
-        who = tls.peer_identity(_peer_certificate(request.scope))
         if not rule.roles:
             return who
         tls.authorize(who, config, roles=rule.roles)
@@ -449,8 +474,10 @@ def create_app(coordinator: Coordinator, config: CoordinatorConfig, *, tick_seco
             @functools.wraps(handler)
             async def run(request: Request) -> Response:
                 try:
-                    who = await admit(request, rule)
-                    return await handler(request, who)
+                    who = tls.peer_identity(_peer_certificate(request.scope))
+                    with limiter.request(f"{who.role}:{who.name}") as quota:
+                        request.state.body_quota = quota
+                        return await handler(request, await admit(request, who, rule))
                 except Exception as error:  # noqa: BLE001 -- every error becomes a JSON answer
                     return _error_response(error)
 
@@ -469,7 +496,7 @@ def create_app(coordinator: Coordinator, config: CoordinatorConfig, *, tick_seco
 
     @endpoint("POST", "/v1/jobs")
     async def submit(request: Request, who: tls.Identity) -> Response:
-        body = await _json_body(request)
+        body = await _json_body(request, request.state.body_quota)
         spec = body.get("spec")
         if not isinstance(spec, dict):
             raise ProtocolError("the body must be {'spec': {...the job spec...}}")
@@ -537,16 +564,20 @@ def create_app(coordinator: Coordinator, config: CoordinatorConfig, *, tick_seco
         message_id = request.path_params["message_id"]
         if not 8 <= len(message_id) <= 128 or not all(c.isalnum() or c in "-_." for c in message_id):
             raise ProtocolError("message id must be 8-128 characters of letters, digits, '-', '_' or '.'")
-        body = await _read_body(request, config.max_message_bytes)
-        receipt = await call(
-            coordinator.receive, who.name, request.path_params["job_id"], _int_param(request, "round_index"),
-            request.path_params["stage"], message_id, body,
-        )
+        job_id, round_index, stage = request.path_params["job_id"], _int_param(request, "round_index"), request.path_params["stage"]
+        # Who may send what, now, is settled before the body is read: a refused upload costs no memory.
+        try:
+            await call(coordinator.check_receivable, who.name, job_id, round_index, stage, message_id)
+        except GenofedError:
+            await _discard_body(request, config.max_message_bytes)
+            raise
+        body = await _read_body(request, config.max_message_bytes, request.state.body_quota)
+        receipt = await call(coordinator.receive, who.name, job_id, round_index, stage, message_id, body)
         return JSONResponse(receipt, status_code=201 if receipt["status"] == "accepted" else 200)
 
     @endpoint("POST", "/v1/site/jobs/{job_id}/decline")
     async def decline(request: Request, who: tls.Identity) -> Response:
-        body = await _json_body(request)
+        body = await _json_body(request, request.state.body_quota)
         reason = body.get("reason")
         if not isinstance(reason, str) or reason.partition(": ")[0] not in REFUSAL_CODES:
             raise ProtocolError(f"the body must be {{'reason': 'CODE: text'}} with CODE one of {', '.join(REFUSAL_CODES)}")
@@ -573,7 +604,9 @@ def create_app(coordinator: Coordinator, config: CoordinatorConfig, *, tick_seco
     if missing:
         raise RuntimeError(f"routes of ACCESS_RULES without a handler: {missing}")
     routes = [Route(path, handlers[(method, path)], methods=[method]) for method, path in ACCESS_RULES]
-    return _TlsExtension(Starlette(routes=routes, lifespan=lifespan))
+    app = _TlsExtension(Starlette(routes=routes, lifespan=lifespan))
+    app.limiter = limiter  # what is in flight now, for operators' checks and tests
+    return app
 
 
 def build_coordinator(config: CoordinatorConfig) -> Coordinator:

@@ -36,6 +36,7 @@ from urllib.parse import urlsplit
 
 from pipeline.errors import ConfigurationError
 from pipeline.federation.job_spec import THRESHOLD_RULES
+from pipeline.federation.limits import DEFAULT_LIMITS, Limits
 from pipeline.parameters import choice
 
 __all__ = [
@@ -165,7 +166,11 @@ class CoordinatorConfig:
     until the pin is updated. Empty means certificates are not pinned (any unexpired
     certificate from the federation CA with an enrolled name and role is accepted).
     ``roster`` is the federation roster signed by the CA; every enrolled participant
-    must be in it.
+    must be in it. ``[enrolment] operators`` may read every job (analysts only their
+    own). The optional ``[limits]`` table bounds requests and body bytes in flight, per
+    participant and in all (:class:`~pipeline.federation.limits.Limits`; defaults 256
+    requests, 8 per participant, 1 GiB and 128 MiB of bodies): beyond them the answer
+    is 429, so the coordinator's memory for bodies never exceeds ``max_bytes_in_flight``.
     """
 
     path: Path
@@ -183,6 +188,7 @@ class CoordinatorConfig:
     max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES
     fingerprints: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
     operators: tuple[str, ...] = ()
+    limits: Limits = DEFAULT_LIMITS
 
     @property
     def url(self) -> str:
@@ -509,7 +515,7 @@ def load_coordinator_config(
     path, data = _read(path)
     env = os.environ if env is None else env
     base = path.parent.resolve()
-    tables = _tables(path, data, ("coordinator", "tls", "enrolment"), ("fingerprints",))
+    tables = _tables(path, data, ("coordinator", "tls", "enrolment"), ("fingerprints", "limits"))
     coordinator = tables["coordinator"]
     federation = coordinator.get("federation", _name, "the federation's name, as in the CA certificate")
     host = coordinator.get("host", _str, "the address to listen on, e.g. \"127.0.0.1\"")
@@ -547,6 +553,7 @@ def load_coordinator_config(
             participant, _fingerprint, "a SHA-256 certificate fingerprint (64 lowercase hex digits)",
         )
     pins.finish()
+    limits = _limits(tables["limits"], path)
     if env.get("GENOFED_COORDINATOR_HOST"):
         host = env["GENOFED_COORDINATOR_HOST"]
     if env.get("GENOFED_COORDINATOR_PORT"):
@@ -557,8 +564,22 @@ def load_coordinator_config(
     return CoordinatorConfig(
         path=path, federation=federation, host=host, port=port, cert=cert, key=key, ca=ca, roster=roster, database=database,
         audit_log=audit_log, sites=sites, analysts=analysts, max_message_bytes=max_message_bytes,
-        fingerprints=MappingProxyType(fingerprints), operators=operators,
+        fingerprints=MappingProxyType(fingerprints), operators=operators, limits=limits,
     )
+
+
+def _limits(table: _Table, path: Path) -> Limits:
+    """The ``[limits]`` table: every key optional, defaults in :class:`~pipeline.federation.limits.Limits`."""
+    values = {
+        name: table.get(name, _int(1), "a positive integer", getattr(DEFAULT_LIMITS, name))
+        for name in ("max_concurrent_requests", "max_requests_per_participant", "max_bytes_in_flight",
+                     "max_bytes_in_flight_per_participant")
+    }
+    table.finish()
+    try:
+        return Limits(**values)
+    except ConfigurationError as error:
+        raise ConfigurationError(f"{path}: {error}") from None
 
 
 # --------------------------------------------------------------------------- writing

@@ -397,6 +397,34 @@ class Coordinator:
             if staged is not None:
                 self.store.discard(staged)
 
+    def check_receivable(self, site: str, job_id: str, round_index: int, stage: str, message_id: str) -> None:
+        """Whether ``site`` may upload for this job, round and stage now: checked before its body is read.
+
+        A message ID already stored passes (its bytes decide between duplicate and
+        conflict in :meth:`receive`).
+
+        Raises:
+            as :meth:`receive`, for everything but the content.
+        """
+        with self._locked():
+            if self.store.message(f"{site}/{message_id}", body=False) is None:
+                self._expect_sender(self._current(site, job_id, round_index, stage), site)
+
+    def _expect_sender(self, current: _Round, site: str) -> None:
+        if site in current.expected():
+            return
+        job_id, round_index, stage = current.job_id, current.round_index, current.stage
+        previous = self.store.message_of(job_id, round_index, stage, site, body=False)
+        if previous is not None:
+            raise MessageConflict(
+                f"site {site!r} already sent its {stage} message of job {job_id} round {round_index} "
+                f"(message id {previous.message_id}); replay refused"
+            )
+        raise MessageConflict(
+            f"site {site!r} is not expected to send in stage {stage} of job {job_id} round {round_index} "
+            "(it dropped out of this round or declined the job)"
+        )
+
     def _receive(self, site: str, job_id: str, round_index: int, stage: str, message_id: str, body: bytes,
                  payload_digest: str, staged: Any) -> dict[str, Any]:
         with self._locked():
@@ -411,17 +439,7 @@ class Coordinator:
                     "a message id names one payload"
                 )
             current = self._current(site, job_id, round_index, stage)
-            if site not in current.expected():
-                previous = self.store.message_of(job_id, round_index, stage, site, body=False)
-                if previous is not None:
-                    raise MessageConflict(
-                        f"site {site!r} already sent its {stage} message of job {job_id} round {round_index} "
-                        f"(message id {previous.message_id}); replay refused"
-                    )
-                raise MessageConflict(
-                    f"site {site!r} is not expected to send in stage {stage} of job {job_id} round {round_index} "
-                    "(it dropped out of this round or declined the job)"
-                )
+            self._expect_sender(current, site)
             decoded = self._validate(current, site, body)
             self.store.add_message(
                 StoredMessage(stored_id, job_id, round_index, stage, site, payload_digest, body, self.clock()),

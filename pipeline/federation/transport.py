@@ -33,13 +33,14 @@ class HttpError(ProtocolError):
 class Connection:
     """An HTTPS client for one participant: mutual TLS, bounded retries with backoff.
 
-    Transport failures (connection refused or reset, timeouts, 502/503/504) are retried
-    with exponential backoff up to ``max_attempts`` times (unbounded when ``None``: a
-    site agent waits out a coordinator restart); answers with another error status
-    raise :class:`HttpError` at once.
+    Transport failures (connection refused or reset, timeouts, 502/503/504) and 429 (the
+    coordinator's limits, :mod:`pipeline.federation.limits`) are retried with exponential
+    backoff and jitter, never sooner than a ``Retry-After`` asks, up to ``max_attempts``
+    times (unbounded when ``None``: a site agent waits out a coordinator restart);
+    answers with another error status raise :class:`HttpError` at once.
     """
 
-    RETRY_STATUS = frozenset({502, 503, 504})
+    RETRY_STATUS = frozenset({429, 502, 503, 504})
 
     def __init__(
         self,
@@ -76,6 +77,7 @@ class Connection:
         delay = self.backoff
         while True:
             attempt += 1
+            not_before = 0.0
             try:
                 extra = {} if timeout is None else {"timeout": timeout}
                 response = self.client.request(method, path, **kwargs, **extra)
@@ -89,13 +91,14 @@ class Connection:
                     return response
                 status = response.status_code
                 failure = _detail(response)
+                not_before = _retry_after(response)
                 if status not in self.RETRY_STATUS:
                     raise HttpError(status, failure, method, path)
             if self.max_attempts is not None and attempt >= self.max_attempts:
                 if status is not None:
                     raise HttpError(status, failure, method, path)
                 raise ProtocolError(f"{method} {self.base_url}{path}: no answer after {attempt} attempts ({failure})")
-            time.sleep(delay * random.uniform(0.5, 1.0))  # jitter: retrying parties do not move in step
+            time.sleep(max(not_before, delay * random.uniform(0.5, 1.0)))  # jitter: retrying parties do not move in step
             delay = min(delay * 2, self.max_backoff)
 
     def get_json(self, path: str, **kwargs: Any) -> Any:
@@ -109,6 +112,12 @@ class Connection:
 
     def put_bytes(self, path: str, body: bytes) -> Any:
         return self.request("PUT", path, ok=(200, 201), content=body, headers={"content-type": ARROW_MEDIA_TYPE}).json()
+
+
+def _retry_after(response: Any) -> float:
+    """Seconds a ``Retry-After`` header asks to wait (0 without one; capped at a minute)."""
+    value = response.headers.get("retry-after", "")
+    return min(float(value), 60.0) if value.isdigit() else 0.0
 
 
 def _detail(response: Any) -> str:

@@ -169,7 +169,7 @@ class ThreadedCoordinator:
 
         self.config = load_coordinator_config(config_path)
         self.coordinator = build_coordinator(self.config)
-        app = create_app(self.coordinator, self.config, tick_seconds=0.1)
+        app = self.app = create_app(self.coordinator, self.config, tick_seconds=0.1)
         server_config = uvicorn.Config(app, host=self.config.host, port=self.config.port, http=PeerCertificateH11Protocol,
                                        lifespan="on", log_level="warning", access_log=False)
         server_config.load()
@@ -266,12 +266,12 @@ def wait_for_job(conn: Any, job_id: str, *, timeout: float = 60.0) -> dict[str, 
         time.sleep(0.1)
 
 
-def start_coordinator_process(config_path: Path, log_path: Path) -> subprocess.Popen[bytes]:
-    """``genofed coordinator serve`` as a child process (its own process group)."""
+def start_coordinator_process(config_path: Path, log_path: Path, *, env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
+    """``genofed coordinator serve`` as a child process (its own process group), with ``env`` added to ours."""
     handle = open(log_path, "ab")
     return subprocess.Popen(
         [sys.executable, "-m", "pipeline.cli", "coordinator", "serve", "--config", str(config_path)],
-        stdout=handle, stderr=subprocess.STDOUT, cwd=REPO, start_new_session=True,
+        stdout=handle, stderr=subprocess.STDOUT, cwd=REPO, start_new_session=True, env={**os.environ, **(env or {})},
     )
 
 
