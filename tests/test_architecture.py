@@ -15,7 +15,7 @@ from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parent.parent / "pipeline"
 
-LOWER_ROOMS = ("secagg", "stats", "io", "harmonize", "models", "analyses")
+LOWER_ROOMS = ("secagg", "stats", "io", "harmonize", "models", "analyses", "privacy")
 """Rooms that must not reach the runtime, the workflows, the demo or the CLI."""
 UPPER = ("pipeline.federation", "pipeline.workflow", "pipeline.demo", "pipeline.cli")
 

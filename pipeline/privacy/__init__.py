@@ -1,0 +1,45 @@
+"""Distributed differential privacy under secure aggregation: secret integer noise and its accounting.
+
+Each site adds discrete Gaussian noise to its integer contribution before it is masked
+(:mod:`.discrete_gaussian`), so the coordinator only ever decodes a noisy sum; the sum
+of the honest sites' noise makes the release differentially private, accounted in zCDP
+and converted to (epsilon, delta) (:mod:`.accountant`). The noise's :func:`tail_bound`
+says how much of a ring's bit budget it needs. Pure functions over numbers and arrays;
+the package imports nothing of the runtime, the analyses or secure aggregation.
+"""
+
+from pipeline.privacy.accountant import (
+    MIN_DISTRIBUTED_SIGMA,
+    Sensitivity,
+    calibrate_sigma,
+    compose_zcdp,
+    distributed_discrete_gaussian_rho,
+    guaranteed_honest_sites,
+    per_person_sensitivity,
+    rho_for_epsilon,
+    zcdp_to_approx_dp,
+)
+from pipeline.privacy.discrete_gaussian import (
+    MAX_SIGMA,
+    discrete_gaussian_pmf,
+    sample_discrete_gaussian,
+    secret_generator,
+    tail_bound,
+)
+
+__all__ = [
+    "MAX_SIGMA",
+    "MIN_DISTRIBUTED_SIGMA",
+    "Sensitivity",
+    "calibrate_sigma",
+    "compose_zcdp",
+    "discrete_gaussian_pmf",
+    "distributed_discrete_gaussian_rho",
+    "guaranteed_honest_sites",
+    "per_person_sensitivity",
+    "rho_for_epsilon",
+    "sample_discrete_gaussian",
+    "secret_generator",
+    "tail_bound",
+    "zcdp_to_approx_dp",
+]
