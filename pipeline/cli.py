@@ -346,18 +346,49 @@ def audit() -> None:
 @audit.command("verify")
 @click.argument("log_path", metavar="LOG", type=click.Path(path_type=Path))
 @click.option("--head", "expected_head", default=None, help="An entry hash recorded elsewhere; the log must end with it.")
+@click.option(
+    "--checkpoints", "kept_in", multiple=True, type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="The other party's audit log (a site's, for the coordinator's LOG; the coordinator's, for a site's LOG): "
+         "LOG must agree with every head its owner signed that was kept there. Repeat for several.",
+)
+@click.option("--signer", default=None, help="Whose LOG it is, when the --checkpoints logs keep heads of several (the coordinator's log keeps every site's).")
+@click.option("--roster", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
+              help="The federation roster the signatures are checked against [default: roster.json beside LOG].")
+@click.option("--ca", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
+              help="The federation CA certificate that signed the roster [default: ca.pem beside LOG].")
 @json_option
 @handles_errors
-def audit_verify(log_path: Path, expected_head: str | None, as_json: bool) -> None:
+def audit_verify(log_path: Path, expected_head: str | None, kept_in: tuple[Path, ...], signer: str | None,
+                 roster: Path | None, ca: Path | None, as_json: bool) -> None:
     """Check an audit LOG: every entry's hash, the chain, and the head file LOG.head.
 
+    With --checkpoints, also check LOG against the heads its owner signed when jobs
+    ended, as the other party kept them: this detects a log that was cut short, or
+    rewritten and re-chained with its head file, which the chain alone cannot.
+
     Exits 0 when intact; exits 1 naming the first bad line when an entry was edited,
-    inserted, deleted or moved, or when the end of the log was cut off.
+    inserted, deleted or moved, when the end of the log was cut off, or when the log
+    disagrees with a signed head.
+
+    \b
+    Example (at the coordinator, with a site's log):
+      genofed audit verify coordinator/audit.log --checkpoints site-1-audit.log
     """
-    from pipeline.errors import AuditError
+    from pipeline.errors import AuditError, ConfigurationError
     from pipeline.federation.audit import verify
 
-    report = verify(log_path, expected_head=expected_head)
+    if kept_in:
+        from pipeline.federation.checkpoints import verify_with_checkpoints
+        from pipeline.federation.roster import load_roster
+
+        roster_path, ca_path = roster or log_path.parent / "roster.json", ca or log_path.parent / "ca.pem"
+        for path, option in ((roster_path, "--roster"), (ca_path, "--ca")):
+            if not path.is_file():
+                raise ConfigurationError(f"{path}: no such file; give the federation's with {option}")
+        report = verify_with_checkpoints(log_path, kept_in, load_roster(roster_path, ca_path), signer=signer,
+                                         expected_head=expected_head)
+    else:
+        report = verify(log_path, expected_head=expected_head)
     if as_json:
         click.echo(json.dumps(report.to_dict(), indent=2, sort_keys=True))
         if not report.ok:

@@ -50,18 +50,17 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import ec
 
 from pipeline import dataset as dataset_io
 from pipeline.analyses import Analysis, Contribution, JobState, KeyUnion, SiteCache, SiteContext
 from pipeline.analyses.registry import get_analysis
 from pipeline.encoding import Layout
-from pipeline.errors import ConfigurationError, GenofedError, PolicyRefusal, ProtocolError
+from pipeline.errors import ConfigurationError, GenofedError, IdentityError, PolicyRefusal, ProtocolError
 from pipeline.outputs import write_private
 from pipeline.federation import secagg_wire, transport, wire
 from pipeline.federation.attempts import RoundAttempts
 from pipeline.federation.audit import AuditLog
+from pipeline.federation.checkpoints import CHECKPOINT_EVENT, Checkpoint, sign_checkpoint
 from pipeline.federation.ledger import Release, ReleaseLedger, samples_digest
 from pipeline.federation.config import SiteConfig, load_site_config
 from pipeline.federation.job_spec import (
@@ -71,6 +70,7 @@ from pipeline.federation.job_spec import (
     minimum_threshold,
     shareholders,
 )
+from pipeline.federation.tls import load_identity_key
 from pipeline.federation.roster import Roster, check_own_identity, load_roster
 from pipeline.federation.rounds import KEY_UNION_STAGE, encode_keys, round_config
 from pipeline.secagg import keys as secagg_keys
@@ -176,7 +176,7 @@ class SiteAgent:
         self.config = config
         self.roster = load_roster(config.roster, config.ca)
         check_own_identity(config, self.roster)
-        self.identity_key = _load_identity_key(config)
+        self.identity_key = load_identity_key(config.key)
         self.connection = connection or transport.Connection(
             config.coordinator_url, cert=config.cert, key=config.key, ca=config.ca, max_attempts=10, max_backoff=5.0,
         )
@@ -244,17 +244,47 @@ class SiteAgent:
 
     def _forget_finished(self, active: set[str]) -> None:
         jobs_dir = self.state_dir / "jobs"
-        for job_id in list({job for job, _ in self._rounds} | {job for job, _ in self._states}):
-            if job_id not in active:
-                self._finish_job(job_id)
-                self._rounds = {k: v for k, v in self._rounds.items() if k[0] != job_id}
-                self._states = {k: v for k, v in self._states.items() if k[0] != job_id}
+        finished = [job_id for job_id in {job for job, _ in self._rounds} | {job for job, _ in self._states} if job_id not in active]
+        for job_id in finished:
+            self._finish_job(job_id)
+            self._rounds = {k: v for k, v in self._rounds.items() if k[0] != job_id}
+            self._states = {k: v for k, v in self._states.items() if k[0] != job_id}
         for job_id in [job for job in self._caches if job not in active]:
             self._caches.pop(job_id).clear()
         if jobs_dir.is_dir():
             for folder in jobs_dir.iterdir():
                 if folder.name not in active:
                     shutil.rmtree(folder, ignore_errors=True)
+        if finished:
+            self.exchange_checkpoint()
+
+    def exchange_checkpoint(self) -> Checkpoint | None:
+        """Sends the signed head of this site's audit log; keeps the coordinator's signed head in it.
+
+        Done when a job ends (:mod:`pipeline.federation.checkpoints`): each party then
+        holds evidence of the other's log that its owner cannot rewrite. A coordinator that
+        answers with a head not signed by its roster key is recorded as such, not kept.
+
+        Returns:
+            The coordinator's checkpoint, or ``None`` when the exchange failed (logged).
+        """
+        entries, head = getattr(self.audit, "entries", 0), getattr(self.audit, "head", None)
+        if not entries or head is None:
+            return None
+        mine = sign_checkpoint(self.identity_key, federation=self.config.federation, signer=self.config.name,
+                               role="site", entries=entries, head=head)
+        try:
+            answer = self.connection.post_json("/v1/site/checkpoint", {"checkpoint": mine.to_fields()})
+            theirs = Checkpoint.from_fields(answer.get("checkpoint") if isinstance(answer, dict) else None)
+            if (theirs.signer, theirs.role) != ("coordinator", "coordinator"):
+                raise IdentityError(f"the coordinator answered with a checkpoint of {theirs.role} {theirs.signer!r}")
+            theirs.check_signature(self.roster)
+        except (ProtocolError, IdentityError) as error:
+            log.warning("site %s: audit checkpoint not exchanged: %s", self.config.name, error)
+            self.audit.append("checkpoint.failed", reason=str(error)[:500], entries=entries, head=head)
+            return None
+        self.audit.append(CHECKPOINT_EVENT, **theirs.to_fields())
+        return theirs
 
     # ------------------------------------------------------------------ one task
 
@@ -578,21 +608,6 @@ class SiteAgent:
                 break
             memory.state, memory.outgoing[stage] = client_advance(memory.state, [secagg_wire.decode_message(path.read_bytes())])
         return memory
-
-
-def _load_identity_key(config: SiteConfig) -> ec.EllipticCurvePrivateKey:
-    """The site's certificate key, which signs its round keys.
-
-    Raises:
-        ConfigurationError: the key file is unreadable or not an EC key.
-    """
-    try:
-        key = serialization.load_pem_private_key(Path(config.key).read_bytes(), password=None)
-    except (OSError, ValueError, TypeError) as error:
-        raise ConfigurationError(f"{config.key}: cannot read the site's certificate key ({error})") from None
-    if not isinstance(key, ec.EllipticCurvePrivateKey):
-        raise ConfigurationError(f"{config.key}: the site's certificate key is {type(key).__name__}, expected an EC key")
-    return key
 
 
 def _task_key(task: Mapping[str, Any]) -> tuple[str, int, str]:

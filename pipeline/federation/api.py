@@ -69,6 +69,7 @@ from pipeline.federation.coordinator import Coordinator
 from pipeline.federation.job_spec import JOB_ID_PATTERN, check_job_id
 from pipeline.federation.limits import BodyQuota, Overloaded, RequestLimiter
 from pipeline.federation.roster import check_enrolment, load_roster
+from pipeline.federation.tls import load_identity_key
 from pipeline.federation.rounds import KEY_UNION_STAGE
 from pipeline.federation.store import Store
 from pipeline.secagg.messages import Stage
@@ -162,6 +163,8 @@ ACCESS_RULES: Mapping[tuple[str, str], AccessRule] = MappingProxyType({
     ("PUT", "/v1/site/jobs/{job_id}/rounds/{round_index}/stages/{stage}/messages/{message_id}"): AccessRule(
         ("site",), JobScope.PARTICIPANT, _PARTICIPANT_RULE),
     ("POST", "/v1/site/jobs/{job_id}/decline"): AccessRule(("site",), JobScope.PARTICIPANT, _PARTICIPANT_RULE),
+    ("POST", "/v1/site/checkpoint"): AccessRule(("site",), JobScope.NONE,
+        "any enrolled site, with a checkpoint of its own audit log signed by its own certificate key"),
 })
 """Every route of the coordinator, ``(method, path)``, and who may call it: the one table of access rules.
 
@@ -425,6 +428,17 @@ def openapi_document() -> dict[str, Any]:
             "type": "string", "minLength": 1, "maxLength": 2000,
             "pattern": f"^({'|'.join(REFUSAL_CODES)}): ",
             "description": "CODE: text, CODE one of " + ", ".join(REFUSAL_CODES)}}}}})
+    checkpoint_schema = {"type": "object", "required": ["format", "federation", "signer", "role", "entries", "head", "time", "signature"],
+                         "properties": {"format": {"const": "genofed-audit-checkpoint/1"}, "entries": {"type": "integer", "minimum": 1},
+                                        "head": {"type": "string", "pattern": "^[0-9a-f]{64}$"}, "role": {"enum": ["site", "coordinator"]},
+                                        "federation": {"type": "string"}, "signer": {"type": "string"}, "time": {"type": "string"},
+                                        "signature": {"type": "string"}}}
+    add("POST", "/v1/site/checkpoint",
+        "Exchange signed audit heads: the site's is kept in the coordinator's audit log, the coordinator's comes back",
+        {"200": "the coordinator's signed head", "403": "not the site's own checkpoint, or a bad signature",
+         "413": "body too large", "422": "not a checkpoint"},
+        body={"application/json": {"schema": {"type": "object", "required": ["checkpoint"], "properties": {"checkpoint": checkpoint_schema}}}},
+        ok_schema={"type": "object", "required": ["checkpoint"], "properties": {"checkpoint": checkpoint_schema}})
     described = {(method.upper(), path) for path, item in paths.items() for method in item}
     assert described == set(ACCESS_RULES) - {("GET", "/openapi.json")}, "every route of ACCESS_RULES is described"
     return {
@@ -584,6 +598,12 @@ def create_app(coordinator: Coordinator, config: CoordinatorConfig, *, tick_seco
         await call(coordinator.decline, who.name, request.path_params["job_id"], reason)
         return JSONResponse({"status": "declined"})
 
+    @endpoint("POST", "/v1/site/checkpoint")
+    async def checkpoint(request: Request, who: tls.Identity) -> Response:
+        body = await _json_body(request, request.state.body_quota)
+        answer = await call(coordinator.exchange_checkpoint, who.name, body.get("checkpoint"))
+        return JSONResponse({"checkpoint": answer})
+
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         async def ticker() -> None:
@@ -622,7 +642,7 @@ def build_coordinator(config: CoordinatorConfig) -> Coordinator:
     roster = load_roster(config.roster, config.ca)
     check_enrolment(config, roster)
     return Coordinator(Store(config.database), federation=config.federation, sites=config.sites,
-                       audit=AuditLog(config.audit_log), roster=roster)
+                       audit=AuditLog(config.audit_log), roster=roster, identity_key=load_identity_key(config.key))
 
 
 def serve(config_path: Path | str, *, host: str | None = None, port: int | None = None, log_level: str = "warning") -> None:

@@ -11,9 +11,9 @@ Each entry is one JSON line::
 an entry therefore breaks the chain at that entry. Removing entries from the end
 keeps a valid chain, so the head (number of entries and last hash) is also kept in a
 sidecar file ``LOG.head``, replaced atomically after each append; :func:`verify`
-compares the two. Someone who can rewrite both files can rewrite history: for
-evidence against the log's own host, record the head elsewhere (a site's head in the
-coordinator's log, the coordinator's head in a result) and pass it as
+compares the two. Someone who can rewrite both files can rewrite history: the evidence
+against the log's own host is the signed heads the other party keeps
+(:mod:`pipeline.federation.checkpoints`), or a head recorded elsewhere passed as
 ``expected_head``.
 
 Appends are flushed and fsync'd before returning, take an exclusive lock, and
@@ -354,6 +354,8 @@ class VerifyReport:
         line: 1-based line number of the first bad entry (``None`` when ``ok``, or
             when the problem is at the end: a truncated tail).
         problem: what is wrong, in words.
+        checkpoints: signed heads, kept by another party, the log was checked against
+            (:func:`pipeline.federation.checkpoints.verify_with_checkpoints`).
     """
 
     path: Path
@@ -362,18 +364,20 @@ class VerifyReport:
     head: str
     line: int | None = None
     problem: str | None = None
+    checkpoints: int = 0
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready form."""
         return {
             "path": str(self.path), "ok": self.ok, "entries": self.entries, "head": self.head,
-            "line": self.line, "problem": self.problem,
+            "line": self.line, "problem": self.problem, "checkpoints": self.checkpoints,
         }
 
     def text(self) -> str:
         """One line for people: ``ok: N entries, head H`` or where the log breaks."""
         if self.ok:
-            return f"ok: {self.entries} entries, head {self.head}"
+            signed = f"; agrees with {self.checkpoints} signed heads kept by the other party" if self.checkpoints else ""
+            return f"ok: {self.entries} entries, head {self.head}{signed}"
         where = f"{self.path}:{self.line}" if self.line is not None else str(self.path)
         return f"{where}: {self.problem}"
 

@@ -36,12 +36,14 @@ from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
+from cryptography.hazmat.primitives.asymmetric import ec
 
 from pipeline.analyses import Analysis, JobState, KeyUnion, Result, RoundLayout
 from pipeline.analyses.registry import REGISTRY, get_analysis
 from pipeline.encoding import Layout
 from pipeline.errors import (
     AggregationAborted,
+    ConfigurationError,
     GenofedError,
     IdentityError,
     MessageConflict,
@@ -57,6 +59,7 @@ from pipeline.federation.job_spec import (
     new_job_id,
     parse_round_options,
 )
+from pipeline.federation.checkpoints import CHECKPOINT_EVENT, Checkpoint, sign_checkpoint
 from pipeline.federation.roster import Roster
 from pipeline.federation.rounds import KEY_UNION_STAGE, decode_keys, round_config, union_keys
 from pipeline.federation.store import StoredJob, StoredMessage
@@ -167,8 +170,10 @@ class Coordinator:
         audit: AuditSink | None = None,
         clock: Callable[[], float] = time.time,
         roster: Roster | None = None,
+        identity_key: ec.EllipticCurvePrivateKey | None = None,
     ) -> None:
         self.store = store
+        self.identity_key = identity_key
         self.federation = federation
         self.sites = tuple(sites)
         self.roster = roster
@@ -409,6 +414,26 @@ class Coordinator:
         with self._locked():
             if self.store.message(f"{site}/{message_id}", body=False) is None:
                 self._expect_sender(self._current(site, job_id, round_index, stage), site)
+
+    def exchange_checkpoint(self, site: str, fields: Mapping[str, Any]) -> dict[str, Any]:
+        """Keeps a site's signed audit head and answers with the coordinator's own (:mod:`~pipeline.federation.checkpoints`).
+
+        Raises:
+            ProtocolError: not a checkpoint. IdentityError: not ``site``'s own, or not
+                signed by its roster key.
+            ConfigurationError: this coordinator has no roster, key or audit log to sign with.
+        """
+        checkpoint = Checkpoint.from_fields(fields)
+        if (checkpoint.signer, checkpoint.role) != (site, "site"):
+            raise IdentityError(f"site {site!r} sent a checkpoint of {checkpoint.role} {checkpoint.signer!r}")
+        if self.roster is None or self.identity_key is None or isinstance(self.audit, _NoAudit):
+            raise ConfigurationError("this coordinator keeps no signed audit checkpoints (no roster, key or audit log)")
+        checkpoint.check_signature(self.roster)
+        with self._audit_turn:
+            entry = self.audit.append(CHECKPOINT_EVENT, **checkpoint.to_fields())
+            mine = sign_checkpoint(self.identity_key, federation=self.federation, signer="coordinator", role="coordinator",
+                                   entries=entry["seq"] + 1, head=entry["entry_hash"])
+        return mine.to_fields()
 
     def _expect_sender(self, current: _Round, site: str) -> None:
         if site in current.expected():

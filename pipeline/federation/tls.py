@@ -21,13 +21,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from cryptography import x509
-from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 from pipeline.errors import ConfigurationError, IdentityError
 from pipeline.federation.config import ROLES, CoordinatorConfig
 
-__all__ = ["Identity", "authorize", "client_context", "federation_of", "peer_identity", "server_context"]
+__all__ = ["Identity", "authorize", "client_context", "federation_of", "load_identity_key", "peer_identity", "server_context"]
 
 
 @dataclass(frozen=True)
@@ -188,3 +189,18 @@ def authorize(
             f"but {config.path} pins {pinned[:16]}... (update [fingerprints] after re-issuing)"
         )
     return identity
+
+
+def load_identity_key(path: Path | str) -> ec.EllipticCurvePrivateKey:
+    """A participant's certificate key, which also signs what it vouches for (round keys, audit heads).
+
+    Raises:
+        ConfigurationError: the key file is unreadable or not an EC key.
+    """
+    try:
+        key = serialization.load_pem_private_key(Path(path).read_bytes(), password=None)
+    except (OSError, ValueError, TypeError) as error:
+        raise ConfigurationError(f"{path}: cannot read the certificate key ({error})") from None
+    if not isinstance(key, ec.EllipticCurvePrivateKey):
+        raise ConfigurationError(f"{path}: the certificate key is {type(key).__name__}, expected an EC key")
+    return key

@@ -214,6 +214,19 @@ def _decline(fed: Federation) -> tuple[Outcome, Outcome]:
     return _statuses(("alpha",), lambda who: fed.call(who, "POST", path, json={"reason": "policy: no"})), refused
 
 
+def _checkpoint(fed: Federation) -> tuple[Outcome, Outcome]:
+    from pipeline.federation.checkpoints import sign_checkpoint
+    from pipeline.federation.tls import load_identity_key
+
+    def body(site: str) -> dict[str, Any]:
+        key = load_identity_key(fed.folders[site] / "key.pem")
+        return {"checkpoint": sign_checkpoint(key, federation="testfed", signer=site, role="site", entries=1,
+                                              head="0f" * 32).to_fields()}
+
+    allowed = _statuses(SITES, lambda who: fed.call(who, "POST", "/v1/site/checkpoint", json=body(who)))
+    return allowed, _statuses((*ANALYSTS, *OPERATORS), lambda who: fed.call(who, "POST", "/v1/site/checkpoint", json=body("alpha")))
+
+
 ROUTE_CHECKS: dict[tuple[str, str], tuple[Callable[[Federation], tuple[Outcome, Outcome]], int, Outcome]] = {
     ("GET", "/openapi.json"): (_openapi, 200, {}),
     ("GET", "/v1/health"): (_health, 200, {}),
@@ -233,6 +246,7 @@ ROUTE_CHECKS: dict[tuple[str, str], tuple[Callable[[Federation], tuple[Outcome, 
     ("PUT", "/v1/site/jobs/{job_id}/rounds/{round_index}/stages/{stage}/messages/{message_id}"): (
         _upload, 201, {"gamma": 403, "alice": 403, "mallory": 403, "olga": 403}),
     ("POST", "/v1/site/jobs/{job_id}/decline"): (_decline, 200, {"gamma": 403, "alice": 403, "mallory": 403, "olga": 403}),
+    ("POST", "/v1/site/checkpoint"): (_checkpoint, 200, {"alice": 403, "mallory": 403, "olga": 403}),
 }
 """The access table written again by hand: the check, the allowed callers' status, the others' statuses."""
 
