@@ -41,6 +41,8 @@ Spec::
 from __future__ import annotations
 
 import dataclasses
+import functools
+import math
 import os
 from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -66,8 +68,18 @@ from pipeline.analyses.protocol import (
 from pipeline.analyses.site_cache import SiteCache
 from pipeline.analyses.sum_checks import refuse_impossible
 from pipeline.dataset import Dataset
-from pipeline.encoding import Count, Ring, plan_layout
-from pipeline.errors import InputError, ProtocolError
+from pipeline.encoding import Count, Integer, Ring, plan_layout
+from pipeline.errors import ConfigurationError, InputError, ProtocolError
+from pipeline.privacy import (
+    PrivacyTerms,
+    Sensitivity,
+    Spend,
+    noise_headroom,
+    privacy_terms,
+    release_noise,
+    sample_discrete_gaussian,
+    secret_generator,
+)
 from pipeline.parameters import Param, integer, number, parse_params
 from pipeline.stats.counts import count_variants
 from pipeline.analyses.bounds import check_sample_bound
@@ -82,6 +94,7 @@ __all__ = [
     "FLAG_FIELD",
     "WITHHELD",
     "below_minimum",
+    "census_sensitivity",
     "census_table",
     "check_counts",
     "minor_allele_count",
@@ -105,6 +118,7 @@ PARAMS = {
     "hwe_p": Param(1e-6, number(0.0, 1.0)),
     "maf": Param(0.0, number(0.0, 0.5)),
     "max_samples_per_site": Param(10_000_000, integer(1, 2**40)),
+    "privacy": Param(None, lambda value: None if value is None else privacy_terms(value)),
 }
 """The census' spec keys, defaults and checks."""
 
@@ -118,6 +132,7 @@ class CensusParameters:
     hwe_p: float
     maf: float
     max_samples_per_site: int
+    privacy: PrivacyTerms | None = None
 
     @classmethod
     def parse(cls, spec: Mapping[str, Any]) -> CensusParameters:
@@ -129,7 +144,12 @@ class CensusParameters:
         return cls(**parse_params(spec, PARAMS, where="census"))
 
     def to_json(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        return {**dataclasses.asdict(self), "privacy": None if self.privacy is None else self.privacy.to_json()}
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> CensusParameters:
+        privacy = data.get("privacy")
+        return cls(**{**data, "privacy": None if privacy is None else PrivacyTerms.from_json(privacy)})
 
 
 @dataclass(frozen=True)
@@ -153,8 +173,20 @@ class CensusState:
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> CensusState:
         ids = data["variant_ids"]
-        return cls(CensusParameters(**data["parameters"]), int(data["num_participants"]),
+        return cls(CensusParameters.from_json(data["parameters"]), int(data["num_participants"]),
                    None if ids is None else tuple(str(v) for v in ids))
+
+    @property
+    def noise(self) -> Spend | None:
+        """The counts round's noise under the job's privacy terms (``None``: exact, or before the union).
+
+        Derived, never stored: every site computes it from the terms and the union
+        itself, so a coordinator cannot hand out a smaller sigma in the state.
+        """
+        privacy = self.parameters.privacy
+        if privacy is None or self.variant_ids is None:
+            return None
+        return _release_noise(privacy, len(self.variant_ids))
 
     @property
     def union(self) -> tuple[str, ...]:
@@ -221,6 +253,24 @@ def check_counts(counts: Mapping[str, np.ndarray], num_samples: int, variant_ids
                       labels=variant_ids, noun="variant")
 
 
+def census_sensitivity(num_variants: int) -> Sensitivity:
+    """One person's largest change of the DP counts round: one of the four counts per variant, and ``n_samples``.
+
+    Adding or removing a person moves exactly one of hom-ref, het, hom-alt and missing
+    by 1 at each union variant the site holds (0 at the others) and ``n_samples`` by 1:
+    ``l2 = sqrt(V + 1)``, ``l1 = V + 1``. So the noise grows like ``sqrt(V)``: the
+    privacy of a person is over all of their genotypes in the release at once.
+    """
+    if num_variants < 0:
+        raise ConfigurationError(f"census: num_variants must be >= 0, got {num_variants}")
+    return Sensitivity(l2=math.sqrt(num_variants + 1), l1=float(num_variants + 1))
+
+
+@functools.lru_cache(maxsize=64)
+def _release_noise(privacy: PrivacyTerms, num_variants: int) -> Spend:
+    return release_noise(privacy, census_sensitivity(num_variants))
+
+
 def census_table(
     variant_id: np.ndarray, counts: Mapping[str, np.ndarray], num_samples: int, parameters: CensusParameters, *,
     below_min: np.ndarray,
@@ -242,11 +292,11 @@ def census_table(
     """
     hom_ref, het, hom_alt, missing = (np.asarray(counts[name], np.int64) for name in COUNT_FIELDS)
     called = hom_ref + het + hom_alt
-    not_typed = num_samples - called - missing
+    not_typed = np.maximum(num_samples - called - missing, 0)  # only noisy counts can make it negative
     allele_count = het + 2 * hom_alt
     allele_number = 2 * called
     with np.errstate(invalid="ignore", divide="ignore"):
-        call_rate = called / num_samples if num_samples > 0 else np.zeros(called.shape)
+        call_rate = np.minimum(called / num_samples, 1.0) if num_samples > 0 else np.zeros(called.shape)
         frequency = np.where(allele_number > 0, allele_count / np.maximum(allele_number, 1), np.nan)
     hwe_p = hwe_exact_p(hom_ref, het, hom_alt)
     minor_count = np.minimum(allele_count, allele_number - allele_count)
@@ -335,6 +385,14 @@ def _count_dataset(dataset: Dataset) -> tuple[pa.Array, np.ndarray]:
     return ids, counts
 
 
+_DP_DISCLOSURE = (
+    "round 0 revealed which variant IDs each site holds at or above its own minimum minor allele count "
+    "(share_variant_keys), outside the differential-privacy guarantee; round 1 revealed only sums over the included "
+    "sites of counts to which every site added discrete Gaussian noise: the counts and everything computed from them "
+    "are (epsilon, delta)-differentially private for each person (see privacy)"
+)
+
+
 class Census(Analysis[CensusState]):
     """Federated variant census / QC (see the module docstring)."""
 
@@ -356,9 +414,20 @@ class Census(Analysis[CensusState]):
             return KeyUnion("variant_id", "variants each site holds at or above its minimum minor allele count")
         n_max = state.parameters.max_samples_per_site
         num_variants = len(state.union)
+        noise = state.noise
+        if noise is not None:
+            # Each site's counts plus its noise: room for the noise on both sides (it wraps with probability < 2^-40).
+            room = noise_headroom(noise.sigma, len(COUNT_FIELDS) * num_variants + 1)
+            noisy = [Integer(name, (num_variants,), n_max + room) for name in COUNT_FIELDS]
+            return plan_layout([*noisy, Integer("n_samples", (1,), n_max + room)], state.num_participants,
+                               rings=(Ring.R32, Ring.R64))
         fields = [Count(name, (num_variants,), n_max) for name in COUNT_FIELDS]
         return plan_layout([*fields, Count(FLAG_FIELD, (num_variants,), 1), Count("n_samples", (1,), n_max)],
                            state.num_participants, rings=(Ring.R32, Ring.R64))
+
+    def privacy_spend(self, state: CensusState, round_index: int) -> Spend | None:
+        """The counts round's noise and privacy, when the job asked for differential privacy."""
+        return state.noise if round_index == COUNTS_ROUND else None
 
     def contributions(self, state: CensusState, dataset: Dataset, site: SiteContext) -> tuple[Contribution, ...]:
         """Every sample of the site, over the genotypes.
@@ -398,9 +467,17 @@ class Census(Analysis[CensusState]):
         totals = {name: np.zeros(len(union), np.int64) for name in COUNT_FIELDS}
         for name, values in zip(COUNT_FIELDS, counts):
             np.add.at(totals[name], where, values[present])
+        n_samples = np.array([dataset.num_samples], np.int64)
+        noise = state.noise
+        if noise is not None:
+            # Differential privacy: the noise protects small cells, so no flag (it would depend on one person).
+            rng = secret_generator()
+            sigma = noise.sigma
+            noisy = {name: values + sample_discrete_gaussian(sigma, values.shape, rng=rng) for name, values in totals.items()}
+            return {**noisy, "n_samples": n_samples + sample_discrete_gaussian(sigma, (1,), rng=rng)}
         called = totals["n_hom_ref"] + totals["n_het"] + totals["n_hom_alt"]
         flags = below_minimum(called, totals["n_het"] + 2 * totals["n_hom_alt"], site)
-        return {**totals, FLAG_FIELD: flags, "n_samples": np.array([dataset.num_samples], np.int64)}
+        return {**totals, FLAG_FIELD: flags, "n_samples": n_samples}
 
     def coordinator_step(
         self, state: CensusState, round_index: int, total: Mapping[str, np.ndarray], num_sites: int
@@ -418,8 +495,15 @@ class Census(Analysis[CensusState]):
             return dataclasses.replace(state, variant_ids=union), False, None
         num_samples = int(np.asarray(total["n_samples"]).reshape(-1)[0])
         counts = {name: np.asarray(total[name], np.int64) for name in COUNT_FIELDS}
-        below_min = np.asarray(total[FLAG_FIELD], np.int64)
-        check_counts(counts, num_samples, state.union, below_min=below_min, num_sites=num_sites)
+        noise = state.noise
+        if noise is None:
+            below_min = np.asarray(total[FLAG_FIELD], np.int64)
+            check_counts(counts, num_samples, state.union, below_min=below_min, num_sites=num_sites)
+        else:
+            # Noisy sums: what is published is computed from them (post-processing keeps the guarantee).
+            counts = {name: np.maximum(values, 0) for name, values in counts.items()}
+            num_samples = max(num_samples, 0)
+            below_min = np.zeros(len(state.union), np.int64)
         table = census_table(np.asarray(state.union, dtype=str), counts, num_samples, state.parameters, below_min=below_min)
         publishable = table.column("publishable").to_numpy(zero_copy_only=False)
         passing = table.column("pass_qc").to_numpy(zero_copy_only=False)
@@ -436,12 +520,16 @@ class Census(Analysis[CensusState]):
                 "passing": int(np.count_nonzero(passing)),
                 "failing": int(table.num_rows - np.count_nonzero(passing)),
             },
-            "disclosure": (
+            "disclosure": _DP_DISCLOSURE if noise is not None else (
                 "round 0 revealed which variant IDs each site holds at or above its own minimum minor allele count "
                 "(share_variant_keys); round 1 revealed only sums over the included sites, among them per variant the "
                 "number of sites whose own minor allele count is below their minimum; variants where that number is not "
                 "0 are withheld"
             ),
+            "privacy": None if noise is None else {
+                **noise.to_json(), "sites_adding_noise": int(num_sites),
+                "count_noise_sd": float(noise.sigma * math.sqrt(num_sites)),
+            },
             "schemas": {"census_variants": schemas.load("census_variants").version},
         }
         return state, True, Result(summary=summary, tables={"census_variants": table, "filter": filter_table})

@@ -38,6 +38,7 @@ import pyarrow as pa
 from pipeline.analyses.site_cache import SiteCache
 from pipeline.dataset import Dataset
 from pipeline.encoding import Layout
+from pipeline.privacy import Spend
 
 __all__ = [
     "Analysis",
@@ -217,6 +218,16 @@ class Analysis(Protocol, Generic[S]):
         returns ``()``.
         """
         return (Contribution(dataset_sample_ids(dataset), (GENOTYPES,)),)
+
+    def privacy_spend(self, state: S, round_index: int) -> Spend | None:
+        """The noise the sites add in this round and what it costs, or ``None`` for an exact round.
+
+        An analysis that supports differential privacy adds the noise in its own site
+        step (integers, before the runtime encodes and masks them) and reports it here;
+        the site agent checks it against the site's budget before sending anything of the
+        round, and records it (:mod:`pipeline.federation.budget`). Default: exact.
+        """
+        return None
 
     def site_finish(self, state: S, dataset: Dataset, site: SiteContext, out_dir: Path) -> dict[str, Any] | None:
         """At a site, once a job it contributed to has ended: write what stays at the site.

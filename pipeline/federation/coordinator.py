@@ -52,6 +52,7 @@ from pipeline.errors import (
 )
 from pipeline.federation import secagg_wire, wire
 from pipeline.federation.job_spec import (
+    complete_privacy,
     DEFAULT_STAGE_TIMEOUT,
     analysis_parameters,
     check_job_id,
@@ -227,8 +228,9 @@ class Coordinator:
         options = parse_round_options(spec, self.sites, known_analyses=tuple(REGISTRY))
         analysis = get_analysis(options.analysis)
         participants = options.participants
-        state = analysis.init(analysis_parameters(spec), participants)
         threshold = options.threshold if options.threshold is not None else default_threshold(len(participants), options.num_neighbours)
+        spec = complete_privacy(spec, threshold)
+        state = analysis.init(analysis_parameters(spec), participants)
         job_id = new_job_id(self.clock())
         with self._locked():
             self.store.add_job(
@@ -339,6 +341,7 @@ class Coordinator:
                     "site_ids": list(current.site_ids),
                     "participants": list(current.participants),
                     "threshold": current.threshold,
+                    "analyst": self.store.job(job_id).analyst,
                     "federation": self.federation,
                     "has_message": site_id in current.inbox,
                     "state_digest": current.state_digest,

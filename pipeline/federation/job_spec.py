@@ -28,6 +28,7 @@ __all__ = [
     "check_job_id",
     "new_job_id",
     "RUNTIME_KEYS",
+    "complete_privacy",
     "DEFAULT_STAGE_TIMEOUT",
     "CONSISTENCY_CHECK_DEFAULT",
     "THRESHOLD_RULES",
@@ -169,6 +170,38 @@ class RoundOptions:
     participants: tuple[str, ...]
     threshold: int | None
     num_neighbours: int | None
+
+
+def complete_privacy(spec: Mapping[str, Any], threshold: int) -> dict[str, Any]:
+    """The spec with its ``privacy`` block's ``honest_sites`` filled in: ``threshold - max_colluding``.
+
+    A revealed sum holds at least ``threshold`` sites' noise, and up to ``max_colluding``
+    of them may share theirs with the coordinator (:mod:`pipeline.privacy.terms`); the
+    analysis calibrates its noise on the rest. A spec without ``privacy`` is returned as is.
+
+    Raises:
+        ConfigurationError: no site would be honest, or ``honest_sites`` asks for more.
+    """
+    privacy = spec.get("privacy")
+    if privacy is None:
+        return dict(spec)
+    if not isinstance(privacy, Mapping):
+        raise ConfigurationError("job spec key 'privacy' must be a mapping: {epsilon: E, delta: D, max_colluding: C}")
+    colluding = privacy.get("max_colluding", 0)
+    if isinstance(colluding, bool) or not isinstance(colluding, int) or colluding < 0:
+        raise ConfigurationError(f"job spec key 'privacy.max_colluding' must be an integer >= 0, got {colluding!r}")
+    honest = threshold - colluding
+    if honest < 1:
+        raise ConfigurationError(
+            f"job spec key 'privacy.max_colluding' is {colluding} with a threshold of {threshold}: no site's noise would be "
+            "guaranteed in a revealed sum; raise the threshold or lower max_colluding"
+        )
+    given = privacy.get("honest_sites", honest)
+    if isinstance(given, bool) or not isinstance(given, int) or not 1 <= given <= honest:
+        raise ConfigurationError(
+            f"job spec key 'privacy.honest_sites' must be an integer in [1, threshold - max_colluding = {honest}], got {given!r}"
+        )
+    return {**spec, "privacy": {**privacy, "honest_sites": given}}
 
 
 def analysis_parameters(spec: Mapping[str, Any]) -> dict[str, Any]:

@@ -26,10 +26,17 @@ from pipeline.privacy.discrete_gaussian import (
     secret_generator,
     tail_bound,
 )
+from pipeline.privacy.terms import WRAP_PROBABILITY, PrivacyTerms, Spend, noise_headroom, privacy_terms, release_noise
 
 __all__ = [
     "MAX_SIGMA",
     "MIN_DISTRIBUTED_SIGMA",
+    "PrivacyTerms",
+    "Spend",
+    "WRAP_PROBABILITY",
+    "noise_headroom",
+    "privacy_terms",
+    "release_noise",
     "Sensitivity",
     "calibrate_sigma",
     "compose_zcdp",
