@@ -460,6 +460,25 @@ def site_run(config_path: Path, once: bool, max_idle: float | None, as_json: boo
     echo_summary(summary, as_json=as_json, text=f"site {summary['site']}: {summary['tasks']} tasks in jobs {', '.join(summary['jobs']) or 'none'}")
 
 
+@site.command("budget")
+@click.option("--config", "config_path", required=True, type=click.Path(exists=True, dir_okay=False, path_type=Path), help="site.toml (written by genofed provision).")
+@json_option
+@handles_errors
+def site_budget(config_path: Path, as_json: bool) -> None:
+    """Show this site's differential-privacy spending: in all, by analyst, and per noisy release.
+
+    The budget ([policy.privacy] epsilon_budget in site.toml) is the site's over every
+    analyst's jobs together; each noisy round it took part in is listed with its
+    zCDP rho, its (epsilon, delta) and the noise sigma it added.
+    """
+    from pipeline.federation.budget import SPEND_FILE, PrivacyBudget, report_text, spending_report
+    from pipeline.federation.config import load_site_config
+
+    config = load_site_config(config_path, check_files=False)
+    report = spending_report(PrivacyBudget(config.state_dir / SPEND_FILE), config.policy.privacy)
+    echo_summary(report, as_json=as_json, text=report_text(report))
+
+
 @main.group()
 def job() -> None:
     """Submit federated jobs and collect their results (as an analyst; an operator reads any job)."""

@@ -57,9 +57,11 @@ from pipeline.analyses.registry import get_analysis
 from pipeline.encoding import Layout
 from pipeline.errors import ConfigurationError, GenofedError, IdentityError, PolicyRefusal, ProtocolError
 from pipeline.outputs import write_private
+from pipeline.privacy import privacy_terms, zcdp_to_approx_dp
 from pipeline.federation import secagg_wire, transport, wire
 from pipeline.federation.attempts import RoundAttempts
 from pipeline.federation.audit import AuditLog
+from pipeline.federation.budget import SPEND_FILE, PrivacyBudget, terms_refusal
 from pipeline.federation.checkpoints import CHECKPOINT_EVENT, Checkpoint, sign_checkpoint
 from pipeline.federation.ledger import Release, ReleaseLedger, samples_digest
 from pipeline.federation.config import SiteConfig, load_site_config
@@ -194,6 +196,7 @@ class SiteAgent:
         self._job_analysis: dict[str, str] = {}
         self._declined_jobs: set[str] = set()
         self.ledger = ReleaseLedger(self.state_dir / "ledger.jsonl")
+        self.budget = PrivacyBudget(self.state_dir / SPEND_FILE)
         self._contributions: dict[str, tuple[Contribution, ...]] = {}
         self._disclosure_checked: set[str] = set()
         self._refusals: dict[tuple[str, int, str], int] = {}
@@ -323,6 +326,7 @@ class SiteAgent:
             analysis = get_analysis(task["analysis"])
             check_policy(self.config, analysis.name, self.dataset())
             if job_id not in self._disclosure_checked:
+                self._check_privacy_terms(task, analysis)
                 self._check_disclosure(task, analysis, task["participants"])
                 self._disclosure_checked.add(job_id)
             if task["kind"] == "keys":
@@ -539,6 +543,48 @@ class SiteAgent:
         self.ledger.check(self._releases(task, analysis, sites), min_samples=policy.min_samples,
                           min_set_difference=policy.min_set_difference, site=self.config.name)
 
+    def _check_privacy_terms(self, task: dict[str, Any], analysis: Analysis[Any]) -> None:
+        """Raises :class:`PolicyRefusal` when the job's privacy terms (or their absence) break the site's policy."""
+        policy = self.config.policy.privacy
+        raw = (task.get("spec") or {}).get("privacy")
+        try:
+            terms = None if raw is None else privacy_terms(raw)
+        except ValueError as error:
+            raise PolicyRefusal(f"site {self.config.name}: the job's privacy block is malformed: {error}",
+                                public="the job's privacy block is malformed") from None
+        releases_samples = bool(self._releases(task, analysis, task["participants"]))
+        refusal = terms_refusal(terms, policy, threshold=int(task["threshold"]), releases_samples=releases_samples,
+                                site=self.config.name)
+        if refusal is None and terms is not None and policy.epsilon_budget is not None and self.budget.entries:
+            spent = zcdp_to_approx_dp(self.budget.spent_rho(), policy.delta)
+            if spent >= policy.epsilon_budget:
+                refusal = PolicyRefusal(f"site {self.config.name}: its privacy budget of {policy.epsilon_budget:g} is spent "
+                                        f"({spent:.4g})", code="budget-exhausted")
+        if refusal is not None:
+            raise refusal
+
+    def _spend_privacy(self, task: dict[str, Any], analysis: Analysis[Any], state: JobState) -> None:
+        """Before a noisy round's contribution is made: checks it against the budget, then records it (audited)."""
+        job_id, round_index = task["job_id"], int(task["round_index"])
+        spend = analysis.privacy_spend(state, round_index)
+        if spend is None or self.budget.spent((job_id, round_index)):
+            return
+        policy = self.config.policy.privacy
+        guaranteed = int(task["threshold"]) - policy.max_colluding
+        if spend.honest_sites > guaranteed:  # the round's own terms, whatever the spec said
+            raise PolicyRefusal(
+                f"site {self.config.name}: round {round_index} of job {job_id} calibrates its noise on {spend.honest_sites} "
+                f"honest sites; threshold {task['threshold']} and {policy.max_colluding} colluding guarantee {guaranteed}",
+                public="the job's privacy terms count on more honest sites than its threshold guarantees")
+        refusal = self.budget.refusal(spend, policy, site=self.config.name)
+        if refusal is not None:
+            raise refusal
+        entry = self.budget.record(job_id, round_index, analysis.name, str(task.get("analyst", "")), spend)
+        if entry is not None:
+            self.audit.append("privacy.spent", job_id=job_id, round=round_index, analysis=analysis.name,
+                              analyst=entry.analyst, rho=spend.rho, epsilon=spend.epsilon, delta=spend.delta,
+                              sigma=spend.sigma, honest_sites=spend.honest_sites)
+
     def _check_survivors(self, task: dict[str, Any], analysis: Analysis[Any], message: SurvivorList, folder: Path) -> None:
         """Refuses, before signing, a survivor list whose release breaks the ledger's rules (aborts the round)."""
         job_id, round_index = task["job_id"], int(task["round_index"])
@@ -575,6 +621,8 @@ class SiteAgent:
             self.audit.append("round.rerun", job_id=job_id, round=round_index, attempt=attempt)
 
     def _start_round(self, task: dict[str, Any], analysis: Analysis[Any], folder: Path) -> None:
+        _, state = self._state(task["job_id"], int(task["round_index"]), analysis)
+        self._spend_privacy(task, analysis, state)
         state, values = self._contribution(task, analysis)
         layout = analysis.layout(state, int(task["round_index"]))
         if not isinstance(layout, Layout):

@@ -44,6 +44,7 @@ __all__ = [
     "AnalystConfig",
     "CoordinatorConfig",
     "SiteConfig",
+    "PrivacyPolicy",
     "SitePolicy",
     "check_name",
     "load_analyst_config",
@@ -83,6 +84,31 @@ def check_name(name: str, *, what: str = "name") -> str:
             f"invalid {what} {name!r}: use 1-64 letters, digits, '_' or '-', starting with a letter or digit"
         )
     return name
+
+
+@dataclass(frozen=True)
+class PrivacyPolicy:
+    """A site's ``[policy.privacy]``: its differential-privacy budget and the terms it accepts.
+
+    The budget is the site's, over every job of every analyst together (one person's
+    data at the site is in all of them): the zCDP of the noisy releases it contributed
+    to adds up, and their sum converted at ``delta`` must stay within ``epsilon_budget``.
+
+    Attributes:
+        epsilon_budget: the most (epsilon, delta)-DP the site's releases may cost in
+            all; ``None``: no budget (noisy releases are still recorded).
+        delta: the delta the budget is kept at.
+        max_colluding: sites the site assumes may share their noise with the
+            coordinator: it declines a job whose privacy terms assume fewer, or count on
+            more honest sites than ``threshold - max_colluding``.
+        required: decline every job that would release its samples without
+            differential privacy.
+    """
+
+    epsilon_budget: float | None = None
+    delta: float = 1e-6
+    max_colluding: int = 0
+    required: bool = False
 
 
 @dataclass(frozen=True)
@@ -127,6 +153,7 @@ class SitePolicy:
     max_sites: int = 1000
     max_round_reruns: int = 0
     min_set_difference: int = 5
+    privacy: PrivacyPolicy = PrivacyPolicy()
 
     def allows(self, analysis: str) -> bool:
         """Whether jobs of ``analysis`` may use this site's data."""
@@ -465,6 +492,7 @@ def load_site_config(
         max_sites=table.get("max_sites", _int(2), "an integer >= 2", 1000),
         max_round_reruns=table.get("max_round_reruns", _int(0), "an integer >= 0", 0),
         min_set_difference=table.get("min_set_difference", _int(1), "an integer >= 1 (1: no set-difference rule)", 5),
+        privacy=_privacy_policy(table, path),
     )
     table.finish()
     if policy.max_sites < policy.min_sites:
@@ -473,6 +501,39 @@ def load_site_config(
         path=path, name=name, federation=federation, coordinator_url=_env_url(env, url, path), cert=cert, key=key,
         ca=ca, roster=roster, dataset=dataset, policy=policy, audit_log=audit_log, state_dir=state_dir, poll_interval=poll_interval,
     )
+
+
+def _privacy_policy(policy: _Table, path: Path) -> PrivacyPolicy:
+    """The optional ``[policy.privacy]`` table inside ``[policy]``."""
+    data = policy.get("privacy", lambda value: value if isinstance(value, dict) else _fail(), "a table [policy.privacy]", {})
+    table = _Table(path, data, "policy.privacy")
+    privacy = PrivacyPolicy(
+        epsilon_budget=table.get("epsilon_budget", _optional_positive, "a number > 0 (the site's total epsilon)", None),
+        delta=table.get("delta", _open_unit(0.01), "a number in (0, 0.01]", 1e-6),
+        max_colluding=table.get("max_colluding", _int(0), "an integer >= 0", 0),
+        required=table.get("required", _bool, "true or false", False),
+    )
+    table.finish()
+    return privacy
+
+
+def _fail() -> Any:
+    raise ValueError
+
+
+def _optional_positive(value: Any) -> float | None:
+    if value is None:
+        return None
+    return _positive_float(value)
+
+
+def _open_unit(high: float) -> Callable[[Any], float]:
+    def check(value: Any) -> float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value <= high:
+            raise ValueError
+        return float(value)
+
+    return check
 
 
 def load_analyst_config(

@@ -96,9 +96,15 @@ def test_shipped_site_configs__template_comments_every_key():
     text = (SITES_DIR / "template" / "site.toml").read_text()
     data = tomllib.loads(text)
     lines = text.splitlines()
-    for table, values in data.items():
-        for key in values:
-            index = next(i for i, line in enumerate(lines) if line.startswith(f"{key} = "))
+    tables = list(data.items())
+    while tables:
+        table, values = tables.pop()
+        for key, value in values.items():
+            if isinstance(value, dict):  # a table inside a table: [table.key], commented too
+                index = lines.index(f"[{table}.{key}]")
+                tables.append((f"{table}.{key}", value))
+            else:
+                index = next(i for i, line in enumerate(lines) if line.startswith(f"{key} = "))
             assert lines[index - 1].startswith("#"), f"{table}.{key} has no comment"
 
 
@@ -323,3 +329,15 @@ def test_operator_config__the_operator_table_reads_like_an_analysts(tmp_path):
     assert load_analyst_config(write(tmp_path, ANALYST, "analyst.toml"), check_files=False, env={}).role == "analyst"
     with pytest.raises(ConfigurationError, match="unknown key 'operator'"):
         load_analyst_config(write(tmp_path, ANALYST + "\n[operator]\nname = \"x\"\n", "both.toml"), check_files=False, env={})
+
+
+def test_site_config__privacy_policy(tmp_path):
+    text = SITE + "\n[policy.privacy]\nepsilon_budget = 4.0\ndelta = 1e-7\nmax_colluding = 1\nrequired = true\n"
+    privacy = load_site_config(write(tmp_path, text), check_files=False, env={}).policy.privacy
+    assert (privacy.epsilon_budget, privacy.delta, privacy.max_colluding, privacy.required) == (4.0, 1e-7, 1, True)
+    default = load_site_config(write(tmp_path, SITE), check_files=False, env={}).policy.privacy
+    assert default.epsilon_budget is None and not default.required
+    for line, key in (("epsilon_budget = 0", "policy.privacy.epsilon_budget"), ("delta = 0.5", "policy.privacy.delta"),
+                      ("budget = 3", "policy.privacy.budget")):
+        with pytest.raises(ConfigurationError, match=key.replace(".", r"\.")):
+            load_site_config(write(tmp_path, SITE + f"\n[policy.privacy]\n{line}\n"), check_files=False, env={})
