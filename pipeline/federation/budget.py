@@ -28,7 +28,7 @@ from pipeline.errors import ConfigurationError, PolicyRefusal
 from pipeline.federation.config import PrivacyPolicy
 from pipeline.privacy import PrivacyTerms, Spend, zcdp_to_approx_dp
 
-__all__ = ["BudgetEntry", "PrivacyBudget", "SPEND_FILE", "report_text", "spending_report", "terms_refusal"]
+__all__ = ["SPEND_FILE", "BudgetEntry", "PrivacyBudget", "report_text", "spending_report", "terms_refusal"]
 
 SPEND_FILE = "privacy-spend.jsonl"
 
@@ -106,7 +106,7 @@ class PrivacyBudget:
             return None
         entry = BudgetEntry(job_id=job_id, round_index=round_index, analysis=analysis, analyst=analyst, rho=spend.rho,
                             epsilon=spend.epsilon, delta=spend.delta, sigma=spend.sigma, honest_sites=spend.honest_sites,
-                            time=dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"))
+                            time=dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ"))
         self.path.parent.mkdir(parents=True, exist_ok=True)
         with os.fdopen(os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600), "a", encoding="utf-8") as handle:
             handle.write(json.dumps(entry.to_json(), sort_keys=True) + "\n")

@@ -130,7 +130,7 @@ class Checkpoint:
 def sign_checkpoint(key: ec.EllipticCurvePrivateKey, *, federation: str, signer: str, role: str, entries: int,
                     head: str, now: dt.datetime | None = None) -> Checkpoint:
     """The signed checkpoint of a log of ``entries`` entries ending with ``head``."""
-    moment = (now or dt.datetime.now(dt.timezone.utc)).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    moment = (now or dt.datetime.now(dt.UTC)).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
     unsigned = Checkpoint(federation=federation, signer=signer, role=role, entries=entries, head=head, time=moment)
     signature = base64.b64encode(sign_identity(key, unsigned.signed_bytes())).decode()
     return Checkpoint(**{**asdict(unsigned), "signature": signature})

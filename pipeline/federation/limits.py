@@ -28,7 +28,7 @@ from dataclasses import dataclass
 
 from pipeline.errors import ConfigurationError, GenofedError
 
-__all__ = ["BodyQuota", "DEFAULT_LIMITS", "Limits", "Overloaded", "RequestLimiter"]
+__all__ = ["DEFAULT_LIMITS", "BodyQuota", "Limits", "Overloaded", "RequestLimiter"]
 
 
 class Overloaded(GenofedError):

@@ -26,24 +26,31 @@ from pipeline.privacy.discrete_gaussian import (
     secret_generator,
     tail_bound,
 )
-from pipeline.privacy.terms import WRAP_PROBABILITY, PrivacyTerms, Spend, noise_headroom, privacy_terms, release_noise
+from pipeline.privacy.terms import (
+    WRAP_PROBABILITY,
+    PrivacyTerms,
+    Spend,
+    noise_headroom,
+    privacy_terms,
+    release_noise,
+)
 
 __all__ = [
     "MAX_SIGMA",
     "MIN_DISTRIBUTED_SIGMA",
-    "PrivacyTerms",
-    "Spend",
     "WRAP_PROBABILITY",
-    "noise_headroom",
-    "privacy_terms",
-    "release_noise",
+    "PrivacyTerms",
     "Sensitivity",
+    "Spend",
     "calibrate_sigma",
     "compose_zcdp",
     "discrete_gaussian_pmf",
     "distributed_discrete_gaussian_rho",
     "guaranteed_honest_sites",
+    "noise_headroom",
     "per_person_sensitivity",
+    "privacy_terms",
+    "release_noise",
     "rho_for_epsilon",
     "sample_discrete_gaussian",
     "secret_generator",

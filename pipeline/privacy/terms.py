@@ -36,7 +36,7 @@ from pipeline.privacy.accountant import (
 )
 from pipeline.privacy.discrete_gaussian import tail_bound
 
-__all__ = ["PrivacyTerms", "Spend", "WRAP_PROBABILITY", "noise_headroom", "privacy_terms", "release_noise"]
+__all__ = ["WRAP_PROBABILITY", "PrivacyTerms", "Spend", "noise_headroom", "privacy_terms", "release_noise"]
 
 WRAP_PROBABILITY = 2.0**-40
 """Bound on the probability that one release's summed noise leaves the room declared for it (and would wrap)."""

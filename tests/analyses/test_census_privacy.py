@@ -16,11 +16,21 @@ import pytest
 
 from pipeline import dataset as dataset_io
 from pipeline.analyses import SiteCache, SiteContext
-from pipeline.analyses.census import CENSUS, COUNT_FIELDS, FLAG_FIELD, CensusState, census_sensitivity
+from pipeline.analyses.census import (
+    CENSUS,
+    COUNT_FIELDS,
+    FLAG_FIELD,
+    CensusState,
+    census_sensitivity,
+)
 from pipeline.errors import ConfigurationError
 from pipeline.federation.in_memory import run_in_memory
 from pipeline.federation.job_spec import complete_privacy
-from pipeline.privacy import PrivacyTerms, distributed_discrete_gaussian_rho, zcdp_to_approx_dp
+from pipeline.privacy import (
+    PrivacyTerms,
+    distributed_discrete_gaussian_rho,
+    zcdp_to_approx_dp,
+)
 from tests.analyses.test_census import SITES, cohort, naive_pooled  # noqa: F401 -- the shared fixture
 
 TERMS = {"epsilon": 3.0, "delta": 1e-6, "honest_sites": 2}

@@ -123,7 +123,7 @@ def _upload_path(job_id: str, stage: str, message_id: str) -> str:
 
 
 def test_upload__job_round_stage_and_sender_are_checked_before_a_body_is_read(served, monkeypatch):
-    manifest, server, clients = served
+    _manifest, server, clients = served
     staged: list[int] = []
     store = server.coordinator.store
     stage_body = store.stage_body
@@ -190,7 +190,7 @@ def test_limits__a_site_with_requests_held_open_gets_429_and_the_others_are_serv
 
 
 def test_limits__a_body_over_the_bytes_quota_is_429_and_over_the_message_limit_413(served):
-    manifest, server, clients = served
+    _manifest, server, clients = served
     job_id = _submit(clients)
     headers = {"content-type": wire.ARROW_MEDIA_TYPE}
     busy = clients["alpha"].put(_upload_path(job_id, "advertise_keys", "alpha-big-00001"), content=b"\0" * (2 * MiB), headers=headers)

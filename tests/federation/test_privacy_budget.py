@@ -54,7 +54,7 @@ def _run(manifest: Any, analyst: Any, job_id: str) -> dict[str, Any]:
 
 
 def test_budget__a_noisy_release_within_budget_then_one_beyond_it_is_declined(fed):
-    manifest, server, analyst = fed
+    manifest, _server, analyst = fed
     first = _census(analyst, privacy=PRIVACY)
     status = _run(manifest, analyst, first)
     assert status["status"] == "done", status
@@ -92,7 +92,7 @@ def test_budget__a_noisy_release_within_budget_then_one_beyond_it_is_declined(fe
 
 
 def test_budget__a_site_that_requires_privacy_declines_an_exact_release(fed):
-    manifest, server, analyst = fed
+    manifest, _server, analyst = fed
     job_id = _census(analyst, sites=["alpha", "gamma"])
     status = _run(manifest, analyst, job_id)
     assert status["declined"].get("gamma", "").startswith("policy: the site releases only with differential privacy")
