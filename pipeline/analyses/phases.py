@@ -38,6 +38,7 @@ from pipeline.analyses.protocol import Analysis, Contribution, JobState, Result,
 from pipeline.dataset import Dataset
 from pipeline.errors import ConfigurationError
 from pipeline.json_arrays import table_from_json, table_to_json
+from pipeline.privacy import Spend
 
 __all__ = ["Phase", "Phased", "PhasedState"]
 
@@ -184,6 +185,11 @@ class Phased(Analysis[PhasedState]):
         (as the GWAS and training jobs do) from the job spec or the phase's state.
         """
         return self.phases[state.phase].analysis.contributions(state.inner, dataset, site)
+
+    def privacy_spend(self, state: PhasedState, round_index: int) -> Spend | None:
+        """The noise and privacy of the current phase's round (each phase accounts its own releases)."""
+        phase, local_round = self.current(state, round_index)
+        return phase.analysis.privacy_spend(state.inner, local_round)
 
     def site_finish(self, state: PhasedState, dataset: Dataset, site: SiteContext, out_dir: Path) -> dict[str, Any] | None:
         """The site hook of the phase the job ended in."""
