@@ -47,6 +47,13 @@ def _processes_mentioning(text: str) -> list[int]:
     return found
 
 
+def _cmdline(pid: int) -> bytes:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ")
+    except OSError:
+        return b""
+
+
 def test_federate__census_equals_pooled_and_leaves_no_process(cohort, tmp_path):
     out = tmp_path / "run"
     arguments = [sys.executable, "-m", "pipeline.cli", "federate", "--job", str(REPO / "workflows" / "census.yaml"), "--out", str(out), "--json"]
@@ -88,14 +95,18 @@ def test_federate__interrupted_stops_every_process(cohort, tmp_path):
     for _, _, path in cohort.values():
         arguments += ["--site", str(path)]
     process = subprocess.Popen(arguments, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
+    frozen: list[int] = []
     try:
-        # Interrupt as soon as the coordinator runs (federate itself also mentions OUT).
+        # Freeze the first site agent as soon as it exists: the job cannot finish before the
+        # interrupt, whatever the machine's load (federate must still stop the frozen agent).
         deadline = time.monotonic() + 60
-        while len(_processes_mentioning(str(out))) < 2 and time.monotonic() < deadline:
-            time.sleep(0.05)
-        assert len(_processes_mentioning(str(out))) >= 2, "the coordinator never started"
+        while not frozen and time.monotonic() < deadline:
+            frozen = [pid for pid in _processes_mentioning(str(out)) if b"site run" in _cmdline(pid)][:1]
+            time.sleep(0.02)
+        assert frozen, "no site agent started"
+        os.kill(frozen[0], signal.SIGSTOP)
         os.kill(process.pid, signal.SIGINT)
-        process.wait(timeout=30)
+        process.wait(timeout=60)
     finally:
         if process.poll() is None:
             os.kill(process.pid, signal.SIGKILL)
