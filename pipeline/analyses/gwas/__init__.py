@@ -1,4 +1,4 @@
-"""``gwas``: exact federated GWAS (linear or logistic), equal to the pooled fit.
+"""``gwas``: exact federated GWAS (linear or logistic), equal to the pooled fit; or a differentially private one.
 
 A GWAS job is three phases run as one job (:mod:`pipeline.analyses.phases`):
 
@@ -35,6 +35,14 @@ if its own minor allele count (called samples) is non-zero and below its policy'
 publishes a variant only where it is 0. Samples with a missing phenotype or covariate
 are dropped at the site; missing genotypes are dropped per variant.
 
+Differential privacy: exact is the default. With a ``privacy`` block (a site whose
+policy requires it declines an exact job) every round that releases person-level sums
+is noised by the sites, and the job's ``(epsilon, delta)`` covers them all together, for
+the linear model with ``pcs: 0`` (other combinations are refused at submission). What
+each round releases, the budget's split and the sensitivities are in
+:mod:`.privacy`; the estimates are not equal to the pooled fit, and their utility is
+only what ``tests/benchmarks/gwas_privacy.py`` measures.
+
 Spec (see ``workflows/gwas.yaml``)::
 
     analysis: gwas
@@ -53,11 +61,15 @@ Spec (see ``workflows/gwas.yaml``)::
     max_iterations: 25            # logistic Newton rounds (and Firth iterations)
     tolerance: 1.0e-8             # logistic: largest coefficient change at convergence
     firth: true                   # Firth-penalized refit of separated / unfinished variants
+    privacy:                      # optional: differential privacy (linear, pcs: 0); noise grows like max_abs_z^2
+      epsilon: 3.0
+      delta: 1.0e-6
+      max_colluding: 0
 
 The package follows those seams: :mod:`.spec` (parameters), :mod:`.state` (the typed
 public state), :mod:`.site_data` (complete samples, design, genotype rows),
 :mod:`.regression` (the moments round and the dispatch), :mod:`.linear`,
-:mod:`.logistic`, and :mod:`.outputs` (tables and files).
+:mod:`.logistic`, :mod:`.privacy` (the noisy mode) and :mod:`.outputs` (tables and files).
 """
 
 from __future__ import annotations
@@ -120,7 +132,7 @@ def _census_carry(result: Result, state: CensusState) -> dict[str, Any]:
     table = result.tables["census_variants"]
     passing = np.asarray(table.column("pass_qc").to_numpy(zero_copy_only=False), bool)
     ids = np.asarray(table.column("variant_id").to_pylist(), dtype=object)
-    return {"variant_ids": [str(v) for v in ids[passing]]}
+    return {"variant_ids": [str(v) for v in ids[passing]], "census_variants": int(table.num_rows)}
 
 
 def _pca_spec(job: Mapping[str, Any], carried: Mapping[str, Any]) -> dict[str, Any] | None:
@@ -135,7 +147,8 @@ def _pca_carry(result: Result, state: PcaState) -> dict[str, Any]:
 
 
 def _regression_spec(job: Mapping[str, Any], carried: Mapping[str, Any]) -> dict[str, Any]:
-    return {**dict(job), "variant_ids": list(carried.get("variant_ids", [])), "pca_state": carried.get("pca_state")}
+    return {**dict(job), "variant_ids": list(carried.get("variant_ids", [])), "pca_state": carried.get("pca_state"),
+            "census_variants": carried.get("census_variants")}
 
 
 def gwas_phases() -> tuple[Phase, ...]:

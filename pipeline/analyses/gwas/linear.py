@@ -7,6 +7,14 @@ plus 1 where its own minor allele count is non-zero and below its policy minimum
 coordinator solves every variant's normal equations from the sums in float64
 (:func:`pipeline.stats.glm.linear_fit`): the pooled OLS, then scales the genotype's
 effect back to the phenotype's units.
+
+With privacy terms (:mod:`~pipeline.analyses.gwas.privacy`) a site sends only ``xtx``,
+``xty`` and ``yty`` (``n`` is ``xtx``'s intercept entry, and no ``below_min`` flag: it
+would depend on one person), rounded to the noise's scale bits, plus its noise. The
+coordinator fits the noisy sums (:func:`noisy_linear_fit`): a variant whose noisy
+``X'X`` is not positive definite or whose residual sum of squares is not positive is
+``NOT_TESTED``, and the standard error adds the noise's first-order variance to the
+sampling variance, so the tests account for the noise instead of mistaking it for signal.
 """
 
 from __future__ import annotations
@@ -14,9 +22,11 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 import numpy as np
+from scipy import stats as scipy_stats
 
 from pipeline.analyses.census import below_minimum
 from pipeline.analyses.gwas.outputs import regression_result
+from pipeline.analyses.gwas.privacy import add_noise, noise_sd, noisy_real
 from pipeline.analyses.gwas.site_data import SiteData, complete_calls
 from pipeline.analyses.gwas.spec import (
     MAX_SCALE_BITS,
@@ -27,16 +37,29 @@ from pipeline.analyses.gwas.state import RegressionState
 from pipeline.analyses.protocol import Result, SiteContext
 from pipeline.dataset import Dataset
 from pipeline.encoding import Count, Layout, Real
+from pipeline.privacy import secret_generator
 from pipeline.stats import glm
 
-__all__ = ["linear_layout", "linear_result", "linear_site_statistics"]
+__all__ = ["NOISY_FIELDS", "linear_layout", "linear_result", "linear_site_statistics", "noisy_linear_fit"]
+
+NOISY_FIELDS = ("xtx", "xty", "yty")
+"""What a site sends in the statistics round with privacy."""
 
 
 def linear_layout(state: RegressionState) -> Layout:
-    """``xtx``, ``xty``, ``yty`` (fixed point, bounded by n_max * max_abs_z^2), ``n`` and ``below_min`` per variant."""
+    """``xtx``, ``xty``, ``yty`` (fixed point, bounded by n_max * max_abs_z^2), ``n`` and ``below_min`` per variant.
+
+    With privacy only ``xtx``, ``xty``, ``yty``, at the noise's scale bits, with room for the site's noise.
+    """
     p = state.parameters
     v, k = len(state.variant_ids), state.num_coefficients
     bound = p.statistic_bound
+    noise = state.statistics_noise
+    if noise is not None:
+        shapes = {"xtx": (v, glm.packed_size(k)), "xty": (v, k + 1), "yty": (v,)}
+        values = sum(int(np.prod(shape)) for shape in shapes.values())
+        return plan_regression_layout([noisy_real(name, shape, bound, noise, values) for name, shape in shapes.items()],
+                                      state.num_participants, hint="lower max_samples_per_site or max_abs_z")
 
     def real(name: str, shape: tuple[int, ...]) -> Real:
         return Real(name, shape, bound, min_scale_bits=MIN_SCALE_BITS, max_scale_bits=MAX_SCALE_BITS)
@@ -50,7 +73,7 @@ def linear_layout(state: RegressionState) -> Layout:
 
 def linear_site_statistics(state: RegressionState, dataset: Dataset, site: SiteContext, data: SiteData,
                            covariates: np.ndarray, phenotype: np.ndarray) -> dict[str, np.ndarray]:
-    """The site's contribution to round 1 (zeros for the variants it does not hold)."""
+    """The site's contribution to round 1 (zeros for the variants it does not hold); with privacy, noisy sums."""
     v, k = len(state.variant_ids), covariates.shape[1]
     out = {"xtx": np.zeros((v, glm.packed_size(k))), "xty": np.zeros((v, k + 1)), "yty": np.zeros(v),
            "n": np.zeros(v, np.int64), "below_min": np.zeros(v, np.int64)}
@@ -61,11 +84,62 @@ def linear_site_statistics(state: RegressionState, dataset: Dataset, site: SiteC
         called = np.rint(stats["n"]).astype(np.int64)
         out["n"][rows] = called
         out["below_min"][rows] = below_minimum(called, np.rint(stats["alt_count"]).astype(np.int64), site)
+    noise = state.statistics_noise
+    if noise is not None:
+        return add_noise({name: out[name] for name in NOISY_FIELDS}, noise, rng=secret_generator())
     return out
 
 
+def noisy_linear_fit(xtx: np.ndarray, xty: np.ndarray, yty: np.ndarray, noise_variance: float) -> glm.LinearFit:
+    """OLS of every variant from noisy sums, each entry carrying independent noise of ``noise_variance``.
+
+    ``n`` is ``xtx``'s intercept entry. A variant whose ``X'X`` is not positive definite
+    (or not finite), or whose residual sum of squares is not positive, gets
+    ``NOT_TESTED``: its estimate would be an artefact of the noise. The genotype's
+    ``beta = e_g' A^-1 b`` moves by ``w' (db - dA beta)`` (``w = A^-1 e_g``) under noise
+    ``dA``, ``db``: with iid noise per packed entry its variance is
+    ``tau^2 (|w|^2 + sum_(i<=j) (w_i b_j + w_j b_i)^2)`` (halved terms on the diagonal),
+    added to the sampling variance. First order in the noise: where the noise is not small
+    beside ``X'X``, the standard error is too small.
+    """
+    xtx, xty, yty = (np.asarray(a, np.float64) for a in (xtx, xty, yty))
+    k = xty.shape[1] - 1
+    matrix = glm.unpack_symmetric(xtx, k)
+    finite = np.all(np.isfinite(xtx), axis=1) & np.all(np.isfinite(xty), axis=1) & np.isfinite(yty)
+    eye = np.eye(k + 1)
+    matrix[~finite] = eye
+    positive = finite & (np.linalg.eigvalsh(matrix)[:, 0] > 0)
+    # Identity systems where the noisy one is not positive definite: the batched solves never fail.
+    xtx = np.where(positive[:, None], xtx, glm.pack_symmetric(eye, k))
+    xty = np.where(positive[:, None], xty, 0.0)
+    yty = np.where(positive, yty, 1.0)
+    matrix[~positive] = eye
+    n = xtx[:, 0]
+    fit = glm.linear_fit(xtx, xty, yty, n)
+    inverse = np.linalg.inv(matrix)
+    coefficients = np.einsum("vij,vj->vi", inverse, xty)
+    rss = yty - np.einsum("vi,vi->v", coefficients, xty)
+    testable = positive & (rss > 0)
+    w = inverse[:, :, -1]
+    rows, cols = glm.packed_index(k)
+    slope = w[:, rows] * coefficients[:, cols] + w[:, cols] * coefficients[:, rows]
+    slope = np.where(rows == cols, 0.5 * slope, slope)
+    noise = noise_variance * (np.sum(w**2, axis=1) + np.sum(slope**2, axis=1))
+    status = np.where(testable, fit.status, glm.STATUS.index("NOT_TESTED")).astype(np.int8)
+    ok = status == 0
+    with np.errstate(invalid="ignore"):
+        se = np.sqrt(fit.standard_error**2 + noise)
+        t = fit.beta / se
+    p = 2.0 * scipy_stats.t.sf(np.abs(t), np.maximum(fit.df, 1.0))
+    nan = np.where(ok, 1.0, np.nan)
+    return glm.LinearFit(fit.beta * nan, se * nan, t * nan, p * nan, fit.df, status)
+
+
 def linear_result(state: RegressionState, total: Mapping[str, np.ndarray], num_sites: int) -> Result:
-    """The pooled OLS of every variant from the round's sums, in the phenotype's units."""
+    """The pooled OLS of every variant from the round's sums, in the phenotype's units (noisy ones with privacy)."""
+    noise = state.statistics_noise
+    if noise is not None:
+        return _noisy_result(state, total, num_sites, noise_sd(noise, num_sites) ** 2)
     n = np.asarray(total["n"], np.int64)
     fit = glm.linear_fit(total["xtx"], total["xty"], total["yty"], n)
     scale = float(state.standardization.sd[-1])
@@ -74,3 +148,15 @@ def linear_result(state: RegressionState, total: Mapping[str, np.ndarray], num_s
     return regression_result(state, fit.beta * scale, fit.standard_error * scale, fit.t_statistic, fit.p_value,
                              fit.status, n, alt, np.asarray(total["below_min"], np.int64), num_sites,
                              layout=linear_layout(state))
+
+
+def _noisy_result(state: RegressionState, total: Mapping[str, np.ndarray], num_sites: int, noise_variance: float) -> Result:
+    """:func:`linear_result` from noisy sums: ``n`` and the ALT count read off ``xtx``, clipped to what they can be."""
+    fit = noisy_linear_fit(total["xtx"], total["xty"], total["yty"], noise_variance)
+    scale = float(state.standardization.sd[-1])
+    k = state.num_coefficients
+    xtx = np.asarray(total["xtx"], np.float64)
+    n = np.rint(np.clip(xtx[:, 0], 0.0, None)).astype(np.int64)
+    alt = np.clip(xtx[:, k * (k + 1) // 2], 0.0, 2.0 * n)
+    return regression_result(state, fit.beta * scale, fit.standard_error * scale, fit.t_statistic, fit.p_value,
+                             fit.status, n, alt, np.zeros(len(n), np.int64), num_sites, layout=linear_layout(state))

@@ -9,6 +9,13 @@ allele count is non-zero and below its policy minimum (the secure sum of those f
 
 :func:`write_outputs` renders the files an analyst downloads: ``gwas.tsv`` (GWAS-SSF
 v1.1), its metadata YAML, a Manhattan and a QQ plot.
+
+With privacy terms the sums are noisy: nothing is withheld by site flags (the noise
+protects small cells), the sums are not checked against what honest sites can give (noise
+can take them anywhere), the summary carries ``privacy`` (the job's target and spend, and
+each noisy round's sigma: :func:`~pipeline.analyses.gwas.privacy.job_privacy`), and the
+metadata YAML says the statistics are differentially private (``author_notes``, and a
+``differential_privacy`` block).
 """
 
 from __future__ import annotations
@@ -25,6 +32,7 @@ import yaml
 from matplotlib.figure import Figure
 
 from pipeline import schemas
+from pipeline.analyses.gwas.privacy import job_privacy
 from pipeline.analyses.gwas.state import RegressionState
 from pipeline.analyses.protocol import Result
 from pipeline.analyses.sum_checks import refuse_impossible
@@ -117,16 +125,17 @@ def regression_result(state: RegressionState, beta: np.ndarray, se: np.ndarray, 
         firth: (variants,) which estimates come from the Firth refit (logistic).
 
     Raises:
-        ProtocolError: sums no honest sites can give (:func:`check_variant_sums`).
+        ProtocolError: sums no honest sites can give (:func:`check_variant_sums`; exact sums only).
     """
-    check_variant_sums(state, n, alt_count, below_min, num_sites)
     p = state.parameters
+    if p.privacy is None:
+        check_variant_sums(state, n, alt_count, below_min, num_sites)
     ids = np.asarray(state.variant_ids, dtype=object)
     status = np.asarray(status, np.int8).copy()
     publishable = np.asarray(below_min) == 0
     status[~publishable] = glm.STATUS.index("BELOW_SITE_MIN_ALLELE_COUNT")
     with np.errstate(invalid="ignore", divide="ignore"):
-        eaf = np.where(n > 0, alt_count / (2.0 * np.maximum(n, 1)), np.nan)
+        eaf = np.where(n > 0, np.clip(alt_count / (2.0 * np.maximum(n, 1)), 0.0, 1.0), np.nan)
     table = gwas_table([str(v) for v in ids[publishable]], beta[publishable], se[publishable], eaf[publishable],
                        p_value[publishable], np.asarray(n)[publishable])
     ok_mask = (status == 0)
@@ -164,6 +173,19 @@ def regression_result(state: RegressionState, beta: np.ndarray, se: np.ndarray, 
         ),
         "schemas": {name: schemas.load(name).version for name in ("gwas", "gwas_status")},
     }
+    if p.privacy is not None:
+        summary["privacy"] = job_privacy(
+            p.privacy, census_variants=int(state.census_variants or 0), num_columns=len(state.columns) + 1,
+            num_variants=len(ids), num_coefficients=state.num_coefficients, max_abs_z=p.max_abs_z, num_sites=num_sites)
+        summary["test"] = ("t (Student, n - k - 1 df) from noisy sums; the standard error adds the noise's first-order "
+                           "variance to the sampling variance")
+        summary["disclosure"] = (
+            "the census' key round revealed which variant IDs each site holds at or above its own minimum minor allele "
+            "count, outside the differential-privacy guarantee; every other round revealed only sums to which every site "
+            "added discrete Gaussian noise (census counts, covariate moments, per-variant sufficient statistics): "
+            "everything published is (epsilon, delta)-differentially private for each person over the whole job "
+            "(see privacy)"
+        )
     if p.model == "logistic":
         summary["newton_rounds"] = state.logistic_fit.iteration
         summary["firth"] = {"enabled": p.firth, "variants": int(0 if firth is None else firth.sum()),
@@ -225,6 +247,19 @@ def write_outputs(result: Result, out_dir: Path | str) -> list[str]:
         "lambda_gc": summary.get("lambda_gc"),
         "effect_statistic": "beta",
     }
+    privacy = summary.get("privacy")
+    if privacy:
+        meta["analysis_software"] = "genofed (federated, differentially private: noisy sums over secure aggregation)"
+        meta["author_notes"] = (
+            f"Differentially private summary statistics: (epsilon {privacy['epsilon']:.4g}, delta {privacy['delta']:g}) for "
+            "each person over the whole job. Every site added discrete Gaussian noise to its sums before secure "
+            "aggregation; beta, standard_error, p_value, effect_allele_frequency and n are computed from the noisy "
+            "sums and differ from an exact pooled fit; standard_error includes the noise's first-order variance."
+        )
+        meta["differential_privacy"] = {
+            **{key: privacy[key] for key in ("epsilon", "delta", "rho", "honest_sites", "max_colluding")},
+            "rounds": [{key: r[key] for key in ("phase", "round", "sigma_real", "rho")} for r in privacy["rounds"]],
+        }
     with atomic_file(out / "gwas.tsv-meta.yaml", force=True) as tmp:
         Path(tmp).write_text(yaml.safe_dump(meta, sort_keys=False))
     _plots(table, out, summary)

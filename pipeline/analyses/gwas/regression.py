@@ -13,6 +13,14 @@ read it off. The number clipped per column stays in the site's log.
 From round 1 on, :class:`Regression` dispatches to the model's rounds:
 :mod:`~pipeline.analyses.gwas.linear` (one round) or
 :mod:`~pipeline.analyses.gwas.logistic` (Newton rounds, then the Firth refit).
+
+With privacy terms (:mod:`~pipeline.analyses.gwas.privacy`) the moments round sends
+``n``, the sums of ``x / A`` and of ``(x / A)^2`` (``A = max_abs_value``, so one person
+moves each by at most 1), rounded to :data:`~.privacy.DP_SCALE_BITS` bits, plus the
+site's noise. The coordinator publishes means and SDs from the noisy sums
+(:func:`noisy_moments`); only the standardization (and so which values reach the
+``max_abs_z`` clip) depends on them, never the fit's reparametrization-invariant
+genotype effect.
 """
 
 from __future__ import annotations
@@ -24,6 +32,7 @@ from typing import Any
 
 import numpy as np
 
+from pipeline.analyses.bounds import check_sample_bound
 from pipeline.analyses.gwas.linear import (
     linear_layout,
     linear_result,
@@ -37,6 +46,7 @@ from pipeline.analyses.gwas.logistic import (
     start_newton,
 )
 from pipeline.analyses.gwas.outputs import write_outputs
+from pipeline.analyses.gwas.privacy import add_noise, noise_sd, noisy_real
 from pipeline.analyses.gwas.site_data import design, site_data
 from pipeline.analyses.gwas.spec import (
     MAX_SCALE_BITS,
@@ -55,14 +65,15 @@ from pipeline.analyses.protocol import (
 )
 from pipeline.dataset import Dataset
 from pipeline.encoding import Count, Layout, Real
-from pipeline.analyses.bounds import check_sample_bound
 from pipeline.errors import ConfigurationError, InputError
+from pipeline.privacy import Spend, secret_generator
 
 __all__ = ["CARRIED_KEYS", "MOMENTS_ROUND", "REGRESSION", "Regression"]
 
 MOMENTS_ROUND = 0
-CARRIED_KEYS = ("variant_ids", "pca_state")
-"""Keys of the regression's spec handed over by the earlier phases (QC-passing variants, PCA state)."""
+CARRIED_KEYS = ("variant_ids", "pca_state", "census_variants")
+"""Keys of the regression's spec handed over by the earlier phases (QC-passing variants, PCA state,
+the census' union size)."""
 
 
 def moments_layout(state: RegressionState) -> Layout:
@@ -72,16 +83,28 @@ def moments_layout(state: RegressionState) -> Layout:
     n <= ``max_samples_per_site`` samples a sum is at most n x max_abs_value and a sum of
     squares n x max_abs_value^2, both within :attr:`GwasParameters.raw_moment_bound`
     (max_abs_value >= 1). Only used to standardize, so a few fractional bits suffice.
+
+    With privacy every field is real at the noise's scale bits, the sums are of ``x / A``
+    and ``(x / A)^2`` (at most n_max each), and each bound has room for the site's noise.
     """
     p = state.parameters
     m = len(state.columns) + 1
+    noise = state.moments_noise
+    hint = "lower max_samples_per_site or max_abs_value"
+    if noise is not None:
+        n_max = float(p.max_samples_per_site)
+        values = 1 + 2 * m
+        return plan_regression_layout([noisy_real("n_samples", (1,), n_max, noise, values),
+                                       noisy_real("sum", (m,), n_max, noise, values),
+                                       noisy_real("sum_squares", (m,), n_max, noise, values)],
+                                      state.num_participants, hint=hint)
     bound = p.raw_moment_bound
 
     def real(name: str) -> Real:
         return Real(name, (m,), bound, min_scale_bits=MIN_MOMENT_SCALE_BITS, max_scale_bits=MAX_SCALE_BITS)
 
     return plan_regression_layout([Count("n_samples", (1,), p.max_samples_per_site), real("sum"), real("sum_squares")],
-                                  state.num_participants, hint="lower max_samples_per_site or max_abs_value")
+                                  state.num_participants, hint=hint)
 
 
 def published_moments(state: RegressionState, total: Mapping[str, np.ndarray]) -> RegressionState:
@@ -110,6 +133,32 @@ def published_moments(state: RegressionState, total: Mapping[str, np.ndarray]) -
     return state
 
 
+def noisy_moments(state: RegressionState, total: Mapping[str, np.ndarray], num_sites: int) -> RegressionState:
+    """Means and SDs from the moments round's noisy sums (privacy): post-processing only.
+
+    The mean is clipped to ``±A`` and the variance to ``[floor, A^2]``, where ``floor`` is
+    (a first-order bound on) the noise's standard deviation in the variance,
+    ``(A^2 + 2 |mean| A) tau / n``: a noisy variance can be negative, and an underestimated
+    SD would clip (bias) many standardized values at ``max_abs_z``, while an overestimated
+    one only costs precision. No column is refused as constant: the noise hides it.
+
+    Raises:
+        InputError: the noisy count of complete samples is below 2.
+    """
+    noise = state.moments_noise
+    assert noise is not None
+    a = state.parameters.max_abs_value
+    n = int(np.rint(float(np.asarray(total["n_samples"]).reshape(-1)[0])))
+    if n < 2:
+        raise InputError(f"gwas: {n} complete samples (a noisy count) across the sites; nothing to test")
+    tau = noise_sd(noise, num_sites)  # of each noisy sum of x / A or (x / A)^2
+    mean = np.clip(a * np.asarray(total["sum"], np.float64) / n, -a, a)
+    second = np.clip(a * a * np.asarray(total["sum_squares"], np.float64) / n, 0.0, a * a)
+    floor = (a * a + 2.0 * np.abs(mean) * a) * tau / n
+    variance = np.minimum(np.maximum(second - mean**2, floor), a * a)
+    return dataclasses.replace(state, moments=Moments(n, mean, np.sqrt(variance)))
+
+
 class Regression(Analysis[RegressionState]):
     """The regression rounds of a GWAS (the last phase; see the module docstring)."""
 
@@ -119,7 +168,8 @@ class Regression(Analysis[RegressionState]):
         """Parameters, the variants to test (QC-passing) and the PCA state, from the earlier phases.
 
         Raises:
-            ConfigurationError: a wrong spec key or value.
+            ConfigurationError: a wrong spec key or value; with privacy, no census union
+                size handed over, or noise beyond what the sampler draws.
             InputError: no variant passed the census' QC filter.
         """
         parameters = GwasParameters.parse(spec, ignore=CARRIED_KEYS)
@@ -128,7 +178,16 @@ class Regression(Analysis[RegressionState]):
             raise InputError("gwas: no variant passed the census QC filter; relax min_call_rate, hwe_p or maf")
         pca_json = spec.get("pca_state")
         pca = None if pca_json is None else PCA.state_from_json(pca_json)
-        return RegressionState(parameters=parameters, num_participants=len(participants), variant_ids=variant_ids, pca=pca)
+        census_variants = spec.get("census_variants")
+        if parameters.privacy is not None and not isinstance(census_variants, int):
+            raise ConfigurationError("gwas: with privacy the regression phase needs census_variants (the census phase's "
+                                     "union size) to account the job's whole budget; run it as part of a gwas job")
+        state = RegressionState(parameters=parameters, num_participants=len(participants), variant_ids=variant_ids,
+                                pca=pca, census_variants=census_variants if parameters.privacy is not None else None)
+        if parameters.privacy is not None:
+            # Computing the rounds' noise now refuses, before any round of the phase, noise the sampler cannot draw.
+            _noises = (state.moments_noise, state.statistics_noise)
+        return state
 
     def state_from_json(self, data: Mapping[str, Any]) -> RegressionState:
         return RegressionState.from_json(data)
@@ -158,6 +217,12 @@ class Regression(Analysis[RegressionState]):
                                   f"{list(p.covariates)} than the job's max_samples_per_site allows")
         if round_index == MOMENTS_ROUND:
             values = np.column_stack([data.raw, data.phenotype])
+            noise = state.moments_noise
+            if noise is not None:  # differential privacy: sums of x / A, so one person moves each by <= 1
+                values = values / p.max_abs_value
+                sums = {"n_samples": np.array([float(len(data.phenotype))]), "sum": values.sum(axis=0),
+                        "sum_squares": (values**2).sum(axis=0)}
+                return add_noise(sums, noise, rng=secret_generator())
             return {"n_samples": np.array([len(data.phenotype)], np.int64), "sum": values.sum(axis=0),
                     "sum_squares": (values**2).sum(axis=0)}
         covariates, phenotype = design(data, state)
@@ -170,12 +235,18 @@ class Regression(Analysis[RegressionState]):
     ) -> StepResult[RegressionState]:
         """Round 0: publish means/SDs; then the linear fit, or one Newton (or Firth) update of every variant."""
         if round_index == MOMENTS_ROUND:
+            if state.moments_noise is not None:
+                return noisy_moments(state, total, num_sites), False, None
             return published_moments(state, total), False, None
         if state.parameters.model == "linear":
             return state, True, linear_result(state, total, num_sites)
         if state.firth is not None:
             return firth_update(state, total, num_sites)
         return newton_update(state, total, num_sites)
+
+    def privacy_spend(self, state: RegressionState, round_index: int) -> Spend | None:
+        """The moments and statistics rounds' noise and privacy, when the job asked for differential privacy."""
+        return state.moments_noise if round_index == MOMENTS_ROUND else state.statistics_noise
 
     def site_finish(self, state: RegressionState, dataset: Dataset, site: SiteContext, out_dir: Path) -> dict[str, Any] | None:
         """Keeps this site's PC scores at the site (``pca_scores.parquet``) when the job ran a PCA phase."""

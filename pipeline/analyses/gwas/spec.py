@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from pipeline.analyses.census import PARAMS as CENSUS_PARAMS
+from pipeline.analyses.gwas.privacy import census_terms
 from pipeline.encoding import Declaration, Layout, Ring, plan_layout
 from pipeline.errors import ConfigurationError
 from pipeline.parameters import (
@@ -32,6 +33,7 @@ from pipeline.parameters import (
     number,
     parse_params,
 )
+from pipeline.privacy import PrivacyTerms
 
 __all__ = [
     "MAX_SCALE_BITS",
@@ -73,6 +75,7 @@ PARAMS = {
     "tolerance": Param(1e-8, number(1e-14, 1e-2)),
     "firth": Param(True, boolean),
     "phenotype": Param(REQUIRED, _column_name),
+    "privacy": Param(None, CENSUS_PARAMS["privacy"].check),
 }
 """The GWAS spec keys, defaults and checks (``pca`` is handed to the PCA phase, which checks it)."""
 
@@ -96,6 +99,7 @@ class GwasParameters:
     tolerance: float
     firth: bool
     phenotype: str
+    privacy: PrivacyTerms | None = None
 
     @classmethod
     def parse(cls, spec: Mapping[str, Any], *, ignore: Iterable[str] = ()) -> GwasParameters:
@@ -106,24 +110,37 @@ class GwasParameters:
             ignore: keys handed over by earlier phases, not checked here.
 
         Raises:
-            ConfigurationError: naming the key, what was expected and what was given.
+            ConfigurationError: naming the key, what was expected and what was given; a
+                ``privacy`` block with a model or PCA phase that has no noisy mode yet.
         """
         values = parse_params(spec, PARAMS, where="gwas", ignore=ignore)
         if values["phenotype"] in values["covariates"]:
             raise ConfigurationError(f"gwas: the phenotype {values['phenotype']!r} is also listed as a covariate")
+        if values["privacy"] is not None and (values["model"] != "linear" or values["pcs"] != 0):
+            raise ConfigurationError(
+                f"gwas with privacy supports model: linear with pcs: 0 for now (got model: {values['model']}, "
+                f"pcs: {values['pcs']}): the logistic fit takes many rounds over the same people and the PCA phase has no "
+                "noisy mode; drop the privacy block, or use model: linear and pcs: 0"
+            )
         return cls(**{**values, "covariates": tuple(values["covariates"])})
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> GwasParameters:
-        return cls(**{**data, "covariates": tuple(data["covariates"]), "pca": dict(data["pca"])})
+        privacy = data.get("privacy")
+        return cls(**{**data, "covariates": tuple(data["covariates"]), "pca": dict(data["pca"]),
+                      "privacy": None if privacy is None else PrivacyTerms.from_json(privacy)})
 
     def to_json(self) -> dict[str, Any]:
-        return {**dataclasses.asdict(self), "covariates": list(self.covariates), "pca": dict(self.pca)}
+        return {**dataclasses.asdict(self), "covariates": list(self.covariates), "pca": dict(self.pca),
+                "privacy": None if self.privacy is None else self.privacy.to_json()}
 
     def census_spec(self) -> dict[str, Any]:
-        """The census phase's spec: its QC thresholds and the per-site sample bound."""
-        return {"min_allele_count": self.min_allele_count, "min_call_rate": self.min_call_rate, "hwe_p": self.hwe_p,
-                "maf": self.maf, "max_samples_per_site": self.max_samples_per_site}
+        """The census phase's spec: its QC thresholds, the per-site sample bound, and with privacy its share of the budget."""
+        spec: dict[str, Any] = {"min_allele_count": self.min_allele_count, "min_call_rate": self.min_call_rate,
+                                "hwe_p": self.hwe_p, "maf": self.maf, "max_samples_per_site": self.max_samples_per_site}
+        if self.privacy is not None:
+            spec["privacy"] = census_terms(self.privacy).to_json()
+        return spec
 
     @property
     def columns(self) -> tuple[str, ...]:

@@ -30,11 +30,13 @@ from typing import Any
 
 import numpy as np
 
+from pipeline.analyses.gwas.privacy import moments_noise, statistics_noise
 from pipeline.analyses.gwas.spec import GwasParameters
 from pipeline.analyses.pca import PCA, PcaState
 from pipeline.analyses.protocol import JsonState
 from pipeline.errors import InputError
 from pipeline.json_arrays import decode_array, encode_array, frozen_array
+from pipeline.privacy import Spend
 from pipeline.stats import glm
 
 __all__ = ["COUNT_NAMES", "FirthRound", "FirthState", "Moments", "NewtonState", "RegressionState", "VariantCounts"]
@@ -243,6 +245,8 @@ class RegressionState(JsonState):
         moments: the pooled means and SDs, from round 0 on.
         newton: the logistic fit, from round 0 on (logistic model only).
         firth: the Firth refit, once the plain fit has ended with failures.
+        census_variants: the census phase's variant union size (its counts round's noise,
+            for the job's privacy summary); ``None`` when the job has no privacy terms.
     """
 
     parameters: GwasParameters
@@ -252,6 +256,7 @@ class RegressionState(JsonState):
     moments: Moments | None = None
     newton: NewtonState | None = None
     firth: FirthState | None = None
+    census_variants: int | None = None
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -260,6 +265,7 @@ class RegressionState(JsonState):
             "moments": None if self.moments is None else self.moments.to_json(),
             "newton": None if self.newton is None else self.newton.to_json(),
             "firth": None if self.firth is None else self.firth.to_json(),
+            "census_variants": self.census_variants,
         }
 
     @classmethod
@@ -272,7 +278,26 @@ class RegressionState(JsonState):
             variant_ids=tuple(str(v) for v in data["variant_ids"]), pca=part("pca", PCA.state_from_json),
             moments=part("moments", Moments.from_json), newton=part("newton", NewtonState.from_json),
             firth=part("firth", FirthState.from_json),
+            census_variants=None if data.get("census_variants") is None else int(data["census_variants"]),
         )
+
+    @property
+    def moments_noise(self) -> Spend | None:
+        """The moments round's per-site noise under the job's privacy terms (``None``: exact).
+
+        Derived, never stored (as every round's noise): every site computes it from the
+        public terms and the columns, so no state the coordinator sends can shrink it.
+        """
+        privacy = self.parameters.privacy
+        return None if privacy is None else moments_noise(privacy, len(self.columns) + 1)
+
+    @property
+    def statistics_noise(self) -> Spend | None:
+        """The per-variant statistics round's per-site noise (``None``: exact); derived from the terms, V, k and max_abs_z."""
+        p = self.parameters
+        if p.privacy is None:
+            return None
+        return statistics_noise(p.privacy, len(self.variant_ids), self.num_coefficients, p.max_abs_z)
 
     @property
     def columns(self) -> tuple[str, ...]:
