@@ -113,6 +113,8 @@ def _plot(path: Path, task: str, federated: Sequence[Mapping[str, Any]], pooled:
         axis.plot([c["round"] for c in curve], [c[metric] for c in curve], color="0.6", linewidth=1, linestyle="--",
                   label="local-only" if name == next(iter(local)) else None)
     axis.plot([c["round"] for c in pooled], [c[metric] for c in pooled], color="tab:green", linewidth=2, label="pooled")
+    # A job with differential privacy publishes no learning curve (its rounds release only noisy gradients).
+    federated = [c for c in federated if metric in c]
     axis.plot([c["round"] for c in federated], [c[metric] for c in federated], color="tab:blue", linewidth=2, marker="o", markersize=3, label="federated")
     axis.xaxis.set_major_locator(MaxNLocator(integer=True))
     axis.set_xlabel("round")
@@ -164,7 +166,7 @@ def training_baselines(spec: Mapping[str, Any], datasets: Sequence[Path | str], 
     metrics = {
         "local_mean": {m: float(np.nanmean([v[m] for v in local_final.values()])) for m in metric_names},
         "local_best": dict(local_final[best_site]),
-        "federated": {m: float(summary["metrics"][m]) for m in metric_names},
+        "federated": {m: float(summary["metrics"][m]) for m in metric_names if m in summary["metrics"]},
         "pooled": {m: float(pooled_curve[-1][m]) for m in metric_names},
     }
     out = Path(out_dir)

@@ -42,6 +42,7 @@ __all__ = [
     "read_site_data",
     "moment_statistics",
     "standardization",
+    "noisy_standardization",
     "standardize",
     "top_hits",
     "screening_statistics",
@@ -226,6 +227,46 @@ def standardization(totals: Mapping[str, np.ndarray], *, task: str) -> Standardi
     target_var = float(np.asarray(totals["target_sumsq"]).reshape(-1)[0]) / max(n, 1.0) - target_mean**2
     target_scale = float(np.sqrt(target_var)) if target_var > MIN_SCALE**2 else 1.0
     return Standardization(mean, scale, target_mean, target_scale)
+
+
+def noisy_standardization(totals: Mapping[str, np.ndarray], *, task: str, bound: np.ndarray, target_bound: float,
+                          noise_sd: Mapping[str, float | np.ndarray]) -> Standardization:
+    """Means and scales from summed moments to which noise of known standard deviation was added (differential privacy).
+
+    Only post-processing of the noisy sums, so it keeps their guarantee. Each count is
+    taken within [1, n_train], each mean within ``±bound``, and each variance within
+    [its noise level, ``bound²``], the noise level being the standard deviation that the
+    sums' noise gives the variance estimate: a variance the noise swamps gets a scale of
+    the noise's order, never 0, a negative variance or the exact path's fallback of 1
+    (which would leave a covariate such as age unscaled).
+
+    Args:
+        totals: the noisy sums, in the values' own units: ``feature_sum``,
+            ``feature_sumsq``, ``feature_count``, ``n_train`` (and ``target_sum``,
+            ``target_sumsq`` for a quantitative task).
+        bound: (features,) the largest magnitude of one value of each feature.
+        target_bound: the largest magnitude of a quantitative target.
+        noise_sd: per field of ``totals``, the standard deviation of its summed noise.
+    """
+    n = max(float(np.asarray(totals["n_train"], np.float64).reshape(-1)[0]), 1.0)
+    count = np.clip(np.asarray(totals["feature_count"], np.float64), 1.0, n)
+    mean, scale = _noisy_moments(totals["feature_sum"], totals["feature_sumsq"], count, np.asarray(bound, np.float64),
+                                 noise_sd["feature_sum"], noise_sd["feature_sumsq"])
+    if task != "quantitative":
+        return Standardization(mean, scale)
+    target_mean, target_scale = _noisy_moments(totals["target_sum"], totals["target_sumsq"], np.array([n]),
+                                               np.array([float(target_bound)]), noise_sd["target_sum"], noise_sd["target_sumsq"])
+    return Standardization(mean, scale, float(target_mean[0]), float(target_scale[0]))
+
+
+def _noisy_moments(sums: Any, squares: Any, count: np.ndarray, bound: np.ndarray, sums_sd: Any,
+                   squares_sd: Any) -> tuple[np.ndarray, np.ndarray]:
+    """Mean and scale of each column from noisy sums (see :func:`noisy_standardization`)."""
+    mean = np.clip(np.asarray(sums, np.float64).reshape(count.shape) / count, -bound, bound)
+    variance = np.asarray(squares, np.float64).reshape(count.shape) / count - mean**2
+    floor = np.sqrt(np.square(squares_sd) + np.square(2.0 * mean * sums_sd)) / count
+    scale = np.sqrt(np.minimum(np.maximum(variance, floor), bound**2))
+    return mean, np.where(scale < MIN_SCALE, 1.0, scale)
 
 
 def standardize(features: np.ndarray, scaling: Standardization) -> np.ndarray:

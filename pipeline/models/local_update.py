@@ -16,6 +16,13 @@ coefficients at exactly zero.
 
 Rows with ``weight == 0`` are padding: they count for nothing, so a site's arrays can
 be padded to any size without changing its update.
+
+Differential privacy (DP-FedSGD) replaces the local update by one full-batch gradient
+step: a site contributes the sum of its per-example gradients, each clipped to L2 norm
+``clip_norm`` (:func:`clipped_gradient_sum_fn`: ``jax.vmap`` of the per-sample gradient
+inside one jit), so one person moves the sum by at most ``clip_norm``; the coordinator
+takes the step from the noisy mean (:func:`gradient_step`), exactly the step a
+full-batch, one-epoch local update takes from the exact mean.
 """
 
 from __future__ import annotations
@@ -43,6 +50,9 @@ __all__ = [
     "soft_threshold",
     "clip_by_l2",
     "trace_count",
+    "clipped_gradient_sum_fn",
+    "gradient_step",
+    "CLIP_MARGIN",
 ]
 
 LOCAL_OPTIMIZERS = ("sgd", "adam")
@@ -221,3 +231,113 @@ def predict_fn(model: ModelConfig) -> Callable[..., Any]:
     jitted = jax.jit(predict)
     _PREDICTS[model] = jitted
     return jitted
+
+
+CLIP_MARGIN = 2.0**-12
+"""Per-example gradients are clipped to ``clip_norm * (1 - CLIP_MARGIN)``: float32 errors of the norm stay inside ``clip_norm``."""
+_BLOCK_ROWS = 2**14
+"""Rows per jitted call: a block's integer sum (at most 2^14 x 2^16 per coordinate) cannot overflow int32."""
+_CHUNK_VALUES = 2**20
+"""Per-example gradient values held at once (a chunk of rows x parameters)."""
+
+_CLIPPED: dict[tuple[ModelConfig, float, int], Any] = {}
+
+
+def clipped_gradient_sum_fn(model: ModelConfig, *, clip_norm: float, scale_bits: int) -> Callable[..., tuple[np.ndarray, int, float]]:
+    """The sum of per-example gradients clipped to L2 norm ``clip_norm``, as exact integers of ``2^-scale_bits clip_norm``.
+
+    Each example's gradient of its own loss (the data term only: the elastic-net and
+    FedProx terms do not depend on the data, the coordinator adds them) comes from
+    ``jax.vmap`` of ``jax.grad`` inside one jit; it is scaled down to L2 norm at most
+    ``clip_norm * (1 - CLIP_MARGIN)``, divided by ``clip_norm`` and truncated toward
+    zero to integers of ``2^-scale_bits``. Truncation never lengthens a vector, so one
+    example's integer vector has L2 norm at most ``2^scale_bits`` (and L1 at most
+    ``2^scale_bits sqrt(P)``), and integer sums are exact: with or without one example,
+    the sums differ by that example's vector alone. ``scale_bits`` at most 16.
+
+    Returns:
+        ``fn(theta (P,), features (n, p), target (n,)) -> (int64 (P,) sum, examples
+        clipped, sum of the examples' losses)``; the sum times ``clip_norm / 2^scale_bits``
+        is the clipped gradients' sum.
+    """
+    if not 0 <= scale_bits <= 16:
+        raise ConfigurationError(f"scale_bits must be in [0, 16] (an int32 block sum cannot overflow), got {scale_bits}")
+    if not (math.isfinite(clip_norm) and clip_norm > 0):
+        raise ConfigurationError(f"clip_norm must be positive and finite, got {clip_norm!r}")
+    key = (model, float(clip_norm), int(scale_bits))
+    if key not in _CLIPPED:
+        _CLIPPED[key] = _clipped_block_fn(model, float(clip_norm), int(scale_bits))
+    block_fn = _CLIPPED[key]
+    space = param_space(model)
+    chunk = max(1, min(256, _CHUNK_VALUES // space.size))
+
+    def clipped_sum(theta: np.ndarray, features: np.ndarray, target: np.ndarray) -> tuple[np.ndarray, int, float]:
+        features = np.asarray(features, np.float32)
+        target = np.asarray(target, np.float32)
+        total = np.zeros(space.size, np.int64)
+        clipped, loss = 0, 0.0
+        for start in range(0, features.shape[0], _BLOCK_ROWS):
+            x, y = features[start : start + _BLOCK_ROWS], target[start : start + _BLOCK_ROWS]
+            rows = -(-max(x.shape[0], 1) // chunk) * chunk
+            rows = chunk * (1 << max(0, rows // chunk - 1).bit_length())  # a power of two of chunks: few shapes, few compilations
+            pad = rows - x.shape[0]
+            mask = np.concatenate([np.ones(x.shape[0], np.float32), np.zeros(pad, np.float32)])
+            x = np.pad(x, ((0, pad), (0, 0))).reshape(rows // chunk, chunk, -1)
+            y = np.pad(y, (0, pad)).reshape(rows // chunk, chunk)
+            block_sum, block_clipped, block_loss = block_fn(theta, x, y, mask.reshape(rows // chunk, chunk))
+            total += np.asarray(block_sum, np.int64)
+            clipped += int(block_clipped)
+            loss += float(block_loss)
+        return total, clipped, loss
+
+    return clipped_sum
+
+
+def _clipped_block_fn(model: ModelConfig, clip_norm: float, scale_bits: int) -> Any:
+    """The jitted block of :func:`clipped_gradient_sum_fn`: a scan over chunks of rows, vmap within a chunk."""
+    space = param_space(model)
+    limit = clip_norm * (1.0 - CLIP_MARGIN)
+    unit = float(1 << scale_bits)
+
+    def example_loss(theta: jax.Array, x: jax.Array, y: jax.Array) -> jax.Array:
+        return per_sample_loss(model.task, space.apply(theta, x[None, :]), y[None])[0]
+
+    per_example = jax.vmap(jax.value_and_grad(example_loss), in_axes=(None, 0, 0))
+
+    def block(theta: jax.Array, features: jax.Array, target: jax.Array, mask: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
+        def chunk_step(carry: tuple[jax.Array, jax.Array, jax.Array],
+                       rows: tuple[jax.Array, jax.Array, jax.Array]) -> tuple[tuple[jax.Array, jax.Array, jax.Array], None]:
+            total, clipped, loss = carry
+            x, y, m = rows
+            losses, gradients = per_example(theta, x, y)
+            norms = jnp.sqrt(jnp.sum(jnp.square(gradients), axis=1))
+            over = norms > limit
+            factor = jnp.where(over, limit / jnp.where(over, norms, 1.0), 1.0) / clip_norm * m
+            integers = jnp.trunc(gradients * (factor * unit)[:, None]).astype(jnp.int32)
+            return (total + integers.sum(axis=0), clipped + jnp.sum(over & (m > 0)), loss + jnp.sum(losses * m)), None
+
+        start = (jnp.zeros(space.size, jnp.int32), jnp.zeros((), jnp.int32), jnp.zeros((), jnp.float32))
+        (total, clipped, loss), _ = jax.lax.scan(chunk_step, start, (features, target, mask))
+        return total, clipped, loss
+
+    return jax.jit(block)
+
+
+def gradient_step(config: LocalConfig, theta: np.ndarray, mean_gradient: np.ndarray) -> np.ndarray:
+    """One step of the local optimizer (fresh state) from ``theta`` on the data term's mean gradient.
+
+    Adds the elastic net's L2 gradient on the weights (the FedProx term's gradient is 0 at
+    the global model), takes one optax step and the L1 proximal step: from the exact mean
+    gradient of a site's data, the model one full-batch, one-epoch :func:`local_update_fn`
+    reaches. The coordinator of a differentially private job applies it to the noisy mean.
+    """
+    space = param_space(config.model)
+    params = jnp.asarray(theta, jnp.float32)
+    gradient = jnp.asarray(mean_gradient, jnp.float32) + config.l2 * jnp.asarray(space.kernel_mask) * params
+    optimizer = local_optimizer(config)
+    updates, _ = optimizer.update(gradient, optimizer.init(params), params)
+    stepped = optax.apply_updates(params, updates)
+    threshold = config.learning_rate * config.l1
+    if threshold > 0:
+        stepped = soft_threshold(stepped, threshold, jnp.asarray(space.kernel_mask))
+    return np.asarray(stepped, np.float32)

@@ -17,6 +17,7 @@ from pipeline.privacy.accountant import (
     guaranteed_honest_sites,
     per_person_sensitivity,
     rho_for_epsilon,
+    sigma_for_rho,
     zcdp_to_approx_dp,
 )
 from pipeline.privacy.discrete_gaussian import (
@@ -54,6 +55,7 @@ __all__ = [
     "rho_for_epsilon",
     "sample_discrete_gaussian",
     "secret_generator",
+    "sigma_for_rho",
     "tail_bound",
     "zcdp_to_approx_dp",
 ]

@@ -231,18 +231,38 @@ def calibrate_sigma(
     """
     _positive(epsilon, "epsilon")
     _probability(delta, "delta")
+    return sigma_for_rho(rho_for_epsilon(epsilon, delta), l2_sensitivity, l1_sensitivity, honest_sites,
+                         relative_tolerance=relative_tolerance)
+
+
+def sigma_for_rho(
+    rho: float,
+    l2_sensitivity: float,
+    l1_sensitivity: float,
+    honest_sites: int,
+    *,
+    relative_tolerance: float = 1e-3,
+) -> float:
+    """The smallest per-site sigma (within ``relative_tolerance``, rounded up) whose release is ``rho``-zCDP.
+
+    :func:`calibrate_sigma` for a target ``rho`` rather than an (epsilon, delta): what a
+    round needs when a job's budget is split over several noisy rounds (zCDP adds up).
+
+    Raises:
+        ConfigurationError: an argument is invalid.
+    """
+    target = _positive(rho, "rho")
     l2 = _positive(l2_sensitivity, "l2_sensitivity")
     l1 = _positive(l1_sensitivity, "l1_sensitivity")
     n = _sites(honest_sites, "honest_sites")
     tolerance = _positive(relative_tolerance, "relative_tolerance")
-    target = rho_for_epsilon(epsilon, delta)
 
     def meets(sigma: float) -> bool:
         return distributed_discrete_gaussian_rho(l2, l1, sigma, n) <= target
 
     # rho >= D2^2 / (2 n sigma^2) always, so no sigma below the continuous Gaussian's can do.
     low = max(MIN_DISTRIBUTED_SIGMA, l2 / math.sqrt(2.0 * n * target))
-    if meets(low):
+    if meets(_round_up(low)):
         return _round_up(low)
     high = 2.0 * low
     while not meets(high):

@@ -37,6 +37,14 @@ own held-out metrics to its own log, and after the job its agent writes the fina
 and its held-out metrics under its state folder
 (:meth:`.final_evaluation.FinalEvaluation.site_finish`).
 
+With a ``privacy`` block the job is (epsilon, delta)-differentially private for each
+person over all its rounds (:mod:`.privacy`): the features must be given (no key round,
+no screening), the moments, each training round (DP-FedSGD: one full-batch step from the
+sum of per-example gradients clipped to ``clip_norm``, no sample count, no learning
+curve) and the final evaluation (score histograms, no per-site slots) are released with
+discrete Gaussian noise added at each site, and the budget is split 10% / 80% / 10%
+between them; the result's ``privacy`` says how.
+
 The job's parameters are a :class:`TrainingPlan` (:mod:`.plan`). Spec (see
 ``workflows/train.yaml``)::
 
@@ -52,6 +60,7 @@ The job's parameters are a :class:`TrainingPlan` (:mod:`.plan`). Spec (see
     clip_norm: 10.0
     holdout_fraction: 0.2
     seed: 0
+    privacy: {epsilon: 3.0, delta: 1.0e-6, max_colluding: 0}   # optional; then local: {epochs: 1}, no batch_size
 """
 
 from pipeline.analyses.train.final_evaluation import EvaluationState, FinalEvaluation

@@ -11,12 +11,29 @@ that opted in; the flag, not the zeros, tells an opted-out site apart.
 After the job, each site writes the final model and its own held-out metrics under its
 state folder (:meth:`FinalEvaluation.site_finish`); they stay there unless its policy
 shared them in its slot.
+
+With differential privacy (:mod:`.privacy`) the round releases, noisy, only what one
+person's presence moves by little: for a binary target the per-class score histograms
+(:data:`~.plan.PRIVATE_BINS` bins by default) and the correct calls, so AUC and
+accuracy (the Brier score and log loss are not released, and absent from the metrics);
+for a quantitative one the squared error, the target's sum and sum of squares and the
+count, with the standardized target clipped to ``±PRIVATE_TARGET_BOUND`` and the squared
+error capped at its square (tighter than the exact path's caps, so the noise is
+smaller), so R² and MSE. A metric the noise leaves undefined (R² when the noisy total
+sum of squares is not positive) is left out, so the summary stays strict JSON.
+There are no per-site slots: a site's own metrics are one site's statistics and stay at
+the site. The coordinator clips noisy counts at 0 (and correct calls at the histograms'
+total): the released AUC is then conservative, biased toward 0.5 where the noise is
+comparable to the bins' counts (few held-out samples, small epsilon). The result carries
+``privacy``: the terms, the budget's split and each release's sigma
+(:func:`~.privacy.privacy_summary`).
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -43,6 +60,7 @@ from pipeline.analyses.protocol import JsonState
 from pipeline.analyses.sum_checks import refuse_impossible
 from pipeline.analyses.train.model_record import biomarkers, model_record
 from pipeline.analyses.train.plan import TrainingPlan
+from pipeline.analyses.train.privacy import NoisyRelease, evaluation_release, privacy_summary
 from pipeline.analyses.train.screening import ScreeningSummary
 from pipeline.analyses.train.site_data import (
     global_model_on_site,
@@ -56,10 +74,15 @@ from pipeline.json_arrays import decode_array, encode_array
 from pipeline.models import evaluation, param_space
 from pipeline.models.checkpoint import save_model
 from pipeline.models.features import Standardization
+from pipeline.models.local_update import predict_fn
+from pipeline.privacy import Spend, secret_generator
 
 log = logging.getLogger(__name__)
 
-__all__ = ["FINAL_EVALUATION", "FinalEvaluation", "EvaluationState"]
+__all__ = ["FINAL_EVALUATION", "FinalEvaluation", "EvaluationState", "PRIVATE_TARGET_BOUND"]
+
+PRIVATE_TARGET_BOUND = 5.0
+"""With privacy, a quantitative held-out target counts within ±5 of its standard deviations, and an error within 5 of them."""
 
 
 @dataclass(frozen=True, eq=False)
@@ -105,6 +128,47 @@ class EvaluationState(JsonState):
             Standardization.from_json(data["scaling"]), int(data["n_train"]), int(data["n_holdout"]), decode_array(data["params"]),
             tuple(dict(record) for record in data["history"]),
         )
+
+    @property
+    def noise(self) -> NoisyRelease | None:
+        """The round's noisy release under the job's privacy terms (``None``: exact). Derived, never stored."""
+        return None if self.plan.privacy is None else evaluation_release(self.plan)
+
+
+def _private_sums(state: EvaluationState, release: NoisyRelease, arrays: Mapping[str, np.ndarray],
+                  stats: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """The site's released statistics as integers: the histogram counts, or each person's error and target in units."""
+    if state.plan.task == "binary":
+        return {name: np.asarray(stats[name], np.int64) for name in ("hist_case", "hist_control", "correct")}
+    model = state.plan.model(state.plan.num_features(state.variant_ids))
+    prediction = np.asarray(predict_fn(model)(state.params, arrays["holdout_x"]), np.float64)
+    target = np.asarray(arrays["holdout_y"], np.float64)
+    error = np.minimum(np.square(prediction - target), PRIVATE_TARGET_BOUND**2)
+    target = np.clip(target, -PRIVATE_TARGET_BOUND, PRIVATE_TARGET_BOUND) / PRIVATE_TARGET_BOUND
+    return {"sse": release.integer_sum(error[:, None] / PRIVATE_TARGET_BOUND**2),
+            "target_sum": release.integer_sum(target[:, None]), "target_sumsq": release.integer_sum(np.square(target)[:, None]),
+            "count": release.integer_sum(np.ones((target.size, 1)))}
+
+
+def _private_metrics(state: EvaluationState, release: NoisyRelease, total: Mapping[str, np.ndarray]) -> dict[str, float]:
+    """The defined metrics of the noisy statistics (post-processing: counts at least 0, correct calls at most the total)."""
+    metrics = _noisy_metrics(state, release, total)
+    return {name: value for name, value in metrics.items() if math.isfinite(value)}
+
+
+def _noisy_metrics(state: EvaluationState, release: NoisyRelease, total: Mapping[str, np.ndarray]) -> dict[str, float]:
+    noisy = release.restored(total)
+    if state.plan.task == "binary":
+        case, control = np.maximum(noisy["hist_case"], 0.0), np.maximum(noisy["hist_control"], 0.0)
+        correct = np.clip(noisy["correct"], 0.0, case.sum() + control.sum())
+        metrics = evaluation.binary_metrics({"hist_case": case, "hist_control": control, "correct": correct,
+                                             "brier_sum": np.zeros(1), "log_loss_sum": np.zeros(1)})
+        return {name: metrics[name] for name in ("auc", "accuracy", "n")}  # the Brier score and log loss were not released
+    bound = PRIVATE_TARGET_BOUND
+    return evaluation.quantitative_metrics({
+        "sse": np.maximum(noisy["sse"], 0.0) * bound**2, "target_sum": noisy["target_sum"] * bound,
+        "target_sumsq": np.maximum(noisy["target_sumsq"], 0.0) * bound**2, "count": np.round(np.maximum(noisy["count"], 0.0)),
+    })
 
 
 def _site_slots(plan: TrainingPlan, participants: Sequence[str], n_holdout: int, site: SiteContext,
@@ -161,6 +225,15 @@ def _shared_site_metrics(task: str, participants: Sequence[str], total: Mapping[
 
 def _disclosure(plan: TrainingPlan, site_metrics: Mapping[str, Any]) -> str:
     """What the job revealed to the coordinator, in one sentence."""
+    if plan.privacy is not None:
+        return (
+            "the coordinator learned only sums over the included sites to which every site added discrete Gaussian noise: "
+            "feature moments, sums of per-example clipped gradients and held-out score statistics; the standardization, "
+            "the model and the metrics computed from them are (epsilon, delta)-differentially private for each person "
+            "over the whole job (see privacy); the features were given by the job"
+            + (" (chosen from a GWAS table, whose own release is outside this guarantee)" if plan.features.source.startswith("gwas:")
+               else "")
+        )
     return (
         "the coordinator learned only sums: feature moments, sample-weighted clipped model deltas and held-out "
         "score histograms over the included sites"
@@ -197,7 +270,13 @@ class FinalEvaluation(Analysis[EvaluationState]):
         return EvaluationState.from_json(data)
 
     def layout(self, state: EvaluationState, round_index: int) -> Layout:
-        """The held-out statistics, then one slot per participant and the slots' flags."""
+        """The held-out statistics, then one slot per participant and the slots' flags.
+
+        With privacy: the noisy release's integer fields only, with room for the noise.
+        """
+        noise = state.noise
+        if noise is not None:
+            return noise.layout(len(state.participants))
         reals, counts = statistic_fields(state.plan, state.n_holdout)
         slot_reals, slot_counts, flags = slot_fields(state.plan, state.participants, state.n_holdout)
         return plan_layout([*reals, *slot_reals, *counts, *slot_counts, *flags], len(state.participants),
@@ -210,9 +289,12 @@ class FinalEvaluation(Analysis[EvaluationState]):
             PolicyRefusal: fewer usable samples than the site's k (``too-few-samples``), or
                 more than the job allows (``policy``).
         """
-        shares = site.share_site_metrics and site.name in state.participants
-        _, stats = global_model_on_site(state.plan, state.variant_ids, state.scaling, state.params, dataset, site,
-                                        phase="evaluate", shared=shares)
+        noise = state.noise
+        shares = noise is None and site.share_site_metrics and site.name in state.participants
+        arrays, stats = global_model_on_site(state.plan, state.variant_ids, state.scaling, state.params, dataset, site,
+                                             phase="evaluate", shared=shares)
+        if noise is not None:
+            return noise.noised(_private_sums(state, noise, arrays, stats), rng=secret_generator())
         return {**stats, **_site_slots(state.plan, state.participants, state.n_holdout, site, stats)}
 
     def coordinator_step(
@@ -224,10 +306,15 @@ class FinalEvaluation(Analysis[EvaluationState]):
             ProtocolError: sums no honest sites can give (:func:`_check_sums`).
         """
         plan = state.plan
-        _check_sums(state, self.layout(state, round_index), total, num_sites)
-        metrics = evaluation.metrics(plan.task, total)
+        noise = state.noise
+        if noise is None:
+            _check_sums(state, self.layout(state, round_index), total, num_sites)
+            metrics = evaluation.metrics(plan.task, total)
+            site_metrics = _shared_site_metrics(plan.task, state.participants, total)
+        else:  # noisy sums: only the layout's bounds were checked
+            metrics = _private_metrics(state, noise, total)
+            site_metrics = {}
         history = [*state.history, {"round": len(state.history), **metrics, "num_sites": int(num_sites)}]
-        site_metrics = _shared_site_metrics(plan.task, state.participants, total)
         tables = {"history": pa.Table.from_pylist(history)}
         markers = biomarkers(plan, state.variant_ids, state.scaling, state.params)
         if markers is not None:
@@ -250,7 +337,14 @@ class FinalEvaluation(Analysis[EvaluationState]):
             "parameters": plan.to_json(),
             "disclosure": _disclosure(plan, site_metrics),
         }
+        if noise is not None:
+            summary["privacy"] = privacy_summary(plan, plan.num_features(state.variant_ids), int(state.params.size), num_sites)
         return state, True, Result(summary=summary, tables=tables)
+
+    def privacy_spend(self, state: EvaluationState, round_index: int) -> Spend | None:
+        """The evaluation's noise and cost, when the job asked for differential privacy."""
+        noise = state.noise
+        return None if noise is None else noise.spend
 
     def site_finish(self, state: EvaluationState, dataset: Dataset, site: SiteContext, out_dir: Path) -> dict[str, str] | None:
         """At the site, after the job: the final model and its metrics on this site's held-out split.

@@ -8,6 +8,14 @@ within its layout bound (``max_samples_per_site`` x ``max_abs_value``, or x 2 fo
 dosage). From the sums
 every site gets the same means and standard deviations
 (:func:`pipeline.models.features.standardization`), and the job its sample counts.
+
+With differential privacy (:mod:`.privacy`) the same moments are released noisy: each
+person's values in units of their bound (2 for a dosage, ``max_abs_value`` for a
+covariate or target, squared for a sum of squares), summed as integers, plus each site's
+discrete Gaussian noise; a binary target's moments, which the standardization does not
+use, are left out. The coordinator standardizes from the noisy sums with every variance
+at least its own noise level (:func:`pipeline.models.features.noisy_standardization`), and
+the noisy, rounded split sizes become the job's public sample counts.
 """
 
 from __future__ import annotations
@@ -29,11 +37,19 @@ from pipeline.analyses.train.declarations import LAYOUT_HINT, check_samples, rea
 from pipeline.analyses.protocol import JsonState
 from pipeline.analyses.sum_checks import check_moments, refuse_impossible
 from pipeline.analyses.train.plan import TrainingPlan
+from pipeline.analyses.train.privacy import NoisyRelease, moments_release
 from pipeline.analyses.train.site_data import checked_site_data
 from pipeline.dataset import Dataset
 from pipeline.encoding import Count, Declaration, Layout, Ring, plan_layout
 from pipeline.errors import InputError
-from pipeline.models.features import Standardization, moment_statistics, standardization
+from pipeline.models.features import (
+    SiteData,
+    Standardization,
+    moment_statistics,
+    noisy_standardization,
+    standardization,
+)
+from pipeline.privacy import Spend, secret_generator
 
 __all__ = ["MOMENTS", "Moments", "MomentsState"]
 
@@ -69,6 +85,13 @@ class MomentsState(JsonState):
         return cls(TrainingPlan.from_json(data["plan"]), int(data["num_participants"]), tuple(str(v) for v in data["variant_ids"]),
                    None if scaling is None else Standardization.from_json(scaling), int(data["n_train"]), int(data["n_holdout"]))
 
+    @property
+    def noise(self) -> NoisyRelease | None:
+        """The round's noisy release under the job's privacy terms (``None``: exact). Derived, never stored."""
+        if self.plan.privacy is None:
+            return None
+        return moments_release(self.plan, self.plan.num_features(self.variant_ids))
+
     def handover(self) -> dict[str, Any]:
         """What the later phases need: the plan, the features, the standardization and the sample counts."""
         assert self.scaling is not None, "the moments phase hands over once its round has ended"
@@ -101,6 +124,55 @@ def _check_sums(state: MomentsState, layout: Layout, total: Mapping[str, np.ndar
                   bound=1.0 if plan.task == "binary" else plan.max_abs_value)
 
 
+def _units(plan: TrainingPlan, variant_ids: tuple[str, ...]) -> np.ndarray:
+    """(features,) the largest magnitude of one value: 2 for a dosage, ``max_abs_value`` for a (clipped) covariate."""
+    return np.array([2.0] * len(variant_ids) + [plan.max_abs_value] * len(plan.covariates))
+
+
+def _private_sums(state: MomentsState, release: NoisyRelease, data: SiteData) -> dict[str, np.ndarray]:
+    """The site's moments as exact integer sums of each training person's values in units of their bounds."""
+    plan = state.plan
+    units = _units(plan, state.variant_ids)
+    train = data.train
+    features = data.features[train]
+    observed = ~np.isnan(features)
+    filled = np.where(observed, features, 0.0)
+    people = features.shape[0]
+    sums = {
+        "feature_sum": release.integer_sum(filled / units), "feature_sumsq": release.integer_sum(np.square(filled / units)),
+        "feature_count": release.integer_sum(observed.astype(np.float64)), "n_train": release.integer_sum(np.ones((people, 1))),
+        "n_holdout": release.integer_sum(np.ones((int(data.holdout.sum()), 1))),
+    }
+    if plan.task == "quantitative":
+        target = data.target[train] / plan.max_abs_value
+        sums["target_sum"] = release.integer_sum(target[:, None])
+        sums["target_sumsq"] = release.integer_sum(np.square(target)[:, None])
+    return sums
+
+
+def _private_step(state: MomentsState, release: NoisyRelease, total: Mapping[str, np.ndarray],
+                  num_sites: int) -> MomentsState:
+    """The standardization and the sample counts from the noisy sums (post-processing only)."""
+    plan = state.plan
+    units = _units(plan, state.variant_ids)
+    noisy = release.restored(total)
+    sd = release.noise_sd(num_sites)
+    target = plan.max_abs_value
+    sums = {"feature_sum": noisy["feature_sum"] * units, "feature_sumsq": noisy["feature_sumsq"] * units**2,
+            "feature_count": noisy["feature_count"], "n_train": noisy["n_train"]}
+    noise_sd: dict[str, float | np.ndarray] = {"feature_sum": sd * units, "feature_sumsq": sd * units**2}
+    if plan.task == "quantitative":
+        sums |= {"target_sum": noisy["target_sum"] * target, "target_sumsq": noisy["target_sumsq"] * target**2}
+        noise_sd |= {"target_sum": sd * target, "target_sumsq": sd * target**2}
+    scaling = noisy_standardization(sums, task=plan.task, bound=units, target_bound=target, noise_sd=noise_sd)
+    n_train = round(float(noisy["n_train"][0]))
+    n_holdout = max(round(float(noisy["n_holdout"][0])), 0)
+    if n_train < 2:
+        raise InputError(f"train: about {n_train} training samples across the sites (noisy count); check the target column "
+                         f"{plan.target!r}")
+    return dataclasses.replace(state, scaling=scaling, n_train=n_train, n_holdout=n_holdout)
+
+
 class Moments(Analysis[MomentsState]):
     """Feature moments and sample counts (see the module docstring)."""
 
@@ -114,7 +186,13 @@ class Moments(Analysis[MomentsState]):
         return MomentsState.from_json(data)
 
     def layout(self, state: MomentsState, round_index: int) -> Layout:
-        """Real sums bounded by ``max_samples_per_site`` times ``max_abs_value`` (or 2, a dosage), exact counts; Z_2^64."""
+        """Real sums bounded by ``max_samples_per_site`` times ``max_abs_value`` (or 2, a dosage), exact counts; Z_2^64.
+
+        With privacy: the noisy release's integer fields, with room for the noise.
+        """
+        noise = state.noise
+        if noise is not None:
+            return noise.layout(state.num_participants)
         plan = state.plan
         p = plan.num_features(state.variant_ids)
         n_max = float(plan.max_samples_per_site)
@@ -140,6 +218,9 @@ class Moments(Analysis[MomentsState]):
                 more than the job allows (``policy``).
         """
         data = checked_site_data(state.plan, state.variant_ids, dataset, site)
+        noise = state.noise
+        if noise is not None:
+            return noise.noised(_private_sums(state, noise, data), rng=secret_generator())
         return moment_statistics(data)
 
     def coordinator_step(
@@ -152,6 +233,9 @@ class Moments(Analysis[MomentsState]):
             InputError: fewer than 2 training samples over the sites.
         """
         plan = state.plan
+        noise = state.noise
+        if noise is not None:  # noisy sums: only the layout's bounds were checked (relations between them need not hold)
+            return _private_step(state, noise, total, num_sites), True, Result(summary={})
         _check_sums(state, self.layout(state, round_index), total, num_sites)
         scaling = standardization(total, task=plan.task)
         n_train = int(np.asarray(total["n_train"]).reshape(-1)[0])
@@ -159,6 +243,11 @@ class Moments(Analysis[MomentsState]):
         if n_train < 2:
             raise InputError(f"train: only {n_train} training samples across the sites; check the target column {plan.target!r}")
         return dataclasses.replace(state, scaling=scaling, n_train=n_train, n_holdout=n_holdout), True, Result(summary={})
+
+    def privacy_spend(self, state: MomentsState, round_index: int) -> Spend | None:
+        """The noisy moments' noise and cost, when the job asked for differential privacy."""
+        noise = state.noise
+        return None if noise is None else noise.spend
 
 
 MOMENTS = Moments()

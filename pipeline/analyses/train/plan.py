@@ -10,10 +10,19 @@ is the ``parameters`` of the job's result summary.
 The feature selection is resolved here: ``features: {gwas: PATH, top: K}`` reads the
 GWAS table at the coordinator when the job starts, and the plan keeps the variant list
 it chose (the sites never read that file).
+
+A ``privacy`` block (:func:`pipeline.privacy.privacy_terms`) makes the job differentially
+private (:mod:`.privacy`). Only what can be noised is accepted then: the features are
+given (a variant list or a GWAS table; the key union and the screening would release
+which variants a site holds and their exact associations), and every round is one
+full-batch gradient step (``local: {epochs: 1}``, no ``batch_size``), whose per-example
+gradients are clipped to ``clip_norm``. The score histograms default to
+:data:`PRIVATE_BINS` bins (each bin gets its own noise).
 """
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -36,6 +45,7 @@ from pipeline.parameters import (
     optional,
     parse_params,
 )
+from pipeline.privacy import PrivacyTerms, privacy_terms
 
 __all__ = [
     "PARAMS",
@@ -48,7 +58,11 @@ __all__ = [
     "LocalSpec",
     "ServerSpec",
     "TrainingPlan",
+    "PRIVATE_BINS",
 ]
+
+PRIVATE_BINS = 10
+"""Score histogram bins of a differentially private job's evaluation, unless the spec says ``bins``."""
 
 
 def _column(value: Any) -> str:
@@ -99,6 +113,7 @@ PARAMS = {
     "max_samples_per_site": Param(1_000_000, integer(1, 2**31 - 1)),
     "max_abs_value": Param(1000.0, number(1.0, 1e9)),
     "holdout_fraction": Param(0.2, number(0.01, 0.9)),
+    "privacy": Param(None, lambda value: None if value is None else privacy_terms(value)),
 }
 """The top-level keys of a training spec, their defaults and checks."""
 
@@ -301,6 +316,7 @@ class TrainingPlan:
         model_spec: the model.
         local_spec: the local update's schedule.
         server_spec: the server optimizer.
+        privacy: the job's differential-privacy terms; ``None``: exact sums.
     """
 
     target: str
@@ -317,6 +333,7 @@ class TrainingPlan:
     model_spec: ModelSpec
     local_spec: LocalSpec
     server_spec: ServerSpec
+    privacy: PrivacyTerms | None = None
 
     @classmethod
     def parse(cls, spec: Mapping[str, Any]) -> TrainingPlan:
@@ -331,8 +348,10 @@ class TrainingPlan:
             clip_norm=p["clip_norm"], seed=p["seed"], bins=p["bins"], max_samples_per_site=p["max_samples_per_site"],
             max_abs_value=p["max_abs_value"], holdout_fraction=p["holdout_fraction"],
             features=FeatureSelection.parse(p["features"]), model_spec=ModelSpec.parse(p["model"], task=p["task"]),
-            local_spec=LocalSpec.parse(p["local"]), server_spec=ServerSpec.parse(p["server"]),
+            local_spec=LocalSpec.parse(p["local"]), server_spec=ServerSpec.parse(p["server"]), privacy=p["privacy"],
         )
+        if plan.privacy is not None:
+            plan = _private(plan, spec)
         variants = plan.features.variant_ids
         if variants is not None and not variants and not plan.covariates:
             raise ConfigurationError("train: no features: give variants or covariates")
@@ -347,6 +366,7 @@ class TrainingPlan:
             "clip_norm": self.clip_norm, "seed": self.seed, "bins": self.bins, "max_samples_per_site": self.max_samples_per_site,
             "max_abs_value": self.max_abs_value, "holdout_fraction": self.holdout_fraction, "features": self.features.to_json(),
             "model": self.model_spec.to_json(), "local": self.local_spec.to_json(), "server": self.server_spec.to_json(),
+            **({} if self.privacy is None else {"privacy": self.privacy.to_json()}),
         }
 
     @classmethod
@@ -359,6 +379,7 @@ class TrainingPlan:
             holdout_fraction=float(data["holdout_fraction"]), features=FeatureSelection.from_json(data["features"]),
             model_spec=ModelSpec.from_json(data["model"]), local_spec=LocalSpec.from_json(data["local"]),
             server_spec=ServerSpec.from_json(data["server"]),
+            privacy=None if data.get("privacy") is None else PrivacyTerms.from_json(data["privacy"]),
         )
 
     def num_features(self, variant_ids: Sequence[str]) -> int:
@@ -387,3 +408,33 @@ class TrainingPlan:
         spec = self.server_spec
         return server_optimizer(spec.optimizer, learning_rate=spec.learning_rate, beta1=spec.beta1, beta2=spec.beta2,
                                 eps=spec.eps, momentum=spec.momentum)
+
+
+def _private(plan: TrainingPlan, spec: Mapping[str, Any]) -> TrainingPlan:
+    """The plan of a differentially private job, or the reason it cannot be one.
+
+    Raises:
+        ConfigurationError: a feature selection or local schedule whose releases the
+            noise does not cover, naming the key and what to give instead.
+    """
+    if plan.features.variant_ids is None:
+        raise ConfigurationError(
+            "train: with privacy, features: {variants: all} is not supported: its key round reveals which variants "
+            "each site holds, outside the differential-privacy guarantee; list the variants "
+            "(features: {variants: [IDs]}) or take them from a GWAS table (features: {gwas: PATH, top: K})"
+        )
+    if plan.features.screen_top is not None:
+        raise ConfigurationError(
+            "train: with privacy, features.screen_top is not supported: the screening round releases each candidate's "
+            "exact association with the target; drop screen_top (list fewer variants, or select them with "
+            "features: {gwas: PATH, top: K})"
+        )
+    local = spec.get("local") or {}
+    if plan.local_spec.epochs != 1 or local.get("batch_size") is not None:
+        raise ConfigurationError(
+            "train: with privacy, each round is one full-batch gradient step over each site's training split, with "
+            "per-example gradients clipped to clip_norm (DP-FedSGD); set local: {epochs: 1} and drop local.batch_size "
+            f"(got epochs {plan.local_spec.epochs}, batch_size {local.get('batch_size')!r})"
+        )
+    bins = plan.bins if "bins" in spec else PRIVATE_BINS
+    return dataclasses.replace(plan, bins=bins, local_spec=dataclasses.replace(plan.local_spec, batch_size=None))

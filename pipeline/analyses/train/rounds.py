@@ -12,6 +12,18 @@ global model it started from, which gives the learning curve at no extra round.
 The global model, the server optimizer's state and the history are the phase's public
 state, stored by the coordinator before each round: a restarted coordinator resumes at
 the round it was in, from the last global model.
+
+With differential privacy (:mod:`.privacy`, DP-FedSGD) a round is one full-batch
+gradient step: each site contributes only the sum over its whole training split of the
+per-example gradients of the global model, each clipped to L2 norm ``clip_norm``
+(:func:`pipeline.models.local_update.clipped_gradient_sum_fn`), in integers of
+``2^-16 clip_norm``, plus its discrete Gaussian noise. The sum is unweighted: no sample
+count is sent (it would be another count to protect); the coordinator divides by the
+moments' noisy training count and takes the local optimizer's step
+(:func:`pipeline.models.local_update.gradient_step`), then the server optimizer's. The
+learning curve (held-out statistics) and the training loss are not sent: each site logs
+its own, and the final evaluation releases the end point. The history records only the
+rounds and the sites summed.
 """
 
 from __future__ import annotations
@@ -42,6 +54,7 @@ from pipeline.analyses.train.declarations import (
 from pipeline.analyses.protocol import JsonState
 from pipeline.analyses.sum_checks import RELATIVE_TOLERANCE, check_real_sum, refuse_impossible, rounding_slack
 from pipeline.analyses.train.plan import TrainingPlan
+from pipeline.analyses.train.privacy import REAL_SCALE_BITS, NoisyRelease, gradient_release
 from pipeline.analyses.train.site_data import global_model_on_site, site_key
 from pipeline.dataset import Dataset
 from pipeline.encoding import Count, Layout, Ring, plan_layout
@@ -49,12 +62,13 @@ from pipeline.errors import InputError
 from pipeline.json_arrays import decode_array, encode_array
 from pipeline.models import evaluation, param_space
 from pipeline.models.features import Standardization
-from pipeline.models.local_update import clip_by_l2, local_update_fn
+from pipeline.models.local_update import clip_by_l2, clipped_gradient_sum_fn, gradient_step, local_update_fn
 from pipeline.models.server_optimizers import (
     server_step,
     state_from_json,
     state_to_json,
 )
+from pipeline.privacy import Spend, secret_generator
 
 log = logging.getLogger(__name__)
 
@@ -111,6 +125,13 @@ class TrainingRoundsState(JsonState):
             tuple(dict(record) for record in data["history"]),
         )
 
+    @property
+    def noise(self) -> NoisyRelease | None:
+        """Each round's noisy release under the job's privacy terms (``None``: exact). Derived, never stored."""
+        if self.plan.privacy is None:
+            return None
+        return gradient_release(self.plan, int(self.params.size))
+
     def handover(self) -> dict[str, Any]:
         """What the evaluation needs: the final global model and the learning curve."""
         return {"params": encode_array(self.params), "history": [dict(record) for record in self.history]}
@@ -145,6 +166,38 @@ def _check_sums(state: TrainingRoundsState, layout: Layout, total: Mapping[str, 
                       f"at most n_train x clip_norm = {limit:g}")
 
 
+def _private_contribution(state: TrainingRoundsState, release: NoisyRelease, dataset: Dataset,
+                          site: SiteContext) -> dict[str, np.ndarray]:
+    """The site's sum of clipped per-example gradients of the global model, in integers, plus its noise."""
+    plan = state.plan
+    arrays, _ = global_model_on_site(plan, state.variant_ids, state.scaling, state.params, dataset, site, phase="train",
+                                     shared=False)
+    model = plan.model(plan.num_features(state.variant_ids))
+    clipped_sum = clipped_gradient_sum_fn(model, clip_norm=plan.clip_norm, scale_bits=REAL_SCALE_BITS)
+    gradient, clipped, loss = clipped_sum(state.params, arrays["train_x"], arrays["train_y"])
+    n_train = int(arrays["train_y"].shape[0])
+    log.info("site %s: round %d: %d of %d per-example gradients clipped, mean training loss %.4f (stays local)",
+             site.name, state.train_round + 1, clipped, n_train, loss / max(n_train, 1))
+    return release.noised({"gradient_sum": gradient}, rng=secret_generator())
+
+
+def _private_step(state: TrainingRoundsState, release: NoisyRelease, total: Mapping[str, np.ndarray],
+                  num_sites: int) -> TrainingRoundsState:
+    """One gradient step from the noisy sum over the noisy training count, then the server optimizer's step."""
+    plan = state.plan
+    gradient = release.restored(total)["gradient_sum"] * plan.clip_norm
+    local = plan.local(plan.num_features(state.variant_ids))
+    stepped = gradient_step(local, state.params, gradient / max(state.n_train, 1))
+    optimizer = plan.server()
+    opt_state = state_from_json(optimizer, state.params, list(state.server_state))
+    theta, opt_state = server_step(optimizer, state.params, opt_state, np.asarray(stepped, np.float64) - state.params)
+    if not np.all(np.isfinite(theta)):
+        raise InputError(f"train: round {state.train_round + 1} made the model non-finite; lower the learning rates")
+    record = {"round": state.train_round, "num_sites": int(num_sites)}
+    return dataclasses.replace(state, params=theta, server_state=tuple(state_to_json(opt_state)),
+                               train_round=state.train_round + 1, history=(*state.history, record))
+
+
 class TrainingRounds(Analysis[TrainingRoundsState]):
     """Federated optimization rounds (see the module docstring)."""
 
@@ -168,7 +221,13 @@ class TrainingRounds(Analysis[TrainingRoundsState]):
         return TrainingRoundsState.from_json(data)
 
     def layout(self, state: TrainingRoundsState, round_index: int) -> Layout:
-        """``n_s * delta_s`` (at least 10 fractional bits), the loss, the counts and the held-out statistics."""
+        """``n_s * delta_s`` (at least 10 fractional bits), the loss, the counts and the held-out statistics.
+
+        With privacy: the clipped gradients' integer sum only, with room for the noise.
+        """
+        noise = state.noise
+        if noise is not None:
+            return noise.layout(state.num_participants)
         plan = state.plan
         n_train = float(state.n_train)
         reals, counts = statistic_fields(plan, state.n_holdout)
@@ -186,6 +245,9 @@ class TrainingRounds(Analysis[TrainingRoundsState]):
             PolicyRefusal: fewer usable samples than the site's k (``too-few-samples``), or
                 more than the job allows (``policy``).
         """
+        noise = state.noise
+        if noise is not None:
+            return _private_contribution(state, noise, dataset, site)
         plan = state.plan
         theta_global = state.params
         arrays, stats = global_model_on_site(plan, state.variant_ids, state.scaling, theta_global, dataset, site,
@@ -217,6 +279,10 @@ class TrainingRounds(Analysis[TrainingRoundsState]):
             InputError: the step made the model non-finite.
         """
         plan = state.plan
+        noise = state.noise
+        if noise is not None:  # noisy sums: only the layout's bounds were checked
+            new = _private_step(state, noise, total, num_sites)
+            return (new, False, None) if new.train_round < plan.rounds else (new, True, Result(summary={}))
         _check_sums(state, self.layout(state, round_index), total, num_sites)
         metrics = evaluation.metrics(plan.task, total)
         round_samples = float(np.asarray(total["n_train"]).reshape(-1)[0])
@@ -234,6 +300,12 @@ class TrainingRounds(Analysis[TrainingRoundsState]):
         if new.train_round < plan.rounds:
             return new, False, None
         return new, True, Result(summary={})
+
+
+    def privacy_spend(self, state: TrainingRoundsState, round_index: int) -> Spend | None:
+        """The round's noise and cost, when the job asked for differential privacy."""
+        noise = state.noise
+        return None if noise is None else noise.spend
 
 
 TRAINING_ROUNDS = TrainingRounds()
