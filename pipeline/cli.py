@@ -448,7 +448,7 @@ def site() -> None:
 
 @site.command("run")
 @click.option("--config", "config_path", required=True, type=click.Path(exists=True, dir_okay=False, path_type=Path), help="site.toml (written by genofed provision).")
-@click.option("--once", is_flag=True, help="Exit when the jobs this site took part in have finished.")
+@click.option("--once", is_flag=True, help="Exit when the jobs this site took part in have finished; also exit (0) after --max-idle seconds (default 60) with no job, and with status 1 when the coordinator has not answered for 60 s.")
 @click.option("--max-idle", type=click.FloatRange(min=0), default=None, help="Exit after this many seconds without an active job.")
 @json_option
 @handles_errors

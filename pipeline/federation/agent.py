@@ -85,6 +85,10 @@ __all__ = ["SiteAgent", "run_site", "check_policy", "check_round_terms"]
 _WAIT_SECONDS = 10.0
 _MAX_BACKOFF = 60.0
 """Longest wait, in seconds, before retrying an upload the coordinator refused."""
+ONCE_IDLE_SECONDS = 60.0
+"""With ``--once`` and no ``--max-idle``: seconds without an active job before the agent stops (nothing to do)."""
+ONCE_UNREACHABLE_SECONDS = 60.0
+"""With ``--once``: seconds without an answer from the coordinator before the agent stops with an error."""
 
 
 def check_policy(config: SiteConfig, analysis: str, dataset: dataset_io.Dataset) -> None:
@@ -206,24 +210,63 @@ class SiteAgent:
 
     # ------------------------------------------------------------------ loop
 
-    def run(self, *, once: bool = False, max_idle: float | None = None, should_stop: Callable[[], bool] | None = None) -> dict[str, Any]:
+    def run(
+        self,
+        *,
+        once: bool = False,
+        max_idle: float | None = None,
+        should_stop: Callable[[], bool] | None = None,
+        unreachable_after: float | None = None,
+    ) -> dict[str, Any]:
         """Polls and works until stopped.
 
+        Without ``once`` the agent is a service: it outlives jobs and coordinator
+        restarts, and stops only on ``max_idle`` or ``should_stop``. With ``once`` it is
+        a one-job worker that never outlives its reason to run: it returns when every job
+        it took part in has finished or gone (after writing its own outputs of each); it
+        returns when it has had no active job for ``max_idle`` seconds (default
+        :data:`ONCE_IDLE_SECONDS`: started after its job ended, it has nothing to do, and
+        that is not an error); and it raises when the coordinator has not answered for
+        ``unreachable_after`` seconds (a coordinator that is gone cannot end the job).
+
         Args:
-            once: return when every job this agent took part in has finished.
-            max_idle: return after this many seconds without an active job (``None``: never).
+            once: work for the jobs at hand, then return (see above).
+            max_idle: return after this many seconds without an active job (``None``:
+                never, or :data:`ONCE_IDLE_SECONDS` with ``once``).
             should_stop: checked between polls (tests, signal handlers).
+            unreachable_after: with ``once``, seconds without an answer from the
+                coordinator before giving up (``None``: :data:`ONCE_UNREACHABLE_SECONDS`).
+
+        Returns:
+            The site, its task count, the jobs it saw, and why it stopped (``stopped``).
+
+        Raises:
+            ProtocolError: with ``once``, the coordinator did not answer for
+                ``unreachable_after`` seconds (the message names its URL).
         """
-        idle_since = time.monotonic()
+        if once and max_idle is None:
+            max_idle = ONCE_IDLE_SECONDS
+        if unreachable_after is None:
+            unreachable_after = ONCE_UNREACHABLE_SECONDS
+        idle_since = answered_at = time.monotonic()
+        stopped = "stopped"
         while not (should_stop and should_stop()):
             try:
                 known = ",".join(sorted(self._active))
                 answer = self.connection.get_json(f"/v1/site/work?wait={_WAIT_SECONDS}&active={known}", timeout=_WAIT_SECONDS + 30)
             except ProtocolError as error:
+                silent = time.monotonic() - answered_at
+                if once and silent > unreachable_after:
+                    raise ProtocolError(
+                        f"site {self.config.name}: the coordinator at {self.config.coordinator_url} has not answered for "
+                        f"{silent:.0f} s ({error}); the agent runs with --once and stops: start it again once the "
+                        "coordinator is up"
+                    ) from None
                 log.warning("site %s: polling failed (%s); retrying in %.1f s", self.config.name, error, self.config.poll_interval)
                 time.sleep(self.config.poll_interval)
                 answer = None
             if answer is not None:
+                answered_at = time.monotonic()
                 active = set(answer.get("active_jobs", []))
                 self._active = active
                 self._forget_finished(active)
@@ -240,10 +283,17 @@ class SiteAgent:
                 if active:
                     idle_since = time.monotonic()
                 elif once and self.jobs_seen:
+                    stopped = "jobs finished"
                     break
+            elif once:
+                continue  # unreachable is not idle: under --once it ends in the error above
             if max_idle is not None and time.monotonic() - idle_since > max_idle:
+                stopped = "idle"
+                if once:
+                    log.warning("site %s: no active job for this site at %s in %.0f s; nothing to do, the agent "
+                                "(--once) stops", self.config.name, self.config.coordinator_url, max_idle)
                 break
-        return {"site": self.config.name, "tasks": self.tasks_done, "jobs": sorted(self.jobs_seen)}
+        return {"site": self.config.name, "tasks": self.tasks_done, "jobs": sorted(self.jobs_seen), "stopped": stopped}
 
     def _forget_finished(self, active: set[str]) -> None:
         jobs_dir = self.state_dir / "jobs"
@@ -684,11 +734,17 @@ def _describe(task: dict[str, Any]) -> str:
 
 
 def run_site(config_path: Path | str, *, once: bool = False, max_idle: float | None = None) -> dict[str, Any]:
-    """``genofed site run``: loads ``site.toml`` and runs the agent.
+    """``genofed site run``: loads ``site.toml`` and runs the agent (``once``: see :meth:`SiteAgent.run`).
+
+    With ``--once`` the exit status says whether the agent could do what it was started
+    for: 0 when its jobs finished (its own outputs written) or when it found no job to do
+    (logged); 1 when the coordinator stayed unreachable.
 
     Raises:
         ConfigurationError: the configuration, certificates or roster are unusable, or
             the certificate is not this site's (nothing is sent then).
+        ProtocolError: with ``once``, the coordinator did not answer for
+            :data:`ONCE_UNREACHABLE_SECONDS`.
     """
     config = load_site_config(config_path)
     agent = SiteAgent(config)

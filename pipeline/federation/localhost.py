@@ -4,7 +4,9 @@ Provisions throwaway certificates (:func:`pipeline.federation.provision.provisio
 ``OUT/federation``, starts the coordinator and one site agent per dataset as separate
 processes on 127.0.0.1 (a free port, mutual TLS: the same code and the same wire as a
 real deployment), submits the job as the analyst, waits, writes the results to
-``OUT/results`` and stops every process it started, also on Ctrl-C or an error.
+``OUT/results``, waits for every site agent to write its own outputs and exit (a site
+that did not is named in the summary), and stops every process it started, also on
+Ctrl-C or an error.
 Each process logs to ``OUT/logs/``.
 """
 
@@ -60,14 +62,29 @@ SITE_FINISH_SECONDS = 120.0
 """How long a site agent may take to write its own outputs after the job, before it is stopped."""
 
 
-def _wait_for_exit(processes: Sequence[subprocess.Popen[bytes]], *, timeout: float) -> None:
-    """Waits until every process has exited, or ``timeout`` seconds have passed."""
+def _wait_for_sites(agents: Mapping[str, subprocess.Popen[bytes]], logs: Path, *, timeout: float) -> dict[str, str]:
+    """Waits until every site agent has exited, or ``timeout`` seconds have passed.
+
+    An agent run with ``--once`` exits only after writing its own outputs of the job
+    (``site_finish``), so its exit is the condition, not a guess at how long that takes.
+
+    Returns:
+        For each site that did not finish its step cleanly, why (still running, or the
+        exit status), naming its log.
+    """
     deadline = time.monotonic() + timeout
-    for process in processes:
+    unfinished: dict[str, str] = {}
+    for name, process in agents.items():
         try:
-            process.wait(timeout=max(0.0, deadline - time.monotonic()))
+            code = process.wait(timeout=max(0.0, deadline - time.monotonic()))
         except subprocess.TimeoutExpired:
-            log.warning("process %d still running %.0f s after the job ended; stopping it", process.pid, timeout)
+            unfinished[name] = f"still running {timeout:.0f} s after the job ended, stopped; see {logs / f'{name}.log'}"
+            continue
+        if code != 0:
+            unfinished[name] = f"exited with status {code}; see {logs / f'{name}.log'}"
+    for name, reason in unfinished.items():
+        log.warning("site %s did not finish its own step of the job: %s", name, reason)
+    return unfinished
 
 
 def _stop(processes: Sequence[subprocess.Popen[bytes]], *, grace: float = 5.0) -> None:
@@ -169,8 +186,10 @@ def federate(
         analyst = manifest.analysts[0]
         with analyst_connection(analyst.config) as connection:
             _wait_until_serving(connection, coordinator, logs / "coordinator.log", timeout=60.0)
+            agents: dict[str, subprocess.Popen[bytes]] = {}
             for site in manifest.sites:
-                processes.append(_spawn(["site", "run", "--config", str(site.config), "--once"], logs / f"{site.name}.log"))
+                agents[site.name] = _spawn(["site", "run", "--config", str(site.config), "--once"], logs / f"{site.name}.log")
+                processes.append(agents[site.name])
             job_id = connection.post_json("/v1/jobs", {"spec": spec_dict})["job_id"]
             status = wait_for_job(connection, job_id, timeout=timeout)
             if status["status"] == "running":
@@ -179,8 +198,8 @@ def federate(
                 raise AggregationAborted(f"job {job_id} failed: {status.get('error')}; logs in {logs}")
             results = download_results(connection, job_id, target / "results")
             # Sites write what stays with them (PCA scores, the model) once they see the job end,
-            # then exit on their own (--once): wait for that before stopping anything.
-            _wait_for_exit(processes[1:], timeout=SITE_FINISH_SECONDS)
+            # then exit on their own (--once): wait for that, with the coordinator up, before stopping anything.
+            unfinished = _wait_for_sites(agents, logs, timeout=SITE_FINISH_SECONDS)
     finally:
         _stop(processes)
         if previous is not None:
@@ -196,6 +215,7 @@ def federate(
         "analysis": analysis,
         "sites": dict(zip(names, map(str, paths))),
         "declined": status.get("declined", {}),
+        "sites_unfinished": unfinished,
         "seconds": round(time.monotonic() - started, 1),
         "results": str(target / "results"),
         "federation": str(target / "federation"),
@@ -230,5 +250,7 @@ def summary_text(summary: Mapping[str, Any]) -> str:
         lines.append(summary["baselines"]["table"])
     if summary.get("declined"):
         lines.append(f"  declined: {summary['declined']}")
+    for name, reason in summary.get("sites_unfinished", {}).items():
+        lines.append(f"  {name} did not finish its own outputs: {reason}")
     lines.append(f"  results: {summary['results']}  (federation and audit logs: {summary['federation']})")
     return "\n".join(lines)

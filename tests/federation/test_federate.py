@@ -63,6 +63,7 @@ def test_federate__census_equals_pooled_and_leaves_no_process(cohort, tmp_path):
     assert done.returncode == 0, done.stderr[-3000:]
     summary = json.loads(done.stdout)
     assert summary["status"] == "done" and len(summary["sites"]) == 3
+    assert summary["sites_unfinished"] == {}  # every agent did its end-of-job step and exited before federate returned
     assert not _processes_mentioning(str(out)), "federate left processes running"
     table = pq.read_table(out / "results" / "census_variants.parquet").to_pydict()
     union = sorted(set().union(*(ids for ids, _, _ in cohort.values())))
