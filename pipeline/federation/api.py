@@ -619,6 +619,13 @@ def create_app(coordinator: Coordinator, config: CoordinatorConfig, *, tick_seco
             yield
         finally:
             task.cancel()
+            # A clean shutdown moves the WAL into the database (Store.close), so the database alone is complete.
+            close = getattr(coordinator.store, "close", None)
+            if close is not None:
+                try:
+                    close()
+                except Exception:  # the WAL is replayed at the next open; shutdown must go on
+                    log.exception("checkpointing the database at shutdown failed")
 
     missing = sorted(set(ACCESS_RULES) - set(handlers))
     if missing:

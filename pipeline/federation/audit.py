@@ -22,6 +22,11 @@ one, may have appended). A crash between writing an entry and updating the head
 leaves one entry beyond the head; the next :class:`AuditLog` repairs the head (and
 drops a torn, half-written last line), so the log verifies again.
 
+Every line must be the canonical serialisation of its entry (UTF-8, no repeated key,
+the bytes :func:`_canonical` writes): two readers that parse a line differently (which of
+two repeated keys wins, say) could otherwise disagree on what the log says while both
+find the hash intact.
+
 The log never holds genotypes, sample IDs or payloads: fields are small JSON
 values, and payloads are recorded by :func:`digest`.
 """
@@ -46,7 +51,7 @@ from typing import Any
 from pipeline.errors import AuditError, InputError
 from pipeline.outputs import fsync_directory
 
-__all__ = ["GENESIS_HASH", "AuditLog", "VerifyReport", "digest", "entry_hash", "verify"]
+__all__ = ["GENESIS_HASH", "AuditLog", "VerifyReport", "digest", "entry_hash", "read_entries", "verify"]
 
 log = logging.getLogger(__name__)
 
@@ -173,6 +178,48 @@ def _last_line(handle: Any, size: int) -> tuple[bytes, int]:
     return buffer.rstrip(b"\n"), 0
 
 
+class _DuplicateKey(ValueError):
+    pass
+
+
+def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    result: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in result:
+            raise _DuplicateKey(f"the key {key!r} appears twice in one object")
+        result[key] = value
+    return result
+
+
+def _parse_line(line: bytes) -> tuple[Any, str | None]:
+    """``(entry, None)`` for a canonical line (without its newline), else ``(None, problem)``.
+
+    Only canonical lines are accepted, so that every reader parses a line the same way.
+    """
+    try:
+        text = line.decode("utf-8")
+    except UnicodeDecodeError as error:
+        return None, f"not valid UTF-8 (byte {error.start} of the line)"
+    try:
+        entry = json.loads(text, object_pairs_hook=_no_duplicates)
+    except _DuplicateKey as error:
+        return None, f"not a canonical entry: {error}"
+    except json.JSONDecodeError as error:
+        return None, f"not valid JSON ({error.msg})"
+    except (ValueError, RecursionError) as error:
+        return None, f"not valid JSON ({error})"
+    try:
+        canonical = _canonical(entry)
+    except ValueError:
+        return None, "holds a value that is not valid canonical JSON (NaN, infinity or a lone surrogate)"
+    if canonical != line:
+        return None, (
+            "not in canonical form (keys sorted, no spaces, separators ',' and ':', UTF-8 rather than \\u escapes, "
+            "numbers as written by genofed); the line was edited or written by another program"
+        )
+    return entry, None
+
+
 def _problem(entry: Any, expected_seq: int, prev_hash: str) -> str | None:
     """What is wrong with a parsed entry, given where it sits in the chain."""
     if not isinstance(entry, dict):
@@ -189,7 +236,7 @@ def _problem(entry: Any, expected_seq: int, prev_hash: str) -> str | None:
         return "holds a value that is not valid canonical JSON (NaN or infinity)"
     if recomputed != entry["entry_hash"]:
         return "entry_hash does not match the entry's content (the entry was edited)"
-    if entry["seq"] != expected_seq or isinstance(entry["seq"], bool):
+    if entry["seq"] != expected_seq or isinstance(entry["seq"], bool) or not isinstance(entry["seq"], int):
         return (
             f"seq is {entry['seq']!r} where {expected_seq} was expected "
             "(an entry was deleted, inserted or moved before this line)"
@@ -261,10 +308,7 @@ class AuditLog:
         line, offset = _last_line(handle, size)
         handle.seek(size - 1)
         complete = handle.read(1) == b"\n"
-        try:
-            last = json.loads(line)
-        except ValueError:
-            last = None
+        last, _ = _parse_line(line)
         if not complete:
             if _self_consistent(last):
                 # a whole entry whose newline did not reach the disk: finish the line
@@ -306,10 +350,7 @@ class AuditLog:
         if offset == 0:
             return 0, GENESIS_HASH
         line, _ = _last_line(handle, offset)
-        try:
-            entry = json.loads(line)
-        except ValueError:
-            return None
+        entry, _ = _parse_line(line)
         if not _self_consistent(entry):
             return None
         return entry["seq"] + 1, entry["entry_hash"]
@@ -340,6 +381,35 @@ class AuditLog:
             _write_head(self.path, entries + 1, entry["entry_hash"])
             self._entries, self._head = entries + 1, entry["entry_hash"]
         return entry
+
+
+def read_entries(path: Path | str, *, event: str | None = None) -> Iterator[dict[str, Any]]:
+    """The log's entries in order (only those of ``event`` when given), for reconciling other records with it.
+
+    Each line is checked to be a canonical, self-consistent entry, not the chain as a
+    whole (:func:`verify` does that). A log that does not exist has no entries.
+
+    Raises:
+        AuditError: a line that is not an entry (names the line; run ``genofed audit verify``).
+    """
+    path = Path(path)
+    if not path.exists():
+        return
+    try:
+        handle = path.open("rb")
+    except OSError as error:
+        raise AuditError(f"{path}: cannot read the audit log ({error.strerror})") from None
+    with handle:
+        for number, raw in enumerate(handle, start=1):
+            if not raw.endswith(b"\n"):
+                return  # a half-written last entry: AuditLog drops it when it next opens the log
+            entry, problem = _parse_line(raw[:-1])
+            if problem is None and not _self_consistent(entry):
+                problem = "not a well-formed entry whose hash matches its content"
+            if problem is not None:
+                raise AuditError(f"{path}:{number}: {problem}; run genofed audit verify {path}")
+            if event is None or entry["event"] == event:
+                yield entry
 
 
 @dataclass(frozen=True)
@@ -409,11 +479,9 @@ def verify(path: Path | str, *, expected_head: str | None = None) -> VerifyRepor
             for number, raw in enumerate(handle, start=1):
                 if not raw.endswith(b"\n"):
                     return bad(number, "the last line is incomplete (a crash during an append, or a cut file)")
-                try:
-                    entry = json.loads(raw)
-                except ValueError as error:
-                    return bad(number, f"not valid JSON ({error.msg})")
-                problem = _problem(entry, entries, prev_hash)
+                entry, problem = _parse_line(raw[:-1])
+                if problem is None:
+                    problem = _problem(entry, entries, prev_hash)
                 if problem is not None:
                     return bad(number, problem)
                 entries, prev_hash = entries + 1, entry["entry_hash"]

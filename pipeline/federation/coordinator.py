@@ -60,6 +60,7 @@ from pipeline.federation.job_spec import (
     new_job_id,
     parse_round_options,
 )
+from pipeline.federation.audit import read_entries
 from pipeline.federation.checkpoints import CHECKPOINT_EVENT, Checkpoint, sign_checkpoint
 from pipeline.federation.roster import Roster
 from pipeline.federation.rounds import KEY_UNION_STAGE, decode_keys, round_config, union_keys
@@ -500,7 +501,13 @@ class Coordinator:
     # ------------------------------------------------------------------ recovery
 
     def recover(self) -> None:
-        """Rebuilds every running job from the store (replays stored messages)."""
+        """Rebuilds every running job from the store (replays stored messages).
+
+        Raises:
+            ConfigurationError: the audit log records submitted jobs the store lacks
+                (see :meth:`_check_store_against_audit`).
+        """
+        self._check_store_against_audit()
         with self._locked():
             self._rounds.clear()
             for job in self.store.jobs(status="running"):
@@ -509,6 +516,30 @@ class Coordinator:
                 except GenofedError as error:
                     self._fail(job.job_id, f"cannot resume after a restart: {error}")
             self._changed()
+
+    def _check_store_against_audit(self) -> None:
+        """Refuses to start on a database that lost jobs the audit log says were submitted.
+
+        The audit log is synced at every append; the database may have been restored from
+        an old backup, copied without its ``-wal``, or rolled back by a power loss. Serving
+        from it would forget jobs that analysts were told exist (and reuse nothing safely).
+        """
+        audit_path = getattr(self.audit, "path", None)
+        if audit_path is None:
+            return
+        stored = {job.job_id for job in self.store.jobs()}
+        missing = sorted({
+            entry["fields"].get("job_id") for entry in read_entries(audit_path, event="job.submitted")
+        } - stored - {None})
+        if missing:
+            database = getattr(self.store, "path", "the database")
+            shown = ", ".join(str(job_id) for job_id in missing[:10]) + (f" and {len(missing) - 10} more" if len(missing) > 10 else "")
+            raise ConfigurationError(
+                f"{database}: the audit log {audit_path} records {len(missing)} submitted job(s) that the database lacks "
+                f"({shown}); the database was restored from an older backup, copied without its -wal file, or lost "
+                f"writes. Stop, and restore {database} together with {database}-wal from a backup taken after these jobs "
+                "were submitted; the coordinator does not start on a database that forgot jobs"
+            )
 
     def _recover_job(self, job: Any) -> None:
         analysis = get_analysis(job.analysis)

@@ -19,7 +19,13 @@ and synced twice. They are files in a folder beside the database
 fsync'd and renamed into place before the row that names them (by digest) commits;
 the row is the acknowledgment. :meth:`Store.stage_body` does the write and the sync
 before the caller takes its lock, so only a rename and a small row remain under it.
-Bodies are checked against their digest when read back.
+Every body, in a file or in a row, is checked against its recorded digest when read
+back (:class:`StoreCorruption` otherwise): a flipped bit on disk must stop a job, not
+silently change a sum or a released result.
+
+:meth:`Store.close` checkpoints the WAL into the database, so after a clean shutdown
+the database file alone holds everything (a backup of ``coordinator.db`` without its
+``-wal`` is complete).
 """
 
 from __future__ import annotations
@@ -27,6 +33,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import logging
 import os
 import sqlite3
 import tempfile
@@ -41,7 +48,11 @@ from typing import Any
 from pipeline.errors import ProtocolError
 from pipeline.outputs import fsync_directory
 
-__all__ = ["Store", "StoredJob", "StoredRound", "StoredMessage", "StoredStage", "StagedBody", "INLINE_BODY_BYTES"]
+__all__ = [
+    "Store", "StoredJob", "StoredRound", "StoredMessage", "StoredStage", "StagedBody", "StoreCorruption", "INLINE_BODY_BYTES",
+]
+
+log = logging.getLogger(__name__)
 
 INLINE_BODY_BYTES = 64 * 1024
 """Message bodies up to this size stay in the database; larger ones are files."""
@@ -101,9 +112,21 @@ CREATE TABLE IF NOT EXISTS results (
     kind TEXT NOT NULL,
     body BLOB NOT NULL,
     digest TEXT,
+    in_file INTEGER NOT NULL DEFAULT 0,
     PRIMARY KEY (job_id, name)
 );
 """
+
+
+class StoreCorruption(ProtocolError):
+    """A stored body does not match its recorded digest (the database or a body file was damaged or altered).
+
+    A :class:`ProtocolError`, so that what already stops a job on a bad message stops it here too.
+    """
+
+
+def _sha256(body: bytes | memoryview) -> str:
+    return hashlib.sha256(body).hexdigest()
 
 
 @dataclass(frozen=True)
@@ -188,9 +211,26 @@ class Store:
         columns = {row[1] for row in db.execute("PRAGMA table_info(messages)")}
         if "in_file" not in columns:  # a database written before bodies could be files
             db.execute("ALTER TABLE messages ADD COLUMN in_file INTEGER NOT NULL DEFAULT 0")
-        if "digest" not in {row[1] for row in db.execute("PRAGMA table_info(results)")}:
-            db.execute("ALTER TABLE results ADD COLUMN digest TEXT")
+        self._migrate_results(db)
         self._collect_garbage()
+
+    def _migrate_results(self, db: sqlite3.Connection) -> None:
+        """Gives a database written before inline results had digests its ``in_file`` column and their digests.
+
+        Inline rows of such a database get the digest of the body they hold now (there is
+        no earlier record to check it against); from then on every read is checked.
+        """
+        columns = {row[1] for row in db.execute("PRAGMA table_info(results)")}
+        if {"digest", "in_file"} <= columns:
+            return
+        with self.transaction() as tx:
+            if "digest" not in columns:
+                tx.execute("ALTER TABLE results ADD COLUMN digest TEXT")
+            tx.execute("ALTER TABLE results ADD COLUMN in_file INTEGER NOT NULL DEFAULT 0")
+            tx.execute("UPDATE results SET in_file = 1 WHERE digest IS NOT NULL")
+            rows = tx.execute("SELECT job_id, name, body FROM results WHERE in_file = 0").fetchall()
+            for job_id, name, body in rows:
+                tx.execute("UPDATE results SET digest = ? WHERE job_id = ? AND name = ?", (_sha256(body), job_id, name))
 
     def _connection(self) -> sqlite3.Connection:
         connection = getattr(self._local, "connection", None)
@@ -217,10 +257,27 @@ class Store:
             raise
         db.execute("COMMIT")
 
-    def close(self) -> None:
-        """Closes this thread's connection."""
+    def close(self, *, checkpoint: bool = True) -> None:
+        """Closes this thread's connection, first moving the WAL into the database.
+
+        ``PRAGMA wal_checkpoint(TRUNCATE)`` copies every committed transaction into the
+        database file and empties the ``-wal`` file, so that after a clean shutdown the
+        database alone is complete (a backup that copies only ``coordinator.db`` loses
+        nothing). A checkpoint that cannot finish (another connection is reading) is
+        logged and left to SQLite's next open, which replays the WAL.
+        """
         connection = getattr(self._local, "connection", None)
-        if connection is not None:
+        if connection is None and checkpoint:
+            connection = self._connection()
+        if connection is None:
+            return
+        try:
+            if checkpoint:
+                busy, _, _ = connection.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
+                if busy:
+                    log.warning("%s: the WAL could not be checkpointed at close (another connection is busy); "
+                                "it stays beside the database and is replayed at the next open", self.path)
+        finally:
             connection.close()
             self._local.connection = None
 
@@ -288,11 +345,22 @@ class Store:
     def _message(self, row: Sequence[Any], *, body: bool) -> StoredMessage:
         *fields, in_file = row
         message = StoredMessage(*fields)
+        what = (f"message {message.message_id} (job {message.job_id}, round {message.round_index}, "
+                f"stage {message.stage}, site {message.site})")
         if not in_file:
-            return message
+            self._check_inline(message.body, message.digest, what)
+            return dataclasses.replace(message, body=bytes(message.body))
         if not body:
             return message
-        return dataclasses.replace(message, body=self._read_blob(message.digest, f"message {message.message_id}"))
+        return dataclasses.replace(message, body=self._read_blob(message.digest, what))
+
+    def _check_inline(self, body: bytes, digest: str | None, what: str) -> None:
+        if digest is None or _sha256(body) != digest:
+            recorded = "no recorded digest" if digest is None else f"digest {digest[:16]}..."
+            raise StoreCorruption(
+                f"{self.path}: the body of {what} stored in the database does not match its {recorded} "
+                "(the database was damaged or altered); restore the database and its -wal from a backup"
+            )
 
     def _read_blob(self, digest: str, what: str) -> bytes:
         path = self._blob(digest)
@@ -300,8 +368,8 @@ class Store:
             data = path.read_bytes()
         except OSError as error:
             raise ProtocolError(f"{path}: the stored body of {what} is unreadable ({error.strerror})") from None
-        if hashlib.sha256(data).hexdigest() != digest:
-            raise ProtocolError(f"{path}: the stored body of {what} does not match its digest {digest[:16]}...")
+        if _sha256(data) != digest:
+            raise StoreCorruption(f"{path}: the stored body of {what} does not match its digest {digest[:16]}...")
         return data
 
     def _write_blob(self, body: bytes) -> str:
@@ -381,7 +449,7 @@ class Store:
         """Removes body files no row names: staged uploads of a process that crashed."""
         db = self._connection()
         referenced = {row[0] for row in db.execute("SELECT digest FROM messages WHERE in_file = 1")}
-        referenced |= {row[0] for row in db.execute("SELECT digest FROM results WHERE digest IS NOT NULL")}
+        referenced |= {row[0] for row in db.execute("SELECT digest FROM results WHERE in_file = 1")}
         for path in self.blob_dir.iterdir():
             if path.name not in referenced:
                 path.unlink(missing_ok=True)
@@ -398,19 +466,24 @@ class Store:
 
     def finish_with_results(self, job_id: str, results: Sequence[tuple[str, str, bytes]]) -> None:
         """Stores the results and marks the job done, in one transaction (large tables as files first)."""
-        digests = {name: self._write_blob(body) for name, _, body in results if len(body) > INLINE_BODY_BYTES}
+        in_files = {name: self._write_blob(body) for name, _, body in results if len(body) > INLINE_BODY_BYTES}
         with self.transaction() as db:
             for name, kind, body in results:
-                digest = digests.get(name)
+                in_file = name in in_files
                 db.execute(
-                    "INSERT OR REPLACE INTO results (job_id, name, kind, body, digest) VALUES (?, ?, ?, ?, ?)",
-                    (job_id, name, kind, b"" if digest else body, digest),
+                    "INSERT OR REPLACE INTO results (job_id, name, kind, body, digest, in_file) VALUES (?, ?, ?, ?, ?, ?)",
+                    (job_id, name, kind, b"" if in_file else body, in_files[name] if in_file else _sha256(body), int(in_file)),
                 )
             db.execute("UPDATE jobs SET status = 'done', finished_at = ? WHERE job_id = ?", (time.time(), job_id))
 
     def results(self, job_id: str) -> dict[str, tuple[str, bytes]]:
-        rows = self._connection().execute("SELECT name, kind, body, digest FROM results WHERE job_id = ?", (job_id,))
-        return {
-            name: (kind, self._read_blob(digest, f"result {name} of job {job_id}") if digest else bytes(body))
-            for name, kind, body, digest in rows
-        }
+        rows = self._connection().execute("SELECT name, kind, body, digest, in_file FROM results WHERE job_id = ?", (job_id,))
+        results: dict[str, tuple[str, bytes]] = {}
+        for name, kind, body, digest, in_file in rows:
+            what = f"result {name} of job {job_id}"
+            if in_file:
+                results[name] = (kind, self._read_blob(digest, what))
+            else:
+                self._check_inline(body, digest, what)
+                results[name] = (kind, bytes(body))
+        return results

@@ -14,7 +14,7 @@ from click.testing import CliRunner
 
 from pipeline.cli import main
 from pipeline.errors import AuditError, InputError
-from pipeline.federation.audit import GENESIS_HASH, AuditLog, digest, head_path, verify
+from pipeline.federation.audit import GENESIS_HASH, AuditLog, digest, head_path, read_entries, verify
 
 
 def naive_entry_hash(entry: dict) -> str:
@@ -86,7 +86,7 @@ def test_verify__edited_field_with_recomputed_hash(tmp_path):
     entry = json.loads(content[1])
     entry["fields"]["site"] = "site-9"
     entry["entry_hash"] = naive_entry_hash(entry)
-    content[1] = json.dumps(entry) + "\n"
+    content[1] = json.dumps(entry, sort_keys=True, separators=(",", ":")) + "\n"
     write_lines(path, content)
     report = verify(path)
     assert not report.ok and report.line == 3 and "prev_hash" in report.problem
@@ -110,7 +110,7 @@ def test_verify__inserted_forged_line(tmp_path):
         "prev_hash": previous["entry_hash"],
     }
     forged["entry_hash"] = naive_entry_hash(forged)
-    content.insert(2, json.dumps(forged, separators=(",", ":")) + "\n")
+    content.insert(2, json.dumps(forged, sort_keys=True, separators=(",", ":"), ensure_ascii=False) + "\n")
     write_lines(path, content)
     report = verify(path)
     # the forged line itself is well-formed; the chain breaks at the next one
@@ -124,7 +124,7 @@ def test_verify__forged_line_appended_without_head(tmp_path):
     last = json.loads(content[-1])
     forged = {"seq": 5, "time": last["time"], "event": "result.published", "fields": {}, "prev_hash": last["entry_hash"]}
     forged["entry_hash"] = naive_entry_hash(forged)
-    content.append(json.dumps(forged) + "\n")
+    content.append(json.dumps(forged, sort_keys=True, separators=(",", ":"), ensure_ascii=False) + "\n")
     write_lines(path, content)
     report = verify(path)
     assert not report.ok and report.line == 6 and "after the head" in report.problem
@@ -174,6 +174,88 @@ def test_verify__garbage_line(tmp_path):
     write_lines(path, content)
     report = verify(path)
     assert not report.ok and report.line == 3 and "JSON" in report.problem
+
+
+def _rewrite_line(path: Path, index: int, line: bytes) -> None:
+    content = path.read_bytes().splitlines(keepends=True)
+    content[index] = line + b"\n"
+    path.write_bytes(b"".join(content))
+
+
+def test_verify__line_not_utf8_is_a_bad_line(tmp_path):
+    path = make_log(tmp_path)
+    line = lines(path)[2].rstrip("\n").encode()
+    _rewrite_line(path, 2, line.replace(b"site-3", b"site-\xff"))
+    report = verify(path)
+    assert not report.ok and report.line == 3 and "UTF-8" in report.problem
+    assert report.entries == 2
+
+
+def test_verify__repeated_key_is_a_bad_line(tmp_path):
+    # The hash holds for the last of the two "site" values, but another reader might take the first.
+    path = make_log(tmp_path)
+    line = lines(path)[1].rstrip("\n").encode()
+    _rewrite_line(path, 1, line.replace(b'"fields":{', b'"fields":{"site":"site-9",'))
+    report = verify(path)
+    assert not report.ok and report.line == 2 and "'site' appears twice" in report.problem
+
+
+@pytest.mark.parametrize(
+    "rewrite",
+    [
+        lambda entry: json.dumps(entry),  # default separators
+        lambda entry: json.dumps(entry, separators=(",", ":")),  # keys unsorted
+        lambda entry: json.dumps(entry, sort_keys=True, separators=(",", ":"), ensure_ascii=True),  # \u escapes
+        lambda entry: json.dumps(entry, sort_keys=True, separators=(",", ":")).replace('"round":1', '"round":1.0e0'),
+    ],
+    ids=["spaces", "unsorted", "ascii-escapes", "number-spelling"],
+)
+def test_verify__same_entry_in_other_bytes_is_a_bad_line(tmp_path, rewrite):
+    path = tmp_path / "audit.log"
+    log = AuditLog(path)
+    log.append("contribution.received", site="site-é", round=0)
+    log.append("contribution.received", site="site-é", round=1)
+    log.append("round.closed", round=1)
+    entry = json.loads(lines(path)[1])
+    assert rewrite(entry) != lines(path)[1].rstrip("\n")
+    _rewrite_line(path, 1, rewrite(entry).encode())
+    report = verify(path)
+    assert not report.ok and report.line == 2 and "canonical form" in report.problem
+
+
+def test_open__refuses_last_line_that_is_not_canonical_without_a_traceback(tmp_path):
+    for index, line in enumerate([b"\xff\xfe", None, b"spaces"]):
+        path = make_log(tmp_path / str(index), 3)
+        last = lines(path)[-1].rstrip("\n")
+        if line is None:
+            line = last.replace('"fields":{', '"fields":{"site":"x",').encode()
+        elif line == b"spaces":
+            line = json.dumps(json.loads(last)).encode()
+        _rewrite_line(path, 2, line)
+        with pytest.raises(AuditError, match="not a valid entry"):
+            AuditLog(path)
+
+
+@pytest.mark.parametrize("line", [b'{"seq":\xff}', b'{"a":1,"a":1}', b'{"a": 1}'])
+def test_cli_verify__bad_bytes_exit_1_without_traceback(tmp_path, line):
+    path = make_log(tmp_path, 3)
+    _rewrite_line(path, 0, line)
+    result = CliRunner().invoke(main, ["audit", "verify", str(path)])
+    assert result.exit_code == 1, result.output
+    assert result.exception is None or isinstance(result.exception, SystemExit)
+    assert "Traceback" not in result.output
+    assert f"{path}:1: " in result.output and len(result.output.strip().splitlines()) == 1
+
+
+def test_read_entries__filters_by_event_and_names_a_bad_line(tmp_path):
+    path = make_log(tmp_path, 3)
+    AuditLog(path).append("job.submitted", job_id="job-1")
+    assert [e["fields"]["job_id"] for e in read_entries(path, event="job.submitted")] == ["job-1"]
+    assert [e["seq"] for e in read_entries(path)] == [0, 1, 2, 3]
+    assert list(read_entries(tmp_path / "absent.log")) == []
+    _rewrite_line(path, 1, lines(path)[1].rstrip("\n").replace(",", ", ").encode())
+    with pytest.raises(AuditError, match=rf"{path}:2: not in canonical form"):
+        list(read_entries(path))
 
 
 def test_verify__missing_log(tmp_path):
