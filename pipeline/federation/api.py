@@ -33,8 +33,10 @@ import asyncio
 import contextlib
 import enum
 import functools
+import errno
 import json
 import logging
+import sqlite3
 import ssl
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass
@@ -229,7 +231,25 @@ _STATUS = (
 )
 
 
+def disk_full(error: BaseException) -> bool:
+    """Whether ``error`` says the coordinator's disk (or quota) is full: a file write, or SQLite's."""
+    if isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT):
+        return True
+    return isinstance(error, sqlite3.OperationalError) and "disk is full" in str(error)
+
+
+DISK_FULL_RETRY_SECONDS = 30
+"""What a 507 asks a client to wait: space is freed by an operator, not in a second."""
+
+
 def _error_response(error: Exception) -> JSONResponse:
+    if disk_full(error):
+        # Nothing of the request was kept (a staged body is discarded, a failed commit rolls back):
+        # the same upload can be sent again once space is freed, and the job resumes.
+        log.error("coordinator disk full: %s; refusing writes with 507 until space is freed", error)
+        return JSONResponse({"error": "DiskFull", "detail": "coordinator disk full: nothing of this request was kept; "
+                             "send it again once the operator has freed space"},
+                            status_code=507, headers={"Retry-After": str(DISK_FULL_RETRY_SECONDS)})
     for cls, status in _STATUS:
         if isinstance(error, cls):
             headers = {"Retry-After": str(Overloaded.retry_after_seconds)} if status == 429 else None
@@ -335,7 +355,8 @@ def openapi_document() -> dict[str, Any]:
             refused = {"403": "the caller is not an enrolled site, or not one the job invites"}
         if rule.job is not JobScope.NONE:
             refused["422"] = (codes["422"] + ", or " if "422" in codes else "") + "a job ID that does not match its pattern"
-        busy = {"429": "too many requests or body bytes in progress, the caller's or the server's: retry after Retry-After seconds"}
+        busy = {"429": "too many requests or body bytes in progress, the caller's or the server's: retry after Retry-After seconds",
+                "507": "the coordinator's disk is full: nothing was kept; retry after Retry-After seconds"}
         out: dict[str, Any] = {
             "summary": summary,
             "description": f"Who may call: {rule.rule} (client certificate from the federation CA, mutual TLS).",

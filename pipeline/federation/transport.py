@@ -33,14 +33,14 @@ class HttpError(ProtocolError):
 class Connection:
     """An HTTPS client for one participant: mutual TLS, bounded retries with backoff.
 
-    Transport failures (connection refused or reset, timeouts, 502/503/504) and 429 (the
-    coordinator's limits, :mod:`pipeline.federation.limits`) are retried with exponential
+    Transport failures (connection refused or reset, timeouts, 502/503/504), 429 (the
+    coordinator's limits, :mod:`pipeline.federation.limits`) and 507 (its disk is full) are retried with exponential
     backoff and jitter, never sooner than a ``Retry-After`` asks, up to ``max_attempts``
     times (unbounded when ``None``: a site agent waits out a coordinator restart);
     answers with another error status raise :class:`HttpError` at once.
     """
 
-    RETRY_STATUS = frozenset({429, 502, 503, 504})
+    RETRY_STATUS = frozenset({429, 502, 503, 504, 507})
 
     def __init__(
         self,
