@@ -6,11 +6,13 @@ A failed or interrupted command therefore never leaves a half-written dataset be
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
+from typing import Any
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -38,6 +40,20 @@ def write_private(path: Path, data: bytes) -> None:
         handle.flush()
         os.fsync(handle.fileno())
     os.replace(tmp, path)
+
+
+def append_private_lines(path: Path, records: Iterable[Mapping[str, Any]]) -> None:
+    """Appends ``records`` as JSON lines to a file only its owner reads (created 0600), synced before returning.
+
+    For a site's append-only records (its release ledger, its privacy spends): a crash
+    leaves every line it returned from on disk.
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with os.fdopen(os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600), "a", encoding="utf-8") as handle:
+        for record in records:
+            handle.write(json.dumps(record, sort_keys=True) + "\n")
+        handle.flush()
+        os.fsync(handle.fileno())
 
 
 def check_output_path(path: Path, *, force: bool) -> None:

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-import os
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -26,6 +25,7 @@ from typing import Any
 
 from pipeline.errors import ConfigurationError, PolicyRefusal
 from pipeline.federation.config import PrivacyPolicy
+from pipeline.outputs import append_private_lines
 from pipeline.privacy import PrivacyTerms, Spend, zcdp_to_approx_dp
 
 __all__ = ["SPEND_FILE", "BudgetEntry", "PrivacyBudget", "report_text", "spending_report", "terms_refusal"]
@@ -107,11 +107,7 @@ class PrivacyBudget:
         entry = BudgetEntry(job_id=job_id, round_index=round_index, analysis=analysis, analyst=analyst, rho=spend.rho,
                             epsilon=spend.epsilon, delta=spend.delta, sigma=spend.sigma, honest_sites=spend.honest_sites,
                             time=dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ"))
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        with os.fdopen(os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600), "a", encoding="utf-8") as handle:
-            handle.write(json.dumps(entry.to_json(), sort_keys=True) + "\n")
-            handle.flush()
-            os.fsync(handle.fileno())
+        append_private_lines(self.path, [entry.to_json()])
         self._entries.append(entry)
         return entry
 

@@ -24,13 +24,13 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from pipeline.analyses import Contribution
 from pipeline.errors import ConfigurationError, PolicyRefusal
+from pipeline.outputs import append_private_lines
 
 __all__ = ["Release", "ReleaseLedger", "disclosure_refusal", "samples_digest"]
 
@@ -151,11 +151,6 @@ class ReleaseLedger:
         new = [release for release in releases if release not in self._releases]
         if not new:
             return []
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        with os.fdopen(os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600), "a", encoding="utf-8") as handle:
-            for release in new:
-                handle.write(json.dumps(release.to_json(), sort_keys=True) + "\n")
-            handle.flush()
-            os.fsync(handle.fileno())
+        append_private_lines(self.path, [release.to_json() for release in new])
         self._releases.extend(new)
         return new
