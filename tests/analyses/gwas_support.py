@@ -75,6 +75,11 @@ def make_cohort(root: Path, *, seed: int = 0, sizes=(150, 110, 90), num_variants
     return sites
 
 
+def dataset_paths(sites: dict[str, Site]) -> dict[str, Path]:
+    """Each site's dataset folder, as the runners take them."""
+    return {name: site.path for name, site in sites.items()}
+
+
 def pooled_design(sites: dict[str, Site], variant_id: str, phenotype: str) -> tuple[np.ndarray, np.ndarray]:
     """[1, age, sex, g] and y over all sites' complete samples with a called genotype."""
     rows, ys = [], []

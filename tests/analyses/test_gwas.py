@@ -36,18 +36,14 @@ def cohort(tmp_path_factory):
     return gs.make_cohort(tmp_path_factory.mktemp("gwas"))
 
 
-def _datasets(cohort):
-    return {name: site.path for name, site in cohort.items()}
-
-
 @pytest.fixture(scope="module")
 def linear_run(cohort):
-    return run_in_memory(GWAS, LINEAR, _datasets(cohort), secure=True, seed=5)
+    return run_in_memory(GWAS, LINEAR, gs.dataset_paths(cohort), secure=True, seed=5)
 
 
 @pytest.fixture(scope="module")
 def logistic_run(cohort):
-    return run_in_memory(GWAS, LOGISTIC, _datasets(cohort), secure=True, seed=6)
+    return run_in_memory(GWAS, LOGISTIC, gs.dataset_paths(cohort), secure=True, seed=6)
 
 
 def _rows(run):
@@ -187,7 +183,7 @@ def test_gwas__state_round_trips_through_json_at_every_round(linear_run, separat
 
 def test_gwas__with_pcs_state_round_trips_and_sites_keep_their_scores(cohort, tmp_path):
     pca = {"window_bp": 1, "maf": 0.01, "min_allele_count": 1, "min_call_rate": 0.0, "typed_at_all_sites": False}
-    run = run_in_memory(GWAS, {**LINEAR, "pcs": 2, "pca": pca}, _datasets(cohort), seed=3)
+    run = run_in_memory(GWAS, {**LINEAR, "pcs": 2, "pca": pca}, gs.dataset_paths(cohort), seed=3)
     assert run.result.summary["covariates"] == ["age", "sex"] and "pca" in run.result.summary["phases"]
     _assert_states_round_trip(run)
     final = run.states[-1][1]
@@ -210,8 +206,8 @@ def test_gwas__variants_below_a_site_minimum_withheld(cohort):
     contexts = {name: default_context(name) for name in cohort}
     contexts["beta"] = SiteContext(name="beta", min_samples=1, min_allele_count=4, share_variant_keys=True)
     spec = {**LINEAR, "min_allele_count": 1}  # below beta's own minimum: beta takes part and flags its small cells
-    run = run_in_memory(GWAS, spec, _datasets(cohort), secure=True, seed=2, contexts=contexts)
-    everyone = run_in_memory(GWAS, spec, _datasets(cohort), seed=2)
+    run = run_in_memory(GWAS, spec, gs.dataset_paths(cohort), secure=True, seed=2, contexts=contexts)
+    everyone = run_in_memory(GWAS, spec, gs.dataset_paths(cohort), seed=2)
     beta = cohort["beta"]
     everybody = np.ones(len(beta.age), bool)
     complete = np.isfinite(beta.quant) & np.isfinite(beta.age)  # the samples the site fits on

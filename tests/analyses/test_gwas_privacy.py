@@ -55,14 +55,10 @@ def cohort(tmp_path_factory):
     return gs.make_cohort(tmp_path_factory.mktemp("gwas-dp"))
 
 
-def _datasets(cohort):
-    return {name: site.path for name, site in cohort.items()}
-
-
 @pytest.fixture(scope="module")
 def runs(cohort):
     """The DP job with plain sums and through the secure-aggregation protocol (threshold 2 of 3)."""
-    return {mode: run_in_memory(GWAS, DP, _datasets(cohort), secure=mode == "secure", threshold=2, seed=4)
+    return {mode: run_in_memory(GWAS, DP, gs.dataset_paths(cohort), secure=mode == "secure", threshold=2, seed=4)
             for mode in ("plain", "secure")}
 
 
@@ -187,7 +183,7 @@ def test_gwas_privacy__sigma_is_derived_from_the_terms_and_the_state_never_store
 
 
 def test_gwas_privacy__exact_stays_the_default(cohort):
-    exact = run_in_memory(GWAS, {key: value for key, value in DP.items() if key != "privacy"}, _datasets(cohort))
+    exact = run_in_memory(GWAS, {key: value for key, value in DP.items() if key != "privacy"}, gs.dataset_paths(cohort))
     assert all(GWAS.privacy_spend(state, r) is None for r, state in exact.states)
     assert "privacy" not in exact.result.summary
     round_index, state = exact.states[-1]
