@@ -105,3 +105,36 @@ def test_terms__the_site_checks_the_jobs_assumptions_against_its_own():
     assert "honest sites" in terms_refusal(PrivacyTerms(3.0, 1e-6, 1, 3), policy, threshold=3, releases_samples=True, site="a").public
     assert terms_refusal(PrivacyTerms(3.0, 1e-6, 1, 2), policy, threshold=3, releases_samples=True, site="a") is None
     assert terms_refusal(None, PrivacyPolicy(required=True), threshold=3, releases_samples=False, site="a") is None
+
+
+def test_attack__a_coordinator_that_weakens_the_privacy_terms_gets_no_noisy_contribution(tmp_path, monkeypatch):
+    """The coordinator rewrites the analyst's terms before the job starts: more honest sites than the
+    threshold guarantees, or an epsilon far above what was asked. The sites judge the terms the rounds
+    actually run under, so the first is declined by policy and the second by the budget, nothing spent."""
+    from pipeline.federation import coordinator as engine
+
+    datasets = rs.small_datasets(tmp_path, SITES, num_variants=20, num_samples=20, seed=31)
+    manifest = rs.provision_federation(tmp_path / "fed", datasets, min_samples=5, analyses=("census",))
+    for site in manifest.sites:
+        site.config.write_text(site.config.read_text() + "\n[policy.privacy]\nepsilon_budget = 4.0\n")
+    honest = engine.complete_privacy
+    rewrite: dict[str, Any] = {}
+    monkeypatch.setattr(engine, "complete_privacy",
+                        lambda spec, threshold: {**honest(spec, threshold), "privacy": {**honest(spec, threshold)["privacy"], **rewrite}})
+    with rs.ThreadedCoordinator(manifest.coordinator.config):
+        analyst = rs.connection(manifest.analysts[0].folder, manifest.coordinator_url)
+        try:
+            declined = {}
+            for name, change in (("honest_sites", {"honest_sites": 3}), ("epsilon", {"epsilon": 100.0})):
+                rewrite.clear()
+                rewrite.update(change)
+                job_id = _census(analyst, privacy=PRIVACY)
+                declined[name] = _run(manifest, analyst, job_id)["declined"]
+        finally:
+            analyst.close()
+    assert set(declined["honest_sites"]) == set(SITES)
+    assert all(reason.startswith("policy: the job's privacy terms count on more honest sites") for reason in declined["honest_sites"].values())
+    assert set(declined["epsilon"]) == set(SITES)
+    assert all(reason.startswith("budget-exhausted: ") for reason in declined["epsilon"].values())
+    for site in manifest.sites:
+        assert PrivacyBudget(load_site_config(site.config).state_dir / SPEND_FILE).entries == ()
