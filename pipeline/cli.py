@@ -534,6 +534,8 @@ def job_status_command(job_id: str, config_path: Path, as_json: bool) -> None:
         text += f" (round {status.get('round')}, stage {status.get('stage')}, waiting for {', '.join(status.get('waiting_for', [])) or 'nobody'})"
     if status.get("error"):
         text += f": {status['error']}"
+    if status.get("notice"):
+        text += f"; {status['notice']}"
     echo_summary(status, as_json=as_json, text=text)
 
 

@@ -8,6 +8,9 @@ exit code 1.
 
 from __future__ import annotations
 
+import errno
+import sqlite3
+
 
 class GenofedError(Exception):
     """Base class of every error genofed raises on purpose."""
@@ -96,3 +99,14 @@ class MessageConflict(ProtocolError):
 
 class NotFoundError(GenofedError):
     """A job, round or result that the coordinator does not know."""
+
+
+class DiskFull(GenofedError):
+    """A write failed because the disk (or quota) under a genofed folder is full; the step can be retried once space is freed."""
+
+
+def disk_full(error: BaseException) -> bool:
+    """Whether ``error`` says a disk (or quota) is full: a file write's ENOSPC/EDQUOT, or SQLite's "disk is full"."""
+    if isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT):
+        return True
+    return isinstance(error, sqlite3.OperationalError) and "disk is full" in str(error)

@@ -191,6 +191,15 @@ class Phased(Analysis[PhasedState]):
         phase, local_round = self.current(state, round_index)
         return phase.analysis.privacy_spend(state.inner, local_round)
 
+    def partial_rounds(self, state: PhasedState, round_index: int) -> bool:
+        """Whether the current phase's round may go on without a cohort site."""
+        phase, local_round = self.current(state, round_index)
+        return phase.analysis.partial_rounds(state.inner, local_round)
+
+    def round_name(self, state: PhasedState, round_index: int) -> str:
+        """The job's round number and its phase."""
+        return f"round {round_index} ({self.phases[state.phase].name} phase)"
+
     def site_finish(self, state: PhasedState, dataset: Dataset, site: SiteContext, out_dir: Path) -> dict[str, Any] | None:
         """The site hook of the phase the job ended in."""
         return self.phases[state.phase].analysis.site_finish(state.inner, dataset, site, out_dir)

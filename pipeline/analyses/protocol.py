@@ -20,7 +20,7 @@ reads it back with ``state_from_json``. Results are a JSON summary plus named Ar
 tables, and the files :meth:`Analysis.write_outputs` renders from them.
 
 Every hook the runtime calls is declared here, with a default where an analysis may
-leave it out (``site_finish``, ``write_outputs``).
+leave it out (``site_finish``, ``write_outputs``, ``partial_rounds``...).
 """
 
 from __future__ import annotations
@@ -228,6 +228,21 @@ class Analysis(Protocol, Generic[S]):
         round, and records it (:mod:`pipeline.federation.budget`). Default: exact.
         """
         return None
+
+    def partial_rounds(self, state: S, round_index: int) -> bool:
+        """Whether this round may sum fewer sites than the job's cohort. Default: no.
+
+        A job's cohort is the sites its first round included. A cohort site missing from
+        a later round's sum fails the job: the earlier rounds (QC, PCA, standardisation)
+        described sites this round no longer covers. A round that may go on without it
+        says so here (a federated training step averages whoever reported, and the site
+        is invited again to the next round).
+        """
+        return False
+
+    def round_name(self, state: S, round_index: int) -> str:
+        """The round as messages to the analyst name it (a phased analysis adds its phase)."""
+        return f"round {round_index}"
 
     def site_finish(self, state: S, dataset: Dataset, site: SiteContext, out_dir: Path) -> dict[str, Any] | None:
         """At a site, once a job it contributed to has ended: write what stays at the site.

@@ -55,7 +55,9 @@ from pipeline import dataset as dataset_io
 from pipeline.analyses import Analysis, Contribution, JobState, KeyUnion, SiteCache, SiteContext
 from pipeline.analyses.registry import get_analysis
 from pipeline.encoding import Layout
-from pipeline.errors import ConfigurationError, GenofedError, IdentityError, PolicyRefusal, ProtocolError
+from pipeline.errors import (
+    ConfigurationError, DiskFull, GenofedError, IdentityError, PolicyRefusal, ProtocolError, disk_full,
+)
 from pipeline.outputs import write_private
 from pipeline.privacy import privacy_terms, zcdp_to_approx_dp
 from pipeline.federation import secagg_wire, transport, wire
@@ -85,6 +87,8 @@ __all__ = ["SiteAgent", "run_site", "check_policy", "check_round_terms"]
 _WAIT_SECONDS = 10.0
 _MAX_BACKOFF = 60.0
 """Longest wait, in seconds, before retrying an upload the coordinator refused."""
+DISK_FULL_RETRY_SECONDS = 30.0
+"""Seconds before a step that failed on a full site disk is tried again (space is freed by an operator)."""
 ONCE_IDLE_SECONDS = 60.0
 """With ``--once`` and no ``--max-idle``: seconds without an active job before the agent stops (nothing to do)."""
 ONCE_UNREACHABLE_SECONDS = 60.0
@@ -275,7 +279,7 @@ class SiteAgent:
                     self.jobs_seen.add(task["job_id"])
                     try:
                         self.handle(task)
-                    except ProtocolError as error:
+                    except (ProtocolError, DiskFull) as error:
                         log.warning("site %s: task %s failed: %s", self.config.name, _describe(task), error)
                         time.sleep(self.config.poll_interval)
                     idle_since = time.monotonic()
@@ -392,6 +396,16 @@ class SiteAgent:
                 raise
             self._decline(job_id, PolicyRefusal(f"site {self.config.name} could not compute its contribution: {error}",
                                                 code="data-error"))
+        except OSError as error:
+            if not disk_full(error):
+                raise
+            self._backoff[_task_key(task)] = time.monotonic() + DISK_FULL_RETRY_SECONDS
+            raise DiskFull(
+                f"site {self.config.name}: disk full under its state directory {self.state_dir} or audit log "
+                f"{self.config.audit_log} ({error.strerror or error}) during {_describe(task)}; the step is retried every "
+                f"{DISK_FULL_RETRY_SECONDS:.0f} s and the job resumes once space is freed (the coordinator waits for this "
+                "site until the stage deadline)"
+            ) from None
         self.tasks_done += 1
         log.debug("site %s: did %s (job %s round %d)", self.config.name, task["stage"], job_id, round_index)
 
@@ -544,6 +558,7 @@ class SiteAgent:
                     return
                 self._begin_attempt(job_id, round_index)
                 self._start_round(task, analysis, folder)
+                self.attempts.prepared(job_id, round_index)
             memory = self._replay(task, analysis, folder)
             self._rounds[(job_id, round_index)] = memory
         if stage is not Stage.ADVERTISE_KEYS and stage not in memory.outgoing:

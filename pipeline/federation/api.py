@@ -33,10 +33,8 @@ import asyncio
 import contextlib
 import enum
 import functools
-import errno
 import json
 import logging
-import sqlite3
 import ssl
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass
@@ -62,6 +60,7 @@ from pipeline.errors import (
     NotFoundError,
     REFUSAL_CODES,
     ProtocolError,
+    disk_full,
 )
 from pipeline.analyses.registry import REGISTRY
 from pipeline.federation import tls, wire
@@ -229,13 +228,6 @@ _STATUS = (
     (ConfigurationError, 422),
     (InputError, 422),
 )
-
-
-def disk_full(error: BaseException) -> bool:
-    """Whether ``error`` says the coordinator's disk (or quota) is full: a file write, or SQLite's."""
-    if isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT):
-        return True
-    return isinstance(error, sqlite3.OperationalError) and "disk is full" in str(error)
 
 
 DISK_FULL_RETRY_SECONDS = 30
@@ -514,6 +506,8 @@ def create_app(coordinator: Coordinator, config: CoordinatorConfig, *, tick_seco
                         request.state.body_quota = quota
                         return await handler(request, await admit(request, who, rule))
                 except Exception as error:  # noqa: BLE001 -- every error becomes a JSON answer
+                    if disk_full(error):
+                        coordinator.note_disk_full(str(error))
                     return _error_response(error)
 
             handlers[(method, path)] = run

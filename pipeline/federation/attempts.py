@@ -10,6 +10,11 @@ a job again and again:
 - after an *aborted* round, each new attempt draws fresh keys and, with SecAgg+, a fresh
   neighbour graph: aborting until the graph suits colluding sites is bounded by the
   site's ``max_round_reruns``.
+
+An attempt is ``preparing`` from its start until the site has saved the round's secrets
+(:meth:`RoundAttempts.prepared`), and nothing of it can have left the site before then:
+a site that crashed, or ran out of disk, while preparing resumes the same attempt instead
+of counting a rerun.
 """
 
 from __future__ import annotations
@@ -22,7 +27,7 @@ from pipeline.outputs import write_private
 
 __all__ = ["RoundAttempts"]
 
-_OUTCOMES = ("started", "done", "aborted")
+_OUTCOMES = ("preparing", "started", "done", "aborted")
 
 
 class RoundAttempts:
@@ -60,14 +65,20 @@ class RoundAttempts:
                 f"site {site}: round {round_index} of job {job_id} was completed already; this site never takes part in "
                 "a round twice (a second sum over other sites would reveal the difference)"
             )
+        if entry is not None and entry["outcome"] == "preparing":
+            return attempts  # the same attempt again: nothing of it was sent
         if attempts > max_reruns:
             raise PolicyRefusal(
                 f"site {site}: round {round_index} of job {job_id} was attempted {attempts} times and aborted; this site's "
                 f"policy allows max_round_reruns = {max_reruns} further attempts (aborting to redraw keys and neighbours "
                 "is bounded)"
             )
-        self._save(job_id, round_index, attempts + 1, "started")
+        self._save(job_id, round_index, attempts + 1, "preparing")
         return attempts + 1
+
+    def prepared(self, job_id: str, round_index: int) -> None:
+        """Records that the current attempt's secrets are saved: from now on its messages may leave the site."""
+        self.finish(job_id, round_index, "started")
 
     def completed(self, job_id: str, round_index: int) -> bool:
         """Whether the site completed this round already."""
@@ -75,7 +86,7 @@ class RoundAttempts:
         return entry is not None and entry["outcome"] == "done"
 
     def finish(self, job_id: str, round_index: int, outcome: str) -> None:
-        """Records how the round's current attempt ended (``done`` or ``aborted``)."""
+        """Records the state of the round's current attempt (``started``, ``done`` or ``aborted``)."""
         if outcome not in _OUTCOMES:
             raise ValueError(f"outcome must be one of {_OUTCOMES}, got {outcome!r}")
         entry = self._record.get(job_id, {}).get(str(round_index))

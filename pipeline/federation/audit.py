@@ -43,7 +43,7 @@ import math
 import os
 import re
 import tempfile
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -51,7 +51,10 @@ from typing import Any
 from pipeline.errors import AuditError, InputError
 from pipeline.outputs import fsync_directory
 
-__all__ = ["GENESIS_HASH", "AuditLog", "VerifyReport", "digest", "entry_hash", "read_entries", "verify"]
+__all__ = [
+    "GENESIS_HASH", "AuditLog", "VerifyReport", "already_appended", "check_fields", "digest", "entry_hash", "read_entries",
+    "verify",
+]
 
 log = logging.getLogger(__name__)
 
@@ -110,7 +113,12 @@ def _check_value(value: Any, where: str) -> None:
     )
 
 
-def _check_fields(event: str, fields: Mapping[str, Any]) -> dict[str, Any]:
+def check_fields(event: str, fields: Mapping[str, Any]) -> dict[str, Any]:
+    """The fields of an entry, checked as :meth:`AuditLog.append` will (so a caller can refuse an entry before committing to it).
+
+    Raises:
+        AuditError: a malformed event name, fields that are not small JSON values, or too many bytes.
+    """
     if not isinstance(event, str) or not _EVENT.fullmatch(event):
         raise AuditError(f"audit event {event!r}: expected a lowercase name like 'round.closed'")
     fields = dict(fields)
@@ -367,7 +375,7 @@ class AuditLog:
             AuditError: fields that are not small JSON values, or a log that was
                 altered since it was opened.
         """
-        fields = _check_fields(event, fields)
+        fields = check_fields(event, fields)
         with self._locked() as handle:
             entries, head = self._recover(handle)
             entry: dict[str, Any] = {
@@ -381,6 +389,21 @@ class AuditLog:
             _write_head(self.path, entries + 1, entry["entry_hash"])
             self._entries, self._head = entries + 1, entry["entry_hash"]
         return entry
+
+
+def already_appended(queued: Sequence[tuple[str, Mapping[str, Any]]], tail: Sequence[Mapping[str, Any]]) -> int:
+    """How many of ``queued`` (event, fields), appended in order, the log's ``tail`` entries already end with.
+
+    A writer that commits entries elsewhere before appending them (the coordinator's
+    audit outbox) may crash after appending some: the longest prefix of its queue that
+    the log ends with is what reached the log, so appending the rest repeats nothing.
+    """
+    for written in range(min(len(queued), len(tail)), 0, -1):
+        ends = tail[len(tail) - written:]
+        if all(entry.get("event") == event and entry.get("fields") == json.loads(json.dumps(fields))
+               for (event, fields), entry in zip(queued[:written], ends)):
+            return written
+    return 0
 
 
 def read_entries(path: Path | str, *, event: str | None = None) -> Iterator[dict[str, Any]]:

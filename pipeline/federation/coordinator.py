@@ -13,13 +13,19 @@ round or stores the result with the files the analysis renders from it
 (``write_outputs``).
 
 Nothing here is lost on a crash: every accepted message and every stage closure is in
-the :class:`~pipeline.federation.store.Store` before it is acknowledged, and
-:meth:`Coordinator.recover` replays them through ``server_advance`` (deterministic) to
-rebuild each running job at its current stage. A round's public state is stored as the
-JSON of the analysis' typed state and read back with its ``state_from_json``.
+the :class:`~pipeline.federation.store.Store` before it is acknowledged, committed in one
+transaction with the audit entries that record it, and :meth:`Coordinator.recover`
+appends any entry a crash kept from the audit log, then replays the messages through
+``server_advance`` (deterministic) to rebuild each running job at its current stage. A
+round's public state is stored as the JSON of the analysis' typed state and read back
+with its ``state_from_json``.
 
-Site IDs: a job's participants (sorted names) are sites 1..n in every round; a round
-invites those that have not declined the job.
+Site IDs: a job's participants (sorted names) are sites 1..n in every round. The first
+round invites every participant that has not declined; the sites its sum included are
+the job's cohort, and every later round invites the cohort. A cohort site missing from a
+later round's sum fails the job with an error naming it, unless the analysis declares
+that round partial (training steps); the result summary lists the sites of the last
+round (``sites``) and each site's missed rounds (``missed_rounds``).
 """
 
 from __future__ import annotations
@@ -60,7 +66,7 @@ from pipeline.federation.job_spec import (
     new_job_id,
     parse_round_options,
 )
-from pipeline.federation.audit import read_entries
+from pipeline.federation.audit import already_appended, check_fields, read_entries
 from pipeline.federation.checkpoints import CHECKPOINT_EVENT, Checkpoint, sign_checkpoint
 from pipeline.federation.roster import Roster
 from pipeline.federation.rounds import KEY_UNION_STAGE, decode_keys, round_config, union_keys
@@ -156,11 +162,10 @@ class Coordinator:
     Thread-safe: every public method holds one lock, so the HTTP server may call it
     from worker threads. ``version`` increases on every change (long polls watch it).
 
-    Audit entries are appended in the order the engine made them, but after its lock
-    is released (each append syncs the log to disk): the thread that made them takes
-    the audit log's turn before it lets the engine go and writes them before it
-    returns, so they are on disk before the HTTP answer, as the store's rows are, and
-    another request's engine work overlaps the write.
+    Each call's state changes and the audit entries recording them commit as one store
+    transaction, and the entries reach the audit log, in the engine's order, before the
+    call returns (see :meth:`_locked`): nothing the engine used goes unaudited, even
+    across a crash.
     """
 
     def __init__(
@@ -185,37 +190,69 @@ class Coordinator:
         self._lock = threading.RLock()
         self._audit_turn = threading.Lock()
         self._depth = 0
-        self._pending: list[tuple[str, dict[str, Any]]] = []
+        self._pending: list[tuple[int, str, dict[str, Any]]] = []
         self._rounds: dict[str, _Round] = {}
+        self._stale = False
+        self.disk_full: str | None = None
+        """Why the last write failed on a full disk, until a write succeeds again (shown in every running job's status)."""
         self.recover()
 
     @contextlib.contextmanager
     def _locked(self) -> Iterator[None]:
-        """The engine lock; on the outermost release, the audit entries made under it are written."""
-        pending: list[tuple[str, dict[str, Any]]] = []
+        """The engine lock and, outermost, one store transaction that commits the call's changes and their audit entries.
+
+        The audit entries a call makes are queued in the store's audit outbox inside the
+        transaction, so they commit with the changes they record or not at all. After the
+        commit the calling thread takes the audit log's turn (keeping the engine's order
+        among writers), lets the engine go, appends the entries (each append syncs the log)
+        and drops them from the outbox, all before it returns: they are on disk before the
+        HTTP answer, as the store's rows are, while another request's engine work overlaps
+        the write. A crash between the commit and the append leaves them queued, and
+        :meth:`recover` appends them. An error rolls the transaction back and marks the
+        in-memory rounds stale; the next call rebuilds them from the store.
+        """
+        pending: list[tuple[int, str, dict[str, Any]]] = []
         with self._lock:
-            self._depth += 1
+            if self._depth:
+                self._depth += 1
+                try:
+                    yield
+                finally:
+                    self._depth -= 1
+                return
+            self._depth = 1
             try:
-                yield
+                with self.store.transaction():
+                    if self._stale:
+                        self._rebuild_rounds()
+                    yield
+            except Exception:
+                self._stale = True
+                raise
             finally:
-                self._depth -= 1
-                if self._depth == 0 and self._pending:
-                    pending, self._pending = self._pending, []
-                    self._audit_turn.acquire()  # keeps the engine's order among writers
+                self._depth = 0
+                pending, self._pending = self._pending, []
+            if pending:
+                self._audit_turn.acquire()
         if pending:
             try:
-                for event, fields in pending:
-                    self.audit.append(event, **fields)
+                self._append_audit(pending)
             finally:
                 self._audit_turn.release()
 
+    def _append_audit(self, queued: Sequence[tuple[int, str, dict[str, Any]]]) -> None:
+        """Appends committed outbox entries to the audit log, then drops them from the outbox."""
+        for _, event, fields in queued:
+            self.audit.append(event, **fields)
+        with self.store.transaction():
+            self.store.drop_audit(queued[-1][0])
+
     def _log(self, event: str, /, **fields: Any) -> None:
-        """Queues an audit entry, written when the engine lock is released."""
-        if self._depth == 0:
-            with self._audit_turn:
-                self.audit.append(event, **fields)
-            return
-        self._pending.append((event, fields))
+        """Queues an audit entry in the current transaction; appended to the log after it commits."""
+        assert self._depth, "audit entries of the engine are made under its lock"
+        fields = check_fields(event, fields)
+        seq = self.store.queue_audit(event, fields)
+        self._pending.append((seq, event, fields))
 
     # ------------------------------------------------------------------ analyst side
 
@@ -285,7 +322,14 @@ class Coordinator:
             current = self._rounds.get(job_id)
             if current is not None:
                 out.update(round=current.round_index, stage=current.stage, waiting_for=sorted(current.expected()))
+                if self.disk_full is not None:
+                    out["notice"] = (f"coordinator disk full ({self.disk_full}): uploads are refused with 507 and kept "
+                                     "nowhere; the job resumes once the operator frees space")
             return out
+
+    def note_disk_full(self, reason: str) -> None:
+        """Records that a request failed on a full disk (the server calls it; a later accepted upload clears it)."""
+        self.disk_full = reason[:300]
 
     def results(self, job_id: str) -> dict[str, Any]:
         """The result summary and the names of the result tables.
@@ -319,9 +363,10 @@ class Coordinator:
     # ------------------------------------------------------------------ site side
 
     def active_jobs(self, site: str) -> list[str]:
-        """Running jobs that invite ``site`` and that it has not declined."""
+        """Running jobs whose current round invites ``site`` (a site left out of a job's cohort, or that declined, has none)."""
         with self._locked():
-            return sorted(j for j, r in self._rounds.items() if site in r.participants and site not in r.declined)
+            return sorted(j for j, r in self._rounds.items()
+                          if site in r.participants and r.site_id(site) in r.site_ids and site not in r.declined)
 
     def next_task(self, site: str) -> dict[str, Any] | None:
         """What ``site`` must do now: the first stage of a running job that waits for it."""
@@ -479,6 +524,7 @@ class Coordinator:
                 digest=payload_digest, bytes=len(body),
             )
             current.received[site] = decoded
+            self.disk_full = None
             if not current.expected():
                 self._close_stage(current)
             self._changed()
@@ -501,21 +547,44 @@ class Coordinator:
     # ------------------------------------------------------------------ recovery
 
     def recover(self) -> None:
-        """Rebuilds every running job from the store (replays stored messages).
+        """Appends the audit entries a crash left in the outbox, checks the store against the log, rebuilds running jobs.
 
         Raises:
             ConfigurationError: the audit log records submitted jobs the store lacks
                 (see :meth:`_check_store_against_audit`).
         """
+        self._append_crash_leftovers()
         self._check_store_against_audit()
         with self._locked():
-            self._rounds.clear()
-            for job in self.store.jobs(status="running"):
-                try:
-                    self._recover_job(job)
-                except GenofedError as error:
-                    self._fail(job.job_id, f"cannot resume after a restart: {error}")
-            self._changed()
+            self._rebuild_rounds()
+
+    def _rebuild_rounds(self) -> None:
+        """The in-memory rounds of every running job, replayed from the store (under the lock)."""
+        self._rounds.clear()
+        self._stale = False
+        for job in self.store.jobs(status="running"):
+            try:
+                self._recover_job(job)
+            except GenofedError as error:
+                self._fail(job.job_id, f"cannot resume after a restart: {error}")
+        self._changed()
+
+    def _append_crash_leftovers(self) -> None:
+        """Appends the outbox entries a crash kept from the audit log (those already there are not repeated)."""
+        queued = self.store.queued_audit()
+        if not queued:
+            return
+        audit_path = getattr(self.audit, "path", None)
+        tail = list(read_entries(audit_path))[-len(queued):] if audit_path is not None else []
+        written = already_appended([(event, fields) for _, event, fields in queued], tail)
+        if written < len(queued):
+            log.warning("appending %d audit entries that a crash left between the store and the audit log",
+                        len(queued) - written)
+        with self._audit_turn:
+            for _, event, fields in queued[written:]:
+                self.audit.append(event, **fields)
+            with self.store.transaction():
+                self.store.drop_audit(queued[-1][0])
 
     def _check_store_against_audit(self) -> None:
         """Refuses to start on a database that lost jobs the audit log says were submitted.
@@ -567,7 +636,7 @@ class Coordinator:
             self._after_server(current)
             return
         if finished:
-            self._finish_round(current, total, len(stages[-1].included))
+            self._finish_round(current, total, list(stages[-1].included))
             return
         for message in self.store.messages(job.job_id, stored.round_index, current.stage):
             if message.site not in declined:
@@ -606,11 +675,9 @@ class Coordinator:
 
     def _make_round(
         self, job_id: str, analysis: Analysis[Any], spec: dict[str, Any], participants: tuple[str, ...], threshold: int,
-        round_index: int, state: JobState, declined: set[str], *, site_ids: Sequence[int] | None = None,
+        round_index: int, state: JobState, declined: set[str], *, site_ids: Sequence[int],
     ) -> _Round:
         layout = analysis.layout(state, round_index)
-        if site_ids is None:
-            site_ids = [i + 1 for i, name in enumerate(participants) if name not in declined]
         config = server = None
         if isinstance(layout, Layout):
             if len(site_ids) < threshold:
@@ -625,9 +692,14 @@ class Coordinator:
                       config, server, set(declined), stage_opened=self.clock())
 
     def _open_round(self, job_id: str, analysis: Analysis[Any], spec: dict[str, Any], participants: tuple[str, ...],
-                    threshold: int, round_index: int, state: JobState, declined: set[str]) -> None:
+                    threshold: int, round_index: int, state: JobState, declined: set[str],
+                    cohort: Sequence[str] | None = None) -> None:
+        """Stores and opens a round for ``cohort`` (default: every participant), less the sites that declined."""
+        invited = participants if cohort is None else cohort
+        site_ids = [i + 1 for i, name in enumerate(participants) if name in invited and name not in declined]
         try:
-            current = self._make_round(job_id, analysis, spec, participants, threshold, round_index, state, declined)
+            current = self._make_round(job_id, analysis, spec, participants, threshold, round_index, state, declined,
+                                       site_ids=site_ids)
         except GenofedError as error:
             self._fail(job_id, f"round {round_index} cannot start: {error}")
             return
@@ -677,7 +749,7 @@ class Coordinator:
             self.store.close_stage(current.job_id, current.round_index, current.stage_seq, stage, included)
             current.stage_seq += 1
             self._log("stage.closed", job_id=current.job_id, round=current.round_index, stage=stage, sites=included)
-            self._finish_round(current, total, len(included))
+            self._finish_round(current, total, included)
             return
         try:
             self._advance(current, messages)
@@ -710,31 +782,60 @@ class Coordinator:
             except ProtocolError as error:
                 self._fail(current.job_id, f"round {current.round_index}: {error}")
                 return
-            self._log("round.summed", job_id=current.job_id, round=current.round_index,
-                              sites=[current.name_of(i) for i in sorted(survivors)],
-                              total_digest=wire.digest(np.ascontiguousarray(total).tobytes()))
-            self._finish_round(current, decoded, len(survivors))
+            summed = [current.name_of(i) for i in sorted(survivors)]
+            self._log("round.summed", job_id=current.job_id, round=current.round_index, sites=summed,
+                      total_digest=wire.digest(np.ascontiguousarray(total).tobytes()))
+            self._finish_round(current, decoded, summed)
 
-    def _finish_round(self, current: _Round, total: Mapping[str, np.ndarray], num_sites: int) -> None:
+    def _finish_round(self, current: _Round, total: Mapping[str, np.ndarray], summed: Sequence[str]) -> None:
+        """Applies the cohort rule to the sites a round summed, then steps the analysis and opens the next round.
+
+        The job's cohort is the sites its first round included. A later round that misses
+        a cohort site fails the job, unless the analysis says the round may go on without
+        it (``partial_rounds``); the next round invites the cohort again.
+        """
+        invited = [current.name_of(i) for i in current.site_ids]
+        lost = [name for name in invited if name not in summed]
+        if lost and current.round_index > 0 and not current.analysis.partial_rounds(current.state, current.round_index):
+            self._fail(current.job_id, self._cohort_lost(current, lost, [name for name in invited if name in summed]))
+            return
+        self.store.set_round_sites(current.job_id, current.round_index, summed)
         try:
-            state, done, result = current.analysis.coordinator_step(current.state, current.round_index, total, num_sites)
+            state, done, result = current.analysis.coordinator_step(current.state, current.round_index, total, len(summed))
         except GenofedError as error:
             self._fail(current.job_id, f"round {current.round_index}: {error}")
             return
         if done:
             assert result is not None
-            self._store_result(current, result, num_sites)
+            self._store_result(current, result, summed)
             return
+        cohort = summed if current.round_index == 0 else invited
         self._rounds.pop(current.job_id, None)
         self._open_round(current.job_id, current.analysis, current.spec, current.participants, current.threshold,
-                         current.round_index + 1, state, current.declined)
+                         current.round_index + 1, state, current.declined, cohort)
 
-    def _store_result(self, current: _Round, result: Result, num_sites: int) -> None:
+    def _cohort_lost(self, current: _Round, lost: Sequence[str], survivors: Sequence[str]) -> str:
+        """The job's error when cohort sites are missing from a round that needs them all (names sites, round and remedy)."""
+        declines = self.store.declines(current.job_id)
+        why = "; ".join(
+            f"{name} declined it ({declines[name][:200]})" if name in declines else f"{name} sent nothing before the stage deadline"
+            for name in lost
+        )
+        return (
+            f"site {', '.join(lost)} was lost in {current.analysis.round_name(current.state, current.round_index)}: {why}. "
+            f"Every round of a {current.analysis.name} job must sum the sites of its first round (its earlier rounds "
+            f"describe them), so the job stops rather than mix cohorts. Submit it again when the site is back, or "
+            f"without it (sites: {sorted(survivors)})"
+        )
+
+    def _store_result(self, current: _Round, result: Result, summed: Sequence[str]) -> None:
         summary = {
             **dict(result.summary),
             "job_id": current.job_id,
             "rounds": current.round_index + 1,
             "declined": sorted(current.declined),
+            "sites": list(summed),
+            "missed_rounds": self._missed_rounds(current),
         }
         entries: list[tuple[str, str, bytes]] = [("summary", "json", wire.canonical_json(summary))]
         for name, table in result.tables.items():
@@ -751,6 +852,15 @@ class Coordinator:
         self.store.finish_with_results(current.job_id, entries)
         self._rounds.pop(current.job_id, None)
         self._log("job.done", job_id=current.job_id, results={name: wire.digest(body) for name, _, body in entries})
+
+    def _missed_rounds(self, current: _Round) -> dict[str, list[int]]:
+        """Each site's rounds that it was invited to and whose sum did not include it (empty when none did)."""
+        missed: dict[str, list[int]] = {}
+        for stored in self.store.rounds(current.job_id):
+            for name in (current.name_of(i) for i in stored.site_ids):
+                if stored.sites is not None and name not in stored.sites:
+                    missed.setdefault(name, []).append(stored.round_index)
+        return missed
 
     def _fail(self, job_id: str, reason: str) -> None:
         log.warning("job %s failed: %s", job_id, reason)

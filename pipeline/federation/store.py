@@ -4,10 +4,12 @@ Everything the coordinator must not lose lives here: jobs (spec, participants,
 status), rounds (the public state each round started from and the invited sites),
 the stages each round closed (with the sites whose messages were included), every
 protocol message the secure-aggregation server received (raw bytes and their
-digest), declines, and results. The coordinator's in-memory protocol state is a cache:
-replaying the stored messages through the pure ``server_advance`` rebuilds it exactly
-(:meth:`pipeline.federation.coordinator.Coordinator.recover`), so a coordinator killed in the
-middle of a round resumes where it stopped.
+digest), declines, results, and the audit outbox: audit entries committed with the
+change they record and not yet known to be in the audit log. The coordinator's
+in-memory protocol state is a cache: replaying the stored messages through the pure
+``server_advance`` rebuilds it exactly
+(:meth:`pipeline.federation.coordinator.Coordinator.recover`), so a coordinator killed
+in the middle of a round resumes where it stopped.
 
 Writes are transactions committed before the server answers, so an acknowledged
 upload survives a crash. WAL lets the long-poll readers run beside the writer.
@@ -76,6 +78,7 @@ CREATE TABLE IF NOT EXISTS rounds (
     state TEXT NOT NULL,
     site_ids TEXT NOT NULL,
     opened_at REAL NOT NULL,
+    sites TEXT,
     PRIMARY KEY (job_id, round_index)
 );
 CREATE TABLE IF NOT EXISTS stages (
@@ -105,6 +108,11 @@ CREATE TABLE IF NOT EXISTS declines (
     reason TEXT NOT NULL,
     declined_at REAL NOT NULL,
     PRIMARY KEY (job_id, site)
+);
+CREATE TABLE IF NOT EXISTS audit_outbox (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    event TEXT NOT NULL,
+    fields TEXT NOT NULL
 );
 CREATE TABLE IF NOT EXISTS results (
     job_id TEXT NOT NULL,
@@ -154,6 +162,8 @@ class StoredRound:
     state: dict[str, Any]
     site_ids: tuple[int, ...]
     opened_at: float
+    sites: tuple[str, ...] | None = None
+    """The sites whose contributions the round's sum (or key union) included; ``None`` until it closed."""
 
 
 @dataclass(frozen=True)
@@ -211,6 +221,8 @@ class Store:
         columns = {row[1] for row in db.execute("PRAGMA table_info(messages)")}
         if "in_file" not in columns:  # a database written before bodies could be files
             db.execute("ALTER TABLE messages ADD COLUMN in_file INTEGER NOT NULL DEFAULT 0")
+        if "sites" not in {row[1] for row in db.execute("PRAGMA table_info(rounds)")}:  # written before rounds named theirs
+            db.execute("ALTER TABLE rounds ADD COLUMN sites TEXT")
         self._migrate_results(db)
         self._collect_garbage()
 
@@ -247,14 +259,30 @@ class Store:
 
     @contextmanager
     def transaction(self) -> Iterator[sqlite3.Connection]:
-        """One committed transaction (rolled back on error)."""
+        """One committed transaction (rolled back on error).
+
+        Re-entrant within a thread: a transaction opened inside another joins it, so a
+        caller can make several writes (the coordinator: one request's state changes and
+        their audit entries) one atomic commit.
+        """
         db = self._connection()
+        depth = getattr(self._local, "depth", 0)
+        if depth:
+            self._local.depth = depth + 1
+            try:
+                yield db
+            finally:
+                self._local.depth = depth
+            return
         db.execute("BEGIN IMMEDIATE")
+        self._local.depth = 1
         try:
             yield db
         except BaseException:
+            self._local.depth = 0
             db.execute("ROLLBACK")
             raise
+        self._local.depth = 0
         db.execute("COMMIT")
 
     def close(self, *, checkpoint: bool = True) -> None:
@@ -315,13 +343,23 @@ class Store:
     def add_round(self, job_id: str, round_index: int, state: dict[str, Any], site_ids: Sequence[int]) -> None:
         with self.transaction() as db:
             db.execute(
-                "INSERT INTO rounds VALUES (?, ?, ?, ?, ?)",
+                "INSERT INTO rounds (job_id, round_index, state, site_ids, opened_at) VALUES (?, ?, ?, ?, ?)",
                 (job_id, round_index, json.dumps(state), json.dumps(list(site_ids)), time.time()),
             )
 
+    def set_round_sites(self, job_id: str, round_index: int, sites: Sequence[str]) -> None:
+        """Records the sites a round's sum (or key union) included."""
+        with self.transaction() as db:
+            db.execute("UPDATE rounds SET sites = ? WHERE job_id = ? AND round_index = ?",
+                       (json.dumps(list(sites)), job_id, round_index))
+
     def rounds(self, job_id: str) -> list[StoredRound]:
-        rows = self._connection().execute("SELECT * FROM rounds WHERE job_id = ? ORDER BY round_index", (job_id,))
-        return [StoredRound(r[0], int(r[1]), json.loads(r[2]), tuple(json.loads(r[3])), r[4]) for r in rows]
+        rows = self._connection().execute(
+            "SELECT job_id, round_index, state, site_ids, opened_at, sites FROM rounds WHERE job_id = ? ORDER BY round_index",
+            (job_id,),
+        )
+        return [StoredRound(r[0], int(r[1]), json.loads(r[2]), tuple(json.loads(r[3])), r[4],
+                            None if r[5] is None else tuple(json.loads(r[5]))) for r in rows]
 
     def close_stage(self, job_id: str, round_index: int, seq: int, stage: str, included: Sequence[str]) -> None:
         with self.transaction() as db:
@@ -453,6 +491,29 @@ class Store:
         for path in self.blob_dir.iterdir():
             if path.name not in referenced:
                 path.unlink(missing_ok=True)
+
+    # ------------------------------------------------------------------ the audit outbox
+
+    def queue_audit(self, event: str, fields: dict[str, Any]) -> int:
+        """Records an audit entry to be appended to the audit log; returns its outbox number.
+
+        Written in the caller's transaction, so the entry commits with the state change
+        it describes, or not at all; :meth:`queued_audit` hands back what a crash left
+        between that commit and the log.
+        """
+        with self.transaction() as db:
+            cursor = db.execute("INSERT INTO audit_outbox (event, fields) VALUES (?, ?)", (event, json.dumps(fields)))
+        return int(cursor.lastrowid or 0)
+
+    def queued_audit(self) -> list[tuple[int, str, dict[str, Any]]]:
+        """The audit entries committed but not yet known to be in the log, oldest first."""
+        rows = self._connection().execute("SELECT seq, event, fields FROM audit_outbox ORDER BY seq")
+        return [(int(seq), event, json.loads(fields)) for seq, event, fields in rows]
+
+    def drop_audit(self, up_to: int) -> None:
+        """Forgets the queued audit entries up to ``up_to`` (they are in the log)."""
+        with self.transaction() as db:
+            db.execute("DELETE FROM audit_outbox WHERE seq <= ?", (up_to,))
 
     # ------------------------------------------------------------------ declines and results
 

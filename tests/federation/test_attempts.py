@@ -31,9 +31,22 @@ def test_round_attempts__aborted_rounds_rerun_at_most_max_reruns_times(tmp_path,
 
 def test_round_attempts__an_attempt_that_never_finished_counts(tmp_path):
     record = RoundAttempts(tmp_path / "round-attempts.json")
-    record.begin("job-1", 0, max_reruns=0, site="alpha")  # the agent lost the round's state, or it was never closed
+    record.begin("job-1", 0, max_reruns=0, site="alpha")
+    record.prepared("job-1", 0)  # secrets saved: messages may have left; then the agent lost the round's state
     with pytest.raises(PolicyRefusal, match="attempted 1 times"):
-        record.begin("job-1", 0, max_reruns=0, site="alpha")
+        RoundAttempts(tmp_path / "round-attempts.json").begin("job-1", 0, max_reruns=0, site="alpha")
+
+
+def test_round_attempts__an_attempt_stopped_while_preparing_resumes_as_the_same_attempt(tmp_path):
+    record = RoundAttempts(tmp_path / "round-attempts.json")
+    assert record.begin("job-1", 0, max_reruns=0, site="alpha") == 1
+    # A crash or a full disk before the round's secrets were saved: nothing of the attempt was sent.
+    restarted = RoundAttempts(tmp_path / "round-attempts.json")
+    assert restarted.begin("job-1", 0, max_reruns=0, site="alpha") == 1
+    restarted.prepared("job-1", 0)
+    restarted.finish("job-1", 0, "aborted")
+    with pytest.raises(PolicyRefusal, match="attempted 1 times"):
+        restarted.begin("job-1", 0, max_reruns=0, site="alpha")
 
 
 def test_round_attempts__an_unreadable_record_stops_the_agent(tmp_path):

@@ -62,7 +62,10 @@ def test_disk_full__uploads_get_507_and_the_job_resumes_once_space_is_freed(tmp_
                 time.sleep(0.02)
             assert refused, "no upload reached the full disk"
             status = analyst.get_json(f"/v1/jobs/{job_id}")
-            assert status["status"] == "running"  # a full disk fails nothing
+            while "notice" not in status and time.monotonic() < deadline:  # the refusal's answer is on its way
+                status = analyst.get_json(f"/v1/jobs/{job_id}")
+            assert status["status"] == "running"  # a full disk fails nothing...
+            assert status["notice"].startswith("coordinator disk full")  # ...and the analyst is told why the job waits
             if failure == "file":  # what a site sees: 507, told when to come back
                 with rs.connection(manifest.sites[1].folder, manifest.coordinator_url, max_attempts=1) as beta:
                     path = f"/v1/site/jobs/{job_id}/rounds/0/stages/{status['stage']}/messages/beta-probe-0001"
@@ -76,3 +79,52 @@ def test_disk_full__uploads_get_507_and_the_job_resumes_once_space_is_freed(tmp_
         total = np.asarray(analyst.get_json(f"/v1/jobs/{job_id}/results")["summary"]["num_sites"])
         assert int(total) == len(SITES)
         analyst.close()
+
+
+def test_disk_full__a_site_whose_state_directory_is_full_retries_and_the_job_resumes(tmp_path, monkeypatch):
+    """The site's writes fail with ENOSPC: it declines nothing, says so, and its step succeeds once space is freed."""
+    from pipeline.errors import DiskFull
+    from pipeline.federation import agent as agent_module
+    from pipeline.federation.agent import SiteAgent
+    from pipeline.federation.config import SitePolicy
+    from pipeline.federation.coordinator import Coordinator
+    from pipeline.federation.store import Store
+
+    names = ("alpha", "beta", "gamma")
+    datasets = rs.small_datasets(tmp_path / "data", names, num_variants=8, num_samples=10, seed=17)
+    configs = rs.in_process_site_configs(tmp_path, datasets, SitePolicy(allowed_analyses=("census",), min_samples=3,
+                                                                          min_allele_count=0, share_variant_keys=True))
+    full = threading.Event()
+    write_private = agent_module.write_private
+
+    def gamma_disk_full(path, *args: Any, **kwargs: Any) -> Any:
+        if full.is_set() and configs["gamma"].state_dir in path.parents:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return write_private(path, *args, **kwargs)
+
+    monkeypatch.setattr(agent_module, "write_private", gamma_disk_full)
+    monkeypatch.setattr(agent_module, "DISK_FULL_RETRY_SECONDS", 0.0)
+    holder = {"coordinator": Coordinator(Store(tmp_path / "coordinator.db"), federation="testfed", sites=names)}
+    engine = holder["coordinator"]
+    agents = {name: SiteAgent(configs[name], connection=rs.DirectConnection(holder, name)) for name in names}
+    job_id = engine.submit({"analysis": "census", "min_allele_count": 0, "stage_timeout": 600}, "analyst")
+    full.set()  # gamma's disk fills once its agent is up
+    failures: list[str] = []
+    while engine.status(job_id)["status"] == "running":
+        for name in names:
+            task = engine.next_task(name)
+            if task is None:
+                continue
+            try:
+                agents[name].handle(task)
+            except DiskFull as error:
+                failures.append(str(error))
+                status = engine.status(job_id)
+                assert status["waiting_for"] == ["gamma"] and not status["declined"], status
+                if len(failures) == 3:
+                    full.clear()  # the operator frees space; gamma's next try goes through
+    assert engine.status(job_id)["status"] == "done"
+    assert engine.results(job_id)["summary"]["sites"] == list(names)
+    assert len(failures) == 3
+    assert failures[0].startswith(f"site gamma: disk full under its state directory {configs['gamma'].state_dir}")
+    assert "the job resumes once space is freed" in failures[0]

@@ -13,7 +13,7 @@ from pipeline.errors import NotFoundError, ProtocolError
 from pipeline.federation.api import ACCESS_RULES, JobScope, openapi_document
 from pipeline.federation.coordinator import Coordinator
 from pipeline.federation.job_spec import JOB_ID_PATTERN, check_job_id, new_job_id
-from pipeline.federation.store import StoredJob
+from pipeline.federation.store import Store, StoredJob
 
 GOOD = "job-20250101-120000-0a1b2c3d"
 BAD = [
@@ -92,26 +92,21 @@ def test_openapi__every_job_id_parameter_carries_the_pattern_and_every_route_its
     assert re.fullmatch(JOB_ID_PATTERN, GOOD)  # the same text serves Python and the OpenAPI pattern (ECMA-262)
 
 
-class _Store:
-    """A store holding one job of ``alice``; it records every job ID it is asked for."""
+class _Store(Store):
+    """A real store holding one job of ``alice``; it records every job ID it is asked for."""
 
-    def __init__(self) -> None:
+    def __init__(self, path) -> None:
+        super().__init__(path)
         self.asked: list[str] = []
-        self.stored = StoredJob(GOOD, "secure_sum", {}, "alice", ("alpha", "beta"), 2, "done", None, 0.0, 1.0)
-
-    def jobs(self, *, status: str | None = None) -> list[StoredJob]:
-        return []
+        self.add_job(StoredJob(GOOD, "secure_sum", {}, "alice", ("alpha", "beta"), 2, "done", None, 0.0, 1.0))
 
     def job(self, job_id: str) -> StoredJob | None:
         self.asked.append(job_id)
-        return self.stored if job_id == GOOD else None
-
-    def declines(self, job_id: str) -> dict[str, str]:
-        return {}
+        return super().job(job_id)
 
 
-def test_coordinator__refuses_a_job_id_that_is_not_one_before_reading_the_store():
-    store = _Store()
+def test_coordinator__refuses_a_job_id_that_is_not_one_before_reading_the_store(tmp_path):
+    store = _Store(tmp_path / "coordinator.db")
     engine = Coordinator(store, federation="testfed", sites=("alpha", "beta"))
     for value in BAD:
         for call in (lambda: engine.job(value), lambda: engine.status(value), lambda: engine.results(value),
@@ -122,8 +117,8 @@ def test_coordinator__refuses_a_job_id_that_is_not_one_before_reading_the_store(
     assert store.asked == []
 
 
-def test_coordinator__another_analysts_job_is_answered_as_an_unknown_one():
-    engine = Coordinator(_Store(), federation="testfed", sites=("alpha", "beta"))
+def test_coordinator__another_analysts_job_is_answered_as_an_unknown_one(tmp_path):
+    engine = Coordinator(_Store(tmp_path / "coordinator.db"), federation="testfed", sites=("alpha", "beta"))
     assert engine.job(GOOD, analyst="alice").analyst == "alice"
     assert engine.job(GOOD).analyst == "alice"
     with pytest.raises(NotFoundError) as foreign:

@@ -302,6 +302,10 @@ class TrainingRounds(Analysis[TrainingRoundsState]):
         return new, True, Result(summary={})
 
 
+    def partial_rounds(self, state: TrainingRoundsState, round_index: int) -> bool:
+        """Yes: a FedAvg step averages the updates of the sites that reported; a site that missed one is invited to the next."""
+        return True
+
     def privacy_spend(self, state: TrainingRoundsState, round_index: int) -> Spend | None:
         """The round's noise and cost, when the job asked for differential privacy."""
         noise = state.noise
