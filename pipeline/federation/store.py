@@ -249,11 +249,11 @@ class Store:
         if connection is None:
             connection = sqlite3.connect(self.path, timeout=30.0, isolation_level=None)
             connection.execute("PRAGMA journal_mode=WAL")
-            # WAL with synchronous=NORMAL: a commit is in the WAL (the OS's cache) before it
-            # returns, so it survives the process being killed; a power loss may roll the
-            # database back to an earlier consistent point (sites then re-send their
-            # byte-identical messages). Large bodies are files synced before their row.
-            connection.execute("PRAGMA synchronous=NORMAL")
+            # WAL with synchronous=FULL: a commit is synced to the WAL before it returns, so it
+            # survives a power loss as the audit log's synced entries do (NORMAL could lose the
+            # last commits while the log records them: a finished job back to "running").
+            # One sync per engine call; large bodies are files synced before their row.
+            connection.execute("PRAGMA synchronous=FULL")
             self._local.connection = connection
         return connection
 
