@@ -93,6 +93,13 @@ class PolicyRefusal(GenofedError):
         return f"{self.code}: {self.public}"
 
 
+class StoreCorruption(ProtocolError):
+    """A stored body does not match its recorded digest (the database or a body file was damaged or altered).
+
+    A :class:`ProtocolError`, so that what already stops a job on a bad message stops it here too.
+    """
+
+
 class MessageConflict(ProtocolError):
     """A message for another job, round or stage than the one in progress, or a replay with other content."""
 

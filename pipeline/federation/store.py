@@ -47,7 +47,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pipeline.errors import ProtocolError
+from pipeline.errors import ProtocolError, StoreCorruption
 from pipeline.outputs import fsync_directory
 
 __all__ = [
@@ -124,13 +124,6 @@ CREATE TABLE IF NOT EXISTS results (
     PRIMARY KEY (job_id, name)
 );
 """
-
-
-class StoreCorruption(ProtocolError):
-    """A stored body does not match its recorded digest (the database or a body file was damaged or altered).
-
-    A :class:`ProtocolError`, so that what already stops a job on a bad message stops it here too.
-    """
 
 
 def _sha256(body: bytes | memoryview) -> str:
