@@ -208,8 +208,10 @@ class Coordinator:
         and drops them from the outbox, all before it returns: they are on disk before the
         HTTP answer, as the store's rows are, while another request's engine work overlaps
         the write. A crash between the commit and the append leaves them queued, and
-        :meth:`recover` appends them. An error rolls the transaction back and marks the
-        in-memory rounds stale; the next call rebuilds them from the store.
+        :meth:`recover` appends them. An error rolls the transaction back. The engine raises
+        a :class:`GenofedError` only to refuse a call before changing anything (an error
+        after a change fails the job instead); any other error (I/O, a full disk) may come
+        midway, so it marks the in-memory rounds stale and the next call rebuilds them.
         """
         pending: list[tuple[int, str, dict[str, Any]]] = []
         with self._lock:
@@ -226,8 +228,10 @@ class Coordinator:
                     if self._stale:
                         self._rebuild_rounds()
                     yield
+            except GenofedError:
+                raise  # a refusal: raised before the call changed anything (later errors fail the job instead)
             except Exception:
-                self._stale = True
+                self._stale = True  # an I/O error or a bug midway: the rounds in memory may be ahead of the store
                 raise
             finally:
                 self._depth = 0

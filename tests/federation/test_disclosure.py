@@ -23,9 +23,11 @@ from tests.federation import runtime_support as rs
 pytestmark = pytest.mark.network
 
 SITES = gs.SITES
+# The first round's deadline fixes a job's cohort, and agents started as processes on a loaded
+# machine may take long to come up: a generous deadline (a stage closes as soon as every site answered).
 GWAS = {"analysis": "gwas", "model": "linear", "covariates": [], "min_call_rate": 0.0, "hwe_p": 0.0,
-        "min_allele_count": 5, "stage_timeout": 20, "threshold": 2}
-CENSUS = {"analysis": "census", "stage_timeout": 20, "threshold": 2}
+        "min_allele_count": 5, "stage_timeout": 120, "threshold": 2}
+CENSUS = {"analysis": "census", "stage_timeout": 120, "threshold": 2}
 
 
 @pytest.fixture(scope="module")
