@@ -822,7 +822,7 @@ class Coordinator:
         """The job's error when cohort sites are missing from a round that needs them all (names sites, round and remedy)."""
         declines = self.store.declines(current.job_id)
         why = "; ".join(
-            f"{name} declined it ({declines[name][:200]})" if name in declines else f"{name} sent nothing before the stage deadline"
+            f"{name} declined it ({declines[name][:200]})" if name in declines else f"{name} did not answer before a stage deadline"
             for name in lost
         )
         return (

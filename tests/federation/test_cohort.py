@@ -69,7 +69,7 @@ def test_cohort__a_census_that_loses_a_site_after_its_first_round_fails_naming_i
     engine, job_id = _run(tmp_path, census_data, "census", CENSUS, absent=lambda site, task: site == "gamma" and task["round_index"] == 1)
     status = engine.status(job_id)
     assert status["status"] == "failed", status
-    assert "site gamma was lost in round 1: gamma sent nothing before the stage deadline" in status["error"]
+    assert "site gamma was lost in round 1: gamma did not answer before a stage deadline" in status["error"]
     assert "sites: ['alpha', 'beta']" in status["error"]
 
 
