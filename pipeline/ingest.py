@@ -12,12 +12,22 @@ streamed in order and cut into the same windows. Memory is bounded by the chunk 
 ``samples.parquet``, ``dataset.json`` and ``ingest-report.json`` and renames the folder
 into place; on any error nothing is left behind.
 
+Both ways read one semantics (:mod:`pipeline.io.vcf`): a file gives the same dataset
+streamed, or read by region through a TBI or CSI index. After all chunks are written, a
+variant key that occurs twice in the dataset (the same locus under ``chr1``/``1`` or
+``MT``/``chrM``, a split multi-allelic next to a biallelic, padded copies, exact copies)
+fails the ingest with one line naming both input records and the fix; nothing is merged
+(:mod:`pipeline.harmonize.duplicates`).
+
 ``ingest-report.json`` keys (stable; new keys may be added, none renamed):
 
 - ``genofed_version``; ``inputs``: ``vcf``, ``fasta``, ``phenotypes`` (paths or null),
   ``indexed`` (whether the file was split by region); ``settings``: ``chunk_size``,
   ``contig_style``, ``scheduler``, ``workers``.
 - ``records_read``: VCF records read (before splitting).
+- ``records_without_gt``: records whose FORMAT has no GT (PL only, say); their calls
+  are read as missing, as bcftools and plink2 do. A file where no record has GT is
+  refused.
 - ``multiallelic_records_split``: records with several ALTs; ``records_from_split``:
   biallelic records they became (``bcftools norm -m-``).
 - ``trimmed``: variants whose alleles were trimmed to the minimal representation.
@@ -38,6 +48,7 @@ into place; on any error nothing is left behind.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -52,12 +63,21 @@ import dask
 from pipeline import __version__, outputs
 from pipeline.cluster import compute_graph, parse_scheduler, progress_bar
 from pipeline.dataset import Block, write_metadata
-from pipeline.errors import ConfigurationError, InputError
-from pipeline.harmonize.batch import VariantBatch, add_counts, to_block
+from pipeline.errors import ConfigurationError, InputError, VcfFormatError, disk_full
+from pipeline.harmonize.batch import VariantBatch, add_counts
 from pipeline.harmonize.chain import harmonizer
 from pipeline.harmonize.contigs import CONTIG_STYLES
+from pipeline.harmonize.duplicates import refuse_duplicate_variants
 from pipeline.harmonize.samples import match_samples
-from pipeline.ingest_task import RECORDS_PER_BLOCK, ChunkTask, empty_counts, ingest_region, write_blocks
+from pipeline.ingest_task import (
+    RECORDS_PER_BLOCK,
+    ChunkTask,
+    add_reader_counts,
+    dense_block,
+    empty_counts,
+    ingest_region,
+    write_blocks,
+)
 from pipeline.io.fasta import open_reference
 from pipeline.io.phenotypes import read_phenotypes
 from pipeline.io.vcf import Region, open_vcf, read_blocks
@@ -120,8 +140,8 @@ def _stream(vcf: str, out: Path, *, num_samples: int, chunk_size: int, fasta: st
                 current = (batch.contig, key)
                 part = batch.select(window == key)
                 if part.num_variants:
-                    pending.append(to_block(part))
-            counts = dict(add_counts(counts, batch.counts))
+                    pending.append(dense_block(part))
+            counts = add_reader_counts(dict(add_counts(counts, batch.counts)), record_block)
             if bar is not None:
                 bar.update(int(record_block.position.shape[0]))
         if current is not None or counts["records_read"]:
@@ -130,6 +150,29 @@ def _stream(vcf: str, out: Path, *, num_samples: int, chunk_size: int, fasta: st
         if bar is not None:
             bar.close()
     return results
+
+
+@contextlib.contextmanager
+def _disk_full_is_an_error(out: Path, vcf: str) -> Iterator[None]:
+    """Turns a full disk (ENOSPC/EDQUOT, from the driver or a task) into one clear InputError naming ``out``."""
+    try:
+        yield
+    except OSError as error:
+        if not disk_full(error):
+            raise
+        raise InputError(
+            f"{out}: the disk holding the output folder is full ({error.strerror or error}) while ingesting {vcf}; nothing was "
+            "written: free space there or choose another --out"
+        ) from None
+
+
+def _check_genotypes(vcf: str, source_samples: list[str], counts: dict[str, Any]) -> None:
+    """Refuses a file with samples where no record has GT (nothing to ingest but missing calls)."""
+    if source_samples and counts["records_read"] and counts["records_without_gt"] == counts["records_read"]:
+        raise VcfFormatError(
+            f"{vcf}: none of its {counts['records_read']} records has GT in FORMAT, so there are no called genotypes to ingest; "
+            "call genotypes first (for example 'bcftools call' for PL-only files)"
+        )
 
 
 def _ordered_unique(values: list[int]) -> Iterator[int]:
@@ -281,11 +324,16 @@ def ingest(
     vcf_path = str(vcf)
     fasta_path = None if fasta is None else str(fasta)
     source = open_vcf(vcf_path)
+    if not source.samples:
+        raise VcfFormatError(
+            f"{vcf_path}: no sample columns (a sites-only VCF: '#CHROM' line ends at INFO or FORMAT), so there are no genotypes "
+            "to ingest; give the VCF with the samples' genotypes"
+        )
     pheno_table = None if phenotypes is None else read_phenotypes(phenotypes)
     samples_table, samples_summary = match_samples(source.samples, pheno_table, vcf=vcf_path, phenotype_source=str(phenotypes))
     if fasta_path is not None:
         open_reference(fasta_path)  # fails early on a missing or unreadable FASTA
-    with outputs.atomic_directory(out_path, force=force) as tmp:
+    with _disk_full_is_an_error(out_path, vcf_path), outputs.atomic_directory(out_path, force=force) as tmp:
         if source.has_index:
             regions = source.regions(size)
             if fasta_path is not None:
@@ -303,6 +351,8 @@ def ingest(
             results = _stream(vcf_path, tmp, num_samples=len(source.samples), chunk_size=size, fasta=fasta_path, contig_style=contig_style, progress=progress)
         results.sort(key=lambda r: r["chunk_index"])
         entries = [r["entry"] for r in results if r["entry"] is not None]
+        # duplicate variant keys (pipeline.harmonize.duplicates): refuse before the rename
+        refuse_duplicate_variants(tmp, entries, vcf=vcf_path, contig_style=contig_style, fasta=fasta_path)
         counts: dict[str, Any] = empty_counts()
         for result in results:
             counts = dict(add_counts(counts, result["counts"]))
@@ -323,6 +373,7 @@ def ingest(
             chunks=entries,
             extra={"contig_style": contig_style, "reference_checked": fasta_path is not None, "report": REPORT_NAME},
         )
+        _check_genotypes(vcf_path, source.samples, counts)
         report["seconds"] = round(time.perf_counter() - started, 3)
         (tmp / REPORT_NAME).write_text(json.dumps(report, indent=2) + "\n")
     return report

@@ -7,17 +7,20 @@ worker process imports only the reading and harmonizing code, not the scheduler'
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 from pipeline.dataset import Block, write_chunk
 from pipeline.harmonize.batch import VariantBatch, add_counts, concat_blocks, to_block
 from pipeline.harmonize.chain import harmonizer
 from pipeline.io.fasta import open_reference
-from pipeline.io.vcf import Region, read_blocks
+from pipeline.io.vcf import RecordBlock, Region, read_blocks
 
-__all__ = ["ChunkTask", "ingest_region", "write_blocks", "empty_counts", "COUNTERS", "DROP_REASONS", "RECORDS_PER_BLOCK"]
+__all__ = ["COUNTERS", "DROP_REASONS", "RECORDS_PER_BLOCK", "ChunkTask", "add_reader_counts", "dense_block", "empty_counts", "ingest_region", "write_blocks"]
 
 DROP_REASONS = ("no_alt_allele", "symbolic_allele", "alt_equals_ref", "ref_mismatch", "position_outside_reference")
 COUNTERS = (
@@ -48,7 +51,27 @@ class ChunkTask:
 
 def empty_counts() -> dict[str, Any]:
     """Every ingest counter at zero (the keys of ``ingest-report.json``'s counts)."""
-    return {**{name: 0 for name in COUNTERS}, "dropped": {reason: 0 for reason in DROP_REASONS}}
+    return {**{name: 0 for name in COUNTERS}, "records_without_gt": 0, "dropped": {reason: 0 for reason in DROP_REASONS}}
+
+
+def dense_block(batch: VariantBatch) -> Block:
+    """A harmonized batch as a dataset block; DS that is all missing ('.') is no DS.
+
+    Which records share a reader block depends on how the file was read (whole file
+    or by region), so a block can carry a DS array only because another window's
+    records had DS; dropping all-missing DS here makes a chunk's dosage column depend
+    on its own records only, and every reading path gives the same dataset.
+    """
+    block = to_block(batch)
+    if block.dosage is not None and np.isnan(block.dosage).all():
+        block = dataclasses.replace(block, dosage=None)
+    return block
+
+
+def add_reader_counts(counts: dict[str, Any], record_block: RecordBlock) -> dict[str, Any]:
+    """Adds what the reader itself counted in a block (records whose FORMAT has no GT)."""
+    counts["records_without_gt"] = int(counts.get("records_without_gt", 0)) + record_block.records_without_gt
+    return counts
 
 
 def write_blocks(out: Path, chunk_index: int, blocks: list[Block], num_samples: int) -> dict[str, Any] | None:
@@ -72,8 +95,8 @@ def ingest_region(task: ChunkTask) -> dict[str, Any]:
     blocks: list[Block] = []
     for record_block in read_blocks(task.vcf, task.region, max_records=RECORDS_PER_BLOCK):
         batch: VariantBatch = harmonize(record_block)
-        counts = dict(add_counts(counts, batch.counts))
+        counts = add_reader_counts(dict(add_counts(counts, batch.counts)), record_block)
         if batch.num_variants:
-            blocks.append(to_block(batch))
+            blocks.append(dense_block(batch))
     entry = write_blocks(Path(task.out), task.chunk_index, blocks, task.num_samples)
     return {"chunk_index": task.chunk_index, "entry": entry, "counts": counts}

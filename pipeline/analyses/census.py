@@ -70,6 +70,7 @@ from pipeline.analyses.sum_checks import refuse_impossible
 from pipeline.dataset import Dataset
 from pipeline.encoding import Count, Integer, Ring, plan_layout
 from pipeline.errors import ConfigurationError, InputError, ProtocolError
+from pipeline.harmonize.variant_ids import duplicate_pairs
 from pipeline.privacy import (
     PrivacyTerms,
     Sensitivity,
@@ -96,8 +97,10 @@ __all__ = [
     "below_minimum",
     "census_sensitivity",
     "census_table",
+    "check_census_table",
     "check_counts",
     "minor_allele_count",
+    "refuse_duplicate_ids",
     "site_variant_counts",
 ]
 
@@ -232,25 +235,82 @@ def check_counts(counts: Mapping[str, np.ndarray], num_samples: int, variant_ids
     """Refuses summed counts that no honest sites can give.
 
     Every sample of every included site is hom-ref, het, hom-alt, missing or not typed
-    at each variant, so the four counts add up to at most N; each site flags a variant
-    at most once, so ``below_min`` is at most the number of sites. A larger total means
-    a site sent values beyond its own data; publishing them would publish a lie.
+    at each variant, once: so N is at least 0, each count is at least 0, and the four
+    counts add up to at most N -- equivalently ``n_not_typed >= 0``, ``call_rate <= 1``
+    and ``allele_number = 2 (n_hom_ref + n_het + n_hom_alt) <= 2N``; ``allele_count <=
+    allele_number`` then follows. Each site flags a variant at most once, so
+    ``below_min`` is in [0, the number of sites]. A total beyond these means a site sent
+    values beyond its own data (or counted a variant twice); publishing it would
+    publish a lie.
 
     Raises:
-        ProtocolError: naming the first impossible variant and the fields.
+        ProtocolError: naming the first impossible variant (its ID) and the invariant.
     """
-    called_or_missing = np.sum([np.asarray(counts[name], np.int64) for name in COUNT_FIELDS], axis=0)
+    refuse_impossible("census", "n_samples", num_samples, num_samples < 0, "at least 0")
+    for name in COUNT_FIELDS:
+        values = np.asarray(counts[name], np.int64)
+        refuse_impossible("census", name, values, values < 0, "at least 0", labels=variant_ids, noun="variant")
+    called = np.sum([np.asarray(counts[name], np.int64) for name in COUNT_FIELDS[:3]], axis=0)
+    called_or_missing = called + np.asarray(counts["n_missing"], np.int64)
     impossible = np.flatnonzero(called_or_missing > num_samples)
     if impossible.size:
         first = int(impossible[0])
+        rate = f"{called[first] / num_samples:.6g}" if num_samples > 0 else "undefined"
         raise ProtocolError(
             f"census: variant {variant_ids[first]}: n_hom_ref + n_het + n_hom_alt + n_missing = "
-            f"{int(called_or_missing[first])} exceeds n_samples = {num_samples} ({impossible.size} such variants); "
-            "a site sent counts beyond its own samples, so nothing is published"
+            f"{int(called_or_missing[first])} exceeds n_samples = {num_samples}, so n_not_typed would be "
+            f"{num_samples - int(called_or_missing[first])} < 0, call_rate {rate} and allele_number "
+            f"{2 * int(called[first])} against 2N = {2 * num_samples} ({impossible.size} such variants); "
+            "a site sent counts beyond its own samples (or holds the variant twice), so nothing is published"
         )
     flags = np.asarray(below_min, np.int64)
     refuse_impossible("census", FLAG_FIELD, flags, (flags < 0) | (flags > num_sites), f"in [0, the {num_sites} sites]",
                       labels=variant_ids, noun="variant")
+
+
+def check_census_table(table: pa.Table, num_samples: int, *, exact: bool = True) -> None:
+    """Refuses a census_variants table whose published values break the census' invariants.
+
+    Checked on the publishable rows (the others are null), as a last guard between the
+    sums and what is published: ``0 <= n_not_typed``; ``0 <= call_rate <= 1``;
+    ``0 <= allele_count <= allele_number <= 2N``; ``allele_number = 2 x (n_hom_ref +
+    n_het + n_hom_alt)``; ``0 <= alt_allele_frequency <= 1``; and for exact sums the
+    five classes add up to N. Noisy (differentially private) sums are clamped into
+    range before the table is made, so only the relations that clamping keeps are
+    checked for them (not the sum to N, nor ``allele_number <= 2N``).
+
+    Raises:
+        ProtocolError: naming the first variant (its ID) and the invariant it breaks.
+    """
+    publishable = table.column("publishable").to_numpy(zero_copy_only=False).astype(bool)
+    ids = table.column("variant_id").to_pylist()
+
+    def column(name: str) -> np.ndarray:
+        return table.column(name).to_numpy(zero_copy_only=False).astype(np.float64)
+
+    hom_ref, het, hom_alt, missing, not_typed = (column(name) for name in (*COUNT_FIELDS, "n_not_typed"))
+    call_rate, allele_count, allele_number = column("call_rate"), column("allele_count"), column("allele_number")
+    frequency = column("alt_allele_frequency")
+    n = float(num_samples)
+    rules: list[tuple[str, np.ndarray, np.ndarray, str, np.ndarray | None]] = [
+        ("n_not_typed", not_typed, not_typed < 0, "at least 0", None),
+        ("call_rate", call_rate, (call_rate < 0) | (call_rate > 1), "in [0, 1]", None),
+        ("allele_count", allele_count, allele_count < 0, "at least 0", None),
+        ("allele_count", allele_count, allele_count > allele_number, "at most allele_number = {limit}", allele_number),
+        ("allele_number", allele_number, allele_number != 2 * (hom_ref + het + hom_alt),
+         "2 x (n_hom_ref + n_het + n_hom_alt) = {limit}", 2 * (hom_ref + het + hom_alt)),
+        ("alt_allele_frequency", frequency, (frequency < 0) | (frequency > 1), "in [0, 1]", None),
+    ]
+    if exact:
+        rules += [
+            ("allele_number", allele_number, allele_number > 2 * n, f"at most 2N = {2 * num_samples}", None),
+            ("n_hom_ref + n_het + n_hom_alt + n_missing + n_not_typed", hom_ref + het + hom_alt + missing + not_typed,
+             hom_ref + het + hom_alt + missing + not_typed != n, f"N = {num_samples}", None),
+        ]
+    with np.errstate(invalid="ignore"):
+        for field, value, broken, expected, limit in rules:
+            refuse_impossible("census", field, value, publishable & broken, expected,
+                              limit=limit, labels=ids, noun="variant")
 
 
 def census_sensitivity(num_variants: int) -> Sensitivity:
@@ -380,9 +440,35 @@ def _count_dataset(dataset: Dataset) -> tuple[pa.Array, np.ndarray]:
     id_parts = [part[0] for part in parts]
     count_parts = [part[1] for part in parts]
     ids = pa.concat_arrays(id_parts) if id_parts else pa.array([], pa.string())
+    refuse_duplicate_ids(dataset, ids, [len(part) for part in id_parts])
     counts = np.concatenate(count_parts, axis=1) if count_parts else np.zeros((len(COUNT_FIELDS), 0), np.int64)
     counts.setflags(write=False)
     return ids, counts
+
+
+def refuse_duplicate_ids(dataset: Dataset, ids: pa.Array, chunk_sizes: Sequence[int]) -> None:
+    """Refuses a dataset holding a variant ID twice: the site would count its samples twice there.
+
+    The coordinator sees such a variant only when the excess is above every site's
+    samples (:func:`check_counts`); with other sites' not-typed samples to hide it, it
+    would publish a call rate and allele number counted twice. So the site checks its
+    own rows before it sends anything (``genofed ingest`` refuses such files).
+
+    Raises:
+        InputError: naming the dataset, the variant ID, the chunks and the fix.
+    """
+    pairs = duplicate_pairs(ids)
+    if not pairs.size:
+        return
+    ends = np.cumsum(np.asarray(chunk_sizes, np.int64))
+    names = dataset.chunk_names
+    first, repeated = (int(row) for row in pairs[0])
+    chunks = dict.fromkeys(names[int(np.searchsorted(ends, row, side="right"))] for row in (first, repeated))
+    where = "in " + " and ".join(chunks)
+    raise InputError(
+        f"{dataset.path}: variant {ids[repeated].as_py()} is stored twice ({where}; {len(pairs)} repeated row(s) in all), "
+        "so its samples would be counted twice; re-ingest the VCF with 'genofed ingest', which refuses duplicate records"
+    )
 
 
 _DP_DISCLOSURE = (
@@ -486,7 +572,8 @@ class Census(Analysis[CensusState]):
 
         Raises:
             InputError: no site shared a key (round 0).
-            ProtocolError: counts or flags no honest sites give (:func:`check_counts`).
+            ProtocolError: counts or flags no honest sites give (:func:`check_counts`), or a table
+                breaking the census' invariants (:func:`check_census_table`).
         """
         if round_index == KEYS_ROUND:
             union = tuple(np.asarray(total["variant_id"]).astype(str).tolist())  # sorted by the runtime
@@ -505,6 +592,7 @@ class Census(Analysis[CensusState]):
             num_samples = max(num_samples, 0)
             below_min = np.zeros(len(state.union), np.int64)
         table = census_table(np.asarray(state.union, dtype=str), counts, num_samples, state.parameters, below_min=below_min)
+        check_census_table(table, num_samples, exact=noise is None)
         publishable = table.column("publishable").to_numpy(zero_copy_only=False)
         passing = table.column("pass_qc").to_numpy(zero_copy_only=False)
         filter_table = table.select(["variant_id", "pass_qc", "filter"])

@@ -12,10 +12,12 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
 
 from pipeline.errors import InputError
 
-__all__ = ["VariantKey", "variant_id", "variant_ids", "parse_variant_id", "parse_variant_ids"]
+__all__ = ["VariantKey", "duplicate_pairs", "parse_variant_id", "parse_variant_ids", "variant_id", "variant_ids"]
 
 
 @dataclass(frozen=True)
@@ -64,3 +66,27 @@ def parse_variant_ids(ids: Sequence[str]) -> tuple[list[str], np.ndarray, list[s
     keys = [parse_variant_id(v) for v in ids]
     return ([k.contig for k in keys], np.array([k.position for k in keys], np.int64),
             [k.ref for k in keys], [k.alt for k in keys])
+
+
+def duplicate_pairs(ids: pa.Array | pa.ChunkedArray | Sequence[str]) -> np.ndarray:
+    """Every repeated key as ``(first row, repeated row)``, int64 ``(k, 2)``, ordered by the repeated row.
+
+    A dataset must hold each key once (a census sums one row per key); this finds the
+    rows that break that, over all chunks' IDs at once. Vectorized: one hash pass
+    (``pyarrow.compute.unique``) answers the common case, no repeat; only then are the
+    keys dictionary-encoded and their first rows found with :func:`numpy.unique`.
+
+    Args:
+        ids: the keys in dataset order (a pyarrow string array, chunked or not, or a list).
+    """
+    array = ids if isinstance(ids, (pa.Array, pa.ChunkedArray)) else pa.array(list(ids), pa.string())
+    if isinstance(array, pa.ChunkedArray):
+        array = array.combine_chunks() if array.num_chunks else pa.array([], array.type)
+    n = len(array)
+    if n < 2 or len(pc.unique(array)) == n:
+        return np.zeros((0, 2), np.int64)
+    codes = pc.dictionary_encode(array, null_encoding="encode").indices.to_numpy(zero_copy_only=False).astype(np.int64)
+    _, first_index, inverse = np.unique(codes, return_index=True, return_inverse=True)
+    first_row = first_index[inverse.reshape(-1)]
+    repeated = np.flatnonzero(first_row != np.arange(n))
+    return np.column_stack([first_row[repeated], repeated]).astype(np.int64)

@@ -12,14 +12,26 @@ Records are always checked while they are read: sample column count, GT syntax, 
 indexes within the ALT count, contigs declared in the header and sort order. Every
 error names the file, the record (``contig:pos`` and the line when streaming text) and
 what to do.
+
+One semantics for every way in: a plain VCF, a BGZF VCF with a .tbi or .csi index and
+a BCF give the same records and the same errors. Indexed text is fetched as raw bytes
+(never decoded by the index iterator, so a UTF-8 value cannot make a window look
+empty) and split by the same code as a streamed file; every record, whichever path it
+came from, goes through :func:`read_blocks`' checks. Values are read as strictly as
+htslib: POS is ASCII digits from 1 to 2^31-1 (POS 0, which the indexes cannot find, is
+refused), a leading phasing mark in GT needs VCF 4.4, DS is a number in ``[0, ploidy]``,
+and CHROM/ID/REF/ALT must be UTF-8 without control characters. A record whose FORMAT
+has no GT has missing calls, as bcftools and plink2 read it (counted in
+``RecordBlock.records_without_gt``).
 """
 
 from __future__ import annotations
 
 import contextlib
+import itertools
 import re
 import warnings
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -36,6 +48,7 @@ _BGZF_EOF = bytes.fromhex("1f8b08040000000000ff0600424302001b0003000000000000000
 _READ_CHUNK = 1 << 22  # bytes of decompressed text read at a time when streaming
 _BATCH_BYTES = 1 << 19  # genotype text decoded at a time (fits in cache)
 _MAX_POSITION = (1 << 31) - 2  # htslib/pysam coordinates are int32 in fetch()
+_MAX_POS = (1 << 31) - 1  # largest VCF POS: a 32-bit signed Integer (VCF 4.x), as htslib reads it
 
 _TAB = 9
 
@@ -68,6 +81,7 @@ _TAB_CODE = 0x40
 _PHASED_CODE = 0x21
 _GT_SYNTAX = re.compile(rb"[|/]?(?:\.|\d+)(?:[|/](?:\.|\d+))*")
 _GT_SPLIT = re.compile(rb"[|/]")
+_CONTROL = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]")  # tab (\x09) separates the columns joined for the check
 
 
 @dataclass(frozen=True)
@@ -98,7 +112,8 @@ class RecordBlock:
     ``-1`` for a missing allele ('.') and ``-2`` for a slot beyond the call's ploidy.
     ``phased`` is True where a call has two or more alleles all separated by '|'.
     ``ds`` is float32 ``(records, samples, max_alts)`` FORMAT/DS (NaN missing), or None
-    when no record of the block has DS.
+    when no record of the block has DS. ``records_without_gt`` counts the records whose
+    FORMAT has no GT: their calls are read as missing (as bcftools and plink2 do).
     """
 
     source: str
@@ -111,6 +126,7 @@ class RecordBlock:
     allele_index: np.ndarray
     phased: np.ndarray | None
     ds: np.ndarray | None
+    records_without_gt: int = 0
 
     @property
     def num_records(self) -> int:
@@ -190,9 +206,23 @@ class VcfSource:
         has_index: whether a .tbi/.csi index was found.
         is_bcf: BCF (binary) rather than text VCF.
         is_compressed: BGZF-compressed (always true for BCF written by bcftools).
+        version: the ``##fileformat=VCFv4.x`` version as ``(4, x)``; rules that changed
+            between versions (a leading phasing mark in GT, VCF 4.4) follow it.
+        index: the .tbi/.csi file used (None without one).
     """
 
-    def __init__(self, path: Path, samples: list[str], contigs: dict[str, int | None], declared_contigs: bool, has_index: bool, is_bcf: bool, is_compressed: bool) -> None:
+    def __init__(
+        self,
+        path: Path,
+        samples: list[str],
+        contigs: dict[str, int | None],
+        declared_contigs: bool,
+        has_index: bool,
+        is_bcf: bool,
+        is_compressed: bool,
+        version: tuple[int, int] = (4, 2),
+        index: Path | None = None,
+    ) -> None:
         self.path = path
         self.samples = samples
         self.contigs = contigs
@@ -200,6 +230,8 @@ class VcfSource:
         self.has_index = has_index
         self.is_bcf = is_bcf
         self.is_compressed = is_compressed
+        self.version = version
+        self.index = index
 
     def __repr__(self) -> str:
         kind = "BCF" if self.is_bcf else ("VCF.gz" if self.is_compressed else "VCF")
@@ -225,6 +257,13 @@ class VcfSource:
         regions: list[Region] = []
         with _quiet_htslib(), _Fetcher(self) as fetcher:
             for contig in fetcher.contigs():
+                if self.declared_contigs and contig not in self.contigs:
+                    # the same error read_blocks gives, before planning windows on a contig of unknown length
+                    raise VcfFormatError(
+                        f"{self.path}: {contig}: contig {contig!r} has records (in the index) but is not declared in the header "
+                        f"(##contig lines declare {', '.join(list(self.contigs)[:5])}{', ...' if len(self.contigs) > 5 else ''}); "
+                        "add it with 'bcftools reheader' or fix the CHROM column"
+                    )
                 first = fetcher.first_position(contig, 0, None)
                 if first is None:
                     continue
@@ -262,10 +301,7 @@ class _Fetcher:
     def __init__(self, source: VcfSource) -> None:
         self.source = source
         self.handle: pysam.VariantFile | pysam.TabixFile
-        if source.is_bcf:
-            self.handle = pysam.VariantFile(str(source.path))
-        else:
-            self.handle = pysam.TabixFile(str(source.path))
+        self.handle = _open_indexed(source)
 
     def __enter__(self) -> _Fetcher:
         return self
@@ -274,23 +310,103 @@ class _Fetcher:
         self.handle.close()
 
     def contigs(self) -> list[str]:
+        indexed: list[str]
         if isinstance(self.handle, pysam.VariantFile):
-            indexed = list(self.handle.index.keys())
+            indexed = [str(name) for name in self.handle.index.keys()]
         else:
-            indexed = list(self.handle.contigs)
+            indexed = _tabix_contigs(self.source, self.handle)
         ordered = [name for name in self.source.contigs if name in set(indexed)]
         return ordered + [name for name in indexed if name not in self.source.contigs]
 
     def first_position(self, contig: str, start0: int, end0: int | None) -> int | None:
-        try:
-            records = self.handle.fetch(contig, start0, end0)
-            for record in records:
-                if isinstance(record, str):
-                    return int(record.split("\t", 2)[1])
-                return int(record.pos)
-        except ValueError:
+        """POS of the first record overlapping the window, None when there is none.
+
+        A record that cannot be read or whose POS is not valid is an error, never an
+        empty window (records would be lost silently).
+        """
+        if contig not in self._indexed():
             return None
-        return None
+        where = f"{self.source.path}: {contig}:{start0 + 1}-{'end' if end0 is None else end0}"
+        records = self.handle.fetch(_contig_to_tabix(self.handle, contig), start0, end0)
+        try:
+            record = next(records)
+        except StopIteration:
+            return None
+        except (OSError, ValueError) as error:
+            raise VcfFormatError(f"{where}: unreadable record ({error}); the file or its index is corrupt: copy it again, or re-index it") from error
+        if isinstance(record, str):
+            fields = record.encode("latin-1").split(b"\t", 2)
+            return parse_position(fields[1] if len(fields) > 1 else b"", f"{self.source.path}: {fields[0].decode(errors='replace')}")
+        return int(record.pos)
+
+    def _indexed(self) -> set[str]:
+        cached: set[str] | None = getattr(self, "_indexed_contigs", None)
+        if cached is None:
+            cached = set(self.contigs())
+            self._indexed_contigs = cached
+        return cached
+
+
+def _find_index(path: Path, *, is_bcf: bool = False) -> Path | None:
+    """The index next to ``path``: ``.tbi`` or ``.csi`` (bcftools index's default; the only one for BCF)."""
+    for suffix in (".csi",) if is_bcf else (".tbi", ".csi"):
+        candidate = path.with_name(path.name + suffix)
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def _open_indexed(source: VcfSource) -> pysam.VariantFile | pysam.TabixFile:
+    """Opens a file for region queries through its .tbi or .csi index.
+
+    A text VCF is read as bytes (Latin-1 maps every byte to one character and back),
+    so a UTF-8 value never fails to decode in the index iterator; records are decoded
+    once, by the same code as the whole-file path.
+    """
+    if source.is_bcf:
+        return pysam.VariantFile(str(source.path))
+    index = source.index or _find_index(source.path)
+    if index is None:
+        raise InputError(f"{source.path}: no index (.tbi/.csi) next to the file; create one with 'bcftools index {source.path}'")
+    return pysam.TabixFile(str(source.path), index=str(index), encoding="latin-1")
+
+
+def _tabix_contigs(source: VcfSource, handle: pysam.TabixFile) -> list[str]:
+    """The contigs of a tabix index (pysam decodes them as UTF-8 whatever the handle's encoding)."""
+    try:
+        return [str(name) for name in handle.contigs]
+    except UnicodeDecodeError as error:
+        raise VcfFormatError(
+            f"{source.path}: a contig name in the index is not valid UTF-8 ({error.reason}); VCF 4.3 text is UTF-8: fix the CHROM column"
+        ) from None
+
+
+def _contig_to_tabix(handle: pysam.VariantFile | pysam.TabixFile, contig: str) -> str:
+    """A contig name for a query on ``handle`` (the Latin-1 tabix handle sends each character as one byte: give it the UTF-8 bytes)."""
+    return contig if isinstance(handle, pysam.VariantFile) else contig.encode("utf-8").decode("latin-1")
+
+
+def parse_position(raw: bytes, where: str) -> int:
+    """A record's POS, read as strictly as htslib does: ASCII digits, 1 to 2^31-1.
+
+    Python's ``int()`` also accepts '1_000', ' 100' and '+5'; those are errors here.
+    POS 0 (a telomere placeholder) is refused: htslib's indexes do not return such
+    records, so reading by region would lose them.
+
+    Raises:
+        VcfFormatError: naming ``where`` and the value.
+    """
+    if raw.isdigit() and len(raw) <= 10:
+        position = int(raw)
+        if 1 <= position <= _MAX_POS:
+            return position
+        if position == 0:
+            raise VcfFormatError(
+                f"{where}: POS 0 (a telomere placeholder, not a site); expected a position from 1 to {_MAX_POS}: remove the record "
+                "(for example 'bcftools view -e POS=0')"
+            )
+    shown = bytes(raw[:20]).decode(errors="replace")
+    raise VcfFormatError(f"{where}: POS {shown!r} is not a position; expected ASCII digits only, from 1 to {_MAX_POS} (VCF POS is a 32-bit integer)")
 
 
 def open_vcf(path: str | Path) -> VcfSource:
@@ -321,31 +437,51 @@ def open_vcf(path: str | Path) -> VcfSource:
             is_bcf = handle.format == "BCF"
             samples = list(handle.header.samples)
             contigs: dict[str, int | None] = {name: contig.length for name, contig in handle.header.contigs.items()}
-            has_index = handle.index is not None
+            version_text = str(handle.header.version or "")
+        except UnicodeDecodeError as error:
+            raise VcfFormatError(
+                f"{path}: the header (sample IDs or contig names) is not valid UTF-8 ({error.reason} at byte {error.start}); "
+                "VCF 4.3 text is UTF-8: fix the names, for example with 'bcftools reheader'"
+            ) from None
         finally:
             handle.close()
-    # htslib adds the index's contigs to a text header that declares none: look at the text
-    declared = bool(contigs) if is_bcf else _declares_contigs(path, compressed)
+    index = _find_index(path, is_bcf=is_bcf) if (compressed or is_bcf) else None
+    version_match = re.search(r"(\d+)\.(\d+)", version_text)
+    version = (int(version_match.group(1)), int(version_match.group(2))) if version_match else (4, 2)
+    # htslib adds the index's contigs to a text header: keep only those its ##contig lines declare
+    declared = bool(contigs) if is_bcf else False
+    if not is_bcf:
+        names = _declared_contigs(path, compressed)
+        declared = bool(names)
+        if declared:
+            contigs = {name: contigs.get(name) for name in names}
     if len(set(samples)) != len(samples):
         raise VcfFormatError(f"{path}: duplicate sample IDs in the '#CHROM' header line; sample IDs must be unique")
-    return VcfSource(path, samples, contigs, declared, has_index, is_bcf, compressed)
+    return VcfSource(path, samples, contigs, declared, index is not None, is_bcf, compressed, version=version, index=index)
 
 
-def _declares_contigs(path: Path, compressed: bool) -> bool:
-    """Whether a text VCF's own header has ``##contig`` lines (read up to '#CHROM')."""
+_CONTIG_ID = re.compile(rb"^##contig=<(?:.*?[<,])?ID=([^,>]+)")
+
+
+def _declared_contigs(path: Path, compressed: bool) -> list[str]:
+    """The contigs a text VCF's own header declares in ``##contig`` lines (read up to '#CHROM')."""
     opener = pysam.BGZFile(str(path), "rb") if compressed else open(path, "rb")
-    seen = b""
+    names: list[str] = []
+    pending = b""
     with contextlib.suppress(OSError), opener as handle:
         while True:
             chunk = handle.read(1 << 16)
             if not chunk:
                 break
-            seen = seen[-16:] + chunk
-            if b"\n##contig=" in seen or seen.startswith(b"##contig="):
-                return True
-            if b"\n#CHROM" in seen:
-                break
-    return False
+            lines = (pending + chunk).split(b"\n")
+            pending = lines.pop()
+            for line in lines:
+                if line.startswith(b"#CHROM") or not line.startswith(b"#"):
+                    return names
+                match = _CONTIG_ID.match(line)
+                if match:
+                    names.append(match.group(1).decode(errors="replace"))
+    return names
 
 
 # --- record streams: (line_number | None, split record) ----------------------------------
@@ -460,10 +596,21 @@ def _bcf_records(source: VcfSource) -> Iterator[tuple[int | None, list[bytes | m
                     return
                 except (OSError, ValueError) as error:
                     raise VcfFormatError(f"{source.path}: unreadable BCF record ({error}); the file is truncated or corrupt, copy it again or rewrite it with 'bcftools view -Ob'") from error
-                line = str(record).encode()
+                line = _bcf_line(source, record)
                 yield None, _split_record(line, 0, len(line) - 1)
         finally:
             handle.close()
+
+
+def _bcf_line(source: VcfSource, record: pysam.VariantRecord) -> bytes:
+    """A BCF record as VCF text (htslib formats it); a non-UTF-8 value is an error."""
+    try:
+        return str(record).encode()
+    except UnicodeDecodeError as error:
+        raise VcfFormatError(
+            f"{source.path}: record at {record.chrom}:{record.pos}: a value is not valid UTF-8 ({error.reason}); VCF 4.3 text is UTF-8: "
+            "fix the value at the source and re-export the file"
+        ) from None
 
 
 def _region_records(source: VcfSource, region: Region) -> Iterator[tuple[int | None, list[bytes | memoryview]]]:
@@ -475,15 +622,12 @@ def _region_records(source: VcfSource, region: Region) -> Iterator[tuple[int | N
         )
     start0, end0 = region.start - 1, min(region.end - 1, _MAX_POSITION)
     with _quiet_htslib():
-        if source.is_bcf:
-            handle: pysam.VariantFile | pysam.TabixFile = pysam.VariantFile(str(source.path))
-        else:
-            handle = pysam.TabixFile(str(source.path))
+        handle = _open_indexed(source)
         try:
-            try:
-                records = handle.fetch(region.contig, start0, end0)
-            except ValueError:
+            indexed = handle.index.keys() if isinstance(handle, pysam.VariantFile) else _tabix_contigs(source, handle)
+            if region.contig not in set(indexed):
                 return  # contig without records in the index
+            records = handle.fetch(_contig_to_tabix(handle, region.contig), start0, end0)
             while True:
                 try:
                     record = next(records)
@@ -493,16 +637,14 @@ def _region_records(source: VcfSource, region: Region) -> Iterator[tuple[int | N
                     raise VcfFormatError(f"{source.path}: region {region}: unreadable record ({error}); the file is corrupt, copy it again") from error
                 if source.is_bcf:
                     if start0 <= record.start < end0:
-                        line = str(record).encode()
+                        line = _bcf_line(source, record)
                         yield None, _split_record(line, 0, len(line) - 1)
                 else:
-                    line = record.encode()
+                    line = record.encode("latin-1")  # the record's own bytes (see _open_indexed)
                     fields = _split_record(line, 0, len(line))
-                    try:
-                        inside = region.start <= int(fields[1]) < region.end
-                    except (ValueError, IndexError):
-                        inside = True  # reported by read_blocks
-                    if inside:
+                    raw = fields[1] if len(fields) > 1 else b""
+                    # an invalid POS is reported by read_blocks, in the window tabix put it in
+                    if not (raw.isdigit() and len(raw) <= 10) or region.start <= int(raw) < region.end:  # type: ignore[union-attr]
                         yield None, fields
         finally:
             handle.close()
@@ -554,14 +696,19 @@ def read_blocks(path: str | Path, region: Region | None = None, *, max_records: 
                 f"{where}: {len(fields)} tab-separated columns, expected {9 + num_samples if num_samples else '8 or more'}"
                 f"{f' (9 fixed + {num_samples} samples)' if num_samples else ''}; the file is truncated or not tab-separated"
             )
-        record_contig = bytes(fields[0]).decode()
+        raw_contig = bytes(fields[0])
         try:
-            position = int(fields[1])
-        except (ValueError, TypeError):
-            raise VcfFormatError(f"{name}: {record_contig} (line {line_number}): POS {bytes(fields[1])[:20]!r} is not an integer") from None
+            record_contig = raw_contig.decode()
+        except UnicodeDecodeError:
+            at = f"line {line_number}" if line_number is not None else f"a record after {contig}:{last_position}" if contig else "the first record"
+            raise VcfFormatError(f"{name}: {at}: CHROM {raw_contig[:20]!r} is not valid UTF-8; VCF 4.3 text is UTF-8: fix the contig name") from None
+        raw = fields[1]
+        # the common case inline (no call per record); parse_position explains anything else
+        if not (raw.isdigit() and len(raw) <= 10 and 1 <= (position := int(raw)) <= _MAX_POS):  # type: ignore[union-attr]
+            position = parse_position(bytes(raw), f"{name}: {record_contig}{f' (line {line_number})' if line_number is not None else ''}")
         if record_contig != contig:
             if batch:
-                yield _make_block(name, contig, batch, num_samples)  # type: ignore[arg-type]
+                yield _make_block(name, contig, batch, num_samples, version=source.version)  # type: ignore[arg-type]
                 batch = []
             if record_contig in finished:
                 raise VcfFormatError(
@@ -586,31 +733,43 @@ def read_blocks(path: str | Path, region: Region | None = None, *, max_records: 
         last_position = position
         batch.append((line_number, position, fields))
         if len(batch) >= max_records:
-            yield _make_block(name, contig, batch, num_samples)
+            yield _make_block(name, contig, batch, num_samples, version=source.version)
             batch = []
     if batch:
-        yield _make_block(name, contig, batch, num_samples)  # type: ignore[arg-type]
+        yield _make_block(name, contig, batch, num_samples, version=source.version)  # type: ignore[arg-type]
 
 
-def _make_block(name: str, contig: str, batch: list[tuple[int | None, int, list[bytes]]], num_samples: int) -> RecordBlock:
+def _make_block(name: str, contig: str, batch: list[tuple[int | None, int, list[bytes]]], num_samples: int, *, version: tuple[int, int] = (4, 2)) -> RecordBlock:
     """Turns a batch of split records into a RecordBlock (fixed columns + genotypes)."""
     line_numbers = [b[0] for b in batch]
     positions = [b[1] for b in batch]
     record_id: list[str | None] = []
     ref: list[str] = []
     alts: list[tuple[str, ...]] = []
-    for _, _, fields in batch:
-        record_id.append(None if fields[2] == b"." else fields[2].decode())
-        ref.append(fields[3].decode())
-        alts.append(() if fields[4] == b"." else tuple(fields[4].decode().split(",")))
+    locate = _Locator(name, contig, positions, line_numbers)
+    columns = [fields[2:5] for _, _, fields in batch]  # ID, REF, ALT
+    if _CONTROL.search(contig.encode()) or _CONTROL.search(b"\t".join(itertools.chain.from_iterable(columns))):
+        i = next((i for i, c in enumerate(columns) if _CONTROL.search(b"\t".join(c))), 0)
+        raise VcfFormatError(
+            f"{locate(i)}: a control character (such as NUL) in the CHROM, ID, REF or ALT column; htslib stops reading the value "
+            "there, so the record would be read differently by other tools: fix the record"
+        )
+    try:
+        for record_id_raw, ref_raw, alt_raw in columns:
+            record_id.append(None if record_id_raw == b"." else record_id_raw.decode())
+            ref.append(ref_raw.decode())
+            alts.append(() if alt_raw == b"." else tuple(alt_raw.decode().split(",")))
+    except UnicodeDecodeError:
+        i = len(alts)
+        raise VcfFormatError(f"{locate(i)}: the ID, REF or ALT column is not valid UTF-8; VCF 4.3 text is UTF-8: fix the record") from None
     n = len(batch)
+    without_gt: list[int] = []
     if num_samples:
         formats = [fields[8] for _, _, fields in batch]
         samples = [fields[9] for _, _, fields in batch]
         num_alts = [len(a) for a in alts]
-        locate = _Locator(name, contig, positions, line_numbers)
-        allele_index, phased = decode_genotypes(formats, samples, num_samples, num_alts, locate)
-        ds = decode_ds(formats, samples, num_samples, num_alts, locate)
+        allele_index, phased = decode_genotypes(formats, samples, num_samples, num_alts, locate, version=version, without_gt=without_gt)
+        ds = decode_ds(formats, samples, num_samples, num_alts, locate, ploidy=lambda: _ds_bound(allele_index, without_gt))
     else:
         allele_index = np.zeros((n, 0, 2), dtype=np.int8)
         phased = np.zeros((n, 0), dtype=bool)
@@ -626,7 +785,16 @@ def _make_block(name: str, contig: str, batch: list[tuple[int | None, int, list[
         allele_index=allele_index,
         phased=phased,
         ds=ds,
+        records_without_gt=len(without_gt),
     )
+
+
+def _ds_bound(allele_index: np.ndarray, without_gt: list[int]) -> np.ndarray:
+    """The largest valid DS per record (its ploidy; 2 for a record without GT)."""
+    ploidy = (allele_index != ABSENT_ALLELE).sum(axis=2).max(axis=1, initial=1)
+    if without_gt:
+        ploidy[without_gt] = np.maximum(ploidy[without_gt], 2)
+    return ploidy
 
 
 @dataclass(frozen=True)
@@ -650,7 +818,14 @@ def _no_locator(i: int) -> str:
 
 
 def decode_genotypes(
-    formats: Sequence[bytes], samples: Sequence[bytes | memoryview], num_samples: int, num_alts: Sequence[int], where: object = _no_locator
+    formats: Sequence[bytes],
+    samples: Sequence[bytes | memoryview],
+    num_samples: int,
+    num_alts: Sequence[int],
+    where: object = _no_locator,
+    *,
+    version: tuple[int, int] = (4, 4),
+    without_gt: list[int] | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Decodes the GT of a block of records from their FORMAT and sample columns.
 
@@ -660,14 +835,18 @@ def decode_genotypes(
         num_samples: samples in the header.
         num_alts: each record's number of ALT alleles.
         where: callable naming record ``i`` in error messages.
+        version: the file's VCF version; a leading phasing mark ('/1', '|0|1') is
+            valid from VCF 4.4 on only.
+        without_gt: when given, the indexes of records whose FORMAT has no GT are
+            appended to it. Their calls are read as missing ('.'), as bcftools does.
 
     Returns:
         ``allele_index`` int8 (records, samples, max_ploidy) and ``phased`` bool
         (records, samples).
 
     Raises:
-        VcfFormatError: wrong number of sample columns, no GT, unparsable GT, or an
-            allele index beyond the record's ALT alleles.
+        VcfFormatError: wrong number of sample columns, unparsable GT, or an allele
+            index beyond the record's ALT alleles.
     """
     locate = where if callable(where) else _no_locator
     n = len(samples)
@@ -687,7 +866,9 @@ def decode_genotypes(
                 _decode_fast(samples, others, num_samples, alleles, phased, highest, is_fast, with_fields=True)
     slow: dict[int, tuple[np.ndarray, np.ndarray]] = {}
     for i in np.flatnonzero(~is_fast).tolist():
-        slow[i] = _parse_record_gt(formats[i], bytes(samples[i]), num_samples, locate, i)
+        slow[i] = _parse_record_gt(formats[i], bytes(samples[i]), num_samples, locate, i, leading_phase=version >= (4, 4))
+        if without_gt is not None and b"GT" not in formats[i].split(b":"):
+            without_gt.append(i)
         highest[i] = slow[i][0].max(initial=-1)
     ploidy = max([2 if is_fast.any() else 1] + [calls.shape[1] for calls, _ in slow.values()])
     if ploidy == 2:
@@ -759,12 +940,15 @@ def _decode_fast(
 _GT_CACHE: dict[bytes, tuple[tuple[int, ...], bool] | None] = {}
 
 
-def parse_gt(text: bytes) -> tuple[tuple[int, ...], bool] | None:
+def parse_gt(text: bytes, *, leading_phase: bool = True) -> tuple[tuple[int, ...], bool] | None:
     """Parses one GT value ('0/1', '1|0|2', '.', '10/3', '|0|1'); None when invalid.
 
     Returns the allele indexes (-1 for '.') and whether the call is phased (two or more
-    alleles, all separated by '|').
+    alleles, all separated by '|'). A leading phasing mark ('|0|1', '/1') is VCF 4.4
+    syntax: with ``leading_phase=False`` (files before 4.4) it is invalid, as in htslib.
     """
+    if not leading_phase and text[:1] in (b"/", b"|"):
+        return None
     cached = _GT_CACHE.get(text)
     if cached is not None or text in _GT_CACHE:
         return cached
@@ -779,29 +963,34 @@ def parse_gt(text: bytes) -> tuple[tuple[int, ...], bool] | None:
     return result
 
 
-def _parse_record_gt(fmt: bytes, sample_text: bytes, num_samples: int, locate: object, i: int) -> tuple[np.ndarray, np.ndarray]:
-    """The reference parser for one record: any ploidy, any allele index, GT anywhere."""
+def _parse_record_gt(fmt: bytes, sample_text: bytes, num_samples: int, locate: object, i: int, *, leading_phase: bool = True) -> tuple[np.ndarray, np.ndarray]:
+    """The reference parser for one record: any ploidy, any allele index, GT anywhere.
+
+    A record whose FORMAT has no GT (PL only, say) has missing calls, as bcftools and
+    plink2 read it.
+    """
     where = locate(i)  # type: ignore[operator]
     keys = fmt.split(b":")
-    if b"GT" not in keys:
-        raise VcfFormatError(f"{where}: FORMAT {fmt.decode(errors='replace')!r} has no GT; genofed needs called genotypes (GT) in every record")
-    gt_key = keys.index(b"GT")
     fields = sample_text.split(b"\t")
     if len(fields) != num_samples:
         raise VcfFormatError(
             f"{where}: {len(fields)} sample columns, expected {num_samples} (the samples of the '#CHROM' line); "
             "the record is truncated or has extra columns"
         )
+    if b"GT" not in keys:
+        return np.full((num_samples, 1), MISSING_ALLELE, dtype=np.int8), np.zeros(num_samples, dtype=bool)
+    gt_key = keys.index(b"GT")
     calls: list[tuple[int, ...]] = []
     phased = np.zeros(num_samples, dtype=bool)
     for j, field in enumerate(fields):
         parts = field.split(b":", gt_key + 1)
         text = parts[gt_key] if gt_key < len(parts) else b"."
-        parsed = parse_gt(text)
+        parsed = parse_gt(text, leading_phase=leading_phase)
         if parsed is None:
             raise VcfFormatError(
                 f"{where}: sample column {j + 1}: GT {text[:20].decode(errors='replace')!r} is not a genotype; expected allele "
                 "indexes or '.' separated by '/' or '|' (for example 0/1, 1|0, ./.)"
+                f"{'' if leading_phase else ', with no leading phasing mark before VCF 4.4'}"
             )
         calls.append(parsed[0])
         phased[j] = parsed[1]
@@ -814,13 +1003,52 @@ def _parse_record_gt(fmt: bytes, sample_text: bytes, num_samples: int, locate: o
     return alleles, phased
 
 
-def decode_ds(formats: Sequence[bytes], samples: Sequence[bytes | memoryview], num_samples: int, num_alts: Sequence[int], where: object = _no_locator) -> np.ndarray | None:
-    """FORMAT/DS of a block as float32 (records, samples, max_alts), NaN missing; None without DS."""
+def decode_ds(
+    formats: Sequence[bytes],
+    samples: Sequence[bytes | memoryview],
+    num_samples: int,
+    num_alts: Sequence[int],
+    where: object = _no_locator,
+    *,
+    ploidy: np.ndarray | Callable[[], np.ndarray] | None = None,
+) -> np.ndarray | None:
+    """FORMAT/DS of a block as float32 (records, samples, max_alts), NaN missing; None without DS.
+
+    The width is the block's largest ALT count (records without DS are all NaN), so
+    every record's alleles have a column. Values are read as strictly as htslib does
+    (no '1_0', no blanks) and each must lie in ``[0, ploidy]`` (the expected ALT
+    allele count of the call; ``ploidy`` per record, or a function computing it only
+    when the block has DS; 2 when not given).
+
+    Raises:
+        VcfFormatError: a DS value that is not a number or out of range.
+    """
     locate = where if callable(where) else _no_locator
     with_ds = [i for i, fmt in enumerate(formats) if b"DS" in fmt.split(b":")]
     if not with_ds:
         return None
-    width = max([1] + [num_alts[i] for i in with_ds])
+    ds = _decode_ds_values(formats, samples, num_samples, num_alts, locate, with_ds)
+    bound = np.full(len(samples), 2, dtype=np.int64) if ploidy is None else np.asarray(ploidy() if callable(ploidy) else ploidy)
+    with np.errstate(invalid="ignore"):
+        bad = ~(np.isnan(ds) | ((ds >= 0) & (ds <= bound[:, None, None])))
+    if bad.any():
+        i, j, k = (int(v) for v in np.argwhere(bad)[0])
+        raise VcfFormatError(
+            f"{locate(i)}: sample column {j + 1}: DS {float(ds[i, j, k]):g} (ALT {k + 1}) is out of range; expected a dosage from 0 to "
+            f"{int(bound[i])} (the call's ploidy) or '.'"
+        )
+    return ds
+
+
+_DS_NUMBER = re.compile(rb"[-+]?(?:\d+\.?\d*(?:[eE][-+]?\d+)?|\.\d+(?:[eE][-+]?\d+)?|[Ii][Nn][Ff](?:[Ii][Nn][Ii][Tt][Yy])?|[Nn][Aa][Nn])")
+
+
+def _decode_ds_values(
+    formats: Sequence[bytes], samples: Sequence[bytes | memoryview], num_samples: int, num_alts: Sequence[int], locate: object, with_ds: list[int]
+) -> np.ndarray:
+    """The DS values, parsed (fast paths, then the general parser); ranges checked by the caller."""
+    locate = locate if callable(locate) else _no_locator
+    width = max([1, *num_alts])
     ds = np.full((len(samples), num_samples, width), np.nan, dtype=np.float32)
     simple = [i for i in with_ds if formats[i] == b"GT:DS" and num_alts[i] == 1]
     done: set[int] = set()
@@ -836,7 +1064,7 @@ def decode_ds(formats: Sequence[bytes], samples: Sequence[bytes | memoryview], n
             continue
         key = formats[i].split(b":").index(b"DS")
         sample_text = bytes(samples[i])
-        values = _ds_fast(sample_text, key, num_samples)
+        values = None if b"_" in sample_text or b" " in sample_text else _ds_fast(sample_text, key, num_samples)
         if values is not None and num_alts[i] <= 1:
             ds[i, :, 0] = values
             continue
@@ -850,10 +1078,9 @@ def decode_ds(formats: Sequence[bytes], samples: Sequence[bytes | memoryview], n
             for k, number in enumerate(numbers):
                 if number == b".":
                     continue
-                try:
-                    ds[i, j, k] = float(number)
-                except ValueError:
+                if not _DS_NUMBER.fullmatch(number):
                     raise VcfFormatError(f"{locate(i)}: sample column {j + 1}: DS {number[:20].decode(errors='replace')!r} is not a number") from None
+                ds[i, j, k] = float(number)
     return ds
 
 
@@ -866,6 +1093,8 @@ def _ds_batch(samples: Sequence[bytes | memoryview], rows: list[int], num_sample
     """
     m = len(rows)
     buffer = bytearray(b"\t".join([samples[i] for i in rows] + [b""]))
+    if b"_" in buffer or b" " in buffer:
+        return None  # Python/numpy number syntax that VCF does not allow: the general parser reports it
     data = np.frombuffer(buffer, dtype=np.uint8)
     tabs = np.flatnonzero(data == _TAB)
     if tabs.size != m * num_samples or buffer.count(b":") != m * num_samples or b"," in buffer:

@@ -71,7 +71,7 @@ def sample_field(draw: st.DrawFn, fmt: str, n_alts: int, one_digit: bool) -> str
         if key == "GT":
             values.append(draw(calls(n_alts, one_digit)))
         elif key == "DS":
-            ds = draw(st.lists(st.one_of(st.just("."), st.floats(0, 2, width=32).map(lambda x: f"{x:.4g}")), min_size=n_alts, max_size=n_alts))
+            ds = draw(st.lists(st.one_of(st.just("."), st.floats(0, 1, width=32).map(lambda x: f"{x:.4g}")), min_size=n_alts, max_size=n_alts))
             values.append(",".join(ds) if any(d != "." for d in ds) else ".")
         elif key == "AD":
             values.append(",".join(str(v) for v in draw(st.lists(st.integers(0, 50), min_size=n_alts + 1, max_size=n_alts + 1))))
@@ -333,14 +333,17 @@ def test_errors__no_chrom_header(tmp_path: Path) -> None:
         ([record("chr1", 5, calls=["0/1", "1//1", "1/1"])], r"sample column 2: GT '1//1'"),
         ([record("chr1", 5, calls=["0/1", "0/2", "1/1"])], r"chr1:5 \(line 9\): a genotype uses allele index 2 but the record has 1 ALT"),
         ([record("chr1", 5, "G,T", calls=["0/1", "0/12", "1/1"])], r"allele index 12 but the record has 2 ALT"),
-        ([record("chr1", 5, fmt="DS", calls=["0.1", "1", "2"])], r"FORMAT 'DS' has no GT"),
+        ([record("chr1", 5, fmt="GT:DS", calls=["0/1:0.1", "1/1:1", "0/0:2.5"])], r"sample column 3: DS 2.5 \(ALT 1\) is out of range; expected a dosage from 0 to 2"),
+        ([record("chr1", 5, calls=["0/1", "/1", "1/1"])], r"sample column 2: GT '/1' is not a genotype.*before VCF 4.4"),
+        ([record("chr1", 5, "C\x01", calls=["0/1"] * 3)], r"chr1:5 \(line 9\): a control character"),
         ([record("chr7", 5, calls=["0/1"] * 3)], r"chr7:5 \(line 9\): contig 'chr7' is not declared in the header"),
         ([record("chr1", 5, calls=["0/1"] * 3), record("chr1", 4, calls=["0/1"] * 3)], r"chr1:4 \(line 10\): position 4 comes after 5.*bcftools sort"),
         (
             [record("chr1", 5, calls=["0/1"] * 3), record("chr2", 1, calls=["0/1"] * 3), record("chr1", 9, calls=["0/1"] * 3)],
             r"chr1:9 \(line 11\): contig chr1 appears again after chr2",
         ),
-        ([record("chr1", 5, calls=["0/1"] * 3).replace("\t5\t", "\tfive\t")], r"line 9\): POS b'five' is not an integer"),
+        ([record("chr1", 5, calls=["0/1"] * 3).replace("\t5\t", "\tfive\t")], r"line 9\): POS 'five' is not a position"),
+        ([record("chr1", 5, calls=["0/1"] * 3).replace("\t5\t", "\t1_000\t")], r"line 9\): POS '1_000' is not a position"),
     ],
 )
 def test_errors__malformed_records(tmp_path: Path, lines: list[str], expected: str) -> None:

@@ -89,9 +89,9 @@ def check_variant_sums(state: RegressionState, n: np.ndarray, alt_count: np.ndar
                        num_sites: int) -> None:
     """Refuses per-variant sums that no honest sites can give, before anything is published.
 
-    A variant is called in at most the complete samples the moments round counted, has
-    between 0 and 2n ALT alleles, and at most every included site can be below its own
-    minimum allele count.
+    A variant is called in between 0 and the complete samples the moments round counted
+    (n), has between 0 and 2n ALT alleles (allele_count <= allele_number = 2n), and
+    between 0 and every included site can be below its own minimum allele count.
 
     Raises:
         ProtocolError: naming the first impossible variant and the field.
@@ -101,10 +101,12 @@ def check_variant_sums(state: RegressionState, n: np.ndarray, alt_count: np.ndar
     below = np.asarray(below_min, np.int64)
     ids = state.variant_ids
     complete = state.standardization.n
+    refuse_impossible("gwas", "n", n, n < 0, "at least 0", labels=ids, noun="variant")
     refuse_impossible("gwas", "n", n, n > complete, f"at most the {complete} complete samples", labels=ids, noun="variant")
     refuse_impossible("gwas", "alt_count", alt, (alt < -0.5) | (alt > 2 * n + 0.5), "in [0, 2n = {limit}]", limit=2 * n,
                       labels=ids, noun="variant")
-    refuse_impossible("gwas", "below_min", below, below > num_sites, f"at most the {num_sites} sites", labels=ids, noun="variant")
+    refuse_impossible("gwas", "below_min", below, (below < 0) | (below > num_sites), f"in [0, the {num_sites} sites]", labels=ids,
+                      noun="variant")
 
 
 def regression_result(state: RegressionState, beta: np.ndarray, se: np.ndarray, statistic: np.ndarray, p_value: np.ndarray,

@@ -177,13 +177,35 @@ def design(data: SiteData, state: RegressionState) -> tuple[np.ndarray, np.ndarr
 
 
 def _read_complete_calls(state: RegressionState, dataset: Dataset, keep: np.ndarray) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-    """Reads the site's rows of the job's variants, block by block (complete samples only)."""
+    """Reads the site's rows of the job's variants, block by block (complete samples only).
+
+    Raises:
+        InputError: the dataset holds a job variant twice (which row's calls would enter
+            the regression would be arbitrary); ``genofed ingest`` refuses such files.
+    """
     order = state.variant_order
+    seen = np.zeros(len(state.variant_ids), bool)
     for block in dataset.iter_blocks():
         block_ids = np.asarray(block.variants.column("variant_id").to_pylist(), dtype=str)
         where, present = locate(state.sorted_variant_ids, block_ids)
         if present.any():
-            yield order[where[present]], np.ascontiguousarray(block.call_dosage[present][:, keep])
+            rows = order[where[present]]
+            _refuse_repeated_rows(dataset, state, rows, seen)
+            seen[rows] = True
+            yield rows, np.ascontiguousarray(block.call_dosage[present][:, keep])
+
+
+def _refuse_repeated_rows(dataset: Dataset, state: RegressionState, rows: np.ndarray, seen: np.ndarray) -> None:
+    """Refuses a block whose rows repeat a job variant already read, or repeat one within the block."""
+    _, first = np.unique(rows, return_index=True)
+    repeated = seen[rows].copy()
+    repeated[np.setdiff1d(np.arange(rows.size), first)] = True
+    if repeated.any():
+        variant = state.variant_ids[int(rows[int(np.flatnonzero(repeated)[0])])]
+        raise InputError(
+            f"{dataset.path}: variant {variant} is stored twice, so which copy enters the regression would be arbitrary; "
+            "re-ingest the VCF with 'genofed ingest', which refuses duplicate records"
+        )
 
 
 def complete_calls(state: RegressionState, dataset: Dataset, data: SiteData, cache: SiteCache | None = None
