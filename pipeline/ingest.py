@@ -80,7 +80,7 @@ from pipeline.ingest_task import (
 )
 from pipeline.io.fasta import open_reference
 from pipeline.io.phenotypes import read_phenotypes
-from pipeline.io.vcf import Region, open_vcf, read_blocks
+from pipeline.io.vcf import Region, VcfSource, index_record_counts, open_vcf, read_blocks
 
 log = logging.getLogger(__name__)
 
@@ -172,6 +172,34 @@ def _check_genotypes(vcf: str, source_samples: list[str], counts: dict[str, Any]
         raise VcfFormatError(
             f"{vcf}: none of its {counts['records_read']} records has GT in FORMAT, so there are no called genotypes to ingest; "
             "call genotypes first (for example 'bcftools call' for PL-only files)"
+        )
+
+
+def _check_index_counts(source: VcfSource, results: list[dict[str, Any]]) -> None:
+    """Refuses an indexed ingest whose records read by region do not add up to the index's counts.
+
+    A region query returns only the records the index can locate: a BCF record at POS
+    0, or any record after the index was made (a stale index), would otherwise be lost
+    without a word. Records dropped or refused by harmonization were read, and count.
+    """
+    expected = index_record_counts(source)
+    if expected is None:
+        log.info("%s: the index has no record counts (made by an old tabix); the records read cannot be checked against it", source.path)
+        return
+    if any("records_by_contig" not in result for result in results):
+        log.info("%s: ingest parts written by an older genofed carry no per-contig counts; the index check is skipped", source.path)
+        return
+    read: dict[str, int] = {}
+    for result in results:
+        for contig, number in result["records_by_contig"].items():
+            read[contig] = read.get(contig, 0) + int(number)
+    differ = [name for name in dict.fromkeys([*expected, *read]) if expected.get(name, 0) != read.get(name, 0)]
+    if differ:
+        shown = ", ".join(f"{name}: index {expected.get(name, 0)}, read {read.get(name, 0)}" for name in differ[:5])
+        raise VcfFormatError(
+            f"{source.path}: the index {source.index} holds {sum(expected.values())} records but {sum(read.values())} were read through it "
+            f"({shown}{', ...' if len(differ) > 5 else ''}); the index cannot locate some records (such as POS 0: remove them with "
+            f"'bcftools view -e POS=0') or does not match the file: re-index it with 'bcftools index -f {source.path}'"
         )
 
 
@@ -350,6 +378,8 @@ def ingest(
             tasks = []
             results = _stream(vcf_path, tmp, num_samples=len(source.samples), chunk_size=size, fasta=fasta_path, contig_style=contig_style, progress=progress)
         results.sort(key=lambda r: r["chunk_index"])
+        if source.has_index:
+            _check_index_counts(source, results)
         entries = [r["entry"] for r in results if r["entry"] is not None]
         # duplicate variant keys (pipeline.harmonize.duplicates): refuse before the rename
         refuse_duplicate_variants(tmp, entries, vcf=vcf_path, contig_style=contig_style, fasta=fasta_path)

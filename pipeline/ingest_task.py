@@ -87,16 +87,20 @@ def ingest_region(task: ChunkTask) -> dict[str, Any]:
 
     Returns:
         ``{"chunk_index", "entry" (the dataset.json entry, None when nothing was kept),
-        "counts"}``.
+        "counts", "records_by_contig"}``; ``records_by_contig`` counts every record read
+        (kept, dropped or split alike) under its contig as the VCF names it, for the
+        driver's check against the index.
     """
     reference = open_reference(task.fasta) if task.fasta else None
     harmonize = harmonizer(contig_style=task.contig_style, reference=reference)
     counts: dict[str, Any] = empty_counts()
     blocks: list[Block] = []
+    records_read = 0
     for record_block in read_blocks(task.vcf, task.region, max_records=RECORDS_PER_BLOCK):
+        records_read += record_block.num_records
         batch: VariantBatch = harmonize(record_block)
         counts = add_reader_counts(dict(add_counts(counts, batch.counts)), record_block)
         if batch.num_variants:
             blocks.append(dense_block(batch))
     entry = write_blocks(Path(task.out), task.chunk_index, blocks, task.num_samples)
-    return {"chunk_index": task.chunk_index, "entry": entry, "counts": counts}
+    return {"chunk_index": task.chunk_index, "entry": entry, "counts": counts, "records_by_contig": {task.region.contig: records_read}}

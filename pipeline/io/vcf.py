@@ -20,16 +20,28 @@ empty) and split by the same code as a streamed file; every record, whichever pa
 came from, goes through :func:`read_blocks`' checks. Values are read as strictly as
 htslib: POS is ASCII digits from 1 to 2^31-1 (POS 0, which the indexes cannot find, is
 refused), a leading phasing mark in GT needs VCF 4.4, DS is a number in ``[0, ploidy]``,
-and CHROM/ID/REF/ALT must be UTF-8 without control characters. A record whose FORMAT
-has no GT has missing calls, as bcftools and plink2 read it (counted in
+and CHROM/ID/REF/ALT must be UTF-8 without control characters. A NUL byte anywhere in a
+record line of a streamed text file is refused (htslib ends the line there). A record
+whose FORMAT has no GT has missing calls, as bcftools and plink2 read it (counted in
 ``RecordBlock.records_without_gt``).
+
+A line starting with '#' after the header is a comment, as tabix's VCF preset reads it:
+it is skipped on every path (the index cannot return it, so streaming skips it too and
+both give the same records). htslib's streaming reader would read it as a record.
+
+An index can only return records it can locate. :func:`index_record_counts` reads the
+number of records a TBI/CSI index holds per contig, so the ingest can check that the
+records read by region add up to it (a POS 0 record in a BCF, or a stale index, would
+otherwise be lost silently).
 """
 
 from __future__ import annotations
 
 import contextlib
+import gzip
 import itertools
 import re
+import struct
 import warnings
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -47,8 +59,8 @@ MAX_ALT_ALLELES = 126  # allele indexes are stored as int8
 _BGZF_EOF = bytes.fromhex("1f8b08040000000000ff0600424302001b0003000000000000000000")
 _READ_CHUNK = 1 << 22  # bytes of decompressed text read at a time when streaming
 _BATCH_BYTES = 1 << 19  # genotype text decoded at a time (fits in cache)
-_MAX_POSITION = (1 << 31) - 2  # htslib/pysam coordinates are int32 in fetch()
-_MAX_POS = (1 << 31) - 1  # largest VCF POS: a 32-bit signed Integer (VCF 4.x), as htslib reads it
+_MAX_POSITION = (1 << 31) - 2  # largest 0-based start of a record (POS 2^31-1)
+_MAX_POS = (1 << 31) - 1  # largest VCF POS: a 32-bit signed Integer (VCF 4.x), as htslib reads it; also fetch()'s largest coordinate (int32)
 
 _TAB = 9
 
@@ -240,9 +252,11 @@ class VcfSource:
     def regions(self, chunk_size: int) -> list[Region]:
         """Cuts the contigs that have records into windows of ``chunk_size`` bases.
 
-        Windows sit on a fixed grid (``1 + k * chunk_size``) and only those holding at
-        least one record are returned; the last window of a contig reaches past its
-        last record, even when the header gives no length or a wrong one.
+        Windows sit on a fixed grid (``1 + k * chunk_size``) and only those where at
+        least one record starts are returned; the last window of a contig reaches past
+        its last record, even when the header gives no length or a wrong one. Planning
+        costs one index query per returned window (plus a few per contig), whatever the
+        span between records.
 
         Raises:
             InputError: the file has no index.
@@ -264,16 +278,16 @@ class VcfSource:
                         f"(##contig lines declare {', '.join(list(self.contigs)[:5])}{', ...' if len(self.contigs) > 5 else ''}); "
                         "add it with 'bcftools reheader' or fix the CHROM column"
                     )
-                first = fetcher.first_position(contig, 0, None)
-                if first is None:
+                position = fetcher.first_position(contig, 0, None)
+                if position is None:
                     continue
                 end = self._end_bound(fetcher, contig)
-                start = 1 + ((first - 1) // chunk_size) * chunk_size
-                while start < end:
+                # one index query per occupied window: jump to the next record's window, never probe empty ones
+                while position is not None:
+                    start = 1 + ((position - 1) // chunk_size) * chunk_size
                     stop = min(start + chunk_size, end)
-                    if fetcher.first_position(contig, start - 1, stop - 1) is not None:
-                        regions.append(Region(contig, start, stop))
-                    start = stop
+                    regions.append(Region(contig, start, stop))
+                    position = fetcher.next_position(contig, stop) if stop < end else None
         return regions
 
     def _end_bound(self, fetcher: _Fetcher, contig: str) -> int:
@@ -283,8 +297,8 @@ class VcfSource:
         if fetcher.first_position(contig, low, None) is None:
             return low + 1
         high = 1 << 29
-        while high < _MAX_POSITION and fetcher.first_position(contig, high, None) is not None:
-            high = min(high * 2, _MAX_POSITION)
+        while high < _MAX_POS and fetcher.first_position(contig, high, None) is not None:
+            high = min(high * 2, _MAX_POS)
         # smallest x with no record overlapping [x, inf) (0-based): every POS <= x
         while low + 1 < high:
             middle = (low + high) // 2
@@ -339,6 +353,32 @@ class _Fetcher:
             return parse_position(fields[1] if len(fields) > 1 else b"", f"{self.source.path}: {fields[0].decode(errors='replace')}")
         return int(record.pos)
 
+    def next_position(self, contig: str, position: int) -> int | None:
+        """POS of the first record with ``POS >= position`` (1-based), None when there is none.
+
+        Records that start before ``position`` but overlap it (a long REF) come first
+        from the index and are skipped; an unreadable record or invalid POS is an error.
+        """
+        if contig not in self._indexed():
+            return None
+        start0 = min(position - 1, _MAX_POSITION)
+        where = f"{self.source.path}: {contig}:{position}-end"
+        records = self.handle.fetch(_contig_to_tabix(self.handle, contig), start0, None)
+        while True:
+            try:
+                record = next(records)
+            except StopIteration:
+                return None
+            except (OSError, ValueError) as error:
+                raise VcfFormatError(f"{where}: unreadable record ({error}); the file or its index is corrupt: copy it again, or re-index it") from error
+            if isinstance(record, str):
+                fields = record.encode("latin-1").split(b"\t", 2)
+                found = parse_position(fields[1] if len(fields) > 1 else b"", f"{self.source.path}: {fields[0].decode(errors='replace')}")
+            else:
+                found = int(record.pos)
+            if found >= position:
+                return found
+
     def _indexed(self) -> set[str]:
         cached: set[str] | None = getattr(self, "_indexed_contigs", None)
         if cached is None:
@@ -354,6 +394,82 @@ def _find_index(path: Path, *, is_bcf: bool = False) -> Path | None:
         if candidate.is_file():
             return candidate
     return None
+
+
+_TBI_PSEUDO_BIN = 37450  # the bin holding a reference's record counts in a .tbi (SAM spec, 5.2)
+
+
+def index_record_counts(source: VcfSource) -> dict[str, int] | None:
+    """Records per contig that the file's TBI/CSI index says it holds (htslib's ``hts_idx_get_stat``).
+
+    Each reference of an index made by htslib 1.0 or later has a pseudo-bin whose
+    second chunk is ``(n_mapped, n_unmapped)``: the number of records indexed. Read
+    from the index file itself (BGZF, small), as pysam does not expose it.
+
+    Returns:
+        contig -> n_mapped for every contig with records, or None when the file has
+        no index, or the index has no counts (made by tabix before htslib) or cannot
+        be parsed (then nothing can be checked against it).
+    """
+    index = source.index if source.index is not None else _find_index(source.path, is_bcf=source.is_bcf)
+    if index is None:
+        return None
+    try:
+        with gzip.open(index, "rb") as handle:
+            data = handle.read()
+        return _parse_index_counts(data, source)
+    except (OSError, EOFError, struct.error, ValueError, IndexError):
+        return None
+
+
+def _parse_index_counts(data: bytes, source: VcfSource) -> dict[str, int] | None:
+    """The pseudo-bin counts of a decompressed .tbi/.csi (layouts: SAM spec 5.2, CSIv1 spec)."""
+    offset = 4
+    names: list[str] | None = None
+    if data[:4] == b"TBI\x01":
+        n_ref, *_, l_nm = struct.unpack_from("<8i", data, offset)
+        offset += 32
+        names = [name.decode("utf-8", errors="replace") for name in data[offset : offset + l_nm].split(b"\x00")[:n_ref]]
+        offset += l_nm
+        pseudo_bin, is_csi = _TBI_PSEUDO_BIN, False
+    elif data[:4] == b"CSI\x01":
+        _min_shift, depth, l_aux = struct.unpack_from("<3i", data, offset)
+        offset += 12
+        aux = data[offset : offset + l_aux]
+        offset += l_aux
+        if l_aux >= 28:  # a tabix configuration then the names (CSI of a text VCF)
+            l_nm = struct.unpack_from("<i", aux, 24)[0]
+            names = [name.decode("utf-8", errors="replace") for name in aux[28 : 28 + l_nm].split(b"\x00")]
+        (n_ref,) = struct.unpack_from("<i", data, offset)
+        offset += 4
+        pseudo_bin, is_csi = ((1 << (3 * depth + 3)) - 1) // 7 + 1, True  # htslib's META_BIN: n_bins + 1
+    else:
+        return None
+    if names is None:  # a BCF's CSI: reference i is the header's contig with IDX i
+        with _quiet_htslib(), pysam.VariantFile(str(source.path)) as handle:
+            by_id: dict[int, str] = {int(contig.id): str(contig.name) for contig in handle.header.contigs.values()}
+        names = [by_id.get(tid, f"#{tid}") for tid in range(n_ref)]
+    counts: dict[str, int] = {}
+    for tid in range(n_ref):
+        (n_bin,) = struct.unpack_from("<i", data, offset)
+        offset += 4
+        found: int | None = None
+        for _ in range(n_bin):
+            (bin_number,) = struct.unpack_from("<I", data, offset)
+            offset += 12 if is_csi else 4  # CSI bins carry a loffset
+            (n_chunk,) = struct.unpack_from("<i", data, offset)
+            offset += 4
+            if bin_number == pseudo_bin and n_chunk == 2:
+                found = struct.unpack_from("<Q", data, offset + 16)[0]
+            offset += 16 * n_chunk
+        if not is_csi:
+            (n_intv,) = struct.unpack_from("<i", data, offset)
+            offset += 4 + 8 * n_intv
+        if n_bin and found is None:
+            return None  # an index without counts
+        if found:
+            counts[names[tid]] = counts.get(names[tid], 0) + found
+    return counts
 
 
 def _open_indexed(source: VcfSource) -> pysam.VariantFile | pysam.TabixFile:
@@ -561,6 +677,7 @@ def _text_records(source: VcfSource) -> Iterator[tuple[int | None, list[bytes | 
                 lines.append((chunk, position, newline))
                 position = newline + 1
             pending = chunk[position:]
+            has_nul = b"\x00" in first or b"\x00" in chunk  # one scan per chunk; lines are checked only when needed
             for buffer, start, end in lines:
                 number += 1
                 if end - start <= 1 and buffer[start:end] in (b"", b"\r"):
@@ -570,6 +687,8 @@ def _text_records(source: VcfSource) -> Iterator[tuple[int | None, list[bytes | 
                     continue
                 if not seen_header:
                     raise no_header(number)
+                if has_nul and buffer.find(b"\x00", start, end) >= 0:
+                    raise _nul_error(path, buffer[start:end], number)
                 yield number, _split_record(buffer, start, end)
         if pending.strip():
             number += 1
@@ -578,10 +697,24 @@ def _text_records(source: VcfSource) -> Iterator[tuple[int | None, list[bytes | 
             elif not seen_header:
                 raise no_header(number)
             else:
+                if b"\x00" in pending:
+                    raise _nul_error(path, pending, number)
                 yield number, _split_record(pending, 0, len(pending))
     finally:
         with contextlib.suppress(OSError):
             handle.close()
+
+
+def _nul_error(path: Path, line: bytes, number: int | None) -> VcfFormatError:
+    """A record line holding a NUL byte: htslib ends the line there, so tools would read different records."""
+    fields = line.split(b"\t", 2)
+    chrom = fields[0].split(b"\x00")[0].decode(errors="replace")[:40]
+    pos = fields[1].split(b"\x00")[0].decode(errors="replace")[:12] if len(fields) > 1 else "?"
+    at = f" (line {number})" if number is not None else ""
+    return VcfFormatError(
+        f"{path}: {chrom}:{pos}{at}: a NUL byte (\\x00) in the record line; htslib ends the line there, so the record would be read "
+        "differently by other tools (or the file is corrupt): fix the record, or copy the file again from the source"
+    )
 
 
 def _bcf_records(source: VcfSource) -> Iterator[tuple[int | None, list[bytes | memoryview]]]:
@@ -620,7 +753,7 @@ def _region_records(source: VcfSource, region: Region) -> Iterator[tuple[int | N
             f"{source.path}: no index (.tbi/.csi), so region {region} cannot be read; create one with "
             f"'tabix -p vcf {source.path}' or 'bcftools index {source.path}', or read the whole file"
         )
-    start0, end0 = region.start - 1, min(region.end - 1, _MAX_POSITION)
+    start0, end0 = region.start - 1, min(region.end - 1, _MAX_POS)  # a window can end at 2^31 (after POS 2^31-1)
     with _quiet_htslib():
         handle = _open_indexed(source)
         try:
@@ -641,6 +774,8 @@ def _region_records(source: VcfSource, region: Region) -> Iterator[tuple[int | N
                         yield None, _split_record(line, 0, len(line) - 1)
                 else:
                     line = record.encode("latin-1")  # the record's own bytes (see _open_indexed)
+                    if b"\x00" in line:
+                        raise _nul_error(source.path, line, None)
                     fields = _split_record(line, 0, len(line))
                     raw = fields[1] if len(fields) > 1 else b""
                     # an invalid POS is reported by read_blocks, in the window tabix put it in
@@ -1027,7 +1162,8 @@ def decode_ds(
     with_ds = [i for i, fmt in enumerate(formats) if b"DS" in fmt.split(b":")]
     if not with_ds:
         return None
-    ds = _decode_ds_values(formats, samples, num_samples, num_alts, locate, with_ds)
+    with np.errstate(over="ignore"):  # a value beyond float32 (1e40) becomes inf, refused below as out of range
+        ds = _decode_ds_values(formats, samples, num_samples, num_alts, locate, with_ds)
     bound = np.full(len(samples), 2, dtype=np.int64) if ploidy is None else np.asarray(ploidy() if callable(ploidy) else ploidy)
     with np.errstate(invalid="ignore"):
         bad = ~(np.isnan(ds) | ((ds >= 0) & (ds <= bound[:, None, None])))

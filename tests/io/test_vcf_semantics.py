@@ -10,8 +10,10 @@ from __future__ import annotations
 import errno
 import shutil
 import subprocess
+import time
 from pathlib import Path
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pysam
@@ -23,7 +25,7 @@ from hypothesis import strategies as st
 from pipeline.cli import main
 from pipeline.errors import InputError
 from pipeline.ingest import ingest
-from pipeline.io.vcf import parse_gt, parse_position, read_blocks
+from pipeline.io.vcf import decode_ds, index_record_counts, open_vcf, parse_gt, parse_position, read_blocks
 
 HAS_BCFTOOLS = shutil.which("bcftools") is not None
 KINDS = ["vcf", "tbi", "csi", "bcf"]
@@ -317,3 +319,97 @@ def test_vcf_semantics__plain_tbi_csi_bcf_give_identical_datasets(tmp_path_facto
     assert_identical(ingest_all(folder, text, chunk_size=chunk_size))
     blocks = [b for b in read_blocks(write_kind(folder / "r", text, "vcf"))]
     assert sum(b.num_records for b in blocks) == text.count("\nchr")
+
+
+# --- the index's record counts, NUL bytes, comments, DS overflow, region planning -----------
+
+
+def test_vcf_semantics__bcf_record_the_index_cannot_find_is_refused(tmp_path):
+    # htslib's region queries never return a BCF record at POS 0 (the text forms refuse POS 0 themselves)
+    plain = tmp_path / "pos0.vcf"
+    plain.write_text(header(["s1", "s2"]) + line(0) + "\n" + line(20) + "\n")
+    bcf = tmp_path / "pos0.bcf"
+    with pysam.VariantFile(str(plain)) as source, pysam.VariantFile(str(bcf), "wb", header=source.header) as sink:
+        for rec in source:
+            sink.write(rec)
+    pysam.tabix_index(str(bcf), preset="bcf", csi=True, force=True)
+    message = assert_refused(bcf, tmp_path / "out" / "d", "chr1: index 2, read 1", "POS 0", "bcftools index")
+    assert len(message.splitlines()) == 1
+
+
+def test_vcf_semantics__stale_index_is_refused(tmp_path):
+    old = write_kind(tmp_path / "old", header(["s1", "s2"]) + line(100) + "\n" + line(200) + "\n", "tbi")
+    new = write_kind(tmp_path / "new", header(["s1", "s2"]) + line(100) + "\n" + line(200) + "\n" + line(300) + "\n", "vcf")
+    path = tmp_path / "stale.vcf.gz"
+    pysam.tabix_compress(str(new), str(path))
+    shutil.copy(old.with_name(old.name + ".tbi"), path.with_name(path.name + ".tbi"))
+    assert_refused(path, tmp_path / "out" / "d", "index 2, read 3", "re-index")
+
+
+@pytest.mark.parametrize("kind", ["tbi", "csi", "bcf"])
+def test_index_record_counts__match_the_records(tmp_path, kind):
+    text = header(["s1", "s2"], contigs=("chr1", "chr2")) + "".join(line(p, chrom=c) + "\n" for c, p in [("chr1", 5), ("chr1", 9), ("chr2", 7)])
+    assert index_record_counts(open_vcf(write_kind(tmp_path, text, kind))) == {"chr1": 2, "chr2": 1}
+    assert index_record_counts(open_vcf(write_kind(tmp_path, text, "vcf"))) is None
+
+
+def test_vcf_semantics__index_without_counts_skips_the_check(tmp_path, monkeypatch, caplog):
+    path = write_kind(tmp_path, header(["s1", "s2"]) + line(100) + "\n", "tbi")
+    monkeypatch.setattr("pipeline.ingest.index_record_counts", lambda source: None)
+    with caplog.at_level("INFO", logger="pipeline.ingest"):
+        report = ingest(path, out=tmp_path / "d", chunk_size=1000, scheduler="synchronous")
+    assert report["variants_written"] == 1 and "no record counts" in caplog.text
+
+
+def test_vcf_semantics__dropped_records_still_count_as_read_for_the_index(tmp_path):
+    text = header(["s1", "s2"]) + line(100) + "\n" + line(200, ("0/0", "0/0"), alt=".") + "\n" + line(300, alt="<DEL>") + "\n" + line(400, alt="G,T") + "\n" + line(500, alt="A") + "\n"
+    results = ingest_all(tmp_path, text, chunk_size=150, kinds=["vcf", "tbi", "csi"])
+    assert results["tbi"][0]["records_read"] == 5 and results["tbi"][0]["variants_written"] == 3
+    assert_identical(results)
+
+
+@pytest.mark.parametrize("where", ["info", "last_sample", "last_line_without_newline"])
+def test_vcf_semantics__nul_byte_in_a_record_line_is_refused(tmp_path, where):
+    # htslib ends the line at the NUL; the whole line must not be read as if it were not there
+    records = [line(100), line(200, info=".\x00") if where == "info" else line(200, ("0/1", "1/1\x00x"))]
+    text = header(["s1", "s2"]) + "\n".join(records if where == "last_line_without_newline" else [*records, line(300), ""])
+    for kind in ("vcf", "vcf.gz"):
+        path = write_kind(tmp_path / kind, text, "vcf")
+        if kind == "vcf.gz":
+            path = pysam.tabix_compress(str(path), str(path) + ".gz", force=True) or Path(str(path) + ".gz")
+        assert_refused(path, tmp_path / "out" / kind, "chr1:200 (line 9)", "NUL")
+
+
+def test_vcf_semantics__hash_line_after_records_is_a_comment_on_every_path(tmp_path):
+    text = header(["s1", "s2"]) + line(100) + "\n" + "#chr1\t150\t.\tA\tG\t.\tPASS\t.\tGT\t1/1\t1/1\n" + line(200) + "\n# a note\n" + line(1500) + "\n"
+    results = ingest_all(tmp_path, text, chunk_size="1kb", kinds=["vcf", "tbi", "csi"])  # htslib cannot write the '#' line to BCF
+    assert results["vcf"][0]["records_read"] == 3 and results["tbi"][0]["inputs"]["indexed"]
+    assert_identical(results)
+
+
+def test_vcf_semantics__ds_beyond_float32_is_refused_without_a_warning(tmp_path, recwarn):
+    text = header(["s1", "s2"]) + line(100, ("0/1:1", "1/1:1e40"), fmt="GT:DS") + "\n"
+    path = write_kind(tmp_path, text, "vcf")
+    assert_refused(path, tmp_path / "out" / "d", "chr1:100 (line 8)", "sample column 2", "DS")
+    assert not [w for w in recwarn if issubclass(w.category, RuntimeWarning)]
+    with pytest.raises(InputError, match="out of range"), np.errstate(over="raise"):
+        decode_ds([b"GT:DS"] * 2, [b"0/1:1e40\t0/0:0", b"0/1:0.5,1e39\t0/0:0"], 2, [1, 2])
+
+
+def test_vcf_semantics__region_planning_jumps_over_empty_windows(tmp_path):
+    text = header(["s1", "s2"], contigs=("chrM",)).replace("length=100000", "length=16569") + line(100, chrom="chrM") + "\n" + line(2147483647, chrom="chrM") + "\n"
+    path = write_kind(tmp_path, text, "csi")
+    source = open_vcf(path)
+    started = time.perf_counter()
+    regions = source.regions(100)
+    assert time.perf_counter() - started < 5
+    assert [(r.start, r.end) for r in regions] == [(1, 101), (2147483601, 2147483648)]
+    report = ingest(path, out=tmp_path / "d", chunk_size=100, contig_style="keep", scheduler="synchronous")
+    assert report["records_read"] == 2 and report["variants_written"] == 2
+
+
+def test_regions__only_windows_where_a_record_starts(tmp_path):
+    # a long deletion overlaps windows 2-3; only windows 1 and 4 hold record starts
+    text = header(["s1", "s2"]) + line(50, ref="A" * 250, alt="A") + "\n" + line(350) + "\n"
+    source = open_vcf(write_kind(tmp_path, text, "tbi"))
+    assert [(r.start, r.end) for r in source.regions(100)] == [(1, 101), (301, 401)]
