@@ -250,8 +250,8 @@ def test_vcf_semantics__sites_only_vcf_is_refused(tmp_path):
     assert_refused(path, tmp_path / "out" / "d", "no sample columns")
 
 
-@pytest.mark.parametrize("column", ["chrom", "ref", "id"])
-@pytest.mark.parametrize("kind", ["vcf", "tbi"])
+# A non-UTF-8 CHROM only as plain text: tabix itself cannot index such a file ("Failed to parse TBX_VCF").
+@pytest.mark.parametrize(("column", "kind"), [("chrom", "vcf"), ("ref", "vcf"), ("id", "vcf"), ("ref", "tbi"), ("id", "tbi")])
 def test_vcf_semantics__non_utf8_bytes_are_refused(tmp_path, column, kind):
     record = line(200).encode()
     fields = record.split(b"\t")
@@ -259,8 +259,6 @@ def test_vcf_semantics__non_utf8_bytes_are_refused(tmp_path, column, kind):
     text = header(["s1", "s2"]).encode() + line(100).encode() + b"\n" + b"\t".join(fields) + b"\n"
     if column == "chrom":
         text = text.replace(b"##contig=<ID=chr1,length=100000>", b"")
-    if kind == "tbi" and column == "chrom":
-        pytest.skip("tabix sorts the contigs itself; covered by the plain file")
     message = assert_refused(write_kind(tmp_path, text, kind), tmp_path / "out" / "d", "UTF-8")
     assert "\xff" not in message
 
