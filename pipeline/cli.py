@@ -360,7 +360,7 @@ def audit() -> None:
 @handles_errors
 def audit_verify(log_path: Path, expected_head: str | None, kept_in: tuple[Path, ...], signer: str | None,
                  roster: Path | None, ca: Path | None, as_json: bool) -> None:
-    """Check an audit LOG: every entry's hash, the chain, and the head file LOG.head.
+    """Check an audit LOG: every entry's hash, the chain, and the head file LOG.head (not needed with --head).
 
     With --checkpoints, also check LOG against the heads its owner signed when jobs
     ended, as the other party kept them: this detects a log that was cut short, or
@@ -433,12 +433,59 @@ def coordinator() -> None:
 @click.option("--config", "config_path", required=True, type=click.Path(exists=True, dir_okay=False, path_type=Path), help="coordinator.toml (written by genofed provision).")
 @click.option("--host", default=None, help="Address to bind [default: from the config].")
 @click.option("--port", type=click.IntRange(1, 65535), default=None, help="Port to bind [default: from the config].")
+@json_option
 @handles_errors
-def coordinator_serve(config_path: Path, host: str | None, port: int | None) -> None:
+def coordinator_serve(config_path: Path, host: str | None, port: int | None, as_json: bool) -> None:
     """Serve the coordinator until interrupted; running jobs resume after a restart."""
-    from pipeline.federation.api import serve
+    import signal
 
-    serve(config_path, host=host, port=port)
+    from pipeline.federation.api import serve
+    from pipeline.federation.config import load_coordinator_config
+    from pipeline.federation.tls import certificate_validity
+
+    config = load_coordinator_config(config_path)
+    url = f"https://{host or config.host}:{port or config.port}"
+    expires = certificate_validity(config.cert)[1]
+    _echo_event("coordinator.started", as_json=as_json, federation=config.federation, url=url,
+                database=str(config.database), audit_log=str(config.audit_log), sites=len(config.sites),
+                analysts=len(config.analysts), certificate_expires=expires.isoformat())
+    _warn_expiry("coordinator", config.cert, expires, as_json=as_json)
+    stopped = "error"
+
+    def terminated(*_: Any) -> None:  # uvicorn shuts down gracefully, then re-raises SIGTERM here
+        nonlocal stopped
+        stopped = "terminated"
+        sys.exit(0)
+
+    signal.signal(signal.SIGTERM, terminated)
+    try:
+        serve(config_path, host=host, port=port)
+        stopped = "interrupted"
+    except KeyboardInterrupt:
+        stopped = "interrupted"
+        raise
+    finally:
+        _echo_event("coordinator.stopped", as_json=as_json, federation=config.federation, url=url, reason=stopped)
+
+
+def _echo_event(event: str, *, as_json: bool, **fields: Any) -> None:
+    """A start or stop line of a long-running command: one JSON line on stdout, or one text line on stderr."""
+    if as_json:
+        click.echo(json.dumps({"event": event, **fields}, sort_keys=True, default=str))
+    else:
+        click.echo(f"genofed: {event.replace('.', ' ')}: " + ", ".join(f"{k.replace('_', ' ')} {v}" for k, v in fields.items()),
+                   err=True)
+
+
+def _warn_expiry(who: str, cert: Path, expires: Any, *, as_json: bool, days: int = 30) -> None:
+    """A warning line when ``cert`` expires within ``days`` days (or has expired)."""
+    import datetime as dt
+
+    left = expires - dt.datetime.now(dt.timezone.utc)
+    if left < dt.timedelta(days=days):
+        when = "has expired" if left.total_seconds() <= 0 else f"expires in {left.days} day{'' if left.days == 1 else 's'}"
+        _echo_event("certificate.expiring", as_json=as_json, who=who, certificate=str(cert), expires=expires.isoformat(),
+                    warning=f"the {who}'s certificate {when}; ask the federation operator for a new one")
 
 
 @main.group()
@@ -455,9 +502,33 @@ def site() -> None:
 def site_run(config_path: Path, once: bool, max_idle: float | None, as_json: bool) -> None:
     """Run the site agent: policy checks, local step, masking, upload; survives coordinator restarts."""
     from pipeline.federation.agent import run_site
+    from pipeline.federation.config import load_site_config
 
-    summary = run_site(config_path, once=once, max_idle=max_idle)
-    echo_summary(summary, as_json=as_json, text=f"site {summary['site']}: {summary['tasks']} tasks in jobs {', '.join(summary['jobs']) or 'none'}")
+    has_started = False
+
+    def started(line: dict[str, Any]) -> None:
+        import datetime as dt
+
+        nonlocal has_started
+        has_started = True
+        _echo_event("site.started", as_json=as_json, **line)
+        _warn_expiry(f"site {line['site']}", load_site_config(config_path).cert,
+                     dt.datetime.fromisoformat(line["certificate_expires"]), as_json=as_json)
+
+    try:
+        summary = run_site(config_path, once=once, max_idle=max_idle, on_start=started)
+    except GenofedError as error:
+        if has_started:  # an agent that never started (a wrong config, an impostor) has only its error line
+            cause = getattr(error, "cause", None)
+            reason = f"fatal TLS cause: {cause}" if getattr(error, "permanent", False) else (
+                "coordinator gone" if cause is not None or "has not answered" in str(error) else "error")
+            _echo_event("site.stopped", as_json=as_json, reason=reason)
+        raise
+    if as_json:
+        click.echo(json.dumps({"event": "site.stopped", **summary}, sort_keys=True, default=str))
+    else:
+        click.echo(f"site {summary['site']}: stopped ({summary['stopped']}); {summary['tasks']} tasks in jobs "
+                   f"{', '.join(summary['jobs']) or 'none'}")
 
 
 @site.command("budget")
@@ -525,18 +596,58 @@ def job_list_command(config_path: Path, as_json: bool) -> None:
 @json_option
 @handles_errors
 def job_status_command(job_id: str, config_path: Path, as_json: bool) -> None:
-    """Show a job's status (running: round, stage and the sites it waits for)."""
-    from pipeline.federation.analyst import job_status
+    """Show a job's status and, per site, whether it took part, declined (its code) or dropped (the rounds it missed).
+
+    \b
+    Exit status: 0 running or done, 1 failed, 2 cancelled (the status is printed either way).
+    """
+    from pipeline.federation.analyst import EXIT_CODES, job_status, status_text
 
     status = job_status(config_path, job_id)
-    text = f"{status['job_id']} {status['analysis']}: {status['status']}"
-    if status["status"] == "running":
-        text += f" (round {status.get('round')}, stage {status.get('stage')}, waiting for {', '.join(status.get('waiting_for', [])) or 'nobody'})"
-    if status.get("error"):
-        text += f": {status['error']}"
-    if status.get("notice"):
-        text += f"; {status['notice']}"
-    echo_summary(status, as_json=as_json, text=text)
+    echo_summary(status, as_json=as_json, text=status_text(status))
+    if status["status"] in ("failed", "cancelled"):
+        sys.exit(EXIT_CODES[status["status"]])
+
+
+@job.command("wait")
+@click.argument("job_id")
+@_analyst_config_option
+@click.option("--timeout", type=click.FloatRange(min=0), default=None, help="Give up waiting after this many seconds (exit 3) [default: wait until the job ends].")
+@json_option
+@handles_errors
+def job_wait_command(job_id: str, config_path: Path, timeout: float | None, as_json: bool) -> None:
+    """Wait until a job ends, print its final status; the exit status says how it ended.
+
+    Polls the coordinator with backoff (every 0.25 s at first, at most every 5 s).
+
+    \b
+    Exit status:
+      0  the job is done (get its results with 'genofed job results')
+      1  the job failed (the status line says why), or an error (one line on stderr)
+      2  the job was cancelled
+      3  --timeout passed while the job was still running (it goes on)
+    """
+    from pipeline.federation.analyst import EXIT_CODES, status_text, wait_job
+
+    status = wait_job(config_path, job_id, timeout=timeout)
+    echo_summary(status, as_json=as_json, text=status_text(status))
+    sys.exit(EXIT_CODES.get(status["status"], 1))
+
+
+@job.command("cancel")
+@click.argument("job_id")
+@_analyst_config_option
+@json_option
+@handles_errors
+def job_cancel_command(job_id: str, config_path: Path, as_json: bool) -> None:
+    """Cancel a running job: an analyst their own, an operator any. Its sites stop at their next poll.
+
+    A job that has already ended cannot be cancelled (exit 1, naming its status).
+    """
+    from pipeline.federation.analyst import cancel_job, status_text
+
+    status = cancel_job(config_path, job_id)
+    echo_summary(status, as_json=as_json, text=status_text(status))
 
 
 @job.command("results")
@@ -547,11 +658,16 @@ def job_status_command(job_id: str, config_path: Path, as_json: bool) -> None:
 @json_option
 @handles_errors
 def job_results(job_id: str, config_path: Path, out: Path, force: bool, as_json: bool) -> None:
-    """Download a finished job's results."""
-    from pipeline.federation.analyst import fetch_results
+    """Download a finished job's results, and show which sites took part, declined or dropped.
+
+    The folder appears only once everything is written: a download that fails leaves nothing behind.
+    """
+    from pipeline.federation.analyst import fetch_results, participation_lines
 
     summary = fetch_results(config_path, job_id, out, force=force)
-    echo_summary(summary, as_json=as_json, text=f"{job_id}: {', '.join(summary['tables'])} and summary.json written to {summary['out']}")
+    lines = [f"{job_id}: {', '.join(summary['tables'])} and summary.json written to {summary['out']}",
+             *participation_lines(summary["job_status"], summary["summary"])]
+    echo_summary(summary, as_json=as_json, text="\n".join(lines))
 
 
 @main.command("federate")

@@ -74,7 +74,7 @@ from pipeline.federation.job_spec import (
     minimum_threshold,
     shareholders,
 )
-from pipeline.federation.tls import load_identity_key
+from pipeline.federation.tls import certificate_validity, load_identity_key
 from pipeline.federation.roster import Roster, check_own_identity, load_roster
 from pipeline.federation.rounds import KEY_UNION_STAGE, encode_keys, round_config
 from pipeline.secagg import keys as secagg_keys
@@ -254,11 +254,14 @@ class SiteAgent:
             unreachable_after = ONCE_UNREACHABLE_SECONDS
         idle_since = answered_at = time.monotonic()
         stopped = "stopped"
+        log.info("site %s: agent started (%s)", self.config.name,
+                 ", ".join(f"{key} {value}" for key, value in self.start_summary().items() if key != "site"))
         while not (should_stop and should_stop()):
             try:
                 known = ",".join(sorted(self._active))
                 answer = self.connection.get_json(f"/v1/site/work?wait={_WAIT_SECONDS}&active={known}", timeout=_WAIT_SECONDS + 30)
             except ProtocolError as error:
+                _stop_if_permanent(self.config.name, error)
                 silent = time.monotonic() - answered_at
                 if once and silent > unreachable_after:
                     raise ProtocolError(
@@ -280,6 +283,7 @@ class SiteAgent:
                     try:
                         self.handle(task)
                     except (ProtocolError, DiskFull) as error:
+                        _stop_if_permanent(self.config.name, error)
                         log.warning("site %s: task %s failed: %s", self.config.name, _describe(task), error)
                         time.sleep(self.config.poll_interval)
                     idle_since = time.monotonic()
@@ -297,7 +301,18 @@ class SiteAgent:
                     log.warning("site %s: no active job for this site at %s in %.0f s; nothing to do, the agent "
                                 "(--once) stops", self.config.name, self.config.coordinator_url, max_idle)
                 break
+        log.info("site %s: agent stopped (%s), %d tasks done", self.config.name, stopped, self.tasks_done)
         return {"site": self.config.name, "tasks": self.tasks_done, "jobs": sorted(self.jobs_seen), "stopped": stopped}
+
+    def start_summary(self) -> dict[str, Any]:
+        """What the agent runs as, for its start line: site, coordinator, dataset, certificate expiry, policy digest."""
+        validity = getattr(self.connection, "validity", None)
+        not_after = validity[1] if validity else certificate_validity(self.config.cert)[1]
+        policy = json.dumps(dataclasses.asdict(self.config.policy), sort_keys=True, default=str).encode()
+        return {
+            "site": self.config.name, "coordinator": self.config.coordinator_url, "dataset": str(self.config.dataset),
+            "certificate_expires": not_after.isoformat(), "policy_digest": hashlib.sha256(policy).hexdigest()[:16],
+        }
 
     def _forget_finished(self, active: set[str]) -> None:
         jobs_dir = self.state_dir / "jobs"
@@ -723,6 +738,12 @@ class SiteAgent:
         return memory
 
 
+def _stop_if_permanent(site: str, error: Exception) -> None:
+    """Re-raises, for the agent to stop, a connection failure that cannot fix itself (expired certificate, unknown CA...)."""
+    if isinstance(error, transport.ConnectionFailure) and error.permanent:
+        raise transport.ConnectionFailure(error.cause, f"site {site}: {error}; the agent stops") from None
+
+
 def _task_key(task: Mapping[str, Any]) -> tuple[str, int, str]:
     return str(task.get("job_id")), int(task.get("round_index", -1)), str(task.get("stage"))
 
@@ -748,7 +769,10 @@ def _describe(task: dict[str, Any]) -> str:
     return f"job {task.get('job_id')} round {task.get('round_index')} stage {task.get('stage')}"
 
 
-def run_site(config_path: Path | str, *, once: bool = False, max_idle: float | None = None) -> dict[str, Any]:
+def run_site(
+    config_path: Path | str, *, once: bool = False, max_idle: float | None = None,
+    on_start: Callable[[dict[str, Any]], None] | None = None,
+) -> dict[str, Any]:
     """``genofed site run``: loads ``site.toml`` and runs the agent (``once``: see :meth:`SiteAgent.run`).
 
     With ``--once`` the exit status says whether the agent could do what it was started
@@ -759,10 +783,15 @@ def run_site(config_path: Path | str, *, once: bool = False, max_idle: float | N
         ConfigurationError: the configuration, certificates or roster are unusable, or
             the certificate is not this site's (nothing is sent then).
         ProtocolError: with ``once``, the coordinator did not answer for
-            :data:`ONCE_UNREACHABLE_SECONDS`.
+            :data:`ONCE_UNREACHABLE_SECONDS`;
+            :class:`~pipeline.federation.transport.ConnectionFailure` when the
+            connection fails for a cause that cannot fix itself (an expired
+            certificate, an unknown CA, a refused handshake).
     """
     config = load_site_config(config_path)
     agent = SiteAgent(config)
+    if on_start is not None:
+        on_start(agent.start_summary())  # the CLI's start line
     try:
         return agent.run(once=once, max_idle=max_idle)
     finally:

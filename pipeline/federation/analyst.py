@@ -25,7 +25,16 @@ from pipeline.federation.config import load_analyst_config
 from pipeline.federation.job_spec import check_job_id, load_spec
 from pipeline.federation.transport import Connection
 
-__all__ = ["analyst_connection", "submit_job", "list_jobs", "job_status", "wait_for_job", "download_results", "fetch_results"]
+__all__ = [
+    "EXIT_CODES", "analyst_connection", "submit_job", "list_jobs", "job_status", "cancel_job", "wait_job", "wait_for_job",
+    "download_results", "fetch_results", "status_text", "participation_lines",
+]
+
+EXIT_CODES = {"done": 0, "failed": 1, "cancelled": 2, "running": 3}
+"""The exit status of ``genofed job wait`` (and ``job status``) for a job's status: ``running`` means the wait timed out."""
+
+_FIRST_POLL_SECONDS = 0.25
+_MAX_POLL_SECONDS = 5.0
 
 TABLE_SCHEMAS = {"census_variants": "census_variants"}
 """Result tables written through the Arrow contract (others are written as received)."""
@@ -60,6 +69,87 @@ def job_status(config_path: Path | str, job_id: str) -> dict[str, Any]:
     check_job_id(job_id)
     with analyst_connection(config_path) as connection:
         return connection.get_json(f"/v1/jobs/{job_id}")  # type: ignore[no-any-return]
+
+
+def cancel_job(config_path: Path | str, job_id: str) -> dict[str, Any]:
+    """``genofed job cancel``: stops a running job (an analyst's own; an operator's any); returns its new status.
+
+    Raises:
+        ProtocolError: ``job_id`` is not a job ID (nothing is sent).
+        HttpError: no such job, or another analyst's (404); the job has already ended (409).
+    """
+    check_job_id(job_id)
+    with analyst_connection(config_path) as connection:
+        return connection.post_json(f"/v1/jobs/{job_id}/cancel", {})  # type: ignore[no-any-return]
+
+
+def wait_job(config_path: Path | str, job_id: str, *, timeout: float | None = None,
+             sleep: Any = time.sleep, clock: Any = time.monotonic) -> dict[str, Any]:
+    """``genofed job wait``: the job's status once it has ended, or its last status after ``timeout`` seconds.
+
+    Polls with backoff (0.25 s, growing by half each time to at most 5 s, never past
+    the deadline): a long job costs a request every few seconds, a short one is seen
+    ending within a fraction of a second. :data:`EXIT_CODES` maps the returned
+    ``status`` to the command's exit status.
+
+    Raises:
+        ProtocolError: ``job_id`` is not a job ID (nothing is sent).
+        HttpError: no such job, or another analyst's (404).
+    """
+    check_job_id(job_id)
+    deadline = None if timeout is None else clock() + timeout
+    interval = _FIRST_POLL_SECONDS
+    with analyst_connection(config_path) as connection:
+        while True:
+            status: dict[str, Any] = connection.get_json(f"/v1/jobs/{job_id}")
+            if status["status"] != "running":
+                return status
+            left = None if deadline is None else deadline - clock()
+            if left is not None and left <= 0:
+                return status
+            sleep(interval if left is None else min(interval, left))
+            interval = min(interval * 1.5, _MAX_POLL_SECONDS)
+
+
+def participation_lines(status: Mapping[str, Any], summary: Mapping[str, Any] | None = None) -> list[str]:
+    """One line per invited site: took part, declined (its code only), dropped (the rounds it missed), or awaited.
+
+    Args:
+        status: the job's status (``sites``, ``declined``; ``waiting_for`` while running,
+            ``missed_rounds`` once ended).
+        summary: a done job's result summary, whose ``missed_rounds`` is used when given.
+    """
+    declined: Mapping[str, str] = status.get("declined") or {}
+    missed: Mapping[str, list[int]] = (summary or {}).get("missed_rounds", status.get("missed_rounds")) or {}
+    waiting = set(status.get("waiting_for") or ())
+    running = status.get("status") == "running"
+    lines = []
+    for site in status.get("sites") or sorted({*declined, *missed}):
+        if site in declined:
+            # Only the coarse code: the text after it is the site's own words, kept out of the summary line.
+            what = f"declined ({str(declined[site]).partition(':')[0]})"
+        elif missed.get(site):
+            rounds = ", ".join(str(r) for r in missed[site])
+            what = f"dropped (missed round{'s' if len(missed[site]) > 1 else ''} {rounds})"
+        elif running:
+            what = "waiting for it" if site in waiting else "answered"
+        else:
+            what = "took part"
+        lines.append(f"  {site}: {what}")
+    return lines
+
+
+def status_text(status: Mapping[str, Any], summary: Mapping[str, Any] | None = None) -> str:
+    """The status line of a job (with round, stage and awaited sites while running), its error and notice, then one line per site."""
+    text = f"{status['job_id']} {status['analysis']}: {status['status']}"
+    if status["status"] == "running":
+        text += (f" (round {status.get('round')}, stage {status.get('stage')}, "
+                 f"waiting for {', '.join(status.get('waiting_for', [])) or 'nobody'})")
+    if status.get("error"):
+        text += f": {status['error']}"
+    if status.get("notice"):
+        text += f"; {status['notice']}"
+    return "\n".join([text, *participation_lines(status, summary)])
 
 
 def wait_for_job(connection: Connection, job_id: str, *, timeout: float, interval: float = 0.2) -> dict[str, Any]:
@@ -109,6 +199,8 @@ def _file_name(name: str) -> str:
 
 
 def fetch_results(config_path: Path | str, job_id: str, out: Path | str, *, force: bool = False) -> dict[str, Any]:
-    """``genofed job results``: downloads a done job's results into ``out``."""
+    """``genofed job results``: downloads a done job's results into ``out``; ``job_status`` is the job's status."""
+    check_job_id(job_id)
     with analyst_connection(config_path) as connection:
-        return download_results(connection, job_id, out, force=force)
+        status = connection.get_json(f"/v1/jobs/{job_id}")  # first: nothing is asked once the folder is in place
+        return {**download_results(connection, job_id, out, force=force), "job_status": status}

@@ -156,6 +156,7 @@ ACCESS_RULES: Mapping[tuple[str, str], AccessRule] = MappingProxyType({
     ("GET", "/v1/jobs/{job_id}/results"): AccessRule(_READERS, JobScope.OWNER, _OWNER_RULE),
     ("GET", "/v1/jobs/{job_id}/results/{name}"): AccessRule(_READERS, JobScope.OWNER, _OWNER_RULE),
     ("GET", "/v1/jobs/{job_id}/files/{name}"): AccessRule(_READERS, JobScope.OWNER, _OWNER_RULE),
+    ("POST", "/v1/jobs/{job_id}/cancel"): AccessRule(_READERS, JobScope.OWNER, _OWNER_RULE),
     ("GET", "/v1/site/work"): AccessRule(("site",), JobScope.NONE,
         "any enrolled site; its tasks and active jobs are only those of jobs that invite it"),
     ("GET", "/v1/site/jobs/{job_id}/rounds/{round_index}/state"): AccessRule(("site",), JobScope.PARTICIPANT, _PARTICIPANT_RULE),
@@ -407,6 +408,9 @@ def openapi_document() -> dict[str, Any]:
     add("GET", "/v1/jobs/{job_id}/files/{name}", "One file the analysis rendered from the result (a report, a plot, GWAS-SSF)",
         {"200": "the file's bytes", **common, "409": "the job is not done"}, params=(job_id, file_name),
         ok_media="application/octet-stream")
+    add("POST", "/v1/jobs/{job_id}/cancel", "Cancel a running job: its sites stop at their next poll",
+        {"200": "cancelled: the job's status", "409": "the job has already ended (done, failed or cancelled)", **common},
+        params=(job_id,))
     add("GET", "/v1/site/work", "Long poll for the site's next task",
         {"200": "a task or null, and the site's active jobs", "422": "wait is not a number"},
         params=(
@@ -555,6 +559,10 @@ def create_app(coordinator: Coordinator, config: CoordinatorConfig, *, tick_seco
         body = await call(coordinator.result_item, request.path_params["job_id"], request.path_params["name"], "file")
         return Response(body, media_type="application/octet-stream")
 
+    @endpoint("POST", "/v1/jobs/{job_id}/cancel")
+    async def cancel(request: Request, who: tls.Identity) -> Response:
+        return JSONResponse(await call(coordinator.cancel, request.path_params["job_id"], by=who.name, role=who.role))
+
     @endpoint("GET", "/v1/site/work")
     async def work(request: Request, who: tls.Identity) -> Response:
         try:
@@ -677,9 +685,10 @@ def serve(config_path: Path | str, *, host: str | None = None, port: int | None 
     coordinator = build_coordinator(config)
     app = create_app(coordinator, config)
     server_config = uvicorn.Config(
-        app, host=host or config.host, port=port or config.port, http=PeerCertificateH11Protocol, lifespan="on",
+        app, host=host or config.host, port=port or config.port, lifespan="on", loop="asyncio",
+        # TLS terminated by tls.observed_tls, which logs refused handshakes (uvicorn's own TLS drops them silently).
+        http=tls.observed_tls(PeerCertificateH11Protocol, tls.server_context(config.cert, config.key, config.ca)),  # type: ignore[arg-type]
         log_level=log_level, access_log=False, timeout_keep_alive=int(MAX_WAIT_SECONDS) + 5,
     )
     server_config.load()
-    server_config.ssl = tls.server_context(config.cert, config.key, config.ca)
     uvicorn.Server(server_config).run()

@@ -481,6 +481,7 @@ def verify(path: Path | str, *, expected_head: str | None = None) -> VerifyRepor
     Args:
         path: the log (its head file is ``path + ".head"``).
         expected_head: an ``entry_hash`` recorded elsewhere; the log must end with it.
+            Given, the head file may be missing (it is still checked when present).
 
     Returns:
         A :class:`VerifyReport`; ``ok`` is false at the first bad line, or when the
@@ -515,8 +516,9 @@ def verify(path: Path | str, *, expected_head: str | None = None) -> VerifyRepor
     except AuditError as error:
         return bad(None, str(error))
     if recorded is None:
-        if entries:
-            return bad(None, f"{head_path(path)} is missing; the log's end cannot be checked")
+        if entries and expected_head is None:
+            # Given --head, the head recorded elsewhere checks the end: the sidecar is not needed.
+            return bad(None, f"{head_path(path)} is missing; the log's end cannot be checked (or give the head with --head)")
     elif recorded != (entries, prev_hash):
         if recorded[0] > entries:
             problem = (

@@ -329,7 +329,47 @@ class Coordinator:
                 if self.disk_full is not None:
                     out["notice"] = (f"coordinator disk full ({self.disk_full}): uploads are refused with 507 and kept "
                                      "nowhere; the job resumes once the operator frees space")
+            elif job.status != "running":
+                out["missed_rounds"] = self._stored_missed_rounds(job)
             return out
+
+    def cancel(self, job_id: str, *, by: str, role: str = "analyst") -> dict[str, Any]:
+        """Stops a running job at once: marked ``cancelled`` (naming who), its round dropped, audited as ``job.cancelled``.
+
+        The job's status, its in-memory round and the audit entry change in one store
+        transaction (as :meth:`_fail` does). Its sites see it no longer active at their
+        next poll and stop working on it; uploads for it are refused (409) from now on.
+        Who may cancel which job is the HTTP server's rule (an analyst their own, an
+        operator any: :data:`pipeline.federation.api.ACCESS_RULES`).
+
+        Args:
+            job_id: the job to stop.
+            by: the canceller's name (an analyst or operator of the roster).
+            role: the canceller's role, as their certificate says.
+
+        Returns:
+            The job's status after the change (:meth:`status`).
+
+        Raises:
+            NotFoundError: no such job.
+            MessageConflict: the job has already ended (done, failed or cancelled): nothing changes.
+        """
+        with self._locked():
+            job = self._job(job_id)
+            if job.status != "running":
+                raise MessageConflict(
+                    f"job {job_id} is already {job.status}{': ' + job.error if job.error else ''}; only a running job "
+                    "can be cancelled"
+                )
+            current = self._rounds.pop(job_id, None)
+            reason = f"cancelled by {role} {by}"
+            log.warning("job %s %s", job_id, reason)
+            self.store.finish_job(job_id, "cancelled", reason)
+            self._log("job.cancelled", job_id=job_id, by=by, role=role,
+                      round=None if current is None else current.round_index,
+                      stage=None if current is None else current.stage)
+            self._changed()
+            return self.status(job_id)
 
     def note_disk_full(self, reason: str) -> None:
         """Records that a request failed on a full disk (the server calls it; a later accepted upload clears it)."""
@@ -859,9 +899,13 @@ class Coordinator:
 
     def _missed_rounds(self, current: _Round) -> dict[str, list[int]]:
         """Each site's rounds that it was invited to and whose sum did not include it (empty when none did)."""
+        return self._stored_missed_rounds(self._job(current.job_id))
+
+    def _stored_missed_rounds(self, job: StoredJob) -> dict[str, list[int]]:
+        """:meth:`_missed_rounds` of any job, from its stored rounds (a round that never closed counts for no site)."""
         missed: dict[str, list[int]] = {}
-        for stored in self.store.rounds(current.job_id):
-            for name in (current.name_of(i) for i in stored.site_ids):
+        for stored in self.store.rounds(job.job_id):
+            for name in (job.participants[i - 1] for i in stored.site_ids):
                 if stored.sites is not None and name not in stored.sites:
                     missed.setdefault(name, []).append(stored.round_index)
         return missed

@@ -22,6 +22,7 @@ from typing import Any
 import yaml
 
 from pipeline.errors import ConfigurationError, InputError, ProtocolError
+from pipeline.yaml_specs import load_yaml
 
 __all__ = [
     "JOB_ID_PATTERN",
@@ -109,7 +110,7 @@ def load_spec(spec: Path | str | Mapping[str, Any], overrides: Mapping[str, Any]
     else:
         path = Path(spec)
         try:
-            loaded = yaml.safe_load(path.read_text())
+            loaded = load_yaml(path.read_text())
         except OSError as error:
             raise InputError(f"{path}: cannot read the job spec ({error.strerror})") from None
         except yaml.YAMLError as error:

@@ -144,7 +144,8 @@ def federate(
         datasets: one harmonized dataset folder per site (``genofed ingest --out``).
         spec: the job spec (YAML file or mapping), e.g. ``workflows/census.yaml``.
         out: folder to create: ``federation/`` (certificates, configs, database, audit
-            logs), ``logs/`` and ``results/``.
+            logs), ``logs/`` and ``results/``. It appears only when the job is done; a
+            run that fails leaves no ``out`` but its folder as ``OUT.failed`` (logs).
         threshold: overrides the spec's threshold (sites that must answer each stage).
         timeout: seconds to wait for the job.
         force: replace ``out``.
@@ -166,44 +167,56 @@ def federate(
     get_analysis(analysis)  # fails early, listing the known analyses
     target = Path(out)
     outputs.check_output_path(target, force=force)
-    if target.exists():
-        shutil.rmtree(target)
-    target.mkdir(parents=True)
     names = _site_names(paths)
-    manifest = provision(
-        target / "federation", federation=FEDERATION, sites=names, analysts=("analyst",), coordinator_port=free_port(),
-        valid_days=2, allowed_analyses=(str(analysis),), share_variant_keys=True,
-    )
-    for site, path in zip(manifest.sites, paths):
-        (site.folder / "dataset").symlink_to(path, target_is_directory=True)
-    logs = target / "logs"
+    # Everything is written in a temporary folder renamed to OUT at the end: a run that fails
+    # leaves no OUT to --force away; its logs and federation (audit logs) go to OUT.failed.
+    failed = target.with_name(f"{target.name}.failed")
+    shown_logs = failed / "logs"
     processes: list[subprocess.Popen[bytes]] = []
     previous = signal.signal(signal.SIGTERM, _raise_interrupt) if _main_thread() else None
     started = time.monotonic()
     try:
-        coordinator = _spawn(["coordinator", "serve", "--config", str(manifest.coordinator.config)], logs / "coordinator.log")
-        processes.append(coordinator)
-        analyst = manifest.analysts[0]
-        with analyst_connection(analyst.config) as connection:
-            _wait_until_serving(connection, coordinator, logs / "coordinator.log", timeout=60.0)
-            agents: dict[str, subprocess.Popen[bytes]] = {}
-            for site in manifest.sites:
-                agents[site.name] = _spawn(["site", "run", "--config", str(site.config), "--once"], logs / f"{site.name}.log")
-                processes.append(agents[site.name])
-            job_id = connection.post_json("/v1/jobs", {"spec": spec_dict})["job_id"]
-            status = wait_for_job(connection, job_id, timeout=timeout)
-            if status["status"] == "running":
-                raise GenofedError(f"job {job_id} did not finish within {timeout:.0f} s (stage {status.get('stage')}); see {logs}")
-            if status["status"] != "done":
-                raise AggregationAborted(f"job {job_id} failed: {status.get('error')}; logs in {logs}")
-            results = download_results(connection, job_id, target / "results")
-            # Sites write what stays with them (PCA scores, the model) once they see the job end,
-            # then exit on their own (--once): wait for that, with the coordinator up, before stopping anything.
-            unfinished = _wait_for_sites(agents, logs, timeout=SITE_FINISH_SECONDS)
+        with outputs.atomic_directory(target, force=force) as work:
+            try:
+                manifest = provision(
+                    work / "federation", federation=FEDERATION, sites=names, analysts=("analyst",),
+                    coordinator_port=free_port(), valid_days=2, allowed_analyses=(str(analysis),), share_variant_keys=True,
+                )
+                for site, path in zip(manifest.sites, paths):
+                    (site.folder / "dataset").symlink_to(path, target_is_directory=True)
+                logs = work / "logs"
+                try:
+                    coordinator = _spawn(["coordinator", "serve", "--config", str(manifest.coordinator.config)],
+                                         logs / "coordinator.log")
+                    processes.append(coordinator)
+                    analyst = manifest.analysts[0]
+                    with analyst_connection(analyst.config) as connection:
+                        _wait_until_serving(connection, coordinator, shown_logs / "coordinator.log", timeout=60.0)
+                        agents: dict[str, subprocess.Popen[bytes]] = {}
+                        for site in manifest.sites:
+                            agents[site.name] = _spawn(["site", "run", "--config", str(site.config), "--once"],
+                                                       logs / f"{site.name}.log")
+                            processes.append(agents[site.name])
+                        job_id = connection.post_json("/v1/jobs", {"spec": spec_dict})["job_id"]
+                        status = wait_for_job(connection, job_id, timeout=timeout)
+                        if status["status"] == "running":
+                            raise GenofedError(f"job {job_id} did not finish within {timeout:.0f} s (stage {status.get('stage')}); "
+                                               f"see {shown_logs}")
+                        if status["status"] != "done":
+                            raise AggregationAborted(f"job {job_id} {status['status']}: {status.get('error')}; logs in {shown_logs}")
+                        results = download_results(connection, job_id, work / "results")
+                        # Sites write what stays with them (PCA scores, the model) once they see the job end,
+                        # then exit on their own (--once): wait for that, with the coordinator up, before stopping anything.
+                        unfinished = _wait_for_sites(agents, target / "logs", timeout=SITE_FINISH_SECONDS)
+                finally:
+                    _stop(processes)
+            except BaseException:
+                _keep_failed(work, failed)
+                raise
     finally:
-        _stop(processes)
         if previous is not None:
             signal.signal(signal.SIGTERM, previous)
+    logs = target / "logs"
     extra: dict[str, Any] = {}
     baselines = BASELINES.get(analysis)
     if baselines is not None:
@@ -225,6 +238,16 @@ def federate(
     }
 
 
+def _keep_failed(work: Path, failed: Path) -> None:
+    """Moves a failed run's folder to ``failed`` (replacing an earlier failure's): its logs are what explains it."""
+    try:
+        if failed.is_dir() and not failed.is_symlink():
+            shutil.rmtree(failed)
+        work.rename(failed)
+    except OSError as error:  # the failure itself is the error to report; this is only a courtesy
+        log.warning("could not keep the failed run's logs in %s: %s", failed, error)
+
+
 def _main_thread() -> bool:
     return threading.current_thread() is threading.main_thread()
 
@@ -240,12 +263,13 @@ def summary_text(summary: Mapping[str, Any]) -> str:
         f"{len(summary['sites'])} sites",
     ]
     result = summary.get("summary", {})
-    if "variants" in result:
-        variants = result["variants"]
-        lines.append(
-            f"  {result.get('num_samples', '?')} samples; variants: {variants['total']} total, "
-            f"{variants['publishable']} publishable, {variants['passing']} pass QC"
-        )
+    variants = result.get("variants")
+    if isinstance(variants, Mapping):
+        # Each analysis counts its own variants (a census: total, publishable, passing; a GWAS: tested,
+        # published, ok, genome_wide_significant): show the counts it gives, by their names.
+        counts = ", ".join(f"{value} {name.replace('_', ' ')}" for name, value in variants.items()
+                           if isinstance(value, int) and not isinstance(value, bool))
+        lines.append(f"  {result.get('num_samples', '?')} samples; variants: {counts or 'none counted'}")
     if summary.get("baselines"):
         lines.append(summary["baselines"]["table"])
     if summary.get("declined"):

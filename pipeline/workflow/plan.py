@@ -30,6 +30,7 @@ from pipeline.errors import ConfigurationError
 from pipeline.federation.config import SiteConfig
 from pipeline.workflow.spec import REFERENCE, WorkflowSpec
 from pipeline.workflow.steps import KINDS
+from pipeline.yaml_specs import load_yaml
 
 __all__ = [
     "RECORD_NAME", "Step", "StepPlan", "resolve", "parse_param_overrides", "content_digest", "step_key", "read_record",
@@ -78,7 +79,7 @@ def parse_param_overrides(pairs: list[str] | tuple[str, ...]) -> dict[str, Any]:
         if not sep or not name:
             raise ConfigurationError(f"--param {pair!r}: expected NAME=VALUE, e.g. --param vcf=site-1.vcf.gz")
         try:
-            value = yaml.safe_load(text) if text else ""
+            value = load_yaml(text) if text else ""
         except yaml.YAMLError:
             value = text
         values[name.strip()] = text if isinstance(value, (dict, list)) else value

@@ -45,6 +45,7 @@ import yaml
 
 from pipeline.errors import ConfigurationError
 from pipeline.workflow.steps import KINDS
+from pipeline.yaml_specs import SpecLoader, load_yaml
 
 __all__ = ["ParamSpec", "StepSpec", "WorkflowSpec", "load_workflow", "is_workflow_file", "REFERENCE", "SITE_FIELDS"]
 
@@ -111,8 +112,8 @@ class _List(list):  # type: ignore[type-arg]
     item_lines: list[int]
 
 
-class _Loader(yaml.SafeLoader):
-    pass
+class _Loader(SpecLoader):
+    """Exponent numbers as floats (:class:`~pipeline.yaml_specs.SpecLoader`), and lines remembered."""
 
 
 def _construct_mapping(loader: _Loader, node: yaml.MappingNode) -> _Map:
@@ -166,7 +167,7 @@ def _parse_yaml(path: Path) -> Any:
 def is_workflow_file(path: Path | str) -> bool:
     """Whether ``path`` is a site workflow (``kind: workflow``) rather than a job spec."""
     try:
-        data = yaml.safe_load(Path(path).read_text())
+        data = load_yaml(Path(path).read_text())
     except (OSError, yaml.YAMLError):
         return False
     return isinstance(data, dict) and data.get("kind") == "workflow"

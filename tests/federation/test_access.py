@@ -178,6 +178,14 @@ def _owner_route(suffix: str) -> Callable[[Federation], tuple[Outcome, Outcome]]
     return check
 
 
+def _cancel(fed: Federation) -> tuple[Outcome, Outcome]:
+    """Each allowed caller cancels a running job of alice's of its own (a cancelled job cannot be cancelled again)."""
+    refused_job = fed.submit()
+    refused = _statuses(("mallory", *SITES), lambda who: fed.call(who, "POST", f"/v1/jobs/{refused_job}/cancel"))
+    allowed = _statuses(("alice", *OPERATORS), lambda who: fed.call(who, "POST", f"/v1/jobs/{fed.submit()}/cancel"))
+    return allowed, refused
+
+
 def _work(fed: Federation) -> tuple[Outcome, Outcome]:
     return _statuses(SITES, lambda who: fed.call(who, "GET", "/v1/site/work?wait=0")), \
         _statuses((*ANALYSTS, *OPERATORS), lambda who: fed.call(who, "GET", "/v1/site/work?wait=0"))
@@ -239,6 +247,7 @@ ROUTE_CHECKS: dict[tuple[str, str], tuple[Callable[[Federation], tuple[Outcome, 
                                                   {"mallory": 404, "alpha": 403, "beta": 403, "gamma": 403}),
     ("GET", "/v1/jobs/{job_id}/files/{name}"): (_owner_route("/files/report.txt"), 200,
                                                 {"mallory": 404, "alpha": 403, "beta": 403, "gamma": 403}),
+    ("POST", "/v1/jobs/{job_id}/cancel"): (_cancel, 200, {"mallory": 404, "alpha": 403, "beta": 403, "gamma": 403}),
     ("GET", "/v1/site/work"): (_work, 200, {"alice": 403, "mallory": 403, "olga": 403}),
     ("GET", "/v1/site/jobs/{job_id}/rounds/{round_index}/state"): (_state, 200, {"gamma": 403, "alice": 403, "mallory": 403, "olga": 403}),
     ("GET", "/v1/site/jobs/{job_id}/rounds/{round_index}/stages/{stage}/message"): (

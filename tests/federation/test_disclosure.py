@@ -155,10 +155,10 @@ def test_attack__through_the_commands_an_analyst_and_the_sites_run(cohort, tmp_p
     analyst_config = manifest.analysts[0].config
     coordinator = rs.start_coordinator_process(manifest.coordinator.config, tmp_path / "coordinator.log")
 
-    def genofed(*args: str) -> dict:
+    def genofed(*args: str, ok: tuple[int, ...] = (0,)) -> dict:
         done = subprocess.run([sys.executable, "-m", "pipeline.cli", *args, "--config", str(analyst_config), "--json"],
                               capture_output=True, text=True, cwd=rs.REPO, timeout=120)
-        assert done.returncode == 0, done.stderr
+        assert done.returncode in ok, done.stderr
         return json.loads(done.stdout)
 
     def run_job(spec: dict, name: str) -> dict:
@@ -174,7 +174,7 @@ def test_attack__through_the_commands_an_analyst_and_the_sites_run(cohort, tmp_p
         finally:
             for agent in agents:
                 rs.kill(agent)
-        return genofed("job", "status", job_id)
+        return genofed("job", "status", job_id, ok=(0, 1))  # job status exits 1 for a failed job (it still prints it)
 
     try:
         with rs.connection(manifest.analysts[0].folder, manifest.coordinator_url, max_attempts=30) as analyst:

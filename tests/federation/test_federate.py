@@ -102,7 +102,8 @@ def test_federate__interrupted_stops_every_process(cohort, tmp_path):
         # interrupt, whatever the machine's load (federate must still stop the frozen agent).
         deadline = time.monotonic() + 60
         while not frozen and time.monotonic() < deadline:
-            frozen = [pid for pid in _processes_mentioning(str(out)) if b"site run" in _cmdline(pid)][:1]
+            # The run works in a temporary folder beside OUT (renamed to OUT only when done): look under tmp_path.
+            frozen = [pid for pid in _processes_mentioning(str(tmp_path)) if b"site run" in _cmdline(pid)][:1]
             time.sleep(0.02)
         assert frozen, "no site agent started"
         os.kill(frozen[0], signal.SIGSTOP)
@@ -114,6 +115,10 @@ def test_federate__interrupted_stops_every_process(cohort, tmp_path):
             process.wait()
     assert process.returncode != 0, "the job finished before the interrupt; nothing was tested"
     deadline = time.monotonic() + 10
-    while _processes_mentioning(str(out)) and time.monotonic() < deadline:
+    while _processes_mentioning(str(tmp_path)) and time.monotonic() < deadline:
         time.sleep(0.1)
-    assert not _processes_mentioning(str(out)), "federate left processes running after Ctrl-C"
+    assert not _processes_mentioning(str(tmp_path)), "federate left processes running after Ctrl-C"
+    # Nothing half-written at OUT (the same command runs again without --force); the logs are kept beside it.
+    assert not out.exists()
+    assert (tmp_path / "interrupted.failed" / "logs" / "coordinator.log").is_file()
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []

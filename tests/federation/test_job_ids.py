@@ -111,7 +111,7 @@ def test_coordinator__refuses_a_job_id_that_is_not_one_before_reading_the_store(
     for value in BAD:
         for call in (lambda: engine.job(value), lambda: engine.status(value), lambda: engine.results(value),
                      lambda: engine.result_item(value, "sum", "table"), lambda: engine.round_state("alpha", value, 0),
-                     lambda: engine.decline("alpha", value, "policy: no")):
+                     lambda: engine.decline("alpha", value, "policy: no"), lambda: engine.cancel(value, by="alice")):
             with pytest.raises(ProtocolError, match="is not a job ID"):
                 call()
     assert store.asked == []
@@ -131,7 +131,7 @@ def test_coordinator__another_analysts_job_is_answered_as_an_unknown_one(tmp_pat
 
 
 def test_analyst_client__refuses_a_job_id_that_is_not_one_before_connecting(tmp_path):
-    from pipeline.federation.analyst import download_results, job_status, wait_for_job
+    from pipeline.federation.analyst import cancel_job, download_results, fetch_results, job_status, wait_for_job, wait_job
 
     class _Unreachable:
         def __getattr__(self, name: str) -> object:
@@ -140,6 +140,11 @@ def test_analyst_client__refuses_a_job_id_that_is_not_one_before_connecting(tmp_
     for value in ("../../v1/site/work", "job-20250101-120000-0a1b2c3d/../x", "job-1"):
         with pytest.raises(ProtocolError, match="is not a job ID"):
             job_status(tmp_path / "no-analyst.toml", value)  # refused before the configuration is even read
+        for command in (cancel_job, wait_job):
+            with pytest.raises(ProtocolError, match="is not a job ID"):
+                command(tmp_path / "no-analyst.toml", value)
+        with pytest.raises(ProtocolError, match="is not a job ID"):
+            fetch_results(tmp_path / "no-analyst.toml", value, tmp_path / "results")
         with pytest.raises(ProtocolError, match="is not a job ID"):
             wait_for_job(_Unreachable(), value, timeout=1)  # type: ignore[arg-type]
         with pytest.raises(ProtocolError, match="is not a job ID"):
