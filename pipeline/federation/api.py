@@ -685,10 +685,9 @@ def serve(config_path: Path | str, *, host: str | None = None, port: int | None 
     coordinator = build_coordinator(config)
     app = create_app(coordinator, config)
     server_config = uvicorn.Config(
-        app, host=host or config.host, port=port or config.port, lifespan="on", loop="asyncio",
-        # TLS terminated by tls.observed_tls, which logs refused handshakes (uvicorn's own TLS drops them silently).
-        http=tls.observed_tls(PeerCertificateH11Protocol, tls.server_context(config.cert, config.key, config.ca)),  # type: ignore[arg-type]
+        app, host=host or config.host, port=port or config.port, http=PeerCertificateH11Protocol, lifespan="on",
         log_level=log_level, access_log=False, timeout_keep_alive=int(MAX_WAIT_SECONDS) + 5,
     )
     server_config.load()
+    server_config.ssl = tls.server_context(config.cert, config.key, config.ca)
     uvicorn.Server(server_config).run()
