@@ -332,52 +332,41 @@ class _Fetcher:
         ordered = [name for name in self.source.contigs if name in set(indexed)]
         return ordered + [name for name in indexed if name not in self.source.contigs]
 
-    def first_position(self, contig: str, start0: int, end0: int | None) -> int | None:
-        """POS of the first record overlapping the window, None when there is none.
+    def _positions(self, contig: str, start0: int, end0: int | None) -> Iterator[int]:
+        """POS of each record the index returns for the window, in order.
 
-        A record that cannot be read or whose POS is not valid is an error, never an
-        empty window (records would be lost silently).
+        A record that cannot be read or whose POS is not valid is an error, never the
+        end of the window (records would be lost silently).
         """
         if contig not in self._indexed():
-            return None
+            return
         where = f"{self.source.path}: {contig}:{start0 + 1}-{'end' if end0 is None else end0}"
         records = self.handle.fetch(_contig_to_tabix(self.handle, contig), start0, end0)
-        try:
-            record = next(records)
-        except StopIteration:
-            return None
-        except (OSError, ValueError) as error:
-            raise VcfFormatError(f"{where}: unreadable record ({error}); the file or its index is corrupt: copy it again, or re-index it") from error
-        if isinstance(record, str):
-            fields = record.encode("latin-1").split(b"\t", 2)
-            return parse_position(fields[1] if len(fields) > 1 else b"", f"{self.source.path}: {fields[0].decode(errors='replace')}")
-        return int(record.pos)
+        while True:
+            try:
+                record = next(records)
+            except StopIteration:
+                return
+            except (OSError, ValueError) as error:
+                raise VcfFormatError(f"{where}: unreadable record ({error}); the file or its index is corrupt: copy it again, or re-index it") from error
+            if isinstance(record, str):
+                fields = record.encode("latin-1").split(b"\t", 2)
+                yield parse_position(fields[1] if len(fields) > 1 else b"", f"{self.source.path}: {fields[0].decode(errors='replace')}")
+            else:
+                yield int(record.pos)
+
+    def first_position(self, contig: str, start0: int, end0: int | None) -> int | None:
+        """POS of the first record overlapping the window, None when there is none."""
+        return next(self._positions(contig, start0, end0), None)
 
     def next_position(self, contig: str, position: int) -> int | None:
         """POS of the first record with ``POS >= position`` (1-based), None when there is none.
 
         Records that start before ``position`` but overlap it (a long REF) come first
-        from the index and are skipped; an unreadable record or invalid POS is an error.
+        from the index and are skipped.
         """
-        if contig not in self._indexed():
-            return None
         start0 = min(position - 1, _MAX_POSITION)
-        where = f"{self.source.path}: {contig}:{position}-end"
-        records = self.handle.fetch(_contig_to_tabix(self.handle, contig), start0, None)
-        while True:
-            try:
-                record = next(records)
-            except StopIteration:
-                return None
-            except (OSError, ValueError) as error:
-                raise VcfFormatError(f"{where}: unreadable record ({error}); the file or its index is corrupt: copy it again, or re-index it") from error
-            if isinstance(record, str):
-                fields = record.encode("latin-1").split(b"\t", 2)
-                found = parse_position(fields[1] if len(fields) > 1 else b"", f"{self.source.path}: {fields[0].decode(errors='replace')}")
-            else:
-                found = int(record.pos)
-            if found >= position:
-                return found
+        return next((found for found in self._positions(contig, start0, None) if found >= position), None)
 
     def _indexed(self) -> set[str]:
         cached: set[str] | None = getattr(self, "_indexed_contigs", None)

@@ -39,6 +39,20 @@ def _wait_for(predicate, what: str, timeout: float = DEADLINE) -> None:
         time.sleep(0.05)
 
 
+def _wait_serving(process: subprocess.Popen, analyst_folder: Path, url: str, log_path: Path) -> None:
+    """Waits until the coordinator process answers /v1/health (fails at once if it exits)."""
+    with connection(analyst_folder, url, max_attempts=1) as probe:
+        def up() -> bool:
+            assert process.poll() is None, log_path.read_text()
+            try:
+                probe.get_json("/v1/health")
+                return True
+            except transport.ProtocolError:
+                return False
+
+        _wait_for(up, "the coordinator to serve")
+
+
 def _genofed(*args: str, timeout: float = DEADLINE) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, "-m", "pipeline.cli", *args], capture_output=True, text=True, cwd=REPO,
                           timeout=timeout)
@@ -55,16 +69,7 @@ def coordinator(federation, tmp_path_factory):
     log_path = tmp_path_factory.mktemp("diag-log") / "coordinator.log"
     process = start_coordinator_process(federation.coordinator.config, log_path)
     analyst = federation.analysts[0].folder
-    with connection(analyst, federation.coordinator_url, max_attempts=1) as probe:
-        def up() -> bool:
-            assert process.poll() is None, log_path.read_text()
-            try:
-                probe.get_json("/v1/health")
-                return True
-            except transport.ProtocolError:
-                return False
-
-        _wait_for(up, "the coordinator to serve")
+    _wait_serving(process, analyst, federation.coordinator_url, log_path)
     yield process, log_path
     stop(process)
 
@@ -220,16 +225,7 @@ def test_coordinator_serve__start_and_stop_lines(tmp_path):
             stdout=handle, stderr=subprocess.STDOUT, cwd=REPO, start_new_session=True,
         )
     try:
-        with connection(fed.analysts[0].folder, fed.coordinator_url, max_attempts=1) as probe:
-            def up() -> bool:
-                assert process.poll() is None, log_path.read_text()
-                try:
-                    probe.get_json("/v1/health")
-                    return True
-                except transport.ProtocolError:
-                    return False
-
-            _wait_for(up, "the coordinator to serve")
+        _wait_serving(process, fed.analysts[0].folder, fed.coordinator_url, log_path)
     finally:
         stop(process)
     events = [json.loads(line) for line in log_path.read_text().splitlines() if line.startswith("{")]
