@@ -23,9 +23,29 @@ from pipeline.errors import GenofedError
 log = logging.getLogger("pipeline")
 
 
-def _configure_logging(verbose: int) -> None:
+def _configure_logging(verbose: int, log_format: str = "text") -> None:
     level = logging.WARNING - 10 * min(verbose, 2)
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    if log_format == "json":
+        from pipeline.logs import JsonLinesFormatter
+
+        for handler in logging.getLogger().handlers:
+            handler.setFormatter(JsonLinesFormatter())
+        logging.captureWarnings(True)  # a library's warning is a record too, not a stray text line
+        _EVENTS.setLevel(logging.INFO)  # start and stop lines are always written, as their text form is
+
+
+_EVENTS = logging.getLogger("pipeline.cli")
+"""The start and stop lines of long-running commands, as log records under ``--log-format json``."""
+
+
+def log_format_option(func: Callable[..., Any]) -> Callable[..., Any]:
+    """``--log-format text|json``: how a long-running command writes its log on stderr."""
+    return click.option(
+        "--log-format", type=click.Choice(["text", "json"]), default="text", show_default=True, envvar="GENOFED_LOG_FORMAT",
+        help="Log lines on stderr as text, or as JSON lines (one object per line: time, level, logger, message, event "
+             "and its fields) for a log shipper [env GENOFED_LOG_FORMAT].",
+    )(func)
 
 
 def verbose_option(func: Callable[..., Any]) -> Callable[..., Any]:
@@ -62,13 +82,20 @@ def handles_errors(func: Callable[..., Any]) -> Callable[..., Any]:
 
     @functools.wraps(func)
     def wrapper(*args: Any, verbose: int = 0, **kwargs: Any) -> Any:
-        _configure_logging(verbose)
+        _configure_logging(verbose, kwargs.get("log_format", "text"))
         try:
             return func(*args, **kwargs)
         except GenofedError as error:
-            if verbose:
+            structured = kwargs.get("log_format") == "json"  # the error line is a record of the JSON log too
+            if structured:
+                log.error("genofed: error: %s", error, exc_info=bool(verbose), extra={"event": "command.failed"})
+            elif verbose:
                 log.exception("failed")
-            click.echo(f"genofed: error: {error}", err=True)
+            if kwargs.get("as_json"):
+                # Scripts that asked for JSON get JSON on stdout, failure included.
+                click.echo(json.dumps({"status": "error", "error": str(error), "error_type": type(error).__name__}, sort_keys=True))
+            if not structured:
+                click.echo(f"genofed: error: {error}", err=True)
             sys.exit(1)
         except KeyboardInterrupt:
             click.echo("genofed: interrupted; no output was written", err=True)
@@ -221,8 +248,8 @@ def ingest_command(
     Example (one Dask task per 5 Mb region, workers as Slurm jobs):
       genofed ingest --vcf site.bcf --fasta ref.fa.gz --out site.dataset --scheduler slurm --cores 4 --memory 8GB --jobs 4
     """
-    from pipeline.ingest import ingest, summary_text
     from pipeline.cluster import dask_session
+    from pipeline.ingest import ingest, summary_text
 
     with dask_session(scheduler, options=_cluster(queue, cores, memory, walltime, account, jobs), performance_report=performance_report):
         report = ingest(
@@ -283,12 +310,12 @@ def cohort_simulate(
     echo_summary(summary, as_json=as_json, text="\n".join(lines))
 
 
-@main.command("provision")
-@click.option("--federation", required=True, help="Federation name (the O= of every certificate).")
-@click.option("--site", "sites", multiple=True, required=True, help="A site's name; repeat for each site.")
+@main.group("provision", invoke_without_command=True, subcommand_metavar="[COMMAND [ARGS]...]")
+@click.option("--federation", help="Federation name (the O= of every certificate).  [required]")
+@click.option("--site", "sites", multiple=True, help="A site's name; repeat for each site.  [required]")
 @click.option("--analyst", "analysts", multiple=True, help="An analyst's name; repeat for each [default: analyst].")
-@click.option("--operator", "operators", multiple=True, help="An operator's name (reads every job's status and results, submits none); repeat for each [default: none].")
-@click.option("--out", required=True, type=click.Path(path_type=Path), help="Folder to create.")
+@click.option("--operator", "operators", multiple=True, help="An operator's name (reads every job's status and results, installs rosters, submits none); repeat for each [default: none].")
+@click.option("--out", type=click.Path(path_type=Path), help="Folder to create.  [required]")
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address (IP or DNS name) sites and analysts use to reach the coordinator.")
 @click.option("--port", type=click.IntRange(1, 65535), default=8443, show_default=True, help="The coordinator's TCP port.")
 @click.option("--days", type=click.IntRange(min=1), default=365, show_default=True, help="Validity of the certificates, in days.")
@@ -306,10 +333,12 @@ def cohort_simulate(
 )
 @force_option
 @json_option
+@click.pass_context
 @handles_errors
 def provision_command(
-    federation: str, sites: tuple[str, ...], analysts: tuple[str, ...], operators: tuple[str, ...], out: Path, host: str,
-    port: int, days: int, allowed: tuple[str, ...], share_variant_keys: bool, share_site_metrics: bool, force: bool, as_json: bool,
+    ctx: click.Context, federation: str | None, sites: tuple[str, ...], analysts: tuple[str, ...], operators: tuple[str, ...],
+    out: Path | None, host: str, port: int, days: int, allowed: tuple[str, ...], share_variant_keys: bool,
+    share_site_metrics: bool, force: bool, as_json: bool,
 ) -> None:
     """Create a federation: CA, certificates, keys and a configuration per participant.
 
@@ -319,10 +348,23 @@ def provision_command(
     OUT/ca/ca.key, the CA's private key, is needed only to issue certificates: it
     stays with the consortium operator and is never copied to any participant.
 
+    The commands below change a provisioned federation with its existing CA: each
+    signs the next roster version; push-roster hands it to the running coordinator.
+
     \b
     Example:
-      genofed provision --federation demo --site site-1 --site site-2 --analyst alice --out demo-federation
+      genofed provision --federation demo --site site-1 --site site-2 --analyst alice --operator ops --out demo-federation
+      genofed provision revoke site-2 --dir demo-federation
+      genofed provision push-roster --config demo-federation/operators/ops/operator.toml demo-federation/roster.json
     """
+    if ctx.invoked_subcommand is not None:
+        if federation or sites or out or analysts or operators:
+            raise click.UsageError(f"options that create a federation do not go with {ctx.invoked_subcommand}")
+        return
+    for value, option in ((federation, "--federation"), (sites, "--site"), (out, "--out")):
+        if not value:
+            raise click.UsageError(f"Missing option '{option}'.", ctx=ctx)
+    assert federation is not None and out is not None
     from pipeline.federation.provision import DEFAULT_ANALYSES, provision
 
     manifest = provision(
@@ -336,6 +378,167 @@ def provision_command(
     lines.append(f"roster {manifest.roster} (version 1, signed by the CA; a copy is in every participant folder)")
     lines.append(f"keep {manifest.ca_key} with the consortium operator: it can issue any participant's certificate")
     echo_summary(manifest.to_dict(), as_json=as_json, text="\n".join(lines))
+
+
+def federation_dir_option(func: Callable[..., Any]) -> Callable[..., Any]:
+    """``--dir OUT``: the federation folder ``genofed provision --out`` wrote (with the CA key)."""
+    return click.option(
+        "--dir", "federation_dir", required=True, metavar="OUT", envvar="GENOFED_FEDERATION_DIR",
+        type=click.Path(exists=True, file_okay=False, path_type=Path),
+        help="The federation folder genofed provision --out wrote (it holds ca/ca.key) [env GENOFED_FEDERATION_DIR].",
+    )(func)
+
+
+def _echo_roster_change(change: Any, *, as_json: bool) -> None:
+    """The summary of add-participant, renew and revoke, with what the operator does next."""
+    lines = [f"{change.action} {change.role} {change.name} {'to' if change.action == 'added' else 'in'} federation {change.federation}: roster version "
+             f"{change.version} (was {change.previous_version}), signed by the existing CA: {change.roster}"]
+    if change.participant is not None:
+        lines.append(f"  folder {change.participant.folder} (certificate {change.participant.fingerprint[:16]}..., "
+                     f"valid until {change.participant.not_after:%Y-%m-%d}): hand it to {change.name}")
+    enrolment = {"added": "enrols", "renewed": "pins the new certificate of", "revoked": "no longer enrols"}[change.action]
+    lines.append(f"  roster copied into {len(change.copies)} participant folders"
+                 + (f"; {change.coordinator_config} {enrolment} {change.name}" if change.role != "coordinator" else ""))
+    push = f"genofed provision push-roster --config OPERATOR.toml {change.roster}"
+    if change.action == "added":
+        lines.append(f"next: install {change.coordinator_config} and the roster at the coordinator and restart it "
+                     "(a new enrolment takes a restart)")
+    elif change.role == "coordinator":
+        lines.append(f"next: install the coordinator's folder {change.participant.folder} and restart it")
+    else:
+        lines.append(f"next: {push} (the coordinator refuses the old certificate from then on; sites take the roster "
+                     f"up at their next poll), and install {change.coordinator_config} there for its next restart")
+    echo_summary(change.to_dict(), as_json=as_json, text="\n".join(lines))
+
+
+def _new_participant_options(func: Callable[..., Any]) -> Callable[..., Any]:
+    """The options of add-participant and add-site: certificate validity and a new site's initial policy."""
+    for option in reversed((
+        click.option("--days", type=click.IntRange(min=1), default=None,
+                     help="Validity of its certificate, in days [default: 365, at most until the CA expires]."),
+        click.option("--allow", "allowed", multiple=True,
+                     help="A site: an analysis its policy allows; repeat [default: census, secure_sum]."),
+        click.option("--share-variant-keys", is_flag=True,
+                     help="A site: let it reveal which variants it has (IDs, never counts)."),
+        click.option("--share-site-metrics", is_flag=True, help="A site: let it send its own held-out model metrics."),
+        force_option,
+        json_option,
+    )):
+        func = option(func)
+    return func
+
+
+@provision_command.command("add-participant")
+@click.argument("name")
+@federation_dir_option
+@click.option("--role", type=click.Choice(["site", "analyst", "operator"]), default="site", show_default=True,
+              help="The new participant's role.")
+@_new_participant_options
+@handles_errors
+def provision_add_participant(
+    name: str, federation_dir: Path, role: str, days: int | None, allowed: tuple[str, ...], share_variant_keys: bool,
+    share_site_metrics: bool, force: bool, as_json: bool,
+) -> None:
+    """Add a site, analyst or operator NAME with the federation's existing CA.
+
+    Writes its folder as genofed provision does, signs roster version N+1 that lists it
+    (copied into every participant folder) and enrols it in the coordinator's
+    coordinator.toml. --force replaces an existing folder of that name.
+
+    \b
+    Example:
+      genofed provision add-participant alice2 --role analyst --dir demo-federation
+    """
+    from pipeline.federation.provision import DEFAULT_ANALYSES, add_participant
+
+    change = add_participant(federation_dir, name, role=role, valid_days=days, allowed_analyses=allowed or DEFAULT_ANALYSES,
+                             share_variant_keys=share_variant_keys, share_site_metrics=share_site_metrics, force=force)
+    _echo_roster_change(change, as_json=as_json)
+
+
+@provision_command.command("add-site")
+@click.argument("name")
+@federation_dir_option
+@_new_participant_options
+@click.pass_context
+def provision_add_site(ctx: click.Context, **options: Any) -> None:
+    """Add site NAME with the federation's existing CA (add-participant --role site).
+
+    \b
+    Example:
+      genofed provision add-site site-4 --dir demo-federation --share-variant-keys
+    """
+    ctx.invoke(provision_add_participant, role="site", **options)
+
+
+@provision_command.command("renew")
+@click.argument("name")
+@federation_dir_option
+@click.option("--role", type=click.Choice(["coordinator", "site", "analyst", "operator"]), default=None,
+              help="Its role, where the name alone is ambiguous.")
+@click.option("--days", type=click.IntRange(min=1), default=None, help="Validity of the new certificate, in days [default: 365, at most until the CA expires].")
+@json_option
+@handles_errors
+def provision_renew(name: str, federation_dir: Path, role: str | None, days: int | None, as_json: bool) -> None:
+    """Issue NAME a new certificate and key; roster version N+1 lists only the new one.
+
+    The new cert.pem and key.pem replace the old ones in its folder; once the
+    coordinator has the new roster (push-roster), the old certificate is refused.
+
+    \b
+    Example:
+      genofed provision renew site-1 --dir demo-federation --days 365
+    """
+    from pipeline.federation.provision import renew
+
+    _echo_roster_change(renew(federation_dir, name, role=role, valid_days=days), as_json=as_json)
+
+
+@provision_command.command("revoke")
+@click.argument("name")
+@federation_dir_option
+@click.option("--role", type=click.Choice(["site", "analyst", "operator"]), default=None,
+              help="Its role, where the name alone is ambiguous.")
+@json_option
+@handles_errors
+def provision_revoke(name: str, federation_dir: Path, role: str | None, as_json: bool) -> None:
+    """Remove NAME from the federation: roster version N+1 no longer lists it.
+
+    Once the coordinator has the new roster (push-roster) it refuses NAME's
+    certificate, and sites refuse rounds and keys of a revoked site.
+
+    \b
+    Example:
+      genofed provision revoke site-2 --dir demo-federation
+    """
+    from pipeline.federation.provision import revoke
+
+    _echo_roster_change(revoke(federation_dir, name, role=role), as_json=as_json)
+
+
+@provision_command.command("push-roster")
+@click.argument("roster", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--config", "config_path", required=True, type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="An operator's operator.toml.")
+@json_option
+@handles_errors
+def provision_push_roster(roster: Path, config_path: Path, as_json: bool) -> None:
+    """Install ROSTER at the running coordinator, as an operator (no restart).
+
+    The coordinator takes it only if the federation CA signed it and it is newer than
+    the roster it uses; from then on it refuses every certificate ROSTER does not
+    list, and sites take it up (after verifying it themselves) at their next poll.
+
+    \b
+    Example:
+      genofed provision push-roster --config demo-federation/operators/ops/operator.toml demo-federation/roster.json
+    """
+    from pipeline.federation.provision import push_roster
+
+    answer = push_roster(config_path, roster)
+    verb = "installed" if answer.get("status") == "installed" else "already uses"
+    echo_summary(answer, as_json=as_json, text=f"coordinator {answer['coordinator']} {verb} roster version {answer['version']} "
+                                               f"of federation {answer['federation']} ({answer.get('participants')} participants)")
 
 
 @main.group()
@@ -434,9 +637,15 @@ def coordinator() -> None:
 @click.option("--host", default=None, help="Address to bind [default: from the config].")
 @click.option("--port", type=click.IntRange(1, 65535), default=None, help="Port to bind [default: from the config].")
 @json_option
+@log_format_option
 @handles_errors
-def coordinator_serve(config_path: Path, host: str | None, port: int | None, as_json: bool) -> None:
-    """Serve the coordinator until interrupted; running jobs resume after a restart."""
+def coordinator_serve(config_path: Path, host: str | None, port: int | None, as_json: bool, log_format: str) -> None:
+    """Serve the coordinator until interrupted; running jobs resume after a restart.
+
+    Logs job events (submitted, done, failed, cancelled, pruned) and each site's first
+    contact at INFO on stderr; --log-format json writes them, and the start and stop
+    lines, as JSON lines.
+    """
     import signal
 
     from pipeline.federation.api import serve
@@ -446,10 +655,11 @@ def coordinator_serve(config_path: Path, host: str | None, port: int | None, as_
     config = load_coordinator_config(config_path)
     url = f"https://{host or config.host}:{port or config.port}"
     expires = certificate_validity(config.cert)[1]
-    _echo_event("coordinator.started", as_json=as_json, federation=config.federation, url=url,
+    logging.getLogger("pipeline.federation").setLevel(min(logging.INFO, logging.getLogger().level))
+    _echo_event("coordinator.started", as_json=as_json, log_format=log_format, federation=config.federation, url=url,
                 database=str(config.database), audit_log=str(config.audit_log), sites=len(config.sites),
                 analysts=len(config.analysts), certificate_expires=expires.isoformat())
-    _warn_expiry("coordinator", config.cert, expires, as_json=as_json)
+    _warn_expiry("coordinator", config.cert, expires, as_json=as_json, log_format=log_format)
     stopped = "error"
 
     def terminated(*_: Any) -> None:  # uvicorn shuts down gracefully, then re-raises SIGTERM here
@@ -459,33 +669,103 @@ def coordinator_serve(config_path: Path, host: str | None, port: int | None, as_
 
     signal.signal(signal.SIGTERM, terminated)
     try:
-        serve(config_path, host=host, port=port)
+        serve(config_path, host=host, port=port, configure_logging=log_format == "text")
         stopped = "interrupted"
     except KeyboardInterrupt:
         stopped = "interrupted"
         raise
     finally:
-        _echo_event("coordinator.stopped", as_json=as_json, federation=config.federation, url=url, reason=stopped)
+        _echo_event("coordinator.stopped", as_json=as_json, log_format=log_format, federation=config.federation, url=url,
+                    reason=stopped)
 
 
-def _echo_event(event: str, *, as_json: bool, **fields: Any) -> None:
-    """A start or stop line of a long-running command: one JSON line on stdout, or one text line on stderr."""
+def _echo_event(event: str, *, as_json: bool, log_format: str = "text", level: int = logging.INFO, **fields: Any) -> None:
+    """A start or stop line of a long-running command: one JSON line on stdout, or one text line on stderr.
+
+    Under ``--log-format json`` it is also a log record on stderr (the log's own start and stop lines).
+    """
+    if log_format == "json":
+        from pipeline.logs import event_extra
+
+        _EVENTS.log(level, "genofed: %s", event.replace(".", " "), extra=event_extra(event, fields))
     if as_json:
         click.echo(json.dumps({"event": event, **fields}, sort_keys=True, default=str))
-    else:
+    elif log_format != "json":
         click.echo(f"genofed: {event.replace('.', ' ')}: " + ", ".join(f"{k.replace('_', ' ')} {v}" for k, v in fields.items()),
                    err=True)
 
 
-def _warn_expiry(who: str, cert: Path, expires: Any, *, as_json: bool, days: int = 30) -> None:
+def _warn_expiry(who: str, cert: Path, expires: Any, *, as_json: bool, log_format: str = "text", days: int = 30) -> None:
     """A warning line when ``cert`` expires within ``days`` days (or has expired)."""
     import datetime as dt
 
     left = expires - dt.datetime.now(dt.timezone.utc)
     if left < dt.timedelta(days=days):
         when = "has expired" if left.total_seconds() <= 0 else f"expires in {left.days} day{'' if left.days == 1 else 's'}"
-        _echo_event("certificate.expiring", as_json=as_json, who=who, certificate=str(cert), expires=expires.isoformat(),
+        _echo_event("certificate.expiring", as_json=as_json, log_format=log_format, level=logging.WARNING, who=who, certificate=str(cert), expires=expires.isoformat(),
                     warning=f"the {who}'s certificate {when}; ask the federation operator for a new one")
+
+
+def _operator_config_option(func: Callable[..., Any]) -> Callable[..., Any]:
+    return click.option(
+        "--config", "config_path", required=True, envvar="GENOFED_OPERATOR_CONFIG",
+        type=click.Path(exists=True, dir_okay=False, path_type=Path),
+        help="operator.toml (written by genofed provision --operator NAME) [env GENOFED_OPERATOR_CONFIG].",
+    )(func)
+
+
+def _age_argument(ctx: click.Context, param: click.Parameter, value: str) -> float:
+    from pipeline.federation.config import parse_duration
+
+    try:
+        return parse_duration(value, what="age")
+    except GenofedError as error:
+        raise click.BadParameter(str(error), ctx=ctx, param=param) from error
+
+
+@coordinator.command("status")
+@_operator_config_option
+@json_option
+@handles_errors
+def coordinator_status(config_path: Path, as_json: bool) -> None:
+    """Show the running federation: each site's last contact and whether it polls now, jobs, store size, audit log head.
+
+    Asks the running coordinator (GET /v1/federation) as an operator: last contact is
+    known only to its process. An analyst's or a site's certificate is refused (HTTP 403).
+    """
+    from pipeline.federation.operator import federation_status, status_text
+
+    status = federation_status(config_path)
+    echo_summary(status, as_json=as_json, text=status_text(status))
+
+
+@coordinator.command("prune")
+@_operator_config_option
+@click.option("--older-than", "older_than", required=True, metavar="AGE", callback=_age_argument,
+              help="Prune jobs that ended (done, failed or cancelled) more than AGE ago: 30d, 12h, 90m, 45s, 2w, or 0 for all.")
+@click.option("--dry-run", is_flag=True, help="List the jobs that would be pruned and their bytes; change nothing.")
+@json_option
+@handles_errors
+def coordinator_prune(config_path: Path, older_than: float, dry_run: bool, as_json: bool) -> None:
+    """Apply a retention policy: remove ended jobs' contributions, rounds and results from the coordinator's store.
+
+    Runs inside the running coordinator (POST /v1/federation/prune, as an operator), so
+    its in-memory rounds, its store and its audit log change together and no second
+    process writes the database; a stopped coordinator prunes nothing (start it first).
+    A running job is never pruned. Each pruned job keeps its record (analysis, owner,
+    outcome, finished and pruned times, the digest of what was removed) and gets a
+    job.pruned audit entry; 'genofed job status' then says when it was pruned. Body files
+    no other job uses are deleted and the database is vacuumed: the bytes freed are
+    measured and printed.
+
+    \b
+    Example:
+      genofed coordinator prune --config operators/olga/operator.toml --older-than 30d --dry-run
+    """
+    from pipeline.federation.operator import prune_jobs, prune_text
+
+    summary = prune_jobs(config_path, older_than=older_than, dry_run=dry_run)
+    echo_summary(summary, as_json=as_json, text=prune_text(summary))
 
 
 @main.group()
@@ -496,10 +776,11 @@ def site() -> None:
 @site.command("run")
 @click.option("--config", "config_path", required=True, type=click.Path(exists=True, dir_okay=False, path_type=Path), help="site.toml (written by genofed provision).")
 @click.option("--once", is_flag=True, help="Exit when the jobs this site took part in have finished; also exit (0) after --max-idle seconds (default 60) with no job, and with status 1 when the coordinator has not answered for 60 s.")
-@click.option("--max-idle", type=click.FloatRange(min=0), default=None, help="Exit after this many seconds without an active job.")
+@click.option("--max-idle", type=click.FloatRange(min=0), default=None, help="Exit after this many seconds without an active job (0); with status 1 when the coordinator did not answer in that time.")
 @json_option
+@log_format_option
 @handles_errors
-def site_run(config_path: Path, once: bool, max_idle: float | None, as_json: bool) -> None:
+def site_run(config_path: Path, once: bool, max_idle: float | None, as_json: bool, log_format: str) -> None:
     """Run the site agent: policy checks, local step, masking, upload; survives coordinator restarts."""
     from pipeline.federation.agent import run_site
     from pipeline.federation.config import load_site_config
@@ -511,9 +792,9 @@ def site_run(config_path: Path, once: bool, max_idle: float | None, as_json: boo
 
         nonlocal has_started
         has_started = True
-        _echo_event("site.started", as_json=as_json, **line)
+        _echo_event("site.started", as_json=as_json, log_format=log_format, **line)
         _warn_expiry(f"site {line['site']}", load_site_config(config_path).cert,
-                     dt.datetime.fromisoformat(line["certificate_expires"]), as_json=as_json)
+                     dt.datetime.fromisoformat(line["certificate_expires"]), as_json=as_json, log_format=log_format)
 
     try:
         summary = run_site(config_path, once=once, max_idle=max_idle, on_start=started)
@@ -522,8 +803,12 @@ def site_run(config_path: Path, once: bool, max_idle: float | None, as_json: boo
             cause = getattr(error, "cause", None)
             reason = f"fatal TLS cause: {cause}" if getattr(error, "permanent", False) else (
                 "coordinator gone" if cause is not None or "has not answered" in str(error) else "error")
-            _echo_event("site.stopped", as_json=as_json, reason=reason)
+            _echo_event("site.stopped", as_json=as_json, log_format=log_format, reason=reason)
         raise
+    if log_format == "json":
+        from pipeline.logs import event_extra
+
+        _EVENTS.info("genofed: site stopped", extra=event_extra("site.stopped", summary))
     if as_json:
         click.echo(json.dumps({"event": "site.stopped", **summary}, sort_keys=True, default=str))
     else:
@@ -542,7 +827,12 @@ def site_budget(config_path: Path, as_json: bool) -> None:
     analyst's jobs together; each noisy round it took part in is listed with its
     zCDP rho, its (epsilon, delta) and the noise sigma it added.
     """
-    from pipeline.federation.budget import SPEND_FILE, PrivacyBudget, report_text, spending_report
+    from pipeline.federation.budget import (
+        SPEND_FILE,
+        PrivacyBudget,
+        report_text,
+        spending_report,
+    )
     from pipeline.federation.config import load_site_config
 
     config = load_site_config(config_path, check_files=False)
@@ -662,7 +952,8 @@ def job_results(job_id: str, config_path: Path, out: Path, force: bool, as_json:
 
     The folder appears only once everything is written: a download that fails leaves nothing behind.
     """
-    from pipeline.federation.analyst import fetch_results, participation_lines
+    from pipeline.federation.analyst import participation_lines
+    from pipeline.federation.analyst_results import fetch_results
 
     summary = fetch_results(config_path, job_id, out, force=force)
     lines = [f"{job_id}: {', '.join(summary['tables'])} and summary.json written to {summary['out']}",

@@ -207,6 +207,8 @@ def compute_graph(graph: Sequence[Any], *, scheduler: str, workers: int | None, 
         name = _DASK_NAMES[scheduler]
         pool = _local_pool(name, workers)
         options: dict[str, Any] = {"scheduler": name} if pool is None else {"scheduler": name, "pool": pool}
+        if name == "processes":
+            options["chunksize"] = 1  # dask batches 6 tasks per process call by default: the bar would jump 0% -> 100%
         bar = ProgressBar(out=sys.stderr) if progress else contextlib.nullcontext()
         try:
             with bar:

@@ -26,7 +26,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from pipeline import outputs, schemas
-from pipeline.errors import InputError
+from pipeline.errors import InputError, SpecMismatch
 
 FORMAT_NAME = "genofed-dataset"
 FORMAT_VERSION = "1.0.0"
@@ -162,6 +162,53 @@ class Dataset:
         """Yields the chunks in genome order, one at a time (bounded memory)."""
         for name in self.chunk_names:
             yield self.read_block(name, with_dosage=with_dosage)
+
+
+_SAMPLE_KEYS = ("sample_index", "sample_id", "has_phenotypes")
+
+
+def numeric_column(dataset: Dataset, samples: pa.Table, name: str, *, role: str) -> np.ndarray:
+    """A job's phenotype or covariate column of the samples table, as float64 (NaN where missing).
+
+    Every analysis reads its spec's columns here, so a job meets one rule at every site
+    and its pre-flight refuses what its rounds would.
+
+    Args:
+        samples: the dataset's samples table.
+        name: the column the job's spec names.
+        role: what the spec calls it (``phenotype``, ``covariate``, ``target``), for messages.
+
+    Raises:
+        SpecMismatch: no such column, or not numeric (integers and booleans are numbers).
+    """
+    if name not in samples.column_names:
+        known = [c for c in samples.column_names if c not in _SAMPLE_KEYS]
+        raise SpecMismatch(
+            f"{dataset.path}/samples.parquet: no column {name!r} (the job's {role}); the phenotype columns are {known} "
+            "(ingest the dataset with --phenotypes, or fix the job's spec)",
+            public=f"the {role} column {name!r} is missing",
+        )
+    column = samples.column(name)
+    if not (pa.types.is_floating(column.type) or pa.types.is_integer(column.type) or pa.types.is_boolean(column.type)):
+        raise SpecMismatch(f"{dataset.path}/samples.parquet: column {name!r} (the job's {role}) is {column.type}, "
+                           "the job needs numbers", public=f"the {role} column {name!r} is not numeric")
+    return np.asarray(column.cast(pa.float64()).to_numpy(zero_copy_only=False), np.float64)
+
+
+def check_binary(dataset: Dataset, name: str, values: np.ndarray, *, role: str) -> None:
+    """Refuses a case/control column with present values other than 0 and 1.
+
+    Raises:
+        SpecMismatch: naming the first offending value (in the site's log only).
+    """
+    present = values[np.isfinite(values)]
+    bad = present[~np.isin(present, (0.0, 1.0))]
+    if bad.size:
+        raise SpecMismatch(
+            f"{dataset.path}/samples.parquet: binary {role} {name!r} has values other than 0/1 (e.g. {bad[0]:g}); "
+            "recode cases as 1 and controls as 0, missing as NA",
+            public=f"the binary {role} column {name!r} is not coded 0/1",
+        )
 
 
 def selected_calls(dataset: Dataset, variant_ids: Sequence[str]) -> np.ndarray:

@@ -28,6 +28,19 @@ class PhenotypeError(InputError):
     """The phenotype table is malformed (duplicate IDs, non-numeric values...)."""
 
 
+class SpecMismatch(PhenotypeError):
+    """A site's samples table does not fit a job's spec: a column it names is missing, not numeric, or miscoded.
+
+    The message is the detail for the site's own log (it may list the site's columns);
+    ``public`` names only the analyst's own spec column and what it lacks, which is all a
+    site's ``spec-mismatch`` refusal tells the analyst.
+    """
+
+    def __init__(self, detail: str, *, public: str) -> None:
+        super().__init__(detail)
+        self.public = public
+
+
 class FastaError(InputError):
     """The reference FASTA is missing a contig or disagrees with the data."""
 
@@ -67,6 +80,7 @@ REFUSAL_CODES = {
     "one-site-difference": "the release would differ by exactly one site from a comparable earlier release",
     "budget-exhausted": "the site's privacy budget is spent",
     "data-error": "the site could not compute its contribution from its data",
+    "spec-mismatch": "a column the job's spec names is missing at the site, not numeric, or coded otherwise than the job needs",
 }
 """What an analyst may learn of a site's refusal: a coarse code and its meaning (never a site's value, count or path)."""
 
@@ -106,6 +120,10 @@ class MessageConflict(ProtocolError):
 
 class NotFoundError(GenofedError):
     """A job, round or result that the coordinator does not know."""
+
+
+class JobPruned(GenofedError):
+    """A job's results and contributions were removed by the coordinator's retention policy; only its record is left."""
 
 
 class DiskFull(GenofedError):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gzip
+import json
 from pathlib import Path
 
 import pysam
@@ -46,6 +47,16 @@ def _reference(tmp_path: Path, contig: str = "chr1", length: int = 1000) -> Path
 def test_ingest_errors__missing_vcf(tmp_path):
     result, out = _run(tmp_path, "--vcf", str(tmp_path / "absent.vcf.gz"))
     _assert_failed_cleanly(result, out, "absent.vcf.gz")
+
+
+def test_ingest_errors__json_output_reports_a_failure_as_json_on_stdout(tmp_path):
+    out = tmp_path / "out" / "dataset"
+    result = CliRunner().invoke(main, ["ingest", "--vcf", str(tmp_path / "absent.vcf.gz"), "--out", str(out), "--no-progress",
+                                       "--json"])
+    assert result.exit_code == 1
+    report = json.loads(result.stdout)
+    assert report["status"] == "error" and "absent.vcf.gz" in report["error"], report
+    assert result.stderr.startswith("genofed: error: ") and not out.exists()
 
 
 def test_ingest_errors__truncated_bgzf(tmp_path):

@@ -12,7 +12,11 @@ federation roster, signed by the CA, lists under the name in ``site.toml``
    the site, not taken from the coordinator), the analysis must be in
    ``allowed_analyses``, the dataset must hold at least ``min_samples`` samples (k),
    and the analysis' own checks (for the census: the job may not publish variants below
-   the site's ``min_allele_count``) — a refused job is declined with the reason;
+   the site's ``min_allele_count``) — a refused job is declined with the reason. The
+   first task of every job is its pre-flight, where these checks are all the site does
+   (reading the job's columns, never a genotype) before answering that it is ready: a
+   job's spec that does not fit a site's data (a missing or non-numeric column) is
+   declined there with code ``spec-mismatch``, naming only the spec's column;
 2. computes its contribution with the analysis' ``site_step`` (JAX) and encodes it with
    the round's layout;
 3. runs its side of the secure-aggregation protocol (:mod:`pipeline.secagg.client`)
@@ -30,10 +34,16 @@ that lost its state mid-round sits the round out (the others finish by dropout
 recovery). Secrets are deleted as soon as the site's last message of a round is
 acknowledged. Every contribution and decline is written to the site's audit log
 (digests only).
+
+The roster is the site's own, but it can grow newer: when the coordinator announces a
+newer version, the agent fetches it, verifies the CA's signature and that the version
+is higher, and installs it (:meth:`SiteAgent.update_roster`); a roster that no longer
+lists this site's own certificate stops the agent with an error.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import hmac
 import io
@@ -44,7 +54,6 @@ import random
 import shutil
 import time
 from collections.abc import Callable, Mapping, Sequence
-import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -56,16 +65,13 @@ from pipeline.analyses import Analysis, Contribution, JobState, KeyUnion, SiteCa
 from pipeline.analyses.registry import get_analysis
 from pipeline.encoding import Layout
 from pipeline.errors import (
-    ConfigurationError, DiskFull, GenofedError, IdentityError, PolicyRefusal, ProtocolError, disk_full,
+    ConfigurationError, DiskFull, GenofedError, IdentityError, PolicyRefusal, ProtocolError, SpecMismatch, disk_full,
 )
-from pipeline.outputs import write_private
-from pipeline.privacy import privacy_terms, zcdp_to_approx_dp
 from pipeline.federation import secagg_wire, transport, wire
 from pipeline.federation.attempts import RoundAttempts
 from pipeline.federation.audit import AuditLog
 from pipeline.federation.budget import SPEND_FILE, PrivacyBudget, terms_refusal
 from pipeline.federation.checkpoints import CHECKPOINT_EVENT, Checkpoint, sign_checkpoint
-from pipeline.federation.ledger import Release, ReleaseLedger, samples_digest
 from pipeline.federation.config import SiteConfig, load_site_config
 from pipeline.federation.job_spec import (
     CONSISTENCY_CHECK_DEFAULT,
@@ -74,9 +80,12 @@ from pipeline.federation.job_spec import (
     minimum_threshold,
     shareholders,
 )
+from pipeline.federation.ledger import Release, ReleaseLedger, samples_digest
+from pipeline.federation.roster import Roster, check_own_identity, install_roster, load_roster
+from pipeline.federation.rounds import KEY_UNION_STAGE, PREFLIGHT_READY, PREFLIGHT_STAGE, encode_keys, round_config
 from pipeline.federation.tls import certificate_validity, load_identity_key
-from pipeline.federation.roster import Roster, check_own_identity, load_roster
-from pipeline.federation.rounds import KEY_UNION_STAGE, encode_keys, round_config
+from pipeline.outputs import write_private
+from pipeline.privacy import privacy_terms, zcdp_to_approx_dp
 from pipeline.secagg import keys as secagg_keys
 from pipeline.secagg.client import ClientAborted, ClientState, ClientUnmasking, client_advance, client_init
 from pipeline.secagg.messages import Message, Stage, SurvivorList, round_stages
@@ -211,6 +220,7 @@ class SiteAgent:
         self._backoff: dict[tuple[str, int, str], float] = {}
         self._message_secret = _agent_secret(self.state_dir / "message-key.bin")
         self._config_digest = _file_digest(Path(config.path))
+        self._roster_refused: Any = None
 
     # ------------------------------------------------------------------ loop
 
@@ -253,7 +263,7 @@ class SiteAgent:
         if unreachable_after is None:
             unreachable_after = ONCE_UNREACHABLE_SECONDS
         idle_since = answered_at = time.monotonic()
-        stopped = "stopped"
+        stopped, last_failure = "stopped", ""
         log.info("site %s: agent started (%s)", self.config.name,
                  ", ".join(f"{key} {value}" for key, value in self.start_summary().items() if key != "site"))
         while not (should_stop and should_stop()):
@@ -262,6 +272,9 @@ class SiteAgent:
                 answer = self.connection.get_json(f"/v1/site/work?wait={_WAIT_SECONDS}&active={known}", timeout=_WAIT_SECONDS + 30)
             except ProtocolError as error:
                 _stop_if_permanent(self.config.name, error)
+                last_failure = str(error)
+                if isinstance(error, transport.HttpError) and error.status == 403:
+                    self.update_roster()  # refused: perhaps revoked; only a newer roster the CA signed says so
                 silent = time.monotonic() - answered_at
                 if once and silent > unreachable_after:
                     raise ProtocolError(
@@ -274,6 +287,8 @@ class SiteAgent:
                 answer = None
             if answer is not None:
                 answered_at = time.monotonic()
+                if answer.get("roster_version") is not None:
+                    self.update_roster(answer["roster_version"])
                 active = set(answer.get("active_jobs", []))
                 self._active = active
                 self._forget_finished(active)
@@ -296,6 +311,12 @@ class SiteAgent:
             elif once:
                 continue  # unreachable is not idle: under --once it ends in the error above
             if max_idle is not None and time.monotonic() - idle_since > max_idle:
+                if answer is None:  # idle only because the coordinator never answered: that is no clean stop
+                    raise ProtocolError(
+                        f"site {self.config.name}: the coordinator at {self.config.coordinator_url} has not answered for "
+                        f"{time.monotonic() - answered_at:.0f} s ({last_failure}); --max-idle {max_idle:g} s passed and the "
+                        "agent stops: start it again once the coordinator is up"
+                    )
                 stopped = "idle"
                 if once:
                     log.warning("site %s: no active job for this site at %s in %.0f s; nothing to do, the agent "
@@ -303,6 +324,56 @@ class SiteAgent:
                 break
         log.info("site %s: agent stopped (%s), %d tasks done", self.config.name, stopped, self.tasks_done)
         return {"site": self.config.name, "tasks": self.tasks_done, "jobs": sorted(self.jobs_seen), "stopped": stopped}
+
+    def update_roster(self, announced: Any = None) -> bool:
+        """Takes up a newer federation roster from the coordinator, once this site has verified it.
+
+        The coordinator announces its roster's version with every task poll; when it is
+        newer than this site's (or when the coordinator refuses this site), the site
+        fetches the roster and installs it only if the federation CA signed it and its
+        version is higher than the site's own
+        (:func:`~pipeline.federation.roster.install_roster`): a coordinator can neither
+        forge a roster nor replay an older one that still lists a revoked site. From
+        then on the site refuses rounds, and key advertisements, of participants the new
+        roster does not list.
+
+        Args:
+            announced: the version the coordinator announced; ``None``: fetch anyway.
+
+        Returns:
+            Whether a newer roster was installed.
+
+        Raises:
+            ConfigurationError: the new roster no longer lists this site's certificate
+                (revoked, or renewed by the operator): the agent stops.
+        """
+        if announced is not None and (isinstance(announced, bool) or not isinstance(announced, int)
+                                      or announced <= self.roster.version or announced == self._roster_refused):
+            return False
+        source = f"the roster from the coordinator at {self.config.coordinator_url}"
+        try:
+            roster = install_roster(self.connection.get_json("/v1/roster"), ca_cert_path=self.config.ca,
+                                    current=self.roster, path=self.config.roster, source=source)
+        except (ProtocolError, ConfigurationError) as error:
+            self._roster_refused = announced
+            log.warning("site %s: roster not taken up: %s", self.config.name, error)
+            self.audit.append("roster.refused", reason=str(error)[:500], announced=announced)
+            return False
+        if roster is self.roster:
+            return False
+        previous, self.roster = self.roster, roster
+        self.audit.append("roster.installed", version=roster.version, previous=previous.version, sites=list(roster.sites))
+        log.warning("site %s: federation roster version %d installed (was %d)", self.config.name, roster.version,
+                    previous.version)
+        try:
+            check_own_identity(self.config, roster)
+        except ConfigurationError as error:
+            raise ConfigurationError(
+                f"site {self.config.name}: the federation roster version {roster.version}, signed by the CA, no longer lists "
+                f"this site's certificate {self.config.cert}: it was revoked or replaced; the agent stops. Ask the consortium "
+                f"operator for this site's new folder ({error})"
+            ) from None
+        return True
 
     def start_summary(self) -> dict[str, Any]:
         """What the agent runs as, for its start line: site, coordinator, dataset, certificate expiry, policy digest."""
@@ -398,7 +469,10 @@ class SiteAgent:
                 self._check_privacy_terms(task, analysis)
                 self._check_disclosure(task, analysis, task["participants"])
                 self._disclosure_checked.add(job_id)
-            if task["kind"] == "keys":
+            if task["kind"] == PREFLIGHT_STAGE:
+                # Every check above passed, the job's columns were read (its contributing sets): ready.
+                self._upload(task, PREFLIGHT_STAGE, PREFLIGHT_READY, self._message_id(task, PREFLIGHT_STAGE, self._message_secret))
+            elif task["kind"] == "keys":
                 self._keys_round(task, analysis)
             else:
                 self._secagg_stage(task, analysis)
@@ -406,6 +480,8 @@ class SiteAgent:
             self._decline(job_id, refusal)
         except ConfigurationError as error:
             self._decline(job_id, PolicyRefusal(str(error), code="policy"))
+        except SpecMismatch as error:
+            self._decline(job_id, PolicyRefusal(str(error), code="spec-mismatch", public=error.public))
         except GenofedError as error:
             if isinstance(error, ProtocolError):
                 raise

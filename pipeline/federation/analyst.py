@@ -4,30 +4,24 @@
 ``analyst.toml`` (mutual TLS). The client knows no analysis: a done job's results are
 its summary, its Arrow tables and the files the analysis rendered at the coordinator
 (GWAS-SSF TSV, plots...), and the client writes them as they are. So it loads neither
-the analyses nor secure aggregation, and starts fast.
+the analyses nor secure aggregation, and starts fast; writing results, the one part
+that needs Arrow, is :mod:`pipeline.federation.analyst_results`.
 """
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-import pyarrow as pa
-import pyarrow.parquet as pq
-
-from pipeline import outputs
-from pipeline.errors import ProtocolError
-from pipeline.federation import wire
 from pipeline.federation.config import load_analyst_config
 from pipeline.federation.job_spec import check_job_id, load_spec
 from pipeline.federation.transport import Connection
 
 __all__ = [
     "EXIT_CODES", "analyst_connection", "submit_job", "list_jobs", "job_status", "cancel_job", "wait_job", "wait_for_job",
-    "download_results", "fetch_results", "status_text", "participation_lines",
+    "status_text", "participation_lines",
 ]
 
 EXIT_CODES = {"done": 0, "failed": 1, "cancelled": 2, "running": 3}
@@ -35,10 +29,6 @@ EXIT_CODES = {"done": 0, "failed": 1, "cancelled": 2, "running": 3}
 
 _FIRST_POLL_SECONDS = 0.25
 _MAX_POLL_SECONDS = 5.0
-
-TABLE_SCHEMAS = {"census_variants": "census_variants"}
-"""Result tables written through the Arrow contract (others are written as received)."""
-
 
 def analyst_connection(config_path: Path | str) -> Connection:
     """A connection to the coordinator as the analyst of ``analyst.toml`` (or the operator of ``operator.toml``)."""
@@ -161,46 +151,3 @@ def wait_for_job(connection: Connection, job_id: str, *, timeout: float, interva
         if status["status"] != "running" or time.monotonic() >= deadline:
             return status  # type: ignore[no-any-return]
         time.sleep(interval)
-
-
-def download_results(connection: Connection, job_id: str, out: Path | str, *, force: bool = False) -> dict[str, Any]:
-    """Writes a done job's results: ``OUT/summary.json``, one Parquet file per table, and its files.
-
-    Everything is written to a temporary folder renamed to ``out`` at the end, so an
-    interrupted download leaves no half-written results.
-
-    Raises:
-        ProtocolError: ``job_id`` is not a job ID (nothing is sent or written).
-        HttpError: the job is unknown or another analyst's (404), or not done (409).
-        OutputExistsError: ``out`` exists and ``force`` is false.
-    """
-    check_job_id(job_id)
-    listing = connection.get_json(f"/v1/jobs/{job_id}/results")
-    target = Path(out)
-    files = list(listing.get("files", []))
-    with outputs.atomic_directory(target, force=force) as tmp:
-        for name in listing["tables"]:
-            table: pa.Table = wire.decode_table(connection.get_bytes(f"/v1/jobs/{job_id}/results/{name}"), what=f"result table {name}")
-            if name in TABLE_SCHEMAS:
-                outputs.write_table(table, tmp / f"{name}.parquet", TABLE_SCHEMAS[name])
-            else:
-                pq.write_table(table, tmp / f"{name}.parquet")
-        for name in files:
-            (tmp / _file_name(name)).write_bytes(connection.get_bytes(f"/v1/jobs/{job_id}/files/{name}"))
-        (tmp / "summary.json").write_text(json.dumps(listing["summary"], indent=2, sort_keys=True) + "\n")
-    return {"job_id": job_id, "out": str(target), "tables": listing["tables"], "files": files, "summary": listing["summary"]}
-
-
-def _file_name(name: str) -> str:
-    """A result file's name, refused if it would leave the results folder."""
-    if not name or Path(name).name != name or name in (".", ".."):
-        raise ProtocolError(f"the coordinator names a result file {name!r}; a result file is a plain file name")
-    return name
-
-
-def fetch_results(config_path: Path | str, job_id: str, out: Path | str, *, force: bool = False) -> dict[str, Any]:
-    """``genofed job results``: downloads a done job's results into ``out``; ``job_status`` is the job's status."""
-    check_job_id(job_id)
-    with analyst_connection(config_path) as connection:
-        status = connection.get_json(f"/v1/jobs/{job_id}")  # first: nothing is asked once the folder is in place
-        return {**download_results(connection, job_id, out, force=force), "job_status": status}

@@ -11,7 +11,10 @@ operator reads every job but submits none. :data:`ACCESS_RULES`
 states each route's rule, once; the handlers apply it and the OpenAPI description
 quotes it. A ``{job_id}`` that is not a job ID
 (:data:`pipeline.federation.job_spec.JOB_ID_PATTERN`) is refused (422) before anything
-is looked up. Sites never accept connections: they long-poll ``GET /v1/site/work`` for
+is looked up. Every certificate must also be the one the federation roster in use lists
+for its name and role: an operator installs a newer roster with ``PUT /v1/roster``
+(revoking or renewing certificates without a restart), and sites fetch it with ``GET
+/v1/roster`` and verify it themselves. Sites never accept connections: they long-poll ``GET /v1/site/work`` for
 what to do next and upload their protocol messages.
 
 Uploads are bounded (413 above ``max_message_bytes``), idempotent by message ID (the
@@ -36,6 +39,7 @@ import functools
 import json
 import logging
 import ssl
+import threading
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -50,29 +54,23 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
-from pipeline.errors import (
-    AggregationAborted,
-    ConfigurationError,
-    GenofedError,
-    IdentityError,
-    InputError,
-    MessageConflict,
-    NotFoundError,
-    REFUSAL_CODES,
-    ProtocolError,
-    disk_full,
-)
 from pipeline.analyses.registry import REGISTRY
+from pipeline.errors import (
+    REFUSAL_CODES, AggregationAborted, ConfigurationError, GenofedError, IdentityError, InputError, JobPruned,
+    MessageConflict, NotFoundError, ProtocolError, disk_full,
+)
 from pipeline.federation import tls, wire
 from pipeline.federation.audit import AuditLog
-from pipeline.federation.config import CoordinatorConfig, load_coordinator_config
+from pipeline.federation.config import CoordinatorConfig, Retention, load_coordinator_config
 from pipeline.federation.coordinator import Coordinator
+from pipeline.federation.handshakes import observed_tls
 from pipeline.federation.job_spec import JOB_ID_PATTERN, check_job_id
 from pipeline.federation.limits import BodyQuota, Overloaded, RequestLimiter
-from pipeline.federation.roster import check_enrolment, load_roster
-from pipeline.federation.tls import load_identity_key
-from pipeline.federation.rounds import KEY_UNION_STAGE
+from pipeline.federation.operations import SiteContacts, federation_status
+from pipeline.federation.roster import Roster, check_enrolment, install_roster, load_roster
+from pipeline.federation.rounds import KEY_UNION_STAGE, PREFLIGHT_STAGE
 from pipeline.federation.store import Store
+from pipeline.federation.tls import load_identity_key
 from pipeline.secagg.messages import Stage
 
 log = logging.getLogger(__name__)
@@ -167,6 +165,17 @@ ACCESS_RULES: Mapping[tuple[str, str], AccessRule] = MappingProxyType({
     ("POST", "/v1/site/jobs/{job_id}/decline"): AccessRule(("site",), JobScope.PARTICIPANT, _PARTICIPANT_RULE),
     ("POST", "/v1/site/checkpoint"): AccessRule(("site",), JobScope.NONE,
         "any enrolled site, with a checkpoint of its own audit log signed by its own certificate key"),
+    ("GET", "/v1/federation"): AccessRule(("operator",), JobScope.NONE,
+        "any enrolled operator: each site's last contact, the jobs, the store's size and the audit log's head; "
+        "an analyst or a site gets 403"),
+    ("POST", "/v1/federation/prune"): AccessRule(("operator",), JobScope.NONE,
+        "any enrolled operator: removes the contributions and results of jobs that ended long enough ago (never a "
+        "running job), leaving each a tombstone and an audit entry; an analyst or a site gets 403"),
+    ("GET", "/v1/roster"): AccessRule((), JobScope.NONE,
+        "any client with a participant certificate of the federation CA, enrolled, revoked or not: the roster is public "
+        "and signed by the CA, and a revoked participant learns from it that it was revoked"),
+    ("PUT", "/v1/roster"): AccessRule(("operator",), JobScope.NONE,
+        "any enrolled operator, with a roster signed by the federation CA and newer than the one in use"),
 })
 """Every route of the coordinator, ``(method, path)``, and who may call it: the one table of access rules.
 
@@ -203,6 +212,7 @@ class _TlsExtension:
     def __init__(self, app: Callable[..., Awaitable[None]]) -> None:
         self.app = app
         self.limiter: RequestLimiter | None = None
+        self.contacts: SiteContacts | None = None
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         if scope["type"] == "http":
@@ -221,6 +231,7 @@ class _TooLarge(GenofedError):
 _STATUS = (
     (Overloaded, 429),
     (_TooLarge, 413),
+    (JobPruned, 410),
     (IdentityError, 403),
     (NotFoundError, 404),
     (MessageConflict, 409),
@@ -340,7 +351,7 @@ def openapi_document() -> dict[str, Any]:
     def op(method: str, path: str, summary: str, codes: dict[str, str], *, params: tuple[dict[str, Any], ...] = (),
            body: dict[str, Any] | None = None, ok_schema: dict[str, Any] | None = None, ok_media: str = "application/json") -> dict[str, Any]:
         rule = ACCESS_RULES[(method, path)]
-        refused = {"403": f"the caller is not an enrolled {' or '.join(rule.roles)}"}
+        refused = {"403": f"the caller is not an enrolled {' or '.join(rule.roles)}"} if rule.roles else {}
         if rule.job is JobScope.OWNER:
             refused = {"403": "the caller is not an enrolled analyst or operator",
                        "404": "no such job, or another analyst's (the same answer: a job's existence is not revealed)"}
@@ -367,7 +378,7 @@ def openapi_document() -> dict[str, Any]:
     job_id = path_param("job_id", {"type": "string", "pattern": JOB_ID_PATTERN},
                         "a job ID as POST /v1/jobs answered it: job-YYYYmmdd-HHMMSS- and 8 lowercase hex digits")
     round_index = path_param("round_index", {"type": "integer", "minimum": 0}, "the round, from 0")
-    stage = path_param("stage", {"type": "string", "enum": [KEY_UNION_STAGE, *(s.value for s in Stage)]}, "the stage of the round")
+    stage = path_param("stage", {"type": "string", "enum": [PREFLIGHT_STAGE, KEY_UNION_STAGE, *(s.value for s in Stage)]}, "the stage of the round")
     message_id = path_param("message_id", {"type": "string", "pattern": "^[A-Za-z0-9._-]{8,128}$"},
                             "the site's ID for this payload: the same ID and bytes again are a duplicate, not a new message")
     name = path_param("name", {"type": "string", "minLength": 1, "maxLength": 200}, "a table name from the results listing")
@@ -456,6 +467,29 @@ def openapi_document() -> dict[str, Any]:
          "413": "body too large", "422": "not a checkpoint"},
         body={"application/json": {"schema": {"type": "object", "required": ["checkpoint"], "properties": {"checkpoint": checkpoint_schema}}}},
         ok_schema={"type": "object", "required": ["checkpoint"], "properties": {"checkpoint": checkpoint_schema}})
+    roster_schema = {"type": "object", "required": ["format", "federation", "version", "issued", "participants", "signature"],
+                     "properties": {"format": {"const": "genofed-roster/1"}, "federation": {"type": "string"},
+                                    "version": {"type": "integer", "minimum": 1}, "issued": {"type": "string"},
+                                    "participants": {"type": "array", "items": {"type": "object"}},
+                                    "signature": {"type": "string"}}}
+    add("GET", "/v1/roster", "The federation roster in use, signed by the CA (verify it: the coordinator is not trusted with it)",
+        {"200": "the signed roster", "404": "the coordinator runs without a roster"}, ok_schema=roster_schema)
+    add("PUT", "/v1/roster", "Install a newer federation roster: from the next request on, only the certificates it lists get in",
+        {"200": "installed, or the same roster again (unchanged)", "413": "body too large",
+         "422": "not signed by the federation CA, malformed, not newer than the roster in use, or without this coordinator"},
+        body={"application/json": {"schema": roster_schema}},
+        ok_schema={"type": "object", "required": ["status", "version"], "properties": {
+            "status": {"enum": ["installed", "unchanged"]}, "version": {"type": "integer"}, "participants": {"type": "integer"}}})
+    add("GET", "/v1/federation", "The running federation: sites' last contact, jobs, store size, audit log head",
+        {"200": "the federation's status"},
+        ok_schema={"type": "object", "required": ["federation", "sites", "jobs", "store", "audit"]})
+    add("POST", "/v1/federation/prune",
+        "Apply the retention policy: remove ended jobs' contributions and results, keep a tombstone and an audit entry",
+        {"200": "what was (or, with dry_run, would be) removed and the bytes freed", "413": "body too large",
+         "422": "older_than_seconds is not a number >= 0"},
+        body={"application/json": {"schema": {"type": "object", "required": ["older_than_seconds"], "properties": {
+            "older_than_seconds": {"type": "number", "minimum": 0}, "dry_run": {"type": "boolean"}}}}},
+        ok_schema={"type": "object", "required": ["dry_run", "jobs", "bytes_freed"]})
     described = {(method.upper(), path) for path, item in paths.items() for method in item}
     assert described == set(ACCESS_RULES) - {("GET", "/openapi.json")}, "every route of ACCESS_RULES is described"
     return {
@@ -474,20 +508,57 @@ def openapi_document() -> dict[str, Any]:
     }
 
 
+class _Changes:
+    """Wakes the long polls as soon as a call through the app has changed the engine (its ``version``).
+
+    A stage that closes reaches the waiting sites at once instead of at their next
+    check, after the closing call has committed and written its audit entries. A change
+    made outside the app (a test driving the engine directly) is still seen within
+    ``_POLL_SECONDS``.
+    """
+
+    def __init__(self, coordinator: Coordinator) -> None:
+        self._coordinator = coordinator
+        self._seen = coordinator.version
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._event = asyncio.Event()
+
+    def notify(self) -> None:
+        """Called in the event loop after every engine call: wakes the waiters if the version moved."""
+        if self._coordinator.version != self._seen:
+            self._seen = self._coordinator.version
+            self._event.set()
+            self._event = asyncio.Event()
+
+    async def wait(self, seconds: float) -> None:
+        """Returns at the next change, or after ``seconds``."""
+        loop = asyncio.get_running_loop()
+        if self._loop is not loop:  # an event belongs to the loop that first waits on it
+            self._loop, self._event = loop, asyncio.Event()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._event.wait(), seconds)
+
+
 def create_app(coordinator: Coordinator, config: CoordinatorConfig, *, tick_seconds: float = _TICK_SECONDS) -> Any:
     """The ASGI application of a coordinator (Starlette, wrapped for the TLS extension)."""
 
     handlers: dict[tuple[str, str], Callable[[Request], Awaitable[Response]]] = {}
     limiter = RequestLimiter(config.limits)
+    contacts = SiteContacts()
+
+    changes = _Changes(coordinator)
 
     async def call(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
-        return await anyio.to_thread.run_sync(functools.partial(fn, *args, **kwargs))
+        try:
+            return await anyio.to_thread.run_sync(functools.partial(fn, *args, **kwargs))
+        finally:
+            changes.notify()
 
     async def admit(request: Request, who: tls.Identity, rule: AccessRule) -> tls.Identity:
         """Applies ``rule`` to the request, in the order :class:`AccessRule` gives; returns the caller."""
         if not rule.roles:
             return who
-        tls.authorize(who, config, roles=rule.roles)
+        tls.authorize(who, config, roles=rule.roles, roster=coordinator.roster)
         if rule.job is JobScope.NONE:
             return who
         job_id = check_job_id(request.path_params["job_id"])
@@ -508,7 +579,10 @@ def create_app(coordinator: Coordinator, config: CoordinatorConfig, *, tick_seco
                     who = tls.peer_identity(_peer_certificate(request.scope))
                     with limiter.request(f"{who.role}:{who.name}") as quota:
                         request.state.body_quota = quota
-                        return await handler(request, await admit(request, who, rule))
+                        who = await admit(request, who, rule)
+                        if who.role == "site" and "site" in rule.roles:
+                            contacts.seen(who.name)
+                        return await handler(request, who)
                 except Exception as error:  # noqa: BLE001 -- every error becomes a JSON answer
                     if disk_full(error):
                         coordinator.note_disk_full(str(error))
@@ -576,12 +650,14 @@ def create_app(coordinator: Coordinator, config: CoordinatorConfig, *, tick_seco
         if known is not None and sorted(filter(None, known.split(","))) != await call(coordinator.active_jobs, who.name):
             deadline = 0.0  # the site's view of its jobs is stale: answer at once
         # Wait for a change (a task, or a job finishing), then answer: the site polls again.
-        while task is None and coordinator.version == version and asyncio.get_running_loop().time() < deadline:
-            await asyncio.sleep(_POLL_SECONDS)
+        with contacts.polling(who.name):
+            while task is None and coordinator.version == version and (left := deadline - asyncio.get_running_loop().time()) > 0:
+                await changes.wait(min(left, _POLL_SECONDS))
         if task is None and coordinator.version != version:
             task = await call(coordinator.next_task, who.name)
         active = await call(coordinator.active_jobs, who.name)
-        return JSONResponse({"task": task, "active_jobs": active})
+        roster_version = coordinator.roster.version if coordinator.roster is not None else None
+        return JSONResponse({"task": task, "active_jobs": active, "roster_version": roster_version})
 
     @endpoint("GET", "/v1/site/jobs/{job_id}/rounds/{round_index}/state")
     async def round_state(request: Request, who: tls.Identity) -> Response:
@@ -627,6 +703,67 @@ def create_app(coordinator: Coordinator, config: CoordinatorConfig, *, tick_seco
         answer = await call(coordinator.exchange_checkpoint, who.name, body.get("checkpoint"))
         return JSONResponse({"checkpoint": answer})
 
+    @endpoint("GET", "/v1/roster")
+    async def get_roster(request: Request, who: tls.Identity) -> Response:
+        roster = coordinator.roster
+        if roster is None or roster.signed is None:
+            raise NotFoundError("this coordinator runs without a federation roster")
+        return JSONResponse(dict(roster.signed))
+
+    @endpoint("PUT", "/v1/roster")
+    async def put_roster(request: Request, who: tls.Identity) -> Response:
+        body = await _json_body(request, request.state.body_quota)
+        roster, installed = await call(replace_roster, body, who.name)
+        return JSONResponse({"status": "installed" if installed else "unchanged", "version": roster.version,
+                             "participants": len(roster.participants)})
+
+    replacing = threading.Lock()
+
+    def replace_roster(data: dict[str, Any], operator: str) -> tuple[Roster, bool]:
+        """Verifies and installs a newer roster; from the next request on, only the certificates it lists get in."""
+        with replacing:
+            current = coordinator.roster
+            if current is None:
+                raise ConfigurationError("this coordinator runs without a federation roster; it takes none over the network")
+
+            def lists_this_coordinator(roster: Roster) -> None:
+                try:
+                    roster.check_certificate("coordinator", "coordinator", config.cert.read_bytes())
+                except GenofedError as error:
+                    raise ConfigurationError(
+                        f"roster version {roster.version} does not list this coordinator's certificate {config.cert} ({error}); "
+                        "a coordinator with a new certificate takes its roster at restart: install both and restart it"
+                    ) from None
+
+            roster = install_roster(data, ca_cert_path=config.ca, current=current, path=config.roster,
+                                    source="the roster sent to PUT /v1/roster", accept=lists_this_coordinator)
+            if roster is current:
+                return current, False
+            coordinator.roster = roster
+            coordinator.audit.append(
+                "roster.installed", version=roster.version, previous=current.version, by=operator,
+                sites=list(roster.sites), digest=wire.digest(wire.canonical_json(dict(data))),
+            )
+            log.warning("federation roster version %d installed (was %d), sent by operator %s",
+                        roster.version, current.version, operator)
+            return roster, True
+
+    @endpoint("GET", "/v1/federation")
+    async def federation(request: Request, who: tls.Identity) -> Response:
+        return JSONResponse(await call(federation_status, coordinator, contacts, config))
+
+    @endpoint("POST", "/v1/federation/prune")
+    async def prune(request: Request, who: tls.Identity) -> Response:
+        body = await _json_body(request, request.state.body_quota)
+        older_than, dry_run = body.get("older_than_seconds"), body.get("dry_run", False)
+        if isinstance(older_than, bool) or not isinstance(older_than, (int, float)) or not older_than >= 0:
+            raise ProtocolError("the body must be {'older_than_seconds': N >= 0, 'dry_run': true|false}")
+        if not isinstance(dry_run, bool):
+            raise ProtocolError("dry_run must be true or false")
+        log.info("operator %s prunes jobs that ended over %.0f s ago%s", who.name, older_than, " (dry run)" if dry_run else "",
+                 extra={"event": "prune.requested", "operator": who.name, "older_than_seconds": older_than, "dry_run": dry_run})
+        return JSONResponse(await call(coordinator.prune, older_than=float(older_than), dry_run=dry_run))
+
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         async def ticker() -> None:
@@ -637,11 +774,27 @@ def create_app(coordinator: Coordinator, config: CoordinatorConfig, *, tick_seco
                 except Exception:  # noqa: BLE001 -- the deadline loop must outlive one bad round
                     log.exception("closing stages at their deadlines failed")
 
+        async def retention(policy: Retention) -> None:
+            while True:
+                try:
+                    pruned = await call(coordinator.prune, older_than=policy.older_than)
+                    if pruned["jobs"]:
+                        log.info("retention: pruned %d job(s), freed %d bytes", len(pruned["jobs"]), pruned["bytes_freed"],
+                                 extra={"event": "retention.applied", "jobs": len(pruned["jobs"]),
+                                        "bytes_freed": pruned["bytes_freed"]})
+                except Exception:  # noqa: BLE001 -- the policy is retried at its next turn
+                    log.exception("applying the retention policy failed")
+                await asyncio.sleep(policy.every)
+
         task = asyncio.create_task(ticker())
+        policy = getattr(config, "retention", None)  # a [retention] table: the policy applies itself
+        pruner = asyncio.create_task(retention(policy)) if policy is not None else None
         try:
             yield
         finally:
             task.cancel()
+            if pruner is not None:
+                pruner.cancel()
             # A clean shutdown moves the WAL into the database (Store.close), so the database alone is complete.
             close = getattr(coordinator.store, "close", None)
             if close is not None:
@@ -656,6 +809,7 @@ def create_app(coordinator: Coordinator, config: CoordinatorConfig, *, tick_seco
     routes = [Route(path, handlers[(method, path)], methods=[method]) for method, path in ACCESS_RULES]
     app = _TlsExtension(Starlette(routes=routes, lifespan=lifespan))
     app.limiter = limiter  # what is in flight now, for operators' checks and tests
+    app.contacts = contacts
     return app
 
 
@@ -675,8 +829,12 @@ def build_coordinator(config: CoordinatorConfig) -> Coordinator:
                        audit=AuditLog(config.audit_log), roster=roster, identity_key=load_identity_key(config.key))
 
 
-def serve(config_path: Path | str, *, host: str | None = None, port: int | None = None, log_level: str = "warning") -> None:
+def serve(config_path: Path | str, *, host: str | None = None, port: int | None = None, log_level: str = "warning",
+          configure_logging: bool = True) -> None:
     """Runs the coordinator until interrupted: ``genofed coordinator serve --config FILE``.
+
+    With ``configure_logging`` false, uvicorn installs no handlers of its own: its records
+    go to those the CLI configured (structured logs stay one format).
 
     Raises:
         ConfigurationError: the configuration, certificates or database are unusable.
@@ -685,9 +843,11 @@ def serve(config_path: Path | str, *, host: str | None = None, port: int | None 
     coordinator = build_coordinator(config)
     app = create_app(coordinator, config)
     server_config = uvicorn.Config(
-        app, host=host or config.host, port=port or config.port, http=PeerCertificateH11Protocol, lifespan="on",
+        app, host=host or config.host, port=port or config.port, lifespan="on",
+        # TLS terminated by handshakes.observed_tls, which logs refused handshakes (uvicorn's own TLS drops them silently).
+        http=observed_tls(PeerCertificateH11Protocol, tls.server_context(config.cert, config.key, config.ca)),  # type: ignore[arg-type]
         log_level=log_level, access_log=False, timeout_keep_alive=int(MAX_WAIT_SECONDS) + 5,
+        log_config=uvicorn.config.LOGGING_CONFIG if configure_logging else None,
     )
     server_config.load()
-    server_config.ssl = tls.server_context(config.cert, config.key, config.ca)
     uvicorn.Server(server_config).run()

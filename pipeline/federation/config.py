@@ -41,6 +41,8 @@ from pipeline.parameters import choice
 
 __all__ = [
     "ROLES",
+    "Retention",
+    "parse_duration",
     "AnalystConfig",
     "CoordinatorConfig",
     "SiteConfig",
@@ -184,6 +186,43 @@ class SiteConfig:
     poll_interval: float
 
 
+_UNITS = {"s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, "w": 7 * 86400.0}
+_DURATION = re.compile(r"\s*(\d+(?:\.\d+)?)\s*([smhdw]?)\s*")
+
+
+def parse_duration(value: str | float | int, *, what: str = "duration") -> float:
+    """Seconds in ``30d``, ``12h``, ``90m``, ``45s``, ``2w`` or a plain number: the retention policy's ages.
+
+    One parser for ``genofed coordinator prune --older-than`` and ``[retention]`` in ``coordinator.toml``.
+
+    Raises:
+        ConfigurationError: anything else (says the accepted forms).
+    """
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        if value < 0:
+            raise ConfigurationError(f"{what} {value!r}: expected a number of seconds >= 0")
+        return float(value)
+    match = _DURATION.fullmatch(str(value))
+    if match is None:
+        raise ConfigurationError(f"{what} {value!r}: expected a number and a unit, e.g. 30d, 12h, 90m, 45s or 2w")
+    number, unit = match.groups()
+    return float(number) * _UNITS[unit or "s"]
+
+
+@dataclass(frozen=True)
+class Retention:
+    """The ``[retention]`` table: the running coordinator prunes ended jobs on its own.
+
+    Attributes:
+        older_than: seconds since a job ended before its contributions and results go
+            (as ``genofed coordinator prune --older-than``).
+        every: seconds between two applications of the policy (the first runs at start).
+    """
+
+    older_than: float
+    every: float = 3600.0
+
+
 @dataclass(frozen=True)
 class CoordinatorConfig:
     """The coordinator's ``coordinator.toml``: where it listens and who is enrolled.
@@ -198,6 +237,8 @@ class CoordinatorConfig:
     participant and in all (:class:`~pipeline.federation.limits.Limits`; defaults 256
     requests, 8 per participant, 1 GiB and 128 MiB of bodies): beyond them the answer
     is 429, so the coordinator's memory for bodies never exceeds ``max_bytes_in_flight``.
+    The optional ``[retention]`` table (:class:`Retention`) has the running coordinator
+    prune ended jobs periodically; without it only ``genofed coordinator prune`` does.
     """
 
     path: Path
@@ -216,6 +257,7 @@ class CoordinatorConfig:
     fingerprints: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
     operators: tuple[str, ...] = ()
     limits: Limits = DEFAULT_LIMITS
+    retention: Retention | None = None
 
     @property
     def url(self) -> str:
@@ -576,7 +618,7 @@ def load_coordinator_config(
     path, data = _read(path)
     env = os.environ if env is None else env
     base = path.parent.resolve()
-    tables = _tables(path, data, ("coordinator", "tls", "enrolment"), ("fingerprints", "limits"))
+    tables = _tables(path, data, ("coordinator", "tls", "enrolment"), ("fingerprints", "limits", "retention"))
     coordinator = tables["coordinator"]
     federation = coordinator.get("federation", _name, "the federation's name, as in the CA certificate")
     host = coordinator.get("host", _str, "the address to listen on, e.g. \"127.0.0.1\"")
@@ -615,6 +657,7 @@ def load_coordinator_config(
         )
     pins.finish()
     limits = _limits(tables["limits"], path)
+    retention = _retention(tables["retention"]) if "retention" in data else None
     if env.get("GENOFED_COORDINATOR_HOST"):
         host = env["GENOFED_COORDINATOR_HOST"]
     if env.get("GENOFED_COORDINATOR_PORT"):
@@ -625,8 +668,19 @@ def load_coordinator_config(
     return CoordinatorConfig(
         path=path, federation=federation, host=host, port=port, cert=cert, key=key, ca=ca, roster=roster, database=database,
         audit_log=audit_log, sites=sites, analysts=analysts, max_message_bytes=max_message_bytes,
-        fingerprints=MappingProxyType(fingerprints), operators=operators, limits=limits,
+        fingerprints=MappingProxyType(fingerprints), operators=operators, limits=limits, retention=retention,
     )
+
+
+def _retention(table: _Table) -> Retention:
+    """The ``[retention]`` table: ``older_than`` (required) and ``every``, as ages like ``30d`` or seconds."""
+    age = "an age such as \"30d\", \"12h\", \"90m\" or a number of seconds"
+    older_than = table.get("older_than", parse_duration, age)
+    every = table.get("every", parse_duration, age + " (> 0)", 3600.0)
+    table.finish()
+    if every <= 0:
+        raise table.fail("every", age + " (> 0)", every)
+    return Retention(older_than=older_than, every=every)
 
 
 def _limits(table: _Table, path: Path) -> Limits:

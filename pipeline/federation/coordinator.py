@@ -48,29 +48,21 @@ from pipeline.analyses import Analysis, JobState, KeyUnion, Result, RoundLayout
 from pipeline.analyses.registry import REGISTRY, get_analysis
 from pipeline.encoding import Layout
 from pipeline.errors import (
-    AggregationAborted,
-    ConfigurationError,
-    GenofedError,
-    IdentityError,
-    MessageConflict,
-    NotFoundError,
+    AggregationAborted, ConfigurationError, GenofedError, IdentityError, JobPruned, MessageConflict, NotFoundError,
     ProtocolError,
 )
 from pipeline.federation import secagg_wire, wire
-from pipeline.federation.job_spec import (
-    complete_privacy,
-    DEFAULT_STAGE_TIMEOUT,
-    analysis_parameters,
-    check_job_id,
-    default_threshold,
-    new_job_id,
-    parse_round_options,
-)
 from pipeline.federation.audit import already_appended, check_fields, read_entries
 from pipeline.federation.checkpoints import CHECKPOINT_EVENT, Checkpoint, sign_checkpoint
+from pipeline.federation.job_spec import (
+    DEFAULT_STAGE_TIMEOUT, analysis_parameters, check_job_id, complete_privacy, default_threshold, new_job_id,
+    parse_round_options,
+)
 from pipeline.federation.roster import Roster
-from pipeline.federation.rounds import KEY_UNION_STAGE, decode_keys, round_config, union_keys
-from pipeline.federation.store import StoredJob, StoredMessage
+from pipeline.federation.rounds import (
+    KEY_UNION_STAGE, PREFLIGHT_STAGE, check_preflight, decode_keys, round_config, union_keys,
+)
+from pipeline.federation.store import JobFootprint, StoredJob, StoredMessage
 from pipeline.secagg.messages import SERVER, Message, RoundConfig, Stage
 from pipeline.secagg.server import ServerAborted, ServerDone, ServerState, server_advance, server_init, server_result
 
@@ -127,6 +119,7 @@ class _Round:
     received: dict[str, Any] = field(default_factory=dict)
     inbox: dict[int, bytes] = field(default_factory=dict)
     state_digest: str = ""
+    preflight: bool = False
 
     def __post_init__(self) -> None:
         # Every task a site polls for carries it; a census state holds every variant ID
@@ -135,7 +128,16 @@ class _Round:
 
     @property
     def stage(self) -> str:
+        if self.preflight:
+            return PREFLIGHT_STAGE
         return KEY_UNION_STAGE if self.server is None else self.server.stage.value
+
+    @property
+    def kind(self) -> str:
+        """What a site does in the current stage: ``preflight``, ``keys`` (a key union) or ``secagg``."""
+        if self.preflight:
+            return PREFLIGHT_STAGE
+        return "keys" if self.server is None else "secagg"
 
     def site_id(self, name: str) -> int:
         return self.participants.index(name) + 1
@@ -282,6 +284,9 @@ class Coordinator:
                 "job.submitted", job_id=job_id, analysis=analysis.name, analyst=analyst,
                 sites=list(participants), threshold=threshold, spec_digest=wire.digest(wire.canonical_json(spec)),
             )
+            log.info("job %s submitted by %s: %s over %s", job_id, analyst, analysis.name, ", ".join(participants),
+                     extra={"event": "job.submitted", "job_id": job_id, "analysis": analysis.name, "analyst": analyst,
+                            "sites": list(participants)})
             self._open_round(job_id, analysis, spec, participants, threshold, 0, state, set())
             self._changed()
         return job_id
@@ -331,6 +336,8 @@ class Coordinator:
                                      "nowhere; the job resumes once the operator frees space")
             elif job.status != "running":
                 out["missed_rounds"] = self._stored_missed_rounds(job)
+            if job.pruned_at is not None:
+                out.update(pruned_at=job.pruned_at, notice=_pruned_notice(job))
             return out
 
     def cancel(self, job_id: str, *, by: str, role: str = "analyst") -> dict[str, Any]:
@@ -363,7 +370,7 @@ class Coordinator:
                 )
             current = self._rounds.pop(job_id, None)
             reason = f"cancelled by {role} {by}"
-            log.warning("job %s %s", job_id, reason)
+            log.warning("job %s %s", job_id, reason, extra={"event": "job.cancelled", "job_id": job_id})
             self.store.finish_job(job_id, "cancelled", reason)
             self._log("job.cancelled", job_id=job_id, by=by, role=role,
                       round=None if current is None else current.round_index,
@@ -375,6 +382,69 @@ class Coordinator:
         """Records that a request failed on a full disk (the server calls it; a later accepted upload clears it)."""
         self.disk_full = reason[:300]
 
+    def running_jobs(self) -> list[dict[str, Any]]:
+        """Each running job's ID, analysis, analyst, round, stage and the sites it waits for (an operator's overview)."""
+        with self._locked():
+            return [
+                {"job_id": job_id, "analysis": current.analysis.name, "analyst": self._job(job_id).analyst,
+                 "round": current.round_index, "stage": current.stage, "waiting_for": sorted(current.expected())}
+                for job_id, current in sorted(self._rounds.items())
+            ]
+
+    def prune(self, *, older_than: float, dry_run: bool = False) -> dict[str, Any]:
+        """Applies the retention policy: removes the rounds, messages and results of jobs that ended over ``older_than`` seconds ago.
+
+        Only a done, failed or cancelled job goes, never a running one. Its row stays as a
+        tombstone (analysis, owner, outcome, finished and pruned times, the digest of what
+        was removed), and a ``job.pruned`` audit entry, committed with the deletion, records
+        the same; the audit log still names every submitted job the store knows. The body
+        files no row names any more are deleted and the database is vacuumed, under the
+        engine lock, so no upload can claim a file being deleted.
+
+        Args:
+            older_than: seconds since the job finished (0: every ended job).
+            dry_run: list what would go, change nothing.
+
+        Returns:
+            ``{"dry_run", "older_than_seconds", "cutoff", "jobs": [{job_id, analysis, analyst,
+            status, finished_at, messages, results, rounds, bytes, digest}], "bytes": ...,
+            "store_before", "store_after", "bytes_freed"}`` (sizes from :meth:`Store.disk_usage`).
+        """
+        if older_than < 0:
+            raise ConfigurationError(f"older_than must be a number of seconds >= 0, got {older_than}")
+        cutoff = self.clock() - older_than
+        before = self.store.disk_usage()
+        pruned: list[tuple[StoredJob, JobFootprint]] = []
+        with self._locked():
+            candidates = [job for job in self.store.prunable_jobs(cutoff) if job.job_id not in self._rounds]
+            if dry_run:
+                pruned = [(job, self.store.job_footprint(job.job_id)) for job in candidates]
+            else:
+                now = self.clock()
+                for job in candidates:
+                    footprint = self.store.prune_job(job.job_id, now)
+                    pruned.append((job, footprint))
+                    self._log("job.pruned", job_id=job.job_id, analysis=job.analysis, analyst=job.analyst, outcome=job.status,
+                              finished_at=job.finished_at, pruned_at=now, removed_digest=footprint.digest,
+                              messages=footprint.messages, results=footprint.results, bytes=footprint.bytes)
+                    log.info("job %s pruned (%s, finished %s): %d messages, %d results, %d bytes", job.job_id, job.status,
+                             _date(job.finished_at), footprint.messages, footprint.results, footprint.bytes,
+                             extra={"event": "job.pruned", "job_id": job.job_id, "bytes": footprint.bytes})
+        if pruned and not dry_run:
+            with self._lock:
+                self.store.remove_blobs([digest for _, footprint in pruned for digest in footprint.blobs])
+                self.store.vacuum()
+        after = before if dry_run else self.store.disk_usage()
+        return {
+            "dry_run": dry_run, "older_than_seconds": older_than, "cutoff": cutoff,
+            "jobs": [{"job_id": job.job_id, "analysis": job.analysis, "analyst": job.analyst, "status": job.status,
+                      "finished_at": job.finished_at, "messages": footprint.messages, "results": footprint.results,
+                      "rounds": footprint.rounds, "bytes": footprint.bytes, "digest": footprint.digest}
+                     for job, footprint in pruned],
+            "bytes": sum(footprint.bytes for _, footprint in pruned),
+            "store_before": before, "store_after": after, "bytes_freed": before["total"] - after["total"],
+        }
+
     def results(self, job_id: str) -> dict[str, Any]:
         """The result summary and the names of the result tables.
 
@@ -382,6 +452,8 @@ class Coordinator:
             NotFoundError: unknown job; MessageConflict: the job is not done.
         """
         job = self._job(job_id)
+        if job.pruned_at is not None:
+            raise JobPruned(f"job {job_id} ({job.status}) {_pruned_notice(job)}")
         if job.status != "done":
             raise MessageConflict(f"job {job_id} is {job.status}{': ' + job.error if job.error else ''}; it has no results")
         stored = self.store.results(job_id)
@@ -399,6 +471,8 @@ class Coordinator:
             NotFoundError: the job has no result of that kind and name.
         """
         job = self._job(job_id)
+        if job.pruned_at is not None:
+            raise JobPruned(f"job {job_id} ({job.status}) {_pruned_notice(job)}")
         stored = self.store.results(job.job_id)
         if name not in stored or stored[name][0] != kind:
             raise NotFoundError(f"job {job_id} has no result {kind} {name!r}")
@@ -426,7 +500,7 @@ class Coordinator:
                     "spec": current.spec,
                     "round_index": current.round_index,
                     "stage": current.stage,
-                    "kind": "keys" if current.server is None else "secagg",
+                    "kind": current.kind,
                     "site_id": site_id,
                     "site_ids": list(current.site_ids),
                     "participants": list(current.participants),
@@ -661,9 +735,15 @@ class Coordinator:
             raise ProtocolError(f"job {job.job_id} has no round")
         stored = rounds[-1]
         declined = set(self.store.declines(job.job_id))
-        current = self._make_round(job.job_id, analysis, job.spec, job.participants, job.threshold, stored.round_index,
-                                   analysis.state_from_json(stored.state), declined, site_ids=stored.site_ids)
         stages = self.store.stages(job.job_id, stored.round_index)
+        site_ids, closed_before = stored.site_ids, 0
+        if stages and stages[0].stage == PREFLIGHT_STAGE:
+            site_ids, closed_before = tuple(job.participants.index(name) + 1 for name in stages[0].included), 1
+            stages = stages[1:]
+        current = self._make_round(job.job_id, analysis, job.spec, job.participants, job.threshold, stored.round_index,
+                                   analysis.state_from_json(stored.state), declined, site_ids=site_ids,
+                                   preflight=stored.round_index == 0 and not closed_before and not stages)
+        current.stage_seq = closed_before
         finished = False
         for closed in stages:
             messages = [self._decode_stored(current, closed.stage, site) for site in closed.included]
@@ -719,11 +799,12 @@ class Coordinator:
 
     def _make_round(
         self, job_id: str, analysis: Analysis[Any], spec: dict[str, Any], participants: tuple[str, ...], threshold: int,
-        round_index: int, state: JobState, declined: set[str], *, site_ids: Sequence[int],
+        round_index: int, state: JobState, declined: set[str], *, site_ids: Sequence[int], preflight: bool = False,
     ) -> _Round:
+        """A round's in-memory state; in its pre-flight stage (``preflight``) it has no secure sum yet."""
         layout = analysis.layout(state, round_index)
         config = server = None
-        if isinstance(layout, Layout):
+        if isinstance(layout, Layout) and not preflight:
             if len(site_ids) < threshold:
                 raise AggregationAborted(
                     f"only {len(site_ids)} sites remain for round {round_index}, fewer than the threshold {threshold}"
@@ -733,17 +814,20 @@ class Coordinator:
                                   threshold=threshold, layout=layout, spec=spec, participants=participants, roster=self.roster)
             server = server_init(config)
         return _Round(job_id, analysis, spec, participants, threshold, round_index, state, layout, tuple(site_ids),
-                      config, server, set(declined), stage_opened=self.clock())
+                      config, server, set(declined), stage_opened=self.clock(), preflight=preflight)
 
     def _open_round(self, job_id: str, analysis: Analysis[Any], spec: dict[str, Any], participants: tuple[str, ...],
                     threshold: int, round_index: int, state: JobState, declined: set[str],
                     cohort: Sequence[str] | None = None) -> None:
-        """Stores and opens a round for ``cohort`` (default: every participant), less the sites that declined."""
+        """Stores and opens a round for ``cohort`` (default: every participant), less the sites that declined.
+
+        Round 0 opens in its pre-flight stage (:data:`~pipeline.federation.rounds.PREFLIGHT_STAGE`).
+        """
         invited = participants if cohort is None else cohort
         site_ids = [i + 1 for i, name in enumerate(participants) if name in invited and name not in declined]
         try:
             current = self._make_round(job_id, analysis, spec, participants, threshold, round_index, state, declined,
-                                       site_ids=site_ids)
+                                       site_ids=site_ids, preflight=round_index == 0)
         except GenofedError as error:
             self._fail(job_id, f"round {round_index} cannot start: {error}")
             return
@@ -754,6 +838,8 @@ class Coordinator:
                           state_digest=current.state_digest)
 
     def _decode(self, current: _Round, site: str, body: bytes) -> Any:
+        if current.preflight:
+            return check_preflight(body)
         if current.server is None:
             assert isinstance(current.layout, KeyUnion)
             return decode_keys(body, current.layout.name)
@@ -788,6 +874,11 @@ class Coordinator:
         included = sorted(current.received, key=current.site_id)
         messages = [current.received[name] for name in included]
         stage = current.stage
+        if current.preflight:
+            self.store.close_stage(current.job_id, current.round_index, current.stage_seq, stage, included)
+            self._log("stage.closed", job_id=current.job_id, round=current.round_index, stage=stage, sites=included)
+            self._after_preflight(current, included)
+            return
         if current.server is None:
             total = self._key_union(current, messages)
             self.store.close_stage(current.job_id, current.round_index, current.stage_seq, stage, included)
@@ -805,6 +896,29 @@ class Coordinator:
         current.stage_opened = self.clock()
         self._log("stage.closed", job_id=current.job_id, round=current.round_index, stage=stage, sites=included)
         self._after_server(current)
+
+    def _after_preflight(self, current: _Round, ready: Sequence[str]) -> None:
+        """Opens round 0 proper for the sites that passed the pre-flight, or fails the job naming why each did not."""
+        absent = self._why_absent(current.job_id, [current.name_of(i) for i in current.site_ids if current.name_of(i) not in ready])
+        if not ready:
+            self._fail(current.job_id, f"pre-flight: no site can take part in this job: {absent}")
+            return
+        try:
+            opened = self._make_round(current.job_id, current.analysis, current.spec, current.participants, current.threshold,
+                                      0, current.state, current.declined, site_ids=[current.site_id(name) for name in ready])
+        except GenofedError as error:
+            self._fail(current.job_id, f"pre-flight left sites {list(ready)}: {error}; {absent}")
+            return
+        opened.stage_seq = current.stage_seq + 1
+        self._rounds[current.job_id] = opened
+
+    def _why_absent(self, job_id: str, names: Sequence[str]) -> str:
+        """Why each of ``names`` is not in a stage: its refusal code and meaning, or its silence."""
+        declines = self.store.declines(job_id)
+        return "; ".join(
+            f"{name} declined it ({declines[name][:200]})" if name in declines else f"{name} did not answer before a stage deadline"
+            for name in names
+        )
 
     def _after_server(self, current: _Round) -> None:
         assert current.server is not None
@@ -860,11 +974,7 @@ class Coordinator:
 
     def _cohort_lost(self, current: _Round, lost: Sequence[str], survivors: Sequence[str]) -> str:
         """The job's error when cohort sites are missing from a round that needs them all (names sites, round and remedy)."""
-        declines = self.store.declines(current.job_id)
-        why = "; ".join(
-            f"{name} declined it ({declines[name][:200]})" if name in declines else f"{name} did not answer before a stage deadline"
-            for name in lost
-        )
+        why = self._why_absent(current.job_id, lost)
         return (
             f"site {', '.join(lost)} was lost in {current.analysis.round_name(current.state, current.round_index)}: {why}. "
             f"Every round of a {current.analysis.name} job must sum the sites of its first round (its earlier rounds "
@@ -896,6 +1006,9 @@ class Coordinator:
         self.store.finish_with_results(current.job_id, entries)
         self._rounds.pop(current.job_id, None)
         self._log("job.done", job_id=current.job_id, results={name: wire.digest(body) for name, _, body in entries})
+        log.info("job %s done after %d rounds over %s", current.job_id, current.round_index + 1, ", ".join(summed),
+                 extra={"event": "job.done", "job_id": current.job_id, "analysis": current.analysis.name,
+                        "rounds": current.round_index + 1, "sites": list(summed)})
 
     def _missed_rounds(self, current: _Round) -> dict[str, list[int]]:
         """Each site's rounds that it was invited to and whose sum did not include it (empty when none did)."""
@@ -911,11 +1024,24 @@ class Coordinator:
         return missed
 
     def _fail(self, job_id: str, reason: str) -> None:
-        log.warning("job %s failed: %s", job_id, reason)
+        log.warning("job %s failed: %s", job_id, reason, extra={"event": "job.failed", "job_id": job_id})
         self.store.finish_job(job_id, "failed", reason)
         self._rounds.pop(job_id, None)
         self._log("job.failed", job_id=job_id, reason=reason[:2000])
         self._changed()
+
+
+def _date(moment: float | None) -> str:
+    """A UTC time as people read it in a status line."""
+    if moment is None:
+        return "an unknown time"
+    return time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(moment))
+
+
+def _pruned_notice(job: StoredJob) -> str:
+    """What a pruned job's status and results say instead of its results."""
+    return (f"was pruned on {_date(job.pruned_at)} by the coordinator's retention policy: its contributions and results "
+            f"were removed (digest of what was removed: {job.pruned_digest})")
 
 
 def _unknown_job(job_id: str) -> NotFoundError:

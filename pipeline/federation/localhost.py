@@ -30,7 +30,8 @@ from pipeline import outputs
 from pipeline.analyses.registry import REGISTRY, get_analysis
 from pipeline.errors import AggregationAborted, ConfigurationError, GenofedError, ProtocolError
 from pipeline.federation import transport
-from pipeline.federation.analyst import analyst_connection, download_results, wait_for_job
+from pipeline.federation.analyst import analyst_connection, wait_for_job
+from pipeline.federation.analyst_results import download_results
 from pipeline.federation.baselines import BASELINES
 from pipeline.federation.job_spec import load_spec, parse_round_options
 from pipeline.federation.provision import provision

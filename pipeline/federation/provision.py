@@ -26,6 +26,13 @@ a site checks a job's participants and their round keys against without trusting
 the coordinator, and the list the site agent and the coordinator check their own
 certificate and enrolment against when they start.
 
+Later changes use the same CA and folder: :func:`add_participant`, :func:`renew` and
+:func:`revoke` (``genofed provision add-site | add-participant | renew | revoke --dir OUT``)
+each sign the next roster version, copy it where version 1 went, and keep the
+coordinator's enrolment and pins in ``coordinator.toml`` in step; :func:`push_roster`
+hands a new roster to the running coordinator, which refuses from then on every
+certificate it does not list.
+
 A certificate's subject says who it belongs to: CN = participant name,
 O = federation, OU = role (``coordinator``, ``site``, ``analyst`` or ``operator``). Extended key
 usage restricts it to what that role does: the coordinator's certificate
@@ -39,6 +46,8 @@ import datetime as dt
 import ipaddress
 import os
 import shutil
+import tempfile
+import tomllib
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -50,24 +59,27 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from pipeline.errors import ConfigurationError, IdentityError, InputError
-from pipeline.federation.config import DEFAULT_PORT, ROLES, check_name, render_toml
-from pipeline.federation.roster import (
-    ROSTER_FILE,
-    RosterEntry,
-    make_roster,
-    write_roster,
+from pipeline.federation.analyst import analyst_connection
+from pipeline.federation.config import (
+    DEFAULT_PORT, ROLES, CoordinatorConfig, check_name, load_analyst_config, load_coordinator_config, render_toml,
 )
+from pipeline.federation.roster import ROSTER_FILE, Roster, RosterEntry, load_roster, make_roster, write_roster
 from pipeline.federation.tls import federation_of
-from pipeline.outputs import atomic_directory
+from pipeline.outputs import atomic_directory, atomic_file
 
 __all__ = [
     "DEFAULT_ANALYSES",
     "Participant",
     "ProvisionManifest",
+    "RosterChange",
+    "add_participant",
     "fingerprint",
     "issue_certificate",
     "make_ca",
     "provision",
+    "push_roster",
+    "renew",
+    "revoke",
 ]
 
 DEFAULT_ANALYSES = ("census", "secure_sum")
@@ -325,12 +337,37 @@ def issue_certificate(
     return _cert_pem(cert), _key_pem(key)
 
 
+def _write_credentials(folder: Path, ca_dir: Path, name: str, role: str, *, valid_days: int,
+                       host: str | None = None) -> x509.Certificate:
+    """Issues ``name``'s certificate into ``folder``: ``cert.pem``, ``key.pem`` (0600) and the CA's ``ca.pem``."""
+    cert_pem, key_pem = issue_certificate(ca_dir, name, role, valid_days=valid_days, host=host)
+    _write_public(folder / "cert.pem", cert_pem)
+    _write_private(folder / "key.pem", key_pem)
+    shutil.copyfile(ca_dir / "ca.pem", folder / "ca.pem")
+    return x509.load_pem_x509_certificate(cert_pem)
+
+
 # --------------------------------------------------------------------------- configs
 
 _HEADER = """genofed {role} configuration for federation {federation!r}, written by genofed provision.
 Relative paths are resolved against the folder of this file.
 {reference}"""
 _REFERENCE = "Every key is explained in pipeline/federation/config.py of the genofed sources."
+
+
+_COORDINATOR_COMMENTS = {
+    "coordinator.host": "Address to listen on (GENOFED_COORDINATOR_HOST overrides); the certificate names this host.",
+    "enrolment": "Who may connect: a certificate from the federation CA whose CN is listed with the role in its OU.\n"
+                 "Analysts submit jobs and see their own; operators see every job and submit none.",
+    "fingerprints": "Pinned certificates (SHA-256 of the DER), checked against the roster at start; genofed provision\n"
+                    "renew and revoke keep them in step. While running, the roster in use decides.",
+    "tls.roster": "The federation roster signed by the CA: every enrolled participant must be in it.",
+}
+
+
+def _render_coordinator_toml(federation: str, tables: dict[str, dict[str, Any]]) -> str:
+    return render_toml(tables, header=_HEADER.format(role="coordinator", federation=federation, reference=_REFERENCE),
+                       comments=_COORDINATOR_COMMENTS)
 
 
 def _coordinator_toml(federation: str, host: str, port: int, sites: Sequence[str], analysts: Sequence[str],
@@ -342,14 +379,7 @@ def _coordinator_toml(federation: str, host: str, port: int, sites: Sequence[str
         "enrolment": {"sites": list(sites), "analysts": list(analysts), "operators": list(operators)},
         "fingerprints": fingerprints,
     }
-    comments = {
-        "coordinator.host": "Address to listen on (GENOFED_COORDINATOR_HOST overrides); the certificate names this host.",
-        "enrolment": "Who may connect: a certificate from the federation CA whose CN is listed with the role in its OU.\n"
-                     "Analysts submit jobs and see their own; operators see every job and submit none.",
-        "fingerprints": "Pinned certificates (SHA-256 of the DER): a re-issued certificate is refused until updated here.",
-        "tls.roster": "The federation roster signed by the CA: every enrolled participant must be in it.",
-    }
-    return render_toml(tables, header=_HEADER.format(role="coordinator", federation=federation, reference=_REFERENCE), comments=comments)
+    return _render_coordinator_toml(federation, tables)
 
 
 def _site_toml(federation: str, name: str, url: str, analyses: Sequence[str], share_variant_keys: bool,
@@ -481,16 +511,11 @@ def provision(
 
         def issue(name: str, role: str, folder: Path, config_name: str, config: str | None = None) -> None:
             folder.mkdir(parents=True)
-            cert_pem, key_pem = issue_certificate(
-                tmp / "ca", name, role, valid_days=valid_days,
-                host=coordinator_host if role == "coordinator" else None,
-            )
-            _write_public(folder / "cert.pem", cert_pem)
-            _write_private(folder / "key.pem", key_pem)
-            shutil.copyfile(tmp / "ca.pem", folder / "ca.pem")
+            cert = _write_credentials(folder, tmp / "ca", name, role, valid_days=valid_days,
+                                      host=coordinator_host if role == "coordinator" else None)
             if config is not None:
                 (folder / config_name).write_text(config)
-            issued[(role, name)] = (folder.relative_to(tmp), x509.load_pem_x509_certificate(cert_pem))
+            issued[(role, name)] = (folder.relative_to(tmp), cert)
 
         for name in sites:
             issue(name, "site", tmp / "sites" / name, "site.toml", _site_toml(federation, name, url, allowed_analyses, share_variant_keys, share_site_metrics))
@@ -525,3 +550,296 @@ def provision(
         analysts=tuple(participant("analyst", n, "analyst.toml") for n in analysts),
         operators=tuple(participant("operator", n, "operator.toml") for n in operators),
     )
+
+
+# --------------------------------------------------------------------------- changing a provisioned federation
+
+_FOLDERS = {"site": ("sites", "site.toml"), "analyst": ("analysts", "analyst.toml"), "operator": ("operators", "operator.toml")}
+_ENROLMENT_KEYS = {"site": "sites", "analyst": "analysts", "operator": "operators"}
+
+
+@dataclass(frozen=True)
+class RosterChange:
+    """What :func:`add_participant`, :func:`renew` or :func:`revoke` changed in a provisioned federation.
+
+    Attributes:
+        path: the federation folder (``OUT`` of :func:`provision`).
+        action: ``added``, ``renewed`` or ``revoked``.
+        name, role: the participant changed.
+        version, previous_version: the new roster's version and the one it replaces.
+        roster: the new roster (``OUT/roster.json``).
+        copies: the participant folders that got a copy of it.
+        coordinator_config: ``OUT/coordinator/coordinator.toml``, whose enrolment and
+            pins follow the roster.
+        participant: the new folder and certificate (``None`` when revoked).
+    """
+
+    path: Path
+    federation: str
+    action: str
+    name: str
+    role: str
+    version: int
+    previous_version: int
+    roster: Path
+    copies: tuple[Path, ...]
+    coordinator_config: Path
+    participant: Participant | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready summary."""
+        return {
+            "path": str(self.path), "federation": self.federation, "action": self.action, "name": self.name,
+            "role": self.role, "version": self.version, "previous_version": self.previous_version,
+            "roster": str(self.roster), "copies": [str(c) for c in self.copies],
+            "coordinator_config": str(self.coordinator_config),
+            "participant": self.participant.to_dict() if self.participant is not None else None,
+        }
+
+
+@dataclass(frozen=True)
+class _Federation:
+    """A provisioned federation folder, opened with its CA key and checked roster."""
+
+    root: Path
+    ca_cert: x509.Certificate
+    ca_key: ec.EllipticCurvePrivateKey
+    roster: Roster
+    coordinator: CoordinatorConfig
+
+    @property
+    def federation(self) -> str:
+        return self.roster.federation
+
+    def valid_days(self, days: int | None) -> int:
+        """``days``, or by default a year, at most until the CA expires (a certificate cannot outlive it)."""
+        if days is not None:
+            return days
+        left = (self.ca_cert.not_valid_after_utc - (_now() - _CLOCK_SKEW)).days
+        if left < 1:
+            raise ConfigurationError(f"the federation CA expires {self.ca_cert.not_valid_after_utc:%Y-%m-%d}: provision a new federation")
+        return min(365, left)
+
+    def folder(self, role: str, name: str) -> tuple[Path, str]:
+        """A participant's folder and configuration file name, as :func:`provision` lays them out."""
+        if role == "coordinator":
+            return self.root / "coordinator", "coordinator.toml"
+        plural, config_name = _FOLDERS[role]
+        return self.root / plural / name, config_name
+
+    def entry(self, name: str, role: str | None) -> RosterEntry:
+        """The roster entry of ``name`` (with ``role``, if given)."""
+        matches = [e for e in self.roster.participants if e.name == name and role in (None, e.role)]
+        if len(matches) != 1:
+            what = f"{role} {name!r}" if role else repr(name)
+            raise ConfigurationError(
+                f"{what} is not in the federation roster {self.roster.path} (version {self.roster.version})"
+                if not matches else f"{name!r} is in the roster as {' and '.join(e.role for e in matches)}: pass --role"
+            )
+        return matches[0]
+
+
+def _open_federation(out: Path | str) -> _Federation:
+    """The federation in ``out``, refusing a folder whose CA, roster or coordinator configuration does not fit."""
+    root = Path(out)
+    ca_cert, ca_key = _load_ca(root / "ca")
+    if not (root / "ca.pem").is_file() or (root / "ca.pem").read_bytes() != (root / "ca" / "ca.pem").read_bytes():
+        raise InputError(f"{root / 'ca.pem'}: missing or not the CA of {root / 'ca'}; expected a folder written by genofed provision")
+    roster = load_roster(root / ROSTER_FILE, root / "ca" / "ca.pem")
+    coordinator = load_coordinator_config(root / "coordinator" / "coordinator.toml", check_files=False, env={})
+    if _federation_of(ca_cert) != roster.federation or coordinator.federation != roster.federation:
+        raise InputError(f"{root}: the CA, roster and coordinator.toml name different federations")
+    return _Federation(root=root, ca_cert=ca_cert, ca_key=ca_key, roster=roster, coordinator=coordinator)
+
+
+def _next_roster(fed: _Federation, entries: Sequence[RosterEntry]) -> tuple[Roster, tuple[Path, ...]]:
+    """Signs roster version N+1 of ``entries``; writes it where :func:`provision` put version 1, and in each listed participant's folder."""
+    signed = make_roster(fed.federation, fed.roster.version + 1, entries, fed.ca_key)
+    write_roster(fed.root / ROSTER_FILE, signed)
+    copies = []
+    for entry in entries:
+        folder, _ = fed.folder(entry.role, entry.name)
+        if folder.is_dir():
+            write_roster(folder / ROSTER_FILE, signed)
+            copies.append(folder)
+    return load_roster(fed.root / ROSTER_FILE, fed.root / "ca" / "ca.pem"), tuple(copies)
+
+
+def _enrol(fed: _Federation, role: str, name: str, pin: str | None) -> None:
+    """Enrols ``name`` in ``OUT/coordinator/coordinator.toml`` with ``pin`` as its fingerprint, or with ``None`` removes it.
+
+    Every other key of the file, the operator's own edits included, stays as it is.
+    """
+    path = fed.coordinator.path
+    tables: dict[str, dict[str, Any]] = {key: dict(value) for key, value in tomllib.loads(path.read_text()).items()}
+    enrolment, pins = tables.setdefault("enrolment", {}), tables.setdefault("fingerprints", {})
+    key = _ENROLMENT_KEYS[role]
+    names = [n for n in enrolment.get(key, []) if n != name or pin is not None]
+    if pin is None:
+        pins.pop(name, None)
+    else:
+        if name not in names:
+            names.append(name)
+        if pins or name in pins:
+            pins[name] = pin
+    enrolment[key] = names
+    with atomic_file(path, force=True) as tmp:
+        tmp.write_text(_render_coordinator_toml(fed.federation, tables))
+
+
+def _participant(fed: _Federation, role: str, name: str, cert: x509.Certificate) -> Participant:
+    folder, config_name = fed.folder(role, name)
+    return Participant(name=name, role=role, folder=folder, cert=folder / "cert.pem", key=folder / "key.pem",
+                       config=folder / config_name, fingerprint=fingerprint(cert), not_after=cert.not_valid_after_utc)
+
+
+def _change(fed: _Federation, action: str, entry: RosterEntry, roster: Roster, copies: tuple[Path, ...],
+            participant: Participant | None) -> RosterChange:
+    return RosterChange(
+        path=fed.root, federation=fed.federation, action=action, name=entry.name, role=entry.role, version=roster.version,
+        previous_version=fed.roster.version, roster=fed.root / ROSTER_FILE, copies=copies,
+        coordinator_config=fed.coordinator.path, participant=participant,
+    )
+
+
+def add_participant(
+    out: Path | str,
+    name: str,
+    *,
+    role: str = "site",
+    valid_days: int | None = None,
+    allowed_analyses: Sequence[str] = DEFAULT_ANALYSES,
+    share_variant_keys: bool = False,
+    share_site_metrics: bool = False,
+    force: bool = False,
+) -> RosterChange:
+    """Adds a site, analyst or operator to a provisioned federation, with a certificate from its existing CA.
+
+    Writes the participant's folder as :func:`provision` does, signs roster version
+    N+1 that lists it, copies the roster into every participant folder and enrols it
+    in ``OUT/coordinator/coordinator.toml`` (the coordinator takes up a new enrolment
+    when it restarts).
+
+    Args:
+        out: the folder :func:`provision` wrote.
+        name: the new participant's name (not in the roster yet).
+        role: ``site``, ``analyst`` or ``operator``.
+        valid_days: validity of its certificate (default: a year, at most until the CA expires).
+        allowed_analyses, share_variant_keys, share_site_metrics: a new site's initial
+            policy (as for :func:`provision`).
+        force: replace an existing folder of that name (say, of a revoked participant).
+
+    Raises:
+        ConfigurationError: a bad name or role, or a name already in the roster.
+        InputError: ``out`` is not a provisioned federation.
+        OutputExistsError: the participant's folder exists and ``force`` is false.
+    """
+    check_name(name, what="participant name")
+    if role not in _FOLDERS:
+        raise ConfigurationError(f"a participant added later is a site, analyst or operator, not {role!r}")
+    for analysis in allowed_analyses:
+        check_name(analysis, what="analysis name")
+    fed = _open_federation(out)
+    valid_days = fed.valid_days(valid_days)
+    _check_days(valid_days)
+    taken = [e.role for e in fed.roster.participants if e.name == name]
+    if taken or name == "coordinator":
+        raise ConfigurationError(
+            f"{name!r} is already in the federation roster (version {fed.roster.version}) as {taken[0] if taken else 'coordinator'}; "
+            "every participant needs its own name (use genofed provision renew for a new certificate)"
+        )
+    folder, config_name = fed.folder(role, name)
+    url = fed.coordinator.url
+    with atomic_directory(folder, force=force) as tmp:
+        cert = _write_credentials(tmp, fed.root / "ca", name, role, valid_days=valid_days)
+        config = (_site_toml(fed.federation, name, url, allowed_analyses, share_variant_keys, share_site_metrics)
+                  if role == "site" else _analyst_toml(fed.federation, name, url, role))
+        (tmp / config_name).write_text(config)
+    entry = RosterEntry.from_certificate(cert)
+    roster, copies = _next_roster(fed, [*fed.roster.participants, entry])
+    _enrol(fed, role, name, entry.fingerprint)
+    return _change(fed, "added", entry, roster, copies, _participant(fed, role, name, cert))
+
+
+def renew(out: Path | str, name: str, *, role: str | None = None, valid_days: int | None = None) -> RosterChange:
+    """Issues a participant a new certificate and key; roster version N+1 lists only the new one.
+
+    The new ``cert.pem`` and ``key.pem`` replace the old ones in the participant's
+    folder; once the coordinator has the new roster, the old certificate is refused.
+
+    Args:
+        out: the folder :func:`provision` wrote.
+        name: a participant of the roster (the coordinator too: it then needs a restart
+            with its new files).
+        role: its role, where the name alone is ambiguous.
+        valid_days: validity of the new certificate (default: a year, at most until the CA expires).
+
+    Raises:
+        ConfigurationError: no such participant, or a bad validity.
+        InputError: ``out`` is not a provisioned federation, or the participant's
+            folder is missing.
+    """
+    fed = _open_federation(out)
+    valid_days = fed.valid_days(valid_days)
+    _check_days(valid_days)
+    old = fed.entry(name, role)
+    folder, _ = fed.folder(old.role, name)
+    if not folder.is_dir():
+        raise InputError(f"{folder}: missing; renew writes the new certificate into the participant's folder")
+    scratch = Path(tempfile.mkdtemp(prefix=f".{folder.name}.renew-", dir=folder.parent))
+    try:
+        cert = _write_credentials(scratch, fed.root / "ca", name, old.role, valid_days=valid_days,
+                                  host=fed.coordinator.host if old.role == "coordinator" else None)
+        for file in ("key.pem", "cert.pem"):
+            os.replace(scratch / file, folder / file)
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+    entry = RosterEntry.from_certificate(cert)
+    roster, copies = _next_roster(fed, [*(e for e in fed.roster.participants if e != old), entry])
+    if old.role != "coordinator":
+        _enrol(fed, old.role, name, entry.fingerprint)
+    return _change(fed, "renewed", entry, roster, copies, _participant(fed, old.role, name, cert))
+
+
+def revoke(out: Path | str, name: str, *, role: str | None = None) -> RosterChange:
+    """Removes a participant from the federation: roster version N+1 no longer lists it.
+
+    Its certificate stays valid for TLS until it expires, but the coordinator refuses
+    it once it has the new roster, and sites refuse rounds and keys of a site it no
+    longer lists. Its folder is left as it is (without the new roster).
+
+    Raises:
+        ConfigurationError: no such participant, or the coordinator (renew it instead).
+        InputError: ``out`` is not a provisioned federation.
+    """
+    fed = _open_federation(out)
+    entry = fed.entry(name, role)
+    if entry.role == "coordinator":
+        raise ConfigurationError("the coordinator cannot be revoked: renew its certificate instead")
+    roster, copies = _next_roster(fed, [e for e in fed.roster.participants if e != entry])
+    _enrol(fed, entry.role, name, None)
+    return _change(fed, "revoked", entry, roster, copies, None)
+
+
+def push_roster(config_path: Path | str, roster_path: Path | str) -> dict[str, Any]:
+    """Sends a roster to the coordinator (``PUT /v1/roster``) as an operator; returns its answer.
+
+    The roster is verified here first, against the operator's own CA certificate, so
+    a wrong or edited file is refused before anything is sent.
+
+    Raises:
+        ConfigurationError: the configuration is not an operator's, or the roster is
+            not signed by the federation CA.
+        ProtocolError: the coordinator refused it (not newer, say) or did not answer.
+    """
+    config = load_analyst_config(config_path)
+    if config.role != "operator":
+        raise ConfigurationError(
+            f"{config.path}: an {config.role}'s configuration; only an operator installs rosters (operator.toml of "
+            "genofed provision --operator NAME, or genofed provision add-participant --role operator)"
+        )
+    roster = load_roster(roster_path, config.ca)
+    with analyst_connection(config.path) as connection:
+        answer = connection.request("PUT", "/v1/roster", content=Path(roster_path).read_bytes(),
+                                    headers={"content-type": "application/json"}).json()
+    return {"coordinator": config.coordinator_url, "roster": str(roster_path), "federation": roster.federation, **answer}

@@ -17,6 +17,14 @@ relays every round's keys) can add, drop or swap an entry unnoticed:
   own copy of the roster (:meth:`Roster.public_key`), never against keys from the wire
   (DESIGN.md, security model: the active variant of Bonawitz et al.).
 
+The operator changes the federation with ``genofed provision add-site``, ``renew`` and
+``revoke``, each of which signs the next version; a revoked participant is simply not in
+it, and a renewed one is listed with its new certificate. A roster is only ever replaced
+by a newer one signed by the same CA (:func:`install_roster`): the coordinator takes it
+from the operator (``PUT /v1/roster``) and refuses, from then on, every certificate it
+does not list (:meth:`Roster.check_identity`); a site fetches it from the coordinator
+but verifies it itself, so a coordinator can neither forge one nor replay an old one.
+
 ``roster.json``::
 
     {"format": "genofed-roster/1", "federation": NAME, "version": 1,
@@ -36,10 +44,11 @@ from __future__ import annotations
 
 import base64
 import binascii
+import dataclasses
 import datetime as dt
 import json
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -52,6 +61,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from pipeline.errors import ConfigurationError, GenofedError, IdentityError
 from pipeline.federation.config import ROLES, CoordinatorConfig, SiteConfig, check_name
 from pipeline.federation.tls import Identity, federation_of, peer_identity
+from pipeline.outputs import write_private
 
 __all__ = [
     "FORMAT",
@@ -60,6 +70,7 @@ __all__ = [
     "RosterEntry",
     "check_enrolment",
     "check_own_identity",
+    "install_roster",
     "load_roster",
     "make_roster",
     "write_roster",
@@ -125,6 +136,7 @@ class Roster:
         issued: when the CA signed it (UTC).
         participants: the entries, sorted by role, then name.
         path: the file it was read from (for messages).
+        signed: the signed JSON object it was verified from, to hand on as it is.
     """
 
     federation: str
@@ -132,6 +144,7 @@ class Roster:
     issued: dt.datetime
     participants: tuple[RosterEntry, ...]
     path: Path | None = field(default=None, compare=False)
+    signed: Mapping[str, Any] | None = field(default=None, compare=False, repr=False)
 
     def _where(self) -> str:
         return f"the roster {self.path}" if self.path is not None else f"the roster of federation {self.federation!r}"
@@ -210,6 +223,30 @@ class Roster:
             )
         return entry
 
+    def check_identity(self, identity: Identity) -> RosterEntry:
+        """Checks that a verified peer presented the certificate this roster lists for its name and role.
+
+        The coordinator asks this of every request, so a certificate the operator
+        revoked or replaced stops working as soon as the roster without it is installed.
+
+        Raises:
+            IdentityError: the participant is not in this roster (revoked, or never
+                provisioned) or presented another certificate (replaced by a renewal).
+        """
+        for entry in self.participants:
+            if entry.name == identity.name and entry.role == identity.role:
+                if entry.fingerprint != identity.fingerprint:
+                    raise IdentityError(
+                        f"{identity.role} {identity.name!r} presented certificate {identity.fingerprint[:16]}..., but the "
+                        f"federation roster (version {self.version}) lists {entry.fingerprint[:16]}...: this certificate was "
+                        "replaced or revoked; use the certificate the operator issued with that roster"
+                    )
+                return entry
+        raise IdentityError(
+            f"{identity.role} {identity.name!r} is not in the federation roster (version {self.version}): its certificate "
+            "was revoked (or never provisioned); ask the consortium operator"
+        )
+
 
 # --------------------------------------------------------------------------- writing
 
@@ -283,10 +320,12 @@ def make_roster(
 def write_roster(path: Path | str, roster: Mapping[str, Any]) -> None:
     """Writes a signed roster (from :func:`make_roster`) as indented JSON, readable by all.
 
-    The layout on disk does not matter: the signature covers the canonical form.
+    The file is replaced atomically (written beside it, synced, renamed), so a reader,
+    or a crash, sees the old roster or the new one, never half of one. The layout on
+    disk does not matter: the signature covers the canonical form.
     """
     path = Path(path)
-    path.write_text(json.dumps(roster, indent=2, sort_keys=True) + "\n")
+    write_private(path, (json.dumps(roster, indent=2, sort_keys=True) + "\n").encode("ascii"))
     path.chmod(0o644)
 
 
@@ -334,7 +373,7 @@ def _read_json(path: Path) -> Any:
         raise ConfigurationError(f"{path}: not valid JSON ({error}); {_GET_ONE}") from None
 
 
-def _parse_entry(path: Path, index: int, value: Any) -> RosterEntry:
+def _parse_entry(path: Path | str, index: int, value: Any) -> RosterEntry:
     where = f"{path}: participants[{index}]"
     if not isinstance(value, dict):
         raise ConfigurationError(f"{where}: expected an object with {', '.join(sorted(_ENTRY_KEYS))}, got {value!r}")
@@ -357,8 +396,8 @@ def _parse_entry(path: Path, index: int, value: Any) -> RosterEntry:
     return RosterEntry(name=name, role=role, fingerprint=fingerprint, public_key=key)
 
 
-def _parse_roster(path: Path, data: dict[str, Any]) -> Roster:
-    """The verified roster's content, checked key by key."""
+def _parse_roster(path: Path | str, data: dict[str, Any], *, file: Path | None) -> Roster:
+    """The verified roster's content, checked key by key (``path`` names it in messages)."""
     unknown = sorted(set(data) - _KEYS)
     if unknown:
         raise ConfigurationError(f"{path}: unknown key {unknown[0]!r}; a {FORMAT} roster has only {', '.join(sorted(_KEYS))}")
@@ -383,7 +422,8 @@ def _parse_roster(path: Path, data: dict[str, Any]) -> Roster:
         if (entry.role, entry.name) in seen:
             raise ConfigurationError(f"{path}: {entry.role} {entry.name!r} is listed twice")
         seen.add((entry.role, entry.name))
-    return Roster(federation=federation, version=version, issued=issued.astimezone(dt.timezone.utc), participants=entries, path=path)
+    return Roster(federation=federation, version=version, issued=issued.astimezone(dt.timezone.utc), participants=entries,
+                  path=file, signed=data)
 
 
 def load_roster(path: Path | str, ca_cert_path: Path | str) -> Roster:
@@ -403,33 +443,78 @@ def load_roster(path: Path | str, ca_cert_path: Path | str) -> Roster:
             signature that does not verify (edited after signing, or another CA), or
             a malformed entry.
     """
-    path, ca_cert_path = Path(path), Path(ca_cert_path)
-    data = _read_json(path)
+    path = Path(path)
+    return _verify(_read_json(path), Path(ca_cert_path), where=path, file=path)
+
+
+def _verify(data: Any, ca_cert_path: Path, *, where: Path | str, file: Path | None) -> Roster:
+    """The roster of ``data`` once its format, federation and CA signature are checked."""
     if not isinstance(data, dict):
-        raise ConfigurationError(f"{path}: not a roster (expected a JSON object); {_GET_ONE}")
+        raise ConfigurationError(f"{where}: not a roster (expected a JSON object); {_GET_ONE}")
     if data.get("format") != FORMAT:
         raise ConfigurationError(
-            f"{path}: unknown format {data.get('format')!r}; this genofed reads {FORMAT!r} rosters, "
+            f"{where}: unknown format {data.get('format')!r}; this genofed reads {FORMAT!r} rosters, "
             f"as genofed provision writes them; {_GET_ONE}"
         )
     ca_key, ca_federation = _ca(ca_cert_path)
     if data.get("federation") != ca_federation:
         raise ConfigurationError(
-            f"{path}: the roster of federation {data.get('federation')!r}, but the CA {ca_cert_path} is federation "
+            f"{where}: the roster of federation {data.get('federation')!r}, but the CA {ca_cert_path} is federation "
             f"{ca_federation!r}'s; {_GET_ONE}"
         )
     signature_text = data.get("signature")
     if not isinstance(signature_text, str) or not signature_text:
-        raise ConfigurationError(f"{path}: unsigned (no 'signature'); only a roster signed by the federation CA is accepted: {_GET_ONE}")
+        raise ConfigurationError(f"{where}: unsigned (no 'signature'); only a roster signed by the federation CA is accepted: {_GET_ONE}")
     body = {key: value for key, value in data.items() if key != "signature"}
     try:
         ca_key.verify(base64.b64decode(signature_text, validate=True), _canonical(body), _SIGNATURE)
     except (InvalidSignature, binascii.Error, ValueError):
         raise ConfigurationError(
-            f"{path}: bad signature: the roster was edited after the CA signed it, or another CA than {ca_cert_path} "
+            f"{where}: bad signature: the roster was edited after the CA signed it, or another CA than {ca_cert_path} "
             f"signed it; {_GET_ONE}"
         ) from None
-    return _parse_roster(path, data)
+    return _parse_roster(where, data, file=file)
+
+
+def install_roster(
+    data: Any, *, ca_cert_path: Path | str, current: Roster, path: Path | str, source: str,
+    accept: Callable[[Roster], None] | None = None,
+) -> Roster:
+    """Replaces the roster at ``path`` with ``data`` if the CA signed it and it is newer than ``current``.
+
+    The one way a running party takes up a new roster: a coordinator from the
+    operator, a site from the coordinator, which it does not trust to hand it the
+    CA's latest (it may forge one, or replay an older one that still lists a revoked
+    participant). The same roster again is no change.
+
+    Args:
+        data: the decoded ``roster.json`` received.
+        ca_cert_path: the federation CA certificate whose key must have signed it.
+        current: the roster in use.
+        path: the party's roster file, replaced atomically.
+        source: where ``data`` came from, for messages.
+        accept: the party's own checks of the new roster, before it is written
+            (raises to refuse it).
+
+    Returns:
+        The new roster (``current`` itself when ``data`` is the same roster).
+
+    Raises:
+        ConfigurationError: not signed by the CA, malformed, or not newer than ``current``.
+    """
+    roster = _verify(data, Path(ca_cert_path), where=source, file=None)
+    if roster == current:
+        return current
+    if roster.version <= current.version:
+        raise ConfigurationError(
+            f"{source}: roster version {roster.version} is not newer than version {current.version} in use; a roster is "
+            "only ever replaced by a newer one (an older one may be replayed to bring back a revoked participant)"
+        )
+    if accept is not None:
+        accept(roster)
+    path = Path(path)
+    write_roster(path, data)
+    return dataclasses.replace(roster, path=path)
 
 
 # --------------------------------------------------------------------------- startup checks

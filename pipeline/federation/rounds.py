@@ -7,6 +7,13 @@ holds, so they are never trusted from the wire. A :class:`~pipeline.analyses.Key
 round has one stage, :data:`KEY_UNION_STAGE`, in which each site uploads its key set
 as a one-column Arrow table (:func:`encode_keys`, :func:`decode_keys`) and the
 coordinator forms their sorted union (:func:`union_keys`).
+
+Every job's round 0 begins with the :data:`PREFLIGHT_STAGE`: each invited site checks
+the job against its policy, roster and data (columns, types, enough samples, privacy
+terms) without computing anything, and answers :data:`PREFLIGHT_READY` or declines
+with a refusal code. Round 0 proper then invites the sites that answered, so a job
+every site would refuse fails within seconds, naming each site's code, before any
+census or PCA runs.
 """
 
 from __future__ import annotations
@@ -26,10 +33,19 @@ from pipeline.federation.roster import Roster
 from pipeline.secagg import keys
 from pipeline.secagg.messages import RoundConfig
 
-__all__ = ["KEY_UNION_STAGE", "MAX_KEYS", "round_config", "encode_keys", "decode_keys", "union_keys"]
+__all__ = [
+    "KEY_UNION_STAGE", "MAX_KEYS", "PREFLIGHT_READY", "PREFLIGHT_STAGE", "check_preflight", "decode_keys", "encode_keys",
+    "round_config", "union_keys",
+]
 
 KEY_UNION_STAGE = "keys"
 """Stage name of a :class:`~pipeline.analyses.KeyUnion` round (its only stage)."""
+
+PREFLIGHT_STAGE = "preflight"
+"""The first stage of every job's round 0: the sites' cheap checks, before any contribution."""
+
+PREFLIGHT_READY = b'{"ready":true}'
+"""A site's whole pre-flight answer: it would take part (a site that would not declines instead)."""
 
 MAX_KEYS = 50_000_000
 """Most keys one site's key set may hold."""
@@ -103,3 +119,14 @@ def union_keys(key_sets: Sequence[np.ndarray]) -> np.ndarray:
     keys = pa.chunked_array([_arrow_strings(k) for k in key_sets], type=pa.string())
     unique = pc.unique(keys)
     return unique.take(pc.array_sort_indices(unique)).to_numpy(zero_copy_only=False).astype(str)
+
+
+def check_preflight(body: bytes) -> bool:
+    """Checks a pre-flight answer: exactly :data:`PREFLIGHT_READY`, nothing a site could smuggle data in.
+
+    Raises:
+        ProtocolError: any other body.
+    """
+    if body != PREFLIGHT_READY:
+        raise ProtocolError(f"a pre-flight answer is {PREFLIGHT_READY.decode()}, got {len(body)} other bytes")
+    return True

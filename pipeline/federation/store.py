@@ -52,6 +52,7 @@ from pipeline.outputs import fsync_directory
 
 __all__ = [
     "Store", "StoredJob", "StoredRound", "StoredMessage", "StoredStage", "StagedBody", "StoreCorruption", "INLINE_BODY_BYTES",
+    "FINISHED_STATUSES", "JobFootprint",
 ]
 
 log = logging.getLogger(__name__)
@@ -144,6 +145,35 @@ class StoredJob:
     error: str | None
     created_at: float
     finished_at: float | None
+    pruned_at: float | None = None
+    """When the retention policy removed the job's rounds, messages and results (its row stays as a tombstone)."""
+    pruned_digest: str | None = None
+    """``sha256:`` of the manifest of what was removed (:class:`JobFootprint`), as its ``job.pruned`` audit entry records."""
+
+
+FINISHED_STATUSES = ("done", "failed", "cancelled")
+"""The statuses of a job that has ended: only such a job may be pruned."""
+
+
+@dataclass(frozen=True)
+class JobFootprint:
+    """What a job holds in the store beyond its row, as pruning it removes.
+
+    Attributes:
+        messages: stored protocol messages. results: result tables and files.
+        rounds: stored rounds (their public states).
+        bytes: bytes of message and result bodies, inline or in files.
+        blobs: digests of the body files its rows name (a file is removed only once no row names it).
+        digest: ``sha256:`` of the canonical JSON manifest of every removed row (IDs and body digests),
+            so that the tombstone and the audit log name exactly what went.
+    """
+
+    messages: int
+    results: int
+    rounds: int
+    bytes: int
+    blobs: tuple[str, ...]
+    digest: str
 
 
 @dataclass(frozen=True)
@@ -197,6 +227,8 @@ class StagedBody:
     temporary: Path | None
 
 
+_JOB_COLUMNS = ("job_id, analysis, spec, analyst, participants, threshold, status, error, created_at, finished_at, "
+                "pruned_at, pruned_digest")
 _MESSAGE_COLUMNS = "message_id, job_id, round_index, stage, site, digest, body, received_at, in_file"
 
 
@@ -216,6 +248,10 @@ class Store:
             db.execute("ALTER TABLE messages ADD COLUMN in_file INTEGER NOT NULL DEFAULT 0")
         if "sites" not in {row[1] for row in db.execute("PRAGMA table_info(rounds)")}:  # written before rounds named theirs
             db.execute("ALTER TABLE rounds ADD COLUMN sites TEXT")
+        job_columns = {row[1] for row in db.execute("PRAGMA table_info(jobs)")}
+        for column, kind in (("pruned_at", "REAL"), ("pruned_digest", "TEXT")):  # written before jobs could be pruned
+            if column not in job_columns:
+                db.execute(f"ALTER TABLE jobs ADD COLUMN {column} {kind}")
         self._migrate_results(db)
         self._collect_garbage()
 
@@ -307,20 +343,21 @@ class Store:
     def add_job(self, job: StoredJob) -> None:
         with self.transaction() as db:
             db.execute(
-                "INSERT INTO jobs VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                f"INSERT INTO jobs ({_JOB_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (job.job_id, job.analysis, json.dumps(job.spec), job.analyst, json.dumps(list(job.participants)),
-                 job.threshold, job.status, job.error, job.created_at, job.finished_at),
+                 job.threshold, job.status, job.error, job.created_at, job.finished_at, job.pruned_at, job.pruned_digest),
             )
 
     def _job(self, row: Sequence[Any]) -> StoredJob:
-        return StoredJob(row[0], row[1], json.loads(row[2]), row[3], tuple(json.loads(row[4])), int(row[5]), row[6], row[7], row[8], row[9])
+        return StoredJob(row[0], row[1], json.loads(row[2]), row[3], tuple(json.loads(row[4])), int(row[5]), row[6], row[7], row[8],
+                         row[9], row[10], row[11])
 
     def job(self, job_id: str) -> StoredJob | None:
-        row = self._connection().execute("SELECT * FROM jobs WHERE job_id = ?", (job_id,)).fetchone()
+        row = self._connection().execute(f"SELECT {_JOB_COLUMNS} FROM jobs WHERE job_id = ?", (job_id,)).fetchone()
         return None if row is None else self._job(row)
 
     def jobs(self, *, status: str | None = None) -> list[StoredJob]:
-        query, args = "SELECT * FROM jobs", ()
+        query, args = f"SELECT {_JOB_COLUMNS} FROM jobs", tuple[str, ...]()
         if status is not None:
             query, args = query + " WHERE status = ?", (status,)
         return [self._job(row) for row in self._connection().execute(query + " ORDER BY created_at, job_id", args)]
@@ -541,3 +578,113 @@ class Store:
                 self._check_inline(body, digest, what)
                 results[name] = (kind, bytes(body))
         return results
+
+    # ------------------------------------------------------------------ retention
+
+    def job_counts(self) -> dict[str, int]:
+        """How many jobs have each status, and how many of them were pruned (``pruned``)."""
+        db = self._connection()
+        counts = {status: int(n) for status, n in db.execute("SELECT status, COUNT(*) FROM jobs GROUP BY status")}
+        counts["pruned"] = int(db.execute("SELECT COUNT(*) FROM jobs WHERE pruned_at IS NOT NULL").fetchone()[0])
+        return counts
+
+    def prunable_jobs(self, finished_before: float) -> list[StoredJob]:
+        """Jobs that ended (:data:`FINISHED_STATUSES`) before ``finished_before`` and are not pruned yet, oldest first."""
+        marks = ", ".join("?" for _ in FINISHED_STATUSES)
+        rows = self._connection().execute(
+            f"SELECT {_JOB_COLUMNS} FROM jobs WHERE status IN ({marks}) AND finished_at IS NOT NULL AND finished_at < ? "
+            "AND pruned_at IS NULL ORDER BY finished_at, job_id", (*FINISHED_STATUSES, finished_before),
+        )
+        return [self._job(row) for row in rows]
+
+    def job_footprint(self, job_id: str) -> JobFootprint:
+        """What pruning ``job_id`` would remove: counts, bytes, body files, and the digest of its manifest."""
+        db = self._connection()
+        messages = db.execute("SELECT message_id, digest, length(body), in_file FROM messages WHERE job_id = ? ORDER BY message_id",
+                              (job_id,)).fetchall()
+        results = db.execute("SELECT name, kind, digest, length(body), in_file FROM results WHERE job_id = ? ORDER BY name",
+                             (job_id,)).fetchall()
+        rounds = db.execute("SELECT round_index, state, sites FROM rounds WHERE job_id = ? ORDER BY round_index", (job_id,)).fetchall()
+        stages = db.execute("SELECT round_index, seq, stage, included FROM stages WHERE job_id = ? ORDER BY round_index, seq",
+                            (job_id,)).fetchall()
+        declines = db.execute("SELECT site, reason FROM declines WHERE job_id = ? ORDER BY site", (job_id,)).fetchall()
+        blobs = sorted({digest for _, digest, _, in_file in messages if in_file} | {digest for _, _, digest, _, in_file in results if in_file})
+        size = sum(int(length) for _, _, length, in_file in messages if not in_file)
+        size += sum(int(length) for _, _, _, length, in_file in results if not in_file)
+        size += sum(self._blob(digest).stat().st_size for digest in blobs if self._blob(digest).exists())
+        manifest = {
+            "job_id": job_id,
+            "messages": [[message_id, digest] for message_id, digest, _, _ in messages],
+            "results": [[name, kind, digest] for name, kind, digest, _, _ in results],
+            "rounds": [[int(index), _sha256(state.encode()), sites] for index, state, sites in rounds],
+            "stages": [[int(index), int(seq), stage, included] for index, seq, stage, included in stages],
+            "declines": [[site, reason] for site, reason in declines],
+        }
+        canonical = json.dumps(manifest, sort_keys=True, separators=(",", ":")).encode()
+        return JobFootprint(messages=len(messages), results=len(results), rounds=len(rounds), bytes=size,
+                            blobs=tuple(blobs), digest="sha256:" + _sha256(canonical))
+
+    def prune_job(self, job_id: str, pruned_at: float) -> JobFootprint:
+        """Removes an ended job's rounds, stages, messages, declines and results; its row stays as the tombstone.
+
+        One transaction (joining the caller's). Body files are left for :meth:`remove_blobs`,
+        called after the commit: a rollback must not find its files gone.
+
+        Raises:
+            ValueError: the job does not exist, has not ended, or was pruned already.
+        """
+        with self.transaction() as db:
+            job = self.job(job_id)
+            if job is None or job.status not in FINISHED_STATUSES or job.pruned_at is not None:
+                raise ValueError(f"job {job_id} cannot be pruned: {'no such job' if job is None else job.status}"
+                                 f"{', pruned already' if job is not None and job.pruned_at is not None else ''}")
+            footprint = self.job_footprint(job_id)
+            for table in ("messages", "results", "rounds", "stages", "declines"):
+                db.execute(f"DELETE FROM {table} WHERE job_id = ?", (job_id,))
+            db.execute("UPDATE jobs SET pruned_at = ?, pruned_digest = ? WHERE job_id = ?", (pruned_at, footprint.digest, job_id))
+        return footprint
+
+    def remove_blobs(self, digests: Sequence[str]) -> int:
+        """Deletes the body files among ``digests`` that no row names any more; returns their bytes.
+
+        The caller keeps uploads from naming the same file meanwhile (the coordinator's
+        engine lock, under which every body is moved into place).
+        """
+        db = self._connection()
+        freed = 0
+        for digest in sorted(set(digests)):
+            named = db.execute("SELECT 1 FROM messages WHERE digest = ? AND in_file = 1 UNION ALL "
+                               "SELECT 1 FROM results WHERE digest = ? AND in_file = 1 LIMIT 1", (digest, digest)).fetchone()
+            path = self._blob(digest)
+            if named is None and path.exists():
+                freed += path.stat().st_size
+                path.unlink(missing_ok=True)
+        fsync_directory(self.blob_dir)
+        return freed
+
+    def vacuum(self) -> None:
+        """Rewrites the database without the free pages that deleted rows left, and truncates the WAL.
+
+        ``VACUUM`` writes the compacted database through the WAL; the checkpoint copies it
+        back and shrinks both files. A checkpoint kept from finishing by a reader leaves
+        the WAL to the next one (the space is reclaimed then).
+        """
+        db = self._connection()
+        db.execute("VACUUM")
+        busy, _, _ = db.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
+        if busy:
+            log.info("%s: after VACUUM the WAL could not be truncated yet (a reader is busy); the next checkpoint will", self.path)
+
+    def disk_usage(self) -> dict[str, int]:
+        """Bytes on disk: the database, its WAL, the body files, and their total."""
+        def size(path: Path) -> int:
+            try:
+                return path.stat().st_size
+            except FileNotFoundError:
+                return 0
+
+        wal = Path(f"{self.path}-wal")
+        blobs = sum(size(path) for path in self.blob_dir.iterdir() if path.is_file())
+        usage = {"database": size(self.path), "wal": size(wal), "blobs": blobs}
+        usage["total"] = sum(usage.values())
+        return usage

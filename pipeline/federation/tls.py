@@ -10,7 +10,8 @@ server certificate cannot log in as a site.
 
 A verified handshake proves the peer holds a key the federation CA certified; who
 the peer *is* comes from that certificate's subject (:func:`peer_identity`), and
-whether it may do what it asks from the enrolment list (:func:`authorize`).
+whether it may do what it asks from the enrolment list and the federation roster in
+use (:func:`authorize`).
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import ssl
 from collections.abc import Collection
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, Protocol
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
@@ -166,14 +168,25 @@ def peer_identity(der_or_cert: bytes | x509.Certificate) -> Identity:
     return Identity(name=name, role=role, federation=federation, fingerprint=fingerprint)
 
 
-def authorize(
-    identity: Identity, config: CoordinatorConfig, *, roles: Collection[str] = ("site", "analyst")
-) -> Identity:
-    """Checks a verified peer against the coordinator's enrolment list.
+class RosterCheck(Protocol):
+    """What :func:`authorize` asks of a roster (:class:`pipeline.federation.roster.Roster`, a floor above this module)."""
 
-    The peer must belong to this federation, carry one of ``roles``, be enrolled
-    under that name with that role, and, where ``coordinator.toml`` pins
-    fingerprints, present exactly the pinned certificate.
+    def check_identity(self, identity: Identity) -> Any:
+        """Raises :class:`IdentityError` unless ``identity``'s certificate is the one the roster lists."""
+
+
+def authorize(
+    identity: Identity, config: CoordinatorConfig, *, roles: Collection[str] = ("site", "analyst"),
+    roster: RosterCheck | None = None,
+) -> Identity:
+    """Checks a verified peer against the coordinator's enrolment list and the federation roster.
+
+    The peer must belong to this federation, carry one of ``roles``, and be enrolled
+    under that name with that role. With a ``roster`` (the one the coordinator uses
+    now) its certificate must be the one the roster lists for it, which also covers the
+    pins of ``coordinator.toml`` (checked against the roster at start): a certificate
+    the operator revoked or renewed since is refused. Without one, where
+    ``coordinator.toml`` pins fingerprints, it must be exactly the pinned certificate.
 
     Returns:
         ``identity`` unchanged, so the call can wrap :func:`peer_identity`.
@@ -193,6 +206,9 @@ def authorize(
         raise IdentityError(
             f"{identity.role} {identity.name!r} is not enrolled in {config.path} (add it to [enrolment])"
         )
+    if roster is not None:
+        roster.check_identity(identity)
+        return identity
     pinned = config.fingerprints.get(identity.name)
     if pinned is not None and pinned != identity.fingerprint:
         raise IdentityError(

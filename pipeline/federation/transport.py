@@ -2,24 +2,30 @@
 
 Sites and analysts reach the coordinator only through :class:`Connection`. It knows
 nothing of what the bodies mean (formats: :mod:`pipeline.federation.wire` and
-:mod:`pipeline.federation.secagg_wire`) and imports neither secure aggregation nor
-JAX, so an analyst's client that submits jobs and downloads results loads neither.
+:mod:`pipeline.federation.secagg_wire`) and imports neither secure aggregation, JAX,
+Arrow nor NumPy. It speaks HTTP/1.1 with the standard library's ``http.client`` over
+the federation's TLS context (kept-alive connections, one per concurrent request), so
+``genofed job submit|status`` start in a fraction of a second.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import http.client
+import json
 import random
 import socket
 import ssl
+import threading
 import time
+from collections.abc import Mapping
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import quote, urlsplit
 
-import httpx
 from cryptography import x509
 
 from pipeline.errors import ProtocolError
+from pipeline.federation.json_wire import ARROW_MEDIA_TYPE, JSON_MEDIA_TYPE, canonical_json
 from pipeline.federation.tls import (
     VERIFY_EXPIRED,
     VERIFY_HOSTNAME_MISMATCH,
@@ -28,9 +34,8 @@ from pipeline.federation.tls import (
     certificate_validity,
     client_context,
 )
-from pipeline.federation.wire import ARROW_MEDIA_TYPE, canonical_json
 
-__all__ = ["Connection", "ConnectionFailure", "HttpError", "diagnose"]
+__all__ = ["Connection", "ConnectionFailure", "HttpError", "Response", "diagnose"]
 
 FATAL_TRIES = 3
 """Tries before a connection failure that cannot fix itself (a certificate, the CA, the host name) is final."""
@@ -66,7 +71,7 @@ class ConnectionFailure(ProtocolError):
 
 
 def _chain(error: BaseException) -> list[BaseException]:
-    """``error`` and its causes (httpx wraps httpcore's error, which wraps the ssl or socket error)."""
+    """``error`` and its causes (a wrapped error keeps the ssl or socket error as its cause)."""
     seen: list[BaseException] = []
     while error is not None and error not in seen:
         seen.append(error)
@@ -160,11 +165,20 @@ def _probe(host: str, port: int, context: ssl.SSLContext, timeout: float = 5.0) 
     return _handshake_refused(host, port) if not answer else None
 
 
+_URL_SAFE = "!#$%&'()*+,-./:;=?@[]_~"
+"""Left as they are in a request's path and query; anything else (spaces, non-ASCII) is percent-encoded."""
+
+_DROPPED = (ssl.SSLEOFError, ConnectionResetError, BrokenPipeError, http.client.RemoteDisconnected,
+            http.client.BadStatusLine, http.client.IncompleteRead)
+"""What a connection the server closed under us raises (RemoteDisconnected is both a reset and a bad status line)."""
+
+
 def diagnose(error: BaseException, base_url: str, *, ca: Any = None, context: ssl.SSLContext | None = None) -> ConnectionFailure:
-    """Names the cause of a failed connection to ``base_url`` from httpx's exception and its causes.
+    """Names the cause of a failed connection to ``base_url`` from the exception and its causes.
 
     Args:
-        error: what httpx raised (its ``__cause__`` chain holds the ssl or socket error).
+        error: what the request raised (an ``OSError``, ``ssl.SSLError`` or
+            ``http.client.HTTPException``, or an error whose ``__cause__`` chain holds one).
         base_url: the coordinator's URL (for its host and port).
         ca: the CA file, named in an "unknown CA" message.
         context: the client's TLS context; with it, a server that disconnects at once
@@ -182,16 +196,33 @@ def diagnose(error: BaseException, base_url: str, *, ca: Any = None, context: ss
     if any(isinstance(item, ConnectionRefusedError) for item in chain) or "connection refused" in str(error).lower():
         return ConnectionFailure("refused", f"connection refused at {host}:{port}: is the coordinator running, and is the "
                                             "port in the coordinator URL right?")
-    if any(isinstance(item, (httpx.TimeoutException, TimeoutError, socket.timeout)) for item in chain):
+    if any(isinstance(item, TimeoutError) for item in chain):
         return ConnectionFailure("timeout", f"no answer from {host}:{port} in time ({type(error).__name__})")
-    dropped = isinstance(error, (httpx.RemoteProtocolError, httpx.ConnectError, httpx.ReadError)) or any(
-        isinstance(item, (ssl.SSLEOFError, ConnectionResetError)) for item in chain)
+    dropped = any(isinstance(item, _DROPPED) for item in chain)
     if dropped and context is not None:
         failure = _probe(host, port, context)
         if failure is not None:
             return failure
     cause = "disconnected" if dropped else "other"
     return ConnectionFailure(cause, f"{host}:{port}: {type(error).__name__}: {error}")
+
+
+class Response:
+    """An answer read in full (so that its connection can carry the next request)."""
+
+    __slots__ = ("status_code", "headers", "content")
+
+    def __init__(self, status_code: int, headers: http.client.HTTPMessage, content: bytes) -> None:
+        self.status_code = status_code
+        self.headers = headers  # case-insensitive (http.client's message)
+        self.content = content
+
+    @property
+    def text(self) -> str:
+        return self.content.decode("utf-8", "replace")
+
+    def json(self) -> Any:
+        return json.loads(self.content)
 
 
 class Connection:
@@ -232,12 +263,19 @@ class Connection:
         self.cert, self.ca = cert, ca
         self.context = client_context(cert, key, ca)
         self.validity = certificate_validity(cert)
-        self.client = httpx.Client(base_url=self.base_url, verify=self.context, timeout=timeout)
+        self.timeout = timeout
+        parts = urlsplit(self.base_url)
+        self._host, self._port, self._prefix = parts.hostname or "", parts.port or 443, parts.path
+        self._idle: list[http.client.HTTPSConnection] = []
+        self._idle_lock = threading.Lock()
         self.bytes_sent = 0
         self.bytes_received = 0
 
     def close(self) -> None:
-        self.client.close()
+        with self._idle_lock:
+            idle, self._idle = self._idle, []
+        for connection in idle:
+            connection.close()
 
     def __enter__(self) -> "Connection":
         return self
@@ -245,8 +283,50 @@ class Connection:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def request(self, method: str, path: str, *, ok: tuple[int, ...] = (200,), timeout: float | None = None, **kwargs: Any) -> Any:
-        """One request with retries; returns the ``httpx.Response`` (status in ``ok``)."""
+    def send(self, method: str, path: str, *, content: bytes = b"", json: Any = None, headers: Mapping[str, str] | None = None,
+             timeout: float | None = None) -> Response:
+        """One try of one request: the answer whatever its status, without retries.
+
+        A kept-alive connection the server has closed meanwhile is replaced once, at
+        once (the request never reached the server). ``json`` is sent as canonical JSON.
+
+        Raises:
+            OSError: the connection failed (``ssl.SSLError``, refused, reset, timeout).
+            http.client.HTTPException: the server closed it or answered garbage.
+        """
+        headers = dict(headers or {})
+        if json is not None:
+            content = canonical_json(json)
+            headers.setdefault("content-type", JSON_MEDIA_TYPE)
+        seconds = self.timeout if timeout is None else timeout
+        with self._idle_lock:
+            connection = self._idle.pop() if self._idle else None
+        reused = connection is not None
+        if connection is None:
+            connection = http.client.HTTPSConnection(self._host, self._port, context=self.context, timeout=seconds)
+        connection.timeout = seconds
+        if connection.sock is not None:
+            connection.sock.settimeout(seconds)
+        try:
+            connection.request(method, quote(self._prefix + path, safe=_URL_SAFE), body=content or None, headers=headers)
+            answer = connection.getresponse()
+            body = answer.read()
+        except (OSError, http.client.HTTPException) as error:
+            connection.close()
+            if reused and isinstance(error, _DROPPED):
+                return self.send(method, path, content=content, headers=headers, timeout=timeout)
+            raise
+        if answer.will_close:
+            connection.close()
+        else:
+            with self._idle_lock:
+                self._idle.append(connection)
+        self.bytes_sent += len(content)
+        self.bytes_received += len(body)
+        return Response(answer.status, answer.headers, body)
+
+    def request(self, method: str, path: str, *, ok: tuple[int, ...] = (200,), timeout: float | None = None, **kwargs: Any) -> Response:
+        """One request with retries (``kwargs`` as :meth:`send` takes them); the answer, its status in ``ok``."""
         self.check_own_certificate()
         attempt = fatal = 0
         cause = "other"
@@ -255,9 +335,8 @@ class Connection:
             attempt += 1
             not_before = 0.0
             try:
-                extra = {} if timeout is None else {"timeout": timeout}
-                response = self.client.request(method, path, **kwargs, **extra)
-            except (httpx.TransportError,) as error:
+                response = self.send(method, path, timeout=timeout, **kwargs)
+            except (OSError, http.client.HTTPException) as error:
                 named = diagnose(error, self.base_url, ca=self.ca, context=self.context)
                 cause, fatal = named.cause, fatal + 1 if named.permanent else 0
                 if fatal >= FATAL_TRIES:
@@ -266,8 +345,6 @@ class Connection:
                 failure = str(named)
                 status = None
             else:
-                self.bytes_sent += len(kwargs.get("content", b"") or b"")
-                self.bytes_received += len(response.content)
                 if response.status_code in ok:
                     return response
                 status = response.status_code
@@ -301,7 +378,7 @@ class Connection:
         return self.request("GET", path, **kwargs).json()
 
     def post_json(self, path: str, value: Any, *, ok: tuple[int, ...] = (200, 201)) -> Any:
-        return self.request("POST", path, ok=ok, content=canonical_json(value), headers={"content-type": "application/json"}).json()
+        return self.request("POST", path, ok=ok, json=value).json()
 
     def get_bytes(self, path: str) -> bytes:
         return bytes(self.request("GET", path).content)
@@ -310,13 +387,13 @@ class Connection:
         return self.request("PUT", path, ok=(200, 201), content=body, headers={"content-type": ARROW_MEDIA_TYPE}).json()
 
 
-def _retry_after(response: Any) -> float:
+def _retry_after(response: Response) -> float:
     """Seconds a ``Retry-After`` header asks to wait (0 without one; capped at a minute)."""
     value = response.headers.get("retry-after", "")
     return min(float(value), 60.0) if value.isdigit() else 0.0
 
 
-def _detail(response: Any) -> str:
+def _detail(response: Response) -> str:
     try:
         value = response.json()
         return str(value.get("detail", value))

@@ -5,7 +5,8 @@ that equal values give equal bytes and equal digests; arrays and tables (census
 results, variant keys) travel as plain Arrow IPC streams
 (``application/vnd.apache.arrow.stream``).
 
-Only the generic formats live here. Secure-aggregation messages are encoded on top of
+Only the generic formats live here (the JSON ones in :mod:`pipeline.federation.json_wire`,
+re-exported). Secure-aggregation messages are encoded on top of
 them in :mod:`pipeline.federation.secagg_wire` and the HTTPS client is
 :mod:`pipeline.federation.transport`; this module imports neither secure aggregation
 nor JAX, so an analyst's client that submits jobs and downloads results loads neither.
@@ -16,15 +17,10 @@ Decoding never trusts its input: anything malformed raises
 
 from __future__ import annotations
 
-import hashlib
-import json
-from typing import Any
-
 import pyarrow as pa
 
 from pipeline.errors import ProtocolError
-
-ARROW_MEDIA_TYPE = "application/vnd.apache.arrow.stream"
+from pipeline.federation.json_wire import ARROW_MEDIA_TYPE, canonical_json, digest
 
 __all__ = [
     "ARROW_MEDIA_TYPE",
@@ -33,16 +29,6 @@ __all__ = [
     "encode_table",
     "decode_table",
 ]
-
-
-def digest(data: bytes) -> str:
-    """SHA-256 hex digest of a payload: what idempotency and the audit logs compare."""
-    return hashlib.sha256(data).hexdigest()
-
-
-def canonical_json(value: Any) -> bytes:
-    """Sorted-key, compact JSON: equal values give equal bytes (and equal digests)."""
-    return json.dumps(value, sort_keys=True, separators=(",", ":")).encode()
 
 
 def encode_table(table: pa.Table) -> bytes:

@@ -26,28 +26,27 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pyarrow as pa
-import pyarrow.csv as pacsv
 import pyarrow.compute as pc
+import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
-from pipeline.dataset import Dataset
-from pipeline.errors import ConfigurationError, InputError, PhenotypeError
+from pipeline.dataset import Dataset, check_binary, numeric_column
+from pipeline.errors import ConfigurationError, InputError
 
 __all__ = [
+    "MIN_SCALE",
     "FeatureSpec",
     "SiteData",
     "Standardization",
     "held_out",
-    "read_site_data",
     "moment_statistics",
-    "standardization",
     "noisy_standardization",
+    "read_site_data",
+    "screening_scores",
+    "screening_statistics",
+    "standardization",
     "standardize",
     "top_hits",
-    "screening_statistics",
-    "screening_scores",
-    "MIN_SCALE",
 ]
 
 MIN_SCALE = 1e-8
@@ -133,19 +132,6 @@ def held_out(sample_id: Sequence[str], *, seed: int, fraction: float) -> np.ndar
     return out
 
 
-def _column(dataset: Dataset, table: Any, name: str) -> np.ndarray:
-    if name not in table.column_names:
-        extra = [c for c in table.column_names if c not in ("sample_index", "sample_id", "has_phenotypes")]
-        raise PhenotypeError(
-            f"{dataset.path}/samples.parquet: no column {name!r}; the phenotype columns are {extra} "
-            "(ingest the dataset with --phenotypes, or fix the job's target/covariates)"
-        )
-    column = table.column(name)
-    if not (pa.types.is_floating(column.type) or pa.types.is_integer(column.type) or pa.types.is_boolean(column.type)):
-        raise PhenotypeError(f"{dataset.path}/samples.parquet: column {name!r} is {column.type}, a model needs numbers")
-    return np.asarray(pc.cast(column, "float64").to_numpy(zero_copy_only=False), np.float64)
-
-
 def read_site_data(dataset: Dataset, spec: FeatureSpec, *, require_target: bool = True) -> SiteData:
     """Reads the features and target of a site's samples from its dataset.
 
@@ -159,23 +145,17 @@ def read_site_data(dataset: Dataset, spec: FeatureSpec, *, require_target: bool 
     keep = np.ones(len(sample_id), bool)
     if "has_phenotypes" in samples.column_names:
         keep &= np.asarray(samples.column("has_phenotypes").to_pylist(), bool)
-    covariates = np.column_stack([_column(dataset, samples, c) for c in spec.covariates]) if spec.covariates else np.zeros((len(sample_id), 0))
+    covariates = (np.column_stack([numeric_column(dataset, samples, c, role="covariate") for c in spec.covariates])
+                  if spec.covariates else np.zeros((len(sample_id), 0)))
     keep &= ~np.isnan(covariates).any(axis=1)
-    if spec.target in samples.column_names:
-        target = _column(dataset, samples, spec.target)
-    elif require_target:
-        target = _column(dataset, samples, spec.target)
+    if spec.target in samples.column_names or require_target:
+        target = numeric_column(dataset, samples, spec.target, role="target")
     else:
         target = np.full(len(sample_id), np.nan)
     if require_target:
         keep &= ~np.isnan(target)
         if spec.task == "binary":
-            bad = ~np.isin(target[keep], (0.0, 1.0))
-            if bad.any():
-                raise PhenotypeError(
-                    f"{dataset.path}/samples.parquet: binary target {spec.target!r} has values other than 0/1 "
-                    f"(e.g. {target[keep][bad][0]!r}); recode cases as 1 and controls as 0"
-                )
+            check_binary(dataset, spec.target, target[keep], role="target")
     genotypes = np.full((len(sample_id), len(spec.variant_ids)), np.nan)
     column_of = {vid: j for j, vid in enumerate(spec.variant_ids)}
     if column_of:

@@ -233,7 +233,7 @@ def test_pca__site_agents_write_their_scores_at_the_site_through_the_runtime(coh
             with rs.agent_threads(manifest, max_idle=60) as agents:
                 status = rs.wait_for_job(analyst, job_id, timeout=120)
             assert status["status"] == "done", status
-            from pipeline.federation.analyst import download_results
+            from pipeline.federation.analyst_results import download_results
 
             results = download_results(analyst, job_id, tmp_path / "results")
     assert sorted(results["tables"]) == ["pca_eigenvalues", "pca_loadings"]

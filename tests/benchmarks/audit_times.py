@@ -23,3 +23,23 @@ def event_clock(run: Path) -> Callable[..., float]:
         raise SystemExit(f"no {event} {match} in {log}")
 
     return when
+
+
+def stage_split(run: Path) -> list[str]:
+    """One line per closed stage from the coordinator's audit log: its time since the previous close (or the round's
+    opening), and of that the wait for its first contribution (the hand-off plus the first site's work and upload)."""
+    log = run / "federation" / "coordinator" / "audit.log"
+    entries = [json.loads(line) for line in log.read_text().splitlines()]
+    lines, previous, first = [], None, None
+    for entry in entries:
+        moment = datetime.fromisoformat(entry["time"].replace("Z", "+00:00")).timestamp()
+        event, fields = entry["event"], entry["fields"]
+        if event in ("job.submitted", "round.opened") and previous is None:
+            previous = moment
+        elif event == "contribution.received" and first is None:
+            first = moment
+        elif event == "stage.closed" and previous is not None:
+            wait = f", first contribution after {first - previous:.2f} s" if first is not None else ""
+            lines.append(f"  round {fields['round']} {fields['stage']}: {moment - previous:.2f} s{wait}")
+            previous, first = moment, None
+    return lines

@@ -38,7 +38,7 @@ from pipeline.analyses.gwas import GWAS  # noqa: E402
 from pipeline.federation.in_memory import run_in_memory  # noqa: E402
 from pipeline.federation.localhost import federate  # noqa: E402
 from tests.analyses.gwas_support import write_phenotypes  # noqa: E402
-from tests.benchmarks.audit_times import event_clock  # noqa: E402
+from tests.benchmarks.audit_times import event_clock, stage_split  # noqa: E402
 from tests.federation import runtime_support as rs  # noqa: E402
 
 SPEC = {"model": "linear", "phenotype": "quant_trait", "covariates": ["age", "sex"], "min_call_rate": 0.9,
@@ -139,6 +139,7 @@ def main() -> None:
     job_seconds = float(summary["seconds"])
     print(f"federated (genofed federate, secure aggregation, Z_2^64): {federated:.1f} s total, {job_seconds:.1f} s "
           f"from process start to results; {phase_split(root / 'run')}", flush=True)
+    print("per stage (coordinator's audit log):", *stage_split(root / "run"), sep="\n", flush=True)
 
     plain_spec = {k: v for k, v in SPEC.items() if k != "stage_timeout"}
     run_in_memory(GWAS, plain_spec, sites)  # warm-up: JAX compiles the kernels' shapes once, untimed

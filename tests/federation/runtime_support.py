@@ -15,7 +15,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -344,3 +344,62 @@ class DirectConnection:
 
     def close(self) -> None:
         pass
+
+
+class ManualClock:
+    """A coordinator clock the test moves: a stage deadline passes when the test says so."""
+
+    def __init__(self) -> None:
+        self.now = 1_000_000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def run_job_in_process(tmp_path: Path, datasets: dict[str, Path], analysis: str, spec: dict[str, Any], *,
+                       absent: Callable[[str, dict[str, Any]], bool] = lambda site, task: False,
+                       timeout: float = 600.0) -> tuple[Any, str]:
+    """Runs a job to its end with a coordinator engine and in-process site agents (no server).
+
+    A site skips every task ``absent(site, task)`` says it misses; when no site has
+    anything to do, the clock jumps past the stage deadline. Sites allow ``analysis``,
+    k = 3, share variant keys; the job's threshold is 2.
+
+    Returns:
+        The coordinator engine and the job's ID.
+    """
+    from pipeline.federation.agent import SiteAgent
+    from pipeline.federation.audit import AuditLog
+    from pipeline.federation.coordinator import Coordinator
+    from pipeline.federation.store import Store
+
+    sites = tuple(sorted(datasets))
+    tmp_path.mkdir(parents=True, exist_ok=True)
+    clock = ManualClock()
+    holder = {"coordinator": Coordinator(Store(tmp_path / "coordinator.db"), federation="testfed", sites=sites,
+                                         audit=AuditLog(tmp_path / "audit.log"), clock=clock)}
+    engine = holder["coordinator"]
+    policy = SitePolicy(allowed_analyses=(analysis,), min_samples=3, min_allele_count=0, share_variant_keys=True,
+                        threshold_rule="majority")
+    configs = in_process_site_configs(tmp_path, datasets, policy)
+    agents = {name: SiteAgent(configs[name], connection=DirectConnection(holder, name)) for name in sites}
+    job_id = engine.submit({**spec, "analysis": analysis, "threshold": 2, "stage_timeout": timeout}, "analyst")
+    while engine.status(job_id)["status"] == "running":
+        progressed = False
+        for name in sites:
+            task = engine.next_task(name)
+            if task is None or absent(name, task):
+                continue
+            agents[name].handle(task)
+            progressed = True
+        if not progressed:
+            clock.now += timeout + 1
+            assert engine.tick(), engine.status(job_id)
+    return engine, job_id
+
+
+def preflight_upload(job_id: str, site: str) -> tuple[str, bytes]:
+    """The path and body of ``site``'s pre-flight answer to ``job_id``: what a ready agent uploads first."""
+    from pipeline.federation.rounds import PREFLIGHT_READY, PREFLIGHT_STAGE
+
+    return f"/v1/site/jobs/{job_id}/rounds/0/stages/{PREFLIGHT_STAGE}/messages/{site}-ready-{job_id[-8:]}", PREFLIGHT_READY

@@ -12,7 +12,6 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import httpx
 import numpy as np
 import pytest
 from cryptography.hazmat.primitives import serialization
@@ -21,7 +20,8 @@ from pipeline.analyses.secure_sum import SECURE_SUM
 from pipeline.federation import secagg_wire, wire
 from pipeline.federation.api import ACCESS_RULES
 from pipeline.federation.roster import load_roster
-from pipeline.federation.rounds import round_config
+from pipeline.federation.rounds import PREFLIGHT_READY, PREFLIGHT_STAGE, round_config
+from pipeline.federation.transport import Response
 from pipeline.secagg.client import client_advance, client_init
 from tests.federation import runtime_support as rs
 
@@ -46,16 +46,19 @@ class Federation:
         self.connections = {name: rs.connection(folder, manifest.coordinator_url, max_attempts=1) for name, folder in folders.items()}
         self.done_job = ""
 
-    def call(self, who: str, method: str, path: str, **kwargs: Any) -> httpx.Response:
+    def call(self, who: str, method: str, path: str, **kwargs: Any) -> Response:
         """One request as ``who``, without retries; the raw answer."""
-        return self.connections[who].client.request(method, path, **kwargs)
+        return self.connections[who].send(method, path, **kwargs)
 
     def submit(self, who: str = "alice", *, sites: tuple[str, ...] = INVITED, **spec: Any) -> str:
         body = {"analysis": "secure_sum", "vector": {"source": "test", "length": 4}, "sites": list(sites),
                 "stage_timeout": 3600, "description": SECRET if who == "alice" else "mallory's own", **spec}
         answer = self.call(who, "POST", "/v1/jobs", json={"spec": body})
         assert answer.status_code == 201, answer.text
-        return str(answer.json()["job_id"])
+        job_id = str(answer.json()["job_id"])
+        for site in sites:  # past the pre-flight: the job waits in advertise_keys
+            assert self.upload(site, job_id, PREFLIGHT_READY, stage=PREFLIGHT_STAGE).status_code == 201
+        return job_id
 
     def advertise(self, job_id: str, site: str, participants: tuple[str, ...] = INVITED) -> bytes:
         """The AdvertiseKeys message ``site`` sends in round 0 of a secure_sum job of ``participants``."""
@@ -71,7 +74,7 @@ class Federation:
         _, (message,) = client_advance(client, [])
         return secagg_wire.encode_message(message)
 
-    def upload(self, who: str, job_id: str, body: bytes, *, stage: str = "advertise_keys") -> httpx.Response:
+    def upload(self, who: str, job_id: str, body: bytes, *, stage: str = "advertise_keys") -> Response:
         return self.call(who, "PUT", f"/v1/site/jobs/{job_id}/rounds/0/stages/{stage}/messages/{who}-{job_id[-8:]}-{stage}",
                          content=body, headers={"content-type": wire.ARROW_MEDIA_TYPE})
 
@@ -143,7 +146,7 @@ Outcome = dict[str, int]
 """Caller name -> HTTP status."""
 
 
-def _statuses(callers: tuple[str, ...], request: Callable[[str], httpx.Response]) -> Outcome:
+def _statuses(callers: tuple[str, ...], request: Callable[[str], Response]) -> Outcome:
     return {who: request(who).status_code for who in callers}
 
 
@@ -235,6 +238,28 @@ def _checkpoint(fed: Federation) -> tuple[Outcome, Outcome]:
     return allowed, _statuses((*ANALYSTS, *OPERATORS), lambda who: fed.call(who, "POST", "/v1/site/checkpoint", json=body("alpha")))
 
 
+def _federation(fed: Federation) -> tuple[Outcome, Outcome]:
+    return _statuses(OPERATORS, lambda who: fed.call(who, "GET", "/v1/federation")), \
+        _statuses((*ANALYSTS, *SITES), lambda who: fed.call(who, "GET", "/v1/federation"))
+
+
+def _prune(fed: Federation) -> tuple[Outcome, Outcome]:
+    body = {"older_than_seconds": 0, "dry_run": True}  # a dry run: the module's done job stays for the other checks
+    return _statuses(OPERATORS, lambda who: fed.call(who, "POST", "/v1/federation/prune", json=body)), \
+        _statuses((*ANALYSTS, *SITES), lambda who: fed.call(who, "POST", "/v1/federation/prune", json=body))
+
+
+def _roster(fed: Federation) -> tuple[Outcome, Outcome]:
+    return _statuses(EVERYONE, lambda who: fed.call(who, "GET", "/v1/roster")), {}
+
+
+def _install_roster(fed: Federation) -> tuple[Outcome, Outcome]:
+    roster = fed.server.config.roster.read_bytes()  # the roster in use again: unchanged, so the other checks keep it
+    headers = {"content-type": "application/json"}
+    return _statuses(OPERATORS, lambda who: fed.call(who, "PUT", "/v1/roster", content=roster, headers=headers)), \
+        _statuses((*ANALYSTS, *SITES), lambda who: fed.call(who, "PUT", "/v1/roster", content=roster, headers=headers))
+
+
 ROUTE_CHECKS: dict[tuple[str, str], tuple[Callable[[Federation], tuple[Outcome, Outcome]], int, Outcome]] = {
     ("GET", "/openapi.json"): (_openapi, 200, {}),
     ("GET", "/v1/health"): (_health, 200, {}),
@@ -256,6 +281,10 @@ ROUTE_CHECKS: dict[tuple[str, str], tuple[Callable[[Federation], tuple[Outcome, 
         _upload, 201, {"gamma": 403, "alice": 403, "mallory": 403, "olga": 403}),
     ("POST", "/v1/site/jobs/{job_id}/decline"): (_decline, 200, {"gamma": 403, "alice": 403, "mallory": 403, "olga": 403}),
     ("POST", "/v1/site/checkpoint"): (_checkpoint, 200, {"alice": 403, "mallory": 403, "olga": 403}),
+    ("GET", "/v1/roster"): (_roster, 200, {}),
+    ("PUT", "/v1/roster"): (_install_roster, 200, {"alice": 403, "mallory": 403, "alpha": 403, "beta": 403, "gamma": 403}),
+    ("GET", "/v1/federation"): (_federation, 200, {"alice": 403, "mallory": 403, "alpha": 403, "beta": 403, "gamma": 403}),
+    ("POST", "/v1/federation/prune"): (_prune, 200, {"alice": 403, "mallory": 403, "alpha": 403, "beta": 403, "gamma": 403}),
 }
 """The access table written again by hand: the check, the allowed callers' status, the others' statuses."""
 

@@ -82,9 +82,9 @@ def test_agent__fewer_samples_than_k_declines(federation):
 
 def test_agent__site_silent_after_sharing_keys_is_recovered_by_the_others(federation):
     manifest, _, _ = federation
-    # gamma advertises and shares its keys, then goes silent: the coordinator closes the
+    # gamma passes the pre-flight, advertises and shares its keys, then goes silent: the coordinator closes the
     # masked-input stage at its deadline and removes gamma's pairwise masks from the sum.
-    status, (results, tables) = _run_job(manifest, _sum_spec(), stop_after={"gamma": 2})
+    status, (results, tables) = _run_job(manifest, _sum_spec(), stop_after={"gamma": 3})
     assert status["status"] == "done", status
     assert results["summary"]["num_sites"] == 2
     np.testing.assert_array_equal(tables["sum"].column("sum").to_numpy(), _expected(["alpha", "beta"]))
@@ -92,7 +92,7 @@ def test_agent__site_silent_after_sharing_keys_is_recovered_by_the_others(federa
 
 def test_agent__too_few_sites_left_fails_the_job_without_revealing(federation):
     manifest, _, _ = federation
-    status, _ = _run_job(manifest, _sum_spec(threshold=3), stop_after={"gamma": 2})
+    status, _ = _run_job(manifest, _sum_spec(threshold=3), stop_after={"gamma": 3})
     assert status["status"] == "failed"
     assert "fewer than the threshold 3" in status["error"]
 
@@ -101,9 +101,9 @@ def test_agent__restarted_site_continues_the_same_round_from_its_state_dir(feder
     manifest, server, _ = federation
     with rs.connection(manifest.analysts[0].folder, manifest.coordinator_url) as analyst:
         job_id = analyst.post_json("/v1/jobs", {"spec": _sum_spec(stage_timeout=30)})["job_id"]
-        with rs.agent_threads(manifest, max_idle=30, stop_after={"gamma": 1}) as agents:
+        with rs.agent_threads(manifest, max_idle=30, stop_after={"gamma": 2}) as agents:
             deadline = time.monotonic() + 20
-            while agents["gamma"].tasks_done < 1 and time.monotonic() < deadline:
+            while agents["gamma"].tasks_done < 2 and time.monotonic() < deadline:
                 time.sleep(0.05)
             state_dir = agents["gamma"].state_dir
             assert any(state_dir.glob("jobs/*/round-0/randomness.bin"))

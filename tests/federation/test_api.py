@@ -112,7 +112,7 @@ def test_identity__certificate_from_another_ca_is_refused(federation, tmp_path: 
     # Trust the real coordinator, but present a certificate the real CA never issued.
     folder = other.analysts[0].folder
     connection = rs.connection(folder, manifest.coordinator_url, max_attempts=1)
-    connection.client = httpx.Client(base_url=manifest.coordinator_url, timeout=5, verify=_context(folder, manifest.ca_cert))
+    connection.context = _context(folder, manifest.ca_cert)
     with connection, pytest.raises(Exception) as error:
         connection.get_json("/v1/health")
     assert not isinstance(error.value, HttpError)
@@ -169,6 +169,13 @@ def _put(manifest, site_name: str, job_id: str, body: bytes, *, message_id: str,
         return site.put_bytes(f"/v1/site/jobs/{job_id}/rounds/{round_index}/stages/{stage}/messages/{message_id}", body)
 
 
+def _pass_preflight(manifest, job_id: str) -> None:
+    """Every site answers the job's pre-flight, so that round 0 proper (advertise_keys) opens."""
+    for name in SITES:
+        with _site(manifest, name, max_attempts=1) as site:
+            site.put_bytes(*rs.preflight_upload(job_id, name))
+
+
 def _status_of(call) -> int:
     with pytest.raises(HttpError) as error:
         call()
@@ -178,6 +185,7 @@ def _status_of(call) -> int:
 def test_upload__duplicate_is_idempotent_and_conflicts_are_refused(federation):
     manifest, _ = federation
     job_id = _submit(manifest, {"analysis": "secure_sum", "vector": {"source": "test", "length": 4}, "stage_timeout": 60})
+    _pass_preflight(manifest, job_id)
     body = _advertise(manifest, job_id, "alpha")
     assert _put(manifest, "alpha", job_id, body, message_id="alpha-adv-00001")["status"] == "accepted"
     assert _put(manifest, "alpha", job_id, body, message_id="alpha-adv-00001")["status"] == "duplicate"
@@ -200,6 +208,7 @@ def test_upload__duplicate_is_idempotent_and_conflicts_are_refused(federation):
 def test_upload__malformed_and_oversized_payloads_are_4xx_and_the_server_stays_up(federation):
     manifest, _ = federation
     job_id = _submit(manifest, {"analysis": "secure_sum", "vector": {"source": "test", "length": 4}, "stage_timeout": 60})
+    _pass_preflight(manifest, job_id)
     assert _status_of(lambda: _put(manifest, "gamma", job_id, b"not arrow at all", message_id="gamma-bad-0001")) == 422
     truncated = _advertise(manifest, job_id, "gamma")[:-40]
     assert _status_of(lambda: _put(manifest, "gamma", job_id, truncated, message_id="gamma-bad-0002")) == 422
@@ -218,5 +227,30 @@ def test_upload__malformed_and_oversized_payloads_are_4xx_and_the_server_stays_u
 def test_upload__forged_advertisement_for_another_site_is_refused(federation):
     manifest, _ = federation
     job_id = _submit(manifest, {"analysis": "secure_sum", "vector": {"source": "test", "length": 4}, "stage_timeout": 60})
+    _pass_preflight(manifest, job_id)
     forged = AdvertiseKeys(round_index=0, sender=2, receiver=0, keys=PeerKeys(1, b"\1" * 32, b"\2" * 32))
     assert _status_of(lambda: _put(manifest, "beta", job_id, secagg_wire.encode_message(forged), message_id="beta-forged-01")) == 422
+
+
+def test_long_poll__wakes_on_the_engine_call_that_changed_it_not_at_its_next_check():
+    """A stage that closes reaches the waiting sites in the same turn of the event loop, not after a polling interval."""
+    import asyncio
+    from types import SimpleNamespace
+
+    from pipeline.federation.api import _Changes
+
+    async def scenario() -> None:
+        engine = SimpleNamespace(version=0)
+        changes = _Changes(engine)  # type: ignore[arg-type]
+        waiter = asyncio.ensure_future(changes.wait(3600.0))
+        await asyncio.sleep(0)
+        changes.notify()  # no change yet: the waiter sleeps on
+        await asyncio.sleep(0)
+        assert not waiter.done()
+        engine.version += 1
+        changes.notify()
+        for _ in range(5):  # a few turns of the loop; no clock involved
+            await asyncio.sleep(0)
+        assert waiter.done()
+
+    asyncio.run(scenario())

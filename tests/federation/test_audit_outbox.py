@@ -99,15 +99,17 @@ def test_audit_outbox__a_contribution_committed_before_a_kill_is_audited_at_rest
 
 def test_audit_outbox__entries_of_a_half_appended_call_are_completed_without_repeats(tmp_path):
     # The last key upload closes the key round and opens the next: one call, three entries.
-    # The process dies after its contribution entry reached the log and before stage.closed.
-    _killed_before_append(tmp_path, "stage.closed")
+    # The process dies after its contribution entry reached the log and before stage.closed
+    # (the second: the first closed the pre-flight).
+    _killed_before_append(tmp_path, "stage.closed", occurrence=2)
     database, log = tmp_path / "coordinator.db", tmp_path / "audit.log"
     assert [e["event"] for e in read_entries(log)][-1] == "contribution.received"
 
     Coordinator(Store(database), federation="testfed", sites=SITES, audit=AuditLog(log))
 
     events = [e["event"] for e in read_entries(log)]
-    assert events == ["job.submitted", "round.opened", *["contribution.received"] * 3, "stage.closed", "round.opened"]
+    assert events == ["job.submitted", "round.opened", *["contribution.received"] * 3, "stage.closed",
+                      *["contribution.received"] * 3, "stage.closed", "round.opened"]
     assert _audited_contributions(log) == _stored_messages(database)
     assert verify(log).ok
 

@@ -151,7 +151,7 @@ def test_exchange__the_coordinator_refuses_another_sites_head_or_a_bad_signature
     with pytest.raises(ProtocolError, match="exactly the keys"):
         coordinator.exchange_checkpoint("alpha", {"entries": 3})
     with rs.connection(fed["folders"]["beta"], fed["manifest"].coordinator_url, max_attempts=1) as beta:
-        answer = beta.client.post("/v1/site/checkpoint", json={"checkpoint": head.to_fields()})
+        answer = beta.send("POST", "/v1/site/checkpoint", json={"checkpoint": head.to_fields()})
     assert answer.status_code == 403
 
 

@@ -13,48 +13,15 @@ from collections.abc import Callable
 
 import pytest
 
-from pipeline.federation.agent import SiteAgent
-from pipeline.federation.audit import AuditLog
-from pipeline.federation.config import SitePolicy
 from pipeline.federation.coordinator import Coordinator
-from pipeline.federation.store import Store
 from tests.federation import runtime_support as rs
 
 SITES = ("alpha", "beta", "gamma")
 TIMEOUT = 600.0
 
 
-class _Clock:
-    def __init__(self) -> None:
-        self.now = 1_000_000.0
-
-    def __call__(self) -> float:
-        return self.now
-
-
 def _run(tmp_path, datasets, analysis: str, spec: dict, absent: Callable[[str, dict], bool]) -> tuple[Coordinator, str]:
-    """Runs a job to its end; a site skips every task ``absent(site, task)`` says it misses (the deadline then closes the stage)."""
-    clock = _Clock()
-    holder = {"coordinator": Coordinator(Store(tmp_path / "coordinator.db"), federation="testfed", sites=SITES,
-                                         audit=AuditLog(tmp_path / "audit.log"), clock=clock)}
-    engine = holder["coordinator"]
-    policy = SitePolicy(allowed_analyses=(analysis,), min_samples=3, min_allele_count=0, share_variant_keys=True,
-                        threshold_rule="majority")
-    configs = rs.in_process_site_configs(tmp_path, datasets, policy)
-    agents = {name: SiteAgent(configs[name], connection=rs.DirectConnection(holder, name)) for name in SITES}
-    job_id = engine.submit({**spec, "analysis": analysis, "threshold": 2, "stage_timeout": TIMEOUT}, "analyst")
-    while engine.status(job_id)["status"] == "running":
-        progressed = False
-        for name in SITES:
-            task = engine.next_task(name)
-            if task is None or absent(name, task):
-                continue
-            agents[name].handle(task)
-            progressed = True
-        if not progressed:
-            clock.now += TIMEOUT + 1
-            assert engine.tick(), engine.status(job_id)
-    return engine, job_id
+    return rs.run_job_in_process(tmp_path, datasets, analysis, spec, absent=absent, timeout=TIMEOUT)
 
 
 @pytest.fixture(scope="module")

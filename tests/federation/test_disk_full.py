@@ -69,7 +69,7 @@ def test_disk_full__uploads_get_507_and_the_job_resumes_once_space_is_freed(tmp_
             if failure == "file":  # what a site sees: 507, told when to come back
                 with rs.connection(manifest.sites[1].folder, manifest.coordinator_url, max_attempts=1) as beta:
                     path = f"/v1/site/jobs/{job_id}/rounds/0/stages/{status['stage']}/messages/beta-probe-0001"
-                    answer = beta.client.put(path, content=b"\0" * 64, headers={"content-type": "application/vnd.apache.arrow.stream"})
+                    answer = beta.send("PUT", path, content=b"\0" * 64, headers={"content-type": "application/vnd.apache.arrow.stream"})
                 assert answer.status_code in (507, 409), answer.text  # 409 if beta's own upload got in first
                 if answer.status_code == 507:
                     assert answer.json()["error"] == "DiskFull" and answer.headers["retry-after"] == "1"

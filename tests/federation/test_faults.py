@@ -46,7 +46,7 @@ def test_faults__coordinator_killed_mid_round_resumes_with_the_same_result(tmp_p
             with rs.agent_threads(manifest, ["alpha", "beta"], max_idle=90):
                 # gamma advertises and shares keys, then stops: the job waits in masked_input
                 # with alpha's and beta's masked vectors stored.
-                with rs.agent_threads(manifest, ["gamma"], stop_after={"gamma": 2}):
+                with rs.agent_threads(manifest, ["gamma"], stop_after={"gamma": 3}):
                     before = _wait_status(analyst, job_id, lambda s: s.get("stage") == "masked_input" and s["waiting_for"] == ["gamma"])
                 rs.kill(process)
                 process = rs.start_coordinator_process(config, log)
@@ -98,7 +98,7 @@ def _census_run(tmp_path, datasets, *, crash_after: int | None, crash_in_add_rou
             task = holder["coordinator"].next_task(name)
             if task is None:
                 continue
-            if crash_in_add_round and task["round_index"] == 0 and name == names[-1]:
+            if crash_in_add_round and task["round_index"] == 0 and task["stage"] == "keys" and name == names[-1]:
                 # The coordinator dies while the last key upload closes round 0 and opens round 1:
                 # the call's transaction never commits, and the site sends its keys again.
                 crash_in_add_round = False
@@ -225,6 +225,7 @@ def test_faults__site_process_killed_after_sharing_keys_survivors_sum_is_exact(t
     events = [(e["event"], e["fields"]) for e in map(json.loads, lines) if e["fields"].get("job_id") == job_id]
     assert verify(manifest.coordinator.folder / "audit.log").ok
     closed = [f for event, f in events if event == "stage.closed"]
-    assert [(f["stage"], f["sites"]) for f in closed][:2] == [("advertise_keys", list(SITES)), ("share_keys", list(SITES))]
+    assert [(f["stage"], f["sites"]) for f in closed][:3] == [("preflight", list(SITES)), ("advertise_keys", list(SITES)),
+                                                             ("share_keys", list(SITES))]
     assert ("masked_input", ["alpha", "beta"]) in [(f["stage"], f["sites"]) for f in closed]
     assert [f["sites"] for event, f in events if event == "round.summed"] == [["alpha", "beta"]]

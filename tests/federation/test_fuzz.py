@@ -42,7 +42,9 @@ def served(tmp_path_factory: pytest.TempPathFactory):
     }
     manifest = rs.provision_federation(tmp / "fed", datasets)
     sessions = {}
-    for role, folder in (("analyst", manifest.analysts[0].folder), ("site", manifest.sites[0].folder)):
+    folders = [("analyst", manifest.analysts[0].folder), ("site", manifest.sites[0].folder),
+               *((f"site:{site.name}", site.folder) for site in manifest.sites)]
+    for role, folder in folders:
         session = requests.Session()
         session.trust_env = False  # REQUESTS_CA_BUNDLE would replace the federation CA
         session.cert = (str(folder / "cert.pem"), str(folder / "key.pem"))
@@ -53,10 +55,18 @@ def served(tmp_path_factory: pytest.TempPathFactory):
         answer = sessions["analyst"].post(f"{url}/v1/jobs", json={"spec": {
             "analysis": "secure_sum", "vector": {"source": "test", "length": 16}, "stage_timeout": 3600}}, timeout=30)
         assert answer.status_code == 201, answer.text
+        _pass_preflight(sessions, url, answer.json()["job_id"])
         document = sessions["site"].get(f"{url}/openapi.json", timeout=30).json()
         yield schemathesis.openapi.from_dict(document), sessions, url, answer.json()["job_id"]
     for session in sessions.values():
         session.close()
+
+
+def _pass_preflight(sessions: dict, url: str, job_id: str) -> None:
+    """Every site answers the job's pre-flight: the job waits in advertise_keys, where uploads reach decoding."""
+    for name in SITES:
+        path, body = rs.preflight_upload(job_id, name)
+        assert sessions[f"site:{name}"].put(url + path, data=body, timeout=30).status_code == 201
 
 
 @pytest.mark.parametrize(("method", "path"), OPERATIONS, ids=[f"{m} {p}" for m, p in OPERATIONS])
@@ -108,6 +118,7 @@ def test_fuzz__deeply_nested_message_header_is_a_4xx(served):
     answer = sessions["analyst"].post(f"{url}/v1/jobs", json={"spec": {
         "analysis": "secure_sum", "vector": {"source": "test", "length": 16}, "stage_timeout": 3600}}, timeout=30)
     job_id = answer.json()["job_id"]  # a fresh job: the fuzzing above may have declined the other one
+    _pass_preflight(sessions, url, job_id)
     table = pa.table({"_": pa.array([], pa.int8())}).replace_schema_metadata({secagg_wire.HEADER_KEY: "[" * 5000 + "]" * 5000})
     path = f"{url}/v1/site/jobs/{job_id}/rounds/0/stages/advertise_keys/messages/deep-header-0001"
     answer = sessions["site"].put(path, data=wire.encode_table(table), headers={"content-type": wire.ARROW_MEDIA_TYPE}, timeout=60)

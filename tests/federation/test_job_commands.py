@@ -15,7 +15,7 @@ import pytest
 from click.testing import CliRunner, Result
 
 from pipeline.cli import main
-from pipeline.federation import analyst
+from pipeline.federation import analyst, analyst_results
 from pipeline.federation.agent import SiteAgent
 from pipeline.federation.config import load_site_config
 from tests.federation import runtime_support as rs
@@ -107,7 +107,7 @@ def test_cancel__another_analysts_job_is_unknown_an_operator_cancels_any_a_site_
     job_id = fed.submit("mallory")
     refused = fed.cli("cancel", job_id, who="alice")
     assert refused.exit_code == 1 and "HTTP 404" in refused.output and "no job" in refused.output
-    assert fed.connections["alpha"].client.post(f"/v1/jobs/{job_id}/cancel").status_code == 403
+    assert fed.connections["alpha"].send("POST", f"/v1/jobs/{job_id}/cancel").status_code == 403
     assert fed.connections["mallory"].get_json(f"/v1/jobs/{job_id}")["status"] == "running"
     by_operator = fed.cli("cancel", job_id, who="olga")
     assert by_operator.exit_code == 0, by_operator.output
@@ -248,20 +248,20 @@ def test_participation__missed_rounds_from_a_result_summary():
 
 def test_results__prints_the_participation_and_a_failed_download_leaves_no_folder(fed, dropped_job, tmp_path, monkeypatch):
     out = tmp_path / "results"
-    real = analyst.download_results
+    real = analyst_results.download_results
 
     def failing(connection: Any, job_id: str, target: Any, *, force: bool = False) -> Any:
         def broken(path: str) -> bytes:
-            raise analyst.ProtocolError(f"GET {path}: connection reset")
+            raise analyst_results.ProtocolError(f"GET {path}: connection reset")
 
         monkeypatch.setattr(connection, "get_bytes", broken)
         return real(connection, job_id, target, force=force)
 
-    monkeypatch.setattr(analyst, "download_results", failing)
+    monkeypatch.setattr(analyst_results, "download_results", failing)
     answer = fed.cli("results", dropped_job, "--out", str(out))
     assert answer.exit_code == 1 and "connection reset" in answer.output
     assert not out.exists() and list(tmp_path.iterdir()) == []
-    monkeypatch.setattr(analyst, "download_results", real)
+    monkeypatch.setattr(analyst_results, "download_results", real)
     answer = fed.cli("results", dropped_job, "--out", str(out))  # no --force needed
     assert answer.exit_code == 0, answer.output
     assert "  alpha: took part\n  beta: took part\n  gamma: dropped (missed round 0)" in answer.output

@@ -131,7 +131,13 @@ def test_coordinator__another_analysts_job_is_answered_as_an_unknown_one(tmp_pat
 
 
 def test_analyst_client__refuses_a_job_id_that_is_not_one_before_connecting(tmp_path):
-    from pipeline.federation.analyst import cancel_job, download_results, fetch_results, job_status, wait_for_job, wait_job
+    from pipeline.federation.analyst import (
+        cancel_job,
+        job_status,
+        wait_for_job,
+        wait_job,
+    )
+    from pipeline.federation.analyst_results import download_results, fetch_results
 
     class _Unreachable:
         def __getattr__(self, name: str) -> object:

@@ -115,7 +115,11 @@ def _submit(clients: dict[str, httpx.Client], sites: tuple[str, ...] = ("alpha",
     spec = {"analysis": "secure_sum", "vector": {"source": "test", "length": 4}, "sites": list(sites), "stage_timeout": 3600}
     answer = clients["analyst"].post("/v1/jobs", json={"spec": spec})
     assert answer.status_code == 201, answer.text
-    return str(answer.json()["job_id"])
+    job_id = str(answer.json()["job_id"])
+    for site in sites:  # past the pre-flight: the job waits in advertise_keys
+        path, body = rs.preflight_upload(job_id, site)
+        assert clients[site].put(path, content=body).status_code == 201
+    return job_id
 
 
 def _upload_path(job_id: str, stage: str, message_id: str) -> str:
@@ -124,6 +128,7 @@ def _upload_path(job_id: str, stage: str, message_id: str) -> str:
 
 def test_upload__job_round_stage_and_sender_are_checked_before_a_body_is_read(served, monkeypatch):
     _manifest, server, clients = served
+    job_id = _submit(clients)
     staged: list[int] = []
     store = server.coordinator.store
     stage_body = store.stage_body
@@ -135,7 +140,6 @@ def test_upload__job_round_stage_and_sender_are_checked_before_a_body_is_read(se
             read.append(1)
             yield b"\0" * (64 * 1024)
 
-    job_id = _submit(clients)
     headers = {"content-type": wire.ARROW_MEDIA_TYPE}
     refusals = [
         ("beta", _upload_path(job_id, "masked_input", "beta-wrong-stage-1"), 409, "expects round 0 stage advertise_keys"),
@@ -278,6 +282,7 @@ def test_load__a_flooding_site_cannot_grow_the_coordinators_memory_and_honest_si
         baseline = _rss_bytes(process.pid)
 
         job_id = analyst.post_json("/v1/jobs", {"spec": spec})["job_id"]
+        gamma.put_bytes(*rs.preflight_upload(job_id, "gamma"))  # its floods then reach advertise_keys' bodies
         stop_file, report = tmp_path / "stop-flood", tmp_path / "flood.json"
         # The flood runs in its own process, so that it competes with the honest sites for the
         # coordinator, not for this test process's interpreter lock.

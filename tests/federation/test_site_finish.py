@@ -108,18 +108,20 @@ def test_site_finish__site_run_once_without_coordinator_exits_non_zero(manifest,
     assert manifest.coordinator_url in answer.output and "--once" in answer.output
 
 
-def test_site_finish__agent_without_once_outlasts_an_unreachable_coordinator_until_max_idle(manifest, monkeypatch):
-    # Without --once an unreachable coordinator is waited out (it may restart): only max_idle ends the loop.
+def test_site_finish__agent_without_once_outlasts_an_unreachable_coordinator_until_max_idle_then_fails(manifest, monkeypatch):
+    # Without --once an unreachable coordinator is waited out (it may restart): only max_idle ends the loop,
+    # and as an error naming the coordinator (exit 1), not as a clean idle stop.
     monkeypatch.setattr(agent_module, "ONCE_UNREACHABLE_SECONDS", 0.0)
     config = load_site_config(_site_config(manifest, "alpha"))
     connection = rs.connection(next(s.folder for s in manifest.sites if s.name == "alpha"), config.coordinator_url,
                                max_attempts=1)
     agent = SiteAgent(config, connection=connection)
     try:
-        result = agent.run(max_idle=0.5)
+        with pytest.raises(ProtocolError, match="has not answered for .*--max-idle 0.5 s passed") as error:
+            agent.run(max_idle=0.5)
     finally:
         connection.close()
-    assert result["stopped"] == "idle"
+    assert config.coordinator_url in str(error.value)
 
 
 def _child(code: str) -> subprocess.Popen[bytes]:

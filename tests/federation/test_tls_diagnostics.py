@@ -1,4 +1,4 @@
-"""Connection failures named by their cause; start and stop lines of the coordinator and the agents.
+"""Connection failures named by their cause, refused handshakes in the coordinator's log; start and stop lines of the coordinator and the agents.
 
 Real processes on 127.0.0.1: ``genofed coordinator serve`` and ``genofed site run``.
 Expired and other-CA certificates are made with the provision module's helpers.
@@ -22,8 +22,10 @@ import pytest
 from pipeline.federation import transport
 from pipeline.federation.agent import SiteAgent
 from pipeline.federation.config import load_site_config
+from pipeline.federation.handshakes import RefusedHandshakes, refusal_reason
 from pipeline.federation.provision import issue_certificate, provision
 from pipeline.federation.roster import RosterEntry, load_roster, make_roster, write_roster
+from pipeline.federation.tls import client_context
 from tests.federation.runtime_support import REPO, connection, free_port, start_coordinator_process, stop
 
 pytestmark = pytest.mark.network
@@ -234,3 +236,40 @@ def test_coordinator_serve__start_and_stop_lines(tmp_path):
     assert started["sites"] == 1 and started["analysts"] == 1 and started["certificate_expires"]
     assert started["database"].endswith(".db") or started["database"]
     assert any(e["event"] == "coordinator.stopped" and e["reason"] == "terminated" for e in events)
+
+
+def test_coordinator_log__refused_handshake_of_expired_client_certificate(federation, coordinator, tmp_path):
+    _, log_path = coordinator
+    folder = _expired_site(federation, tmp_path)
+    context = client_context(folder / "cert.pem", folder / "key.pem", folder / "ca.pem")
+    port = int(federation.coordinator_url.rsplit(":", 1)[1])
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as raw:
+        with context.wrap_socket(raw, server_hostname="127.0.0.1") as tls:
+            local_port = tls.getsockname()[1]
+            tls.sendall(b"GET /v1/health HTTP/1.1\r\nHost: x\r\n\r\n")
+            try:
+                assert tls.recv(1) == b""
+            except (ssl.SSLError, ConnectionResetError):
+                pass
+    line = f"TLS handshake from 127.0.0.1:{local_port} refused: certificate expired"
+    _wait_for(lambda: line in log_path.read_text(), "the refused-handshake line")
+    assert "WARNING" in next(x for x in log_path.read_text().splitlines() if line in x)
+
+
+def test_refused_handshakes__rate_limited_per_peer_and_reason(caplog):
+    now = [0.0]
+    refusals = RefusedHandshakes(interval=60.0, clock=lambda: now[0])
+    expired = ssl.SSLCertVerificationError(1, "certificate verify failed")
+    expired.verify_code, expired.verify_message = 10, "certificate has expired"
+    assert refusal_reason(expired) == "certificate expired"
+    with caplog.at_level(logging.WARNING, logger="pipeline.federation.handshakes"):
+        logged = [refusals.refused(("10.0.0.1", 1000 + i), expired) for i in range(50)]
+        assert refusals.refused(("10.0.0.2", 5), expired)  # another peer: its own line
+        now[0] = 61.0
+        assert refusals.refused(("10.0.0.1", 2000), expired)
+        assert not refusals.refused(("10.0.0.1", 2001), ConnectionResetError())  # a probe that hung up: no refusal
+    assert logged == [True] + [False] * 49
+    lines = [r.getMessage() for r in caplog.records]
+    assert lines[0] == "TLS handshake from 10.0.0.1:1000 refused: certificate expired"
+    assert lines[-1] == "TLS handshake from 10.0.0.1:2000 refused: certificate expired (49 more from 10.0.0.1 in the last 61 s)"
+    assert len(lines) == 3

@@ -125,3 +125,28 @@ def test_ingest__cli_performance_report_with_threads_is_refused(wf_cohort, tmp_p
     result = CliRunner().invoke(main, ["ingest", "--vcf", params["vcf"], "--out", str(tmp_path / "d"), "--performance-report", str(tmp_path / "r.html")])
     assert result.exit_code == 1 and "needs a dask.distributed scheduler" in result.output
     assert not (tmp_path / "d").exists()
+
+
+def test_compute_graph__processes_report_each_task_as_it_ends():
+    """The progress callbacks see a task end before the last one starts (no batch of tasks per process call)."""
+    import operator
+
+    import dask
+    from dask.callbacks import Callback
+
+    from pipeline.cluster import compute_graph
+
+    events: list[str] = []
+
+    class Record(Callback):
+        def _pretask(self, key, dsk, state):
+            events.append("start")
+
+        def _posttask(self, key, result, dsk, state, worker_id):
+            events.append("end")
+
+    graph = [dask.delayed(operator.add, pure=True)(i, 1, dask_key_name=f"task-{i}") for i in range(6)]
+    with Record():
+        assert compute_graph(graph, scheduler="processes", workers=1, progress=False) == [1, 2, 3, 4, 5, 6]
+    last_start = len(events) - 1 - events[::-1].index("start")
+    assert events.index("end") < last_start, events

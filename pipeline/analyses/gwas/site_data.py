@@ -35,7 +35,7 @@ from pipeline.analyses.gwas.spec import GwasParameters
 from pipeline.analyses.gwas.state import RegressionState
 from pipeline.analyses.pca import local_scores
 from pipeline.analyses.site_cache import SiteCache
-from pipeline.dataset import Dataset, locate
+from pipeline.dataset import Dataset, check_binary, locate, numeric_column
 from pipeline.errors import InputError
 
 __all__ = ["CompleteCases", "SiteData", "complete_calls", "complete_cases", "design", "site_data"]
@@ -78,16 +78,6 @@ def site_data(state: RegressionState, dataset: Dataset, cache: SiteCache) -> Sit
     return cache.get(key, lambda: _read_site_data(state, dataset, cache))
 
 
-def _column(samples: pa.Table, name: str, dataset: Dataset) -> np.ndarray:
-    if name not in samples.column_names:
-        known = [c for c in samples.column_names if c not in ("sample_index", "sample_id", "has_phenotypes")]
-        raise InputError(f"{dataset.path}: the samples table has no column {name!r}; phenotype columns here: {known}")
-    column = samples.column(name)
-    if not (pa.types.is_floating(column.type) or pa.types.is_integer(column.type) or pa.types.is_boolean(column.type)):
-        raise InputError(f"{dataset.path}: column {name!r} is {column.type}, a GWAS needs numeric values")
-    return np.asarray(column.cast(pa.float64()).to_numpy(zero_copy_only=False), np.float64)
-
-
 class CompleteCases(NamedTuple):
     """A site's phenotype and spec covariates, and which samples have them all.
 
@@ -118,12 +108,14 @@ def complete_cases(parameters: GwasParameters, dataset: Dataset, samples: pa.Tab
         InputError: a missing or non-numeric column.
     """
     samples = dataset.samples() if samples is None else samples
-    phenotype = _column(samples, parameters.phenotype, dataset)
-    columns = [_column(samples, name, dataset) for name in parameters.covariates]
+    phenotype = numeric_column(dataset, samples, parameters.phenotype, role="phenotype")
+    columns = [numeric_column(dataset, samples, name, role="covariate") for name in parameters.covariates]
     covariates = np.column_stack(columns) if columns else np.zeros((len(phenotype), 0))
     keep = np.isfinite(phenotype) & np.all(np.isfinite(covariates), axis=1)
     if "has_phenotypes" in samples.column_names:
         keep &= np.asarray(samples.column("has_phenotypes").to_numpy(zero_copy_only=False), bool)
+    if parameters.model == "logistic":
+        check_binary(dataset, parameters.phenotype, phenotype[keep], role="phenotype")
     return CompleteCases(phenotype, covariates, keep)
 
 
@@ -138,14 +130,6 @@ def _read_site_data(state: RegressionState, dataset: Dataset, cache: SiteCache) 
                                for j in range(scores.num_columns - 1)])
         raw = np.column_stack([raw, pcs])
         keep &= np.all(np.isfinite(pcs), axis=1)
-    if p.model == "logistic":
-        bad = keep & ~np.isin(phenotype, (0.0, 1.0))
-        if bad.any():
-            first = int(np.flatnonzero(bad)[0])
-            raise InputError(
-                f"{dataset.path}: sample {first} has {p.phenotype}={phenotype[first]:g}; a logistic GWAS needs 0 (control) "
-                "or 1 (case), missing as NA"
-            )
     values = clip_columns(np.column_stack([raw[keep], phenotype[keep]]), [*state.columns, p.phenotype], p.max_abs_value,
                           where="gwas", spec_key="max_abs_value")
     return SiteData(np.ascontiguousarray(values[:, :-1]), np.ascontiguousarray(values[:, -1]), keep)
