@@ -400,14 +400,14 @@ def _echo_roster_change(change: Any, *, as_json: bool) -> None:
     lines.append(f"  roster copied into {len(change.copies)} participant folders"
                  + (f"; {change.coordinator_config} {enrolment} {change.name}" if change.role != "coordinator" else ""))
     push = f"genofed provision push-roster --config OPERATOR.toml {change.roster}"
-    if change.action == "added":
-        lines.append(f"next: install {change.coordinator_config} and the roster at the coordinator and restart it "
-                     "(a new enrolment takes a restart)")
-    elif change.role == "coordinator":
+    if change.role == "coordinator":
         lines.append(f"next: install the coordinator's folder {change.participant.folder} and restart it")
     else:
-        lines.append(f"next: {push} (the coordinator refuses the old certificate from then on; sites take the roster "
-                     f"up at their next poll), and install {change.coordinator_config} there for its next restart")
+        effect = {"added": f"the coordinator lets {change.name} in from then on",
+                  "renewed": "the coordinator refuses the old certificate from then on",
+                  "revoked": f"the coordinator refuses {change.name} from then on"}[change.action]
+        lines.append(f"next: {push} ({effect}; sites take the roster up at their next poll), and install "
+                     f"{change.coordinator_config} there for its next restart")
     echo_summary(change.to_dict(), as_json=as_json, text="\n".join(lines))
 
 

@@ -740,6 +740,7 @@ def create_app(coordinator: Coordinator, config: CoordinatorConfig, *, tick_seco
             if roster is current:
                 return current, False
             coordinator.roster = roster
+            coordinator.sites = roster.sites  # new jobs invite the roster's sites by default: added ones, not revoked ones
             coordinator.audit.append(
                 "roster.installed", version=roster.version, previous=current.version, by=operator,
                 sites=list(roster.sites), digest=wire.digest(wire.canonical_json(dict(data))),
@@ -825,7 +826,7 @@ def build_coordinator(config: CoordinatorConfig) -> Coordinator:
     """
     roster = load_roster(config.roster, config.ca)
     check_enrolment(config, roster)
-    return Coordinator(Store(config.database), federation=config.federation, sites=config.sites,
+    return Coordinator(Store(config.database), federation=config.federation, sites=roster.sites,
                        audit=AuditLog(config.audit_log), roster=roster, identity_key=load_identity_key(config.key))
 
 

@@ -90,7 +90,7 @@ def federation_status(coordinator: Coordinator, contacts: SiteContacts, config: 
         "now": now,
         "started_at": contacts.started_at,
         "uptime_seconds": now - contacts.started_at,
-        "sites": contacts.snapshot(config.sites),
+        "sites": contacts.snapshot(coordinator.sites),
         "jobs": {
             "counts": counts,
             "running": coordinator.running_jobs(),

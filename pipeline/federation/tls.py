@@ -181,12 +181,14 @@ def authorize(
 ) -> Identity:
     """Checks a verified peer against the coordinator's enrolment list and the federation roster.
 
-    The peer must belong to this federation, carry one of ``roles``, and be enrolled
-    under that name with that role. With a ``roster`` (the one the coordinator uses
-    now) its certificate must be the one the roster lists for it, which also covers the
-    pins of ``coordinator.toml`` (checked against the roster at start): a certificate
-    the operator revoked or renewed since is refused. Without one, where
-    ``coordinator.toml`` pins fingerprints, it must be exactly the pinned certificate.
+    The peer must belong to this federation and carry one of ``roles``. With a
+    ``roster`` (the one the coordinator uses now) the roster is the enrolment: its
+    certificate must be the one the roster lists for that name and role, which also
+    covers the pins of ``coordinator.toml`` (checked against the roster at start): a
+    participant added since the start gets in, a certificate the operator revoked or
+    renewed since is refused. Without one, it must be enrolled in ``coordinator.toml``
+    under that name with that role and, where that file pins fingerprints, present
+    exactly the pinned certificate.
 
     Returns:
         ``identity`` unchanged, so the call can wrap :func:`peer_identity`.
@@ -202,13 +204,15 @@ def authorize(
         raise IdentityError(
             f"{identity.name!r} is a {identity.role}; this request needs a {' or '.join(sorted(roles))}"
         )
+    if roster is not None:
+        # The roster in use is the enrolment: a participant the operator added since the
+        # start gets in once its roster is pushed, a revoked one no longer does.
+        roster.check_identity(identity)
+        return identity
     if config.role_of(identity.name) != identity.role:
         raise IdentityError(
             f"{identity.role} {identity.name!r} is not enrolled in {config.path} (add it to [enrolment])"
         )
-    if roster is not None:
-        roster.check_identity(identity)
-        return identity
     pinned = config.fingerprints.get(identity.name)
     if pinned is not None and pinned != identity.fingerprint:
         raise IdentityError(

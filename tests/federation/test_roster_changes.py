@@ -319,3 +319,31 @@ def test_add_site__new_site_takes_part_in_a_census_with_the_existing_sites(tmp_p
 def provision_manifest_with(manifest, participant):
     """The manifest with an added site, as the runtime helpers take it."""
     return dataclasses.replace(manifest, sites=(*manifest.sites, participant))
+
+
+def test_add_site__a_pushed_roster_enrols_the_new_site_without_a_restart(tmp_path):
+    datasets = rs.small_datasets(tmp_path, SITES, num_variants=8, num_samples=8, seed=4)
+    manifest = rs.provision_federation(tmp_path / "fed", {s: datasets[s] for s in SITES[:2]}, min_samples=3,
+                                       operators=("ops",))
+    with rs.ThreadedCoordinator(manifest.coordinator.config) as server:
+        change = add_participant(manifest.path, "gamma", allowed_analyses=("secure_sum", "census"), share_variant_keys=True)
+        toml = change.participant.config
+        toml.write_text(toml.read_text().replace('dataset = "dataset"', f'dataset = "{datasets["gamma"]}"')
+                        .replace("poll_interval = 2.0", "poll_interval = 0.2"))
+        rs.set_policy(toml, min_samples=3, min_allele_count=0, threshold_rule="majority")
+        grown = provision_manifest_with(manifest, change.participant)
+        with rs.connection(change.participant.folder, manifest.coordinator_url, max_attempts=1) as gamma:
+            with pytest.raises(transport.HttpError) as refused:  # not in the roster the coordinator uses yet
+                gamma.get_json("/v1/health")
+            assert refused.value.status == 403
+            assert push_roster(manifest.operators[0].config, manifest.roster)["version"] == 2
+            assert gamma.get_json("/v1/health")["you"] == "gamma"
+        assert server.coordinator.sites == tuple(SITES)
+        with rs.connection(manifest.analysts[0].folder, manifest.coordinator_url) as analyst:
+            # No sites named: the job invites the roster's sites, gamma included.
+            job_id = analyst.post_json("/v1/jobs", {"spec": {"analysis": "census", "min_allele_count": 0,
+                                                             "stage_timeout": 20}})["job_id"]
+            with rs.agent_threads(grown, max_idle=20):
+                status = rs.wait_for_job(analyst, job_id, timeout=60)
+    assert status["status"] == "done", status
+    assert status["sites"] == list(SITES)
