@@ -128,8 +128,9 @@ def check_round_terms(config: SiteConfig, roster: Roster, task: Mapping[str, Any
     Checked before the site sends anything of a round: every participant is a site of
     the signed roster (no invented, Sybil sites) and this site is the one its ID says;
     the number of sites is within the policy's ``min_sites``..``max_sites``; and for a
-    secure sum, the consistency round is on and the threshold is at least what the
-    policy's ``threshold_rule`` demands of the parties holding this site's shares.
+    secure sum (and at the pre-flight, for the job's sums over the sites it invites), the
+    consistency round is on and the threshold is at least what the policy's
+    ``threshold_rule`` demands of the parties holding this site's shares.
 
     Raises:
         PolicyRefusal: naming the term the task breaks.
@@ -151,7 +152,7 @@ def check_round_terms(config: SiteConfig, roster: Roster, task: Mapping[str, Any
             f"site {name}: a job of {len(participants)} sites is outside this site's policy "
             f"(min_sites {policy.min_sites}, max_sites {policy.max_sites})"
         )
-    if task.get("kind") != "secagg":
+    if task.get("kind") not in ("secagg", PREFLIGHT_STAGE):  # the pre-flight checks the job's secure-sum terms up front
         return
     spec = task.get("spec") or {}
     if spec.get("consistency_check", CONSISTENCY_CHECK_DEFAULT) is not True:

@@ -112,7 +112,8 @@ def test_preflight__a_restarted_coordinator_keeps_the_answers_and_opens_round_ze
                            audit=AuditLog(tmp_path / "audit.log"), clock=clock)
 
     holder = {"coordinator": engine()}
-    policy = SitePolicy(allowed_analyses=("census",), min_samples=3, min_allele_count=0, share_variant_keys=True)
+    policy = SitePolicy(allowed_analyses=("census",), min_samples=3, min_allele_count=0, share_variant_keys=True,
+                        threshold_rule="majority")
     configs = rs.in_process_site_configs(tmp_path, cohort, policy)
     agents = {name: SiteAgent(configs[name], connection=rs.DirectConnection(holder, name)) for name in sites}
     job_id = holder["coordinator"].submit({"analysis": "census", "threshold": 2, "min_allele_count": 0}, "analyst")
@@ -152,3 +153,21 @@ def _altered(cohort: dict, site: str, tmp_path, edit) -> dict:
     shutil.copytree(cohort[site], copy)
     pq.write_table(edit(pq.read_table(copy / "samples.parquet")), copy / "samples.parquet")
     return {**cohort, site: copy}
+
+
+def test_preflight__secure_sum_terms_the_site_refuses_are_declined_before_any_round(cohort, tmp_path):
+    """A threshold below a site's threshold_rule is refused at the pre-flight, not after the census' key round."""
+    sites = sorted(cohort)
+    coordinator = Coordinator(Store(tmp_path / "coordinator.db"), federation="testfed", sites=tuple(sites),
+                              audit=AuditLog(tmp_path / "audit.log"))
+    holder = {"coordinator": coordinator}
+    policy = SitePolicy(allowed_analyses=("census",), min_samples=3, min_allele_count=0, share_variant_keys=True)
+    configs = rs.in_process_site_configs(tmp_path, cohort, policy)  # the default rule: two thirds plus one
+    agents = {name: SiteAgent(configs[name], connection=rs.DirectConnection(holder, name)) for name in sites}
+    job_id = coordinator.submit({"analysis": "census", "threshold": 2, "min_allele_count": 0}, "analyst")
+    for name in sites:
+        agents[name].handle(coordinator.next_task(name))
+    status = coordinator.status(job_id)
+    assert status["status"] == "failed" and status["error"].startswith("pre-flight: no site can take part"), status
+    assert set(status["declined"].values()) == {f"policy: {REFUSAL_CODES['policy']}"}
+    assert all(_sent_stages(tmp_path, name, job_id) == [] for name in sites)
