@@ -706,12 +706,15 @@ def _warn_expiry(who: str, cert: Path, expires: Any, *, as_json: bool, log_forma
                     warning=f"the {who}'s certificate {when}; ask the federation operator for a new one")
 
 
-def _operator_config_option(func: Callable[..., Any]) -> Callable[..., Any]:
+def _client_config_option(envvar: str, what: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """The --config option of a command that calls the coordinator as an analyst or operator (``what``: the file)."""
     return click.option(
-        "--config", "config_path", required=True, envvar="GENOFED_OPERATOR_CONFIG",
-        type=click.Path(exists=True, dir_okay=False, path_type=Path),
-        help="operator.toml (written by genofed provision --operator NAME) [env GENOFED_OPERATOR_CONFIG].",
-    )(func)
+        "--config", "config_path", required=True, envvar=envvar, type=click.Path(exists=True, dir_okay=False, path_type=Path),
+        help=f"{what} [env {envvar}].",
+    )
+
+
+_operator_config_option = _client_config_option("GENOFED_OPERATOR_CONFIG", "operator.toml (written by genofed provision --operator NAME)")
 
 
 def _age_argument(ctx: click.Context, param: click.Parameter, value: str) -> float:
@@ -845,12 +848,7 @@ def job() -> None:
     """Submit federated jobs and collect their results (as an analyst; an operator reads any job)."""
 
 
-def _analyst_config_option(func: Callable[..., Any]) -> Callable[..., Any]:
-    return click.option(
-        "--config", "config_path", required=True, envvar="GENOFED_ANALYST_CONFIG",
-        type=click.Path(exists=True, dir_okay=False, path_type=Path),
-        help="analyst.toml, or an operator's operator.toml [env GENOFED_ANALYST_CONFIG].",
-    )(func)
+_analyst_config_option = _client_config_option("GENOFED_ANALYST_CONFIG", "analyst.toml, or an operator's operator.toml")
 
 
 @job.command("submit")
