@@ -46,6 +46,7 @@ import warnings
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 
 import numpy as np
 import pysam
@@ -342,13 +343,8 @@ class _Fetcher:
             return
         where = f"{self.source.path}: {contig}:{start0 + 1}-{'end' if end0 is None else end0}"
         records = self.handle.fetch(_contig_to_tabix(self.handle, contig), start0, end0)
-        while True:
-            try:
-                record = next(records)
-            except StopIteration:
-                return
-            except (OSError, ValueError) as error:
-                raise VcfFormatError(f"{where}: unreadable record ({error}); the file or its index is corrupt: copy it again, or re-index it") from error
+        for record in _readable(records, lambda error: f"{where}: unreadable record ({error}); the file or its index is "
+                                "corrupt: copy it again, or re-index it"):
             if isinstance(record, str):
                 fields = record.encode("latin-1").split(b"\t", 2)
                 yield parse_position(fields[1] if len(fields) > 1 else b"", f"{self.source.path}: {fields[0].decode(errors='replace')}")
@@ -706,18 +702,28 @@ def _nul_error(path: Path, line: bytes, number: int | None) -> VcfFormatError:
     )
 
 
+_T = TypeVar("_T")
+
+
+def _readable(records: Iterator[_T], unreadable: Callable[[BaseException], str]) -> Iterator[_T]:
+    """The records htslib yields; a read error is a :class:`VcfFormatError` (``unreadable(error)``), never their end."""
+    while True:
+        try:
+            record = next(records)
+        except StopIteration:
+            return
+        except (OSError, ValueError) as error:
+            raise VcfFormatError(unreadable(error)) from error
+        yield record
+
+
 def _bcf_records(source: VcfSource) -> Iterator[tuple[int | None, list[bytes | memoryview]]]:
     """Streams a BCF's records, formatted as VCF text by htslib (C)."""
     with _quiet_htslib():
         handle = pysam.VariantFile(str(source.path))
         try:
-            while True:
-                try:
-                    record = next(handle)
-                except StopIteration:
-                    return
-                except (OSError, ValueError) as error:
-                    raise VcfFormatError(f"{source.path}: unreadable BCF record ({error}); the file is truncated or corrupt, copy it again or rewrite it with 'bcftools view -Ob'") from error
+            for record in _readable(handle, lambda error: f"{source.path}: unreadable BCF record ({error}); the file is "
+                                    "truncated or corrupt, copy it again or rewrite it with 'bcftools view -Ob'"):
                 line = _bcf_line(source, record)
                 yield None, _split_record(line, 0, len(line) - 1)
         finally:
@@ -750,13 +756,8 @@ def _region_records(source: VcfSource, region: Region) -> Iterator[tuple[int | N
             if region.contig not in set(indexed):
                 return  # contig without records in the index
             records = handle.fetch(_contig_to_tabix(handle, region.contig), start0, end0)
-            while True:
-                try:
-                    record = next(records)
-                except StopIteration:
-                    return
-                except (OSError, ValueError) as error:
-                    raise VcfFormatError(f"{source.path}: region {region}: unreadable record ({error}); the file is corrupt, copy it again") from error
+            for record in _readable(records, lambda error: f"{source.path}: region {region}: unreadable record ({error}); "
+                                    "the file is corrupt, copy it again"):
                 if source.is_bcf:
                     if start0 <= record.start < end0:
                         line = _bcf_line(source, record)

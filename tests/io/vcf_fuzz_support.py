@@ -212,18 +212,28 @@ def _split(data: bytes) -> tuple[list[bytes], list[int]]:
     return lines, records
 
 
+def _edit_one_record(data: bytes, rng: random.Random, edit: Callable[[list[bytes]], bool | None]) -> bytes:
+    """``data`` with one record, drawn by ``rng``, edited in place by ``edit(fields)`` (which returns False to leave it be)."""
+    lines, records = _split(data)
+    if not records:
+        return data
+    i = rng.choice(records)
+    fields = lines[i].split(b"\t")
+    if edit(fields) is False:
+        return data
+    lines[i] = b"\t".join(fields)
+    return b"\n".join(lines)
+
+
 def _on_record_field(column: int, values: Callable[[random.Random, bytes], bytes]) -> Mutation:
     def mutate(data: bytes, rng: random.Random) -> bytes:
-        lines, records = _split(data)
-        if not records:
-            return data
-        i = rng.choice(records)
-        fields = lines[i].split(b"\t")
-        if column >= len(fields):
-            return data
-        fields[column] = values(rng, fields[column])
-        lines[i] = b"\t".join(fields)
-        return b"\n".join(lines)
+        def edit(fields: list[bytes]) -> bool:
+            if column >= len(fields):
+                return False
+            fields[column] = values(rng, fields[column])
+            return True
+
+        return _edit_one_record(data, rng, edit)
 
     return mutate
 
@@ -350,57 +360,40 @@ def _remove_header_line(data: bytes, rng: random.Random) -> bytes:
 
 def _huge_number(data: bytes, rng: random.Random) -> bytes:
     huge = rng.choice([b"99999999999999999999", b"2147483647", b"2147483648", b"4294967296", b"1e400", b"-2147483649", b"536870912"])
-    lines, records = _split(data)
-    if not records:
-        return data
-    i = rng.choice(records)
-    fields = lines[i].split(b"\t")
-    k = rng.choice([1, 1, 5, 7] + list(range(9, len(fields))))
-    if k >= len(fields):
-        return data
-    if k >= 9:
-        parts = fields[k].split(b":")
-        parts[rng.randrange(len(parts))] = huge
-        fields[k] = b":".join(parts)
-    elif k == 7:
-        fields[k] = b"DP=" + huge
-    else:
-        fields[k] = huge
-    lines[i] = b"\t".join(fields)
-    return b"\n".join(lines)
+
+    def edit(fields: list[bytes]) -> bool:
+        k = rng.choice([1, 1, 5, 7] + list(range(9, len(fields))))
+        if k >= len(fields):
+            return False
+        if k >= 9:
+            parts = fields[k].split(b":")
+            parts[rng.randrange(len(parts))] = huge
+            fields[k] = b":".join(parts)
+        elif k == 7:
+            fields[k] = b"DP=" + huge
+        else:
+            fields[k] = huge
+        return True
+
+    return _edit_one_record(data, rng, edit)
 
 
 def _empty_field(data: bytes, rng: random.Random) -> bytes:
-    lines, records = _split(data)
-    if not records:
-        return data
-    i = rng.choice(records)
-    fields = lines[i].split(b"\t")
-    fields[rng.randrange(len(fields))] = b""
-    lines[i] = b"\t".join(fields)
-    return b"\n".join(lines)
+    def edit(fields: list[bytes]) -> None:
+        fields[rng.randrange(len(fields))] = b""
+
+    return _edit_one_record(data, rng, edit)
 
 
 def _extra_column(data: bytes, rng: random.Random) -> bytes:
-    lines, records = _split(data)
-    if not records:
-        return data
-    i = rng.choice(records)
-    fields = lines[i].split(b"\t")
-    fields.insert(rng.randint(0, len(fields)), rng.choice([b"0/1", b".", b"x"]))
-    lines[i] = b"\t".join(fields)
-    return b"\n".join(lines)
+    return _edit_one_record(data, rng, lambda fields: fields.insert(rng.randint(0, len(fields)), rng.choice([b"0/1", b".", b"x"])))
 
 
 def _missing_column(data: bytes, rng: random.Random) -> bytes:
-    lines, records = _split(data)
-    if not records:
-        return data
-    i = rng.choice(records)
-    fields = lines[i].split(b"\t")
-    del fields[rng.randrange(len(fields))]
-    lines[i] = b"\t".join(fields)
-    return b"\n".join(lines)
+    def edit(fields: list[bytes]) -> None:
+        del fields[rng.randrange(len(fields))]
+
+    return _edit_one_record(data, rng, edit)
 
 
 def _format_without_gt(data: bytes, rng: random.Random) -> bytes:
@@ -457,31 +450,29 @@ def _short_sample_cell(data: bytes, rng: random.Random) -> bytes:
 
 def _many_alts(data: bytes, rng: random.Random) -> bytes:
     """One record gets 10-14 ALT alleles and multi-digit GT indexes."""
-    lines, records = _split(data)
-    if not records:
-        return data
-    i = rng.choice(records)
-    fields = lines[i].split(b"\t")
-    if len(fields) < 10:
-        return data
-    ref = fields[3][:1] or b"A"
-    n = rng.randint(10, 14)
-    alts = [ref + bytes(rng.choice(b"ACGT") for _ in range(k)) for k in range(1, n + 1)]
-    fields[4] = b",".join(alts)
-    fields[3] = ref
-    keys = fields[8].split(b":")
-    for j in range(9, len(fields)):
-        parts = fields[j].split(b":")
-        while len(parts) < len(keys):
-            parts.append(b".")
-        for k, key in enumerate(keys):
-            if key == b"GT":
-                parts[k] = b"%d%s%d" % (rng.randint(0, n), rng.choice([b"/", b"|"]), rng.randint(0, n))
-            elif key == b"DS":
-                parts[k] = b",".join(b"%.2f" % rng.random() for _ in range(n))
-        fields[j] = b":".join(parts)
-    lines[i] = b"\t".join(fields)
-    return b"\n".join(lines)
+
+    def edit(fields: list[bytes]) -> bool:
+        if len(fields) < 10:
+            return False
+        ref = fields[3][:1] or b"A"
+        n = rng.randint(10, 14)
+        alts = [ref + bytes(rng.choice(b"ACGT") for _ in range(k)) for k in range(1, n + 1)]
+        fields[4] = b",".join(alts)
+        fields[3] = ref
+        keys = fields[8].split(b":")
+        for j in range(9, len(fields)):
+            parts = fields[j].split(b":")
+            while len(parts) < len(keys):
+                parts.append(b".")
+            for k, key in enumerate(keys):
+                if key == b"GT":
+                    parts[k] = b"%d%s%d" % (rng.randint(0, n), rng.choice([b"/", b"|"]), rng.randint(0, n))
+                elif key == b"DS":
+                    parts[k] = b",".join(b"%.2f" % rng.random() for _ in range(n))
+            fields[j] = b":".join(parts)
+        return True
+
+    return _edit_one_record(data, rng, edit)
 
 
 def _same_pos_other_alt(data: bytes, rng: random.Random) -> bytes:
