@@ -155,9 +155,9 @@ class Roster:
         Raises:
             ConfigurationError: no such participant in the roster.
         """
-        for entry in self.participants:
-            if entry.name == name and entry.role == role:
-                return entry
+        entry = self._find(name, role)
+        if entry is not None:
+            return entry
         raise ConfigurationError(
             f"{role} {name!r} is not in {self._where()} (version {self.version}); only the participants "
             "the federation CA listed can take part: ask the consortium operator to provision it"
@@ -233,19 +233,22 @@ class Roster:
             IdentityError: the participant is not in this roster (revoked, or never
                 provisioned) or presented another certificate (replaced by a renewal).
         """
-        for entry in self.participants:
-            if entry.name == identity.name and entry.role == identity.role:
-                if entry.fingerprint != identity.fingerprint:
-                    raise IdentityError(
-                        f"{identity.role} {identity.name!r} presented certificate {identity.fingerprint[:16]}..., but the "
-                        f"federation roster (version {self.version}) lists {entry.fingerprint[:16]}...: this certificate was "
-                        "replaced or revoked; use the certificate the operator issued with that roster"
-                    )
-                return entry
-        raise IdentityError(
-            f"{identity.role} {identity.name!r} is not in the federation roster (version {self.version}): its certificate "
-            "was revoked (or never provisioned); ask the consortium operator"
-        )
+        entry = self._find(identity.name, identity.role)
+        if entry is None:
+            raise IdentityError(
+                f"{identity.role} {identity.name!r} is not in the federation roster (version {self.version}): its certificate "
+                "was revoked (or never provisioned); ask the consortium operator"
+            )
+        if entry.fingerprint != identity.fingerprint:
+            raise IdentityError(
+                f"{identity.role} {identity.name!r} presented certificate {identity.fingerprint[:16]}..., but the "
+                f"federation roster (version {self.version}) lists {entry.fingerprint[:16]}...: this certificate was "
+                "replaced or revoked; use the certificate the operator issued with that roster"
+            )
+        return entry
+
+    def _find(self, name: str, role: str) -> RosterEntry | None:
+        return next((entry for entry in self.participants if entry.name == name and entry.role == role), None)
 
 
 # --------------------------------------------------------------------------- writing
