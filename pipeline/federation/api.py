@@ -739,12 +739,7 @@ def create_app(coordinator: Coordinator, config: CoordinatorConfig, *, tick_seco
                                     source="the roster sent to PUT /v1/roster", accept=lists_this_coordinator)
             if roster is current:
                 return current, False
-            coordinator.roster = roster
-            coordinator.sites = roster.sites  # new jobs invite the roster's sites by default: added ones, not revoked ones
-            coordinator.audit.append(
-                "roster.installed", version=roster.version, previous=current.version, by=operator,
-                sites=list(roster.sites), digest=wire.digest(wire.canonical_json(dict(data))),
-            )
+            coordinator.use_roster(roster, by=operator, digest=wire.digest(wire.canonical_json(dict(data))))
             log.warning("federation roster version %d installed (was %d), sent by operator %s",
                         roster.version, current.version, operator)
             return roster, True

@@ -378,6 +378,19 @@ class Coordinator:
             self._changed()
             return self.status(job_id)
 
+    def use_roster(self, roster: Roster, *, by: str, digest: str) -> None:
+        """Takes up a newer federation roster, verified by the caller, audited as ``roster.installed``.
+
+        New rounds bind keys to its certificates, and new jobs invite its sites by
+        default. The swap and its audit entry are one engine call, like every other
+        change the audit log records.
+        """
+        with self._locked():
+            previous = None if self.roster is None else self.roster.version
+            self.roster, self.sites = roster, roster.sites
+            self._log("roster.installed", version=roster.version, previous=previous, by=by, sites=list(roster.sites),
+                      digest=digest)
+
     def note_disk_full(self, reason: str) -> None:
         """Records that a request failed on a full disk (the server calls it; a later accepted upload clears it)."""
         self.disk_full = reason[:300]
