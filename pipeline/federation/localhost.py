@@ -21,7 +21,9 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -34,11 +36,11 @@ from pipeline.federation.analyst import analyst_connection, wait_for_job
 from pipeline.federation.analyst_results import download_results
 from pipeline.federation.baselines import BASELINES
 from pipeline.federation.job_spec import load_spec, parse_round_options
-from pipeline.federation.provision import provision
+from pipeline.federation.provision import ProvisionManifest, provision
 
 log = logging.getLogger(__name__)
 
-__all__ = ["federate", "free_port"]
+__all__ = ["LocalFederation", "federate", "free_port", "local_federation"]
 
 FEDERATION = "local"
 
@@ -172,45 +174,17 @@ def federate(
     # Everything is written in a temporary folder renamed to OUT at the end: a run that fails
     # leaves no OUT to --force away; its logs and federation (audit logs) go to OUT.failed.
     failed = target.with_name(f"{target.name}.failed")
-    shown_logs = failed / "logs"
-    processes: list[subprocess.Popen[bytes]] = []
     previous = signal.signal(signal.SIGTERM, _raise_interrupt) if _main_thread() else None
     started = time.monotonic()
     try:
         with outputs.atomic_directory(target, force=force) as work:
             try:
-                manifest = provision(
-                    work / "federation", federation=FEDERATION, sites=names, analysts=("analyst",),
-                    coordinator_port=free_port(), valid_days=2, allowed_analyses=(str(analysis),), share_variant_keys=True,
-                )
-                for site, path in zip(manifest.sites, paths):
-                    (site.folder / "dataset").symlink_to(path, target_is_directory=True)
-                logs = work / "logs"
-                try:
-                    coordinator = _spawn(["coordinator", "serve", "--config", str(manifest.coordinator.config)],
-                                         logs / "coordinator.log")
-                    processes.append(coordinator)
-                    analyst = manifest.analysts[0]
-                    with analyst_connection(analyst.config) as connection:
-                        _wait_until_serving(connection, coordinator, shown_logs / "coordinator.log", timeout=60.0)
-                        agents: dict[str, subprocess.Popen[bytes]] = {}
-                        for site in manifest.sites:
-                            agents[site.name] = _spawn(["site", "run", "--config", str(site.config), "--once"],
-                                                       logs / f"{site.name}.log")
-                            processes.append(agents[site.name])
-                        job_id = connection.post_json("/v1/jobs", {"spec": spec_dict})["job_id"]
-                        status = wait_for_job(connection, job_id, timeout=timeout)
-                        if status["status"] == "running":
-                            raise GenofedError(f"job {job_id} did not finish within {timeout:.0f} s (stage {status.get('stage')}); "
-                                               f"see {shown_logs}")
-                        if status["status"] != "done":
-                            raise AggregationAborted(f"job {job_id} {status['status']}: {status.get('error')}; logs in {shown_logs}")
-                        results = download_results(connection, job_id, work / "results")
-                        # Sites write what stays with them (PCA scores, the model) once they see the job end,
-                        # then exit on their own (--once): wait for that, with the coordinator up, before stopping anything.
-                        unfinished = _wait_for_sites(agents, target / "logs", timeout=SITE_FINISH_SECONDS)
-                finally:
-                    _stop(processes)
+                with local_federation(work, paths, analyses=(str(analysis),), once=True, shown=failed) as running:
+                    job_id, status = running.run_job(spec_dict, timeout=timeout)
+                    results = download_results(running.connection, job_id, work / "results")
+                    # Sites write what stays with them (PCA scores, the model) once they see the job end,
+                    # then exit on their own (--once): wait for that, with the coordinator up, before stopping anything.
+                    unfinished = _wait_for_sites(running.agents, target / "logs", timeout=SITE_FINISH_SECONDS)
             except BaseException:
                 _keep_failed(work, failed)
                 raise
@@ -237,6 +211,71 @@ def federate(
         "summary": results["summary"],
         **extra,
     }
+
+
+@dataclass
+class LocalFederation:
+    """A running federation of local processes: the analyst's connection, the agents and where they log."""
+
+    manifest: ProvisionManifest
+    connection: transport.Connection
+    agents: dict[str, subprocess.Popen[bytes]]
+    logs: Path
+
+    def run_job(self, spec: Mapping[str, Any], *, timeout: float) -> tuple[str, dict[str, Any]]:
+        """Submits ``spec`` as the analyst and waits for it; returns the job ID and its final status.
+
+        Raises:
+            GenofedError: the job did not end within ``timeout`` seconds.
+            AggregationAborted: the job failed or was cancelled (the coordinator's reason).
+        """
+        job_id = self.connection.post_json("/v1/jobs", {"spec": dict(spec)})["job_id"]
+        status = wait_for_job(self.connection, job_id, timeout=timeout)
+        if status["status"] == "running":
+            raise GenofedError(f"job {job_id} did not finish within {timeout:.0f} s (stage {status.get('stage')}); "
+                               f"see {self.logs}")
+        if status["status"] != "done":
+            raise AggregationAborted(f"job {job_id} {status['status']}: {status.get('error')}; logs in {self.logs}")
+        return job_id, status
+
+
+@contextmanager
+def local_federation(
+    work: Path, datasets: Sequence[Path], *, analyses: Sequence[str], once: bool, shown: Path | None = None
+) -> Iterator[LocalFederation]:
+    """Provisions ``work/federation``, starts the coordinator and one agent per dataset; stops them all on leaving.
+
+    Args:
+        work: an empty folder: ``federation/`` (certificates, configs, database, audit logs) and ``logs/``.
+        datasets: one harmonized dataset per site, named ``site-1``, ``site-2``, ... in this order.
+        analyses: what the sites' policies allow.
+        once: agents exit once the jobs they took part in have ended (``genofed site run --once``);
+            without it they keep long-polling for jobs, as deployed agents do.
+        shown: the folder the logs will be found in when the caller moves ``work`` (error messages name it).
+    """
+    names = _site_names(datasets)
+    shown_logs = (shown or work) / "logs"
+    manifest = provision(
+        work / "federation", federation=FEDERATION, sites=names, analysts=("analyst",),
+        coordinator_port=free_port(), valid_days=2, allowed_analyses=tuple(analyses), share_variant_keys=True,
+    )
+    for site, path in zip(manifest.sites, datasets):
+        (site.folder / "dataset").symlink_to(path, target_is_directory=True)
+    logs = work / "logs"
+    processes: list[subprocess.Popen[bytes]] = []
+    try:
+        coordinator = _spawn(["coordinator", "serve", "--config", str(manifest.coordinator.config)], logs / "coordinator.log")
+        processes.append(coordinator)
+        with analyst_connection(manifest.analysts[0].config) as connection:
+            _wait_until_serving(connection, coordinator, shown_logs / "coordinator.log", timeout=60.0)
+            agents: dict[str, subprocess.Popen[bytes]] = {}
+            for site in manifest.sites:
+                agents[site.name] = _spawn(["site", "run", "--config", str(site.config), *(["--once"] if once else [])],
+                                           logs / f"{site.name}.log")
+                processes.append(agents[site.name])
+            yield LocalFederation(manifest, connection, agents, shown_logs)
+    finally:
+        _stop(processes)
 
 
 def _keep_failed(work: Path, failed: Path) -> None:
