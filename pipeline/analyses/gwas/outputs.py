@@ -8,7 +8,7 @@ allele count is non-zero and below its policy minimum (the secure sum of those f
 0); the others are withheld with status ``BELOW_SITE_MIN_ALLELE_COUNT``.
 
 :func:`write_outputs` renders the files an analyst downloads: ``gwas.tsv`` (GWAS-SSF
-v1.1), its metadata YAML, a Manhattan and a QQ plot.
+v1.1), its metadata YAML, and the plots (:mod:`.plots`: Manhattan, QQ, regional).
 
 With privacy terms the sums are noisy: nothing is withheld by site flags (the noise
 protects small cells), the sums are not checked against what honest sites can give (noise
@@ -29,9 +29,9 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 import yaml
-from matplotlib.figure import Figure
 
 from pipeline import schemas
+from pipeline.analyses.gwas.plots import GENOME_WIDE, write_plots
 from pipeline.analyses.gwas.privacy import job_privacy
 from pipeline.analyses.gwas.state import RegressionState
 from pipeline.analyses.protocol import Result
@@ -45,10 +45,7 @@ from pipeline.stats import glm
 __all__ = ["OUTPUT_FILES", "gwas_table", "regression_result", "write_outputs"]
 
 OUTPUT_FILES = ("gwas.tsv", "gwas.tsv-meta.yaml", "manhattan.png", "qq.png")
-"""The files :func:`write_outputs` writes."""
-
-GENOME_WIDE = 5e-8
-"""The conventional genome-wide significance threshold (summary counts, Manhattan line)."""
+"""The files :func:`write_outputs` always writes (and a regional plot per top locus: :mod:`.plots`)."""
 
 
 def _chromosome_rank(chromosome: str) -> tuple[int, str]:
@@ -264,52 +261,4 @@ def write_outputs(result: Result, out_dir: Path | str) -> list[str]:
         }
     with atomic_file(out / "gwas.tsv-meta.yaml", force=True) as tmp:
         Path(tmp).write_text(yaml.safe_dump(meta, sort_keys=False))
-    _plots(table, out, summary)
-    return list(OUTPUT_FILES)
-
-
-def _save(figure: Figure, path: Path) -> None:
-    with atomic_file(path, force=True) as tmp:
-        figure.savefig(tmp, dpi=120, format="png")
-
-
-def _plots(table: pa.Table, out: Path, summary: Mapping[str, Any]) -> None:
-    """manhattan.png and qq.png (matplotlib's object API: no pyplot, no global backend)."""
-    p = np.asarray(table.column("p_value").to_numpy(zero_copy_only=False), np.float64)
-    chromosome = [str(c) for c in table.column("chromosome").to_pylist()]
-    position = np.asarray(table.column("base_pair_location").to_numpy(), np.float64)
-    ok = np.isfinite(p)
-    score = -np.log10(np.maximum(p[ok], 1e-300))
-    # Manhattan: chromosomes side by side in genome order.
-    x = np.zeros(len(p))
-    offset, ticks, labels, colours = 0.0, [], [], np.zeros(len(p), int)
-    for index, name in enumerate(dict.fromkeys(chromosome)):
-        rows = np.array([c == name for c in chromosome])
-        start, stop = position[rows].min(), position[rows].max()
-        x[rows] = position[rows] - start + offset
-        ticks.append(offset + (stop - start) / 2)
-        labels.append(name)
-        colours[rows] = index % 2
-        offset += stop - start + max(1.0, 0.02 * (stop - start))
-    figure = Figure(figsize=(10, 4))
-    axis = figure.subplots()
-    axis.scatter(x[ok], score, c=np.where(colours[ok] == 0, "#1f4e79", "#7fa7d0"), s=4)
-    axis.axhline(-np.log10(GENOME_WIDE), color="#c0392b", lw=0.8, ls="--")
-    axis.set_xticks(ticks, labels)
-    axis.set_xlabel("chromosome" if len(labels) > 1 else f"chromosome {labels[0] if labels else ''} position")
-    axis.set_ylabel("-log10 p")
-    axis.set_title(f"GWAS of {summary.get('phenotype')} ({summary.get('model')}, {summary.get('num_samples')} samples)")
-    figure.tight_layout()
-    _save(figure, out / "manhattan.png")
-    figure = Figure(figsize=(4.5, 4.5))
-    axis = figure.subplots()
-    observed = np.sort(score)[::-1]
-    expected = -np.log10((np.arange(1, observed.size + 1) - 0.5) / max(observed.size, 1))
-    axis.scatter(expected, observed, s=4, color="#1f4e79")
-    top = max(float(expected.max(initial=1.0)), float(observed.max(initial=1.0)))
-    axis.plot([0, top], [0, top], color="#c0392b", lw=0.8)
-    axis.set_xlabel("expected -log10 p")
-    axis.set_ylabel("observed -log10 p")
-    axis.set_title(f"QQ, lambda_GC = {summary.get('lambda_gc')}")
-    figure.tight_layout()
-    _save(figure, out / "qq.png")
+    return [*OUTPUT_FILES[:2], *write_plots(table, summary, out)]
