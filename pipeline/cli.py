@@ -18,6 +18,7 @@ from typing import Any
 import click
 
 from pipeline import __version__
+from pipeline.assembly import ASSEMBLIES
 from pipeline.errors import GenofedError
 
 log = logging.getLogger("pipeline")
@@ -233,6 +234,9 @@ class _ChunkSize(click.ParamType):
 @click.option("--chunk-size", type=_ChunkSize(), default="5Mb", show_default=True, help="Bases per chunk / Dask task (5Mb, 500kb, 1000000).")
 @cluster_options
 @click.option("--contig-style", type=click.Choice(["chr", "nochr", "keep"]), default="chr", show_default=True, help="Contig names: chr22, 22, or as in the file.")
+@click.option("--assembly", type=click.Choice(list(ASSEMBLIES)), default=None,
+              help="Genome assembly of the positions, recorded in the dataset (default: what the VCF header's ##reference or "
+                   "##contig assembly= names, else not recorded); a federated GWAS publishes it.")
 @force_option
 @progress_option
 @json_option
@@ -240,7 +244,7 @@ class _ChunkSize(click.ParamType):
 def ingest_command(
     vcf: str, fasta: str | None, phenotypes: str | None, out: str, chunk_size: int, scheduler: str, workers: int | None,
     queue: str | None, cores: int | None, memory: str | None, walltime: str | None, account: str | None, jobs: int,
-    performance_report: Path | None, contig_style: str, force: bool, progress: bool | None, as_json: bool,
+    performance_report: Path | None, contig_style: str, assembly: str | None, force: bool, progress: bool | None, as_json: bool,
 ) -> None:
     """Harmonize a site's VCF/BCF into a genofed dataset (Parquet, schemas/).
 
@@ -254,7 +258,7 @@ def ingest_command(
     with dask_session(scheduler, options=_cluster(queue, cores, memory, walltime, account, jobs), performance_report=performance_report):
         report = ingest(
             vcf, out=out, fasta=fasta, phenotypes=phenotypes, chunk_size=chunk_size, scheduler=scheduler,
-            workers=workers, contig_style=contig_style, force=force, progress=resolve_progress(progress),
+            workers=workers, contig_style=contig_style, assembly=assembly, force=force, progress=resolve_progress(progress),
         )
     echo_summary(report, as_json=as_json, text=summary_text(report, out))
 

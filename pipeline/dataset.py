@@ -3,7 +3,7 @@
 Layout (plain Parquet, readable by pyarrow/pandas/duckdb without genofed)::
 
     DATASET/
-      dataset.json            format version, sample/variant counts, chunk list
+      dataset.json            format version, sample/variant counts, chunk list, genome assembly (when known)
       samples.parquet         schemas/samples.json
       variants/chunk-NNNNN.parquet   schemas/variants.json
       genotypes/chunk-NNNNN.parquet  schemas/genotypes.json (same rows as variants)
@@ -26,6 +26,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from pipeline import outputs, schemas
+from pipeline.assembly import check_assembly
 from pipeline.errors import InputError, SpecMismatch
 
 FORMAT_NAME = "genofed-dataset"
@@ -128,6 +129,17 @@ class Dataset:
     @property
     def num_variants(self) -> int:
         return int(self.metadata["num_variants"])
+
+    @property
+    def genome_assembly(self) -> str | None:
+        """The assembly the positions are on (``GRCh37``/``GRCh38``), ``None`` when ingest recorded none.
+
+        Datasets written before genofed recorded it have no ``genome_assembly`` key and read as ``None``.
+
+        Raises:
+            ConfigurationError: ``dataset.json`` names an assembly genofed does not know (edited by hand).
+        """
+        return check_assembly(self.metadata.get("genome_assembly"), source=str(self.path / "dataset.json"))
 
     @property
     def chunk_names(self) -> list[str]:

@@ -12,6 +12,7 @@ file with plain pyarrow/pandas.
 from __future__ import annotations
 
 import csv
+import gzip
 import json
 import logging
 import time
@@ -22,6 +23,7 @@ from typing import Any
 import pyarrow.parquet as pq
 
 from pipeline import outputs
+from pipeline.analyses.gwas.outputs import DATA_FILE, ssf_chromosome
 from pipeline.federation.job_spec import load_spec
 from pipeline.federation.localhost import federate, summary_text
 from pipeline.harmonize.contigs import canonical_contig
@@ -131,13 +133,14 @@ def _indent(text: str, work: Path, root: Path) -> str:
     return "\n".join(f"      {line}" for line in text.replace(str(work), str(root)).splitlines())
 
 
-def causal_hits(gwas_tsv: Path | str, truth_tsv: Path | str, *, trait: str = "quant_trait", threshold: float = 5e-8) -> list[dict[str, Any]]:
+def causal_hits(gwas_ssf: Path | str, truth_tsv: Path | str, *, trait: str = "quant_trait", threshold: float = 5e-8) -> list[dict[str, Any]]:
     """The simulated causal variants of ``trait`` with their GWAS p-values (for the demo).
 
+    ``gwas_ssf`` is the job's ``gwas.tsv.gz`` (GWAS-SSF: chromosomes as numbers, X 23).
     Returns one record per causal variant: variant position, alleles, true effect,
     estimated beta and p-value (None when not tested) and whether p < ``threshold``.
     """
-    with open(gwas_tsv, newline="") as handle:
+    with gzip.open(gwas_ssf, "rt", newline="") as handle:
         rows = {(r["chromosome"], int(r["base_pair_location"])): r for r in csv.DictReader(handle, delimiter="\t")}
     hits = []
     with open(truth_tsv, newline="") as handle:
@@ -145,7 +148,7 @@ def causal_hits(gwas_tsv: Path | str, truth_tsv: Path | str, *, trait: str = "qu
             if record.get("kind") != "causal" or record.get("trait") != trait:
                 continue
             contig = record[next(iter(record))]
-            chromosome = canonical_contig(contig, "nochr")
+            chromosome = ssf_chromosome(canonical_contig(contig, "nochr"))
             position = int(record["pos"] if "pos" in record else list(record.values())[1])
             row = rows.get((chromosome, position))
             p_value = None if row is None or row["p_value"] == "NA" else float(row["p_value"])
@@ -181,14 +184,14 @@ def run_federated_gwas(datasets: Sequence[Path | str], out: Path | str, *, truth
         f"with p < 5e-8, lambda_GC {summary['lambda_gc']}",
     ]
     if truth is not None:
-        hits = causal_hits(results / "gwas.tsv", truth)
+        hits = causal_hits(results / DATA_FILE, truth)
         result["causal_hits"] = hits
         found = sum(hit["significant"] for hit in hits)
         lines.append(f"  simulated causal variants at genome-wide significance: {found} of {len(hits)}")
         for hit in hits:
             p_text = "not tested" if hit["p_value"] is None else f"p = {hit['p_value']:.2e}"
             lines.append(f"    {hit['chromosome']}:{hit['position']}  true effect {hit['effect']}  {p_text}")
-    lines.append(f"  results: {results / 'gwas.tsv'}, manhattan.png, qq.png")
+    lines.append(f"  results: {results / DATA_FILE} (+ .tbi, -meta.yaml), manhattan.png, qq.png")
     result["text"] = "\n".join(lines)
     return result
 

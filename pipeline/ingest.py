@@ -61,6 +61,7 @@ from typing import Any
 import dask
 
 from pipeline import __version__, outputs
+from pipeline.assembly import check_assembly
 from pipeline.cluster import compute_graph, parse_scheduler, progress_bar
 from pipeline.dataset import Block, write_metadata
 from pipeline.errors import ConfigurationError, InputError, VcfFormatError, disk_full
@@ -307,6 +308,21 @@ def _check_reference_contigs(fasta: str, contigs: list[Region], vcf: str) -> Non
             ) from error
 
 
+def _genome_assembly(given: str | None, in_header: str | None, vcf: str) -> str | None:
+    """The assembly a dataset records: ``--assembly``, else the VCF header's; the two must agree.
+
+    Raises:
+        ConfigurationError: ``given`` is not a known assembly, or the header names another one.
+    """
+    given = check_assembly(given, source="--assembly")
+    if given is not None and in_header is not None and given != in_header:
+        raise ConfigurationError(
+            f"{vcf}: --assembly {given} but the header's ##reference/##contig lines name {in_header}; give the assembly "
+            "the positions are on (lift the VCF over first if it is the other one)"
+        )
+    return given or in_header
+
+
 def ingest(
     vcf: str | Path,
     *,
@@ -317,6 +333,7 @@ def ingest(
     scheduler: str = "threads",
     workers: int | None = None,
     contig_style: str = "chr",
+    assembly: str | None = None,
     force: bool = False,
     progress: bool = False,
     parts_dir: str | Path | None = None,
@@ -333,6 +350,9 @@ def ingest(
             ``slurm``/``pbs`` (dask-jobqueue; see :mod:`pipeline.cluster`).
         workers: local scheduler workers (default: dask's, one per core).
         contig_style: ``chr``, ``nochr`` or ``keep``.
+        assembly: the genome assembly the positions are on (``GRCh37``/``GRCh38``); default
+            what the VCF header names (:func:`pipeline.assembly.assembly_from_header`), else
+            not recorded. Recorded in ``dataset.json``; a federated GWAS publishes it.
         force: replace an existing ``out``.
         progress: show a progress bar on stderr.
         parts_dir: assemble the dataset from the chunks :func:`ingest_part` tasks wrote
@@ -361,6 +381,7 @@ def ingest(
     samples_table, samples_summary = match_samples(source.samples, pheno_table, vcf=vcf_path, phenotype_source=str(phenotypes))
     if fasta_path is not None:
         open_reference(fasta_path)  # fails early on a missing or unreadable FASTA
+    genome_assembly = _genome_assembly(assembly, source.header_assembly, vcf_path)
     with _disk_full_is_an_error(out_path, vcf_path), outputs.atomic_directory(out_path, force=force) as tmp:
         if source.has_index:
             regions = source.regions(size)
@@ -390,7 +411,8 @@ def ingest(
         report: dict[str, Any] = {
             "genofed_version": __version__,
             "inputs": {"vcf": vcf_path, "fasta": fasta_path, "phenotypes": None if phenotypes is None else str(phenotypes), "indexed": source.has_index},
-            "settings": {"chunk_size": size, "contig_style": contig_style, "scheduler": scheduler, "workers": workers},
+            "settings": {"chunk_size": size, "contig_style": contig_style, "scheduler": scheduler, "workers": workers,
+                         "genome_assembly": genome_assembly},
             **counts,
             "variants_written": sum(int(e["num_variants"]) for e in entries),
             "samples": samples_summary,
@@ -401,7 +423,8 @@ def ingest(
             tmp,
             samples=samples_table,
             chunks=entries,
-            extra={"contig_style": contig_style, "reference_checked": fasta_path is not None, "report": REPORT_NAME},
+            extra={"contig_style": contig_style, "reference_checked": fasta_path is not None, "report": REPORT_NAME,
+                   **({} if genome_assembly is None else {"genome_assembly": genome_assembly})},
         )
         _check_genotypes(vcf_path, source.samples, counts)
         report["seconds"] = round(time.perf_counter() - started, 3)

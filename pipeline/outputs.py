@@ -8,9 +8,9 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import secrets
 import shutil
-import tempfile
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -62,6 +62,24 @@ def check_output_path(path: Path, *, force: bool) -> None:
         raise OutputExistsError(f"{path} already exists; choose another --out or pass --force to replace it")
 
 
+def _temporary_sibling(target: Path, create: Callable[[str], None]) -> Path:
+    """A new, uniquely named file or folder next to ``target``, made by ``create(name)``.
+
+    Outputs are for others to read (an analyst's results, a dataset a cluster job opens):
+    ``create`` asks for 0666/0777 and the kernel applies the umask, as for any file a tool
+    writes, where ``tempfile.mkstemp``/``mkdtemp`` would leave them 0600/0700 for good.
+    Secrets are written with :func:`write_private` (0600), never through here.
+    """
+    for _ in range(100):
+        name = target.parent / f".{target.name}.tmp-{secrets.token_hex(6)}"
+        try:
+            create(str(name))
+        except FileExistsError:
+            continue
+        return name
+    raise FileExistsError(f"could not create a temporary path next to {target}")
+
+
 @contextlib.contextmanager
 def atomic_directory(path: Path | str, *, force: bool = False) -> Iterator[Path]:
     """Yields a temporary folder next to ``path``; on success it replaces ``path``.
@@ -71,7 +89,7 @@ def atomic_directory(path: Path | str, *, force: bool = False) -> Iterator[Path]
     target = Path(path)
     check_output_path(target, force=force)
     target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
+    tmp = _temporary_sibling(target, lambda name: os.mkdir(name, 0o777))
     try:
         yield tmp
     except BaseException:
@@ -92,9 +110,7 @@ def atomic_file(path: Path | str, *, force: bool = False) -> Iterator[Path]:
     target = Path(path)
     check_output_path(target, force=force)
     target.parent.mkdir(parents=True, exist_ok=True)
-    fd, name = tempfile.mkstemp(prefix=f".{target.name}.tmp-", dir=target.parent)
-    os.close(fd)
-    tmp = Path(name)
+    tmp = _temporary_sibling(target, lambda name: os.close(os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)))
     try:
         yield tmp
     except BaseException:

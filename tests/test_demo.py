@@ -24,7 +24,7 @@ def test_demo__tiny_cohort_runs_every_stage(tmp_path: Path) -> None:
         assert site["ingest"]["variants_written"] > 0
         assert site["qc"]["variants"]["passing"] > 0
     assert summary["census"]["variants"]["total"] > 0
-    assert (out / "gwas" / "results" / "gwas.tsv").is_file()
+    assert (out / "gwas" / "results" / "gwas.tsv.gz").is_file()
     assert (out / "gwas" / "results" / "manhattan.png").is_file()
     assert set(summary["training"]) >= {"federated", "pooled", "local_mean", "local_best"}
     assert not list(tmp_path.glob(".demo.tmp-*")), "the demo left its temporary folder behind"

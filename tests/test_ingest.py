@@ -17,6 +17,7 @@ from hypothesis import strategies as st
 
 from pipeline.cli import main
 from pipeline.dataset import open_dataset
+from pipeline.errors import ConfigurationError, InputError
 from pipeline.harmonize.contigs import canonical_contig
 from pipeline.ingest import ingest, parse_chunk_size
 from pipeline.ingest_task import DROP_REASONS
@@ -355,3 +356,48 @@ def test_ingest__builds_one_graph_and_computes_once(tmp_path, monkeypatch):
     path = write_vcf(tmp_path / "g.vcf", vcf_text(records, ["a"]), indexed=True)
     report = ingest(path, out=tmp_path / "d", chunk_size=100, scheduler="threads", workers=2)
     assert calls == [report["tasks"]] == [4]
+
+
+def _assembly_vcf(tmp_path: Path, name: str, meta: str = "") -> Path:
+    """A two-sample VCF whose header carries ``meta`` lines (``##reference=...``) before its records."""
+    text = vcf_text([("chr1", 5, "A", "G", "GT", ["0/1", "1/1"])], ["a", "b"])
+    return write_vcf(tmp_path / name, text.replace("##fileformat=VCFv4.2\n", "##fileformat=VCFv4.2\n" + meta, 1))
+
+
+def test_ingest__assembly_from_the_option_or_the_header_is_recorded(tmp_path):
+    plain = _assembly_vcf(tmp_path, "plain.vcf")
+    ingest(plain, out=tmp_path / "none")
+    assert open_dataset(tmp_path / "none").genome_assembly is None  # not recorded unless known
+    assert "genome_assembly" not in json.loads((tmp_path / "none" / "dataset.json").read_text())
+    report = ingest(plain, out=tmp_path / "given", assembly="GRCh38")
+    assert open_dataset(tmp_path / "given").genome_assembly == "GRCh38" == report["settings"]["genome_assembly"]
+    header = _assembly_vcf(tmp_path, "h.vcf", "##reference=file:///refs/hs37d5.fa.gz\n")
+    ingest(header, out=tmp_path / "header")
+    assert open_dataset(tmp_path / "header").genome_assembly == "GRCh37"
+    vague = _assembly_vcf(tmp_path, "v.vcf", "##reference=file:///refs/genome.fa\n")
+    ingest(vague, out=tmp_path / "vague")
+    assert open_dataset(tmp_path / "vague").genome_assembly is None  # no known name: nothing guessed
+
+
+def test_ingest__assembly_that_contradicts_the_header_or_is_unknown_is_refused(tmp_path):
+    header = _assembly_vcf(tmp_path, "h.vcf", "##reference=GRCh37\n")
+    with pytest.raises(ConfigurationError, match="--assembly GRCh38 but the header's ##reference/##contig lines name GRCh37"):
+        ingest(header, out=tmp_path / "d", assembly="GRCh38")
+    two = _assembly_vcf(tmp_path, "two.vcf", "##reference=hg38\n##source=x\n")
+    two.write_text(two.read_text().replace("##contig=<ID=chr1,length=1000>", "##contig=<ID=chr1,length=1000,assembly=b37>"))
+    with pytest.raises(InputError, match="the header names two genome assemblies"):
+        ingest(two, out=tmp_path / "d")
+    result = CliRunner().invoke(main, ["ingest", "--vcf", str(header), "--out", str(tmp_path / "d"), "--assembly", "hg19"])
+    assert result.exit_code == 2 and "'hg19' is not one of 'GRCh37', 'GRCh38'" in result.output
+    assert not (tmp_path / "d").exists()
+
+
+def test_dataset__one_written_before_assemblies_opens_and_a_hand_edited_one_is_refused(tmp_path):
+    ingest(_assembly_vcf(tmp_path, "p.vcf"), out=tmp_path / "d", assembly="GRCh37")
+    meta = json.loads((tmp_path / "d" / "dataset.json").read_text())
+    del meta["genome_assembly"]
+    (tmp_path / "d" / "dataset.json").write_text(json.dumps(meta))
+    assert open_dataset(tmp_path / "d").genome_assembly is None
+    (tmp_path / "d" / "dataset.json").write_text(json.dumps({**meta, "genome_assembly": "hg19"}))
+    with pytest.raises(ConfigurationError, match="genome assembly 'hg19' is not one genofed knows"):
+        open_dataset(tmp_path / "d").genome_assembly

@@ -82,7 +82,7 @@ from pipeline.federation.job_spec import (
 )
 from pipeline.federation.ledger import Release, ReleaseLedger, samples_digest
 from pipeline.federation.roster import Roster, check_own_identity, install_roster, load_roster
-from pipeline.federation.rounds import KEY_UNION_STAGE, PREFLIGHT_READY, PREFLIGHT_STAGE, encode_keys, round_config
+from pipeline.federation.rounds import KEY_UNION_STAGE, PREFLIGHT_STAGE, encode_keys, preflight_answer, round_config
 from pipeline.federation.tls import certificate_validity, load_identity_key
 from pipeline.outputs import write_private
 from pipeline.privacy import privacy_terms, zcdp_to_approx_dp
@@ -471,8 +471,10 @@ class SiteAgent:
                 self._check_disclosure(task, analysis, task["participants"])
                 self._disclosure_checked.add(job_id)
             if task["kind"] == PREFLIGHT_STAGE:
-                # Every check above passed, the job's columns were read (its contributing sets): ready.
-                self._upload(task, PREFLIGHT_STAGE, PREFLIGHT_READY, self._message_id(task, PREFLIGHT_STAGE, self._message_secret))
+                # Every check above passed, the job's columns were read (its contributing sets): ready, naming the
+                # dataset's assembly when it records one (one of a closed set of answers: nothing else can travel).
+                answer = preflight_answer(self.dataset().genome_assembly)
+                self._upload(task, PREFLIGHT_STAGE, answer, self._message_id(task, PREFLIGHT_STAGE, self._message_secret))
             elif task["kind"] == "keys":
                 self._keys_round(task, analysis)
             else:

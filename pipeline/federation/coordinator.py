@@ -916,6 +916,13 @@ class Coordinator:
         if not ready:
             self._fail(current.job_id, f"pre-flight: no site can take part in this job: {absent}")
             return
+        assemblies = {name: current.received[name] for name in ready if current.received.get(name) is not None}
+        if len(set(assemblies.values())) > 1:
+            named = ", ".join(f"{name} {assembly}" for name, assembly in assemblies.items())
+            self._fail(current.job_id, f"pre-flight: the sites' datasets record different genome assemblies ({named}); "
+                                       "positions on different assemblies cannot be pooled: lift the datasets over to one "
+                                       "assembly and ingest them again, or submit the job without the sites that differ")
+            return
         try:
             opened = self._make_round(current.job_id, current.analysis, current.spec, current.participants, current.threshold,
                                       0, current.state, current.declined, site_ids=[current.site_id(name) for name in ready])
@@ -1003,6 +1010,7 @@ class Coordinator:
             "declined": sorted(current.declined),
             "sites": list(summed),
             "missed_rounds": self._missed_rounds(current),
+            "genome_assembly": self._genome_assembly(current.job_id, summed),
         }
         entries: list[tuple[str, str, bytes]] = [("summary", "json", wire.canonical_json(summary))]
         for name, table in result.tables.items():
@@ -1022,6 +1030,19 @@ class Coordinator:
         log.info("job %s done after %d rounds over %s", current.job_id, current.round_index + 1, ", ".join(summed),
                  extra={"event": "job.done", "job_id": current.job_id, "analysis": current.analysis.name,
                         "rounds": current.round_index + 1, "sites": list(summed)})
+
+    def _genome_assembly(self, job_id: str, summed: Sequence[str]) -> str | None:
+        """The assembly every summed site's pre-flight answer named, or ``None`` where one named none.
+
+        Read back from the stored answers (a restarted coordinator gives the same). The
+        pre-flight already failed a job whose sites name different assemblies; a site that
+        names none does not disagree, but then the result does not claim one either.
+        """
+        named: set[str | None] = set()
+        for site in summed:
+            message = self.store.message_of(job_id, 0, PREFLIGHT_STAGE, site)
+            named.add(None if message is None else check_preflight(message.body))
+        return named.pop() if len(named) == 1 else None
 
     def _missed_rounds(self, current: _Round) -> dict[str, list[int]]:
         """Each site's rounds that it was invited to and whose sum did not include it (empty when none did)."""

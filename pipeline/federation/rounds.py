@@ -13,7 +13,9 @@ the job against its policy, roster and data (columns, types, enough samples, pri
 terms) without computing anything, and answers :data:`PREFLIGHT_READY` or declines
 with a refusal code. Round 0 proper then invites the sites that answered, so a job
 every site would refuse fails within seconds, naming each site's code, before any
-census or PCA runs.
+census or PCA runs. The answer may also say which genome assembly the site's dataset
+records (:func:`preflight_answer`): one of a closed set of byte strings, so nothing else
+(no free text, no count) can travel in it.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from pipeline.assembly import ASSEMBLIES, check_assembly
 from pipeline.encoding import Layout
 from pipeline.errors import ConfigurationError, ProtocolError
 from pipeline.federation import wire
@@ -34,8 +37,8 @@ from pipeline.secagg import keys
 from pipeline.secagg.messages import RoundConfig
 
 __all__ = [
-    "KEY_UNION_STAGE", "MAX_KEYS", "PREFLIGHT_READY", "PREFLIGHT_STAGE", "check_preflight", "decode_keys", "encode_keys",
-    "round_config", "union_keys",
+    "KEY_UNION_STAGE", "MAX_KEYS", "PREFLIGHT_READY", "PREFLIGHT_STAGE", "check_preflight", "decode_keys",
+    "encode_keys", "preflight_answer", "round_config", "union_keys",
 ]
 
 KEY_UNION_STAGE = "keys"
@@ -45,7 +48,7 @@ PREFLIGHT_STAGE = "preflight"
 """The first stage of every job's round 0: the sites' cheap checks, before any contribution."""
 
 PREFLIGHT_READY = b'{"ready":true}'
-"""A site's whole pre-flight answer: it would take part (a site that would not declines instead)."""
+"""A site's whole pre-flight answer when its dataset records no assembly: it would take part (else it declines)."""
 
 MAX_KEYS = 50_000_000
 """Most keys one site's key set may hold."""
@@ -121,12 +124,31 @@ def union_keys(key_sets: Sequence[np.ndarray]) -> np.ndarray:
     return unique.take(pc.array_sort_indices(unique)).to_numpy(zero_copy_only=False).astype(str)
 
 
-def check_preflight(body: bytes) -> bool:
-    """Checks a pre-flight answer: exactly :data:`PREFLIGHT_READY`, nothing a site could smuggle data in.
+def preflight_answer(assembly: str | None) -> bytes:
+    """A ready site's pre-flight answer: :data:`PREFLIGHT_READY`, plus its dataset's assembly when it records one.
+
+    Raises:
+        ConfigurationError: ``assembly`` is not one of :data:`~pipeline.assembly.ASSEMBLIES`.
+    """
+    if check_assembly(assembly, source="the site's dataset") is None:
+        return PREFLIGHT_READY
+    return wire.canonical_json({"assembly": assembly, "ready": True})
+
+
+_PREFLIGHT_ANSWERS = {preflight_answer(assembly): assembly for assembly in (None, *ASSEMBLIES)}
+"""Every body a pre-flight answer may be, and the assembly each says: compared byte for byte, never parsed."""
+
+
+def check_preflight(body: bytes) -> str | None:
+    """Checks a pre-flight answer and returns the assembly it names (``None``: the site's dataset records none).
+
+    The body must be one of the :data:`_PREFLIGHT_ANSWERS` byte strings exactly, so a site
+    cannot smuggle data (another key, another value, spacing, key order) through it.
 
     Raises:
         ProtocolError: any other body.
     """
-    if body != PREFLIGHT_READY:
-        raise ProtocolError(f"a pre-flight answer is {PREFLIGHT_READY.decode()}, got {len(body)} other bytes")
-    return True
+    if body not in _PREFLIGHT_ANSWERS:
+        allowed = " or ".join(answer.decode() for answer in _PREFLIGHT_ANSWERS)
+        raise ProtocolError(f"a pre-flight answer is {allowed}, got {len(body)} other bytes")
+    return _PREFLIGHT_ANSWERS[body]

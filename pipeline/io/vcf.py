@@ -51,6 +51,7 @@ from typing import TypeVar
 import numpy as np
 import pysam
 
+from pipeline.assembly import assembly_from_header
 from pipeline.errors import InputError, VcfFormatError
 
 MISSING_ALLELE = -1  # '.' in a GT
@@ -222,6 +223,8 @@ class VcfSource:
         version: the ``##fileformat=VCFv4.x`` version as ``(4, x)``; rules that changed
             between versions (a leading phasing mark in GT, VCF 4.4) follow it.
         index: the .tbi/.csi file used (None without one).
+        header_assembly: the genome assembly the header's ``##reference`` and contig
+            ``assembly=`` values name (:func:`pipeline.assembly.assembly_from_header`), or None.
     """
 
     def __init__(
@@ -235,6 +238,7 @@ class VcfSource:
         is_compressed: bool,
         version: tuple[int, int] = (4, 2),
         index: Path | None = None,
+        header_assembly: str | None = None,
     ) -> None:
         self.path = path
         self.samples = samples
@@ -245,6 +249,7 @@ class VcfSource:
         self.is_compressed = is_compressed
         self.version = version
         self.index = index
+        self.header_assembly = header_assembly
 
     def __repr__(self) -> str:
         kind = "BCF" if self.is_bcf else ("VCF.gz" if self.is_compressed else "VCF")
@@ -539,6 +544,9 @@ def open_vcf(path: str | Path) -> VcfSource:
             samples = list(handle.header.samples)
             contigs: dict[str, int | None] = {name: contig.length for name, contig in handle.header.contigs.items()}
             version_text = str(handle.header.version or "")
+            assembly_values = [str(record.value) for record in handle.header.records if record.key == "reference"]
+            assembly_values += [str(contig.header_record.get("assembly") or "") for contig in handle.header.contigs.values()
+                                if contig.header_record is not None]
         except UnicodeDecodeError as error:
             raise VcfFormatError(
                 f"{path}: the header (sample IDs or contig names) is not valid UTF-8 ({error.reason} at byte {error.start}); "
@@ -558,7 +566,8 @@ def open_vcf(path: str | Path) -> VcfSource:
             contigs = {name: contigs.get(name) for name in names}
     if len(set(samples)) != len(samples):
         raise VcfFormatError(f"{path}: duplicate sample IDs in the '#CHROM' header line; sample IDs must be unique")
-    return VcfSource(path, samples, contigs, declared, index is not None, is_bcf, compressed, version=version, index=index)
+    return VcfSource(path, samples, contigs, declared, index is not None, is_bcf, compressed, version=version, index=index,
+                     header_assembly=assembly_from_header(assembly_values, source=str(path)))
 
 
 _CONTIG_ID = re.compile(rb"^##contig=<(?:.*?[<,])?ID=([^,>]+)")

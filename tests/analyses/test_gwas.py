@@ -5,6 +5,7 @@ the linear model, a textbook IRLS loop for the logistic one, and plink2 --glm wh
 from __future__ import annotations
 
 import dataclasses
+import gzip
 import json
 import shutil
 import subprocess
@@ -229,16 +230,19 @@ def test_gwas__variants_below_a_site_minimum_withheld(cohort):
 def test_gwas__outputs_tsv_metadata_and_plots(linear_run, tmp_path):
     written = write_outputs(linear_run.result, tmp_path)
     assert sorted(written) == sorted(p.name for p in tmp_path.iterdir())
-    lines = (tmp_path / "gwas.tsv").read_text().splitlines()
+    lines = gzip.decompress((tmp_path / "gwas.tsv.gz").read_bytes()).decode().splitlines()
     assert lines[0].split("\t") == ["chromosome", "base_pair_location", "effect_allele", "other_allele", "beta",
                                     "standard_error", "effect_allele_frequency", "p_value", "n", "variant_id"]
     first = lines[1].split("\t")
     assert first[0] == "22" and first[2] == "G" and first[3] == "A"
+    assert first[9] == f"22_{first[1]}_A_G"  # the spec's chromosome_position_other_effect; the table keeps chr22:pos:A:G
+    assert linear_run.result.tables["gwas"].column("variant_id")[0].as_py() == f"chr22:{first[1]}:A:G"
     positions = [int(line.split("\t")[1]) for line in lines[1:]]
     assert positions == sorted(positions) and len(lines) - 1 == linear_run.result.tables["gwas"].num_rows
-    meta = yaml.safe_load((tmp_path / "gwas.tsv-meta.yaml").read_text())
-    assert meta["file_type"] == "GWAS-SSF v1.1" and meta["data_file_name"] == "gwas.tsv"
+    meta = yaml.safe_load((tmp_path / "gwas.tsv.gz-meta.yaml").read_text())
+    assert meta["file_type"] == "GWAS-SSF v1.1" and meta["data_file_name"] == "gwas.tsv.gz"
     assert meta["samples"][0]["sample_size"] == linear_run.result.summary["num_samples"]
+    assert meta["genome_assembly"] == "NR" and meta["adjusted_covariates"] == ["age", "sex"]
     for png in ("manhattan.png", "qq.png"):
         assert (tmp_path / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert get_analysis("gwas") is GWAS

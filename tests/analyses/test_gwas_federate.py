@@ -31,10 +31,10 @@ def test_gwas_federate__results_folder_equals_pooled_ols(tmp_path):
     summary = federate([site.path for site in cohort.values()], spec, tmp_path / "run", timeout=300)
     results = Path(summary["results"])
     assert summary["status"] == "done" and summary["summary"]["analysis"] == "gwas"
-    for name in ("gwas.tsv", "gwas.tsv-meta.yaml", "manhattan.png", "qq.png", "gwas.parquet", "gwas_status.parquet",
+    for name in ("gwas.tsv.gz", "gwas.tsv.gz.tbi", "gwas.tsv.gz-meta.yaml", "manhattan.png", "qq.png", "gwas.parquet", "gwas_status.parquet",
                  "summary.json"):
         assert (results / name).is_file(), name
-    assert yaml.safe_load((results / "gwas.tsv-meta.yaml").read_text())["file_type"] == "GWAS-SSF v1.1"
+    assert yaml.safe_load((results / "gwas.tsv.gz-meta.yaml").read_text())["file_type"] == "GWAS-SSF v1.1"
     rows = pq.read_table(results / "gwas.parquet").to_pylist()
     assert len(rows) >= 30
     for row in rows:
@@ -76,7 +76,7 @@ def test_gwas_simulated__causal_variants_genome_wide_significant_with_pcs(simula
     run = run_in_memory(GWAS, {**SIM_SPEC, "pcs": 4}, datasets, secure=True, seed=1)
     assert set(run.result.tables) == {"gwas", "gwas_status", "pca_loadings", "pca_eigenvalues"}
     write_outputs(run.result, tmp_path)
-    hits = causal_hits(tmp_path / "gwas.tsv", cohort / "truth.tsv")
+    hits = causal_hits(tmp_path / "gwas.tsv.gz", cohort / "truth.tsv")
     assert len(hits) == 10 and all(hit["significant"] for hit in hits), hits
 
 
@@ -114,7 +114,7 @@ def test_gwas_federate__demo_job_with_pcs_finds_causal_hits_and_sites_keep_score
     hits = result["causal_hits"]
     assert len(hits) == 10 and all(hit["significant"] for hit in hits), result["text"]
     results = Path(result["results"])
-    for name in ("pca_loadings.parquet", "pca_eigenvalues.parquet", "gwas.tsv", "manhattan.png", "qq.png"):
+    for name in ("pca_loadings.parquet", "pca_eigenvalues.parquet", "gwas.tsv.gz", "manhattan.png", "qq.png"):
         assert (results / name).is_file(), name
     scores = sorted((tmp_path / "run" / "federation" / "sites").glob("*/**/pca_scores.parquet"))
     assert len(scores) == 3, "each site keeps its own PC scores"

@@ -11,6 +11,7 @@ Monte Carlo; and combinations without a noisy mode must be refused, not run exac
 from __future__ import annotations
 
 import dataclasses
+import gzip
 import json
 import math
 
@@ -89,10 +90,10 @@ def test_gwas_privacy__runs_and_says_what_it_released(runs, mode, tmp_path):
     statuses = set(dp_run.result.tables["gwas_status"].column("status").to_pylist())
     assert statuses <= {"OK", "NOT_TESTED", "VIF_TOO_HIGH", "CONST_ALLELE", "TOO_FEW_SAMPLES"}  # nothing withheld by flags
     write_outputs(dp_run.result, tmp_path)
-    meta = yaml.safe_load((tmp_path / "gwas.tsv-meta.yaml").read_text())
+    meta = yaml.safe_load((tmp_path / "gwas.tsv.gz-meta.yaml").read_text())
     assert "differentially private" in meta["author_notes"].lower() and "noisy" in meta["analysis_software"]
     assert meta["differential_privacy"]["epsilon"] == privacy["epsilon"]
-    assert (tmp_path / "gwas.tsv").read_text().splitlines()[0].startswith("chromosome\t")  # the TSV stays plain GWAS-SSF
+    assert gzip.decompress((tmp_path / "gwas.tsv.gz").read_bytes()).startswith(b"chromosome\t")  # the file stays plain GWAS-SSF
 
 
 @pytest.mark.parametrize("mode", ["plain", "secure"])

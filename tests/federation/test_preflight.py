@@ -17,6 +17,7 @@ import shutil
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+import yaml
 
 from pipeline.errors import REFUSAL_CODES, ProtocolError
 from pipeline.federation.agent import SiteAgent
@@ -171,3 +172,62 @@ def test_preflight__secure_sum_terms_the_site_refuses_are_declined_before_any_ro
     assert status["status"] == "failed" and status["error"].startswith("pre-flight: no site can take part"), status
     assert set(status["declined"].values()) == {f"policy: {REFUSAL_CODES['policy']}"}
     assert all(_sent_stages(tmp_path, name, job_id) == [] for name in sites)
+
+
+def _on_assembly(cohort: dict, assemblies: dict[str, str], tmp_path) -> dict:
+    """The cohort with each site in ``assemblies`` copied under ``tmp_path``, its dataset.json naming that assembly."""
+    data = dict(cohort)
+    for site, assembly in assemblies.items():
+        copy = tmp_path / "assembly" / cohort[site].name
+        shutil.copytree(cohort[site], copy)
+        meta = json.loads((copy / "dataset.json").read_text())
+        (copy / "dataset.json").write_text(json.dumps({**meta, "genome_assembly": assembly}))
+        data[site] = copy
+    return data
+
+
+@pytest.mark.parametrize("body", [
+    b'{"ready":true,"assembly":"GRCh38"}',  # the allowed keys in another order: answers are compared byte for byte
+    b'{"assembly": "GRCh38", "ready": true}',  # spacing
+    b'{"assembly":"hg19","ready":true}',  # a value outside the closed set
+    b'{"assembly":"GRCh38 (1,204 cases)","ready":true}',  # free text
+    b'{"assembly":null,"ready":true}',
+    b'{"assembly":"GRCh38","n":150,"ready":true}',  # any other key
+    b'{"assembly":"GRCh38","ready":false}',
+])
+def test_preflight__an_answer_with_another_key_or_assembly_is_refused(cohort, tmp_path, body):
+    """The one key a pre-flight answer may add is ``assembly``, with one of a closed set of values, nothing else."""
+    sites = sorted(cohort)
+    coordinator = Coordinator(Store(tmp_path / "coordinator.db"), federation="testfed", sites=tuple(sites),
+                              audit=AuditLog(tmp_path / "audit.log"))
+    job_id = coordinator.submit({"analysis": "census", "threshold": 2, "min_allele_count": 0}, "analyst")
+    with pytest.raises(ProtocolError, match="pre-flight answer"):
+        coordinator.receive(sites[0], job_id, 0, PREFLIGHT_STAGE, "message-0001", body)
+    for site, answer in zip(sites, (b'{"assembly":"GRCh37","ready":true}', b'{"assembly":"GRCh38","ready":true}', PREFLIGHT_READY)):
+        assert coordinator.receive(site, job_id, 0, PREFLIGHT_STAGE, f"message-{site}", answer)["status"] == "accepted"
+
+
+def test_preflight__sites_on_different_assemblies_fail_the_job_naming_each_site_and_assembly(cohort, tmp_path):
+    sites = sorted(cohort)
+    data = _on_assembly(cohort, {sites[0]: "GRCh37", sites[1]: "GRCh38"}, tmp_path)
+    engine, job_id = rs.run_job_in_process(tmp_path, data, "gwas", GWAS)
+    status = engine.status(job_id)
+    assert status["status"] == "failed"
+    assert status["error"].startswith(f"pre-flight: the sites' datasets record different genome assemblies ({sites[0]} GRCh37, "
+                                      f"{sites[1]} GRCh38)"), status["error"]
+    assert all(_sent_stages(tmp_path, site, job_id) == [PREFLIGHT_STAGE] for site in sites)  # nothing computed
+
+
+def test_preflight__the_assembly_every_site_records_reaches_the_gwas_metadata(cohort, tmp_path):
+    sites = sorted(cohort)
+    data = _on_assembly(cohort, {site: "GRCh38" for site in sites}, tmp_path)
+    engine, job_id = rs.run_job_in_process(tmp_path / "all", data, "gwas", GWAS)
+    assert engine.status(job_id)["status"] == "done", engine.status(job_id)
+    assert engine.results(job_id)["summary"]["genome_assembly"] == "GRCh38"
+    meta = yaml.safe_load(engine.result_item(job_id, "gwas.tsv.gz-meta.yaml", "file"))
+    assert meta["genome_assembly"] == "GRCh38"
+    # One site that records none: the result claims no assembly (GWAS-SSF's NR), the job still runs.
+    data = _on_assembly(cohort, {site: "GRCh38" for site in sites[1:]}, tmp_path / "some")
+    engine, job_id = rs.run_job_in_process(tmp_path / "some", data, "gwas", GWAS)
+    assert engine.results(job_id)["summary"]["genome_assembly"] is None
+    assert yaml.safe_load(engine.result_item(job_id, "gwas.tsv.gz-meta.yaml", "file"))["genome_assembly"] == "NR"

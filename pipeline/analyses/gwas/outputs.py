@@ -7,8 +7,12 @@ estimate), and a JSON summary. A variant is publishable only where no site's own
 allele count is non-zero and below its policy minimum (the secure sum of those flags is
 0); the others are withheld with status ``BELOW_SITE_MIN_ALLELE_COUNT``.
 
-:func:`write_outputs` renders the files an analyst downloads: ``gwas.tsv`` (GWAS-SSF
-v1.1), its metadata YAML, and the plots (:mod:`.plots`: Manhattan, QQ, regional).
+:func:`write_outputs` renders the files an analyst downloads: ``gwas.tsv.gz`` (GWAS-SSF
+v1.1, bgzipped) with its tabix index, its metadata YAML (``gwas.tsv.gz-meta.yaml``), a
+Manhattan and a QQ plot. The rendered file follows the GWAS-SSF conventions a
+consortium's submission is validated against (``gwas-ssf validate``): chromosomes as
+numbers (X 23, Y 24, MT 25) and ``variant_id`` as ``chromosome_position_other_effect``;
+the job's ``gwas`` table keeps genofed's own ``chr:pos:ref:alt`` keys.
 
 With privacy terms the sums are noisy: nothing is withheld by site flags (the noise
 protects small cells), the sums are not checked against what honest sites can give (noise
@@ -20,6 +24,7 @@ metadata YAML says the statistics are differentially private (``author_notes``, 
 
 from __future__ import annotations
 
+import datetime
 import hashlib
 import math
 from collections.abc import Mapping, Sequence
@@ -28,6 +33,7 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
+import pysam
 import yaml
 
 from pipeline import schemas
@@ -42,10 +48,23 @@ from pipeline.harmonize.variant_ids import parse_variant_ids
 from pipeline.outputs import atomic_file
 from pipeline.stats import glm
 
-__all__ = ["OUTPUT_FILES", "gwas_table", "regression_result", "write_outputs"]
+__all__ = ["DATA_FILE", "DATA_FILES", "OUTPUT_FILES", "case_control_counts", "data_file_text", "gwas_table", "metadata",
+           "regression_result", "ssf_chromosome", "write_outputs"]
 
-OUTPUT_FILES = ("gwas.tsv", "gwas.tsv-meta.yaml", "manhattan.png", "qq.png")
+DATA_FILE = "gwas.tsv.gz"
+"""The GWAS-SSF data file (bgzipped, so tabix and the GWAS Catalog read it as it is)."""
+
+DATA_FILES = (DATA_FILE, f"{DATA_FILE}.tbi", f"{DATA_FILE}-meta.yaml")
+"""The data file, its tabix index and its metadata, named ``<data file>-meta.yaml`` as GWAS-SSF requires."""
+
+OUTPUT_FILES = (*DATA_FILES, "manhattan.png", "qq.png")
 """The files :func:`write_outputs` always writes (and a regional plot per top locus: :mod:`.plots`)."""
+
+SSF_CHROMOSOMES = {"X": "23", "Y": "24", "MT": "25", "M": "25"}
+"""GWAS-SSF codes of the sex chromosomes and the mitochondrion (autosomes keep their number)."""
+
+NOT_REPORTED = "NR"
+"""GWAS-SSF's value for a metadata field the study does not report (here: an assembly no site recorded)."""
 
 
 def _chromosome_rank(chromosome: str) -> tuple[int, str]:
@@ -104,6 +123,17 @@ def check_variant_sums(state: RegressionState, n: np.ndarray, alt_count: np.ndar
                       labels=ids, noun="variant")
     refuse_impossible("gwas", "below_min", below, (below < 0) | (below > num_sites), f"in [0, the {num_sites} sites]", labels=ids,
                       noun="variant")
+
+
+def case_control_counts(state: RegressionState) -> dict[str, int]:
+    """The pooled cases and controls among the complete samples (a binary phenotype's mean times n).
+
+    The moments round already summed the 0/1 phenotype, so this reveals nothing new. With
+    privacy terms the sums are noisy and so are these counts (post-processing: no extra spend).
+    """
+    moments = state.standardization
+    cases = int(np.clip(np.rint(float(moments.mean[-1]) * moments.n), 0, moments.n))
+    return {"num_cases": cases, "num_controls": moments.n - cases}
 
 
 def regression_result(state: RegressionState, beta: np.ndarray, se: np.ndarray, statistic: np.ndarray, p_value: np.ndarray,
@@ -186,6 +216,7 @@ def regression_result(state: RegressionState, beta: np.ndarray, se: np.ndarray, 
             "(see privacy)"
         )
     if p.model == "logistic":
+        summary.update(case_control_counts(state))
         summary["newton_rounds"] = state.logistic_fit.iteration
         summary["firth"] = {"enabled": p.firth, "variants": int(0 if firth is None else firth.sum()),
                             "rounds": state.firth.iteration if state.firth is not None else 0}
@@ -199,66 +230,110 @@ def _format_float(values: np.ndarray, digits: int = 6) -> list[str]:
     return ["NA" if not math.isfinite(x) else f"{x:.{digits}g}" for x in values.tolist()]
 
 
-def write_outputs(result: Result, out_dir: Path | str) -> list[str]:
-    """Writes gwas.tsv, gwas.tsv-meta.yaml, manhattan.png and qq.png; returns the file names.
+def ssf_chromosome(chromosome: str) -> str:
+    """A chromosome as GWAS-SSF writes it: autosomes by number, X 23, Y 24, MT 25 (other contigs as they are)."""
+    return SSF_CHROMOSOMES.get(chromosome, chromosome)
 
-    ``gwas.tsv`` is tab-separated GWAS-SSF v1.1 (NA for missing values, p-values floored
-    at the smallest positive double), in genome order. Each file is written to a
-    temporary path and renamed.
+
+def data_file_text(table: pa.Table) -> str:
+    """The ``gwas`` table as GWAS-SSF v1.1 text: tab-separated, NA for missing, header line first.
+
+    p-values are floored at the smallest positive double (the validator refuses 0); the
+    ``variant_id`` column is rewritten to the spec's ``chromosome_position_other_effect``
+    (its pattern allows letters, digits and ``_`` only, so genofed's ``chr:pos:ref:alt`` is refused).
     """
-    out = Path(out_dir)
-    table = result.tables["gwas"]
     columns = table.column_names
     data = {name: table.column(name).to_numpy(zero_copy_only=False) for name in columns}
     p = np.asarray(data["p_value"], np.float64)
     p = np.where(np.isfinite(p), np.maximum(p, np.finfo(np.float64).tiny), np.nan)
+    chromosome = [ssf_chromosome(str(x)) for x in data["chromosome"]]
+    position = [str(int(x)) for x in data["base_pair_location"]]
+    effect = [str(x) for x in data["effect_allele"]]
+    other = [str(x) for x in data["other_allele"]]
     rendered = {
-        "chromosome": [str(x) for x in data["chromosome"]],
-        "base_pair_location": [str(int(x)) for x in data["base_pair_location"]],
-        "effect_allele": [str(x) for x in data["effect_allele"]],
-        "other_allele": [str(x) for x in data["other_allele"]],
+        "chromosome": chromosome,
+        "base_pair_location": position,
+        "effect_allele": effect,
+        "other_allele": other,
         "beta": _format_float(np.asarray(data["beta"], np.float64), 8),
         "standard_error": _format_float(np.asarray(data["standard_error"], np.float64), 8),
         "effect_allele_frequency": _format_float(np.asarray(data["effect_allele_frequency"], np.float64)),
         "p_value": _format_float(p, 6),
         "n": [str(int(x)) for x in data["n"]],
-        "variant_id": [str(x) for x in data["variant_id"]],
+        "variant_id": ["_".join(parts) for parts in zip(chromosome, position, other, effect)],
     }
     lines = ["\t".join(columns)] + ["\t".join(row) for row in zip(*(rendered[c] for c in columns))]
-    text = "\n".join(lines) + "\n"
-    with atomic_file(out / "gwas.tsv", force=True) as tmp:
-        Path(tmp).write_text(text)
-    summary = result.summary
-    meta = {
+    return "\n".join(lines) + "\n"
+
+
+def _write_data_file(text: str, out: Path) -> str:
+    """Writes ``gwas.tsv.gz`` (BGZF) and its tabix index (sequence column 1, position column 2, header skipped).
+
+    Returns:
+        The MD5 of the compressed file, as the metadata's ``data_file_md5sum`` needs it.
+    """
+    with atomic_file(out / DATA_FILE, force=True) as data, atomic_file(out / f"{DATA_FILE}.tbi", force=True) as index:
+        with pysam.BGZFile(str(data), "wb", index=None) as handle:
+            handle.write(text.encode())
+        pysam.tabix_index(str(data), seq_col=0, start_col=1, end_col=1, line_skip=1, force=True, index=str(index))
+        return hashlib.md5(data.read_bytes()).hexdigest()
+
+
+def metadata(summary: Mapping[str, Any], md5sum: str) -> dict[str, Any]:
+    """The GWAS-SSF v1.1 metadata of a result (the spec's fields in its order, then genofed's own).
+
+    ``genome_assembly`` is the one every summed site's dataset records (the coordinator
+    learns it at the pre-flight), else ``NR``; a logistic job's sample carries its pooled
+    case and control counts.
+    """
+    sample: dict[str, Any] = {"sample_size": int(summary.get("num_samples", 0)), "sample_ancestry": ["NR"]}
+    if summary.get("model") == "logistic":
+        sample.update(case_control_study=True, case_count=int(summary["num_cases"]), control_count=int(summary["num_controls"]))
+    return {
+        "date_metadata_last_modified": datetime.date.today(),
+        "trait_description": [str(summary.get("phenotype"))],
+        "genome_assembly": summary.get("genome_assembly") or NOT_REPORTED,
+        "coordinate_system": "1-based",
+        "samples": [sample],
+        "data_file_name": DATA_FILE,
         "file_type": "GWAS-SSF v1.1",
-        "data_file_name": "gwas.tsv",
-        "data_file_md5sum": hashlib.md5(text.encode()).hexdigest(),
+        "data_file_md5sum": md5sum,
+        "analysis_software": "genofed (federated, exact pooled fit over secure aggregation)",
+        "adjusted_covariates": list(summary.get("covariates", [])) + [f"PC{i + 1}" for i in range(int(summary.get("pcs", 0)))],
         "is_harmonised": False,
         "is_sorted": True,
-        "genome_assembly": "GRCh38",
-        "coordinate_system": "1-based",
-        "trait_description": [str(summary.get("phenotype"))],
-        "samples": [{"sample_size": int(summary.get("num_samples", 0)), "sample_ancestry": ["NR"]}],
-        "analysis_software": "genofed (federated, exact pooled fit over secure aggregation)",
         "test_statistic": summary.get("test"),
-        "covariates": list(summary.get("covariates", [])) + [f"PC{i + 1}" for i in range(int(summary.get("pcs", 0)))],
         "model": summary.get("model"),
         "lambda_gc": summary.get("lambda_gc"),
         "effect_statistic": "beta",
     }
+
+
+def write_outputs(result: Result, out_dir: Path | str) -> list[str]:
+    """Writes the GWAS-SSF file, its index and metadata (:data:`DATA_FILES`) and the plots; returns the file names.
+
+    ``gwas.tsv.gz`` is :func:`data_file_text` in genome order, bgzipped and tabix-indexed,
+    so an analyst can query a region (``tabix gwas.tsv.gz 22:16000000-17000000``). Each
+    file is written to a temporary path and renamed, readable as any output is (umask).
+    """
+    out = Path(out_dir)
+    table = result.tables["gwas"]
+    summary = result.summary
+    meta = metadata(summary, _write_data_file(data_file_text(table), out))
     privacy = summary.get("privacy")
     if privacy:
         meta["analysis_software"] = "genofed (federated, differentially private: noisy sums over secure aggregation)"
         meta["author_notes"] = (
             f"Differentially private summary statistics: (epsilon {privacy['epsilon']:.4g}, delta {privacy['delta']:g}) for "
             "each person over the whole job. Every site added discrete Gaussian noise to its sums before secure "
-            "aggregation; beta, standard_error, p_value, effect_allele_frequency and n are computed from the noisy "
-            "sums and differ from an exact pooled fit; standard_error includes the noise's first-order variance."
+            "aggregation; beta, standard_error, p_value, effect_allele_frequency and n (and the sample, case and control "
+            "counts) are computed from the noisy sums and differ from an exact pooled fit; standard_error includes the "
+            "noise's first-order variance."
         )
         meta["differential_privacy"] = {
             **{key: privacy[key] for key in ("epsilon", "delta", "rho", "honest_sites", "max_colluding")},
             "rounds": [{key: r[key] for key in ("phase", "round", "sigma_real", "rho")} for r in privacy["rounds"]],
         }
-    with atomic_file(out / "gwas.tsv-meta.yaml", force=True) as tmp:
+    with atomic_file(out / f"{DATA_FILE}-meta.yaml", force=True) as tmp:
         Path(tmp).write_text(yaml.safe_dump(meta, sort_keys=False))
-    return [*OUTPUT_FILES[:2], *write_plots(table, summary, out)]
+    return [*DATA_FILES, *write_plots(table, summary, out)]

@@ -255,7 +255,7 @@ class Regression(Analysis[RegressionState]):
         return PCA.site_finish(state.pca, dataset, site, out_dir)
 
     def write_outputs(self, result: Result, out_dir: Path) -> list[str]:
-        """gwas.tsv (+ its GWAS-SSF metadata YAML), manhattan.png, qq.png and the regional plots in ``out_dir``."""
+        """gwas.tsv.gz (+ its tabix index and GWAS-SSF metadata YAML), manhattan.png, qq.png and the regional plots in ``out_dir``."""
         return write_outputs(result, out_dir)
 
 

@@ -1,0 +1,60 @@
+"""The genome assembly a dataset's positions are on: the names genofed knows, and how it reads them.
+
+A GWAS result is only useful to a consortium (and only poolable across sites) when its
+positions are on one named assembly. A dataset records it in ``dataset.json``
+(``genome_assembly``), given to ``genofed ingest --assembly`` or read from the VCF header;
+a site names it in its pre-flight answer (one of a closed set of answers:
+:func:`pipeline.federation.rounds.preflight_answer`) and the coordinator writes it into
+the GWAS-SSF metadata. Nothing here guesses: a header that names no assembly, or two,
+records none.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable
+
+from pipeline.errors import ConfigurationError, InputError
+
+__all__ = ["ASSEMBLIES", "assembly_from_header", "check_assembly"]
+
+ASSEMBLIES = ("GRCh37", "GRCh38")
+"""The assemblies a dataset may record (GWAS-SSF metadata names them so)."""
+
+_HEADER_NAMES = {"grch37": "GRCh37", "hg19": "GRCh37", "b37": "GRCh37", "hs37d5": "GRCh37", "grch38": "GRCh38",
+                 "hg38": "GRCh38", "hs38dh": "GRCh38"}
+"""Names a VCF header's ``##reference`` or ``##contig=<...,assembly=...>`` uses for each assembly (case-insensitive)."""
+
+_HEADER_TOKEN = re.compile(r"(?<![A-Za-z0-9])(" + "|".join(_HEADER_NAMES) + r")(?![0-9])", re.IGNORECASE)
+"""A known name standing alone in a value (``GRCh38.p14``, ``/ref/hs37d5.fa.gz``; not ``hg380``)."""
+
+
+def check_assembly(value: str | None, *, source: str) -> str | None:
+    """``value`` as one of :data:`ASSEMBLIES` (``None``: not recorded).
+
+    Raises:
+        ConfigurationError: any other value; ``source`` says where it came from.
+    """
+    if value is None or value in ASSEMBLIES:
+        return value
+    raise ConfigurationError(f"{source}: genome assembly {value!r} is not one genofed knows; use {' or '.join(ASSEMBLIES)}")
+
+
+def assembly_from_header(values: Iterable[str], *, source: str) -> str | None:
+    """The one assembly a VCF header's ``##reference`` and contig ``assembly=`` values name, or ``None``.
+
+    Conservative: a value names an assembly only through a known name standing alone in
+    it (``GRCh38``, ``hg19``, ``hs37d5.fa``...); values naming none are ignored.
+
+    Raises:
+        InputError: the values name two assemblies (the header contradicts itself).
+    """
+    named: dict[str, str] = {}
+    for value in values:
+        for token in _HEADER_TOKEN.findall(value):
+            named.setdefault(_HEADER_NAMES[token.lower()], value)
+    if len(named) > 1:
+        shown = "; ".join(f"{assembly} ({value!r})" for assembly, value in named.items())
+        raise InputError(f"{source}: the header names two genome assemblies: {shown}; fix the header, or give the "
+                         "assembly the positions are on with --assembly")
+    return next(iter(named), None)
