@@ -1,7 +1,9 @@
 """Choosing between a CPU engine and a JAX engine for the same computation.
 
-Some kernels have two bit-identical implementations: one that is fastest on a CPU
-(OpenSSL's ChaCha20, NumPy counts) and a jitted JAX one for accelerators. The choice
+Some kernels have two implementations with the same results: one that is fastest on a
+CPU (OpenSSL's ChaCha20, NumPy counts, the NumPy linear-model sums) and a jitted JAX one
+for accelerators. Integer results are bit-identical; float64 sums agree to rounding
+(they are added in another order). The choice
 follows JAX's default backend and can be forced with an environment variable, in one
 way for every such kernel.
 """
