@@ -43,9 +43,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
-import os
 from collections.abc import Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
@@ -65,7 +63,7 @@ from pipeline.analyses.protocol import (
     StepResult,
     dataset_sample_ids,
 )
-from pipeline.analyses.site_cache import SiteCache
+from pipeline.analyses.site_cache import SiteCache, dataset_blocks, dataset_fingerprint
 from pipeline.analyses.sum_checks import refuse_impossible
 from pipeline.dataset import Dataset
 from pipeline.encoding import Count, Integer, Ring, plan_layout
@@ -111,9 +109,6 @@ WITHHELD = "site_min_allele_count"
 """The filter of a variant that some site flagged (withheld from the published counts)."""
 KEYS_ROUND = 0
 COUNTS_ROUND = 1
-_READ_THREADS = max(1, min(4, (os.cpu_count() or 1) // 2))
-"""Chunks a site reads and counts at once: up to 4, half the cores (one on a 2-core machine,
-where three site processes sharing the cores ran ~15% slower with two threads each)."""
 
 PARAMS = {
     "min_allele_count": Param(5, integer(0, 2**31)),
@@ -406,39 +401,24 @@ def census_table(
     return schemas.conform(table, "census_variants", source="census result")
 
 
-def _fingerprint(dataset: Dataset) -> tuple[Any, ...]:
-    """What identifies a dataset's content on disk: its path and every file's inode, size and mtime."""
-    files = [dataset.path / "dataset.json"]
-    for chunk in dataset.chunk_names:
-        files += [dataset.path / "genotypes" / f"{chunk}.parquet", dataset.path / "variants" / f"{chunk}.parquet"]
-    stats = [os.stat(path) for path in files]
-    return (str(dataset.path.resolve()), *((st.st_ino, st.st_size, st.st_mtime_ns) for st in stats))
-
-
 def site_variant_counts(dataset: Dataset, cache: SiteCache) -> tuple[pa.Array, np.ndarray]:
     """A dataset's variant IDs (genome order) and their hom-ref, het, hom-alt, missing counts.
 
-    Both census rounds need them; reading the genotypes is most of a site step's time,
-    so they are kept in the job's ``cache``, keyed by the files' identity (a dataset
-    rewritten in between is read again).
+    Both census rounds need them, so they are kept in the job's ``cache``, keyed by the
+    files' identity (a dataset rewritten in between is read again); the genotypes come
+    through :func:`~pipeline.analyses.site_cache.dataset_blocks` (read once per job).
 
     Returns:
         (string array of IDs, int64 (4, variants) counts in :data:`COUNT_FIELDS` order).
     """
-    return cache.get(("census.site_variant_counts", _fingerprint(dataset)), lambda: _count_dataset(dataset))
+    return cache.get(("census.site_variant_counts", dataset_fingerprint(dataset)), lambda: _count_dataset(dataset, cache))
 
 
-def _count_dataset(dataset: Dataset) -> tuple[pa.Array, np.ndarray]:
-    def count_chunk(chunk: str) -> tuple[pa.Array, np.ndarray]:
-        block = dataset.read_block(chunk)
-        return block.variants.column("variant_id").combine_chunks(), np.stack(count_variants(block.call_dosage))
-
-    # Parquet decoding and the counts release the GIL: chunks are read on a few threads,
-    # in genome order, at most _READ_THREADS blocks in memory at once.
-    with ThreadPoolExecutor(max_workers=_READ_THREADS) as pool:
-        parts = list(pool.map(count_chunk, dataset.chunk_names))
-    id_parts = [part[0] for part in parts]
-    count_parts = [part[1] for part in parts]
+def _count_dataset(dataset: Dataset, cache: SiteCache) -> tuple[pa.Array, np.ndarray]:
+    id_parts, count_parts = [], []
+    for block in dataset_blocks(dataset, cache):
+        id_parts.append(block.variants.column("variant_id").combine_chunks())
+        count_parts.append(np.stack(count_variants(block.call_dosage)))
     ids = pa.concat_arrays(id_parts) if id_parts else pa.array([], pa.string())
     refuse_duplicate_ids(dataset, ids, [len(part) for part in id_parts])
     counts = np.concatenate(count_parts, axis=1) if count_parts else np.zeros((len(COUNT_FIELDS), 0), np.int64)

@@ -77,7 +77,7 @@ def linear_site_statistics(state: RegressionState, dataset: Dataset, site: SiteC
     v, k = len(state.variant_ids), covariates.shape[1]
     out = {"xtx": np.zeros((v, glm.packed_size(k))), "xty": np.zeros((v, k + 1)), "yty": np.zeros(v),
            "n": np.zeros(v, np.int64), "below_min": np.zeros(v, np.int64)}
-    for rows, calls in complete_calls(state, dataset, data):
+    for rows, calls in complete_calls(state, dataset, data, site.cache):
         stats = glm.linear_statistics(calls, covariates, phenotype)
         for name in ("xtx", "xty", "yty"):
             out[name][rows] = stats[name]

@@ -112,7 +112,7 @@ def logistic_site_statistics(state: RegressionState, dataset: Dataset, site: Sit
     if first:
         out.update({name: np.zeros(a, np.int64) for name in COUNT_NAMES})
     case = phenotype == 1.0
-    for rows, calls in complete_calls(state, dataset, data, site.cache):
+    for rows, calls in complete_calls(state, dataset, data, site.cache, keep_rows=True):
         where = slot[rows]
         use = where >= 0
         if not use.any():

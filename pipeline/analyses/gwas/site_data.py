@@ -13,9 +13,11 @@ a job needs the same ones, so they are kept in the job's
 :class:`~pipeline.analyses.SiteCache`:
 
 * :func:`site_data` once per job (keyed by the dataset and :attr:`RegressionState.samples_digest`);
+* the dataset's blocks (:func:`~pipeline.analyses.site_cache.dataset_blocks`), read by
+  the census and kept for the regression where the whole dataset fits the byte budget;
 * :func:`complete_calls` for the Newton rounds, only where the rows fit the cache's byte
   budget (an entry larger than ``cache.max_bytes`` would not be kept, so it is not
-  gathered either: the rows are then read block by block every round, as the linear
+  gathered either: the rows are then taken block by block every round, as the linear
   round always does).
 """
 
@@ -34,7 +36,7 @@ from pipeline.analyses.bounds import clip_columns
 from pipeline.analyses.gwas.spec import GwasParameters
 from pipeline.analyses.gwas.state import RegressionState
 from pipeline.analyses.pca import local_scores
-from pipeline.analyses.site_cache import SiteCache
+from pipeline.analyses.site_cache import SiteCache, dataset_blocks
 from pipeline.dataset import Dataset, check_binary, locate, numeric_column
 from pipeline.errors import InputError
 
@@ -160,8 +162,12 @@ def design(data: SiteData, state: RegressionState) -> tuple[np.ndarray, np.ndarr
     return covariates, phenotype
 
 
-def _read_complete_calls(state: RegressionState, dataset: Dataset, keep: np.ndarray) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+def _read_complete_calls(state: RegressionState, dataset: Dataset, keep: np.ndarray, cache: SiteCache | None
+                         ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
     """Reads the site's rows of the job's variants, block by block (complete samples only).
+
+    The blocks come from :func:`~pipeline.analyses.site_cache.dataset_blocks`: kept since
+    the census when the dataset fits the job's cache.
 
     Raises:
         InputError: the dataset holds a job variant twice (which row's calls would enter
@@ -169,7 +175,7 @@ def _read_complete_calls(state: RegressionState, dataset: Dataset, keep: np.ndar
     """
     order = state.variant_order
     seen = np.zeros(len(state.variant_ids), bool)
-    for block in dataset.iter_blocks():
+    for block in dataset_blocks(dataset, cache):
         block_ids = np.asarray(block.variants.column("variant_id").to_pylist(), dtype=str)
         where, present = locate(state.sorted_variant_ids, block_ids)
         if present.any():
@@ -195,19 +201,20 @@ def _refuse_repeated_rows(dataset: Dataset, state: RegressionState, rows: np.nda
         )
 
 
-def complete_calls(state: RegressionState, dataset: Dataset, data: SiteData, cache: SiteCache | None = None
-                   ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+def complete_calls(state: RegressionState, dataset: Dataset, data: SiteData, cache: SiteCache | None = None, *,
+                   keep_rows: bool = False) -> Iterator[tuple[np.ndarray, np.ndarray]]:
     """(positions in the job's variant list, calls of the complete samples) per dataset block.
 
-    With a ``cache`` (the Newton rounds, which read the same rows every round) the rows
-    are kept for the next round when at most ``cache.max_bytes`` of them can exist;
-    without one (the single linear round) they are streamed.
+    The dataset is read through ``cache`` (once per job where it fits). With ``keep_rows``
+    (the Newton rounds, which take the same rows every round) the rows themselves are kept
+    for the next round when at most ``cache.max_bytes`` of them can exist; otherwise they
+    are taken from the blocks anew.
     """
     largest = len(state.variant_ids) * int(np.count_nonzero(data.keep))
-    if cache is None or largest > cache.max_bytes:
-        yield from _read_complete_calls(state, dataset, data.keep)
+    if not keep_rows or cache is None or largest > cache.max_bytes:
+        yield from _read_complete_calls(state, dataset, data.keep, cache)
         return
     keep_digest = hashlib.sha256(np.packbits(data.keep).tobytes()).hexdigest()
     key = ("gwas.complete_calls", str(Path(dataset.path).resolve()), state.variants_digest, keep_digest)
-    rows: GenotypeRows = cache.get(key, lambda: list(_read_complete_calls(state, dataset, data.keep)))
+    rows: GenotypeRows = cache.get(key, lambda: list(_read_complete_calls(state, dataset, data.keep, cache)))
     yield from rows
