@@ -104,6 +104,31 @@ def write_metadata(root: Path, *, samples: pa.Table, chunks: list[dict[str, Any]
     (root / "dataset.json").write_text(json.dumps(meta, indent=2) + "\n")
 
 
+def _read_parquet(path: Path, columns: Sequence[str] | None = None) -> pa.Table:
+    """One Parquet file of the dataset as a table.
+
+    ``pq.ParquetFile`` reads the file itself; ``pq.read_table`` goes through
+    ``pyarrow.dataset``, whose first use imports pandas when it is installed (0.3-1 s in
+    every site agent's first job) and is no faster on one file.
+    """
+    with pq.ParquetFile(path) as handle:
+        return handle.read(columns=list(columns) if columns is not None else None)
+
+
+def _dense(values: pa.Array, dtype: type[np.generic]) -> np.ndarray:
+    """A primitive Arrow array as NumPy: a read-only view of its buffer when it has no nulls.
+
+    ``pa.Array.to_numpy`` imports pandas when it is installed (once per process, 0.3-1 s),
+    for nothing a genotype column needs.
+    """
+    if values.null_count or values.type != pa.from_numpy_dtype(dtype):
+        return values.to_numpy(zero_copy_only=False)
+    width = np.dtype(dtype).itemsize
+    view = np.frombuffer(values.buffers()[1], dtype=dtype, count=len(values), offset=values.offset * width)
+    view.setflags(write=False)  # Arrow's memory: nobody writes through it
+    return view
+
+
 class Dataset:
     """A harmonized dataset opened for reading (identity: a folder on disk)."""
 
@@ -147,27 +172,27 @@ class Dataset:
 
     def samples(self) -> pa.Table:
         """The samples table (IDs and phenotypes, in genotype column order)."""
-        return pq.read_table(self.path / "samples.parquet")
+        return _read_parquet(self.path / "samples.parquet")
 
     def variants(self, chunk: str | None = None) -> pa.Table:
         """Variant metadata of one chunk, or of the whole dataset in genome order."""
         if chunk is not None:
-            return pq.read_table(self.path / "variants" / f"{chunk}.parquet")
+            return _read_parquet(self.path / "variants" / f"{chunk}.parquet")
         tables = [self.variants(name) for name in self.chunk_names]
         return pa.concat_tables(tables) if tables else schemas.schema("variants").empty_table()
 
     def read_block(self, chunk: str, *, with_dosage: bool = False) -> Block:
         """Loads one chunk as dense arrays (memory ~ variants x samples bytes)."""
         columns = ["call_dosage", "dosage"] if with_dosage else ["call_dosage"]
-        table = pq.read_table(self.path / "genotypes" / f"{chunk}.parquet", columns=columns)
+        table = _read_parquet(self.path / "genotypes" / f"{chunk}.parquet", columns=columns)
         n = self.num_samples
         calls = table.column("call_dosage").combine_chunks()
-        call_dosage = calls.values.to_numpy(zero_copy_only=False).reshape(-1, n) if len(calls) else np.zeros((0, n), np.int8)
+        call_dosage = _dense(calls.values, np.int8).reshape(-1, n) if len(calls) else np.zeros((0, n), np.int8)
         dosage = None
         if with_dosage:
             doses = table.column("dosage").combine_chunks()
             if len(doses) and doses.null_count == 0:
-                dosage = doses.values.to_numpy(zero_copy_only=False).reshape(-1, n)
+                dosage = _dense(doses.values, np.float32).reshape(-1, n)
         return Block(variants=self.variants(chunk), call_dosage=call_dosage, dosage=dosage)
 
     def iter_blocks(self, *, with_dosage: bool = False) -> Iterator[Block]:
