@@ -135,3 +135,33 @@ def test_attack__a_site_using_another_sites_message_id_cannot_lock_it_out(manife
         stored = server.coordinator.store.messages(job_id, 0, "advertise_keys")
         shared = hashlib.sha256(b"advertise_keys").hexdigest()[:32]
         assert sorted(m.message_id for m in stored) == sorted(f"{site}/{shared}" for site in SITES)
+
+
+def test_start__the_agent_reads_its_dataset_before_any_job_and_names_it(manifest, caplog):
+    agent = _agent(manifest, "alpha")
+    try:
+        with caplog.at_level("INFO", logger="pipeline.federation.agent"):
+            assert agent.check_dataset()
+        assert any("8 samples, 6 variants" in r.getMessage() for r in caplog.records)
+    finally:
+        agent.connection.close()
+
+
+def test_start__an_unreadable_dataset_is_named_at_start_and_the_agent_keeps_running(manifest, caplog, tmp_path):
+    import dataclasses
+    import shutil
+
+    site = next(s for s in manifest.sites if s.name == "beta")
+    config = load_site_config(site.config)
+    broken = tmp_path / "broken"
+    shutil.copytree(config.dataset, broken)
+    chunk = sorted((broken / "genotypes").iterdir())[0]
+    chunk.write_bytes(chunk.read_bytes()[:40])  # a truncated Parquet file
+    agent = SiteAgent(dataclasses.replace(config, dataset=broken))
+    try:
+        with caplog.at_level("WARNING", logger="pipeline.federation.agent"):
+            assert not agent.check_dataset()
+        warning = next(r.getMessage() for r in caplog.records if "cannot be read" in r.getMessage())
+        assert str(broken) in warning and "declined" in warning
+    finally:
+        agent.connection.close()
