@@ -10,23 +10,50 @@ Two rounds:
    policy forbids it sends nothing in this step and still contributes counts in step 1.
 1. **Counts** (a secure sum): per union variant, each site's hom-ref, het, hom-alt and
    missing counts (:func:`pipeline.stats.counts.count_variants`), zeros for variants
-   it does not have, plus its sample count, and a 0/1 flag ``below_min``: 1 where the
-   site holds the variant and its own minor allele count there is non-zero and below
-   its policy's ``min_allele_count`` (:func:`below_minimum`, as the GWAS's). The
-   coordinator learns only the sums: the global counts, N (so "not typed" = N - the
-   four counts), allele frequency, call rate, the Hardy-Weinberg exact p-value
-   (:func:`pipeline.stats.hwe.hwe_exact_p`), a pass/fail filter that every site
-   applies identically, and per variant how many sites flagged it.
+   it does not have, plus its sample count and three 0/1 flags per variant:
+
+   * ``below_min``: the site holds the variant but its own minor allele count there is
+     non-zero and below its policy's ``min_allele_count`` (:func:`below_minimum`, as
+     the GWAS's). The site then leaves that variant out: zeros, as if it did not hold
+     it. Its small cell enters no sum; the variant is published from the other sites.
+   * ``typed``: the site's counts of the variant are in the sum.
+   * ``hwe_fail``: it is typed, and the site's own Hardy-Weinberg exact test over its
+     own samples (plink2 ``--hwe`` semantics: all samples, no mid-p) gives p below the
+     job's ``hwe_p``.
+
+   The coordinator learns only the sums: the global counts, N, per variant how many
+   sites typed it, left it out and failed Hardy-Weinberg, and from these the allele
+   frequency, call rate and the filter every site applies identically.
+
+The QC rules, against plink2's on pooled data (what a consortium's sites of different
+ancestry need; each documented in ``schemas/census_variants.json``):
+
+* **Hardy-Weinberg within sites.** plink2 ``--hwe`` tests the pooled samples; pooled
+  across populations with different allele frequencies, a true variant departs from
+  HWE (Wahlund effect) and fails, causal ones included. Here a variant fails
+  (``hwe``) only when some site that typed it fails its own test, i.e. on evidence from
+  that site's samples; the coordinator never sees a site's statistic, only the number
+  of sites failing. With S sites typing a variant the family-wise rate under HWE is
+  about S x ``hwe_p``. ``hwe_p_value`` still reports the pooled test, for reference.
+  Under differential privacy the flags would depend on single people, so no site
+  sends them and the filter uses the pooled test on the noisy counts.
+* **Call rate over the samples that typed it.** plink2 ``--geno`` sees one file; here
+  a variant a site does not hold is not a missing call: ``call_rate`` = called /
+  (called + missing) over the sites that typed it, and ``n_not_typed`` (the other
+  sites' samples) is reported beside it. ``min_sites_typed`` (default 1) fails
+  (``sites_typed``) a variant typed by fewer sites.
+* **A site's own minimum allele count** leaves that site out of the variant's sums
+  (``n_sites_left_out``), instead of withholding the variant for everyone; a variant
+  is published when its minor allele count over the sites that contribute reaches the
+  job's ``min_allele_count`` (plink2 ``--mac`` on the pooled counts).
 
 Counts are encoded exactly (``scale_bits=0``) in Z_2^32 when
 ``num_sites * max_samples_per_site`` fits its signed half, else in Z_2^64. A variant is
 not publishable, and its counts and metrics are left out (null) of the result table,
-when its global minor allele count is below the job's ``min_allele_count`` (filter
-``min_allele_count``) or when any site flagged it (filter ``site_min_allele_count``:
-withheld, as the GWAS withholds with status ``BELOW_SITE_MIN_ALLELE_COUNT``). The filter
-of a variant that is not publishable names only why it is withheld, never a check
-computed from its hidden counts. So a site whose own minimum is above the job's
-threshold takes part anyway: the variants where it holds a small cell are withheld.
+when its minor allele count over the contributing sites is below the job's
+``min_allele_count`` (filter ``min_allele_count``, or ``site_min_allele_count`` when
+every site that holds it left it out). The filter of a variant that is not publishable
+names only why it is withheld, never a check computed from its hidden counts.
 
 Spec::
 
@@ -36,6 +63,7 @@ Spec::
     hwe_p: 1.0e-6
     maf: 0.0
     max_samples_per_site: 10000000
+    min_sites_typed: 1         # fewer sites typing a variant fail it (filter sites_typed)
 """
 
 from __future__ import annotations
@@ -91,6 +119,8 @@ __all__ = [
     "CensusState",
     "COUNT_FIELDS",
     "FLAG_FIELD",
+    "HWE_FIELD",
+    "TYPED_FIELD",
     "WITHHELD",
     "below_minimum",
     "census_sensitivity",
@@ -105,8 +135,12 @@ __all__ = [
 COUNT_FIELDS = ("n_hom_ref", "n_het", "n_hom_alt", "n_missing")
 FLAG_FIELD = "below_min"
 """The counts round's per-variant flag: sites whose own minor allele count is non-zero and below their minimum."""
+TYPED_FIELD = "typed"
+"""The counts round's per-variant flag: the site's counts of the variant are in the sum."""
+HWE_FIELD = "hwe_fail"
+"""The counts round's per-variant flag: the site typed the variant and its own HWE exact test fails ``hwe_p``."""
 WITHHELD = "site_min_allele_count"
-"""The filter of a variant that some site flagged (withheld from the published counts)."""
+"""The filter of a variant every site holding it left out (below its own minimum): nothing of it is summed."""
 KEYS_ROUND = 0
 COUNTS_ROUND = 1
 
@@ -116,6 +150,7 @@ PARAMS = {
     "hwe_p": Param(1e-6, number(0.0, 1.0)),
     "maf": Param(0.0, number(0.0, 0.5)),
     "max_samples_per_site": Param(10_000_000, integer(1, 2**40)),
+    "min_sites_typed": Param(1, integer(1, 100_000)),
     "privacy": Param(None, lambda value: None if value is None else privacy_terms(value)),
 }
 """The census' spec keys, defaults and checks."""
@@ -131,15 +166,23 @@ class CensusParameters:
     maf: float
     max_samples_per_site: int
     privacy: PrivacyTerms | None = None
+    min_sites_typed: int = 1
 
     @classmethod
     def parse(cls, spec: Mapping[str, Any]) -> CensusParameters:
         """Checks a census spec and fills its defaults.
 
         Raises:
-            ConfigurationError: naming the key, what was expected and what was given.
+            ConfigurationError: naming the key, what was expected and what was given, or
+                ``min_sites_typed`` above 1 with privacy terms (the sites' flags are exact-only).
         """
-        return cls(**parse_params(spec, PARAMS, where="census"))
+        parameters = cls(**parse_params(spec, PARAMS, where="census"))
+        if parameters.privacy is not None and parameters.min_sites_typed > 1:
+            raise ConfigurationError(
+                "census: min_sites_typed needs the sites' exact typed flags, which a differentially private census does "
+                "not send (they would depend on single people); drop min_sites_typed or the privacy terms"
+            )
+        return parameters
 
     def to_json(self) -> dict[str, Any]:
         return {**dataclasses.asdict(self), "privacy": None if self.privacy is None else self.privacy.to_json()}
@@ -226,7 +269,8 @@ def below_minimum(called: np.ndarray, alt_count: np.ndarray, site: SiteContext) 
 
 
 def check_counts(counts: Mapping[str, np.ndarray], num_samples: int, variant_ids: Sequence[str], *,
-                 below_min: np.ndarray, num_sites: int) -> None:
+                 below_min: np.ndarray, num_sites: int, typed: np.ndarray | None = None,
+                 hwe_fail: np.ndarray | None = None) -> None:
     """Refuses summed counts that no honest sites can give.
 
     Every sample of every included site is hom-ref, het, hom-alt, missing or not typed
@@ -261,6 +305,18 @@ def check_counts(counts: Mapping[str, np.ndarray], num_samples: int, variant_ids
     flags = np.asarray(below_min, np.int64)
     refuse_impossible("census", FLAG_FIELD, flags, (flags < 0) | (flags > num_sites), f"in [0, the {num_sites} sites]",
                       labels=variant_ids, noun="variant")
+    if typed is None or hwe_fail is None:
+        return
+    typed = np.asarray(typed, np.int64)
+    hwe_fail = np.asarray(hwe_fail, np.int64)
+    refuse_impossible("census", TYPED_FIELD, typed, (typed < 0) | (typed + flags > num_sites),
+                      f"in [0, the {num_sites} sites minus those that left it out]", labels=variant_ids, noun="variant")
+    # A typed site has a sample in one of the four classes; a variant nobody typed has none.
+    refuse_impossible("census", TYPED_FIELD, typed, (typed > called_or_missing) | ((typed == 0) & (called_or_missing > 0)),
+                      "at most n_hom_ref + n_het + n_hom_alt + n_missing = {limit}, and 0 only when that is 0",
+                      limit=called_or_missing, labels=variant_ids, noun="variant")
+    refuse_impossible("census", HWE_FIELD, hwe_fail, (hwe_fail < 0) | (hwe_fail > typed), "in [0, the sites that typed it = {limit}]",
+                      limit=typed, labels=variant_ids, noun="variant")
 
 
 def check_census_table(table: pa.Table, num_samples: int, *, exact: bool = True) -> None:
@@ -328,54 +384,62 @@ def _release_noise(privacy: PrivacyTerms, num_variants: int) -> Spend:
 
 def census_table(
     variant_id: np.ndarray, counts: Mapping[str, np.ndarray], num_samples: int, parameters: CensusParameters, *,
-    below_min: np.ndarray,
+    below_min: np.ndarray, typed: np.ndarray | None = None, hwe_fail: np.ndarray | None = None,
 ) -> pa.Table:
     """The census_variants table from global counts (see ``schemas/census_variants.json``).
 
-    A variant is publishable when its global minor allele count reaches the job's
-    ``min_allele_count`` and no site flagged it; otherwise its counts and metrics are
-    null and its filter names only why it is withheld (``site_min_allele_count``, which
-    takes precedence, or ``min_allele_count``): a check computed from hidden counts
-    (call rate, HWE, MAF) would reveal something of them.
+    A variant is publishable when its minor allele count over the contributing sites
+    reaches the job's ``min_allele_count``; otherwise its counts and metrics are null and
+    its filter names only why it is withheld (``site_min_allele_count`` when every site
+    holding it left it out, else ``min_allele_count``): a check computed from hidden
+    counts (call rate, HWE, MAF) would reveal something of them. The rules are the
+    module docstring's.
 
     Args:
         variant_id: (variants,) the union's keys.
         counts: the four global count arrays (int64).
         num_samples: N, all samples of the sites included in the sum.
-        parameters: the job's thresholds (min_allele_count, min_call_rate, hwe_p, maf).
-        below_min: (variants,) the summed site flags (sites below their own minimum).
+        parameters: the job's thresholds (min_allele_count, min_call_rate, hwe_p, maf, min_sites_typed).
+        below_min: (variants,) the summed flags of the sites that left the variant out.
+        typed: (variants,) the sites whose counts are in the sum; hwe_fail: (variants,) those
+            among them failing their own HWE test. ``None`` (a differentially private
+            census): HWE is tested on the pooled counts and ``min_sites_typed`` not applied.
     """
     hom_ref, het, hom_alt, missing = (np.asarray(counts[name], np.int64) for name in COUNT_FIELDS)
     called = hom_ref + het + hom_alt
-    not_typed = np.maximum(num_samples - called - missing, 0)  # only noisy counts can make it negative
+    typed_samples = called + missing
+    not_typed = np.maximum(num_samples - typed_samples, 0)  # only noisy counts can make it negative
     allele_count = het + 2 * hom_alt
     allele_number = 2 * called
     with np.errstate(invalid="ignore", divide="ignore"):
-        call_rate = np.minimum(called / num_samples, 1.0) if num_samples > 0 else np.zeros(called.shape)
+        call_rate = np.where(typed_samples > 0, called / np.maximum(typed_samples, 1), 0.0)
         frequency = np.where(allele_number > 0, allele_count / np.maximum(allele_number, 1), np.nan)
     hwe_p = hwe_exact_p(hom_ref, het, hom_alt)
     minor_count = np.minimum(allele_count, allele_number - allele_count)
-    withheld = np.asarray(below_min, np.int64) > 0
+    left_out = np.asarray(below_min, np.int64)
     below_job_minimum = minor_count < parameters.min_allele_count
-    publishable = ~withheld & ~below_job_minimum
+    publishable = ~below_job_minimum
     minor_frequency = np.minimum(frequency, 1.0 - frequency)
+    exact = typed is not None and hwe_fail is not None
     with np.errstate(invalid="ignore"):
         failures = {
             "call_rate": call_rate < parameters.min_call_rate,
-            "hwe": hwe_p < parameters.hwe_p,
+            "hwe": np.asarray(hwe_fail, np.int64) > 0 if exact else hwe_p < parameters.hwe_p,
             "maf": (np.isnan(minor_frequency) | (minor_frequency < parameters.maf)) if parameters.maf > 0 else np.zeros(called.shape, bool),
+            "sites_typed": (np.asarray(typed, np.int64) < parameters.min_sites_typed) if exact else np.zeros(called.shape, bool),
         }
     reasons = np.full(called.shape, "", dtype=object)
     for reason, mask in failures.items():
         reasons[mask] = np.where(reasons[mask] == "", reason, reasons[mask] + ";" + reason)
     reasons[reasons == ""] = "PASS"
     reasons[below_job_minimum] = "min_allele_count"
-    reasons[withheld] = WITHHELD
+    reasons[below_job_minimum & (typed_samples == 0) & (left_out > 0)] = WITHHELD
     passing = reasons == "PASS"
     hidden = ~publishable
+    unknown = np.ones(called.shape, bool)
 
-    def ints(values: np.ndarray) -> pa.Array:
-        return pa.array(values, pa.int64(), mask=hidden)
+    def ints(values: np.ndarray, mask: np.ndarray = hidden) -> pa.Array:
+        return pa.array(values, pa.int64(), mask=mask)
 
     def floats(values: np.ndarray) -> pa.Array:
         return pa.array(values, pa.float64(), mask=hidden | np.isnan(values))
@@ -393,6 +457,9 @@ def census_table(
             "allele_number": ints(allele_number),
             "alt_allele_frequency": floats(frequency),
             "hwe_p_value": floats(hwe_p),
+            "n_sites_typed": ints(np.asarray(typed, np.int64), hidden) if exact else ints(np.zeros(called.shape, np.int64), unknown),
+            "n_sites_hwe_fail": ints(np.asarray(hwe_fail, np.int64), hidden) if exact else ints(np.zeros(called.shape, np.int64), unknown),
+            "n_sites_left_out": ints(left_out, np.zeros(called.shape, bool)) if exact else ints(left_out, unknown),
             "publishable": pa.array(publishable, pa.bool_()),
             "pass_qc": pa.array(passing, pa.bool_()),
             "filter": pa.array(reasons.astype(str), pa.string()),
@@ -472,7 +539,7 @@ class Census(Analysis[CensusState]):
         return CensusState.from_json(data)
 
     def layout(self, state: CensusState, round_index: int) -> RoundLayout:
-        """Round 0: the variant-key union; round 1: four count vectors, the site flags and the sample count.
+        """Round 0: the variant-key union; round 1: four count vectors, the three site flags and the sample count.
 
         Counts are exact, in Z_2^32 when the sum of every invited site fits, else Z_2^64.
         """
@@ -488,8 +555,9 @@ class Census(Analysis[CensusState]):
             return plan_layout([*noisy, Integer("n_samples", (1,), n_max + room)], state.num_participants,
                                rings=(Ring.R32, Ring.R64))
         fields = [Count(name, (num_variants,), n_max) for name in COUNT_FIELDS]
-        return plan_layout([*fields, Count(FLAG_FIELD, (num_variants,), 1), Count("n_samples", (1,), n_max)],
-                           state.num_participants, rings=(Ring.R32, Ring.R64))
+        flags = [Count(name, (num_variants,), 1) for name in (FLAG_FIELD, TYPED_FIELD, HWE_FIELD)]
+        return plan_layout([*fields, *flags, Count("n_samples", (1,), n_max)], state.num_participants,
+                           rings=(Ring.R32, Ring.R64))
 
     def privacy_spend(self, state: CensusState, round_index: int) -> Spend | None:
         """The counts round's noise and privacy, when the job asked for differential privacy."""
@@ -508,8 +576,9 @@ class Census(Analysis[CensusState]):
         """Round 0: the site's keys above its threshold; round 1: its counts and flags over the union.
 
         A publish threshold below the site's own ``min_allele_count`` is no reason to
-        decline: the site flags the variants where its own minor allele count is
-        non-zero and below its minimum, and the coordinator withholds them.
+        decline: the site leaves out (and flags) the variants where its own minor allele
+        count is non-zero and below its minimum, and tests Hardy-Weinberg on its own
+        samples (module docstring).
 
         Raises:
             PolicyRefusal: (code ``policy``) the site has more samples than the job's
@@ -541,9 +610,19 @@ class Census(Analysis[CensusState]):
             sigma = noise.sigma
             noisy = {name: values + sample_discrete_gaussian(sigma, values.shape, rng=rng) for name, values in totals.items()}
             return {**noisy, "n_samples": n_samples + sample_discrete_gaussian(sigma, (1,), rng=rng)}
+        held = np.zeros(len(union), bool)
+        held[where] = True
         called = totals["n_hom_ref"] + totals["n_het"] + totals["n_hom_alt"]
         flags = below_minimum(called, totals["n_het"] + 2 * totals["n_hom_alt"], site)
-        return {**totals, FLAG_FIELD: flags, "n_samples": n_samples}
+        left_out = flags.astype(bool)
+        for values in totals.values():
+            values[left_out] = 0  # the small cell enters no sum: the variant is counted over the other sites
+        typed = held & ~left_out
+        failing = np.zeros(len(union), bool)
+        if parameters.hwe_p > 0:
+            failing = typed & (hwe_exact_p(totals["n_hom_ref"], totals["n_het"], totals["n_hom_alt"]) < parameters.hwe_p)
+        return {**totals, FLAG_FIELD: flags, TYPED_FIELD: typed.astype(np.int64), HWE_FIELD: failing.astype(np.int64),
+                "n_samples": n_samples}
 
     def coordinator_step(
         self, state: CensusState, round_index: int, total: Mapping[str, np.ndarray], num_sites: int
@@ -563,15 +642,20 @@ class Census(Analysis[CensusState]):
         num_samples = int(np.asarray(total["n_samples"]).reshape(-1)[0])
         counts = {name: np.asarray(total[name], np.int64) for name in COUNT_FIELDS}
         noise = state.noise
+        typed: np.ndarray | None = None
+        hwe_fail: np.ndarray | None = None
         if noise is None:
             below_min = np.asarray(total[FLAG_FIELD], np.int64)
-            check_counts(counts, num_samples, state.union, below_min=below_min, num_sites=num_sites)
+            typed, hwe_fail = (np.asarray(total[name], np.int64) for name in (TYPED_FIELD, HWE_FIELD))
+            check_counts(counts, num_samples, state.union, below_min=below_min, num_sites=num_sites, typed=typed,
+                         hwe_fail=hwe_fail)
         else:
             # Noisy sums: what is published is computed from them (post-processing keeps the guarantee).
             counts = {name: np.maximum(values, 0) for name, values in counts.items()}
             num_samples = max(num_samples, 0)
             below_min = np.zeros(len(state.union), np.int64)
-        table = census_table(np.asarray(state.union, dtype=str), counts, num_samples, state.parameters, below_min=below_min)
+        table = census_table(np.asarray(state.union, dtype=str), counts, num_samples, state.parameters, below_min=below_min,
+                             typed=typed, hwe_fail=hwe_fail)
         check_census_table(table, num_samples, exact=noise is None)
         publishable = table.column("publishable").to_numpy(zero_copy_only=False)
         passing = table.column("pass_qc").to_numpy(zero_copy_only=False)
@@ -584,15 +668,15 @@ class Census(Analysis[CensusState]):
             "variants": {
                 "total": int(table.num_rows),
                 "publishable": int(np.count_nonzero(publishable)),
-                "withheld_below_site_minimum": int(np.count_nonzero(below_min > 0)),
+                "with_sites_left_out": int(np.count_nonzero(below_min > 0)),
                 "passing": int(np.count_nonzero(passing)),
                 "failing": int(table.num_rows - np.count_nonzero(passing)),
             },
             "disclosure": _DP_DISCLOSURE if noise is not None else (
                 "round 0 revealed which variant IDs each site holds at or above its own minimum minor allele count "
                 "(share_variant_keys); round 1 revealed only sums over the included sites, among them per variant the "
-                "number of sites whose own minor allele count is below their minimum; variants where that number is not "
-                "0 are withheld"
+                "number of sites that typed it, that left it out because their own minor allele count is below their "
+                "minimum (their counts are not in the sums), and that fail their own Hardy-Weinberg test"
             ),
             "privacy": None if noise is None else {
                 **noise.to_json(), "sites_adding_noise": int(num_sites),

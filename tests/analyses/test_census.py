@@ -58,6 +58,19 @@ def naive_pooled(cohort, union: list[str], names=SITES) -> dict[str, np.ndarray]
     }
 
 
+def naive_site_hwe(cohort, union: list[str], names=SITES) -> np.ndarray:
+    """(sites, variants) each site's own HWE exact p from its own matrix; NaN where it does not have the variant."""
+    p = np.full((len(names), len(union)), np.nan)
+    for s, name in enumerate(names):
+        ids, calls, _ = cohort[name]
+        row = {v: i for i, v in enumerate(ids)}
+        for j, variant in enumerate(union):
+            if variant in row:
+                g = calls[row[variant]]
+                p[s, j] = hwe_exact_p([(g == 0).sum()], [(g == 1).sum()], [(g == 2).sum()])[0]
+    return p
+
+
 def _run_census(cohort, parameters: dict, contexts: dict[str, SiteContext], *, dropouts=None, names=SITES):
     state = CENSUS.init(parameters, tuple(names))
     assert isinstance(CENSUS.layout(state, 0), KeyUnion)
@@ -91,11 +104,17 @@ def test_census__equals_pooled_counts_and_pooled_hwe(cohort):
     p = hwe_exact_p(expected["n_hom_ref"], expected["n_het"], expected["n_hom_alt"])
     np.testing.assert_allclose(np.array(table["hwe_p_value"], float), p, rtol=1e-12)
     called = expected["n_hom_ref"] + expected["n_het"] + expected["n_hom_alt"]
-    np.testing.assert_allclose(table["call_rate"], called / 98)
+    typed_samples = called + expected["n_missing"]  # a site without the variant has no missing calls there
+    np.testing.assert_allclose(table["call_rate"], called / typed_samples)
     frequency = (expected["n_het"] + 2 * expected["n_hom_alt"]) / (2 * called)
     np.testing.assert_allclose(table["alt_allele_frequency"], frequency)
     assert table["pass_qc"] == [f == "PASS" for f in table["filter"]]
-    assert all(("call_rate" in f) == (c / 98 < 0.9) for f, c in zip(table["filter"], called))
+    assert all(("call_rate" in f) == (c / t < 0.9) for f, c, t in zip(table["filter"], called, typed_samples))
+    per_site = naive_site_hwe(cohort, union)
+    assert table["n_sites_typed"] == [int(np.isfinite(per_site[:, j]).sum()) for j in range(len(union))]
+    failing = (per_site < 1e-6).sum(axis=0)  # NaN (not typed) compares False
+    assert table["n_sites_hwe_fail"] == failing.tolist()
+    assert all(("hwe" in f) == (n > 0) for f, n in zip(table["filter"], failing))
     assert result.tables["filter"].column_names == ["variant_id", "pass_qc", "filter"]
 
 
@@ -145,7 +164,8 @@ def naive_site_minor(cohort, name: str) -> dict[str, int]:
     return out
 
 
-def test_census__site_with_a_higher_minimum_takes_part_and_its_small_cells_are_withheld(cohort):
+def test_census__site_with_a_higher_minimum_takes_part_and_its_small_cells_are_left_out(cohort):
+    """A site whose own minimum is above the job's leaves its small cells out; the others' counts are published."""
     contexts = {n: _context(n) for n in SITES}
     contexts["beta"] = _context("beta", min_allele_count=5)  # above the job's publish threshold of 1
     state, layout, result, _ = _run_census(cohort, {"min_allele_count": 1, "min_call_rate": 0.0, "hwe_p": 0.0}, contexts)
@@ -156,23 +176,62 @@ def test_census__site_with_a_higher_minimum_takes_part_and_its_small_cells_are_w
     table = result.tables["census_variants"].to_pydict()
     assert flagged and flagged < set(union)
     pooled = naive_pooled(cohort, union)
-    allele_count = pooled["n_het"] + 2 * pooled["n_hom_alt"]
-    allele_number = 2 * (pooled["n_hom_ref"] + pooled["n_het"] + pooled["n_hom_alt"])
-    global_minor = np.minimum(allele_count, allele_number - allele_count)
+    others = naive_pooled(cohort, union, names=("alpha", "gamma"))  # beta's small cells enter no sum
     for j, variant in enumerate(union):
-        if variant in flagged:  # withheld whatever its global count: nothing but the reason is published
-            assert not table["publishable"][j] and not table["pass_qc"][j]
-            assert table["filter"][j] == "site_min_allele_count"
-            assert all(table[name][j] is None for name in (*COUNT_FIELDS, "n_not_typed", "call_rate", "allele_count",
-                                                          "allele_number", "alt_allele_frequency", "hwe_p_value"))
-        elif global_minor[j] >= 1:
+        expected = others if variant in flagged else pooled
+        allele_count = expected["n_het"][j] + 2 * expected["n_hom_alt"][j]
+        allele_number = 2 * (expected["n_hom_ref"][j] + expected["n_het"][j] + expected["n_hom_alt"][j])
+        assert table["n_sites_left_out"][j] == int(variant in flagged)
+        if min(allele_count, allele_number - allele_count) >= 1:
             assert table["publishable"][j] and table["filter"][j] == "PASS"
-            for name in (*COUNT_FIELDS, "n_not_typed"):
-                assert table[name][j] == pooled[name][j], (variant, name)
+            for name in COUNT_FIELDS:
+                assert table[name][j] == expected[name][j], (variant, name)
+            # beta's samples count as not typed where it left the variant out
+            beta_samples = cohort["beta"][1].shape[1]
+            assert table["n_not_typed"][j] == pooled["n_not_typed"][j] + (beta_samples if variant in flagged else 0)
         else:
             assert not table["publishable"][j] and table["filter"][j] == "min_allele_count"
-    assert result.summary["variants"]["withheld_below_site_minimum"] == len(flagged)
+    assert any(table["publishable"][union.index(v)] for v in flagged)  # published, not withheld for everyone
+    assert result.summary["variants"]["with_sites_left_out"] == len(flagged)
     assert result.summary["variants"]["publishable"] == sum(table["publishable"])
+
+
+def test_census__hwe_fails_only_on_a_sites_own_evidence(tmp_path):
+    """Two sites each in Hardy-Weinberg equilibrium at different allele frequencies fail plink2's pooled --hwe (Wahlund
+    effect), and pass here; a variant out of equilibrium at one site fails. Reference: each site's own exact test."""
+    rng = np.random.default_rng(11)
+    names = ("alpha", "beta")
+    ids = rs.variant_ids([100, 200, 300])
+
+    def hwe_calls(p: float, n: int) -> np.ndarray:
+        return (rng.random(n) < p).astype(np.int8) + (rng.random(n) < p).astype(np.int8)
+
+    alpha = np.stack([hwe_calls(0.05, 400), hwe_calls(0.3, 400), hwe_calls(0.3, 400)])
+    beta = np.stack([hwe_calls(0.9, 400), hwe_calls(0.3, 400), np.repeat(np.int8(1), 400)])  # 300: all het at beta
+    cohort = {name: (ids, calls, rs.write_dataset(tmp_path / name, ids, calls)) for name, calls in zip(names, (alpha, beta))}
+    contexts = {n: _context(n) for n in names}
+    _, _, result, _ = _run_census(cohort, {"min_allele_count": 0, "hwe_p": 1e-6, "min_call_rate": 0.0}, contexts, names=names)
+    table = result.tables["census_variants"].to_pydict()
+    own = naive_site_hwe(cohort, ids, names=names)
+    assert table["hwe_p_value"][0] < 1e-6 and own[:, 0].min() > 1e-6  # pooled fails, each site passes
+    assert table["filter"] == ["PASS", "PASS", "hwe"]
+    assert table["n_sites_hwe_fail"] == (own < 1e-6).sum(axis=0).tolist() == [0, 0, 1]
+
+
+def test_census__min_sites_typed_and_call_rate_over_the_typing_sites(tmp_path):
+    names = ("alpha", "beta")
+    shared, private = rs.variant_ids([100, 200]), rs.variant_ids([300])
+    calls = rs.random_genotypes(3, 3, 30, missing_rate=0.0)
+    cohort = {"alpha": (shared + private, calls, rs.write_dataset(tmp_path / "alpha", shared + private, calls)),
+              "beta": (shared, calls[:2], rs.write_dataset(tmp_path / "beta", shared, calls[:2]))}
+    contexts = {n: _context(n) for n in names}
+    _, _, result, _ = _run_census(cohort, {"min_allele_count": 0, "hwe_p": 0.0, "min_call_rate": 0.99, "min_sites_typed": 2},
+                                  contexts, names=names)
+    table = result.tables["census_variants"].to_pydict()
+    # 300 is typed by alpha only: fully called there (call rate 1, not 0.5 as over all 60 samples), but one site < 2.
+    assert table["n_sites_typed"] == [2, 2, 1] and table["n_not_typed"] == [0, 0, 30]
+    assert table["call_rate"] == [1.0, 1.0, 1.0]
+    assert table["filter"] == ["PASS", "PASS", "sites_typed"]
 
 
 def test_census__site_flag_is_one_only_where_its_own_count_is_a_small_cell(cohort):

@@ -18,6 +18,8 @@ from pipeline.analyses.census import (
     CENSUS,
     COUNT_FIELDS,
     FLAG_FIELD,
+    HWE_FIELD,
+    TYPED_FIELD,
     CensusParameters,
     check_census_table,
     check_counts,
@@ -42,8 +44,22 @@ def _state(ids=IDS, **spec):
     return CENSUS.coordinator_step(state, 0, {"variant_id": np.array(ids)}, 2)[0]
 
 
-def _total(counts, n=N, below=(0, 0, 0)):
-    return {**counts, FLAG_FIELD: np.array(below, np.int64), "n_samples": np.array([n], np.int64)}
+def _total(counts, n=N, below=(0, 0, 0), typed=(2, 2, 2), hwe_fail=(0, 0, 0)):
+    return {**counts, FLAG_FIELD: np.array(below, np.int64), TYPED_FIELD: np.array(typed, np.int64),
+            HWE_FIELD: np.array(hwe_fail, np.int64), "n_samples": np.array([n], np.int64)}
+
+
+@pytest.mark.parametrize(("flags", "fragment"), [
+    ({"typed": (2, 3, 2)}, "the summed typed is 3, expected in [0, the 2 sites minus those that left it out]"),
+    ({"typed": (2, 2, 2), "below": (0, 1, 0)}, "the summed typed is 2, expected in [0, the 2 sites minus those"),
+    ({"typed": (2, 0, 2)}, "the summed typed is 0, expected at most n_hom_ref + n_het + n_hom_alt + n_missing = 50, and 0 only"),
+    ({"hwe_fail": (0, 3, 0), "typed": (2, 2, 2)}, "the summed hwe_fail is 3, expected in [0, the sites that typed it = 2]"),
+])
+def test_census_invariants__site_flags_no_honest_sites_give_are_refused(flags, fragment):
+    """A site cannot both type a variant and leave it out, type it without a sample, or fail HWE where it did not type."""
+    with pytest.raises(ProtocolError, match=f"variant {IDS[1]}") as caught:
+        CENSUS.coordinator_step(_state(), 1, _total(_counts(), **flags), 2)
+    assert fragment in str(caught.value), str(caught.value)
 
 
 def test_census_invariants__honest_counts_pass_and_publish():

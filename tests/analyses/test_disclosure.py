@@ -246,7 +246,10 @@ def test_refusals__a_census_below_the_sites_minimum_is_no_longer_declined(cohort
     strict = _context("beta", min_allele_count=50)
     keys = CENSUS.site_step(state, 0, dataset, strict)["variant_id"]
     counted = CENSUS.site_step(dataclasses.replace(state, variant_ids=tuple(cohort["beta"].ids)), 1, dataset, strict)
-    assert keys.size == 0 and set(counted) == {*COUNT_FIELDS, "below_min", "n_samples"}
+    assert keys.size == 0 and set(counted) == {*COUNT_FIELDS, "below_min", "typed", "hwe_fail", "n_samples"}
+    left_out = counted["below_min"].astype(bool)
+    assert left_out.any()  # its small cells are left out of the sums, not sent
+    assert all(not counted[name][left_out].any() for name in COUNT_FIELDS) and not counted["typed"][left_out].any()
 
 
 # --------------------------------------------------------------------------- clipping

@@ -25,9 +25,9 @@ def test_summary_text__a_gwas_summary_has_no_total_and_is_shown():
 
 def test_summary_text__a_census_summary_is_unchanged_in_substance():
     census = {"analysis": "census", "num_samples": 95,
-              "variants": {"total": 30, "publishable": 25, "withheld_below_site_minimum": 5, "passing": 20, "failing": 10}}
+              "variants": {"total": 30, "publishable": 25, "with_sites_left_out": 5, "passing": 20, "failing": 10}}
     text = localhost.summary_text(_summary(census))
-    assert "95 samples; variants: 30 total, 25 publishable, 5 withheld below site minimum, 20 passing, 10 failing" in text
+    assert "95 samples; variants: 30 total, 25 publishable, 5 with sites left out, 20 passing, 10 failing" in text
 
 
 def test_federate__a_run_that_fails_leaves_no_out_folder_and_keeps_its_logs(tmp_path, monkeypatch):

@@ -68,6 +68,7 @@ PARAMS = {
     "min_call_rate": Param(0.95, CENSUS_PARAMS["min_call_rate"].check),
     "hwe_p": Param(1e-6, CENSUS_PARAMS["hwe_p"].check),
     "maf": Param(0.0, CENSUS_PARAMS["maf"].check),
+    "min_sites_typed": Param(1, CENSUS_PARAMS["min_sites_typed"].check),
     "max_samples_per_site": Param(1_000_000, integer(1, 2**31 - 1)),
     "max_abs_value": Param(1e4, number(1.0, 1e6)),
     "max_abs_z": Param(100.0, number(2.0, 1e4)),
@@ -92,6 +93,7 @@ class GwasParameters:
     min_call_rate: float
     hwe_p: float
     maf: float
+    min_sites_typed: int
     max_samples_per_site: int
     max_abs_value: float
     max_abs_z: float
@@ -137,7 +139,8 @@ class GwasParameters:
     def census_spec(self) -> dict[str, Any]:
         """The census phase's spec: its QC thresholds, the per-site sample bound, and with privacy its share of the budget."""
         spec: dict[str, Any] = {"min_allele_count": self.min_allele_count, "min_call_rate": self.min_call_rate,
-                                "hwe_p": self.hwe_p, "maf": self.maf, "max_samples_per_site": self.max_samples_per_site}
+                                "hwe_p": self.hwe_p, "maf": self.maf, "max_samples_per_site": self.max_samples_per_site,
+                                "min_sites_typed": self.min_sites_typed}
         if self.privacy is not None:
             spec["privacy"] = census_terms(self.privacy).to_json()
         return spec
