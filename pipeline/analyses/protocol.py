@@ -81,8 +81,8 @@ class SiteContext:
         min_samples: the site's k; the runtime checks it before any step runs.
         min_allele_count: the least minor allele count of a variant whose key the
             site shares in a :class:`KeyUnion` round; a variant where the site's own
-            count is non-zero and below it is flagged, and withheld from per-variant
-            results (census, PCA selection, GWAS).
+            count is non-zero and below it is flagged and left out of that variant's
+            sums (census counts, GWAS regression; a PCA does not select the variant).
         share_variant_keys: whether the site sends keys in a :class:`KeyUnion` round.
         share_site_metrics: whether the site may reveal statistics of its own (for
             example a model's metrics on its held-out split) in a slot of a secure sum

@@ -94,6 +94,22 @@ def pooled_design(sites: dict[str, Site], variant_id: str, phenotype: str) -> tu
     return np.concatenate(rows), np.concatenate(ys)
 
 
+def contributing_sites(sites: dict[str, Site], variant_id: str, phenotype: str, minimum: int) -> dict[str, Site]:
+    """The sites whose own minor allele count of the variant, over their complete samples, is 0 or at least ``minimum``:
+    the others leave themselves out of its sums (a small cell)."""
+    kept = {}
+    for name, site in sites.items():
+        if variant_id in site.ids:
+            g = site.calls[site.ids.index(variant_id)]
+            y = site.quant if phenotype == "quant_trait" else site.binary
+            called = g[np.isfinite(y) & np.isfinite(site.age) & (g >= 0)].astype(np.int64)
+            minor = min(int(called.sum()), 2 * called.size - int(called.sum()))
+            if 0 < minor < minimum:
+                continue
+        kept[name] = site
+    return kept
+
+
 def pooled_ols(x: np.ndarray, y: np.ndarray) -> tuple[float, float]:
     """Genotype beta and its standard error by least squares on the pooled rows."""
     beta, _, rank, _ = np.linalg.lstsq(x, y, rcond=None)

@@ -203,10 +203,11 @@ def _gwas_state(v: int = 3, complete: int = 40):
     ("alt_count", [10, 10, 10], [0, -1, 0], [0, 0, 0], "the summed alt_count is -1"),
     ("below_min", [10, 10, 10], [0, 0, 0], [0, -1, 0], "the summed below_min is -1, expected in [0, the 3 sites]"),
     ("below_min", [10, 10, 10], [0, 0, 0], [0, 4, 0], "the summed below_min is 4, expected in [0, the 3 sites]"),
+    ("n", [10, 5, 10], [0, 0, 0], [0, 3, 0], "the summed n is 5, expected 0 where all 3 sites were below their own minimum"),
 ])
 def test_gwas_variant_sums__each_invariant_names_the_variant(field, n, alt, below, expected):
     state = _gwas_state()
-    check_variant_sums(state, np.array([10, 40, 0]), np.array([0.0, 80.0, 0.0]), np.array([0, 3, 0]), 3)  # extremes pass
+    check_variant_sums(state, np.array([10, 40, 0]), np.array([0.0, 80.0, 0.0]), np.array([0, 2, 3]), 3)  # extremes pass
     with pytest.raises(ProtocolError) as caught:
         check_variant_sums(state, np.array(n), np.array(alt, float), np.array(below), 3)
     assert f"gwas: variant {IDS[1]}: {expected}" in str(caught.value)

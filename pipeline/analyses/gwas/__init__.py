@@ -30,10 +30,18 @@ All sums are in Z_2^64; each float field gets the most fractional bits its bound
 for the job's number of sites (at least 20 bits up to 100 sites with the defaults).
 
 Disclosure: with the first per-variant round each site also contributes, per variant, 1
-if its own minor allele count (called samples) is non-zero and below its policy's
-``min_allele_count``, else 0. The coordinator only learns the secure sum, and
-publishes a variant only where it is 0. Samples with a missing phenotype or covariate
-are dropped at the site; missing genotypes are dropped per variant.
+if its own minor allele count (complete samples with a call) is non-zero and below its
+policy's ``min_allele_count``, else 0, and where it is 1 the site is left out of that
+variant: it sends zeros in every round, as for a variant it does not hold. The
+coordinator only learns the secure sum (``gwas_status.n_sites_left_out``) and fits the
+variant from the other sites' sums; it withholds the variant
+(``BELOW_SITE_MIN_ALLELE_COUNT``) only where what remains is empty or below the job's
+``min_allele_count`` (:mod:`.outputs`). Leaving the small cell out, rather than the
+variant for everyone, is DataSHIELD's per-cell rule: one site's rare carrier no longer
+hides a variant from a whole consortium, and never enters a sum. plink2 has no per-site
+rule; its ``--mac`` is on the pooled count, as the job's threshold. Samples with a
+missing phenotype or covariate are dropped at the site; missing genotypes are dropped
+per variant.
 
 Differential privacy: exact is the default. With a ``privacy`` block (a site whose
 policy requires it declines an exact job) every round that releases person-level sums

@@ -3,10 +3,13 @@
 In round 1 every site returns, per variant, the packed ``X'X``, ``X'y``, ``y'y`` and
 ``n`` over its complete samples with a called genotype
 (:func:`pipeline.stats.glm.linear_statistics`, standardized covariates and phenotype),
-plus 1 where its own minor allele count is non-zero and below its policy minimum. The
-coordinator solves every variant's normal equations from the sums in float64
-(:func:`pipeline.stats.glm.linear_fit`): the pooled OLS, then scales the genotype's
-effect back to the phenotype's units.
+plus 1 where its own minor allele count is non-zero and below its policy minimum: there
+it sends zeros instead of its statistics, as for a variant it does not hold (a small
+cell is left out of the variant's sums, not the variant out of the results; see
+:mod:`~pipeline.analyses.gwas.outputs`). The coordinator solves every variant's normal
+equations from the sums in float64 (:func:`pipeline.stats.glm.linear_fit`): the OLS
+pooled over the sites that were not left out, then scales the genotype's effect back to
+the phenotype's units.
 
 With privacy terms (:mod:`~pipeline.analyses.gwas.privacy`) a site sends only ``xtx``,
 ``xty`` and ``yty`` (``n`` is ``xtx``'s intercept entry, and no ``below_min`` flag: it
@@ -73,18 +76,27 @@ def linear_layout(state: RegressionState) -> Layout:
 
 def linear_site_statistics(state: RegressionState, dataset: Dataset, site: SiteContext, data: SiteData,
                            covariates: np.ndarray, phenotype: np.ndarray) -> dict[str, np.ndarray]:
-    """The site's contribution to round 1 (zeros for the variants it does not hold); with privacy, noisy sums."""
+    """The site's contribution to round 1 (zeros for the variants it does not hold); with privacy, noisy sums.
+
+    Exact sums: a variant where the site's own minor allele count is a small cell
+    (:func:`~pipeline.analyses.census.below_minimum`) is left out, zeros as for a variant it
+    does not hold, and only its flag is sent, so the cell never enters a sum. With privacy
+    nothing is left out and no flag is sent: the noise protects small cells, and a flag
+    would depend on one person.
+    """
     v, k = len(state.variant_ids), covariates.shape[1]
     out = {"xtx": np.zeros((v, glm.packed_size(k))), "xty": np.zeros((v, k + 1)), "yty": np.zeros(v),
            "n": np.zeros(v, np.int64), "below_min": np.zeros(v, np.int64)}
+    noise = state.statistics_noise
     for rows, calls in complete_calls(state, dataset, data, site.cache):
         stats = glm.linear_statistics(calls, covariates, phenotype)
-        for name in ("xtx", "xty", "yty"):
-            out[name][rows] = stats[name]
         called = np.rint(stats["n"]).astype(np.int64)
-        out["n"][rows] = called
-        out["below_min"][rows] = below_minimum(called, np.rint(stats["alt_count"]).astype(np.int64), site)
-    noise = state.statistics_noise
+        if noise is None:
+            out["below_min"][rows] = below_minimum(called, np.rint(stats["alt_count"]).astype(np.int64), site)
+        kept = out["below_min"][rows] == 0
+        for name in ("xtx", "xty", "yty"):
+            out[name][rows[kept]] = stats[name][kept]
+        out["n"][rows[kept]] = called[kept]
     if noise is not None:
         return add_noise({name: out[name] for name in NOISY_FIELDS}, noise, rng=secret_generator())
     return out

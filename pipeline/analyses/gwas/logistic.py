@@ -8,6 +8,11 @@ Wald tests at convergence. Separation (an allele absent from the cases or the
 controls, or a coefficient beyond :data:`MAX_COEFFICIENT`) and non-convergence are
 reported per variant (``SEPARATION``, ``UNFINISHED``), as plink2 does.
 
+A site whose own minor allele count of a variant is non-zero and below its policy
+minimum is left out of that variant in every round (Newton and Firth): it sends zeros
+for it, as for a variant it does not hold, and the fit is the pooled fit of the other
+sites (:mod:`~pipeline.analyses.gwas.outputs` says why and what is published).
+
 With ``firth: true`` those variants are then refitted with Firth's penalized likelihood
 (plink2's firth-fallback): one iteration is two rounds at the same coefficients,
 ``information`` (the sum of the sites' Fisher information, whose inverse becomes
@@ -87,7 +92,16 @@ def logistic_layout(state: RegressionState) -> Layout:
 
 def logistic_site_statistics(state: RegressionState, dataset: Dataset, site: SiteContext, data: SiteData,
                              covariates: np.ndarray, phenotype: np.ndarray) -> dict[str, np.ndarray]:
-    """The site's score and information (plain or Firth-modified) of the variants still iterating."""
+    """The site's score and information (plain or Firth-modified) of the variants still iterating.
+
+    A variant where the site's own minor allele count among its complete samples is
+    non-zero and below its policy minimum (:func:`~pipeline.analyses.census.below_minimum`)
+    is left out: zeros for its score, information and counts, as for a variant the site
+    does not hold, with its 0/1 flag sent in the first round. The flag is recomputed from
+    the same calls every round, Newton and Firth alike: the complete samples and their
+    calls do not change within a job, so the site is left out of the same variants in
+    every round, and every round's sums are of the same samples.
+    """
     k = covariates.shape[1]
     firth = state.firth
     inverse: np.ndarray | None
@@ -118,20 +132,29 @@ def logistic_site_statistics(state: RegressionState, dataset: Dataset, site: Sit
         if not use.any():
             continue
         calls = calls[use]
-        if inverse is None:
-            stats = glm.logistic_statistics(calls, theta_active[where[use]], covariates, phenotype)
-        else:
-            stats = glm.firth_statistics(calls, theta_active[where[use]], inverse[where[use]], covariates, phenotype)
-        out["score"][where[use]] = stats["score"]
-        out["information"][where[use]] = stats["information"]
+        called = calls >= 0
+        dosage = np.where(called, calls, 0).astype(np.int64)
+        small = below_minimum(called.sum(axis=1), dosage.sum(axis=1), site)
         if first:
-            called = calls >= 0
-            dosage = np.where(called, calls, 0).astype(np.int64)
-            out["n"][where[use]] = called.sum(axis=1)
-            out["n_case"][where[use]] = (called & case).sum(axis=1)
-            out["alt_count"][where[use]] = dosage.sum(axis=1)
-            out["alt_case"][where[use]] = dosage[:, case].sum(axis=1)
-            out["below_min"][where[use]] = below_minimum(called.sum(axis=1), dosage.sum(axis=1), site)
+            out["below_min"][where[use]] = small
+        # Left out: the variants where the site's own count is a small cell get zeros, as the ones it does not hold.
+        kept = small == 0
+        if not kept.any():
+            continue
+        into = where[use][kept]
+        if not kept.all():
+            calls, called, dosage = calls[kept], called[kept], dosage[kept]
+        if inverse is None:
+            stats = glm.logistic_statistics(calls, theta_active[into], covariates, phenotype)
+        else:
+            stats = glm.firth_statistics(calls, theta_active[into], inverse[into], covariates, phenotype)
+        out["score"][into] = stats["score"]
+        out["information"][into] = stats["information"]
+        if first:
+            out["n"][into] = called.sum(axis=1)
+            out["n_case"][into] = (called & case).sum(axis=1)
+            out["alt_count"][into] = dosage.sum(axis=1)
+            out["alt_case"][into] = dosage[:, case].sum(axis=1)
     return out
 
 

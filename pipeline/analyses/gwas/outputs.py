@@ -3,9 +3,24 @@
 :func:`regression_result` turns the coordinator's per-variant fits into the job's
 result: the ``gwas`` table (GWAS-SSF columns, genome order) of the publishable
 variants, the ``gwas_status`` table of every tested variant (why a variant has no
-estimate), and a JSON summary. A variant is publishable only where no site's own minor
-allele count is non-zero and below its policy minimum (the secure sum of those flags is
-0); the others are withheld with status ``BELOW_SITE_MIN_ALLELE_COUNT``.
+estimate, and how many sites were left out of it), and a JSON summary.
+
+Small cells: a site whose own minor allele count of a variant (among its complete
+samples with a call) is non-zero and below its policy's ``min_allele_count`` is *left
+out* of that variant: it sends zeros for it in every round, as for a variant it does not
+hold, plus a 0/1 flag whose secure sum tells the coordinator how many sites were left
+out (``n_sites_left_out``). The variant is fitted and published from the other sites'
+sums, where they are enough: the estimate is the pooled fit of those sites, the fit's own
+status codes apply, and the job's publish threshold (``min_allele_count``, the census'
+rule on the pooled minor allele count) is applied again to what remains, since the
+census' pool was not this one. A variant whose remainder is below it, or empty (n = 0:
+every site that holds it was left out), is withheld with status
+``BELOW_SITE_MIN_ALLELE_COUNT``. Why not withhold the variant for everyone, as genofed
+did before: with several sites one small cell anywhere hid a fifth of the variants of a
+4-site demo, while leaving the cell out is what DataSHIELD's per-cell disclosure filter
+implies: the small cell never enters any sum, so the coordinator learns nothing of it but
+the flag, and the other sites' results do not depend on it. plink2 has no per-site rule
+(one dataset); its ``--mac`` filter is on the pooled count, as the job's threshold is.
 
 :func:`write_outputs` renders the files an analyst downloads: ``gwas.tsv.gz`` (GWAS-SSF
 v1.1, bgzipped) with its tabix index, its metadata YAML (``gwas.tsv.gz-meta.yaml``), a
@@ -49,7 +64,7 @@ from pipeline.outputs import atomic_file
 from pipeline.stats import glm
 
 __all__ = ["DATA_FILE", "DATA_FILES", "OUTPUT_FILES", "case_control_counts", "data_file_text", "gwas_table", "metadata",
-           "regression_result", "ssf_chromosome", "write_outputs"]
+           "regression_result", "ssf_chromosome", "withheld_below_site_minimum", "write_outputs"]
 
 DATA_FILE = "gwas.tsv.gz"
 """The GWAS-SSF data file (bgzipped, so tabix and the GWAS Catalog read it as it is)."""
@@ -107,7 +122,8 @@ def check_variant_sums(state: RegressionState, n: np.ndarray, alt_count: np.ndar
 
     A variant is called in between 0 and the complete samples the moments round counted
     (n), has between 0 and 2n ALT alleles (allele_count <= allele_number = 2n), and
-    between 0 and every included site can be below its own minimum allele count.
+    between 0 and every included site can be below its own minimum allele count. A site
+    below its minimum is left out (sends zeros), so where every included site is, n is 0.
 
     Raises:
         ProtocolError: naming the first impossible variant and the field.
@@ -123,6 +139,34 @@ def check_variant_sums(state: RegressionState, n: np.ndarray, alt_count: np.ndar
                       labels=ids, noun="variant")
     refuse_impossible("gwas", "below_min", below, (below < 0) | (below > num_sites), f"in [0, the {num_sites} sites]", labels=ids,
                       noun="variant")
+    refuse_impossible("gwas", "n", n, (below == num_sites) & (n != 0),
+                      f"0 where all {num_sites} sites were below their own minimum (each left itself out)", labels=ids,
+                      noun="variant")
+
+
+def withheld_below_site_minimum(n: np.ndarray, alt_count: np.ndarray, below_min: np.ndarray,
+                                min_allele_count: int) -> np.ndarray:
+    """Variants that a site left out and whose remainder is not enough to publish.
+
+    Where no site was left out, the census' publish threshold has already been applied
+    (and its pool was this one's samples before the complete-case and call filters). Where
+    some were, what remains is a new pool: it is published when its minor allele count
+    reaches the job's ``min_allele_count``, and never when it is empty (``n == 0``: every
+    site that holds the variant was left out).
+
+    Args:
+        n: (variants,) samples with a called genotype over the sites not left out.
+        alt_count: (variants,) ALT alleles among them.
+        below_min: (variants,) sites left out (below their own minimum allele count).
+        min_allele_count: the job's publish threshold on the pooled minor allele count.
+
+    Returns:
+        (variants,) bool.
+    """
+    n = np.asarray(n, np.int64)
+    alt = np.rint(np.asarray(alt_count, np.float64)).astype(np.int64)
+    minor = np.minimum(alt, 2 * n - alt)
+    return (np.asarray(below_min, np.int64) > 0) & ((n == 0) | (minor < min_allele_count))
 
 
 def case_control_counts(state: RegressionState) -> dict[str, int]:
@@ -148,7 +192,8 @@ def regression_result(state: RegressionState, beta: np.ndarray, se: np.ndarray, 
         status: (variants,) :data:`pipeline.stats.glm.STATUS` codes.
         n: (variants,) samples with a called genotype.
         alt_count: (variants,) ALT alleles among them.
-        below_min: (variants,) sites below their own minimum allele count.
+        below_min: (variants,) sites below their own minimum allele count, each left out
+            of the variant's sums (zeros with privacy terms: no site is left out).
         num_sites: sites included in the sums.
         layout: the per-variant round's layout (its scale bits go into the summary).
         firth: (variants,) which estimates come from the Firth refit (logistic).
@@ -161,7 +206,8 @@ def regression_result(state: RegressionState, beta: np.ndarray, se: np.ndarray, 
         check_variant_sums(state, n, alt_count, below_min, num_sites)
     ids = np.asarray(state.variant_ids, dtype=object)
     status = np.asarray(status, np.int8).copy()
-    publishable = np.asarray(below_min) == 0
+    left_out = np.asarray(below_min, np.int64)
+    publishable = ~withheld_below_site_minimum(n, alt_count, left_out, p.min_allele_count)
     status[~publishable] = glm.STATUS.index("BELOW_SITE_MIN_ALLELE_COUNT")
     with np.errstate(invalid="ignore", divide="ignore"):
         eaf = np.where(n > 0, np.clip(alt_count / (2.0 * np.maximum(n, 1)), 0.0, 1.0), np.nan)
@@ -173,6 +219,7 @@ def regression_result(state: RegressionState, beta: np.ndarray, se: np.ndarray, 
         "status": pa.array([glm.STATUS[s] for s in status], pa.string()),
         "statistic": pa.array(np.where(ok_mask, statistic, np.nan), pa.float64(), mask=~ok_mask),
         "firth": pa.array(np.zeros(len(ids), bool) if firth is None else firth, pa.bool_()),
+        "n_sites_left_out": pa.array(left_out, pa.int64()),
     })
     status_table = schemas.conform(status_table, "gwas_status", source="gwas result")
     tested = p_value[ok_mask]
@@ -189,6 +236,7 @@ def regression_result(state: RegressionState, beta: np.ndarray, se: np.ndarray, 
         "num_sites": int(num_sites),
         "num_samples": state.standardization.n,
         "variants": {"tested": len(ids), "published": int(publishable.sum()), "ok": int(ok_mask.sum()),
+                     "with_sites_left_out": int(np.count_nonzero(left_out > 0)),
                      "genome_wide_significant": int(np.count_nonzero(tested < GENOME_WIDE)), "status": counts},
         "lambda_gc": None if not math.isfinite(lam) else round(lam, 6),
         "top_hits": [{"variant_id": str(ids[i]), "beta": float(beta[i]), "p_value": float(p_value[i])} for i in order],
@@ -198,7 +246,8 @@ def regression_result(state: RegressionState, beta: np.ndarray, se: np.ndarray, 
         "disclosure": (
             "the regression rounds revealed only sums over the included sites: covariate moments, per-variant sufficient "
             "statistics (or Newton scores and information), and per variant the number of sites below their own minimum "
-            "allele count; variants where that number is not 0 are withheld"
+            "allele count; each such site was left out of that variant's sums (its small cell entered none), and a "
+            "variant is withheld only where what the other sites hold is below the job's min_allele_count or empty"
         ),
         "schemas": {name: schemas.load(name).version for name in ("gwas", "gwas_status")},
     }

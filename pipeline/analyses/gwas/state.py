@@ -87,7 +87,8 @@ class VariantCounts(JsonState):
         n_case: of them, cases.
         alt_count: ALT alleles.
         alt_case: ALT alleles among cases.
-        below_min: sites whose own minor allele count is non-zero and below their minimum.
+        below_min: sites whose own minor allele count is non-zero and below their minimum
+            (each left out of the variant: the other counts are the other sites' sums).
     """
 
     n: np.ndarray
