@@ -35,6 +35,9 @@ ancestry need; each documented in ``schemas/census_variants.json``):
   that site's samples; the coordinator never sees a site's statistic, only the number
   of sites failing. With S sites typing a variant the family-wise rate under HWE is
   about S x ``hwe_p``. ``hwe_p_value`` still reports the pooled test, for reference.
+  With ``hwe_controls`` (a 0/1 column of the samples table, e.g. a case/control
+  phenotype) each site tests its controls only (the column's 0s), as PLINK 1.9's
+  ``--hwe`` did for case/control data: a true association departs from HWE in cases.
   Under differential privacy the flags would depend on single people, so no site
   sends them and the filter uses the pooled test on the noisy counts.
 * **Call rate over the samples that typed it.** plink2 ``--geno`` sees one file; here
@@ -64,6 +67,7 @@ Spec::
     maf: 0.0
     max_samples_per_site: 10000000
     min_sites_typed: 1         # fewer sites typing a variant fail it (filter sites_typed)
+    hwe_controls: null         # a 0/1 column: test HWE on its 0s (controls) only, as PLINK 1.9 did
 """
 
 from __future__ import annotations
@@ -93,7 +97,7 @@ from pipeline.analyses.protocol import (
 )
 from pipeline.analyses.site_cache import SiteCache, dataset_blocks, dataset_fingerprint
 from pipeline.analyses.sum_checks import refuse_impossible
-from pipeline.dataset import Dataset
+from pipeline.dataset import Dataset, check_binary, numeric_column
 from pipeline.encoding import Count, Integer, Ring, plan_layout
 from pipeline.errors import ConfigurationError, InputError, ProtocolError
 from pipeline.harmonize.variant_ids import duplicate_pairs
@@ -127,8 +131,10 @@ __all__ = [
     "census_table",
     "check_census_table",
     "check_counts",
+    "control_sample_ids",
     "minor_allele_count",
     "refuse_duplicate_ids",
+    "site_control_counts",
     "site_variant_counts",
 ]
 
@@ -151,9 +157,16 @@ PARAMS = {
     "maf": Param(0.0, number(0.0, 0.5)),
     "max_samples_per_site": Param(10_000_000, integer(1, 2**40)),
     "min_sites_typed": Param(1, integer(1, 100_000)),
+    "hwe_controls": Param(None, lambda value: None if value is None else _column_name(value)),
     "privacy": Param(None, lambda value: None if value is None else privacy_terms(value)),
 }
 """The census' spec keys, defaults and checks."""
+
+
+def _column_name(value: Any) -> str:
+    if not isinstance(value, str) or not value:
+        raise ValueError("a 0/1 column of the sites' samples tables (e.g. binary_trait)")
+    return value
 
 
 @dataclass(frozen=True)
@@ -167,6 +180,7 @@ class CensusParameters:
     max_samples_per_site: int
     privacy: PrivacyTerms | None = None
     min_sites_typed: int = 1
+    hwe_controls: str | None = None
 
     @classmethod
     def parse(cls, spec: Mapping[str, Any]) -> CensusParameters:
@@ -174,13 +188,14 @@ class CensusParameters:
 
         Raises:
             ConfigurationError: naming the key, what was expected and what was given, or
-                ``min_sites_typed`` above 1 with privacy terms (the sites' flags are exact-only).
+                ``min_sites_typed`` above 1 or ``hwe_controls`` with privacy terms (the sites'
+                flags are exact-only).
         """
         parameters = cls(**parse_params(spec, PARAMS, where="census"))
-        if parameters.privacy is not None and parameters.min_sites_typed > 1:
+        if parameters.privacy is not None and (parameters.min_sites_typed > 1 or parameters.hwe_controls is not None):
             raise ConfigurationError(
-                "census: min_sites_typed needs the sites' exact typed flags, which a differentially private census does "
-                "not send (they would depend on single people); drop min_sites_typed or the privacy terms"
+                "census: min_sites_typed and hwe_controls need the sites' exact flags, which a differentially private "
+                "census does not send (they would depend on single people); drop them or the privacy terms"
             )
         return parameters
 
@@ -493,6 +508,33 @@ def _count_dataset(dataset: Dataset, cache: SiteCache) -> tuple[pa.Array, np.nda
     return ids, counts
 
 
+def control_sample_ids(dataset: Dataset, column: str) -> frozenset[str]:
+    """The site's samples whose ``column`` is 0 (controls), from the samples table alone.
+
+    Raises:
+        SpecMismatch: the column is missing, not numeric or not coded 0/1 (a pre-flight code).
+    """
+    samples = dataset.samples()
+    values = numeric_column(dataset, samples, column, role="hwe_controls column")
+    check_binary(dataset, column, values, role="hwe_controls column")
+    ids = np.asarray([str(s) for s in samples.column("sample_id").to_pylist()], dtype=object)
+    return frozenset(ids[values == 0].tolist())
+
+
+def site_control_counts(dataset: Dataset, cache: SiteCache, column: str) -> tuple[pa.Array, np.ndarray]:
+    """:func:`site_variant_counts` over the samples whose ``column`` is 0 only (HWE in controls)."""
+    def count() -> tuple[pa.Array, np.ndarray]:
+        controls = control_sample_ids(dataset, column)
+        ids = [str(s) for s in dataset.samples().column("sample_id").to_pylist()]
+        keep = np.array([sample in controls for sample in ids], bool)
+        parts = [np.stack(count_variants(np.compress(keep, block.call_dosage, axis=1)))
+                 for block in dataset_blocks(dataset, cache)]
+        counts = np.concatenate(parts, axis=1) if parts else np.zeros((len(COUNT_FIELDS), 0), np.int64)
+        return site_variant_counts(dataset, cache)[0], counts
+
+    return cache.get(("census.site_control_counts", column, dataset_fingerprint(dataset)), count)
+
+
 def refuse_duplicate_ids(dataset: Dataset, ids: pa.Array, chunk_sizes: Sequence[int]) -> None:
     """Refuses a dataset holding a variant ID twice: the site would count its samples twice there.
 
@@ -568,9 +610,18 @@ class Census(Analysis[CensusState]):
 
         The counts round counts every sample of the dataset at every variant (a missing
         call is counted as missing, a sample never drops out), and ``n_samples`` is the
-        dataset's sample count; the key round's keys come from the same samples.
+        dataset's sample count; the key round's keys come from the same samples. With
+        ``hwe_controls`` the HWE flags come from the controls, a second set.
+
+        Raises:
+            SpecMismatch: ``hwe_controls`` is missing, not numeric or not coded 0/1.
         """
-        return (Contribution(dataset_sample_ids(dataset), (GENOTYPES,)),)
+        every = Contribution(dataset_sample_ids(dataset), (GENOTYPES,))
+        column = state.parameters.hwe_controls
+        if column is None:
+            return (every,)
+        controls = Contribution(control_sample_ids(dataset, column), tuple(sorted((column, GENOTYPES))))
+        return tuple(c for c in (every, controls) if c.samples)
 
     def site_step(self, state: CensusState, round_index: int, dataset: Dataset, site: SiteContext) -> dict[str, np.ndarray]:
         """Round 0: the site's keys above its threshold; round 1: its counts and flags over the union.
@@ -620,7 +671,13 @@ class Census(Analysis[CensusState]):
         typed = held & ~left_out
         failing = np.zeros(len(union), bool)
         if parameters.hwe_p > 0:
-            failing = typed & (hwe_exact_p(totals["n_hom_ref"], totals["n_het"], totals["n_hom_alt"]) < parameters.hwe_p)
+            tested = totals
+            if parameters.hwe_controls is not None:
+                tested = {name: np.zeros(len(union), np.int64) for name in COUNT_FIELDS}
+                _, control_counts = site_control_counts(dataset, site.cache, parameters.hwe_controls)
+                for name, values in zip(COUNT_FIELDS, control_counts):
+                    np.add.at(tested[name], where, values[present])
+            failing = typed & (hwe_exact_p(tested["n_hom_ref"], tested["n_het"], tested["n_hom_alt"]) < parameters.hwe_p)
         return {**totals, FLAG_FIELD: flags, TYPED_FIELD: typed.astype(np.int64), HWE_FIELD: failing.astype(np.int64),
                 "n_samples": n_samples}
 

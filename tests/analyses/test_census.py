@@ -310,3 +310,43 @@ def test_census__impossible_counts_from_a_lying_site_fail_the_round_instead_of_b
     total = layout.decode(outcome.total, len(outcome.survivors))
     with pytest.raises(ProtocolError, match=f"variant {state.variant_ids[0]}.*exceeds n_samples"):
         CENSUS.coordinator_step(state, 1, total, len(SITES))
+
+
+def test_census__hwe_in_controls_only_keeps_a_variant_that_departs_in_cases(tmp_path):
+    """A risk allele enriched in cases departs from HWE over all samples; PLINK 1.9 tested controls only, as here."""
+    from tests.analyses.gwas_support import write_phenotypes
+
+    rng = np.random.default_rng(5)
+    names = ("alpha", "beta")
+    ids = rs.variant_ids([100, 200])
+    cohort = {}
+    for index, name in enumerate(names):
+        controls = (rng.random((2, 300)) < 0.2).astype(np.int8) + (rng.random((2, 300)) < 0.2).astype(np.int8)
+        cases = np.stack([np.full(300, 2, np.int8), controls[1][::-1]])  # variant 100: every case hom-alt
+        calls = np.concatenate([controls, cases], axis=1)
+        path = rs.write_dataset(tmp_path / name, ids, calls, sample_prefix=f"{name}-")
+        write_phenotypes(path, {"case": np.repeat([0.0, 1.0], 300)})
+        cohort[name] = (ids, calls, path)
+    contexts = {n: _context(n) for n in names}
+    spec = {"min_allele_count": 0, "hwe_p": 1e-6, "min_call_rate": 0.0}
+    _, _, everyone, _ = _run_census(cohort, spec, contexts, names=names)
+    _, _, in_controls, _ = _run_census(cohort, {**spec, "hwe_controls": "case"}, contexts, names=names)
+    assert everyone.tables["census_variants"].column("filter").to_pylist() == ["hwe", "PASS"]
+    assert in_controls.tables["census_variants"].column("filter").to_pylist() == ["PASS", "PASS"]
+    controls_only = {n: (ids, calls[:, :300], path) for n, (ids, calls, path) in cohort.items()}
+    assert (naive_site_hwe(controls_only, ids, names=names) > 1e-6).all()  # the reference: each site's controls
+
+
+def test_census__hwe_controls_column_is_checked_before_any_count(tmp_path):
+    from pipeline.errors import SpecMismatch
+    from tests.analyses.gwas_support import write_phenotypes
+
+    ids = rs.variant_ids([100])
+    path = rs.write_dataset(tmp_path / "site", ids, rs.random_genotypes(1, 1, 10))
+    write_phenotypes(path, {"case": np.array([0, 1, 2, 0, 1, 0, 1, 0, 1, 0], float)})
+    dataset = dataset_io.open_dataset(path)
+    for column, public in (("case", "not coded 0/1"), ("missing_column", "is missing")):
+        state = CENSUS.init({"hwe_controls": column}, SITES)
+        with pytest.raises(SpecMismatch) as caught:
+            CENSUS.contributions(state, dataset, _context("alpha"))
+        assert public in caught.value.public

@@ -26,6 +26,7 @@ from pipeline.encoding import Layout, Ring
 from pipeline.errors import ConfigurationError, ProtocolError
 from pipeline.federation.in_memory import default_context, run_in_memory
 from tests.analyses import gwas_support as gs
+from tests.federation import runtime_support as rs
 
 BASE = {"covariates": ["age", "sex"], "min_call_rate": 0.0, "hwe_p": 0.0, "min_allele_count": 1}
 LINEAR = {**BASE, "model": "linear", "phenotype": "quant_trait"}
@@ -383,3 +384,26 @@ def test_gwas__impossible_per_variant_sums_are_refused_not_published(linear_run)
         check_variant_sums(state, n, 2.0 * n + 3, np.zeros(v, np.int64), 3)
     with pytest.raises(ProtocolError, match="below_min"):
         check_variant_sums(state, n, n.astype(float), np.full(v, 4, np.int64), 3)
+
+
+def test_gwas_logistic__hwe_in_controls_tests_a_risk_variant_that_departs_in_cases(tmp_path):
+    """A strong recessive risk allele is out of HWE over all samples (cases are hom-alt), not in the controls: with
+    hwe_samples: controls it is tested, as PLINK 1.9's --hwe on case/control data would keep it."""
+    rng = np.random.default_rng(8)
+    ids = [f"chr1:{p}:A:G" for p in (100, 200, 300)]
+    paths = {}
+    for name in ("one", "two"):
+        controls = (rng.random((3, 400)) < 0.25).astype(np.int8) + (rng.random((3, 400)) < 0.25).astype(np.int8)
+        cases = (rng.random((3, 200)) < 0.25).astype(np.int8) + (rng.random((3, 200)) < 0.25).astype(np.int8)
+        cases[0, :150] = 2
+        calls = np.concatenate([controls, cases], axis=1)
+        paths[name] = rs.write_dataset(tmp_path / name, ids, calls)
+        gs.write_phenotypes(paths[name], {"case": np.repeat([0.0, 1.0], [400, 200])})
+    spec = {"model": "logistic", "phenotype": "case", "min_allele_count": 1, "min_call_rate": 0.0, "hwe_p": 1e-6}
+    everyone = run_in_memory(GWAS, spec, paths)
+    in_controls = run_in_memory(GWAS, {**spec, "hwe_samples": "controls"}, paths)
+    assert ids[0] not in {r["variant_id"] for r in _rows(everyone)}  # failed the census' HWE filter, never tested
+    tested = {r["variant_id"]: r for r in _rows(in_controls)}
+    assert set(tested) == set(ids) and tested[ids[0]]["p_value"] < 1e-20
+    with pytest.raises(ConfigurationError, match="hwe_samples: controls needs a case/control phenotype"):
+        GwasParameters.parse({**LINEAR, "hwe_samples": "controls"})

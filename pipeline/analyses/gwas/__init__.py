@@ -88,7 +88,7 @@ from typing import Any
 
 import numpy as np
 
-from pipeline.analyses.census import CENSUS, CensusState
+from pipeline.analyses.census import CENSUS, CensusState, control_sample_ids
 from pipeline.analyses.gwas.outputs import gwas_table, regression_result, write_outputs
 from pipeline.analyses.gwas.regression import REGRESSION, Regression
 from pipeline.analyses.gwas.site_data import complete_cases
@@ -185,6 +185,8 @@ class Gwas(Phased):
            variants pass QC and are tested, are released), and so does the PCA phase
            with ``pcs > 0`` (its loadings and eigenvalues are in the result): every
            sample, over the genotypes.
+        3. With ``hwe_samples: controls`` the census' Hardy-Weinberg flags come from the
+           phenotype's controls: those samples, over the phenotype and the genotypes.
 
         Read from the samples table alone (no genotype). A release the site brings no
         sample to is not listed.
@@ -200,7 +202,11 @@ class Gwas(Phased):
         regression = Contribution(frozenset(ids[keep].tolist()), tuple(sorted((parameters.phenotype, *parameters.covariates,
                                                                              GENOTYPES))))
         every = Contribution(dataset_sample_ids(dataset), (GENOTYPES,))
-        return tuple(c for c in (regression, every) if c.samples)
+        controls = None
+        if parameters.hwe_samples == "controls":  # the census phase's HWE flags come from the controls
+            controls = Contribution(control_sample_ids(dataset, parameters.phenotype),
+                                    tuple(sorted((parameters.phenotype, GENOTYPES))))
+        return tuple(c for c in (regression, every, controls) if c is not None and c.samples)
 
     def site_finish(self, state: PhasedState, dataset: Dataset, site: SiteContext, out_dir: Path) -> dict[str, Any] | None:
         """Keeps this site's PC scores at the site (``pca_scores.parquet``) once the regression phase has begun.

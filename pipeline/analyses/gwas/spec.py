@@ -69,6 +69,7 @@ PARAMS = {
     "hwe_p": Param(1e-6, CENSUS_PARAMS["hwe_p"].check),
     "maf": Param(0.0, CENSUS_PARAMS["maf"].check),
     "min_sites_typed": Param(1, CENSUS_PARAMS["min_sites_typed"].check),
+    "hwe_samples": Param("all", choice("all", "controls")),
     "max_samples_per_site": Param(1_000_000, integer(1, 2**31 - 1)),
     "max_abs_value": Param(1e4, number(1.0, 1e6)),
     "max_abs_z": Param(100.0, number(2.0, 1e4)),
@@ -102,6 +103,7 @@ class GwasParameters:
     firth: bool
     phenotype: str
     privacy: PrivacyTerms | None = None
+    hwe_samples: str = "all"
 
     @classmethod
     def parse(cls, spec: Mapping[str, Any], *, ignore: Iterable[str] = ()) -> GwasParameters:
@@ -118,6 +120,9 @@ class GwasParameters:
         values = parse_params(spec, PARAMS, where="gwas", ignore=ignore)
         if values["phenotype"] in values["covariates"]:
             raise ConfigurationError(f"gwas: the phenotype {values['phenotype']!r} is also listed as a covariate")
+        if values["hwe_samples"] == "controls" and values["model"] != "logistic":
+            raise ConfigurationError("gwas: hwe_samples: controls needs a case/control phenotype (model: logistic); "
+                                     "a quantitative trait has no controls, use hwe_samples: all")
         if values["privacy"] is not None and (values["model"] != "linear" or values["pcs"] != 0):
             raise ConfigurationError(
                 f"gwas with privacy supports model: linear with pcs: 0 for now (got model: {values['model']}, "
@@ -141,6 +146,8 @@ class GwasParameters:
         spec: dict[str, Any] = {"min_allele_count": self.min_allele_count, "min_call_rate": self.min_call_rate,
                                 "hwe_p": self.hwe_p, "maf": self.maf, "max_samples_per_site": self.max_samples_per_site,
                                 "min_sites_typed": self.min_sites_typed}
+        if self.hwe_samples == "controls":
+            spec["hwe_controls"] = self.phenotype  # PLINK 1.9's --hwe on case/control data: the controls (0s)
         if self.privacy is not None:
             spec["privacy"] = census_terms(self.privacy).to_json()
         return spec
