@@ -54,6 +54,11 @@ def _cmdline(pid: int) -> bytes:
         return b""
 
 
+def _minor_allele_count(calls: np.ndarray) -> int:
+    called = calls[calls >= 0].astype(np.int64)
+    return int(min(called.sum(), 2 * called.size - called.sum()))
+
+
 def test_federate__census_equals_pooled_and_leaves_no_process(cohort, tmp_path):
     out = tmp_path / "run"
     arguments = [sys.executable, "-m", "pipeline.cli", "federate", "--job", str(REPO / "workflows" / "census.yaml"), "--out", str(out), "--json"]
@@ -69,11 +74,17 @@ def test_federate__census_equals_pooled_and_leaves_no_process(cohort, tmp_path):
     union = sorted(set().union(*(ids for ids, _, _ in cohort.values())))
     # Sites share keys at or above their policy minimum (provision's default, 5).
     assert set(table["variant_id"]) <= set(union) and len(table["variant_id"]) > 0
+    # A site whose own minor allele count is 1..4 (below the policy minimum of 5) leaves the variant out of its counts.
     pooled = {name: [] for name in COUNT_FIELDS}
+    left_out = []
     for variant in table["variant_id"]:
-        calls = np.concatenate([calls[ids.index(variant)] for ids, calls, _ in cohort.values() if variant in ids])
+        held = [calls[ids.index(variant)] for ids, calls, _ in cohort.values() if variant in ids]
+        kept = [g for g in held if not 0 < _minor_allele_count(g) < 5]
+        left_out.append(len(held) - len(kept))
+        calls = np.concatenate(kept) if kept else np.zeros(0, np.int8)
         for name, value in zip(COUNT_FIELDS, (0, 1, 2, -1)):
             pooled[name].append(int((calls == value).sum()))
+    assert table["n_sites_left_out"] == left_out and any(left_out)
     publishable = np.array(table["publishable"])
     assert publishable.any()
     for name in COUNT_FIELDS:
