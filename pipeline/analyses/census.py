@@ -133,6 +133,7 @@ __all__ = [
     "check_counts",
     "control_sample_ids",
     "minor_allele_count",
+    "minor_count",
     "refuse_duplicate_ids",
     "site_control_counts",
     "site_variant_counts",
@@ -256,11 +257,17 @@ class CensusState:
         return self.variant_ids
 
 
+def minor_count(called: np.ndarray, alt_count: np.ndarray) -> np.ndarray:
+    """min(AC, AN - AC) of ``called`` diploid samples carrying ``alt_count`` ALT alleles (int64)."""
+    called = np.asarray(called, np.int64)
+    alt_count = np.asarray(alt_count, np.int64)
+    return np.minimum(alt_count, 2 * called - alt_count)
+
+
 def minor_allele_count(n_hom_ref: np.ndarray, n_het: np.ndarray, n_hom_alt: np.ndarray) -> np.ndarray:
     """min(AC, AN - AC) among called samples: the count disclosure thresholds apply to."""
-    allele_count = np.asarray(n_het, np.int64) + 2 * np.asarray(n_hom_alt, np.int64)
-    allele_number = 2 * (np.asarray(n_hom_ref, np.int64) + np.asarray(n_het, np.int64) + np.asarray(n_hom_alt, np.int64))
-    return np.minimum(allele_count, allele_number - allele_count)
+    het, hom_alt = np.asarray(n_het, np.int64), np.asarray(n_hom_alt, np.int64)
+    return minor_count(np.asarray(n_hom_ref, np.int64) + het + hom_alt, het + 2 * hom_alt)
 
 
 def below_minimum(called: np.ndarray, alt_count: np.ndarray, site: SiteContext) -> np.ndarray:
@@ -277,9 +284,7 @@ def below_minimum(called: np.ndarray, alt_count: np.ndarray, site: SiteContext) 
     Returns:
         (variants,) int64 0/1 flags.
     """
-    called = np.asarray(called, np.int64)
-    alt_count = np.asarray(alt_count, np.int64)
-    minor = np.minimum(alt_count, 2 * called - alt_count)
+    minor = minor_count(called, alt_count)
     return ((minor > 0) & (minor < site.min_allele_count)).astype(np.int64)
 
 
@@ -430,9 +435,8 @@ def census_table(
         call_rate = np.where(typed_samples > 0, called / np.maximum(typed_samples, 1), 0.0)
         frequency = np.where(allele_number > 0, allele_count / np.maximum(allele_number, 1), np.nan)
     hwe_p = hwe_exact_p(hom_ref, het, hom_alt)
-    minor_count = np.minimum(allele_count, allele_number - allele_count)
     left_out = np.asarray(below_min, np.int64)
-    below_job_minimum = minor_count < parameters.min_allele_count
+    below_job_minimum = minor_count(called, allele_count) < parameters.min_allele_count
     publishable = ~below_job_minimum
     minor_frequency = np.minimum(frequency, 1.0 - frequency)
     exact = typed is not None and hwe_fail is not None
@@ -508,8 +512,8 @@ def _count_dataset(dataset: Dataset, cache: SiteCache) -> tuple[pa.Array, np.nda
     return ids, counts
 
 
-def control_sample_ids(dataset: Dataset, column: str) -> frozenset[str]:
-    """The site's samples whose ``column`` is 0 (controls), from the samples table alone.
+def _controls(dataset: Dataset, column: str) -> tuple[np.ndarray, np.ndarray]:
+    """The site's sample IDs and, per sample, whether its ``column`` is 0 (a control), from the samples table alone.
 
     Raises:
         SpecMismatch: the column is missing, not numeric or not coded 0/1 (a pre-flight code).
@@ -517,17 +521,24 @@ def control_sample_ids(dataset: Dataset, column: str) -> frozenset[str]:
     samples = dataset.samples()
     values = numeric_column(dataset, samples, column, role="hwe_controls column")
     check_binary(dataset, column, values, role="hwe_controls column")
-    ids = np.asarray([str(s) for s in samples.column("sample_id").to_pylist()], dtype=object)
-    return frozenset(ids[values == 0].tolist())
+    return np.asarray([str(s) for s in samples.column("sample_id").to_pylist()], dtype=object), values == 0
+
+
+def control_sample_ids(dataset: Dataset, column: str) -> frozenset[str]:
+    """The site's samples whose ``column`` is 0 (controls), from the samples table alone.
+
+    Raises:
+        SpecMismatch: the column is missing, not numeric or not coded 0/1 (a pre-flight code).
+    """
+    ids, is_control = _controls(dataset, column)
+    return frozenset(ids[is_control].tolist())
 
 
 def site_control_counts(dataset: Dataset, cache: SiteCache, column: str) -> tuple[pa.Array, np.ndarray]:
     """:func:`site_variant_counts` over the samples whose ``column`` is 0 only (HWE in controls)."""
     def count() -> tuple[pa.Array, np.ndarray]:
-        controls = control_sample_ids(dataset, column)
-        ids = [str(s) for s in dataset.samples().column("sample_id").to_pylist()]
-        keep = np.array([sample in controls for sample in ids], bool)
-        parts = [np.stack(count_variants(np.compress(keep, block.call_dosage, axis=1)))
+        _, is_control = _controls(dataset, column)
+        parts = [np.stack(count_variants(np.compress(is_control, block.call_dosage, axis=1)))
                  for block in dataset_blocks(dataset, cache)]
         counts = np.concatenate(parts, axis=1) if parts else np.zeros((len(COUNT_FIELDS), 0), np.int64)
         return site_variant_counts(dataset, cache)[0], counts

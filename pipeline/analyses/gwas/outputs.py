@@ -52,6 +52,7 @@ import pysam
 import yaml
 
 from pipeline import schemas
+from pipeline.analyses.census import minor_count
 from pipeline.analyses.gwas.plots import GENOME_WIDE, write_plots
 from pipeline.analyses.gwas.privacy import job_privacy
 from pipeline.analyses.gwas.state import RegressionState
@@ -164,8 +165,7 @@ def withheld_below_site_minimum(n: np.ndarray, alt_count: np.ndarray, below_min:
         (variants,) bool.
     """
     n = np.asarray(n, np.int64)
-    alt = np.rint(np.asarray(alt_count, np.float64)).astype(np.int64)
-    minor = np.minimum(alt, 2 * n - alt)
+    minor = minor_count(n, np.rint(np.asarray(alt_count, np.float64)).astype(np.int64))
     return (np.asarray(below_min, np.int64) > 0) & ((n == 0) | (minor < min_allele_count))
 
 

@@ -86,11 +86,10 @@ def top_loci(table: pa.Table, *, threshold: float = GENOME_WIDE, half_width: int
              limit: int = MAX_LOCI) -> list[Locus]:
     """The top loci of a ``gwas`` table, strongest first (see the module docstring for the rule)."""
     chromosome, position, p = _columns(table)
-    order = [int(i) for i in np.argsort(np.where(np.isfinite(p), p, np.inf), kind="stable") if np.isfinite(p[i])]
     loci: list[Locus] = []
-    for row in order:
-        if len(loci) >= limit or (loci and p[row] >= threshold):
-            break
+    for row in np.argsort(np.where(np.isfinite(p), p, np.inf), kind="stable").tolist():
+        if not np.isfinite(p[row]) or len(loci) >= limit or (loci and p[row] >= threshold):
+            break  # strongest first: the missing p-values sort last
         if any(chromosome[row] == locus.chromosome and abs(int(position[row]) - locus.position) <= half_width for locus in loci):
             continue
         loci.append(Locus(row, chromosome[row], int(position[row]), float(p[row]),

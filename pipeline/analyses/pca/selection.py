@@ -23,7 +23,7 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 
-from pipeline.analyses.census import COUNT_FIELDS, FLAG_FIELD, check_counts
+from pipeline.analyses.census import COUNT_FIELDS, FLAG_FIELD, check_counts, minor_count
 from pipeline.analyses.pca.state import PcaParameters, Standardization, VariantSelection
 from pipeline.errors import InputError
 from pipeline.harmonize.variant_ids import parse_variant_ids
@@ -59,11 +59,11 @@ def select_variants(
     called = hom_ref + het + hom_alt
     allele_count = het + 2 * hom_alt
     allele_number = 2 * called
-    minor_count = np.minimum(allele_count, allele_number - allele_count)
+    minor = minor_count(called, allele_count)
     with np.errstate(invalid="ignore", divide="ignore"):
         frequency = np.where(allele_number > 0, allele_count / np.maximum(allele_number, 1), np.nan)
     maf = np.minimum(frequency, 1.0 - frequency)
-    eligible = (minor_count >= p.min_allele_count) & (below_min == 0) & (called >= p.min_call_rate * num_samples) & (minor_count > 0)
+    eligible = (minor >= p.min_allele_count) & (below_min == 0) & (called >= p.min_call_rate * num_samples) & (minor > 0)
     if p.typed_at_all_sites:
         eligible &= called + missing == num_samples
     contigs, position, _, _ = parse_variant_ids(ids.tolist())
