@@ -5,11 +5,17 @@ different ancestry mixes; each site writes only the variants polymorphic among i
 samples, with its own quirks (:mod:`pipeline.sim.quirks`); traits have known causal
 variants (:mod:`pipeline.sim.phenotypes`). The same arguments give byte-identical files.
 
+Every causal variant lies in the trait region (``region``). Background regions
+(``background_regions``, on other chromosomes) are simulated separately with the same
+individuals, so they are unlinked to the trait region and carry no causal variant: their
+variants are truly null, and the genomic inflation over them measures stratification
+left after ancestry adjustment, not the spread of true signal through LD.
+
 Layout of ``out`` (others rely on it)::
 
     cohort.json                       the manifest (:class:`CohortManifest`)
-    reference.fa.gz (+ .fai, .gzi)    bgzipped FASTA, one contig of length region end,
-                                      N before the region start
+    reference.fa.gz (+ .fai, .gzi)    bgzipped FASTA, one contig per region, of length
+                                      the region end, N before the region start
     truth.tsv                         causal variants and per-site quirk lists
     ancestry.tsv                      IID, site, population of every simulated person
     site-K/genotypes.vcf.gz (+ .tbi)  or site-K/genotypes.bcf (+ .csi)
@@ -21,7 +27,7 @@ from __future__ import annotations
 import json
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -65,7 +71,7 @@ class SiteManifest:
     index: str
     phenotypes: str
     file_format: str
-    contig: str
+    contig: str  # the trait region's contig as this site names it
     contig_style: str
     phased: bool
     quirks: dict[str, Any]
@@ -74,12 +80,13 @@ class SiteManifest:
     ancestry_counts: dict[str, int]
     genotype_only_samples: tuple[str, ...]
     phenotype_only_samples: tuple[str, ...]
+    background_contigs: tuple[str, ...] = ()  # the background regions' contigs as this site names them
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready form, as in ``cohort.json``."""
         out = dict(self.__dict__)
-        out["genotype_only_samples"] = list(self.genotype_only_samples)
-        out["phenotype_only_samples"] = list(self.phenotype_only_samples)
+        for name in ("genotype_only_samples", "phenotype_only_samples", "background_contigs"):
+            out[name] = list(out[name])
         return out
 
 
@@ -88,7 +95,8 @@ class CohortManifest:
     """What ``cohort.json`` says about a simulated cohort.
 
     ``path`` is the cohort folder; every other path is relative to it (use
-    :meth:`resolve`).
+    :meth:`resolve`). ``region`` (with ``contig``, ``start``, ``end``) is the trait
+    region, which holds every causal variant; ``background_regions`` are the null ones.
     """
 
     path: Path
@@ -105,6 +113,7 @@ class CohortManifest:
     simulation: dict[str, Any]
     traits: dict[str, Any]
     sites: tuple[SiteManifest, ...] = field(default_factory=tuple)
+    background_regions: tuple[str, ...] = ()
 
     def resolve(self, relative: str) -> Path:
         """The absolute path of a file named in the manifest."""
@@ -120,6 +129,7 @@ class CohortManifest:
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready form, as written to ``cohort.json`` (without ``path``)."""
         out = {k: v for k, v in self.__dict__.items() if k not in {"path", "sites"}}
+        out["background_regions"] = list(self.background_regions)
         out["format"] = MANIFEST_FORMAT
         out["sites"] = [site.to_dict() for site in self.sites]
         return out
@@ -149,10 +159,12 @@ def load_manifest(path: Path | str) -> CohortManifest:
                 **s,
                 "genotype_only_samples": tuple(s["genotype_only_samples"]),
                 "phenotype_only_samples": tuple(s["phenotype_only_samples"]),
+                "background_contigs": tuple(s.get("background_contigs", ())),
             }
         )
         for s in site_data
     )
+    data["background_regions"] = tuple(data.get("background_regions", ()))
     return CohortManifest(path=file.parent, sites=sites, **data)
 
 
@@ -172,11 +184,14 @@ class _Progress:
 class _Census:
     """Per-variant facts gathered in a first pass over the simulation.
 
-    position: int64 (v,), VCF POS. alleles: v tuples, ancestral first.
-    site_allele_count: int32 (v, sites, max_alleles). population_alt_count: int64
-    (v, populations), copies of allele 1. population_haplotypes: int64 (populations,).
+    Variants of every region, region by region (the trait region first).
+    region: int64 (v,), index into the simulated regions. position: int64 (v,), VCF POS.
+    alleles: v tuples, ancestral first. site_allele_count: int32 (v, sites, max_alleles).
+    population_alt_count: int64 (v, populations), copies of allele 1.
+    population_haplotypes: int64 (populations,).
     """
 
+    region: np.ndarray
     position: np.ndarray
     alleles: list[tuple[str, ...]]
     site_allele_count: np.ndarray
@@ -203,6 +218,7 @@ def simulate_cohort(
     sites: int = 3,
     samples: int = 1000,
     region: str = DEFAULT_REGION,
+    background_regions: Sequence[str] = (),
     seed: int = 0,
     force: bool = False,
     progress: bool = False,
@@ -213,7 +229,10 @@ def simulate_cohort(
         out: the cohort folder to create.
         sites: number of sites (each ``site-K``).
         samples: VCF samples per site.
-        region: ``contig:start-end``, 1-based inclusive, on a human autosome.
+        region: the trait region ``contig:start-end``, 1-based inclusive, on a human
+            autosome; every causal variant lies in it.
+        background_regions: null regions, each on another autosome, simulated for the
+            same individuals and written after the trait region in every file.
         seed: every random choice derives from it; the same arguments give
             byte-identical files.
         force: replace ``out`` if it exists.
@@ -227,6 +246,7 @@ def simulate_cohort(
         OutputExistsError: ``out`` exists and ``force`` is false.
     """
     interval = parse_region(region)
+    intervals = [interval, *_background_intervals(interval, background_regions)]
     if sites < 1:
         raise ConfigurationError(f"--sites must be at least 1, got {sites}")
     if samples < MIN_SAMPLES:
@@ -236,7 +256,8 @@ def simulate_cohort(
     check_output_path(Path(out), force=force)  # fail before the simulation, not after it
     say = _Progress(progress)
     stream = np.random.SeedSequence(seed).spawn(5 + sites)
-    msprime_seed = int(stream[0].generate_state(1)[0]) % (2**31 - 2) + 1
+    # One msprime seed per region; the first is the trait region's whatever follows it.
+    msprime_seeds = [int(state) % (2**31 - 2) + 1 for state in stream[0].generate_state(len(intervals))]
     assign_rng, causal_rng, phenotype_rng, reference_rng = (np.random.default_rng(s) for s in stream[1:5])
     site_rngs = [np.random.default_rng(s) for s in stream[5:]]
     quirks = [site_quirks(i) for i in range(sites)]
@@ -245,13 +266,18 @@ def simulate_cohort(
     mixes = [ancestry_mix(i) for i in range(sites)]
     site_population_count = [split_counts(samples, mix) for mix in mixes]
     totals = {p: sum(c[p] for c in site_population_count) for p in POPULATIONS}
-    say(f"simulating {sum(totals.values())} diploid individuals over {interval} ({SPECIES}/{DEMOGRAPHIC_MODEL})")
-    simulation = simulate_genotypes(interval, totals, seed=msprime_seed)
+    simulations = []
+    for where, msprime_seed in zip(intervals, msprime_seeds):
+        say(f"simulating {sum(totals.values())} diploid individuals over {where} ({SPECIES}/{DEMOGRAPHIC_MODEL})")
+        simulations.append(simulate_genotypes(where, totals, seed=msprime_seed))
+    simulation = simulations[0]
+    # stdpopsim numbers individuals population by population, so every region has the same people.
+    assert all(np.array_equal(other.individual_population, simulation.individual_population) for other in simulations)
     site_individual = assign_individuals(simulation.individual_population, site_population_count, assign_rng)
-    layout = _layout(simulation, site_individual)
+    layouts = [_layout(each, site_individual) for each in simulations]
 
-    say(f"surveying {simulation.tree_sequence.num_sites} variant sites")
-    census = _survey(simulation, layout)
+    say(f"surveying {sum(each.tree_sequence.num_sites for each in simulations)} variant sites")
+    census = _survey(simulations, layouts)
     quant_index, binary_index = _choose_causal(census, interval, causal_rng)
     causal = np.zeros(len(census.position), dtype=bool)
     causal[quant_index] = True
@@ -260,25 +286,25 @@ def simulate_cohort(
 
     with atomic_directory(out, force=force) as folder:
         say("writing reference.fa.gz")
-        _write_reference(folder / "reference.fa.gz", interval, census, reference_rng)
+        _write_reference(folder / "reference.fa.gz", intervals, census, reference_rng)
         say("drawing phenotypes")
         site_records, effects = _write_phenotypes(
-            folder, simulation, census, site_individual, quant_index, binary_index, quirks, names, phenotype_rng,
+            folder, simulations, census, site_individual, quant_index, binary_index, quirks, names, phenotype_rng,
             site_rngs,
         )
         site_manifests = []
         say("writing genotypes: " + ", ".join(f"{names[s]} {int(plans[s].keep.sum())} variants" for s in range(sites)))
         vcf_paths = _write_genotypes(
-            folder, simulation, census, interval, layout, plans, quirks, names, site_records, site_rngs, say
+            folder, simulations, census, intervals, layouts, plans, quirks, names, site_records, site_rngs, say
         )
         for s in range(sites):
             site_manifests.append(
                 _site_manifest(
-                    names[s], quirks[s], interval, vcf_paths[s], plans[s], census, s, mixes[s],
+                    names[s], quirks[s], intervals, vcf_paths[s], plans[s], census, s, mixes[s],
                     site_population_count[s], site_records[s], samples,
                 )
             )
-        _write_truth(folder / "truth.tsv", interval, census, quant_index, binary_index, effects, plans, names)
+        _write_truth(folder / "truth.tsv", intervals, census, quant_index, binary_index, effects, plans, names)
         manifest = CohortManifest(
             path=Path(out),
             genofed_version=__version__,
@@ -298,7 +324,8 @@ def simulate_cohort(
                 "populations": list(POPULATIONS),
                 "mutation_rate": simulation.mutation_rate,
                 "recombination_rate": simulation.recombination_rate,
-                "msprime_seed": msprime_seed,
+                "msprime_seed": msprime_seeds[0],
+                "background_msprime_seeds": msprime_seeds[1:],
                 "variant_sites": int(len(census.position)),
                 "coordinates": "tskit position x is VCF POS x + 1 and FASTA offset x",
             },
@@ -307,10 +334,30 @@ def simulate_cohort(
                 "causal_variants_chosen": {"quant_trait": len(quant_index), "binary_trait": len(binary_index)},
             },
             sites=tuple(site_manifests),
+            background_regions=tuple(str(each) for each in intervals[1:]),
         )
         (folder / MANIFEST_NAME).write_text(json.dumps(manifest.to_dict(), indent=2, sort_keys=True) + "\n")
     say(f"done: {out}")
     return manifest
+
+
+def _background_intervals(trait: GenomicInterval, regions: Sequence[str]) -> list[GenomicInterval]:
+    """Parses the background regions, in chromosome order; each on a chromosome of its own.
+
+    Raises:
+        ConfigurationError: a region is malformed, or two regions share a chromosome (they
+            would be simulated as unlinked although they are not).
+    """
+    intervals = sorted((parse_region(text) for text in regions), key=lambda each: int(each.chromosome_number))
+    seen = {trait.chromosome_number: str(trait)}
+    for each in intervals:
+        if each.chromosome_number in seen:
+            raise ConfigurationError(
+                f"background region {each} is on the same chromosome as {seen[each.chromosome_number]}; "
+                "each region is simulated as an unlinked chromosome, so give each one on another autosome"
+            )
+        seen[each.chromosome_number] = str(each)
+    return intervals
 
 
 @dataclass(frozen=True)
@@ -338,35 +385,42 @@ def _layout(simulation: SimulatedGenotypes, site_individual: list[np.ndarray]) -
     )
 
 
-def _genotype_chunks(simulation: SimulatedGenotypes, layout: _Layout) -> Iterator[tuple[int, np.ndarray]]:
-    """Yields ``(first_variant, int8 (chunk, haplotypes))`` over all variant sites in order.
+def _genotype_chunks(
+    simulations: Sequence[SimulatedGenotypes], layouts: Sequence[_Layout]
+) -> Iterator[tuple[int, int, np.ndarray]]:
+    """Yields ``(first_variant, region, int8 (chunk, haplotypes))`` over every region's variant sites in order.
 
-    The buffer is reused: consumers must finish with a chunk before asking for the next.
+    A chunk never spans two regions. The buffer is reused: consumers must finish with a
+    chunk before asking for the next.
     """
-    ts = simulation.tree_sequence
-    buffer = np.empty((CHUNK_VARIANTS, layout.sample_node.size), dtype=np.int8)
-    filled = 0
     first = 0
-    for variant in ts.variants(samples=layout.sample_node, copy=False):
-        buffer[filled] = variant.genotypes
-        filled += 1
-        if filled == CHUNK_VARIANTS:
-            yield first, buffer
+    for region, (simulation, layout) in enumerate(zip(simulations, layouts)):
+        buffer = np.empty((CHUNK_VARIANTS, layout.sample_node.size), dtype=np.int8)
+        filled = 0
+        for variant in simulation.tree_sequence.variants(samples=layout.sample_node, copy=False):
+            buffer[filled] = variant.genotypes
+            filled += 1
+            if filled == CHUNK_VARIANTS:
+                yield first, region, buffer
+                first += filled
+                filled = 0
+        if filled:
+            yield first, region, buffer[:filled]
             first += filled
-            filled = 0
-    if filled:
-        yield first, buffer[:filled]
 
 
-def _survey(simulation: SimulatedGenotypes, layout: _Layout) -> _Census:
-    """First pass: alleles, per-site allele counts and per-population ALT counts."""
-    ts = simulation.tree_sequence
+def _survey(simulations: Sequence[SimulatedGenotypes], layouts: Sequence[_Layout]) -> _Census:
+    """First pass: alleles, per-site allele counts and per-population ALT counts, over every region."""
     # tskit's allele order: the ancestral state, then derived states in mutation order.
-    alleles = [tuple(variant.alleles) for variant in ts.variants(copy=False)]
+    alleles = [tuple(variant.alleles) for each in simulations for variant in each.tree_sequence.variants(copy=False)]
+    region = np.concatenate(
+        [np.full(each.tree_sequence.num_sites, r, dtype=np.int64) for r, each in enumerate(simulations)]
+    )
     n_allele = np.array([len(a) for a in alleles], dtype=np.int64)
     max_alleles = max(2, int(n_allele.max(initial=2)))
     if max_alleles > 9:
         raise ConfigurationError(f"a simulated site has {max_alleles} alleles; at most 9 fit in a VCF GT digit")
+    layout = layouts[0]  # every region deals the same individuals to the same sites and populations
     n_site = layout.site_offset.size - 1
     n_population = len(POPULATIONS)
     haplotypes = layout.sample_node.size
@@ -378,7 +432,7 @@ def _survey(simulation: SimulatedGenotypes, layout: _Layout) -> _Census:
     group_size = membership.sum(axis=0).astype(np.int64)
 
     count = np.zeros((len(alleles), n_site + n_population, max_alleles), dtype=np.int32)
-    for first, genotype in _genotype_chunks(simulation, layout):
+    for first, _, genotype in _genotype_chunks(simulations, layouts):
         stop = first + genotype.shape[0]
         # Biallelic rows: the sum of allele indexes is the ALT count (exact in float32).
         count[first:stop, :, 1] = np.rint(genotype.astype(np.float32) @ membership).astype(np.int32)
@@ -388,8 +442,9 @@ def _survey(simulation: SimulatedGenotypes, layout: _Layout) -> _Census:
                 carries = (genotype[multi] == k).astype(np.float32)
                 count[first + multi, :, k] = np.rint(carries @ membership).astype(np.int32)
     count[:, :, 0] = group_size - count[:, :, 1:].sum(axis=2)
-    position = ts.tables.sites.position.astype(np.int64) + 1
+    position = np.concatenate([each.tree_sequence.tables.sites.position.astype(np.int64) + 1 for each in simulations])
     return _Census(
+        region=region,
         position=position,
         alleles=alleles,
         site_allele_count=count[:, :n_site, :],
@@ -401,8 +456,8 @@ def _survey(simulation: SimulatedGenotypes, layout: _Layout) -> _Census:
 def _choose_causal(
     census: _Census, interval: GenomicInterval, rng: np.random.Generator
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Common biallelic variants, polymorphic at every site, spaced along the region."""
-    biallelic = np.array([len(a) == 2 for a in census.alleles], dtype=bool)
+    """Common biallelic variants of the trait region, polymorphic at every site, spaced along it."""
+    biallelic = np.array([len(a) == 2 for a in census.alleles], dtype=bool) & (census.region == 0)
     polymorphic_everywhere = np.all((census.site_allele_count[:, :, :2] > 0).all(axis=2), axis=1)
     present = census.population_haplotypes > 0
     population_frequency = census.population_alt_count[:, present] / census.population_haplotypes[present]
@@ -465,14 +520,20 @@ def _plan_site(
     )
 
 
-def _write_reference(path: Path, interval: GenomicInterval, census: _Census, rng: np.random.Generator) -> None:
-    """FASTA of the whole contig up to the region end: N, then random bases, ancestral at variants."""
-    sequence = np.full(interval.end, ord("N"), dtype=np.uint8)
+def _write_reference(
+    path: Path, intervals: Sequence[GenomicInterval], census: _Census, rng: np.random.Generator
+) -> None:
+    """FASTA with one contig per region, up to the region end: N, then random bases, ancestral at variants."""
     bases = np.frombuffer(b"ACGT", dtype=np.uint8)
-    sequence[interval.start - 1 :] = bases[rng.integers(0, 4, size=interval.end - interval.start + 1)]
-    ancestral = np.array([ord(a[0][0]) for a in census.alleles], dtype=np.uint8)
-    sequence[census.position - 1] = ancestral
-    writers.write_fasta(path, interval.contig, sequence)
+    contigs = []
+    for r, interval in enumerate(intervals):
+        sequence = np.full(interval.end, ord("N"), dtype=np.uint8)
+        sequence[interval.start - 1 :] = bases[rng.integers(0, 4, size=interval.end - interval.start + 1)]
+        in_region = np.flatnonzero(census.region == r)
+        ancestral = np.array([ord(census.alleles[i][0][0]) for i in in_region], dtype=np.uint8)
+        sequence[census.position[in_region] - 1] = ancestral
+        contigs.append((interval.contig, sequence))
+    writers.write_fasta(path, contigs)
 
 
 @dataclass(frozen=True)
@@ -488,7 +549,7 @@ class _SiteSamples:
 
 def _write_phenotypes(
     folder: Path,
-    simulation: SimulatedGenotypes,
+    simulations: Sequence[SimulatedGenotypes],
     census: _Census,
     site_individual: list[np.ndarray],
     quant_index: np.ndarray,
@@ -502,6 +563,7 @@ def _write_phenotypes(
 
     Returns the site sample records and the causal effects per trait.
     """
+    simulation = simulations[0]  # the trait region, where every causal variant lies
     n_individual = simulation.individual_population.shape[0]
     causal = np.concatenate([quant_index, binary_index])
     dosage = _causal_dosage(simulation, census.position[causal] - 1)
@@ -585,10 +647,10 @@ def _causal_dosage(simulation: SimulatedGenotypes, tskit_position: np.ndarray) -
 
 def _write_genotypes(
     folder: Path,
-    simulation: SimulatedGenotypes,
+    simulations: Sequence[SimulatedGenotypes],
     census: _Census,
-    interval: GenomicInterval,
-    layout: _Layout,
+    intervals: Sequence[GenomicInterval],
+    layouts: Sequence[_Layout],
     plans: list[_SitePlan],
     quirks: list[SiteQuirks],
     names: list[str],
@@ -597,7 +659,7 @@ def _write_genotypes(
     say: _Progress,
 ) -> list[tuple[str, str]]:
     """Second pass over the simulation: every site's records, then BCF conversion and indexes."""
-    contigs = [contig_name(interval.chromosome_number, q.contig_style) for q in quirks]
+    contigs = [[contig_name(each.chromosome_number, q.contig_style) for each in intervals] for q in quirks]
     # BCF sites go through an uncompressed VCF intermediate, removed after conversion.
     text_paths = [
         folder / name / ("genotypes.vcf" if q.file_format == "bcf" else "genotypes.vcf.gz")
@@ -608,11 +670,16 @@ def _write_genotypes(
         handle = writers.open_vcf_output(path)
         source = f"stdpopsim {SPECIES}/{DEMOGRAPHIC_MODEL} via {ENGINE}"
         handle.write(
-            writers.vcf_header(contigs[s], interval.end, site_records[s].vcf_sample_id, source=source).encode()
+            writers.vcf_header(
+                [(contig, each.end) for contig, each in zip(contigs[s], intervals)],
+                site_records[s].vcf_sample_id,
+                source=source,
+            ).encode()
         )
         handles.append(handle)
     try:
-        for first, genotype in _genotype_chunks(simulation, layout):
+        for first, region, genotype in _genotype_chunks(simulations, layouts):
+            layout = layouts[region]
             stop = first + genotype.shape[0]
             for s, plan in enumerate(plans):
                 row = np.flatnonzero(plan.keep[first:stop])
@@ -638,7 +705,7 @@ def _write_genotypes(
                 cells = writers.encode_genotype_cells(allele, phased=quirks[s].phased)
                 handles[s].write(
                     writers.vcf_lines(
-                        contigs[s],
+                        contigs[s][region],
                         census.position[variant],
                         [plan.ref[i] for i in variant],
                         [plan.alt[i] for i in variant],
@@ -666,7 +733,7 @@ def _write_genotypes(
 def _site_manifest(
     name: str,
     quirks: SiteQuirks,
-    interval: GenomicInterval,
+    intervals: Sequence[GenomicInterval],
     paths: tuple[str, str],
     plan: _SitePlan,
     census: _Census,
@@ -685,7 +752,7 @@ def _site_manifest(
         index=paths[1],
         phenotypes=f"{name}/phenotypes.tsv",
         file_format=quirks.file_format,
-        contig=contig_name(interval.chromosome_number, quirks.contig_style),
+        contig=contig_name(intervals[0].chromosome_number, quirks.contig_style),
         contig_style=quirks.contig_style,
         phased=quirks.phased,
         quirks=quirks.to_dict(),
@@ -703,6 +770,7 @@ def _site_manifest(
         ancestry_counts=population_count,
         genotype_only_samples=samples_record.genotype_only,
         phenotype_only_samples=samples_record.phenotype_only,
+        background_contigs=tuple(contig_name(each.chromosome_number, quirks.contig_style) for each in intervals[1:]),
     )
 
 
@@ -711,7 +779,7 @@ TRUTH_COLUMNS = ("chromosome", "base_pair_location", "ref", "alt", "effect", "tr
 
 def _write_truth(
     path: Path,
-    interval: GenomicInterval,
+    intervals: Sequence[GenomicInterval],
     census: _Census,
     quant_index: np.ndarray,
     binary_index: np.ndarray,
@@ -727,11 +795,13 @@ def _write_truth(
     for trait, index in (("quant_trait", quant_index), ("binary_trait", binary_index)):
         for i, effect in zip(index, effects[trait]):
             ref, alt = census.alleles[i]
-            lines.append(f"{interval.contig}\t{census.position[i]}\t{ref}\t{alt}\t{effect:.6f}\t{trait}\tcausal\t{NA}")
+            contig = intervals[census.region[i]].contig
+            lines.append(f"{contig}\t{census.position[i]}\t{ref}\t{alt}\t{effect:.6f}\t{trait}\tcausal\t{NA}")
     for plan, name in zip(plans, names):
         for kind, mask in (("ref_alt_swap", plan.swapped), ("dropped", plan.dropped)):
             for i in np.flatnonzero(mask):
                 ref = census.alleles[i][0]
                 alt = plan.ref[i] if plan.swapped[i] else plan.alt[i]
-                lines.append(f"{interval.contig}\t{census.position[i]}\t{ref}\t{alt}\t{NA}\t{NA}\t{kind}\t{name}")
+                contig = intervals[census.region[i]].contig
+                lines.append(f"{contig}\t{census.position[i]}\t{ref}\t{alt}\t{NA}\t{NA}\t{kind}\t{name}")
     path.write_text("\n".join(lines) + "\n")

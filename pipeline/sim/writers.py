@@ -24,12 +24,12 @@ _DOT = ord(".")
 _ZERO = ord("0")
 
 
-def vcf_header(contig: str, contig_length: int, sample_id: Sequence[str], *, source: str) -> str:
-    """The VCF header text: fileformat, FILTER, one ``##contig`` with length, GT, #CHROM line."""
+def vcf_header(contigs: Sequence[tuple[str, int]], sample_id: Sequence[str], *, source: str) -> str:
+    """The VCF header text: fileformat, FILTER, one ``##contig`` with length per (name, length), GT, #CHROM line."""
     lines = [
         "##fileformat=VCFv4.2",
         '##FILTER=<ID=PASS,Description="All filters passed">',
-        f"##contig=<ID={contig},length={contig_length}>",
+        *(f"##contig=<ID={contig},length={length}>" for contig, length in contigs),
         '##FORMAT=<ID=GT,Number=1,Type=String,Description="Genotype">',
         f"##source={source} (genofed {__version__})",
         "#" + "\t".join(["CHROM", "POS", "ID", "REF", "ALT", "QUAL", "FILTER", "INFO", "FORMAT", *sample_id]),
@@ -111,25 +111,25 @@ def convert_to_bcf(vcf: Path, bcf: Path) -> Path:
     return Path(f"{bcf}.csi")
 
 
-def write_fasta(path: Path, contig: str, sequence: np.ndarray) -> None:
-    """Writes one contig as bgzipped FASTA with ``.fai`` and ``.gzi`` indexes.
+def write_fasta(path: Path, contigs: Sequence[tuple[str, np.ndarray]]) -> None:
+    """Writes contigs as bgzipped FASTA with ``.fai`` and ``.gzi`` indexes.
 
     Args:
         path: output path ending in ``.fa.gz``.
-        contig: the sequence name.
-        sequence: uint8 (length,), ASCII bases.
+        contigs: (name, uint8 (length,) ASCII bases) per contig, in file order.
     """
-    length = int(sequence.shape[0])
-    full_lines = length // FASTA_LINE_WIDTH
-    body = np.empty((full_lines, FASTA_LINE_WIDTH + 1), dtype=np.uint8)
-    body[:, :FASTA_LINE_WIDTH] = sequence[: full_lines * FASTA_LINE_WIDTH].reshape(full_lines, FASTA_LINE_WIDTH)
-    body[:, FASTA_LINE_WIDTH] = ord("\n")
-    tail = sequence[full_lines * FASTA_LINE_WIDTH :]
     with open_bgzf(path) as handle:
-        handle.write(f">{contig}\n".encode())
-        step = 100_000  # lines per write, to bound the size of each bytes object
-        for begin in range(0, full_lines, step):
-            handle.write(body[begin : begin + step].tobytes())
-        if tail.size:
-            handle.write(tail.tobytes() + b"\n")
+        for contig, sequence in contigs:
+            length = int(sequence.shape[0])
+            full_lines = length // FASTA_LINE_WIDTH
+            body = np.empty((full_lines, FASTA_LINE_WIDTH + 1), dtype=np.uint8)
+            body[:, :FASTA_LINE_WIDTH] = sequence[: full_lines * FASTA_LINE_WIDTH].reshape(full_lines, FASTA_LINE_WIDTH)
+            body[:, FASTA_LINE_WIDTH] = ord("\n")
+            tail = sequence[full_lines * FASTA_LINE_WIDTH :]
+            handle.write(f">{contig}\n".encode())
+            step = 100_000  # lines per write, to bound the size of each bytes object
+            for begin in range(0, full_lines, step):
+                handle.write(body[begin : begin + step].tobytes())
+            if tail.size:
+                handle.write(tail.tobytes() + b"\n")
     pysam.faidx(str(path))

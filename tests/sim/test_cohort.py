@@ -334,20 +334,82 @@ def test_cli_simulate__writes_layout_and_json_summary(tmp_path: Path) -> None:
     assert (out / "site-1" / "genotypes.vcf.gz.tbi").is_file()
     assert (out / "site-2" / "genotypes.bcf.csi").is_file()
     assert load_manifest(out).seed == 5
+    assert load_manifest(out).background_regions == ("chr21:15000000-25000000",)  # the default null background
 
     again = CliRunner().invoke(main, args)
     assert again.exit_code == 1
     assert "already exists" in again.stderr and "--force" in again.stderr
 
-    forced = CliRunner().invoke(main, [*args, "--force", "--progress"])
+    forced = CliRunner().invoke(main, [*args, "--force", "--progress", "--background-region", "none"])
     assert forced.exit_code == 0, forced.output
     assert "simulating" in forced.stderr and "done:" in forced.stderr
+    assert load_manifest(out).background_regions == ()
 
 
 def test_cli_simulate__malformed_region_is_usage_error(tmp_path: Path) -> None:
     result = CliRunner().invoke(main, ["cohort", "simulate", "--out", str(tmp_path / "x"), "--region", "chr22:10"])
     assert result.exit_code == 2
     assert "CONTIG:START-END" in result.output
+    assert not (tmp_path / "x").exists()
+
+
+BACKGROUND = {**TINY, "background_regions": ["chr21:20000000-20150000"]}
+
+
+@pytest.fixture(scope="session")
+def background_cohort(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("background") / "cohort"
+    simulate_cohort(out, **BACKGROUND)
+    return out
+
+
+def test_background_region__every_file_carries_both_chromosomes_causal_variants_only_in_the_trait_region(
+    background_cohort: Path,
+) -> None:
+    manifest = load_manifest(background_cohort)
+    assert manifest.region == TINY["region"] and manifest.background_regions == ("chr21:20000000-20150000",)
+    fasta = pysam.FastaFile(str(background_cohort / "reference.fa.gz"))
+    assert list(fasta.references) == ["chr22", "chr21"]
+    assert fasta.get_reference_length("chr21") == 20_150_000
+    assert set(fasta.fetch("chr21", 0, 20_000_000 - 1)) == {"N"} and "N" not in fasta.fetch("chr21", 20_000_000 - 1, 20_150_000)
+    truth = _truth(background_cohort)
+    assert {r["chromosome"] for r in truth if r["kind"] == "causal"} == {"chr22"}
+    swapped = {(r["chromosome"], int(r["base_pair_location"]), r["site"]) for r in truth if r["kind"] == "ref_alt_swap"}
+    assert any(chromosome == "chr21" for chromosome, _, _ in swapped)
+    for site in manifest.sites:
+        style = "chr" if site.contig_style == "chr" else ""
+        assert (site.contig, site.background_contigs) == (f"{style}22", (f"{style}21",))
+        with pysam.VariantFile(str(manifest.resolve(site.vcf))) as vcf:
+            assert {name: vcf.header.contigs[name].length for name in vcf.header.contigs} == {
+                f"{style}22": 16_200_000, f"{style}21": 20_150_000}
+            background = list(vcf.fetch(f"{style}21"))
+            assert len(background) + len(list(vcf.fetch(f"{style}22"))) == site.counts["variants"]
+        assert background and all(20_000_000 <= r.pos <= 20_150_000 for r in background)
+        for record in background:  # REF is the FASTA base, or ALT is where the site swapped them
+            base = fasta.fetch("chr21", record.pos - 1, record.pos)
+            if ("chr21", record.pos, site.name) in swapped:
+                assert record.alts == (base,)
+            else:
+                assert record.ref == base
+
+
+def test_background_region__same_arguments_same_bytes_and_the_trait_region_is_not_copied(
+    background_cohort: Path, tmp_path: Path
+) -> None:
+    again = tmp_path / "again"
+    simulate_cohort(again, **BACKGROUND)
+    assert _digests(again) == _digests(background_cohort)
+    with pysam.VariantFile(str(background_cohort / "site-1" / "genotypes.vcf.gz")) as vcf:
+        trait = [r.samples.values()[0]["GT"] for r in vcf.fetch("chr22")][:200]
+        null = [r.samples.values()[0]["GT"] for r in vcf.fetch("chr21")][:200]
+    assert trait != null
+
+
+def test_background_region__on_the_trait_chromosome_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(ConfigurationError, match="same chromosome"):
+        simulate_cohort(tmp_path / "x", **{**TINY, "background_regions": ["22:30000000-30100000"]})
+    with pytest.raises(ConfigurationError, match="same chromosome"):
+        simulate_cohort(tmp_path / "x", **{**TINY, "background_regions": ["chr21:1-100000", "chr21:200000-300000"]})
     assert not (tmp_path / "x").exists()
 
 
