@@ -1,4 +1,4 @@
-"""Ingest: a site's VCF/BCF (+ FASTA, + phenotypes) -> a harmonized Parquet dataset.
+"""Ingest: a site's VCF/BCF files (+ FASTA, + phenotypes) -> a harmonized Parquet dataset.
 
 With an index the file is cut into genomic regions of ``chunk_size`` bases and each
 region becomes one Dask task (``read_blocks`` -> harmonize -> ``write_chunk`` into the
@@ -12,6 +12,12 @@ streamed in order and cut into the same windows. Memory is bounded by the chunk 
 ``samples.parquet``, ``dataset.json`` and ``ingest-report.json`` and renames the folder
 into place; on any error nothing is left behind.
 
+Several inputs (one file per chromosome, say) make one dataset, as if ``bcftools
+concat`` had joined them: the same samples in the same order, each contig from one
+input only (:mod:`pipeline.ingest_inputs`). Chunks are numbered over the inputs in the
+order given, regions in file order within each; indexed inputs' regions are one Dask
+graph, unindexed inputs are streamed in turn.
+
 Both ways read one semantics (:mod:`pipeline.io.vcf`): a file gives the same dataset
 streamed, or read by region through a TBI or CSI index. After all chunks are written, a
 variant key that occurs twice in the dataset (the same locus under ``chr1``/``1`` or
@@ -21,10 +27,12 @@ fails the ingest with one line naming both input records and the fix; nothing is
 
 ``ingest-report.json`` keys (stable; new keys may be added, none renamed):
 
-- ``genofed_version``; ``inputs``: ``vcf``, ``fasta``, ``phenotypes`` (paths or null),
-  ``indexed`` (whether the file was split by region); ``settings``: ``chunk_size``,
-  ``contig_style``, ``scheduler``, ``workers``.
-- ``records_read``: VCF records read (before splitting).
+- ``genofed_version``; ``inputs``: ``vcf`` (the path of a single input; the list of paths,
+  in order and with ``{chrom}`` patterns expanded, when there are several), ``fasta``,
+  ``phenotypes`` (paths or null), ``indexed`` (whether every input was split by region);
+  ``settings``: ``chunk_size``, ``contig_style``, ``scheduler``, ``workers``.
+- ``records_read``: VCF records read (before splitting); ``records_read_by_input``: the
+  same per input path, in input order.
 - ``records_without_gt``: records whose FORMAT has no GT (PL only, say); their calls
   are read as missing, as bcftools and plink2 do. A file where no record has GT is
   refused.
@@ -54,7 +62,7 @@ import logging
 import os
 import re
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -67,9 +75,15 @@ from pipeline.dataset import Block, write_metadata
 from pipeline.errors import ConfigurationError, InputError, VcfFormatError, disk_full
 from pipeline.harmonize.batch import VariantBatch, add_counts
 from pipeline.harmonize.chain import harmonizer
-from pipeline.harmonize.contigs import CONTIG_STYLES
+from pipeline.harmonize.contigs import CONTIG_STYLES, canonical_contig
 from pipeline.harmonize.duplicates import refuse_duplicate_variants
 from pipeline.harmonize.samples import match_samples
+from pipeline.ingest_inputs import (
+    check_same_samples,
+    describe_inputs,
+    expand_inputs,
+    refuse_shared_contigs,
+)
 from pipeline.ingest_task import (
     RECORDS_PER_BLOCK,
     ChunkTask,
@@ -81,7 +95,13 @@ from pipeline.ingest_task import (
 )
 from pipeline.io.fasta import open_reference
 from pipeline.io.phenotypes import read_phenotypes
-from pipeline.io.vcf import Region, VcfSource, index_record_counts, open_vcf, read_blocks
+from pipeline.io.vcf import (
+    Region,
+    VcfSource,
+    index_record_counts,
+    open_vcf,
+    read_blocks,
+)
 
 log = logging.getLogger(__name__)
 
@@ -115,20 +135,23 @@ def _parse_scheduler(scheduler: str, workers: int | None) -> str:
     return parse_scheduler(scheduler)
 
 
-def _stream(vcf: str, out: Path, *, num_samples: int, chunk_size: int, fasta: str | None, contig_style: str, progress: bool) -> list[dict[str, Any]]:
-    """Without an index: reads the file in order, cutting chunks on the region grid."""
+def _stream(vcf: str, out: Path, *, first_chunk: int, num_samples: int, chunk_size: int, fasta: str | None, contig_style: str,
+            progress: bool) -> list[dict[str, Any]]:
+    """Without an index: reads the file in order, cutting chunks on the region grid (numbered from ``first_chunk``)."""
     reference = open_reference(fasta) if fasta else None
     harmonize = harmonizer(contig_style=contig_style, reference=reference)
     results: list[dict[str, Any]] = []
     counts: dict[str, Any] = empty_counts()
+    records_by_contig: dict[str, int] = {}
     pending: list[Block] = []
     current: tuple[str, int] | None = None
 
     def flush() -> None:
-        nonlocal pending, counts
-        entry = write_blocks(out, len(results), pending, num_samples)
-        results.append({"chunk_index": len(results), "entry": entry, "counts": counts})
-        pending, counts = [], empty_counts()
+        nonlocal pending, counts, records_by_contig
+        index = first_chunk + len(results)
+        entry = write_blocks(out, index, pending, num_samples)
+        results.append({"chunk_index": index, "entry": entry, "counts": counts, "records_by_contig": records_by_contig})
+        pending, counts, records_by_contig = [], empty_counts(), {}
 
     bar = progress_bar(progress, unit="records", desc="ingest")
     try:
@@ -143,6 +166,7 @@ def _stream(vcf: str, out: Path, *, num_samples: int, chunk_size: int, fasta: st
                 if part.num_variants:
                     pending.append(dense_block(part))
             counts = add_reader_counts(dict(add_counts(counts, batch.counts)), record_block)
+            records_by_contig[record_block.contig] = records_by_contig.get(record_block.contig, 0) + record_block.num_records
             if bar is not None:
                 bar.update(int(record_block.position.shape[0]))
         if current is not None or counts["records_read"]:
@@ -190,10 +214,7 @@ def _check_index_counts(source: VcfSource, results: list[dict[str, Any]]) -> Non
     if any("records_by_contig" not in result for result in results):
         log.info("%s: ingest parts written by an older genofed carry no per-contig counts; the index check is skipped", source.path)
         return
-    read: dict[str, int] = {}
-    for result in results:
-        for contig, number in result["records_by_contig"].items():
-            read[contig] = read.get(contig, 0) + int(number)
+    read = _records_by_contig(results)
     differ = [name for name in dict.fromkeys([*expected, *read]) if expected.get(name, 0) != read.get(name, 0)]
     if differ:
         shown = ", ".join(f"{name}: index {expected.get(name, 0)}, read {read.get(name, 0)}" for name in differ[:5])
@@ -226,15 +247,71 @@ def _compute(tasks: list[ChunkTask], *, scheduler: str, workers: int | None, pro
 PARTS_RESULTS = "results"
 
 
-def _region_tasks(vcf: str, out: str, *, chunk_size: int, fasta: str | None, contig_style: str) -> list[ChunkTask]:
-    source = open_vcf(vcf)
-    if not source.has_index:
-        raise InputError(f"{vcf}: no index (.tbi/.csi), so it cannot be split into parts; index it with 'bcftools index {vcf}'")
-    return [ChunkTask(vcf, region, i, out, len(source.samples), fasta, contig_style) for i, region in enumerate(source.regions(chunk_size))]
+def _open_inputs(vcf: str | Path | Sequence[str | Path]) -> tuple[list[str], list[VcfSource]]:
+    """The inputs' paths (``{chrom}`` patterns expanded) and opened files; inputs whose samples differ are refused."""
+    paths = expand_inputs(vcf)
+    sources = [open_vcf(path) for path in paths]
+    check_same_samples(paths, sources)
+    return paths, sources
+
+
+def _plan_regions(paths: Sequence[str], sources: Sequence[VcfSource], chunk_size: int, contig_style: str) -> list[list[Region] | None]:
+    """Each indexed input's regions (None for an input to stream); a contig with regions in two inputs fails before any work."""
+    plans = [source.regions(chunk_size) if source.has_index else None for source in sources]
+    refuse_shared_contigs([(path, [region.contig for region in regions]) for path, regions in zip(paths, plans) if regions is not None],
+                          contig_style)
+    return plans
+
+
+def _chunk_plan(
+    paths: Sequence[str], sources: Sequence[VcfSource], plans: Sequence[list[Region] | None], out: str, *, fasta: str | None,
+    contig_style: str, stream: Callable[[str, int], list[dict[str, Any]]],
+) -> tuple[list[ChunkTask], dict[str, list[dict[str, Any]]]]:
+    """Numbers chunks over the inputs in order: an indexed input's regions become tasks, an unindexed input is streamed now.
+
+    ``stream(path, first_chunk)`` reads an unindexed input into chunks numbered from
+    ``first_chunk`` and returns their results (by path here). One numbering serves the
+    Dask graph, the batch parts and the streamed inputs, so a dataset's chunk files do
+    not depend on how it was computed.
+    """
+    tasks: list[ChunkTask] = []
+    streamed: dict[str, list[dict[str, Any]]] = {}
+    next_chunk = 0
+    for path, source, regions in zip(paths, sources, plans):
+        if regions is None:
+            streamed[path] = stream(path, next_chunk)
+            next_chunk += len(streamed[path])
+        else:
+            tasks += [ChunkTask(path, region, next_chunk + i, out, len(source.samples), fasta, contig_style) for i, region in enumerate(regions)]
+            next_chunk += len(regions)
+    return tasks, streamed
+
+
+def _needs_index(path: str, first_chunk: int) -> list[dict[str, Any]]:
+    """A batch ingest cuts every input by region: an unindexed one is refused."""
+    raise InputError(f"{path}: no index (.tbi/.csi), so it cannot be split into parts; index it with 'bcftools index {path}'")
+
+
+def _records_by_contig(results: Sequence[dict[str, Any]]) -> dict[str, int]:
+    """Records read per source contig over ``results`` (parts from an older genofed carry none)."""
+    read: dict[str, int] = {}
+    for result in results:
+        for contig, number in result.get("records_by_contig", {}).items():
+            read[contig] = read.get(contig, 0) + int(number)
+    return read
+
+
+def _sum_counts(results: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """The ingest counters summed over ``results``."""
+    counts: dict[str, Any] = empty_counts()
+    for result in results:
+        counts = dict(add_counts(counts, result["counts"]))
+    counts["dropped"] = dict(counts["dropped"])
+    return counts
 
 
 def ingest_part(
-    vcf: str | Path,
+    vcf: str | Path | Sequence[str | Path],
     *,
     parts_dir: str | Path,
     part: int,
@@ -248,18 +325,21 @@ def ingest_part(
     """One task of a batch (array job) ingest: regions ``part``, ``part + parts``, ... into ``parts_dir``.
 
     Every task writes its chunk files and ``results/part-NNNNN.json`` into the shared
-    ``parts_dir``; :func:`ingest` with ``parts_dir=`` then assembles the dataset. A task
-    run again overwrites its own files only.
+    ``parts_dir``; :func:`ingest` with ``parts_dir=`` and the same inputs then assembles
+    the dataset. Regions are numbered over all inputs as :func:`ingest` numbers them. A
+    task run again overwrites its own files only.
 
     Raises:
-        InputError: the VCF has no index.
+        InputError: an input has no index, or the inputs do not make one dataset.
         ConfigurationError: ``part`` is not in ``0..parts-1``.
     """
     if not 0 <= part < parts:
         raise ConfigurationError(f"part {part} of {parts}: expected 0 <= part < parts")
     parts_path = Path(parts_dir)
     fasta_path = None if fasta is None else str(fasta)
-    tasks = _region_tasks(str(vcf), str(parts_path), chunk_size=parse_chunk_size(chunk_size), fasta=fasta_path, contig_style=contig_style)
+    paths, sources = _open_inputs(vcf)
+    plans = _plan_regions(paths, sources, parse_chunk_size(chunk_size), contig_style)
+    tasks, _ = _chunk_plan(paths, sources, plans, str(parts_path), fasta=fasta_path, contig_style=contig_style, stream=_needs_index)
     mine = [task for task in tasks if task.chunk_index % parts == part]
     (parts_path / PARTS_RESULTS).mkdir(parents=True, exist_ok=True)
     results = _compute(mine, scheduler=_parse_scheduler(scheduler, workers), workers=workers, progress=False) if mine else []
@@ -276,11 +356,12 @@ def _collect_parts(parts_dir: Path, tasks: list[ChunkTask], tmp: Path) -> list[d
     for path in sorted((parts_dir / PARTS_RESULTS).glob("part-*.json")):
         record = json.loads(path.read_text())
         if record["num_regions"] != len(tasks):
-            raise InputError(f"{path}: written for {record['num_regions']} regions, the VCF has {len(tasks)} now; run the ingest parts again")
+            raise InputError(f"{path}: written for {record['num_regions']} regions, the input has {len(tasks)} now; run the ingest parts again")
         results.extend(record["results"])
     found = sorted(r["chunk_index"] for r in results)
-    if found != list(range(len(tasks))):
-        missing = sorted(set(range(len(tasks))) - set(found))
+    expected = sorted(task.chunk_index for task in tasks)
+    if found != expected:
+        missing = sorted(set(expected) - set(found))
         raise InputError(f"{parts_dir}: the ingest parts cover {len(found)} of {len(tasks)} regions (missing chunks {missing[:5]}); run the missing parts")
     for result in results:
         if result["entry"] is not None:
@@ -308,23 +389,36 @@ def _check_reference_contigs(fasta: str, contigs: list[Region], vcf: str) -> Non
             ) from error
 
 
-def _genome_assembly(given: str | None, in_header: str | None, vcf: str) -> str | None:
-    """The assembly a dataset records: ``--assembly``, else the VCF header's; the two must agree.
+def _genome_assembly(given: str | None, in_headers: Sequence[tuple[str, str | None]]) -> str | None:
+    """The assembly a dataset records: ``--assembly``, else the one the inputs' headers name; all must agree.
+
+    Args:
+        in_headers: ``(path, assembly its header names or None)`` per input.
 
     Raises:
-        ConfigurationError: ``given`` is not a known assembly, or the header names another one.
+        ConfigurationError: ``given`` is not a known assembly, or a header names another one.
     """
     given = check_assembly(given, source="--assembly")
-    if given is not None and in_header is not None and given != in_header:
+    named = [(vcf, name) for vcf, name in in_headers if name is not None]
+    if not named:
+        return given
+    first, in_header = named[0]
+    for vcf, name in named[1:]:
+        if name != in_header:
+            raise ConfigurationError(
+                f"{vcf}: the header's ##reference/##contig lines name {name} but those of {first} name {in_header}; all inputs "
+                "must be on one assembly (lift one over first)"
+            )
+    if given is not None and given != in_header:
         raise ConfigurationError(
-            f"{vcf}: --assembly {given} but the header's ##reference/##contig lines name {in_header}; give the assembly "
+            f"{first}: --assembly {given} but the header's ##reference/##contig lines name {in_header}; give the assembly "
             "the positions are on (lift the VCF over first if it is the other one)"
         )
-    return given or in_header
+    return in_header
 
 
 def ingest(
-    vcf: str | Path,
+    vcf: str | Path | Sequence[str | Path],
     *,
     out: str | Path,
     fasta: str | Path | None = None,
@@ -338,10 +432,13 @@ def ingest(
     progress: bool = False,
     parts_dir: str | Path | None = None,
 ) -> dict[str, Any]:
-    """Harmonizes ``vcf`` into a dataset at ``out`` and returns the ingest report.
+    """Harmonizes ``vcf`` (one file or several) into a dataset at ``out`` and returns the ingest report.
 
     Args:
         vcf: VCF, BGZF VCF or BCF; with a .tbi/.csi index the work is split by region.
+            Several files (a sequence; a path with ``{chrom}`` stands for the files that
+            exist for chromosomes 1..22, X, Y, MT) make one dataset: the same samples in
+            the same order, each contig from one file only (:mod:`pipeline.ingest_inputs`).
         out: dataset folder to create (atomically).
         fasta: reference FASTA to check REF against (swap, strand flip, drop).
         phenotypes: TSV keyed by IID to match samples with.
@@ -369,51 +466,64 @@ def ingest(
         raise ConfigurationError(f"unknown contig style {contig_style!r}; use one of {', '.join(CONTIG_STYLES)}")
     out_path = Path(out)
     outputs.check_output_path(out_path, force=force)
-    vcf_path = str(vcf)
+    paths, sources = _open_inputs(vcf)
     fasta_path = None if fasta is None else str(fasta)
-    source = open_vcf(vcf_path)
-    if not source.samples:
+    first = paths[0]
+    samples = sources[0].samples
+    if not samples:
         raise VcfFormatError(
-            f"{vcf_path}: no sample columns (a sites-only VCF: '#CHROM' line ends at INFO or FORMAT), so there are no genotypes "
+            f"{first}: no sample columns (a sites-only VCF: '#CHROM' line ends at INFO or FORMAT), so there are no genotypes "
             "to ingest; give the VCF with the samples' genotypes"
         )
     pheno_table = None if phenotypes is None else read_phenotypes(phenotypes)
-    samples_table, samples_summary = match_samples(source.samples, pheno_table, vcf=vcf_path, phenotype_source=str(phenotypes))
+    samples_table, samples_summary = match_samples(samples, pheno_table, vcf=first, phenotype_source=str(phenotypes))
     if fasta_path is not None:
         open_reference(fasta_path)  # fails early on a missing or unreadable FASTA
-    genome_assembly = _genome_assembly(assembly, source.header_assembly, vcf_path)
-    with _disk_full_is_an_error(out_path, vcf_path), outputs.atomic_directory(out_path, force=force) as tmp:
-        if source.has_index:
-            regions = source.regions(size)
-            if fasta_path is not None:
-                _check_reference_contigs(fasta_path, regions, vcf_path)
-            tasks = [
-                ChunkTask(vcf_path, region, i, str(tmp), len(source.samples), fasta_path, contig_style) for i, region in enumerate(regions)
-            ]
-            if parts_dir is not None:
-                results = _collect_parts(Path(parts_dir), tasks, tmp)
-            else:
-                results = _compute(tasks, scheduler=scheduler, workers=workers, progress=progress) if tasks else []
+    genome_assembly = _genome_assembly(assembly, [(path, source.header_assembly) for path, source in zip(paths, sources)])
+    with _disk_full_is_an_error(out_path, describe_inputs(paths)), outputs.atomic_directory(out_path, force=force) as tmp:
+        plans = _plan_regions(paths, sources, size, contig_style)
+        if fasta_path is not None:
+            for path, regions in zip(paths, plans):
+                if regions is not None:
+                    _check_reference_contigs(fasta_path, regions, path)
+
+        def stream(path: str, first_chunk: int) -> list[dict[str, Any]]:
+            log.info("%s has no index: streaming it in one pass", path)
+            return _stream(path, tmp, first_chunk=first_chunk, num_samples=len(samples), chunk_size=size, fasta=fasta_path,
+                           contig_style=contig_style, progress=progress)
+
+        tasks, streamed = _chunk_plan(paths, sources, plans, str(tmp), fasta=fasta_path, contig_style=contig_style, stream=stream)
+        if streamed:  # the contigs of the streamed inputs are known now
+            refuse_shared_contigs([(path, [r.contig for r in regions] if regions is not None else list(_records_by_contig(streamed[path])))
+                                   for path, regions in zip(paths, plans)], contig_style)
+        if not tasks:
+            computed = []
+        elif parts_dir is not None:
+            computed = _collect_parts(Path(parts_dir), tasks, tmp)
         else:
-            log.info("%s has no index: streaming it in one pass", vcf_path)
-            tasks = []
-            results = _stream(vcf_path, tmp, num_samples=len(source.samples), chunk_size=size, fasta=fasta_path, contig_style=contig_style, progress=progress)
-        results.sort(key=lambda r: r["chunk_index"])
-        if source.has_index:
-            _check_index_counts(source, results)
+            computed = _compute(tasks, scheduler=scheduler, workers=workers, progress=progress)
+        input_of = {task.chunk_index: task.vcf for task in tasks}
+        by_input = {path: list(streamed.get(path, [])) for path in paths}
+        for result in computed:
+            by_input[input_of[result["chunk_index"]]].append(result)
+        results = sorted((r for rs in by_input.values() for r in rs), key=lambda r: r["chunk_index"])
+        for path, source in zip(paths, sources):
+            if source.has_index:
+                _check_index_counts(source, by_input[path])
         entries = [r["entry"] for r in results if r["entry"] is not None]
         # duplicate variant keys (pipeline.harmonize.duplicates): refuse before the rename
-        refuse_duplicate_variants(tmp, entries, vcf=vcf_path, contig_style=contig_style, fasta=fasta_path)
-        counts: dict[str, Any] = empty_counts()
-        for result in results:
-            counts = dict(add_counts(counts, result["counts"]))
-        counts["dropped"] = dict(counts["dropped"])
+        input_of_contig = {canonical_contig(contig, contig_style): path for path, rs in by_input.items() for contig in _records_by_contig(rs)}
+        refuse_duplicate_variants(tmp, entries, vcf=first if len(paths) == 1 else input_of_contig, contig_style=contig_style, fasta=fasta_path)
+        counts = _sum_counts(results)
+        counts_by_input = {path: _sum_counts(rs) for path, rs in by_input.items()}
         report: dict[str, Any] = {
             "genofed_version": __version__,
-            "inputs": {"vcf": vcf_path, "fasta": fasta_path, "phenotypes": None if phenotypes is None else str(phenotypes), "indexed": source.has_index},
+            "inputs": {"vcf": first if len(paths) == 1 else paths, "fasta": fasta_path, "phenotypes": None if phenotypes is None else str(phenotypes),
+                       "indexed": all(source.has_index for source in sources)},
             "settings": {"chunk_size": size, "contig_style": contig_style, "scheduler": scheduler, "workers": workers,
                          "genome_assembly": genome_assembly},
             **counts,
+            "records_read_by_input": {path: part["records_read"] for path, part in counts_by_input.items()},
             "variants_written": sum(int(e["num_variants"]) for e in entries),
             "samples": samples_summary,
             "chunks": len(entries),
@@ -426,7 +536,8 @@ def ingest(
             extra={"contig_style": contig_style, "reference_checked": fasta_path is not None, "report": REPORT_NAME,
                    **({} if genome_assembly is None else {"genome_assembly": genome_assembly})},
         )
-        _check_genotypes(vcf_path, source.samples, counts)
+        for path in paths:
+            _check_genotypes(path, samples, counts_by_input[path])
         report["seconds"] = round(time.perf_counter() - started, 3)
         (tmp / REPORT_NAME).write_text(json.dumps(report, indent=2) + "\n")
     return report

@@ -35,7 +35,7 @@ input is read again only to describe the records of a refused file.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -139,14 +139,16 @@ def _fix(records: list[str], key: str) -> str:
             "left-align and trim, then remove duplicates)")
 
 
-def refuse_duplicate_variants(root: Path, entries: Sequence[dict[str, Any]], *, vcf: str, contig_style: str,
+def refuse_duplicate_variants(root: Path, entries: Sequence[dict[str, Any]], *, vcf: str | Mapping[str, str], contig_style: str,
                               fasta: str | None) -> None:
     """Refuses an ingest whose chunks hold a variant key more than once (see the module docstring).
 
     Args:
         root: the temporary dataset folder the chunks were written into.
         entries: the chunks' dataset.json entries, in chunk order.
-        vcf, contig_style, fasta: the ingest's input and settings (to describe the records).
+        vcf: the ingest's input, or with several inputs the input of each harmonized
+            contig (a contig comes from one input only, so a duplicate's records are in it).
+        contig_style, fasta: the ingest's settings (to describe the records).
 
     Raises:
         DuplicateVariantError: naming the file, the variant key, both input records and the fix.
@@ -159,13 +161,16 @@ def refuse_duplicate_variants(root: Path, entries: Sequence[dict[str, Any]], *, 
     key = str(ids[repeated].as_py())
     rows = _row_details(root, entries, [first, repeated])
     positions = {row["source_position"] for row in rows}
-    records = _source_records(vcf, key, positions, contig_style=contig_style, fasta=fasta)
+    contig = parse_variant_id(key).contig
+    inputs = {contig: vcf} if isinstance(vcf, str) else vcf
+    source = inputs.get(contig)
+    records = [] if source is None else _source_records(source, key, positions, contig_style=contig_style, fasta=fasta)
     if len(records) < 2:  # not found again (the file changed?): the harmonized rows stand in
         records = [f"{key.split(':')[0]}:{row['source_position']} (source POS; harmonized {key})" for row in rows]
     how = "; one split from a multi-allelic record" if any(row["split_from_multiallelic"] for row in rows) else ""
     more = f"; {len({ids[int(r)].as_py() for r in pairs[:, 1]})} variant(s) are duplicated in all" if len(pairs) > 1 else ""
     raise DuplicateVariantError(
-        f"{vcf}: records {records[0]} and {records[1]} are both variant {key} after harmonization "
+        f"{source or ', '.join(dict.fromkeys(inputs.values()))}: records {records[0]} and {records[1]} are both variant {key} after harmonization "
         f"(--contig-style {contig_style}, split, trim{', REF check' if fasta else ''}{how}){more}; genofed stores each variant "
         f"once and does not pick a copy: {_fix(records[:2], key)}, then run genofed ingest again"
     )
