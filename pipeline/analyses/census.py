@@ -135,6 +135,7 @@ __all__ = [
     "minor_allele_count",
     "minor_count",
     "refuse_duplicate_ids",
+    "shared_variant_ids",
     "site_control_counts",
     "site_variant_counts",
 ]
@@ -500,6 +501,21 @@ def site_variant_counts(dataset: Dataset, cache: SiteCache) -> tuple[pa.Array, n
     return cache.get(("census.site_variant_counts", dataset_fingerprint(dataset)), lambda: _count_dataset(dataset, cache))
 
 
+def shared_variant_ids(dataset: Dataset, site: SiteContext) -> pa.Array:
+    """The variant IDs a site sends in the census' key union (genome order).
+
+    None without ``share_variant_keys``; else those whose minor allele count over the
+    site's samples reaches its policy's ``min_allele_count``. This is what the key union
+    reveals of the site, so a later round that names only these variants (the GWAS's rs
+    ID round) reveals no other variant it holds.
+    """
+    if not site.share_variant_keys:
+        return pa.array([], pa.string())
+    ids, counts = site_variant_counts(dataset, site.cache)
+    minor = minor_allele_count(counts[0], counts[1], counts[2])
+    return pc.filter(ids, pa.array(minor >= site.min_allele_count))
+
+
 def _count_dataset(dataset: Dataset, cache: SiteCache) -> tuple[pa.Array, np.ndarray]:
     id_parts, count_parts = [], []
     for block in dataset_blocks(dataset, cache):
@@ -650,11 +666,7 @@ class Census(Analysis[CensusState]):
         check_sample_bound(dataset.num_samples, parameters.max_samples_per_site, site=site.name,
                            public="the site has more samples than the job's max_samples_per_site allows")
         if round_index == KEYS_ROUND:
-            if not site.share_variant_keys:
-                return {"variant_id": np.array([], dtype=str)}
-            ids, counts = site_variant_counts(dataset, site.cache)
-            minor = minor_allele_count(counts[0], counts[1], counts[2])
-            kept = pc.filter(ids, pa.array(minor >= site.min_allele_count)).to_numpy(zero_copy_only=False)
+            kept = shared_variant_ids(dataset, site).to_numpy(zero_copy_only=False)
             return {"variant_id": np.unique(kept.astype(str))}
         union = pa.array(state.union, pa.string())
         ids, counts = site_variant_counts(dataset, site.cache)

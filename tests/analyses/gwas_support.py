@@ -7,13 +7,19 @@ from the federated sufficient statistics, which never form the pooled matrix.
 
 from __future__ import annotations
 
+import os
+import shutil
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.parquet as pq
 
 from pipeline import outputs
+from pipeline.analyses import Result
+from pipeline.analyses.gwas.outputs import gwas_table
 from tests.federation import runtime_support as rs
 
 SITES = ("alpha", "beta", "gamma")
@@ -73,6 +79,32 @@ def make_cohort(root: Path, *, seed: int = 0, sizes=(150, 110, 90), num_variants
         write_phenotypes(path, {"age": age, "sex": sex, "quant_trait": quant, "binary_trait": binary})
         sites[name] = Site(ids, calls, age, sex, quant, binary, path)
     return sites
+
+
+def set_original_ids(root: Path, original_ids: Mapping[str, str | None]) -> None:
+    """Rewrites a dataset's variants tables with ``original_id`` (the VCF ID) from ``variant_id -> ID`` (others null)."""
+    for path in sorted((root / "variants").glob("*.parquet")):
+        table = pq.read_table(path)
+        ids = [original_ids.get(v) for v in table.column("variant_id").to_pylist()]
+        table = table.set_column(table.column_names.index("original_id"), "original_id", pa.array(ids, pa.string()))
+        outputs.write_table(table, path, "variants")
+
+
+def ssf_validator() -> str | None:
+    """``gwas-ssf`` (gwas-sumstats-tools 1.0.25) from ``GENOFED_GWAS_SSF`` or ``PATH``; ``None`` when absent (tests skip)."""
+    return os.environ.get("GENOFED_GWAS_SSF") or shutil.which("gwas-ssf")
+
+
+def genome_wide(result: Result, *, assembly: str | None) -> Result:
+    """The job's statistics with variant i moved to autosome 1 + i % 22 (the validator wants every autosome)."""
+    table = result.tables["gwas"]
+    assert table.num_rows >= 22, "the cohort must publish a variant per autosome"
+    column = {name: table.column(name).to_numpy(zero_copy_only=False) for name in table.column_names}
+    ids = [f"chr{1 + i % 22}:{pos}:{ref}:{alt}" for i, (pos, ref, alt) in
+           enumerate(zip(column["base_pair_location"], column["other_allele"], column["effect_allele"]))]
+    spread = gwas_table(ids, column["beta"], column["standard_error"], column["effect_allele_frequency"], column["p_value"],
+                        column["n"], column["rsid"].tolist())
+    return Result({**result.summary, "genome_assembly": assembly}, {**result.tables, "gwas": spread})
 
 
 def dataset_paths(sites: dict[str, Site]) -> dict[str, Path]:

@@ -67,9 +67,9 @@ def test_gwas_linear__secure_equals_pooled_lstsq(cohort, linear_run):
         assert row["effect_allele_frequency"] == pytest.approx(frequency, rel=1e-9)
 
 
-def test_gwas_linear__rounds_are_census_moments_statistics_in_the_64_bit_ring(linear_run):
+def test_gwas_linear__rounds_are_census_rsids_moments_statistics_in_the_64_bit_ring(linear_run):
     phases = [state.phase for _, state in linear_run.states]
-    assert phases == [0, 0, 2, 2]  # census keys + counts, then (no PCA) moments + statistics
+    assert phases == [0, 0, 2, 2, 2]  # census keys + counts, then (no PCA) rs IDs + moments + statistics
     summary = linear_run.result.summary
     assert summary["encoding"]["ring"] == "R64"
     assert min(summary["encoding"]["scale_bits"][name] for name in ("xtx", "xty", "yty")) >= 20

@@ -13,11 +13,8 @@ def _table(rows: list[tuple[str, int, float]], *, rsid: dict[int, str] | None = 
     ids = [f"chr{chrom}:{pos}:A:G" for chrom, pos, _ in rows]
     p = np.array([row[2] for row in rows])
     ones = np.ones(len(rows))
-    table = gwas_table(ids, ones, ones, ones * 0.3, p, np.full(len(rows), 100))
-    if rsid is not None:
-        by_position = [rsid.get(int(pos)) for pos in table.column("base_pair_location").to_pylist()]
-        table = table.append_column("rsid", pa.array(by_position, pa.string()))
-    return table
+    names = [(rsid or {}).get(pos) for _, pos, _ in rows]
+    return gwas_table(ids, ones, ones, ones * 0.3, p, np.full(len(rows), 100), names)
 
 
 def _null_rows(rng: np.random.Generator, chromosome: str, count: int) -> list[tuple[str, int, float]]:

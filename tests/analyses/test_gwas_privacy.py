@@ -36,6 +36,7 @@ from pipeline.analyses.gwas.privacy import (
     STATISTICS_SHARE,
     statistics_sensitivity,
 )
+from pipeline.analyses.gwas.regression import MOMENTS_ROUND
 from pipeline.dataset import open_dataset
 from pipeline.encoding import Layout
 from pipeline.errors import ConfigurationError
@@ -101,7 +102,7 @@ def test_gwas_privacy__the_rounds_rho_add_up_to_the_jobs_budget(runs, mode):
     dp_run = runs[mode]
     spends = [(r, GWAS.privacy_spend(state, r)) for r, state in dp_run.states]
     noisy = [spend for _, spend in spends if spend is not None]
-    assert [r for r, spend in spends if spend is None] == [0]  # only the census' key round is exact
+    assert [r for r, spend in spends if spend is None] == [0, 2]  # only the key unions are exact: census keys, rs IDs
     assert len(noisy) == 3
     budget = rho_for_epsilon(TERMS["epsilon"], TERMS["delta"])
     total = sum(spend.rho for spend in noisy)
@@ -121,17 +122,17 @@ def test_gwas_privacy__released_minus_exact_follows_the_calibrated_noise(cohort,
     exact_state = dataclasses.replace(noisy_state, parameters=dataclasses.replace(noisy_state.parameters, privacy=None))
     datasets = {name: open_dataset(site.path) for name, site in cohort.items()}
     contexts = {name: _context(name) for name in cohort}
-    for local_round, fields, noise in ((0, ("n_samples", "sum", "sum_squares"), noisy_state.moments_noise),
-                                       (1, NOISY_FIELDS, noisy_state.statistics_noise)):
+    for local_round, fields, noise in ((MOMENTS_ROUND, ("n_samples", "sum", "sum_squares"), noisy_state.moments_noise),
+                                       (MOMENTS_ROUND + 1, NOISY_FIELDS, noisy_state.statistics_noise)):
         exact = {}
         for name in cohort:
             step = REGRESSION.site_step(exact_state, local_round, datasets[name], contexts[name])
-            if local_round == 0:  # the noisy moments are of x / max_abs_value
+            if local_round == MOMENTS_ROUND:  # the noisy moments are of x / max_abs_value
                 a = noisy_state.parameters.max_abs_value
                 step = {"n_samples": step["n_samples"], "sum": step["sum"] / a, "sum_squares": step["sum_squares"] / a**2}
             exact[name] = {f: np.rint(np.asarray(step[f], np.float64) * SCALE) for f in fields}
         residuals = []
-        for _ in range(3000 if local_round == 0 else 40):
+        for _ in range(3000 if local_round == MOMENTS_ROUND else 40):
             summed = 0
             for name in cohort:
                 step = REGRESSION.site_step(noisy_state, local_round, datasets[name], contexts[name])
@@ -300,6 +301,6 @@ def test_gwas_privacy__site_agents_record_every_noisy_round_within_the_jobs_budg
     assert len(books) == 3
     for book in books:
         entries = [json.loads(line) for line in book.read_text().splitlines()]
-        assert [e["round_index"] for e in entries] == [1, 2, 3]
+        assert [e["round_index"] for e in entries] == [1, 3, 4]  # census counts, moments, statistics (2: rs IDs)
         assert sum(e["rho"] for e in entries) == pytest.approx(privacy["rho"], rel=1e-12)
         assert sum(e["rho"] for e in entries) <= rho_for_epsilon(3.0, 1e-6)

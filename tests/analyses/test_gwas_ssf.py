@@ -13,7 +13,6 @@ from __future__ import annotations
 import gzip
 import hashlib
 import os
-import shutil
 import stat
 import subprocess
 from pathlib import Path
@@ -24,9 +23,8 @@ import pytest
 import yaml
 
 from pipeline import outputs
-from pipeline.analyses import Result
 from pipeline.analyses.gwas import GWAS, write_outputs
-from pipeline.analyses.gwas.outputs import DATA_FILE, DATA_FILES, gwas_table
+from pipeline.analyses.gwas.outputs import DATA_FILE, DATA_FILES
 from pipeline.federation.in_memory import run_in_memory
 from tests.analyses import gwas_support as gs
 
@@ -45,28 +43,12 @@ def runs(cohort):
     return {model: run_in_memory(GWAS, spec, gs.dataset_paths(cohort), secure=True, seed=7) for model, spec in SPECS.items()}
 
 
-def _validator() -> str | None:
-    return os.environ.get("GENOFED_GWAS_SSF") or shutil.which("gwas-ssf")
-
-
-def _genome_wide(result: Result, *, assembly: str | None) -> Result:
-    """The job's statistics with variant i moved to autosome 1 + i % 22 (the validator wants every autosome)."""
-    table = result.tables["gwas"]
-    assert table.num_rows >= 22, "the cohort must publish a variant per autosome"
-    column = {name: table.column(name).to_numpy(zero_copy_only=False) for name in table.column_names}
-    ids = [f"chr{1 + i % 22}:{pos}:{ref}:{alt}" for i, (pos, ref, alt) in
-           enumerate(zip(column["base_pair_location"], column["other_allele"], column["effect_allele"]))]
-    spread = gwas_table(ids, column["beta"], column["standard_error"], column["effect_allele_frequency"], column["p_value"],
-                        column["n"])
-    return Result({**result.summary, "genome_assembly": assembly}, {**result.tables, "gwas": spread})
-
-
 @pytest.mark.parametrize("model", ["linear", "logistic"])
 def test_gwas_ssf__linear_and_logistic_results_pass_the_reference_validator(runs, model, tmp_path):
-    validator = _validator()
+    validator = gs.ssf_validator()
     if validator is None:
         pytest.skip("gwas-ssf (gwas-sumstats-tools 1.0.25) not found: set GENOFED_GWAS_SSF or put it on PATH (see .ci/run)")
-    write_outputs(_genome_wide(runs[model].result, assembly="GRCh38"), tmp_path)
+    write_outputs(gs.genome_wide(runs[model].result, assembly="GRCh38"), tmp_path)
     done = subprocess.run([validator, "validate", "--min-rows", "1", str(tmp_path / DATA_FILE)], capture_output=True, text=True,
                           timeout=300)
     assert done.returncode == 0 and "Validation status: True" in done.stdout, done.stdout + done.stderr
@@ -81,7 +63,7 @@ def test_gwas_ssf__linear_and_logistic_results_pass_the_reference_validator(runs
 
 
 def test_gwas_ssf__tabix_reads_a_region_back(runs, tmp_path):
-    result = _genome_wide(runs["linear"].result, assembly=None)
+    result = gs.genome_wide(runs["linear"].result, assembly=None)
     write_outputs(result, tmp_path)
     table = result.tables["gwas"].to_pandas()
     on_7 = table[table["chromosome"] == "7"]

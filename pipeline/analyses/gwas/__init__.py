@@ -9,17 +9,22 @@ A GWAS job is three phases run as one job (:mod:`pipeline.analyses.phases`):
    Every site then computes its own samples' PC scores locally; scores never leave it.
 3. **regression** (:class:`~pipeline.analyses.gwas.regression.Regression`):
 
-   * round 0, *moments*: per site the sample count and the sums and sums of squares of
+   * round 0, *rs IDs* (a key union, :mod:`.rsid`): each site names the rs IDs its
+     dataset records (VCF ID) for the tested variants it shared in the census' key union;
+     a variant gets the one rs ID the sites name, NA where they name several
+     (``variants.rsid_conflicts``). rs IDs are public annotations of variants the key union
+     already revealed, so this reveals nothing about the samples.
+   * round 1, *moments*: per site the sample count and the sums and sums of squares of
      every covariate (PCs included) and of the phenotype over the complete samples. The
      coordinator publishes their means and SDs; every site standardizes with them, so
      each value of the fixed-point encoding is bounded by ``max_abs_z`` (the fit of the
      genotype is invariant to this reparametrization: the intercept absorbs the shift).
      Values beyond ``max_abs_value`` (raw) or ``max_abs_z`` (standardized) are clipped
      at the site, never refused; the count clipped stays in the site's log.
-   * linear, round 1: per variant the packed ``X'X``, ``X'y``, ``y'y`` and ``n`` over the
+   * linear, round 2: per variant the packed ``X'X``, ``X'y``, ``y'y`` and ``n`` over the
      samples with a called genotype (:func:`pipeline.stats.glm.linear_statistics`); the
      coordinator solves every variant's normal equations in float64: the pooled OLS.
-   * logistic, rounds 1..: federated Newton-Raphson over all variants at once. Each round
+   * logistic, rounds 2..: federated Newton-Raphson over all variants at once. Each round
      every site returns, for the variants still iterating, the score and the packed Fisher
      information at the public coefficients; the coordinator updates every coefficient
      vector in one batched solve. Wald tests at convergence; separation (an allele absent
@@ -76,7 +81,7 @@ Spec (see ``workflows/gwas.yaml``)::
 
 The package follows those seams: :mod:`.spec` (parameters), :mod:`.state` (the typed
 public state), :mod:`.site_data` (complete samples, design, genotype rows),
-:mod:`.regression` (the moments round and the dispatch), :mod:`.linear`,
+:mod:`.rsid` (the rs ID round), :mod:`.regression` (the moments round and the dispatch), :mod:`.linear`,
 :mod:`.logistic`, :mod:`.privacy` (the noisy mode) and :mod:`.outputs` (tables and files).
 """
 

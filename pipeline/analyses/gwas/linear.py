@@ -1,6 +1,6 @@
 """The linear model's round: per-variant sufficient statistics, and the pooled OLS fit.
 
-In round 1 every site returns, per variant, the packed ``X'X``, ``X'y``, ``y'y`` and
+In its one round (the regression phase's round 2) every site returns, per variant, the packed ``X'X``, ``X'y``, ``y'y`` and
 ``n`` over its complete samples with a called genotype
 (:func:`pipeline.stats.glm.linear_statistics`, standardized covariates and phenotype),
 plus 1 where its own minor allele count is non-zero and below its policy minimum: there
@@ -76,7 +76,7 @@ def linear_layout(state: RegressionState) -> Layout:
 
 def linear_site_statistics(state: RegressionState, dataset: Dataset, site: SiteContext, data: SiteData,
                            covariates: np.ndarray, phenotype: np.ndarray) -> dict[str, np.ndarray]:
-    """The site's contribution to round 1 (zeros for the variants it does not hold); with privacy, noisy sums.
+    """The site's contribution to the statistics round (zeros for the variants it does not hold); with privacy, noisy sums.
 
     Exact sums: a variant where the site's own minor allele count is a small cell
     (:func:`~pipeline.analyses.census.below_minimum`) is left out, zeros as for a variant it

@@ -27,7 +27,10 @@ v1.1, bgzipped) with its tabix index, its metadata YAML (``gwas.tsv.gz-meta.yaml
 Manhattan and a QQ plot. The rendered file follows the GWAS-SSF conventions a
 consortium's submission is validated against (``gwas-ssf validate``): chromosomes as
 numbers (X 23, Y 24, MT 25) and ``variant_id`` as ``chromosome_position_other_effect``;
-the job's ``gwas`` table keeps genofed's own ``chr:pos:ref:alt`` keys.
+the job's ``gwas`` table keeps genofed's own ``chr:pos:ref:alt`` keys. The ``gwas`` table
+always has an ``rsid`` column (:mod:`.rsid`: the one rs ID the sites named, null where they
+named none or several); the file carries it, right after ``variant_id`` as GWAS-SSF lists
+its optional fields, only when the sites named an rs ID for a published variant.
 
 With privacy terms the sums are noisy: nothing is withheld by site flags (the noise
 protects small cells), the sums are not checked against what honest sites can give (noise
@@ -55,6 +58,7 @@ from pipeline import schemas
 from pipeline.analyses.census import minor_count
 from pipeline.analyses.gwas.plots import GENOME_WIDE, write_plots
 from pipeline.analyses.gwas.privacy import job_privacy
+from pipeline.analyses.gwas.rsid import Rsids
 from pipeline.analyses.gwas.state import RegressionState
 from pipeline.analyses.protocol import Result
 from pipeline.analyses.sum_checks import refuse_impossible
@@ -65,7 +69,7 @@ from pipeline.outputs import atomic_file
 from pipeline.stats import glm
 
 __all__ = ["DATA_FILE", "DATA_FILES", "OUTPUT_FILES", "case_control_counts", "data_file_text", "gwas_table", "metadata",
-           "regression_result", "ssf_chromosome", "withheld_below_site_minimum", "write_outputs"]
+           "names_rsids", "regression_result", "ssf_chromosome", "withheld_below_site_minimum", "write_outputs"]
 
 DATA_FILE = "gwas.tsv.gz"
 """The GWAS-SSF data file (bgzipped, so tabix and the GWAS Catalog read it as it is)."""
@@ -88,10 +92,11 @@ def _chromosome_rank(chromosome: str) -> tuple[int, str]:
 
 
 def gwas_table(variant_ids: Sequence[str], beta: np.ndarray, se: np.ndarray, eaf: np.ndarray, p_value: np.ndarray,
-               n: np.ndarray) -> pa.Table:
-    """The ``gwas`` table (GWAS-SSF columns + n, variant_id), in genome order.
+               n: np.ndarray, rsid: Sequence[str | None] | None = None) -> pa.Table:
+    """The ``gwas`` table (GWAS-SSF columns + n, variant_id, rsid), in genome order.
 
-    The effect allele is the ALT allele; chromosomes are written without a ``chr`` prefix.
+    The effect allele is the ALT allele; chromosomes are written without a ``chr`` prefix;
+    ``rsid`` is null where not given.
 
     Raises:
         InputError: a variant ID is not ``contig:position:ref:alt``.
@@ -113,6 +118,7 @@ def gwas_table(variant_ids: Sequence[str], beta: np.ndarray, se: np.ndarray, eaf
         "beta": floats(beta), "standard_error": floats(se), "effect_allele_frequency": floats(eaf),
         "p_value": floats(p_value), "n": pa.array(np.asarray(n, np.int64)[index], pa.int64()),
         "variant_id": pa.array([variant_ids[i] for i in order], pa.string()),
+        "rsid": pa.array([None if rsid is None else rsid[i] for i in order], pa.string()),
     })
     return schemas.conform(table, "gwas", source="gwas result")
 
@@ -211,8 +217,12 @@ def regression_result(state: RegressionState, beta: np.ndarray, se: np.ndarray, 
     status[~publishable] = glm.STATUS.index("BELOW_SITE_MIN_ALLELE_COUNT")
     with np.errstate(invalid="ignore", divide="ignore"):
         eaf = np.where(n > 0, np.clip(alt_count / (2.0 * np.maximum(n, 1)), 0.0, 1.0), np.nan)
+    rsids = state.rsids if state.rsids is not None else Rsids((None,) * len(ids))
+    rsid = np.asarray(rsids.rsid, dtype=object)
+    conflicts = np.zeros(len(ids), bool)
+    conflicts[list(rsids.conflicts)] = True
     table = gwas_table([str(v) for v in ids[publishable]], beta[publishable], se[publishable], eaf[publishable],
-                       p_value[publishable], np.asarray(n)[publishable])
+                       p_value[publishable], np.asarray(n)[publishable], rsid[publishable].tolist())
     ok_mask = (status == 0)
     status_table = pa.table({
         "variant_id": pa.array([str(v) for v in ids], pa.string()),
@@ -237,6 +247,8 @@ def regression_result(state: RegressionState, beta: np.ndarray, se: np.ndarray, 
         "num_samples": state.standardization.n,
         "variants": {"tested": len(ids), "published": int(publishable.sum()), "ok": int(ok_mask.sum()),
                      "with_sites_left_out": int(np.count_nonzero(left_out > 0)),
+                     "with_rsid": int(sum(r is not None for r in rsid[publishable])),
+                     "rsid_conflicts": int(np.count_nonzero(conflicts & publishable)),
                      "genome_wide_significant": int(np.count_nonzero(tested < GENOME_WIDE)), "status": counts},
         "lambda_gc": None if not math.isfinite(lam) else round(lam, 6),
         "top_hits": [{"variant_id": str(ids[i]), "beta": float(beta[i]), "p_value": float(p_value[i])} for i in order],
@@ -244,7 +256,9 @@ def regression_result(state: RegressionState, beta: np.ndarray, se: np.ndarray, 
         "encoding": {"ring": layout.ring.name, "scale_bits": {f.name: f.encoding.scale_bits for f in layout.fields}},
         "parameters": parameters,
         "disclosure": (
-            "the regression rounds revealed only sums over the included sites: covariate moments, per-variant sufficient "
+            "the rs ID round revealed the rs IDs the sites' datasets record for tested variants they had named in the "
+            "census' key round (public annotations, no count); the other regression rounds revealed only sums over the "
+            "included sites: covariate moments, per-variant sufficient "
             "statistics (or Newton scores and information), and per variant the number of sites below their own minimum "
             "allele count; each such site was left out of that variant's sums (its small cell entered none), and a "
             "variant is withheld only where what the other sites hold is below the job's min_allele_count or empty"
@@ -259,7 +273,8 @@ def regression_result(state: RegressionState, beta: np.ndarray, se: np.ndarray, 
                            "variance to the sampling variance")
         summary["disclosure"] = (
             "the census' key round revealed which variant IDs each site holds at or above its own minimum minor allele "
-            "count, outside the differential-privacy guarantee; every other round revealed only sums to which every site "
+            "count, and the rs ID round the rs IDs its dataset records for those it named, outside the "
+            "differential-privacy guarantee; every other round revealed only sums to which every site "
             "added discrete Gaussian noise (census counts, covariate moments, per-variant sufficient statistics): "
             "everything published is (epsilon, delta)-differentially private for each person over the whole job "
             "(see privacy)"
@@ -310,9 +325,16 @@ def data_file_text(table: pa.Table) -> str:
         "p_value": _format_float(p, 6),
         "n": [str(int(x)) for x in data["n"]],
         "variant_id": ["_".join(parts) for parts in zip(chromosome, position, other, effect)],
+        "rsid": ["NA" if x is None else str(x) for x in data.get("rsid", ())],
     }
     lines = ["\t".join(columns)] + ["\t".join(row) for row in zip(*(rendered[c] for c in columns))]
     return "\n".join(lines) + "\n"
+
+
+def names_rsids(summary: Mapping[str, Any]) -> bool:
+    """Whether the sites named an rs ID for any published variant (agreed or conflicting): the file then has ``rsid``."""
+    variants = summary.get("variants", {})
+    return bool(variants.get("with_rsid", 0) or variants.get("rsid_conflicts", 0))
 
 
 def _write_data_file(text: str, out: Path) -> str:
@@ -368,6 +390,8 @@ def write_outputs(result: Result, out_dir: Path | str) -> list[str]:
     out = Path(out_dir)
     table = result.tables["gwas"]
     summary = result.summary
+    if "rsid" in table.column_names and not names_rsids(summary):
+        table = table.drop_columns(["rsid"])  # GWAS-SSF: an optional column no site has anything for is left out
     meta = metadata(summary, _write_data_file(data_file_text(table), out))
     privacy = summary.get("privacy")
     if privacy:

@@ -232,5 +232,5 @@ def job_privacy(terms: PrivacyTerms, *, census_variants: int, num_columns: int, 
         "mechanism": "distributed discrete Gaussian (zCDP, Kairouz, Liu & Steinke 2021); rounds compose by adding rho",
         "unit": "one person, all of their values in every release of the job",
         "outside_the_guarantee": "the census' key round: which variant IDs each site holds at or above its own minimum "
-                                 "minor allele count",
+                                 "minor allele count; the gwas phase's rs ID round: the rs IDs its dataset records for those",
     }

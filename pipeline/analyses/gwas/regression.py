@@ -1,6 +1,9 @@
-"""The regression phase of a GWAS: the moments round, then the linear or logistic rounds.
+"""The regression phase of a GWAS: the rs ID round, the moments round, then the linear or logistic rounds.
 
-Round 0, *moments*: per site the count of complete samples and the sums and sums of
+Round 0, *rs IDs*: a key union of the rs IDs the sites' datasets record for the tested
+variants (:mod:`~pipeline.analyses.gwas.rsid`, where the rule is); no sum, no sample.
+
+Round 1, *moments*: per site the count of complete samples and the sums and sums of
 squares of every covariate (PCs included) and of the phenotype over them, each value
 clipped to ``±max_abs_value`` at the site. The coordinator publishes their means and
 SDs; every site standardizes with them and clips the standardized values to
@@ -10,7 +13,7 @@ shift). A value beyond either bound is clipped, never refused: a refusal would t
 the analyst that the site holds such a value, and bisecting the bound over jobs would
 read it off. The number clipped per column stays in the site's log.
 
-From round 1 on, :class:`Regression` dispatches to the model's rounds:
+From round 2 on, :class:`Regression` dispatches to the model's rounds:
 :mod:`~pipeline.analyses.gwas.linear` (one round) or
 :mod:`~pipeline.analyses.gwas.logistic` (Newton rounds, then the Firth refit).
 
@@ -47,6 +50,12 @@ from pipeline.analyses.gwas.logistic import (
 )
 from pipeline.analyses.gwas.outputs import write_outputs
 from pipeline.analyses.gwas.privacy import add_noise, noise_sd, noisy_real
+from pipeline.analyses.gwas.rsid import (
+    RSID_KEYS,
+    resolve_rsids,
+    rsid_layout,
+    site_rsid_pairs,
+)
 from pipeline.analyses.gwas.site_data import design, site_data
 from pipeline.analyses.gwas.spec import (
     MAX_SCALE_BITS,
@@ -68,9 +77,10 @@ from pipeline.encoding import Count, Layout, Real
 from pipeline.errors import ConfigurationError, InputError
 from pipeline.privacy import Spend, secret_generator
 
-__all__ = ["CARRIED_KEYS", "MOMENTS_ROUND", "REGRESSION", "Regression"]
+__all__ = ["CARRIED_KEYS", "MOMENTS_ROUND", "REGRESSION", "RSID_ROUND", "Regression"]
 
-MOMENTS_ROUND = 0
+RSID_ROUND = 0
+MOMENTS_ROUND = 1
 CARRIED_KEYS = ("variant_ids", "pca_state", "census_variants")
 """Keys of the regression's spec handed over by the earlier phases (QC-passing variants, PCA state,
 the census' union size)."""
@@ -193,7 +203,9 @@ class Regression(Analysis[RegressionState]):
         return RegressionState.from_json(data)
 
     def layout(self, state: RegressionState, round_index: int) -> RoundLayout:
-        """Round 0: moments; then per-variant statistics (linear) or Newton rounds (logistic)."""
+        """Round 0: the rs ID union; round 1: moments; then per-variant statistics (linear) or Newton rounds (logistic)."""
+        if round_index == RSID_ROUND:
+            return rsid_layout()
         if round_index == MOMENTS_ROUND:
             return moments_layout(state)
         if state.parameters.model == "linear":
@@ -201,7 +213,7 @@ class Regression(Analysis[RegressionState]):
         return logistic_layout(state)
 
     def site_step(self, state: RegressionState, round_index: int, dataset: Dataset, site: SiteContext) -> dict[str, np.ndarray]:
-        """The site's moments, linear statistics or Newton contributions (see the module docstring).
+        """The site's rs ID pairs, moments, linear statistics or Newton contributions (see the module docstring).
 
         Raw values beyond ``max_abs_value`` and standardized ones beyond ``max_abs_z`` are
         clipped at the site (:mod:`.site_data`), never refused.
@@ -210,6 +222,8 @@ class Regression(Analysis[RegressionState]):
             PolicyRefusal: (code ``policy``) more complete samples than the job's max_samples_per_site.
             InputError: a missing or non-numeric column, or a binary phenotype not coded 0/1.
         """
+        if round_index == RSID_ROUND:
+            return {RSID_KEYS: site_rsid_pairs(state.variant_ids, dataset, site)}
         p = state.parameters
         data = site_data(state, dataset, site.cache)
         check_sample_bound(len(data.phenotype), p.max_samples_per_site, site=site.name,
@@ -233,7 +247,13 @@ class Regression(Analysis[RegressionState]):
     def coordinator_step(
         self, state: RegressionState, round_index: int, total: Mapping[str, np.ndarray], num_sites: int
     ) -> StepResult[RegressionState]:
-        """Round 0: publish means/SDs; then the linear fit, or one Newton (or Firth) update of every variant."""
+        """Round 0: keep the rs IDs; round 1: publish means/SDs; then the linear fit, or one Newton (or Firth) update.
+
+        Raises:
+            ProtocolError: (round 0) the union holds a string that is not an rs ID pair (:func:`.rsid.resolve_rsids`).
+        """
+        if round_index == RSID_ROUND:
+            return dataclasses.replace(state, rsids=resolve_rsids(total[RSID_KEYS], state.variant_ids)), False, None
         if round_index == MOMENTS_ROUND:
             if state.moments_noise is not None:
                 return noisy_moments(state, total, num_sites), False, None
@@ -246,6 +266,8 @@ class Regression(Analysis[RegressionState]):
 
     def privacy_spend(self, state: RegressionState, round_index: int) -> Spend | None:
         """The moments and statistics rounds' noise and privacy, when the job asked for differential privacy."""
+        if round_index == RSID_ROUND:
+            return None
         return state.moments_noise if round_index == MOMENTS_ROUND else state.statistics_noise
 
     def site_finish(self, state: RegressionState, dataset: Dataset, site: SiteContext, out_dir: Path) -> dict[str, Any] | None:

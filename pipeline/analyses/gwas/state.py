@@ -5,7 +5,8 @@ What the coordinator publishes between rounds, one frozen dataclass per part:
 * :class:`RegressionState`: the parameters, the variants to test (QC-passing), the PCA
   phase's final state (the basis every site scores its samples with), and then the
   parts below as the rounds produce them;
-* :class:`Moments`: the covariates' and phenotype's pooled means and SDs (round 0);
+* :class:`~pipeline.analyses.gwas.rsid.Rsids`: the tested variants' rs IDs (the rs ID round);
+* :class:`Moments`: the covariates' and phenotype's pooled means and SDs (the moments round);
 * :class:`NewtonState`: a logistic fit in progress: every variant's coefficients,
   variance, status, and the variants still iterating; after the first Newton round
   also the summed allele counts (:class:`VariantCounts`);
@@ -31,6 +32,7 @@ from typing import Any
 import numpy as np
 
 from pipeline.analyses.gwas.privacy import moments_noise, statistics_noise
+from pipeline.analyses.gwas.rsid import Rsids
 from pipeline.analyses.gwas.spec import GwasParameters
 from pipeline.analyses.pca import PCA, PcaState
 from pipeline.analyses.protocol import JsonState
@@ -243,8 +245,9 @@ class RegressionState(JsonState):
         num_participants: sites invited (the bit budget is sized for all of them).
         variant_ids: the variants to test, in the census' order.
         pca: the PCA phase's final state (``pcs > 0``), else ``None``.
-        moments: the pooled means and SDs, from round 0 on.
-        newton: the logistic fit, from round 0 on (logistic model only).
+        rsids: the tested variants' rs IDs, from the rs ID round on.
+        moments: the pooled means and SDs, from the moments round on.
+        newton: the logistic fit, from the moments round on (logistic model only).
         firth: the Firth refit, once the plain fit has ended with failures.
         census_variants: the census phase's variant union size (its counts round's noise,
             for the job's privacy summary); ``None`` when the job has no privacy terms.
@@ -258,6 +261,7 @@ class RegressionState(JsonState):
     newton: NewtonState | None = None
     firth: FirthState | None = None
     census_variants: int | None = None
+    rsids: Rsids | None = None
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -267,6 +271,7 @@ class RegressionState(JsonState):
             "newton": None if self.newton is None else self.newton.to_json(),
             "firth": None if self.firth is None else self.firth.to_json(),
             "census_variants": self.census_variants,
+            "rsids": None if self.rsids is None else self.rsids.to_json(),
         }
 
     @classmethod
@@ -280,6 +285,7 @@ class RegressionState(JsonState):
             moments=part("moments", Moments.from_json), newton=part("newton", NewtonState.from_json),
             firth=part("firth", FirthState.from_json),
             census_variants=None if data.get("census_variants") is None else int(data["census_variants"]),
+            rsids=None if data.get("rsids") is None else Rsids.from_json(data["rsids"]),
         )
 
     @property
@@ -315,7 +321,7 @@ class RegressionState(JsonState):
         """The pooled moments every site standardizes with.
 
         Raises:
-            InputError: round 0 has not ended yet.
+            InputError: the moments round has not ended yet.
         """
         if self.moments is None:
             raise InputError("gwas: the covariate moments are not known before the moments round ends")
@@ -326,7 +332,7 @@ class RegressionState(JsonState):
         """The logistic fit in progress.
 
         Raises:
-            InputError: the model is linear, or round 0 has not ended yet.
+            InputError: the model is linear, or the moments round has not ended yet.
         """
         if self.newton is None:
             raise InputError("gwas: no logistic fit in progress (a linear model, or before the moments round ends)")
