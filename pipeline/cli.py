@@ -227,7 +227,12 @@ class _ChunkSize(click.ParamType):
 
 
 @main.command("ingest")
-@click.option("--vcf", required=True, help="VCF, bgzipped VCF or BCF (with a .tbi/.csi index the work is split by region).")
+@click.option("--vcf", multiple=True,
+              help="VCF, bgzipped VCF or BCF (with a .tbi/.csi index the work is split by region). Repeat it for several files, "
+                   "or write {chrom} in the path for the files that exist for chromosomes 1..22, X, Y, MT.")
+@click.option("--vcf-list", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="A text file naming the input VCF/BCF files, one a line ('#' lines and blank lines skipped; relative paths "
+                   "are relative to the list file). Instead of --vcf.")
 @click.option("--fasta", default=None, help="Reference FASTA: REF is checked, swapped REF/ALT and strand flips fixed.")
 @click.option("--phenotypes", default=None, help="Phenotype TSV (first column IID) matched to the VCF samples.")
 @click.option("--out", required=True, help="Dataset folder to create.")
@@ -242,22 +247,38 @@ class _ChunkSize(click.ParamType):
 @json_option
 @handles_errors
 def ingest_command(
-    vcf: str, fasta: str | None, phenotypes: str | None, out: str, chunk_size: int, scheduler: str, workers: int | None,
+    vcf: tuple[str, ...], vcf_list: Path | None, fasta: str | None, phenotypes: str | None, out: str, chunk_size: int, scheduler: str,
+    workers: int | None,
     queue: str | None, cores: int | None, memory: str | None, walltime: str | None, account: str | None, jobs: int,
     performance_report: Path | None, contig_style: str, assembly: str | None, force: bool, progress: bool | None, as_json: bool,
 ) -> None:
-    """Harmonize a site's VCF/BCF into a genofed dataset (Parquet, schemas/).
+    """Harmonize a site's VCF/BCF files into a genofed dataset (Parquet, schemas/).
+
+    One file, or several that make one dataset (one file per chromosome, say), given
+    in one of three ways: --vcf repeated (in that order), --vcf-list FILE, or a
+    pattern --vcf 'site.chr{chrom}.vcf.gz' (the files that exist for 1..22, X, Y, MT,
+    in that order; the report lists them). Several inputs must have the same samples
+    in the same order (as 'bcftools concat' requires), and a contig may come from one
+    input file only. Regions of all indexed inputs are one Dask graph.
 
     \b
     Example (one Dask task per 5 Mb region, workers as Slurm jobs):
       genofed ingest --vcf site.bcf --fasta ref.fa.gz --out site.dataset --scheduler slurm --cores 4 --memory 8GB --jobs 4
+
+    \b
+    Example (one file per chromosome):
+      genofed ingest --vcf 'site.chr{chrom}.vcf.gz' --fasta ref.fa.gz --out site.dataset
     """
     from pipeline.cluster import dask_session
     from pipeline.ingest import ingest, summary_text
+    from pipeline.ingest_inputs import read_vcf_list
 
+    if bool(vcf) == (vcf_list is not None):
+        raise click.UsageError("give the input files with --vcf (repeatable) or with --vcf-list, one of the two")
+    inputs = list(vcf) if vcf_list is None else read_vcf_list(vcf_list)
     with dask_session(scheduler, options=_cluster(queue, cores, memory, walltime, account, jobs), performance_report=performance_report):
         report = ingest(
-            vcf, out=out, fasta=fasta, phenotypes=phenotypes, chunk_size=chunk_size, scheduler=scheduler,
+            inputs, out=out, fasta=fasta, phenotypes=phenotypes, chunk_size=chunk_size, scheduler=scheduler,
             workers=workers, contig_style=contig_style, assembly=assembly, force=force, progress=resolve_progress(progress),
         )
     echo_summary(report, as_json=as_json, text=summary_text(report, out))
@@ -272,6 +293,23 @@ def _region_argument(ctx: click.Context, param: click.Parameter, value: str) -> 
         raise click.BadParameter(str(error), ctx=ctx, param=param) from error
 
 
+def _background_regions_argument(ctx: click.Context, param: click.Parameter, value: tuple[str, ...]) -> tuple[str, ...]:
+    if value == ("none",):
+        return ()
+    return tuple(_region_argument(ctx, param, each) for each in value)
+
+
+def background_regions_option(default: tuple[str, ...]) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """``--background-region``: the simulator's null regions (repeatable; ``none`` for none)."""
+    return click.option(
+        "--background-region", "background_regions", multiple=True, default=default, show_default=True,
+        callback=_background_regions_argument,
+        help="A null region CONTIG:START-END on another autosome, simulated for the same people: unlinked to the "
+             "trait region and without causal variants, so lambda_GC over it measures stratification the PCs left. "
+             "Repeat for more; 'none' for none.",
+    )
+
+
 @cohort.command("simulate")
 @click.option("--out", "out", required=True, type=click.Path(), help="Cohort folder to create (one sub-folder per site).")
 @click.option("--sites", type=click.IntRange(min=1), default=3, show_default=True, help="Number of sites.")
@@ -281,31 +319,36 @@ def _region_argument(ctx: click.Context, param: click.Parameter, value: str) -> 
     default="chr22:16000000-21000000",
     show_default=True,
     callback=_region_argument,
-    help="Simulated region CONTIG:START-END (1-based, inclusive) on a human autosome.",
+    help="The trait region CONTIG:START-END (1-based, inclusive) on a human autosome; every causal variant lies in it.",
 )
+@background_regions_option(("chr21:15000000-25000000",))
 @click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True, help="Same seed, same bytes.")
 @force_option
 @json_option
 @progress_option
 @handles_errors
 def cohort_simulate(
-    out: str, sites: int, samples: int, region: str, seed: int, force: bool, as_json: bool, progress: bool | None
+    out: str, sites: int, samples: int, region: str, background_regions: tuple[str, ...], seed: int, force: bool,
+    as_json: bool, progress: bool | None,
 ) -> None:
     """Simulate a multi-site cohort: per-site VCF/BCF, phenotypes, reference FASTA, truth.
 
-    Genotypes come from one stdpopsim simulation (HomSap, OutOfAfrica_3G09) dealt to
-    sites with different ancestry mixes; each site has its own file quirks (contig
+    Genotypes come from stdpopsim (HomSap, OutOfAfrica_3G09; one simulation per region,
+    the same people in each) dealt to sites with different ancestry mixes; each site has its own file quirks (contig
     names, VCF vs BCF, phasing, missing calls, REF/ALT swaps, variant subsets), recorded
-    in DIR/cohort.json.
+    in DIR/cohort.json. Traits have their causal variants in the trait region
+    (--region); background regions are null, unlinked chromosomes (--background-region).
     """
     from pipeline.sim.cohort import simulate_cohort
 
     manifest = simulate_cohort(
-        out, sites=sites, samples=samples, region=region, seed=seed, force=force, progress=resolve_progress(progress)
+        out, sites=sites, samples=samples, region=region, background_regions=background_regions, seed=seed,
+        force=force, progress=resolve_progress(progress),
     )
     summary = manifest.to_dict()
     summary["path"] = str(manifest.path)
-    lines = [f"cohort {manifest.path}: {len(manifest.sites)} sites, region {manifest.region}, seed {manifest.seed}"]
+    background = "".join(f", null background {each}" for each in manifest.background_regions)
+    lines = [f"cohort {manifest.path}: {len(manifest.sites)} sites, trait region {manifest.region}{background}, seed {manifest.seed}"]
     for site in manifest.sites:
         lines.append(
             f"  {site.name}: {site.vcf} ({site.counts['variants']} variants x {site.counts['vcf_samples']} samples, "
@@ -610,13 +653,16 @@ def audit_verify(log_path: Path, expected_head: str | None, kept_in: tuple[Path,
 @click.option("--out", type=click.Path(), default="genofed-demo", show_default=True, help="Folder for everything the demo writes.")
 @click.option("--sites", type=click.IntRange(min=2), default=3, show_default=True, help="Number of simulated sites.")
 @click.option("--samples", type=click.IntRange(min=50), default=1000, show_default=True, help="Samples per site.")
-@click.option("--region", default="chr22:16000000-18000000", show_default=True, help="Simulated region contig:start-end.")
+@click.option("--region", default="chr22:16000000-18000000", show_default=True, callback=_region_argument,
+              help="The simulated trait region CONTIG:START-END, which holds every causal variant.")
+@background_regions_option(("chr21:16000000-18000000",))
 @click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True, help="Seed of the simulation (same seed, same files).")
 @force_option
 @progress_option
 @json_option
 @handles_errors
-def demo_command(out: str, sites: int, samples: int, region: str, seed: int, force: bool, progress: bool | None, as_json: bool) -> None:
+def demo_command(out: str, sites: int, samples: int, region: str, background_regions: tuple[str, ...], seed: int,
+                 force: bool, progress: bool | None, as_json: bool) -> None:
     """Run a whole federation on this machine: simulate, ingest, QC, federate.
 
     Simulates a cohort of SITES sites with realistic file quirks (chr22 vs 22,
@@ -627,7 +673,8 @@ def demo_command(out: str, sites: int, samples: int, region: str, seed: int, for
     from pipeline.demo import run_demo
 
     say = (lambda line: click.echo(line, err=True)) if as_json else click.echo
-    summary = run_demo(out, sites=sites, samples=samples, region=region, seed=seed, force=force, progress=resolve_progress(progress), say=say)
+    summary = run_demo(out, sites=sites, samples=samples, region=region, background_regions=background_regions, seed=seed,
+                       force=force, progress=resolve_progress(progress), say=say)
     echo_summary(summary, as_json=as_json, text=f"demo finished in {summary['seconds']} s; everything is in {summary['out']}")
 
 

@@ -20,6 +20,7 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pyarrow.parquet as pq
 
 from pipeline import outputs
@@ -30,11 +31,14 @@ from pipeline.harmonize.contigs import canonical_contig
 from pipeline.ingest import ingest
 from pipeline.qc import run_qc
 from pipeline.resources import workflows_dir
+from pipeline.sim.ancestry import parse_region
 from pipeline.sim.cohort import simulate_cohort
+from pipeline.stats.glm import genomic_inflation
 
 log = logging.getLogger(__name__)
 
 DEFAULT_REGION = "chr22:16000000-18000000"
+DEFAULT_BACKGROUND_REGIONS = ("chr21:16000000-18000000",)
 
 
 def run_demo(
@@ -43,6 +47,7 @@ def run_demo(
     sites: int = 3,
     samples: int = 1000,
     region: str = DEFAULT_REGION,
+    background_regions: Sequence[str] = DEFAULT_BACKGROUND_REGIONS,
     seed: int = 0,
     force: bool = False,
     training_rounds: int = 10,
@@ -54,7 +59,8 @@ def run_demo(
     Args:
         out: folder for everything the demo writes (``cohort/``, ``datasets/``,
             ``qc/``, ``summary.json``); refused if it exists unless ``force``.
-        sites, samples, region, seed: the simulated cohort (see ``genofed cohort simulate``).
+        sites, samples, region, background_regions, seed: the simulated cohort (see
+            ``genofed cohort simulate``); the GWAS reports lambda_GC on the background regions.
         training_rounds: rounds of the federated risk model (short for a demo).
         say: where progress lines go (the CLI passes ``click.echo``).
     """
@@ -63,8 +69,10 @@ def run_demo(
     started = time.perf_counter()
     summary: dict[str, Any] = {"out": str(root), "sites": {}}
     with outputs.atomic_directory(root, force=force) as work:
-        say(f"[1/6] simulating {sites} sites x {samples} samples over {region} (seed {seed})")
-        manifest = simulate_cohort(work / "cohort", sites=sites, samples=samples, region=region, seed=seed, progress=progress)
+        background = "".join(f" and a null background {each}" for each in background_regions)
+        say(f"[1/6] simulating {sites} sites x {samples} samples: trait region {region}{background} (seed {seed})")
+        manifest = simulate_cohort(work / "cohort", sites=sites, samples=samples, region=region,
+                                   background_regions=background_regions, seed=seed, progress=progress)
         reference = manifest.resolve(manifest.reference)
         say("[2/6] ingesting each site's genotypes (harmonized to the reference)")
         for site in manifest.sites:
@@ -89,9 +97,11 @@ def run_demo(
         summary["census"] = census["summary"]
         say(_indent(summary_text(census), work, root))
         say("[5/6] federated GWAS of quant_trait on age, sex and 4 PCs (census -> PCA -> exact linear regression)")
-        gwas = run_federated_gwas(datasets, work / "gwas", truth=manifest.resolve(manifest.truth), pcs=4)
+        gwas = run_federated_gwas(datasets, work / "gwas", truth=manifest.resolve(manifest.truth), pcs=4,
+                                  null_contigs=[parse_region(region).contig for region in manifest.background_regions])
         summary["gwas"] = {key: gwas["summary"][key] for key in ("lambda_gc", "variants", "num_samples") if key in gwas["summary"]}
         summary["gwas"]["causal_hits"] = gwas.get("causal_hits", [])
+        summary["gwas"]["null"] = gwas.get("null")
         say(_indent(gwas["text"], work, root))
         say(f"[6/6] federated training of a risk model for binary_trait ({training_rounds} rounds, with local and pooled baselines)")
         training = run_federated_training(datasets, work / "train", rounds=training_rounds)
@@ -133,6 +143,16 @@ def _indent(text: str, work: Path, root: Path) -> str:
     return "\n".join(f"      {line}" for line in text.replace(str(work), str(root)).splitlines())
 
 
+def _read_ssf(gwas_ssf: Path | str) -> list[dict[str, str]]:
+    """The rows of a ``gwas.tsv.gz`` (GWAS-SSF: chromosomes as numbers, X 23)."""
+    with gzip.open(gwas_ssf, "rt", newline="") as handle:
+        return list(csv.DictReader(handle, delimiter="\t"))
+
+
+def _p_value(row: Mapping[str, str] | None) -> float | None:
+    return None if row is None or row["p_value"] == "NA" else float(row["p_value"])
+
+
 def causal_hits(gwas_ssf: Path | str, truth_tsv: Path | str, *, trait: str = "quant_trait", threshold: float = 5e-8) -> list[dict[str, Any]]:
     """The simulated causal variants of ``trait`` with their GWAS p-values (for the demo).
 
@@ -140,24 +160,40 @@ def causal_hits(gwas_ssf: Path | str, truth_tsv: Path | str, *, trait: str = "qu
     Returns one record per causal variant: variant position, alleles, true effect,
     estimated beta and p-value (None when not tested) and whether p < ``threshold``.
     """
-    with gzip.open(gwas_ssf, "rt", newline="") as handle:
-        rows = {(r["chromosome"], int(r["base_pair_location"])): r for r in csv.DictReader(handle, delimiter="\t")}
+    rows = {(r["chromosome"], int(r["base_pair_location"])): r for r in _read_ssf(gwas_ssf)}
     hits = []
     with open(truth_tsv, newline="") as handle:
         for record in csv.DictReader(handle, delimiter="\t"):
-            if record.get("kind") != "causal" or record.get("trait") != trait:
+            if record["kind"] != "causal" or record["trait"] != trait:
                 continue
-            contig = record[next(iter(record))]
-            chromosome = ssf_chromosome(canonical_contig(contig, "nochr"))
-            position = int(record["pos"] if "pos" in record else list(record.values())[1])
+            chromosome = ssf_chromosome(canonical_contig(record["chromosome"], "nochr"))
+            position = int(record["base_pair_location"])
             row = rows.get((chromosome, position))
-            p_value = None if row is None or row["p_value"] == "NA" else float(row["p_value"])
+            p_value = _p_value(row)
             hits.append({
-                "chromosome": chromosome, "position": position, "effect": record.get("effect"),
+                "chromosome": chromosome, "position": position, "effect": record["effect"],
                 "beta": None if row is None or row["beta"] == "NA" else float(row["beta"]),
                 "p_value": p_value, "significant": p_value is not None and p_value < threshold,
             })
     return hits
+
+
+def null_inflation(gwas_ssf: Path | str, null_contigs: Sequence[str]) -> dict[str, Any]:
+    """lambda_GC over the variants of chromosomes that carry no causal variant.
+
+    The whole-GWAS lambda_GC of a simulated trait mixes true signal spreading through LD
+    from the causal loci (expected) with stratification the PCs failed to remove (a
+    failure). On the simulator's background regions (unlinked, no causal variant) only
+    the second remains, so a value near 1 says that the PCs controlled ancestry.
+
+    Returns:
+        ``lambda_gc`` (None without a tested null variant), ``variants`` (how many had a
+        p-value) and ``chromosomes`` (GWAS-SSF numbering).
+    """
+    chromosomes = sorted({ssf_chromosome(canonical_contig(contig, "nochr")) for contig in null_contigs})
+    p_values = [p for row in _read_ssf(gwas_ssf) if row["chromosome"] in chromosomes and (p := _p_value(row)) is not None]
+    inflation = genomic_inflation(np.array(p_values)) if p_values else None
+    return {"lambda_gc": None if inflation is None else round(inflation, 3), "variants": len(p_values), "chromosomes": chromosomes}
 
 
 def demo_spec(*, pcs: int = 4, phenotype: str = "quant_trait") -> dict[str, Any]:
@@ -169,11 +205,12 @@ def demo_spec(*, pcs: int = 4, phenotype: str = "quant_trait") -> dict[str, Any]
 
 
 def run_federated_gwas(datasets: Sequence[Path | str], out: Path | str, *, truth: Path | str | None = None, pcs: int = 4,
-                       force: bool = False) -> dict[str, Any]:
+                       null_contigs: Sequence[str] = (), force: bool = False) -> dict[str, Any]:
     """``genofed federate`` of :func:`demo_spec` over local datasets, with the causal hits when ``truth`` is given.
 
-    Returns the federate summary plus ``causal_hits`` (see :func:`causal_hits`) and
-    ``text``: a few lines for a terminal (lambda_GC, hits, where the files are).
+    Returns the federate summary plus ``causal_hits`` (see :func:`causal_hits`), ``null``
+    (:func:`null_inflation` over ``null_contigs``, when given) and ``text``: a few lines for
+    a terminal (lambda_GC, hits, where the files are).
     """
     result = federate(list(datasets), demo_spec(pcs=pcs), out, force=force)
     summary = result["summary"]
@@ -183,6 +220,11 @@ def run_federated_gwas(datasets: Sequence[Path | str], out: Path | str, *, truth
         f"{summary['variants']['published']} variants published, {summary['variants']['genome_wide_significant']} "
         f"with p < 5e-8, lambda_GC {summary['lambda_gc']}",
     ]
+    if null_contigs:
+        null = null_inflation(results / DATA_FILE, null_contigs)
+        result["null"] = null
+        lines.append(f"  lambda_GC {null['lambda_gc']} on the {null['variants']:,} variants of chromosome "
+                     f"{', '.join(null['chromosomes'])}, unlinked to any causal variant (stratification left after the PCs)")
     if truth is not None:
         hits = causal_hits(results / DATA_FILE, truth)
         result["causal_hits"] = hits

@@ -14,7 +14,7 @@ import pytest
 def test_demo__tiny_cohort_runs_every_stage(tmp_path: Path) -> None:
     out = tmp_path / "demo"
     arguments = [sys.executable, "-m", "pipeline.cli", "demo", "--out", str(out), "--samples", "150",
-                 "--region", "chr22:16000000-16600000", "--json"]
+                 "--region", "chr22:16000000-16600000", "--background-region", "chr21:16000000-16400000", "--json"]
     completed = subprocess.run(arguments, capture_output=True, text=True, timeout=600)
     assert completed.returncode == 0, completed.stderr[-3000:]
     summary = json.loads(completed.stdout)
@@ -26,6 +26,8 @@ def test_demo__tiny_cohort_runs_every_stage(tmp_path: Path) -> None:
     assert summary["census"]["variants"]["total"] > 0
     assert (out / "gwas" / "results" / "gwas.tsv.gz").is_file()
     assert (out / "gwas" / "results" / "manhattan.png").is_file()
+    null = summary["gwas"]["null"]  # lambda_GC over the background chromosome, which has no causal variant
+    assert null["chromosomes"] == ["21"] and null["variants"] > 100 and 0.5 < null["lambda_gc"] < 2
     assert set(summary["training"]) >= {"federated", "pooled", "local_mean", "local_best"}
     assert not list(tmp_path.glob(".demo.tmp-*")), "the demo left its temporary folder behind"
 

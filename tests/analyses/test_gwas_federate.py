@@ -4,6 +4,7 @@ processes, mutual TLS, SQLite state), and the science on a simulated cohort (slo
 from __future__ import annotations
 
 import csv
+import gzip
 import shutil
 from pathlib import Path
 
@@ -13,7 +14,7 @@ import pytest
 import yaml
 
 from pipeline.analyses.gwas import GWAS, write_outputs
-from pipeline.demo import causal_hits, run_federated_gwas
+from pipeline.demo import DEFAULT_BACKGROUND_REGIONS, DEFAULT_REGION, causal_hits, null_inflation, run_federated_gwas
 from pipeline.federation.in_memory import run_in_memory
 from pipeline.federation.localhost import federate
 from pipeline.stats.glm import genomic_inflation
@@ -26,6 +27,8 @@ def test_gwas_federate__results_folder_equals_pooled_ols(tmp_path):
     # and the census over every sample are not too close for the sites' min_set_difference (a seed giving 1 to 4
     # would have that site decline, rightly: the two sets would differ by those few people's genotypes).
     cohort = gs.make_cohort(tmp_path / "data", seed=6)
+    for site in cohort.values():  # VCF IDs: the rs ID round names them, and the file carries them
+        gs.set_original_ids(site.path, {v: f"rs{v.split(':')[1]}" for v in site.ids})
     spec = {"analysis": "gwas", "model": "linear", "phenotype": "quant_trait", "covariates": ["age", "sex"],
             "min_call_rate": 0.0, "hwe_p": 0.0, "min_allele_count": 5, "stage_timeout": 60}
     summary = federate([site.path for site in cohort.values()], spec, tmp_path / "run", timeout=300)
@@ -37,6 +40,9 @@ def test_gwas_federate__results_folder_equals_pooled_ols(tmp_path):
     assert yaml.safe_load((results / "gwas.tsv.gz-meta.yaml").read_text())["file_type"] == "GWAS-SSF v1.1"
     rows = pq.read_table(results / "gwas.parquet").to_pylist()
     assert len(rows) >= 30
+    assert all(row["rsid"] == f"rs{row['base_pair_location']}" for row in rows)
+    with gzip.open(results / "gwas.tsv.gz", "rt") as handle:
+        assert handle.readline().rstrip("\n").split("\t")[-2:] == ["variant_id", "rsid"]
     # provisioned sites (policy min_allele_count 5) leave themselves out of a variant where their own minor allele count
     # is 1..4: those variants are fitted over the other sites' samples
     status = {r["variant_id"]: r for r in pq.read_table(results / "gwas_status.parquet").to_pylist()}
@@ -55,12 +61,14 @@ def test_gwas_federate__results_folder_equals_pooled_ols(tmp_path):
 
 @pytest.fixture(scope="module")
 def simulated(tmp_path_factory):
-    """3 sites x 1000 simulated samples over 2 Mb of chr22, ingested with their phenotypes."""
+    """The demo's cohort: 3 sites x 1000 simulated samples over 2 Mb of chr22 (the trait region) and 2 Mb of chr21 (a null
+    background, unlinked and without causal variants), ingested with their phenotypes."""
     from pipeline.ingest import ingest
     from pipeline.sim.cohort import load_manifest, simulate_cohort
 
     root = tmp_path_factory.mktemp("gwas-sim")
-    simulate_cohort(root / "cohort", sites=3, samples=1000, region="chr22:16000000-18000000", seed=0)
+    simulate_cohort(root / "cohort", sites=3, samples=1000, region=DEFAULT_REGION, background_regions=DEFAULT_BACKGROUND_REGIONS,
+                    seed=0)
     manifest = load_manifest(root / "cohort")
     datasets = {}
     for site in manifest.sites:
@@ -75,13 +83,16 @@ SIM_SPEC = {"model": "linear", "phenotype": "quant_trait", "covariates": ["age",
 
 
 @pytest.mark.slow
-def test_gwas_simulated__causal_variants_genome_wide_significant_with_pcs(simulated, tmp_path):
+def test_gwas_simulated__causal_variants_genome_wide_significant_and_null_chromosome_uninflated_with_pcs(simulated, tmp_path):
     cohort, datasets = simulated
     run = run_in_memory(GWAS, {**SIM_SPEC, "pcs": 4}, datasets, secure=True, seed=1)
     assert set(run.result.tables) == {"gwas", "gwas_status", "pca_loadings", "pca_eigenvalues"}
     write_outputs(run.result, tmp_path)
     hits = causal_hits(tmp_path / "gwas.tsv.gz", cohort / "truth.tsv")
     assert len(hits) == 10 and all(hit["significant"] for hit in hits), hits
+    null = null_inflation(tmp_path / "gwas.tsv.gz", ["chr21"])  # sites of different ancestry mixes, adjusted by 4 PCs
+    assert null["variants"] > 5000 and 0.95 <= null["lambda_gc"] <= 1.10, null
+    assert run.result.summary["lambda_gc"] > null["lambda_gc"]  # the trait region's true signal, spread through LD
 
 
 @pytest.mark.slow
