@@ -36,6 +36,30 @@ class Site:
     path: Path
 
 
+def write_bed(prefix: Path, calls: np.ndarray, variant_ids: list[str], sample_ids: list[str]) -> Path:
+    """A PLINK 1 binary fileset (``prefix.bed/.bim/.fam``) of (variants, samples) int8 ALT counts, -1 missing.
+
+    ``variant_ids`` are genofed keys ``chr:pos:ref:alt``: the .bim has ALT as A1 and REF as
+    A2, so plink2 --glm's A1 is the ALT allele, as the federated GWAS's effect allele.
+    """
+    variants, samples = calls.shape
+    code = np.array([1, 3, 2, 0], np.uint8)  # index by dosage + 1: missing 01, 0 ALT = hom A2 11, het 10, 2 ALT = hom A1 00
+    padded = np.full((variants, (samples + 3) // 4 * 4), 1, np.uint8)
+    padded[:, :samples] = code[calls.astype(np.int16) + 1]
+    quads = padded.reshape(variants, -1, 4)
+    packed = quads[:, :, 0] | (quads[:, :, 1] << 2) | (quads[:, :, 2] << 4) | (quads[:, :, 3] << 6)
+    with open(f"{prefix}.bed", "wb") as handle:
+        handle.write(bytes([0x6C, 0x1B, 0x01]))
+        handle.write(packed.astype(np.uint8).tobytes())
+    bim = []
+    for variant in variant_ids:
+        contig, position, ref, alt = variant.split(":")
+        bim.append(f"{contig.removeprefix('chr')}\t{variant}\t0\t{position}\t{alt}\t{ref}\n")
+    Path(f"{prefix}.bim").write_text("".join(bim))
+    Path(f"{prefix}.fam").write_text("".join(f"{sample}\t{sample}\t0\t0\t0\t-9\n" for sample in sample_ids))
+    return prefix
+
+
 def write_phenotypes(root: Path, columns: dict[str, np.ndarray]) -> None:
     """Replaces a dataset's samples table with one carrying phenotype columns (NaN -> null)."""
     n = len(next(iter(columns.values())))

@@ -6,6 +6,7 @@ from __future__ import annotations
 import csv
 import gzip
 import shutil
+import subprocess
 from pathlib import Path
 
 import numpy as np
@@ -13,7 +14,10 @@ import pyarrow.parquet as pq
 import pytest
 import yaml
 
+from pipeline.analyses import SiteCache
 from pipeline.analyses.gwas import GWAS, write_outputs
+from pipeline.analyses.gwas.site_data import site_data
+from pipeline.dataset import open_dataset, selected_calls
 from pipeline.demo import DEFAULT_BACKGROUND_REGIONS, DEFAULT_REGION, causal_hits, null_inflation, run_federated_gwas
 from pipeline.federation.in_memory import run_in_memory
 from pipeline.federation.localhost import federate
@@ -82,17 +86,69 @@ SIM_SPEC = {"model": "linear", "phenotype": "quant_trait", "covariates": ["age",
             "pca": {"window_bp": 2000, "maf": 0.05}}
 
 
-@pytest.mark.slow
-def test_gwas_simulated__causal_variants_genome_wide_significant_and_null_chromosome_uninflated_with_pcs(simulated, tmp_path):
-    cohort, datasets = simulated
+@pytest.fixture(scope="module")
+def simulated_gwas(simulated, tmp_path_factory):
+    """The demo's GWAS (4 PCs, default QC) of the simulated cohort, in memory, with its files written."""
+    _, datasets = simulated
     run = run_in_memory(GWAS, {**SIM_SPEC, "pcs": 4}, datasets, secure=True, seed=1)
+    out = tmp_path_factory.mktemp("gwas-sim-results")
+    write_outputs(run.result, out)
+    return run, out
+
+
+@pytest.mark.slow
+def test_gwas_simulated__causal_variants_genome_wide_significant_and_null_chromosome_uninflated_with_pcs(simulated, simulated_gwas):
+    cohort, _ = simulated
+    run, results = simulated_gwas
     assert set(run.result.tables) == {"gwas", "gwas_status", "pca_loadings", "pca_eigenvalues"}
-    write_outputs(run.result, tmp_path)
-    hits = causal_hits(tmp_path / "gwas.tsv.gz", cohort / "truth.tsv")
+    hits = causal_hits(results / "gwas.tsv.gz", cohort / "truth.tsv")
     assert len(hits) == 10 and all(hit["significant"] for hit in hits), hits
-    null = null_inflation(tmp_path / "gwas.tsv.gz", ["chr21"])  # sites of different ancestry mixes, adjusted by 4 PCs
+    null = null_inflation(results / "gwas.tsv.gz", ["chr21"])  # sites of different ancestry mixes, adjusted by 4 PCs
     assert null["variants"] > 5000 and 0.95 <= null["lambda_gc"] <= 1.10, null
     assert run.result.summary["lambda_gc"] > null["lambda_gc"]  # the trait region's true signal, spread through LD
+
+
+@pytest.mark.slow
+def test_gwas_simulated__equals_plink2_glm_on_the_pooled_individuals_with_the_same_pcs(simulated, simulated_gwas, tmp_path):
+    """Default QC, 4 federated PCs, two chromosomes: plink2 --glm on the pooled complete samples, given each site's own PC
+    scores as covariates, agrees on every variant that no site left out (its small cell would change the pooled set)."""
+    if shutil.which("plink2") is None:
+        pytest.skip("plink2 is not installed")
+    _, datasets = simulated
+    run, _ = simulated_gwas
+    state = run.states[-1][1].inner
+    tested = run.result.tables["gwas_status"].to_pydict()
+    compared_ids = sorted(v for v, status, left_out in zip(tested["variant_id"], tested["status"], tested["n_sites_left_out"])
+                          if status == "OK" and left_out == 0)
+    calls, samples, rows = [], [], []
+    for name, path in datasets.items():
+        dataset = open_dataset(path)
+        data = site_data(state, dataset, SiteCache())
+        calls.append(selected_calls(dataset, compared_ids)[:, data.keep])
+        ids = np.asarray(dataset.samples().column("sample_id").to_pylist())[data.keep]
+        samples += list(ids)
+        rows += ["\t".join([i, i, repr(float(y)), *(repr(float(x)) for x in raw)]) for i, y, raw in zip(ids, data.phenotype, data.raw)]
+    prefix = gs.write_bed(tmp_path / "pooled", np.concatenate(calls, axis=1), compared_ids, samples)
+    columns = [*SIM_SPEC["covariates"], "PC1", "PC2", "PC3", "PC4"]
+    (tmp_path / "pheno.tsv").write_text("\n".join(["#FID\tIID\ty\t" + "\t".join(columns), *rows]) + "\n")
+    done = subprocess.run(["plink2", "--bfile", str(prefix), "--pheno", str(tmp_path / "pheno.tsv"), "--pheno-name", "y",
+                           "--covar", str(tmp_path / "pheno.tsv"), "--covar-name", ",".join(columns), "--covar-variance-standardize", "--glm", "hide-covar",
+                           "--threads", "1", "--out", str(tmp_path / "plink2")], capture_output=True, text=True)
+    assert done.returncode == 0, done.stdout + done.stderr
+    header, *body = (tmp_path / "plink2.y.glm.linear").read_text().splitlines()
+    reference = {row["ID"]: row for row in (dict(zip(header.lstrip("#").split("\t"), line.split("\t"))) for line in body)}
+    ours = {row["variant_id"]: row for row in run.result.tables["gwas"].to_pylist()}
+    compared = 0
+    for variant in compared_ids:
+        theirs, row = reference[variant], ours[variant]
+        if theirs["ERRCODE"] != "." or row["beta"] is None:
+            continue
+        assert int(theirs["OBS_CT"]) == row["n"], variant
+        sign = 1.0 if theirs["A1"] == variant.split(":")[3] else -1.0  # plink2 names the allele it tested
+        assert sign * float(theirs["BETA"]) == pytest.approx(row["beta"], rel=1e-5, abs=1e-9), variant
+        assert float(theirs["SE"]) == pytest.approx(row["standard_error"], rel=1e-5), variant
+        compared += 1
+    assert compared > 10_000 and {v.split(":")[0] for v in compared_ids} == {"chr21", "chr22"}
 
 
 @pytest.mark.slow

@@ -40,6 +40,7 @@ sys.path.insert(0, str(REPO))
 from pipeline.analyses.gwas import GWAS  # noqa: E402
 from pipeline.federation.in_memory import run_in_memory  # noqa: E402
 from pipeline.federation.localhost import federate, local_federation  # noqa: E402
+from tests.analyses import gwas_support  # noqa: E402
 from tests.analyses.gwas_support import write_phenotypes  # noqa: E402
 from tests.benchmarks.audit_times import event_clock, stage_split  # noqa: E402
 from tests.federation import runtime_support as rs  # noqa: E402
@@ -73,20 +74,10 @@ def make_sites(root: Path, samples: int, variants: int, seed: int = 0) -> tuple[
 
 
 def write_bed(root: Path, calls: np.ndarray, phenotypes: dict[str, np.ndarray]) -> Path:
-    """PLINK 1 binary fileset of the pooled calls (bim: ALT as A1, REF as A2)."""
+    """PLINK 1 binary fileset of the pooled calls (bim: ALT as A1, REF as A2), and its phenotype file."""
     variants, samples = calls.shape
-    code = np.array([1, 3, 2, 0], np.uint8)  # index by dosage + 1: missing 01, 0 ALT = hom A2 11, het 10, 2 ALT = hom A1 00
-    padded = np.full((variants, (samples + 3) // 4 * 4), 1, np.uint8)
-    padded[:, :samples] = code[calls.astype(np.int16) + 1]
-    quads = padded.reshape(variants, -1, 4)
-    packed = quads[:, :, 0] | (quads[:, :, 1] << 2) | (quads[:, :, 2] << 4) | (quads[:, :, 3] << 6)
-    prefix = root / "pooled"
-    with open(f"{prefix}.bed", "wb") as handle:
-        handle.write(bytes([0x6C, 0x1B, 0x01]))
-        handle.write(packed.astype(np.uint8).tobytes())
     ids = rs.variant_ids(range(1000, 1000 + 10 * variants, 10))
-    Path(f"{prefix}.bim").write_text("".join(f"22\t{v}\t0\t{v.split(':')[1]}\tG\tA\n" for v in ids))
-    Path(f"{prefix}.fam").write_text("".join(f"p{i}\tp{i}\t0\t0\t0\t-9\n" for i in range(samples)))
+    prefix = gwas_support.write_bed(root / "pooled", calls, list(ids), [f"p{i}" for i in range(samples)])
     lines = ["#FID\tIID\tquant_trait\tage\tsex"] + [
         f"p{i}\tp{i}\t{phenotypes['quant_trait'][i]:.17g}\t{phenotypes['age'][i]:g}\t{phenotypes['sex'][i]:g}" for i in range(samples)
     ]
