@@ -126,17 +126,22 @@ __all__ = [
     "HWE_FIELD",
     "TYPED_FIELD",
     "WITHHELD",
+    "aligned_counts",
     "below_minimum",
     "census_sensitivity",
     "census_table",
     "check_census_table",
     "check_counts",
+    "control_mask",
     "control_sample_ids",
+    "hwe_failing",
     "minor_allele_count",
     "minor_count",
     "refuse_duplicate_ids",
     "shared_variant_ids",
+    "site_below_minimum",
     "site_control_counts",
+    "site_subset_counts",
     "site_variant_counts",
 ]
 
@@ -550,16 +555,65 @@ def control_sample_ids(dataset: Dataset, column: str) -> frozenset[str]:
     return frozenset(ids[is_control].tolist())
 
 
+def control_mask(dataset: Dataset, column: str) -> np.ndarray:
+    """(samples,) bool in the dataset's sample order: the samples whose ``column`` is 0 (controls).
+
+    Raises:
+        SpecMismatch: the column is missing, not numeric or not coded 0/1 (a pre-flight code).
+    """
+    return _controls(dataset, column)[1]
+
+
+def site_subset_counts(dataset: Dataset, cache: SiteCache, samples: np.ndarray) -> np.ndarray:
+    """(4, variants) :data:`COUNT_FIELDS` over the samples where ``samples`` (dataset order) is true.
+
+    The variants are in :func:`site_variant_counts`' order; not cached (a subset is the caller's).
+    """
+    parts = [np.stack(count_variants(np.compress(samples, block.call_dosage, axis=1)))
+             for block in dataset_blocks(dataset, cache)]
+    return np.concatenate(parts, axis=1) if parts else np.zeros((len(COUNT_FIELDS), 0), np.int64)
+
+
 def site_control_counts(dataset: Dataset, cache: SiteCache, column: str) -> tuple[pa.Array, np.ndarray]:
     """:func:`site_variant_counts` over the samples whose ``column`` is 0 only (HWE in controls)."""
     def count() -> tuple[pa.Array, np.ndarray]:
-        _, is_control = _controls(dataset, column)
-        parts = [np.stack(count_variants(np.compress(is_control, block.call_dosage, axis=1)))
-                 for block in dataset_blocks(dataset, cache)]
-        counts = np.concatenate(parts, axis=1) if parts else np.zeros((len(COUNT_FIELDS), 0), np.int64)
-        return site_variant_counts(dataset, cache)[0], counts
+        return site_variant_counts(dataset, cache)[0], site_subset_counts(dataset, cache, control_mask(dataset, column))
 
     return cache.get(("census.site_control_counts", column, dataset_fingerprint(dataset)), count)
+
+
+def aligned_counts(targets: pa.Array, ids: pa.Array, counts: np.ndarray) -> tuple[dict[str, np.ndarray], np.ndarray]:
+    """A site's counts (``ids``, (4, variants)) laid out on the ``targets`` IDs: zeros where it does not hold one.
+
+    Returns:
+        ``{count field: (targets,) int64}`` and (targets,) bool: which targets the site holds.
+    """
+    position = pc.fill_null(pc.index_in(ids, value_set=targets), -1).to_numpy(zero_copy_only=False)
+    present = position >= 0
+    where = position[present].astype(np.int64)
+    totals = {name: np.zeros(len(targets), np.int64) for name in COUNT_FIELDS}
+    for name, values in zip(COUNT_FIELDS, counts):
+        np.add.at(totals[name], where, values[present])
+    held = np.zeros(len(targets), bool)
+    held[where] = True
+    return totals, held
+
+
+def site_below_minimum(counts: Mapping[str, np.ndarray], site: SiteContext) -> np.ndarray:
+    """:func:`below_minimum` of a site's :data:`COUNT_FIELDS` (0/1 per variant): the variants it leaves out."""
+    called = counts["n_hom_ref"] + counts["n_het"] + counts["n_hom_alt"]
+    return below_minimum(called, counts["n_het"] + 2 * counts["n_hom_alt"], site)
+
+
+def hwe_failing(counts: Mapping[str, np.ndarray], hwe_p: float) -> np.ndarray:
+    """(variants,) bool: the Hardy-Weinberg exact test over the counted samples gives p below ``hwe_p``.
+
+    plink2 ``--hwe`` semantics (no mid-p); ``hwe_p`` 0 tests nothing, and a variant with
+    no call never fails (its p-value is NaN).
+    """
+    if hwe_p <= 0:
+        return np.zeros(len(counts["n_het"]), bool)
+    return hwe_exact_p(counts["n_hom_ref"], counts["n_het"], counts["n_hom_alt"]) < hwe_p
 
 
 def refuse_duplicate_ids(dataset: Dataset, ids: pa.Array, chunk_sizes: Sequence[int]) -> None:
@@ -670,12 +724,7 @@ class Census(Analysis[CensusState]):
             return {"variant_id": np.unique(kept.astype(str))}
         union = pa.array(state.union, pa.string())
         ids, counts = site_variant_counts(dataset, site.cache)
-        position = pc.fill_null(pc.index_in(ids, value_set=union), -1).to_numpy(zero_copy_only=False)
-        present = position >= 0
-        where = position[present].astype(np.int64)
-        totals = {name: np.zeros(len(union), np.int64) for name in COUNT_FIELDS}
-        for name, values in zip(COUNT_FIELDS, counts):
-            np.add.at(totals[name], where, values[present])
+        totals, held = aligned_counts(union, ids, counts)
         n_samples = np.array([dataset.num_samples], np.int64)
         noise = state.noise
         if noise is not None:
@@ -684,10 +733,7 @@ class Census(Analysis[CensusState]):
             sigma = noise.sigma
             noisy = {name: values + sample_discrete_gaussian(sigma, values.shape, rng=rng) for name, values in totals.items()}
             return {**noisy, "n_samples": n_samples + sample_discrete_gaussian(sigma, (1,), rng=rng)}
-        held = np.zeros(len(union), bool)
-        held[where] = True
-        called = totals["n_hom_ref"] + totals["n_het"] + totals["n_hom_alt"]
-        flags = below_minimum(called, totals["n_het"] + 2 * totals["n_hom_alt"], site)
+        flags = site_below_minimum(totals, site)
         left_out = flags.astype(bool)
         for values in totals.values():
             values[left_out] = 0  # the small cell enters no sum: the variant is counted over the other sites
@@ -696,11 +742,8 @@ class Census(Analysis[CensusState]):
         if parameters.hwe_p > 0:
             tested = totals
             if parameters.hwe_controls is not None:
-                tested = {name: np.zeros(len(union), np.int64) for name in COUNT_FIELDS}
-                _, control_counts = site_control_counts(dataset, site.cache, parameters.hwe_controls)
-                for name, values in zip(COUNT_FIELDS, control_counts):
-                    np.add.at(tested[name], where, values[present])
-            failing = typed & (hwe_exact_p(tested["n_hom_ref"], tested["n_het"], tested["n_hom_alt"]) < parameters.hwe_p)
+                tested, _ = aligned_counts(union, ids, site_control_counts(dataset, site.cache, parameters.hwe_controls)[1])
+            failing = typed & hwe_failing(tested, parameters.hwe_p)
         return {**totals, FLAG_FIELD: flags, TYPED_FIELD: typed.astype(np.int64), HWE_FIELD: failing.astype(np.int64),
                 "n_samples": n_samples}
 

@@ -61,8 +61,9 @@ __all__ = [
 ]
 
 STATUS = ("OK", "CONST_ALLELE", "VIF_TOO_HIGH", "TOO_FEW_SAMPLES", "SEPARATION", "UNFINISHED", "BELOW_SITE_MIN_ALLELE_COUNT",
-          "NOT_TESTED", "FIRTH_CONVERGE_FAIL")
-"""Per-variant outcome codes (plink2 ``--glm`` ERRCODE names where plink2 has one)."""
+          "NOT_TESTED", "FIRTH_CONVERGE_FAIL", "HWE_CLUSTER_FAIL")
+"""Per-variant outcome codes (plink2 ``--glm`` ERRCODE names where plink2 has one; ``HWE_CLUSTER_FAIL``:
+withheld before the fit by the GWAS's ancestry-cluster Hardy-Weinberg round)."""
 
 MAX_VIF = 50.0
 """plink2's default ``--vif``: a genotype this collinear with the covariates is not tested."""

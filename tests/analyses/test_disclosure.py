@@ -24,7 +24,7 @@ import pytest
 from pipeline.analyses import GENOTYPES, Contribution, SiteCache, SiteContext
 from pipeline.analyses.census import CENSUS, COUNT_FIELDS
 from pipeline.analyses.gwas import GWAS, REGRESSION
-from pipeline.analyses.gwas.regression import MOMENTS_ROUND
+from pipeline.analyses.gwas.regression import moments_round
 from pipeline.analyses.gwas.site_data import site_data as gwas_site_data
 from pipeline.analyses.pca import PCA, PcaParameters, select_variants
 from pipeline.analyses.registry import REGISTRY
@@ -140,7 +140,7 @@ def test_contributions__gwas_complete_cases_and_every_sample_for_its_census(coho
         assert len(expected) < len(census.samples)  # the cohort has missing values at every site
         # the regression's site step fits on exactly that set: its moments round counts it
         regression_state = REGRESSION.init({**spec, "variant_ids": list(site.ids)}, SITES)
-        moments = REGRESSION.site_step(regression_state, MOMENTS_ROUND, dataset, _context(name))
+        moments = REGRESSION.site_step(regression_state, moments_round(regression_state.parameters), dataset, _context(name))
         assert int(moments["n_samples"][0]) == len(expected)
         data = gwas_site_data(regression_state, dataset, SiteCache())
         ids = np.asarray(_samples(site.path).column("sample_id").to_pylist(), dtype=object)
@@ -214,7 +214,8 @@ def test_refusals__gwas_sample_bound_names_the_spec_keys_and_columns_only(cohort
     site = cohort["alpha"]
     spec = {"phenotype": "quant_trait", "covariates": ["age"], "max_samples_per_site": 3, "variant_ids": list(site.ids)}
     with pytest.raises(PolicyRefusal) as caught:
-        REGRESSION.site_step(REGRESSION.init(spec, SITES), MOMENTS_ROUND, open_dataset(site.path), _context("alpha"))
+        state = REGRESSION.init(spec, SITES)
+        REGRESSION.site_step(state, moments_round(state.parameters), open_dataset(site.path), _context("alpha"))
     refusal = caught.value
     assert refusal.code == "policy"
     assert "'quant_trait'" in refusal.public and "'age'" in refusal.public and "max_samples_per_site" in refusal.public

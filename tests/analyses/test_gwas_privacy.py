@@ -36,7 +36,7 @@ from pipeline.analyses.gwas.privacy import (
     STATISTICS_SHARE,
     statistics_sensitivity,
 )
-from pipeline.analyses.gwas.regression import MOMENTS_ROUND
+from pipeline.analyses.gwas.regression import moments_round
 from pipeline.dataset import open_dataset
 from pipeline.encoding import Layout
 from pipeline.errors import ConfigurationError
@@ -122,17 +122,18 @@ def test_gwas_privacy__released_minus_exact_follows_the_calibrated_noise(cohort,
     exact_state = dataclasses.replace(noisy_state, parameters=dataclasses.replace(noisy_state.parameters, privacy=None))
     datasets = {name: open_dataset(site.path) for name, site in cohort.items()}
     contexts = {name: _context(name) for name in cohort}
-    for local_round, fields, noise in ((MOMENTS_ROUND, ("n_samples", "sum", "sum_squares"), noisy_state.moments_noise),
-                                       (MOMENTS_ROUND + 1, NOISY_FIELDS, noisy_state.statistics_noise)):
+    moments = moments_round(noisy_state.parameters)
+    for local_round, fields, noise in ((moments, ("n_samples", "sum", "sum_squares"), noisy_state.moments_noise),
+                                       (moments + 1, NOISY_FIELDS, noisy_state.statistics_noise)):
         exact = {}
         for name in cohort:
             step = REGRESSION.site_step(exact_state, local_round, datasets[name], contexts[name])
-            if local_round == MOMENTS_ROUND:  # the noisy moments are of x / max_abs_value
+            if local_round == moments:  # the noisy moments are of x / max_abs_value
                 a = noisy_state.parameters.max_abs_value
                 step = {"n_samples": step["n_samples"], "sum": step["sum"] / a, "sum_squares": step["sum_squares"] / a**2}
             exact[name] = {f: np.rint(np.asarray(step[f], np.float64) * SCALE) for f in fields}
         residuals = []
-        for _ in range(3000 if local_round == MOMENTS_ROUND else 40):
+        for _ in range(3000 if local_round == moments else 40):
             summed = 0
             for name in cohort:
                 step = REGRESSION.site_step(noisy_state, local_round, datasets[name], contexts[name])

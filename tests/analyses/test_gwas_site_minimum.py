@@ -23,7 +23,7 @@ from pipeline.analyses.gwas.outputs import (
     withheld_below_site_minimum,
 )
 from pipeline.analyses.gwas.privacy import noise_sd
-from pipeline.analyses.gwas.regression import MOMENTS_ROUND
+from pipeline.analyses.gwas.regression import moments_round
 from pipeline.dataset import open_dataset
 from pipeline.errors import ProtocolError
 from pipeline.federation.in_memory import default_context, run_in_memory
@@ -178,7 +178,7 @@ def test_site_minimum__b_sends_zeros_for_its_small_cells_in_every_round(sites, l
     dataset = open_dataset(sites["b"].path)
     b = _contexts()["b"]
     for run in (linear_run, logistic_run):
-        rounds = [(r, s) for r, s in run.states if s.phase == GWAS.phase_named("gwas") and r > s.offset + MOMENTS_ROUND]
+        rounds = [(r, s) for r, s in run.states if s.phase == GWAS.phase_named("gwas") and r > s.offset + moments_round(s.inner.parameters)]
         assert rounds
         for round_index, state in rounds:
             inner = state.inner

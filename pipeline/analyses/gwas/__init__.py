@@ -14,6 +14,12 @@ A GWAS job is three phases run as one job (:mod:`pipeline.analyses.phases`):
      a variant gets the one rs ID the sites name, NA where they name several
      (``variants.rsid_conflicts``). rs IDs are public annotations of variants the key union
      already revealed, so this reveals nothing about the samples.
+   * with ``hwe_within: ancestry_clusters`` (needs ``pcs >= 1``), *HWE within ancestry
+     clusters* (:mod:`.hwe_clusters`): the census phase then runs without its HWE filter,
+     and here each site tests Hardy-Weinberg within k-means clusters of its own samples'
+     PC scores and sends per variant a 0/1 flag; the coordinator withholds the variants
+     some site flagged (``gwas_status`` ``HWE_CLUSTER_FAIL``). The later rounds come one
+     later.
    * round 1, *moments*: per site the sample count and the sums and sums of squares of
      every covariate (PCs included) and of the phenotype over the complete samples. The
      coordinator publishes their means and SDs; every site standardizes with them, so
@@ -68,6 +74,9 @@ Spec (see ``workflows/gwas.yaml``)::
     min_call_rate: 0.95
     hwe_p: 1.0e-6
     maf: 0.01
+    hwe_samples: all              # or controls (logistic): HWE on the phenotype's 0s
+    hwe_within: sites             # or ancestry_clusters (pcs >= 1, exact only): HWE within each site's PC clusters
+    hwe_clusters: 3               # k-means clusters per site for ancestry_clusters
     max_samples_per_site: 1000000
     max_abs_value: 10000          # raw covariate or phenotype values are clipped to +-this at the site
     max_abs_z: 100                # standardized ones are clipped to +-this at the site
@@ -190,7 +199,8 @@ class Gwas(Phased):
            variants pass QC and are tested, are released), and so does the PCA phase
            with ``pcs > 0`` (its loadings and eigenvalues are in the result): every
            sample, over the genotypes.
-        3. With ``hwe_samples: controls`` the census' Hardy-Weinberg flags come from the
+        3. With ``hwe_samples: controls`` the Hardy-Weinberg flags (the census', or with
+           ``hwe_within: ancestry_clusters`` the regression phase's) come from the
            phenotype's controls: those samples, over the phenotype and the genotypes.
 
         Read from the samples table alone (no genotype). A release the site brings no
@@ -208,7 +218,7 @@ class Gwas(Phased):
                                                                              GENOTYPES))))
         every = Contribution(dataset_sample_ids(dataset), (GENOTYPES,))
         controls = None
-        if parameters.hwe_samples == "controls":  # the census phase's HWE flags come from the controls
+        if parameters.hwe_samples == "controls":  # the HWE flags come from the controls
             controls = Contribution(control_sample_ids(dataset, parameters.phenotype),
                                     tuple(sorted((parameters.phenotype, GENOTYPES))))
         return tuple(c for c in (regression, every, controls) if c is not None and c.samples)

@@ -1,8 +1,8 @@
 """The linear model's round: per-variant sufficient statistics, and the pooled OLS fit.
 
-In its one round (the regression phase's round 2) every site returns, per variant, the packed ``X'X``, ``X'y``, ``y'y`` and
-``n`` over its complete samples with a called genotype
-(:func:`pipeline.stats.glm.linear_statistics`, standardized covariates and phenotype),
+In its one round (the regression phase's round 2, or 3 after the HWE round) every site
+returns, per variant, the packed ``X'X``, ``X'y``, ``y'y`` and ``n`` over its complete
+samples with a called genotype (:func:`pipeline.stats.glm.linear_statistics`, standardized covariates and phenotype),
 plus 1 where its own minor allele count is non-zero and below its policy minimum: there
 it sends zeros instead of its statistics, as for a variant it does not hold (a small
 cell is left out of the variant's sums, not the variant out of the results; see

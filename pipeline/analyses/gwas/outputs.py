@@ -68,7 +68,8 @@ from pipeline.harmonize.variant_ids import parse_variant_ids
 from pipeline.outputs import atomic_file
 from pipeline.stats import glm
 
-__all__ = ["DATA_FILE", "DATA_FILES", "OUTPUT_FILES", "case_control_counts", "data_file_text", "gwas_table", "metadata",
+__all__ = ["DATA_FILE", "DATA_FILES", "OUTPUT_FILES", "case_control_counts", "data_file_text", "gwas_status_table",
+           "gwas_table", "metadata",
            "names_rsids", "regression_result", "ssf_chromosome", "withheld_below_site_minimum", "write_outputs"]
 
 DATA_FILE = "gwas.tsv.gz"
@@ -186,6 +187,42 @@ def case_control_counts(state: RegressionState) -> dict[str, int]:
     return {"num_cases": cases, "num_controls": moments.n - cases}
 
 
+def gwas_status_table(state: RegressionState, status: np.ndarray, statistic: np.ndarray, firth: np.ndarray | None,
+                      left_out: np.ndarray) -> pa.Table:
+    """The ``gwas_status`` table: every variant fitted, and where the census listed them, those the HWE round withheld.
+
+    A variant withheld by the ancestry-cluster Hardy-Weinberg round (``state.hwe``) was
+    never fitted: status ``HWE_CLUSTER_FAIL``, no statistic, no site left out.
+    """
+    ids = np.asarray(state.variant_ids, dtype=object)
+    status = np.asarray(status, np.int8)
+    statistic = np.where(status == 0, np.asarray(statistic, np.float64), np.nan)
+    firth = np.zeros(len(ids), bool) if firth is None else np.asarray(firth, bool)
+    left_out = np.asarray(left_out, np.int64)
+    screen = state.hwe
+    if screen is not None and screen.withheld:
+        fitted = np.ones(len(ids) + len(screen.withheld), bool)
+        fitted[screen.positions] = False
+
+        def spread(values: np.ndarray, withheld: Any) -> np.ndarray:
+            out = np.empty(fitted.size, values.dtype)
+            out[fitted], out[~fitted] = values, withheld
+            return out
+
+        ids = spread(ids, np.asarray(screen.withheld, dtype=object))
+        status = spread(status, glm.STATUS.index("HWE_CLUSTER_FAIL"))
+        statistic, firth, left_out = spread(statistic, np.nan), spread(firth, False), spread(left_out, 0)
+    ok = status == 0
+    table = pa.table({
+        "variant_id": pa.array([str(v) for v in ids], pa.string()),
+        "status": pa.array([glm.STATUS[s] for s in status], pa.string()),
+        "statistic": pa.array(statistic, pa.float64(), mask=~ok),
+        "firth": pa.array(firth, pa.bool_()),
+        "n_sites_left_out": pa.array(left_out, pa.int64()),
+    })
+    return schemas.conform(table, "gwas_status", source="gwas result")
+
+
 def regression_result(state: RegressionState, beta: np.ndarray, se: np.ndarray, statistic: np.ndarray, p_value: np.ndarray,
                       status: np.ndarray, n: np.ndarray, alt_count: np.ndarray, below_min: np.ndarray, num_sites: int,
                       *, layout: Layout, firth: np.ndarray | None = None) -> Result:
@@ -224,18 +261,12 @@ def regression_result(state: RegressionState, beta: np.ndarray, se: np.ndarray, 
     table = gwas_table([str(v) for v in ids[publishable]], beta[publishable], se[publishable], eaf[publishable],
                        p_value[publishable], np.asarray(n)[publishable], rsid[publishable].tolist())
     ok_mask = (status == 0)
-    status_table = pa.table({
-        "variant_id": pa.array([str(v) for v in ids], pa.string()),
-        "status": pa.array([glm.STATUS[s] for s in status], pa.string()),
-        "statistic": pa.array(np.where(ok_mask, statistic, np.nan), pa.float64(), mask=~ok_mask),
-        "firth": pa.array(np.zeros(len(ids), bool) if firth is None else firth, pa.bool_()),
-        "n_sites_left_out": pa.array(left_out, pa.int64()),
-    })
-    status_table = schemas.conform(status_table, "gwas_status", source="gwas result")
+    status_table = gwas_status_table(state, status, statistic, firth, left_out)
     tested = p_value[ok_mask]
     lam = glm.genomic_inflation(tested)
     order = np.argsort(np.where(ok_mask, p_value, np.inf))[: min(10, int(ok_mask.sum()))]
-    counts = {name: int(np.count_nonzero(status == code)) for code, name in enumerate(glm.STATUS) if np.any(status == code)}
+    every_status = np.asarray(status_table.column("status").to_pylist(), dtype=object)
+    counts = {name: int(np.count_nonzero(every_status == name)) for name in glm.STATUS if np.any(every_status == name)}
     parameters = {key: value for key, value in p.to_json().items() if key != "pca"}
     summary: dict[str, Any] = {
         "analysis": "gwas",
@@ -265,6 +296,12 @@ def regression_result(state: RegressionState, beta: np.ndarray, se: np.ndarray, 
         ),
         "schemas": {name: schemas.load(name).version for name in ("gwas", "gwas_status")},
     }
+    if state.hwe is not None:
+        summary["variants"]["hwe_cluster_failures"] = len(state.hwe.withheld)
+        summary["disclosure"] += (
+            "; the ancestry-cluster Hardy-Weinberg round revealed per variant only how many sites typed it and how many "
+            "failed HWE within one of their own ancestry clusters (clusters and PC scores stayed at the sites)"
+        )
     if p.privacy is not None:
         summary["privacy"] = job_privacy(
             p.privacy, census_variants=int(state.census_variants or 0), num_columns=len(state.columns) + 1,

@@ -3,7 +3,12 @@
 Round 0, *rs IDs*: a key union of the rs IDs the sites' datasets record for the tested
 variants (:mod:`~pipeline.analyses.gwas.rsid`, where the rule is); no sum, no sample.
 
-Round 1, *moments*: per site the count of complete samples and the sums and sums of
+Round 1, *HWE within ancestry clusters*, only with ``hwe_within: ancestry_clusters``:
+each site's 0/1 Hardy-Weinberg flags within clusters of its own samples' PC scores; the
+coordinator withholds the flagged variants from the rest (:mod:`~pipeline.analyses.gwas.hwe_clusters`).
+The rounds below then come one later (:func:`moments_round`).
+
+Round 1 (or 2), *moments*: per site the count of complete samples and the sums and sums of
 squares of every covariate (PCs included) and of the phenotype over them, each value
 clipped to ``±max_abs_value`` at the site. The coordinator publishes their means and
 SDs; every site standardizes with them and clips the standardized values to
@@ -13,7 +18,7 @@ shift). A value beyond either bound is clipped, never refused: a refusal would t
 the analyst that the site holds such a value, and bisecting the bound over jobs would
 read it off. The number clipped per column stays in the site's log.
 
-From round 2 on, :class:`Regression` dispatches to the model's rounds:
+From round 2 (or 3) on, :class:`Regression` dispatches to the model's rounds:
 :mod:`~pipeline.analyses.gwas.linear` (one round) or
 :mod:`~pipeline.analyses.gwas.logistic` (Newton rounds, then the Firth refit).
 
@@ -36,6 +41,11 @@ from typing import Any
 import numpy as np
 
 from pipeline.analyses.bounds import check_sample_bound
+from pipeline.analyses.gwas.hwe_clusters import (
+    hwe_clusters_layout,
+    screen_hwe,
+    site_hwe_flags,
+)
 from pipeline.analyses.gwas.linear import (
     linear_layout,
     linear_result,
@@ -77,10 +87,21 @@ from pipeline.encoding import Count, Layout, Real
 from pipeline.errors import ConfigurationError, InputError
 from pipeline.privacy import Spend, secret_generator
 
-__all__ = ["CARRIED_KEYS", "MOMENTS_ROUND", "REGRESSION", "RSID_ROUND", "Regression"]
+__all__ = ["CARRIED_KEYS", "HWE_ROUND", "REGRESSION", "RSID_ROUND", "Regression", "moments_round"]
 
 RSID_ROUND = 0
-MOMENTS_ROUND = 1
+HWE_ROUND = 1
+"""The ancestry-cluster Hardy-Weinberg round, run only with ``hwe_within: ancestry_clusters``."""
+
+
+def moments_round(parameters: GwasParameters) -> int:
+    """The moments round's number: right after the rs ID round, or after the HWE round when there is one."""
+    return HWE_ROUND + 1 if parameters.hwe_within == "ancestry_clusters" else HWE_ROUND
+
+
+def _has_hwe_round(parameters: GwasParameters, round_index: int) -> bool:
+    return round_index == HWE_ROUND and parameters.hwe_within == "ancestry_clusters"
+
 CARRIED_KEYS = ("variant_ids", "pca_state", "census_variants")
 """Keys of the regression's spec handed over by the earlier phases (QC-passing variants, PCA state,
 the census' union size)."""
@@ -203,17 +224,19 @@ class Regression(Analysis[RegressionState]):
         return RegressionState.from_json(data)
 
     def layout(self, state: RegressionState, round_index: int) -> RoundLayout:
-        """Round 0: the rs ID union; round 1: moments; then per-variant statistics (linear) or Newton rounds (logistic)."""
+        """Round 0: the rs ID union; (the HWE flags;) moments; then per-variant statistics (linear) or Newton rounds (logistic)."""
         if round_index == RSID_ROUND:
             return rsid_layout()
-        if round_index == MOMENTS_ROUND:
+        if _has_hwe_round(state.parameters, round_index):
+            return hwe_clusters_layout(state)
+        if round_index == moments_round(state.parameters):
             return moments_layout(state)
         if state.parameters.model == "linear":
             return linear_layout(state)
         return logistic_layout(state)
 
     def site_step(self, state: RegressionState, round_index: int, dataset: Dataset, site: SiteContext) -> dict[str, np.ndarray]:
-        """The site's rs ID pairs, moments, linear statistics or Newton contributions (see the module docstring).
+        """The site's rs ID pairs, HWE flags, moments, linear statistics or Newton contributions (see the module docstring).
 
         Raw values beyond ``max_abs_value`` and standardized ones beyond ``max_abs_z`` are
         clipped at the site (:mod:`.site_data`), never refused.
@@ -225,11 +248,13 @@ class Regression(Analysis[RegressionState]):
         if round_index == RSID_ROUND:
             return {RSID_KEYS: site_rsid_pairs(state.variant_ids, dataset, site)}
         p = state.parameters
+        if _has_hwe_round(p, round_index):
+            return site_hwe_flags(state, dataset, site)
         data = site_data(state, dataset, site.cache)
         check_sample_bound(len(data.phenotype), p.max_samples_per_site, site=site.name,
                            public=f"the site has more complete samples of {p.phenotype!r} and the covariates "
                                   f"{list(p.covariates)} than the job's max_samples_per_site allows")
-        if round_index == MOMENTS_ROUND:
+        if round_index == moments_round(p):
             values = np.column_stack([data.raw, data.phenotype])
             noise = state.moments_noise
             if noise is not None:  # differential privacy: sums of x / A, so one person moves each by <= 1
@@ -247,14 +272,19 @@ class Regression(Analysis[RegressionState]):
     def coordinator_step(
         self, state: RegressionState, round_index: int, total: Mapping[str, np.ndarray], num_sites: int
     ) -> StepResult[RegressionState]:
-        """Round 0: keep the rs IDs; round 1: publish means/SDs; then the linear fit, or one Newton (or Firth) update.
+        """Round 0: keep the rs IDs; (withhold the HWE-flagged variants;) publish means/SDs; then the linear fit, or one
+        Newton (or Firth) update.
 
         Raises:
-            ProtocolError: (round 0) the union holds a string that is not an rs ID pair (:func:`.rsid.resolve_rsids`).
+            ProtocolError: (round 0) the union holds a string that is not an rs ID pair (:func:`.rsid.resolve_rsids`);
+                (HWE round) flags no honest sites give (:func:`.hwe_clusters.screen_hwe`).
+            InputError: (HWE round) every tested variant was flagged.
         """
         if round_index == RSID_ROUND:
             return dataclasses.replace(state, rsids=resolve_rsids(total[RSID_KEYS], state.variant_ids)), False, None
-        if round_index == MOMENTS_ROUND:
+        if _has_hwe_round(state.parameters, round_index):
+            return screen_hwe(state, total, num_sites), False, None
+        if round_index == moments_round(state.parameters):
             if state.moments_noise is not None:
                 return noisy_moments(state, total, num_sites), False, None
             return published_moments(state, total), False, None
@@ -266,9 +296,9 @@ class Regression(Analysis[RegressionState]):
 
     def privacy_spend(self, state: RegressionState, round_index: int) -> Spend | None:
         """The moments and statistics rounds' noise and privacy, when the job asked for differential privacy."""
-        if round_index == RSID_ROUND:
+        if round_index == RSID_ROUND or _has_hwe_round(state.parameters, round_index):
             return None
-        return state.moments_noise if round_index == MOMENTS_ROUND else state.statistics_noise
+        return state.moments_noise if round_index == moments_round(state.parameters) else state.statistics_noise
 
     def site_finish(self, state: RegressionState, dataset: Dataset, site: SiteContext, out_dir: Path) -> dict[str, Any] | None:
         """Keeps this site's PC scores at the site (``pca_scores.parquet``) when the job ran a PCA phase."""

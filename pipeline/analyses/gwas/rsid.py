@@ -76,6 +76,13 @@ class Rsids:
     def from_json(cls, data: Mapping[str, Any]) -> Rsids:
         return cls(tuple(None if r is None else str(r) for r in data["rsid"]), tuple(int(i) for i in data["conflicts"]))
 
+    def take(self, keep: np.ndarray) -> Rsids:
+        """The rs IDs of the variants where ``keep`` (bool, one per variant) is true, conflicts renumbered."""
+        keep = np.asarray(keep, bool)
+        renumbered = np.cumsum(keep) - 1
+        return Rsids(tuple(r for r, k in zip(self.rsid, keep) if k),
+                     tuple(int(renumbered[i]) for i in self.conflicts if keep[i]))
+
 
 def site_rsid_pairs(variant_ids: Sequence[str], dataset: Dataset, site: SiteContext) -> np.ndarray:
     """The site's ``"VARIANT_ID RSID"`` strings for the tested ``variant_ids`` (see the module docstring), sorted.

@@ -70,6 +70,8 @@ PARAMS = {
     "maf": Param(0.0, CENSUS_PARAMS["maf"].check),
     "min_sites_typed": Param(1, CENSUS_PARAMS["min_sites_typed"].check),
     "hwe_samples": Param("all", choice("all", "controls")),
+    "hwe_within": Param("sites", choice("sites", "ancestry_clusters")),
+    "hwe_clusters": Param(3, integer(1, 20)),
     "max_samples_per_site": Param(1_000_000, integer(1, 2**31 - 1)),
     "max_abs_value": Param(1e4, number(1.0, 1e6)),
     "max_abs_z": Param(100.0, number(2.0, 1e4)),
@@ -104,6 +106,8 @@ class GwasParameters:
     phenotype: str
     privacy: PrivacyTerms | None = None
     hwe_samples: str = "all"
+    hwe_within: str = "sites"
+    hwe_clusters: int = 3
 
     @classmethod
     def parse(cls, spec: Mapping[str, Any], *, ignore: Iterable[str] = ()) -> GwasParameters:
@@ -115,7 +119,8 @@ class GwasParameters:
 
         Raises:
             ConfigurationError: naming the key, what was expected and what was given; a
-                ``privacy`` block with a model or PCA phase that has no noisy mode yet.
+                ``privacy`` block with a model or PCA phase that has no noisy mode yet;
+                ``hwe_within: ancestry_clusters`` without PCs or with privacy terms.
         """
         values = parse_params(spec, PARAMS, where="gwas", ignore=ignore)
         if values["phenotype"] in values["covariates"]:
@@ -123,6 +128,18 @@ class GwasParameters:
         if values["hwe_samples"] == "controls" and values["model"] != "logistic":
             raise ConfigurationError("gwas: hwe_samples: controls needs a case/control phenotype (model: logistic); "
                                      "a quantitative trait has no controls, use hwe_samples: all")
+        if values["hwe_within"] == "ancestry_clusters":
+            if values["privacy"] is not None:
+                raise ConfigurationError(
+                    "gwas: hwe_within: ancestry_clusters needs each site's exact 0/1 Hardy-Weinberg flags, which a "
+                    "differentially private job does not send (a flag would depend on single people; the private census "
+                    "tests HWE on the pooled noisy counts); drop the privacy block or use hwe_within: sites"
+                )
+            if values["pcs"] < 1:
+                raise ConfigurationError(
+                    "gwas: hwe_within: ancestry_clusters clusters each site's samples by their PC scores, so it needs "
+                    f"pcs >= 1 (got pcs: {values['pcs']}); set pcs (e.g. 4) or use hwe_within: sites"
+                )
         if values["privacy"] is not None and (values["model"] != "linear" or values["pcs"] != 0):
             raise ConfigurationError(
                 f"gwas with privacy supports model: linear with pcs: 0 for now (got model: {values['model']}, "
@@ -142,11 +159,17 @@ class GwasParameters:
                 "privacy": None if self.privacy is None else self.privacy.to_json()}
 
     def census_spec(self) -> dict[str, Any]:
-        """The census phase's spec: its QC thresholds, the per-site sample bound, and with privacy its share of the budget."""
+        """The census phase's spec: its QC thresholds, the per-site sample bound, and with privacy its share of the budget.
+
+        With ``hwe_within: ancestry_clusters`` the census runs with ``hwe_p: 0`` (no HWE
+        filter, so no within-site flag): the regression phase's ancestry-cluster round
+        applies the job's ``hwe_p`` instead, once the PC scores exist.
+        """
+        within_sites = self.hwe_within == "sites"
         spec: dict[str, Any] = {"min_allele_count": self.min_allele_count, "min_call_rate": self.min_call_rate,
-                                "hwe_p": self.hwe_p, "maf": self.maf, "max_samples_per_site": self.max_samples_per_site,
-                                "min_sites_typed": self.min_sites_typed}
-        if self.hwe_samples == "controls":
+                                "hwe_p": self.hwe_p if within_sites else 0.0, "maf": self.maf,
+                                "max_samples_per_site": self.max_samples_per_site, "min_sites_typed": self.min_sites_typed}
+        if self.hwe_samples == "controls" and within_sites:
             spec["hwe_controls"] = self.phenotype  # PLINK 1.9's --hwe on case/control data: the controls (0s)
         if self.privacy is not None:
             spec["privacy"] = census_terms(self.privacy).to_json()

@@ -41,7 +41,8 @@ from pipeline.json_arrays import decode_array, encode_array, frozen_array
 from pipeline.privacy import Spend
 from pipeline.stats import glm
 
-__all__ = ["COUNT_NAMES", "FirthRound", "FirthState", "Moments", "NewtonState", "RegressionState", "VariantCounts"]
+__all__ = ["COUNT_NAMES", "FirthRound", "FirthState", "HweScreen", "Moments", "NewtonState", "RegressionState",
+           "VariantCounts"]
 
 
 def _compact(values: np.ndarray) -> np.ndarray:
@@ -74,6 +75,35 @@ class Moments(JsonState):
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> Moments:
         return cls(int(data["n"]), np.asarray(data["mean"], np.float64), np.asarray(data["sd"], np.float64))
+
+
+@dataclass(frozen=True, eq=False)
+class HweScreen(JsonState):
+    """The variants the ancestry-cluster Hardy-Weinberg round withheld (:mod:`.hwe_clusters`).
+
+    Attributes:
+        withheld: their IDs, in the census' order.
+        positions: (withheld,) their positions in the census' list of QC-passing variants,
+            so the status table can list them where they were.
+        n_sites_fail: (withheld,) how many sites flagged each (the secure sum of the flags).
+    """
+
+    withheld: tuple[str, ...]
+    positions: np.ndarray
+    n_sites_fail: np.ndarray
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "positions", frozen_array(self.positions, np.int64))
+        object.__setattr__(self, "n_sites_fail", frozen_array(self.n_sites_fail, np.int64))
+
+    def to_json(self) -> dict[str, Any]:
+        return {"withheld": list(self.withheld), "positions": encode_array(_compact(self.positions)),
+                "n_sites_fail": encode_array(_compact(self.n_sites_fail))}
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> HweScreen:
+        return cls(tuple(str(v) for v in data["withheld"]), decode_array(data["positions"]),
+                   decode_array(data["n_sites_fail"]))
 
 
 COUNT_NAMES = ("n", "n_case", "alt_count", "alt_case", "below_min")
@@ -251,6 +281,8 @@ class RegressionState(JsonState):
         firth: the Firth refit, once the plain fit has ended with failures.
         census_variants: the census phase's variant union size (its counts round's noise,
             for the job's privacy summary); ``None`` when the job has no privacy terms.
+        hwe: what the ancestry-cluster HWE round withheld (``hwe_within: ancestry_clusters``,
+            from that round on; ``variant_ids`` are then the variants it kept), else ``None``.
     """
 
     parameters: GwasParameters
@@ -262,6 +294,7 @@ class RegressionState(JsonState):
     firth: FirthState | None = None
     census_variants: int | None = None
     rsids: Rsids | None = None
+    hwe: HweScreen | None = None
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -272,6 +305,7 @@ class RegressionState(JsonState):
             "firth": None if self.firth is None else self.firth.to_json(),
             "census_variants": self.census_variants,
             "rsids": None if self.rsids is None else self.rsids.to_json(),
+            "hwe": None if self.hwe is None else self.hwe.to_json(),
         }
 
     @classmethod
@@ -286,6 +320,7 @@ class RegressionState(JsonState):
             firth=part("firth", FirthState.from_json),
             census_variants=None if data.get("census_variants") is None else int(data["census_variants"]),
             rsids=None if data.get("rsids") is None else Rsids.from_json(data["rsids"]),
+            hwe=None if data.get("hwe") is None else HweScreen.from_json(data["hwe"]),
         )
 
     @property
