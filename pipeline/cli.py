@@ -242,6 +242,10 @@ class _ChunkSize(click.ParamType):
 @click.option("--assembly", type=click.Choice(list(ASSEMBLIES)), default=None,
               help="Genome assembly of the positions, recorded in the dataset (default: what the VCF header's ##reference or "
                    "##contig assembly= names, else not recorded); a federated GWAS publishes it.")
+@click.option("--min-info", type=click.FloatRange(min=0), default=None,
+              help="Drop imputed variants whose imputation quality (INFO/R2 of minimac, DR2 of Beagle or INFO of IMPUTE, the "
+                   "first the header declares) is below this, as plink2 --extract-if-info does; variants without a score "
+                   "(typed) are kept. Dosages come from FORMAT/DS, or from GP where a record has no DS.")
 @force_option
 @progress_option
 @json_option
@@ -250,7 +254,8 @@ def ingest_command(
     vcf: tuple[str, ...], vcf_list: Path | None, fasta: str | None, phenotypes: str | None, out: str, chunk_size: int, scheduler: str,
     workers: int | None,
     queue: str | None, cores: int | None, memory: str | None, walltime: str | None, account: str | None, jobs: int,
-    performance_report: Path | None, contig_style: str, assembly: str | None, force: bool, progress: bool | None, as_json: bool,
+    performance_report: Path | None, contig_style: str, assembly: str | None, min_info: float | None, force: bool,
+    progress: bool | None, as_json: bool,
 ) -> None:
     """Harmonize a site's VCF/BCF files into a genofed dataset (Parquet, schemas/).
 
@@ -279,7 +284,8 @@ def ingest_command(
     with dask_session(scheduler, options=_cluster(queue, cores, memory, walltime, account, jobs), performance_report=performance_report):
         report = ingest(
             inputs, out=out, fasta=fasta, phenotypes=phenotypes, chunk_size=chunk_size, scheduler=scheduler,
-            workers=workers, contig_style=contig_style, assembly=assembly, force=force, progress=resolve_progress(progress),
+            workers=workers, contig_style=contig_style, assembly=assembly, min_info=min_info, force=force,
+            progress=resolve_progress(progress),
         )
     echo_summary(report, as_json=as_json, text=summary_text(report, out))
 

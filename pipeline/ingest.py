@@ -30,7 +30,9 @@ fails the ingest with one line naming both input records and the fix; nothing is
 - ``genofed_version``; ``inputs``: ``vcf`` (the path of a single input; the list of paths,
   in order and with ``{chrom}`` patterns expanded, when there are several), ``fasta``,
   ``phenotypes`` (paths or null), ``indexed`` (whether every input was split by region);
-  ``settings``: ``chunk_size``, ``contig_style``, ``scheduler``, ``workers``.
+  ``settings``: ``chunk_size``, ``contig_style``, ``scheduler``, ``workers``, ``min_info``
+  (``--min-info``, or null); ``imputation_key``: the INFO key of imputation quality read
+  (``R2``, ``DR2``, ``INFO`` or null; per input path when the inputs differ).
 - ``records_read``: VCF records read (before splitting); ``records_read_by_input``: the
   same per input path, in input order.
 - ``records_without_gt``: records whose FORMAT has no GT (PL only, say); their calls
@@ -38,14 +40,15 @@ fails the ingest with one line naming both input records and the fix; nothing is
   refused.
 - ``multiallelic_records_split``: records with several ALTs; ``records_from_split``:
   biallelic records they became (``bcftools norm -m-``).
+- ``dosages_from_gp``: records whose dosages were computed from FORMAT/GP (no DS).
 - ``trimmed``: variants whose alleles were trimmed to the minimal representation.
 - ``ref_checked``: variants whose REF was compared to the FASTA (0 without one).
 - ``swapped``: REF/ALT exchanged to match the FASTA (calls recoded d -> 2 - d).
 - ``strand_flipped``: alleles complemented to match the FASTA.
 - ``strand_ambiguous``: A/T and C/G SNPs written (flagged, never flipped).
 - ``dropped``: biallelic variants not written, by reason: ``no_alt_allele``,
-  ``symbolic_allele``, ``alt_equals_ref``, ``ref_mismatch``,
-  ``position_outside_reference``.
+  ``symbolic_allele``, ``low_imputation_quality`` (below ``--min-info``),
+  ``alt_equals_ref``, ``ref_mismatch``, ``position_outside_reference``.
 - ``variants_written``: biallelic variants in the dataset.
 - ``samples``: ``in_vcf``, ``phenotype_table``, ``matched``, ``without_phenotypes``,
   ``phenotypes_without_genotypes``, ``examples_without_phenotypes``,
@@ -96,6 +99,7 @@ from pipeline.ingest_task import (
 from pipeline.io.fasta import open_reference
 from pipeline.io.phenotypes import read_phenotypes
 from pipeline.io.vcf import (
+    IMPUTATION_KEYS,
     Region,
     VcfSource,
     index_record_counts,
@@ -136,10 +140,10 @@ def _parse_scheduler(scheduler: str, workers: int | None) -> str:
 
 
 def _stream(vcf: str, out: Path, *, first_chunk: int, num_samples: int, chunk_size: int, fasta: str | None, contig_style: str,
-            progress: bool) -> list[dict[str, Any]]:
+            progress: bool, min_info: float | None = None) -> list[dict[str, Any]]:
     """Without an index: reads the file in order, cutting chunks on the region grid (numbered from ``first_chunk``)."""
     reference = open_reference(fasta) if fasta else None
-    harmonize = harmonizer(contig_style=contig_style, reference=reference)
+    harmonize = harmonizer(contig_style=contig_style, reference=reference, min_info=min_info)
     results: list[dict[str, Any]] = []
     counts: dict[str, Any] = empty_counts()
     records_by_contig: dict[str, int] = {}
@@ -247,11 +251,26 @@ def _compute(tasks: list[ChunkTask], *, scheduler: str, workers: int | None, pro
 PARTS_RESULTS = "results"
 
 
-def _open_inputs(vcf: str | Path | Sequence[str | Path]) -> tuple[list[str], list[VcfSource]]:
-    """The inputs' paths (``{chrom}`` patterns expanded) and opened files; inputs whose samples differ are refused."""
+def _open_inputs(vcf: str | Path | Sequence[str | Path], min_info: float | None = None) -> tuple[list[str], list[VcfSource]]:
+    """The inputs' paths (``{chrom}`` patterns expanded) and opened files.
+
+    Raises:
+        InputError: inputs whose samples differ, or ``min_info`` with an input whose
+            header declares no imputation quality key.
+        ConfigurationError: a negative ``min_info``.
+    """
+    if min_info is not None and not min_info >= 0:
+        raise ConfigurationError(f"--min-info must be a number >= 0 (an imputation quality such as 0.3), got {min_info}")
     paths = expand_inputs(vcf)
     sources = [open_vcf(path) for path in paths]
     check_same_samples(paths, sources)
+    if min_info is not None:
+        for path, source in zip(paths, sources):
+            if source.imputation_key is None:
+                raise InputError(
+                    f"{path}: --min-info {min_info} needs an imputation quality in INFO, but the header declares none of "
+                    f"{', '.join(IMPUTATION_KEYS)}; leave --min-info out for typed (not imputed) genotypes"
+                )
     return paths, sources
 
 
@@ -265,7 +284,7 @@ def _plan_regions(paths: Sequence[str], sources: Sequence[VcfSource], chunk_size
 
 def _chunk_plan(
     paths: Sequence[str], sources: Sequence[VcfSource], plans: Sequence[list[Region] | None], out: str, *, fasta: str | None,
-    contig_style: str, stream: Callable[[str, int], list[dict[str, Any]]],
+    contig_style: str, stream: Callable[[str, int], list[dict[str, Any]]], min_info: float | None = None,
 ) -> tuple[list[ChunkTask], dict[str, list[dict[str, Any]]]]:
     """Numbers chunks over the inputs in order: an indexed input's regions become tasks, an unindexed input is streamed now.
 
@@ -282,7 +301,8 @@ def _chunk_plan(
             streamed[path] = stream(path, next_chunk)
             next_chunk += len(streamed[path])
         else:
-            tasks += [ChunkTask(path, region, next_chunk + i, out, len(source.samples), fasta, contig_style) for i, region in enumerate(regions)]
+            tasks += [ChunkTask(path, region, next_chunk + i, out, len(source.samples), fasta, contig_style, min_info)
+                      for i, region in enumerate(regions)]
             next_chunk += len(regions)
     return tasks, streamed
 
@@ -299,6 +319,12 @@ def _records_by_contig(results: Sequence[dict[str, Any]]) -> dict[str, int]:
         for contig, number in result.get("records_by_contig", {}).items():
             read[contig] = read.get(contig, 0) + int(number)
     return read
+
+
+def _one_or_by_input(values: dict[str, Any]) -> Any:
+    """One value when every input gives the same, else the value of each input (as ``inputs.vcf`` lists several)."""
+    distinct = set(values.values())
+    return next(iter(distinct)) if len(distinct) == 1 else values
 
 
 def _sum_counts(results: Sequence[dict[str, Any]]) -> dict[str, Any]:
@@ -321,6 +347,7 @@ def ingest_part(
     contig_style: str = "chr",
     scheduler: str = "threads",
     workers: int | None = None,
+    min_info: float | None = None,
 ) -> dict[str, Any]:
     """One task of a batch (array job) ingest: regions ``part``, ``part + parts``, ... into ``parts_dir``.
 
@@ -337,9 +364,10 @@ def ingest_part(
         raise ConfigurationError(f"part {part} of {parts}: expected 0 <= part < parts")
     parts_path = Path(parts_dir)
     fasta_path = None if fasta is None else str(fasta)
-    paths, sources = _open_inputs(vcf)
+    paths, sources = _open_inputs(vcf, min_info)
     plans = _plan_regions(paths, sources, parse_chunk_size(chunk_size), contig_style)
-    tasks, _ = _chunk_plan(paths, sources, plans, str(parts_path), fasta=fasta_path, contig_style=contig_style, stream=_needs_index)
+    tasks, _ = _chunk_plan(paths, sources, plans, str(parts_path), fasta=fasta_path, contig_style=contig_style, stream=_needs_index,
+                           min_info=min_info)
     mine = [task for task in tasks if task.chunk_index % parts == part]
     (parts_path / PARTS_RESULTS).mkdir(parents=True, exist_ok=True)
     results = _compute(mine, scheduler=_parse_scheduler(scheduler, workers), workers=workers, progress=False) if mine else []
@@ -428,6 +456,7 @@ def ingest(
     workers: int | None = None,
     contig_style: str = "chr",
     assembly: str | None = None,
+    min_info: float | None = None,
     force: bool = False,
     progress: bool = False,
     parts_dir: str | Path | None = None,
@@ -450,6 +479,8 @@ def ingest(
         assembly: the genome assembly the positions are on (``GRCh37``/``GRCh38``); default
             what the VCF header names (:func:`pipeline.assembly.assembly_from_header`), else
             not recorded. Recorded in ``dataset.json``; a federated GWAS publishes it.
+        min_info: drop imputed variants whose INFO/R2, DR2 or INFO score is below it
+            (:mod:`pipeline.harmonize.imputation`); every input must declare such a key.
         force: replace an existing ``out``.
         progress: show a progress bar on stderr.
         parts_dir: assemble the dataset from the chunks :func:`ingest_part` tasks wrote
@@ -466,7 +497,7 @@ def ingest(
         raise ConfigurationError(f"unknown contig style {contig_style!r}; use one of {', '.join(CONTIG_STYLES)}")
     out_path = Path(out)
     outputs.check_output_path(out_path, force=force)
-    paths, sources = _open_inputs(vcf)
+    paths, sources = _open_inputs(vcf, min_info)
     fasta_path = None if fasta is None else str(fasta)
     first = paths[0]
     samples = sources[0].samples
@@ -490,9 +521,10 @@ def ingest(
         def stream(path: str, first_chunk: int) -> list[dict[str, Any]]:
             log.info("%s has no index: streaming it in one pass", path)
             return _stream(path, tmp, first_chunk=first_chunk, num_samples=len(samples), chunk_size=size, fasta=fasta_path,
-                           contig_style=contig_style, progress=progress)
+                           contig_style=contig_style, progress=progress, min_info=min_info)
 
-        tasks, streamed = _chunk_plan(paths, sources, plans, str(tmp), fasta=fasta_path, contig_style=contig_style, stream=stream)
+        tasks, streamed = _chunk_plan(paths, sources, plans, str(tmp), fasta=fasta_path, contig_style=contig_style, stream=stream,
+                                      min_info=min_info)
         if streamed:  # the contigs of the streamed inputs are known now
             refuse_shared_contigs([(path, [r.contig for r in regions] if regions is not None else list(_records_by_contig(streamed[path])))
                                    for path, regions in zip(paths, plans)], contig_style)
@@ -521,7 +553,8 @@ def ingest(
             "inputs": {"vcf": first if len(paths) == 1 else paths, "fasta": fasta_path, "phenotypes": None if phenotypes is None else str(phenotypes),
                        "indexed": all(source.has_index for source in sources)},
             "settings": {"chunk_size": size, "contig_style": contig_style, "scheduler": scheduler, "workers": workers,
-                         "genome_assembly": genome_assembly},
+                         "genome_assembly": genome_assembly, "min_info": min_info},
+            "imputation_key": _one_or_by_input({path: source.imputation_key for path, source in zip(paths, sources)}),
             **counts,
             "records_read_by_input": {path: part["records_read"] for path, part in counts_by_input.items()},
             "variants_written": sum(int(e["num_variants"]) for e in entries),

@@ -22,11 +22,12 @@ from pipeline.io.vcf import RecordBlock, Region, read_blocks
 
 __all__ = ["COUNTERS", "DROP_REASONS", "RECORDS_PER_BLOCK", "ChunkTask", "add_reader_counts", "dense_block", "empty_counts", "ingest_region", "write_blocks"]
 
-DROP_REASONS = ("no_alt_allele", "symbolic_allele", "alt_equals_ref", "ref_mismatch", "position_outside_reference")
+DROP_REASONS = ("no_alt_allele", "symbolic_allele", "low_imputation_quality", "alt_equals_ref", "ref_mismatch", "position_outside_reference")
 COUNTERS = (
     "records_read",
     "multiallelic_records_split",
     "records_from_split",
+    "dosages_from_gp",
     "trimmed",
     "ref_checked",
     "swapped",
@@ -47,6 +48,7 @@ class ChunkTask:
     num_samples: int
     fasta: str | None
     contig_style: str
+    min_info: float | None = None
 
 
 def empty_counts() -> dict[str, Any]:
@@ -92,7 +94,7 @@ def ingest_region(task: ChunkTask) -> dict[str, Any]:
         driver's check against the index.
     """
     reference = open_reference(task.fasta) if task.fasta else None
-    harmonize = harmonizer(contig_style=task.contig_style, reference=reference)
+    harmonize = harmonizer(contig_style=task.contig_style, reference=reference, min_info=task.min_info)
     counts: dict[str, Any] = empty_counts()
     blocks: list[Block] = []
     records_read = 0

@@ -57,6 +57,7 @@ def variants_table(n_variants: int) -> pa.Table:
             "ref": pa.array(["A"] * n_variants, pa.string()),
             "alt": pa.array(["G"] * n_variants, pa.string()),
             "original_id": pa.nulls(n_variants, pa.string()),
+            "info_score": pa.nulls(n_variants, pa.float32()),
             "source_position": pa.array(position),
             "split_from_multiallelic": false,
             "swapped": false,

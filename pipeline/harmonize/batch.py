@@ -41,6 +41,8 @@ class VariantBatch:
         ref, alt: (v,) allele strings (uppercase).
         allele: int8 (v, samples, ploidy): 0 REF, 1 ALT, -1 missing, -2 absent.
         ds: float32 (v, samples) FORMAT/DS of this ALT (NaN missing), or None.
+        info_score: float32 (v,) imputation quality of this ALT (NaN where the record
+            has none), or None when the input names no quality key.
         split_from_multiallelic, swapped, strand_flipped, strand_ambiguous, ref_checked:
             bool (v,) flags of the variants schema.
         counts: what the steps did so far (report counters), immutable.
@@ -62,6 +64,7 @@ class VariantBatch:
     strand_ambiguous: np.ndarray
     ref_checked: np.ndarray
     counts: Mapping[str, int] = field(default_factory=lambda: MappingProxyType({}))
+    info_score: np.ndarray | None = None
 
     @property
     def num_variants(self) -> int:
@@ -99,6 +102,7 @@ class VariantBatch:
             alt=pick(self.alt),
             allele=self.allele[rows],
             ds=None if self.ds is None else self.ds[rows],
+            info_score=None if self.info_score is None else self.info_score[rows],
             **{name: getattr(self, name)[rows] for name in _FLAG_FIELDS},
         )
 
@@ -180,6 +184,9 @@ def variant_table(batch: VariantBatch) -> pa.Table:
         "ref": pa.array(batch.ref, pa.string()),
         "alt": pa.array(batch.alt, pa.string()),
         "original_id": pa.array(batch.record_id, pa.string()),
+        "info_score": pa.array(
+            np.full(batch.num_variants, np.nan, np.float32) if batch.info_score is None else batch.info_score,
+            pa.float32(), mask=np.isnan(batch.info_score) if batch.info_score is not None else np.ones(batch.num_variants, bool)),
         "source_position": pa.array(batch.source_position.astype(np.int64), pa.int64()),
         **{name: pa.array(getattr(batch, name), pa.bool_()) for name in _FLAG_FIELDS},
     }

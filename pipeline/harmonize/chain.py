@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 from pipeline.harmonize.alleles import minimal_representation
 from pipeline.harmonize.batch import VariantBatch
 from pipeline.harmonize.contigs import canonical_contigs
+from pipeline.harmonize.imputation import drop_low_imputation_quality
 from pipeline.harmonize.multiallelic import split_multiallelic
 from pipeline.harmonize.reference import check_reference, flag_strand_ambiguous
 
@@ -35,14 +36,21 @@ def chain(*steps: Step) -> Step:
     return chained
 
 
-def harmonizer(*, contig_style: str = "chr", reference: Reference | None = None) -> Callable[[RecordBlock], VariantBatch]:
-    """The standard harmonization: split multi-allelics, rename contigs, trim, check REF.
+def harmonizer(
+    *, contig_style: str = "chr", reference: Reference | None = None, min_info: float | None = None
+) -> Callable[[RecordBlock], VariantBatch]:
+    """The standard harmonization: split multi-allelics, drop low imputation quality, rename contigs, trim, check REF.
 
     Args:
         contig_style: ``chr``, ``nochr`` or ``keep`` (see :mod:`pipeline.harmonize.contigs`).
         reference: an opened FASTA; without one REF is not checked and nothing is swapped.
+        min_info: drop variants whose imputation quality is below it
+            (:mod:`pipeline.harmonize.imputation`); None keeps every variant.
     """
-    steps: list[Step] = [split_multiallelic(), canonical_contigs(contig_style), minimal_representation()]
+    steps: list[Step] = [split_multiallelic()]
+    if min_info is not None:
+        steps.append(drop_low_imputation_quality(min_info))
+    steps += [canonical_contigs(contig_style), minimal_representation()]
     if reference is not None:
         steps.append(check_reference(reference))
     steps.append(flag_strand_ambiguous())

@@ -91,6 +91,7 @@ def _one_record(block: RecordBlock, i: int) -> RecordBlock:
         allele_index=block.allele_index[rows],
         phased=None if block.phased is None else block.phased[rows],
         ds=None if block.ds is None else block.ds[rows],
+        info_score=None if block.info_score is None else block.info_score[rows],
     )
 
 

@@ -93,6 +93,9 @@ def split_block(block: RecordBlock) -> VariantBatch:
         ds_all = np.asarray(block.ds, dtype=np.float32)
         ds = ds_all[record, :, alt_number.astype(np.int64) - 1] if rows else np.zeros((0, allele.shape[1]), np.float32)
         ds = ds * _haploid_ds_scale(source_allele) if rows else ds
+    info_score = None
+    if block.info_score is not None:
+        info_score = np.asarray(block.info_score, np.float32)[record, alt_number.astype(np.int64) - 1] if rows else np.zeros(0, np.float32)
     position = np.asarray(block.position, dtype=np.int64)[record]
     split_records = int(np.count_nonzero(n_alts > 1))
     empty = np.zeros(len(rows), dtype=bool)
@@ -112,11 +115,13 @@ def split_block(block: RecordBlock) -> VariantBatch:
         strand_flipped=empty.copy(),
         strand_ambiguous=empty.copy(),
         ref_checked=empty.copy(),
+        info_score=info_score,
     )
     return batch.counted(
         records_read=n_records,
         multiallelic_records_split=split_records,
         records_from_split=int(np.count_nonzero(multi)),
+        dosages_from_gp=block.records_ds_from_gp,
         dropped=dropped,
     )
 

@@ -57,6 +57,11 @@ from pipeline.errors import InputError, VcfFormatError
 MISSING_ALLELE = -1  # '.' in a GT
 ABSENT_ALLELE = -2  # slot beyond a call's ploidy (haploid call in a diploid-width array)
 MAX_ALT_ALLELES = 126  # allele indexes are stored as int8
+IMPUTATION_KEYS = ("R2", "DR2", "INFO")
+"""INFO keys of imputation quality, in the order one is chosen when a header declares several:
+minimac's R2, Beagle's DR2, IMPUTE's INFO (plink2 --extract-if-info reads the key it is given)."""
+GP_SUM_TOLERANCE = 0.01
+"""How far a call's genotype probabilities may sum from 1 (files round them to a few decimals)."""
 
 _BGZF_EOF = bytes.fromhex("1f8b08040000000000ff0600424302001b0003000000000000000000")
 _READ_CHUNK = 1 << 22  # bytes of decompressed text read at a time when streaming
@@ -126,8 +131,12 @@ class RecordBlock:
     ``-1`` for a missing allele ('.') and ``-2`` for a slot beyond the call's ploidy.
     ``phased`` is True where a call has two or more alleles all separated by '|'.
     ``ds`` is float32 ``(records, samples, max_alts)`` FORMAT/DS (NaN missing), or None
-    when no record of the block has DS. ``records_without_gt`` counts the records whose
-    FORMAT has no GT: their calls are read as missing (as bcftools and plink2 do).
+    when no record of the block has DS or GP; a record with GP and no DS has the expected
+    ALT counts of its genotype probabilities there (:func:`decode_gp_dosage`, counted in
+    ``records_ds_from_gp``). ``records_without_gt`` counts the records whose FORMAT has no
+    GT: their calls are read as missing (as bcftools and plink2 do). ``info_score`` is
+    float32 ``(records, max_alts)``, the imputation quality INFO value the source names
+    (:attr:`VcfSource.imputation_key`; NaN where a record has none), or None without one.
     """
 
     source: str
@@ -141,6 +150,8 @@ class RecordBlock:
     phased: np.ndarray | None
     ds: np.ndarray | None
     records_without_gt: int = 0
+    info_score: np.ndarray | None = None
+    records_ds_from_gp: int = 0
 
     @property
     def num_records(self) -> int:
@@ -225,6 +236,8 @@ class VcfSource:
         index: the .tbi/.csi file used (None without one).
         header_assembly: the genome assembly the header's ``##reference`` and contig
             ``assembly=`` values name (:func:`pipeline.assembly.assembly_from_header`), or None.
+        imputation_key: the INFO key of imputation quality the header declares, the first
+            of :data:`IMPUTATION_KEYS` (minimac's R2, Beagle's DR2, IMPUTE's INFO), or None.
     """
 
     def __init__(
@@ -239,6 +252,7 @@ class VcfSource:
         version: tuple[int, int] = (4, 2),
         index: Path | None = None,
         header_assembly: str | None = None,
+        imputation_key: str | None = None,
     ) -> None:
         self.path = path
         self.samples = samples
@@ -250,6 +264,7 @@ class VcfSource:
         self.version = version
         self.index = index
         self.header_assembly = header_assembly
+        self.imputation_key = imputation_key
 
     def __repr__(self) -> str:
         kind = "BCF" if self.is_bcf else ("VCF.gz" if self.is_compressed else "VCF")
@@ -547,6 +562,7 @@ def open_vcf(path: str | Path) -> VcfSource:
             assembly_values = [str(record.value) for record in handle.header.records if record.key == "reference"]
             assembly_values += [str(contig.header_record.get("assembly") or "") for contig in handle.header.contigs.values()
                                 if contig.header_record is not None]
+            imputation_key = next((key for key in IMPUTATION_KEYS if key in handle.header.info), None)
         except UnicodeDecodeError as error:
             raise VcfFormatError(
                 f"{path}: the header (sample IDs or contig names) is not valid UTF-8 ({error.reason} at byte {error.start}); "
@@ -567,7 +583,7 @@ def open_vcf(path: str | Path) -> VcfSource:
     if len(set(samples)) != len(samples):
         raise VcfFormatError(f"{path}: duplicate sample IDs in the '#CHROM' header line; sample IDs must be unique")
     return VcfSource(path, samples, contigs, declared, index is not None, is_bcf, compressed, version=version, index=index,
-                     header_assembly=assembly_from_header(assembly_values, source=str(path)))
+                     header_assembly=assembly_from_header(assembly_values, source=str(path)), imputation_key=imputation_key)
 
 
 _CONTIG_ID = re.compile(rb"^##contig=<(?:.*?[<,])?ID=([^,>]+)")
@@ -842,7 +858,7 @@ def read_blocks(path: str | Path, region: Region | None = None, *, max_records: 
             position = parse_position(bytes(raw), f"{name}: {record_contig}{f' (line {line_number})' if line_number is not None else ''}")
         if record_contig != contig:
             if batch:
-                yield _make_block(name, contig, batch, num_samples, version=source.version)  # type: ignore[arg-type]
+                yield _make_block(name, contig, batch, num_samples, version=source.version, imputation_key=source.imputation_key)  # type: ignore[arg-type]
                 batch = []
             if record_contig in finished:
                 raise VcfFormatError(
@@ -867,13 +883,14 @@ def read_blocks(path: str | Path, region: Region | None = None, *, max_records: 
         last_position = position
         batch.append((line_number, position, fields))
         if len(batch) >= max_records:
-            yield _make_block(name, contig, batch, num_samples, version=source.version)
+            yield _make_block(name, contig, batch, num_samples, version=source.version, imputation_key=source.imputation_key)
             batch = []
     if batch:
-        yield _make_block(name, contig, batch, num_samples, version=source.version)  # type: ignore[arg-type]
+        yield _make_block(name, contig, batch, num_samples, version=source.version, imputation_key=source.imputation_key)  # type: ignore[arg-type]
 
 
-def _make_block(name: str, contig: str, batch: list[tuple[int | None, int, list[bytes]]], num_samples: int, *, version: tuple[int, int] = (4, 2)) -> RecordBlock:
+def _make_block(name: str, contig: str, batch: list[tuple[int | None, int, list[bytes]]], num_samples: int, *, version: tuple[int, int] = (4, 2),
+                imputation_key: str | None = None) -> RecordBlock:
     """Turns a batch of split records into a RecordBlock (fixed columns + genotypes)."""
     line_numbers = [b[0] for b in batch]
     positions = [b[1] for b in batch]
@@ -904,10 +921,12 @@ def _make_block(name: str, contig: str, batch: list[tuple[int | None, int, list[
         num_alts = [len(a) for a in alts]
         allele_index, phased = decode_genotypes(formats, samples, num_samples, num_alts, locate, version=version, without_gt=without_gt)
         ds = decode_ds(formats, samples, num_samples, num_alts, locate, ploidy=lambda: _ds_bound(allele_index, without_gt))
+        ds, from_gp = _with_gp_dosage(ds, formats, samples, num_samples, num_alts, locate)
     else:
         allele_index = np.zeros((n, 0, 2), dtype=np.int8)
         phased = np.zeros((n, 0), dtype=bool)
-        ds = None
+        ds, from_gp = None, 0
+    info_score = None if imputation_key is None else decode_info_score([fields[7] for _, _, fields in batch], imputation_key, [len(a) for a in alts], locate)
     return RecordBlock(
         source=name,
         contig=contig,
@@ -920,6 +939,8 @@ def _make_block(name: str, contig: str, batch: list[tuple[int | None, int, list[
         phased=phased,
         ds=ds,
         records_without_gt=len(without_gt),
+        info_score=info_score,
+        records_ds_from_gp=from_gp,
     )
 
 
@@ -1173,6 +1194,108 @@ def decode_ds(
             f"{int(bound[i])} (the call's ploidy) or '.'"
         )
     return ds
+
+
+def _with_gp_dosage(
+    ds: np.ndarray | None, formats: Sequence[bytes], samples: Sequence[bytes | memoryview], num_samples: int, num_alts: Sequence[int],
+    locate: Callable[[int], str],
+) -> tuple[np.ndarray | None, int]:
+    """``ds`` with the GP-derived dosages of records that have GP and no DS; and how many records those are."""
+    with_gp = [i for i, fmt in enumerate(formats) if b"GP" in (keys := fmt.split(b":")) and b"DS" not in keys]
+    if not with_gp:
+        return ds, 0
+    width = max([1, *num_alts])
+    merged = np.full((len(formats), num_samples, width), np.nan, np.float32) if ds is None else ds
+    for i in with_gp:
+        merged[i, :, : max(1, num_alts[i])] = decode_gp_dosage(formats[i], samples[i], num_samples, num_alts[i], lambda: locate(i))
+    return merged, len(with_gp)
+
+
+def genotype_allele_counts(num_alleles: int, ploidy: int) -> np.ndarray:
+    """(genotypes, alleles) copies of each allele in each genotype, in VCF's GL/GP order.
+
+    Diploid genotype j/k (j <= k) is number k(k+1)/2 + j; a haploid one is its allele.
+    """
+    if ploidy == 1:
+        return np.eye(num_alleles, dtype=np.float64)
+    counts = np.zeros((num_alleles * (num_alleles + 1) // 2, num_alleles), np.float64)
+    for k in range(num_alleles):
+        for j in range(k + 1):
+            counts[k * (k + 1) // 2 + j, j] += 1
+            counts[k * (k + 1) // 2 + j, k] += 1
+    return counts
+
+
+def decode_gp_dosage(
+    fmt: bytes, sample_text: bytes | memoryview, num_samples: int, num_alts: int, where: Callable[[], str]
+) -> np.ndarray:
+    """Expected ALT allele counts (samples, alts) of one record from its FORMAT/GP, NaN where GP is missing.
+
+    As ``plink2 --vcf dosage=GP`` and ``bcftools +dosage`` compute them: the sum over
+    genotypes of probability times copies of the ALT. The number of values tells
+    haploid (one per allele) from diploid calls; probabilities must lie in [0, 1] and sum
+    to 1 within :data:`GP_SUM_TOLERANCE`.
+
+    Raises:
+        VcfFormatError: a value that is not a number, a count of values that fits no
+            ploidy, or probabilities out of range.
+    """
+    key = fmt.split(b":").index(b"GP")
+    columns = bytes(sample_text).split(b"\t")
+    num_alleles = num_alts + 1
+    out = np.full((num_samples, max(1, num_alts)), np.nan, np.float32)
+    by_size: dict[int, list[int]] = {}
+    values: list[list[bytes]] = []
+    for j, column in enumerate(columns[:num_samples]):
+        parts = column.split(b":")
+        text = parts[key] if key < len(parts) else b"."
+        values.append(text.split(b","))
+        if text != b".":
+            by_size.setdefault(len(values[-1]), []).append(j)
+    for size, rows in by_size.items():
+        ploidy = 1 if size == num_alleles else 2 if size == num_alleles * (num_alleles + 1) // 2 else 0
+        if ploidy == 0 or num_alts == 0:
+            raise VcfFormatError(
+                f"{where()}: sample column {rows[0] + 1}: GP has {size} values; with {num_alleles} alleles expected {num_alleles} "
+                f"(haploid) or {num_alleles * (num_alleles + 1) // 2} (diploid)"
+            )
+        try:
+            probability = np.array([values[j] for j in rows], dtype=np.bytes_).astype(np.float64)
+        except ValueError:
+            j = next(j for j in rows if not all(_DS_NUMBER.fullmatch(v) for v in values[j]))
+            raise VcfFormatError(f"{where()}: sample column {j + 1}: GP {b','.join(values[j])[:40].decode(errors='replace')!r} is not a list of numbers") from None
+        total = probability.sum(axis=1)
+        bad = ~(np.all((probability >= 0) & (probability <= 1), axis=1) & (np.abs(total - 1) <= GP_SUM_TOLERANCE))
+        if bad.any():
+            j = rows[int(np.flatnonzero(bad)[0])]
+            raise VcfFormatError(
+                f"{where()}: sample column {j + 1}: GP {b','.join(values[j])[:40].decode(errors='replace')} are not genotype probabilities "
+                f"(each in [0, 1], summing to 1 within {GP_SUM_TOLERANCE}); phred-scaled GP is not read: convert with bcftools +tag2tag"
+            )
+        out[rows] = (probability @ genotype_allele_counts(num_alleles, ploidy))[:, 1:]
+    return out
+
+
+def decode_info_score(info: Sequence[bytes | memoryview], key: str, num_alts: Sequence[int], where: Callable[[int], str]) -> np.ndarray:
+    """The INFO ``key`` values as float32 (records, max_alts): one value for every ALT, or one per ALT; NaN where absent.
+
+    Raises:
+        VcfFormatError: a value that is not a number, or a count that is neither 1 nor the record's ALT count.
+    """
+    pattern = re.compile(rb"(?:^|;)" + re.escape(key.encode()) + rb"=([^;]*)")
+    out = np.full((len(info), max([1, *num_alts])), np.nan, np.float32)
+    for i, text in enumerate(info):
+        match = pattern.search(bytes(text))
+        if match is None or match.group(1) == b".":
+            continue
+        parts = match.group(1).split(b",")
+        if len(parts) not in (1, num_alts[i]):
+            raise VcfFormatError(f"{where(i)}: INFO/{key} has {len(parts)} values; expected 1 or one per ALT allele ({num_alts[i]})")
+        if not all(_DS_NUMBER.fullmatch(part) for part in parts):
+            raise VcfFormatError(f"{where(i)}: INFO/{key}={match.group(1)[:40].decode(errors='replace')} is not a number")
+        numbers = np.array([float(part) for part in parts], np.float32)
+        out[i, : max(1, num_alts[i])] = numbers if numbers.size > 1 else numbers[0]
+    return out
 
 
 _DS_NUMBER = re.compile(rb"[-+]?(?:\d+\.?\d*(?:[eE][-+]?\d+)?|\.\d+(?:[eE][-+]?\d+)?|[Ii][Nn][Ff](?:[Ii][Nn][Ii][Tt][Yy])?|[Nn][Aa][Nn])")

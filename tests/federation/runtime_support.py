@@ -48,8 +48,12 @@ def random_genotypes(seed: int, num_variants: int, num_samples: int, *, missing_
     return calls
 
 
-def write_dataset(root: Path, ids: Sequence[str], call_dosage: np.ndarray, *, sample_prefix: str = "S", chunk_size: int = 7) -> Path:
-    """A dataset of ``call_dosage`` (variants x samples), in chunks of ``chunk_size`` variants."""
+def write_dataset(root: Path, ids: Sequence[str], call_dosage: np.ndarray, *, sample_prefix: str = "S", chunk_size: int = 7,
+                  dosage: np.ndarray | None = None) -> Path:
+    """A dataset of ``call_dosage`` (variants x samples), in chunks of ``chunk_size`` variants.
+
+    ``dosage``: (variants x samples) float dosages (NaN missing) stored beside the calls, as ingest stores FORMAT/DS.
+    """
     root.mkdir(parents=True, exist_ok=True)
     num_variants, num_samples = call_dosage.shape
     chunks = []
@@ -66,6 +70,7 @@ def write_dataset(root: Path, ids: Sequence[str], call_dosage: np.ndarray, *, sa
                 "ref": pa.array([v.split(":")[2] for v in part], pa.string()),
                 "alt": pa.array([v.split(":")[3] for v in part], pa.string()),
                 "original_id": pa.array([None] * n, pa.string()),
+                "info_score": pa.nulls(n, pa.float32()),
                 "source_position": pa.array(positions, pa.int64()),
                 "split_from_multiallelic": pa.array([False] * n),
                 "swapped": pa.array([False] * n),
@@ -74,7 +79,8 @@ def write_dataset(root: Path, ids: Sequence[str], call_dosage: np.ndarray, *, sa
                 "ref_checked": pa.array([False] * n),
             }
         )
-        block = dataset_io.Block(variants=variants, call_dosage=call_dosage[start:stop], dosage=None)
+        block = dataset_io.Block(variants=variants, call_dosage=call_dosage[start:stop],
+                                 dosage=None if dosage is None else dosage[start:stop])
         chunks.append(dataset_io.write_chunk(root, index, block))
     samples = pa.table(
         {
