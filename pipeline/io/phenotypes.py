@@ -2,9 +2,12 @@
 
 The first column holds sample IDs (plink's ``#IID`` / ``IID`` / ``FID IID`` headers are
 understood; FID is dropped) and becomes ``sample_id``. ``NA``, ``NaN``, ``.`` and empty
-cells are missing. Type rule: a column is numeric (float64) when its first non-missing
-value is a number; any later non-number in it is an error naming the line, the column
-and the cell. Other columns are strings.
+cells are missing, and so is PLINK's missing code ``-9`` (any number equal to it, ``-9.0``
+too, in any column; plink2's ``--input-missing-phenotype``, which also applies to
+covariates; ``missing_code=None`` keeps -9 as a value). Type rule, fixed here for
+every later use: a column is numeric (float64) when its first non-missing value is a
+number; any later non-number in it is an error naming the line, the column and the
+cell. Other columns are strings.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ import pyarrow as pa
 from pipeline.errors import InputError, PhenotypeError
 
 MISSING_VALUES = frozenset({"", "NA", "NaN", "nan", "."})
+PLINK_MISSING_CODE = -9.0
 _NUMBER = re.compile(r"[+-]?(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?")
 
 
@@ -24,8 +28,10 @@ def _split(line: str, tabs: bool) -> list[str]:
     return line.split("\t") if tabs else line.split()
 
 
-def read_phenotypes(path: str | Path) -> pa.Table:
+def read_phenotypes(path: str | Path, *, missing_code: float | None = PLINK_MISSING_CODE) -> pa.Table:
     """Reads a phenotype TSV into a table with ``sample_id`` (string) first.
+
+    ``missing_code``: a number that means missing (PLINK's -9), or None.
 
     Raises:
         InputError: the file is missing or not UTF-8 text.
@@ -74,12 +80,14 @@ def read_phenotypes(path: str | Path) -> pa.Table:
     data: dict[str, pa.Array] = {"sample_id": pa.array(sample_ids, type=pa.string())}
     data_lines = [number for number, _ in lines[1:]]
     for name, values in zip(names, columns, strict=True):
-        data[name] = _typed_column(path, name, values, data_lines)
+        data[name] = _typed_column(path, name, values, data_lines, missing_code)
     return pa.table(data)
 
 
-def _typed_column(path: Path, name: str, values: list[str | None], line_numbers: list[int]) -> pa.Array:
-    """float64 when the first non-missing value is a number, else string."""
+def _typed_column(path: Path, name: str, values: list[str | None], line_numbers: list[int], missing_code: float | None) -> pa.Array:
+    """float64 when the first non-missing value is a number, else string; a number equal to ``missing_code`` is missing."""
+    if missing_code is not None:
+        values = [None if value is not None and _NUMBER.fullmatch(value) and float(value) == missing_code else value for value in values]
     first = next((value for value in values if value is not None), None)
     if first is None or not _NUMBER.fullmatch(first):
         return pa.array(values, type=pa.string())

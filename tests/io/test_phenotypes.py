@@ -79,3 +79,13 @@ def test_errors__missing_id_empty_file_and_duplicate_columns(tmp_path: Path) -> 
         read_phenotypes(write(tmp_path, "IID\tx\tx\ns1\t1\t2\n"))
     with pytest.raises(InputError, match="no such file"):
         read_phenotypes(tmp_path / "absent.tsv")
+
+
+def test_read_phenotypes__plink_missing_code_is_missing(tmp_path: Path) -> None:
+    text = "IID\tbmi\tage\tgroup\ns1\t-9\t40\t-9\ns2\t22.5\t-9.0\ta\ns3\t-9.5\t51\tb\n"
+    table = read_phenotypes(write(tmp_path, text))
+    assert table.column("bmi").to_pylist() == [None, 22.5, -9.5]  # typed by its first non-missing value
+    assert table.column("age").to_pylist() == [40.0, None, 51.0]
+    assert table.column("group").to_pylist() == [None, "a", "b"]  # a categorical column: -9 is missing there too
+    kept = read_phenotypes(write(tmp_path, text.replace("\ta\n", "\t7\n").replace("\tb\n", "\t8\n")), missing_code=None)
+    assert kept.column("bmi").to_pylist() == [-9.0, 22.5, -9.5] and kept.column("group").to_pylist() == [-9.0, 7.0, 8.0]
