@@ -13,13 +13,24 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # numpy is not imported at run time: the CLI imports this module, and the analyst's client loads no numpy
+    import numpy as np
 
 from pipeline.errors import ConfigurationError, InputError
 
-__all__ = ["ASSEMBLIES", "assembly_from_header", "check_assembly"]
+__all__ = ["ASSEMBLIES", "PSEUDOAUTOSOMAL", "assembly_from_header", "check_assembly", "in_pseudoautosomal"]
 
 ASSEMBLIES = ("GRCh37", "GRCh38")
 """The assemblies a dataset may record (GWAS-SSF metadata names them so)."""
+
+PSEUDOAUTOSOMAL = {
+    "GRCh37": ((60_001, 2_699_520), (154_931_044, 155_260_560)),
+    "GRCh38": ((10_001, 2_781_479), (155_701_383, 156_030_895)),
+}
+"""chrX's pseudo-autosomal regions PAR1 and PAR2 (1-based, inclusive; plink2 --split-par b37/b38),
+where males carry two copies as on an autosome; elsewhere on chrX they carry one."""
 
 _HEADER_NAMES = {"grch37": "GRCh37", "hg19": "GRCh37", "b37": "GRCh37", "hs37d5": "GRCh37", "grch38": "GRCh38",
                  "hg38": "GRCh38", "hs38dh": "GRCh38"}
@@ -58,3 +69,9 @@ def assembly_from_header(values: Iterable[str], *, source: str) -> str | None:
         raise InputError(f"{source}: the header names two genome assemblies: {shown}; fix the header, or give the "
                          "assembly the positions are on with --assembly")
     return next(iter(named), None)
+
+
+def in_pseudoautosomal(position: np.ndarray, assembly: str) -> np.ndarray:
+    """bool per chrX ``position`` (1-based): inside PAR1 or PAR2 of ``assembly``."""
+    (start1, end1), (start2, end2) = PSEUDOAUTOSOMAL[assembly]
+    return ((position >= start1) & (position <= end1)) | ((position >= start2) & (position <= end2))

@@ -38,6 +38,9 @@ _ANCESTRY_MIXES: tuple[dict[str, float], ...] = (
     {"YRI": 0.10, "CEU": 0.15, "CHB": 0.75},
 )
 
+CHROMOSOMES: tuple[str, ...] = (*(str(i) for i in range(1, 23)), "X")
+"""The chromosomes a region may lie on, in genome order (chrY and chrM are not simulated)."""
+
 _REGION_PATTERN = re.compile(r"^(?P<contig>[A-Za-z0-9_.]+):(?P<start>[0-9,]+)-(?P<end>[0-9,]+)$")
 
 
@@ -57,13 +60,18 @@ class GenomicInterval:
         """The contig name without a ``chr`` prefix (``chr22`` -> ``22``)."""
         return canonical_contig(self.contig, "nochr")
 
+    @property
+    def is_x(self) -> bool:
+        """On chrX, where males are haploid outside the pseudo-autosomal regions."""
+        return self.chromosome_number == "X"
+
 
 def parse_region(text: str) -> GenomicInterval:
     """Parses ``contig:start-end`` (1-based, inclusive; commas allowed in numbers).
 
     Raises:
         ConfigurationError: the text is malformed, the interval is empty, or the contig
-            is not a human autosome known to stdpopsim.
+            is not a human autosome or chrX known to stdpopsim.
     """
     match = _REGION_PATTERN.match(text.strip())
     if match is None:
@@ -79,9 +87,9 @@ def parse_region(text: str) -> GenomicInterval:
         )
     interval = GenomicInterval(contig, start, end)
     number = interval.chromosome_number
-    if number not in {str(i) for i in range(1, 23)}:
+    if number not in CHROMOSOMES:
         raise ConfigurationError(
-            f"region {text!r}: contig {contig!r} is not a human autosome; use chr1..chr22 (or 1..22)"
+            f"region {text!r}: contig {contig!r} is not a simulated human chromosome; use chr1..chr22 or chrX (or 1..22, X)"
         )
     length = _chromosome_length(number)
     if end > length:

@@ -35,11 +35,13 @@ from typing import Any
 import numpy as np
 
 from pipeline import __version__
+from pipeline.assembly import in_pseudoautosomal
 from pipeline.errors import ConfigurationError, InputError
 from pipeline.outputs import atomic_directory, check_output_path
 from pipeline.sim import phenotypes as pheno
 from pipeline.sim import writers
 from pipeline.sim.ancestry import (
+    CHROMOSOMES,
     DEMOGRAPHIC_MODEL,
     ENGINE,
     POPULATIONS,
@@ -55,6 +57,7 @@ from pipeline.sim.ancestry import (
 from pipeline.sim.quirks import SiteQuirks, add_missing_calls, contig_name, site_quirks, swap_ref_alt
 
 DEFAULT_REGION = "chr22:16000000-21000000"
+SIMULATED_ASSEMBLY = "GRCh38"  # stdpopsim's HomSap genome: chromosome lengths and chrX's PARs
 MANIFEST_NAME = "cohort.json"
 MANIFEST_FORMAT = "genofed-cohort/1"
 MIN_SAMPLES = 10
@@ -246,6 +249,8 @@ def simulate_cohort(
         OutputExistsError: ``out`` exists and ``force`` is false.
     """
     interval = parse_region(region)
+    if interval.is_x:
+        raise ConfigurationError(f"the trait region {interval} must lie on an autosome; chrX may be a background region")
     intervals = [interval, *_background_intervals(interval, background_regions)]
     if sites < 1:
         raise ConfigurationError(f"--sites must be at least 1, got {sites}")
@@ -348,7 +353,7 @@ def _background_intervals(trait: GenomicInterval, regions: Sequence[str]) -> lis
         ConfigurationError: a region is malformed, or two regions share a chromosome (they
             would be simulated as unlinked although they are not).
     """
-    intervals = sorted((parse_region(text) for text in regions), key=lambda each: int(each.chromosome_number))
+    intervals = sorted((parse_region(text) for text in regions), key=lambda each: CHROMOSOMES.index(each.chromosome_number))
     seen = {trait.chromosome_number: str(trait)}
     for each in intervals:
         if each.chromosome_number in seen:
@@ -545,6 +550,7 @@ class _SiteSamples:
     genotype_only: tuple[str, ...]
     phenotype_only: tuple[str, ...]
     phenotype_na: int
+    vcf_male: np.ndarray  # bool (VCF samples,): male (sex 1), so haploid on chrX outside the PARs
 
 
 def _write_phenotypes(
@@ -628,6 +634,7 @@ def _write_phenotypes(
                 genotype_only=tuple(vcf_id[j] for j in genotype_only),
                 phenotype_only=tuple(extra_id),
                 phenotype_na=n_na,
+                vcf_male=traits.sex[individual] == 1,
             )
         )
     (folder / "ancestry.tsv").write_text("\n".join(ancestry_lines) + "\n")
@@ -702,7 +709,10 @@ def _write_genotypes(
                     half_missing_rate=quirks[s].half_missing_rate,
                     rng=site_rngs[s],
                 )
-                cells = writers.encode_genotype_cells(allele, phased=quirks[s].phased)
+                if intervals[region].is_x:  # males keep their first copy outside the PARs
+                    haploid = ~in_pseudoautosomal(census.position[variant], SIMULATED_ASSEMBLY)
+                    allele[haploid[:, None] & site_records[s].vcf_male[None, :], 1] = writers.ABSENT
+                cells = writers.encode_genotype_rows(allele, phased=quirks[s].phased)
                 handles[s].write(
                     writers.vcf_lines(
                         contigs[s][region],

@@ -69,14 +69,36 @@ def encode_genotype_cells(allele_index: np.ndarray, *, phased: bool) -> np.ndarr
     return cell.reshape(n_variant, n_sample * 4)
 
 
+ABSENT = -2
+"""An allele slot a haploid call does not have (a male's second chrX copy outside the PARs)."""
+
+
+def encode_genotype_rows(allele_index: np.ndarray, *, phased: bool) -> list[bytes]:
+    """Like :func:`encode_genotype_cells`, with haploid calls: second allele :data:`ABSENT` writes ``a`` instead of ``a/b``.
+
+    Returns:
+        One bytes object per variant: the GT columns after ``FORMAT\t``, ending with a newline.
+    """
+    haploid = allele_index[:, :, 1] == ABSENT
+    if not haploid.any():
+        return [row.tobytes() for row in encode_genotype_cells(allele_index, phased=phased)]
+    diploid = allele_index.copy()
+    diploid[:, :, 1] = np.where(haploid, diploid[:, :, 0], diploid[:, :, 1])  # any second allele: its bytes are dropped
+    cells = encode_genotype_cells(diploid, phased=phased).reshape(*haploid.shape, 4)
+    keep = np.ones(cells.shape, dtype=bool)
+    keep[:, :, 1] = keep[:, :, 2] = ~haploid
+    return [cells[i][keep[i]].tobytes() for i in range(cells.shape[0])]
+
+
 def vcf_lines(
-    contig: str, position: np.ndarray, ref: Sequence[str], alts: Sequence[str], genotype_cells: np.ndarray
+    contig: str, position: np.ndarray, ref: Sequence[str], alts: Sequence[str], genotype_cells: np.ndarray | Sequence[bytes]
 ) -> bytes:
-    """Joins fixed columns and encoded GT cells into VCF data lines (ID, QUAL, INFO '.')."""
+    """Joins fixed columns and encoded GT cells (an array of rows, or bytes per row) into VCF data lines (ID, QUAL, INFO '.')."""
     parts = []
     for i in range(len(position)):
         parts.append(f"{contig}\t{int(position[i])}\t.\t{ref[i]}\t{alts[i]}\t.\tPASS\t.\tGT\t".encode())
-        parts.append(genotype_cells[i].tobytes())
+        row = genotype_cells[i]
+        parts.append(row if isinstance(row, bytes) else row.tobytes())
     return b"".join(parts)
 
 

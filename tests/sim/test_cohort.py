@@ -302,7 +302,7 @@ def test_parse_region__accepts_commas_and_either_contig_style() -> None:
     assert parse_region("22:1-100").chromosome_number == "22"
 
 
-@pytest.mark.parametrize("text", ["chr22", "chr22:5-1", "chr22:0-10", "chrX:1-100", "chr22:1-999999999", "chr22:a-b"])
+@pytest.mark.parametrize("text", ["chr22", "chr22:5-1", "chr22:0-10", "chrY:1-100", "chr22:1-999999999", "chr22:a-b"])
 def test_parse_region__rejects_malformed(text: str) -> None:
     with pytest.raises(ConfigurationError):
         parse_region(text)
@@ -411,6 +411,32 @@ def test_background_region__on_the_trait_chromosome_is_refused(tmp_path: Path) -
     with pytest.raises(ConfigurationError, match="same chromosome"):
         simulate_cohort(tmp_path / "x", **{**TINY, "background_regions": ["chr21:1-100000", "chr21:200000-300000"]})
     assert not (tmp_path / "x").exists()
+
+
+def test_background_chrx__males_are_haploid_outside_the_pars_and_diploid_inside(tmp_path: Path) -> None:
+    """chrX:2.7-2.9 Mb spans the end of PAR1 (GRCh38: 10,001-2,781,479); sex comes from the phenotype table."""
+    out = tmp_path / "x"
+    simulate_cohort(out, **{**TINY, "samples": 60, "background_regions": ["chrX:2700000-2900000"]})
+    manifest = load_manifest(out)
+    checked = 0
+    for site in manifest.sites:
+        sex = {row["IID"]: row["sex"] for row in _phenotype_rows(manifest.resolve(site.phenotypes)) if row["sex"] != "NA"}
+        (x_contig,) = site.background_contigs
+        with pysam.VariantFile(str(manifest.resolve(site.vcf))) as vcf:
+            for record in vcf.fetch(x_contig):
+                for sample, call in record.samples.items():
+                    if sample not in sex:
+                        continue
+                    haploid = sex[sample] == "1" and record.pos > 2_781_479
+                    assert len(call["GT"]) == (1 if haploid else 2), (site.name, record.pos, sample, call["GT"])
+                    checked += 1
+        assert {"1", "2"} <= set(sex.values())
+    assert checked > 1000
+
+
+def test_trait_region_on_chrx_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(ConfigurationError, match="must lie on an autosome"):
+        simulate_cohort(tmp_path / "x", **{**TINY, "region": "chrX:2700000-2900000"})
 
 
 def _ols_p_value(design: np.ndarray, target: np.ndarray) -> float:
