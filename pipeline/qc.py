@@ -20,6 +20,12 @@ below ``min_call_rate`` (``--geno 0.05`` keeps call rate >= 0.95), ``hwe`` when 
 p-value is below ``hwe_p`` (``--hwe``), ``maf`` when its minor allele frequency is below
 ``maf`` (``--maf``); a sample fails ``call_rate`` when its call rate is below
 ``min_sample_call_rate`` (``--mind``).
+
+With chrX variants outside the pseudo-autosomal regions, the samples table also holds a
+sex check as PLINK 1.9's ``--check-sex`` (:mod:`pipeline.stats.sex_check`): F, the sex the
+calls say, the sex the samples table reports (its ``sex`` column, 1 male, 2 female), and
+OK or PROBLEM. PARs are those of the dataset's recorded assembly (GRCh38 when it records
+none, said in the summary). A PROBLEM does not fail the sample: it asks for a look.
 """
 
 from __future__ import annotations
@@ -37,8 +43,10 @@ from tqdm import tqdm
 
 from pipeline import dataset as dataset_io
 from pipeline import outputs, schemas
+from pipeline.assembly import in_pseudoautosomal
 from pipeline.errors import ConfigurationError, InputError
 from pipeline.stats.counts import SampleCounts, VariantCounts, count_block
+from pipeline.stats import sex_check
 from pipeline.stats.hwe import hwe_exact_p
 
 log = logging.getLogger(__name__)
@@ -142,9 +150,16 @@ def variant_qc_table(variants: pa.Table, counts: VariantCounts, thresholds: Thre
     return table, failures
 
 
-def sample_qc_table(sample_id: pa.Array | pa.ChunkedArray, counts: SampleCounts, num_variants: int, thresholds: Thresholds) -> pa.Table:
-    """The qc_samples table from per-sample counts accumulated over all variants."""
+def sample_qc_table(
+    sample_id: pa.Array | pa.ChunkedArray, counts: SampleCounts, num_variants: int, thresholds: Thresholds,
+    x_sums: sex_check.XHomozygosity, reported_sex: np.ndarray,
+) -> pa.Table:
+    """The qc_samples table from per-sample counts accumulated over all variants, and the chrX sums of the sex check."""
     n_called, n_missing, n_het = (np.asarray(c, dtype=np.int64) for c in counts)
+    f = sex_check.inbreeding_f(x_sums)
+    called_sex = sex_check.snp_sex(f)
+    no_x = x_sums.called == 0
+    ok = (called_sex == reported_sex) & (reported_sex > 0)
     call_rate = n_called / num_variants
     with np.errstate(invalid="ignore", divide="ignore"):
         heterozygosity = np.where(n_called > 0, n_het / np.maximum(n_called, 1), np.nan)
@@ -157,8 +172,38 @@ def sample_qc_table(sample_id: pa.Array | pa.ChunkedArray, counts: SampleCounts,
             "n_het": pa.array(n_het, pa.int64()),
             "heterozygosity": pa.array(heterozygosity, pa.float64(), mask=np.isnan(heterozygosity)),
             "pass_qc": pa.array(call_rate >= thresholds.min_sample_call_rate, pa.bool_()),
+            "x_calls": pa.array(x_sums.called, pa.int64()),
+            "x_f": pa.array(f, pa.float64(), mask=np.isnan(f)),
+            "reported_sex": pa.array(reported_sex, pa.int64()),
+            "snp_sex": pa.array(called_sex, pa.int64(), mask=no_x),
+            "sex_check": pa.array(np.where(ok, "OK", "PROBLEM"), pa.string(), mask=no_x),
         }
     )
+
+
+def _reported_sex(samples: pa.Table) -> np.ndarray:
+    """int64 per sample: the samples table's ``sex`` (1 male, 2 female), 0 where missing, other or absent."""
+    if "sex" not in samples.column_names:
+        return np.zeros(samples.num_rows, np.int64)
+    values = np.array([str(v).removesuffix(".0") if v is not None else "" for v in samples.column("sex").to_pylist()])
+    return np.where(values == "1", 1, np.where(values == "2", 2, 0)).astype(np.int64)
+
+
+def _non_par_x(variants: pa.Table, assembly: str) -> np.ndarray:
+    """bool per variant: on chrX outside the pseudo-autosomal regions of ``assembly``."""
+    chromosome = np.asarray(variants.column("chromosome").to_pylist(), dtype=object)
+    on_x = (chromosome == "chrX") | (chromosome == "X")
+    position = variants.column("base_pair_location").to_numpy()
+    return on_x & ~in_pseudoautosomal(position, assembly)
+
+
+def _sex_check_summary(table: pa.Table, x_variants: int, assembly: str, assumed: bool) -> dict[str, Any] | None:
+    """The sex check's counts for qc-summary.json (None without chrX variants outside the PARs)."""
+    if x_variants == 0:
+        return None
+    status = table.column("sex_check").to_pylist()
+    return {"x_variants": x_variants, "pseudoautosomal_regions": assembly + (" (assumed: the dataset records no assembly)" if assumed else ""),
+            "ok": status.count("OK"), "problem": status.count("PROBLEM")}
 
 
 def _check_counts(counts: VariantCounts, num_samples: int, variants: pa.Table, source: str) -> None:
@@ -216,6 +261,9 @@ def run_qc(
     samples = data.samples()
     num_samples = samples.num_rows
     sample_total = SampleCounts(*(np.zeros(num_samples, np.int64) for _ in SampleCounts._fields))
+    reported_sex = _reported_sex(samples)
+    par_assembly = data.genome_assembly or "GRCh38"
+    x_sums, x_variants = sex_check.empty(num_samples), 0
     failing = {reason: 0 for reason in VARIANT_REASONS}
     num_variants = 0
     num_passing = 0
@@ -232,13 +280,17 @@ def run_qc(
                 table, failures = variant_qc_table(block.variants, variant_counts, thresholds)
                 writer.write_table(schemas.conform(table, "qc_variants", source=f"{target}/variants.parquet ({name})"))
                 sample_total = SampleCounts(*(t + s for t, s in zip(sample_total, sample_counts)))
+                on_x = _non_par_x(block.variants, par_assembly)
+                if on_x.any():
+                    x_sums = x_sums + sex_check.x_homozygosity(block.call_dosage[on_x], reported_sex == 1)
+                    x_variants += int(on_x.sum())
                 for reason, mask in failures.items():
                     failing[reason] += int(np.count_nonzero(mask))
                 num_passing += int(np.count_nonzero(table.column("pass_qc").to_numpy(zero_copy_only=False)))
                 num_variants += block.num_variants
                 bar.update(block.num_variants)
                 log.debug("%s: %d variants", name, block.num_variants)
-        sample_table = sample_qc_table(samples.column("sample_id"), sample_total, num_variants, thresholds)
+        sample_table = sample_qc_table(samples.column("sample_id"), sample_total, num_variants, thresholds, x_sums, reported_sex)
         outputs.write_table(sample_table, tmp / "samples.parquet", "qc_samples", source=f"{target}/samples.parquet")
         samples_passing = int(np.count_nonzero(sample_table.column("pass_qc").to_numpy(zero_copy_only=False)))
         summary: dict[str, Any] = {
@@ -256,6 +308,7 @@ def run_qc(
                 "passing": samples_passing,
                 "failing": num_samples - samples_passing,
                 "failing_by_reason": {"call_rate": num_samples - samples_passing},
+                "sex_check": _sex_check_summary(sample_table, x_variants, par_assembly, data.genome_assembly is None),
             },
             "schemas": {name: schemas.load(name).version for name in ("qc_variants", "qc_samples")},
         }

@@ -308,3 +308,56 @@ def test_hwe_p_value__agrees_with_plink2_on_large_samples(tmp_path: Path) -> Non
     for row in pq.read_table(tmp_path / "qc" / "variants.parquet").to_pylist():
         plink_p = float(hardy[row["variant_id"]]["P"])
         assert row["hwe_p_value"] == pytest.approx(plink_p, rel=5e-6, abs=1e-300), row["variant_id"]
+
+
+@pytest.fixture(scope="module")
+def chrx_site(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One simulated site of 300 samples of three ancestries with 2 Mb of chrX (males haploid), ingested with its sex column."""
+    from pipeline.ingest import ingest
+    from pipeline.sim import load_manifest, simulate_cohort
+
+    root = tmp_path_factory.mktemp("chrx")
+    simulate_cohort(root / "cohort", sites=1, samples=300, region="chr22:16000000-16100000",
+                    background_regions=["chrX:3000000-5000000"], seed=0)
+    manifest = load_manifest(root / "cohort")
+    site = manifest.sites[0]
+    ingest(manifest.resolve(site.vcf), out=root / "site.dataset", fasta=manifest.resolve(manifest.reference),
+           phenotypes=manifest.resolve(site.phenotypes), workers=1)
+    return root / "site.dataset"
+
+
+def test_run_qc__sex_check_from_chrx(chrx_site: Path, tmp_path: Path) -> None:
+    summary = run_qc(chrx_site, out=tmp_path / "qc")
+    table = pq.read_table(tmp_path / "qc" / "samples.parquet").to_pydict()
+    check = summary["samples"]["sex_check"]
+    assert check["x_variants"] > 1000 and check["ok"] + check["problem"] == 300
+    assert check["pseudoautosomal_regions"].startswith("GRCh38")
+    for reported, called, status in zip(table["reported_sex"], table["snp_sex"], table["sex_check"]):
+        assert status == ("OK" if reported == called != 0 else "PROBLEM")
+    males = [f for f, sex in zip(table["x_f"], table["reported_sex"]) if sex == 1]
+    assert males and min(males) > 0.99  # haploid: every call homozygous
+    assert sum(called == reported for called, reported in zip(table["snp_sex"], table["reported_sex"]) if reported) > 200
+
+
+@pytest.mark.skipif(shutil.which("plink1.9") is None, reason="plink1.9 is not installed")
+def test_run_qc__sex_check_equals_plink19_check_sex(chrx_site: Path, tmp_path: Path) -> None:
+    from tests.analyses.gwas_support import write_bed
+
+    run_qc(chrx_site, out=tmp_path / "qc")
+    ours = pq.read_table(tmp_path / "qc" / "samples.parquet").to_pydict()
+    data = dataset.open_dataset(chrx_site)
+    blocks = [b for b in data.iter_blocks() if b.variants.column("chromosome")[0].as_py() == "chrX"]
+    ids = [v for b in blocks for v in b.variants.column("variant_id").to_pylist()]
+    samples = data.samples().column("sample_id").to_pylist()
+    prefix = write_bed(tmp_path / "x", np.concatenate([b.call_dosage for b in blocks]), ids, samples)
+    Path(f"{prefix}.bim").write_text(Path(f"{prefix}.bim").read_text().replace("X\t", "23\t"))
+    fam = [f"{s}\t{s}\t0\t0\t{sex}\t-9" for s, sex in zip(samples, ours["reported_sex"])]
+    Path(f"{prefix}.fam").write_text("\n".join(fam) + "\n")
+    done = subprocess.run(["plink1.9", "--bfile", str(prefix), "--check-sex", "--out", str(tmp_path / "cs")], capture_output=True, text=True)
+    assert done.returncode == 0, done.stdout + done.stderr
+    header, *rows = (tmp_path / "cs.sexcheck").read_text().splitlines()
+    theirs = {fields[1]: fields for fields in (row.split() for row in rows)}
+    for sample, f, snp_sex, status in zip(samples, ours["x_f"], ours["snp_sex"], ours["sex_check"]):
+        _, _, _, plink_snp_sex, plink_status, plink_f = theirs[sample]
+        assert (snp_sex, status) == (int(plink_snp_sex), plink_status), sample
+        assert f == pytest.approx(float(plink_f), abs=6e-4), sample  # plink prints 4 significant digits
