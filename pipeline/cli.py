@@ -233,6 +233,16 @@ class _ChunkSize(click.ParamType):
 @click.option("--vcf-list", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="A text file naming the input VCF/BCF files, one a line ('#' lines and blank lines skipped; relative paths "
                    "are relative to the list file). Instead of --vcf.")
+@click.option("--pfile", multiple=True, metavar="PREFIX",
+              help="A PLINK 2 fileset PREFIX.pgen/.pvar/.psam (plain-text .pvar) instead of VCF input; repeatable, {chrom} allowed.")
+@click.option("--bfile", multiple=True, metavar="PREFIX",
+              help="A PLINK 1 fileset PREFIX.bed/.bim/.fam instead of VCF input; A2 is read as REF (give --fasta to check it and "
+                   "fix swaps). Repeatable, {chrom} allowed.")
+@click.option("--bgen", multiple=True,
+              help="A BGEN file (v1.2; first allele REF) instead of VCF input; dosages from the probabilities, hard calls as "
+                   "plink2 derives them (within 0.1 of an integer). Repeatable, {chrom} allowed.")
+@click.option("--sample", "sample_file", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="The Oxford .sample file of --bgen input (needed when the .bgen holds no sample IDs).")
 @click.option("--fasta", default=None, help="Reference FASTA: REF is checked, swapped REF/ALT and strand flips fixed.")
 @click.option("--phenotypes", default=None, help="Phenotype TSV (first column IID) matched to the VCF samples.")
 @click.option("--out", required=True, help="Dataset folder to create.")
@@ -251,7 +261,8 @@ class _ChunkSize(click.ParamType):
 @json_option
 @handles_errors
 def ingest_command(
-    vcf: tuple[str, ...], vcf_list: Path | None, fasta: str | None, phenotypes: str | None, out: str, chunk_size: int, scheduler: str,
+    vcf: tuple[str, ...], vcf_list: Path | None, pfile: tuple[str, ...], bfile: tuple[str, ...], bgen: tuple[str, ...],
+    sample_file: Path | None, fasta: str | None, phenotypes: str | None, out: str, chunk_size: int, scheduler: str,
     workers: int | None,
     queue: str | None, cores: int | None, memory: str | None, walltime: str | None, account: str | None, jobs: int,
     performance_report: Path | None, contig_style: str, assembly: str | None, min_info: float | None, force: bool,
@@ -266,6 +277,10 @@ def ingest_command(
     in the same order (as 'bcftools concat' requires), and a contig may come from one
     input file only. Regions of all indexed inputs are one Dask graph.
 
+    PLINK 2 (--pfile), PLINK 1 (--bfile) and BGEN (--bgen) inputs are read in one
+    pass and harmonized exactly as VCF records are. One kind of input per ingest:
+    --vcf, --vcf-list, --pfile, --bfile and --bgen exclude each other.
+
     \b
     Example (one Dask task per 5 Mb region, workers as Slurm jobs):
       genofed ingest --vcf site.bcf --fasta ref.fa.gz --out site.dataset --scheduler slurm --cores 4 --memory 8GB --jobs 4
@@ -278,14 +293,20 @@ def ingest_command(
     from pipeline.ingest import ingest, summary_text
     from pipeline.ingest_inputs import read_vcf_list
 
-    if bool(vcf) == (vcf_list is not None):
-        raise click.UsageError("give the input files with --vcf (repeatable) or with --vcf-list, one of the two")
-    inputs = list(vcf) if vcf_list is None else read_vcf_list(vcf_list)
+    given = {"--vcf": vcf, "--vcf-list": (vcf_list,) if vcf_list is not None else (), "--pfile": pfile, "--bfile": bfile, "--bgen": bgen}
+    named = [option for option, values in given.items() if values]
+    if len(named) != 1:
+        got = f" (got {' and '.join(named)})" if named else ""
+        raise click.UsageError(f"give the input with one of --vcf (repeatable), --vcf-list, --pfile, --bfile or --bgen; one kind of input per ingest{got}")
+    if sample_file is not None and named != ["--bgen"]:
+        raise click.UsageError("--sample goes with --bgen input only")
+    input_format = {"--pfile": "pfile", "--bfile": "bfile", "--bgen": "bgen"}.get(named[0], "vcf")
+    inputs = read_vcf_list(vcf_list) if vcf_list is not None else list(given[named[0]])  # type: ignore[arg-type]
     with dask_session(scheduler, options=_cluster(queue, cores, memory, walltime, account, jobs), performance_report=performance_report):
         report = ingest(
             inputs, out=out, fasta=fasta, phenotypes=phenotypes, chunk_size=chunk_size, scheduler=scheduler,
             workers=workers, contig_style=contig_style, assembly=assembly, min_info=min_info, force=force,
-            progress=resolve_progress(progress),
+            progress=resolve_progress(progress), input_format=input_format, sample=sample_file,
         )
     echo_summary(report, as_json=as_json, text=summary_text(report, out))
 

@@ -29,7 +29,9 @@ fails the ingest with one line naming both input records and the fix; nothing is
 
 - ``genofed_version``; ``inputs``: ``vcf`` (the path of a single input; the list of paths,
   in order and with ``{chrom}`` patterns expanded, when there are several), ``fasta``,
-  ``phenotypes`` (paths or null), ``indexed`` (whether every input was split by region);
+  ``phenotypes`` (paths or null), ``indexed`` (whether every input was split by region),
+  ``format`` (``vcf``, ``pfile``, ``bfile`` or ``bgen``; ``vcf`` then holds the PLINK
+  prefixes or BGEN files) and ``sample`` (a BGEN .sample file, when given);
   ``settings``: ``chunk_size``, ``contig_style``, ``scheduler``, ``workers``, ``min_info``
   (``--min-info``, or null); ``imputation_key``: the INFO key of imputation quality read
   (``R2``, ``DR2``, ``INFO`` or null; per input path when the inputs differ).
@@ -98,13 +100,12 @@ from pipeline.ingest_task import (
 )
 from pipeline.io.fasta import open_reference
 from pipeline.io.phenotypes import read_phenotypes
+from pipeline.io.sources import INPUT_FORMATS, Source, open_source, read_source_blocks
 from pipeline.io.vcf import (
     IMPUTATION_KEYS,
     Region,
     VcfSource,
     index_record_counts,
-    open_vcf,
-    read_blocks,
 )
 
 log = logging.getLogger(__name__)
@@ -140,8 +141,11 @@ def _parse_scheduler(scheduler: str, workers: int | None) -> str:
 
 
 def _stream(vcf: str, out: Path, *, first_chunk: int, num_samples: int, chunk_size: int, fasta: str | None, contig_style: str,
-            progress: bool, min_info: float | None = None) -> list[dict[str, Any]]:
-    """Without an index: reads the file in order, cutting chunks on the region grid (numbered from ``first_chunk``)."""
+            progress: bool, min_info: float | None = None, source: Source | None = None) -> list[dict[str, Any]]:
+    """Without an index: reads the input in order, cutting chunks on the region grid (numbered from ``first_chunk``).
+
+    ``source`` is the opened input (None: ``vcf`` is a VCF/BCF); PLINK and BGEN inputs are always read this way.
+    """
     reference = open_reference(fasta) if fasta else None
     harmonize = harmonizer(contig_style=contig_style, reference=reference, min_info=min_info)
     results: list[dict[str, Any]] = []
@@ -159,7 +163,7 @@ def _stream(vcf: str, out: Path, *, first_chunk: int, num_samples: int, chunk_si
 
     bar = progress_bar(progress, unit="records", desc="ingest")
     try:
-        for record_block in read_blocks(vcf, None, max_records=RECORDS_PER_BLOCK):
+        for record_block in read_source_blocks(vcf, source, max_records=RECORDS_PER_BLOCK):
             batch: VariantBatch = harmonize(record_block)
             window = (batch.source_position - 1) // chunk_size
             for key in _ordered_unique(window.tolist()):
@@ -251,8 +255,9 @@ def _compute(tasks: list[ChunkTask], *, scheduler: str, workers: int | None, pro
 PARTS_RESULTS = "results"
 
 
-def _open_inputs(vcf: str | Path | Sequence[str | Path], min_info: float | None = None) -> tuple[list[str], list[VcfSource]]:
-    """The inputs' paths (``{chrom}`` patterns expanded) and opened files.
+def _open_inputs(vcf: str | Path | Sequence[str | Path], min_info: float | None = None, input_format: str = "vcf",
+                 sample: str | Path | None = None) -> tuple[list[str], list[Source]]:
+    """The inputs' paths (``{chrom}`` patterns expanded) and opened files, of ``input_format`` (:mod:`pipeline.io.sources`).
 
     Raises:
         InputError: inputs whose samples differ, or ``min_info`` with an input whose
@@ -261,8 +266,8 @@ def _open_inputs(vcf: str | Path | Sequence[str | Path], min_info: float | None 
     """
     if min_info is not None and not min_info >= 0:
         raise ConfigurationError(f"--min-info must be a number >= 0 (an imputation quality such as 0.3), got {min_info}")
-    paths = expand_inputs(vcf)
-    sources = [open_vcf(path) for path in paths]
+    paths = expand_inputs(vcf, INPUT_FORMATS.get(input_format, ""))
+    sources = [open_source(path, input_format, sample=sample) for path in paths]
     check_same_samples(paths, sources)
     if min_info is not None:
         for path, source in zip(paths, sources):
@@ -460,6 +465,8 @@ def ingest(
     force: bool = False,
     progress: bool = False,
     parts_dir: str | Path | None = None,
+    input_format: str = "vcf",
+    sample: str | Path | None = None,
 ) -> dict[str, Any]:
     """Harmonizes ``vcf`` (one file or several) into a dataset at ``out`` and returns the ingest report.
 
@@ -485,6 +492,10 @@ def ingest(
         progress: show a progress bar on stderr.
         parts_dir: assemble the dataset from the chunks :func:`ingest_part` tasks wrote
             there (a batch array job) instead of computing them.
+        input_format: ``vcf``; ``pfile`` or ``bfile`` (``vcf`` then names PLINK 2 / PLINK 1
+            fileset prefixes) or ``bgen``: read in one pass into the same record blocks and
+            harmonized alike (:mod:`pipeline.io.plink`, :mod:`pipeline.io.bgen`).
+        sample: a BGEN input's Oxford .sample file (needed when the .bgen holds no sample IDs).
 
     Raises:
         GenofedError: any input problem (the message names the file and record); ``out``
@@ -497,7 +508,7 @@ def ingest(
         raise ConfigurationError(f"unknown contig style {contig_style!r}; use one of {', '.join(CONTIG_STYLES)}")
     out_path = Path(out)
     outputs.check_output_path(out_path, force=force)
-    paths, sources = _open_inputs(vcf, min_info)
+    paths, sources = _open_inputs(vcf, min_info, input_format, sample)
     fasta_path = None if fasta is None else str(fasta)
     first = paths[0]
     samples = sources[0].samples
@@ -521,7 +532,8 @@ def ingest(
         def stream(path: str, first_chunk: int) -> list[dict[str, Any]]:
             log.info("%s has no index: streaming it in one pass", path)
             return _stream(path, tmp, first_chunk=first_chunk, num_samples=len(samples), chunk_size=size, fasta=fasta_path,
-                           contig_style=contig_style, progress=progress, min_info=min_info)
+                           contig_style=contig_style, progress=progress, min_info=min_info,
+                           source=None if input_format == "vcf" else sources[paths.index(path)])
 
         tasks, streamed = _chunk_plan(paths, sources, plans, str(tmp), fasta=fasta_path, contig_style=contig_style, stream=stream,
                                       min_info=min_info)
@@ -551,7 +563,8 @@ def ingest(
         report: dict[str, Any] = {
             "genofed_version": __version__,
             "inputs": {"vcf": first if len(paths) == 1 else paths, "fasta": fasta_path, "phenotypes": None if phenotypes is None else str(phenotypes),
-                       "indexed": all(source.has_index for source in sources)},
+                       "indexed": all(source.has_index for source in sources), "format": input_format,
+                       **({} if sample is None else {"sample": str(sample)})},
             "settings": {"chunk_size": size, "contig_style": contig_style, "scheduler": scheduler, "workers": workers,
                          "genome_assembly": genome_assembly, "min_info": min_info},
             "imputation_key": _one_or_by_input({path: source.imputation_key for path, source in zip(paths, sources)}),

@@ -37,13 +37,15 @@ CHROMS = (*(str(n) for n in range(1, 23)), "X", "Y", "MT")
 """What ``{chrom}`` stands for, in this order (the order of the inputs, hence of the chunks)."""
 
 
-def expand_pattern(pattern: str) -> list[str]:
-    """The existing files ``pattern`` names with ``{chrom}`` replaced by each of :data:`CHROMS`, in that order.
+def expand_pattern(pattern: str, suffix: str = "") -> list[str]:
+    """The inputs ``pattern`` names with ``{chrom}`` replaced by each of :data:`CHROMS`, in that order, whose file (``+ suffix``) exists.
+
+    ``suffix`` is for inputs named by a prefix (``.pgen`` for PLINK 2 filesets, ``.bed`` for PLINK 1).
 
     Raises:
         InputError: no such file exists.
     """
-    found = [path for path in (pattern.replace(CHROM_PATTERN, chrom) for chrom in CHROMS) if Path(path).is_file()]
+    found = [path for path in (pattern.replace(CHROM_PATTERN, chrom) for chrom in CHROMS) if Path(path + suffix).is_file()]
     if not found:
         raise InputError(
             f"{pattern}: no file matches the pattern ({CHROM_PATTERN} = {', '.join(CHROMS[:3])}, ..., 22, X, Y, MT); "
@@ -69,8 +71,8 @@ def read_vcf_list(path: str | Path) -> list[str]:
     return [entry if Path(entry).is_absolute() else str(list_path.parent / entry) for entry in entries]
 
 
-def expand_inputs(vcf: str | Path | Sequence[str | Path]) -> list[str]:
-    """The input paths of an ingest, in order: each ``{chrom}`` pattern expanded.
+def expand_inputs(vcf: str | Path | Sequence[str | Path], suffix: str = "") -> list[str]:
+    """The input paths (or fileset prefixes, whose files end in ``suffix``) of an ingest, in order: each ``{chrom}`` pattern expanded.
 
     Raises:
         InputError: no input, a pattern that matches nothing, or a file given twice.
@@ -78,7 +80,7 @@ def expand_inputs(vcf: str | Path | Sequence[str | Path]) -> list[str]:
     given = [vcf] if isinstance(vcf, (str, Path)) else list(vcf)
     if not given:
         raise InputError("no input VCF given; give --vcf (repeatable, or a {chrom} pattern) or --vcf-list")
-    paths = [path for item in given for path in (expand_pattern(str(item)) if CHROM_PATTERN in str(item) else [str(item)])]
+    paths = [path for item in given for path in (expand_pattern(str(item), suffix) if CHROM_PATTERN in str(item) else [str(item)])]
     seen: dict[Path, str] = {}
     for path in paths:
         key = Path(path).resolve()
