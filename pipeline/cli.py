@@ -226,6 +226,15 @@ class _ChunkSize(click.ParamType):
             self.fail(str(error), param, ctx)
 
 
+def _missing_code(ctx: click.Context, param: click.Parameter, value: str) -> float | None:
+    if value.lower() == "none":
+        return None
+    try:
+        return float(value)
+    except ValueError:
+        raise click.BadParameter(f"{value!r} is not a number; give a number such as -9, or 'none'", ctx=ctx, param=param) from None
+
+
 @main.command("ingest")
 @click.option("--vcf", multiple=True,
               help="VCF, bgzipped VCF or BCF (with a .tbi/.csi index the work is split by region). Repeat it for several files, "
@@ -245,6 +254,9 @@ class _ChunkSize(click.ParamType):
               help="The Oxford .sample file of --bgen input (needed when the .bgen holds no sample IDs).")
 @click.option("--fasta", default=None, help="Reference FASTA: REF is checked, swapped REF/ALT and strand flips fixed.")
 @click.option("--phenotypes", default=None, help="Phenotype TSV (first column IID) matched to the VCF samples.")
+@click.option("--missing-code", default="-9", show_default=True, callback=_missing_code,
+              help="The number that means missing in the phenotype table, besides NA, NaN, '.' and empty cells (PLINK's -9, "
+                   "as plink2 --input-missing-phenotype); 'none' keeps every number a value.")
 @click.option("--out", required=True, help="Dataset folder to create.")
 @click.option("--chunk-size", type=_ChunkSize(), default="5Mb", show_default=True, help="Bases per chunk / Dask task (5Mb, 500kb, 1000000).")
 @cluster_options
@@ -265,7 +277,8 @@ def ingest_command(
     sample_file: Path | None, fasta: str | None, phenotypes: str | None, out: str, chunk_size: int, scheduler: str,
     workers: int | None,
     queue: str | None, cores: int | None, memory: str | None, walltime: str | None, account: str | None, jobs: int,
-    performance_report: Path | None, contig_style: str, assembly: str | None, min_info: float | None, force: bool,
+    performance_report: Path | None, contig_style: str, assembly: str | None, min_info: float | None,
+    missing_code: float | None, force: bool,
     progress: bool | None, as_json: bool,
 ) -> None:
     """Harmonize a site's VCF/BCF files into a genofed dataset (Parquet, schemas/).
@@ -305,7 +318,8 @@ def ingest_command(
     with dask_session(scheduler, options=_cluster(queue, cores, memory, walltime, account, jobs), performance_report=performance_report):
         report = ingest(
             inputs, out=out, fasta=fasta, phenotypes=phenotypes, chunk_size=chunk_size, scheduler=scheduler,
-            workers=workers, contig_style=contig_style, assembly=assembly, min_info=min_info, force=force,
+            workers=workers, contig_style=contig_style, assembly=assembly, min_info=min_info, missing_code=missing_code,
+            force=force,
             progress=resolve_progress(progress), input_format=input_format, sample=sample_file,
         )
     echo_summary(report, as_json=as_json, text=summary_text(report, out))

@@ -33,8 +33,9 @@ fails the ingest with one line naming both input records and the fix; nothing is
   ``format`` (``vcf``, ``pfile``, ``bfile`` or ``bgen``; ``vcf`` then holds the PLINK
   prefixes or BGEN files) and ``sample`` (a BGEN .sample file, when given);
   ``settings``: ``chunk_size``, ``contig_style``, ``scheduler``, ``workers``, ``min_info``
-  (``--min-info``, or null); ``imputation_key``: the INFO key of imputation quality read
-  (``R2``, ``DR2``, ``INFO`` or null; per input path when the inputs differ).
+  (``--min-info``, or null), ``missing_code`` (the phenotype table's, -9 or null);
+  ``imputation_key``: the INFO key of imputation quality read (``R2``, ``DR2``, ``INFO``
+  or null; per input path when the inputs differ).
 - ``records_read``: VCF records read (before splitting); ``records_read_by_input``: the
   same per input path, in input order.
 - ``records_without_gt``: records whose FORMAT has no GT (PL only, say); their calls
@@ -99,7 +100,7 @@ from pipeline.ingest_task import (
     write_blocks,
 )
 from pipeline.io.fasta import open_reference
-from pipeline.io.phenotypes import read_phenotypes
+from pipeline.io.phenotypes import PLINK_MISSING_CODE, read_phenotypes
 from pipeline.io.sources import INPUT_FORMATS, Source, open_source, read_source_blocks
 from pipeline.io.vcf import (
     IMPUTATION_KEYS,
@@ -462,6 +463,7 @@ def ingest(
     contig_style: str = "chr",
     assembly: str | None = None,
     min_info: float | None = None,
+    missing_code: float | None = PLINK_MISSING_CODE,
     force: bool = False,
     progress: bool = False,
     parts_dir: str | Path | None = None,
@@ -488,6 +490,8 @@ def ingest(
             not recorded. Recorded in ``dataset.json``; a federated GWAS publishes it.
         min_info: drop imputed variants whose INFO/R2, DR2 or INFO score is below it
             (:mod:`pipeline.harmonize.imputation`); every input must declare such a key.
+        missing_code: the number that means missing in the phenotype table (PLINK's -9;
+            None: none).
         force: replace an existing ``out``.
         progress: show a progress bar on stderr.
         parts_dir: assemble the dataset from the chunks :func:`ingest_part` tasks wrote
@@ -517,7 +521,7 @@ def ingest(
             f"{first}: no sample columns (a sites-only VCF: '#CHROM' line ends at INFO or FORMAT), so there are no genotypes "
             "to ingest; give the VCF with the samples' genotypes"
         )
-    pheno_table = None if phenotypes is None else read_phenotypes(phenotypes)
+    pheno_table = None if phenotypes is None else read_phenotypes(phenotypes, missing_code=missing_code)
     samples_table, samples_summary = match_samples(samples, pheno_table, vcf=first, phenotype_source=str(phenotypes))
     if fasta_path is not None:
         open_reference(fasta_path)  # fails early on a missing or unreadable FASTA
@@ -566,7 +570,7 @@ def ingest(
                        "indexed": all(source.has_index for source in sources), "format": input_format,
                        **({} if sample is None else {"sample": str(sample)})},
             "settings": {"chunk_size": size, "contig_style": contig_style, "scheduler": scheduler, "workers": workers,
-                         "genome_assembly": genome_assembly, "min_info": min_info},
+                         "genome_assembly": genome_assembly, "min_info": min_info, "missing_code": missing_code},
             "imputation_key": _one_or_by_input({path: source.imputation_key for path, source in zip(paths, sources)}),
             **counts,
             "records_read_by_input": {path: part["records_read"] for path, part in counts_by_input.items()},

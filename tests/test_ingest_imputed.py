@@ -75,3 +75,17 @@ def test_cli_ingest__min_info_on_a_file_without_an_imputation_score_is_refused(t
     assert not (tmp_path / "out").exists()
     negative = CliRunner().invoke(main, ["ingest", "--vcf", str(typed), "--out", str(tmp_path / "out"), "--min-info", "-1"])
     assert negative.exit_code == 2
+
+
+def test_cli_ingest__plink_missing_code_in_the_phenotype_table(tmp_path: Path) -> None:
+    vcf = tmp_path / "typed.vcf"
+    vcf.write_text(HEADER + RECORDS[3] + "\n")
+    phenotypes = tmp_path / "pheno.tsv"
+    phenotypes.write_text("IID\tbmi\ns0\t-9\ns1\t22.5\ns2\t-9.0\n")
+    default = CliRunner().invoke(main, ["ingest", "--vcf", str(vcf), "--phenotypes", str(phenotypes), "--out", str(tmp_path / "a")])
+    assert default.exit_code == 0, default.output
+    assert open_dataset(tmp_path / "a").samples().column("bmi").to_pylist() == [None, 22.5, None]
+    kept = CliRunner().invoke(main, ["ingest", "--vcf", str(vcf), "--phenotypes", str(phenotypes), "--out", str(tmp_path / "b"),
+                                     "--missing-code", "none"])
+    assert kept.exit_code == 0, kept.output
+    assert open_dataset(tmp_path / "b").samples().column("bmi").to_pylist() == [-9.0, 22.5, -9.0]
