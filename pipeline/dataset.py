@@ -60,6 +60,21 @@ def locate(sorted_ids: np.ndarray, block_ids: np.ndarray) -> tuple[np.ndarray, n
     return index, sorted_ids[index] == block_ids
 
 
+def dosage_or_call(call_dosage: np.ndarray, dosage: np.ndarray | None) -> np.ndarray:
+    """Each genotype's ALT dosage as plink2 reads ``--vcf dosage=DS``: the stored dosage where finite, else the hard call.
+
+    A sample with DS but no GT gets its DS, one with GT but no DS its hard call, one with
+    neither is missing (plink2 2.00a3.5 does the same). Dosages are clipped to [0, 2]:
+    ingest keeps them there already, and analyses bound what one genotype can add by 2.
+
+    Returns:
+        ``call_dosage`` itself (int8, -1 missing) without dosages; else float32, -1 where missing.
+    """
+    if dosage is None:
+        return call_dosage
+    return np.where(np.isfinite(dosage), np.clip(dosage, 0.0, 2.0), call_dosage).astype(np.float32, copy=False)
+
+
 def chunk_name(index: int) -> str:
     """File stem of chunk ``index`` (zero-padded so names sort in genome order)."""
     return f"chunk-{index:05d}"
@@ -165,6 +180,11 @@ class Dataset:
             ConfigurationError: ``dataset.json`` names an assembly genofed does not know (edited by hand).
         """
         return check_assembly(self.metadata.get("genome_assembly"), source=str(self.path / "dataset.json"))
+
+    @property
+    def has_dosage(self) -> bool:
+        """Whether some chunk stores dosages (FORMAT/DS or GP in the source VCF)."""
+        return any(bool(chunk.get("has_dosage", False)) for chunk in self.metadata["chunks"])
 
     @property
     def chunk_names(self) -> list[str]:

@@ -264,9 +264,14 @@ class CensusState:
 
 
 def minor_count(called: np.ndarray, alt_count: np.ndarray) -> np.ndarray:
-    """min(AC, AN - AC) of ``called`` diploid samples carrying ``alt_count`` ALT alleles (int64)."""
+    """min(AC, AN - AC) of ``called`` diploid samples carrying ``alt_count`` ALT alleles.
+
+    int64 for integer counts; float64 for a float ``alt_count`` (a dosage sum, which
+    rounding would turn from a small cell into 0 or the minimum).
+    """
     called = np.asarray(called, np.int64)
-    alt_count = np.asarray(alt_count, np.int64)
+    alt_count = np.asarray(alt_count)
+    alt_count = alt_count.astype(np.float64 if np.issubdtype(alt_count.dtype, np.floating) else np.int64, copy=False)
     return np.minimum(alt_count, 2 * called - alt_count)
 
 
@@ -284,7 +289,8 @@ def below_minimum(called: np.ndarray, alt_count: np.ndarray, site: SiteContext) 
 
     Args:
         called: (variants,) the site's samples with a called genotype.
-        alt_count: (variants,) ALT alleles among them.
+        alt_count: (variants,) ALT alleles among them (a dosage sum: any non-zero one
+            below the minimum is a small cell).
         site: the site (its ``min_allele_count``).
 
     Returns:

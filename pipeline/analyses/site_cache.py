@@ -14,7 +14,8 @@ larger than the byte budget is computed and returned but not kept.
 job: when the whole hard-call matrix fits the job's budget it is read once and kept, so
 a GWAS's census, and its regression three rounds later, read the files once (each read
 of a list<int8> Parquet column costs ten times the census' counting); otherwise it is
-streamed, a few chunks ahead, in bounded memory.
+streamed, a few chunks ahead, in bounded memory. A GWAS on a dataset with dosages reads
+them once more for its regression (the census counts hard calls only).
 """
 
 from __future__ import annotations
@@ -112,30 +113,34 @@ def dataset_fingerprint(dataset: Dataset) -> tuple[Any, ...]:
     return (str(dataset.path.resolve()), *((st.st_ino, st.st_size, st.st_mtime_ns) for st in stats))
 
 
-def _read_ahead(dataset: Dataset, names: Sequence[str], threads: int) -> Iterator[Block]:
+def _read_ahead(dataset: Dataset, names: Sequence[str], threads: int, with_dosage: bool) -> Iterator[Block]:
     """The chunks in order, read on ``threads`` threads with at most ``threads`` blocks read ahead."""
     if threads <= 1:
-        yield from (dataset.read_block(name) for name in names)
+        yield from (dataset.read_block(name, with_dosage=with_dosage) for name in names)
         return
     with ThreadPoolExecutor(max_workers=threads) as pool:
         pending: deque[Future[Block]] = deque()
         for name in names:
-            pending.append(pool.submit(dataset.read_block, name))
+            pending.append(pool.submit(dataset.read_block, name, with_dosage=with_dosage))
             if len(pending) > threads:
                 yield pending.popleft().result()
         while pending:
             yield pending.popleft().result()
 
 
-def dataset_blocks(dataset: Dataset, cache: SiteCache | None, *, threads: int = READ_THREADS) -> Sequence[Block] | Iterator[Block]:
-    """Every chunk of ``dataset`` as a :class:`~pipeline.dataset.Block` (hard calls), in genome order.
+def dataset_blocks(dataset: Dataset, cache: SiteCache | None, *, with_dosage: bool = False,
+                   threads: int = READ_THREADS) -> Sequence[Block] | Iterator[Block]:
+    """Every chunk of ``dataset`` as a :class:`~pipeline.dataset.Block` (hard calls; with ``with_dosage`` also the
+    dosages where the chunk stores them), in genome order.
 
-    Kept in ``cache`` for the job's later rounds when all the calls fit its byte budget
+    Kept in ``cache`` for the job's later rounds when all of it fits its byte budget
     (keyed by the files' identity: a dataset rewritten in between is read again);
-    otherwise streamed with :func:`_read_ahead`.
+    otherwise streamed with :func:`_read_ahead`. Hard calls and hard calls with dosages
+    are kept apart: a dataset without dosages is read with them as without.
     """
-    calls_bytes = dataset.num_variants * dataset.num_samples
-    if cache is None or calls_bytes > cache.max_bytes:
-        return _read_ahead(dataset, dataset.chunk_names, threads)
-    return cache.get(("dataset.blocks", dataset_fingerprint(dataset)),
-                     lambda: list(_read_ahead(dataset, dataset.chunk_names, threads)))
+    with_dosage = with_dosage and dataset.has_dosage
+    genotype_bytes = dataset.num_variants * dataset.num_samples * (1 + 4 * with_dosage)  # int8 calls, float32 dosages
+    if cache is None or genotype_bytes > cache.max_bytes:
+        return _read_ahead(dataset, dataset.chunk_names, threads, with_dosage)
+    return cache.get(("dataset.blocks", with_dosage, dataset_fingerprint(dataset)),
+                     lambda: list(_read_ahead(dataset, dataset.chunk_names, threads, with_dosage)))

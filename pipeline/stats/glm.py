@@ -1,7 +1,8 @@
 """Per-variant regression kernels of the federated GWAS: site statistics and pooled fits.
 
 A site holds covariates ``C`` (samples x k, column 0 the intercept), a phenotype ``y``
-and hard-call genotypes ``G`` (variants x samples, -1 missing). For variant ``v`` the
+and genotypes ``G`` (variants x samples): int8 hard calls, or float dosages in [0, 2],
+negative (or NaN) where missing (:func:`genotype_rows`). For variant ``v`` the
 design is ``X_v = [C, g_v]`` restricted to the samples with a called genotype. Its
 sufficient statistics are additive over sites, which is what makes the federated fit
 equal the pooled one:
@@ -50,6 +51,7 @@ __all__ = [
     "packed_index",
     "unpack_symmetric",
     "tile_variants",
+    "genotype_rows",
     "linear_statistics",
     "logistic_statistics",
     "firth_statistics",
@@ -155,15 +157,28 @@ def _missing_pairs(tile: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return padded_variant, padded_sample
 
 
-def _tiles(call_dosage: np.ndarray, tile: int):
-    """(start, stop, padded int8 tile) over the rows; padding rows are hom-ref (their results are dropped)."""
-    num_variants = call_dosage.shape[0]
+def genotype_rows(genotypes: np.ndarray) -> np.ndarray:
+    """A block of genotypes as the kernels take it: int8 hard calls as they are, dosages as floats with every
+    missing value (negative or NaN) exactly -1.
+
+    The NumPy engine corrects each missing call's product by adding back one ``-1`` times
+    its sample's values, so a missing value must be -1 and nothing else.
+    """
+    genotypes = np.asarray(genotypes)
+    if not np.issubdtype(genotypes.dtype, np.floating):
+        return genotypes.astype(np.int8, copy=False)
+    return np.where(genotypes >= 0, genotypes, genotypes.dtype.type(-1))
+
+
+def _tiles(genotypes: np.ndarray, tile: int):
+    """(start, stop, padded tile) over the rows, in the rows' dtype; padding rows are hom-ref (their results are dropped)."""
+    num_variants = genotypes.shape[0]
     for start in range(0, num_variants, tile):
         stop = min(start + tile, num_variants)
-        part = call_dosage[start:stop]
+        part = genotypes[start:stop]
         if stop - start < tile:
-            part = np.concatenate([part, np.zeros((tile - (stop - start), call_dosage.shape[1]), np.int8)])
-        yield start, stop, np.ascontiguousarray(part, dtype=np.int8)
+            part = np.concatenate([part, np.zeros((tile - (stop - start), genotypes.shape[1]), genotypes.dtype)])
+        yield start, stop, np.ascontiguousarray(part)
 
 
 ENGINES = ("numpy", "jax")
@@ -177,8 +192,9 @@ def _numpy_linear_tile(calls: np.ndarray, covariates: np.ndarray, phenotype: np.
                        total: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """:func:`_linear_tile_fn` with NumPy: slabs converted to float64 in cache, each one BLAS product.
 
-    A missing call (-1) enters the slab's products as is; the products are then put right
-    with the same scatter-add over the missing calls that corrects the covariate block:
+    ``calls`` come from :func:`genotype_rows`. A missing call (-1) enters the slab's
+    products as is; the products are then put right with the same scatter-add over the
+    missing calls that corrects the covariate block:
     adding back ``[c, y]`` of each missing call's sample cancels its ``-1 * [c, y]``, and
     each one added 1 to ``g'g``.
     """
@@ -215,15 +231,17 @@ def linear_statistics(call_dosage: np.ndarray, covariates: np.ndarray, phenotype
     """A site's linear-model sufficient statistics for a block of variants.
 
     Args:
-        call_dosage: (variants, samples) int8 ALT dosages, negative = missing.
+        call_dosage: (variants, samples) int8 hard calls or float dosages, negative or NaN = missing.
         covariates: (samples, k) float64, column 0 the intercept; only complete samples.
         phenotype: (samples,) float64, no missing values.
         engine: ``"numpy"`` or ``"jax"``; None chooses by JAX's backend (NumPy on a CPU).
 
     Returns:
         ``xtx`` (variants, packed), ``xty`` (variants, k+1), ``yty`` and ``n`` (variants,),
-        ``alt_count`` (variants,): float64 arrays, sums over each variant's called samples.
+        ``alt_count`` (variants,): float64 arrays, sums over each variant's called samples
+        (``alt_count``: the ALT dosage sum, an integer for hard calls).
     """
+    call_dosage = genotype_rows(call_dosage)
     covariates = np.asarray(covariates, np.float64)
     phenotype = np.asarray(phenotype, np.float64)
     num_variants, num_samples = call_dosage.shape
@@ -235,8 +253,7 @@ def linear_statistics(call_dosage: np.ndarray, covariates: np.ndarray, phenotype
         "yty": np.zeros(num_variants), "n": np.zeros(num_variants),
     }
     if choose_engine(engine, engines=ENGINES, env_var=ENV_ENGINE, what="GLM") == "numpy":
-        calls = np.asarray(call_dosage, np.int8)
-        out["xtx"], out["xty"], out["yty"], out["n"] = _numpy_linear_tile(calls, covariates, phenotype, per_sample, total)
+        out["xtx"], out["xty"], out["yty"], out["n"] = _numpy_linear_tile(call_dosage, covariates, phenotype, per_sample, total)
         out["alt_count"] = out["xtx"][:, k * (k + 1) // 2].copy()
         return out
     with jax.enable_x64(True):
@@ -274,7 +291,7 @@ def logistic_statistics(call_dosage: np.ndarray, theta: np.ndarray, covariates: 
     """A site's logistic-model score and Fisher information for a block of variants.
 
     Args:
-        call_dosage: (variants, samples) int8, negative = missing.
+        call_dosage: (variants, samples) int8 hard calls or float dosages, negative or NaN = missing.
         theta: (variants, k+1) current coefficients (covariates, then genotype).
         covariates: (samples, k) float64 with the intercept in column 0.
         phenotype: (samples,) 0/1 float64.
@@ -282,6 +299,7 @@ def logistic_statistics(call_dosage: np.ndarray, theta: np.ndarray, covariates: 
     Returns:
         ``score`` (variants, k+1), ``information`` (variants, packed), ``loglik`` (variants,).
     """
+    call_dosage = genotype_rows(call_dosage)
     covariates = np.asarray(covariates, np.float64)
     phenotype = np.asarray(phenotype, np.float64)
     num_variants, num_samples = call_dosage.shape
@@ -329,7 +347,7 @@ def firth_statistics(call_dosage: np.ndarray, theta: np.ndarray, inverse: np.nda
     """A site's Firth-penalized score and Fisher information for a block of variants.
 
     Args:
-        call_dosage: (variants, samples) int8, negative = missing.
+        call_dosage: (variants, samples) int8 hard calls or float dosages, negative or NaN = missing.
         theta: (variants, k+1) current coefficients.
         inverse: (variants, k+1, k+1) the federation's inverse information of the
             previous round (zeros for the plain score).
@@ -338,6 +356,7 @@ def firth_statistics(call_dosage: np.ndarray, theta: np.ndarray, inverse: np.nda
     Returns:
         ``score`` (variants, k+1) and ``information`` (variants, packed).
     """
+    call_dosage = genotype_rows(call_dosage)
     covariates = np.asarray(covariates, np.float64)
     phenotype = np.asarray(phenotype, np.float64)
     num_variants, num_samples = call_dosage.shape

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import os
 import shutil
-from collections.abc import Mapping
+import subprocess
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -34,6 +35,13 @@ class Site:
     quant: np.ndarray
     binary: np.ndarray
     path: Path
+    dosage: np.ndarray | None = None  # (variants, samples) float, NaN missing
+
+    def genotypes(self, variant_id: str) -> np.ndarray:
+        """The values a site regresses on: the dosage where present, else the hard call, else NaN (plink2's rule)."""
+        j = self.ids.index(variant_id)
+        calls = np.where(self.calls[j] >= 0, self.calls[j], np.nan)
+        return calls if self.dosage is None else np.where(np.isfinite(self.dosage[j]), self.dosage[j], calls)
 
 
 def write_bed(prefix: Path, calls: np.ndarray, variant_ids: list[str], sample_ids: list[str]) -> Path:
@@ -142,9 +150,9 @@ def pooled_design(sites: dict[str, Site], variant_id: str, phenotype: str) -> tu
     for site in sites.values():
         if variant_id not in site.ids:
             continue
-        g = site.calls[site.ids.index(variant_id)].astype(np.float64)
+        g = site.genotypes(variant_id)
         y = site.quant if phenotype == "quant_trait" else site.binary
-        keep = np.isfinite(y) & np.isfinite(site.age) & (g >= 0)
+        keep = np.isfinite(y) & np.isfinite(site.age) & np.isfinite(g)
         rows.append(np.column_stack([np.ones(keep.sum()), site.age[keep], site.sex[keep], g[keep]]))
         ys.append(y[keep])
     return np.concatenate(rows), np.concatenate(ys)
@@ -156,14 +164,65 @@ def contributing_sites(sites: dict[str, Site], variant_id: str, phenotype: str, 
     kept = {}
     for name, site in sites.items():
         if variant_id in site.ids:
-            g = site.calls[site.ids.index(variant_id)]
+            g = site.genotypes(variant_id)
             y = site.quant if phenotype == "quant_trait" else site.binary
-            called = g[np.isfinite(y) & np.isfinite(site.age) & (g >= 0)].astype(np.int64)
-            minor = min(int(called.sum()), 2 * called.size - int(called.sum()))
+            called = g[np.isfinite(y) & np.isfinite(site.age) & np.isfinite(g)]
+            minor = min(called.sum(), 2 * called.size - called.sum())
             if 0 < minor < minimum:
                 continue
         kept[name] = site
     return kept
+
+
+def write_pooled_plink_inputs(cohort: Mapping[str, Site], root: Path) -> None:
+    """The pooled cohort as one VCF (not-typed = missing; GT:DS where a site has dosages) and phenotype/covariate tables."""
+    union = sorted({v for s in cohort.values() for v in s.ids}, key=lambda v: int(v.split(":")[1]))
+    with_ds = any(site.dosage is not None for site in cohort.values())
+    samples, records = [], {v: [] for v in union}
+    pheno = ["#IID\tquant_trait\tbinary_trait\tage\tsex"]
+
+    def text(values):
+        return ["NA" if not np.isfinite(x) else f"{x:g}" for x in values]
+
+    for name, site in cohort.items():
+        n = site.calls.shape[1]
+        samples += [f"{name}_{i}" for i in range(n)]
+        row = {v: j for j, v in enumerate(site.ids)}
+        for v in union:
+            calls = site.calls[row[v]] if v in row else np.full(n, -1, np.int8)
+            cells = [{-1: "./.", 0: "0/0", 1: "0/1", 2: "1/1"}[int(c)] for c in calls]
+            if with_ds:
+                ds = site.dosage[row[v]] if site.dosage is not None and v in row else np.full(n, np.nan)
+                cells = [f"{cell}:{d!r}" if np.isfinite(d) else f"{cell}:." for cell, d in zip(cells, ds.tolist())]
+            records[v] += cells
+        for i, values in enumerate(zip(text(site.quant), text(site.binary), text(site.age), text(site.sex))):
+            pheno.append(f"{name}_{i}\t" + "\t".join(values))
+    lines = ["##fileformat=VCFv4.2", "##contig=<ID=chr22>", '##FORMAT=<ID=GT,Number=1,Type=String,Description="Genotype">',
+             '##FORMAT=<ID=DS,Number=A,Type=Float,Description="ALT dosage">',
+             "\t".join(["#CHROM", "POS", "ID", "REF", "ALT", "QUAL", "FILTER", "INFO", "FORMAT", *samples])]
+    for v in union:
+        contig, position, ref, alt = v.split(":")
+        lines.append("\t".join([contig, position, v, ref, alt, ".", ".", ".", "GT:DS" if with_ds else "GT", *records[v]]))
+    (root / "pooled.vcf").write_text("\n".join(lines) + "\n")
+    (root / "pheno.tsv").write_text("\n".join(pheno) + "\n")
+
+
+def plink2_glm(root: Path, phenotype: str, *, vcf_options: Sequence[str] = (), columns: str = "") -> dict[str, dict[str, str]]:
+    """``plink2 --glm`` (no Firth, covariates age and sex) on :func:`write_pooled_plink_inputs`'s files, rows by ID.
+
+    ``vcf_options``: e.g. ``("dosage=DS",)``; ``columns``: a ``cols=`` modifier, e.g. ``"cols=+a1freq,+beta"``.
+    """
+    arguments = ["plink2", "--vcf", str(root / "pooled.vcf"), *vcf_options, "--pheno", str(root / "pheno.tsv"),
+                 "--pheno-name", phenotype, "--covar", str(root / "pheno.tsv"), "--covar-name", "age,sex",
+                 "--glm", "hide-covar", "no-firth", *([columns] if columns else []),
+                 "--1", "--threads", "1", "--out", str(root / phenotype)]
+    done = subprocess.run(arguments, capture_output=True, text=True, check=False)
+    assert done.returncode == 0, done.stdout + done.stderr
+    suffix = "linear" if phenotype == "quant_trait" else "logistic"
+    out = root / f"{phenotype}.{phenotype}.glm.{suffix}"
+    header, *body = out.read_text().splitlines()
+    names = header.lstrip("#").split("\t")
+    return {row["ID"]: row for row in (dict(zip(names, line.split("\t"))) for line in body)}
 
 
 def pooled_ols(x: np.ndarray, y: np.ndarray) -> tuple[float, float]:

@@ -8,7 +8,6 @@ import dataclasses
 import gzip
 import json
 import shutil
-import subprocess
 from pathlib import Path
 
 import numpy as np
@@ -267,53 +266,13 @@ def test_gwas__spec_errors_name_the_key():
 # --------------------------------------------------------------------------- plink2
 
 
-def _write_pooled_plink_inputs(cohort, root: Path) -> None:
-    """The pooled cohort as one VCF (not-typed = missing) and phenotype/covariate tables."""
-    union = sorted({v for s in cohort.values() for v in s.ids}, key=lambda v: int(v.split(":")[1]))
-    samples, records = [], {v: [] for v in union}
-    pheno = ["#IID\tquant_trait\tbinary_trait\tage\tsex"]
-    for name, site in cohort.items():
-        n = site.calls.shape[1]
-        samples += [f"{name}_{i}" for i in range(n)]
-        row = {v: j for j, v in enumerate(site.ids)}
-        for v in union:
-            calls = site.calls[row[v]] if v in row else np.full(n, -1, np.int8)
-            records[v] += [{-1: "./.", 0: "0/0", 1: "0/1", 2: "1/1"}[int(c)] for c in calls]
-
-        def text(values):
-            return ["NA" if not np.isfinite(x) else f"{x:g}" for x in values]
-
-        for i, values in enumerate(zip(text(site.quant), text(site.binary), text(site.age), text(site.sex))):
-            pheno.append(f"{name}_{i}\t" + "\t".join(values))
-    lines = ["##fileformat=VCFv4.2", "##contig=<ID=chr22>", '##FORMAT=<ID=GT,Number=1,Type=String,Description="Genotype">',
-             "\t".join(["#CHROM", "POS", "ID", "REF", "ALT", "QUAL", "FILTER", "INFO", "FORMAT", *samples])]
-    for v in union:
-        contig, position, ref, alt = v.split(":")
-        lines.append("\t".join([contig, position, v, ref, alt, ".", ".", ".", "GT", *records[v]]))
-    (root / "pooled.vcf").write_text("\n".join(lines) + "\n")
-    (root / "pheno.tsv").write_text("\n".join(pheno) + "\n")
-
-
-def _plink2_glm(root: Path, phenotype: str) -> dict[str, dict[str, str]]:
-    arguments = ["plink2", "--vcf", str(root / "pooled.vcf"), "--pheno", str(root / "pheno.tsv"), "--pheno-name", phenotype,
-                 "--covar", str(root / "pheno.tsv"), "--covar-name", "age,sex", "--glm", "hide-covar", "no-firth",
-                 "--1", "--threads", "1", "--out", str(root / phenotype)]
-    done = subprocess.run(arguments, capture_output=True, text=True)
-    assert done.returncode == 0, done.stdout + done.stderr
-    suffix = "linear" if phenotype == "quant_trait" else "logistic"
-    out = root / f"{phenotype}.{phenotype}.glm.{suffix}"
-    header, *body = out.read_text().splitlines()
-    names = header.lstrip("#").split("\t")
-    return {row["ID"]: row for row in (dict(zip(names, line.split("\t"))) for line in body)}
-
-
 @pytest.mark.parametrize("model", ["linear", "logistic"])
 def test_gwas__agrees_with_plink2_glm(cohort, linear_run, logistic_run, tmp_path, model):
     if shutil.which("plink2") is None:
         pytest.skip("plink2 is not installed")
-    _write_pooled_plink_inputs(cohort, tmp_path)
+    gs.write_pooled_plink_inputs(cohort, tmp_path)
     phenotype = "quant_trait" if model == "linear" else "binary_trait"
-    reference = _plink2_glm(tmp_path, phenotype)
+    reference = gs.plink2_glm(tmp_path, phenotype)
     run = linear_run if model == "linear" else logistic_run
     compared = 0
     for row in _rows(run):

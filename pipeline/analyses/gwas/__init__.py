@@ -54,6 +54,17 @@ rule; its ``--mac`` is on the pooled count, as the job's threshold. Samples with
 missing phenotype or covariate are dropped at the site; missing genotypes are dropped
 per variant.
 
+Dosages: with ``dosages: auto`` (the default) a site whose dataset stores imputed
+dosages regresses on them, per sample and variant the dosage where present, else the
+hard call, else missing (plink2's ``--vcf dosage=DS``; :mod:`.site_data`); other sites
+use their hard calls in the same job. The census' QC stays on hard calls; ``n``,
+``alt_count`` and the effect allele frequency are of the values regressed on (plink2's
+``OBS_CT`` and ``A1_FREQ``). The linear round's genotype entries are fixed-point reals
+anyway; the logistic first round sends its ALT sums as reals instead of counts (exact for
+dosages on plink2's 1/16384 grid). A dosage is clipped to [0, 2] at the site, so every
+bound and sensitivity that takes a genotype to be at most 2 holds. ``dosages: hard_calls``
+is the hard-call regression.
+
 Differential privacy: exact is the default. With a ``privacy`` block (a site whose
 policy requires it declines an exact job) every round that releases person-level sums
 is noised by the sites, and the job's ``(epsilon, delta)`` covers them all together, for
@@ -83,6 +94,7 @@ Spec (see ``workflows/gwas.yaml``)::
     max_iterations: 25            # logistic Newton rounds (and Firth iterations)
     tolerance: 1.0e-8             # logistic: largest coefficient change at convergence
     firth: true                   # Firth-penalized refit of separated / unfinished variants
+    dosages: auto                 # or hard_calls: regress on a site's stored dosages where it has them
     privacy:                      # optional: differential privacy (linear, pcs: 0); noise grows like max_abs_z^2
       epsilon: 3.0
       delta: 1.0e-6

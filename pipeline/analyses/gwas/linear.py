@@ -2,7 +2,8 @@
 
 In its one round (the regression phase's round 2, or 3 after the HWE round) every site
 returns, per variant, the packed ``X'X``, ``X'y``, ``y'y`` and ``n`` over its complete
-samples with a called genotype (:func:`pipeline.stats.glm.linear_statistics`, standardized covariates and phenotype),
+samples with a called genotype (:func:`pipeline.stats.glm.linear_statistics`, standardized covariates and phenotype,
+hard calls or dosages: :mod:`~pipeline.analyses.gwas.site_data`),
 plus 1 where its own minor allele count is non-zero and below its policy minimum: there
 it sends zeros instead of its statistics, as for a variant it does not hold (a small
 cell is left out of the variant's sums, not the variant out of the results; see
@@ -52,6 +53,9 @@ NOISY_FIELDS = ("xtx", "xty", "yty")
 def linear_layout(state: RegressionState) -> Layout:
     """``xtx``, ``xty``, ``yty`` (fixed point, bounded by n_max * max_abs_z^2), ``n`` and ``below_min`` per variant.
 
+    The genotype's entries (``C'g``, ``g'g``, ``g'y``) are reals already (products with
+    standardized values), so dosages change no field: only ``n`` and ``below_min`` are counts.
+
     With privacy only ``xtx``, ``xty``, ``yty``, at the noise's scale bits, with room for the site's noise.
     """
     p = state.parameters
@@ -92,7 +96,7 @@ def linear_site_statistics(state: RegressionState, dataset: Dataset, site: SiteC
         stats = glm.linear_statistics(calls, covariates, phenotype)
         called = np.rint(stats["n"]).astype(np.int64)
         if noise is None:
-            out["below_min"][rows] = below_minimum(called, np.rint(stats["alt_count"]).astype(np.int64), site)
+            out["below_min"][rows] = below_minimum(called, stats["alt_count"], site)
         kept = out["below_min"][rows] == 0
         for name in ("xtx", "xty", "yty"):
             out[name][rows[kept]] = stats[name][kept]

@@ -37,6 +37,7 @@ from pipeline.analyses.gwas.spec import (
     plan_regression_layout,
 )
 from pipeline.analyses.gwas.state import (
+    ALLELE_SUMS,
     COUNT_NAMES,
     FirthRound,
     FirthState,
@@ -75,17 +76,27 @@ def _first_round(state: RegressionState) -> bool:
 
 
 def logistic_layout(state: RegressionState) -> Layout:
-    """``score`` and ``information`` of the variants still iterating (the first round also their counts)."""
+    """``score`` and ``information`` of the variants still iterating (the first round also their counts).
+
+    The ALT allele sums (``alt_count``, ``alt_case``) are counts with ``dosages:
+    hard_calls``; otherwise sites may sum dosages, so they are reals bounded by
+    2 n_max, with every fractional bit the budget leaves (at least :data:`MIN_SCALE_BITS`:
+    dosages on plink2's 1/16384 grid pass exactly).
+    """
     p = state.parameters
     k = state.num_coefficients
     active = len(state.firth.active) if state.firth is not None else len(state.logistic_fit.active)
     bound = p.statistic_bound
-    declarations: list[Declaration] = [
-        Real("score", (active, k + 1), bound, min_scale_bits=MIN_SCALE_BITS, max_scale_bits=MAX_SCALE_BITS),
-        Real("information", (active, glm.packed_size(k)), bound, min_scale_bits=MIN_SCALE_BITS, max_scale_bits=MAX_SCALE_BITS),
-    ]
+
+    def real(name: str, shape: tuple[int, ...], bound: float) -> Real:
+        return Real(name, shape, bound, min_scale_bits=MIN_SCALE_BITS, max_scale_bits=MAX_SCALE_BITS)
+
+    declarations: list[Declaration] = [real("score", (active, k + 1), bound),
+                                       real("information", (active, glm.packed_size(k)), bound)]
     if _first_round(state):
-        declarations += [Count(name, (active,), 2 * p.max_samples_per_site) for name in COUNT_NAMES[:-1]]
+        alleles = 2 * p.max_samples_per_site
+        declarations += [Count(name, (active,), alleles) if name not in ALLELE_SUMS or p.integer_genotypes
+                         else real(name, (active,), float(alleles)) for name in COUNT_NAMES[:-1]]
         declarations.append(Count("below_min", (active,), 1))
     return plan_regression_layout(declarations, state.num_participants, hint="lower max_samples_per_site or max_abs_z")
 
@@ -124,7 +135,7 @@ def logistic_site_statistics(state: RegressionState, dataset: Dataset, site: Sit
     out = {"score": np.zeros((a, k + 1)), "information": np.zeros((a, glm.packed_size(k)))}
     first = _first_round(state)
     if first:
-        out.update({name: np.zeros(a, np.int64) for name in COUNT_NAMES})
+        out.update({name: np.zeros(a, np.float64 if name in ALLELE_SUMS else np.int64) for name in COUNT_NAMES})
     case = phenotype == 1.0
     for rows, calls in complete_calls(state, dataset, data, site.cache, keep_rows=True):
         where = slot[rows]
@@ -133,7 +144,7 @@ def logistic_site_statistics(state: RegressionState, dataset: Dataset, site: Sit
             continue
         calls = calls[use]
         called = calls >= 0
-        dosage = np.where(called, calls, 0).astype(np.int64)
+        dosage = np.where(called, calls, 0).astype(np.float64)  # hard calls or dosages (then -1 where missing)
         small = below_minimum(called.sum(axis=1), dosage.sum(axis=1), site)
         if first:
             out["below_min"][where[use]] = small
@@ -155,6 +166,9 @@ def logistic_site_statistics(state: RegressionState, dataset: Dataset, site: Sit
             out["n_case"][into] = (called & case).sum(axis=1)
             out["alt_count"][into] = dosage.sum(axis=1)
             out["alt_case"][into] = dosage[:, case].sum(axis=1)
+    if first and state.parameters.integer_genotypes:
+        for name in ALLELE_SUMS:
+            out[name] = np.rint(out[name]).astype(np.int64)  # sums of hard calls: exact integers
     return out
 
 

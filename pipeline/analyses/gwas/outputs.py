@@ -164,7 +164,7 @@ def withheld_below_site_minimum(n: np.ndarray, alt_count: np.ndarray, below_min:
 
     Args:
         n: (variants,) samples with a called genotype over the sites not left out.
-        alt_count: (variants,) ALT alleles among them.
+        alt_count: (variants,) ALT alleles among them (a dosage sum where sites regressed on dosages).
         below_min: (variants,) sites left out (below their own minimum allele count).
         min_allele_count: the job's publish threshold on the pooled minor allele count.
 
@@ -172,7 +172,7 @@ def withheld_below_site_minimum(n: np.ndarray, alt_count: np.ndarray, below_min:
         (variants,) bool.
     """
     n = np.asarray(n, np.int64)
-    minor = minor_count(n, np.rint(np.asarray(alt_count, np.float64)).astype(np.int64))
+    minor = minor_count(n, np.asarray(alt_count, np.float64))  # a dosage sum is not rounded up to the threshold
     return (np.asarray(below_min, np.int64) > 0) & ((n == 0) | (minor < min_allele_count))
 
 
@@ -233,8 +233,10 @@ def regression_result(state: RegressionState, beta: np.ndarray, se: np.ndarray, 
         beta, se, statistic, p_value: (variants,) the genotype's effect, its standard
             error, test statistic and p-value (NaN where not estimated).
         status: (variants,) :data:`pipeline.stats.glm.STATUS` codes.
-        n: (variants,) samples with a called genotype.
-        alt_count: (variants,) ALT alleles among them.
+        n: (variants,) samples with a called genotype (or a dosage).
+        alt_count: (variants,) ALT alleles among them, the sum of the values regressed on
+            (dosages where sites used them): the effect allele frequency is its mean / 2,
+            as plink2's A1_FREQ.
         below_min: (variants,) sites below their own minimum allele count, each left out
             of the variant's sums (zeros with privacy terms: no site is left out).
         num_sites: sites included in the sums.

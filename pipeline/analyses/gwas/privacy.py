@@ -38,7 +38,8 @@ own summation (far below ``2^-s``) is not covered, as the sampler's float approx
 is not (:mod:`pipeline.privacy.discrete_gaussian`). The real bounds come from the
 site's clipping (:mod:`pipeline.analyses.bounds`): raw values to ``±max_abs_value``
 (so ``|x / A| <= 1``), standardized covariates and phenotype to ``±Z = max_abs_z``, and a
-genotype is 0..2 (:func:`moments_sensitivity`, :func:`statistics_sensitivity`). The
+genotype is in [0, 2], a dosage too (clipped at the site, :func:`pipeline.dataset.dosage_or_call`)
+(:func:`moments_sensitivity`, :func:`statistics_sensitivity`). The
 statistics round's ``l2`` grows like ``sqrt(V)`` over ``V`` variants and like ``Z^2``:
 a small ``max_abs_z`` (4 or 5) is what makes the noise bearable.
 
@@ -137,7 +138,7 @@ def statistics_sensitivity(num_variants: int, num_coefficients: int, max_abs_z: 
 
     Per variant the person adds ``u_i u_j`` to each packed entry of ``xtx``, ``u_i y`` to
     ``xty`` and ``y^2`` to ``yty``, where ``u = (1, z_1..z_m, g)``, ``|z|, |y| <= Z`` and
-    ``0 <= g <= 2``; the largest absolute values give the per-variant norms, and the
+    ``0 <= g <= 2`` (a hard call or a clipped dosage); the largest absolute values give the per-variant norms, and the
     ``V`` variants multiply ``l2^2`` and ``l1`` by ``V`` (a person may be called at all).
 
     Args:

@@ -6,7 +6,12 @@ standardized with the pooled moments the coordinator published, and on the genot
 rows of the job's variants it holds. Values beyond the job's bounds are clipped at the
 site, never refused (:mod:`pipeline.analyses.bounds`): raw covariate and phenotype
 values to ``±max_abs_value`` (:func:`site_data`), standardized ones to ``±max_abs_z``
-(:func:`design`).
+(:func:`design`), dosages to [0, 2].
+
+The genotype rows are hard calls, or with ``dosages: auto`` on a dataset that stores
+dosages (:func:`uses_dosage`), per sample and variant the dosage where present, else the
+hard call, else missing (:func:`~pipeline.dataset.dosage_or_call`, plink2's rule for
+``--vcf dosage=DS``). A site without dosages sends hard-call sums into the same job.
 
 Reading the samples and genotype rows is most of a site step's time and every round of
 a job needs the same ones, so they are kept in the job's
@@ -14,7 +19,8 @@ a job needs the same ones, so they are kept in the job's
 
 * :func:`site_data` once per job (keyed by the dataset and :attr:`RegressionState.samples_digest`);
 * the dataset's blocks (:func:`~pipeline.analyses.site_cache.dataset_blocks`), read by
-  the census and kept for the regression where the whole dataset fits the byte budget;
+  the census and kept for the regression where the whole dataset fits the byte budget
+  (read again, with the dosages, where the site regresses on dosages);
 * :func:`complete_calls` for the Newton rounds, only where the rows fit the cache's byte
   budget (an entry larger than ``cache.max_bytes`` would not be kept, so it is not
   gathered either: the rows are then taken block by block every round, as the linear
@@ -37,13 +43,24 @@ from pipeline.analyses.gwas.spec import GwasParameters
 from pipeline.analyses.gwas.state import RegressionState
 from pipeline.analyses.pca import local_scores
 from pipeline.analyses.site_cache import SiteCache, dataset_blocks
-from pipeline.dataset import Dataset, check_binary, locate, numeric_column
+from pipeline.dataset import (
+    Dataset,
+    check_binary,
+    dosage_or_call,
+    locate,
+    numeric_column,
+)
 from pipeline.errors import InputError
 
-__all__ = ["CompleteCases", "SiteData", "complete_calls", "complete_cases", "design", "site_data"]
+__all__ = ["CompleteCases", "SiteData", "complete_calls", "complete_cases", "design", "site_data", "uses_dosage"]
 
 GenotypeRows = list[tuple[np.ndarray, np.ndarray]]
-"""(positions in the job's variant list, int8 calls of the complete samples) per dataset block."""
+"""(positions in the job's variant list, genotypes of the complete samples) per dataset block."""
+
+
+def uses_dosage(parameters: GwasParameters, dataset: Dataset) -> bool:
+    """Whether the site regresses on dosages: the job allows them (``dosages: auto``) and its dataset stores some."""
+    return not parameters.integer_genotypes and dataset.has_dosage
 
 
 @dataclass(frozen=True)
@@ -167,7 +184,9 @@ def _read_complete_calls(state: RegressionState, dataset: Dataset, keep: np.ndar
     """Reads the site's rows of the job's variants, block by block (complete samples only).
 
     The blocks come from :func:`~pipeline.analyses.site_cache.dataset_blocks`: kept since
-    the census when the dataset fits the job's cache.
+    the census when the dataset fits the job's cache. A block with dosages gives float32
+    rows (:func:`~pipeline.dataset.dosage_or_call`: the dosage where present, else the
+    hard call, -1 where neither), one without int8 hard calls.
 
     Raises:
         InputError: the dataset holds a job variant twice (which row's calls would enter
@@ -175,17 +194,20 @@ def _read_complete_calls(state: RegressionState, dataset: Dataset, keep: np.ndar
     """
     order = state.variant_order
     seen = np.zeros(len(state.variant_ids), bool)
-    for block in dataset_blocks(dataset, cache):
+    for block in dataset_blocks(dataset, cache, with_dosage=uses_dosage(state.parameters, dataset)):
         block_ids = np.asarray(block.variants.column("variant_id").to_pylist(), dtype=str)
         where, present = locate(state.sorted_variant_ids, block_ids)
         if present.any():
             rows = order[where[present]]
             _refuse_repeated_rows(dataset, state, rows, seen)
             seen[rows] = True
-            calls = block.call_dosage if present.all() else block.call_dosage[present]
+            calls, dosage = block.call_dosage, block.dosage
+            if not present.all():
+                calls, dosage = calls[present], (None if dosage is None else dosage[present])
+            values = dosage_or_call(calls, dosage)
             # np.compress copies the kept columns row by row; a boolean mask on the second axis gathers element by
             # element (7x slower on a 10,000 x 3,334 block); nothing to drop, nothing to copy.
-            yield rows, (calls if keep.all() else np.compress(keep, calls, axis=1))
+            yield rows, (values if keep.all() else np.compress(keep, values, axis=1))
 
 
 def _refuse_repeated_rows(dataset: Dataset, state: RegressionState, rows: np.ndarray, seen: np.ndarray) -> None:
@@ -203,14 +225,15 @@ def _refuse_repeated_rows(dataset: Dataset, state: RegressionState, rows: np.nda
 
 def complete_calls(state: RegressionState, dataset: Dataset, data: SiteData, cache: SiteCache | None = None, *,
                    keep_rows: bool = False) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-    """(positions in the job's variant list, calls of the complete samples) per dataset block.
+    """(positions in the job's variant list, genotypes of the complete samples) per dataset block.
 
     The dataset is read through ``cache`` (once per job where it fits). With ``keep_rows``
     (the Newton rounds, which take the same rows every round) the rows themselves are kept
     for the next round when at most ``cache.max_bytes`` of them can exist; otherwise they
     are taken from the blocks anew.
     """
-    largest = len(state.variant_ids) * int(np.count_nonzero(data.keep))
+    itemsize = 4 if uses_dosage(state.parameters, dataset) else 1  # float32 dosages, int8 hard calls
+    largest = len(state.variant_ids) * int(np.count_nonzero(data.keep)) * itemsize
     if not keep_rows or cache is None or largest > cache.max_bytes:
         yield from _read_complete_calls(state, dataset, data.keep, cache)
         return

@@ -78,6 +78,7 @@ PARAMS = {
     "max_iterations": Param(25, integer(1, 1000)),
     "tolerance": Param(1e-8, number(1e-14, 1e-2)),
     "firth": Param(True, boolean),
+    "dosages": Param("auto", choice("auto", "hard_calls")),
     "phenotype": Param(REQUIRED, _column_name),
     "privacy": Param(None, CENSUS_PARAMS["privacy"].check),
 }
@@ -108,6 +109,7 @@ class GwasParameters:
     hwe_samples: str = "all"
     hwe_within: str = "sites"
     hwe_clusters: int = 3
+    dosages: str = "auto"
 
     @classmethod
     def parse(cls, spec: Mapping[str, Any], *, ignore: Iterable[str] = ()) -> GwasParameters:
@@ -181,8 +183,21 @@ class GwasParameters:
         return (*self.covariates, *(f"PC{i + 1}" for i in range(self.pcs)))
 
     @property
+    def integer_genotypes(self) -> bool:
+        """Whether every value regressed on is a hard call (``dosages: hard_calls``), so allele sums are integers.
+
+        With ``dosages: auto`` a site may regress on imputed dosages (:func:`pipeline.dataset.dosage_or_call`), and
+        which sites have them is not public, so the allele sums are declared as fixed-point reals.
+        """
+        return self.dosages == "hard_calls"
+
+    @property
     def statistic_bound(self) -> float:
-        """Largest absolute value of one site's per-variant statistic: n_max * max_abs_z^2."""
+        """Largest absolute value of one site's per-variant statistic: n_max * max_abs_z^2.
+
+        Every factor of a product is a standardized value (at most ``max_abs_z``), 1, or a genotype: a hard call or a
+        dosage, both at most 2 (dosages are clipped to [0, 2] at the site).
+        """
         z = max(self.max_abs_z, 2.0)
         return self.max_samples_per_site * z * z
 

@@ -41,7 +41,7 @@ from pipeline.json_arrays import decode_array, encode_array, frozen_array
 from pipeline.privacy import Spend
 from pipeline.stats import glm
 
-__all__ = ["COUNT_NAMES", "FirthRound", "FirthState", "HweScreen", "Moments", "NewtonState", "RegressionState",
+__all__ = ["ALLELE_SUMS", "COUNT_NAMES", "FirthRound", "FirthState", "HweScreen", "Moments", "NewtonState", "RegressionState",
            "VariantCounts"]
 
 
@@ -108,16 +108,22 @@ class HweScreen(JsonState):
 
 COUNT_NAMES = ("n", "n_case", "alt_count", "alt_case", "below_min")
 """The per-variant counts of the first Newton round, in layout order."""
+ALLELE_SUMS = ("alt_count", "alt_case")
+"""Of them, the ALT allele sums: integers of hard calls, reals where sites sum dosages."""
+
+
+def _count_dtype(name: str) -> type[np.generic]:
+    return np.float64 if name in ALLELE_SUMS else np.int64
 
 
 @dataclass(frozen=True, eq=False)
 class VariantCounts(JsonState):
-    """Per variant sums of the first Newton round (all int64, one entry per tested variant).
+    """Per variant sums of the first Newton round (one entry per tested variant; int64, the ALT sums float64).
 
     Attributes:
-        n: samples with a called genotype.
+        n: samples with a called genotype (or a dosage).
         n_case: of them, cases.
-        alt_count: ALT alleles.
+        alt_count: ALT alleles (the sum of hard calls or dosages).
         alt_case: ALT alleles among cases.
         below_min: sites whose own minor allele count is non-zero and below their minimum
             (each left out of the variant: the other counts are the other sites' sums).
@@ -131,15 +137,16 @@ class VariantCounts(JsonState):
 
     def __post_init__(self) -> None:
         for name in COUNT_NAMES:
-            object.__setattr__(self, name, frozen_array(getattr(self, name), np.int64))
+            object.__setattr__(self, name, frozen_array(getattr(self, name), _count_dtype(name)))
 
     @classmethod
     def from_total(cls, total: Mapping[str, np.ndarray]) -> VariantCounts:
         """The counts of a round's decoded total."""
-        return cls(**{name: np.asarray(total[name], np.int64) for name in COUNT_NAMES})
+        return cls(**{name: np.asarray(total[name], _count_dtype(name)) for name in COUNT_NAMES})
 
     def to_json(self) -> dict[str, Any]:
-        return {name: encode_array(_compact(getattr(self, name))) for name in COUNT_NAMES}
+        return {name: encode_array(getattr(self, name) if name in ALLELE_SUMS else _compact(getattr(self, name)))
+                for name in COUNT_NAMES}
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> VariantCounts:
