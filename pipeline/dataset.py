@@ -147,6 +147,10 @@ def _dense(values: pa.Array, dtype: type[np.generic]) -> np.ndarray:
 class Dataset:
     """A harmonized dataset opened for reading (identity: a folder on disk)."""
 
+    view = ""
+    """Which part of the folder this object reads: ``""`` all of it; a job's selection
+    (:class:`~pipeline.analyses.selection.SelectedDataset`) its digest, so caches keep the two apart."""
+
     def __init__(self, path: Path | str) -> None:
         self.path = Path(path)
         meta_path = self.path / "dataset.json"

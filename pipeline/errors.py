@@ -81,6 +81,7 @@ REFUSAL_CODES = {
     "budget-exhausted": "the site's privacy budget is spent",
     "data-error": "the site could not compute its contribution from its data",
     "spec-mismatch": "a column the job's spec names is missing at the site, not numeric, or coded otherwise than the job needs",
+    "unknown-sample-list": "the job names a sample list the site does not define",
 }
 """What an analyst may learn of a site's refusal: a coarse code and its meaning (never a site's value, count or path)."""
 

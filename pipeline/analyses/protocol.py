@@ -89,6 +89,9 @@ class SiteContext:
             that only it fills; off unless the site's policy opts in.
         cache: what the site keeps between the rounds of one job (genotypes it read);
             owned by the runtime, which drops it when the job ends.
+        sample_lists: the site's own sample lists by name (``[sample_lists]`` in its
+            ``site.toml``): a job names a list, the site resolves it here
+            (:mod:`pipeline.analyses.selection`), so no path or ID travels.
     """
 
     name: str
@@ -97,6 +100,7 @@ class SiteContext:
     share_variant_keys: bool
     share_site_metrics: bool = False
     cache: SiteCache = field(default_factory=SiteCache, compare=False, repr=False)
+    sample_lists: Mapping[str, Path] = field(default_factory=dict, hash=False)
 
 
 GENOTYPES = "genotypes"

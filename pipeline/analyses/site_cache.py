@@ -105,12 +105,13 @@ class SiteCache:
 
 
 def dataset_fingerprint(dataset: Dataset) -> tuple[Any, ...]:
-    """What identifies a dataset's content on disk: its path and every file's inode, size and mtime."""
+    """What identifies a dataset's content: its path, the part of it read (:attr:`~pipeline.dataset.Dataset.view`)
+    and every file's inode, size and mtime."""
     files = [dataset.path / "dataset.json"]
     for chunk in dataset.chunk_names:
         files += [dataset.path / "genotypes" / f"{chunk}.parquet", dataset.path / "variants" / f"{chunk}.parquet"]
     stats = [os.stat(path) for path in files]
-    return (str(dataset.path.resolve()), *((st.st_ino, st.st_size, st.st_mtime_ns) for st in stats))
+    return (str(dataset.path.resolve()), dataset.view, *((st.st_ino, st.st_size, st.st_mtime_ns) for st in stats))
 
 
 def _read_ahead(dataset: Dataset, names: Sequence[str], threads: int, with_dosage: bool) -> Iterator[Block]:

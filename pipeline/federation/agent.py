@@ -473,6 +473,7 @@ class SiteAgent:
             share_variant_keys=policy.share_variant_keys,
             share_site_metrics=policy.share_site_metrics,
             cache=self._caches.setdefault(job_id, SiteCache()),
+            sample_lists=self.config.sample_lists,
         )
 
     def handle(self, task: dict[str, Any]) -> None:

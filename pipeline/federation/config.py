@@ -15,6 +15,12 @@ that provisioned a federation and the one that runs it:
 
 Identities, keys and disclosure policy are never overridden from the environment.
 
+A site's optional ``[sample_lists]`` table names its own sample lists, ``NAME = "PATH"``
+(a file of IIDs, one per line, or plink's ``FID IID`` columns; ``#`` lines are comments).
+A job selects samples by a list's name (``keep: NAME``, ``remove: NAME``), never by a path
+or an ID; the site resolves the name here and declines a job naming a list it lacks
+(``unknown-sample-list``) at its pre-flight.
+
 The small TOML writer (:func:`render_toml`) serves ``genofed provision``; it writes
 flat tables of strings, numbers, booleans and lists, with comments.
 """
@@ -168,7 +174,8 @@ class SiteConfig:
 
     ``roster`` is the federation roster signed by the CA
     (:mod:`pipeline.federation.roster`): the agent starts only if ``cert`` is the
-    certificate it lists under ``name``.
+    certificate it lists under ``name``. ``sample_lists`` maps the names jobs may give
+    (``keep``/``remove``) to the site's own files of IIDs.
     """
 
     path: Path
@@ -184,6 +191,7 @@ class SiteConfig:
     audit_log: Path
     state_dir: Path
     poll_interval: float
+    sample_lists: Mapping[str, Path] = field(default_factory=dict, hash=False)
 
 
 _UNITS = {"s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, "w": 7 * 86400.0}
@@ -507,7 +515,7 @@ def load_site_config(
     path, data = _read(path)
     env = os.environ if env is None else env
     base = path.parent.resolve()
-    tables = _tables(path, data, ("site", "tls", "policy"))
+    tables = _tables(path, data, ("site", "tls", "policy"), ("sample_lists",))
     site = tables["site"]
     name = site.get("name", _name, "the site's name (letters, digits, '_', '-'), as in its certificate")
     federation = site.get("federation", _name, "the federation's name, as in the CA certificate")
@@ -542,7 +550,21 @@ def load_site_config(
     return SiteConfig(
         path=path, name=name, federation=federation, coordinator_url=_env_url(env, url, path), cert=cert, key=key,
         ca=ca, roster=roster, dataset=dataset, policy=policy, audit_log=audit_log, state_dir=state_dir, poll_interval=poll_interval,
+        sample_lists=_sample_lists(tables["sample_lists"], base, check_files=check_files),
     )
+
+
+def _sample_lists(table: _Table, base: Path, *, check_files: bool) -> dict[str, Path]:
+    """The optional ``[sample_lists]``: list name -> file of IIDs (relative to the config's folder)."""
+    lists = {}
+    for name in table.data:
+        path: Path = table.get(name, _path(base), "the path of a file of sample IDs (one per line, or FID IID)")
+        if check_files and not path.is_file():
+            raise ConfigurationError(f"{table.path}: key 'sample_lists.{name}': {path} does not exist; expected a file of "
+                                     "sample IDs")
+        lists[name] = path
+    table.finish()
+    return lists
 
 
 def _privacy_policy(policy: _Table, path: Path) -> PrivacyPolicy:

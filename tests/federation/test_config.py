@@ -121,6 +121,22 @@ def test_site_config__defaults_and_paths(tmp_path):
     assert config.policy.allows("census") and not config.policy.allows("gwas")
 
 
+def test_site_config__sample_lists_name_the_sites_own_files(tmp_path):
+    assert load_site_config(write(tmp_path, SITE), check_files=False, env={}).sample_lists == {}
+    text = SITE + '\n[sample_lists]\nunrelated_eur = "lists/eur.txt"\nwithdrawn = "/srv/withdrawn.txt"\n'
+    config = load_site_config(write(tmp_path, text), check_files=False, env={})
+    assert config.sample_lists == {"unrelated_eur": tmp_path.resolve() / "lists" / "eur.txt",
+                                   "withdrawn": Path("/srv/withdrawn.txt")}
+    with pytest.raises(ConfigurationError, match=r"key 'sample_lists.withdrawn': expected the path of a file of sample IDs"):
+        load_site_config(write(tmp_path, SITE + "\n[sample_lists]\nwithdrawn = 3\n"), check_files=False, env={})
+    for name in ("cert.pem", "key.pem", "roster.json"):
+        (tmp_path / name).write_text("")
+    (tmp_path / "key.pem").chmod(0o600)
+    text = text.replace("/etc/genofed/ca.pem", "cert.pem")
+    with pytest.raises(ConfigurationError, match=r"'sample_lists.unrelated_eur': .*eur.txt does not exist"):
+        load_site_config(write(tmp_path, text), check_files=True, env={})
+
+
 def test_site_config__share_site_metrics_opt_in(tmp_path):
     text = replace_line(SITE, 'allowed_analyses = ["census"]', 'allowed_analyses = ["census"]\nshare_site_metrics = true')
     policy = load_site_config(write(tmp_path, text), check_files=False, env={}).policy
