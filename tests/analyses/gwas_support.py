@@ -207,15 +207,17 @@ def write_pooled_plink_inputs(cohort: Mapping[str, Site], root: Path) -> None:
     (root / "pheno.tsv").write_text("\n".join(pheno) + "\n")
 
 
-def plink2_glm(root: Path, phenotype: str, *, vcf_options: Sequence[str] = (), columns: str = "") -> dict[str, dict[str, str]]:
+def plink2_glm(root: Path, phenotype: str, *, vcf_options: Sequence[str] = (), columns: str = "",
+               extra: Sequence[str] = ()) -> dict[str, dict[str, str]]:
     """``plink2 --glm`` (no Firth, covariates age and sex) on :func:`write_pooled_plink_inputs`'s files, rows by ID.
 
-    ``vcf_options``: e.g. ``("dosage=DS",)``; ``columns``: a ``cols=`` modifier, e.g. ``"cols=+a1freq,+beta"``.
+    ``vcf_options``: e.g. ``("dosage=DS",)``; ``columns``: a ``cols=`` modifier, e.g. ``"cols=+a1freq,+beta"``;
+    ``extra``: more plink2 arguments, e.g. ``("--keep", "keep.txt")``.
     """
     arguments = ["plink2", "--vcf", str(root / "pooled.vcf"), *vcf_options, "--pheno", str(root / "pheno.tsv"),
                  "--pheno-name", phenotype, "--covar", str(root / "pheno.tsv"), "--covar-name", "age,sex",
                  "--glm", "hide-covar", "no-firth", *([columns] if columns else []),
-                 "--1", "--threads", "1", "--out", str(root / phenotype)]
+                 "--1", "--threads", "1", *extra, "--out", str(root / phenotype)]
     done = subprocess.run(arguments, capture_output=True, text=True, check=False)
     assert done.returncode == 0, done.stdout + done.stderr
     suffix = "linear" if phenotype == "quant_trait" else "logistic"

@@ -77,7 +77,7 @@ Spec (see ``workflows/gwas.yaml``)::
 
     analysis: gwas
     model: linear                 # or logistic (phenotype coded 0/1)
-    phenotype: quant_trait
+    phenotype: quant_trait        # or phenotypes: [a, b, ...]: one census and PCA, each fitted (:mod:`.phenotypes`)
     covariates: [age, sex]
     pcs: 4                        # 0 = no PCA phase
     pca: {}                       # passed to the PCA phase unchanged
@@ -95,6 +95,12 @@ Spec (see ``workflows/gwas.yaml``)::
     tolerance: 1.0e-8             # logistic: largest coefficient change at convergence
     firth: true                   # Firth-penalized refit of separated / unfinished variants
     dosages: auto                 # or hard_calls: regress on a site's stored dosages where it has them
+    keep: study_eur               # optional selection (:mod:`pipeline.analyses.selection`): a site-defined sample list,
+    remove: withdrawn             # ... another, an expression on the samples table, regions and variant IDs;
+    samples: "age >= 40"          # every phase sees only the selected samples and variants
+    regions: ["chr22:16000000-17000000"]
+    extract: [chr22:16050075:A:G]
+    exclude: []
     privacy:                      # optional: differential privacy (linear, pcs: 0); noise grows like max_abs_z^2
       epsilon: 3.0
       delta: 1.0e-6
@@ -102,7 +108,8 @@ Spec (see ``workflows/gwas.yaml``)::
 
 The package follows those seams: :mod:`.spec` (parameters), :mod:`.state` (the typed
 public state), :mod:`.site_data` (complete samples, design, genotype rows),
-:mod:`.rsid` (the rs ID round), :mod:`.regression` (the moments round and the dispatch), :mod:`.linear`,
+:mod:`.rsid` (the rs ID round), :mod:`.regression` (the moments round and the dispatch), :mod:`.phenotypes`
+(several phenotypes in one job), :mod:`.linear`,
 :mod:`.logistic`, :mod:`.privacy` (the noisy mode) and :mod:`.outputs` (tables and files).
 """
 
@@ -116,6 +123,7 @@ import numpy as np
 
 from pipeline.analyses.census import CENSUS, CensusState, control_sample_ids
 from pipeline.analyses.gwas.outputs import gwas_table, regression_result, write_outputs
+from pipeline.analyses.gwas.phenotypes import REGRESSIONS, PhenotypesState, Regressions
 from pipeline.analyses.gwas.regression import REGRESSION, Regression
 from pipeline.analyses.gwas.site_data import complete_cases
 from pipeline.analyses.gwas.spec import PARAMS, GwasParameters
@@ -136,20 +144,24 @@ from pipeline.analyses.protocol import (
     SiteContext,
     dataset_sample_ids,
 )
+from pipeline.analyses.selection import Selection, selected_dataset
 from pipeline.dataset import Dataset
 
 __all__ = [
     "GWAS",
     "PARAMS",
     "REGRESSION",
+    "REGRESSIONS",
     "FirthRound",
     "FirthState",
     "Gwas",
     "GwasParameters",
     "Moments",
     "NewtonState",
+    "PhenotypesState",
     "Regression",
     "RegressionState",
+    "Regressions",
     "VariantCounts",
     "gwas_phases",
     "gwas_table",
@@ -190,7 +202,7 @@ def gwas_phases() -> tuple[Phase, ...]:
     return (
         Phase("census", CENSUS, _census_spec, _census_carry),
         Phase("pca", PCA, _pca_spec, _pca_carry, keep_tables=("pca_loadings", "pca_eigenvalues")),
-        Phase("gwas", REGRESSION, _regression_spec, lambda result, state: {}),
+        Phase("gwas", REGRESSIONS, _regression_spec, lambda result, state: {}),
     )
 
 
@@ -203,10 +215,11 @@ class Gwas(Phased):
     def contributions(self, state: PhasedState, dataset: Dataset, site: SiteContext) -> tuple[Contribution, ...]:
         """The regression's complete cases, and every sample for the census (and PCA) phase.
 
-        1. The regression's results come from the complete cases of the job's phenotype
-           and covariates (:func:`~.site_data.complete_cases`, the selection its site step
-           fits on), over ``sorted((phenotype, *covariates, genotypes))``. A GWAS has one
-           phenotype, so one such set.
+        1. The regression's results come from the complete cases of each of the job's
+           phenotypes and the covariates (:func:`~.site_data.complete_cases`, the selection
+           its site step fits on), over ``sorted((phenotype, *covariates, genotypes))``: one
+           release per phenotype (:mod:`.phenotypes`), so two phenotypes whose sets differ by
+           a few samples are refused as two jobs would be.
         2. The census phase counts every sample's genotypes (its summary, and which
            variants pass QC and are tested, are released), and so does the PCA phase
            with ``pcs > 0`` (its loadings and eigenvalues are in the result): every
@@ -215,25 +228,33 @@ class Gwas(Phased):
            ``hwe_within: ancestry_clusters`` the regression phase's) come from the
            phenotype's controls: those samples, over the phenotype and the genotypes.
 
-        Read from the samples table alone (no genotype). A release the site brings no
-        sample to is not listed.
+        Read from the samples table alone (no genotype), through the job's selection
+        (:func:`_selected`): every set lies within the selected samples. A release the
+        site brings no sample to is not listed.
 
         Raises:
             ConfigurationError: the job spec is not a GWAS spec.
             InputError: the phenotype or a covariate is missing or not numeric.
+            PolicyRefusal: (``unknown-sample-list``) the site defines no list the job names.
         """
+        dataset = _selected(state, dataset, site)
         parameters = GwasParameters.parse(state.job_spec)
         samples = dataset.samples()
-        keep = complete_cases(parameters, dataset, samples).keep
         ids = np.asarray([str(s) for s in samples.column("sample_id").to_pylist()], dtype=object)
-        regression = Contribution(frozenset(ids[keep].tolist()), tuple(sorted((parameters.phenotype, *parameters.covariates,
-                                                                             GENOTYPES))))
+        regressions = tuple(
+            Contribution(frozenset(ids[complete_cases(parameters.single(name), dataset, samples).keep].tolist()),
+                         tuple(sorted((name, *parameters.covariates, GENOTYPES))))
+            for name in parameters.all_phenotypes)
         every = Contribution(dataset_sample_ids(dataset), (GENOTYPES,))
         controls = None
         if parameters.hwe_samples == "controls":  # the HWE flags come from the controls
             controls = Contribution(control_sample_ids(dataset, parameters.phenotype),
                                     tuple(sorted((parameters.phenotype, GENOTYPES))))
-        return tuple(c for c in (regression, every, controls) if c is not None and c.samples)
+        return tuple(c for c in (*regressions, every, controls) if c is not None and c.samples)
+
+    def site_step(self, state: PhasedState, round_index: int, dataset: Dataset, site: SiteContext) -> dict[str, np.ndarray]:
+        """The current phase's site step on the job's selection of the dataset."""
+        return super().site_step(state, round_index, _selected(state, dataset, site), site)
 
     def site_finish(self, state: PhasedState, dataset: Dataset, site: SiteContext, out_dir: Path) -> dict[str, Any] | None:
         """Keeps this site's PC scores at the site (``pca_scores.parquet``) once the regression phase has begun.
@@ -242,7 +263,15 @@ class Gwas(Phased):
         """
         if state.phase != len(self.phases) - 1:
             return None
-        return super().site_finish(state, dataset, site, out_dir)
+        return super().site_finish(state, _selected(state, dataset, site), site, out_dir)
+
+
+def _selected(state: PhasedState, dataset: Dataset, site: SiteContext) -> Dataset:
+    """The site's dataset as the job's ``keep``/``remove``/``samples``/``regions``/``extract``/``exclude`` select it.
+
+    Every phase sees the same view, so QC, PCA and regression all run on the selection (as plink2's filters apply first).
+    """
+    return selected_dataset(dataset, Selection.parse(state.job_spec), site)
 
 
 GWAS = Gwas()

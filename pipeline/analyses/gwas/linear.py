@@ -44,7 +44,8 @@ from pipeline.encoding import Count, Layout, Real
 from pipeline.privacy import secret_generator
 from pipeline.stats import glm
 
-__all__ = ["NOISY_FIELDS", "linear_layout", "linear_result", "linear_site_statistics", "noisy_linear_fit"]
+__all__ = ["NOISY_FIELDS", "linear_layout", "linear_result", "linear_site_statistics", "noisy_linear_fit",
+           "split_phenotypes"]
 
 NOISY_FIELDS = ("xtx", "xty", "yty")
 """What a site sends in the statistics round with privacy."""
@@ -82,6 +83,10 @@ def linear_site_statistics(state: RegressionState, dataset: Dataset, site: SiteC
                            covariates: np.ndarray, phenotype: np.ndarray) -> dict[str, np.ndarray]:
     """The site's contribution to the statistics round (zeros for the variants it does not hold); with privacy, noisy sums.
 
+    ``phenotype`` may be (samples, P): several phenotypes of the same complete samples in
+    one pass over the genotype rows (their ``X'X``, ``n`` and flags are the same), giving
+    ``xty`` (variants, P, k + 1) and ``yty`` (variants, P) (:func:`split_phenotypes`).
+
     Exact sums: a variant where the site's own minor allele count is a small cell
     (:func:`~pipeline.analyses.census.below_minimum`) is left out, zeros as for a variant it
     does not hold, and only its flag is sent, so the cell never enters a sum. With privacy
@@ -89,11 +94,17 @@ def linear_site_statistics(state: RegressionState, dataset: Dataset, site: SiteC
     would depend on one person.
     """
     v, k = len(state.variant_ids), covariates.shape[1]
-    out = {"xtx": np.zeros((v, glm.packed_size(k))), "xty": np.zeros((v, k + 1)), "yty": np.zeros(v),
+    several = phenotype.ndim == 2
+    per = phenotype.shape[1:]
+    out = {"xtx": np.zeros((v, glm.packed_size(k))), "xty": np.zeros((v, *per, k + 1)), "yty": np.zeros((v, *per)),
            "n": np.zeros(v, np.int64), "below_min": np.zeros(v, np.int64)}
     noise = state.statistics_noise
     for rows, calls in complete_calls(state, dataset, data, site.cache):
-        stats = glm.linear_statistics(calls, covariates, phenotype)
+        if several:  # the other phenotypes ride along as covariate columns: one product with the genotypes
+            stats = split_phenotypes(glm.linear_statistics(calls, np.column_stack([covariates, phenotype[:, 1:]]),
+                                                           phenotype[:, 0]), k, phenotype.shape[1])
+        else:
+            stats = glm.linear_statistics(calls, covariates, phenotype)
         called = np.rint(stats["n"]).astype(np.int64)
         if noise is None:
             out["below_min"][rows] = below_minimum(called, stats["alt_count"], site)
@@ -104,6 +115,31 @@ def linear_site_statistics(state: RegressionState, dataset: Dataset, site: SiteC
     if noise is not None:
         return add_noise({name: out[name] for name in NOISY_FIELDS}, noise, rng=secret_generator())
     return out
+
+
+def split_phenotypes(stats: Mapping[str, np.ndarray], k: int, count: int) -> dict[str, np.ndarray]:
+    """Each phenotype's statistics from one fit whose covariates were ``[C, y_2..y_P]`` and phenotype ``y_1``.
+
+    The packed ``X'X`` of ``[C, y_2..y_P, g]`` and its ``X'y_1``, ``y_1'y_1`` hold every
+    phenotype's ``[C, g]'y_j`` and ``y_j'y_j``; ``[C, g]'[C, g]`` is the same for all.
+
+    Args:
+        stats: :func:`pipeline.stats.glm.linear_statistics` over ``k + count - 1`` covariate columns.
+        k: the columns of ``C`` (intercept first).
+        count: P, the phenotypes.
+
+    Returns:
+        ``xtx`` (variants, packed(k)), ``xty`` (variants, P, k + 1), ``yty`` (variants, P), and ``n``, ``alt_count``.
+    """
+    wide = k + count - 1
+    full = glm.unpack_symmetric(stats["xtx"], wide)  # over [C, y_2..y_P, g]
+    chosen = [*range(k), wide]  # C and g
+    extra = np.arange(k, wide)
+    xty = np.concatenate([np.asarray(stats["xty"])[:, None, chosen],
+                          np.moveaxis(full[:, chosen][:, :, extra], 2, 1)], axis=1)
+    yty = np.column_stack([stats["yty"], full[:, extra, extra]])
+    return {"xtx": glm.pack_symmetric(full[:, chosen][:, :, chosen], k), "xty": xty, "yty": yty,
+            "n": stats["n"], "alt_count": stats["alt_count"]}
 
 
 def noisy_linear_fit(xtx: np.ndarray, xty: np.ndarray, yty: np.ndarray, noise_variance: float) -> glm.LinearFit:

@@ -70,7 +70,7 @@ from pipeline.stats import glm
 
 __all__ = ["DATA_FILE", "DATA_FILES", "OUTPUT_FILES", "case_control_counts", "data_file_text", "gwas_status_table",
            "gwas_table", "metadata",
-           "names_rsids", "regression_result", "ssf_chromosome", "withheld_below_site_minimum", "write_outputs"]
+           "names_rsids", "phenotype_file", "regression_result", "ssf_chromosome", "withheld_below_site_minimum", "write_outputs"]
 
 DATA_FILE = "gwas.tsv.gz"
 """The GWAS-SSF data file (bgzipped, so tabix and the GWAS Catalog read it as it is)."""
@@ -103,9 +103,13 @@ def gwas_table(variant_ids: Sequence[str], beta: np.ndarray, se: np.ndarray, eaf
         InputError: a variant ID is not ``contig:position:ref:alt``.
     """
     contigs, position, other, effect = parse_variant_ids(variant_ids)
-    chromosome = [canonical_contig(c, "nochr") for c in contigs]
-    order = sorted(range(len(variant_ids)), key=lambda i: (_chromosome_rank(chromosome[i]), int(position[i]), variant_ids[i]))
-    index = np.asarray(order, np.int64)
+    names, of_row = np.unique(np.asarray(contigs, dtype=str), return_inverse=True)  # a few contigs, many rows
+    canonical = [canonical_contig(str(c), "nochr") for c in names]
+    ranked = sorted(set(canonical), key=_chromosome_rank)
+    rank = np.asarray([ranked.index(c) for c in canonical], np.int64)[of_row]
+    index = np.lexsort((np.asarray(variant_ids, dtype=str), np.asarray(position, np.int64), rank)).astype(np.int64)
+    order = index.tolist()
+    chromosome = [canonical[i] for i in of_row.tolist()]
 
     def floats(values: np.ndarray) -> pa.Array:
         values = np.asarray(values, np.float64)[index]
@@ -376,20 +380,28 @@ def names_rsids(summary: Mapping[str, Any]) -> bool:
     return bool(variants.get("with_rsid", 0) or variants.get("rsid_conflicts", 0))
 
 
-def _write_data_file(text: str, out: Path) -> str:
+def phenotype_file(name: str, phenotype: str | None) -> str:
+    """A result file's name for one phenotype of several (``gwas.tsv.gz`` -> ``gwas.<phenotype>.tsv.gz``); as is for one."""
+    if phenotype is None:
+        return name
+    stem, dot, extension = name.partition(".")
+    return f"{stem}.{phenotype}{dot}{extension}"
+
+
+def _write_data_file(text: str, out: Path, data_file: str = DATA_FILE) -> str:
     """Writes ``gwas.tsv.gz`` (BGZF) and its tabix index (sequence column 1, position column 2, header skipped).
 
     Returns:
         The MD5 of the compressed file, as the metadata's ``data_file_md5sum`` needs it.
     """
-    with atomic_file(out / DATA_FILE, force=True) as data, atomic_file(out / f"{DATA_FILE}.tbi", force=True) as index:
+    with atomic_file(out / data_file, force=True) as data, atomic_file(out / f"{data_file}.tbi", force=True) as index:
         with pysam.BGZFile(str(data), "wb", index=None) as handle:
             handle.write(text.encode())
         pysam.tabix_index(str(data), seq_col=0, start_col=1, end_col=1, line_skip=1, force=True, index=str(index))
         return hashlib.md5(data.read_bytes()).hexdigest()
 
 
-def metadata(summary: Mapping[str, Any], md5sum: str) -> dict[str, Any]:
+def metadata(summary: Mapping[str, Any], md5sum: str, data_file: str = DATA_FILE) -> dict[str, Any]:
     """The GWAS-SSF v1.1 metadata of a result (the spec's fields in its order, then genofed's own).
 
     ``genome_assembly`` is the one every summed site's dataset records (the coordinator
@@ -405,7 +417,7 @@ def metadata(summary: Mapping[str, Any], md5sum: str) -> dict[str, Any]:
         "genome_assembly": summary.get("genome_assembly") or NOT_REPORTED,
         "coordinate_system": "1-based",
         "samples": [sample],
-        "data_file_name": DATA_FILE,
+        "data_file_name": data_file,
         "file_type": "GWAS-SSF v1.1",
         "data_file_md5sum": md5sum,
         "analysis_software": "genofed (federated, exact pooled fit over secure aggregation)",
@@ -419,19 +431,21 @@ def metadata(summary: Mapping[str, Any], md5sum: str) -> dict[str, Any]:
     }
 
 
-def write_outputs(result: Result, out_dir: Path | str) -> list[str]:
+def write_outputs(result: Result, out_dir: Path | str, *, phenotype: str | None = None) -> list[str]:
     """Writes the GWAS-SSF file, its index and metadata (:data:`DATA_FILES`) and the plots; returns the file names.
 
     ``gwas.tsv.gz`` is :func:`data_file_text` in genome order, bgzipped and tabix-indexed,
     so an analyst can query a region (``tabix gwas.tsv.gz 22:16000000-17000000``). Each
     file is written to a temporary path and renamed, readable as any output is (umask).
+    With ``phenotype`` (one of a job's several) every name carries it (:func:`phenotype_file`).
     """
     out = Path(out_dir)
     table = result.tables["gwas"]
     summary = result.summary
+    data_file = phenotype_file(DATA_FILE, phenotype)
     if "rsid" in table.column_names and not names_rsids(summary):
         table = table.drop_columns(["rsid"])  # GWAS-SSF: an optional column no site has anything for is left out
-    meta = metadata(summary, _write_data_file(data_file_text(table), out))
+    meta = metadata(summary, _write_data_file(data_file_text(table), out, data_file), data_file)
     privacy = summary.get("privacy")
     if privacy:
         meta["analysis_software"] = "genofed (federated, differentially private: noisy sums over secure aggregation)"
@@ -446,6 +460,7 @@ def write_outputs(result: Result, out_dir: Path | str) -> list[str]:
             **{key: privacy[key] for key in ("epsilon", "delta", "rho", "honest_sites", "max_colluding")},
             "rounds": [{key: r[key] for key in ("phase", "round", "sigma_real", "rho")} for r in privacy["rounds"]],
         }
-    with atomic_file(out / f"{DATA_FILE}-meta.yaml", force=True) as tmp:
+    with atomic_file(out / f"{data_file}-meta.yaml", force=True) as tmp:
         Path(tmp).write_text(yaml.safe_dump(meta, sort_keys=False))
-    return [*DATA_FILES, *write_plots(table, summary, out)]
+    files = [phenotype_file(name, phenotype) for name in DATA_FILES]
+    return [*files, *write_plots(table, summary, out, lambda name: phenotype_file(name, phenotype))]

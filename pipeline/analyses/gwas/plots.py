@@ -21,7 +21,7 @@ backend state.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -238,11 +238,15 @@ def regional(table: pa.Table, summary: Mapping[str, Any], locus: Locus) -> Figur
     return figure
 
 
-def write_plots(table: pa.Table, summary: Mapping[str, Any], out: Path) -> list[str]:
-    """manhattan.png, qq.png and one regional plot per top locus in ``out``; returns the file names."""
+def write_plots(table: pa.Table, summary: Mapping[str, Any], out: Path,
+                name: Callable[[str], str] = lambda file: file) -> list[str]:
+    """manhattan.png, qq.png and one regional plot per top locus in ``out``; returns the file names.
+
+    ``name`` renames each file (one phenotype's of several: ``manhattan.<phenotype>.png``).
+    """
     loci = top_loci(table)
-    figures = {"manhattan.png": manhattan(table, summary, loci), "qq.png": qq(table, summary)}
-    figures.update((regional_name(locus), regional(table, summary, locus)) for locus in loci)
-    for name, figure in figures.items():
-        _save(figure, out / name)
+    figures = {name("manhattan.png"): manhattan(table, summary, loci), name("qq.png"): qq(table, summary)}
+    figures.update((name(regional_name(locus)), regional(table, summary, locus)) for locus in loci)
+    for file, figure in figures.items():
+        _save(figure, out / file)
     return list(figures)

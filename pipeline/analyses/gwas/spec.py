@@ -14,16 +14,17 @@ is the one place the regression's layouts are planned.
 from __future__ import annotations
 
 import dataclasses
+import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from pipeline.analyses.census import PARAMS as CENSUS_PARAMS
 from pipeline.analyses.gwas.privacy import census_terms
+from pipeline.analyses.selection import SELECTION_PARAMS
 from pipeline.encoding import Declaration, Layout, Ring, plan_layout
 from pipeline.errors import ConfigurationError
 from pipeline.parameters import (
-    REQUIRED,
     Param,
     boolean,
     choice,
@@ -31,6 +32,7 @@ from pipeline.parameters import (
     mapping,
     names,
     number,
+    optional,
     parse_params,
 )
 from pipeline.privacy import PrivacyTerms
@@ -59,6 +61,40 @@ def _column_name(value: Any) -> str:
     return value
 
 
+_FILE_SAFE = re.compile(r"^[A-Za-z0-9_-][A-Za-z0-9_.-]*$")
+
+
+def _phenotype_names(value: Any) -> list[str]:
+    """Distinct column names, each usable in a result's file names (``gwas.<phenotype>.tsv.gz``)."""
+    if not isinstance(value, list) or not value or not all(isinstance(v, str) and _FILE_SAFE.match(v) for v in value):
+        raise ValueError("a non-empty list of phenotype columns, each of letters, digits, '_', '-' and '.'")
+    if len(set(value)) != len(value):
+        raise ValueError(f"distinct phenotype columns (repeated: {sorted({v for v in value if value.count(v) > 1})})")
+    return list(value)
+
+
+def _phenotypes(values: Mapping[str, Any]) -> tuple[str, tuple[str, ...]]:
+    """(the first phenotype, every phenotype when there are several, else ``()``) from ``phenotype`` or ``phenotypes``.
+
+    Several phenotypes share one census, one PCA and one model; what depends on a single
+    phenotype (HWE among its controls) or would split a privacy budget is refused for them.
+    """
+    single, several = values["phenotype"], values["phenotypes"]
+    if (single is None) == (several is None):
+        raise ConfigurationError("gwas: the spec needs 'phenotype' (one column) or 'phenotypes' (a list), not both"
+                                 if single is not None else "gwas: the spec needs 'phenotype' or 'phenotypes'")
+    names = [single] if several is None else several
+    for name in names:
+        if name in values["covariates"]:
+            raise ConfigurationError(f"gwas: the phenotype {name!r} is also listed as a covariate")
+    if len(names) > 1 and values["hwe_samples"] == "controls":
+        raise ConfigurationError("gwas: hwe_samples: controls tests HWE among one phenotype's controls; with several "
+                                 "phenotypes use hwe_samples: all")
+    if len(names) > 1 and values["privacy"] is not None:
+        raise ConfigurationError("gwas: a privacy block covers one phenotype's releases; run one job per phenotype")
+    return names[0], tuple(names) if len(names) > 1 else ()
+
+
 PARAMS = {
     "model": Param("linear", choice("linear", "logistic")),
     "covariates": Param([], names),
@@ -79,8 +115,10 @@ PARAMS = {
     "tolerance": Param(1e-8, number(1e-14, 1e-2)),
     "firth": Param(True, boolean),
     "dosages": Param("auto", choice("auto", "hard_calls")),
-    "phenotype": Param(REQUIRED, _column_name),
+    "phenotype": Param(None, optional(_column_name)),
+    "phenotypes": Param(None, optional(_phenotype_names)),
     "privacy": Param(None, CENSUS_PARAMS["privacy"].check),
+    **SELECTION_PARAMS,
 }
 """The GWAS spec keys, defaults and checks (``pca`` is handed to the PCA phase, which checks it)."""
 
@@ -110,6 +148,8 @@ class GwasParameters:
     hwe_within: str = "sites"
     hwe_clusters: int = 3
     dosages: str = "auto"
+    phenotypes: tuple[str, ...] = ()
+    """Every phenotype of a job with several (``phenotype`` is then the first); ``()`` for one."""
 
     @classmethod
     def parse(cls, spec: Mapping[str, Any], *, ignore: Iterable[str] = ()) -> GwasParameters:
@@ -125,8 +165,9 @@ class GwasParameters:
                 ``hwe_within: ancestry_clusters`` without PCs or with privacy terms.
         """
         values = parse_params(spec, PARAMS, where="gwas", ignore=ignore)
-        if values["phenotype"] in values["covariates"]:
-            raise ConfigurationError(f"gwas: the phenotype {values['phenotype']!r} is also listed as a covariate")
+        for key in SELECTION_PARAMS:  # checked here; the Gwas analysis applies them to each site's dataset
+            del values[key]
+        values["phenotype"], values["phenotypes"] = _phenotypes(values)
         if values["hwe_samples"] == "controls" and values["model"] != "logistic":
             raise ConfigurationError("gwas: hwe_samples: controls needs a case/control phenotype (model: logistic); "
                                      "a quantitative trait has no controls, use hwe_samples: all")
@@ -154,11 +195,15 @@ class GwasParameters:
     def from_json(cls, data: Mapping[str, Any]) -> GwasParameters:
         privacy = data.get("privacy")
         return cls(**{**data, "covariates": tuple(data["covariates"]), "pca": dict(data["pca"]),
-                      "privacy": None if privacy is None else PrivacyTerms.from_json(privacy)})
+                      "privacy": None if privacy is None else PrivacyTerms.from_json(privacy),
+                      "phenotypes": tuple(data.get("phenotypes", ()))})
 
     def to_json(self) -> dict[str, Any]:
-        return {**dataclasses.asdict(self), "covariates": list(self.covariates), "pca": dict(self.pca),
-                "privacy": None if self.privacy is None else self.privacy.to_json()}
+        data = {**dataclasses.asdict(self), "covariates": list(self.covariates), "pca": dict(self.pca),
+                "privacy": None if self.privacy is None else self.privacy.to_json(), "phenotypes": list(self.phenotypes)}
+        if not self.phenotypes:
+            del data["phenotypes"]  # a one-phenotype job's state and summary stay as they were
+        return data
 
     def census_spec(self) -> dict[str, Any]:
         """The census phase's spec: its QC thresholds, the per-site sample bound, and with privacy its share of the budget.
@@ -176,6 +221,15 @@ class GwasParameters:
         if self.privacy is not None:
             spec["privacy"] = census_terms(self.privacy).to_json()
         return spec
+
+    @property
+    def all_phenotypes(self) -> tuple[str, ...]:
+        """The job's phenotypes: ``phenotypes``, or the one ``phenotype``."""
+        return self.phenotypes or (self.phenotype,)
+
+    def single(self, phenotype: str) -> GwasParameters:
+        """These parameters for one of the phenotypes alone: what a one-phenotype job of it would hold."""
+        return dataclasses.replace(self, phenotype=phenotype, phenotypes=())
 
     @property
     def columns(self) -> tuple[str, ...]:
