@@ -219,22 +219,57 @@ def encode(
         return _encode_integers(array, encoding)
     if not np.issubdtype(array.dtype, np.floating):
         raise InputError(f"cannot encode values of dtype {array.dtype}; expected integers or floats")
-    scaled = np.clip(array.astype(np.float64), -encoding.clip, encoding.clip) * float(1 << encoding.scale_bits)
-    if np.isnan(scaled).any():
-        index = tuple(int(i) for i in np.argwhere(np.isnan(scaled))[0])
-        raise InputError(f"value at index {index} is NaN; a contribution must be a number (impute or drop it first)")
     if rounding == "nearest":
-        rounded = np.rint(scaled)
-    else:
-        if rng is None:
-            raise ConfigurationError(
-                "stochastic rounding needs rng=numpy.random.default_rng(...) (the rounding noise is drawn from it); "
-                "pass a fresh generator per round, or use rounding='nearest'"
-            )
-        rounded = np.floor(scaled + rng.random(scaled.shape))
+        return _encode_nearest(array, encoding)
+    if rng is None:
+        raise ConfigurationError(
+            "stochastic rounding needs rng=numpy.random.default_rng(...) (the rounding noise is drawn from it); "
+            "pass a fresh generator per round, or use rounding='nearest'"
+        )
+    scaled = np.clip(array.astype(np.float64), -encoding.clip, encoding.clip) * float(1 << encoding.scale_bits)
+    _refuse_nan(array, bool(np.isnan(scaled).any()))
+    rounded = np.floor(scaled + rng.random(scaled.shape))
     # |rounded| <= max_encoded < 2^63, so the int64 cast is exact; astype to the unsigned
     # ring dtype then wraps modulo 2^bits, which is two's complement.
     return rounded.astype(np.int64).astype(ring_dtype)
+
+
+# Elements per step of the nearest-rounding encoder: its scratch stays in the L2 cache.
+_ENCODE_CHUNK = 1 << 16
+
+
+def _encode_nearest(array: np.ndarray, encoding: FixedPoint) -> np.ndarray:
+    """Clip, scale and round chunk by chunk through a small scratch, straight into the result.
+
+    The result is the only full-length array made: fresh memory costs more than the
+    arithmetic (page faults), and a cached chunk makes every pass cheap. Float32 input
+    is computed in float32 when its clip is a float32: clipping and scaling by a power
+    of two are then exact, so the integers are those of the float64 computation.
+    """
+    single = array.dtype == np.float32 and float(np.float32(encoding.clip)) == encoding.clip
+    work_dtype = np.dtype(np.float32 if single else np.float64)
+    scale = float(1 << encoding.scale_bits)
+    flat = array.reshape(-1)
+    out = np.empty(flat.size, dtype=encoding.ring.signed_dtype)
+    scratch = np.empty(min(flat.size, _ENCODE_CHUNK), dtype=work_dtype)
+    for start in range(0, flat.size, _ENCODE_CHUNK):
+        stop = min(start + _ENCODE_CHUNK, flat.size)
+        work = scratch[: stop - start]
+        np.minimum(flat[start:stop], encoding.clip, out=work, dtype=work_dtype)
+        np.maximum(work, -encoding.clip, out=work)  # NaN stays NaN through both
+        np.multiply(work, scale, out=work)
+        _refuse_nan(array, bool(np.isnan(np.maximum.reduce(work))))
+        np.rint(work, out=work)
+        # |work| <= max_encoded < 2^(bits-1): exact in the signed ring dtype, whose view is two's complement.
+        out[start:stop] = work
+    return out.view(encoding.ring.dtype).reshape(array.shape)
+
+
+def _refuse_nan(array: np.ndarray, found: bool) -> None:
+    """Raise, naming the first NaN's index, when ``found``."""
+    if found:
+        index = tuple(int(i) for i in np.argwhere(np.isnan(array))[0])
+        raise InputError(f"value at index {index} is NaN; a contribution must be a number (impute or drop it first)")
 
 
 def _encode_integers(array: np.ndarray, encoding: FixedPoint) -> np.ndarray:
@@ -267,14 +302,19 @@ def decode(total: np.ndarray, encoding: FixedPoint, num_sites: int) -> np.ndarra
     total = np.asarray(total)
     _check_ring_dtype(total, encoding.ring)
     check_bit_budget(encoding, num_sites)
-    return _from_centred(to_signed(total).astype(np.int64), encoding)
+    signed = to_signed(total)  # a view of ``total``: the integer result must be a copy
+    return signed.astype(np.int64) if encoding.scale_bits == 0 else _from_centred(signed, encoding)
 
 
 def _from_centred(centred: np.ndarray, encoding: FixedPoint) -> np.ndarray:
-    """Signed ring sums as values: exact int64 for an integer encoding, else float64 divided by the scale."""
+    """Signed ring sums as values: exact int64 for an integer encoding, else float64 divided by the scale.
+
+    The float case is one pass: the cast happens inside the multiplication, and
+    multiplying by ``2^-scale_bits`` is exact, like the division it stands for.
+    """
     if encoding.scale_bits == 0:
-        return centred
-    return centred.astype(np.float64) / float(1 << encoding.scale_bits)
+        return centred.astype(np.int64, copy=False)
+    return np.multiply(centred, 1.0 / float(1 << encoding.scale_bits), dtype=np.float64)
 
 
 def _check_ring_dtype(total: np.ndarray, ring: Ring) -> None:

@@ -147,13 +147,16 @@ class ClientMaskedInput:
 
     ``directory`` holds this site's and its neighbours' keys; ``graph`` is the whole
     round's graph and ``graph_seed`` its seed (:func:`~pipeline.secagg.messages.graph_seed`).
+    ``inbound_keys`` maps each neighbour to the key of the shares it sends this site,
+    derived from the key agreement that encrypted this site's own shares, so opening
+    them needs no second agreement.
     """
 
     config: RoundConfig
     site: int
     vector: np.ndarray
     self_mask_seed: bytes
-    encryption: keys.KeyPair
+    inbound_keys: Mapping[int, bytes]
     masking: keys.KeyPair
     signing: keys.KeyPair | None
     directory: Mapping[int, PeerKeys]
@@ -169,7 +172,7 @@ class ClientConsistencyCheck:
 
     config: RoundConfig
     site: int
-    encryption: keys.KeyPair
+    inbound_keys: Mapping[int, bytes]
     signing: keys.KeyPair
     directory: Mapping[int, PeerKeys]
     received: Mapping[int, bytes]
@@ -185,7 +188,7 @@ class ClientUnmasking:
 
     config: RoundConfig
     site: int
-    encryption: keys.KeyPair
+    inbound_keys: Mapping[int, bytes]
     directory: Mapping[int, PeerKeys]
     received: Mapping[int, bytes]
     own_shares: tuple[bytes, bytes]
@@ -435,15 +438,14 @@ def _client_share_keys(state: ClientShareKeys, messages: Sequence[object]) -> tu
         return _client_abort(state, f"only {len(holders)} shareholders advertised keys, fewer than the threshold {config.threshold}"), []
     random = _random(state, "nonces")
     ciphertexts = []
-    own_shares: tuple[bytes, bytes] = (b"", b"")
-    for holder in holders:
-        bundle = state.dealt[holder]
-        if holder == site:
-            own_shares = bundle
-            continue
-        plaintext = frame(struct.pack(">QQ", site, holder), *bundle)
-        shared = keys.agree(state.encryption.private_key, directory[holder].encryption_key)
+    own_shares = state.dealt[site]
+    others = [holder for holder in holders if holder != site]
+    secrets = keys.agree_many(state.encryption.private_key, [directory[holder].encryption_key for holder in others])
+    inbound_keys = {}
+    for holder, shared in zip(others, secrets):
+        plaintext = frame(struct.pack(">QQ", site, holder), *state.dealt[holder])
         transport_key = keys.share_transport_key(shared, context=config.context, sender=site, receiver=holder)
+        inbound_keys[holder] = keys.share_transport_key(shared, context=config.context, sender=holder, receiver=site)
         ciphertexts.append(
             (holder, keys.encrypt_share(transport_key, plaintext, context=config.context, sender=site, receiver=holder, nonce=random(12)))
         )
@@ -453,7 +455,7 @@ def _client_share_keys(state: ClientShareKeys, messages: Sequence[object]) -> tu
         site=site,
         vector=state.vector,
         self_mask_seed=state.self_mask_seed,
-        encryption=state.encryption,
+        inbound_keys=frozen_map(inbound_keys),
         masking=state.masking,
         signing=state.signing,
         directory=frozen_map(directory),
@@ -482,12 +484,12 @@ def _client_masked_input(state: ClientMaskedInput, messages: Sequence[object]) -
         return _client_abort(state, f"only {len(received) + 1} shareholders sent shares, fewer than the threshold {config.threshold}"), []
     seeds = [state.self_mask_seed]
     signs = [1]
-    for peer in sorted(received):
-        shared = keys.agree(state.masking.private_key, state.directory[peer].masking_key)
+    peers = sorted(received)
+    secrets = keys.agree_many(state.masking.private_key, [state.directory[peer].masking_key for peer in peers])
+    for peer, shared in zip(peers, secrets):
         seeds.append(keys.pairwise_mask_seed(shared, context=config.context, site_a=site, site_b=peer))
         signs.append(mask_sign(site, peer))
-    masked = np.array(state.vector, dtype=config.ring.dtype, copy=True, order="C")
-    masks.add_masks(masked, seeds, signs, engine=config.engine)
+    masked = masks.masked_copy(np.ascontiguousarray(state.vector, dtype=config.ring.dtype), seeds, signs, engine=config.engine)
     outgoing = MaskedInput(round_index=config.round_index, sender=site, receiver=SERVER, vector=masked)
     frozen_received = frozen_map(received)
     if config.consistency_check:
@@ -495,7 +497,7 @@ def _client_masked_input(state: ClientMaskedInput, messages: Sequence[object]) -
         next_state: ClientState = ClientConsistencyCheck(
             config=config,
             site=site,
-            encryption=state.encryption,
+            inbound_keys=state.inbound_keys,
             signing=state.signing,
             directory=state.directory,
             received=frozen_received,
@@ -507,7 +509,7 @@ def _client_masked_input(state: ClientMaskedInput, messages: Sequence[object]) -
         next_state = ClientUnmasking(
             config=config,
             site=site,
-            encryption=state.encryption,
+            inbound_keys=state.inbound_keys,
             directory=state.directory,
             received=frozen_received,
             own_shares=state.own_shares,
@@ -537,7 +539,7 @@ def _client_consistency(state: ClientConsistencyCheck, messages: Sequence[object
     next_state = ClientUnmasking(
         config=config,
         site=site,
-        encryption=state.encryption,
+        inbound_keys=state.inbound_keys,
         directory=state.directory,
         received=state.received,
         own_shares=state.own_shares,
@@ -569,14 +571,12 @@ def _client_unmasking(state: ClientUnmasking, messages: Sequence[object]) -> tup
         )
     if state.signed_survivors is not None:
         _verify_consistency(state, message, survivors, dropped)
-    own_key_share, own_seed_share = state.own_shares
+    bundles = _open_bundles(state, sorted((survivors | dropped) - {site}))
+    bundles[site] = state.own_shares
     self_mask_shares: list[tuple[int, bytes]] = []
     key_shares: list[tuple[int, bytes]] = []
     for peer in sorted(survivors | dropped):
-        if peer == site:
-            key_share, seed_share = own_key_share, own_seed_share
-        else:
-            key_share, seed_share = _open_bundle(state, peer)
+        key_share, seed_share = bundles[peer]
         if peer in survivors:
             self_mask_shares.append((peer, seed_share))
         else:
@@ -621,15 +621,18 @@ def _verify_consistency(state: ClientUnmasking, message: UnmaskRequest, survivor
         )
 
 
-def _open_bundle(state: ClientUnmasking, peer: int) -> tuple[bytes, bytes]:
+def _open_bundles(state: ClientUnmasking, peers: Sequence[int]) -> dict[int, tuple[bytes, bytes]]:
+    """Decrypt the (masking-key share, self-mask-seed share) bundle each of ``peers`` sent this site."""
     config, site = state.config, state.site
-    shared = keys.agree(state.encryption.private_key, state.directory[peer].encryption_key)
-    transport_key = keys.share_transport_key(shared, context=config.context, sender=peer, receiver=site)
-    plaintext = keys.decrypt_share(transport_key, state.received[peer], context=config.context, sender=peer, receiver=site)
-    header, key_share, seed_share = unframe(plaintext, 3, f"share bundle from site {peer}")
-    if header != struct.pack(">QQ", peer, site):
-        raise ProtocolError(f"site {site}: the share bundle from site {peer} names another sender or receiver")
-    return key_share, seed_share
+    bundles = {}
+    for peer in peers:
+        plaintext = keys.decrypt_share(state.inbound_keys[peer], state.received[peer], context=config.context,
+                                       sender=peer, receiver=site)
+        header, key_share, seed_share = unframe(plaintext, 3, f"share bundle from site {peer}")
+        if header != struct.pack(">QQ", peer, site):
+            raise ProtocolError(f"site {site}: the share bundle from site {peer} names another sender or receiver")
+        bundles[peer] = (key_share, seed_share)
+    return bundles
 
 
 _CLIENT_TRANSITIONS = {

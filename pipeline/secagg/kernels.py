@@ -119,7 +119,7 @@ def unmask(
         raise ConfigurationError(f"got {len(pair_seeds)} pair seeds but {len(pair_signs)} pair signs")
     keys, negate = masks.parse_seeds(seeds, signs)
     if chacha20.resolve_engine(engine) == "openssl" or keys.shape[0] == 0 or total.size == 0:
-        return masks.add_masks(np.array(total, copy=True), seeds, [-s for s in signs], engine="openssl")
+        return masks.masked_copy(np.ascontiguousarray(total), seeds, [-s for s in signs], engine="openssl")
     chacha20.check_counter(masks.MASK_COUNTER, -(-total.size * ring.words // chacha20.BLOCK_WORDS))
     total_words = np.ascontiguousarray(total).view("<u4")
     words = _unmask_jit(

@@ -31,7 +31,7 @@ from __future__ import annotations
 import os
 import struct
 from dataclasses import dataclass
-from functools import cached_property
+from functools import cached_property, lru_cache
 from typing import Sequence
 
 from cryptography.exceptions import InvalidSignature, InvalidTag
@@ -170,12 +170,26 @@ def agree(private_key: bytes, peer_public_key: bytes) -> bytes:
     Raises:
         ProtocolError: the peer's public key is malformed or a low-order point.
     """
+    return agree_many(private_key, [peer_public_key])[0]
+
+
+def agree_many(private_key: bytes, peer_public_keys: Sequence[bytes]) -> list[bytes]:
+    """X25519 shared secrets of one private key with each peer key, in order (see :func:`agree`).
+
+    Loading a private key costs as much as an exchange (it derives the public key), so
+    a party agreeing with all its neighbours loads its key once.
+
+    Raises:
+        ProtocolError: a peer's public key is malformed or a low-order point (the first such).
+    """
     _check_key(private_key, "X25519 private key")
-    _check_key(peer_public_key, "X25519 public key")
+    for peer_public_key in peer_public_keys:
+        _check_key(peer_public_key, "X25519 public key")
+    if not peer_public_keys:
+        return []
+    private = X25519PrivateKey.from_private_bytes(private_key)
     try:
-        return X25519PrivateKey.from_private_bytes(private_key).exchange(
-            X25519PublicKey.from_public_bytes(peer_public_key)
-        )
+        return [private.exchange(X25519PublicKey.from_public_bytes(peer)) for peer in peer_public_keys]
     except ValueError as error:
         raise ProtocolError(f"X25519 key agreement failed: {error}; the peer advertised an invalid public key") from error
 
@@ -288,13 +302,19 @@ def sign_identity(private_key: ec.EllipticCurvePrivateKey, message: bytes) -> by
 def verify_identity(public_key_der: bytes, message: bytes, signature: bytes) -> bool:
     """True when ``signature`` is a certificate key's signature of ``message`` (DER SubjectPublicKeyInfo key)."""
     try:
-        public_key = serialization.load_der_public_key(public_key_der)
+        public_key = _load_identity(bytes(public_key_der))
         if not isinstance(public_key, ec.EllipticCurvePublicKey):
             return False
         public_key.verify(signature, message, ec.ECDSA(hashes.SHA256()))
     except (InvalidSignature, ValueError, TypeError):
         return False
     return True
+
+
+@lru_cache(maxsize=4096)
+def _load_identity(public_key_der: bytes) -> object:
+    """A certificate's public key, parsed once: every party checks every roster key every round."""
+    return serialization.load_der_public_key(public_key_der)
 
 
 def encode_site_list(site_ids: Sequence[int]) -> bytes:

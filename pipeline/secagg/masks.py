@@ -16,7 +16,9 @@ cancel exactly, whichever engine made each of them.
 Engines (see :mod:`pipeline.secagg.chacha20`): ``"openssl"`` adds masks in place,
 streaming each seed's keystream through one cache-sized scratch buffer, chunk by chunk
 (for each chunk of the vector, every seed in turn), so no full-length temporary exists
-and the vector is read and written once whatever the number of seeds. ``"jax"`` makes
+and the vector is read and written once whatever the number of seeds;
+:func:`masked_copy` reads the input while adding the first mask, so a site's masked
+copy of its input costs no copy pass. ``"jax"`` makes
 all masks and their signed sum in one jitted call, chunked so it never holds more than
 one chunk of every keystream; uint64 rings are computed there as (lo, hi) uint32 pairs
 (see :mod:`pipeline.secagg.pairs`).
@@ -64,15 +66,15 @@ def parse_seeds(seeds: Sequence[bytes], signs: Sequence[int]) -> tuple[np.ndarra
     return keys, np.asarray(signs, dtype=np.int64) < 0
 
 
-def _check_vector(vector: Any) -> Ring:
+def _check_vector(vector: Any, *, writeable: bool = True) -> Ring:
     if not isinstance(vector, np.ndarray) or vector.ndim != 1:
         raise ConfigurationError(
             "masks are added to a 1-D numpy ring vector (uint32 or uint64); encode the values first"
         )
     ring = Ring.from_dtype(vector.dtype)
-    if not (vector.flags.c_contiguous and vector.flags.writeable):
+    if not (vector.flags.c_contiguous and (vector.flags.writeable or not writeable)):
         raise ConfigurationError(
-            "add_masks works in place: pass a C-contiguous, writeable array (np.ascontiguousarray)"
+            "masks are added to a C-contiguous array (np.ascontiguousarray), writeable for add_masks, which works in place"
         )
     chacha20.check_counter(MASK_COUNTER, -(-vector.nbytes // chacha20.BLOCK_BYTES))
     return ring
@@ -92,39 +94,61 @@ def add_masks(
     Raises:
         ConfigurationError: bad vector, seeds or signs.
     """
-    ring = _check_vector(vector)
+    _check_vector(vector)
+    return _masked_into(vector, vector, seeds, signs, engine)
+
+
+def masked_copy(
+    vector: np.ndarray, seeds: Sequence[bytes], signs: Sequence[int], *, engine: str | None = None
+) -> np.ndarray:
+    """``vector`` plus ``sign * mask(seed)`` for every seed, as a new array; ``vector`` is left alone.
+
+    The copy costs no pass of its own: the first mask is added while reading ``vector``.
+    Same arguments and errors as :func:`add_masks` (``vector`` need not be writeable).
+    """
+    _check_vector(vector, writeable=False)
+    return _masked_into(vector, np.empty_like(vector), seeds, signs, engine)
+
+
+def _masked_into(
+    source: np.ndarray, out: np.ndarray, seeds: Sequence[bytes], signs: Sequence[int], engine: str | None
+) -> np.ndarray:
+    """Write ``source`` plus the signed masks into ``out`` (which may be ``source``) and return ``out``."""
     keys, negate = parse_seeds(seeds, signs)
-    if keys.shape[0] == 0 or vector.size == 0:
-        return vector
-    if chacha20.resolve_engine(engine) == "openssl":
-        _add_masks_openssl(vector, keys, negate)
+    if keys.shape[0] == 0 or source.size == 0:
+        np.copyto(out, source)
+    elif chacha20.resolve_engine(engine) == "openssl":
+        _add_masks_openssl(source, out, keys, negate)
     else:
-        np.add(vector, mask_sum(seeds, signs, vector.size, ring, engine="jax"), out=vector)
-    return vector
+        np.add(source, mask_sum(seeds, signs, source.size, Ring.from_dtype(source.dtype), engine="jax"), out=out)
+    return out
 
 
-def _add_masks_openssl(vector: np.ndarray, keys: np.ndarray, negate: np.ndarray) -> None:
-    """Stream every seed's keystream through one scratch buffer into ``vector``.
+def _add_masks_openssl(source: np.ndarray, out: np.ndarray, keys: np.ndarray, negate: np.ndarray) -> None:
+    """Stream every seed's keystream through one scratch buffer, adding it to ``source`` into ``out``.
 
     The outer loop runs over cache-sized chunks of the vector and the inner loop over
-    seeds, so each chunk of the vector stays in cache while all masks are added to it.
+    seeds, so each chunk stays in cache while all masks are added to it; the first mask
+    reads the chunk from ``source``, the others update ``out`` in place.
     """
     encryptors = [chacha20.openssl_encryptor(key.tobytes(), MASK_NONCE, MASK_COUNTER) for key in keys]
     scratch = np.empty(chacha20.STREAM_CHUNK_BYTES, dtype=np.uint8)
-    elements = scratch.view(np.dtype(vector.dtype).newbyteorder("<"))
+    elements = scratch.view(np.dtype(out.dtype).newbyteorder("<"))
     step = elements.size
     operations = [np.subtract if n else np.add for n in negate]
-    for start in range(0, vector.size, step):
-        stop = min(start + step, vector.size)
+    for start in range(0, out.size, step):
+        stop = min(start + step, out.size)
         count = stop - start
-        nbytes = count * vector.itemsize
-        source = chacha20.ZERO_CHUNK[:nbytes]
+        nbytes = count * out.itemsize
+        zeros = chacha20.ZERO_CHUNK[:nbytes]
         target = scratch[:nbytes]
-        chunk = vector[start:stop]
+        chunk = out[start:stop]
         mask = elements[:count]
+        addend = source[start:stop]
         for encryptor, operation in zip(encryptors, operations):
-            encryptor.update_into(source, target)
-            operation(chunk, mask, out=chunk)
+            encryptor.update_into(zeros, target)
+            operation(addend, mask, out=chunk)
+            addend = chunk
 
 
 def _signed_sum_reducer(negate: jax.Array, ring_bits: int) -> Any:

@@ -486,8 +486,9 @@ def _server_unmasking(state: ServerUnmasking, messages: Sequence[object]) -> tup
             return _server_abort(
                 state, f"the masking key reconstructed for dropped site {site} does not match the public key it signed: "
                 f"site {site} dealt shares of another key", frozenset())
-        for partner in sorted(partners):
-            shared_secret = keys.agree(private_key, state.directory[partner].masking_key)
+        ordered = sorted(partners)
+        secrets = keys.agree_many(private_key, [state.directory[partner].masking_key for partner in ordered])
+        for partner, shared_secret in zip(ordered, secrets):
             pair_seeds.append(keys.pairwise_mask_seed(shared_secret, context=config.context, site_a=partner, site_b=site))
             pair_signs.append(mask_sign(partner, site))
     total = kernels.unmask(state.masked_sum, self_mask_seeds, pair_seeds, pair_signs, config.ring, engine=config.engine)

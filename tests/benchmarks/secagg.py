@@ -2,13 +2,15 @@
 
 First runs the mask-PRG benchmark (``bench_prg`` from ``secagg_prg.py``, next to this
 file) and prints it. Then, for each (n sites, d values, dropout rate), it runs a full
-secure round with the in-memory driver (:func:`pipeline.secagg.driver.run_round`):
-every site's encoding, key agreement, Shamir sharing, masking, and the coordinator's
-share handling, summation, mask regeneration and unmasking, plus the decoding. The
-figure is the compute summed over all parties (process CPU time of each party call;
-wall time is printed too); only the making of the test vectors is excluded. Dropped
-sites go silent before sending their masked input (after sharing their keys), the
-case that forces the coordinator to regenerate their pairwise masks.
+secure round with the in-memory driver (:func:`pipeline.secagg.driver.run_round`) as
+deployed: every site's encoding, key agreement, Shamir sharing, its key advertisement
+signed with its certificate key and checked by every peer, masking, the signed
+consistency round, and the coordinator's share handling, summation, mask regeneration
+and unmasking, plus the decoding. The figure is the compute summed over all parties
+(process CPU time of each party call; wall time is printed too); only the making of
+the test vectors is excluded. Dropped sites go silent before sending their masked input
+(after sharing their keys), the case that forces the coordinator to regenerate their
+pairwise masks.
 
 The baseline, timed in the same process, is a plain float sum of the same vectors.
 
@@ -20,14 +22,24 @@ _collect_masked_vectors/_unmask``) and its server computation is the body of
 (``combine_shares``, ``pseudo_rand_gen``, ``parameters_*``, ``dequantize``); only the
 Grid/message transport is left out. Flower's client code includes its (de)serialisation
 of the parameters (``parameters_to_ndarrays`` / ``ndarray_to_bytes``), which is part of
-its mod; ours passes arrays.
+its mod; ours passes arrays. Flower has no signatures or consistency round here.
+Without ``flwr`` the headline divides by ``FLOWER_REFERENCE`` and says so. Flower
+pins its own dependencies: install it in a separate virtual environment and run this
+script with that environment's python and ``PYTHONPATH`` at the repository.
 
-Ring: R32 for the comparison (the same 2^32 modulus Flower uses, ``FixedPoint(R32,
-scale_bits=20, clip=8)``, Flower's default clipping range); ``--ring 64`` uses R64.
+The headline (10 sites, 10^6 values, 20% dropout) also prints where the CPU goes
+(an instrumented rerun of the same round, by section) and the keystream floor: OpenSSL
+alone making the same number of ChaCha20 keystreams, the cost no implementation of
+these masks avoids.
+
+Ring: R32 for the comparison (the same 2^32 modulus Flower uses, clip 8 as Flower's
+default clipping range, and the most fractional bits the ring allows for n sites);
+``--ring 64`` uses R64; ``--ring both`` times both on the same vectors and prints the
+R64 / R32 ratio of the headline.
 
 Run: ``python tests/benchmarks/secagg.py [--quick] [--sizes 10:1000000,50:100000]
-[--dropouts 0,0.2] [--ring 32|64] [--no-flower] [--no-prg]``. Figures depend on the
-machine and its load; report them as measured.
+[--dropouts 0,0.2] [--ring 32|64|both] [--repeats N] [--no-flower] [--no-prg]``.
+Figures depend on the machine and its load (printed); report them as measured.
 """
 
 from __future__ import annotations
@@ -50,10 +62,14 @@ from pipeline.encoding import FixedPoint, Ring, check_bit_budget, decode, encode
 from pipeline.secagg.driver import run_round
 from pipeline.secagg.messages import Stage
 
-FLOWER_REFERENCE = {  # measured before with Flower 1.42 on 2 cores: 10 sites, 10^6 values, 20% dropout
-    "SecAgg": 0.88,
-    "SecAgg+ (3 shares)": 0.45,
+# Flower's CPU seconds for the headline round (10 sites, 10^6 values, 20% dropout), used
+# only when flwr is not importable here; FLOWER_SOURCE says where they come from.
+FLOWER_REFERENCE = {
+    "SecAgg": 0.99,
+    "SecAgg+ (5 shares)": 0.556,
 }
+FLOWER_SOURCE = ("Flower 1.42 timed by this script (median of 4 runs x 5 repeats) from a separate venv "
+                 "on the 2-core dev machine, load average 2-3")
 
 
 def run_prg_benchmark() -> None:
@@ -176,6 +192,116 @@ def ours(
     client = sum(times.client_cpu.values())
     server = times.server_cpu + decode_cpu
     return client + server, client, server, times.total_wall + decode_wall
+
+
+# --------------------------------------------------------------------------- where the CPU goes
+
+
+def _breakdown_targets() -> dict[str, list[tuple[object, str]]]:
+    """Section -> the (module, function) pairs whose calls it covers; the protocol calls them through these names."""
+    from pipeline.secagg import client, keys, masks, server, shamir
+
+    this = sys.modules[__name__]
+    return {
+        "encode": [(this, "encode")],
+        "decode": [(this, "decode")],
+        "masks (keystream + adding)": [(masks, "add_masks"), (masks, "masked_copy"), (masks, "mask_sum"),
+                                       (server.kernels, "unmask")],
+        "summing masked inputs": [(server, "_sum_masked")],
+        "X25519 + HKDF": [(keys, "agree"), (keys, "agree_many"), (keys, "generate_key_pair"), (keys, "public_key_of"),
+                          (keys, "derive_key")],
+        "signatures": [(keys, "sign_identity"), (keys, "verify_identity"), (keys, "sign"), (keys, "verify_signature"),
+                       (keys, "generate_signing_key_pair")],
+        "Shamir + AES-GCM": [(shamir, "split"), (shamir, "combine"), (keys, "encrypt_share"), (keys, "decrypt_share")],
+    }
+
+
+class _Sections:
+    """Exclusive CPU time per section: a call inside another section's call counts only for the inner one."""
+
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = {}
+        self._stack: list[list] = []
+
+    def timed(self, name: str, function: Callable) -> Callable:
+        def call(*args: object, **kwargs: object) -> object:
+            self.enter(name)
+            try:
+                return function(*args, **kwargs)
+            finally:
+                self.leave()
+        return call
+
+    def enter(self, name: str) -> None:
+        now = time.process_time()
+        if self._stack:
+            self._charge(now)
+        self._stack.append([name, now])
+
+    def leave(self) -> None:
+        now = time.process_time()
+        self._charge(now)
+        self._stack.pop()
+        if self._stack:
+            self._stack[-1][1] = now
+
+    def _charge(self, now: float) -> None:
+        name, since = self._stack[-1]
+        self.seconds[name] = self.seconds.get(name, 0.0) + now - since
+
+
+def round_breakdown(vectors: list[np.ndarray], **round_args: object) -> dict[str, float]:
+    """CPU seconds of one round (as :func:`ours` runs it) per section, from a separate, instrumented run.
+
+    "other protocol work" is what no section covers: message checks, hashing
+    (commitments, statements, the graph seed), the driver, and the masked copies' fresh
+    memory. The instrumentation costs a few microseconds per call.
+    """
+    sections = _Sections()
+    patched: list[tuple[object, str, object]] = []
+    targets = {"other protocol work": [(sys.modules[__name__], "run_round")], **_breakdown_targets()}
+    for name, pairs in targets.items():
+        for module, attribute in pairs:
+            original = getattr(module, attribute, None)
+            if original is None:
+                continue  # not in this version of the package
+            patched.append((module, attribute, original))
+            setattr(module, attribute, sections.timed(name, original))
+    try:
+        ours(vectors, **round_args)  # type: ignore[arg-type]
+    finally:
+        for module, attribute, original in reversed(patched):
+            setattr(module, attribute, original)
+    return sections.seconds
+
+
+def keystream_floor(num_masks: int, length: int, ring: Ring) -> float:
+    """CPU seconds OpenSSL alone takes for ``num_masks`` keystreams of a ring vector, streamed into one buffer."""
+    from pipeline.secagg import chacha20
+
+    nbytes = length * ring.words * 4
+    scratch = np.empty(chacha20.STREAM_CHUNK_BYTES, dtype=np.uint8)
+    start = time.process_time()
+    for index in range(num_masks):
+        encryptor = chacha20.openssl_encryptor(index.to_bytes(32, "little"), bytes(12), 0)
+        for offset in range(0, nbytes, scratch.size):
+            size = min(scratch.size, nbytes - offset)
+            encryptor.update_into(chacha20.ZERO_CHUNK[:size], scratch[:size])
+    return time.process_time() - start
+
+
+def masks_of_round(num_sites: int, dropped: int) -> int:
+    """Masks a plain-SecAgg round makes: every survivor's self and pairwise masks, then the coordinator's regeneration."""
+    survivors = num_sites - dropped
+    return survivors * num_sites + survivors + dropped * survivors
+
+
+def print_breakdown(seconds: dict[str, float], floor: float) -> None:
+    total = sum(seconds.values())
+    parts = ", ".join(f"{name} {value:.3f}" for name, value in sorted(seconds.items(), key=lambda item: -item[1]))
+    print(f"    where the CPU goes (instrumented run, {total:.3f} s): {parts}")
+    print(f"    keystream floor (OpenSSL alone, same masks into one buffer): {floor:.3f} s; everything else: "
+          f"{total - floor:.3f} s")
 
 
 # --------------------------------------------------------------------------- Flower
@@ -320,6 +446,12 @@ def flower_round(vectors: list[np.ndarray], *, num_shares: int, threshold: int, 
 # --------------------------------------------------------------------------- main
 
 
+def median_of(repeats: int, run: Callable[[], tuple[float, ...]]) -> tuple[float, ...]:
+    """The run with the median total (first field) of ``repeats`` runs: load on shared cores skews single runs."""
+    runs = sorted((run() for _ in range(max(1, repeats))), key=lambda result: result[0])
+    return runs[(len(runs) - 1) // 2]
+
+
 def parse_sizes(text: str) -> list[tuple[int, int]]:
     sizes = []
     for item in text.split(","):
@@ -333,12 +465,14 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--quick", action="store_true", help="n in {3, 10}, d in {1e5, 1e6}")
     parser.add_argument("--sizes", type=parse_sizes, help="comma-separated n:d pairs, e.g. 10:1e6,50:1e5")
     parser.add_argument("--dropouts", default="0,0.2", help="dropout fractions (default 0,0.2)")
-    parser.add_argument("--ring", type=int, choices=(32, 64), default=32)
+    parser.add_argument("--ring", choices=("32", "64", "both"), default="32",
+                        help="ring Z_2^32, Z_2^64, or both in one run (then the headline prints R64 / R32)")
     parser.add_argument("--no-flower", action="store_true", help="skip timing Flower even if installed")
     parser.add_argument("--no-prg", action="store_true", help="skip the mask PRG benchmark")
     parser.add_argument(
         "--flower-max-values", type=float, default=1e8, help="time Flower only where n*d is at most this (default 1e8)"
     )
+    parser.add_argument("--repeats", type=int, default=1, help="runs per row; the median is printed (default 1)")
     parser.add_argument("--active-only", action="store_true",
                         help="only the cost of the active-adversary defences (signed keys, consistency round) off vs on")
     args = parser.parse_args(argv)
@@ -349,66 +483,89 @@ def main(argv: list[str] | None = None) -> None:
     else:
         sizes = [(n, d) for n in (3, 10, 50) for d in (10**5, 10**6, 10**7)]
     rates = [float(x) for x in args.dropouts.split(",")]
-    ring = Ring.R64 if args.ring == 64 else Ring.R32
+    rings = {"32": [Ring.R32], "64": [Ring.R64], "both": [Ring.R32, Ring.R64]}[args.ring]
     if args.active_only:
-        active_adversary_cost(ring)
+        for ring in rings:
+            active_adversary_cost(ring)
         return
     use_flower = flower_available() and not args.no_flower
-    print(f"machine: {os.cpu_count()} cores (shared, measured under load); ring {ring.name}; "
-          f"Flower {'timed in process' if use_flower else 'not installed: reference figures only'}")
+    print(f"machine: {os.cpu_count()} cores (shared, measured under load); load average {os.getloadavg()[0]:.2f}; "
+          f"rings {', '.join(ring.name for ring in rings)}; "
+          f"Flower {'1.42 timed in process' if use_flower else 'not installed: reference figures only'}")
     if not args.no_prg:
         run_prg_benchmark()
-    header = (
-        f"{'n':>3} {'d':>9} {'drop':>5} {'protocol':>14} {'secure_s':>9} {'client_s':>9} {'server_s':>9} "
-        f"{'wall_s':>8} {'plain_s':>8} {'x_plain':>8} {'flower_s':>9} {'ours/flwr':>9}"
-    )
-    print("== full secure round: compute summed over all parties (CPU s) vs plain float sum ==")
-    print(header)
+    print("== full secure round as deployed (signed keys, consistency round): compute summed over all parties (CPU s) "
+          "vs plain float sum ==")
+    print(f"{'ring':>4} {'n':>3} {'d':>9} {'drop':>5} {'protocol':>14} {'secure_s':>9} {'client_s':>9} {'server_s':>9} "
+          f"{'wall_s':>8} {'plain_s':>8} {'x_plain':>8} {'flower_s':>9} {'ours/flwr':>9}")
     rng = np.random.default_rng(0)
     # Warm-up (imports, first-call set-up) so that no row pays one-time costs.
     warm = [rng.uniform(-1, 1, 1000).astype(np.float32) for _ in range(3)]
-    ours(warm, threshold=2, dropped=[0], ring=ring, num_neighbours=None)
+    for ring in rings:
+        ours(warm, threshold=2, dropped=[0], ring=ring, num_neighbours=None,
+             identity_keys=[ec.generate_private_key(ec.SECP256R1()) for _ in range(3)])
     if use_flower:
         flower_round(warm, num_shares=3, threshold=2, dropped=[0])
     for num_sites, length in sizes:
         vectors = [rng.uniform(-1.0, 1.0, size=length).astype(np.float32) for _ in range(num_sites)]
         k = secagg_plus_neighbours(num_sites)
+        identity_keys = [ec.generate_private_key(ec.SECP256R1()) for _ in range(num_sites)]
         for rate in rates:
             count = round(rate * num_sites)
             shareholders = num_sites if k is None else k + 1
             threshold = max(2, min(num_sites - count, shareholders // 2 + 1))
             dropped = choose_dropouts(num_sites, count, k, threshold, rng, seed=num_sites)
-            total, client, server, wall = ours(vectors, threshold=threshold, dropped=dropped, ring=ring, num_neighbours=k,
-                                               seed=num_sites)
-            plain = plain_sum_seconds(vectors)
             label = "SecAgg" if k is None else f"SecAgg+ k={k}"
-            flower = ""
-            ratio = ""
+            flower_total = None
             if use_flower and num_sites * length <= args.flower_max_values:
                 num_shares = num_sites if k is None else k + 1
-                flower_total, _, _ = flower_round(vectors, num_shares=num_shares, threshold=threshold, dropped=dropped)
-                flower, ratio = f"{flower_total:.3f}", f"{total / flower_total:.3f}"
-            print(
-                f"{num_sites:>3} {length:>9.0e} {rate:>5.0%} {label:>14} {total:>9.3f} {client:>9.3f} {server:>9.3f} "
-                f"{wall:>8.3f} {plain:>8.4f} {total / max(plain, 1e-9):>8.1f} {flower:>9} {ratio:>9}",
-                flush=True,
-            )
-    # The headline comparison: 10 sites, 10^6 values, 20% dropout, SecAgg and SecAgg+ with 3 shareholders.
-    print("\n== headline: 10 sites, 10^6 values, 20% dropout (2 drop before masking) ==")
+                flower_total = median_of(args.repeats, lambda: flower_round(
+                    vectors, num_shares=num_shares, threshold=threshold, dropped=dropped))[0]
+            plain = plain_sum_seconds(vectors)
+            for ring in rings:
+                total, client, server, wall = median_of(args.repeats, lambda: ours(
+                    vectors, threshold=threshold, dropped=dropped, ring=ring, num_neighbours=k,
+                    identity_keys=identity_keys, seed=num_sites))
+                flower = "" if flower_total is None else f"{flower_total:.3f}"
+                ratio = "" if flower_total is None else f"{total / flower_total:.3f}"
+                print(
+                    f"{ring.modulus_bits:>4} {num_sites:>3} {length:>9.0e} {rate:>5.0%} {label:>14} {total:>9.3f} "
+                    f"{client:>9.3f} {server:>9.3f} {wall:>8.3f} {plain:>8.4f} {total / max(plain, 1e-9):>8.1f} "
+                    f"{flower:>9} {ratio:>9}",
+                    flush=True,
+                )
+    headline(rings, use_flower, args.repeats, rng)
+
+
+def headline(rings: list[Ring], use_flower: bool, repeats: int, rng: np.random.Generator) -> None:
+    """10 sites, 10^6 values, 20% dropout, as deployed (signed keys, consistency round), against Flower SecAgg."""
+    print("\n== headline: 10 sites, 10^6 values, 20% dropout (2 drop before masking); ours as deployed: "
+          "signed key advertisements checked by every peer and the signed consistency round ==")
     vectors = [rng.uniform(-1.0, 1.0, size=10**6).astype(np.float32) for _ in range(10)]
-    rows = [("SecAgg", None, 6, 10), ("SecAgg+ (3 shares)", 2, 2, 3)]
-    for label, k, threshold, num_shares in rows:
+    identity_keys = [ec.generate_private_key(ec.SECP256R1()) for _ in range(10)]
+    secagg: dict[Ring, float] = {}
+    for label, k, threshold, num_shares in (("SecAgg", None, 6, 10), ("SecAgg+ (5 shares)", 4, 3, 5)):
         dropped = choose_dropouts(10, 2, k, threshold, rng, seed=10)
-        total, client, server, _ = ours(vectors, threshold=threshold, dropped=dropped, ring=ring, num_neighbours=k, seed=10)
         if use_flower:
-            flower_total, _, _ = flower_round(vectors, num_shares=num_shares, threshold=threshold, dropped=dropped)
-            source = "Flower 1.42 timed here"
+            flower_total = median_of(repeats, lambda: flower_round(
+                vectors, num_shares=num_shares, threshold=threshold, dropped=dropped))[0]
+            source = "Flower 1.42 timed here, Z_2^32"
         else:
-            flower_total, source = FLOWER_REFERENCE[label], "reference figure (Flower 1.42, 2 cores), not measured here"
-        print(
-            f"{label:>20}: ours {total:.3f} s (clients {client:.3f}, server {server:.3f}); Flower {flower_total:.3f} s "
-            f"[{source}]; ratio {total / flower_total:.3f} (goal <= 0.2)"
-        )
+            flower_total, source = FLOWER_REFERENCE[label], f"reference figure, not measured here: {FLOWER_SOURCE}"
+        for ring in rings:
+            round_args = dict(threshold=threshold, dropped=dropped, ring=ring, num_neighbours=k,
+                              identity_keys=identity_keys, seed=10)
+            total, client, server, _ = median_of(repeats, lambda: ours(vectors, **round_args))
+            print(
+                f"{label:>20} {ring.name}: ours {total:.3f} s (clients {client:.3f}, server {server:.3f}); "
+                f"Flower {flower_total:.3f} s [{source}]; ratio {total / flower_total:.3f} (goal <= 0.1)"
+            )
+            if k is None:
+                secagg[ring] = total
+                floor = keystream_floor(masks_of_round(10, 2), 10**6, ring)
+                print_breakdown(round_breakdown(vectors, **round_args), floor)
+    if len(secagg) == 2:
+        print(f"{'SecAgg':>20} R64 / R32: {secagg[Ring.R64] / secagg[Ring.R32]:.2f} (goal <= 2.1; the keystream doubles)")
 
 
 def active_adversary_cost(ring: Ring) -> None:

@@ -44,6 +44,17 @@ def test_agree__low_order_point_rejected() -> None:
         keys.agree(keys.generate_key_pair().private_key, bytes(31))
 
 
+def test_agree_many__equals_one_agreement_per_peer_and_refuses_a_bad_key() -> None:
+    own = keys.generate_key_pair()
+    peers = [keys.generate_key_pair().public_key for _ in range(4)]
+    assert keys.agree_many(own.private_key, peers) == [keys.agree(own.private_key, peer) for peer in peers]
+    assert keys.agree_many(own.private_key, []) == []
+    with pytest.raises(ProtocolError, match="invalid public key"):
+        keys.agree_many(own.private_key, [peers[0], bytes(32)])
+    with pytest.raises(ProtocolError, match="32 raw bytes"):
+        keys.agree_many(own.private_key, [peers[0], bytes(31)])
+
+
 def test_derive_key__matches_independent_hkdf() -> None:
     secret = os.urandom(32)
     info = b"".join(len(p).to_bytes(4, "big") + p for p in (b"genofed-secagg-v1", b"purpose", b"ctx"))

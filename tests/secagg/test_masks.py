@@ -75,6 +75,21 @@ def test_add_masks__plus_and_minus_seed_cancel_across_engines(ring: Ring) -> Non
     np.testing.assert_array_equal(add_masks(vector, [seeds[0], seeds[0]], [1, -1]), original)
 
 
+@pytest.mark.parametrize("engine", ENGINES)
+@pytest.mark.parametrize("ring", list(Ring))
+def test_masked_copy__equals_adding_in_place_and_leaves_the_input_alone(engine: str, ring: Ring) -> None:
+    per_chunk = chacha20.STREAM_CHUNK_BYTES // np.dtype(ring.dtype).itemsize
+    vector = np.random.default_rng(4).integers(0, 2**32, per_chunk + 7).astype(ring.dtype)
+    vector.flags.writeable = False  # a site's input held in its state: read, never written
+    seeds = random_seeds(3, seed=5)
+    masked = masks.masked_copy(vector, seeds, [1, -1, -1], engine=engine)
+    np.testing.assert_array_equal(masked, add_masks(vector.copy(), seeds, [1, -1, -1], engine="openssl"))
+    assert masked.dtype == ring.dtype and not np.shares_memory(masked, vector)
+    empty = masks.masked_copy(vector, [], [], engine=engine)
+    np.testing.assert_array_equal(empty, vector)
+    assert not np.shares_memory(empty, vector)
+
+
 @pytest.mark.parametrize("ring", list(Ring))
 def test_add_masks__streams_across_scratch_chunks(ring: Ring) -> None:
     """Lengths that span several scratch buffers give the one-shot keystream."""
