@@ -47,19 +47,19 @@ __all__ = [
     "STATUS",
     "LinearFit",
     "LogisticStep",
-    "packed_size",
-    "packed_index",
-    "unpack_symmetric",
-    "tile_variants",
+    "firth_statistics",
+    "genomic_inflation",
     "genotype_rows",
+    "linear_fit",
     "linear_statistics",
     "logistic_statistics",
-    "firth_statistics",
-    "pack_symmetric",
-    "linear_fit",
     "newton_step",
+    "pack_symmetric",
+    "packed_index",
+    "packed_size",
+    "tile_variants",
+    "unpack_symmetric",
     "wald_test",
-    "genomic_inflation",
 ]
 
 STATUS = ("OK", "CONST_ALLELE", "VIF_TOO_HIGH", "TOO_FEW_SAMPLES", "SEPARATION", "UNFINISHED", "BELOW_SITE_MIN_ALLELE_COUNT",
@@ -422,12 +422,34 @@ def _safe_solve(matrix: np.ndarray, rhs: np.ndarray) -> np.ndarray:
         return out
 
 
+def _covariates_aliased(matrix: np.ndarray, n: np.ndarray) -> np.ndarray:
+    """Whether a variant's covariates (intercept aside) are collinear over its samples: plink2's ``VIF_INFINITE``.
+
+    A factor's level absent among the samples with a call (a variant one site holds, where another site's level
+    or site column is empty) leaves no genotype estimate the design determines.
+    """
+    d = matrix.shape[-1] - 1  # intercept and covariates
+    if d < 2:
+        return np.zeros(matrix.shape[0], bool)
+    sums = matrix[:, 0, 1:d]
+    count = np.where(n > 0, n, 1.0)[:, None, None]
+    centred = matrix[:, 1:d, 1:d] - sums[:, :, None] * sums[:, None, :] / count
+    variance = np.einsum("vii->vi", centred)
+    raw = np.einsum("vii->vi", matrix[:, 1:d, 1:d])
+    constant = ~np.all(variance > 1e-9 * np.maximum(raw, 1.0), axis=1)
+    scale = np.sqrt(np.where(variance > 0, variance, 1.0))
+    correlation = centred / (scale[:, :, None] * scale[:, None, :])
+    finite = np.all(np.isfinite(correlation), axis=(1, 2))
+    correlation[~finite] = np.eye(d - 1)
+    return constant | ~finite | ~(np.linalg.eigvalsh(correlation)[:, 0] > 1e-9)
+
+
 def _check_design(matrix: np.ndarray, n: np.ndarray, num_parameters: int) -> np.ndarray:
     """Status codes shared by both models: too few samples, constant genotype, collinearity."""
     status = np.zeros(matrix.shape[0], np.int8)
     centred, vif = _genotype_vif(matrix, n)
     gg = matrix[:, -1, -1]
-    status[~(vif <= MAX_VIF)] = STATUS.index("VIF_TOO_HIGH")
+    status[~(vif <= MAX_VIF) | _covariates_aliased(matrix, n)] = STATUS.index("VIF_TOO_HIGH")
     status[centred <= 1e-9 * np.maximum(gg, 1.0)] = STATUS.index("CONST_ALLELE")
     status[n <= num_parameters] = STATUS.index("TOO_FEW_SAMPLES")
     return status

@@ -79,7 +79,8 @@ def test_preflight__a_text_column_and_a_miscoded_case_column_are_named_as_such(c
     data = _altered(cohort, sites[1], tmp_path, age_as_text)
     engine, job_id = rs.run_job_in_process(tmp_path / "text", data, "gwas", GWAS)
     declined = engine.status(job_id)["declined"]
-    assert declined == {sites[1]: "spec-mismatch: the covariate column 'age' is not numeric"}, declined
+    assert declined == {sites[1]: "spec-mismatch: the covariate column 'age' is not numeric but text; "
+                                   "list it under categorical to one-hot encode it"}, declined
     assert engine.status(job_id)["status"] == "done"
     # A logistic GWAS of a trait coded 1/2: every site refuses, and the job says which column and why.
     engine, job_id = rs.run_job_in_process(tmp_path / "coding", cohort, "gwas",

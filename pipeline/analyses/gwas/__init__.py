@@ -14,6 +14,9 @@ A GWAS job is three phases run as one job (:mod:`pipeline.analyses.phases`):
      a variant gets the one rs ID the sites name, NA where they name several
      (``variants.rsid_conflicts``). rs IDs are public annotations of variants the key union
      already revealed, so this reveals nothing about the samples.
+   * with ``categorical`` covariates, *levels* (a key union, :mod:`.covariates`): the
+     levels each site's complete cases hold, each by at least ``min_level_count`` of them;
+     the later rounds come one later.
    * with ``hwe_within: ancestry_clusters`` (needs ``pcs >= 1``), *HWE within ancestry
      clusters* (:mod:`.hwe_clusters`): the census phase then runs without its HWE filter,
      and here each site tests Hardy-Weinberg within k-means clusters of its own samples'
@@ -78,7 +81,11 @@ Spec (see ``workflows/gwas.yaml``)::
     analysis: gwas
     model: linear                 # or logistic (phenotype coded 0/1)
     phenotype: quant_trait        # or phenotypes: [a, b, ...]: one census and PCA, each fitted (:mod:`.phenotypes`)
-    covariates: [age, sex]
+    covariates: [age, sex, centre]
+    categorical: [centre]         # one-hot at each site, levels agreed in a key union (:mod:`.covariates`)
+    reference: {centre: london}   # optional; default plink2's: the most common level
+    min_level_count: 5            # a site treats samples of a rarer level as incomplete (at least its min_allele_count)
+    site_covariate: false         # true: one column per site (sites sharing site metrics only)
     pcs: 4                        # 0 = no PCA phase
     pca: {}                       # passed to the PCA phase unchanged
     min_allele_count: 5           # census QC (see census): publish threshold
@@ -107,7 +114,8 @@ Spec (see ``workflows/gwas.yaml``)::
       max_colluding: 0
 
 The package follows those seams: :mod:`.spec` (parameters), :mod:`.state` (the typed
-public state), :mod:`.site_data` (complete samples, design, genotype rows),
+public state), :mod:`.site_data` (complete samples, design, genotype rows), :mod:`.covariates`
+(categorical and site covariates: levels round, one-hot columns, reference levels),
 :mod:`.rsid` (the rs ID round), :mod:`.regression` (the moments round and the dispatch), :mod:`.phenotypes`
 (several phenotypes in one job), :mod:`.linear`,
 :mod:`.logistic`, :mod:`.privacy` (the noisy mode) and :mod:`.outputs` (tables and files).
@@ -122,6 +130,7 @@ from typing import Any
 import numpy as np
 
 from pipeline.analyses.census import CENSUS, CensusState, control_sample_ids
+from pipeline.analyses.gwas.covariates import check_site_policy
 from pipeline.analyses.gwas.outputs import gwas_table, regression_result, write_outputs
 from pipeline.analyses.gwas.phenotypes import REGRESSIONS, PhenotypesState, Regressions
 from pipeline.analyses.gwas.regression import REGRESSION, Regression
@@ -146,6 +155,7 @@ from pipeline.analyses.protocol import (
 )
 from pipeline.analyses.selection import Selection, selected_dataset
 from pipeline.dataset import Dataset
+from pipeline.json_arrays import encode_array
 
 __all__ = [
     "GWAS",
@@ -178,7 +188,19 @@ def _census_carry(result: Result, state: CensusState) -> dict[str, Any]:
     table = result.tables["census_variants"]
     passing = np.asarray(table.column("pass_qc").to_numpy(zero_copy_only=False), bool)
     ids = np.asarray(table.column("variant_id").to_pylist(), dtype=object)
-    return {"variant_ids": [str(v) for v in ids[passing]], "census_variants": int(table.num_rows)}
+    return {"variant_ids": [str(v) for v in ids[passing]], "census_variants": int(table.num_rows),
+            "census_complete": encode_array(_complete(table)[passing])}
+
+
+def _complete(table: Any) -> np.ndarray:
+    """Per census variant: every site typed it, with no missing call, and none left it out (null counts: unknown, no).
+
+    Over every sample of the sites, so none of a regression's complete cases misses a call
+    either: the public, conservative criterion of the linear round's short form (:mod:`.linear`).
+    """
+    zero = [np.asarray(table.column(name).fill_null(1).to_numpy(zero_copy_only=False)) == 0
+            for name in ("n_missing", "n_not_typed", "n_sites_left_out")]
+    return np.logical_and.reduce(zero)
 
 
 def _pca_spec(job: Mapping[str, Any], carried: Mapping[str, Any]) -> dict[str, Any] | None:
@@ -194,7 +216,7 @@ def _pca_carry(result: Result, state: PcaState) -> dict[str, Any]:
 
 def _regression_spec(job: Mapping[str, Any], carried: Mapping[str, Any]) -> dict[str, Any]:
     return {**dict(job), "variant_ids": list(carried.get("variant_ids", [])), "pca_state": carried.get("pca_state"),
-            "census_variants": carried.get("census_variants")}
+            "census_variants": carried.get("census_variants"), "census_complete": carried.get("census_complete")}
 
 
 def gwas_phases() -> tuple[Phase, ...]:
@@ -234,11 +256,14 @@ class Gwas(Phased):
 
         Raises:
             ConfigurationError: the job spec is not a GWAS spec.
-            InputError: the phenotype or a covariate is missing or not numeric.
-            PolicyRefusal: (``unknown-sample-list``) the site defines no list the job names.
+            InputError: the phenotype or a covariate is missing or not numeric (a text covariate not declared
+                categorical: :mod:`.covariates`).
+            PolicyRefusal: (``unknown-sample-list``) the site defines no list the job names; (``policy``) factor
+                columns its policy does not allow (:func:`.covariates.check_site_policy`).
         """
         dataset = _selected(state, dataset, site)
         parameters = GwasParameters.parse(state.job_spec)
+        check_site_policy(parameters, site)
         samples = dataset.samples()
         ids = np.asarray([str(s) for s in samples.column("sample_id").to_pylist()], dtype=object)
         regressions = tuple(

@@ -54,6 +54,8 @@ from typing import Any
 import numpy as np
 
 from pipeline.analyses.gwas.linear import (
+    PASS_FIELDS,
+    PHENOTYPE_FIELDS,
     linear_layout,
     linear_result,
     linear_site_statistics,
@@ -91,8 +93,8 @@ __all__ = ["REGRESSIONS", "SAME_SAMPLES", "PhenotypeFit", "PhenotypesState", "Re
 
 SAME_SAMPLES = "same_samples"
 """The moments round's field of 0/1 flags per pair of phenotypes (linear): the site's complete-case sets coincide."""
-SHARED_FIELDS = ("xtx", "n", "below_min")
-"""The linear round's fields a pass sends once for all its phenotypes."""
+SHARED_FIELDS = PASS_FIELDS
+"""The linear round's fields a pass sends once for all its phenotypes (those its layout has)."""
 
 
 @dataclass(frozen=True, eq=False)
@@ -240,7 +242,7 @@ class Regressions(Analysis[Any]):
             for group in state.passes:
                 fields += _prefixed(linear_layout(state.single(group[0])), f"{group[0]}.")
                 for i in group[1:]:
-                    fields += _prefixed(linear_layout(state.single(i)), f"{i}.", ("xty", "yty"))
+                    fields += _prefixed(linear_layout(state.single(i)), f"{i}.", PHENOTYPE_FIELDS)
         else:
             for i, fit in enumerate(state.fits):
                 if not fit.done:
@@ -266,7 +268,7 @@ class Regressions(Analysis[Any]):
             for i in range(count):
                 out.update({f"{i}.{k}": v for k, v in REGRESSION.site_step(state.single(i), round_index, dataset, site).items()})
             if p.model == "linear":
-                keeps = [site_data(state.single(i), dataset, site.cache).keep for i in range(count)]
+                keeps = [site_data(state.single(i), dataset, site.cache, site=site.name).keep for i in range(count)]
                 out[SAME_SAMPLES] = np.array([int(np.array_equal(keeps[i], keeps[j])) for i, j in _pairs(count)], np.int64)
             return out
         if p.model == "linear":
@@ -300,7 +302,7 @@ class Regressions(Analysis[Any]):
         if p.model == "linear":
             results: list[Result | None] = [None] * count
             for group in state.passes:
-                shared = {name: total[f"{group[0]}.{name}"] for name in SHARED_FIELDS}
+                shared = {name: total[f"{group[0]}.{name}"] for name in SHARED_FIELDS if f"{group[0]}.{name}" in total}
                 for i in group:
                     results[i] = linear_result(state.single(i), {**shared, **_part(total, f"{i}.")}, num_sites)
             return state, True, multi_result(state, [r for r in results if r is not None])
@@ -339,7 +341,7 @@ def _pass_statistics(state: PhenotypesState, group: Sequence[int], dataset: Data
                      site: SiteContext) -> dict[str, np.ndarray]:
     """One linear pass: its phenotypes' statistics from one product with the genotype rows, prefixed as the layout."""
     singles = [state.single(i) for i in group]
-    data = [site_data(single, dataset, site.cache) for single in singles]
+    data = [site_data(single, dataset, site.cache, site=site.name) for single in singles]
     if any(not np.array_equal(d.keep, data[0].keep) for d in data[1:]):
         raise ProtocolError(f"gwas: the coordinator put phenotypes {[state.phenotypes[i] for i in group]} in one pass, but "
                             "their complete samples differ at this site")
@@ -349,9 +351,9 @@ def _pass_statistics(state: PhenotypesState, group: Sequence[int], dataset: Data
         return {f"{group[0]}.{name}": value for name, value in stats.items()}
     phenotypes = np.column_stack([first, *(design(d, s)[1] for d, s in zip(data[1:], singles[1:]))])
     stats = linear_site_statistics(singles[0], dataset, site, data[0], covariates, phenotypes)
-    out = {f"{group[0]}.{name}": stats[name] for name in SHARED_FIELDS}
+    out = {f"{group[0]}.{name}": stats[name] for name in SHARED_FIELDS if name in stats}
     for j, i in enumerate(group):
-        out[f"{i}.xty"], out[f"{i}.yty"] = stats["xty"][:, j], stats["yty"][:, j]
+        out.update({f"{i}.{name}": stats[name][:, j] for name in PHENOTYPE_FIELDS if name in stats})
     return out
 
 

@@ -3,7 +3,11 @@
 Round 0, *rs IDs*: a key union of the rs IDs the sites' datasets record for the tested
 variants (:mod:`~pipeline.analyses.gwas.rsid`, where the rule is); no sum, no sample.
 
-Round 1, *HWE within ancestry clusters*, only with ``hwe_within: ancestry_clusters``:
+Round 1, *levels*, only with ``categorical`` covariates: a key union of the levels the
+sites' complete cases hold (:mod:`~pipeline.analyses.gwas.covariates`, where the
+disclosure rule is); the rounds below then come one later.
+
+Round 1 (or 2), *HWE within ancestry clusters*, only with ``hwe_within: ancestry_clusters``:
 each site's 0/1 Hardy-Weinberg flags within clusters of its own samples' PC scores; the
 coordinator withholds the flagged variants from the rest (:mod:`~pipeline.analyses.gwas.hwe_clusters`).
 The rounds below then come one later (:func:`moments_round`).
@@ -41,6 +45,15 @@ from typing import Any
 import numpy as np
 
 from pipeline.analyses.bounds import check_sample_bound
+from pipeline.analyses.gwas.covariates import (
+    LEVEL_KEYS,
+    Factors,
+    check_site_policy,
+    kept_columns,
+    levels_layout,
+    resolve_levels,
+    site_levels,
+)
 from pipeline.analyses.gwas.hwe_clusters import (
     hwe_clusters_layout,
     screen_hwe,
@@ -50,6 +63,9 @@ from pipeline.analyses.gwas.linear import (
     linear_layout,
     linear_result,
     linear_site_statistics,
+    published_short_form,
+    short_form_declarations,
+    site_short_form_flags,
 )
 from pipeline.analyses.gwas.logistic import (
     firth_update,
@@ -66,7 +82,7 @@ from pipeline.analyses.gwas.rsid import (
     rsid_layout,
     site_rsid_pairs,
 )
-from pipeline.analyses.gwas.site_data import design, site_data
+from pipeline.analyses.gwas.site_data import complete_cases, design, site_data
 from pipeline.analyses.gwas.spec import (
     MAX_SCALE_BITS,
     MIN_MOMENT_SCALE_BITS,
@@ -85,26 +101,37 @@ from pipeline.analyses.protocol import (
 from pipeline.dataset import Dataset
 from pipeline.encoding import Count, Layout, Real
 from pipeline.errors import ConfigurationError, InputError
+from pipeline.json_arrays import decode_array
 from pipeline.privacy import Spend, secret_generator
 
-__all__ = ["CARRIED_KEYS", "HWE_ROUND", "REGRESSION", "RSID_ROUND", "Regression", "moments_round"]
+__all__ = ["CARRIED_KEYS", "HWE_ROUND", "LEVELS_ROUND", "REGRESSION", "RSID_ROUND", "Regression", "moments_round"]
 
 RSID_ROUND = 0
+LEVELS_ROUND = 1
+"""The categorical covariates' levels round, run only with ``categorical`` covariates."""
 HWE_ROUND = 1
-"""The ancestry-cluster Hardy-Weinberg round, run only with ``hwe_within: ancestry_clusters``."""
+"""The ancestry-cluster Hardy-Weinberg round, run only with ``hwe_within: ancestry_clusters`` (one later after a levels round)."""
+
+
+def _hwe_round(parameters: GwasParameters) -> int:
+    return HWE_ROUND + bool(parameters.categorical)
 
 
 def moments_round(parameters: GwasParameters) -> int:
-    """The moments round's number: right after the rs ID round, or after the HWE round when there is one."""
-    return HWE_ROUND + 1 if parameters.hwe_within == "ancestry_clusters" else HWE_ROUND
+    """The moments round's number: after the rs ID round, the levels round and the HWE round, those the job has."""
+    return _hwe_round(parameters) + (parameters.hwe_within == "ancestry_clusters")
+
+
+def _has_levels_round(parameters: GwasParameters, round_index: int) -> bool:
+    return round_index == LEVELS_ROUND and bool(parameters.categorical)
 
 
 def _has_hwe_round(parameters: GwasParameters, round_index: int) -> bool:
-    return round_index == HWE_ROUND and parameters.hwe_within == "ancestry_clusters"
+    return round_index == _hwe_round(parameters) and parameters.hwe_within == "ancestry_clusters"
 
-CARRIED_KEYS = ("variant_ids", "pca_state", "census_variants")
+CARRIED_KEYS = ("variant_ids", "pca_state", "census_variants", "census_complete")
 """Keys of the regression's spec handed over by the earlier phases (QC-passing variants, PCA state,
-the census' union size)."""
+the census' union size, which variants the census saw complete: :func:`.linear.short_form_candidates`)."""
 
 
 def moments_layout(state: RegressionState) -> Layout:
@@ -134,8 +161,8 @@ def moments_layout(state: RegressionState) -> Layout:
     def real(name: str) -> Real:
         return Real(name, (m,), bound, min_scale_bits=MIN_MOMENT_SCALE_BITS, max_scale_bits=MAX_SCALE_BITS)
 
-    return plan_regression_layout([Count("n_samples", (1,), p.max_samples_per_site), real("sum"), real("sum_squares")],
-                                  state.num_participants, hint=hint)
+    return plan_regression_layout([Count("n_samples", (1,), p.max_samples_per_site), real("sum"), real("sum_squares"),
+                                   *short_form_declarations(state)], state.num_participants, hint=hint)
 
 
 def published_moments(state: RegressionState, total: Mapping[str, np.ndarray]) -> RegressionState:
@@ -146,16 +173,20 @@ def published_moments(state: RegressionState, total: Mapping[str, np.ndarray]) -
         ConfigurationError: a covariate or the phenotype is constant.
     """
     n = int(np.asarray(total["n_samples"]).reshape(-1)[0])
-    names = [*state.columns, state.parameters.phenotype]
     if n < 2:
         raise InputError(f"gwas: {n} complete samples across the sites (phenotype and every covariate present); nothing to test")
     mean = np.asarray(total["sum"], np.float64) / n
     variance = np.maximum(np.asarray(total["sum_squares"], np.float64) / n - mean**2, 0.0)
     sd = np.sqrt(variance)
+    columns = kept_columns(state.parameters, state.factors, total["sum"])
+    if columns is not None:  # each factor's reference level and empty levels dropped
+        index = [*(state.all_columns.index(name) for name in columns), len(state.all_columns)]
+        mean, sd = mean[index], sd[index]
+    names = [*(state.columns if columns is None else columns), state.parameters.phenotype]
     constant = [name for name, s, mu in zip(names, sd, mean) if not s > 1e-9 * max(1.0, abs(mu))]
     if constant:
         raise ConfigurationError(f"gwas: {constant} are constant across the complete samples; drop them from the spec")
-    state = dataclasses.replace(state, moments=Moments(n, mean, sd))
+    state = dataclasses.replace(state, moments=Moments(n, mean, sd, columns, published_short_form(state, total)))
     if state.parameters.model == "logistic":
         cases = mean[-1]
         if not 0.0 < cases < 1.0:
@@ -190,6 +221,11 @@ def noisy_moments(state: RegressionState, total: Mapping[str, np.ndarray], num_s
     return dataclasses.replace(state, moments=Moments(n, mean, np.sqrt(variance)))
 
 
+def _census_complete(carried: Any) -> np.ndarray | None:
+    """The census' complete-variant mask as carried in the spec (:func:`~pipeline.json_arrays.encode_array`), if any."""
+    return None if carried is None else np.asarray(decode_array(carried), bool)
+
+
 class Regression(Analysis[RegressionState]):
     """The regression rounds of a GWAS (the last phase; see the module docstring)."""
 
@@ -213,8 +249,12 @@ class Regression(Analysis[RegressionState]):
         if parameters.privacy is not None and not isinstance(census_variants, int):
             raise ConfigurationError("gwas: with privacy the regression phase needs census_variants (the census phase's "
                                      "union size) to account the job's whole budget; run it as part of a gwas job")
+        factors = None
+        if parameters.categorical or parameters.site_covariate:
+            factors = Factors(sites=tuple(participants) if parameters.site_covariate else ())
         state = RegressionState(parameters=parameters, num_participants=len(participants), variant_ids=variant_ids,
-                                pca=pca, census_variants=census_variants if parameters.privacy is not None else None)
+                                pca=pca, census_variants=census_variants if parameters.privacy is not None else None,
+                                factors=factors, census_complete=_census_complete(spec.get("census_complete")))
         if parameters.privacy is not None:
             # Computing the rounds' noise now refuses, before any round of the phase, noise the sampler cannot draw.
             _noises = (state.moments_noise, state.statistics_noise)
@@ -227,6 +267,8 @@ class Regression(Analysis[RegressionState]):
         """Round 0: the rs ID union; (the HWE flags;) moments; then per-variant statistics (linear) or Newton rounds (logistic)."""
         if round_index == RSID_ROUND:
             return rsid_layout()
+        if _has_levels_round(state.parameters, round_index):
+            return levels_layout()
         if _has_hwe_round(state.parameters, round_index):
             return hwe_clusters_layout(state)
         if round_index == moments_round(state.parameters):
@@ -248,9 +290,13 @@ class Regression(Analysis[RegressionState]):
         if round_index == RSID_ROUND:
             return {RSID_KEYS: site_rsid_pairs(state.variant_ids, dataset, site)}
         p = state.parameters
+        check_site_policy(p, site)
+        if _has_levels_round(p, round_index):
+            cases = [complete_cases(p.single(name), dataset) for name in p.all_phenotypes]
+            return {LEVEL_KEYS: site_levels([c.keep for c in cases], cases[0].categories)}
         if _has_hwe_round(p, round_index):
             return site_hwe_flags(state, dataset, site)
-        data = site_data(state, dataset, site.cache)
+        data = site_data(state, dataset, site.cache, site=site.name)
         check_sample_bound(len(data.phenotype), p.max_samples_per_site, site=site.name,
                            public=f"the site has more complete samples of {p.phenotype!r} and the covariates "
                                   f"{list(p.covariates)} than the job's max_samples_per_site allows")
@@ -263,7 +309,7 @@ class Regression(Analysis[RegressionState]):
                         "sum_squares": (values**2).sum(axis=0)}
                 return add_noise(sums, noise, rng=secret_generator())
             return {"n_samples": np.array([len(data.phenotype)], np.int64), "sum": values.sum(axis=0),
-                    "sum_squares": (values**2).sum(axis=0)}
+                    "sum_squares": (values**2).sum(axis=0), **site_short_form_flags(state, dataset, site, data)}
         covariates, phenotype = design(data, state)
         if p.model == "linear":
             return linear_site_statistics(state, dataset, site, data, covariates, phenotype)
@@ -282,6 +328,10 @@ class Regression(Analysis[RegressionState]):
         """
         if round_index == RSID_ROUND:
             return dataclasses.replace(state, rsids=resolve_rsids(total[RSID_KEYS], state.variant_ids)), False, None
+        if _has_levels_round(state.parameters, round_index):
+            assert state.factors is not None
+            levels = resolve_levels(total[LEVEL_KEYS], state.parameters)
+            return dataclasses.replace(state, factors=dataclasses.replace(state.factors, levels=levels)), False, None
         if _has_hwe_round(state.parameters, round_index):
             return screen_hwe(state, total, num_sites), False, None
         if round_index == moments_round(state.parameters):
@@ -296,7 +346,8 @@ class Regression(Analysis[RegressionState]):
 
     def privacy_spend(self, state: RegressionState, round_index: int) -> Spend | None:
         """The moments and statistics rounds' noise and privacy, when the job asked for differential privacy."""
-        if round_index == RSID_ROUND or _has_hwe_round(state.parameters, round_index):
+        if round_index == RSID_ROUND or _has_levels_round(state.parameters, round_index) or \
+                _has_hwe_round(state.parameters, round_index):
             return None
         return state.moments_noise if round_index == moments_round(state.parameters) else state.statistics_noise
 

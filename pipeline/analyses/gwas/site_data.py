@@ -39,6 +39,12 @@ import numpy as np
 import pyarrow as pa
 
 from pipeline.analyses.bounds import clip_columns
+from pipeline.analyses.gwas.covariates import (
+    categorical_values,
+    check_covariate_types,
+    covariate_matrix,
+    drop_rare_levels,
+)
 from pipeline.analyses.gwas.spec import GwasParameters
 from pipeline.analyses.gwas.state import RegressionState
 from pipeline.analyses.pca import local_scores
@@ -68,7 +74,8 @@ class SiteData:
     """A site's complete samples.
 
     Attributes:
-        raw: (complete samples, columns) covariates then PC scores, float64, unstandardized.
+        raw: (complete samples, columns) covariates (categorical ones as every level's 0/1 column, then the
+            site columns: :attr:`RegressionState.all_columns`) then PC scores, float64, unstandardized.
         phenotype: (complete samples,) the phenotype.
         keep: (dataset samples,) which samples are complete.
     """
@@ -83,8 +90,10 @@ class SiteData:
         return int(self.raw.nbytes + self.phenotype.nbytes + self.keep.nbytes)
 
 
-def site_data(state: RegressionState, dataset: Dataset, cache: SiteCache) -> SiteData:
+def site_data(state: RegressionState, dataset: Dataset, cache: SiteCache, *, site: str = "") -> SiteData:
     """The site's complete samples for this job (read once, then from ``cache``).
+
+    ``site`` (the site's name) places its 1 among the site covariate's columns.
 
     Covariate (PC scores included) and phenotype values beyond ``±max_abs_value`` are
     clipped to it, the count per column logged at the site only.
@@ -94,7 +103,7 @@ def site_data(state: RegressionState, dataset: Dataset, cache: SiteCache) -> Sit
             or a PCA phase that ended without loadings.
     """
     key = ("gwas.site_data", str(Path(dataset.path).resolve()), state.samples_digest)
-    return cache.get(key, lambda: _read_site_data(state, dataset, cache))
+    return cache.get(key, lambda: _read_site_data(state, dataset, cache, site))
 
 
 class CompleteCases(NamedTuple):
@@ -102,14 +111,16 @@ class CompleteCases(NamedTuple):
 
     Attributes:
         phenotype: (dataset samples,) float64, NaN where missing.
-        covariates: (dataset samples, covariates) the spec's covariates (no PCs), unclipped.
+        covariates: (dataset samples, numeric covariates) the spec's covariates not declared categorical (no PCs), unclipped.
         keep: (dataset samples,) bool: phenotype and every covariate present (and
-            ``has_phenotypes`` where the table has it).
+            ``has_phenotypes`` where the table has it), no categorical level rarer than ``min_level_count``.
+        categories: (dataset samples, categorical covariates) their levels, text (``None`` where missing).
     """
 
     phenotype: np.ndarray
     covariates: np.ndarray
     keep: np.ndarray
+    categories: np.ndarray
 
 
 def complete_cases(parameters: GwasParameters, dataset: Dataset, samples: pa.Table | None = None) -> CompleteCases:
@@ -124,23 +135,31 @@ def complete_cases(parameters: GwasParameters, dataset: Dataset, samples: pa.Tab
         samples: the dataset's samples table, if already read.
 
     Raises:
-        InputError: a missing or non-numeric column.
+        InputError: a missing or non-numeric column (:class:`~pipeline.errors.SpecMismatch`: a text covariate not
+            declared categorical, a categorical one neither text nor numbers).
     """
     samples = dataset.samples() if samples is None else samples
+    check_covariate_types(parameters, dataset, samples)
     phenotype = numeric_column(dataset, samples, parameters.phenotype, role="phenotype")
-    columns = [numeric_column(dataset, samples, name, role="covariate") for name in parameters.covariates]
+    numeric = [name for name in parameters.covariates if name not in parameters.categorical]
+    columns = [numeric_column(dataset, samples, name, role="covariate") for name in numeric]
     covariates = np.column_stack(columns) if columns else np.zeros((len(phenotype), 0))
-    keep = np.isfinite(phenotype) & np.all(np.isfinite(covariates), axis=1)
+    levels = [categorical_values(dataset, samples, name) for name in parameters.categorical]
+    categories = np.column_stack(levels) if levels else np.empty((len(phenotype), 0), dtype=object)
+    keep = np.isfinite(phenotype) & np.all(np.isfinite(covariates), axis=1) & np.all(categories != None, axis=1)
     if "has_phenotypes" in samples.column_names:
         keep &= np.asarray(samples.column("has_phenotypes").to_numpy(zero_copy_only=False), bool)
+    if levels:
+        keep = drop_rare_levels(keep, categories, parameters.min_level_count)
     if parameters.model == "logistic":
         check_binary(dataset, parameters.phenotype, phenotype[keep], role="phenotype")
-    return CompleteCases(phenotype, covariates, keep)
+    return CompleteCases(phenotype, covariates, keep, categories)
 
 
-def _read_site_data(state: RegressionState, dataset: Dataset, cache: SiteCache) -> SiteData:
+def _read_site_data(state: RegressionState, dataset: Dataset, cache: SiteCache, site: str) -> SiteData:
     p = state.parameters
-    phenotype, raw, keep = complete_cases(p, dataset)
+    phenotype, numeric, keep, categories = complete_cases(p, dataset)
+    raw = covariate_matrix(p, state.factors, numeric, categories, keep, site)
     if state.pca is not None:
         if not state.pca.has_loadings:
             raise InputError("gwas: the PCA phase ended without loadings; cannot compute PC covariates")
@@ -149,7 +168,7 @@ def _read_site_data(state: RegressionState, dataset: Dataset, cache: SiteCache) 
                                for j in range(scores.num_columns - 1)])
         raw = np.column_stack([raw, pcs])
         keep &= np.all(np.isfinite(pcs), axis=1)
-    values = clip_columns(np.column_stack([raw[keep], phenotype[keep]]), [*state.columns, p.phenotype], p.max_abs_value,
+    values = clip_columns(np.column_stack([raw[keep], phenotype[keep]]), [*state.all_columns, p.phenotype], p.max_abs_value,
                           where="gwas", spec_key="max_abs_value")
     return SiteData(np.ascontiguousarray(values[:, :-1]), np.ascontiguousarray(values[:, -1]), keep)
 
@@ -165,8 +184,11 @@ def design(data: SiteData, state: RegressionState) -> tuple[np.ndarray, np.ndarr
     """
     p = state.parameters
     moments = state.standardization
-    m = data.raw.shape[1]
-    z = (data.raw - moments.mean[:m]) / moments.sd[:m]
+    raw = data.raw
+    if state.columns != state.all_columns:  # each factor's reference level dropped after the moments round
+        raw = raw[:, [state.all_columns.index(name) for name in state.columns]]
+    m = raw.shape[1]
+    z = (raw - moments.mean[:m]) / moments.sd[:m]
     if p.model == "linear":
         names = [*state.columns, p.phenotype]
         values = np.column_stack([z, (data.phenotype - moments.mean[m]) / moments.sd[m]])

@@ -16,7 +16,7 @@ from __future__ import annotations
 import dataclasses
 import re
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from pipeline.analyses.census import PARAMS as CENSUS_PARAMS
@@ -95,9 +95,34 @@ def _phenotypes(values: Mapping[str, Any]) -> tuple[str, tuple[str, ...]]:
     return names[0], tuple(names) if len(names) > 1 else ()
 
 
+def _references(value: Any) -> dict[str, str]:
+    if not isinstance(value, Mapping) or not all(isinstance(k, str) and isinstance(v, str) and v for k, v in value.items()):
+        raise ValueError("a mapping of categorical covariate to its reference level (text), e.g. {centre: london}")
+    return dict(value)
+
+
+def _check_factors(values: Mapping[str, Any]) -> None:
+    """Refuses at submission what the spec alone shows wrong about ``categorical``, ``reference`` and ``site_covariate``."""
+    stray = [name for name in values["categorical"] if name not in values["covariates"]]
+    if stray:
+        raise ConfigurationError(f"gwas: categorical names {stray}, which are not among the covariates "
+                                 f"{list(values['covariates'])}; list them under covariates too")
+    stray = [name for name in values["reference"] if name not in values["categorical"]]
+    if stray:
+        raise ConfigurationError(f"gwas: reference names {stray}, which are not categorical covariates "
+                                 f"{list(values['categorical'])}")
+    if values["privacy"] is not None and (values["categorical"] or values["site_covariate"]):
+        raise ConfigurationError("gwas: categorical covariates and site_covariate are exact only for now (their levels "
+                                 "and per-site columns are not noised); drop the privacy block or those keys")
+
+
 PARAMS = {
     "model": Param("linear", choice("linear", "logistic")),
     "covariates": Param([], names),
+    "categorical": Param([], names),
+    "reference": Param({}, _references),
+    "min_level_count": Param(5, integer(1, 2**31 - 1)),
+    "site_covariate": Param(False, boolean),
     "pcs": Param(0, integer(0, 50)),
     "pca": Param({}, mapping),
     "min_allele_count": Param(5, CENSUS_PARAMS["min_allele_count"].check),
@@ -150,6 +175,14 @@ class GwasParameters:
     dosages: str = "auto"
     phenotypes: tuple[str, ...] = ()
     """Every phenotype of a job with several (``phenotype`` is then the first); ``()`` for one."""
+    categorical: tuple[str, ...] = ()
+    """Covariates one-hot encoded at each site (:mod:`.covariates`)."""
+    reference: dict[str, str] = field(default_factory=dict)
+    """A categorical covariate's reference level, where not plink2's (the most common)."""
+    min_level_count: int = 5
+    """Fewest complete samples a site keeps with one level of a categorical covariate."""
+    site_covariate: bool = False
+    """Whether one indicator column per site (bar the reference) adjusts for the site."""
 
     @classmethod
     def parse(cls, spec: Mapping[str, Any], *, ignore: Iterable[str] = ()) -> GwasParameters:
@@ -168,6 +201,7 @@ class GwasParameters:
         for key in SELECTION_PARAMS:  # checked here; the Gwas analysis applies them to each site's dataset
             del values[key]
         values["phenotype"], values["phenotypes"] = _phenotypes(values)
+        _check_factors(values)
         if values["hwe_samples"] == "controls" and values["model"] != "logistic":
             raise ConfigurationError("gwas: hwe_samples: controls needs a case/control phenotype (model: logistic); "
                                      "a quantitative trait has no controls, use hwe_samples: all")
@@ -189,20 +223,24 @@ class GwasParameters:
                 f"pcs: {values['pcs']}): the logistic fit takes many rounds over the same people and the PCA phase has no "
                 "noisy mode; drop the privacy block, or use model: linear and pcs: 0"
             )
-        return cls(**{**values, "covariates": tuple(values["covariates"])})
+        return cls(**{**values, "covariates": tuple(values["covariates"]), "categorical": tuple(values["categorical"])})
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> GwasParameters:
         privacy = data.get("privacy")
         return cls(**{**data, "covariates": tuple(data["covariates"]), "pca": dict(data["pca"]),
                       "privacy": None if privacy is None else PrivacyTerms.from_json(privacy),
-                      "phenotypes": tuple(data.get("phenotypes", ()))})
+                      "phenotypes": tuple(data.get("phenotypes", ())), "categorical": tuple(data.get("categorical", ())),
+                      "reference": dict(data.get("reference", {}))})
 
     def to_json(self) -> dict[str, Any]:
         data = {**dataclasses.asdict(self), "covariates": list(self.covariates), "pca": dict(self.pca),
                 "privacy": None if self.privacy is None else self.privacy.to_json(), "phenotypes": list(self.phenotypes)}
-        if not self.phenotypes:
-            del data["phenotypes"]  # a one-phenotype job's state and summary stay as they were
+        data["categorical"] = list(self.categorical)
+        for key, default in (("phenotypes", []), ("categorical", []), ("reference", {}), ("site_covariate", False),
+                             ("min_level_count", 5)):
+            if data[key] == default and (key != "min_level_count" or not self.categorical):
+                del data[key]  # a job without them keeps its state and summary as they were
         return data
 
     def census_spec(self) -> dict[str, Any]:

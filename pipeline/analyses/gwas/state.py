@@ -31,6 +31,7 @@ from typing import Any
 
 import numpy as np
 
+from pipeline.analyses.gwas.covariates import Factors, expanded_columns
 from pipeline.analyses.gwas.privacy import moments_noise, statistics_noise
 from pipeline.analyses.gwas.rsid import Rsids
 from pipeline.analyses.gwas.spec import GwasParameters
@@ -59,22 +60,37 @@ class Moments(JsonState):
         n: complete samples over the included sites.
         mean: (columns + 1,) means.
         sd: (columns + 1,) standard deviations (population form, as they standardize).
+        columns: the design's covariate columns where the job has factors (each one's reference level dropped:
+            :func:`~.covariates.kept_columns`), else ``None`` (the spec's).
+        short_form: (variants,) bool, the variants the linear round sends short
+            (:func:`~pipeline.analyses.gwas.linear.published_short_form`); ``None``: none.
     """
 
     n: int
     mean: np.ndarray
     sd: np.ndarray
+    columns: tuple[str, ...] | None = None
+    short_form: np.ndarray | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "mean", frozen_array(self.mean, np.float64))
         object.__setattr__(self, "sd", frozen_array(self.sd, np.float64))
+        if self.short_form is not None:
+            object.__setattr__(self, "short_form", frozen_array(self.short_form, bool))
 
     def to_json(self) -> dict[str, Any]:
-        return {"n": self.n, "mean": self.mean.tolist(), "sd": self.sd.tolist()}
+        data = {"n": self.n, "mean": self.mean.tolist(), "sd": self.sd.tolist()}
+        if self.short_form is not None:
+            data["short_form"] = encode_array(self.short_form)
+        return data if self.columns is None else {**data, "columns": list(self.columns)}
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> Moments:
-        return cls(int(data["n"]), np.asarray(data["mean"], np.float64), np.asarray(data["sd"], np.float64))
+        columns = data.get("columns")
+        short_form = data.get("short_form")
+        return cls(int(data["n"]), np.asarray(data["mean"], np.float64), np.asarray(data["sd"], np.float64),
+                   None if columns is None else tuple(str(c) for c in columns),
+                   None if short_form is None else decode_array(short_form))
 
 
 @dataclass(frozen=True, eq=False)
@@ -290,6 +306,10 @@ class RegressionState(JsonState):
             for the job's privacy summary); ``None`` when the job has no privacy terms.
         hwe: what the ancestry-cluster HWE round withheld (``hwe_within: ancestry_clusters``,
             from that round on; ``variant_ids`` are then the variants it kept), else ``None``.
+        factors: the categorical covariates' levels (from the levels round on) and the site covariate's sites
+            (:mod:`.covariates`); ``None`` for a job with neither.
+        census_complete: (the census' QC-passing variants,) bool: typed by every site with no
+            missing call, left out by none (the linear round's short-form candidates); ``None``: unknown.
     """
 
     parameters: GwasParameters
@@ -302,9 +322,18 @@ class RegressionState(JsonState):
     census_variants: int | None = None
     rsids: Rsids | None = None
     hwe: HweScreen | None = None
+    factors: Factors | None = None
+    census_complete: np.ndarray | None = None
+
+    def __post_init__(self) -> None:
+        if self.census_complete is not None:
+            object.__setattr__(self, "census_complete", frozen_array(self.census_complete, bool))
 
     def to_json(self) -> dict[str, Any]:
-        return {
+        factors = {} if self.factors is None else {"factors": self.factors.to_json()}
+        if self.census_complete is not None:
+            factors["census_complete"] = encode_array(self.census_complete)
+        return {**factors,
             "parameters": self.parameters.to_json(), "num_participants": self.num_participants,
             "variant_ids": list(self.variant_ids), "pca": None if self.pca is None else self.pca.to_json(),
             "moments": None if self.moments is None else self.moments.to_json(),
@@ -328,6 +357,8 @@ class RegressionState(JsonState):
             census_variants=None if data.get("census_variants") is None else int(data["census_variants"]),
             rsids=None if data.get("rsids") is None else Rsids.from_json(data["rsids"]),
             hwe=None if data.get("hwe") is None else HweScreen.from_json(data["hwe"]),
+            factors=None if data.get("factors") is None else Factors.from_json(data["factors"]),
+            census_complete=None if data.get("census_complete") is None else decode_array(data["census_complete"]),
         )
 
     @property
@@ -350,8 +381,16 @@ class RegressionState(JsonState):
 
     @property
     def columns(self) -> tuple[str, ...]:
-        """The fit's covariates, principal components last."""
-        return self.parameters.columns
+        """The fit's covariates, principal components last: with factors, once the moments are known, without each
+        factor's reference level."""
+        if self.moments is not None and self.moments.columns is not None:
+            return self.moments.columns
+        return self.all_columns
+
+    @property
+    def all_columns(self) -> tuple[str, ...]:
+        """Every covariate column a site computes (each factor's every level: :func:`~.covariates.expanded_columns`)."""
+        return self.parameters.columns if self.factors is None else expanded_columns(self.parameters, self.factors)
 
     @property
     def num_coefficients(self) -> int:
@@ -403,6 +442,7 @@ class RegressionState(JsonState):
         phenotype, covariates, model, the PCA basis and the clip bound ``max_abs_value``."""
         p = self.parameters
         basis = None if self.pca is None else self.pca.to_json()
-        text = json.dumps([p.phenotype, list(p.covariates), p.model, basis, p.max_abs_value], sort_keys=True)
+        factors = [] if self.factors is None else [self.factors.to_json(), list(p.categorical), p.min_level_count]
+        text = json.dumps([p.phenotype, list(p.covariates), p.model, basis, p.max_abs_value, *factors], sort_keys=True)
         return hashlib.sha256(text.encode()).hexdigest()
 
