@@ -1,48 +1,90 @@
 """Benchmark: `genofed ingest` genotypes per second against plink2 and bcftools, and peak memory.
 
-Simulates one site (pipeline.sim, default 2,000 samples over chr22:16-20 Mb, about 60,000
-variants), then times in the same run:
+The site is synthetic by default (``--synthetic 20000x50000``, 1e9 genotypes: written from
+per-variant allele frequencies by tests/benchmarks/synthetic_site.py, at a size msprime
+cannot simulate in minutes), or simulated with ``--msprime`` (pipeline.sim, 2,000 samples
+over chr22:16-20 Mb, about 60,000 variants). Sites are cached in ``--workdir`` (by size,
+seed and phasing); generation time is printed apart from every figure. The run times:
 
-- ingest (library call with the FASTA: threads scheduler with 1 and 2 workers, processes with 2);
 - the reader alone (pipeline.io.vcf.read_blocks over the whole file), to attribute time;
+- ingest (library call with the FASTA: threads scheduler with 1 and 2 workers, processes with 2);
 - ``plink2 --vcf FILE --vcf-half-call m --make-pgen --threads 1`` (if installed);
 - ``bcftools query -f '[%GT\\t]\\n' FILE`` (if installed);
 
-and prints genotypes/second and ratios. Peak RSS of ingest (1 worker) is measured in a
-fresh subprocess for the full region and for a region half as long, with the same chunk
-size, to show that memory follows the chunk size and not the file size.
+and prints wall and CPU seconds (user+sys of this process and its reaped children: CPU is
+the steadier figure on a shared machine), genotypes per second, and ratios to plink2. Peak
+RSS of ingest (1 worker) is measured in a fresh subprocess for two chunk sizes, on the site
+and on one half as long (same samples), with the RSS above an import-only process per
+sample x variant of the largest chunk: memory should follow the chunk, not the file.
 
-    python tests/benchmarks/ingest.py [--samples 2000] [--region chr22:16000000-20000000]
-        [--chunk-size 1Mb] [--workdir DIR]
+    python tests/benchmarks/ingest.py [--synthetic SAMPLESxVARIANTS | --large | --msprime]
+        [--phased] [--seed 1] [--samples 2000] [--region chr22:16000000-20000000]
+        [--chunk-size 1Mb] [--small-chunk-size 250kb] [--skip reader,processes,bcftools] [--workdir DIR]
+
+On 2 shared cores the default run from an empty ``--workdir`` took 11-15 minutes at load
+averages of 3-6 (3-7 of them generating the two sites; cached reruns skip that); near a
+load of 2, an estimated 6-7 (5.4 measured before the half-size site was added).
+``--skip processes,bcftools`` saves about 2 more.
+
+``--large`` (``--synthetic 50000x200000``, 1e10 genotypes) is long-running. Extrapolated
+linearly from the default size on 2 quiet cores: about 25-30 minutes to generate the two
+sites and 45-50 minutes for the figures, so over an hour from an empty ``--workdir``; about
+6 GB of disk at peak (the two VCFs 3 GB, plink2's files 1.4 GB, one ingest output 1.5 GB);
+each ingest worker near 3-4 GB of RSS (1.3-1.4 GB at 20,000 samples, mostly per read block).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import resource
 import shutil
 import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from pipeline.ingest import ingest
 from pipeline.io.vcf import read_blocks
 from pipeline.sim.cohort import load_manifest, simulate_cohort
+from tests.benchmarks.synthetic_site import parse_size, write_synthetic_site
+
+DEFAULT = "20000x50000"
+LARGE = "50000x200000"
+SKIPPABLE = ("reader", "processes", "bcftools")
 
 # VmHWM (this process image's high-water RSS) rather than ru_maxrss, which Linux carries
 # across exec and would include the benchmark process's own memory at fork time.
-PEAK_RSS_SCRIPT = """
+_PEAK = """
 import json, re, resource, sys
+from pathlib import Path
+def peak_mb():
+    try:
+        return int(re.search(r"VmHWM:\\s+(\\d+) kB", open("/proc/self/status").read()).group(1)) / 1024
+    except (OSError, AttributeError):
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+"""
+PEAK_RSS_SCRIPT = _PEAK + """
 from pipeline.ingest import ingest
 report = ingest(sys.argv[1], out=sys.argv[2], fasta=sys.argv[3], chunk_size=sys.argv[4], scheduler="threads", workers=1)
-try:
-    peak = int(re.search(r"VmHWM:\\s+(\\d+) kB", open("/proc/self/status").read()).group(1)) / 1024
-except (OSError, AttributeError):
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-print(json.dumps({"peak_rss_mb": peak, "variants": report["variants_written"]}))
+largest = max(chunk["num_variants"] for chunk in json.loads((Path(sys.argv[2]) / "dataset.json").read_text())["chunks"])
+print(json.dumps({"peak_rss_mb": peak_mb(), "largest_chunk": largest}))
 """
+BASELINE_RSS_SCRIPT = _PEAK + """
+import pipeline.ingest
+print(json.dumps({"peak_rss_mb": peak_mb()}))
+"""
+
+
+def _synthetic(workdir: Path, samples: int, variants: int, seed: int, phased: bool) -> tuple[Path, Path, int, int]:
+    site = write_synthetic_site(workdir, samples, variants, seed=seed, phased=phased)
+    made = f"generated in {site.seconds:.1f} s (not part of any figure below)" if site.seconds else "cached"
+    print(f"synthetic site {samples}x{variants} ({'phased' if phased else 'unphased'}, seed {seed}): {made}")
+    return site.vcf, site.fasta, variants, samples
 
 
 def _cohort(workdir: Path, samples: int, region: str) -> tuple[Path, Path, int, int]:
@@ -54,10 +96,17 @@ def _cohort(workdir: Path, samples: int, region: str) -> tuple[Path, Path, int, 
     return manifest.resolve(site.vcf), folder / "reference.fa.gz", site.counts["variants"], samples
 
 
-def _timed(function) -> tuple[float, object]:
-    started = time.perf_counter()
+def _cpu_seconds() -> float:
+    """User + system seconds of this process (all threads) and its reaped children."""
+    own, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
+
+
+def _measured(function: Callable[[], object]) -> tuple[float, float, object]:
+    """(wall seconds, CPU seconds, result)."""
+    cpu, started = _cpu_seconds(), time.perf_counter()
     result = function()
-    return time.perf_counter() - started, result
+    return time.perf_counter() - started, _cpu_seconds() - cpu, result
 
 
 def _shorter(region: str) -> str:
@@ -66,63 +115,102 @@ def _shorter(region: str) -> str:
     return f"{contig}:{start}-{start + (end - start) // 2}"
 
 
+def _python(script: str, *arguments: str) -> tuple[float, float, dict]:
+    wall, cpu, result = _measured(
+        lambda: subprocess.run([sys.executable, "-c", script, *arguments], check=True, capture_output=True, text=True)
+    )
+    return wall, cpu, json.loads(result.stdout.strip().splitlines()[-1])
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--samples", type=int, default=2000)
-    parser.add_argument("--region", default="chr22:16000000-20000000")
+    parser.add_argument("--samples", type=int, default=2000, help="msprime site only")
+    parser.add_argument("--region", default="chr22:16000000-20000000", help="msprime site only")
+    size = parser.add_mutually_exclusive_group()
+    size.add_argument("--synthetic", type=parse_size, default=parse_size(DEFAULT), metavar="SAMPLESxVARIANTS",
+                      help=f"synthetic site size (default {DEFAULT})")
+    size.add_argument("--large", action="store_const", dest="synthetic", const=parse_size(LARGE), help=f"--synthetic {LARGE} (long)")
+    size.add_argument("--msprime", action="store_const", dest="synthetic", const=None, help="simulate the site with msprime")
+    parser.add_argument("--phased", action="store_true", help="synthetic site: phased GT (default unphased)")
+    parser.add_argument("--seed", type=int, default=1, help="synthetic site seed")
     parser.add_argument("--chunk-size", default="1Mb")
     parser.add_argument("--small-chunk-size", default="250kb", help="second chunk size for the memory figures")
+    parser.add_argument("--skip", default="", help=f"comma-separated rows to leave out: {', '.join(SKIPPABLE)}")
     parser.add_argument("--workdir", type=Path, default=None)
     args = parser.parse_args()
+    skip = {x for x in args.skip.split(",") if x}
+    if skip - set(SKIPPABLE):
+        parser.error(f"--skip: unknown {sorted(skip - set(SKIPPABLE))}; choose from {', '.join(SKIPPABLE)}")
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="genofed-bench-ingest-"))
     workdir.mkdir(parents=True, exist_ok=True)
 
-    vcf, fasta, records, samples = _cohort(workdir, args.samples, args.region)
+    # The half-size site shows that peak memory does not follow the file size.
+    if args.synthetic:
+        vcf, fasta, records, samples = _synthetic(workdir, *args.synthetic, args.seed, args.phased)
+        half = _synthetic(workdir, samples, records // 2, args.seed, args.phased)
+    else:
+        vcf, fasta, records, samples = _cohort(workdir, args.samples, args.region)
+        half = _cohort(workdir, args.samples, _shorter(args.region))
     genotypes = records * samples
-    print(f"input: {vcf} ({records} records x {samples} samples = {genotypes / 1e6:.1f} M genotypes)")
-    rows: list[tuple[str, float]] = []
+    size_mb = vcf.stat().st_size / 1e6
+    print(f"input: {vcf} ({records} records x {samples} samples = {genotypes / 1e6:.1f} M genotypes, {size_mb:.1f} MB)")
+    rows: list[tuple[str, float, float]] = []
 
-    seconds, _ = _timed(lambda: sum(b.position.shape[0] for b in read_blocks(vcf)))
-    rows.append(("reader only (read_blocks, 1 thread)", seconds))
+    def add(name: str, function: Callable[[], object]) -> None:
+        wall, cpu, _ = _measured(function)
+        rows.append((name, wall, cpu))
+
+    if "reader" not in skip:
+        add("reader only (read_blocks, 1 thread)", lambda: sum(b.position.shape[0] for b in read_blocks(vcf)))
     for scheduler, workers in (("threads", 1), ("threads", 2), ("processes", 2)):
+        if scheduler in skip:
+            continue
         out = workdir / f"ingest-{scheduler}-{workers}"
-        seconds, _ = _timed(
-            lambda s=scheduler, w=workers, o=out: ingest(vcf, out=o, fasta=fasta, chunk_size=args.chunk_size, scheduler=s, workers=w, force=True)
+        add(
+            f"genofed ingest ({scheduler}, {workers} worker{'s' if workers > 1 else ''})",
+            lambda s=scheduler, w=workers, o=out: ingest(vcf, out=o, fasta=fasta, chunk_size=args.chunk_size, scheduler=s, workers=w, force=True),
         )
-        rows.append((f"genofed ingest ({scheduler}, {workers} worker{'s' if workers > 1 else ''})", seconds))
+        shutil.rmtree(out, ignore_errors=True)
+    plink2 = "plink2 --make-pgen --threads 1"
     if shutil.which("plink2"):
         prefix = workdir / "plink2"
         command = ["plink2", "--vcf", str(vcf), "--vcf-half-call", "m", "--make-pgen", "--threads", "1", "--out", str(prefix)]
-        seconds, _ = _timed(lambda: subprocess.run(command, check=True, capture_output=True))
-        rows.append(("plink2 --make-pgen --threads 1", seconds))
+        add(plink2, lambda: subprocess.run(command, check=True, capture_output=True))
     else:
         print("plink2 not installed: skipped")
-    if shutil.which("bcftools"):
+    if "bcftools" in skip:
+        pass
+    elif shutil.which("bcftools"):
         command = ["bcftools", "query", "-f", "[%GT\\t]\\n", str(vcf)]
-        seconds, _ = _timed(lambda: subprocess.run(command, check=True, stdout=subprocess.DEVNULL))
-        rows.append(("bcftools query GT", seconds))
+        add("bcftools query GT", lambda: subprocess.run(command, check=True, stdout=subprocess.DEVNULL))
     else:
         print("bcftools not installed: skipped")
 
-    baseline = dict(rows).get("plink2 --make-pgen --threads 1")
-    print(f"\n{'tool':<42} {'seconds':>8} {'Mgeno/s':>8} {'vs plink2':>10}")
-    for name, seconds in rows:
-        rate = genotypes / seconds / 1e6
-        ratio = f"{baseline / seconds:.2f}x" if baseline else "n/a"
-        print(f"{name:<42} {seconds:8.2f} {rate:8.1f} {ratio:>10}")
+    baseline = {name: (wall, cpu) for name, wall, cpu in rows}.get(plink2)
+    print(f"\n{'tool':<42} {'wall s':>7} {'CPU s':>7} {'Mgeno/s':>8} {'wall vs plink2':>15} {'CPU vs plink2':>14}")
+    for name, wall, cpu in rows:
+        ratios = f"{baseline[0] / wall:14.2f}x {baseline[1] / cpu:13.2f}x" if baseline else f"{'n/a':>15} {'n/a':>14}"
+        print(f"{name:<42} {wall:7.2f} {cpu:7.2f} {genotypes / wall / 1e6:8.1f} {ratios}")
 
-    print("\npeak RSS of ingest (1 worker), fresh process each:")
-    small_vcf, small_fasta, small_records, _ = _cohort(workdir, args.samples, _shorter(args.region))
-    for label, path, ref, n in (("half region", small_vcf, small_fasta, small_records), ("full region", vcf, fasta, records)):
+    _, _, imported = _python(BASELINE_RSS_SCRIPT)
+    floor = imported["peak_rss_mb"]
+    print(f"\npeak RSS of ingest (1 worker, threads), fresh process each; an import-only process peaks at {floor:.1f} MB")
+    print("  B/cell: RSS above the import-only process per sample x variant of the largest chunk")
+    print("  CPU/geno vs plink2: plink2's CPU seconds per genotype (full file) over this run's")
+    print(f"  {'file':<9} {'records':>8} {'file MB':>8} {'int8 MB':>8} {'chunk':>6} {'largest':>8} {'peak MB':>8} {'B/cell':>7}"
+          f" {'wall s':>7} {'CPU s':>7} {'Mgeno/s':>8} {'CPU/geno vs plink2':>19}")
+    for label, path, ref, n in (("half", *half[:3]), ("full", vcf, fasta, records)):
         for chunk_size in (args.chunk_size, args.small_chunk_size):
-            out = workdir / f"rss-{label.replace(' ', '-')}"
+            out = workdir / f"rss-{label}"
             shutil.rmtree(out, ignore_errors=True)
-            result = subprocess.run(
-                [sys.executable, "-c", PEAK_RSS_SCRIPT, str(path), str(out), str(ref), chunk_size], check=True, capture_output=True, text=True
-            )
-            peak = json.loads(result.stdout.strip().splitlines()[-1])
-            size_mb = Path(path).stat().st_size / 1e6
-            print(f"  {label:<12} {n:>7} records, file {size_mb:6.1f} MB, chunk {chunk_size:>6}: peak RSS {peak['peak_rss_mb']:7.1f} MB")
+            wall, cpu, peak = _python(PEAK_RSS_SCRIPT, str(path), str(out), str(ref), chunk_size)
+            shutil.rmtree(out, ignore_errors=True)
+            largest = peak["largest_chunk"]
+            per_cell = (peak["peak_rss_mb"] - floor) * 2**20 / (samples * largest)
+            dense_mb = n * samples / 2**20  # the whole file's calls as int8
+            ratio = f"{baseline[1] / genotypes / (cpu / (n * samples)):18.2f}x" if baseline else f"{'n/a':>19}"
+            print(f"  {label:<9} {n:>8} {Path(path).stat().st_size / 1e6:8.1f} {dense_mb:8.0f} {chunk_size:>6} {largest:>8}"
+                  f" {peak['peak_rss_mb']:8.1f} {per_cell:7.1f} {wall:7.1f} {cpu:7.1f} {n * samples / wall / 1e6:8.1f} {ratio}")
     print(f"\nworkdir: {workdir}")
 
 
