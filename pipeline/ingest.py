@@ -91,12 +91,12 @@ from pipeline.ingest_inputs import (
     refuse_shared_contigs,
 )
 from pipeline.ingest_task import (
-    RECORDS_PER_BLOCK,
     ChunkTask,
     add_reader_counts,
     dense_block,
     empty_counts,
     ingest_region,
+    records_per_block,
     write_blocks,
 )
 from pipeline.io.fasta import open_reference
@@ -164,7 +164,7 @@ def _stream(vcf: str, out: Path, *, first_chunk: int, num_samples: int, chunk_si
 
     bar = progress_bar(progress, unit="records", desc="ingest")
     try:
-        for record_block in read_source_blocks(vcf, source, max_records=RECORDS_PER_BLOCK):
+        for record_block in read_source_blocks(vcf, source, max_records=records_per_block(num_samples)):
             batch: VariantBatch = harmonize(record_block)
             window = (batch.source_position - 1) // chunk_size
             for key in _ordered_unique(window.tolist()):

@@ -20,7 +20,8 @@ from pipeline.harmonize.chain import harmonizer
 from pipeline.io.fasta import open_reference
 from pipeline.io.vcf import RecordBlock, Region, read_blocks
 
-__all__ = ["COUNTERS", "DROP_REASONS", "RECORDS_PER_BLOCK", "ChunkTask", "add_reader_counts", "dense_block", "empty_counts", "ingest_region", "write_blocks"]
+__all__ = ["CALLS_PER_BLOCK", "COUNTERS", "DROP_REASONS", "RECORDS_PER_BLOCK", "ChunkTask", "add_reader_counts", "dense_block", "empty_counts",
+           "ingest_region", "records_per_block", "write_blocks"]
 
 DROP_REASONS = ("no_alt_allele", "symbolic_allele", "low_imputation_quality", "alt_equals_ref", "ref_mismatch", "position_outside_reference")
 COUNTERS = (
@@ -35,6 +36,15 @@ COUNTERS = (
     "strand_ambiguous",
 )
 RECORDS_PER_BLOCK = 2000
+CALLS_PER_BLOCK = 4_000_000
+"""Calls (records x samples) a reader block holds at most: the reader, the harmonization and
+the dense block each hold a few arrays of this many cells, so a worker's memory is bounded
+by it and the chunk, not by the sample count (2,000 records x 20,000 samples held 1.1 GB)."""
+
+
+def records_per_block(num_samples: int) -> int:
+    """Records per reader block: :data:`RECORDS_PER_BLOCK`, fewer for many samples (at least 16)."""
+    return max(16, min(RECORDS_PER_BLOCK, CALLS_PER_BLOCK // max(num_samples, 1)))
 
 
 @dataclass(frozen=True)
@@ -98,7 +108,7 @@ def ingest_region(task: ChunkTask) -> dict[str, Any]:
     counts: dict[str, Any] = empty_counts()
     blocks: list[Block] = []
     records_read = 0
-    for record_block in read_blocks(task.vcf, task.region, max_records=RECORDS_PER_BLOCK):
+    for record_block in read_blocks(task.vcf, task.region, max_records=records_per_block(task.num_samples)):
         records_read += record_block.num_records
         batch: VariantBatch = harmonize(record_block)
         counts = add_reader_counts(dict(add_counts(counts, batch.counts)), record_block)
