@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
+import pytest
 
 from pipeline import outputs
 from pipeline.analyses import Result
@@ -225,6 +226,16 @@ def plink2_glm(root: Path, phenotype: str, *, vcf_options: Sequence[str] = (), c
     header, *body = out.read_text().splitlines()
     names = header.lstrip("#").split("\t")
     return {row["ID"]: row for row in (dict(zip(names, line.split("\t"))) for line in body)}
+
+
+def assert_equals_pooled_ols(rows: list[dict], sites: dict[str, Site], phenotype: str = "quant_trait", *, rel: float = 1e-6) -> None:
+    """Each published row's n, beta and SE equal ordinary least squares on the pooled individuals."""
+    for row in rows:
+        x, y = pooled_design(sites, row["variant_id"], phenotype)
+        beta, se = pooled_ols(x, y)
+        assert row["n"] == len(y), row["variant_id"]
+        assert row["beta"] == pytest.approx(beta, rel=rel), row["variant_id"]
+        assert row["standard_error"] == pytest.approx(se, rel=rel), row["variant_id"]
 
 
 def pooled_ols(x: np.ndarray, y: np.ndarray) -> tuple[float, float]:

@@ -95,12 +95,7 @@ def test_linear__equals_pooled_ols(cohort, linear_runs, name):
     renamed = {site: dataclasses.replace(s, quant=extra[site][name]) for site, s in sites.items()}
     rows = linear_runs[0].result.tables[f"gwas.{name}"].to_pylist()
     assert len(rows) >= 10
-    for row in rows:
-        x, y = gs.pooled_design(renamed, row["variant_id"], "quant_trait")
-        beta, se = gs.pooled_ols(x, y)
-        assert row["n"] == len(y)
-        assert row["beta"] == pytest.approx(beta, rel=1e-6)
-        assert row["standard_error"] == pytest.approx(se, rel=1e-6)
+    gs.assert_equals_pooled_ols(rows, renamed)
 
 
 def test_logistic__each_binary_phenotype_equals_its_own_job(cohort):

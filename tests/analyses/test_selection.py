@@ -177,12 +177,7 @@ def test_selected_gwas__equals_pooled_lstsq_on_the_selected_individuals_and_vari
     rows = [row for row in run.result.tables["gwas"].to_pylist() if row["beta"] is not None]
     tested = {row["variant_id"] for row in rows}
     assert tested <= variants and len(tested) >= len(variants) - 2  # regions, then extract, minus exclude (less monomorphic)
-    for row in rows:
-        x, y = gs.pooled_design(pooled, row["variant_id"], "quant_trait")
-        beta, se = gs.pooled_ols(x, y)
-        assert row["n"] == len(y)
-        assert row["beta"] == pytest.approx(beta, rel=1e-6)
-        assert row["standard_error"] == pytest.approx(se, rel=1e-6)
+    gs.assert_equals_pooled_ols(rows, pooled)
     # the census phase counted the selected samples only: QC saw the selection too
     assert run.result.summary["phases"]["census"]["num_samples"] == sum(s.calls.shape[1] for s in pooled.values())
     # every selected variant some site holds polymorphic (the key round's rule) was counted; no other
