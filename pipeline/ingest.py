@@ -280,16 +280,16 @@ def _open_inputs(vcf: str | Path | Sequence[str | Path], min_info: float | None 
     return paths, sources
 
 
-def _plan_regions(paths: Sequence[str], sources: Sequence[VcfSource], chunk_size: int, contig_style: str) -> list[list[Region] | None]:
+def _plan_regions(paths: Sequence[str], sources: Sequence[Source], chunk_size: int, contig_style: str) -> list[list[Region] | None]:
     """Each indexed input's regions (None for an input to stream); a contig with regions in two inputs fails before any work."""
-    plans = [source.regions(chunk_size) if source.has_index else None for source in sources]
+    plans = [source.regions(chunk_size) if isinstance(source, VcfSource) and source.has_index else None for source in sources]
     refuse_shared_contigs([(path, [region.contig for region in regions]) for path, regions in zip(paths, plans) if regions is not None],
                           contig_style)
     return plans
 
 
 def _chunk_plan(
-    paths: Sequence[str], sources: Sequence[VcfSource], plans: Sequence[list[Region] | None], out: str, *, fasta: str | None,
+    paths: Sequence[str], sources: Sequence[Source], plans: Sequence[list[Region] | None], out: str, *, fasta: str | None,
     contig_style: str, stream: Callable[[str, int], list[dict[str, Any]]], min_info: float | None = None,
 ) -> tuple[list[ChunkTask], dict[str, list[dict[str, Any]]]]:
     """Numbers chunks over the inputs in order: an indexed input's regions become tasks, an unindexed input is streamed now.
@@ -556,7 +556,7 @@ def ingest(
             by_input[input_of[result["chunk_index"]]].append(result)
         results = sorted((r for rs in by_input.values() for r in rs), key=lambda r: r["chunk_index"])
         for path, source in zip(paths, sources):
-            if source.has_index:
+            if isinstance(source, VcfSource) and source.has_index:
                 _check_index_counts(source, by_input[path])
         entries = [r["entry"] for r in results if r["entry"] is not None]
         # duplicate variant keys (pipeline.harmonize.duplicates): refuse before the rename

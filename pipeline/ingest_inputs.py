@@ -19,7 +19,7 @@ from pathlib import Path
 
 from pipeline.errors import InputError
 from pipeline.harmonize.contigs import canonical_contig
-from pipeline.io.vcf import VcfSource
+from pipeline.io.sources import Source
 
 __all__ = [
     "CHROMS",
@@ -95,7 +95,7 @@ def describe_inputs(paths: Sequence[str]) -> str:
     return paths[0] if len(paths) == 1 else f"{paths[0]} and {len(paths) - 1} more input{'s' if len(paths) > 2 else ''}"
 
 
-def check_same_samples(paths: Sequence[str], sources: Sequence[VcfSource]) -> None:
+def check_same_samples(paths: Sequence[str], sources: Sequence[Source]) -> None:
     """Refuses inputs whose samples differ from the first input's, naming both files and the first differing position.
 
     Raises:

@@ -81,7 +81,7 @@ class VariantBatch:
             where += f" (line {int(self.line_number[i])})"
         return where
 
-    def counted(self, **increments: int) -> VariantBatch:
+    def counted(self, **increments: int | Mapping[str, int]) -> VariantBatch:
         """The same batch with its counters increased (zero increments still create the key)."""
         return dataclasses.replace(self, counts=add_counts(self.counts, increments))
 
@@ -107,7 +107,7 @@ class VariantBatch:
         )
 
 
-def add_counts(counts: Mapping[str, int], increments: Mapping[str, int]) -> Mapping[str, int]:
+def add_counts(counts: Mapping[str, int], increments: Mapping[str, int | Mapping[str, int]]) -> Mapping[str, int]:
     """Adds ``increments`` to ``counts`` (nested dicts, e.g. drop reasons, add per key)."""
     merged: dict[str, object] = dict(counts)
     for key, value in increments.items():

@@ -246,7 +246,9 @@ class Regressions(Analysis[Any]):
         else:
             for i, fit in enumerate(state.fits):
                 if not fit.done:
-                    fields += _prefixed(REGRESSION.layout(state.single(i), round_index), f"{i}.")
+                    layout = REGRESSION.layout(state.single(i), round_index)
+                    assert isinstance(layout, Layout)  # the logistic rounds are secure sums
+                    fields += _prefixed(layout, f"{i}.")
         return Layout(tuple(fields))
 
     def site_step(self, state: Any, round_index: int, dataset: Dataset, site: SiteContext) -> dict[str, np.ndarray]:
