@@ -15,6 +15,7 @@ import pytest
 
 from pipeline.analyses import SiteContext
 from pipeline.analyses.gwas import GWAS, linear
+from pipeline.errors import ProtocolError
 from pipeline.federation.in_memory import run_in_memory
 from pipeline.stats import glm
 from tests.analyses import gwas_support as gs
@@ -141,3 +142,20 @@ def test_state__the_masks_survive_the_json_round_trip(cohorts):
     again = GWAS.state_from_json(json.loads(json.dumps(state.to_json())))
     assert np.array_equal(again.inner.moments.short_form, state.inner.moments.short_form)
     assert np.array_equal(again.inner.census_complete, state.inner.census_complete)
+
+
+def test_attack__a_short_variants_n_that_disagrees_with_the_covariate_block_stops_the_fit(cohorts):
+    """A site that sums a short variant's genotype block over other samples than its covariate block (or a coordinator
+    that mixes sums) cannot make the fit use a covariate block of other samples: the assembly refuses."""
+    with pytest.MonkeyPatch.context() as patch:
+        run = _run(cohorts["no_missing"], {"phenotype": "quant_trait"}, patch, short=True)
+    state, layout = _statistics_round(run)
+    regression = state.inner
+    total = {field.name: np.zeros(field.shape, np.float64 if field.name.endswith(("xtx", "xty", "yty")) else np.int64)
+             for field in layout.fields}
+    total["covariate_n"] = np.array([100])
+    total["genotype_n"] = np.full(total["genotype_n"].shape, 100)
+    linear.assembled_statistics(regression, total)  # consistent: assembles
+    total["genotype_n"][0] = 99
+    with pytest.raises(ProtocolError, match="covariate block"):
+        linear.assembled_statistics(regression, total)
