@@ -46,17 +46,12 @@ from pipeline.errors import InputError, PolicyRefusal
 from pipeline.harmonize.contigs import canonical_contig
 from pipeline.parameters import Param, optional, parse_params
 
-__all__ = ["SELECTION_PARAMS", "Region", "SelectedDataset", "Selection", "normalize_contig", "read_sample_list",
+__all__ = ["SELECTION_PARAMS", "Region", "SelectedDataset", "Selection", "read_sample_list",
            "sample_mask", "selected_dataset", "variant_mask"]
 
 _LIST_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
 _REGION = re.compile(r"(?P<contig>[A-Za-z0-9_.]+)(?::(?P<start>[\d,]+)-(?P<end>[\d,]+))?")
 _VARIANT = re.compile(r"(?P<contig>[A-Za-z0-9_.]+):(?P<rest>[1-9]\d*:[^:\s]+:[^:\s]+)")
-
-
-def normalize_contig(name: str) -> str:
-    """A contig name without its ``chr`` prefix (``chr22`` and ``22`` alike; ``M`` is ``MT``)."""
-    return canonical_contig(name, "nochr")
 
 
 @dataclass(frozen=True)
@@ -72,7 +67,7 @@ class Region:
         match = _REGION.fullmatch(text) if isinstance(text, str) else None
         if match is None:
             raise ValueError("a list of regions, each CONTIG or CONTIG:START-END (e.g. \"chr22:16000000-17000000\")")
-        contig = normalize_contig(match["contig"])
+        contig = canonical_contig(match["contig"], "nochr")
         if match["start"] is None:
             return cls(contig)
         start, end = (int(match[key].replace(",", "")) for key in ("start", "end"))
@@ -108,7 +103,7 @@ def _variant_key(value: Any) -> str:
     match = _VARIANT.fullmatch(value) if isinstance(value, str) else None
     if match is None:
         raise ValueError(f"a list of variant IDs CONTIG:POS:REF:ALT (e.g. \"chr22:16050075:A:G\"); {value!r} is not one")
-    return f"{normalize_contig(match['contig'])}:{match['rest']}"
+    return f"{canonical_contig(match['contig'], 'nochr')}:{match['rest']}"
 
 
 def _variant_keys(value: Any) -> list[str]:
@@ -214,7 +209,9 @@ def variant_mask(selection: Selection, variants: pa.Table) -> np.ndarray:
     keep = np.ones(variants.num_rows, bool)
     if not selection.selects_variants or not variants.num_rows:
         return keep
-    contigs = np.asarray([normalize_contig(c) for c in variants.column("chromosome").to_pylist()], dtype=object)
+    # one name per chunk in practice: canonicalize each distinct contig once, not once per variant
+    names, codes = np.unique(np.asarray(variants.column("chromosome").to_pylist(), dtype=object), return_inverse=True)
+    contigs = np.asarray([canonical_contig(name, "nochr") for name in names], dtype=object)[codes]
     if selection.regions:
         positions = np.asarray(variants.column("base_pair_location").to_numpy(zero_copy_only=False), np.int64)
         inside = np.zeros(variants.num_rows, bool)
