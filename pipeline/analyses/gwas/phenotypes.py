@@ -159,6 +159,11 @@ def _prefixed(layout: Layout, prefix: str, names: Sequence[str] | None = None) -
     return tuple(dataclasses.replace(f, name=prefix + f.name) for f in layout.fields if names is None or f.name in names)
 
 
+def _phenotype_step(state: Any, i: int, round_index: int, dataset: Dataset, site: SiteContext) -> dict[str, np.ndarray]:
+    """Phenotype ``i``'s one-phenotype site step, its fields prefixed ``<i>.`` (the inverse of :func:`_part`)."""
+    return {f"{i}.{name}": value for name, value in REGRESSION.site_step(state.single(i), round_index, dataset, site).items()}
+
+
 def _part(total: Mapping[str, np.ndarray], prefix: str) -> dict[str, np.ndarray]:
     """The fields of ``total`` under ``prefix``, without it."""
     return {name[len(prefix):]: value for name, value in total.items() if name.startswith(prefix)}
@@ -268,7 +273,7 @@ class Regressions(Analysis[Any]):
         out: dict[str, np.ndarray] = {}
         if round_index == moments:
             for i in range(count):
-                out.update({f"{i}.{k}": v for k, v in REGRESSION.site_step(state.single(i), round_index, dataset, site).items()})
+                out.update(_phenotype_step(state, i, round_index, dataset, site))
             if p.model == "linear":
                 keeps = [site_data(state.single(i), dataset, site.cache, site=site.name).keep for i in range(count)]
                 out[SAME_SAMPLES] = np.array([int(np.array_equal(keeps[i], keeps[j])) for i, j in _pairs(count)], np.int64)
@@ -279,7 +284,7 @@ class Regressions(Analysis[Any]):
             return out
         for i, fit in enumerate(state.fits):
             if not fit.done:
-                out.update({f"{i}.{k}": v for k, v in REGRESSION.site_step(state.single(i), round_index, dataset, site).items()})
+                out.update(_phenotype_step(state, i, round_index, dataset, site))
         return out
 
     def coordinator_step(self, state: Any, round_index: int, total: Mapping[str, np.ndarray],
