@@ -20,7 +20,8 @@ if TYPE_CHECKING:  # numpy is not imported at run time: the CLI imports this mod
 
 from pipeline.errors import ConfigurationError, InputError
 
-__all__ = ["ASSEMBLIES", "PSEUDOAUTOSOMAL", "assembly_from_header", "check_assembly", "in_pseudoautosomal"]
+__all__ = ["ASSEMBLIES", "PSEUDOAUTOSOMAL", "X_CONTIGS", "assembly_from_header", "check_assembly", "in_pseudoautosomal",
+           "non_par_x"]
 
 ASSEMBLIES = ("GRCh37", "GRCh38")
 """The assemblies a dataset may record (GWAS-SSF metadata names them so)."""
@@ -69,6 +70,21 @@ def assembly_from_header(values: Iterable[str], *, source: str) -> str | None:
         raise InputError(f"{source}: the header names two genome assemblies: {shown}; fix the header, or give the "
                          "assembly the positions are on with --assembly")
     return next(iter(named), None)
+
+
+X_CONTIGS = ("chrX", "X")
+"""chrX's names in either contig style (a dataset stores one: ``genofed ingest --contig-style``)."""
+
+
+def non_par_x(contigs: np.ndarray, position: np.ndarray, assembly: str) -> np.ndarray:
+    """bool per variant: on chrX outside the pseudo-autosomal regions of ``assembly``, where males are haploid.
+
+    What plink2 calls chrX after ``--split-par``: the PARs count as autosomal (``PAR1``/``PAR2``).
+    """
+    import numpy as np
+
+    on_x = np.isin(np.asarray(contigs, dtype=object), X_CONTIGS)
+    return on_x & ~in_pseudoautosomal(np.asarray(position, np.int64), assembly)
 
 
 def in_pseudoautosomal(position: np.ndarray, assembly: str) -> np.ndarray:

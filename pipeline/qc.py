@@ -43,7 +43,7 @@ from tqdm import tqdm
 
 from pipeline import dataset as dataset_io
 from pipeline import outputs, schemas
-from pipeline.assembly import in_pseudoautosomal
+from pipeline.assembly import non_par_x
 from pipeline.errors import ConfigurationError, InputError
 from pipeline.stats.counts import SampleCounts, VariantCounts, count_block
 from pipeline.stats import sex_check
@@ -191,10 +191,8 @@ def _reported_sex(samples: pa.Table) -> np.ndarray:
 
 def _non_par_x(variants: pa.Table, assembly: str) -> np.ndarray:
     """bool per variant: on chrX outside the pseudo-autosomal regions of ``assembly``."""
-    chromosome = np.asarray(variants.column("chromosome").to_pylist(), dtype=object)
-    on_x = (chromosome == "chrX") | (chromosome == "X")
-    position = variants.column("base_pair_location").to_numpy()
-    return on_x & ~in_pseudoautosomal(position, assembly)
+    return non_par_x(np.asarray(variants.column("chromosome").to_pylist(), dtype=object),
+                     variants.column("base_pair_location").to_numpy(), assembly)
 
 
 def _sex_check_summary(table: pa.Table, x_variants: int, assembly: str, assumed: bool) -> dict[str, Any] | None:

@@ -1,4 +1,5 @@
-"""Categorical covariates and the site covariate: equal to pooled OLS with the same dummy coding and to plink2 --glm.
+"""Categorical covariates and the site covariate: equal to pooled OLS (linear) or IRLS (logistic) with the same dummy
+coding, and to plink2 --glm.
 
 The cohort carries ``centre`` (text: north everywhere and most common, east, south, west
 at some sites, and ``rare_x`` held by two of alpha's samples, below ``min_level_count``)
@@ -16,11 +17,13 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+import yaml
 
 from pipeline import outputs
 from pipeline.analyses import SiteContext
 from pipeline.analyses.gwas import GWAS, GwasParameters, RegressionState
 from pipeline.analyses.gwas.covariates import LEVEL_KEYS, natural_key
+from pipeline.analyses.gwas.outputs import DATA_FILE, metadata, write_outputs
 from pipeline.analyses.gwas.regression import LEVELS_ROUND, REGRESSION
 from pipeline.dataset import open_dataset
 from pipeline.errors import ConfigurationError, PolicyRefusal
@@ -31,6 +34,9 @@ from tests.federation import runtime_support as rs
 
 BASE = {"model": "linear", "phenotype": "quant_trait", "min_call_rate": 0.0, "hwe_p": 0.0, "min_allele_count": 1}
 CATEGORICAL = {**BASE, "covariates": ["age", "sex", "centre", "batch"], "categorical": ["centre", "batch"]}
+LOGISTIC = {**CATEGORICAL, "model": "logistic", "phenotype": "binary_trait", "reference": {"centre": "east"}, "firth": False}
+"""The logistic job names centre's reference (east), not plink2's default (the most common: north); without the Firth
+refit (tested in test_gwas), every estimate is the maximum-likelihood fit, as IRLS's, and the job is quicker."""
 CENTRES = {"alpha": ("north", "east", "south"), "beta": ("north", "south", "west"), "gamma": ("north", "east", "west")}
 
 
@@ -65,8 +71,12 @@ def _dummies(values: np.ndarray, levels: list[str]) -> np.ndarray:
     return np.column_stack([(values == level).astype(np.float64) for level in levels])
 
 
-def _pooled(cohort, variant_id: str, *, categorical: bool, site_dummies: tuple[str, ...] = ()):
-    """[1, age, sex, (centre and batch dummies), (site dummies), g] and y over the complete samples with a call."""
+def _pooled(cohort, variant_id: str, *, categorical: bool, site_dummies: tuple[str, ...] = (),
+            phenotype: str = "quant_trait", centre_columns: tuple[str, ...] = ("east", "south", "west")):
+    """[1, age, sex, (centre and batch dummies), (site dummies), g] and y over the complete samples with a call.
+
+    ``centre_columns``: centre's levels with a column (the reference, dropped, is the level not listed).
+    """
     sites, factors = cohort
     rows, ys = [], []
     for name, site in sites.items():
@@ -74,14 +84,15 @@ def _pooled(cohort, variant_id: str, *, categorical: bool, site_dummies: tuple[s
             continue
         centre, batch = factors[name]
         g = site.genotypes(variant_id)
-        keep = np.isfinite(site.quant) & np.isfinite(site.age) & np.isfinite(g)
+        y = site.quant if phenotype == "quant_trait" else site.binary
+        keep = np.isfinite(y) & np.isfinite(site.age) & np.isfinite(g)
         parts = [np.ones(len(g)), site.age, site.sex]
         if categorical:
             keep &= (centre != None) & (centre != "rare_x")
-            parts += [_dummies(centre.astype(str), ["east", "south", "west"]), _dummies(batch, [2.0, 10.0])]
+            parts += [_dummies(centre.astype(str), list(centre_columns)), _dummies(batch, [2.0, 10.0])]
         parts += [np.full(len(g), float(name == other)) for other in site_dummies]
         rows.append(np.column_stack([*parts, g])[keep])
-        ys.append(site.quant[keep])
+        ys.append(y[keep])
     return np.concatenate(rows), np.concatenate(ys)
 
 
@@ -89,6 +100,12 @@ def _pooled(cohort, variant_id: str, *, categorical: bool, site_dummies: tuple[s
 def categorical_run(cohort):
     sites, _ = cohort
     return run_in_memory(GWAS, CATEGORICAL, gs.dataset_paths(sites), secure=True, seed=1)
+
+
+@pytest.fixture(scope="module")
+def logistic_run(cohort):
+    sites, _ = cohort
+    return run_in_memory(GWAS, LOGISTIC, gs.dataset_paths(sites), secure=True, seed=3)
 
 
 def _rows(run):
@@ -122,6 +139,53 @@ def test_covariates__categorical_equals_pooled_ols_with_the_same_dummies(cohort,
         assert row["standard_error"] == pytest.approx(se, rel=1e-6)
         compared += 1
     assert compared >= 10
+
+
+def _spanning(x: np.ndarray) -> np.ndarray:
+    """``x`` without each covariate column the ones before it span, the genotype (last) kept: a variant that one site
+    holds lacks the levels that site has not (an empty column, or dummies summing to the intercept). The genotype's
+    coefficient and its standard error are those of ``x`` (the same column space)."""
+    kept: list[int] = []
+    for j in range(x.shape[1] - 1):
+        if np.linalg.matrix_rank(x[:, [*kept, j]]) == len(kept) + 1:
+            kept.append(j)
+    return x[:, [*kept, x.shape[1] - 1]]
+
+
+def test_covariates__categorical_logistic_equals_pooled_irls_with_the_same_dummies(cohort, logistic_run):
+    centre = ("north", "south", "west")  # the spec's reference, east, dropped
+    final = _regression_states(logistic_run)[-1]
+    assert [c for c in final.columns if c.startswith("centre=")] == [f"centre={level}" for level in centre]
+    assert len([c for c in final.columns if c.startswith("batch=")]) == 2
+    compared = aliased = 0
+    for row in _rows(logistic_run):
+        if row["beta"] is None:
+            continue
+        x, y = _pooled(cohort, row["variant_id"], categorical=True, phenotype="binary_trait", centre_columns=centre)
+        spanning = _spanning(x)
+        aliased += spanning.shape[1] < x.shape[1]
+        beta, se = gs.pooled_irls(spanning, y)
+        assert row["n"] == len(y), row["variant_id"]
+        assert row["beta"] == pytest.approx(beta, rel=1e-5), row["variant_id"]
+        assert row["standard_error"] == pytest.approx(se, rel=1e-5), row["variant_id"]
+        compared += 1
+    assert compared - aliased >= 10
+
+
+def test_covariates__metadata_adjusted_covariates_are_the_fitted_columns(categorical_run, logistic_run, tmp_path):
+    """GWAS-SSF's adjusted_covariates: each categorical covariate's levels but the reference, as the fit's columns."""
+    linear = categorical_run.result.summary
+    assert linear["covariates"] == ["age", "sex", "centre", "batch"]  # the spec's, as before
+    assert linear["covariate_columns"] == list(_regression_states(categorical_run)[-1].columns)
+    assert metadata(linear, "")["adjusted_covariates"] == ["age", "sex", "centre=east", "centre=south", "centre=west",
+                                                           *[c for c in linear["covariate_columns"] if c.startswith("batch=")]]
+    write_outputs(logistic_run.result, tmp_path)
+    meta = yaml.safe_load((tmp_path / f"{DATA_FILE}-meta.yaml").read_text())
+    assert meta["adjusted_covariates"] == list(_regression_states(logistic_run)[-1].columns)
+    assert meta["adjusted_covariates"][:5] == ["age", "sex", "centre=north", "centre=south", "centre=west"]
+    assert len(meta["adjusted_covariates"]) == 7  # and batch's two levels but its reference
+    # A summary written before the fitted columns were recorded: the spec's covariates and PCs.
+    assert metadata({"covariates": ["age", "sex"], "pcs": 2}, "")["adjusted_covariates"] == ["age", "sex", "PC1", "PC2"]
 
 
 def test_covariates__categorical_agrees_with_plink2_glm(cohort, categorical_run, tmp_path):
@@ -169,6 +233,7 @@ def test_covariates__site_covariate_equals_pooled_ols_with_site_dummies(cohort):
     reference = max(sites, key=lambda name: int(np.sum(np.isfinite(sites[name].quant) & np.isfinite(sites[name].age))))
     others = tuple(name for name in sorted(sites) if name != reference)
     assert final.columns == ("age", "sex", *(f"site={name}" for name in others))
+    assert metadata(run.result.summary, "")["adjusted_covariates"] == ["age", "sex", *(f"site={name}" for name in others)]
     compared = 0
     for row in _rows(run):
         if not all(row["variant_id"] in site.ids for site in sites.values()):

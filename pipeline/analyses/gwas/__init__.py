@@ -130,6 +130,7 @@ from typing import Any
 import numpy as np
 
 from pipeline.analyses.census import CENSUS, CensusState, control_sample_ids
+from pipeline.analyses.gwas.chrx import dataset_has_x, fits_x_apart, x_parameters
 from pipeline.analyses.gwas.covariates import check_site_policy
 from pipeline.analyses.gwas.outputs import gwas_table, regression_result, write_outputs
 from pipeline.analyses.gwas.phenotypes import REGRESSIONS, PhenotypesState, Regressions
@@ -241,7 +242,10 @@ class Gwas(Phased):
            phenotypes and the covariates (:func:`~.site_data.complete_cases`, the selection
            its site step fits on), over ``sorted((phenotype, *covariates, genotypes))``: one
            release per phenotype (:mod:`.phenotypes`), so two phenotypes whose sets differ by
-           a few samples are refused as two jobs would be.
+           a few samples are refused as two jobs would be. Where the site holds chrX variants
+           outside the PARs and the job fits them with the sex covariate (:mod:`.chrx`), each
+           phenotype's chrX part is one more release: its complete cases of known sex, over the
+           phenotype, the covariates, ``sex`` and the genotypes.
         2. The census phase counts every sample's genotypes (its summary, and which
            variants pass QC and are tested, are released), and so does the PCA phase
            with ``pcs > 0`` (its loadings and eigenvalues are in the result): every
@@ -266,10 +270,13 @@ class Gwas(Phased):
         check_site_policy(parameters, site)
         samples = dataset.samples()
         ids = np.asarray([str(s) for s in samples.column("sample_id").to_pylist()], dtype=object)
+        fitted = [parameters.single(name) for name in parameters.all_phenotypes]
+        if fits_x_apart(parameters) and dataset_has_x(dataset, parameters.assembly):
+            fitted += [x_parameters(single) for single in fitted]
         regressions = tuple(
-            Contribution(frozenset(ids[complete_cases(parameters.single(name), dataset, samples).keep].tolist()),
-                         tuple(sorted((name, *parameters.covariates, GENOTYPES))))
-            for name in parameters.all_phenotypes)
+            Contribution(frozenset(ids[complete_cases(single, dataset, samples).keep].tolist()),
+                         tuple(sorted((single.phenotype, *single.covariates, GENOTYPES))))
+            for single in fitted)
         every = Contribution(dataset_sample_ids(dataset), (GENOTYPES,))
         controls = None
         if parameters.hwe_samples == "controls":  # the HWE flags come from the controls

@@ -49,7 +49,11 @@ import numpy as np
 from scipy import stats as scipy_stats
 
 from pipeline.analyses.census import below_minimum
-from pipeline.analyses.gwas.outputs import regression_result
+from pipeline.analyses.gwas.outputs import (
+    VariantFits,
+    check_variant_sums,
+    regression_result,
+)
 from pipeline.analyses.gwas.privacy import add_noise, noise_sd, noisy_real
 from pipeline.analyses.gwas.site_data import SiteData, complete_calls
 from pipeline.analyses.gwas.spec import (
@@ -66,7 +70,7 @@ from pipeline.privacy import secret_generator
 from pipeline.stats import glm
 
 __all__ = ["NOISY_FIELDS", "PASS_FIELDS", "PHENOTYPE_FIELDS", "SHORT_FORM_FLAGS", "assembled_statistics",
-           "linear_layout", "linear_result", "linear_site_statistics", "noisy_linear_fit", "published_short_form",
+           "linear_fits", "linear_layout", "linear_result", "linear_site_statistics", "noisy_linear_fit", "published_short_form",
            "short_form_candidates", "short_form_declarations", "site_short_form_flags", "split_phenotypes"]
 
 NOISY_FIELDS = ("xtx", "xty", "yty")
@@ -89,11 +93,9 @@ def short_form_candidates(state: RegressionState) -> np.ndarray:
     """
     v = len(state.variant_ids)
     p = state.parameters
-    if not SHORT_FORM or p.model != "linear" or p.privacy is not None or state.census_complete is None:
+    mask = state.complete_mask
+    if not SHORT_FORM or p.model != "linear" or p.privacy is not None or mask is None:
         return np.zeros(v, bool)
-    mask = np.asarray(state.census_complete, bool)
-    if state.hwe is not None:
-        mask = np.delete(mask, state.hwe.positions)
     if mask.shape != (v,):
         raise ProtocolError(f"gwas: the census' short-form mask covers {mask.size} variants, the job tests {v}")
     return mask
@@ -321,17 +323,27 @@ def noisy_linear_fit(xtx: np.ndarray, xty: np.ndarray, yty: np.ndarray, noise_va
 
 def linear_result(state: RegressionState, total: Mapping[str, np.ndarray], num_sites: int) -> Result:
     """The pooled OLS of every variant from the round's sums, in the phenotype's units (noisy ones with privacy)."""
+    return regression_result(state, linear_fits(state, total, num_sites), num_sites, layout=linear_layout(state))
+
+
+def linear_fits(state: RegressionState, total: Mapping[str, np.ndarray], num_sites: int) -> VariantFits:
+    """Every variant's OLS fit from the round's sums (checked against what honest sites can send; noisy with privacy).
+
+    Raises:
+        ProtocolError: sums no honest sites can give (:func:`~.outputs.check_variant_sums`, exact sums only).
+    """
     noise = state.statistics_noise
     if noise is not None:
-        return _noisy_result(state, total, num_sites, noise_sd(noise, num_sites) ** 2)
+        return _noisy_fits(state, total, noise_sd(noise, num_sites) ** 2)
     total = assembled_statistics(state, total)
     n = total["n"]
     fit = glm.linear_fit(total["xtx"], total["xty"], total["yty"], n)
     scale = float(state.standardization.sd[-1])
     k = state.num_coefficients
     alt = total["xtx"][:, k * (k + 1) // 2]
-    return regression_result(state, fit.beta * scale, fit.standard_error * scale, fit.t_statistic, fit.p_value,
-                             fit.status, n, alt, total["below_min"], num_sites, layout=linear_layout(state))
+    check_variant_sums(state, n, alt, total["below_min"], num_sites)
+    return VariantFits(fit.beta * scale, fit.standard_error * scale, fit.t_statistic, fit.p_value, fit.status, n, alt,
+                       total["below_min"])
 
 
 def assembled_statistics(state: RegressionState, total: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -372,13 +384,13 @@ def assembled_statistics(state: RegressionState, total: Mapping[str, np.ndarray]
     return {"xtx": xtx, "xty": xty, "yty": yty, "n": n, "below_min": below_min}
 
 
-def _noisy_result(state: RegressionState, total: Mapping[str, np.ndarray], num_sites: int, noise_variance: float) -> Result:
-    """:func:`linear_result` from noisy sums: ``n`` and the ALT count read off ``xtx``, clipped to what they can be."""
+def _noisy_fits(state: RegressionState, total: Mapping[str, np.ndarray], noise_variance: float) -> VariantFits:
+    """:func:`linear_fits` from noisy sums: ``n`` and the ALT count read off ``xtx``, clipped to what they can be."""
     fit = noisy_linear_fit(total["xtx"], total["xty"], total["yty"], noise_variance)
     scale = float(state.standardization.sd[-1])
     k = state.num_coefficients
     xtx = np.asarray(total["xtx"], np.float64)
     n = np.rint(np.clip(xtx[:, 0], 0.0, None)).astype(np.int64)
     alt = np.clip(xtx[:, k * (k + 1) // 2], 0.0, 2.0 * n)
-    return regression_result(state, fit.beta * scale, fit.standard_error * scale, fit.t_statistic, fit.p_value,
-                             fit.status, n, alt, np.zeros(len(n), np.int64), num_sites, layout=linear_layout(state))
+    return VariantFits(fit.beta * scale, fit.standard_error * scale, fit.t_statistic, fit.p_value, fit.status, n, alt,
+                       np.zeros(len(n), np.int64))

@@ -29,7 +29,11 @@ from collections.abc import Mapping
 import numpy as np
 
 from pipeline.analyses.census import below_minimum
-from pipeline.analyses.gwas.outputs import regression_result
+from pipeline.analyses.gwas.outputs import (
+    VariantFits,
+    check_variant_sums,
+    regression_result,
+)
 from pipeline.analyses.gwas.site_data import SiteData, complete_calls
 from pipeline.analyses.gwas.spec import (
     MAX_SCALE_BITS,
@@ -50,7 +54,7 @@ from pipeline.dataset import Dataset
 from pipeline.encoding import Count, Declaration, Layout, Real
 from pipeline.stats import glm
 
-__all__ = ["MAX_COEFFICIENT", "firth_update", "logistic_layout", "logistic_site_statistics", "newton_update", "start_newton"]
+__all__ = ["MAX_COEFFICIENT", "firth_update", "logistic_fits", "logistic_layout", "logistic_result", "logistic_site_statistics", "newton_update", "start_newton"]
 
 MAX_COEFFICIENT = 30.0
 """A logistic coefficient beyond this (log-odds per unit) means the fit diverges: separation."""
@@ -253,6 +257,15 @@ def firth_update(state: RegressionState, total: Mapping[str, np.ndarray], num_si
 
 def logistic_result(state: RegressionState, num_sites: int) -> Result:
     """Wald tests of every variant at its final fit (Firth's where refitted)."""
+    return regression_result(state, logistic_fits(state, num_sites), num_sites, layout=logistic_layout(state))
+
+
+def logistic_fits(state: RegressionState, num_sites: int) -> VariantFits:
+    """Every variant's Wald test at its final fit (Firth's where refitted), its sums checked.
+
+    Raises:
+        ProtocolError: sums no honest sites can give (:func:`~.outputs.check_variant_sums`).
+    """
     newton = state.logistic_fit
     counts = newton.summed_counts
     theta, variance, status = newton.theta.copy(), newton.variance.copy(), newton.status.copy()
@@ -266,6 +279,6 @@ def logistic_result(state: RegressionState, num_sites: int) -> Result:
     beta = theta[:, -1]
     se, z, p_value = glm.wald_test(beta, variance)
     nan = np.where(status == 0, 1.0, np.nan)
-    return regression_result(state, beta * nan, se * nan, z * nan, p_value * nan, status, counts.n,
-                             counts.alt_count.astype(np.float64), counts.below_min, num_sites,
-                             layout=logistic_layout(state), firth=firth_used)
+    alt = counts.alt_count.astype(np.float64)
+    check_variant_sums(state, counts.n, alt, counts.below_min, num_sites)
+    return VariantFits(beta * nan, se * nan, z * nan, p_value * nan, status, counts.n, alt, counts.below_min, firth_used)

@@ -42,10 +42,12 @@ metadata YAML says the statistics are differentially private (``author_notes``, 
 
 from __future__ import annotations
 
+import dataclasses
 import datetime
 import hashlib
 import math
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -68,9 +70,9 @@ from pipeline.harmonize.variant_ids import parse_variant_ids
 from pipeline.outputs import atomic_file
 from pipeline.stats import glm
 
-__all__ = ["DATA_FILE", "DATA_FILES", "OUTPUT_FILES", "case_control_counts", "data_file_text", "gwas_status_table",
+__all__ = ["DATA_FILE", "DATA_FILES", "OUTPUT_FILES", "VariantFits", "case_control_counts", "check_variant_sums", "data_file_text", "gwas_status_table",
            "gwas_table", "metadata",
-           "names_rsids", "phenotype_file", "regression_result", "ssf_chromosome", "withheld_below_site_minimum", "write_outputs"]
+           "names_rsids", "phenotype_file", "regression_result", "ssf_chromosome", "stitch_fits", "withheld_below_site_minimum", "write_outputs"]
 
 DATA_FILE = "gwas.tsv.gz"
 """The GWAS-SSF data file (bgzipped, so tabix and the GWAS Catalog read it as it is)."""
@@ -227,32 +229,71 @@ def gwas_status_table(state: RegressionState, status: np.ndarray, statistic: np.
     return schemas.conform(table, "gwas_status", source="gwas result")
 
 
-def regression_result(state: RegressionState, beta: np.ndarray, se: np.ndarray, statistic: np.ndarray, p_value: np.ndarray,
-                      status: np.ndarray, n: np.ndarray, alt_count: np.ndarray, below_min: np.ndarray, num_sites: int,
-                      *, layout: Layout, firth: np.ndarray | None = None) -> Result:
-    """The job's result from every tested variant's fit.
+@dataclass(frozen=True, eq=False)
+class VariantFits:
+    """Every tested variant's fit, as the coordinator solved it (one entry per variant).
+
+    Attributes:
+        beta, se, statistic, p_value: the genotype's effect, its standard error, test
+            statistic and p-value (NaN where not estimated).
+        status: :data:`pipeline.stats.glm.STATUS` codes.
+        n: samples with a called genotype (or a dosage).
+        alt_count: ALT alleles among them, the sum of the values regressed on (dosages
+            where sites used them): the effect allele frequency is its mean / 2, as
+            plink2's A1_FREQ.
+        below_min: sites below their own minimum allele count, each left out of the
+            variant's sums (zeros with privacy terms: no site is left out).
+        firth: which estimates come from the Firth refit (logistic), else ``None``.
+    """
+
+    beta: np.ndarray
+    se: np.ndarray
+    statistic: np.ndarray
+    p_value: np.ndarray
+    status: np.ndarray
+    n: np.ndarray
+    alt_count: np.ndarray
+    below_min: np.ndarray
+    firth: np.ndarray | None = None
+
+
+def stitch_fits(parts: Sequence[tuple[np.ndarray, VariantFits]], count: int) -> VariantFits:
+    """One :class:`VariantFits` of ``count`` variants from parts fitted separately, each with its variants' positions.
+
+    The chrX variants outside the PARs are fitted with the sex covariate, the others without it
+    (:mod:`.chrx`); the job publishes them as one list, in the tested variants' order.
+    """
+    def gather(name: str) -> np.ndarray | None:
+        values = [getattr(fits, name) for _, fits in parts]
+        if all(v is None for v in values):
+            return None
+        filled = [np.zeros(len(positions), bool) if v is None else v for (positions, _), v in zip(parts, values)]
+        out = np.empty(count, np.result_type(*filled))
+        for (positions, _), v in zip(parts, filled):
+            out[positions] = v
+        return out
+
+    covered = np.zeros(count, np.int64)
+    for positions, _ in parts:
+        np.add.at(covered, positions, 1)
+    if not np.all(covered == 1):
+        raise ValueError(f"the parts cover {int(np.count_nonzero(covered))} of {count} variants, some more than once")
+    fields = [f.name for f in dataclasses.fields(VariantFits)]
+    return VariantFits(**{name: gather(name) for name in fields})
+
+
+def regression_result(state: RegressionState, fits: VariantFits, num_sites: int, *, layout: Layout) -> Result:
+    """The job's result from every tested variant's fit (already checked: :func:`check_variant_sums`).
 
     Args:
-        state: the regression's final state.
-        beta, se, statistic, p_value: (variants,) the genotype's effect, its standard
-            error, test statistic and p-value (NaN where not estimated).
-        status: (variants,) :data:`pipeline.stats.glm.STATUS` codes.
-        n: (variants,) samples with a called genotype (or a dosage).
-        alt_count: (variants,) ALT alleles among them, the sum of the values regressed on
-            (dosages where sites used them): the effect allele frequency is its mean / 2,
-            as plink2's A1_FREQ.
-        below_min: (variants,) sites below their own minimum allele count, each left out
-            of the variant's sums (zeros with privacy terms: no site is left out).
+        state: the regression's final state (its variants are the fits' variants).
+        fits: every tested variant's fit.
         num_sites: sites included in the sums.
         layout: the per-variant round's layout (its scale bits go into the summary).
-        firth: (variants,) which estimates come from the Firth refit (logistic).
-
-    Raises:
-        ProtocolError: sums no honest sites can give (:func:`check_variant_sums`; exact sums only).
     """
+    beta, se, statistic, p_value = fits.beta, fits.se, fits.statistic, fits.p_value
+    status, n, alt_count, below_min, firth = fits.status, fits.n, fits.alt_count, fits.below_min, fits.firth
     p = state.parameters
-    if p.privacy is None:
-        check_variant_sums(state, n, alt_count, below_min, num_sites)
     ids = np.asarray(state.variant_ids, dtype=object)
     status = np.asarray(status, np.int8).copy()
     left_out = np.asarray(below_min, np.int64)
@@ -280,6 +321,7 @@ def regression_result(state: RegressionState, beta: np.ndarray, se: np.ndarray, 
         "phenotype": p.phenotype,
         "covariates": list(p.covariates),
         "pcs": p.pcs,
+        "covariate_columns": list(state.columns),
         "num_sites": int(num_sites),
         "num_samples": state.standardization.n,
         "variants": {"tested": len(ids), "published": int(publishable.sum()), "ok": int(ok_mask.sum()),
@@ -406,11 +448,18 @@ def metadata(summary: Mapping[str, Any], md5sum: str, data_file: str = DATA_FILE
 
     ``genome_assembly`` is the one every summed site's dataset records (the coordinator
     learns it at the pre-flight), else ``NR``; a logistic job's sample carries its pooled
-    case and control counts.
+    case and control counts. ``adjusted_covariates`` are the fit's covariate columns (the
+    summary's ``covariate_columns``): a categorical covariate's non-reference levels as
+    ``<column>=<level>``, the site covariate's as ``site=<name>``, principal components last
+    (``PC1``..); a summary without them (written before they were recorded) gives the spec's
+    covariates and PCs.
     """
     sample: dict[str, Any] = {"sample_size": int(summary.get("num_samples", 0)), "sample_ancestry": ["NR"]}
     if summary.get("model") == "logistic":
         sample.update(case_control_study=True, case_count=int(summary["num_cases"]), control_count=int(summary["num_controls"]))
+    columns = summary.get("covariate_columns")
+    adjusted = ([str(c) for c in columns] if columns is not None else
+                list(summary.get("covariates", [])) + [f"PC{i + 1}" for i in range(int(summary.get("pcs", 0)))])
     return {
         "date_metadata_last_modified": datetime.date.today(),
         "trait_description": [str(summary.get("phenotype"))],
@@ -421,7 +470,7 @@ def metadata(summary: Mapping[str, Any], md5sum: str, data_file: str = DATA_FILE
         "file_type": "GWAS-SSF v1.1",
         "data_file_md5sum": md5sum,
         "analysis_software": "genofed (federated, exact pooled fit over secure aggregation)",
-        "adjusted_covariates": list(summary.get("covariates", [])) + [f"PC{i + 1}" for i in range(int(summary.get("pcs", 0)))],
+        "adjusted_covariates": adjusted,
         "is_harmonised": False,
         "is_sorted": True,
         "test_statistic": summary.get("test"),

@@ -35,6 +35,14 @@ the phenotype, the covariates and the genotypes: :meth:`pipeline.analyses.gwas.G
 so two phenotypes whose sets differ by fewer than ``min_set_difference`` samples are
 refused as two jobs would be.
 
+chrX: a job whose tested variants include chrX variants outside the PARs fits each
+phenotype in two *parts* (:mod:`.chrx`), the chrX one with ``sex`` as a covariate over the
+samples of known sex: a slot per phenotype and part, run side by side exactly as
+phenotypes are (slots of different parts never share a pass: they fit different
+variants), and each phenotype's parts are published as one result
+(:func:`stitched_result`). A one-phenotype job with chrX holds a :class:`PhenotypesState`
+too, and its result is the one-phenotype result.
+
 Results: one-phenotype jobs keep the ``gwas`` and ``gwas_status`` tables and
 ``gwas.tsv.gz``...; with several, the tables are ``gwas.<phenotype>`` and
 ``gwas_status.<phenotype>`` (the same schemas) and every file carries the phenotype
@@ -53,15 +61,30 @@ from typing import Any
 
 import numpy as np
 
+from pipeline.analyses.gwas.chrx import (
+    ALL,
+    CHRX,
+    PARTS,
+    check_site_assembly,
+    part_mask,
+    part_state,
+    parts,
+    x_summary,
+)
 from pipeline.analyses.gwas.linear import (
     PASS_FIELDS,
     PHENOTYPE_FIELDS,
+    linear_fits,
     linear_layout,
-    linear_result,
     linear_site_statistics,
 )
-from pipeline.analyses.gwas.logistic import logistic_result
-from pipeline.analyses.gwas.outputs import write_outputs
+from pipeline.analyses.gwas.logistic import logistic_fits, logistic_layout
+from pipeline.analyses.gwas.outputs import (
+    VariantFits,
+    regression_result,
+    stitch_fits,
+    write_outputs,
+)
 from pipeline.analyses.gwas.regression import (
     REGRESSION,
     moments_layout,
@@ -89,7 +112,8 @@ from pipeline.encoding import Count, Layout
 from pipeline.errors import ProtocolError
 from pipeline.privacy import Spend
 
-__all__ = ["REGRESSIONS", "SAME_SAMPLES", "PhenotypeFit", "PhenotypesState", "Regressions", "multi_result", "shared_passes"]
+__all__ = ["REGRESSIONS", "SAME_SAMPLES", "PhenotypeFit", "PhenotypesState", "Regressions", "job_result", "multi_result",
+           "shared_passes", "stitched_result"]
 
 SAME_SAMPLES = "same_samples"
 """The moments round's field of 0/1 flags per pair of phenotypes (linear): the site's complete-case sets coincide."""
@@ -122,36 +146,54 @@ class PhenotypeFit(JsonState):
 
 @dataclass(frozen=True, eq=False)
 class PhenotypesState(JsonState):
-    """The regression phase of a job with several phenotypes (see the module docstring).
+    """The regression phase of a job with several phenotypes, or parts (see the module docstring).
+
+    A *slot* is one phenotype fitted over one part of the variants (:mod:`.chrx`): slot
+    ``i`` is phenotype ``i // len(parts)`` over part ``parts[i % len(parts)]``.
 
     Attributes:
-        base: what the phenotypes share (parameters with every phenotype, variants, rs IDs, HWE screen, PCA).
-        fits: one per phenotype, in the spec's order.
-        passes: (linear, from the moments round on) the phenotypes' positions, grouped by shared pass.
+        base: what the slots share (parameters with every phenotype, variants, rs IDs, HWE screen, PCA).
+        fits: one per slot.
+        passes: (linear, from the moments round on) the slots, grouped by shared pass.
+        parts: the parts every phenotype is fitted in (:data:`.chrx.PARTS`): ``(all,)``, or the autosomal and chrX ones.
     """
 
     base: RegressionState
     fits: tuple[PhenotypeFit, ...]
     passes: tuple[tuple[int, ...], ...] = ()
+    parts: tuple[str, ...] = (ALL,)
 
     @property
     def phenotypes(self) -> tuple[str, ...]:
-        return self.base.parameters.phenotypes
+        return self.base.parameters.all_phenotypes
+
+    def part(self, index: int) -> str:
+        """Slot ``index``'s part."""
+        return self.parts[index % len(self.parts)]
+
+    def slot_name(self, index: int) -> str:
+        """Slot ``index`` as the summary names it: its phenotype, with its part where the job has several."""
+        name = self.phenotypes[index // len(self.parts)]
+        return name if len(self.parts) == 1 else f"{name} ({self.part(index)})"
 
     def single(self, index: int) -> RegressionState:
-        """The one-phenotype job's state of phenotype ``index``."""
+        """The one-phenotype, one-part job's state of slot ``index``."""
         fit = self.fits[index]
-        return dataclasses.replace(self.base, parameters=self.base.parameters.single(self.phenotypes[index]),
-                                   moments=fit.moments, newton=fit.newton, firth=fit.firth)
+        base = dataclasses.replace(self.base, parameters=self.base.parameters.single(self.phenotypes[index // len(self.parts)]))
+        return dataclasses.replace(part_state(base, self.part(index)), moments=fit.moments, newton=fit.newton, firth=fit.firth)
 
     def to_json(self) -> dict[str, Any]:
-        return {"base": self.base.to_json(), "fits": [fit.to_json() for fit in self.fits],
+        data = {"base": self.base.to_json(), "fits": [fit.to_json() for fit in self.fits],
                 "passes": [list(group) for group in self.passes]}
+        return data if self.parts == (ALL,) else {**data, "parts": list(self.parts)}
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> PhenotypesState:
+        parts = tuple(str(part) for part in data.get("parts", [ALL]))
+        if not parts or any(part not in PARTS for part in parts):
+            raise ProtocolError(f"gwas: a stored state names regression parts {list(parts)}; expected some of {list(PARTS)}")
         return cls(RegressionState.from_json(data["base"]), tuple(PhenotypeFit.from_json(f) for f in data["fits"]),
-                   tuple(tuple(int(i) for i in group) for group in data["passes"]))
+                   tuple(tuple(int(i) for i in group) for group in data["passes"]), parts)
 
 
 def _prefixed(layout: Layout, prefix: str, names: Sequence[str] | None = None) -> tuple[Any, ...]:
@@ -193,6 +235,33 @@ def shared_passes(same: np.ndarray, num_sites: int, count: int) -> tuple[tuple[i
     return tuple(passes)
 
 
+def stitched_result(state: PhenotypesState, phenotype: int, fits: Sequence[VariantFits], num_sites: int) -> Result:
+    """One phenotype's one-phenotype result over every tested variant, from its parts' fits (in ``state.parts`` order).
+
+    The summary is the first part's (the autosomal one where the job has one: its covariates and complete samples),
+    with the chrX part's under ``chrx`` (:func:`.chrx.x_summary`).
+    """
+    slots = [phenotype * len(state.parts) + j for j in range(len(state.parts))]
+    first = state.single(slots[0])
+    ids = state.base.variant_ids
+    positions = [np.flatnonzero(part_mask(ids, part, state.base.parameters.assembly)) for part in state.parts]
+    whole = dataclasses.replace(first, variant_ids=ids, rsids=state.base.rsids, hwe=state.base.hwe,
+                                census_complete=state.base.census_complete)
+    layout = linear_layout(first) if first.parameters.model == "linear" else logistic_layout(first)
+    result = regression_result(whole, stitch_fits(list(zip(positions, fits)), len(ids)), num_sites, layout=layout)
+    if CHRX in state.parts:
+        j = state.parts.index(CHRX)
+        result.summary["chrx"] = x_summary(state.single(slots[j]), len(positions[j]))
+    return result
+
+
+def job_result(state: PhenotypesState, fits: Sequence[VariantFits], num_sites: int) -> Result:
+    """The job's result from every slot's fits: one phenotype's result, or each one's under :func:`multi_result`."""
+    size = len(state.parts)
+    results = [stitched_result(state, j, fits[j * size:(j + 1) * size], num_sites) for j in range(len(state.phenotypes))]
+    return results[0] if not state.base.parameters.phenotypes else multi_result(state, results)
+
+
 def multi_result(state: PhenotypesState, results: Sequence[Result]) -> Result:
     """The job's result: each phenotype's tables under ``<table>.<phenotype>``, its summary under ``by_phenotype``."""
     first = results[0].summary
@@ -201,7 +270,7 @@ def multi_result(state: PhenotypesState, results: Sequence[Result]) -> Result:
     summary.update(
         phenotypes=list(names),
         parameters={key: value for key, value in state.base.parameters.to_json().items() if key != "pca"},
-        regression_passes=[[names[i] for i in group] for group in state.passes],
+        regression_passes=[[state.slot_name(i) for i in group] for group in state.passes],
         by_phenotype={name: dict(result.summary) for name, result in zip(names, results)},
         disclosure=first["disclosure"] + (
             "; with several phenotypes each is fitted as its own job would be, and a linear job's moments round also "
@@ -220,9 +289,17 @@ class Regressions(Analysis[Any]):
     name = "gwas_regression"
 
     def init(self, spec: Mapping[str, Any], participants: tuple[str, ...]) -> Any:
+        """A one-phenotype, one-part job's state, else the slots' (see :class:`PhenotypesState`).
+
+        Raises:
+            ConfigurationError: chrX variants in a differentially private job (:func:`.chrx.parts`).
+        """
         state = REGRESSION.init(spec, participants)
-        count = len(state.parameters.phenotypes)
-        return state if not count else PhenotypesState(state, (PhenotypeFit(),) * count)
+        p = state.parameters
+        fitted = parts(p, state.variant_ids)
+        if not p.phenotypes and fitted == (ALL,):
+            return state
+        return PhenotypesState(state, (PhenotypeFit(),) * (len(p.all_phenotypes) * len(fitted)), parts=fitted)
 
     def state_from_json(self, data: Mapping[str, Any]) -> Any:
         return PhenotypesState.from_json(data) if "fits" in data else REGRESSION.state_from_json(data)
@@ -272,11 +349,14 @@ class Regressions(Analysis[Any]):
         count = len(state.fits)
         out: dict[str, np.ndarray] = {}
         if round_index == moments:
+            if state.parts != (ALL,):
+                check_site_assembly(p, dataset)
             for i in range(count):
                 out.update(_phenotype_step(state, i, round_index, dataset, site))
             if p.model == "linear":
                 keeps = [site_data(state.single(i), dataset, site.cache, site=site.name).keep for i in range(count)]
-                out[SAME_SAMPLES] = np.array([int(np.array_equal(keeps[i], keeps[j])) for i, j in _pairs(count)], np.int64)
+                out[SAME_SAMPLES] = np.array([int(state.part(i) == state.part(j) and np.array_equal(keeps[i], keeps[j]))
+                                              for i, j in _pairs(count)], np.int64)
             return out
         if p.model == "linear":
             for group in state.passes:
@@ -307,21 +387,21 @@ class Regressions(Analysis[Any]):
                       else tuple((i,) for i in range(count)))
             return dataclasses.replace(state, fits=tuple(fits), passes=passes), False, None
         if p.model == "linear":
-            results: list[Result | None] = [None] * count
+            fits: list[VariantFits | None] = [None] * count
             for group in state.passes:
                 shared = {name: total[f"{group[0]}.{name}"] for name in SHARED_FIELDS if f"{group[0]}.{name}" in total}
                 for i in group:
-                    results[i] = linear_result(state.single(i), {**shared, **_part(total, f"{i}.")}, num_sites)
-            return state, True, multi_result(state, [r for r in results if r is not None])
-        fits = list(state.fits)
+                    fits[i] = linear_fits(state.single(i), {**shared, **_part(total, f"{i}.")}, num_sites)
+            return state, True, job_result(state, [f for f in fits if f is not None], num_sites)
+        slots = list(state.fits)
         for i, fit in enumerate(state.fits):
             if not fit.done:
                 single, done, _ = REGRESSION.coordinator_step(state.single(i), round_index, _part(total, f"{i}."), num_sites)
-                fits[i] = dataclasses.replace(fit, newton=single.newton, firth=single.firth, done=done)
-        state = dataclasses.replace(state, fits=tuple(fits))
-        if not all(fit.done for fit in fits):
+                slots[i] = dataclasses.replace(fit, newton=single.newton, firth=single.firth, done=done)
+        state = dataclasses.replace(state, fits=tuple(slots))
+        if not all(fit.done for fit in slots):
             return state, False, None
-        return state, True, multi_result(state, [logistic_result(state.single(i), num_sites) for i in range(count)])
+        return state, True, job_result(state, [logistic_fits(state.single(i), num_sites) for i in range(count)], num_sites)
 
     def privacy_spend(self, state: Any, round_index: int) -> Spend | None:
         """A one-phenotype job's noise (a job with several phenotypes has no privacy block)."""
@@ -349,8 +429,11 @@ def _pass_statistics(state: PhenotypesState, group: Sequence[int], dataset: Data
     """One linear pass: its phenotypes' statistics from one product with the genotype rows, prefixed as the layout."""
     singles = [state.single(i) for i in group]
     data = [site_data(single, dataset, site.cache, site=site.name) for single in singles]
+    if any(state.part(i) != state.part(group[0]) for i in group):
+        raise ProtocolError(f"gwas: the coordinator put {[state.slot_name(i) for i in group]} in one pass, but they fit "
+                            "different variants")
     if any(not np.array_equal(d.keep, data[0].keep) for d in data[1:]):
-        raise ProtocolError(f"gwas: the coordinator put phenotypes {[state.phenotypes[i] for i in group]} in one pass, but "
+        raise ProtocolError(f"gwas: the coordinator put phenotypes {[state.slot_name(i) for i in group]} in one pass, but "
                             "their complete samples differ at this site")
     covariates, first = design(data[0], singles[0])
     if len(group) == 1:

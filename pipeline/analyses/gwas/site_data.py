@@ -39,6 +39,7 @@ import numpy as np
 import pyarrow as pa
 
 from pipeline.analyses.bounds import clip_columns
+from pipeline.analyses.gwas.chrx import SEX
 from pipeline.analyses.gwas.covariates import (
     categorical_values,
     check_covariate_types,
@@ -113,7 +114,8 @@ class CompleteCases(NamedTuple):
         phenotype: (dataset samples,) float64, NaN where missing.
         covariates: (dataset samples, numeric covariates) the spec's covariates not declared categorical (no PCs), unclipped.
         keep: (dataset samples,) bool: phenotype and every covariate present (and
-            ``has_phenotypes`` where the table has it), no categorical level rarer than ``min_level_count``.
+            ``has_phenotypes`` where the table has it), no categorical level rarer than ``min_level_count``,
+            and for a job's chrX part (``sex_required``) sex 1 or 2.
         categories: (dataset samples, categorical covariates) their levels, text (``None`` where missing).
     """
 
@@ -149,6 +151,8 @@ def complete_cases(parameters: GwasParameters, dataset: Dataset, samples: pa.Tab
     keep = np.isfinite(phenotype) & np.all(np.isfinite(covariates), axis=1) & np.all(categories != None, axis=1)
     if "has_phenotypes" in samples.column_names:
         keep &= np.asarray(samples.column("has_phenotypes").to_numpy(zero_copy_only=False), bool)
+    if parameters.sex_required:  # the chrX part (:mod:`.chrx`): plink2 leaves samples of unknown sex out
+        keep &= np.isin(covariates[:, numeric.index(SEX)], (1.0, 2.0))
     if levels:
         keep = drop_rare_levels(keep, categories, parameters.min_level_count)
     if parameters.model == "logistic":

@@ -22,6 +22,7 @@ from typing import Any
 from pipeline.analyses.census import PARAMS as CENSUS_PARAMS
 from pipeline.analyses.gwas.privacy import census_terms
 from pipeline.analyses.selection import SELECTION_PARAMS
+from pipeline.assembly import ASSEMBLIES
 from pipeline.encoding import Declaration, Layout, Ring, plan_layout
 from pipeline.errors import ConfigurationError
 from pipeline.parameters import (
@@ -140,6 +141,8 @@ PARAMS = {
     "tolerance": Param(1e-8, number(1e-14, 1e-2)),
     "firth": Param(True, boolean),
     "dosages": Param("auto", choice("auto", "hard_calls")),
+    "x_sex": Param(True, boolean),
+    "assembly": Param("GRCh38", choice(*ASSEMBLIES)),
     "phenotype": Param(None, optional(_column_name)),
     "phenotypes": Param(None, optional(_phenotype_names)),
     "privacy": Param(None, CENSUS_PARAMS["privacy"].check),
@@ -183,6 +186,12 @@ class GwasParameters:
     """Fewest complete samples a site keeps with one level of a categorical covariate."""
     site_covariate: bool = False
     """Whether one indicator column per site (bar the reference) adjusts for the site."""
+    x_sex: bool = True
+    """plink2's default: chrX variants outside the PARs get sex as a covariate (``false``: its ``no-x-sex``)."""
+    assembly: str = "GRCh38"
+    """Whose chrX pseudo-autosomal regions are autosomal (plink2 ``--split-par b37``/``b38``)."""
+    sex_required: bool = False
+    """Set by the regression for its chrX part (:mod:`.chrx`), never by a spec: samples of unknown sex are not complete."""
 
     @classmethod
     def parse(cls, spec: Mapping[str, Any], *, ignore: Iterable[str] = ()) -> GwasParameters:
@@ -238,7 +247,7 @@ class GwasParameters:
                 "privacy": None if self.privacy is None else self.privacy.to_json(), "phenotypes": list(self.phenotypes)}
         data["categorical"] = list(self.categorical)
         for key, default in (("phenotypes", []), ("categorical", []), ("reference", {}), ("site_covariate", False),
-                             ("min_level_count", 5)):
+                             ("min_level_count", 5), ("x_sex", True), ("assembly", "GRCh38"), ("sex_required", False)):
             if data[key] == default and (key != "min_level_count" or not self.categorical):
                 del data[key]  # a job without them keeps its state and summary as they were
         return data

@@ -419,6 +419,14 @@ class RegressionState(JsonState):
             raise InputError("gwas: no logistic fit in progress (a linear model, or before the moments round ends)")
         return self.newton
 
+    @property
+    def complete_mask(self) -> np.ndarray | None:
+        """(variants,) bool: the census' ``census_complete`` of the tested variants (the HWE round's withheld dropped)."""
+        if self.census_complete is None:
+            return None
+        mask = np.asarray(self.census_complete, bool)
+        return mask if self.hwe is None else np.delete(mask, self.hwe.positions)
+
     @cached_property
     def variant_order(self) -> np.ndarray:
         """Indices that sort :attr:`variant_ids` (code point order, stable)."""

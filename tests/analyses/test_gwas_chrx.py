@@ -1,0 +1,260 @@
+"""chrX in the federated GWAS, as plink2 --glm fits it: sex a covariate of chrX variants outside the PARs only,
+males coded 0/2 there, samples of unknown sex left out of them, PAR variants autosomal.
+
+References: OLS and IRLS on the pooled individuals, computed directly with the chrX rule written out here, and
+``plink2 --glm`` (``--split-par b38``, sex from a .psam) on the pooled VCF with haploid male calls.
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from pipeline.analyses.gwas import GWAS, PhenotypesState
+from pipeline.dataset import open_dataset
+from pipeline.errors import ConfigurationError, PolicyRefusal
+from pipeline.federation.in_memory import default_context, run_in_memory
+from pipeline.federation.ledger import ReleaseLedger
+from tests.analyses import gwas_support as gs
+from tests.federation import runtime_support as rs
+
+SITES = ("alpha", "beta", "gamma")
+BASE = {"covariates": ["age"], "min_call_rate": 0.0, "hwe_p": 0.0, "min_allele_count": 1}
+LINEAR = {**BASE, "model": "linear", "phenotype": "quant_trait"}
+LOGISTIC = {**BASE, "model": "logistic", "phenotype": "binary_trait"}
+AUTOSOMAL = [f"chr22:{p}:A:G" for p in range(1000, 1006)]
+PAR = [f"chrX:{p}:A:G" for p in (1_000_000, 1_500_000, 2_700_000)]  # PAR1 of GRCh38 ends at 2,781,479
+NON_PAR = [f"chrX:{p}:A:G" for p in range(5_000_000, 5_000_008)]
+UNKNOWN_SEX = 6
+"""Samples of unknown sex per site: complete on the autosomes, left out on chrX (enough apart for the ledger)."""
+
+
+def _make_site(root: Path, name: str, index: int, n: int) -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(40 + index)
+    sex = rng.integers(1, 3, n).astype(np.float64)
+    sex[rng.choice(n, UNKNOWN_SEX, replace=False)] = np.nan
+    male = sex == 1
+    ids = AUTOSOMAL + PAR + NON_PAR
+    calls = np.empty((len(ids), n), np.int8)
+    for j, variant in enumerate(ids):
+        f = rng.uniform(0.08, 0.5)
+        diploid = rng.binomial(2, f, n)
+        calls[j] = np.where(male, 2 * rng.binomial(1, f, n), diploid) if variant in NON_PAR else diploid
+    calls[rng.random(calls.shape) < 0.03] = -1
+    age = rng.normal(50 + 2 * index, 10, n).round()
+    g = np.where(calls >= 0, calls, 0).astype(np.float64)
+    signal = 0.3 * g[len(AUTOSOMAL) + len(PAR)] + 0.2 * g[1]
+    quant = 0.02 * age + 0.5 * male + signal + 0.3 * index + rng.normal(0, 1, n)
+    liability = -1.0 + 0.02 * (age - 50) + 0.6 * male + signal + rng.normal(0, 1, n)
+    binary = (liability > np.median(liability)).astype(np.float64)
+    quant[rng.choice(np.flatnonzero(np.isfinite(sex)), 6, replace=False)] = np.nan  # a set 6 apart from every sample
+    path = rs.write_dataset(root / name, ids, calls, sample_prefix=name)
+    gs.write_phenotypes(path, {"age": age, "sex": sex, "quant_trait": quant, "binary_trait": binary})
+    return {"ids": ids, "calls": calls, "age": age, "sex": sex, "quant_trait": quant, "binary_trait": binary, "path": path}
+
+
+@pytest.fixture(scope="module")
+def cohort(tmp_path_factory):
+    root = tmp_path_factory.mktemp("chrx")
+    return {name: _make_site(root, name, i, n) for i, (name, n) in enumerate(zip(SITES, (140, 110, 90)))}
+
+
+def _paths(cohort) -> dict[str, Path]:
+    return {name: site["path"] for name, site in cohort.items()}
+
+
+@pytest.fixture(scope="module")
+def linear_run(cohort):
+    return run_in_memory(GWAS, LINEAR, _paths(cohort), secure=True, seed=1)
+
+
+@pytest.fixture(scope="module")
+def logistic_run(cohort):
+    return run_in_memory(GWAS, LOGISTIC, _paths(cohort), secure=True, seed=2)
+
+
+def pooled_chrx_design(cohort, variant_id: str, phenotype: str, *, x_sex: bool = True) -> tuple[np.ndarray, np.ndarray]:
+    """[1, age, (sex,) g] and y over the pooled samples plink2 fits: sex only for chrX outside the PARs, and there
+    only samples of known sex."""
+    on_x = variant_id in NON_PAR and x_sex
+    rows, ys = [], []
+    for site in cohort.values():
+        g = site["calls"][site["ids"].index(variant_id)].astype(np.float64)
+        g[g < 0] = np.nan
+        y = site[phenotype]
+        ok = np.isfinite(y) & np.isfinite(site["age"]) & np.isfinite(g)
+        if on_x:
+            ok &= np.isin(site["sex"], (1.0, 2.0))
+        columns = [np.ones(ok.sum()), site["age"][ok], *([site["sex"][ok]] if on_x else []), g[ok]]
+        rows.append(np.column_stack(columns))
+        ys.append(y[ok])
+    return np.vstack(rows), np.concatenate(ys)
+
+
+def _rows(run) -> dict[str, dict]:
+    return {row["variant_id"]: row for row in run.result.tables["gwas"].to_pylist()}
+
+
+def test_linear__every_variant_equals_pooled_ols_with_sex_on_chrx_only(cohort, linear_run):
+    rows = _rows(linear_run)
+    assert set(rows) == set(AUTOSOMAL + PAR + NON_PAR)
+    for variant, row in rows.items():
+        x, y = pooled_chrx_design(cohort, variant, "quant_trait")
+        beta, se = gs.pooled_ols(x, y)
+        assert row["n"] == len(y), variant
+        assert row["beta"] == pytest.approx(beta, rel=1e-6), variant
+        assert row["standard_error"] == pytest.approx(se, rel=1e-6), variant
+    summary = linear_run.result.summary
+    assert summary["covariates"] == ["age"]
+    assert summary["chrx"]["variants"] == len(NON_PAR) and summary["chrx"]["covariates"] == ["age", "sex"]
+    unknown_complete = sum(int(np.count_nonzero(np.isfinite(s["quant_trait"]) & ~np.isfinite(s["sex"]))) for s in cohort.values())
+    assert summary["num_samples"] - summary["chrx"]["num_samples"] == unknown_complete > 0
+
+
+def test_logistic__every_variant_equals_pooled_irls_with_sex_on_chrx_only(cohort, logistic_run):
+    rows = _rows(logistic_run)
+    assert set(rows) == set(AUTOSOMAL + PAR + NON_PAR)
+    for variant, row in rows.items():
+        x, y = pooled_chrx_design(cohort, variant, "binary_trait")
+        beta, se = gs.pooled_irls(x, y)
+        assert row["n"] == len(y), variant
+        assert row["beta"] == pytest.approx(beta, rel=1e-5, abs=1e-8), variant
+        assert row["standard_error"] == pytest.approx(se, rel=1e-5), variant
+
+
+def test_x_sex_false__chrx_is_fitted_as_an_autosome_as_plink2_no_x_sex(cohort):
+    run = run_in_memory(GWAS, {**LINEAR, "x_sex": False}, _paths(cohort), secure=False, seed=3)
+    assert "chrx" not in run.result.summary
+    for variant in NON_PAR[:3]:
+        x, y = pooled_chrx_design(cohort, variant, "quant_trait", x_sex=False)
+        beta, _ = gs.pooled_ols(x, y)
+        assert _rows(run)[variant]["beta"] == pytest.approx(beta, rel=1e-6)
+
+
+def test_only_chrx_variants__one_part(cohort):
+    run = run_in_memory(GWAS, {**LINEAR, "regions": ["chrX:3000000-6000000"]}, _paths(cohort), secure=False, seed=4)
+    rows = _rows(run)
+    assert set(rows) == set(NON_PAR)
+    x, y = pooled_chrx_design(cohort, NON_PAR[0], "quant_trait")
+    assert rows[NON_PAR[0]]["beta"] == pytest.approx(gs.pooled_ols(x, y)[0], rel=1e-6)
+
+
+def test_several_phenotypes__each_fitted_in_both_parts_equals_pooled_ols(cohort):
+    spec = {**BASE, "model": "linear", "phenotypes": ["quant_trait", "binary_trait"]}
+    run = run_in_memory(GWAS, spec, _paths(cohort), secure=False, seed=5)
+    summary = run.result.summary
+    assert sorted(summary["by_phenotype"]) == ["binary_trait", "quant_trait"]
+    assert all(len(group) == 1 or "(chrX)" not in " ".join(group) or all("(chrX)" in g for g in group)
+               for group in summary["regression_passes"])
+    for name in ("quant_trait", "binary_trait"):
+        rows = {row["variant_id"]: row for row in run.result.tables[f"gwas.{name}"].to_pylist()}
+        for variant in (AUTOSOMAL[0], PAR[0], NON_PAR[0], NON_PAR[-1]):
+            x, y = pooled_chrx_design(cohort, variant, name)
+            beta, se = gs.pooled_ols(x, y)
+            assert (rows[variant]["n"], rows[variant]["beta"]) == (len(y), pytest.approx(beta, rel=1e-6)), (name, variant)
+        assert summary["by_phenotype"][name]["chrx"]["variants"] == len(NON_PAR)
+
+
+def test_privacy__chrx_outside_the_pars_is_refused_with_the_fix(cohort):
+    from pipeline.analyses.gwas.phenotypes import REGRESSIONS
+
+    spec = {**LINEAR, "privacy": {"epsilon": 3.0, "delta": 1e-6}, "variant_ids": NON_PAR, "census_variants": len(NON_PAR)}
+    with pytest.raises(ConfigurationError, match="x_sex: false"):
+        REGRESSIONS.init(spec, SITES)
+
+
+def test_state_round_trips_through_json(cohort):
+    from pipeline.analyses.gwas.phenotypes import REGRESSIONS
+
+    state = REGRESSIONS.init({**LINEAR, "variant_ids": AUTOSOMAL + NON_PAR}, SITES)
+    assert isinstance(state, PhenotypesState) and state.parts == ("autosomal", "chrX")
+    again = REGRESSIONS.state_from_json(state.to_json())
+    assert again.parts == state.parts and again.single(1).parameters.covariates == ("age", "sex")
+    assert again.single(1).variant_ids == tuple(NON_PAR) and again.single(0).variant_ids == tuple(AUTOSOMAL)
+
+
+def test_disclosure__the_chrx_part_is_a_release_and_a_few_unknown_sex_samples_are_refused(cohort, tmp_path):
+    """The attack: the two parts' moments differ by the unknown-sex samples' values; with one or two of them a
+    job would read those people's phenotype off the difference. The site's ledger sees the chrX part as its own
+    release and refuses sets 1 to 4 apart."""
+    site = cohort["alpha"]
+    names = tuple(sorted(cohort))
+    ledger = ReleaseLedger(tmp_path / "ledger.jsonl")
+
+    def check(path):
+        state = GWAS.init(LINEAR, names)
+        contributions = GWAS.contributions(state, open_dataset(path), default_context("alpha"))
+        ledger.check(ledger.candidates("job-1", "gwas", contributions, names), min_samples=5, min_set_difference=5,
+                     site="alpha")
+        return contributions
+
+    contributions = check(site["path"])
+    assert any("sex" in c.variables for c in contributions)  # the chrX part: six samples apart, allowed
+    few = rs.write_dataset(tmp_path / "few", site["ids"], site["calls"], sample_prefix="alpha")
+    sex = site["sex"].copy()
+    sex[~np.isfinite(sex)] = 1.0
+    sex[np.flatnonzero(np.isfinite(site["quant_trait"]))[:2]] = np.nan  # two complete samples of unknown sex
+    gs.write_phenotypes(few, {"age": site["age"], "sex": sex, "quant_trait": site["quant_trait"],
+                              "binary_trait": site["binary_trait"]})
+    with pytest.raises(PolicyRefusal) as refused:
+        check(few)
+    assert refused.value.code == "set-too-close" and "'sex'" in str(refused.value)
+
+
+def _write_pooled_vcf(cohort, root: Path) -> None:
+    ids = AUTOSOMAL + PAR + NON_PAR
+    samples, columns = [], {v: [] for v in ids}
+    psam, pheno = ["#IID\tSEX"], ["#IID\tquant_trait\tbinary_trait\tage"]
+    for name, site in cohort.items():
+        n = site["calls"].shape[1]
+        names = [f"{name}_{i}" for i in range(n)]
+        samples += names
+        male = site["sex"] == 1
+        for j, variant in enumerate(ids):
+            for c, is_male in zip(site["calls"][j].tolist(), male.tolist()):
+                if variant in NON_PAR and is_male:
+                    columns[variant].append({-1: ".", 0: "0", 2: "1"}[c])
+                else:
+                    columns[variant].append({-1: "./.", 0: "0/0", 1: "0/1", 2: "1/1"}[c])
+        for i, sample in enumerate(names):
+            s = site["sex"][i]
+            psam.append(f"{sample}\t{int(s) if np.isfinite(s) else 'NA'}")
+            values = [site[k][i] for k in ("quant_trait", "binary_trait", "age")]
+            pheno.append(sample + "".join(f"\t{v:g}" if np.isfinite(v) else "\tNA" for v in values))
+    lines = ["##fileformat=VCFv4.2", "##contig=<ID=22,length=50818468>", "##contig=<ID=X,length=156040895>",
+             '##FORMAT=<ID=GT,Number=1,Type=String,Description="Genotype">',
+             "\t".join(["#CHROM", "POS", "ID", "REF", "ALT", "QUAL", "FILTER", "INFO", "FORMAT", *samples])]
+    for variant in ids:
+        contig, position, ref, alt = variant.split(":")
+        lines.append("\t".join([contig.removeprefix("chr"), position, variant, ref, alt, ".", ".", ".", "GT",
+                                *columns[variant]]))
+    (root / "pooled.vcf").write_text("\n".join(lines) + "\n")
+    (root / "pooled.psam").write_text("\n".join(psam) + "\n")
+    (root / "pheno.tsv").write_text("\n".join(pheno) + "\n")
+
+
+@pytest.mark.skipif(shutil.which("plink2") is None, reason="plink2 not installed")
+def test_linear__equals_plink2_glm_with_split_par_on_the_pooled_vcf(cohort, linear_run, tmp_path):
+    _write_pooled_vcf(cohort, tmp_path)
+    done = subprocess.run(
+        ["plink2", "--vcf", str(tmp_path / "pooled.vcf"), "--psam", str(tmp_path / "pooled.psam"), "--split-par", "b38",
+         "--pheno", str(tmp_path / "pheno.tsv"), "--pheno-name", "quant_trait", "--covar", str(tmp_path / "pheno.tsv"),
+         "--covar-name", "age", "--glm", "hide-covar", "no-firth", "cols=+a1freq,+beta", "--threads", "1",
+         "--out", str(tmp_path / "out")], capture_output=True, text=True, check=False)
+    assert done.returncode == 0, done.stdout + done.stderr
+    header, *body = (tmp_path / "out.quant_trait.glm.linear").read_text().splitlines()
+    columns = header.lstrip("#").split("\t")
+    expected = {row["ID"]: row for row in (dict(zip(columns, line.split("\t"))) for line in body)}
+    assert {expected[v]["#CHROM" if "#CHROM" in expected[v] else "CHROM"] for v in PAR} == {"PAR1"}
+    rows = _rows(linear_run)
+    assert set(rows) == set(expected)
+    for variant, row in rows.items():
+        reference = expected[variant]
+        assert row["n"] == int(reference["OBS_CT"]), variant
+        assert row["effect_allele_frequency"] == pytest.approx(float(reference["A1_FREQ"]), rel=1e-5), variant
+        assert row["beta"] == pytest.approx(float(reference["BETA"]), rel=1e-4, abs=1e-6), variant
+        assert row["standard_error"] == pytest.approx(float(reference["SE"]), rel=1e-4), variant
