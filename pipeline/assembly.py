@@ -77,14 +77,13 @@ X_CONTIGS = ("chrX", "X")
 
 
 def non_par_x(contigs: np.ndarray, position: np.ndarray, assembly: str) -> np.ndarray:
-    """bool per variant: on chrX outside the pseudo-autosomal regions of ``assembly``, where males are haploid.
+    """bool per variant (``contigs`` an object array, ``position`` an int array): on chrX outside the
+    pseudo-autosomal regions of ``assembly``, where males are haploid.
 
     What plink2 calls chrX after ``--split-par``: the PARs count as autosomal (``PAR1``/``PAR2``).
     """
-    import numpy as np
-
-    on_x = np.isin(np.asarray(contigs, dtype=object), X_CONTIGS)
-    return on_x & ~in_pseudoautosomal(np.asarray(position, np.int64), assembly)
+    on_x = (contigs == X_CONTIGS[0]) | (contigs == X_CONTIGS[1])  # numpy arrays: elementwise
+    return on_x & ~in_pseudoautosomal(position, assembly)
 
 
 def in_pseudoautosomal(position: np.ndarray, assembly: str) -> np.ndarray:

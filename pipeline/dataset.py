@@ -256,6 +256,14 @@ def numeric_column(dataset: Dataset, samples: pa.Table, name: str, *, role: str)
     return np.asarray(column.cast(pa.float64()).to_numpy(zero_copy_only=False), np.float64)
 
 
+def reported_sex(samples: pa.Table) -> np.ndarray:
+    """int64 per sample: the samples table's ``sex`` as PLINK codes it (1 male, 2 female), 0 where missing, other or absent."""
+    if "sex" not in samples.column_names:
+        return np.zeros(samples.num_rows, np.int64)
+    values = np.array([str(v).removesuffix(".0") if v is not None else "" for v in samples.column("sex").to_pylist()])
+    return np.where(values == "1", 1, np.where(values == "2", 2, 0)).astype(np.int64)
+
+
 def check_binary(dataset: Dataset, name: str, values: np.ndarray, *, role: str) -> None:
     """Refuses a case/control column with present values other than 0 and 1.
 

@@ -181,14 +181,6 @@ def sample_qc_table(
     )
 
 
-def _reported_sex(samples: pa.Table) -> np.ndarray:
-    """int64 per sample: the samples table's ``sex`` (1 male, 2 female), 0 where missing, other or absent."""
-    if "sex" not in samples.column_names:
-        return np.zeros(samples.num_rows, np.int64)
-    values = np.array([str(v).removesuffix(".0") if v is not None else "" for v in samples.column("sex").to_pylist()])
-    return np.where(values == "1", 1, np.where(values == "2", 2, 0)).astype(np.int64)
-
-
 def _non_par_x(variants: pa.Table, assembly: str) -> np.ndarray:
     """bool per variant: on chrX outside the pseudo-autosomal regions of ``assembly``."""
     return non_par_x(np.asarray(variants.column("chromosome").to_pylist(), dtype=object),
@@ -259,7 +251,7 @@ def run_qc(
     samples = data.samples()
     num_samples = samples.num_rows
     sample_total = SampleCounts(*(np.zeros(num_samples, np.int64) for _ in SampleCounts._fields))
-    reported_sex = _reported_sex(samples)
+    reported_sex = dataset_io.reported_sex(samples)
     par_assembly = data.genome_assembly or "GRCh38"
     x_sums, x_variants = sex_check.empty(num_samples), 0
     failing = {reason: 0 for reason in VARIANT_REASONS}

@@ -45,6 +45,12 @@ ancestry need; each documented in ``schemas/census_variants.json``):
   (called + missing) over the sites that typed it, and ``n_not_typed`` (the other
   sites' samples) is reported beside it. ``min_sites_typed`` (default 1) fails
   (``sites_typed``) a variant typed by fewer sites.
+* **chrX outside the pseudo-autosomal regions** (of the job's ``assembly``; plink2
+  ``--split-par``): a male carries one X, so he counts once in the allele counts, the
+  frequency and the minor allele count, and each site's Hardy-Weinberg test is
+  Graffelman-Weir's with males haploid (plink2 ``--freq``, ``--hardy``, ``--hwe``). The
+  sites also send their males' and females' genotype counts of those variants
+  (:mod:`.census_chrx`).
 * **A site's own minimum allele count** leaves that site out of the variant's sums
   (``n_sites_left_out``), instead of withholding the variant for everyone; a variant
   is published when its minor allele count over the sites that contribute reaches the
@@ -68,6 +74,7 @@ Spec::
     max_samples_per_site: 10000000
     min_sites_typed: 1         # fewer sites typing a variant fail it (filter sites_typed)
     hwe_controls: null         # a 0/1 column: test HWE on its 0s (controls) only, as PLINK 1.9 did
+    assembly: GRCh38           # whose chrX pseudo-autosomal regions count as autosomal (GRCh37 or GRCh38)
 """
 
 from __future__ import annotations
@@ -95,9 +102,19 @@ from pipeline.analyses.protocol import (
     StepResult,
     dataset_sample_ids,
 )
+from pipeline.analyses.census_chrx import (
+    FEMALE_FIELDS,
+    MALE_FIELDS,
+    X_FIELDS,
+    site_x_counts,
+    x_allele_counts,
+    x_hwe_p,
+    x_rows,
+)
 from pipeline.analyses.site_cache import SiteCache, dataset_blocks, dataset_fingerprint
 from pipeline.analyses.sum_checks import refuse_impossible
-from pipeline.dataset import Dataset, check_binary, numeric_column
+from pipeline.assembly import ASSEMBLIES
+from pipeline.dataset import Dataset, check_binary, numeric_column, reported_sex
 from pipeline.encoding import Count, Integer, Ring, plan_layout
 from pipeline.errors import ConfigurationError, InputError, ProtocolError
 from pipeline.harmonize.variant_ids import duplicate_pairs
@@ -111,7 +128,7 @@ from pipeline.privacy import (
     sample_discrete_gaussian,
     secret_generator,
 )
-from pipeline.parameters import Param, integer, number, parse_params
+from pipeline.parameters import Param, choice, integer, number, parse_params
 from pipeline.stats.counts import count_variants
 from pipeline.analyses.bounds import check_sample_bound
 from pipeline.stats.hwe import hwe_exact_p
@@ -127,11 +144,13 @@ __all__ = [
     "TYPED_FIELD",
     "WITHHELD",
     "aligned_counts",
+    "aligned_x_counts",
     "below_minimum",
     "census_sensitivity",
     "census_table",
     "check_census_table",
     "check_counts",
+    "check_x_counts",
     "control_mask",
     "control_sample_ids",
     "hwe_failing",
@@ -143,6 +162,8 @@ __all__ = [
     "site_control_counts",
     "site_subset_counts",
     "site_variant_counts",
+    "small_cells",
+    "x_hwe_failing",
 ]
 
 COUNT_FIELDS = ("n_hom_ref", "n_het", "n_hom_alt", "n_missing")
@@ -165,6 +186,7 @@ PARAMS = {
     "max_samples_per_site": Param(10_000_000, integer(1, 2**40)),
     "min_sites_typed": Param(1, integer(1, 100_000)),
     "hwe_controls": Param(None, lambda value: None if value is None else _column_name(value)),
+    "assembly": Param("GRCh38", choice(*ASSEMBLIES)),
     "privacy": Param(None, lambda value: None if value is None else privacy_terms(value)),
 }
 """The census' spec keys, defaults and checks."""
@@ -188,6 +210,8 @@ class CensusParameters:
     privacy: PrivacyTerms | None = None
     min_sites_typed: int = 1
     hwe_controls: str | None = None
+    assembly: str = "GRCh38"
+    """Whose chrX pseudo-autosomal regions are autosomal; chrX outside them is counted as :mod:`.census_chrx` says."""
 
     @classmethod
     def parse(cls, spec: Mapping[str, Any]) -> CensusParameters:
@@ -251,6 +275,11 @@ class CensusState:
             return None
         return _release_noise(privacy, len(self.variant_ids))
 
+    @functools.cached_property
+    def x_rows(self) -> np.ndarray:
+        """Positions in the union of its chrX variants outside the PARs (:mod:`.census_chrx`)."""
+        return x_rows(self.union, self.parameters.assembly)
+
     @property
     def union(self) -> tuple[str, ...]:
         """The variant union (round 1 on).
@@ -275,6 +304,14 @@ def minor_count(called: np.ndarray, alt_count: np.ndarray) -> np.ndarray:
     return np.minimum(alt_count, 2 * called - alt_count)
 
 
+def small_cells(minor: np.ndarray, site: SiteContext) -> np.ndarray:
+    """1 where a site's own minor allele count is non-zero and below its policy minimum (int64 0/1 flags).
+
+    As DataSHIELD's ``nfilter.tab``, a count of 0 is not a small cell: no carrier to identify.
+    """
+    return ((minor > 0) & (minor < site.min_allele_count)).astype(np.int64)
+
+
 def minor_allele_count(n_hom_ref: np.ndarray, n_het: np.ndarray, n_hom_alt: np.ndarray) -> np.ndarray:
     """min(AC, AN - AC) among called samples: the count disclosure thresholds apply to."""
     het, hom_alt = np.asarray(n_het, np.int64), np.asarray(n_hom_alt, np.int64)
@@ -296,8 +333,7 @@ def below_minimum(called: np.ndarray, alt_count: np.ndarray, site: SiteContext) 
     Returns:
         (variants,) int64 0/1 flags.
     """
-    minor = minor_count(called, alt_count)
-    return ((minor > 0) & (minor < site.min_allele_count)).astype(np.int64)
+    return small_cells(minor_count(called, alt_count), site)
 
 
 def check_counts(counts: Mapping[str, np.ndarray], num_samples: int, variant_ids: Sequence[str], *,
@@ -351,7 +387,25 @@ def check_counts(counts: Mapping[str, np.ndarray], num_samples: int, variant_ids
                       limit=typed, labels=variant_ids, noun="variant")
 
 
-def check_census_table(table: pa.Table, num_samples: int, *, exact: bool = True) -> None:
+def check_x_counts(counts: Mapping[str, np.ndarray], by_sex: Mapping[str, np.ndarray], x_rows: np.ndarray,
+                   variant_ids: Sequence[str]) -> None:
+    """Refuses males' and females' counts that no honest sites give: each at least 0, the two at most the total.
+
+    Raises:
+        ProtocolError: naming the first impossible variant and the field.
+    """
+    labels = [variant_ids[int(i)] for i in x_rows]
+    for name, male, female in zip(COUNT_FIELDS[:3], MALE_FIELDS, FEMALE_FIELDS):
+        total = np.asarray(counts[name], np.int64)[x_rows]
+        for field in (male, female):
+            values = np.asarray(by_sex[field], np.int64)
+            refuse_impossible("census", field, values, values < 0, "at least 0", labels=labels, noun="variant")
+        both = np.asarray(by_sex[male], np.int64) + np.asarray(by_sex[female], np.int64)
+        refuse_impossible("census", f"{male} + {female}", both, both > total, f"at most {name} = {{limit}}", limit=total,
+                          labels=labels, noun="variant")
+
+
+def check_census_table(table: pa.Table, num_samples: int, *, exact: bool = True, x_rows: np.ndarray | None = None) -> None:
     """Refuses a census_variants table whose published values break the census' invariants.
 
     Checked on the publishable rows (the others are null), as a last guard between the
@@ -360,7 +414,8 @@ def check_census_table(table: pa.Table, num_samples: int, *, exact: bool = True)
     n_het + n_hom_alt)``; ``0 <= alt_allele_frequency <= 1``; and for exact sums the
     five classes add up to N. Noisy (differentially private) sums are clamped into
     range before the table is made, so only the relations that clamping keeps are
-    checked for them (not the sum to N, nor ``allele_number <= 2N``).
+    checked for them (not the sum to N, nor ``allele_number <= 2N``). At ``x_rows`` (chrX outside the
+    PARs, a male counted once: :mod:`.census_chrx`) ``allele_number`` is at most, not equal to, twice the calls.
 
     Raises:
         ProtocolError: naming the first variant (its ID) and the invariant it breaks.
@@ -375,13 +430,17 @@ def check_census_table(table: pa.Table, num_samples: int, *, exact: bool = True)
     call_rate, allele_count, allele_number = column("call_rate"), column("allele_count"), column("allele_number")
     frequency = column("alt_allele_frequency")
     n = float(num_samples)
+    haploid = np.zeros(len(ids), bool)
+    if x_rows is not None:
+        haploid[x_rows] = True
+    diploid_number = 2 * (hom_ref + het + hom_alt)
     rules: list[tuple[str, np.ndarray, np.ndarray, str, np.ndarray | None]] = [
         ("n_not_typed", not_typed, not_typed < 0, "at least 0", None),
         ("call_rate", call_rate, (call_rate < 0) | (call_rate > 1), "in [0, 1]", None),
         ("allele_count", allele_count, allele_count < 0, "at least 0", None),
         ("allele_count", allele_count, allele_count > allele_number, "at most allele_number = {limit}", allele_number),
-        ("allele_number", allele_number, allele_number != 2 * (hom_ref + het + hom_alt),
-         "2 x (n_hom_ref + n_het + n_hom_alt) = {limit}", 2 * (hom_ref + het + hom_alt)),
+        ("allele_number", allele_number, np.where(haploid, allele_number > diploid_number, allele_number != diploid_number),
+         "2 x (n_hom_ref + n_het + n_hom_alt) = {limit} (at most that on chrX outside the PARs)", diploid_number),
         ("alt_allele_frequency", frequency, (frequency < 0) | (frequency > 1), "in [0, 1]", None),
     ]
     if exact:
@@ -417,6 +476,7 @@ def _release_noise(privacy: PrivacyTerms, num_variants: int) -> Spend:
 def census_table(
     variant_id: np.ndarray, counts: Mapping[str, np.ndarray], num_samples: int, parameters: CensusParameters, *,
     below_min: np.ndarray, typed: np.ndarray | None = None, hwe_fail: np.ndarray | None = None,
+    by_sex: Mapping[str, np.ndarray] | None = None, x_rows: np.ndarray | None = None,
 ) -> pa.Table:
     """The census_variants table from global counts (see ``schemas/census_variants.json``).
 
@@ -436,6 +496,9 @@ def census_table(
         typed: (variants,) the sites whose counts are in the sum; hwe_fail: (variants,) those
             among them failing their own HWE test. ``None`` (a differentially private
             census): HWE is tested on the pooled counts and ``min_sites_typed`` not applied.
+        by_sex: the :data:`~.census_chrx.X_FIELDS` sums of the union's chrX variants outside the PARs, at
+            ``x_rows``: there a male counts once in the allele counts, frequency and minor allele count, and
+            ``hwe_p_value`` is the Graffelman-Weir test (:mod:`.census_chrx`); ``None``: chrX as an autosome.
     """
     hom_ref, het, hom_alt, missing = (np.asarray(counts[name], np.int64) for name in COUNT_FIELDS)
     called = hom_ref + het + hom_alt
@@ -443,12 +506,15 @@ def census_table(
     not_typed = np.maximum(num_samples - typed_samples, 0)  # only noisy counts can make it negative
     allele_count = het + 2 * hom_alt
     allele_number = 2 * called
+    hwe_p = hwe_exact_p(hom_ref, het, hom_alt)
+    if by_sex is not None and x_rows is not None and x_rows.size:
+        allele_count[x_rows], allele_number[x_rows] = x_allele_counts({k: v[x_rows] for k, v in counts.items()}, by_sex)
+        hwe_p[x_rows] = x_hwe_p(by_sex)
     with np.errstate(invalid="ignore", divide="ignore"):
         call_rate = np.where(typed_samples > 0, called / np.maximum(typed_samples, 1), 0.0)
         frequency = np.where(allele_number > 0, allele_count / np.maximum(allele_number, 1), np.nan)
-    hwe_p = hwe_exact_p(hom_ref, het, hom_alt)
     left_out = np.asarray(below_min, np.int64)
-    below_job_minimum = minor_count(called, allele_count) < parameters.min_allele_count
+    below_job_minimum = np.minimum(allele_count, allele_number - allele_count) < parameters.min_allele_count
     publishable = ~below_job_minimum
     minor_frequency = np.minimum(frequency, 1.0 - frequency)
     exact = typed is not None and hwe_fail is not None
@@ -647,6 +713,32 @@ def refuse_duplicate_ids(dataset: Dataset, ids: pa.Array, chunk_sizes: Sequence[
     )
 
 
+def aligned_x_counts(dataset: Dataset, site: SiteContext, assembly: str, targets: pa.Array,
+                     samples: np.ndarray | None = None) -> dict[str, np.ndarray]:
+    """The site's :data:`~.census_chrx.X_FIELDS` over ``targets`` (chrX IDs outside the PARs), zeros where it lacks one.
+
+    Args:
+        samples: (dataset samples,) bool, the samples to count (e.g. the controls); ``None``: all.
+    """
+    ids, counts = site_x_counts(dataset, site.cache, assembly, samples)
+    out = {}
+    for names, part in ((MALE_FIELDS, counts[:3]), (FEMALE_FIELDS, counts[3:])):
+        aligned, _ = aligned_counts(targets, ids, np.vstack([part, np.zeros((1, part.shape[1]), np.int64)]))
+        out.update({name: aligned[field] for name, field in zip(names, COUNT_FIELDS)})
+    return out
+
+
+def x_hwe_failing(dataset: Dataset, site: SiteContext, assembly: str, targets: pa.Array, hwe_p: float,
+                  samples: np.ndarray | None = None) -> np.ndarray | None:
+    """(targets,) bool: the site's Graffelman-Weir test over its samples of known sex gives p below ``hwe_p``.
+
+    ``None`` where the site reports no sex at all: it then tests its chrX as an autosome (:mod:`.census_chrx`).
+    """
+    if not np.any(reported_sex(dataset.samples()) > 0):
+        return None
+    return x_hwe_p(aligned_x_counts(dataset, site, assembly, targets, samples)) < hwe_p
+
+
 _DP_DISCLOSURE = (
     "round 0 revealed which variant IDs each site holds at or above its own minimum minor allele count "
     "(share_variant_keys), outside the differential-privacy guarantee; round 1 revealed only sums over the included "
@@ -685,7 +777,9 @@ class Census(Analysis[CensusState]):
                                rings=(Ring.R32, Ring.R64))
         fields = [Count(name, (num_variants,), n_max) for name in COUNT_FIELDS]
         flags = [Count(name, (num_variants,), 1) for name in (FLAG_FIELD, TYPED_FIELD, HWE_FIELD)]
-        return plan_layout([*fields, *flags, Count("n_samples", (1,), n_max)], state.num_participants,
+        on_x = len(state.x_rows)
+        by_sex = [Count(name, (on_x,), n_max) for name in X_FIELDS] if on_x else []
+        return plan_layout([*fields, *flags, *by_sex, Count("n_samples", (1,), n_max)], state.num_participants,
                            rings=(Ring.R32, Ring.R64))
 
     def privacy_spend(self, state: CensusState, round_index: int) -> Spend | None:
@@ -739,19 +833,31 @@ class Census(Analysis[CensusState]):
             sigma = noise.sigma
             noisy = {name: values + sample_discrete_gaussian(sigma, values.shape, rng=rng) for name, values in totals.items()}
             return {**noisy, "n_samples": n_samples + sample_discrete_gaussian(sigma, (1,), rng=rng)}
+        on_x = state.x_rows
+        x_ids = pa.array(np.asarray(state.union, dtype=object)[on_x].tolist(), pa.string())
+        by_sex = aligned_x_counts(dataset, site, parameters.assembly, x_ids) if on_x.size else {}
         flags = site_below_minimum(totals, site)
+        if on_x.size:  # a male counted once (census_chrx)
+            allele_count, allele_number = x_allele_counts({k: v[on_x] for k, v in totals.items()}, by_sex)
+            flags[on_x] = small_cells(np.minimum(allele_count, allele_number - allele_count), site)
         left_out = flags.astype(bool)
         for values in totals.values():
             values[left_out] = 0  # the small cell enters no sum: the variant is counted over the other sites
+        for values in by_sex.values():
+            values[left_out[on_x]] = 0
         typed = held & ~left_out
         failing = np.zeros(len(union), bool)
         if parameters.hwe_p > 0:
-            tested = totals
+            tested, subset = totals, None
             if parameters.hwe_controls is not None:
+                subset = control_mask(dataset, parameters.hwe_controls)
                 tested, _ = aligned_counts(union, ids, site_control_counts(dataset, site.cache, parameters.hwe_controls)[1])
             failing = typed & hwe_failing(tested, parameters.hwe_p)
+            x_failing = x_hwe_failing(dataset, site, parameters.assembly, x_ids, parameters.hwe_p, subset) if on_x.size else None
+            if x_failing is not None:
+                failing[on_x] = typed[on_x] & x_failing
         return {**totals, FLAG_FIELD: flags, TYPED_FIELD: typed.astype(np.int64), HWE_FIELD: failing.astype(np.int64),
-                "n_samples": n_samples}
+                **by_sex, "n_samples": n_samples}
 
     def coordinator_step(
         self, state: CensusState, round_index: int, total: Mapping[str, np.ndarray], num_sites: int
@@ -773,19 +879,23 @@ class Census(Analysis[CensusState]):
         noise = state.noise
         typed: np.ndarray | None = None
         hwe_fail: np.ndarray | None = None
+        by_sex: dict[str, np.ndarray] | None = None
         if noise is None:
             below_min = np.asarray(total[FLAG_FIELD], np.int64)
             typed, hwe_fail = (np.asarray(total[name], np.int64) for name in (TYPED_FIELD, HWE_FIELD))
             check_counts(counts, num_samples, state.union, below_min=below_min, num_sites=num_sites, typed=typed,
                          hwe_fail=hwe_fail)
+            if state.x_rows.size:
+                by_sex = {name: np.asarray(total[name], np.int64) for name in X_FIELDS}
+                check_x_counts(counts, by_sex, state.x_rows, state.union)
         else:
             # Noisy sums: what is published is computed from them (post-processing keeps the guarantee).
             counts = {name: np.maximum(values, 0) for name, values in counts.items()}
             num_samples = max(num_samples, 0)
             below_min = np.zeros(len(state.union), np.int64)
         table = census_table(np.asarray(state.union, dtype=str), counts, num_samples, state.parameters, below_min=below_min,
-                             typed=typed, hwe_fail=hwe_fail)
-        check_census_table(table, num_samples, exact=noise is None)
+                             typed=typed, hwe_fail=hwe_fail, by_sex=by_sex, x_rows=state.x_rows)
+        check_census_table(table, num_samples, exact=noise is None, x_rows=state.x_rows if by_sex is not None else None)
         publishable = table.column("publishable").to_numpy(zero_copy_only=False)
         passing = table.column("pass_qc").to_numpy(zero_copy_only=False)
         filter_table = table.select(["variant_id", "pass_qc", "filter"])

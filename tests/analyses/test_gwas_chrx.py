@@ -19,6 +19,7 @@ from pipeline.dataset import open_dataset
 from pipeline.errors import ConfigurationError, PolicyRefusal
 from pipeline.federation.in_memory import default_context, run_in_memory
 from pipeline.federation.ledger import ReleaseLedger
+from tests.analyses import chrx_support as cs
 from tests.analyses import gwas_support as gs
 from tests.federation import runtime_support as rs
 
@@ -26,41 +27,13 @@ SITES = ("alpha", "beta", "gamma")
 BASE = {"covariates": ["age"], "min_call_rate": 0.0, "hwe_p": 0.0, "min_allele_count": 1}
 LINEAR = {**BASE, "model": "linear", "phenotype": "quant_trait"}
 LOGISTIC = {**BASE, "model": "logistic", "phenotype": "binary_trait"}
-AUTOSOMAL = [f"chr22:{p}:A:G" for p in range(1000, 1006)]
-PAR = [f"chrX:{p}:A:G" for p in (1_000_000, 1_500_000, 2_700_000)]  # PAR1 of GRCh38 ends at 2,781,479
-NON_PAR = [f"chrX:{p}:A:G" for p in range(5_000_000, 5_000_008)]
-UNKNOWN_SEX = 6
-"""Samples of unknown sex per site: complete on the autosomes, left out on chrX (enough apart for the ledger)."""
-
-
-def _make_site(root: Path, name: str, index: int, n: int) -> dict[str, np.ndarray]:
-    rng = np.random.default_rng(40 + index)
-    sex = rng.integers(1, 3, n).astype(np.float64)
-    sex[rng.choice(n, UNKNOWN_SEX, replace=False)] = np.nan
-    male = sex == 1
-    ids = AUTOSOMAL + PAR + NON_PAR
-    calls = np.empty((len(ids), n), np.int8)
-    for j, variant in enumerate(ids):
-        f = rng.uniform(0.08, 0.5)
-        diploid = rng.binomial(2, f, n)
-        calls[j] = np.where(male, 2 * rng.binomial(1, f, n), diploid) if variant in NON_PAR else diploid
-    calls[rng.random(calls.shape) < 0.03] = -1
-    age = rng.normal(50 + 2 * index, 10, n).round()
-    g = np.where(calls >= 0, calls, 0).astype(np.float64)
-    signal = 0.3 * g[len(AUTOSOMAL) + len(PAR)] + 0.2 * g[1]
-    quant = 0.02 * age + 0.5 * male + signal + 0.3 * index + rng.normal(0, 1, n)
-    liability = -1.0 + 0.02 * (age - 50) + 0.6 * male + signal + rng.normal(0, 1, n)
-    binary = (liability > np.median(liability)).astype(np.float64)
-    quant[rng.choice(np.flatnonzero(np.isfinite(sex)), 6, replace=False)] = np.nan  # a set 6 apart from every sample
-    path = rs.write_dataset(root / name, ids, calls, sample_prefix=name)
-    gs.write_phenotypes(path, {"age": age, "sex": sex, "quant_trait": quant, "binary_trait": binary})
-    return {"ids": ids, "calls": calls, "age": age, "sex": sex, "quant_trait": quant, "binary_trait": binary, "path": path}
+AUTOSOMAL, PAR, NON_PAR = cs.AUTOSOMAL, cs.PAR, cs.NON_PAR
 
 
 @pytest.fixture(scope="module")
 def cohort(tmp_path_factory):
     root = tmp_path_factory.mktemp("chrx")
-    return {name: _make_site(root, name, i, n) for i, (name, n) in enumerate(zip(SITES, (140, 110, 90)))}
+    return {name: cs.make_site(root, name, i, n) for i, (name, n) in enumerate(zip(SITES, (140, 110, 90)))}
 
 
 def _paths(cohort) -> dict[str, Path]:
@@ -154,7 +127,7 @@ def test_several_phenotypes__each_fitted_in_both_parts_equals_pooled_ols(cohort)
         rows = {row["variant_id"]: row for row in run.result.tables[f"gwas.{name}"].to_pylist()}
         for variant in (AUTOSOMAL[0], PAR[0], NON_PAR[0], NON_PAR[-1]):
             x, y = pooled_chrx_design(cohort, variant, name)
-            beta, se = gs.pooled_ols(x, y)
+            beta, _ = gs.pooled_ols(x, y)
             assert (rows[variant]["n"], rows[variant]["beta"]) == (len(y), pytest.approx(beta, rel=1e-6)), (name, variant)
         assert summary["by_phenotype"][name]["chrx"]["variants"] == len(NON_PAR)
 
@@ -205,51 +178,17 @@ def test_disclosure__the_chrx_part_is_a_release_and_a_few_unknown_sex_samples_ar
     assert refused.value.code == "set-too-close" and "'sex'" in str(refused.value)
 
 
-def _write_pooled_vcf(cohort, root: Path) -> None:
-    ids = AUTOSOMAL + PAR + NON_PAR
-    samples, columns = [], {v: [] for v in ids}
-    psam, pheno = ["#IID\tSEX"], ["#IID\tquant_trait\tbinary_trait\tage"]
-    for name, site in cohort.items():
-        n = site["calls"].shape[1]
-        names = [f"{name}_{i}" for i in range(n)]
-        samples += names
-        male = site["sex"] == 1
-        for j, variant in enumerate(ids):
-            for c, is_male in zip(site["calls"][j].tolist(), male.tolist()):
-                if variant in NON_PAR and is_male:
-                    columns[variant].append({-1: ".", 0: "0", 2: "1"}[c])
-                else:
-                    columns[variant].append({-1: "./.", 0: "0/0", 1: "0/1", 2: "1/1"}[c])
-        for i, sample in enumerate(names):
-            s = site["sex"][i]
-            psam.append(f"{sample}\t{int(s) if np.isfinite(s) else 'NA'}")
-            values = [site[k][i] for k in ("quant_trait", "binary_trait", "age")]
-            pheno.append(sample + "".join(f"\t{v:g}" if np.isfinite(v) else "\tNA" for v in values))
-    lines = ["##fileformat=VCFv4.2", "##contig=<ID=22,length=50818468>", "##contig=<ID=X,length=156040895>",
-             '##FORMAT=<ID=GT,Number=1,Type=String,Description="Genotype">',
-             "\t".join(["#CHROM", "POS", "ID", "REF", "ALT", "QUAL", "FILTER", "INFO", "FORMAT", *samples])]
-    for variant in ids:
-        contig, position, ref, alt = variant.split(":")
-        lines.append("\t".join([contig.removeprefix("chr"), position, variant, ref, alt, ".", ".", ".", "GT",
-                                *columns[variant]]))
-    (root / "pooled.vcf").write_text("\n".join(lines) + "\n")
-    (root / "pooled.psam").write_text("\n".join(psam) + "\n")
-    (root / "pheno.tsv").write_text("\n".join(pheno) + "\n")
-
-
 @pytest.mark.skipif(shutil.which("plink2") is None, reason="plink2 not installed")
 def test_linear__equals_plink2_glm_with_split_par_on_the_pooled_vcf(cohort, linear_run, tmp_path):
-    _write_pooled_vcf(cohort, tmp_path)
+    cs.write_vcf(cohort, tmp_path / "pooled")
     done = subprocess.run(
         ["plink2", "--vcf", str(tmp_path / "pooled.vcf"), "--psam", str(tmp_path / "pooled.psam"), "--split-par", "b38",
-         "--pheno", str(tmp_path / "pheno.tsv"), "--pheno-name", "quant_trait", "--covar", str(tmp_path / "pheno.tsv"),
+         "--pheno", str(tmp_path / "pooled.pheno.tsv"), "--pheno-name", "quant_trait", "--covar", str(tmp_path / "pooled.pheno.tsv"),
          "--covar-name", "age", "--glm", "hide-covar", "no-firth", "cols=+a1freq,+beta", "--threads", "1",
          "--out", str(tmp_path / "out")], capture_output=True, text=True, check=False)
     assert done.returncode == 0, done.stdout + done.stderr
-    header, *body = (tmp_path / "out.quant_trait.glm.linear").read_text().splitlines()
-    columns = header.lstrip("#").split("\t")
-    expected = {row["ID"]: row for row in (dict(zip(columns, line.split("\t"))) for line in body)}
-    assert {expected[v]["#CHROM" if "#CHROM" in expected[v] else "CHROM"] for v in PAR} == {"PAR1"}
+    expected = cs.read_plink2_table(tmp_path / "out.quant_trait.glm.linear")
+    assert {expected[v]["CHROM"] for v in PAR} == {"PAR1"}
     rows = _rows(linear_run)
     assert set(rows) == set(expected)
     for variant, row in rows.items():

@@ -53,7 +53,9 @@ from pipeline.analyses.census import (
     site_below_minimum,
     site_subset_counts,
     site_variant_counts,
+    x_hwe_failing,
 )
+from pipeline.analyses.census_chrx import x_rows
 from pipeline.analyses.gwas.state import HweScreen, RegressionState
 from pipeline.analyses.pca import local_scores
 from pipeline.analyses.protocol import SiteContext
@@ -105,11 +107,17 @@ def site_hwe_flags(state: RegressionState, dataset: Dataset, site: SiteContext) 
     labels = ancestry_clusters(points, p.hwe_clusters)
     tested = control_mask(dataset, p.phenotype) if p.hwe_samples == "controls" else np.ones(len(labels), bool)
     failing = np.zeros(len(tested_ids), bool)
+    on_x = x_rows(state.variant_ids, p.assembly)
+    x_ids = tested_ids.take(pa.array(on_x))
     for cluster in range(p.hwe_clusters):
         members = tested & (labels == cluster)
         if np.count_nonzero(members) >= MIN_CLUSTER_SIZE:
             cluster_counts, _ = aligned_counts(tested_ids, ids, site_subset_counts(dataset, site.cache, members))
-            failing |= hwe_failing(cluster_counts, p.hwe_p)
+            cluster_failing = hwe_failing(cluster_counts, p.hwe_p)
+            x_failing = x_hwe_failing(dataset, site, p.assembly, x_ids, p.hwe_p, members) if on_x.size else None
+            if x_failing is not None:  # chrX outside the PARs: Graffelman-Weir (pipeline.analyses.census_chrx)
+                cluster_failing[on_x] = x_failing
+            failing |= cluster_failing
     return {HWE_FIELD: (failing & typed).astype(np.int64), TYPED_FIELD: typed.astype(np.int64)}
 
 

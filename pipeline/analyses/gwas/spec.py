@@ -262,7 +262,8 @@ class GwasParameters:
         within_sites = self.hwe_within == "sites"
         spec: dict[str, Any] = {"min_allele_count": self.min_allele_count, "min_call_rate": self.min_call_rate,
                                 "hwe_p": self.hwe_p if within_sites else 0.0, "maf": self.maf,
-                                "max_samples_per_site": self.max_samples_per_site, "min_sites_typed": self.min_sites_typed}
+                                "max_samples_per_site": self.max_samples_per_site, "min_sites_typed": self.min_sites_typed,
+                                "assembly": self.assembly}
         if self.hwe_samples == "controls" and within_sites:
             spec["hwe_controls"] = self.phenotype  # PLINK 1.9's --hwe on case/control data: the controls (0s)
         if self.privacy is not None:
