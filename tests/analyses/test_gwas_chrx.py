@@ -83,7 +83,7 @@ def test_linear__every_variant_equals_pooled_ols_with_sex_on_chrx_only(cohort, l
         assert row["standard_error"] == pytest.approx(se, rel=1e-6), variant
     summary = linear_run.result.summary
     assert summary["covariates"] == ["age"]
-    assert summary["chrx"]["variants"] == len(NON_PAR) and summary["chrx"]["covariates"] == ["age", "sex"]
+    assert summary["chrx"]["variants"] == len(NON_PAR) and summary["chrx"]["covariate_columns"] == ["age", "sex"]
     unknown_complete = sum(int(np.count_nonzero(np.isfinite(s["quant_trait"]) & ~np.isfinite(s["sex"]))) for s in cohort.values())
     assert summary["num_samples"] - summary["chrx"]["num_samples"] == unknown_complete > 0
 
@@ -158,8 +158,8 @@ def test_disclosure__the_chrx_part_is_a_release_and_a_few_unknown_sex_samples_ar
     names = tuple(sorted(cohort))
     ledger = ReleaseLedger(tmp_path / "ledger.jsonl")
 
-    def check(path):
-        state = GWAS.init(LINEAR, names)
+    def check(path, spec=LINEAR):
+        state = GWAS.init(spec, names)
         contributions = GWAS.contributions(state, open_dataset(path), default_context("alpha"))
         ledger.check(ledger.candidates("job-1", "gwas", contributions, names), min_samples=5, min_set_difference=5,
                      site="alpha")
@@ -176,6 +176,7 @@ def test_disclosure__the_chrx_part_is_a_release_and_a_few_unknown_sex_samples_ar
     with pytest.raises(PolicyRefusal) as refused:
         check(few)
     assert refused.value.code == "set-too-close" and "'sex'" in str(refused.value)
+    check(few, {**LINEAR, "samples": "sex == 1 or sex == 2"})  # the fix the README gives: the parts' sets coincide
 
 
 @pytest.mark.skipif(shutil.which("plink2") is None, reason="plink2 not installed")
@@ -197,3 +198,21 @@ def test_linear__equals_plink2_glm_with_split_par_on_the_pooled_vcf(cohort, line
         assert row["effect_allele_frequency"] == pytest.approx(float(reference["A1_FREQ"]), rel=1e-5), variant
         assert row["beta"] == pytest.approx(float(reference["BETA"]), rel=1e-4, abs=1e-6), variant
         assert row["standard_error"] == pytest.approx(float(reference["SE"]), rel=1e-4), variant
+
+
+def test_one_sex_only__the_chrx_part_has_no_sex_column_as_plink2_adds_none(cohort, tmp_path):
+    females = {}
+    for name, site in cohort.items():
+        path = rs.write_dataset(tmp_path / name, site["ids"], site["calls"], sample_prefix=name)
+        sex = np.where(np.isfinite(site["sex"]), 2.0, np.nan)
+        gs.write_phenotypes(path, {"age": site["age"], "sex": sex, "quant_trait": site["quant_trait"],
+                                   "binary_trait": site["binary_trait"]})
+        females[name] = {**site, "sex": sex, "path": path}
+    run = run_in_memory(GWAS, LINEAR, _paths(females), secure=False, seed=6)
+    assert run.result.summary["chrx"]["covariate_columns"] == ["age"]
+    for variant in NON_PAR[:3]:
+        x, y = pooled_chrx_design(females, variant, "quant_trait")
+        beta, se = gs.pooled_ols(np.delete(x, 2, axis=1), y)  # the constant sex column dropped
+        row = _rows(run)[variant]
+        assert (row["n"], row["beta"], row["standard_error"]) == (len(y), pytest.approx(beta, rel=1e-6),
+                                                                  pytest.approx(se, rel=1e-6))

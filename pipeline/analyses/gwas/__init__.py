@@ -68,6 +68,13 @@ dosages on plink2's 1/16384 grid). A dosage is clipped to [0, 2] at the site, so
 bound and sensitivity that takes a genotype to be at most 2 holds. ``dosages: hard_calls``
 is the hard-call regression.
 
+chrX (:mod:`.chrx`): as plink2 ``--glm`` with ``--split-par``, the variants on chrX outside
+the pseudo-autosomal regions of ``assembly`` get ``sex`` as a covariate (``x_sex``, the
+default; ``false`` is plink2's ``no-x-sex``), fitted over the complete samples of known sex,
+with males coded 0/2 as ingest stores their haploid calls (``--xchr-model 2``); the
+regression fits them as a second part beside the others, and the census counts a male once
+there and tests Hardy-Weinberg by Graffelman-Weir (:mod:`pipeline.analyses.census_chrx`).
+
 Differential privacy: exact is the default. With a ``privacy`` block (a site whose
 policy requires it declines an exact job) every round that releases person-level sums
 is noised by the sites, and the job's ``(epsilon, delta)`` covers them all together, for
@@ -102,6 +109,8 @@ Spec (see ``workflows/gwas.yaml``)::
     tolerance: 1.0e-8             # logistic: largest coefficient change at convergence
     firth: true                   # Firth-penalized refit of separated / unfinished variants
     dosages: auto                 # or hard_calls: regress on a site's stored dosages where it has them
+    x_sex: true                   # chrX outside the PARs: sex a covariate, unknown sex left out (:mod:`.chrx`); false: no-x-sex
+    assembly: GRCh38              # whose PARs count as autosomal (plink2 --split-par b38; GRCh37 for b37)
     keep: study_eur               # optional selection (:mod:`pipeline.analyses.selection`): a site-defined sample list,
     remove: withdrawn             # ... another, an expression on the samples table, regions and variant IDs;
     samples: "age >= 40"          # every phase sees only the selected samples and variants

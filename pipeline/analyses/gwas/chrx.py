@@ -132,8 +132,9 @@ def check_site_assembly(parameters: GwasParameters, dataset: Dataset) -> None:
 
 
 def x_summary(state: RegressionState, num_variants: int) -> dict[str, Any]:
-    """What the result says of its chrX part (the part's state, after its moments round)."""
-    return {"variants": num_variants, "covariates": list(state.parameters.covariates),
+    """What the result says of its chrX part (the part's state, after its moments round): its fitted columns (no
+    ``sex`` where the complete samples are of one sex, as plink2 adds none), its complete samples."""
+    return {"variants": num_variants, "covariate_columns": list(state.columns),
             "num_samples": state.standardization.n, "assembly": state.parameters.assembly,
             "model": "plink2 --xchr-model 2: males coded 0/2, sex a covariate of chrX variants outside the "
                      "pseudo-autosomal regions only, samples of unknown sex left out of those"}

@@ -45,6 +45,7 @@ from typing import Any
 import numpy as np
 
 from pipeline.analyses.bounds import check_sample_bound
+from pipeline.analyses.gwas.chrx import SEX
 from pipeline.analyses.gwas.covariates import (
     LEVEL_KEYS,
     Factors,
@@ -179,11 +180,13 @@ def published_moments(state: RegressionState, total: Mapping[str, np.ndarray]) -
     variance = np.maximum(np.asarray(total["sum_squares"], np.float64) / n - mean**2, 0.0)
     sd = np.sqrt(variance)
     columns = kept_columns(state.parameters, state.factors, total["sum"])
+    if state.parameters.sex_required and _constant(sd, mean, state.all_columns.index(SEX)):
+        columns = [c for c in (state.all_columns if columns is None else columns) if c != SEX]  # one sex: plink2 adds none
     if columns is not None:  # each factor's reference level and empty levels dropped
         index = [*(state.all_columns.index(name) for name in columns), len(state.all_columns)]
         mean, sd = mean[index], sd[index]
     names = [*(state.columns if columns is None else columns), state.parameters.phenotype]
-    constant = [name for name, s, mu in zip(names, sd, mean) if not s > 1e-9 * max(1.0, abs(mu))]
+    constant = [name for i, name in enumerate(names) if _constant(sd, mean, i)]
     if constant:
         raise ConfigurationError(f"gwas: {constant} are constant across the complete samples; drop them from the spec")
     state = dataclasses.replace(state, moments=Moments(n, mean, sd, columns, published_short_form(state, total)))
@@ -193,6 +196,11 @@ def published_moments(state: RegressionState, total: Mapping[str, np.ndarray]) -
             raise InputError(f"gwas: the binary phenotype {names[-1]!r} has no {'cases' if cases == 0 else 'controls'} among complete samples")
         state = dataclasses.replace(state, newton=start_newton(len(state.variant_ids), state.num_coefficients, float(cases)))
     return state
+
+
+def _constant(sd: np.ndarray, mean: np.ndarray, i: int) -> bool:
+    """Whether column ``i`` is constant over the complete samples (its SD is rounding next to its mean)."""
+    return not sd[i] > 1e-9 * max(1.0, abs(mean[i]))
 
 
 def noisy_moments(state: RegressionState, total: Mapping[str, np.ndarray], num_sites: int) -> RegressionState:
