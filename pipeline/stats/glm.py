@@ -444,6 +444,17 @@ def _covariates_aliased(matrix: np.ndarray, n: np.ndarray) -> np.ndarray:
     return constant | ~finite | ~(np.linalg.eigvalsh(correlation)[:, 0] > 1e-9)
 
 
+def null_information_aliased(information: np.ndarray, num_covariates: int) -> np.ndarray:
+    """(variants,) bool: :func:`_covariates_aliased` from the logistic Fisher information at the null fit (packed).
+
+    At the null fit every sample has the same weight p(1 - p), so the information is that
+    weight times X'X over the variant's samples; its (0, 0) entry stands in for n, and the
+    collinearity test, scale-free, is the linear model's (plink2's ``VIF_INFINITE`` for both).
+    """
+    matrix = unpack_symmetric(np.asarray(information, np.float64), num_covariates)
+    return _covariates_aliased(matrix, matrix[:, 0, 0])
+
+
 def _check_design(matrix: np.ndarray, n: np.ndarray, num_parameters: int) -> np.ndarray:
     """Status codes shared by both models: too few samples, constant genotype, collinearity."""
     status = np.zeros(matrix.shape[0], np.int8)

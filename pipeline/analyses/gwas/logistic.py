@@ -199,7 +199,11 @@ def newton_update(state: RegressionState, total: Mapping[str, np.ndarray], num_s
     if newton.iteration == 0:
         counts = VariantCounts.from_total(total)
         separated = _separated(counts)
+        aliased = glm.null_information_aliased(np.asarray(total["information"]), theta.shape[1] - 1)
+        status[active[aliased]] = glm.STATUS.index("VIF_TOO_HIGH")  # as the linear model, plink2's VIF_INFINITE
+        separated &= ~aliased
     else:
+        aliased = np.zeros(len(active), bool)
         counts = newton.summed_counts
         separated = np.zeros(len(active), bool)
     step = glm.newton_step(theta[active], np.asarray(total["score"]), np.asarray(total["information"]))
@@ -207,9 +211,10 @@ def newton_update(state: RegressionState, total: Mapping[str, np.ndarray], num_s
     variance[active] = step.variance
     diverged = ~np.isfinite(step.step) | (np.max(np.abs(step.theta[:, 1:]), axis=1) > MAX_COEFFICIENT)
     converged = step.step <= p.tolerance
+    diverged &= ~aliased
     status[active[separated | diverged]] = glm.STATUS.index("SEPARATION")
-    status[active[converged & ~separated & ~diverged]] = glm.STATUS.index("OK")
-    still = active[~(separated | diverged | converged)]
+    status[active[converged & ~separated & ~diverged & ~aliased]] = glm.STATUS.index("OK")
+    still = active[~(separated | diverged | converged | aliased)]
     iteration = newton.iteration + 1
     newton = NewtonState(iteration=iteration, theta=theta, active=still, status=status, variance=variance, counts=counts)
     if still.size and iteration < p.max_iterations:
