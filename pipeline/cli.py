@@ -243,7 +243,7 @@ def _missing_code(ctx: click.Context, param: click.Parameter, value: str) -> flo
               help="A text file naming the input VCF/BCF files, one a line ('#' lines and blank lines skipped; relative paths "
                    "are relative to the list file). Instead of --vcf.")
 @click.option("--pfile", multiple=True, metavar="PREFIX",
-              help="A PLINK 2 fileset PREFIX.pgen/.pvar/.psam (plain-text .pvar) instead of VCF input; repeatable, {chrom} allowed.")
+              help="A PLINK 2 fileset PREFIX.pgen/.pvar/.psam (or .pvar.zst, plink2 vzs) instead of VCF input; repeatable, {chrom} allowed.")
 @click.option("--bfile", multiple=True, metavar="PREFIX",
               help="A PLINK 1 fileset PREFIX.bed/.bim/.fam instead of VCF input; A2 is read as REF (give --fasta to check it and "
                    "fix swaps). Repeatable, {chrom} allowed.")

@@ -114,6 +114,15 @@ def test_pfile__dosages_equal_the_vcf_ds(files):
     np.testing.assert_array_equal(from_pgen[2], dosage)
 
 
+def test_pfile__zstd_compressed_pvar_as_plink2_vzs_writes_it(files):
+    _plink2("--vcf", str(files["multi"]), "--make-pgen", "vzs", "--out", str(files["root"] / "multi_vzs"))
+    assert (files["root"] / "multi_vzs.pvar.zst").is_file() and not (files["root"] / "multi_vzs.pvar").exists()
+    plain = _ingest(files, "pgen", files["root"] / "multi", "pfile")
+    compressed = _ingest(files, "pgen_vzs", files["root"] / "multi_vzs", "pfile")
+    assert compressed[0].equals(plain[0])
+    np.testing.assert_array_equal(compressed[1], plain[1])
+
+
 def test_bfile__a2_read_as_ref_and_swaps_fixed_by_the_fasta(files):
     variants, calls, _ = _ingest(files, "vcf", files["gt"])
     bim = (files["root"] / "gt.bim").read_text().split("\n")

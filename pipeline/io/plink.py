@@ -1,8 +1,8 @@
 """PLINK 2 (.pgen/.pvar/.psam) and PLINK 1 (.bed/.bim/.fam) filesets as record blocks.
 
-pgenlib reads the genotypes; the variant and sample tables are text read here (plain
-text only: a zstd-compressed .pvar.zst is refused with the command that decompresses
-it). Each block is a :class:`~pipeline.io.vcf.RecordBlock`, the block the VCF reader
+pgenlib reads the genotypes; the variant and sample tables are text read here (a
+zstd-compressed .pvar.zst, plink2's ``--make-pgen vzs``, through Arrow's zstd codec: no
+other dependency). Each block is a :class:`~pipeline.io.vcf.RecordBlock`, the block the VCF reader
 gives, so harmonization (multi-allelic split, trimming, the REF check with swaps and
 strand flips, contig names) is the same code for every input format.
 
@@ -19,12 +19,15 @@ strand flips, contig names) is the same code for every input format.
 
 from __future__ import annotations
 
+import io
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import IO
 
 import numpy as np
 import pgenlib
+import pyarrow as pa
 
 from pipeline.errors import InputError
 from pipeline.io.variant_table import VariantTable, contig_blocks
@@ -54,9 +57,7 @@ def _fileset_file(prefix: str, suffix: str, kind: str) -> Path:
     if path.is_file():
         return path
     if suffix == ".pvar" and Path(prefix + ".pvar.zst").is_file():
-        raise InputError(
-            f"{prefix}.pvar.zst: a zstd-compressed .pvar is not read; decompress it next to the .pgen with 'zstd -d {prefix}.pvar.zst'"
-        )
+        return Path(prefix + ".pvar.zst")  # plink2 --make-pgen vzs: read through Arrow's zstd codec
     raise InputError(f"{path}: no such file; a {kind} fileset PREFIX is PREFIX{' PREFIX'.join(_SUFFIXES[kind])} (give --{_OPTION[kind]} PREFIX)")
 
 
@@ -64,10 +65,17 @@ _SUFFIXES = {"PLINK 2": (".pgen", ".pvar", ".psam"), "PLINK 1": (".bed", ".bim",
 _OPTION = {"PLINK 2": "pfile", "PLINK 1": "bfile"}
 
 
+def _open_text(path: Path) -> IO[str]:
+    """A text file, or a zstd-compressed one (``.zst``, as plink2's ``vzs`` writes a .pvar) decompressed as it is read."""
+    if path.suffix == ".zst":
+        return io.TextIOWrapper(pa.input_stream(str(path), compression="zstd"), encoding="utf-8")
+    return open(path, encoding="utf-8")
+
+
 def _text_lines(path: Path) -> Iterator[tuple[int, list[str]]]:
     """(line number, whitespace-separated fields) of each non-blank line."""
     try:
-        with open(path, encoding="utf-8") as handle:
+        with _open_text(path) as handle:
             for number, line in enumerate(handle, start=1):
                 fields = line.split()
                 if fields:
