@@ -1,6 +1,8 @@
-"""Ingest: a site's VCF/BCF files (+ FASTA, + phenotypes) -> a harmonized Parquet dataset.
+"""Ingest: a site's VCF/BCF, PLINK or BGEN files (+ FASTA, + phenotypes) -> a harmonized Parquet dataset.
 
-With an index the file is cut into genomic regions of ``chunk_size`` bases and each
+With an index (a VCF/BCF's .tbi/.csi; a PLINK or BGEN input's own variant table, whose
+readers seek to any variant: :func:`pipeline.io.sources.region_plan`) the file is cut
+into genomic regions of ``chunk_size`` bases and each
 region becomes one Dask task (``read_blocks`` -> harmonize -> ``write_chunk`` into the
 temporary output folder, :mod:`pipeline.ingest_task`); the graph is built from
 :func:`~pipeline.ingest_task.ingest_region` wrapped in
@@ -101,12 +103,13 @@ from pipeline.ingest_task import (
 )
 from pipeline.io.fasta import open_reference
 from pipeline.io.phenotypes import PLINK_MISSING_CODE, read_phenotypes
-from pipeline.io.sources import INPUT_FORMATS, Source, open_source, read_source_blocks
+from pipeline.io.sources import INPUT_FORMATS, RegionRows, Source, open_source, region_plan
 from pipeline.io.vcf import (
     IMPUTATION_KEYS,
     Region,
     VcfSource,
     index_record_counts,
+    read_blocks,
 )
 
 log = logging.getLogger(__name__)
@@ -142,11 +145,8 @@ def _parse_scheduler(scheduler: str, workers: int | None) -> str:
 
 
 def _stream(vcf: str, out: Path, *, first_chunk: int, num_samples: int, chunk_size: int, fasta: str | None, contig_style: str,
-            progress: bool, min_info: float | None = None, source: Source | None = None) -> list[dict[str, Any]]:
-    """Without an index: reads the input in order, cutting chunks on the region grid (numbered from ``first_chunk``).
-
-    ``source`` is the opened input (None: ``vcf`` is a VCF/BCF); PLINK and BGEN inputs are always read this way.
-    """
+            progress: bool, min_info: float | None = None) -> list[dict[str, Any]]:
+    """A VCF/BCF without an index: reads it in order, cutting chunks on the region grid (numbered from ``first_chunk``)."""
     reference = open_reference(fasta) if fasta else None
     harmonize = harmonizer(contig_style=contig_style, reference=reference, min_info=min_info)
     results: list[dict[str, Any]] = []
@@ -164,7 +164,7 @@ def _stream(vcf: str, out: Path, *, first_chunk: int, num_samples: int, chunk_si
 
     bar = progress_bar(progress, unit="records", desc="ingest")
     try:
-        for record_block in read_source_blocks(vcf, source, max_records=records_per_block(num_samples)):
+        for record_block in read_blocks(vcf, None, max_records=records_per_block(num_samples)):
             batch: VariantBatch = harmonize(record_block)
             window = (batch.source_position - 1) // chunk_size
             for key in _ordered_unique(window.tolist()):
@@ -280,16 +280,20 @@ def _open_inputs(vcf: str | Path | Sequence[str | Path], min_info: float | None 
     return paths, sources
 
 
-def _plan_regions(paths: Sequence[str], sources: Sequence[Source], chunk_size: int, contig_style: str) -> list[list[Region] | None]:
-    """Each indexed input's regions (None for an input to stream); a contig with regions in two inputs fails before any work."""
-    plans = [source.regions(chunk_size) if isinstance(source, VcfSource) and source.has_index else None for source in sources]
-    refuse_shared_contigs([(path, [region.contig for region in regions]) for path, regions in zip(paths, plans) if regions is not None],
+Plan = list[tuple[Region, RegionRows | None]]
+"""An input's regions, each with the rows its task reads (:func:`pipeline.io.sources.region_plan`)."""
+
+
+def _plan_regions(paths: Sequence[str], sources: Sequence[Source], chunk_size: int, contig_style: str) -> list[Plan | None]:
+    """Each input's regions (None for an unindexed VCF, to stream); a contig with regions in two inputs fails before any work."""
+    plans = [region_plan(source, chunk_size) for source in sources]
+    refuse_shared_contigs([(path, [region.contig for region, _ in plan]) for path, plan in zip(paths, plans) if plan is not None],
                           contig_style)
     return plans
 
 
 def _chunk_plan(
-    paths: Sequence[str], sources: Sequence[Source], plans: Sequence[list[Region] | None], out: str, *, fasta: str | None,
+    paths: Sequence[str], sources: Sequence[Source], plans: Sequence[Plan | None], out: str, *, fasta: str | None,
     contig_style: str, stream: Callable[[str, int], list[dict[str, Any]]], min_info: float | None = None,
 ) -> tuple[list[ChunkTask], dict[str, list[dict[str, Any]]]]:
     """Numbers chunks over the inputs in order: an indexed input's regions become tasks, an unindexed input is streamed now.
@@ -307,8 +311,8 @@ def _chunk_plan(
             streamed[path] = stream(path, next_chunk)
             next_chunk += len(streamed[path])
         else:
-            tasks += [ChunkTask(path, region, next_chunk + i, out, len(source.samples), fasta, contig_style, min_info)
-                      for i, region in enumerate(regions)]
+            tasks += [ChunkTask(path, region, next_chunk + i, out, len(source.samples), fasta, contig_style, min_info, rows)
+                      for i, (region, rows) in enumerate(regions)]
             next_chunk += len(regions)
     return tasks, streamed
 
@@ -529,21 +533,20 @@ def ingest(
     with _disk_full_is_an_error(out_path, describe_inputs(paths)), outputs.atomic_directory(out_path, force=force) as tmp:
         plans = _plan_regions(paths, sources, size, contig_style)
         if fasta_path is not None:
-            for path, regions in zip(paths, plans):
-                if regions is not None:
-                    _check_reference_contigs(fasta_path, regions, path)
+            for path, plan in zip(paths, plans):
+                if plan is not None:
+                    _check_reference_contigs(fasta_path, [region for region, _ in plan], path)
 
         def stream(path: str, first_chunk: int) -> list[dict[str, Any]]:
             log.info("%s has no index: streaming it in one pass", path)
             return _stream(path, tmp, first_chunk=first_chunk, num_samples=len(samples), chunk_size=size, fasta=fasta_path,
-                           contig_style=contig_style, progress=progress, min_info=min_info,
-                           source=None if input_format == "vcf" else sources[paths.index(path)])
+                           contig_style=contig_style, progress=progress, min_info=min_info)
 
         tasks, streamed = _chunk_plan(paths, sources, plans, str(tmp), fasta=fasta_path, contig_style=contig_style, stream=stream,
                                       min_info=min_info)
         if streamed:  # the contigs of the streamed inputs are known now
-            refuse_shared_contigs([(path, [r.contig for r in regions] if regions is not None else list(_records_by_contig(streamed[path])))
-                                   for path, regions in zip(paths, plans)], contig_style)
+            refuse_shared_contigs([(path, [r.contig for r, _ in plan] if plan is not None else list(_records_by_contig(streamed[path])))
+                                   for path, plan in zip(paths, plans)], contig_style)
         if not tasks:
             computed = []
         elif parts_dir is not None:

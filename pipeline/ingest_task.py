@@ -1,4 +1,4 @@
-"""One ingest task: a genomic region of a VCF/BCF -> harmonized chunk files.
+"""One ingest task: a genomic region of an input (VCF/BCF, PLINK or BGEN) -> harmonized chunk files.
 
 This is what a Dask worker runs (:func:`ingest_region` on a picklable
 :class:`ChunkTask`), kept apart from the driver (:mod:`pipeline.ingest`) so that a
@@ -18,6 +18,7 @@ from pipeline.dataset import Block, write_chunk
 from pipeline.harmonize.batch import VariantBatch, add_counts, concat_blocks, to_block
 from pipeline.harmonize.chain import harmonizer
 from pipeline.io.fasta import open_reference
+from pipeline.io.sources import RegionRows, read_source_blocks
 from pipeline.io.vcf import RecordBlock, Region, read_blocks
 
 __all__ = ["CALLS_PER_BLOCK", "COUNTERS", "DROP_REASONS", "RECORDS_PER_BLOCK", "ChunkTask", "add_reader_counts", "dense_block", "empty_counts",
@@ -59,6 +60,9 @@ class ChunkTask:
     fasta: str | None
     contig_style: str
     min_info: float | None = None
+    rows: RegionRows | None = None
+    """A PLINK or BGEN input's rows of the region (:func:`pipeline.io.sources.region_plan`); ``None``: a VCF's, found
+    through its index."""
 
 
 def empty_counts() -> dict[str, Any]:
@@ -108,7 +112,10 @@ def ingest_region(task: ChunkTask) -> dict[str, Any]:
     counts: dict[str, Any] = empty_counts()
     blocks: list[Block] = []
     records_read = 0
-    for record_block in read_blocks(task.vcf, task.region, max_records=records_per_block(task.num_samples)):
+    max_records = records_per_block(task.num_samples)
+    records = (read_blocks(task.vcf, task.region, max_records=max_records) if task.rows is None
+               else read_source_blocks(task.vcf, task.rows, max_records=max_records))
+    for record_block in records:
         records_read += record_block.num_records
         batch: VariantBatch = harmonize(record_block)
         counts = add_reader_counts(dict(add_counts(counts, batch.counts)), record_block)

@@ -15,6 +15,7 @@ from click.testing import CliRunner
 
 from pipeline.cli import main
 from pipeline.dataset import open_dataset
+from pipeline.errors import InputError
 from pipeline.ingest import ingest
 
 pytestmark = pytest.mark.skipif(shutil.which("plink2") is None, reason="plink2 converts the test VCFs")
@@ -121,6 +122,55 @@ def test_pfile__zstd_compressed_pvar_as_plink2_vzs_writes_it(files):
     compressed = _ingest(files, "pgen_vzs", files["root"] / "multi_vzs", "pfile")
     assert compressed[0].equals(plain[0])
     np.testing.assert_array_equal(compressed[1], plain[1])
+
+
+def _indexed(path: Path) -> Path:
+    """``path`` bgzipped and tabix-indexed (the VCF read by region, as the PLINK/BGEN inputs are)."""
+    import pysam
+
+    return Path(pysam.tabix_index(str(path), preset="vcf", force=True, keep_original=True))
+
+
+def _chunks(path: Path) -> list[tuple[list, list]]:
+    dataset = open_dataset(path)
+    return [(pq.read_table(path / "variants" / f"{name}.parquet").to_pylist(),
+             pq.read_table(path / "genotypes" / f"{name}.parquet").to_pylist()) for name in dataset.chunk_names]
+
+
+@pytest.mark.parametrize(("name", "input_format", "workers"), [("multi", "pfile", 1), ("ds", "pfile", 2), ("gt", "bfile", 1),
+                                                               ("ds", "bgen", 2)])
+def test_regions__plink_and_bgen_are_cut_into_the_indexed_vcfs_tasks_and_chunks(files, name, input_format, workers):
+    """One Dask task per region, as for the tabix-indexed VCF: the same chunks, whatever the scheduler (processes:
+    each task carries its region's rows, pickled)."""
+    root = files["root"]
+    vcf = _indexed(files[name])
+    source = root / f"{name}.bgen" if input_format == "bgen" else root / name
+    options = {"chunk_size": 20, "workers": workers, "scheduler": "processes" if workers > 1 else "threads"}
+    by_region = ingest(str(source), out=root / f"{name}-{input_format}.dataset", fasta=files["fasta"],
+                       input_format=input_format, **options)
+    from_vcf = ingest(str(vcf), out=root / f"{name}-{input_format}-vcf.dataset", fasta=files["fasta"], **options)
+    assert by_region["inputs"]["indexed"] and by_region["tasks"] == from_vcf["tasks"] >= 2
+    ours, theirs = _chunks(root / f"{name}-{input_format}.dataset"), _chunks(root / f"{name}-{input_format}-vcf.dataset")
+    assert len(ours) == len(theirs) == by_region["tasks"]
+    for (variants, genotypes), (vcf_variants, vcf_genotypes) in zip(ours, theirs):
+        assert [v["variant_id"] for v in variants] == [v["variant_id"] for v in vcf_variants]
+        assert [g["call_dosage"] for g in genotypes] == [g["call_dosage"] for g in vcf_genotypes]
+        if input_format != "bgen":  # BGEN's 8-bit dosages: compared to the VCF's within their precision above
+            np.testing.assert_array_equal(np.array([g["dosage"] or [] for g in genotypes], dtype=float),
+                                          np.array([g["dosage"] or [] for g in vcf_genotypes], dtype=float))
+
+
+def test_regions__an_unsorted_pvar_is_refused_before_any_work_naming_the_line(files):
+    root = files["root"]
+    for suffix in (".pgen", ".psam"):
+        shutil.copy(root / f"multi{suffix}", root / f"unsorted{suffix}")
+    lines = (root / "multi.pvar").read_text().splitlines()
+    header = [line for line in lines if line.startswith("#")]
+    body = [line for line in lines if not line.startswith("#")]
+    (root / "unsorted.pvar").write_text("\n".join([*header, body[1], body[0], *body[2:]]) + "\n")
+    with pytest.raises(InputError, match=r"unsorted\.pvar: 1:10 \(line \d+\): positions decrease"):
+        ingest(str(root / "unsorted"), out=root / "unsorted.dataset", input_format="pfile", chunk_size=20)
+    assert not (root / "unsorted.dataset").exists()
 
 
 def test_bfile__a2_read_as_ref_and_swaps_fixed_by_the_fasta(files):

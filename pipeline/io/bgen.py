@@ -19,17 +19,18 @@ harmonization is the same code for every input format.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import tempfile
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import cbgen
 import numpy as np
 
 from pipeline.errors import InputError
-from pipeline.io.variant_table import VariantTable, contig_blocks
-from pipeline.io.vcf import RecordBlock
+from pipeline.io.variant_table import VariantTable, contig_blocks, table_regions
+from pipeline.io.vcf import RecordBlock, Region
 
 HARD_CALL_THRESHOLD = 0.1  # plink2's --hard-call-threshold default
 _SORT_HINT = "sort the variants by position within each chromosome (for example 'plink2 --bgen FILE ref-first --sort-vars --export bgen-1.2')"
@@ -45,9 +46,13 @@ class BgenSource:
 
     path: Path
     samples: list[str]
-    has_index: bool = False  # read in one pass (the ingest streams it)
+    has_index: bool = True  # cbgen reads any variant by its offset: the ingest cuts the file by region (:func:`regions`)
     header_assembly: str | None = None
     imputation_key: str | None = None  # no INFO scores read from BGEN
+    variants: VariantTable | None = field(default=None, compare=False)
+    """The variants to read (a region's: :func:`regions`); ``None``: the whole file's, read from its headers."""
+    offsets: np.ndarray | None = field(default=None, compare=False)
+    """Each of ``variants``' byte offset in the file."""
 
 
 def read_sample_file(path: Path) -> list[str]:
@@ -145,16 +150,40 @@ def _variant_table(bgen: cbgen.bgen_file, metafile: Path, path: Path) -> tuple[V
     return table, offsets
 
 
+def _with_variants(source: BgenSource) -> BgenSource:
+    """The source with the whole file's variant table and offsets (read once from its headers through a metafile)."""
+    if source.variants is not None:
+        return source
+    with tempfile.TemporaryDirectory(prefix="genofed-bgen-") as folder, contextlib.closing(_open(source.path)) as bgen:
+        table, offsets = _variant_table(bgen, Path(folder) / "variants.metafile", source.path)
+    return dataclasses.replace(source, variants=table, offsets=offsets)
+
+
+def regions(source: BgenSource, chunk_size: int) -> list[tuple[Region, BgenSource]]:
+    """The file cut on the region grid: each region's variants and offsets as a source of their own (one Dask task).
+
+    Raises:
+        InputError: a multi-allelic variant, or variants not sorted.
+    """
+    source = _with_variants(source)
+    table, offsets = source.variants, source.offsets
+    assert table is not None and offsets is not None
+    return [(region, dataclasses.replace(source, variants=table.rows(first, end), offsets=offsets[first:end]))
+            for region, first, end in table_regions(table, str(source.path), chunk_size, sort_hint=_SORT_HINT)]
+
+
 def read_blocks(source: BgenSource, *, max_records: int = 2000) -> Iterator[RecordBlock]:
-    """The file's variants in file order, as blocks of consecutive variants of one contig.
+    """The file's variants (or a region's: :func:`regions`) in file order, as blocks of consecutive variants of one contig.
 
     Raises:
         InputError: a multi-allelic variant, a ploidy above 2, or variants not sorted.
     """
     name = str(source.path)
     num_samples = len(source.samples)
-    with tempfile.TemporaryDirectory(prefix="genofed-bgen-") as folder, contextlib.closing(_open(source.path)) as bgen:
-        table, offsets = _variant_table(bgen, Path(folder) / "variants.metafile", source.path)
+    source = _with_variants(source)
+    table, offsets = source.variants, source.offsets
+    assert table is not None and offsets is not None
+    with contextlib.closing(_open(source.path)) as bgen:
         for contig, first, end in contig_blocks(table, name, max_records, sort_hint=_SORT_HINT):
             allele_index = np.empty((end - first, num_samples, 2), dtype=np.int8)
             ds = np.empty((end - first, num_samples, 1), dtype=np.float32)

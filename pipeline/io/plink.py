@@ -19,9 +19,10 @@ strand flips, contig names) is the same code for every input format.
 
 from __future__ import annotations
 
+import dataclasses
 import io
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
 
@@ -30,8 +31,8 @@ import pgenlib
 import pyarrow as pa
 
 from pipeline.errors import InputError
-from pipeline.io.variant_table import VariantTable, contig_blocks
-from pipeline.io.vcf import MAX_ALT_ALLELES, RecordBlock
+from pipeline.io.variant_table import VariantTable, contig_blocks, table_regions
+from pipeline.io.vcf import MAX_ALT_ALLELES, RecordBlock, Region
 
 _PGEN_MISSING = -9  # pgenlib's code for a missing allele or dosage
 _SORT_HINT = "sort the fileset with 'plink2 --pfile PREFIX --sort-vars --make-pgen --out SORTED' (--bfile and --make-bed for PLINK 1)"
@@ -47,9 +48,13 @@ class PlinkSource:
     samples: list[str]
     variants: VariantTable
     is_bed: bool  # PLINK 1: hard calls only, and the sample count comes from the .fam
-    has_index: bool = False  # read in one pass (the ingest streams it)
+    has_index: bool = True  # pgenlib reads any variant: the ingest cuts the fileset by region (:func:`regions`)
     header_assembly: str | None = None
     imputation_key: str | None = None  # no INFO scores in a fileset
+    first_row: int = 0
+    """The file row of ``variants``' first: 0 for an opened fileset, a region's first row for one of :func:`regions`."""
+    allele_offsets: np.ndarray | None = field(default=None, compare=False)
+    """pgenlib's allele index offsets of the whole file where it has multi-allelic variants (a region's, to seek)."""
 
 
 def _fileset_file(prefix: str, suffix: str, kind: str) -> Path:
@@ -167,7 +172,7 @@ def _allele_offsets(alts: list[tuple[str, ...]]) -> np.ndarray | None:
 
 
 def _pgen_reader(source: PlinkSource) -> pgenlib.PgenReader:
-    offsets = _allele_offsets(source.variants.alts)
+    offsets = source.allele_offsets if source.allele_offsets is not None else _allele_offsets(source.variants.alts)
     raw_sample_ct = len(source.samples) if source.is_bed else None  # a .bed does not store its sample count
     try:
         return pgenlib.PgenReader(bytes(source.genotypes), raw_sample_ct=raw_sample_ct, allele_idx_offsets=offsets)
@@ -252,8 +257,20 @@ def _dosages(reader: pgenlib.PgenReader, first: int, end: int, alts: list[tuple[
     return ds
 
 
+def regions(source: PlinkSource, chunk_size: int) -> list[tuple[Region, PlinkSource]]:
+    """The fileset cut on the region grid: each region's rows as a source of their own (read by one Dask task).
+
+    Raises:
+        InputError: records not sorted (see :func:`~pipeline.io.variant_table.contig_blocks`).
+    """
+    table = source.variants
+    offsets = _allele_offsets(table.alts)
+    return [(region, dataclasses.replace(source, variants=table.rows(first, end), first_row=first, allele_offsets=offsets))
+            for region, first, end in table_regions(table, str(source.variant_file), chunk_size, sort_hint=_SORT_HINT)]
+
+
 def read_blocks(source: PlinkSource, *, max_records: int = 2000) -> Iterator[RecordBlock]:
-    """The fileset's records in file order, as blocks of consecutive records of one contig.
+    """The fileset's records (or a region's: :func:`regions`) in file order, as blocks of consecutive records of one contig.
 
     Raises:
         InputError: records not sorted (see :func:`~pipeline.io.variant_table.contig_blocks`)
@@ -266,17 +283,18 @@ def read_blocks(source: PlinkSource, *, max_records: int = 2000) -> Iterator[Rec
     if too_many is not None:
         raise InputError(f"{table.where(name, too_many)}: {len(table.alts[too_many])} ALT alleles, more than {MAX_ALT_ALLELES}; remove the record")
     with _pgen_reader(source) as reader:
+        row = source.first_row  # where the table's rows are in the file
         for contig, first, end in contig_blocks(table, name, max_records, sort_hint=_SORT_HINT):
             alts = table.alts[first:end]
             calls = np.empty((end - first, 2 * num_samples), dtype=np.int32)
-            reader.read_alleles_range(first, end, calls)
+            reader.read_alleles_range(row + first, row + end, calls)
             allele_index = np.where(calls < 0, -1, calls).astype(np.int8).reshape(end - first, num_samples, 2)
             no_alt = np.fromiter((not a for a in alts), dtype=bool, count=len(alts))
             if no_alt.any():  # ALT '.': the record is dropped, its calls only must not name an ALT it lacks
                 allele_index[no_alt] = np.minimum(allele_index[no_alt], 0)
             ds = None
             if not source.is_bed:
-                values = _dosages(reader, first, end, alts, num_samples)
+                values = _dosages(reader, row + first, row + end, alts, num_samples)
                 keep = _has_dosage(allele_index, values, np.fromiter((len(a) for a in alts), dtype=np.int64, count=len(alts)))
                 if keep.any():
                     values[~keep] = np.nan

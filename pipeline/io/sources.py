@@ -2,8 +2,10 @@
 
 The VCF/BCF, PLINK and BGEN readers all give :class:`~pipeline.io.vcf.RecordBlock`s;
 the ingest picks the reader here, so everything after it (harmonization, chunking, the
-dataset, the report) is one code path whatever the format. Only VCF/BCF inputs can be
-read by region (through their index); the others are read in one pass.
+dataset, the report) is one code path whatever the format. Every input is cut into the
+same regions (:func:`region_plan`) and each becomes one Dask task: a VCF/BCF through its
+index (one without an index is streamed in one pass), a PLINK or BGEN input through its
+variant table (its readers seek to any variant), the task carrying its region's rows.
 """
 
 from __future__ import annotations
@@ -13,9 +15,11 @@ from pathlib import Path
 
 from pipeline.errors import ConfigurationError
 from pipeline.io import bgen, plink
-from pipeline.io.vcf import RecordBlock, VcfSource, open_vcf, read_blocks
+from pipeline.io.vcf import RecordBlock, Region, VcfSource, open_vcf, read_blocks
 
 Source = VcfSource | plink.PlinkSource | bgen.BgenSource
+RegionRows = plink.PlinkSource | bgen.BgenSource
+"""A region's rows of a PLINK or BGEN input, read by one task (a VCF's task reads its region through the index)."""
 
 INPUT_FORMATS = {"vcf": "", "pfile": ".pgen", "bfile": ".bed", "bgen": ""}
 """Input formats, each with the suffix its inputs' files take (``pfile``/``bfile`` inputs are PREFIXes)."""
@@ -48,3 +52,17 @@ def read_source_blocks(path: str, source: Source | None, *, max_records: int) ->
     if isinstance(source, bgen.BgenSource):
         return bgen.read_blocks(source, max_records=max_records)
     return read_blocks(path, None, max_records=max_records)
+
+
+def region_plan(source: Source, chunk_size: int) -> list[tuple[Region, RegionRows | None]] | None:
+    """The input's regions of ``chunk_size`` bases, each with the rows its task reads (``None`` for a VCF's: the index
+    finds them); ``None`` for a VCF/BCF without an index, which is streamed.
+
+    Raises:
+        InputError: a PLINK or BGEN input whose records are not sorted (naming the record).
+    """
+    if isinstance(source, plink.PlinkSource):
+        return list(plink.regions(source, chunk_size))
+    if isinstance(source, bgen.BgenSource):
+        return list(bgen.regions(source, chunk_size))
+    return [(region, None) for region in source.regions(chunk_size)] if source.has_index else None

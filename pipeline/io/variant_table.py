@@ -4,7 +4,9 @@ These formats keep the variants in a table apart from the genotypes (.pvar/.bim,
 BGEN variant headers). The ingest reads an input as consecutive records of one contig
 at a time, as the VCF reader gives them; :func:`contig_blocks` checks the order the VCF
 reader checks (each contig's records together, positions not decreasing, POS from 1)
-and cuts the table into those blocks.
+and cuts the table into those blocks. Their readers seek to any variant, so the table
+is also cut into the regions of an indexed VCF (:func:`table_regions`): one Dask task
+each, reading only its rows.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from pipeline.errors import InputError
+from pipeline.io.vcf import Region
 
 MAX_POSITION = (1 << 31) - 1  # the largest POS, as in VCF (a 32-bit signed integer)
 
@@ -37,6 +40,12 @@ class VariantTable:
     @property
     def num_variants(self) -> int:
         return int(self.position.shape[0])
+
+    def rows(self, first: int, end: int) -> VariantTable:
+        """Rows ``first`` to ``end`` (exclusive), line numbers kept."""
+        return VariantTable(self.contig[first:end], self.position[first:end], self.record_id[first:end],
+                            self.ref[first:end], self.alts[first:end],
+                            None if self.line_number is None else self.line_number[first:end])
 
     def where(self, source: str, i: int) -> str:
         """``file: contig:pos (line n)`` of row ``i``, for messages."""
@@ -74,3 +83,24 @@ def contig_blocks(table: VariantTable, source: str, max_records: int, *, sort_hi
         for first in range(start, end, max_records):
             yield contig, first, min(first + max_records, end)
         start = end
+
+
+def table_regions(table: VariantTable, source: str, chunk_size: int, *, sort_hint: str) -> list[tuple[Region, int, int]]:
+    """``(region, first row, end row)`` of each window of ``chunk_size`` bases that holds a record.
+
+    The windows sit on the grid an indexed VCF is cut on (``1 + k * chunk_size``: see
+    :meth:`pipeline.io.vcf.VcfSource.regions`), so an input's chunks do not depend on its format.
+
+    Raises:
+        InputError: as :func:`contig_blocks` (the table's order is checked first).
+    """
+    runs = [(contig, first, end) for contig, first, end in contig_blocks(table, source, max(table.num_variants, 1), sort_hint=sort_hint)]
+    regions: list[tuple[Region, int, int]] = []
+    for contig, first, end in runs:
+        window = (table.position[first:end] - 1) // chunk_size
+        starts = np.flatnonzero(np.r_[True, np.diff(window) != 0])
+        ends = np.r_[starts[1:], end - first]
+        for start, stop in zip(starts.tolist(), ends.tolist()):
+            k = int(window[start])
+            regions.append((Region(contig, 1 + k * chunk_size, 1 + (k + 1) * chunk_size), first + start, first + stop))
+    return regions
