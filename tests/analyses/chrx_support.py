@@ -78,10 +78,3 @@ def write_vcf(sites: Mapping[str, dict], prefix: Path) -> None:
     Path(f"{prefix}.vcf").write_text("\n".join(lines) + "\n")
     Path(f"{prefix}.psam").write_text("\n".join(psam) + "\n")
     Path(f"{prefix}.pheno.tsv").write_text("\n".join(pheno) + "\n")
-
-
-def read_plink2_table(path: Path) -> dict[str, dict[str, str]]:
-    """A plink2 output table's rows by ID (header ``#CHROM`` read as ``CHROM``)."""
-    header, *body = path.read_text().splitlines()
-    names = header.lstrip("#").split("\t")
-    return {row["ID"]: row for row in (dict(zip(names, line.split("\t"))) for line in body)}

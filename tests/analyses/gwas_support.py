@@ -222,10 +222,36 @@ def plink2_glm(root: Path, phenotype: str, *, vcf_options: Sequence[str] = (), c
     done = subprocess.run(arguments, capture_output=True, text=True, check=False)
     assert done.returncode == 0, done.stdout + done.stderr
     suffix = "linear" if phenotype == "quant_trait" else "logistic"
-    out = root / f"{phenotype}.{phenotype}.glm.{suffix}"
-    header, *body = out.read_text().splitlines()
+    return read_plink2_table(root / f"{phenotype}.{phenotype}.glm.{suffix}")
+
+
+def read_plink2_table(path: Path) -> dict[str, dict[str, str]]:
+    """A plink2 output table's rows by ID (header ``#CHROM`` read as ``CHROM``)."""
+    header, *body = path.read_text().splitlines()
     names = header.lstrip("#").split("\t")
     return {row["ID"]: row for row in (dict(zip(names, line.split("\t"))) for line in body)}
+
+
+def assert_equals_plink2_glm(reference: Mapping[str, Mapping[str, str]], rows: Sequence[Mapping], variant_ids: Sequence[str]
+                             ) -> list[str]:
+    """Each variant's OBS_CT, BETA and SE from ``plink2 --glm`` (``reference``, by ID) equal the published row's (n,
+    beta to 1e-5 with plink2's tested allele's sign, SE to 1e-5), where both have an estimate.
+
+    Returns:
+        The CHROM plink2 gave each variant compared (``PAR1`` after ``--split-par``), in order.
+    """
+    ours = {row["variant_id"]: row for row in rows}
+    compared = []
+    for variant in variant_ids:
+        theirs, row = reference[variant], ours[variant]
+        if theirs["ERRCODE"] != "." or row["beta"] is None:
+            continue
+        assert int(theirs["OBS_CT"]) == row["n"], variant
+        sign = 1.0 if theirs["A1"] == variant.split(":")[3] else -1.0  # plink2 names the allele it tested
+        assert sign * float(theirs["BETA"]) == pytest.approx(row["beta"], rel=1e-5, abs=1e-9), variant
+        assert float(theirs["SE"]) == pytest.approx(row["standard_error"], rel=1e-5), variant
+        compared.append(theirs["CHROM"])
+    return compared
 
 
 def assert_equals_pooled_ols(rows: list[dict], sites: dict[str, Site], phenotype: str = "quant_trait", *, rel: float = 1e-6) -> None:

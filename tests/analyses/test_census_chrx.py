@@ -74,8 +74,8 @@ def test_equals_plink2_freq_and_hardy_on_the_pooled_and_per_site_vcfs(cohort, ce
     pooled = tmp_path / "pooled"
     cs.write_vcf(cohort, pooled)
     _plink2(pooled, "--freq", "counts", "--hardy")
-    counts = cs.read_plink2_table(Path(f"{pooled}.acount"))
-    hardy = {**cs.read_plink2_table(Path(f"{pooled}.hardy")), **cs.read_plink2_table(Path(f"{pooled}.hardy.x"))}
+    counts = gs.read_plink2_table(Path(f"{pooled}.acount"))
+    hardy = {**gs.read_plink2_table(Path(f"{pooled}.hardy")), **gs.read_plink2_table(Path(f"{pooled}.hardy.x"))}
     for variant, row in rows.items():
         assert (row["allele_count"], row["allele_number"]) == (int(counts[variant]["ALT_CTS"]),
                                                                int(counts[variant]["OBS_CT"])), variant
@@ -86,7 +86,7 @@ def test_equals_plink2_freq_and_hardy_on_the_pooled_and_per_site_vcfs(cohort, ce
         cs.write_vcf({name: site}, prefix)
         _plink2(prefix, "--hardy")
         for table in (".hardy", ".hardy.x"):
-            for variant, row in cs.read_plink2_table(Path(f"{prefix}{table}")).items():
+            for variant, row in gs.read_plink2_table(Path(f"{prefix}{table}")).items():
                 failing[variant] += float(row["P"]) < SPEC["hwe_p"]
     assert failing[cs.OUT_OF_HWE] == 1
     assert {v: row["n_sites_hwe_fail"] for v, row in rows.items()} == failing

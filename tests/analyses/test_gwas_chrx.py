@@ -188,7 +188,7 @@ def test_linear__equals_plink2_glm_with_split_par_on_the_pooled_vcf(cohort, line
          "--covar-name", "age", "--glm", "hide-covar", "no-firth", "cols=+a1freq,+beta", "--threads", "1",
          "--out", str(tmp_path / "out")], capture_output=True, text=True, check=False)
     assert done.returncode == 0, done.stdout + done.stderr
-    expected = cs.read_plink2_table(tmp_path / "out.quant_trait.glm.linear")
+    expected = gs.read_plink2_table(tmp_path / "out.quant_trait.glm.linear")
     assert {expected[v]["CHROM"] for v in PAR} == {"PAR1"}
     rows = _rows(linear_run)
     assert set(rows) == set(expected)
