@@ -263,23 +263,26 @@ def stitch_fits(parts: Sequence[tuple[np.ndarray, VariantFits]], count: int) -> 
     The chrX variants outside the PARs are fitted with the sex covariate, the others without it
     (:mod:`.chrx`); the job publishes them as one list, in the tested variants' order.
     """
-    def gather(name: str) -> np.ndarray | None:
-        values = [getattr(fits, name) for _, fits in parts]
-        if all(v is None for v in values):
-            return None
-        filled = [np.zeros(len(positions), bool) if v is None else v for (positions, _), v in zip(parts, values)]
-        out = np.empty(count, np.result_type(*filled))
-        for (positions, _), v in zip(parts, filled):
-            out[positions] = v
-        return out
-
     covered = np.zeros(count, np.int64)
     for positions, _ in parts:
         np.add.at(covered, positions, 1)
     if not np.all(covered == 1):
         raise ValueError(f"the parts cover {int(np.count_nonzero(covered))} of {count} variants, some more than once")
-    fields = [f.name for f in dataclasses.fields(VariantFits)]
-    return VariantFits(**{name: gather(name) for name in fields})
+
+    def gather(values: Sequence[np.ndarray]) -> np.ndarray:
+        out = np.empty(count, np.result_type(*values))
+        for (positions, _), part in zip(parts, values):
+            out[positions] = part
+        return out
+
+    def field(name: str) -> np.ndarray:
+        return gather([getattr(fits, name) for _, fits in parts])
+
+    firth = None
+    if any(fits.firth is not None for _, fits in parts):
+        firth = gather([np.zeros(len(positions), bool) if fits.firth is None else fits.firth for positions, fits in parts])
+    return VariantFits(field("beta"), field("se"), field("statistic"), field("p_value"), field("status"), field("n"),
+                       field("alt_count"), field("below_min"), firth)
 
 
 def regression_result(state: RegressionState, fits: VariantFits, num_sites: int, *, layout: Layout) -> Result:

@@ -251,7 +251,7 @@ def stitched_result(state: PhenotypesState, phenotype: int, fits: Sequence[Varia
     result = regression_result(whole, stitch_fits(list(zip(positions, fits)), len(ids)), num_sites, layout=layout)
     if CHRX in state.parts:
         j = state.parts.index(CHRX)
-        result.summary["chrx"] = x_summary(state.single(slots[j]), len(positions[j]))
+        result = Result({**result.summary, "chrx": x_summary(state.single(slots[j]), len(positions[j]))}, result.tables)
     return result
 
 
@@ -387,12 +387,12 @@ class Regressions(Analysis[Any]):
                       else tuple((i,) for i in range(count)))
             return dataclasses.replace(state, fits=tuple(fits), passes=passes), False, None
         if p.model == "linear":
-            fits: list[VariantFits | None] = [None] * count
+            slot_fits: list[VariantFits | None] = [None] * count
             for group in state.passes:
                 shared = {name: total[f"{group[0]}.{name}"] for name in SHARED_FIELDS if f"{group[0]}.{name}" in total}
                 for i in group:
-                    fits[i] = linear_fits(state.single(i), {**shared, **_part(total, f"{i}.")}, num_sites)
-            return state, True, job_result(state, [f for f in fits if f is not None], num_sites)
+                    slot_fits[i] = linear_fits(state.single(i), {**shared, **_part(total, f"{i}.")}, num_sites)
+            return state, True, job_result(state, [f for f in slot_fits if f is not None], num_sites)
         slots = list(state.fits)
         for i, fit in enumerate(state.fits):
             if not fit.done:

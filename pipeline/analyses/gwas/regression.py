@@ -181,7 +181,7 @@ def published_moments(state: RegressionState, total: Mapping[str, np.ndarray]) -
     sd = np.sqrt(variance)
     columns = kept_columns(state.parameters, state.factors, total["sum"])
     if state.parameters.sex_required and _constant(sd, mean, state.all_columns.index(SEX)):
-        columns = [c for c in (state.all_columns if columns is None else columns) if c != SEX]  # one sex: plink2 adds none
+        columns = tuple(c for c in (state.all_columns if columns is None else columns) if c != SEX)  # one sex: plink2 adds none
     if columns is not None:  # each factor's reference level and empty levels dropped
         index = [*(state.all_columns.index(name) for name in columns), len(state.all_columns)]
         mean, sd = mean[index], sd[index]
