@@ -345,9 +345,10 @@ def background_regions_option(default: tuple[str, ...]) -> Callable[[Callable[..
     return click.option(
         "--background-region", "background_regions", multiple=True, default=default, show_default=True,
         callback=_background_regions_argument,
-        help="A null region CONTIG:START-END on another autosome, simulated for the same people: unlinked to the "
-             "trait region and without causal variants, so lambda_GC over it measures stratification the PCs left. "
-             "Repeat for more; 'none' for none.",
+        help="A null region CONTIG:START-END on another autosome or on chrX, simulated for the same people: unlinked "
+             "to the trait region and without causal variants, so lambda_GC over it measures stratification the PCs "
+             "left. On chrX males are haploid outside the GRCh38 pseudo-autosomal regions (e.g. chrX:2000000-4000000 "
+             "spans the end of PAR1). Repeat for more; 'none' for none.",
     )
 
 
