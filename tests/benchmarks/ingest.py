@@ -26,11 +26,11 @@ averages of 3-6 (3-7 of them generating the two sites; cached reruns skip that);
 load of 2, an estimated 6-7 (5.4 measured before the half-size site was added).
 ``--skip processes,bcftools`` saves about 2 more.
 
-``--large`` (``--synthetic 50000x200000``, 1e10 genotypes) is long-running. Extrapolated
-linearly from the default size on 2 quiet cores: about 25-30 minutes to generate the two
-sites and 45-50 minutes for the figures, so over an hour from an empty ``--workdir``; about
-6 GB of disk at peak (the two VCFs 3 GB, plink2's files 1.4 GB, one ingest output 1.5 GB);
-each ingest worker near 3-4 GB of RSS (1.3-1.4 GB at 20,000 samples, mostly per read block).
+``--large`` (``--synthetic 50000x200000``, 1e10 genotypes) is long-running: with ``--skip
+processes,bcftools,reader`` on 2 quiet cores it took 44 minutes from an empty ``--workdir``
+(18 generating the two sites, 3.0 GB of VCF.gz; 4.3 GB with plink2's files, plus one ingest output at a time), and each
+ingest worker peaked at 1.0 GB (250 kb chunks) to 1.8 GB (1 Mb); the figures are in the
+README.
 """
 
 from __future__ import annotations
