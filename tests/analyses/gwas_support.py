@@ -320,3 +320,24 @@ def pooled_firth(x: np.ndarray, y: np.ndarray, *, iterations: int = 500) -> tupl
     p = 1.0 / (1.0 + np.exp(-(x @ beta)))
     covariance = np.linalg.inv(x.T @ (x * (p * (1 - p))[:, None]))
     return float(beta[-1]), float(np.sqrt(covariance[-1, -1]))
+
+
+def simulated_datasets(root: Path, *, sites: int, samples: int, region: str, background_regions: Sequence[str],
+                       seed: int) -> tuple[Path, dict[str, Path]]:
+    """``genofed cohort simulate`` into ``root/cohort``, each site ingested with its phenotypes (FASTA check, 250 kb chunks).
+
+    Returns:
+        The cohort folder and each site's dataset.
+    """
+    from pipeline.ingest import ingest
+    from pipeline.sim.cohort import load_manifest, simulate_cohort
+
+    simulate_cohort(root / "cohort", sites=sites, samples=samples, region=region, background_regions=background_regions,
+                    seed=seed)
+    manifest = load_manifest(root / "cohort")
+    datasets = {}
+    for site in manifest.sites:
+        datasets[site.name] = root / site.name
+        ingest(manifest.resolve(site.vcf), phenotypes=manifest.resolve(site.phenotypes), out=datasets[site.name],
+               fasta=root / "cohort" / "reference.fa.gz", chunk_size="250kb", workers=1)
+    return root / "cohort", datasets

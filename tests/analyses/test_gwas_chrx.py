@@ -72,15 +72,19 @@ def _rows(run) -> dict[str, dict]:
     return {row["variant_id"]: row for row in run.result.tables["gwas"].to_pylist()}
 
 
-def test_linear__every_variant_equals_pooled_ols_with_sex_on_chrx_only(cohort, linear_run):
-    rows = _rows(linear_run)
+def _assert_every_variant_equals_pooled(cohort, run, phenotype: str, fit, *, rel: float) -> None:
+    rows = _rows(run)
     assert set(rows) == set(AUTOSOMAL + PAR + NON_PAR)
     for variant, row in rows.items():
-        x, y = pooled_chrx_design(cohort, variant, "quant_trait")
-        beta, se = gs.pooled_ols(x, y)
+        x, y = pooled_chrx_design(cohort, variant, phenotype)
+        beta, se = fit(x, y)
         assert row["n"] == len(y), variant
-        assert row["beta"] == pytest.approx(beta, rel=1e-6), variant
-        assert row["standard_error"] == pytest.approx(se, rel=1e-6), variant
+        assert row["beta"] == pytest.approx(beta, rel=rel, abs=1e-8), variant
+        assert row["standard_error"] == pytest.approx(se, rel=rel), variant
+
+
+def test_linear__every_variant_equals_pooled_ols_with_sex_on_chrx_only(cohort, linear_run):
+    _assert_every_variant_equals_pooled(cohort, linear_run, "quant_trait", gs.pooled_ols, rel=1e-6)
     summary = linear_run.result.summary
     assert summary["covariates"] == ["age"]
     assert summary["chrx"]["variants"] == len(NON_PAR) and summary["chrx"]["covariate_columns"] == ["age", "sex"]
@@ -89,14 +93,7 @@ def test_linear__every_variant_equals_pooled_ols_with_sex_on_chrx_only(cohort, l
 
 
 def test_logistic__every_variant_equals_pooled_irls_with_sex_on_chrx_only(cohort, logistic_run):
-    rows = _rows(logistic_run)
-    assert set(rows) == set(AUTOSOMAL + PAR + NON_PAR)
-    for variant, row in rows.items():
-        x, y = pooled_chrx_design(cohort, variant, "binary_trait")
-        beta, se = gs.pooled_irls(x, y)
-        assert row["n"] == len(y), variant
-        assert row["beta"] == pytest.approx(beta, rel=1e-5, abs=1e-8), variant
-        assert row["standard_error"] == pytest.approx(se, rel=1e-5), variant
+    _assert_every_variant_equals_pooled(cohort, logistic_run, "binary_trait", gs.pooled_irls, rel=1e-5)
 
 
 def test_x_sex_false__chrx_is_fitted_as_an_autosome_as_plink2_no_x_sex(cohort):

@@ -21,18 +21,8 @@ SPEC = {"model": "linear", "phenotype": "quant_trait", "covariates": ["age"], "m
 
 @pytest.fixture(scope="module")
 def simulated(tmp_path_factory):
-    from pipeline.ingest import ingest
-    from pipeline.sim.cohort import load_manifest, simulate_cohort
-
-    root = tmp_path_factory.mktemp("chrx-sim")
-    simulate_cohort(root / "cohort", sites=2, samples=300, region="chr22:16000000-16400000",
-                    background_regions=["chrX:2300000-3300000"], seed=3)
-    manifest = load_manifest(root / "cohort")
-    datasets = {}
-    for site in manifest.sites:
-        datasets[site.name] = root / site.name
-        ingest(manifest.resolve(site.vcf), phenotypes=manifest.resolve(site.phenotypes), out=datasets[site.name],
-               fasta=root / "cohort" / "reference.fa.gz", chunk_size="250kb", workers=1)
+    _, datasets = gs.simulated_datasets(tmp_path_factory.mktemp("chrx-sim"), sites=2, samples=300,
+                                        region="chr22:16000000-16400000", background_regions=["chrX:2300000-3300000"], seed=3)
     return datasets
 
 

@@ -67,19 +67,8 @@ def test_gwas_federate__results_folder_equals_pooled_ols(tmp_path):
 def simulated(tmp_path_factory):
     """The demo's cohort: 3 sites x 1000 simulated samples over 2 Mb of chr22 (the trait region) and 2 Mb of chr21 (a null
     background, unlinked and without causal variants), ingested with their phenotypes."""
-    from pipeline.ingest import ingest
-    from pipeline.sim.cohort import load_manifest, simulate_cohort
-
-    root = tmp_path_factory.mktemp("gwas-sim")
-    simulate_cohort(root / "cohort", sites=3, samples=1000, region=DEFAULT_REGION, background_regions=DEFAULT_BACKGROUND_REGIONS,
-                    seed=0)
-    manifest = load_manifest(root / "cohort")
-    datasets = {}
-    for site in manifest.sites:
-        datasets[site.name] = root / site.name
-        ingest(manifest.resolve(site.vcf), phenotypes=manifest.resolve(site.phenotypes), out=datasets[site.name],
-               fasta=root / "cohort" / "reference.fa.gz", chunk_size="250kb", workers=1)
-    return root / "cohort", datasets
+    return gs.simulated_datasets(tmp_path_factory.mktemp("gwas-sim"), sites=3, samples=1000, region=DEFAULT_REGION,
+                                 background_regions=DEFAULT_BACKGROUND_REGIONS, seed=0)
 
 
 SIM_SPEC = {"model": "linear", "phenotype": "quant_trait", "covariates": ["age", "sex"], "maf": 0.01,
