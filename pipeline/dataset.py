@@ -26,7 +26,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from pipeline import outputs, schemas
-from pipeline.assembly import check_assembly
+from pipeline.assembly import check_assembly, non_par_x
 from pipeline.errors import InputError, SpecMismatch
 
 FORMAT_NAME = "genofed-dataset"
@@ -254,6 +254,12 @@ def numeric_column(dataset: Dataset, samples: pa.Table, name: str, *, role: str)
         raise SpecMismatch(f"{dataset.path}/samples.parquet: column {name!r} (the job's {role}) is {column.type}, "
                            "the job needs numbers", public=f"the {role} column {name!r} is not numeric")
     return np.asarray(column.cast(pa.float64()).to_numpy(zero_copy_only=False), np.float64)
+
+
+def variants_non_par_x(variants: pa.Table, assembly: str) -> np.ndarray:
+    """bool per row of a variants table: on chrX outside the pseudo-autosomal regions of ``assembly`` (males haploid)."""
+    return non_par_x(np.asarray(variants.column("chromosome").to_pylist(), dtype=object),
+                     variants.column("base_pair_location").to_numpy(), assembly)
 
 
 def reported_sex(samples: pa.Table) -> np.ndarray:

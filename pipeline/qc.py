@@ -43,7 +43,6 @@ from tqdm import tqdm
 
 from pipeline import dataset as dataset_io
 from pipeline import outputs, schemas
-from pipeline.assembly import non_par_x
 from pipeline.errors import ConfigurationError, InputError
 from pipeline.stats.counts import SampleCounts, VariantCounts, count_block
 from pipeline.stats import sex_check
@@ -181,12 +180,6 @@ def sample_qc_table(
     )
 
 
-def _non_par_x(variants: pa.Table, assembly: str) -> np.ndarray:
-    """bool per variant: on chrX outside the pseudo-autosomal regions of ``assembly``."""
-    return non_par_x(np.asarray(variants.column("chromosome").to_pylist(), dtype=object),
-                     variants.column("base_pair_location").to_numpy(), assembly)
-
-
 def _sex_check_summary(table: pa.Table, x_variants: int, assembly: str, assumed: bool) -> dict[str, Any] | None:
     """The sex check's counts for qc-summary.json (None without chrX variants outside the PARs)."""
     if x_variants == 0:
@@ -270,7 +263,7 @@ def run_qc(
                 table, failures = variant_qc_table(block.variants, variant_counts, thresholds)
                 writer.write_table(schemas.conform(table, "qc_variants", source=f"{target}/variants.parquet ({name})"))
                 sample_total = SampleCounts(*(t + s for t, s in zip(sample_total, sample_counts)))
-                on_x = _non_par_x(block.variants, par_assembly)
+                on_x = dataset_io.variants_non_par_x(block.variants, par_assembly)
                 if on_x.any():
                     x_sums = x_sums + sex_check.x_homozygosity(block.call_dosage[on_x], reported_sex == 1)
                     x_variants += int(on_x.sum())

@@ -32,7 +32,7 @@ import pyarrow as pa
 
 from pipeline.analyses.site_cache import SiteCache, dataset_blocks, dataset_fingerprint
 from pipeline.assembly import non_par_x
-from pipeline.dataset import Dataset, reported_sex
+from pipeline.dataset import Dataset, reported_sex, variants_non_par_x
 from pipeline.harmonize.variant_ids import parse_variant_ids
 from pipeline.stats.counts import count_variants
 from pipeline.stats.hwe_x import hwe_x_exact_p
@@ -78,8 +78,7 @@ def site_x_counts(dataset: Dataset, cache: SiteCache, assembly: str, samples: np
         ids, parts = [], []
         for block in dataset_blocks(dataset, cache):
             variants = block.variants
-            rows = np.flatnonzero(non_par_x(np.asarray(variants.column("chromosome").to_pylist(), dtype=object),
-                                            variants.column("base_pair_location").to_numpy(), assembly))
+            rows = np.flatnonzero(variants_non_par_x(variants, assembly))
             if not rows.size:
                 continue
             calls = block.call_dosage[rows]

@@ -32,12 +32,11 @@ from typing import Any
 
 import numpy as np
 
+from pipeline.analyses.census_chrx import x_rows
 from pipeline.analyses.gwas.spec import GwasParameters
 from pipeline.analyses.gwas.state import RegressionState
-from pipeline.assembly import non_par_x
-from pipeline.dataset import Dataset
+from pipeline.dataset import Dataset, variants_non_par_x
 from pipeline.errors import ConfigurationError, InputError
-from pipeline.harmonize.variant_ids import parse_variant_ids
 
 __all__ = ["ALL", "AUTOSOMAL", "CHRX", "PARTS", "SEX", "check_site_assembly", "dataset_has_x", "fits_x_apart", "part_mask",
            "part_state", "parts", "x_parameters", "x_summary"]
@@ -60,8 +59,9 @@ def x_parameters(parameters: GwasParameters) -> GwasParameters:
 
 
 def _on_x(variant_ids: Sequence[str], assembly: str) -> np.ndarray:
-    contigs, positions, _, _ = parse_variant_ids(variant_ids)
-    return non_par_x(np.asarray(contigs, dtype=object), positions, assembly)
+    on_x = np.zeros(len(variant_ids), bool)
+    on_x[x_rows(variant_ids, assembly)] = True
+    return on_x
 
 
 def parts(parameters: GwasParameters, variant_ids: Sequence[str]) -> tuple[str, ...]:
@@ -113,8 +113,7 @@ def dataset_has_x(dataset: Dataset, assembly: str) -> bool:
     """Whether the dataset (a job's selection of it) holds a chrX variant outside the PARs (its variants tables only)."""
     for chunk in dataset.chunk_names:
         variants = dataset.variants(chunk)
-        if non_par_x(np.asarray(variants.column("chromosome").to_pylist(), dtype=object),
-                     variants.column("base_pair_location").to_numpy(), assembly).any():
+        if variants_non_par_x(variants, assembly).any():
             return True
     return False
 
