@@ -213,3 +213,21 @@ def test_one_sex_only__the_chrx_part_has_no_sex_column_as_plink2_adds_none(cohor
         row = _rows(run)[variant]
         assert (row["n"], row["beta"], row["standard_error"]) == (len(y), pytest.approx(beta, rel=1e-6),
                                                                   pytest.approx(se, rel=1e-6))
+
+
+def test_attack_through_the_runtime__a_site_with_two_unknown_sex_samples_declines_and_the_job_goes_on(cohort, tmp_path):
+    """The differencing attack run as a real job (coordinator engine, site agents with their ledgers): the site whose
+    autosomal and chrX parts would differ by two people declines at the start, before it sends anything, and the
+    others finish without it."""
+    site = cohort["alpha"]
+    few = rs.write_dataset(tmp_path / "alpha", site["ids"], site["calls"], sample_prefix="alpha")
+    sex = np.where(np.isfinite(site["sex"]), site["sex"], 1.0)
+    sex[np.flatnonzero(np.isfinite(site["quant_trait"]))[:2]] = np.nan
+    gs.write_phenotypes(few, {"age": site["age"], "sex": sex, "quant_trait": site["quant_trait"],
+                              "binary_trait": site["binary_trait"]})
+    engine, job_id = rs.run_job_in_process(tmp_path / "run", {**_paths(cohort), "alpha": few}, "gwas", LINEAR)
+    status = engine.status(job_id)
+    assert status["status"] == "done", status
+    assert list(status["declined"]) == ["alpha"] and status["declined"]["alpha"].startswith("set-too-close")
+    summary = engine.results(job_id)["summary"]
+    assert summary["sites"] == ["beta", "gamma"] and summary["chrx"]["variants"] == len(NON_PAR)
