@@ -180,6 +180,45 @@ def qc_command(
     echo_summary(summary, as_json=as_json, text=summary_text(summary))
 
 
+@main.group("dataset")
+def dataset_group() -> None:
+    """Maintain harmonized datasets written by `genofed ingest`."""
+
+
+@dataset_group.command("upgrade")
+@click.argument("dataset", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@progress_option
+@json_option
+@handles_errors
+def dataset_upgrade_command(dataset: Path, progress: bool | None, as_json: bool) -> None:
+    """Convert DATASET, written by an older genofed, to the current format in place.
+
+    Only the genotype files change (format 1 stored lists; format 2 packs each
+    variant's genotypes into one value, several times faster to write and read), one
+    chunk at a time. An interrupted run is finished by running it again; a dataset
+    already in the current format is left as it is.
+
+    \b
+    Example:
+      genofed dataset upgrade site-1.dataset
+    """
+    from tqdm import tqdm
+
+    from pipeline.dataset_upgrade import upgrade_dataset
+
+    with tqdm(unit="chunk", desc="upgrade", disable=not resolve_progress(progress)) as bar:
+        def advance(done: int, total: int) -> None:
+            bar.total = total
+            bar.update(1)
+
+        done = upgrade_dataset(dataset, progress=advance)
+    summary = {"status": "ok", "dataset": str(dataset), "converted": done.converted,
+               "already_packed": done.already_packed, "format_version": done.format_version}
+    text = (f"{dataset}: format {done.format_version}; {done.converted} chunk(s) converted, "
+            f"{done.already_packed} already in this format")
+    echo_summary(summary, as_json=as_json, text=text)
+
+
 def cluster_options(func: Callable[..., Any]) -> Callable[..., Any]:
     """``--scheduler`` and the dask-jobqueue worker-job options, for every Dask-backed command."""
     options = [

@@ -10,7 +10,10 @@ Layout (plain Parquet, readable by pyarrow/pandas/duckdb without genofed)::
       ingest-report.json      what ingest read, fixed and dropped
 
 Genotypes are variant-major: a chunk is a dense (variants x samples) int8 block of ALT
-dosages (-1 missing), so a Dask task and a JAX kernel see the same array.
+dosages (-1 missing), so a Dask task and a JAX kernel see the same array. On disk each
+variant's row is one binary value, its samples' bytes in order (format 2): Parquet writes
+and reads that at memory speed, where a ``list<int8>`` (format 1) spends a repetition and
+definition level on every genotype. ``genofed dataset upgrade`` converts a format-1 folder.
 """
 
 from __future__ import annotations
@@ -30,7 +33,7 @@ from pipeline.assembly import check_assembly, non_par_x
 from pipeline.errors import InputError, SpecMismatch
 
 FORMAT_NAME = "genofed-dataset"
-FORMAT_VERSION = "1.0.0"
+FORMAT_VERSION = "2.0.0"
 GENOTYPES_PER_ROW_GROUP = 2**25  # ~32 M calls: large enough to compress, small enough to stay in cache
 
 
@@ -80,16 +83,71 @@ def chunk_name(index: int) -> str:
     return f"chunk-{index:05d}"
 
 
+def packed_rows(matrix: np.ndarray, rows_per_piece: int) -> pa.ChunkedArray:
+    """Each row of ``matrix`` as one binary value (its bytes in order), without a copy per row.
+
+    One Arrow chunk per ``rows_per_piece`` rows keeps every chunk's 32-bit offsets in
+    range however many samples a dataset has.
+    """
+    n_rows = matrix.shape[0]
+    width = matrix.shape[1] * matrix.itemsize
+    data = np.ascontiguousarray(matrix).reshape(-1).view(np.uint8)
+    pieces = []
+    for start in range(0, n_rows, max(1, rows_per_piece)):
+        stop = min(start + rows_per_piece, n_rows)
+        offsets = np.arange(0, (stop - start + 1) * width, width, dtype=np.int32) if width else np.zeros(stop - start + 1, np.int32)
+        pieces.append(pa.Array.from_buffers(pa.binary(), stop - start, [None, pa.py_buffer(offsets), pa.py_buffer(data[start * width:stop * width])]))
+    return pa.chunked_array(pieces, pa.binary())
+
+
+def unpacked_rows(column: pa.ChunkedArray, dtype: np.dtype, n_samples: int, *, source: str) -> np.ndarray:
+    """A packed genotype column as a (variants, samples) matrix: a read-only view of Arrow's memory when it is one chunk.
+
+    Raises:
+        InputError: a value's length is not ``n_samples`` values (another dataset's
+            chunk copied in, or a damaged file), naming the file and the row.
+    """
+    if not pa.types.is_binary(column.type):
+        raise InputError(f"{source}: genotypes stored as {column.type}, expected packed binary values (dataset format {FORMAT_VERSION}); "
+                         "a chunk written by an older genofed: convert the dataset with 'genofed dataset upgrade', or re-run 'genofed ingest'")
+    width = n_samples * dtype.itemsize
+    parts = []
+    row = 0
+    for chunk in column.chunks:
+        if len(chunk) == 0:
+            continue
+        offsets = np.frombuffer(chunk.buffers()[1], np.int32, count=len(chunk) + 1, offset=chunk.offset * 4)
+        wrong = np.flatnonzero(np.diff(offsets) != width)
+        if wrong.size:
+            raise InputError(f"{source}: row {row + int(wrong[0])} holds {int(np.diff(offsets)[wrong[0]])} bytes, expected {width} "
+                             f"({n_samples} samples x {dtype.itemsize}); the file is not this dataset's, re-run 'genofed ingest'")
+        data = np.frombuffer(chunk.buffers()[2], np.uint8, count=int(offsets[-1] - offsets[0]), offset=int(offsets[0]))
+        parts.append(data.view(dtype).reshape(len(chunk), n_samples))
+        row += len(chunk)
+    if not parts:
+        return np.zeros((0, n_samples), dtype)
+    matrix = parts[0] if len(parts) == 1 else np.concatenate(parts)
+    matrix.setflags(write=False)  # Arrow's memory (or a copy that stands for it): nobody writes through it
+    return matrix
+
+
 def genotype_table(variant_id: pa.Array, call_dosage: np.ndarray, dosage: np.ndarray | None) -> pa.Table:
-    """Builds a genotypes table from dense matrices without copying per variant."""
+    """Builds a genotypes table from dense matrices, one binary value per variant (``schemas/genotypes.json``)."""
     n_variants, n_samples = call_dosage.shape
-    offsets = pa.array(np.arange(0, (n_variants + 1) * n_samples, n_samples, dtype=np.int32))
-    calls = pa.ListArray.from_arrays(offsets, pa.array(np.ascontiguousarray(call_dosage, dtype=np.int8).reshape(-1)))
+    rows = max(1, GENOTYPES_PER_ROW_GROUP // max(1, n_samples))
+    calls = packed_rows(call_dosage.astype(np.int8, copy=False), rows)
     if dosage is None:
-        doses = pa.nulls(n_variants, type=pa.list_(pa.float32()))
+        doses = pa.chunked_array([pa.nulls(n_variants, type=pa.binary())])
     else:
-        doses = pa.ListArray.from_arrays(offsets, pa.array(np.ascontiguousarray(dosage, dtype=np.float32).reshape(-1)))
+        doses = packed_rows(dosage.astype("<f4", copy=False), rows)
     return pa.table({"variant_id": variant_id, "call_dosage": calls, "dosage": doses})
+
+
+def write_genotypes(path: Path, variant_id: pa.Array, call_dosage: np.ndarray, dosage: np.ndarray | None) -> None:
+    """Writes one chunk's genotypes file (row groups of about ``GENOTYPES_PER_ROW_GROUP`` calls)."""
+    rows_per_group = max(1, GENOTYPES_PER_ROW_GROUP // max(1, call_dosage.shape[1]))
+    outputs.write_table(genotype_table(variant_id, call_dosage, dosage), path, "genotypes", row_group_size=rows_per_group,
+                        plain_columns=("call_dosage", "dosage"))
 
 
 def write_chunk(root: Path, index: int, block: Block) -> dict[str, Any]:
@@ -98,9 +156,7 @@ def write_chunk(root: Path, index: int, block: Block) -> dict[str, Any]:
     (root / "variants").mkdir(exist_ok=True)
     (root / "genotypes").mkdir(exist_ok=True)
     outputs.write_table(block.variants, root / "variants" / f"{name}.parquet", "variants")
-    genotypes = genotype_table(block.variants.column("variant_id").combine_chunks(), block.call_dosage, block.dosage)
-    rows_per_group = max(256, GENOTYPES_PER_ROW_GROUP // max(1, block.call_dosage.shape[1]))
-    outputs.write_table(genotypes, root / "genotypes" / f"{name}.parquet", "genotypes", row_group_size=rows_per_group)
+    write_genotypes(root / "genotypes" / f"{name}.parquet", block.variants.column("variant_id").combine_chunks(), block.call_dosage, block.dosage)
     return {"name": name, "num_variants": block.num_variants, "has_dosage": block.dosage is not None}
 
 
@@ -130,20 +186,6 @@ def _read_parquet(path: Path, columns: Sequence[str] | None = None) -> pa.Table:
         return handle.read(columns=list(columns) if columns is not None else None)
 
 
-def _dense(values: pa.Array, dtype: type[np.generic]) -> np.ndarray:
-    """A primitive Arrow array as NumPy: a read-only view of its buffer when it has no nulls.
-
-    ``pa.Array.to_numpy`` imports pandas when it is installed (once per process, 0.3-1 s),
-    for nothing a genotype column needs.
-    """
-    if values.null_count or values.type != pa.from_numpy_dtype(dtype):
-        return values.to_numpy(zero_copy_only=False)
-    width = np.dtype(dtype).itemsize
-    view = np.frombuffer(values.buffers()[1], dtype=dtype, count=len(values), offset=values.offset * width)
-    view.setflags(write=False)  # Arrow's memory: nobody writes through it
-    return view
-
-
 class Dataset:
     """A harmonized dataset opened for reading (identity: a folder on disk)."""
 
@@ -163,6 +205,10 @@ class Dataset:
         if self.metadata.get("format") != FORMAT_NAME:
             raise InputError(f"{meta_path}: format is {self.metadata.get('format')!r}, expected {FORMAT_NAME!r}")
         major = str(self.metadata.get("format_version", "0")).split(".")[0]
+        if major == "1":
+            raise InputError(f"{meta_path}: dataset format {self.metadata.get('format_version')} stores genotypes as lists, which this genofed "
+                             f"no longer reads (format {FORMAT_VERSION} packs each variant's genotypes); convert it in place with "
+                             f"'genofed dataset upgrade {self.path}' (no re-ingest), or re-run 'genofed ingest'")
         if major != FORMAT_VERSION.split(".")[0]:
             raise InputError(f"{meta_path}: dataset format {self.metadata.get('format_version')} is not readable by this genofed (format {FORMAT_VERSION}); re-run 'genofed ingest'")
 
@@ -208,15 +254,14 @@ class Dataset:
     def read_block(self, chunk: str, *, with_dosage: bool = False) -> Block:
         """Loads one chunk as dense arrays (memory ~ variants x samples bytes)."""
         columns = ["call_dosage", "dosage"] if with_dosage else ["call_dosage"]
-        table = _read_parquet(self.path / "genotypes" / f"{chunk}.parquet", columns=columns)
-        n = self.num_samples
-        calls = table.column("call_dosage").combine_chunks()
-        call_dosage = _dense(calls.values, np.int8).reshape(-1, n) if len(calls) else np.zeros((0, n), np.int8)
+        path = self.path / "genotypes" / f"{chunk}.parquet"
+        table = _read_parquet(path, columns=columns)
+        call_dosage = unpacked_rows(table.column("call_dosage"), np.dtype(np.int8), self.num_samples, source=f"{path}, column call_dosage")
         dosage = None
         if with_dosage:
-            doses = table.column("dosage").combine_chunks()
+            doses = table.column("dosage")
             if len(doses) and doses.null_count == 0:
-                dosage = _dense(doses.values, np.float32).reshape(-1, n)
+                dosage = unpacked_rows(doses, np.dtype("<f4"), self.num_samples, source=f"{path}, column dosage")
         return Block(variants=self.variants(chunk), call_dosage=call_dosage, dosage=dosage)
 
     def iter_blocks(self, *, with_dosage: bool = False) -> Iterator[Block]:

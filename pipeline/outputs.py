@@ -10,7 +10,7 @@ import json
 import os
 import secrets
 import shutil
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -120,12 +120,17 @@ def atomic_file(path: Path | str, *, force: bool = False) -> Iterator[Path]:
 
 
 def write_table(
-    table: pa.Table, path: Path, schema_name: str, *, source: str | None = None, row_group_size: int | None = None
+    table: pa.Table, path: Path, schema_name: str, *, source: str | None = None, row_group_size: int | None = None,
+    plain_columns: Sequence[str] = (),
 ) -> None:
     """Validates ``table`` against ``schemas/<schema_name>.json`` and writes it as Parquet.
 
-    ``row_group_size`` (rows) keeps each column chunk cache-friendly for wide list
-    columns: one giant row group of genotypes writes several times slower.
+    ``row_group_size`` (rows) keeps each column chunk cache-friendly for wide columns:
+    one giant row group of genotypes writes several times slower. ``plain_columns`` hold
+    one large distinct value per row (packed genotypes): a dictionary of them, or their
+    min/max in every page header, would cost time and bytes and tell nobody anything.
     """
     conformed = schemas.conform(table, schema_name, source=source or str(path))
-    pq.write_table(conformed, path, compression="zstd", row_group_size=row_group_size)
+    described = [name for name in conformed.column_names if name not in plain_columns]
+    pq.write_table(conformed, path, compression="zstd", row_group_size=row_group_size,
+                   use_dictionary=described, write_statistics=described)

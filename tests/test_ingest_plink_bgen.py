@@ -85,9 +85,10 @@ def _dataset(path: Path) -> tuple[pa.Table, np.ndarray, np.ndarray | None]:
     names = open_dataset(path).chunk_names
     variants = pa.concat_tables([pq.read_table(path / "variants" / f"{name}.parquet") for name in names])
     genotypes = pa.concat_tables([pq.read_table(path / "genotypes" / f"{name}.parquet") for name in names])
-    calls = np.array(genotypes.column("call_dosage").to_pylist(), dtype=np.int8)
+    calls = np.array([np.frombuffer(row, np.int8) for row in genotypes.column("call_dosage").to_pylist()], dtype=np.int8)
     doses = genotypes.column("dosage").to_pylist()
-    dosage = None if all(d is None for d in doses) else np.array([d if d is not None else [np.nan] * len(SAMPLES) for d in doses], np.float32)
+    dosage = None if all(d is None for d in doses) else np.array(
+        [np.frombuffer(d, "<f4") if d is not None else [np.nan] * len(SAMPLES) for d in doses], np.float32)
     return variants, calls, dosage
 
 
@@ -156,8 +157,8 @@ def test_regions__plink_and_bgen_are_cut_into_the_indexed_vcfs_tasks_and_chunks(
         assert [v["variant_id"] for v in variants] == [v["variant_id"] for v in vcf_variants]
         assert [g["call_dosage"] for g in genotypes] == [g["call_dosage"] for g in vcf_genotypes]
         if input_format != "bgen":  # BGEN's 8-bit dosages: compared to the VCF's within their precision above
-            np.testing.assert_array_equal(np.array([g["dosage"] or [] for g in genotypes], dtype=float),
-                                          np.array([g["dosage"] or [] for g in vcf_genotypes], dtype=float))
+            np.testing.assert_array_equal(np.array([np.frombuffer(g["dosage"] or b"", "<f4") for g in genotypes], dtype=float),
+                                          np.array([np.frombuffer(g["dosage"] or b"", "<f4") for g in vcf_genotypes], dtype=float))
 
 
 def test_regions__an_unsorted_pvar_is_refused_before_any_work_naming_the_line(files):
