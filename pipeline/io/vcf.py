@@ -46,7 +46,7 @@ import warnings
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import numpy as np
 import pysam
@@ -632,6 +632,43 @@ def _split_record(buffer: bytes, start: int, end: int) -> list[bytes | memoryvie
     return fields
 
 
+def _lines(handle: Any, path: Path, after: Callable[[int], str]) -> Iterator[tuple[bytes, int, int, bool]]:
+    """Every line of a decompressed text stream as ``(buffer, start, end, has_nul)``, without copying it.
+
+    Reads in large chunks (bounded memory) and yields slices of them, so the sample
+    columns are copied once, by the genotype decoder; ``has_nul`` says whether the
+    line's chunk holds a NUL byte (one scan per chunk: lines are checked only then).
+
+    Raises:
+        VcfFormatError: decompression fails (``after(lines read)`` says where).
+    """
+    count = 0
+    pending = b""
+    while True:
+        try:
+            chunk = handle.read(_READ_CHUNK)
+        except OSError as error:
+            raise VcfFormatError(f"{path}: decompression failed {after(count)} (the file is truncated or corrupt); copy it again from the source") from error
+        if not chunk:
+            break
+        newline = chunk.find(b"\n")
+        if newline < 0:
+            pending += chunk
+            continue
+        first = pending + chunk[:newline]
+        has_nul = b"\x00" in first or b"\x00" in chunk
+        count += 1
+        yield first, 0, len(first), has_nul
+        position = newline + 1
+        while (newline := chunk.find(b"\n", position)) >= 0:
+            count += 1
+            yield chunk, position, newline, has_nul
+            position = newline + 1
+        pending = chunk[position:]
+    if pending.strip():
+        yield pending, 0, len(pending), b"\x00" in pending
+
+
 def _text_records(source: VcfSource) -> Iterator[tuple[int | None, list[bytes | memoryview]]]:
     """Streams a text VCF's records with their 1-based line numbers, header checked.
 
@@ -646,7 +683,6 @@ def _text_records(source: VcfSource) -> Iterator[tuple[int | None, list[bytes | 
     expected_columns = 9 + len(source.samples) if source.samples else None
     seen_header = False
     number = 0
-    pending = b""
 
     def header_line(line: bytes, number: int) -> None:
         nonlocal seen_header
@@ -663,53 +699,18 @@ def _text_records(source: VcfSource) -> Iterator[tuple[int | None, list[bytes | 
         )
 
     try:
-        while True:
-            try:
-                chunk = handle.read(_READ_CHUNK)
-            except OSError as error:
-                raise VcfFormatError(
-                    f"{path}: decompression failed after line {number} (the file is truncated or corrupt); copy it again from the source"
-                ) from error
-            if not chunk:
-                break
-            newline = chunk.find(b"\n")
-            if newline < 0:
-                pending += chunk
-                continue
-            lines: list[tuple[bytes, int, int]] = []
-            first = pending + chunk[:newline]
-            lines.append((first, 0, len(first)))
-            position = newline + 1
-            while True:
-                newline = chunk.find(b"\n", position)
-                if newline < 0:
-                    break
-                lines.append((chunk, position, newline))
-                position = newline + 1
-            pending = chunk[position:]
-            has_nul = b"\x00" in first or b"\x00" in chunk  # one scan per chunk; lines are checked only when needed
-            for buffer, start, end in lines:
-                number += 1
-                if end - start <= 1 and buffer[start:end] in (b"", b"\r"):
-                    continue
-                if buffer[start] == 35:  # '#'
-                    header_line(buffer[start:end], number)
-                    continue
-                if not seen_header:
-                    raise no_header(number)
-                if has_nul and buffer.find(b"\x00", start, end) >= 0:
-                    raise _nul_error(path, buffer[start:end], number)
-                yield number, _split_record(buffer, start, end)
-        if pending.strip():
+        for buffer, start, end, has_nul in _lines(handle, path, lambda count: f"after line {count}"):
             number += 1
-            if pending.startswith(b"#"):
-                header_line(pending, number)
-            elif not seen_header:
+            if end - start <= 1 and buffer[start:end] in (b"", b"\r"):
+                continue
+            if buffer[start] == 35:  # '#'
+                header_line(buffer[start:end], number)
+                continue
+            if not seen_header:
                 raise no_header(number)
-            else:
-                if b"\x00" in pending:
-                    raise _nul_error(path, pending, number)
-                yield number, _split_record(pending, 0, len(pending))
+            if has_nul and buffer.find(b"\x00", start, end) >= 0:
+                raise _nul_error(path, buffer[start:end], number)
+            yield number, _split_record(buffer, start, end)
     finally:
         with contextlib.suppress(OSError):
             handle.close()
@@ -780,24 +781,64 @@ def _region_records(source: VcfSource, region: Region) -> Iterator[tuple[int | N
             indexed = handle.index.keys() if isinstance(handle, pysam.VariantFile) else _tabix_contigs(source, handle)
             if region.contig not in set(indexed):
                 return  # contig without records in the index
-            records = handle.fetch(_contig_to_tabix(handle, region.contig), start0, end0)
-            for record in _readable(records, lambda error: f"{source.path}: region {region}: unreadable record ({error}); "
-                                    "the file is corrupt, copy it again"):
-                if source.is_bcf:
+            name = _contig_to_tabix(handle, region.contig)
+            records = _readable(handle.fetch(name, start0, end0), lambda error: f"{source.path}: region {region}: unreadable record "
+                                f"({error}); the file is corrupt, copy it again")
+            if source.is_bcf:
+                for record in records:
                     if start0 <= record.start < end0:
                         line = _bcf_line(source, record)
                         yield None, _split_record(line, 0, len(line) - 1)
-                else:
-                    line = record.encode("latin-1")  # the record's own bytes (see _open_indexed)
-                    if b"\x00" in line:
-                        raise _nul_error(source.path, line, None)
-                    fields = _split_record(line, 0, len(line))
-                    raw = fields[1] if len(fields) > 1 else b""
-                    # an invalid POS is reported by read_blocks, in the window tabix put it in
-                    if not (raw.isdigit() and len(raw) <= 10) or region.start <= int(raw) < region.end:  # type: ignore[union-attr]
-                        yield None, fields
+                return
+            first = next(records, None)
+            if first is None:
+                return
+            after_first = handle.tell()  # the virtual offset after the record tabix found: htslib reads one line per next
         finally:
             handle.close()
+    yield from _text_region(source, region, name.encode("latin-1"), first.encode("latin-1"), after_first)
+
+
+def _text_region(source: VcfSource, region: Region, contig: bytes, first: bytes, offset: int) -> Iterator[tuple[int | None, list[bytes | memoryview]]]:
+    """A text VCF's records of ``region``: the first one the index found, then the file read on from ``offset``.
+
+    Records are sorted (the index needs it), so reading stops at the first record past
+    the region or on another contig. Reading the BGZF stream in large chunks, as the
+    whole-file path does, costs half of fetching each line through tabix (which makes
+    each a str and back).
+    """
+    with contextlib.closing(_bgzf_from(source.path, offset)) as stream:
+        yield from _region_lines(source, region, contig, itertools.chain(
+            [(first, 0, len(first), b"\x00" in first)], _lines(stream, source.path, lambda count: f"in region {region}")))
+
+
+def _region_lines(source: VcfSource, region: Region, contig: bytes,
+                  lines: Iterator[tuple[bytes, int, int, bool]]) -> Iterator[tuple[int | None, list[bytes | memoryview]]]:
+    """The records of ``region`` among sorted ``lines`` (see :func:`_lines`), up to the first past it."""
+    for buffer, start, end, has_nul in lines:
+        if (end - start <= 1 and buffer[start:end] in (b"", b"\r")) or buffer[start] == 35:  # a '#' line among records: a comment, as tabix reads it
+            continue
+        if has_nul and buffer.find(b"\x00", start, end) >= 0:
+            raise _nul_error(source.path, buffer[start:end], None)
+        fields = _split_record(buffer, start, end)
+        if bytes(fields[0]) != contig:
+            return
+        raw = fields[1] if len(fields) > 1 else b""
+        if not (raw.isdigit() and len(raw) <= 10):  # type: ignore[union-attr]
+            yield None, fields  # an invalid POS is reported by read_blocks, in the window tabix put it in
+            continue
+        position = int(raw)  # type: ignore[arg-type]
+        if position >= region.end:
+            return
+        if position >= region.start:
+            yield None, fields
+
+
+def _bgzf_from(path: Path, offset: int) -> Any:
+    """A BGZF file opened at virtual offset ``offset``."""
+    handle = pysam.BGZFile(str(path), "rb")
+    handle.seek(offset)
+    return handle
 
 
 # --- grouping records into blocks ---------------------------------------------------------

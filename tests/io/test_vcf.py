@@ -247,6 +247,27 @@ def test_regions__each_record_in_exactly_one_region(tmp_path: Path) -> None:
         assert Region("chr1", 1, 11) in regions and Region("chr1", 11, 21) in regions
 
 
+def test_regions__read_on_from_the_index_across_bgzf_blocks_and_read_chunks(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A region is read from the offset after the index's first record: records that cross BGZF blocks
+    and the reader's chunks come out as the whole-file read gives them, each in exactly one region."""
+    rng = np.random.default_rng(7)
+    samples = [f"s{i}" for i in range(60)]
+    genotypes = ["0/0", "0/1", "1/1", "./."]
+    lines = [record(contig, p, calls=[genotypes[g] for g in rng.integers(0, 4, len(samples))], ref="A" * (1 + p % 40))
+             for contig in ("chr1", "chr2") for p in range(1, 4000, 3)]
+    text = vcf_text(samples, lines)
+    assert len(text) > 8 * 65536  # BGZF blocks hold 64 KiB of text each
+    path = write(tmp_path, "blocks", text, kind="vcf.gz")
+    monkeypatch.setattr(vcf, "_READ_CHUNK", 777)  # lines cross the reader's chunks
+    whole = flatten(read_all(path))
+    regions = open_vcf(path).regions(250)
+    by_region = [row for region in regions for row in flatten(read_all(path, region))]
+    assert len(regions) > 20 and len(by_region) == len(whole)
+    for ours, theirs in zip(by_region, whole):
+        assert ours[:2] == theirs[:2]
+        np.testing.assert_array_equal(ours[2], theirs[2])
+
+
 def test_regions__without_index_is_an_error(tmp_path: Path) -> None:
     path = write(tmp_path, "noindex", vcf_text(SAMPLES, [record("chr1", 1, calls=["0/1"] * 3)]), kind="vcf.gz-noindex")
     source = open_vcf(path)
