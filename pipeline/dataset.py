@@ -83,20 +83,22 @@ def chunk_name(index: int) -> str:
     return f"chunk-{index:05d}"
 
 
-def packed_rows(matrix: np.ndarray, rows_per_piece: int) -> pa.ChunkedArray:
-    """Each row of ``matrix`` as one binary value (its bytes in order), without a copy per row.
+def packed_rows(matrices: Sequence[np.ndarray], rows_per_piece: int) -> pa.ChunkedArray:
+    """Each row of ``matrices`` (in turn) as one binary value, its bytes in order, without copying a row.
 
-    One Arrow chunk per ``rows_per_piece`` rows keeps every chunk's 32-bit offsets in
-    range however many samples a dataset has.
+    At most ``rows_per_piece`` rows per Arrow chunk keeps every chunk's 32-bit offsets
+    in range however many samples a dataset has.
     """
-    n_rows = matrix.shape[0]
-    width = matrix.shape[1] * matrix.itemsize
-    data = np.ascontiguousarray(matrix).reshape(-1).view(np.uint8)
     pieces = []
-    for start in range(0, n_rows, max(1, rows_per_piece)):
-        stop = min(start + rows_per_piece, n_rows)
-        offsets = np.arange(0, (stop - start + 1) * width, width, dtype=np.int32) if width else np.zeros(stop - start + 1, np.int32)
-        pieces.append(pa.Array.from_buffers(pa.binary(), stop - start, [None, pa.py_buffer(offsets), pa.py_buffer(data[start * width:stop * width])]))
+    for matrix in matrices:
+        n_rows = matrix.shape[0]
+        width = matrix.shape[1] * matrix.itemsize
+        data = np.ascontiguousarray(matrix).reshape(-1).view(np.uint8)
+        for start in range(0, n_rows, max(1, rows_per_piece)):
+            stop = min(start + rows_per_piece, n_rows)
+            offsets = np.arange(0, (stop - start + 1) * width, width, dtype=np.int32) if width else np.zeros(stop - start + 1, np.int32)
+            buffers = [None, pa.py_buffer(offsets), pa.py_buffer(data[start * width:stop * width])]
+            pieces.append(pa.Array.from_buffers(pa.binary(), stop - start, buffers))
     return pa.chunked_array(pieces, pa.binary())
 
 
@@ -131,33 +133,41 @@ def unpacked_rows(column: pa.ChunkedArray, dtype: np.dtype, n_samples: int, *, s
     return matrix
 
 
-def genotype_table(variant_id: pa.Array, call_dosage: np.ndarray, dosage: np.ndarray | None) -> pa.Table:
-    """Builds a genotypes table from dense matrices, one binary value per variant (``schemas/genotypes.json``)."""
-    n_variants, n_samples = call_dosage.shape
+def genotype_table(variant_id: pa.Array, calls: Sequence[np.ndarray], doses: Sequence[np.ndarray | None]) -> pa.Table:
+    """The genotypes table of consecutive (variants, samples) pieces, one binary value per variant (``schemas/genotypes.json``).
+
+    Each piece is packed where it lies: a chunk of many reader blocks is never joined
+    into one matrix first. ``doses[i]`` is piece ``i``'s dosages or ``None``; where only
+    some pieces have them, the others' rows are NaN (missing), as a call without DS is.
+    """
+    n_samples = calls[0].shape[1] if calls else 0
     rows = max(1, GENOTYPES_PER_ROW_GROUP // max(1, n_samples))
-    calls = packed_rows(call_dosage.astype(np.int8, copy=False), rows)
-    if dosage is None:
-        doses = pa.chunked_array([pa.nulls(n_variants, type=pa.binary())])
+    packed_calls = packed_rows([call.astype(np.int8, copy=False) for call in calls], rows)
+    if all(dose is None for dose in doses):
+        packed_doses = pa.chunked_array([pa.nulls(len(variant_id), type=pa.binary())])
     else:
-        doses = packed_rows(dosage.astype("<f4", copy=False), rows)
-    return pa.table({"variant_id": variant_id, "call_dosage": calls, "dosage": doses})
+        packed_doses = packed_rows([np.full(call.shape, np.nan, "<f4") if dose is None else dose.astype("<f4", copy=False)
+                                    for call, dose in zip(calls, doses)], rows)
+    return pa.table({"variant_id": variant_id, "call_dosage": packed_calls, "dosage": packed_doses})
 
 
-def write_genotypes(path: Path, variant_id: pa.Array, call_dosage: np.ndarray, dosage: np.ndarray | None) -> None:
-    """Writes one chunk's genotypes file (row groups of about ``GENOTYPES_PER_ROW_GROUP`` calls)."""
-    rows_per_group = max(1, GENOTYPES_PER_ROW_GROUP // max(1, call_dosage.shape[1]))
-    outputs.write_table(genotype_table(variant_id, call_dosage, dosage), path, "genotypes", row_group_size=rows_per_group,
+def write_genotypes(path: Path, variant_id: pa.Array, calls: Sequence[np.ndarray], doses: Sequence[np.ndarray | None]) -> None:
+    """Writes one chunk's genotypes file (:func:`genotype_table`; row groups of about ``GENOTYPES_PER_ROW_GROUP`` calls)."""
+    rows_per_group = max(1, GENOTYPES_PER_ROW_GROUP // max(1, calls[0].shape[1] if calls else 1))
+    outputs.write_table(genotype_table(variant_id, calls, doses), path, "genotypes", row_group_size=rows_per_group,
                         plain_columns=("call_dosage", "dosage"))
 
 
-def write_chunk(root: Path, index: int, block: Block) -> dict[str, Any]:
-    """Writes one chunk's variants and genotypes; returns its entry for ``dataset.json``."""
+def write_chunk(root: Path, index: int, *blocks: Block) -> dict[str, Any]:
+    """Writes ``blocks``, in turn and in position order, as chunk ``index``; returns its entry for ``dataset.json``."""
     name = chunk_name(index)
     (root / "variants").mkdir(exist_ok=True)
     (root / "genotypes").mkdir(exist_ok=True)
-    outputs.write_table(block.variants, root / "variants" / f"{name}.parquet", "variants")
-    write_genotypes(root / "genotypes" / f"{name}.parquet", block.variants.column("variant_id").combine_chunks(), block.call_dosage, block.dosage)
-    return {"name": name, "num_variants": block.num_variants, "has_dosage": block.dosage is not None}
+    variants = pa.concat_tables([block.variants for block in blocks]).combine_chunks() if len(blocks) > 1 else blocks[0].variants
+    outputs.write_table(variants, root / "variants" / f"{name}.parquet", "variants")
+    write_genotypes(root / "genotypes" / f"{name}.parquet", variants.column("variant_id").combine_chunks(),
+                    [block.call_dosage for block in blocks], [block.dosage for block in blocks])
+    return {"name": name, "num_variants": variants.num_rows, "has_dosage": any(block.dosage is not None for block in blocks)}
 
 
 def write_metadata(root: Path, *, samples: pa.Table, chunks: list[dict[str, Any]], extra: dict[str, Any] | None = None) -> None:

@@ -64,7 +64,7 @@ def _upgrade_chunk(path: Path, n_samples: int) -> bool:
         raise InputError(f"{path}: column call_dosage has null rows; the dataset is damaged, re-run 'genofed ingest'")
     dosage = _list_matrix(table.column("dosage"), np.dtype(np.float32), n_samples, source=f"{path}, column dosage")
     staged = path.with_name(f".{path.name}.upgrading")
-    write_genotypes(staged, table.column("variant_id").combine_chunks(), calls, dosage)
+    write_genotypes(staged, table.column("variant_id").combine_chunks(), [calls], [dosage])
     os.replace(staged, path)
     return True
 

@@ -15,7 +15,12 @@ from typing import Any
 import numpy as np
 
 from pipeline.dataset import Block, write_chunk
-from pipeline.harmonize.batch import VariantBatch, add_counts, concat_blocks, to_block
+from pipeline.harmonize.batch import (
+    VariantBatch,
+    add_counts,
+    in_position_order,
+    to_block,
+)
 from pipeline.harmonize.chain import harmonizer
 from pipeline.io.fasta import open_reference
 from pipeline.io.sources import RegionRows, read_source_blocks
@@ -92,10 +97,10 @@ def add_reader_counts(counts: dict[str, Any], record_block: RecordBlock) -> dict
 
 def write_blocks(out: Path, chunk_index: int, blocks: list[Block], num_samples: int) -> dict[str, Any] | None:
     """Writes one chunk's blocks as chunk ``chunk_index``; its dataset.json entry, or None when empty."""
-    block = concat_blocks(blocks, num_samples=num_samples)
-    if block.num_variants == 0:
+    ordered = in_position_order(blocks, num_samples=num_samples)
+    if not ordered:
         return None
-    return write_chunk(out, chunk_index, block)
+    return write_chunk(out, chunk_index, *ordered)
 
 
 def ingest_region(task: ChunkTask) -> dict[str, Any]:

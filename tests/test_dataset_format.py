@@ -98,6 +98,26 @@ def test_packed_genotypes__one_arrow_chunk_per_row_group_keeps_offsets_in_range(
     _assert_reads_back(root, calls, doses)
 
 
+def test_chunk_of_several_blocks__packed_in_turn_and_nan_where_a_block_has_no_dosage(tmp_path):
+    """Ingest writes a chunk's reader blocks without joining them: the same chunk as from the joined block."""
+    calls, doses = _matrices(seed=9)
+    variants = variants_table(calls.shape[0])
+    pieces = [dataset.Block(variants=variants.slice(0, 5), call_dosage=calls[:5], dosage=doses[0]),
+              dataset.Block(variants=variants.slice(5, 4), call_dosage=calls[5:9], dosage=None),
+              dataset.Block(variants=variants.slice(9, 3), call_dosage=calls[9:], dosage=doses[2])]
+    root = tmp_path / "blocks.dataset"
+    root.mkdir()
+    entry = dataset.write_chunk(root, 0, *pieces)
+    assert entry == {"name": "chunk-00000", "num_variants": 12, "has_dosage": True}
+    samples = pa.table({"sample_index": pa.array(np.arange(N_SAMPLES, dtype=np.int32)),
+                        "sample_id": pa.array(sample_ids(N_SAMPLES)), "has_phenotypes": pa.array(np.zeros(N_SAMPLES, bool))})
+    dataset.write_metadata(root, samples=samples, chunks=[entry])
+    block = dataset.open_dataset(root).read_block("chunk-00000", with_dosage=True)
+    np.testing.assert_array_equal(block.call_dosage, calls)
+    np.testing.assert_array_equal(block.dosage, np.concatenate([doses[0], np.full((4, N_SAMPLES), np.nan, np.float32), doses[2]]))
+    assert block.variants.to_pylist() == variants.to_pylist()
+
+
 def test_readable_without_genofed__pandas_duckdb_polars(written):
     """The contract's documented decoding (one int8 per sample) gives the matrix in each tool."""
     import duckdb

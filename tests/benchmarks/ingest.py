@@ -12,14 +12,16 @@ seed and phasing); generation time is printed apart from every figure. The run t
 - ``bcftools query -f '[%GT\\t]\\n' FILE`` (if installed);
 
 and prints wall and CPU seconds (user+sys of this process and its reaped children: CPU is
-the steadier figure on a shared machine), genotypes per second, and ratios to plink2. Peak
+the steadier figure on a shared machine), genotypes per second, and ratios to plink2; then
+where one worker's time goes (decompression, decoding, harmonization, dosages, Parquet
+write: a cProfile of one more ingest, skipped with ``--skip breakdown``). Peak
 RSS of ingest (1 worker) is measured in a fresh subprocess for two chunk sizes, on the site
 and on one half as long (same samples), with the RSS above an import-only process per
 sample x variant of the largest chunk: memory should follow the chunk, not the file.
 
     python tests/benchmarks/ingest.py [--synthetic SAMPLESxVARIANTS | --large | --msprime]
         [--phased] [--seed 1] [--samples 2000] [--region chr22:16000000-20000000]
-        [--chunk-size 1Mb] [--small-chunk-size 250kb] [--skip reader,processes,bcftools] [--workdir DIR]
+        [--chunk-size 1Mb] [--small-chunk-size 250kb] [--skip reader,processes,bcftools,breakdown] [--workdir DIR]
 
 On 2 shared cores the default run from an empty ``--workdir`` took 11-15 minutes at load
 averages of 3-6 (3-7 of them generating the two sites; cached reruns skip that); near a
@@ -55,7 +57,18 @@ from tests.benchmarks.synthetic_site import parse_size, write_synthetic_site
 
 DEFAULT = "20000x50000"
 LARGE = "50000x200000"
-SKIPPABLE = ("reader", "processes", "bcftools")
+SKIPPABLE = ("reader", "processes", "bcftools", "breakdown")
+
+# Where one worker's time goes: each stage is the cumulative time of the function that
+# does it, under cProfile (which slows Python-level work more than C; the shares are
+# the point). A stage's children are counted in it, so the stages do not overlap.
+STAGES = (
+    ("decompress + split lines", "pipeline/io/vcf.py", "_lines"),
+    ("decode genotypes (text -> int8 alleles)", "pipeline/io/vcf.py", "_make_block"),
+    ("harmonize (split, trim, REF check)", "pipeline/harmonize/chain.py", "chained"),
+    ("alleles -> dosages + variant table", "pipeline/ingest_task.py", "dense_block"),
+    ("write Parquet (variants + genotypes)", "pipeline/dataset.py", "write_chunk"),
+)
 
 # VmHWM (this process image's high-water RSS) rather than ru_maxrss, which Linux carries
 # across exec and would include the benchmark process's own memory at fork time.
@@ -120,6 +133,27 @@ def _python(script: str, *arguments: str) -> tuple[float, float, dict]:
         lambda: subprocess.run([sys.executable, "-c", script, *arguments], check=True, capture_output=True, text=True)
     )
     return wall, cpu, json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def _breakdown(vcf: Path, fasta: Path, chunk_size: str, out: Path) -> None:
+    """Prints where one worker's time goes (cProfile of a synchronous ingest), by :data:`STAGES`."""
+    import cProfile
+    import pstats
+
+    profile = cProfile.Profile()
+    profile.enable()
+    ingest(vcf, out=out, fasta=fasta, chunk_size=chunk_size, scheduler="synchronous", workers=1, force=True)
+    profile.disable()
+    shutil.rmtree(out, ignore_errors=True)
+    stats = pstats.Stats(profile).stats  # type: ignore[attr-defined]
+    total = max(cumulative for (_, _, name), (_, _, _, cumulative, _) in stats.items() if name == "ingest")
+    print(f"\nwhere the time goes (1 worker, synchronous, under cProfile: {total:.2f} s in all)")
+    counted = 0.0
+    for label, path, function in STAGES:
+        seconds = sum(cumulative for (file, _, name), (_, _, _, cumulative, _) in stats.items() if name == function and file.endswith(path))
+        counted += seconds
+        print(f"  {label:<42} {seconds:6.2f} s {100 * seconds / total:5.1f}%")
+    print(f"  {'other (planning, Dask, imports, metadata)':<42} {total - counted:6.2f} s {100 * (total - counted) / total:5.1f}%")
 
 
 def main() -> None:
@@ -191,6 +225,9 @@ def main() -> None:
     for name, wall, cpu in rows:
         ratios = f"{baseline[0] / wall:14.2f}x {baseline[1] / cpu:13.2f}x" if baseline else f"{'n/a':>15} {'n/a':>14}"
         print(f"{name:<42} {wall:7.2f} {cpu:7.2f} {genotypes / wall / 1e6:8.1f} {ratios}")
+
+    if "breakdown" not in skip:
+        _breakdown(vcf, fasta, args.chunk_size, workdir / "ingest-breakdown")
 
     _, _, imported = _python(BASELINE_RSS_SCRIPT)
     floor = imported["peak_rss_mb"]
