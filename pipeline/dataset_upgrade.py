@@ -54,11 +54,11 @@ def _list_matrix(column: pa.ChunkedArray, dtype: np.dtype, n_samples: int, *, so
 
 
 def _upgrade_chunk(path: Path, n_samples: int) -> bool:
-    """Packs one format-1 genotypes file in place; ``False`` when it is packed already."""
+    """Packs one format-1 genotypes file in place; ``False`` when it is packed already (its schema says so)."""
+    if pa.types.is_binary(pq.read_schema(path).field("call_dosage").type):
+        return False
     with pq.ParquetFile(path) as handle:
         table = handle.read()
-    if pa.types.is_binary(table.schema.field("call_dosage").type):
-        return False
     calls = _list_matrix(table.column("call_dosage"), np.dtype(np.int8), n_samples, source=f"{path}, column call_dosage")
     if calls is None:
         raise InputError(f"{path}: column call_dosage has null rows; the dataset is damaged, re-run 'genofed ingest'")
@@ -72,7 +72,8 @@ def _upgrade_chunk(path: Path, n_samples: int) -> bool:
 def upgrade_dataset(path: Path | str, *, progress: Callable[[int, int], None] | None = None) -> Upgrade:
     """Converts a format-1 dataset at ``path`` to the current format, in place.
 
-    A dataset already in the current format is left as it is (nothing converted).
+    Every chunk is checked, so a current dataset holding chunks of an older genofed
+    (ingest parts joined across versions) is mended too; one with none is left as it is.
 
     Raises:
         InputError: not a genofed dataset, a format this genofed cannot convert, or a
@@ -90,9 +91,7 @@ def upgrade_dataset(path: Path | str, *, progress: Callable[[int, int], None] | 
         raise InputError(f"{meta_path}: format is {meta.get('format')!r}, expected {FORMAT_NAME!r}")
     version = str(meta.get("format_version", "0"))
     major = version.split(".")[0]
-    if major == FORMAT_VERSION.split(".")[0]:
-        return Upgrade(converted=0, already_packed=len(meta["chunks"]), format_version=version)
-    if major != UPGRADABLE_MAJOR:
+    if major not in (UPGRADABLE_MAJOR, FORMAT_VERSION.split(".")[0]):
         raise InputError(f"{meta_path}: dataset format {version} cannot be converted to {FORMAT_VERSION} by this genofed; re-run 'genofed ingest'")
     converted = 0
     chunks = [chunk["name"] for chunk in meta["chunks"]]
@@ -103,9 +102,9 @@ def upgrade_dataset(path: Path | str, *, progress: Callable[[int, int], None] | 
         converted += _upgrade_chunk(chunk_path, int(meta["num_samples"]))
         if progress is not None:
             progress(done, len(chunks))
-    meta["format_version"] = FORMAT_VERSION
-    meta.setdefault("schemas", {})["genotypes"] = schemas.load("genotypes").version
-    staged = meta_path.with_name(".dataset.json.upgrading")
-    staged.write_text(json.dumps(meta, indent=2) + "\n")
-    os.replace(staged, meta_path)
+    upgraded = {**meta, "format_version": FORMAT_VERSION, "schemas": {**meta.get("schemas", {}), "genotypes": schemas.load("genotypes").version}}
+    if upgraded != meta:
+        staged = meta_path.with_name(".dataset.json.upgrading")
+        staged.write_text(json.dumps(upgraded, indent=2) + "\n")
+        os.replace(staged, meta_path)
     return Upgrade(converted=converted, already_packed=len(chunks) - converted, format_version=FORMAT_VERSION)

@@ -159,8 +159,10 @@ def test_format_1__refused_with_the_upgrade_command_then_upgraded_in_place(writt
     meta = json.loads((root / "dataset.json").read_text())
     assert meta["schemas"]["genotypes"] == "2.0.0"
     assert not list(root.rglob(".*upgrading"))
+    meta = (root / "dataset.json").read_bytes()
     again = upgrade_dataset(root)
     assert (again.converted, again.already_packed) == (0, 3)
+    assert (root / "dataset.json").read_bytes() == meta
 
 
 def test_format_1__an_interrupted_upgrade_is_finished_by_the_next_run(written):
@@ -195,11 +197,16 @@ def test_format_1__a_damaged_chunk_fails_naming_file_and_row_and_changes_nothing
     assert json.loads((root / "dataset.json").read_text())["format_version"] == "1.0.0"
 
 
-def test_format_1_chunk_in_a_format_2_dataset__refused_naming_the_upgrade(written, tmp_path):
+def test_format_1_chunk_in_a_format_2_dataset__refused_naming_the_upgrade_which_mends_it(written, tmp_path):
     """Ingest parts joined across genofed versions: the reader names the chunk, never decodes lists as bytes."""
-    root, _, _ = written
+    root, calls, doses = written
     old = shutil.copytree(root, tmp_path / "old.dataset")
     _as_format_1(old)
     shutil.copy(old / "genotypes" / "chunk-00001.parquet", root / "genotypes" / "chunk-00001.parquet")
     with pytest.raises(InputError, match=r"chunk-00001\.parquet, column call_dosage: genotypes stored as list<.*genofed dataset upgrade"):
         dataset.open_dataset(root).read_block("chunk-00001")
+    meta = (root / "dataset.json").read_bytes()
+    mended = upgrade_dataset(root)
+    assert (mended.converted, mended.already_packed) == (1, 2)
+    assert (root / "dataset.json").read_bytes() == meta  # a current dataset: only the chunk changes
+    _assert_reads_back(root, calls, doses)

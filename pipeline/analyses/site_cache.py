@@ -12,8 +12,8 @@ larger than the byte budget is computed and returned but not kept.
 
 :func:`dataset_blocks` is the one way an analysis reads a dataset's genotypes during a
 job: when the whole hard-call matrix fits the job's budget it is read once and kept, so
-a GWAS's census, and its regression three rounds later, read the files once (each read
-of a list<int8> Parquet column costs ten times the census' counting); otherwise it is
+a GWAS's census, and its regression three rounds later, read the files once (reading
+and decompressing a chunk costs about three times the census' counting of it); otherwise it is
 streamed, a few chunks ahead, in bounded memory. A GWAS on a dataset with dosages reads
 them once more for its regression (the census counts hard calls only).
 """
