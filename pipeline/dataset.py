@@ -83,6 +83,11 @@ def chunk_name(index: int) -> str:
     return f"chunk-{index:05d}"
 
 
+def rows_per_group(n_samples: int) -> int:
+    """Variants per Parquet row group (and per Arrow chunk) of a genotypes file: about ``GENOTYPES_PER_ROW_GROUP`` calls."""
+    return max(1, GENOTYPES_PER_ROW_GROUP // max(1, n_samples))
+
+
 def packed_rows(matrices: Sequence[np.ndarray], rows_per_piece: int) -> pa.ChunkedArray:
     """Each row of ``matrices`` (in turn) as one binary value, its bytes in order, without copying a row.
 
@@ -140,8 +145,7 @@ def genotype_table(variant_id: pa.Array, calls: Sequence[np.ndarray], doses: Seq
     into one matrix first. ``doses[i]`` is piece ``i``'s dosages or ``None``; where only
     some pieces have them, the others' rows are NaN (missing), as a call without DS is.
     """
-    n_samples = calls[0].shape[1] if calls else 0
-    rows = max(1, GENOTYPES_PER_ROW_GROUP // max(1, n_samples))
+    rows = rows_per_group(calls[0].shape[1] if calls else 0)
     packed_calls = packed_rows([call.astype(np.int8, copy=False) for call in calls], rows)
     if all(dose is None for dose in doses):
         packed_doses = pa.chunked_array([pa.nulls(len(variant_id), type=pa.binary())])
@@ -153,9 +157,8 @@ def genotype_table(variant_id: pa.Array, calls: Sequence[np.ndarray], doses: Seq
 
 def write_genotypes(path: Path, variant_id: pa.Array, calls: Sequence[np.ndarray], doses: Sequence[np.ndarray | None]) -> None:
     """Writes one chunk's genotypes file (:func:`genotype_table`; row groups of about ``GENOTYPES_PER_ROW_GROUP`` calls)."""
-    rows_per_group = max(1, GENOTYPES_PER_ROW_GROUP // max(1, calls[0].shape[1] if calls else 1))
-    outputs.write_table(genotype_table(variant_id, calls, doses), path, "genotypes", row_group_size=rows_per_group,
-                        plain_columns=("call_dosage", "dosage"))
+    outputs.write_table(genotype_table(variant_id, calls, doses), path, "genotypes",
+                        row_group_size=rows_per_group(calls[0].shape[1] if calls else 0), plain_columns=("call_dosage", "dosage"))
 
 
 def write_chunk(root: Path, index: int, *blocks: Block) -> dict[str, Any]:

@@ -152,7 +152,8 @@ def call_dosage(allele: np.ndarray) -> np.ndarray:
     Haploid calls (one allele slot) are stored as 0/2, as plink does; calls of higher
     ploidy count their ALT alleles. Two-slot int8 arrays (the common case) read each
     call's two bytes as one uint16 and look it up in a table built from the general
-    rule, a cache-sized slice at a time (five times faster than arithmetic on the slots).
+    rule, a cache-sized slice at a time (five times faster than a 16-entry table indexed
+    by arithmetic on the slots, whose intp index filled memory).
     """
     if allele.ndim == 3 and allele.shape[2] == 2 and allele.dtype == np.int8:
         pairs = np.ascontiguousarray(allele).view(np.uint16)[:, :, 0]
