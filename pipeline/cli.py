@@ -223,11 +223,12 @@ def cluster_options(func: Callable[..., Any]) -> Callable[..., Any]:
     """``--scheduler`` and the dask-jobqueue worker-job options, for every Dask-backed command."""
     options = [
         click.option(
-            "--scheduler", default="threads", show_default=True,
-            help="Where Dask-backed work runs: threads, processes, synchronous (this machine); tcp://HOST:PORT "
+            "--scheduler", default="processes", show_default=True,
+            help="Where Dask-backed work runs: processes, threads, synchronous (this machine: processes use several "
+            "cores, where threads share Python's lock in the VCF decoding); tcp://HOST:PORT "
             "(a running dask.distributed scheduler); slurm or pbs (Dask workers as batch jobs, via dask-jobqueue).",
         ),
-        click.option("--workers", type=click.IntRange(min=1), default=None, help="Workers of a local scheduler [default: one per core]."),
+        click.option("--workers", type=click.IntRange(min=1), default=None, help="Workers of a local scheduler [default: one per core this process may use, a batch job's allocation]."),
         click.option("--queue", default=None, help="slurm/pbs: partition or queue of the worker jobs [default: Dask config jobqueue.*.queue]."),
         click.option("--cores", type=click.IntRange(min=1), default=None, help="slurm/pbs: cores per worker job [default: Dask config]."),
         click.option("--memory", default=None, help="slurm/pbs: memory per worker job, e.g. 8GB [default: Dask config]."),
@@ -1180,7 +1181,7 @@ def workflow_run(
 @click.option("--memory", default=None, help="sbatch --mem, e.g. 16G.")
 @click.option("--max-array", type=click.IntRange(min=1), default=32, show_default=True, help="Most tasks of a per-region ingest array job (1: no array).")
 @click.option("--sbatch-option", "extra", multiple=True, help="Another #SBATCH option, verbatim (e.g. --qos=short); repeat.")
-@click.option("--step-scheduler", default="threads", show_default=True, help="--scheduler inside each step job.")
+@click.option("--step-scheduler", default="processes", show_default=True, help="--scheduler inside each step job (processes use the job's cores).")
 @click.option("--federated-on", type=click.Choice(["batch", "login"]), default="batch", show_default=True, help="Where federated steps run: as batch jobs (compute nodes with outbound HTTPS) or left for the agent's login/service node.")
 @click.option("--rerun", multiple=True, metavar="STEP", help="Submit this step even if it is up to date; repeat.")
 @click.option("--dry-run", is_flag=True, help="Write the sbatch scripts, submit nothing.")

@@ -186,11 +186,18 @@ def progress_bar(progress: bool, **kwargs: Any) -> Any:
     return tqdm(file=sys.stderr, **kwargs) if progress else None
 
 
+def available_cores() -> int:
+    """The cores this process may run on: a batch job's allocation, not the node's count (``os.cpu_count``)."""
+    if hasattr(os, "sched_getaffinity"):
+        return max(1, len(os.sched_getaffinity(0)))
+    return os.cpu_count() or 1
+
+
 def _local_pool(scheduler: str, workers: int | None) -> Executor | None:
     """The executor a local scheduler runs on, owned here so that a failure can wait for it."""
     if scheduler == "sync":
         return None
-    count = workers or os.cpu_count() or 1
+    count = workers or available_cores()
     if scheduler == "threads":
         return ThreadPoolExecutor(count)
     return ProcessPoolExecutor(count, mp_context=multiprocessing.get_context(dask.config.get("multiprocessing.context", "spawn")))

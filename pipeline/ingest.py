@@ -485,9 +485,10 @@ def ingest(
         fasta: reference FASTA to check REF against (swap, strand flip, drop).
         phenotypes: TSV keyed by IID to match samples with.
         chunk_size: bases per chunk (``5Mb``, ``500kb``, ``1000000``).
-        scheduler: ``threads``, ``processes``, ``synchronous``, a dask.distributed address, or
+        scheduler: ``threads`` (the library's default; ``genofed ingest`` uses ``processes``, which scale over
+            cores where threads share Python's lock), ``processes``, ``synchronous``, a dask.distributed address, or
             ``slurm``/``pbs`` (dask-jobqueue; see :mod:`pipeline.cluster`).
-        workers: local scheduler workers (default: dask's, one per core).
+        workers: local scheduler workers (default: one per core this process may use, :func:`pipeline.cluster.available_cores`).
         contig_style: ``chr``, ``nochr`` or ``keep``.
         assembly: the genome assembly the positions are on (``GRCh37``/``GRCh38``); default
             what the VCF header names (:func:`pipeline.assembly.assembly_from_header`), else

@@ -128,7 +128,7 @@ def submit_workflow(
     params: Mapping[str, Any] | None = None,
     work: Path | str | None = None,
     options: BatchOptions | None = None,
-    step_scheduler: str = "threads",
+    step_scheduler: str = "processes",
     federated_on: str = "batch",
     rerun: Sequence[str] = (),
     dry_run: bool = False,
@@ -139,7 +139,7 @@ def submit_workflow(
     Args:
         path: the workflow file; site, params, work: as for :func:`pipeline.workflow.run.run_workflow`.
         options: sbatch options of every job.
-        step_scheduler: ``--scheduler`` inside each job (``threads`` uses the job's cores).
+        step_scheduler: ``--scheduler`` inside each job (``processes`` uses the job's cores).
         federated_on: ``batch`` submits federated steps too (compute nodes need outbound
             HTTPS to the coordinator); ``login`` leaves them to the site agent's node:
             the summary then says which command to run there once the jobs are done.

@@ -150,3 +150,14 @@ def test_compute_graph__processes_report_each_task_as_it_ends():
         assert compute_graph(graph, scheduler="processes", workers=1, progress=False) == [1, 2, 3, 4, 5, 6]
     last_start = len(events) - 1 - events[::-1].index("start")
     assert events.index("end") < last_start, events
+
+
+def test_available_cores__a_batch_jobs_allocation_not_the_nodes_count(monkeypatch):
+    """A local scheduler's default workers: a Slurm job bound to 3 of a node's 64 cores gets 3 (memory grows per worker)."""
+    import os
+
+    from pipeline import cluster
+
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {4, 5, 6}, raising=False)
+    monkeypatch.setattr(os, "cpu_count", lambda: 64)
+    assert cluster.available_cores() == 3
