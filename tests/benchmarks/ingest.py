@@ -23,16 +23,14 @@ sample x variant of the largest chunk: memory should follow the chunk, not the f
         [--phased] [--seed 1] [--samples 2000] [--region chr22:16000000-20000000]
         [--chunk-size 1Mb] [--small-chunk-size 250kb] [--skip reader,processes,bcftools,breakdown] [--workdir DIR]
 
-On 2 shared cores the default run from an empty ``--workdir`` took 11-15 minutes at load
-averages of 3-6 (3-7 of them generating the two sites; cached reruns skip that); near a
-load of 2, an estimated 6-7 (5.4 measured before the half-size site was added).
-``--skip processes,bcftools`` saves about 2 more.
+On 2 quiet cores the default run from an empty ``--workdir`` took 4 minutes (1.7 of them
+generating the two sites; cached reruns skip that).
 
 ``--large`` (``--synthetic 50000x200000``, 1e10 genotypes) is long-running: with ``--skip
-processes,bcftools,reader`` on 2 quiet cores it took 44 minutes from an empty ``--workdir``
-(18 generating the two sites, 3.0 GB of VCF.gz; 4.3 GB with plink2's files, plus one ingest output at a time), and each
-ingest worker peaked at 1.0 GB (250 kb chunks) to 1.8 GB (1 Mb); the figures are in the
-README.
+processes,bcftools,reader,breakdown`` on 2 quiet cores it took 28 minutes from an empty
+``--workdir`` (17 generating the two sites, 3.0 GB of VCF.gz; 4.3 GB with plink2's files, plus
+one ingest output at a time), and each ingest worker peaked at 0.4 GB (250 kb chunks) to
+0.8 GB (1 Mb); the figures are in the README.
 """
 
 from __future__ import annotations
