@@ -268,6 +268,24 @@ def test_regions__read_on_from_the_index_across_bgzf_blocks_and_read_chunks(tmp_
         np.testing.assert_array_equal(ours[2], theirs[2])
 
 
+def test_read_blocks__a_corrupt_bgzf_block_names_the_file_on_every_path(tmp_path: Path) -> None:
+    """A block damaged in the middle of the file (its end-of-file marker intact): one clear error, whole file or by region."""
+    rng = np.random.default_rng(8)
+    samples = [f"s{i}" for i in range(60)]
+    lines = [record("chr1", p, calls=[("0/0", "0/1", "1/1")[g] for g in rng.integers(0, 3, len(samples))]) for p in range(1, 6000, 2)]
+    path = write(tmp_path, "corrupt", vcf_text(samples, lines), kind="vcf.gz")
+    regions = open_vcf(path).regions(200)  # planned on the intact file (planning reads through the index too)
+    data = bytearray(path.read_bytes())
+    middle = len(data) // 2
+    data[middle:middle + 64] = bytes(64)  # zeros inside a deflate stream
+    path.write_bytes(bytes(data))
+    with pytest.raises(VcfFormatError, match=r"corrupt\.vcf\.gz: decompression failed after line \d+ .*copy it again"):
+        read_all(path)
+    with pytest.raises(VcfFormatError, match=r"corrupt\.vcf\.gz: .*(decompression failed|unreadable record).*copy it again"):
+        for region in regions:
+            read_all(path, region)
+
+
 def test_regions__without_index_is_an_error(tmp_path: Path) -> None:
     path = write(tmp_path, "noindex", vcf_text(SAMPLES, [record("chr1", 1, calls=["0/1"] * 3)]), kind="vcf.gz-noindex")
     source = open_vcf(path)
