@@ -1,7 +1,8 @@
 """VCF / VCF.gz (BGZF) / BCF reader: validated records in vectorized blocks.
 
-pysam/htslib reads the header, the index and the compressed bytes; genotypes are then
-parsed from the records' text with numpy. A block's sample columns are joined into one
+pysam/htslib reads the header, the index and a BCF's records; a VCF.gz's record text is
+inflated by zlib-ng (:class:`BgzfText`), a region's from the offset the index gives.
+Genotypes are then parsed from the records' text with numpy. A block's sample columns are joined into one
 buffer and, in the common case (every GT a one-digit diploid call written in three
 bytes, first in FORMAT), decoded with a lookup table and no Python work per sample.
 Anything else (multi-digit allele indexes, haploid or polyploid calls, GT not first)
