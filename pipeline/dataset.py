@@ -34,6 +34,8 @@ from pipeline.errors import InputError, SpecMismatch
 
 FORMAT_NAME = "genofed-dataset"
 FORMAT_VERSION = "2.0.0"
+FORMAT_MAJOR = FORMAT_VERSION.split(".")[0]  # what this genofed reads
+LIST_FORMAT_MAJOR = "1"  # genotypes as Parquet lists; genofed dataset upgrade converts it
 GENOTYPES_PER_ROW_GROUP = 2**25  # ~32 M calls: large enough to compress, small enough to stay in cache
 
 
@@ -199,6 +201,29 @@ def _read_parquet(path: Path, columns: Sequence[str] | None = None) -> pa.Table:
         return handle.read(columns=list(columns) if columns is not None else None)
 
 
+def read_metadata(root: Path) -> dict[str, Any]:
+    """A dataset folder's ``dataset.json``, checked to be genofed's (any format version).
+
+    Raises:
+        InputError: no ``dataset.json``, not JSON, or another format's.
+    """
+    meta_path = root / "dataset.json"
+    if not meta_path.is_file():
+        raise InputError(f"{root} is not a genofed dataset (no dataset.json); create one with 'genofed ingest'")
+    try:
+        meta: dict[str, Any] = json.loads(meta_path.read_text())
+    except json.JSONDecodeError as error:
+        raise InputError(f"{meta_path}: not valid JSON ({error}); re-run 'genofed ingest'") from error
+    if meta.get("format") != FORMAT_NAME:
+        raise InputError(f"{meta_path}: format is {meta.get('format')!r}, expected {FORMAT_NAME!r}")
+    return meta
+
+
+def format_major(meta: dict[str, Any]) -> str:
+    """The major part of a ``dataset.json``'s format version (what decides whether it can be read)."""
+    return str(meta.get("format_version", "0")).split(".")[0]
+
+
 class Dataset:
     """A harmonized dataset opened for reading (identity: a folder on disk)."""
 
@@ -208,21 +233,14 @@ class Dataset:
 
     def __init__(self, path: Path | str) -> None:
         self.path = Path(path)
+        self.metadata: dict[str, Any] = read_metadata(self.path)
         meta_path = self.path / "dataset.json"
-        if not meta_path.is_file():
-            raise InputError(f"{self.path} is not a genofed dataset (no dataset.json); create one with 'genofed ingest'")
-        try:
-            self.metadata: dict[str, Any] = json.loads(meta_path.read_text())
-        except json.JSONDecodeError as error:
-            raise InputError(f"{meta_path}: not valid JSON ({error}); re-run 'genofed ingest'") from error
-        if self.metadata.get("format") != FORMAT_NAME:
-            raise InputError(f"{meta_path}: format is {self.metadata.get('format')!r}, expected {FORMAT_NAME!r}")
-        major = str(self.metadata.get("format_version", "0")).split(".")[0]
-        if major == "1":
+        major = format_major(self.metadata)
+        if major == LIST_FORMAT_MAJOR:
             raise InputError(f"{meta_path}: dataset format {self.metadata.get('format_version')} stores genotypes as lists, which this genofed "
                              f"no longer reads (format {FORMAT_VERSION} packs each variant's genotypes); convert it in place with "
                              f"'genofed dataset upgrade {self.path}' (no re-ingest), or re-run 'genofed ingest'")
-        if major != FORMAT_VERSION.split(".")[0]:
+        if major != FORMAT_MAJOR:
             raise InputError(f"{meta_path}: dataset format {self.metadata.get('format_version')} is not readable by this genofed (format {FORMAT_VERSION}); re-run 'genofed ingest'")
 
     @property

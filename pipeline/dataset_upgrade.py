@@ -17,17 +17,21 @@ import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
 from pipeline import schemas
-from pipeline.dataset import FORMAT_NAME, FORMAT_VERSION, write_genotypes
+from pipeline.dataset import (
+    FORMAT_MAJOR,
+    FORMAT_VERSION,
+    LIST_FORMAT_MAJOR,
+    format_major,
+    read_metadata,
+    write_genotypes,
+)
 from pipeline.errors import InputError
-
-UPGRADABLE_MAJOR = "1"
 
 
 @dataclass(frozen=True)
@@ -81,17 +85,9 @@ def upgrade_dataset(path: Path | str, *, progress: Callable[[int, int], None] | 
     """
     root = Path(path)
     meta_path = root / "dataset.json"
-    if not meta_path.is_file():
-        raise InputError(f"{root} is not a genofed dataset (no dataset.json)")
-    try:
-        meta: dict[str, Any] = json.loads(meta_path.read_text())
-    except json.JSONDecodeError as error:
-        raise InputError(f"{meta_path}: not valid JSON ({error}); re-run 'genofed ingest'") from error
-    if meta.get("format") != FORMAT_NAME:
-        raise InputError(f"{meta_path}: format is {meta.get('format')!r}, expected {FORMAT_NAME!r}")
+    meta = read_metadata(root)
     version = str(meta.get("format_version", "0"))
-    major = version.split(".")[0]
-    if major not in (UPGRADABLE_MAJOR, FORMAT_VERSION.split(".")[0]):
+    if format_major(meta) not in (LIST_FORMAT_MAJOR, FORMAT_MAJOR):
         raise InputError(f"{meta_path}: dataset format {version} cannot be converted to {FORMAT_VERSION} by this genofed; re-run 'genofed ingest'")
     converted = 0
     chunks = [chunk["name"] for chunk in meta["chunks"]]
