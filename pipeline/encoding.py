@@ -254,11 +254,15 @@ def _encode_nearest(array: np.ndarray, encoding: FixedPoint) -> np.ndarray:
     scratch = np.empty(min(flat.size, _ENCODE_CHUNK), dtype=work_dtype)
     for start in range(0, flat.size, _ENCODE_CHUNK):
         stop = min(start + _ENCODE_CHUNK, flat.size)
-        work = scratch[: stop - start]
-        np.minimum(flat[start:stop], encoding.clip, out=work, dtype=work_dtype)
-        np.maximum(work, -encoding.clip, out=work)  # NaN stays NaN through both
-        np.multiply(work, scale, out=work)
-        _refuse_nan(array, bool(np.isnan(np.maximum.reduce(work))))
+        chunk, work = flat[start:stop], scratch[: stop - start]
+        highest = np.maximum.reduce(chunk)  # NaN when the chunk holds one
+        _refuse_nan(array, bool(np.isnan(highest)))
+        if highest > encoding.clip or np.minimum.reduce(chunk) < -encoding.clip:
+            np.minimum(chunk, encoding.clip, out=work, dtype=work_dtype)
+            np.maximum(work, -encoding.clip, out=work)
+            np.multiply(work, scale, out=work)
+        else:  # nothing to clip: two reductions cost less than two clipping passes
+            np.multiply(chunk, scale, out=work, dtype=work_dtype)
         np.rint(work, out=work)
         # |work| <= max_encoded < 2^(bits-1): exact in the signed ring dtype, whose view is two's complement.
         out[start:stop] = work

@@ -114,6 +114,22 @@ def test_encode__clips_out_of_range_values() -> None:
     np.testing.assert_array_equal(encoding.to_signed(clipped_counts), [200, -200, 5])
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_encode__chunks_with_and_without_values_to_clip_equal_clip_then_round(dtype: type) -> None:
+    """Chunks with nothing to clip skip the clipping passes; every chunk gives clip, scale, round."""
+    chunk = encoding._ENCODE_CHUNK
+    values = np.random.default_rng(3).uniform(-1.0, 1.0, 4 * chunk + 5).astype(dtype)
+    values[chunk + 7] = 3.0  # only a high value to clip in chunk 1
+    values[2 * chunk + 9] = -5.0  # only a low value in chunk 2; chunks 0 and 3 need none
+    values[chunk + 11] = np.inf
+    fixed = FixedPoint(Ring.R32, 20, 2.0)
+    reference = np.rint(np.clip(values.astype(np.float64), -2.0, 2.0) * 2.0**20).astype(np.int64).astype(np.uint32)
+    np.testing.assert_array_equal(encode(values, fixed), reference)
+    values[3 * chunk + 2] = np.nan
+    with pytest.raises(InputError, match=rf"index \({3 * chunk + 2},\)"):
+        encode(values, fixed)
+
+
 def test_encode__nan_is_refused_with_its_index() -> None:
     with pytest.raises(InputError, match=r"index \(1, 0\)"):
         encode(np.array([[0.0, 1.0], [np.nan, 2.0]]), FixedPoint(Ring.R32, 8, 4.0))
