@@ -90,6 +90,7 @@ from pipeline.stats.counts import count_variants
 from pipeline.secagg import keys as secagg_keys
 from pipeline.secagg.client import ClientAborted, ClientState, ClientUnmasking, client_advance, client_init
 from pipeline.secagg.messages import Message, Stage, SurvivorList, round_stages
+from pipeline.secagg.prg import DEFAULT_PRG, PRGS
 
 log = logging.getLogger(__name__)
 
@@ -130,8 +131,9 @@ def check_round_terms(config: SiteConfig, roster: Roster, task: Mapping[str, Any
     the signed roster (no invented, Sybil sites) and this site is the one its ID says;
     the number of sites is within the policy's ``min_sites``..``max_sites``; and for a
     secure sum (and at the pre-flight, for the job's sums over the sites it invites), the
-    consistency round is on and the threshold is at least what the policy's
-    ``threshold_rule`` demands of the parties holding this site's shares.
+    consistency round is on, the masks come from a PRG the site knows, and the threshold
+    is at least what the policy's ``threshold_rule`` demands of the parties holding this
+    site's shares.
 
     Raises:
         PolicyRefusal: naming the term the task breaks.
@@ -158,6 +160,10 @@ def check_round_terms(config: SiteConfig, roster: Roster, task: Mapping[str, Any
     spec = task.get("spec") or {}
     if spec.get("consistency_check", CONSISTENCY_CHECK_DEFAULT) is not True:
         raise PolicyRefusal(f"site {name}: the round skips the signed consistency check; this site never does")
+    prg = spec.get("mask_prg", DEFAULT_PRG)
+    if prg not in PRGS:
+        raise PolicyRefusal(f"site {name}: the round asks for masks from the mask PRG {prg!r}; this site masks with "
+                            f"{' or '.join(PRGS)} only")
     holders = shareholders(len(site_ids), spec.get("num_neighbours"))
     least = max(2, minimum_threshold(holders, policy.threshold_rule))
     most = maximum_threshold(len(site_ids), spec.get("num_neighbours"))

@@ -72,6 +72,7 @@ from pipeline.federation.rounds import KEY_UNION_STAGE, PREFLIGHT_STAGE
 from pipeline.federation.store import Store
 from pipeline.federation.tls import load_identity_key
 from pipeline.secagg.messages import Stage
+from pipeline.secagg.prg import DEFAULT_PRG, PRGS
 
 log = logging.getLogger(__name__)
 
@@ -393,6 +394,7 @@ def openapi_document() -> dict[str, Any]:
             "stage_timeout": {"type": "number", "exclusiveMinimum": 0, "maximum": 86400},
             "consistency_check": {"type": "boolean"},
             "num_neighbours": {"type": "integer", "minimum": 1},
+            "mask_prg": {"type": "string", "enum": list(PRGS), "default": DEFAULT_PRG},
             "description": {"type": "string"},
         },
         "additionalProperties": True,

@@ -2,8 +2,8 @@
 
 A spec is a YAML mapping (``workflows/*.yaml``) with ``analysis: NAME``. The runtime
 reads a few keys of its own (:data:`RUNTIME_KEYS`: sites, threshold, stage timeout,
-consistency check, SecAgg+ neighbours, description); every other key is a parameter of
-the analysis, checked by the analysis when the job is submitted.
+consistency check, SecAgg+ neighbours, the mask PRG, description); every other key is
+a parameter of the analysis, checked by the analysis when the job is submitted.
 
 This module reads and checks the runtime's part only, and knows no analysis, so the
 analyst's client (submit, status, results) loads it without the analyses' numeric stack.
@@ -43,7 +43,9 @@ __all__ = [
     "default_threshold",
 ]
 
-RUNTIME_KEYS = ("analysis", "threshold", "stage_timeout", "consistency_check", "num_neighbours", "sites", "description")
+RUNTIME_KEYS = (
+    "analysis", "threshold", "stage_timeout", "consistency_check", "num_neighbours", "mask_prg", "sites", "description",
+)
 """Spec keys the runtime reads; every other key is the analysis' parameter."""
 
 DEFAULT_STAGE_TIMEOUT = 60.0
@@ -246,6 +248,13 @@ def parse_round_options(spec: Mapping[str, Any], enrolled: Sequence[str], *, kno
         raise ConfigurationError(
             f"job spec key 'num_neighbours' must be an even integer >= 2 (k/2 neighbours on each side of a ring) or absent, "
             f"got {neighbours!r}"
+        )
+    from pipeline.secagg.prg import DEFAULT_PRG, PRGS  # here, so the analyst's client loads no part of secagg
+
+    prg = spec.get("mask_prg", DEFAULT_PRG)
+    if prg not in PRGS:
+        raise ConfigurationError(
+            f"job spec key 'mask_prg' must be one of {', '.join(PRGS)} or absent (default {DEFAULT_PRG}), got {prg!r}"
         )
     least = threshold if threshold is not None else default_threshold(len(sites), neighbours)
     most = maximum_threshold(len(sites), neighbours)

@@ -1,8 +1,8 @@
 """What the coordinator and a site agree on for each round, besides the analysis' layout.
 
 A secure-sum round's public parameters (:func:`round_config`: the key-derivation
-context binds federation, job and round; sites, threshold, ring, length and options
-come from the job) are computed identically by both ends from what each already
+context binds federation, job and round; sites, threshold, ring, length and options,
+the mask PRG among them, come from the job) are computed identically by both ends from what each already
 holds, so they are never trusted from the wire. A :class:`~pipeline.analyses.KeyUnion`
 round has one stage, :data:`KEY_UNION_STAGE`, in which each site uploads its key set
 as a one-column Arrow table (:func:`encode_keys`, :func:`decode_keys`) and the
@@ -35,6 +35,7 @@ from pipeline.federation.job_spec import CONSISTENCY_CHECK_DEFAULT
 from pipeline.federation.roster import Roster
 from pipeline.secagg import keys
 from pipeline.secagg.messages import RoundConfig
+from pipeline.secagg.prg import DEFAULT_PRG
 
 __all__ = [
     "KEY_UNION_STAGE", "MAX_KEYS", "PREFLIGHT_READY", "PREFLIGHT_STAGE", "check_preflight", "decode_keys",
@@ -80,6 +81,7 @@ def round_config(
         length=layout.size,
         consistency_check=bool(spec.get("consistency_check", CONSISTENCY_CHECK_DEFAULT)),
         num_neighbours=spec.get("num_neighbours"),
+        prg=spec.get("mask_prg", DEFAULT_PRG),
         identities=identities,
     )
 

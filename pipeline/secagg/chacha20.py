@@ -1,9 +1,13 @@
-"""ChaCha20 keystream (RFC 8439): the mask PRG, with two bit-identical engines.
+"""ChaCha20 keystream (RFC 8439): a mask PRG with two bit-identical engines.
 
 Secure aggregation needs masks that are (a) cryptographically pseudorandom, so a
 masked vector reveals nothing, and (b) exactly reproducible by the coordinator from a
 recovered seed, so a dropped site's masks cancel. ChaCha20 gives both; ``jax.random``
-(threefry) gives neither guarantee and never generates masks.
+(threefry) gives neither guarantee and never generates masks. A job's masks are
+ChaCha20 when it names ``mask_prg: chacha20`` (:mod:`pipeline.secagg.masks`): the PRG
+with an accelerator engine, for a coordinator that regenerates masks on a GPU. The
+default, AES-128-CTR, is faster on CPUs with AES instructions and has the OpenSSL
+engine only.
 
 Engines:
 

@@ -489,7 +489,8 @@ def _client_masked_input(state: ClientMaskedInput, messages: Sequence[object]) -
     for peer, shared in zip(peers, secrets):
         seeds.append(keys.pairwise_mask_seed(shared, context=config.context, site_a=site, site_b=peer))
         signs.append(mask_sign(site, peer))
-    masked = masks.masked_copy(np.ascontiguousarray(state.vector, dtype=config.ring.dtype), seeds, signs, engine=config.engine)
+    masked = masks.masked_copy(np.ascontiguousarray(state.vector, dtype=config.ring.dtype), seeds, signs, prg=config.prg,
+                               engine=config.engine)
     outgoing = MaskedInput(round_index=config.round_index, sender=site, receiver=SERVER, vector=masked)
     frozen_received = frozen_map(received)
     if config.consistency_check:

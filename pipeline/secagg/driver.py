@@ -44,6 +44,7 @@ from pipeline.encoding import (
 from pipeline.secagg.client import ClientState, client_advance, client_init
 from pipeline.secagg.messages import Message, RoundConfig, Stage, round_stages
 from pipeline.secagg.server import ServerAborted, ServerState, server_advance, server_init, server_result
+from pipeline.secagg.prg import DEFAULT_PRG
 
 __all__ = [
     "DropoutPattern",
@@ -162,6 +163,7 @@ def run_round(
     num_neighbours: int | None = None,
     context: keys.KeyContext = DEFAULT_CONTEXT,
     seed: bytes | int | None = None,
+    prg: str = DEFAULT_PRG,
     engine: str | None = None,
     record_messages: bool = False,
     identity_keys: Sequence[ec.EllipticCurvePrivateKey] | None = None,
@@ -179,7 +181,8 @@ def run_round(
         num_neighbours: SecAgg+ neighbourhood size ``k`` (``None`` = every site).
         context: federation, job and round the keys are bound to.
         seed: makes every site's key material deterministic (tests only).
-        engine: mask PRG engine.
+        prg: the mask PRG (:data:`pipeline.secagg.prg.PRGS`).
+        engine: mask engine (None: the PRG's default).
         record_messages: keep every delivered message in the outcome.
         identity_keys: one certificate key per site: the round then binds every key
             advertisement to its site (each signs, every party verifies), as deployed.
@@ -209,6 +212,7 @@ def run_round(
         length=int(encoded[0].size),
         consistency_check=consistency_check,
         num_neighbours=num_neighbours,
+        prg=prg,
         engine=engine,
         identities=None if identity_keys is None else tuple(
             (site, key.public_key().public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo))
@@ -282,6 +286,7 @@ def simulate_secure_sum(
     layout: Layout | None = None,
     consistency_check: bool = False,
     num_neighbours: int | None = None,
+    prg: str = DEFAULT_PRG,
     engine: str | None = None,
 ) -> Any:
     """The sum the coordinator obtains from the real protocol run in memory.
@@ -302,7 +307,8 @@ def simulate_secure_sum(
         layout: encode dict inputs with this :class:`Layout`; returns a dict.
         consistency_check: run the signed survivor-list stage.
         num_neighbours: SecAgg+ with ``k`` neighbours per site.
-        engine: mask PRG engine.
+        prg: the mask PRG (:data:`pipeline.secagg.prg.PRGS`).
+        engine: mask engine (None: the PRG's default).
 
     Raises:
         AggregationAborted: fewer than ``threshold`` sites remained; nothing revealed.
@@ -319,6 +325,7 @@ def simulate_secure_sum(
             consistency_check=consistency_check,
             num_neighbours=num_neighbours,
             seed=seed,
+            prg=prg,
             engine=engine,
         )
         total, survivors = server_result(outcome.server)

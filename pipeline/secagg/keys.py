@@ -207,7 +207,7 @@ def _site_bytes(site_id: int) -> bytes:
 
 
 def pairwise_mask_seed(shared_secret: bytes, *, context: KeyContext, site_a: int, site_b: int) -> bytes:
-    """The 32-byte ChaCha20 seed of the pairwise mask between two sites.
+    """The 32-byte seed of the pairwise mask between two sites (its PRG is the round's, :mod:`pipeline.secagg.masks`).
 
     Order-independent in the two site IDs: both ends derive the same seed.
     """

@@ -68,6 +68,7 @@ import numpy as np
 from pipeline.encoding import Ring
 from pipeline.errors import ConfigurationError, ProtocolError
 from pipeline.secagg import keys
+from pipeline.secagg.prg import DEFAULT_PRG, check_prg
 from pipeline.secagg.neighbours import check_num_neighbours, complete_graph, neighbour_graph
 
 __all__ = [
@@ -148,7 +149,8 @@ class RoundConfig:
         length: number of ring elements per vector.
         consistency_check: run the signed survivor-list stage (malicious-server setting).
         num_neighbours: ``k`` for SecAgg+; ``None`` masks with every other site.
-        engine: mask PRG engine (``"openssl"``, ``"jax"``, ``None`` = default).
+        prg: the mask PRG (:data:`pipeline.secagg.prg.PRGS`); every party must use the same.
+        engine: this party's mask engine (``"openssl"``, ``"jax"``, ``None`` = the PRG's default); local, not agreed.
         identities: each site's certificate public key (DER SubjectPublicKeyInfo), from
             the party's own copy of the federation roster, never from the wire. When
             set, every key advertisement must carry its site's certificate signature
@@ -162,6 +164,7 @@ class RoundConfig:
     length: int
     consistency_check: bool = False
     num_neighbours: int | None = None
+    prg: str = DEFAULT_PRG
     engine: str | None = None
     identities: tuple[tuple[int, bytes], ...] | None = None
 
@@ -174,6 +177,7 @@ class RoundConfig:
         object.__setattr__(self, "site_ids", tuple(sorted(sites)))
         if not isinstance(self.ring, Ring):
             raise ConfigurationError(f"ring must be Ring.R32 or Ring.R64, got {self.ring!r}")
+        check_prg(self.prg)
         if isinstance(self.length, bool) or not isinstance(self.length, int) or self.length < 0:
             raise ConfigurationError(f"length must be a non-negative int, got {self.length!r}")
         if self.identities is not None:

@@ -1,7 +1,7 @@
 """One script for a borrowed GPU: proves the JAX kernels bit-exact there and times them.
 
-genofed's JAX kernels (the ChaCha20 mask PRG, the coordinator's unmasking, the GWAS site
-kernels) have an accelerator path that a CPU cannot exercise. When a GPU machine is lent
+genofed's JAX kernels (the ChaCha20 mask PRG, a job's ``mask_prg: chacha20``; the
+coordinator's unmasking; the GWAS site kernels) have an accelerator path that a CPU cannot exercise. When a GPU machine is lent
 for a few minutes, run this one script; it prints everything, then one block of figures
 to paste into the README.
 
@@ -30,11 +30,12 @@ Sections and what each figure means:
    preallocated host buffer: the fastest the CPU path can be) on this host's CPU, one
    core, timed in the same run. Median of ``--repeats`` runs after one warm-up run
    (compilation, page faults). The ratio is device / CPU; the README's goal is >= 20x.
-   Also the jax figure including the copy of the keystream to the host. The two outputs
+   Also the jax figure including the copy of the keystream to the host, and OpenSSL's
+   AES-128-CTR on the host (the default mask PRG, which has no jax engine) for scale. The two outputs
    are compared bit for bit (one more PASS/FAIL).
 4. Unmasking at scale: ``--sites`` surviving sites, each with ``--values`` random ring
-   elements, masked by the site's real masking call (:func:`masks.add_masks`, openssl
-   engine: a self mask, and a pairwise mask with each of ``--dropped`` dropped sites,
+   elements, masked by the site's real masking call (:func:`masks.add_masks`, ChaCha20
+   masks, openssl engine: a self mask, and a pairwise mask with each of ``--dropped`` dropped sites,
    alternating signs); the masked vectors are summed site by site on the host (never
    all held at once), then the coordinator's own call :func:`kernels.unmask` removes
    the masks (``sites * (1 + dropped)`` keystreams regenerated in one jitted call).
@@ -81,6 +82,7 @@ import jax.numpy as jnp
 
 from pipeline.encoding import Ring
 from pipeline.secagg import chacha20, kernels, masks
+from pipeline.secagg.prg import AES_CTR, CHACHA20
 from pipeline.stats import counts, glm
 
 GOAL_RATIO = 20.0
@@ -227,6 +229,12 @@ def bench_keystream(report: Report, num_keys: int, num_words: int, repeats: int)
     def on_device() -> jax.Array:
         return chacha20.keystream_words_device(keys, nonces, num_words, 0).block_until_ready()
 
+    def openssl_aes_ctr() -> None:
+        for row in range(num_keys):
+            chacha20.stream_into(masks.mask_encryptor(AES_CTR, keys[row].tobytes()), host_aes[row])
+
+    host_aes = np.empty_like(host)
+    aes_s = median_seconds(openssl_aes_ctr, repeats)
     cpu_s = median_seconds(openssl, repeats)
     device_s = median_seconds(on_device, repeats)
     copy_s = median_seconds(lambda: np.asarray(chacha20.keystream_words_device(keys, nonces, num_words, 0)), repeats)
@@ -237,7 +245,8 @@ def bench_keystream(report: Report, num_keys: int, num_words: int, repeats: int)
         f"ChaCha20 keystream, {num_keys} keys x {num_words:,} words ({_gb(total_bytes)}): "
         f"jax on device {device:.2f} GB/s ({_s(device_s)}), OpenSSL on host CPU (1 core) {cpu:.2f} GB/s "
         f"({_s(cpu_s)}), ratio {ratio:.2f}x (goal >= {GOAL_RATIO:.0f}x: {'met' if ratio >= GOAL_RATIO else 'NOT met'}); "
-        f"jax incl. copy to host {copied:.2f} GB/s"
+        f"jax incl. copy to host {copied:.2f} GB/s; OpenSSL AES-128-CTR on host CPU (1 core) "
+        f"{total_bytes / aes_s / 1e9:.2f} GB/s (jax ChaCha20 on device / that: {aes_s / device_s:.2f}x)"
     )
 
 
@@ -268,14 +277,14 @@ def bench_unmask(report: Report, args: argparse.Namespace, memory_bytes: int | N
         vector[:] = rng.integers(0, top, values, dtype=ring.dtype, endpoint=True)
         np.add(value_sum, vector, out=value_sum)
         seeds = [self_seeds[i]] + [pair_seeds[j][i] for j in range(dropped)]
-        masks.add_masks(vector, seeds, [1] + [pair_signs[i]] * dropped, engine="openssl")
+        masks.add_masks(vector, seeds, [1] + [pair_signs[i]] * dropped, prg=CHACHA20, engine="openssl")
         np.add(masked_sum, vector, out=masked_sum)
     print(f"  made and masked in {_s(time.perf_counter() - start)}", flush=True)
     flat_pair_seeds = [pair_seeds[j][i] for j in range(dropped) for i in range(sites)]
     flat_pair_signs = [pair_signs[i] for _ in range(dropped) for i in range(sites)]
 
     def unmask(engine: str) -> np.ndarray:
-        return kernels.unmask(masked_sum, self_seeds, flat_pair_seeds, flat_pair_signs, ring, engine=engine)
+        return kernels.unmask(masked_sum, self_seeds, flat_pair_seeds, flat_pair_signs, ring, prg=CHACHA20, engine=engine)
 
     report.check(np.array_equal(unmask("jax"), value_sum), "kernels.unmask (jax) == NumPy ring sum of the values")
     jax_s = median_seconds(lambda: unmask("jax"), args.repeats)

@@ -29,8 +29,11 @@ script with that environment's python and ``PYTHONPATH`` at the repository.
 
 The headline (10 sites, 10^6 values, 20% dropout) also prints where the CPU goes
 (an instrumented rerun of the same round, by section) and the keystream floor: OpenSSL
-alone making the same number of ChaCha20 keystreams, the cost no implementation of
-these masks avoids.
+alone making the same number of keystreams of the round's mask PRG, the cost no
+implementation of these masks avoids.
+
+Mask PRG: the default (AES-128-CTR) unless ``--prg chacha20``; ``--prg both`` times
+each on the same vectors.
 
 Ring: R32 for the comparison (the same 2^32 modulus Flower uses, clip 8 as Flower's
 default clipping range, and the most fractional bits the ring allows for n sites);
@@ -38,7 +41,8 @@ default clipping range, and the most fractional bits the ring allows for n sites
 R64 / R32 ratio of the headline.
 
 Run: ``python tests/benchmarks/secagg.py [--quick] [--sizes 10:1000000,50:100000]
-[--dropouts 0,0.2] [--ring 32|64|both] [--repeats N] [--no-flower] [--no-prg]``.
+[--dropouts 0,0.2] [--ring 32|64|both] [--prg aes128-ctr|chacha20|both] [--repeats N]
+[--no-flower] [--no-prg]``.
 Figures depend on the machine and its load (printed); report them as measured.
 """
 
@@ -61,6 +65,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from pipeline.encoding import FixedPoint, Ring, check_bit_budget, decode, encode
 from pipeline.secagg.driver import run_round
 from pipeline.secagg.messages import Stage
+from pipeline.secagg.prg import DEFAULT_PRG, PRGS
 
 # Flower's CPU seconds for the headline round (10 sites, 10^6 values, 20% dropout), used
 # only when flwr is not importable here; FLOWER_SOURCE says where they come from.
@@ -161,7 +166,7 @@ def plain_sum_seconds(vectors: list[np.ndarray]) -> float:
 
 def ours(
     vectors: list[np.ndarray], *, threshold: int, dropped: list[int], ring: Ring, num_neighbours: int | None,
-    identity_keys: list[ec.EllipticCurvePrivateKey] | None = None, seed: int | None = None,
+    identity_keys: list[ec.EllipticCurvePrivateKey] | None = None, seed: int | None = None, prg: str = DEFAULT_PRG,
 ) -> tuple[float, float, float, float]:
     """(total CPU s, client CPU s, server CPU s, total wall s) of one secure round.
 
@@ -180,6 +185,7 @@ def ours(
         consistency_check=identity_keys is not None,
         identity_keys=identity_keys,
         seed=seed,
+        prg=prg,
     )
     assert outcome.total is not None
     start_cpu, start_wall = time.process_time(), time.perf_counter()
@@ -275,15 +281,15 @@ def round_breakdown(vectors: list[np.ndarray], **round_args: object) -> dict[str
     return sections.seconds
 
 
-def keystream_floor(num_masks: int, length: int, ring: Ring) -> float:
-    """CPU seconds OpenSSL alone takes for ``num_masks`` keystreams of a ring vector, streamed into one buffer."""
-    from pipeline.secagg import chacha20
+def keystream_floor(num_masks: int, length: int, ring: Ring, prg: str) -> float:
+    """CPU seconds OpenSSL alone takes for ``num_masks`` keystreams of ``prg`` of a ring vector, streamed into one buffer."""
+    from pipeline.secagg import chacha20, masks
 
     nbytes = length * ring.words * 4
     scratch = np.empty(chacha20.STREAM_CHUNK_BYTES, dtype=np.uint8)
     start = time.process_time()
     for index in range(num_masks):
-        encryptor = chacha20.openssl_encryptor(index.to_bytes(32, "little"), bytes(12), 0)
+        encryptor = masks.mask_encryptor(prg, index.to_bytes(32, "little"))
         for offset in range(0, nbytes, scratch.size):
             size = min(scratch.size, nbytes - offset)
             encryptor.update_into(chacha20.ZERO_CHUNK[:size], scratch[:size])
@@ -467,6 +473,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--dropouts", default="0,0.2", help="dropout fractions (default 0,0.2)")
     parser.add_argument("--ring", choices=("32", "64", "both"), default="32",
                         help="ring Z_2^32, Z_2^64, or both in one run (then the headline prints R64 / R32)")
+    parser.add_argument("--prg", choices=(*PRGS, "both"), default=DEFAULT_PRG,
+                        help=f"the mask PRG (default {DEFAULT_PRG}, as a job without mask_prg), or both in one run")
     parser.add_argument("--no-flower", action="store_true", help="skip timing Flower even if installed")
     parser.add_argument("--no-prg", action="store_true", help="skip the mask PRG benchmark")
     parser.add_argument(
@@ -484,19 +492,20 @@ def main(argv: list[str] | None = None) -> None:
         sizes = [(n, d) for n in (3, 10, 50) for d in (10**5, 10**6, 10**7)]
     rates = [float(x) for x in args.dropouts.split(",")]
     rings = {"32": [Ring.R32], "64": [Ring.R64], "both": [Ring.R32, Ring.R64]}[args.ring]
+    prgs = list(PRGS) if args.prg == "both" else [args.prg]
     if args.active_only:
         for ring in rings:
             active_adversary_cost(ring)
         return
     use_flower = flower_available() and not args.no_flower
     print(f"machine: {os.cpu_count()} cores (shared, measured under load); load average {os.getloadavg()[0]:.2f}; "
-          f"rings {', '.join(ring.name for ring in rings)}; "
+          f"rings {', '.join(ring.name for ring in rings)}; mask PRG {', '.join(prgs)}; "
           f"Flower {'1.42 timed in process' if use_flower else 'not installed: reference figures only'}")
     if not args.no_prg:
         run_prg_benchmark()
     print("== full secure round as deployed (signed keys, consistency round): compute summed over all parties (CPU s) "
           "vs plain float sum ==")
-    print(f"{'ring':>4} {'n':>3} {'d':>9} {'drop':>5} {'protocol':>14} {'secure_s':>9} {'client_s':>9} {'server_s':>9} "
+    print(f"{'ring':>4} {'prg':>10} {'n':>3} {'d':>9} {'drop':>5} {'protocol':>14} {'secure_s':>9} {'client_s':>9} {'server_s':>9} "
           f"{'wall_s':>8} {'plain_s':>8} {'x_plain':>8} {'flower_s':>9} {'ours/flwr':>9}")
     rng = np.random.default_rng(0)
     # Warm-up (imports, first-call set-up) so that no row pays one-time costs.
@@ -522,28 +531,28 @@ def main(argv: list[str] | None = None) -> None:
                 flower_total = median_of(args.repeats, lambda: flower_round(
                     vectors, num_shares=num_shares, threshold=threshold, dropped=dropped))[0]
             plain = plain_sum_seconds(vectors)
-            for ring in rings:
+            for ring, prg in [(ring, prg) for ring in rings for prg in prgs]:
                 total, client, server, wall = median_of(args.repeats, lambda: ours(
                     vectors, threshold=threshold, dropped=dropped, ring=ring, num_neighbours=k,
-                    identity_keys=identity_keys, seed=num_sites))
+                    identity_keys=identity_keys, seed=num_sites, prg=prg))
                 flower = "" if flower_total is None else f"{flower_total:.3f}"
                 ratio = "" if flower_total is None else f"{total / flower_total:.3f}"
                 print(
-                    f"{ring.modulus_bits:>4} {num_sites:>3} {length:>9.0e} {rate:>5.0%} {label:>14} {total:>9.3f} "
+                    f"{ring.modulus_bits:>4} {prg:>10} {num_sites:>3} {length:>9.0e} {rate:>5.0%} {label:>14} {total:>9.3f} "
                     f"{client:>9.3f} {server:>9.3f} {wall:>8.3f} {plain:>8.4f} {total / max(plain, 1e-9):>8.1f} "
                     f"{flower:>9} {ratio:>9}",
                     flush=True,
                 )
-    headline(rings, use_flower, args.repeats, rng)
+    headline(rings, prgs, use_flower, args.repeats, rng)
 
 
-def headline(rings: list[Ring], use_flower: bool, repeats: int, rng: np.random.Generator) -> None:
+def headline(rings: list[Ring], prgs: list[str], use_flower: bool, repeats: int, rng: np.random.Generator) -> None:
     """10 sites, 10^6 values, 20% dropout, as deployed (signed keys, consistency round), against Flower SecAgg."""
     print("\n== headline: 10 sites, 10^6 values, 20% dropout (2 drop before masking); ours as deployed: "
           "signed key advertisements checked by every peer and the signed consistency round ==")
     vectors = [rng.uniform(-1.0, 1.0, size=10**6).astype(np.float32) for _ in range(10)]
     identity_keys = [ec.generate_private_key(ec.SECP256R1()) for _ in range(10)]
-    secagg: dict[Ring, float] = {}
+    secagg: dict[tuple[Ring, str], float] = {}
     for label, k, threshold, num_shares in (("SecAgg", None, 6, 10), ("SecAgg+ (5 shares)", 4, 3, 5)):
         dropped = choose_dropouts(10, 2, k, threshold, rng, seed=10)
         if use_flower:
@@ -552,20 +561,22 @@ def headline(rings: list[Ring], use_flower: bool, repeats: int, rng: np.random.G
             source = "Flower 1.42 timed here, Z_2^32"
         else:
             flower_total, source = FLOWER_REFERENCE[label], f"reference figure, not measured here: {FLOWER_SOURCE}"
-        for ring in rings:
+        for ring, prg in [(ring, prg) for ring in rings for prg in prgs]:
             round_args = dict(threshold=threshold, dropped=dropped, ring=ring, num_neighbours=k,
-                              identity_keys=identity_keys, seed=10)
+                              identity_keys=identity_keys, seed=10, prg=prg)
             total, client, server, _ = median_of(repeats, lambda: ours(vectors, **round_args))
             print(
-                f"{label:>20} {ring.name}: ours {total:.3f} s (clients {client:.3f}, server {server:.3f}); "
+                f"{label:>20} {ring.name} {prg}: ours {total:.3f} s (clients {client:.3f}, server {server:.3f}); "
                 f"Flower {flower_total:.3f} s [{source}]; ratio {total / flower_total:.3f} (goal <= 0.1)"
             )
             if k is None:
-                secagg[ring] = total
-                floor = keystream_floor(masks_of_round(10, 2), 10**6, ring)
+                secagg[ring, prg] = total
+                floor = keystream_floor(masks_of_round(10, 2), 10**6, ring, prg)
                 print_breakdown(round_breakdown(vectors, **round_args), floor)
-    if len(secagg) == 2:
-        print(f"{'SecAgg':>20} R64 / R32: {secagg[Ring.R64] / secagg[Ring.R32]:.2f} (goal <= 2.1; the keystream doubles)")
+    for prg in prgs:
+        if (Ring.R64, prg) in secagg and (Ring.R32, prg) in secagg:
+            print(f"{'SecAgg':>20} {prg} R64 / R32: {secagg[Ring.R64, prg] / secagg[Ring.R32, prg]:.2f} "
+                  "(goal <= 2.1; the keystream doubles)")
 
 
 def active_adversary_cost(ring: Ring) -> None:

@@ -1,14 +1,16 @@
-"""Mask PRG throughput: each engine against OpenSSL's ChaCha20 streaming, timed in one process.
+"""Mask PRG throughput: each PRG and engine against OpenSSL's own cipher streaming, timed in one process.
 
-The baseline is the fastest thing our masks could possibly cost on a CPU: OpenSSL's
-ChaCha20 (through ``cryptography``) writing keystream into a preallocated buffer, one
-``update_into`` call per seed, nothing else. The engines are timed doing the real job,
-adding ``k`` signed masks of ``num_words`` uint32 words to a preallocated vector
-(:func:`pipeline.secagg.masks.add_masks`); the jax engine is also timed on the device
-alone (the coordinator's batched mask regeneration, :func:`masks.mask_sum_device`).
+For each mask PRG (AES-128-CTR, ChaCha20) the baseline is the fastest thing its masks
+could possibly cost on a CPU: OpenSSL's cipher (through ``cryptography``) writing
+keystream into a preallocated buffer, one ``update_into`` call per seed, nothing else.
+The engines are timed doing the real job, adding ``k`` signed masks of ``num_words``
+uint32 words to a preallocated vector (:func:`pipeline.secagg.masks.add_masks`); the
+jax engine (ChaCha20 only) is also timed on the device alone (the coordinator's batched
+mask regeneration, :func:`masks.mask_sum_device`).
 
 Throughput is keystream bytes per second (``k * 4 * num_words / seconds``); ratios are
-against the baseline for the same ``k``. Best of ``repeats`` runs, first run discarded
+against the baseline of the same PRG for the same ``k``, and the AES-CTR baseline is
+also printed against ChaCha20's. Best of ``repeats`` runs, first run discarded
 (page faults, compilation).
 
 Run: ``python tests/benchmarks/secagg_prg.py [--words N] [--seeds 1,4,16] [--repeats R]``.
@@ -24,6 +26,7 @@ import jax
 import numpy as np
 
 from pipeline.secagg import chacha20, masks
+from pipeline.secagg.prg import AES_CTR, CHACHA20
 from pipeline.encoding import Ring
 
 
@@ -37,9 +40,9 @@ def _best_seconds(run: Callable[[], object], repeats: int) -> float:
     return best
 
 
-def _openssl_baseline(seeds: Sequence[bytes], zeros: np.ndarray, out: np.ndarray) -> None:
+def _openssl_baseline(prg: str, seeds: Sequence[bytes], zeros: np.ndarray, out: np.ndarray) -> None:
     for seed in seeds:
-        chacha20.openssl_encryptor(seed, masks.MASK_NONCE, 0).update_into(zeros, out)
+        masks.mask_encryptor(prg, seed).update_into(zeros, out)
 
 
 def bench_prg(
@@ -47,8 +50,8 @@ def bench_prg(
 ) -> list[dict]:
     """Time mask generation of each engine and of the OpenSSL baseline; one dict per row.
 
-    Keys of each row: ``case``, ``engine``, ``seeds``, ``words``, ``seconds``, ``gb_per_s``,
-    ``baseline_gb_per_s``, ``ratio`` (engine throughput / baseline throughput), ``backend``.
+    Keys of each row: ``prg``, ``case``, ``engine``, ``seeds``, ``words``, ``seconds``, ``gb_per_s``,
+    ``baseline_gb_per_s``, ``ratio`` (engine throughput / its PRG's baseline throughput), ``backend``.
     """
     rng = np.random.default_rng(0)
     zeros = np.zeros(4 * num_words, dtype=np.uint8)
@@ -61,21 +64,25 @@ def bench_prg(
         signs = [1 if i % 2 == 0 else -1 for i in range(count)]
         keys, negate = masks.parse_seeds(seeds, signs)
         total_bytes = 4 * num_words * count
-        baseline = _best_seconds(lambda: _openssl_baseline(seeds, zeros, out), repeats)
-        cases: list[tuple[str, str, Callable[[], object]]] = [
-            ("baseline: OpenSSL update_into", "openssl", lambda: _openssl_baseline(seeds, zeros, out)),
-            ("add_masks in place", "openssl", lambda: masks.add_masks(vector, seeds, signs, engine="openssl")),
-            ("add_masks in place", "jax", lambda: masks.add_masks(vector, seeds, signs, engine="jax")),
-            (
-                "mask_sum on device",
-                "jax",
-                lambda: masks.mask_sum_device(keys, negate, num_words, Ring.R32).block_until_ready(),
-            ),
+        baselines = {prg: _best_seconds(lambda prg=prg: _openssl_baseline(prg, seeds, zeros, out), repeats)
+                     for prg in (AES_CTR, CHACHA20)}
+        cases: list[tuple[str, str, str, Callable[[], object] | None]] = [
+            (AES_CTR, "baseline: OpenSSL update_into", "openssl", None),
+            (AES_CTR, "add_masks in place", "openssl",
+             lambda: masks.add_masks(vector, seeds, signs, prg=AES_CTR, engine="openssl")),
+            (CHACHA20, "baseline: OpenSSL update_into", "openssl", None),
+            (CHACHA20, "add_masks in place", "openssl",
+             lambda: masks.add_masks(vector, seeds, signs, prg=CHACHA20, engine="openssl")),
+            (CHACHA20, "add_masks in place", "jax", lambda: masks.add_masks(vector, seeds, signs, prg=CHACHA20, engine="jax")),
+            (CHACHA20, "mask_sum on device", "jax",
+             lambda: masks.mask_sum_device(keys, negate, num_words, Ring.R32).block_until_ready()),
         ]
-        for case, engine, run in cases:
-            seconds = baseline if case.startswith("baseline") else _best_seconds(run, repeats)
+        for prg, case, engine, run in cases:
+            baseline = baselines[prg]
+            seconds = baseline if run is None else _best_seconds(run, repeats)
             rows.append(
                 {
+                    "prg": prg,
                     "case": case,
                     "engine": engine,
                     "seeds": count,
@@ -92,13 +99,20 @@ def bench_prg(
 
 def format_table(rows: Sequence[dict]) -> str:
     """The rows as a small fixed-width table."""
-    header = f"{'seeds':>5}  {'case':<30} {'engine':<8} {'seconds':>9} {'GB/s':>7} {'x OpenSSL':>9}"
+    header = f"{'seeds':>5}  {'prg':<10} {'case':<30} {'engine':<8} {'seconds':>9} {'GB/s':>7} {'x OpenSSL':>9}"
     lines = [header, "-" * len(header)]
+    baseline_seconds: dict[tuple[int, str], float] = {}
     for row in rows:
         lines.append(
-            f"{row['seeds']:>5}  {row['case']:<30} {row['engine']:<8} {row['seconds']:>9.4f} "
+            f"{row['seeds']:>5}  {row['prg']:<10} {row['case']:<30} {row['engine']:<8} {row['seconds']:>9.4f} "
             f"{row['gb_per_s']:>7.2f} {row['ratio']:>9.2f}"
         )
+        if row["case"].startswith("baseline"):
+            baseline_seconds[(row["seeds"], row["prg"])] = row["seconds"]
+    for (count, prg), seconds in baseline_seconds.items():
+        if prg == AES_CTR and (count, CHACHA20) in baseline_seconds:
+            lines.append(f"{count:>5}  OpenSSL AES-128-CTR keystream: {baseline_seconds[(count, CHACHA20)] / seconds:.2f}x "
+                         "ChaCha20's speed")
     return "\n".join(lines)
 
 
@@ -111,7 +125,7 @@ def main() -> None:
     seed_counts = [int(s) for s in args.seeds.split(",") if s]
     rows = bench_prg(args.words, seed_counts, args.repeats)
     print(f"mask PRG, {args.words} uint32 words per mask, JAX backend {rows[0]['backend']}, "
-          f"default engine {chacha20.default_engine()}")
+          f"default ChaCha20 engine {chacha20.default_engine()}")
     print(format_table(rows))
 
 

@@ -56,3 +56,11 @@ def test_load_spec__file_or_mapping_with_overrides_that_skip_none(tmp_path: Path
     path.write_text("- not a mapping\n")
     with pytest.raises(InputError, match="YAML mapping"):
         load_spec(path)
+
+
+def test_parse_round_options__mask_prg_is_one_of_the_known_prgs():
+    for prg in ("aes128-ctr", "chacha20"):
+        parse_round_options({"analysis": "secure_sum", "mask_prg": prg}, ENROLLED, known_analyses=tuple(REGISTRY))
+    for bad in ("aes", "mt19937", 1, None):
+        with pytest.raises(ConfigurationError, match="job spec key 'mask_prg' must be one of aes128-ctr, chacha20"):
+            parse_round_options({"analysis": "secure_sum", "mask_prg": bad}, ENROLLED, known_analyses=tuple(REGISTRY))

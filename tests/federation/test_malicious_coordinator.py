@@ -2,8 +2,9 @@
 
 The coordinator here is the real server with its engine bent the way an attacker who
 runs it would bend it: it swaps a site's round keys in the directory it relays (man in
-the middle), or tells the sites a threshold of 1, invents a Sybil participant, or
-switches the consistency round off. Each attack must fail to attack: the honest sites
+the middle), or tells the sites a threshold of 1, invents a Sybil participant,
+switches the consistency round off, or asks for masks from a PRG no site knows (such
+as Flower's Mersenne Twister). Each attack must fail to attack: the honest sites
 refuse before any share of their secrets leaves them, write why in their own audit
 log, and decline the job; the round never completes.
 """
@@ -12,11 +13,15 @@ from __future__ import annotations
 
 import dataclasses
 
+import numpy as np
 import pytest
 
+from pipeline.analyses.secure_sum import deterministic_vector
 from pipeline.federation import coordinator as coordinator_module
+from pipeline.federation import wire
 from pipeline.secagg import keys
 from pipeline.secagg.messages import KeyDirectory, Stage
+from pipeline.secagg.prg import PRGS
 from tests.federation import runtime_support as rs
 
 pytestmark = pytest.mark.network
@@ -55,6 +60,16 @@ def test_honest_coordinator__the_round_completes_with_identities_bound(federatio
     assert all(not any(e["event"] == "round.refused" for e in rs.audit_events(manifest, s, job_id)) for s in SITES)
 
 
+@pytest.mark.parametrize("prg", PRGS)
+def test_honest_coordinator__either_mask_prg_gives_the_exact_sum(federation, prg):
+    manifest, server = federation
+    job_id, status = _run(manifest, server, {**SPEC, "mask_prg": prg})
+    assert status["status"] == "done", status
+    with rs.connection(manifest.analysts[0].folder, manifest.coordinator_url) as analyst:
+        table = wire.decode_table(analyst.get_bytes(f"/v1/jobs/{job_id}/results/sum"))
+    np.testing.assert_array_equal(table.column("sum").to_numpy(), sum(deterministic_vector(n, 12, "int") for n in SITES))
+
+
 def test_attack__coordinator_swapping_a_sites_keys_is_refused_by_every_honest_site(federation, monkeypatch):
     manifest, server = federation
     impostor = {"encryption": keys.generate_key_pair(b"\x07" * 32), "masking": keys.generate_key_pair(b"\x08" * 32)}
@@ -87,7 +102,8 @@ def test_attack__coordinator_swapping_a_sites_keys_is_refused_by_every_honest_si
     (lambda task: {**task, "participants": sorted([*task["participants"], "mallory"]),
                    "site_ids": [*task["site_ids"], len(task["site_ids"]) + 1]}, "['mallory'] that the federation roster"),
     (lambda task: {**task, "spec": {**task["spec"], "consistency_check": False}}, "skips the signed consistency check"),
-], ids=["threshold-1", "sybil-participant", "consistency-off"])
+    (lambda task: {**task, "spec": {**task["spec"], "mask_prg": "mt19937"}}, "masks from the mask PRG 'mt19937'"),
+], ids=["threshold-1", "sybil-participant", "consistency-off", "weak-mask-prg"])
 def test_attack__terms_the_coordinator_dictates_are_refused_by_the_sites(federation, monkeypatch, attack, expected):
     manifest, server = federation
     engine = server.coordinator

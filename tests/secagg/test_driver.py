@@ -199,8 +199,8 @@ def test_run_round__jax_engine_same_exact_sum(dtype: type) -> None:
     rng = np.random.default_rng(4)
     vectors = [rng.integers(0, 2**32, size=300, dtype=np.uint64).astype(dtype) * dtype(3) for _ in range(5)]
     dropouts = {1: Stage.MASKED_INPUT, 2: Stage.UNMASKING}
-    jax_outcome = run_round(vectors, threshold=3, dropouts=dropouts, engine="jax", seed=8)
-    openssl_outcome = run_round(vectors, threshold=3, dropouts=dropouts, engine="openssl", seed=8)
+    jax_outcome = run_round(vectors, threshold=3, dropouts=dropouts, prg="chacha20", engine="jax", seed=8)
+    openssl_outcome = run_round(vectors, threshold=3, dropouts=dropouts, prg="chacha20", engine="openssl", seed=8)
     ring = Ring.from_dtype(dtype)
     expected = naive_ring_sum([vectors[i] for i in (0, 2, 3, 4)], ring)
     np.testing.assert_array_equal(jax_outcome.total, expected)

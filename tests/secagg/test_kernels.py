@@ -1,4 +1,4 @@
-"""Coordinator kernels: ring sums and mask removal with dropped sites, both rings and engines."""
+"""Coordinator kernels: ring sums and mask removal with dropped sites, both rings, PRGs and engines."""
 
 from __future__ import annotations
 
@@ -13,8 +13,10 @@ from pipeline.secagg import kernels, masks
 from pipeline.encoding import FixedPoint, Ring, decode, encode
 from pipeline.secagg.kernels import ring_sum, unmask
 from pipeline.secagg.masks import add_masks
+from pipeline.secagg.prg import AES_CTR, CHACHA20
 
-ENGINES = ["openssl", "jax"]
+# Every (PRG, engine) pair that makes masks.
+MAKERS = [(AES_CTR, "openssl"), (CHACHA20, "openssl"), (CHACHA20, "jax")]
 
 
 def naive_ring_sum(rows: np.ndarray, ring: Ring) -> np.ndarray:
@@ -42,7 +44,7 @@ def test_ring_sum__accepts_jax_arrays_and_refuses_other_shapes() -> None:
         ring_sum(rows.astype(np.int64))
 
 
-def simulate_round(ring: Ring, engine: str, dropped: set[int], num_sites: int = 4, length: int = 21):
+def simulate_round(ring: Ring, prg: str, engine: str, dropped: set[int], num_sites: int = 4, length: int = 21):
     """Bonawitz-style masking by hand: site u adds +PRG(s_uv) for v > u and -PRG(s_uv) for v < u."""
     rng = np.random.default_rng(9)
     fixed = FixedPoint(ring, 16, 100.0)
@@ -62,44 +64,49 @@ def simulate_round(ring: Ring, engine: str, dropped: set[int], num_sites: int = 
         others = [v for v in range(num_sites) if v != u]
         seeds = [self_seeds[u]] + [seed_of(u, v) for v in others]
         signs = [1] + [sign_of(u, v) for v in others]
-        masked.append(add_masks(encode(values[u], fixed), seeds, signs, engine=engine))
+        masked.append(add_masks(encode(values[u], fixed), seeds, signs, prg=prg, engine=engine))
     total = ring_sum(np.stack(masked))
     pair_seeds = [seed_of(u, v) for u in survivors for v in sorted(dropped)]
     pair_signs = [sign_of(u, v) for u in survivors for v in sorted(dropped)]
-    unmasked = unmask(total, [self_seeds[u] for u in survivors], pair_seeds, pair_signs, ring, engine=engine)
+    unmasked = unmask(total, [self_seeds[u] for u in survivors], pair_seeds, pair_signs, ring, prg=prg, engine=engine)
     expected = naive_ring_sum(np.stack([encode(values[u], fixed) for u in survivors]), ring)
     return unmasked, expected, decode(unmasked, fixed, len(survivors)), values[survivors].sum(axis=0)
 
 
-@pytest.mark.parametrize("engine", ENGINES)
+@pytest.mark.parametrize(("prg", "engine"), MAKERS)
 @pytest.mark.parametrize("ring", list(Ring))
 @pytest.mark.parametrize("dropped", [set(), {2}, {0, 3}], ids=["none", "one", "two"])
-def test_unmask__recovers_the_survivors_sum(engine: str, ring: Ring, dropped: set[int]) -> None:
-    unmasked, expected, decoded, true_sum = simulate_round(ring, engine, dropped)
+def test_unmask__recovers_the_survivors_sum(prg: str, engine: str, ring: Ring, dropped: set[int]) -> None:
+    unmasked, expected, decoded, true_sum = simulate_round(ring, prg, engine, dropped)
     np.testing.assert_array_equal(unmasked, expected)
     assert np.max(np.abs(decoded - true_sum)) <= 4 * 2.0**-17
 
 
 @pytest.mark.parametrize("ring", list(Ring))
-def test_unmask__engines_bit_identical(ring: Ring) -> None:
+def test_unmask__engines_bit_identical_and_by_definition(ring: Ring) -> None:
     rng = np.random.default_rng(11)
     total = rng.integers(0, 2**32, 33).astype(ring.dtype)
     self_seeds = [rng.bytes(32) for _ in range(2)]
     pair_seeds = [rng.bytes(32) for _ in range(3)]
-    results = [unmask(total, self_seeds, pair_seeds, [1, -1, -1], ring, engine=e) for e in ENGINES]
-    np.testing.assert_array_equal(results[0], results[1])
-    assert results[0] is not total and not np.array_equal(results[0], total)
-    # Definition: total - self masks - signed pair masks.
-    expected = total - masks.mask_sum(self_seeds + pair_seeds, [1, 1, 1, -1, -1], 33, ring, engine="openssl")
-    np.testing.assert_array_equal(results[0], expected)
+    by_engine = [unmask(total, self_seeds, pair_seeds, [1, -1, -1], ring, prg=CHACHA20, engine=e) for e in ("openssl", "jax")]
+    np.testing.assert_array_equal(by_engine[0], by_engine[1])
+    assert by_engine[0] is not total and not np.array_equal(by_engine[0], total)
+    # Definition: total - self masks - signed pair masks, made with the round's PRG.
+    results = {}
+    for prg in (CHACHA20, AES_CTR):
+        results[prg] = unmask(total, self_seeds, pair_seeds, [1, -1, -1], ring, prg=prg)
+        expected = total - masks.mask_sum(self_seeds + pair_seeds, [1, 1, 1, -1, -1], 33, ring, prg=prg, engine="openssl")
+        np.testing.assert_array_equal(results[prg], expected)
+    np.testing.assert_array_equal(results[CHACHA20], by_engine[0])
+    assert not np.array_equal(results[CHACHA20], results[AES_CTR])
 
 
 def test_unmask__jax_no_recompile_on_second_call() -> None:
     rng = np.random.default_rng(12)
     total = rng.integers(0, 2**32, 16).astype(np.uint32)
-    unmask(total, [rng.bytes(32)], [rng.bytes(32)], [1], Ring.R32, engine="jax")
+    unmask(total, [rng.bytes(32)], [rng.bytes(32)], [1], Ring.R32, prg=CHACHA20, engine="jax")
     compiled = kernels._unmask_jit._cache_size()
-    unmask(total + np.uint32(1), [rng.bytes(32)], [rng.bytes(32)], [-1], Ring.R32, engine="jax")
+    unmask(total + np.uint32(1), [rng.bytes(32)], [rng.bytes(32)], [-1], Ring.R32, prg=CHACHA20, engine="jax")
     assert kernels._unmask_jit._cache_size() == compiled
 
 
@@ -109,7 +116,7 @@ def test_unmask__many_chunks_equal_one_chunk() -> None:
     seeds = [rng.bytes(32) for _ in range(3)]
     keys, negate = masks.parse_seeds(seeds, [1, -1, 1])
     words = masks.signed_mask_sum_traced(jnp.asarray(keys.view("<u4")), jnp.asarray(negate), 45, 64, 2)
-    expected = masks.mask_sum(seeds, [1, -1, 1], 45, Ring.R64, engine="openssl")
+    expected = masks.mask_sum(seeds, [1, -1, 1], 45, Ring.R64, prg=CHACHA20, engine="openssl")
     np.testing.assert_array_equal(masks.words_to_ring(words, Ring.R64), expected)
 
 

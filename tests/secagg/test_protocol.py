@@ -9,7 +9,8 @@ import pytest
 
 from pipeline.errors import AggregationAborted, ConfigurationError, ProtocolError
 from pipeline.secagg import keys, shamir
-from pipeline.secagg.chacha20 import chacha20_keystream
+from pipeline.secagg.prg import PRGS
+from tests.secagg.mask_reference import reference_mask
 from pipeline.encoding import Ring
 from pipeline.secagg.client import ClientAborted, ClientDone, ClientMaskedInput, ClientState, client_advance, client_init
 from pipeline.secagg.messages import (
@@ -84,14 +85,10 @@ def ring_sum(vectors: list[np.ndarray], ring: Ring) -> np.ndarray:
     return np.array(total, dtype=ring.dtype)
 
 
-def naive_mask(seed: bytes, ring: Ring) -> list[int]:
-    stream = chacha20_keystream(seed, bytes(12), LENGTH * ring.modulus_bits // 8)
-    return [int(v) for v in np.frombuffer(stream.tobytes(), dtype=f"<u{ring.modulus_bits // 8}")]
-
-
+@pytest.mark.parametrize("prg", PRGS)
 @pytest.mark.parametrize("ring", [Ring.R32, Ring.R64])
-def test_client_masked_input__matches_naive_formula(ring: Ring) -> None:
-    config = make_config(4, 2, ring)
+def test_client_masked_input__matches_naive_formula(ring: Ring, prg: str) -> None:
+    config = make_config(4, 2, ring, prg=prg)
     server, clients, to_clients, inputs = run_to(config, Stage.MASKED_INPUT)
     modulus = 1 << ring.modulus_bits
     for site in config.site_ids:
@@ -105,7 +102,7 @@ def test_client_masked_input__matches_naive_formula(ring: Ring) -> None:
                 seed = keys.pairwise_mask_seed(shared, context=CONTEXT, site_a=site, site_b=peer)
                 terms.append((seed, 1 if site < peer else -1))
         for seed, sign in terms:
-            expected = [(e + sign * m) % modulus for e, m in zip(expected, naive_mask(seed, ring))]
+            expected = [(e + sign * m) % modulus for e, m in zip(expected, reference_mask(seed, LENGTH, ring, prg))]
         _, [masked] = client_advance(state, to_clients[site])
         assert isinstance(masked, MaskedInput)
         np.testing.assert_array_equal(masked.vector, np.array(expected, dtype=ring.dtype))
@@ -119,7 +116,7 @@ def test_round__pairwise_masks_cancel_and_server_recovers_sum() -> None:
     masked = step_clients(clients, to_clients)
     without_self = ring_sum([m.vector for m in masked], config.ring)
     for seed in self_seeds:
-        without_self = (without_self - np.array(naive_mask(seed, config.ring), dtype=np.uint32)).astype(np.uint32)
+        without_self = (without_self - np.array(reference_mask(seed, LENGTH, config.ring, config.prg), dtype=np.uint32)).astype(np.uint32)
     np.testing.assert_array_equal(without_self, ring_sum(list(inputs.values()), config.ring))
     server, requests = server_advance(server, masked)
     server, _ = server_advance(server, step_clients(clients, deliver(requests)))
