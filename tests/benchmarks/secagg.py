@@ -132,23 +132,30 @@ def recoverable(graph: dict[int, frozenset[int]], dropped: set[int], threshold: 
     return is_connected(graph, frozenset(graph) - dropped)
 
 
-def round_graph_of(num_sites: int, threshold: int, k: int | None, seed: int) -> dict[int, frozenset[int]]:
+def round_graph_of(
+    num_sites: int, threshold: int, k: int | None, seed: int, identity_keys: list[ec.EllipticCurvePrivateKey] | None,
+) -> dict[int, frozenset[int]]:
     """The neighbour graph a round with this ``seed`` draws (read off a dry run's share messages).
 
-    The graph is drawn inside the round from every site's randomness, so a benchmark that
-    wants a recoverable dropout pattern runs the round's key exchange once beforehand.
+    The graph is drawn inside the round from every site's advertisement and randomness,
+    so a benchmark that wants a recoverable dropout pattern runs the round's key
+    exchange once beforehand, as the timed round will run it: with the same identity
+    keys, hence the same signed advertisements (both signatures are deterministic).
     """
     outcome = run_round([np.zeros(0, dtype=np.uint32)] * num_sites, threshold=threshold, num_neighbours=k, seed=seed,
-                        record_messages=True)
+                        consistency_check=identity_keys is not None, identity_keys=identity_keys, record_messages=True)
     return {m.sender: frozenset(receiver for receiver, _ in m.ciphertexts)
             for m in outcome.messages if type(m).__name__ == "EncryptedShares"}
 
 
-def choose_dropouts(num_sites: int, count: int, k: int | None, threshold: int, rng: np.random.Generator, seed: int) -> list[int]:
+def choose_dropouts(
+    num_sites: int, count: int, k: int | None, threshold: int, rng: np.random.Generator, seed: int,
+    identity_keys: list[ec.EllipticCurvePrivateKey] | None = None,
+) -> list[int]:
     """``count`` random site indices whose silence still lets the round of ``seed`` finish."""
     if k is None:
         return sorted(rng.choice(num_sites, size=count, replace=False).tolist())
-    graph = round_graph_of(num_sites, threshold, k, seed)
+    graph = round_graph_of(num_sites, threshold, k, seed, identity_keys)
     for _ in range(1000):
         dropped = sorted(rng.choice(num_sites, size=count, replace=False).tolist())
         if recoverable(graph, {index + 1 for index in dropped}, threshold):
@@ -523,7 +530,7 @@ def main(argv: list[str] | None = None) -> None:
             count = round(rate * num_sites)
             shareholders = num_sites if k is None else k + 1
             threshold = max(2, min(num_sites - count, shareholders // 2 + 1))
-            dropped = choose_dropouts(num_sites, count, k, threshold, rng, seed=num_sites)
+            dropped = choose_dropouts(num_sites, count, k, threshold, rng, seed=num_sites, identity_keys=identity_keys)
             label = "SecAgg" if k is None else f"SecAgg+ k={k}"
             flower_total = None
             if use_flower and num_sites * length <= args.flower_max_values:
@@ -554,7 +561,7 @@ def headline(rings: list[Ring], prgs: list[str], use_flower: bool, repeats: int,
     identity_keys = [ec.generate_private_key(ec.SECP256R1()) for _ in range(10)]
     secagg: dict[tuple[Ring, str], float] = {}
     for label, k, threshold, num_shares in (("SecAgg", None, 6, 10), ("SecAgg+ (5 shares)", 4, 3, 5)):
-        dropped = choose_dropouts(10, 2, k, threshold, rng, seed=10)
+        dropped = choose_dropouts(10, 2, k, threshold, rng, seed=10, identity_keys=identity_keys)
         if use_flower:
             flower_total = median_of(repeats, lambda: flower_round(
                 vectors, num_shares=num_shares, threshold=threshold, dropped=dropped))[0]
