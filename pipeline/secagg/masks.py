@@ -7,8 +7,8 @@ job's ``mask_prg``):
   seed's first 16 bytes and a 128-bit big-endian counter block starting at 0 (the
   keystream is AES_k(0) || AES_k(1) || ...). 128-bit keys match the protocol's X25519
   and P-256 (about 128-bit security each), and CPUs with AES instructions make this
-  keystream about 1.6 times as fast as ChaCha20's (10.3 against 6.4 GB/s on one core
-  of the development machine): it is most of a round's cost. OpenSSL engine only.
+  keystream about 1.5 times as fast as ChaCha20's (10 against 6.5 GB/s on one core of
+  the development machine): it is most of a round's cost. OpenSSL engine only.
 * ``"chacha20"``: the RFC 8439 ChaCha20 keystream with key = the 32-byte seed, nonce =
   12 zero bytes and initial block counter 0. Both engines make it, so a coordinator
   with an accelerator regenerates masks there; it is also the faster PRG on CPUs
