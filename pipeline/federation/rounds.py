@@ -2,11 +2,11 @@
 
 A secure-sum round's public parameters (:func:`round_config`: the key-derivation
 context binds federation, job and round; sites, threshold, ring, length and options,
-the mask PRG among them, come from the job) are computed identically by both ends from what each already
-holds, so they are never trusted from the wire. A :class:`~pipeline.analyses.KeyUnion`
-round has one stage, :data:`KEY_UNION_STAGE`, in which each site uploads its key set
-as a one-column Arrow table (:func:`encode_keys`, :func:`decode_keys`) and the
-coordinator forms their sorted union (:func:`union_keys`).
+the mask PRG among them, come from the job) are computed identically by both ends
+from what each already holds, so they are never trusted from the wire. A
+:class:`~pipeline.analyses.KeyUnion` round has one stage, :data:`KEY_UNION_STAGE`, in
+which each site uploads its key set as a one-column Arrow table (:func:`encode_keys`,
+:func:`decode_keys`) and the coordinator forms their sorted union (:func:`union_keys`).
 
 Every job's round 0 begins with the :data:`PREFLIGHT_STAGE`: each invited site checks
 the job against its policy, roster and data (columns, types, enough samples, privacy
