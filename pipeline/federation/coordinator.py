@@ -65,6 +65,7 @@ from pipeline.federation.rounds import (
 from pipeline.federation.store import JobFootprint, StoredJob, StoredMessage
 from pipeline.secagg.messages import SERVER, Message, RoundConfig, Stage
 from pipeline.secagg.server import ServerAborted, ServerDone, ServerState, server_advance, server_init, server_result
+from pipeline.secagg.prg import PRGS
 
 log = logging.getLogger(__name__)
 
@@ -269,7 +270,7 @@ class Coordinator:
             ConfigurationError: the spec is wrong (nothing is stored).
         """
         spec = dict(spec)
-        options = parse_round_options(spec, self.sites, known_analyses=tuple(REGISTRY))
+        options = parse_round_options(spec, self.sites, known_analyses=tuple(REGISTRY), mask_prgs=PRGS)
         analysis = get_analysis(options.analysis)
         participants = options.participants
         threshold = options.threshold if options.threshold is not None else default_threshold(len(participants), options.num_neighbours)

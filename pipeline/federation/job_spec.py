@@ -212,8 +212,13 @@ def analysis_parameters(spec: Mapping[str, Any]) -> dict[str, Any]:
     return {key: value for key, value in spec.items() if key not in RUNTIME_KEYS}
 
 
-def parse_round_options(spec: Mapping[str, Any], enrolled: Sequence[str], *, known_analyses: Sequence[str]) -> RoundOptions:
+def parse_round_options(
+    spec: Mapping[str, Any], enrolled: Sequence[str], *, known_analyses: Sequence[str], mask_prgs: Sequence[str],
+) -> RoundOptions:
     """Checks the runtime's part of a spec against the enrolled sites.
+
+    The analyses and mask PRGs there are (the default PRG first) come from the caller,
+    so this module loads neither the analyses nor secure aggregation.
 
     Raises:
         ConfigurationError: naming the key and what was expected.
@@ -249,12 +254,10 @@ def parse_round_options(spec: Mapping[str, Any], enrolled: Sequence[str], *, kno
             f"job spec key 'num_neighbours' must be an even integer >= 2 (k/2 neighbours on each side of a ring) or absent, "
             f"got {neighbours!r}"
         )
-    from pipeline.secagg.prg import DEFAULT_PRG, PRGS  # here, so the analyst's client loads no part of secagg
-
-    prg = spec.get("mask_prg", DEFAULT_PRG)
-    if prg not in PRGS:
+    if "mask_prg" in spec and spec["mask_prg"] not in mask_prgs:
         raise ConfigurationError(
-            f"job spec key 'mask_prg' must be one of {', '.join(PRGS)} or absent (default {DEFAULT_PRG}), got {prg!r}"
+            f"job spec key 'mask_prg' must be one of {', '.join(mask_prgs)} or absent (default {mask_prgs[0]}), "
+            f"got {spec['mask_prg']!r}"
         )
     least = threshold if threshold is not None else default_threshold(len(sites), neighbours)
     most = maximum_threshold(len(sites), neighbours)

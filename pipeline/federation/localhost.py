@@ -37,6 +37,7 @@ from pipeline.federation.analyst_results import download_results
 from pipeline.federation.baselines import BASELINES
 from pipeline.federation.job_spec import load_spec, parse_round_options
 from pipeline.federation.provision import ProvisionManifest, provision
+from pipeline.secagg.prg import PRGS
 
 log = logging.getLogger(__name__)
 
@@ -166,7 +167,9 @@ def federate(
     for path in paths:
         dataset_io.open_dataset(path)  # fails early, naming the folder, if it is not a dataset
     spec_dict = load_spec(spec, {"threshold": threshold})
-    analysis = parse_round_options(spec_dict, _site_names(paths), known_analyses=tuple(REGISTRY)).analysis
+    analysis = parse_round_options(
+        spec_dict, _site_names(paths), known_analyses=tuple(REGISTRY), mask_prgs=PRGS
+    ).analysis
     get_analysis(analysis)  # fails early, listing the known analyses
     target = Path(out)
     outputs.check_output_path(target, force=force)

@@ -12,8 +12,9 @@ from pipeline.errors import ConfigurationError
 
 AES_CTR = "aes128-ctr"
 CHACHA20 = "chacha20"
-PRGS = (AES_CTR, CHACHA20)
 DEFAULT_PRG = AES_CTR
+PRGS = (DEFAULT_PRG, CHACHA20)
+"""Every mask PRG, the default first."""
 
 
 def check_prg(prg: object) -> str:
