@@ -219,6 +219,10 @@ def test_upload__malformed_and_oversized_payloads_are_4xx_and_the_server_stays_u
     with _analyst(manifest, max_attempts=1) as analyst:
         assert _status_of(lambda: analyst.request("POST", "/v1/jobs", content=b"{not json", ok=(201,))) == 422
         assert _status_of(lambda: analyst.post_json("/v1/jobs", {"spec": {"analysis": "nope"}})) == 422
+        weak = {"analysis": "secure_sum", "vector": {"source": "test", "length": 4}, "mask_prg": "mt19937"}
+        with pytest.raises(HttpError, match="mask_prg") as refused:
+            analyst.post_json("/v1/jobs", {"spec": weak})
+        assert refused.value.status == 422
         assert analyst.get_json("/v1/health")["status"] == "ok"
     # The correct message is still accepted after the bad ones.
     assert _put(manifest, "gamma", job_id, _advertise(manifest, job_id, "gamma"), message_id="gamma-adv-0001")["status"] == "accepted"
