@@ -28,7 +28,10 @@ from pipeline.secagg import messages
 from pipeline.secagg.messages import Message, PeerKeys, Stage
 
 HEADER_KEY = b"genofed.message"
-WIRE_VERSION = 4
+WIRE_VERSION = 5
+"""Raised whenever the protocol's meaning changes, not only its bytes (5: masks are AES-128-CTR unless the job
+names ChaCha20), so parties of different versions refuse each other's messages instead of summing masks that
+never cancel."""
 
 __all__ = [
     "HEADER_KEY",
@@ -243,8 +246,13 @@ def decode_message(data: bytes) -> Message:
         raise ProtocolError(f"malformed protocol message header: {error}") from None
     except RecursionError:
         raise ProtocolError("malformed protocol message header: nested too deeply") from None
-    if not isinstance(header, dict) or header.get("wire_version") != WIRE_VERSION:
+    if not isinstance(header, dict) or "wire_version" not in header:
         raise ProtocolError(f"protocol message header must be an object with wire_version {WIRE_VERSION}")
+    if header["wire_version"] != WIRE_VERSION:
+        raise ProtocolError(
+            f"protocol message of wire version {header['wire_version']!r}, and this party speaks {WIRE_VERSION}: every "
+            "party of a federation must run a genofed of the same protocol version (upgrade the older ones)"
+        )
     kind = header.get("type")
     if kind not in _DECODERS:
         raise ProtocolError(f"unknown protocol message type {kind!r}; expected one of {sorted(_DECODERS)}")
