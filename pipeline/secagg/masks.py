@@ -84,7 +84,7 @@ def mask_engine(prg: str, engine: str | None) -> str:
 
 def mask_encryptor(prg: str, seed: bytes) -> Any:
     """An OpenSSL encryptor whose output on zeros is the mask keystream of ``seed`` (successive calls continue it)."""
-    if prg == AES_CTR:
+    if check_prg(prg) == AES_CTR:
         key = bytes(seed[:AES_KEY_BYTES])
         return Cipher(algorithms.AES(key), modes.CTR(_AES_FIRST_COUNTER_BLOCK)).encryptor()
     return chacha20.openssl_encryptor(bytes(seed), MASK_NONCE, MASK_COUNTER)
