@@ -28,9 +28,9 @@ from pipeline.secagg import messages
 from pipeline.secagg.messages import Message, PeerKeys, Stage
 
 HEADER_KEY = b"genofed.message"
-WIRE_VERSION = 5
+WIRE_VERSION = 6
 """Raised whenever the protocol's meaning changes, not only its bytes (5: masks are AES-128-CTR unless the job
-names ChaCha20), so parties of different versions refuse each other's messages instead of summing masks that
+names ChaCha20; 6: consistency signatures are ECDSA P-256, not Ed25519), so parties of different versions refuse each other's messages instead of summing masks that
 never cancel."""
 
 __all__ = [

@@ -108,6 +108,8 @@ class _KeysDealt:
     ``dealt`` maps each potential shareholder (every site of the round: the graph is not
     known yet) to its (masking-key share, self-mask-seed share), dealt before any
     directory arrives so that the advertisement could commit to every one of them.
+    ``advertised`` is the advertisement the site sent: the directory must carry it
+    unchanged (which also spares checking the site's own signature).
     """
 
     config: RoundConfig
@@ -119,6 +121,7 @@ class _KeysDealt:
     signing: keys.KeyPair | None
     self_mask_seed: bytes
     dealt: Mapping[int, tuple[bytes, bytes]]
+    advertised: PeerKeys
 
 
 @dataclass(frozen=True, eq=False)
@@ -312,7 +315,7 @@ def _client_advertise(state: ClientAdvertise, messages: Sequence[object]) -> tup
     random = _random(state, "keys")
     encryption = keys.generate_key_pair(random(keys.KEY_BYTES))
     masking = keys.generate_key_pair(random(keys.KEY_BYTES))
-    signing = keys.generate_signing_key_pair(random(keys.KEY_BYTES)) if state.config.consistency_check else None
+    signing = keys.generate_signing_key_pair(random(keys.SIGNING_SEED_BYTES)) if state.config.consistency_check else None
     config, site = state.config, state.site
     # Both secrets are shared now, for every potential holder (any site of the round may
     # become a neighbour), so the advertisement can commit to each share; the
@@ -336,16 +339,21 @@ def _client_advertise(state: ClientAdvertise, messages: Sequence[object]) -> tup
         peer = dataclasses.replace(peer, identity_signature=signature)
     outgoing = AdvertiseKeys(round_index=state.config.round_index, sender=state.site, receiver=SERVER, keys=peer)
     secrets = dict(config=config, site=site, vector=state.vector, randomness=state.randomness, encryption=encryption,
-                   masking=masking, signing=signing, self_mask_seed=self_mask_seed, dealt=frozen_map(dealt))
+                   masking=masking, signing=signing, self_mask_seed=self_mask_seed, dealt=frozen_map(dealt),
+                   advertised=peer)
     if config.sparse:
         return ClientChooseGraph(**secrets, graph_randomness=graph_randomness), [outgoing]
     return ClientShareKeys(**secrets), [outgoing]
 
 
-def _signature_problem(config: RoundConfig, peers: Iterable[PeerKeys]) -> str | None:
-    """The first of ``peers`` whose advertisement is not signed by its site's certificate, said as a refusal."""
+def _signature_problem(state: ClientChooseGraph | ClientShareKeys, peers: Iterable[PeerKeys]) -> str | None:
+    """The first of ``peers`` whose advertisement is not signed by its site's certificate, said as a refusal.
+
+    The site's own entry is not checked here: :func:`_directory_problem` requires it to
+    be exactly the advertisement the site sent.
+    """
     for peer in peers:
-        problem = advertisement_problem(config, peer)
+        problem = None if peer.site == state.site else advertisement_problem(state.config, peer)
         if problem is not None:
             return f"refuses the key directory: {problem}"
     return None
@@ -363,8 +371,8 @@ def _directory_problem(state: ClientChooseGraph | ClientShareKeys, peers: Sequen
         if config.sparse and peer.graph_commitment is None:
             return f"refuses the key directory: site {peer.site} committed to no graph randomness in a SecAgg+ round"
     own = next((peer for peer in peers if peer.site == site), None)
-    if own is None or own.encryption_key != state.encryption.public_key or own.masking_key != state.masking.public_key:
-        return "refuses the key directory: it does not carry this site's own advertised keys"
+    if own != state.advertised:
+        return "refuses the key directory: it does not carry this site's own advertisement unchanged"
     public_keys = [key for peer in peers for key in (peer.encryption_key, peer.masking_key)]
     if len(set(public_keys)) != len(public_keys):
         return "refuses the key directory: it repeats a public key"
@@ -386,15 +394,13 @@ def _client_choose_graph(state: ClientChooseGraph, messages: Sequence[object]) -
     if problem is not None:
         return _refuse(state, problem)
     directory = {peer.site: peer for peer in message.peers}
-    if directory[state.site].graph_commitment != graph_commitment(state.config, state.site, state.graph_randomness):
-        return _refuse(state, "refuses the key directory: it carries another graph commitment for this site")
     # Every advertisement is fixed now: only then is this site's randomness revealed.
     outgoing = GraphReveal(round_index=state.config.round_index, sender=state.site, receiver=SERVER,
                            randomness=state.graph_randomness)
     next_state = ClientShareKeys(
         config=state.config, site=state.site, vector=state.vector, randomness=state.randomness,
         encryption=state.encryption, masking=state.masking, signing=state.signing, self_mask_seed=state.self_mask_seed,
-        dealt=state.dealt, directory=frozen_map(directory),
+        dealt=state.dealt, advertised=state.advertised, directory=frozen_map(directory),
     )
     return next_state, [outgoing]
 
@@ -417,7 +423,7 @@ def _client_share_keys(state: ClientShareKeys, messages: Sequence[object]) -> tu
         return _client_abort(state, message.reason), []
     config, site = state.config, state.site
     if isinstance(message, KeyDirectory):
-        problem = _signature_problem(config, message.peers) or _directory_problem(state, message.peers)
+        problem = _signature_problem(state, message.peers) or _directory_problem(state, message.peers)
         everyone, reveals = {peer.site: peer for peer in message.peers}, {}
     else:
         assert isinstance(message, GraphRandomness) and state.directory is not None
@@ -430,7 +436,7 @@ def _client_share_keys(state: ClientShareKeys, messages: Sequence[object]) -> tu
     graph = round_graph(config, sorted(everyone), seed)
     directory = {peer: everyone[peer] for peer in sorted(graph[site] | {site})}
     if config.sparse:
-        problem = _signature_problem(config, directory.values())
+        problem = _signature_problem(state, directory.values())
         if problem is not None:
             return _refuse(state, problem)
     holders = sorted(directory)

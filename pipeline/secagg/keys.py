@@ -13,13 +13,15 @@ Everything cryptographic here comes from the ``cryptography`` package:
 - AES-256-GCM for the relayed shares, the additional data binding sender,
   receiver, round, job and federation, so the coordinator cannot redirect or
   replay a ciphertext;
-- Ed25519 for the consistency check (a site signs the survivor list with a key it
-  advertised for the round);
-- ECDSA P-256 with the site's *certificate* key for its key advertisement
-  (:func:`sign_identity`, :func:`verify_identity`), so a peer can check against the
-  federation roster that the round keys it uses are the named site's, not keys the
-  coordinator swapped in. Signatures are deterministic (RFC 6979): a site that replays
-  a round after a restart sends byte-identical messages.
+- ECDSA P-256 / SHA-256 for both signatures: the consistency check (a site signs the
+  survivor list with a key pair it advertised for the round, :func:`sign`,
+  :func:`verify_signature`), and the key advertisement, signed with the site's
+  *certificate* key (:func:`sign_identity`, :func:`verify_identity`) so a peer can
+  check against the federation roster that the round keys it uses are the named
+  site's, not keys the coordinator swapped in. OpenSSL verifies P-256 signatures
+  about 1.7 times as fast as Ed25519 ones, and a round verifies hundreds. Signatures
+  are deterministic (RFC 6979): a site that replays a round after a restart sends
+  byte-identical messages.
 
 :class:`DeterministicRandom` turns a 32-byte seed into a ChaCha20 byte stream; the
 protocol draws all of a site's secrets from it so that state transitions are pure
@@ -37,7 +39,6 @@ from typing import Sequence
 from cryptography.exceptions import InvalidSignature, InvalidTag
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
@@ -67,6 +68,9 @@ __all__ = [
 ]
 
 KEY_BYTES = 32
+SIGNING_SEED_BYTES = 40
+"""Random bytes a round's signing key is drawn from: 64 bits beyond the P-256 order, so
+reducing them modulo the order is unbiased to 2^-64 (FIPS 186-5, A.2.1)."""
 _NONCE_BYTES = 12
 _PROTOCOL_LABEL = b"genofed-secagg-v1"
 _RAW = serialization.Encoding.Raw
@@ -111,7 +115,8 @@ class KeyContext:
 
 @dataclass(frozen=True)
 class KeyPair:
-    """A raw 32-byte X25519 or Ed25519 key pair."""
+    """A key pair as raw bytes: X25519 (32 and 32 bytes), or a round's P-256 signing
+    key (a 32-byte big-endian scalar and a 65-byte uncompressed X9.62 point)."""
 
     private_key: bytes
     public_key: bytes
@@ -265,47 +270,67 @@ def decrypt_share(key: bytes, ciphertext: bytes, *, context: KeyContext, sender:
         ) from error
 
 
+_P256 = ec.SECP256R1()
+_P256_ORDER = 0xFFFFFFFF00000000FFFFFFFFFFFFFFFFBCE6FAADA7179E84F3B9CAC2FC632551
+_P256_POINT_BYTES = 65
+_SIGNING = ec.ECDSA(hashes.SHA256(), deterministic_signing=True)
+_VERIFYING = ec.ECDSA(hashes.SHA256())
+
+
 def generate_signing_key_pair(random_bytes: bytes | None = None) -> KeyPair:
-    """Make an Ed25519 key pair, from 32 seed bytes or from the OS."""
-    private = Ed25519PrivateKey.from_private_bytes(random_bytes or os.urandom(KEY_BYTES))
-    return KeyPair(
-        private.private_bytes(_RAW, _RAW_PRIVATE, _NO_ENCRYPTION),
-        private.public_key().public_bytes(_RAW, _RAW_PUBLIC),
-    )
+    """Make a round's P-256 signing key pair from ``SIGNING_SEED_BYTES`` random bytes (or the OS's).
+
+    The scalar is ``random mod (n - 1) + 1`` for the group order ``n`` (FIPS 186-5,
+    A.2.1), so every seed gives a valid key.
+    """
+    seed = os.urandom(SIGNING_SEED_BYTES) if random_bytes is None else bytes(random_bytes)
+    if len(seed) != SIGNING_SEED_BYTES:
+        raise ConfigurationError(f"a signing key is drawn from {SIGNING_SEED_BYTES} random bytes, got {len(seed)}")
+    scalar = int.from_bytes(seed, "big") % (_P256_ORDER - 1) + 1
+    public = ec.derive_private_key(scalar, _P256).public_key()
+    return KeyPair(scalar.to_bytes(KEY_BYTES, "big"),
+                   public.public_bytes(serialization.Encoding.X962, serialization.PublicFormat.UncompressedPoint))
 
 
 def sign(private_key: bytes, message: bytes) -> bytes:
-    """Ed25519 signature of ``message``."""
-    _check_key(private_key, "Ed25519 private key")
-    return Ed25519PrivateKey.from_private_bytes(private_key).sign(message)
+    """ECDSA P-256 / SHA-256 signature (DER, deterministic) of ``message`` with a round's signing key."""
+    _check_key(private_key, "P-256 signing key")
+    scalar = int.from_bytes(private_key, "big")
+    if not 0 < scalar < _P256_ORDER:
+        raise ProtocolError("a P-256 signing key must be a scalar between 1 and the group order")
+    return ec.derive_private_key(scalar, _P256).sign(message, _SIGNING)
 
 
 def verify_signature(public_key: bytes, message: bytes, signature: bytes) -> bool:
-    """True when ``signature`` is a valid Ed25519 signature of ``message`` by ``public_key``."""
+    """True when ``signature`` is a valid signature of ``message`` by a round's signing key (65-byte point)."""
+    if len(public_key) != _P256_POINT_BYTES:
+        return False  # one encoding per key: the uncompressed point
     try:
-        Ed25519PublicKey.from_public_bytes(public_key).verify(signature, message)
-    except (InvalidSignature, ValueError):
-        return False
-    return True
-
-
-_IDENTITY_ALGORITHM = ec.ECDSA(hashes.SHA256(), deterministic_signing=True)
+        point = ec.EllipticCurvePublicKey.from_encoded_point(_P256, bytes(public_key))
+    except ValueError:
+        return False  # not a point of the curve
+    return _verifies(point, message, signature)
 
 
 def sign_identity(private_key: ec.EllipticCurvePrivateKey, message: bytes) -> bytes:
     """ECDSA P-256 / SHA-256 signature of ``message`` with a certificate's key (deterministic, RFC 6979)."""
     if not isinstance(private_key, ec.EllipticCurvePrivateKey):
         raise ConfigurationError(f"an identity key is the site's certificate EC private key, got {type(private_key).__name__}")
-    return private_key.sign(message, _IDENTITY_ALGORITHM)
+    return private_key.sign(message, _SIGNING)
 
 
 def verify_identity(public_key_der: bytes, message: bytes, signature: bytes) -> bool:
     """True when ``signature`` is a certificate key's signature of ``message`` (DER SubjectPublicKeyInfo key)."""
     try:
         public_key = _load_identity(bytes(public_key_der))
-        if not isinstance(public_key, ec.EllipticCurvePublicKey):
-            return False
-        public_key.verify(signature, message, ec.ECDSA(hashes.SHA256()))
+    except (ValueError, TypeError):
+        return False
+    return isinstance(public_key, ec.EllipticCurvePublicKey) and _verifies(public_key, message, signature)
+
+
+def _verifies(public_key: ec.EllipticCurvePublicKey, message: bytes, signature: bytes) -> bool:
+    try:
+        public_key.verify(bytes(signature), message, _VERIFYING)
     except (InvalidSignature, ValueError, TypeError):
         return False
     return True

@@ -9,7 +9,7 @@ party's transitions, and it imports no JAX.
 
 One secure-sum round runs five stages (six with SecAgg+)::
 
-    ADVERTISE_KEYS    site -> server: two X25519 public keys (+ Ed25519 key if checking),
+    ADVERTISE_KEYS    site -> server: two X25519 public keys (+ P-256 signing key if checking),
                       share commitments, and for SecAgg+ a commitment to fresh randomness
                       server -> site: the directory of every advertised site's keys
     CHOOSE_GRAPH      (SecAgg+ only) site -> server: the randomness it committed to
@@ -20,7 +20,7 @@ One secure-sum round runs five stages (six with SecAgg+)::
                       server -> site: the ciphertexts addressed to it
     MASKED_INPUT      site -> server: y_u = x_u + PRG(b_u) + sum_v sign(u, v) PRG(s_uv)
                       server -> site: the survivor list (or the unmasking request)
-    CONSISTENCY_CHECK (optional) site -> server: Ed25519 signature of the survivor list
+    CONSISTENCY_CHECK (optional) site -> server: ECDSA P-256 signature of the survivor list
                       server -> site: the unmasking request with all signatures
     UNMASKING         site -> server: for each neighbour, the self-mask share if it
                       survived, the masking-key share if it dropped (never both)
@@ -227,7 +227,8 @@ class PeerKeys:
     Attributes:
         site: the advertising site.
         encryption_key, masking_key: its X25519 public keys for this round.
-        signing_key: its Ed25519 key for the consistency check, if the round runs one.
+        signing_key: its P-256 key for the consistency check (a 65-byte uncompressed
+            point), if the round runs one.
         share_commitments: per potential shareholder ``(holder, commitment to its
             masking-key share, commitment to its self-mask-seed share)``
             (:func:`share_commitment`), fixed before any share is sent; the coordinator
@@ -339,7 +340,7 @@ class SurvivorList(BaseMessage):
 
 @dataclass(frozen=True, eq=False)
 class ConsistencySignature(BaseMessage):
-    """Site -> server: Ed25519 signature of the survivor list."""
+    """Site -> server: ECDSA P-256 signature (DER) of the survivor list."""
 
     signature: bytes
     STAGE: ClassVar[Stage] = Stage.CONSISTENCY_CHECK

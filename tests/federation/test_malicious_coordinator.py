@@ -91,9 +91,15 @@ def test_attack__coordinator_swapping_a_sites_keys_is_refused_by_every_honest_si
     job_id, status = _run(manifest, server)
     assert status["status"] == "failed", status
     assert _shares_sent(server, job_id) == []  # no site sent a single encrypted share
+    reasons = []
     for site in SITES:
         refused = [e for e in rs.audit_events(manifest, site, job_id) if e["event"] == "round.refused"]
-        assert refused and "site 2" in refused[0]["reason"] and "not signed by its certificate" in refused[0]["reason"]
+        assert refused
+        reasons.append(refused[0]["reason"])
+    # Site 2 finds its own advertisement altered; every other site finds site 2's keys unsigned.
+    assert sorted("own advertisement unchanged" in r for r in reasons) == [False] * (len(SITES) - 1) + [True]
+    assert all(r.startswith("site 2 ") for r in reasons if "own advertisement unchanged" in r)
+    assert all("site 2 are not signed by its certificate" in r for r in reasons if "own advertisement" not in r)
     assert set(status["declined"]) == set(SITES)
 
 

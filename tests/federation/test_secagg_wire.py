@@ -29,11 +29,12 @@ def test_decode_message__round_trips_a_masked_input():
     np.testing.assert_array_equal(decoded.vector, message.vector)
 
 
-def test_decode_message__another_protocol_version_is_refused_naming_both():
-    """Masks changed meaning at version 5: an older party's masked input would not cancel, so it is refused."""
+@pytest.mark.parametrize("older", [4, 5])
+def test_decode_message__another_protocol_version_is_refused_naming_both(older):
+    """Masks changed meaning at version 5 and consistency signatures at 6: an older party's messages are refused."""
     body = secagg_wire.encode_message(MaskedInput(round_index=0, sender=1, receiver=SERVER, vector=np.zeros(4, np.uint32)))
     assert isinstance(secagg_wire.decode_message(_with_header(body)), MaskedInput)  # the rewrite itself changes nothing
-    with pytest.raises(ProtocolError, match=rf"wire version 4, and this party speaks {secagg_wire.WIRE_VERSION}"):
-        secagg_wire.decode_message(_with_header(body, wire_version=4))
+    with pytest.raises(ProtocolError, match=rf"wire version {older}, and this party speaks {secagg_wire.WIRE_VERSION}"):
+        secagg_wire.decode_message(_with_header(body, wire_version=older))
     with pytest.raises(ProtocolError, match="must be an object with wire_version"):
         secagg_wire.decode_message(_with_header(body, drop=("wire_version",)))

@@ -1,4 +1,4 @@
-"""Key agreement, HKDF binding, AES-GCM share transport, Ed25519 signatures."""
+"""Key agreement, HKDF binding, AES-GCM share transport, ECDSA P-256 signatures."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ import os
 
 import pytest
 from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
@@ -109,10 +110,56 @@ def test_sign__verify_and_reject() -> None:
     message = keys.encode_site_list([3, 1, 2])
     assert message == keys.encode_site_list([1, 2, 3])
     signature = keys.sign(pair.private_key, message)
+    assert signature == keys.sign(pair.private_key, message)  # deterministic: a replayed round repeats it
     assert keys.verify_signature(pair.public_key, message, signature)
     assert not keys.verify_signature(pair.public_key, keys.encode_site_list([1, 2]), signature)
     assert not keys.verify_signature(keys.generate_signing_key_pair().public_key, message, signature)
     assert not keys.verify_signature(pair.public_key, message, b"\x00" * 64)
+    assert not keys.verify_signature(pair.public_key, message, b"")
+
+
+# RFC 6979, A.2.5: ECDSA, 256 bits (prime field), SHA-256.
+_RFC6979_KEY = 0xC9AFA9D845BA75166B5C215767B1D6934E50C3DB36E89B127B8A622B120F6721
+_RFC6979_POINT = bytes.fromhex(
+    "04"
+    "60FED4BA255A9D31C961EB74C6356D68C049B8923B61FA6CE669622E60F29FB6"
+    "7903FE1008B8BC99A41AE9E95628BC64F2F1B20C2D7E9F5177A3C294D4462299"
+)
+
+
+def test_signing_key__rfc6979_vectors() -> None:
+    """The key from its seed, its public point, and the deterministic signatures of RFC 6979's P-256 example."""
+    seed = (_RFC6979_KEY - 1).to_bytes(keys.SIGNING_SEED_BYTES, "big")  # random mod (n - 1) + 1 = the RFC's key
+    pair = keys.generate_signing_key_pair(seed)
+    assert pair.private_key == _RFC6979_KEY.to_bytes(32, "big")
+    assert pair.public_key == _RFC6979_POINT
+    expected = {
+        b"sample": (0xEFD48B2AACB6A8FD1140DD9CD45E81D69D2C877B56AAF991C34D0EA84EAF3716,
+                    0xF7CB1C942D657C41D436C7A1B6E29F65F3E900DBB9AFF4064DC4AB2F843ACDA8),
+        b"test": (0xF1ABB023518351CD71D881567B1EA663ED3EFCF6C5132B354F28D3B0B7D38367,
+                  0x019F4113742A2B14BD25926B49C649155F267E60D3814B4C0CC84250E46F0083),
+    }
+    for message, (r, s) in expected.items():
+        signature = keys.sign(pair.private_key, message)
+        assert decode_dss_signature(signature) == (r, s)
+        assert keys.verify_signature(pair.public_key, message, signature)
+
+
+def test_signing_key__every_seed_gives_a_key_and_one_encoding_verifies() -> None:
+    order = 0xFFFFFFFF00000000FFFFFFFFFFFFFFFFBCE6FAADA7179E84F3B9CAC2FC632551
+    for value in (0, order - 2, order - 1, 2 ** 320 - 1):
+        pair = keys.generate_signing_key_pair(value.to_bytes(keys.SIGNING_SEED_BYTES, "big"))
+        assert int.from_bytes(pair.private_key, "big") == value % (order - 1) + 1
+        assert keys.verify_signature(pair.public_key, b"m", keys.sign(pair.private_key, b"m"))
+    with pytest.raises(ConfigurationError, match="40 random bytes"):
+        keys.generate_signing_key_pair(bytes(32))
+    with pytest.raises(ProtocolError, match="between 1 and the group order"):
+        keys.sign(order.to_bytes(32, "big"), b"m")
+    signature = keys.sign(_RFC6979_KEY.to_bytes(32, "big"), b"m")
+    compressed = bytes([2 + _RFC6979_POINT[-1] % 2]) + _RFC6979_POINT[1:33]
+    assert not keys.verify_signature(compressed, b"m", signature)  # the same key, another encoding
+    off_curve = _RFC6979_POINT[:-1] + bytes([_RFC6979_POINT[-1] ^ 1])
+    assert not keys.verify_signature(off_curve, b"m", signature)
 
 
 def test_deterministic_random__reproducible_stream() -> None:

@@ -205,7 +205,8 @@ def test_client__forged_directory_rejected() -> None:
     duplicate_key = dataclasses.replace(others[0], masking_key=others[1].masking_key)
     stranger = dataclasses.replace(others[0], site=9)
     for peers, reason in (
-        (tuple(others), "own advertised keys"),
+        (tuple(others), "own advertisement unchanged"),
+        ((dataclasses.replace(directory.peers[0], seed_commitment=bytes(32)), *others), "own advertisement unchanged"),
         ((directory.peers[0], duplicate_key, *others[1:]), "repeats a public key"),
         ((*directory.peers, stranger), "not distinct sites of the round"),
     ):
@@ -384,9 +385,10 @@ def test_server__a_dealer_that_shares_its_seed_inconsistently_is_named() -> None
     shifted = shamir.Share(share.x, (share.y + 1) % shamir.PRIME).to_bytes()
     commitments = tuple((holder, key, share_commitment(config, 1, 2, "seed", shifted) if holder == 2 else seed)
                         for holder, key, seed in advertisements[0].keys.share_commitments)
-    clients[1] = dataclasses.replace(dealer, dealt={**dealer.dealt, 2: (key_share, shifted)})
     advertisements[0] = dataclasses.replace(advertisements[0], keys=dataclasses.replace(advertisements[0].keys,
                                                                                         share_commitments=commitments))
+    clients[1] = dataclasses.replace(dealer, dealt={**dealer.dealt, 2: (key_share, shifted)},
+                                     advertised=advertisements[0].keys)
     server, outgoing = server_advance(server, advertisements)
     while server.stage not in (Stage.DONE, Stage.ABORTED):
         server, outgoing = server_advance(server, step_clients(clients, deliver(outgoing)))
