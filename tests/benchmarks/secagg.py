@@ -54,6 +54,7 @@ import argparse
 import importlib.util
 import math
 import os
+import platform
 import random
 import sys
 import time
@@ -461,6 +462,16 @@ def flower_round(vectors: list[np.ndarray], *, num_shares: int, threshold: int, 
 # --------------------------------------------------------------------------- main
 
 
+def cpu_model() -> str:
+    """The CPU's model name (Linux), printed with the figures: the ratio to Flower moves with the CPU."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as cpuinfo:
+            names = [line.split(":", 1)[1].strip() for line in cpuinfo if line.startswith("model name")]
+    except OSError:
+        names = []
+    return names[0] if names else (platform.processor() or platform.machine())
+
+
 def median_of(repeats: int, run: Callable[[], tuple[float, ...]]) -> tuple[float, ...]:
     """The run with the median total (first field) of ``repeats`` runs: load on shared cores skews single runs."""
     return median_run([run() for _ in range(max(1, repeats))])
@@ -512,7 +523,8 @@ def main(argv: list[str] | None = None) -> None:
             active_adversary_cost(ring, args.repeats)
         return
     use_flower = flower_available() and not args.no_flower
-    print(f"machine: {os.cpu_count()} cores (shared, measured under load); load average {os.getloadavg()[0]:.2f}; "
+    print(f"machine: {cpu_model()}, {os.cpu_count()} cores (shared, measured under load); "
+          f"load average {os.getloadavg()[0]:.2f}; "
           f"rings {', '.join(ring.name for ring in rings)}; mask PRG {', '.join(prgs)}; "
           f"Flower {'1.42 timed in process' if use_flower else 'not installed: reference figures only'}")
     if not args.no_prg:
