@@ -269,13 +269,15 @@ def local_federation(
     try:
         coordinator = _spawn(["coordinator", "serve", "--config", str(manifest.coordinator.config)], logs / "coordinator.log")
         processes.append(coordinator)
+        # The agents start with the coordinator, not after it: each spends seconds importing
+        # before its first request, and an agent that finds no coordinator yet retries.
+        agents: dict[str, subprocess.Popen[bytes]] = {}
+        for site in manifest.sites:
+            agents[site.name] = _spawn(["site", "run", "--config", str(site.config), *(["--once"] if once else [])],
+                                       logs / f"{site.name}.log")
+            processes.append(agents[site.name])
         with analyst_connection(manifest.analysts[0].config) as connection:
             _wait_until_serving(connection, coordinator, shown_logs / "coordinator.log", timeout=60.0)
-            agents: dict[str, subprocess.Popen[bytes]] = {}
-            for site in manifest.sites:
-                agents[site.name] = _spawn(["site", "run", "--config", str(site.config), *(["--once"] if once else [])],
-                                           logs / f"{site.name}.log")
-                processes.append(agents[site.name])
             yield LocalFederation(manifest, connection, agents, shown_logs)
     finally:
         _stop(processes)
