@@ -278,7 +278,8 @@ class SiteAgent:
         while not (should_stop and should_stop()):
             try:
                 known = ",".join(sorted(self._active))
-                answer = self.connection.get_json(f"/v1/site/work?wait={_WAIT_SECONDS}&active={known}", timeout=_WAIT_SECONDS + 30)
+                wait = _poll_wait(max_idle, time.monotonic() - idle_since, busy=bool(self._active))
+                answer = self.connection.get_json(f"/v1/site/work?wait={wait:g}&active={known}", timeout=wait + 30)
             except ProtocolError as error:
                 _stop_if_permanent(self.config.name, error)
                 last_failure = str(error)
@@ -848,6 +849,16 @@ class SiteAgent:
                 break
             memory.state, memory.outgoing[stage] = client_advance(memory.state, [secagg_wire.decode_message(path.read_bytes())])
         return memory
+
+
+def _poll_wait(max_idle: float | None, idle_for: float, *, busy: bool) -> float:
+    """Seconds the next long poll may wait: ``_WAIT_SECONDS``, or less so that ``max_idle`` is kept.
+
+    While a job of this site is active the idle clock does not run, so the poll waits in full.
+    """
+    if max_idle is None or busy:
+        return _WAIT_SECONDS
+    return round(min(_WAIT_SECONDS, max(0.0, max_idle - idle_for)), 3)
 
 
 def _stop_if_permanent(site: str, error: Exception) -> None:

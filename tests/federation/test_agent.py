@@ -134,3 +134,27 @@ def test_agent__census_through_the_server_equals_pooled_counts(federation):
         want = [w if p else None for w, p in zip(pooled[name], table["publishable"])]
         assert got == want, name
     assert results["summary"]["num_samples"] == sum(SIZES.values())
+
+
+def test_agent__an_idle_agent_stops_after_max_idle_not_after_a_whole_long_poll(federation):
+    """No job for this site: each poll waits at most what is left of --max-idle, and the agent stops idle."""
+    from pipeline.federation.agent import SiteAgent
+    from pipeline.federation.config import load_site_config
+
+    manifest, _, _ = federation
+    agent = SiteAgent(load_site_config(manifest.sites[0].config))
+    polls: list[str] = []
+    real_get_json = agent.connection.get_json
+
+    def recorded(path, *args, **kwargs):
+        polls.append(path)
+        return real_get_json(path, *args, **kwargs)
+
+    agent.connection.get_json = recorded
+    try:
+        outcome = agent.run(once=True, max_idle=0.2)
+    finally:
+        agent.connection.close()
+    assert outcome["stopped"] == "idle"
+    waits = [float(path.split("wait=")[1].split("&")[0]) for path in polls if path.startswith("/v1/site/work")]
+    assert waits and all(0.0 <= wait <= 0.2 for wait in waits), waits
