@@ -30,8 +30,8 @@ from pipeline.secagg.messages import Message, PeerKeys, Stage
 HEADER_KEY = b"genofed.message"
 WIRE_VERSION = 6
 """Raised whenever the protocol's meaning changes, not only its bytes (5: masks are AES-128-CTR unless the job
-names ChaCha20; 6: consistency signatures are ECDSA P-256, not Ed25519), so parties of different versions refuse each other's messages instead of summing masks that
-never cancel."""
+names ChaCha20; 6: consistency signatures are ECDSA P-256, not Ed25519), so parties of different versions
+refuse each other's messages instead of summing masks that never cancel."""
 
 __all__ = [
     "HEADER_KEY",
