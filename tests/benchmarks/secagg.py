@@ -593,7 +593,7 @@ def headline(rings: list[Ring], prgs: list[str], use_flower: bool, repeats: int,
             for combination in combinations:
                 our_runs[combination].append(ours(vectors, **round_args[combination]))
         if use_flower:
-            flower_total, flower_fastest = float(np.median(flower_runs)), min(flower_runs)
+            flower_total, flower_fastest = median_run([(run,) for run in flower_runs])[0], min(flower_runs)
             source = "Flower 1.42 timed here, Z_2^32"
         else:
             flower_total = flower_fastest = FLOWER_REFERENCE[label]
@@ -644,8 +644,8 @@ def active_adversary_cost(ring: Ring, repeats: int = 1) -> None:
             offs.append(ours(vectors, threshold=threshold, dropped=[], ring=ring, num_neighbours=k))
             ons.append(ours(vectors, threshold=threshold, dropped=[], ring=ring, num_neighbours=k,
                             identity_keys=identity_keys))
-        off = sorted(offs)[(len(offs) - 1) // 2][0]
-        on, client, server, _ = sorted(ons)[(len(ons) - 1) // 2]
+        off = median_run(offs)[0]
+        on, client, server, _ = median_run(ons)
         label = "SecAgg" if k is None else f"SecAgg+ k={k}"
         print(f"{num_sites:>3} sites x {length:.0e} {label:>14}: off {off:.3f} s, on {on:.3f} s "
               f"(clients {client:.3f}, server {server:.3f}); defences +{on - off:.3f} s; on/off {on / off:.2f}x (goal <= {goal})"
