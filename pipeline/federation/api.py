@@ -54,7 +54,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
-from pipeline.analyses.registry import REGISTRY
+from pipeline.analyses.registry import ANALYSIS_NAMES
 from pipeline.errors import (
     REFUSAL_CODES, AggregationAborted, ConfigurationError, GenofedError, IdentityError, InputError, JobPruned,
     MessageConflict, NotFoundError, ProtocolError, disk_full,
@@ -388,7 +388,7 @@ def openapi_document() -> dict[str, Any]:
         "type": "object",
         "required": ["analysis"],
         "properties": {
-            "analysis": {"type": "string", "enum": sorted(REGISTRY)},
+            "analysis": {"type": "string", "enum": sorted(ANALYSIS_NAMES)},
             "sites": {"type": "array", "items": {"type": "string"}, "uniqueItems": True},
             "threshold": {"type": "integer", "minimum": 2},
             "stage_timeout": {"type": "number", "exclusiveMinimum": 0, "maximum": 86400},

@@ -45,7 +45,7 @@ import numpy as np
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from pipeline.analyses import Analysis, JobState, KeyUnion, Result, RoundLayout
-from pipeline.analyses.registry import REGISTRY, get_analysis
+from pipeline.analyses.registry import ANALYSIS_NAMES, get_analysis
 from pipeline.encoding import Layout
 from pipeline.errors import (
     AggregationAborted, ConfigurationError, GenofedError, IdentityError, JobPruned, MessageConflict, NotFoundError,
@@ -270,7 +270,7 @@ class Coordinator:
             ConfigurationError: the spec is wrong (nothing is stored).
         """
         spec = dict(spec)
-        options = parse_round_options(spec, self.sites, known_analyses=tuple(REGISTRY), mask_prgs=PRGS)
+        options = parse_round_options(spec, self.sites, known_analyses=ANALYSIS_NAMES, mask_prgs=PRGS)
         analysis = get_analysis(options.analysis)
         participants = options.participants
         threshold = options.threshold if options.threshold is not None else default_threshold(len(participants), options.num_neighbours)

@@ -29,12 +29,11 @@ from typing import Any
 
 from pipeline import dataset as dataset_io
 from pipeline import outputs
-from pipeline.analyses.registry import REGISTRY, get_analysis
+from pipeline.analyses.registry import ANALYSIS_NAMES, get_analysis
 from pipeline.errors import AggregationAborted, ConfigurationError, GenofedError, ProtocolError
 from pipeline.federation import transport
 from pipeline.federation.analyst import analyst_connection, wait_for_job
 from pipeline.federation.analyst_results import download_results
-from pipeline.federation.baselines import BASELINES
 from pipeline.federation.job_spec import load_spec, parse_round_options
 from pipeline.federation.provision import ProvisionManifest, provision
 from pipeline.secagg.prg import PRGS
@@ -44,6 +43,9 @@ log = logging.getLogger(__name__)
 __all__ = ["LocalFederation", "federate", "free_port", "local_federation"]
 
 FEDERATION = "local"
+
+WITH_BASELINES = frozenset({"pca", "train"})
+"""The analyses with baselines that need every site's data (:data:`pipeline.federation.baselines.BASELINES`)."""
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -168,7 +170,7 @@ def federate(
         dataset_io.open_dataset(path)  # fails early, naming the folder, if it is not a dataset
     spec_dict = load_spec(spec, {"threshold": threshold})
     analysis = parse_round_options(
-        spec_dict, _site_names(paths), known_analyses=tuple(REGISTRY), mask_prgs=PRGS
+        spec_dict, _site_names(paths), known_analyses=ANALYSIS_NAMES, mask_prgs=PRGS
     ).analysis
     get_analysis(analysis)  # fails early, listing the known analyses
     target = Path(out)
@@ -196,10 +198,12 @@ def federate(
             signal.signal(signal.SIGTERM, previous)
     logs = target / "logs"
     extra: dict[str, Any] = {}
-    baselines = BASELINES.get(analysis)
-    if baselines is not None:
+    if analysis in WITH_BASELINES:
+        # Imported only here: the baselines bring Flax and Matplotlib, seconds that other analyses need not wait.
+        from pipeline.federation.baselines import BASELINES
+
         # Everything runs here, so the analysis may add what a real federation cannot (pooled data).
-        extra["baselines"] = baselines(spec_dict, paths, target / "results", results["summary"])
+        extra["baselines"] = BASELINES[analysis](spec_dict, paths, target / "results", results["summary"])
     return {
         "job_id": job_id,
         "status": status["status"],

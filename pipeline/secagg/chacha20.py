@@ -18,6 +18,7 @@ Engines:
   in cache), so all the masks a site or the coordinator needs come from one call on an
   accelerator, without moving keystream through the host.
 
+The jax engine lives in :mod:`pipeline.secagg.chacha20_jax`, imported when it is chosen.
 :func:`default_engine` picks ``"jax"`` when JAX's default backend is not the CPU and
 ``"openssl"`` otherwise; the environment variable ``GENOFED_PRG_ENGINE`` (``openssl`` or
 ``jax``) or an explicit ``engine=`` argument forces one. Both engines produce the same
@@ -43,17 +44,16 @@ Conventions:
 
 from __future__ import annotations
 
-import functools
-from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import jax
-import jax.numpy as jnp
 import numpy as np
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms
 
 from pipeline.backends import choose_engine
 from pipeline.errors import ConfigurationError
+
+if TYPE_CHECKING:
+    import jax
 
 ENGINES = ("openssl", "jax")
 ENV_ENGINE = "GENOFED_PRG_ENGINE"
@@ -69,7 +69,7 @@ STREAM_CHUNK_BYTES = 256 * 1024
 # OpenSSL encrypts these zeros, so its output is the keystream; a memoryview slices without copying.
 ZERO_CHUNK = memoryview(bytes(STREAM_CHUNK_BYTES))
 
-_SIGMA = (0x61707865, 0x3320646E, 0x79622D32, 0x6B206574)  # "expand 32-byte k"
+SIGMA = (0x61707865, 0x3320646E, 0x79622D32, 0x6B206574)  # "expand 32-byte k"
 
 
 # --- engine selection and argument parsing ---------------------------------------------
@@ -99,7 +99,7 @@ def check_counter(counter: int, num_blocks: int) -> None:
         )
 
 
-def _parse_batch(keys: Any, nonces: Any) -> tuple[np.ndarray, np.ndarray]:
+def parse_batch(keys: Any, nonces: Any) -> tuple[np.ndarray, np.ndarray]:
     keys = np.ascontiguousarray(keys, dtype=np.uint8)
     nonces = np.ascontiguousarray(nonces, dtype=np.uint8)
     if keys.ndim != 2 or keys.shape[1] != KEY_BYTES:
@@ -109,7 +109,7 @@ def _parse_batch(keys: Any, nonces: Any) -> tuple[np.ndarray, np.ndarray]:
     return keys, nonces
 
 
-def _blocks_for_words(num_words: int) -> int:
+def blocks_for_words(num_words: int) -> int:
     return -(-num_words // BLOCK_WORDS)
 
 
@@ -141,149 +141,18 @@ def _keystream_words_openssl(keys: np.ndarray, nonces: np.ndarray, num_words: in
     return out.astype(np.uint32, copy=False)
 
 
-# --- jax engine -----------------------------------------------------------------------------
-
-
-def _rotl(x: jax.Array, n: int) -> jax.Array:
-    return (x << jnp.uint32(n)) | (x >> jnp.uint32(32 - n))
-
-
-def _quarter_round(a: jax.Array, b: jax.Array, c: jax.Array, d: jax.Array) -> tuple[jax.Array, ...]:
-    a = a + b
-    d = _rotl(d ^ a, 16)
-    c = c + d
-    b = _rotl(b ^ c, 12)
-    a = a + b
-    d = _rotl(d ^ a, 8)
-    c = c + d
-    b = _rotl(b ^ c, 7)
-    return a, b, c, d
-
-
-_COLUMNS = ((0, 4, 8, 12), (1, 5, 9, 13), (2, 6, 10, 14), (3, 7, 11, 15))
-_DIAGONALS = ((0, 5, 10, 15), (1, 6, 11, 12), (2, 7, 8, 13), (3, 4, 9, 14))
-
-
-def _double_round(state: tuple[jax.Array, ...]) -> tuple[jax.Array, ...]:
-    words = list(state)
-    for group in _COLUMNS + _DIAGONALS:
-        quarter = _quarter_round(*(words[i] for i in group))
-        for i, w in zip(group, quarter):
-            words[i] = w
-    return tuple(words)
-
-
-def chacha20_blocks(key_words: jax.Array, nonce_words: jax.Array, counters: jax.Array) -> jax.Array:
-    """RFC 8439 block function for one key and many counters (traceable, pure).
-
-    Args:
-        key_words: (8,) uint32, the key read little-endian.
-        nonce_words: (3,) uint32, the nonce read little-endian.
-        counters: (B,) uint32 block counters.
-
-    Returns:
-        (B, 16) uint32: each row is one 64-byte keystream block as little-endian words.
-    """
-    shape = counters.shape
-    initial = (
-        *(jnp.full(shape, c, dtype=jnp.uint32) for c in _SIGMA),
-        *(jnp.broadcast_to(key_words[i], shape) for i in range(8)),
-        counters.astype(jnp.uint32),
-        *(jnp.broadcast_to(nonce_words[i], shape) for i in range(3)),
-    )
-    final = jax.lax.fori_loop(0, 10, lambda _, s: _double_round(s), initial)
-    return jnp.stack([f + i for f, i in zip(final, initial)], axis=-1)
-
-
-_blocks_batched = jax.vmap(chacha20_blocks, in_axes=(0, 0, None))
-
-
-def keystream_words_traced(
-    key_words: jax.Array,
-    nonce_words: jax.Array,
-    counter: jax.Array,
-    num_words: int,
-    chunk_blocks: int,
-    reduce: Callable[[jax.Array], jax.Array] | None = None,
-) -> jax.Array:
-    """Keystream words for many keys (traceable; ``num_words``, ``chunk_blocks`` static).
-
-    Blocks are produced ``chunk_blocks`` at a time for all keys (``lax.map`` over
-    chunks), so the 16 state arrays stay in cache on a CPU; on an accelerator one large
-    chunk keeps the device busy. Padding blocks past ``num_words`` are computed and
-    dropped (their counters may wrap; they never reach the output).
-
-    Args:
-        key_words: (m, 8) uint32.
-        nonce_words: (m, 3) uint32.
-        counter: uint32 scalar, the first block counter (traced: no recompile per counter).
-        num_words: words per key.
-        chunk_blocks: blocks per chunk.
-        reduce: optional map of one chunk's words (m, chunk_blocks * 16) to
-            (chunk_blocks * 16,) words, applied before the next chunk is made, so that a
-            combination of m keystreams (the signed sum of masks) never holds m full
-            keystreams in memory.
-
-    Returns:
-        (m, num_words) uint32, or (num_words,) uint32 with ``reduce``.
-    """
-    m = key_words.shape[0]
-    num_chunks = max(1, -(-_blocks_for_words(num_words) // chunk_blocks))
-    offsets = jnp.arange(chunk_blocks, dtype=jnp.uint32)
-    counter = jnp.asarray(counter, dtype=jnp.uint32)
-
-    def one_chunk(chunk: jax.Array) -> jax.Array:
-        counters = counter + chunk * jnp.uint32(chunk_blocks) + offsets
-        words = _blocks_batched(key_words, nonce_words, counters).reshape(m, chunk_blocks * BLOCK_WORDS)
-        return words if reduce is None else reduce(words)
-
-    if num_chunks == 1:
-        out = one_chunk(jnp.uint32(0))
-        return out[..., :num_words]
-    per_chunk = jax.lax.map(one_chunk, jnp.arange(num_chunks, dtype=jnp.uint32))  # (C, [m,] chunk words)
-    if reduce is None:
-        return jnp.moveaxis(per_chunk, 0, 1).reshape(m, -1)[:, :num_words]
-    return per_chunk.reshape(-1)[:num_words]
-
-
-def chunk_blocks_for(num_keys: int, num_words: int, backend: str | None = None) -> int:
-    """Blocks per chunk: ~256 KiB of state on a CPU (stays in L2), ~256 MiB on an accelerator.
-
-    A power of two when the request spans several chunks; exactly the blocks needed
-    when one chunk holds the whole request, so no work is padded away.
-    """
-    backend = backend or jax.default_backend()
-    budget_bytes = (256 << 10) if backend == "cpu" else (256 << 20)
-    per_block = max(1, num_keys) * BLOCK_BYTES
-    chunk = max(16, budget_bytes // per_block)
-    chunk = 1 << (chunk.bit_length() - 1)
-    return min(chunk, max(1, _blocks_for_words(num_words)))
-
-
-@functools.partial(jax.jit, static_argnames=("num_words", "chunk_blocks"))
-def _keystream_words_jit(
-    key_words: jax.Array, nonce_words: jax.Array, counter: jax.Array, *, num_words: int, chunk_blocks: int
-) -> jax.Array:
-    return keystream_words_traced(key_words, nonce_words, counter, num_words, chunk_blocks)
-
-
-def keystream_words_device(
-    keys: Any, nonces: Any, num_words: int, counter: int = 0
-) -> jax.Array:
+def keystream_words_device(keys: Any, nonces: Any, num_words: int, counter: int = 0) -> jax.Array:
     """Keystream words for many keys on the JAX device, left there (no host copy).
 
     Same as :func:`keystream_words` with the jax engine, but returns a ``jax.Array``
     for callers that keep working on the device (the coordinator's kernels).
     """
-    keys, nonces = _parse_batch(keys, nonces)
-    check_counter(counter, _blocks_for_words(num_words))
-    return _keystream_words_jit(
-        jnp.asarray(keys.view("<u4")),
-        jnp.asarray(nonces.view("<u4")),
-        jnp.uint32(counter),
-        num_words=int(num_words),
-        chunk_blocks=chunk_blocks_for(keys.shape[0], num_words),
-    )
+    # The JAX engine: imported when it is chosen.
+    from pipeline.secagg import chacha20_jax
+
+    keys, nonces = parse_batch(keys, nonces)
+    check_counter(counter, blocks_for_words(num_words))
+    return chacha20_jax.keystream_words(keys, nonces, int(num_words), counter)
 
 
 # --- public entry points --------------------------------------------------------------------
@@ -309,10 +178,10 @@ def keystream_words(
         ConfigurationError: bad shapes, unknown engine, or ``counter + blocks > 2^32``.
     """
     engine = resolve_engine(engine)
-    keys, nonces = _parse_batch(keys, nonces)
+    keys, nonces = parse_batch(keys, nonces)
     if num_words < 0:
         raise ConfigurationError(f"num_words must be >= 0, got {num_words}")
-    check_counter(counter, _blocks_for_words(num_words))
+    check_counter(counter, blocks_for_words(num_words))
     if keys.shape[0] == 0 or num_words == 0:
         return np.zeros((keys.shape[0], num_words), dtype=np.uint32)
     if engine == "openssl":

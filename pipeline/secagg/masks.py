@@ -32,26 +32,21 @@ chunk by chunk (for each chunk of the vector, every seed in turn), so no full-le
 temporary exists and the vector is read and written once whatever the number of
 seeds; :func:`masked_copy` reads the input while adding the first mask, so a site's
 masked copy of its input costs no copy pass. ``"jax"`` (ChaCha20 only) makes all masks
-and their signed sum in one jitted call, chunked so it never holds more than one chunk
-of every keystream; uint64 rings are computed there as (lo, hi) uint32 pairs (see
-:mod:`pipeline.secagg.pairs`).
+and their signed sum in one jitted call (:mod:`pipeline.secagg.kernels`, imported when
+that engine is chosen).
 """
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Sequence
 from typing import Any
 
-import jax
-import jax.numpy as jnp
 import numpy as np
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 
 from pipeline.errors import ConfigurationError
 from pipeline.secagg import chacha20
 from pipeline.encoding import Ring
-from pipeline.secagg.pairs import pairs_neg, pairs_sum
 from pipeline.secagg.prg import AES_CTR, CHACHA20, DEFAULT_PRG, check_prg
 
 SEED_BYTES = chacha20.KEY_BYTES
@@ -206,69 +201,6 @@ def _add_masks_openssl(source: np.ndarray, out: np.ndarray, encryptors: Sequence
             addend = chunk
 
 
-def _signed_sum_reducer(negate: jax.Array, ring_bits: int) -> Any:
-    """Reduce one chunk of m keystreams (m, w) to their signed sum in the ring, as words."""
-
-    def reduce(words: jax.Array) -> jax.Array:
-        flip = negate[:, None]
-        if ring_bits == 32:
-            signed = jnp.where(flip, jnp.uint32(0) - words, words)
-            return jnp.sum(signed, axis=0, dtype=jnp.uint32)
-        lo, hi = words[:, 0::2], words[:, 1::2]
-        neg_lo, neg_hi = pairs_neg(lo, hi)
-        total_lo, total_hi = pairs_sum(jnp.where(flip, neg_lo, lo), jnp.where(flip, neg_hi, hi), axis=0)
-        return jnp.stack([total_lo, total_hi], axis=-1).reshape(-1)
-
-    return reduce
-
-
-def signed_mask_sum_traced(
-    key_words: jax.Array, negate: jax.Array, num_elements: int, ring_bits: int, chunk_blocks: int
-) -> jax.Array:
-    """Signed sum of ChaCha20 masks as ring words (traceable; the last three arguments static).
-
-    Args:
-        key_words: (m, 8) uint32 seeds read little-endian.
-        negate: (m,) bool, True where the sign is -1.
-        num_elements: ring elements per mask.
-        ring_bits: 32 or 64.
-        chunk_blocks: ChaCha20 blocks per chunk (see :func:`chacha20.chunk_blocks_for`).
-
-    Returns:
-        (num_elements * ring_bits // 32,) uint32 words; for R64 read pairs as
-        little-endian uint64 (on the host: ``np.asarray(words).view('<u8')``).
-    """
-    m = key_words.shape[0]
-    nonce_words = jnp.zeros((m, 3), dtype=jnp.uint32)
-    return chacha20.keystream_words_traced(
-        key_words,
-        nonce_words,
-        jnp.uint32(MASK_COUNTER),
-        num_elements * ring_bits // 32,
-        chunk_blocks,
-        reduce=_signed_sum_reducer(negate, ring_bits),
-    )
-
-
-@functools.partial(jax.jit, static_argnames=("num_elements", "ring_bits", "chunk_blocks"))
-def _mask_sum_jit(
-    key_words: jax.Array, negate: jax.Array, *, num_elements: int, ring_bits: int, chunk_blocks: int
-) -> jax.Array:
-    return signed_mask_sum_traced(key_words, negate, num_elements, ring_bits, chunk_blocks)
-
-
-def mask_sum_device(keys: np.ndarray, negate: np.ndarray, length: int, ring: Ring) -> jax.Array:
-    """Signed sum of ChaCha20 masks as ring words on the JAX device (see :func:`signed_mask_sum_traced`)."""
-    words = length * ring.words
-    return _mask_sum_jit(
-        jnp.asarray(np.ascontiguousarray(keys).view("<u4")),
-        jnp.asarray(negate),
-        num_elements=int(length),
-        ring_bits=ring.modulus_bits,
-        chunk_blocks=chacha20.chunk_blocks_for(keys.shape[0], words),
-    )
-
-
 def words_to_ring(words: Any, ring: Ring) -> np.ndarray:
     """Host view of ring words (uint32, little-endian pairs for R64) as ring elements."""
     words = np.ascontiguousarray(np.asarray(words), dtype="<u4")
@@ -298,4 +230,57 @@ def mask_sum(
     if engine == "openssl" or keys.shape[0] == 0 or length == 0:
         return add_masks(np.zeros(length, dtype=ring.dtype), seeds, signs, prg=prg, engine="openssl")
     check_mask_bytes(prg, length * ring.words * 4)
-    return words_to_ring(mask_sum_device(keys, negate, length, ring), ring)
+    # The JAX engine: imported when it is chosen.
+    from pipeline.secagg import kernels
+
+    return words_to_ring(kernels.mask_sum_device(keys, negate, length, ring), ring)
+
+
+def unmask(
+    total: np.ndarray,
+    self_mask_seeds: Sequence[bytes],
+    pair_seeds: Sequence[bytes],
+    pair_signs: Sequence[int],
+    ring: Ring,
+    *,
+    prg: str = DEFAULT_PRG,
+    engine: str | None = None,
+) -> np.ndarray:
+    """Remove the surviving sites' self masks and the dropped sites' pairwise masks.
+
+    ``total - sum PRG(self) - sum pair_signs[i] * PRG(pair_seeds[i])``: self masks were
+    added with +1, and ``pair_signs[i]`` is the sign with which a surviving site added
+    ``PRG(pair_seeds[i])`` to its masked input.
+
+    Args:
+        total: (d,) ring sum of the surviving sites' masked vectors.
+        self_mask_seeds: the self-mask seed of every surviving site.
+        pair_seeds: pairwise seeds between a surviving and a dropped site.
+        pair_signs: the sign (+1/-1) with which the surviving site added each pair mask.
+        ring: the job's ring (must match ``total``'s dtype).
+        prg: the round's mask PRG (:data:`pipeline.secagg.prg.PRGS`).
+        engine: ``"openssl"``, ``"jax"`` or None for the PRG's default (:func:`mask_engine`).
+
+    Returns:
+        (d,) the sum of the surviving sites' encoded inputs (a new array).
+
+    Raises:
+        ConfigurationError: bad shapes, dtype, seeds, signs, PRG or engine.
+    """
+    total = np.asarray(total)
+    if total.ndim != 1 or total.dtype != ring.dtype:
+        raise ConfigurationError(
+            f"unmask expects a 1-D {ring.dtype} sum for {ring.name}, got shape {total.shape} dtype {total.dtype}"
+        )
+    seeds = list(self_mask_seeds) + list(pair_seeds)
+    signs = [1] * len(self_mask_seeds) + [int(s) for s in pair_signs]
+    if len(pair_signs) != len(pair_seeds):
+        raise ConfigurationError(f"got {len(pair_seeds)} pair seeds but {len(pair_signs)} pair signs")
+    keys, negate = parse_seeds(seeds, signs)
+    if mask_engine(prg, engine) == "openssl" or keys.shape[0] == 0 or total.size == 0:
+        return masked_copy(np.ascontiguousarray(total), seeds, [-s for s in signs], prg=prg, engine="openssl")
+    check_mask_bytes(prg, total.nbytes)
+    # The JAX engine: imported when it is chosen.
+    from pipeline.secagg import kernels
+
+    return words_to_ring(kernels.unmask_device(total, keys, negate, ring), ring)

@@ -25,7 +25,7 @@ from typing import ClassVar, Union
 import numpy as np
 
 from pipeline.errors import AggregationAborted, ProtocolError
-from pipeline.secagg import kernels, keys, masks, shamir
+from pipeline.secagg import keys, masks, shamir
 from pipeline.secagg.messages import (
     SECRET_BYTES,
     SERVER,
@@ -317,6 +317,9 @@ def _sum_masked(vectors: Sequence[np.ndarray], config: RoundConfig) -> np.ndarra
     vectorized :func:`kernels.ring_sum` over the stacked vectors.
     """
     if masks.mask_engine(config.prg, config.engine) != "openssl":
+        # The JAX engine: imported when it is chosen.
+        from pipeline.secagg import kernels
+
         return kernels.ring_sum(np.stack(vectors))
     total = np.array(vectors[0], copy=True)
     for vector in vectors[1:]:
@@ -491,7 +494,7 @@ def _server_unmasking(state: ServerUnmasking, messages: Sequence[object]) -> tup
         for partner, shared_secret in zip(ordered, secrets):
             pair_seeds.append(keys.pairwise_mask_seed(shared_secret, context=config.context, site_a=partner, site_b=site))
             pair_signs.append(mask_sign(partner, site))
-    total = kernels.unmask(state.masked_sum, self_mask_seeds, pair_seeds, pair_signs, config.ring, prg=config.prg,
+    total = masks.unmask(state.masked_sum, self_mask_seeds, pair_seeds, pair_signs, config.ring, prg=config.prg,
                            engine=config.engine)
     return ServerDone(config=config, survivors=state.survivors, total=total, discarded=tuple(discarded)), []
 

@@ -1,7 +1,7 @@
 """Statistics kernels shared by local QC and the federated analyses.
 
 Pure functions over arrays, independent of files: genotype counts (:mod:`.counts`,
-JAX or NumPy by backend) and the Hardy-Weinberg exact test (:mod:`.hwe`).
+NumPy or JAX by backend) and the Hardy-Weinberg exact test (:mod:`.hwe`).
 """
 
 from pipeline.stats.counts import (
@@ -9,8 +9,6 @@ from pipeline.stats.counts import (
     VariantCounts,
     count_block,
     count_variants,
-    sample_genotype_counts,
-    variant_genotype_counts,
 )
 from pipeline.stats.hwe import hwe_exact_p
 
@@ -20,6 +18,4 @@ __all__ = [
     "count_block",
     "count_variants",
     "hwe_exact_p",
-    "sample_genotype_counts",
-    "variant_genotype_counts",
 ]

@@ -2,21 +2,16 @@
 
 These are the sufficient statistics of local QC and of the federated variant census:
 per variant, how many samples are hom-ref, het, hom-alt or missing; per sample, how
-many calls it has and how many are heterozygous. The kernels are pure JAX functions of
-an int8 array (0, 1, 2 = ALT dosage, -1 = missing; haploid calls arrive as 0/2, as
-plink stores them), so the same code runs on a site's CPU, on an accelerator, or under
-``vmap`` over sites. They know nothing of files.
+many calls it has and how many are heterozygous, from an int8 array (0, 1, 2 = ALT
+dosage, -1 = missing; haploid calls arrive as 0/2, as plink stores them). They know
+nothing of files.
 
 Values outside {-1, 0, 1, 2} are counted in no class: a caller can detect them because
 the four per-variant counts then add up to less than the number of samples.
 
-A jitted kernel compiles once per input shape. Chunks of a dataset hold different
-numbers of variants, so :func:`count_block` cuts a block into tiles of a few fixed
-shapes (padding the last tile) and sums the tiles' results; a whole dataset then costs
-at most a handful of compilations.
-
 :func:`count_block` and :func:`count_variants` have two engines with identical results:
-``"jax"`` (the kernels above, for accelerators) and ``"numpy"`` (comparisons into a
+``"jax"`` (pure JAX kernels in :mod:`pipeline.stats.counts_jax`, for accelerators,
+imported when chosen) and ``"numpy"`` (comparisons into a
 reused boolean tile of about a megabyte, summed as uint8 into int32 along the samples),
 which XLA's CPU reductions of int8 comparisons trail by an order of magnitude.
 :func:`default_engine` picks ``"numpy"`` when JAX's default backend is the CPU and
@@ -25,13 +20,14 @@ which XLA's CPU reductions of int8 comparisons trail by an order of magnitude.
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
 
-import jax
-import jax.numpy as jnp
 import numpy as np
 
 from pipeline.backends import choose_engine
+
+if TYPE_CHECKING:
+    import jax
 
 MISSING = -1
 """Call dosage of a missing call (any allele of the call missing)."""
@@ -61,42 +57,6 @@ class SampleCounts(NamedTuple):
     n_called: jax.Array | np.ndarray
     n_missing: jax.Array | np.ndarray
     n_het: jax.Array | np.ndarray
-
-
-@jax.jit
-def variant_genotype_counts(call_dosage: jax.Array) -> VariantCounts:
-    """Counts hom-ref, het, hom-alt and missing calls of every variant (row).
-
-    Args:
-        call_dosage: int8 (variants, samples), ALT dosage 0/1/2, -1 missing.
-
-    Returns:
-        :class:`VariantCounts` of int32 arrays of shape (variants,).
-    """
-    def count(value: int) -> jax.Array:
-        return jnp.sum(call_dosage == value, axis=1, dtype=jnp.int32)
-
-    return VariantCounts(n_hom_ref=count(0), n_het=count(1), n_hom_alt=count(2), n_missing=count(MISSING))
-
-
-@jax.jit
-def sample_genotype_counts(call_dosage: jax.Array, variant_mask: jax.Array) -> SampleCounts:
-    """Counts called, missing and heterozygous calls of every sample (column).
-
-    Args:
-        call_dosage: int8 (variants, samples), ALT dosage 0/1/2, -1 missing.
-        variant_mask: bool (variants,); rows where it is False are ignored (padding).
-
-    Returns:
-        :class:`SampleCounts` of int32 arrays of shape (samples,).
-    """
-    rows = variant_mask[:, None]
-    called = (call_dosage >= 0) & (call_dosage <= 2) & rows
-    return SampleCounts(
-        n_called=jnp.sum(called, axis=0, dtype=jnp.int32),
-        n_missing=jnp.sum((call_dosage == MISSING) & rows, axis=0, dtype=jnp.int32),
-        n_het=jnp.sum((call_dosage == 1) & rows, axis=0, dtype=jnp.int32),
-    )
 
 
 def tile_rows(num_variants: int, tile_variants: int = DEFAULT_TILE_VARIANTS) -> int:
@@ -155,31 +115,6 @@ def _numpy_counts(call_dosage: np.ndarray, *, with_samples: bool) -> tuple[Varia
     return variants, (SampleCounts(*per_sample) if per_sample is not None else None)
 
 
-def _jax_counts(call_dosage: np.ndarray, tile_variants: int, *, with_samples: bool) -> tuple[VariantCounts, SampleCounts | None]:
-    """Both count sets with the jitted kernels over padded tiles of a few fixed shapes."""
-    num_variants, num_samples = call_dosage.shape
-    rows = tile_rows(num_variants, tile_variants)
-    variant_parts: list[VariantCounts] = []
-    sample_total = SampleCounts(*(np.zeros(num_samples, np.int64) for _ in SampleCounts._fields))
-    for start in range(0, num_variants, rows):
-        tile = call_dosage[start : start + rows]
-        used = tile.shape[0]
-        mask = np.zeros(rows, dtype=bool)
-        mask[:used] = True
-        if used < rows:
-            tile = np.concatenate([tile, np.full((rows - used, num_samples), MISSING, np.int8)])
-        per_variant = variant_genotype_counts(tile)
-        variant_parts.append(VariantCounts(*(np.asarray(a)[:used].astype(np.int64) for a in per_variant)))
-        if with_samples:
-            per_sample = sample_genotype_counts(tile, mask)
-            sample_total = SampleCounts(*(t + np.asarray(a, dtype=np.int64) for t, a in zip(sample_total, per_sample)))
-    if variant_parts:
-        variants = VariantCounts(*(np.concatenate(parts) for parts in zip(*variant_parts)))
-    else:
-        variants = VariantCounts(*(np.zeros(0, np.int64) for _ in VariantCounts._fields))
-    return variants, (sample_total if with_samples else None)
-
-
 def count_block(
     call_dosage: np.ndarray, *, tile_variants: int = DEFAULT_TILE_VARIANTS, engine: str | None = None
 ) -> tuple[VariantCounts, SampleCounts]:
@@ -202,7 +137,10 @@ def count_block(
     if engine == "numpy":
         variants, samples = _numpy_counts(call_dosage, with_samples=True)
     else:
-        variants, samples = _jax_counts(call_dosage, tile_variants, with_samples=True)
+        # The JAX engine: imported when it is chosen.
+        from pipeline.stats import counts_jax
+
+        variants, samples = counts_jax.tiled_counts(call_dosage, tile_variants, with_samples=True)
     assert samples is not None
     return variants, samples
 
@@ -217,4 +155,7 @@ def count_variants(
     call_dosage, engine = _parse_block(call_dosage, engine)
     if engine == "numpy":
         return _numpy_counts(call_dosage, with_samples=False)[0]
-    return _jax_counts(call_dosage, tile_variants, with_samples=False)[0]
+    # The JAX engine: imported when it is chosen.
+    from pipeline.stats import counts_jax
+
+    return counts_jax.tiled_counts(call_dosage, tile_variants, with_samples=False)[0]

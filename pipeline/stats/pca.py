@@ -11,8 +11,9 @@ aggregation delivers. The coordinator orthonormalizes (:func:`orthonormalize`) a
 the end, a Rayleigh-Ritz step (:func:`rayleigh_ritz`) gives the eigenvalues and the
 variant-space loadings. Sample scores ``G_s v_c`` never leave a site.
 
-Site products run in float64 (JAX, with 64-bit types switched on only inside these
-functions through ``jax.enable_x64``, never globally): float32 sums over thousands of
+Site products run in float64 (JAX, :mod:`pipeline.stats.pca_jax`, imported by the first
+product, with 64-bit types switched on only inside those functions through
+``jax.enable_x64``, never globally): float32 sums over thousands of
 variants lose ~1e-6 relative precision, which would cap the agreement with a pooled
 SVD below what the analysis promises. Blocks are cut into tiles of a few fixed shapes
 so a site compiles each kernel a handful of times per job.
@@ -24,8 +25,6 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-import jax
-import jax.numpy as jnp
 import numpy as np
 
 __all__ = [
@@ -38,13 +37,7 @@ __all__ = [
     "rayleigh_ritz",
     "gram_product",
     "project",
-    "TILE_VARIANTS",
 ]
-
-TILE_VARIANTS = 2048
-"""Most variants handed to a kernel at once (smaller blocks are padded to a power of two)."""
-
-_MIN_TILE = 64
 
 
 def _counts(*arrays: np.ndarray) -> tuple[np.ndarray, ...]:
@@ -188,41 +181,7 @@ def rayleigh_ritz(basis: np.ndarray, product: np.ndarray, k: int) -> tuple[np.nd
     return values[order], loadings * signs[None, :]
 
 
-# --------------------------------------------------------------------------- site kernels
-
-
-def _standardized_tile(calls: jax.Array, mean: jax.Array, inv_scale: jax.Array) -> jax.Array:
-    values = (calls.astype(jnp.float64) - mean[:, None]) * inv_scale[:, None]
-    return jnp.where(calls >= 0, values, 0.0)
-
-
-@jax.jit
-def _project_tile(calls: jax.Array, mean: jax.Array, inv_scale: jax.Array, basis: jax.Array) -> jax.Array:
-    """(samples, width): this tile's part of ``G V``."""
-    return _standardized_tile(calls, mean, inv_scale).T @ basis
-
-
-@jax.jit
-def _back_tile(calls: jax.Array, mean: jax.Array, inv_scale: jax.Array, scores: jax.Array) -> jax.Array:
-    """(tile, width): this tile's rows of ``G^T (G V)``."""
-    return _standardized_tile(calls, mean, inv_scale) @ scores
-
-
-def _tiles(num_variants: int) -> list[tuple[int, int, int]]:
-    """(start, stop, padded size) of each tile: full tiles, then one power-of-two tail."""
-    out = []
-    for start in range(0, num_variants, TILE_VARIANTS):
-        stop = min(start + TILE_VARIANTS, num_variants)
-        size = TILE_VARIANTS if stop - start == TILE_VARIANTS else max(_MIN_TILE, 1 << (stop - start - 1).bit_length())
-        out.append((start, stop, size))
-    return out
-
-
-def _pad(array: np.ndarray, size: int, fill: float) -> np.ndarray:
-    if array.shape[0] == size:
-        return array
-    pad = [(0, size - array.shape[0])] + [(0, 0)] * (array.ndim - 1)
-    return np.pad(array, pad, constant_values=fill)
+# --------------------------------------------------------------------------- site products
 
 
 def _checked(call_dosage: np.ndarray, mean: np.ndarray, inv_scale: np.ndarray, rows: np.ndarray) -> tuple[np.ndarray, ...]:
@@ -247,15 +206,10 @@ def project(call_dosage: np.ndarray, mean: np.ndarray, inv_scale: np.ndarray, ba
         mean, inv_scale: (variants,) from :func:`standardization`.
         basis: (variants, width).
     """
-    calls, mean, inv_scale, basis = _checked(call_dosage, mean, inv_scale, basis)
-    with jax.enable_x64(True):
-        total = jnp.zeros((calls.shape[1], basis.shape[1]), jnp.float64)
-        for start, stop, size in _tiles(calls.shape[0]):
-            total = total + _project_tile(
-                _pad(calls[start:stop], size, -1), _pad(mean[start:stop], size, 0.0),
-                _pad(inv_scale[start:stop], size, 0.0), _pad(basis[start:stop], size, 0.0),
-            )
-        return np.asarray(total, np.float64)
+    # JAX: imported by a site's first product, not with the analyses.
+    from pipeline.stats import pca_jax
+
+    return pca_jax.project(*_checked(call_dosage, mean, inv_scale, basis))
 
 
 def gram_product(call_dosage: np.ndarray, mean: np.ndarray, inv_scale: np.ndarray, basis: np.ndarray) -> np.ndarray:
@@ -264,14 +218,7 @@ def gram_product(call_dosage: np.ndarray, mean: np.ndarray, inv_scale: np.ndarra
     Two passes over the tiles: ``G V`` (samples x width) first, then each tile's rows of
     ``G^T (G V)``. Never forms ``G^T G``.
     """
-    calls, mean, inv_scale, basis = _checked(call_dosage, mean, inv_scale, basis)
-    scores = project(calls, mean, inv_scale, basis)
-    out = np.empty(basis.shape, np.float64)
-    with jax.enable_x64(True):
-        for start, stop, size in _tiles(calls.shape[0]):
-            part = _back_tile(
-                _pad(calls[start:stop], size, -1), _pad(mean[start:stop], size, 0.0),
-                _pad(inv_scale[start:stop], size, 0.0), scores,
-            )
-            out[start:stop] = np.asarray(part, np.float64)[: stop - start]
-    return out
+    # JAX: imported by a site's first product, not with the analyses.
+    from pipeline.stats import pca_jax
+
+    return pca_jax.gram_product(*_checked(call_dosage, mean, inv_scale, basis))

@@ -27,7 +27,7 @@ from pipeline.analyses.gwas import GWAS, REGRESSION
 from pipeline.analyses.gwas.regression import moments_round
 from pipeline.analyses.gwas.site_data import site_data as gwas_site_data
 from pipeline.analyses.pca import PCA, PcaParameters, select_variants
-from pipeline.analyses.registry import REGISTRY
+from pipeline.analyses.registry import ANALYSIS_NAMES, get_analysis
 from pipeline.analyses.secure_sum import SECURE_SUM
 from pipeline.analyses.train import TRAIN
 from pipeline.dataset import open_dataset
@@ -97,9 +97,9 @@ def test_contributions__every_analysis_declares_the_hook_and_sorts_its_variables
         "gwas": GWAS.init({"phenotype": "quant_trait", "covariates": ["sex", "age"]}, SITES),
         "train": TRAIN.init({"target": "quant_trait", "task": "quantitative", "covariates": ["sex", "age"]}, SITES),
     }
-    assert set(states) == set(REGISTRY)
+    assert set(states) == set(ANALYSIS_NAMES)
     for name, state in states.items():
-        contributions = REGISTRY[name].contributions(state, dataset, _context("beta"))
+        contributions = get_analysis(name).contributions(state, dataset, _context("beta"))
         for contribution in contributions:
             assert isinstance(contribution, Contribution) and contribution.samples
             assert list(contribution.variables) == sorted(contribution.variables), name

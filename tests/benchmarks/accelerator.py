@@ -37,7 +37,7 @@ Sections and what each figure means:
    elements, masked by the site's real masking call (:func:`masks.add_masks`, ChaCha20
    masks, openssl engine: a self mask, and a pairwise mask with each of ``--dropped`` dropped sites,
    alternating signs); the masked vectors are summed site by site on the host (never
-   all held at once), then the coordinator's own call :func:`kernels.unmask` removes
+   all held at once), then the coordinator's own call :func:`masks.unmask` removes
    the masks (``sites * (1 + dropped)`` keystreams regenerated in one jitted call).
    Checked equal to the NumPy ring sum of the values. Timed with the jax engine
    (including the transfers to and from the device) and the openssl engine on the host;
@@ -81,7 +81,7 @@ import jax
 import jax.numpy as jnp
 
 from pipeline.encoding import Ring
-from pipeline.secagg import chacha20, kernels, masks
+from pipeline.secagg import chacha20, chacha20_jax, kernels, masks
 from pipeline.secagg.prg import AES_CTR, CHACHA20
 from pipeline.stats import counts, glm
 
@@ -181,7 +181,7 @@ def check_bit_exactness(report: Report, quick: bool) -> None:
     keys = rng.integers(0, 256, (3, 32), dtype=np.uint8)
     nonces = rng.integers(0, 256, (3, 12), dtype=np.uint8)
     num_words = 16 * 37 + 5
-    chunked = jax.jit(chacha20.keystream_words_traced, static_argnums=(3, 4))(
+    chunked = jax.jit(chacha20_jax.keystream_words_traced, static_argnums=(3, 4))(
         jnp.asarray(keys.view("<u4")), jnp.asarray(nonces.view("<u4")), jnp.uint32(9), num_words, 4
     )
     report.check(
@@ -284,14 +284,14 @@ def bench_unmask(report: Report, args: argparse.Namespace, memory_bytes: int | N
     flat_pair_signs = [pair_signs[i] for _ in range(dropped) for i in range(sites)]
 
     def unmask(engine: str) -> np.ndarray:
-        return kernels.unmask(masked_sum, self_seeds, flat_pair_seeds, flat_pair_signs, ring, prg=CHACHA20, engine=engine)
+        return masks.unmask(masked_sum, self_seeds, flat_pair_seeds, flat_pair_signs, ring, prg=CHACHA20, engine=engine)
 
-    report.check(np.array_equal(unmask("jax"), value_sum), "kernels.unmask (jax) == NumPy ring sum of the values")
+    report.check(np.array_equal(unmask("jax"), value_sum), "masks.unmask (jax) == NumPy ring sum of the values")
     jax_s = median_seconds(lambda: unmask("jax"), args.repeats)
     openssl_s = median_seconds(lambda: unmask("openssl"), args.cpu_repeats)
     keystream_bytes = sites * (1 + dropped) * site_bytes
     report.figure(
-        f"unmask (kernels.unmask, the coordinator's call), {sites} sites + {dropped} dropped, {values:,} {ring.name} values, "
+        f"unmask (masks.unmask, the coordinator's call), {sites} sites + {dropped} dropped, {values:,} {ring.name} values, "
         f"{sites * (1 + dropped)} keystreams ({_gb(keystream_bytes)}): jax {_s(jax_s)} incl. transfers "
         f"({keystream_bytes / jax_s / 1e9:.2f} GB/s keystream), openssl on host {_s(openssl_s)} "
         f"({keystream_bytes / openssl_s / 1e9:.2f} GB/s), ratio {openssl_s / jax_s:.2f}x"

@@ -6,7 +6,7 @@ keystream into a preallocated buffer, one ``update_into`` call per seed, nothing
 The engines are timed doing the real job, adding ``k`` signed masks of ``num_words``
 uint32 words to a preallocated vector (:func:`pipeline.secagg.masks.add_masks`); the
 jax engine (ChaCha20 only) is also timed on the device alone (the coordinator's batched
-mask regeneration, :func:`masks.mask_sum_device`).
+mask regeneration, :func:`kernels.mask_sum_device`).
 
 Throughput is keystream bytes per second (``k * 4 * num_words / seconds``); ratios are
 against the baseline of the same PRG for the same ``k``, and the AES-CTR baseline is
@@ -25,7 +25,7 @@ from collections.abc import Callable, Sequence
 import jax
 import numpy as np
 
-from pipeline.secagg import chacha20, masks
+from pipeline.secagg import chacha20, kernels, masks
 from pipeline.secagg.prg import AES_CTR, CHACHA20
 from pipeline.encoding import Ring
 
@@ -75,7 +75,7 @@ def bench_prg(
              lambda: masks.add_masks(vector, seeds, signs, prg=CHACHA20, engine="openssl")),
             (CHACHA20, "add_masks in place", "jax", lambda: masks.add_masks(vector, seeds, signs, prg=CHACHA20, engine="jax")),
             (CHACHA20, "mask_sum on device", "jax",
-             lambda: masks.mask_sum_device(keys, negate, num_words, Ring.R32).block_until_ready()),
+             lambda: kernels.mask_sum_device(keys, negate, num_words, Ring.R32).block_until_ready()),
         ]
         for prg, case, engine, run in cases:
             baseline = baselines[prg]

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.analyses.registry import REGISTRY
+from pipeline.analyses.registry import ANALYSIS_NAMES, get_analysis
 from pipeline.errors import ConfigurationError, InputError
 from pipeline.federation.job_spec import analysis_parameters, default_threshold, load_spec, maximum_threshold, parse_round_options
 from pipeline.secagg.prg import PRGS
@@ -16,26 +16,26 @@ ENROLLED = ("alpha", "beta", "gamma")
 
 def test_parse_round_options__missing_analysis_lists_every_registered_name():
     with pytest.raises(ConfigurationError) as error:
-        parse_round_options({"threshold": 2}, ENROLLED, known_analyses=tuple(REGISTRY), mask_prgs=PRGS)
-    for name in REGISTRY:
+        parse_round_options({"threshold": 2}, ENROLLED, known_analyses=ANALYSIS_NAMES, mask_prgs=PRGS)
+    for name in ANALYSIS_NAMES:
         assert name in str(error.value)
 
 
 def test_parse_round_options__num_neighbours_must_be_an_even_integer():
     options = parse_round_options({"analysis": "secure_sum", "num_neighbours": 2, "threshold": 2}, ENROLLED,
-                                  known_analyses=tuple(REGISTRY), mask_prgs=PRGS)
+                                  known_analyses=ANALYSIS_NAMES, mask_prgs=PRGS)
     assert (options.analysis, options.participants, options.threshold, options.num_neighbours) == ("secure_sum", ENROLLED, 2, 2)
     for bad in (0, -1, 1, 3, True, "2"):
         with pytest.raises(ConfigurationError, match="num_neighbours"):
-            parse_round_options({"analysis": "secure_sum", "num_neighbours": bad}, ENROLLED, known_analyses=tuple(REGISTRY), mask_prgs=PRGS)
+            parse_round_options({"analysis": "secure_sum", "num_neighbours": bad}, ENROLLED, known_analyses=ANALYSIS_NAMES, mask_prgs=PRGS)
 
 
 def test_parse_round_options__secagg_plus_threshold_leaves_room_for_one_dropout():
     # Two thirds of k + 1 = 3 shareholders plus one is 3 > k = 2: one dropout would halt every round.
     with pytest.raises(ConfigurationError, match="at most 2 .t <= num_neighbours"):
-        parse_round_options({"analysis": "secure_sum", "num_neighbours": 2}, ENROLLED, known_analyses=tuple(REGISTRY), mask_prgs=PRGS)
+        parse_round_options({"analysis": "secure_sum", "num_neighbours": 2}, ENROLLED, known_analyses=ANALYSIS_NAMES, mask_prgs=PRGS)
     enrolled = tuple(f"site{i:02d}" for i in range(12))
-    options = parse_round_options({"analysis": "secure_sum", "num_neighbours": 4}, enrolled, known_analyses=tuple(REGISTRY), mask_prgs=PRGS)
+    options = parse_round_options({"analysis": "secure_sum", "num_neighbours": 4}, enrolled, known_analyses=ANALYSIS_NAMES, mask_prgs=PRGS)
     assert options.num_neighbours == 4 and default_threshold(12, 4) == 4 <= maximum_threshold(12, 4) == 4
 
 
@@ -61,7 +61,7 @@ def test_load_spec__file_or_mapping_with_overrides_that_skip_none(tmp_path: Path
 
 def test_parse_round_options__mask_prg_is_one_of_the_known_prgs():
     for prg in ("aes128-ctr", "chacha20"):
-        parse_round_options({"analysis": "secure_sum", "mask_prg": prg}, ENROLLED, known_analyses=tuple(REGISTRY), mask_prgs=PRGS)
+        parse_round_options({"analysis": "secure_sum", "mask_prg": prg}, ENROLLED, known_analyses=ANALYSIS_NAMES, mask_prgs=PRGS)
     for bad in ("aes", "mt19937", 1, None):
         with pytest.raises(ConfigurationError, match="job spec key 'mask_prg' must be one of aes128-ctr, chacha20"):
-            parse_round_options({"analysis": "secure_sum", "mask_prg": bad}, ENROLLED, known_analyses=tuple(REGISTRY), mask_prgs=PRGS)
+            parse_round_options({"analysis": "secure_sum", "mask_prg": bad}, ENROLLED, known_analyses=ANALYSIS_NAMES, mask_prgs=PRGS)

@@ -33,7 +33,7 @@ def test_accelerator_script__quick_on_cpu_passes_and_prints_figures() -> None:
     assert figures[0].startswith("device: cpu")
     passed, total = figures[1].removeprefix("bit-exactness and correctness: ").removesuffix(" PASS").split("/")
     assert passed == total and int(total) >= 40, figures[1]
-    for prefix in ("ChaCha20 keystream", "unmask (kernels.unmask", "ring_sum of", "linear_statistics", "logistic_statistics",
+    for prefix in ("ChaCha20 keystream", "unmask (masks.unmask", "ring_sum of", "linear_statistics", "logistic_statistics",
                    "count_block"):
         assert any(line.startswith(prefix) for line in figures[2:]), f"no {prefix!r} figure in:\n{output}"
     # Without --allow-cpu it stops at once on a CPU backend, with a message and exit code 0.

@@ -11,7 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from pipeline.errors import ConfigurationError
-from pipeline.secagg import chacha20
+from pipeline.secagg import chacha20, chacha20_jax
 from pipeline.secagg.chacha20 import chacha20_keystream, keystream_words
 
 ENGINES = ["openssl", "jax"]
@@ -217,7 +217,7 @@ def test_keystream_words_traced__many_chunks_equal_one_chunk() -> None:
     keys = rng.integers(0, 256, (2, 32), dtype=np.uint8)
     nonces = rng.integers(0, 256, (2, 12), dtype=np.uint8)
     num_words = 16 * 5 + 3  # 6 blocks: 3 chunks of 2, the last partly dropped
-    chunked = jax.jit(chacha20.keystream_words_traced, static_argnums=(3, 4))(
+    chunked = jax.jit(chacha20_jax.keystream_words_traced, static_argnums=(3, 4))(
         jnp.asarray(keys.view("<u4")), jnp.asarray(nonces.view("<u4")), jnp.uint32(5), num_words, 2
     )
     np.testing.assert_array_equal(np.asarray(chunked), keystream_words(keys, nonces, num_words, 5, "openssl"))
@@ -266,9 +266,9 @@ def test_keystream_words_device__no_recompile_on_second_call() -> None:
     keys = rng.integers(0, 256, (2, 32), dtype=np.uint8)
     nonces = rng.integers(0, 256, (2, 12), dtype=np.uint8)
     first = chacha20.keystream_words_device(keys, nonces, 40, counter=1)
-    compiled = chacha20._keystream_words_jit._cache_size()
+    compiled = chacha20_jax._keystream_words_jit._cache_size()
     # Other keys, nonces and counter: same shapes, so the compiled program is reused.
     second = chacha20.keystream_words_device(keys[::-1].copy(), nonces[::-1].copy(), 40, counter=9)
-    assert chacha20._keystream_words_jit._cache_size() == compiled
+    assert chacha20_jax._keystream_words_jit._cache_size() == compiled
     assert first.dtype == second.dtype == jnp.uint32
     np.testing.assert_array_equal(np.asarray(second)[1], keystream_words(keys[:1], nonces[:1], 40, 9, "openssl")[0])

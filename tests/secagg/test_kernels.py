@@ -11,8 +11,8 @@ from hypothesis import strategies as st
 from pipeline.errors import ConfigurationError
 from pipeline.secagg import kernels, masks
 from pipeline.encoding import FixedPoint, Ring, decode, encode
-from pipeline.secagg.kernels import ring_sum, unmask
-from pipeline.secagg.masks import add_masks
+from pipeline.secagg.kernels import ring_sum
+from pipeline.secagg.masks import add_masks, unmask
 from pipeline.secagg.prg import AES_CTR, CHACHA20
 
 # Every (PRG, engine) pair that makes masks.
@@ -115,7 +115,7 @@ def test_unmask__many_chunks_equal_one_chunk() -> None:
     rng = np.random.default_rng(13)
     seeds = [rng.bytes(32) for _ in range(3)]
     keys, negate = masks.parse_seeds(seeds, [1, -1, 1])
-    words = masks.signed_mask_sum_traced(jnp.asarray(keys.view("<u4")), jnp.asarray(negate), 45, 64, 2)
+    words = kernels.signed_mask_sum_traced(jnp.asarray(keys.view("<u4")), jnp.asarray(negate), 45, 64, 2)
     expected = masks.mask_sum(seeds, [1, -1, 1], 45, Ring.R64, prg=CHACHA20, engine="openssl")
     np.testing.assert_array_equal(masks.words_to_ring(words, Ring.R64), expected)
 

@@ -11,10 +11,9 @@ from pipeline.stats.counts import (
     count_block,
     count_variants,
     default_engine,
-    sample_genotype_counts,
     tile_rows,
-    variant_genotype_counts,
 )
+from pipeline.stats.counts_jax import sample_genotype_counts, variant_genotype_counts
 
 
 def naive_counts(call_dosage: np.ndarray) -> tuple[VariantCounts, SampleCounts]:

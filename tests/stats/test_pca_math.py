@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from pipeline.stats import pca
+from pipeline.stats import pca, pca_jax
 
 
 def _calls(seed: int, variants: int, samples: int, missing: float = 0.05) -> np.ndarray:
@@ -46,7 +46,7 @@ def test_standardized_sum_of_squares__equals_the_column_norms():
     np.testing.assert_allclose(pca.standardized_sum_of_squares(*counts, mean, inv_scale), expected, rtol=1e-12)
 
 
-@pytest.mark.parametrize("variants", [5, 70, 2 * pca.TILE_VARIANTS + 3])
+@pytest.mark.parametrize("variants", [5, 70, 2 * pca_jax.TILE_VARIANTS + 3])
 def test_gram_product__equals_dense_float64_product(variants):
     calls = _calls(2, variants, 37)
     mean, inv_scale = pca.standardization(*_counts(calls))

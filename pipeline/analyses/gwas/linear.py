@@ -46,7 +46,6 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 import numpy as np
-from scipy import stats as scipy_stats
 
 from pipeline.analyses.census import below_minimum
 from pipeline.analyses.gwas.outputs import (
@@ -316,7 +315,7 @@ def noisy_linear_fit(xtx: np.ndarray, xty: np.ndarray, yty: np.ndarray, noise_va
     with np.errstate(invalid="ignore"):
         se = np.sqrt(fit.standard_error**2 + noise)
         t = fit.beta / se
-    p = 2.0 * scipy_stats.t.sf(np.abs(t), np.maximum(fit.df, 1.0))
+    p = glm.t_test_p(t, fit.df)
     nan = np.where(ok, 1.0, np.nan)
     return glm.LinearFit(fit.beta * nan, se * nan, t * nan, p * nan, fit.df, status)
 

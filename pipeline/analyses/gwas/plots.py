@@ -16,7 +16,8 @@ Most tested variants are null and pile up at the bottom of a Manhattan and QQ pl
 point there that falls on a pixel already drawn changes nothing in the image but costs
 drawing time, so points under :data:`THIN_BELOW` (-log10 p) are drawn once per pixel.
 Everything above is drawn as is. matplotlib's object API is used: no pyplot, no global
-backend state.
+backend state. Matplotlib is imported with the first figure, at the coordinator: a site
+imports this module with the GWAS but never draws.
 """
 
 from __future__ import annotations
@@ -24,14 +25,16 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pyarrow as pa
-from matplotlib.figure import Figure
-from scipy import stats
+from scipy import special
 
 from pipeline.outputs import atomic_file
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 __all__ = ["GENOME_WIDE", "LOCUS_HALF_WIDTH", "MAX_LOCI", "THIN_BELOW", "Locus", "top_loci", "write_plots"]
 
@@ -110,6 +113,13 @@ def _thin(x: np.ndarray, y: np.ndarray, x_range: tuple[float, float], y_top: flo
     return np.sort(np.concatenate([low[first], high]))
 
 
+def _figure(width: float, height: float) -> Figure:
+    """A new figure of ``width`` x ``height`` inches; the first one imports Matplotlib (half a second)."""
+    from matplotlib.figure import Figure
+
+    return Figure(figsize=(width, height))
+
+
 def _save(figure: Figure, path: Path) -> None:
     with atomic_file(path, force=True) as tmp:
         figure.savefig(tmp, dpi=_DPI, format="png")
@@ -143,7 +153,7 @@ def manhattan(table: pa.Table, summary: Mapping[str, Any], loci: Sequence[Locus]
         x, ticks, labels, colour = _genome_x(chromosome, position)
     ok = np.flatnonzero(np.isfinite(score))
     top = max(float(score[ok].max(initial=0.0)), -np.log10(GENOME_WIDE)) * 1.08
-    figure = Figure(figsize=(10, 4))
+    figure = _figure(10, 4)
     axis = figure.subplots()
     x_range = (float(x[ok].min(initial=0.0)), float(x[ok].max(initial=1.0)))
     drawn = ok[_thin(x[ok], score[ok], x_range, top, (10 * _DPI, 4 * _DPI))]
@@ -177,8 +187,8 @@ def qq_band(count: int, *, points: int = 200, level: float = 0.95) -> tuple[np.n
     rank = np.unique(np.geomspace(1, count, num=min(points, count)).round().astype(np.int64))
     tail = (1 - level) / 2
     expected = -np.log10((rank - 0.5) / count)
-    upper = -np.log10(stats.beta.ppf(tail, rank, count - rank + 1))
-    lower = -np.log10(stats.beta.ppf(1 - tail, rank, count - rank + 1))
+    upper = -np.log10(special.betaincinv(rank, count - rank + 1, tail))
+    lower = -np.log10(special.betaincinv(rank, count - rank + 1, 1 - tail))
     return expected, lower, upper
 
 
@@ -189,7 +199,7 @@ def qq(table: pa.Table, summary: Mapping[str, Any]) -> Figure:
     count = observed.size
     expected = -np.log10((np.arange(1, count + 1) - 0.5) / max(count, 1))
     band_x, band_low, band_high = qq_band(count)
-    figure = Figure(figsize=(4.8, 4.8))
+    figure = _figure(4.8, 4.8)
     axis = figure.subplots()
     x_top = float(expected.max(initial=1.0)) * 1.05
     y_top = max(float(observed.max(initial=1.0)), float(band_high.max(initial=1.0))) * 1.05
@@ -221,7 +231,7 @@ def regional(table: pa.Table, summary: Mapping[str, Any], locus: Locus) -> Figur
     score = _score(p)
     rows = np.flatnonzero((np.asarray(chromosome, dtype=object) == locus.chromosome)
                           & (np.abs(position - locus.position) <= LOCUS_HALF_WIDTH) & np.isfinite(score))
-    figure = Figure(figsize=(7, 3.6))
+    figure = _figure(7, 3.6)
     axis = figure.subplots()
     axis.plot(position[rows] / 1e6, score[rows], linestyle="none", marker="o", markersize=3, markeredgewidth=0,
               color=_LIGHT)
