@@ -524,6 +524,16 @@ class _Changes:
         self._seen = coordinator.version
         self._loop: asyncio.AbstractEventLoop | None = None
         self._event = asyncio.Event()
+        self.stopping = False
+
+    def stop(self) -> None:
+        """Called in the event loop when the server starts to shut down: every long poll answers now.
+
+        A poll otherwise holds its connection up to :data:`MAX_WAIT_SECONDS`, and a graceful
+        shutdown waits for it; the site polls again, finds the server gone and retries.
+        """
+        self.stopping = True
+        self._event.set()
 
     def notify(self) -> None:
         """Called in the event loop after every engine call: wakes the waiters if the version moved."""
@@ -653,7 +663,8 @@ def create_app(coordinator: Coordinator, config: CoordinatorConfig, *, tick_seco
             deadline = 0.0  # the site's view of its jobs is stale: answer at once
         # Wait for a change (a task, or a job finishing), then answer: the site polls again.
         with contacts.polling(who.name):
-            while task is None and coordinator.version == version and (left := deadline - asyncio.get_running_loop().time()) > 0:
+            while (task is None and coordinator.version == version and not changes.stopping
+                   and (left := deadline - asyncio.get_running_loop().time()) > 0):
                 await changes.wait(min(left, _POLL_SECONDS))
         if task is None and coordinator.version != version:
             task = await call(coordinator.next_task, who.name)
@@ -808,6 +819,7 @@ def create_app(coordinator: Coordinator, config: CoordinatorConfig, *, tick_seco
     app = _TlsExtension(Starlette(routes=routes, lifespan=lifespan))
     app.limiter = limiter  # what is in flight now, for operators' checks and tests
     app.contacts = contacts
+    app.stop_long_polls = changes.stop
     return app
 
 
@@ -827,19 +839,25 @@ def build_coordinator(config: CoordinatorConfig) -> Coordinator:
                        audit=AuditLog(config.audit_log), roster=roster, identity_key=load_identity_key(config.key))
 
 
-def serve(config_path: Path | str, *, host: str | None = None, port: int | None = None, log_level: str = "warning",
-          configure_logging: bool = True) -> None:
-    """Runs the coordinator until interrupted: ``genofed coordinator serve --config FILE``.
+class _CoordinatorServer(uvicorn.Server):
+    """uvicorn's server, answering the app's long polls as soon as it starts to shut down (SIGTERM)."""
+
+    def __init__(self, config: uvicorn.Config, stop_long_polls: Callable[[], None]) -> None:
+        super().__init__(config)
+        self._stop_long_polls = stop_long_polls
+
+    async def shutdown(self, sockets: list[Any] | None = None) -> None:
+        self._stop_long_polls()
+        await super().shutdown(sockets)
+
+
+def coordinator_server(config: CoordinatorConfig, app: Any, *, host: str | None = None, port: int | None = None,
+                       log_level: str = "warning", configure_logging: bool = True) -> uvicorn.Server:
+    """The HTTPS server of ``app`` (:func:`create_app`) with mutual TLS, as ``genofed coordinator serve`` runs it.
 
     With ``configure_logging`` false, uvicorn installs no handlers of its own: its records
     go to those the CLI configured (structured logs stay one format).
-
-    Raises:
-        ConfigurationError: the configuration, certificates or database are unusable.
     """
-    config = load_coordinator_config(config_path)
-    coordinator = build_coordinator(config)
-    app = create_app(coordinator, config)
     server_config = uvicorn.Config(
         app, host=host or config.host, port=port or config.port, lifespan="on",
         # TLS terminated by handshakes.observed_tls, which logs refused handshakes (uvicorn's own TLS drops them silently).
@@ -848,4 +866,20 @@ def serve(config_path: Path | str, *, host: str | None = None, port: int | None 
         log_config=uvicorn.config.LOGGING_CONFIG if configure_logging else None,
     )
     server_config.load()
-    uvicorn.Server(server_config).run()
+    return _CoordinatorServer(server_config, app.stop_long_polls)
+
+
+def serve(config_path: Path | str, *, host: str | None = None, port: int | None = None, log_level: str = "warning",
+          configure_logging: bool = True) -> None:
+    """Runs the coordinator until interrupted: ``genofed coordinator serve --config FILE``.
+
+    On SIGTERM or SIGINT it stops accepting connections, answers the sites' long polls,
+    lets the requests in flight finish and checkpoints its database.
+
+    Raises:
+        ConfigurationError: the configuration, certificates or database are unusable.
+    """
+    config = load_coordinator_config(config_path)
+    coordinator = build_coordinator(config)
+    coordinator_server(config, create_app(coordinator, config), host=host, port=port, log_level=log_level,
+                       configure_logging=configure_logging).run()

@@ -20,9 +20,16 @@ from typing import Any
 
 from pipeline.federation import tls
 
-__all__ = ["RefusedHandshakes", "observed_tls", "refusal_reason"]
+__all__ = ["TLS_SHUTDOWN_SECONDS", "RefusedHandshakes", "observed_tls", "refusal_reason"]
 
 log = logging.getLogger(__name__)
+
+TLS_SHUTDOWN_SECONDS = 1.0
+"""How long a closing connection waits for the peer's close_notify after sending its own.
+
+TLS 1.3 lets the closing side stop there; asyncio waits 30 s by default, and a client
+that keeps an idle connection in its pool reads nothing, so it never answers: one such
+client held a coordinator's SIGTERM for those 30 s."""
 
 
 _ALERTS = {
@@ -132,7 +139,8 @@ def observed_tls(
     def factory(*args: Any, **kwargs: Any) -> asyncio.BaseProtocol:
         loop = asyncio.get_running_loop()
         waiter = loop.create_future()
-        protocol = _ObservedTls(loop, protocol_factory(*args, **kwargs), context, waiter, server_side=True)
+        protocol = _ObservedTls(loop, protocol_factory(*args, **kwargs), context, waiter, server_side=True,
+                                ssl_shutdown_timeout=TLS_SHUTDOWN_SECONDS)
 
         def done(future: asyncio.Future[Any]) -> None:
             if not future.cancelled() and future.exception() is not None:

@@ -163,24 +163,13 @@ class ThreadedCoordinator:
     """A coordinator served by uvicorn in a thread of the test process."""
 
     def __init__(self, config_path: Path) -> None:
-        import uvicorn
-
-        from pipeline.federation import tls
-        from pipeline.federation.api import (
-            PeerCertificateH11Protocol,
-            build_coordinator,
-            create_app,
-        )
+        from pipeline.federation.api import build_coordinator, coordinator_server, create_app
         from pipeline.federation.config import load_coordinator_config
 
         self.config = load_coordinator_config(config_path)
         self.coordinator = build_coordinator(self.config)
         app = self.app = create_app(self.coordinator, self.config, tick_seconds=0.1)
-        server_config = uvicorn.Config(app, host=self.config.host, port=self.config.port, http=PeerCertificateH11Protocol,
-                                       lifespan="on", log_level="warning", access_log=False)
-        server_config.load()
-        server_config.ssl = tls.server_context(self.config.cert, self.config.key, self.config.ca)
-        self.server = uvicorn.Server(server_config)
+        self.server = coordinator_server(self.config, app, configure_logging=False)
         self.thread = threading.Thread(target=self.server.run, daemon=True)
 
     def __enter__(self) -> ThreadedCoordinator:
