@@ -222,7 +222,7 @@ def _breakdown_targets() -> dict[str, list[tuple[object, str]]]:
         "encode": [(this, "encode")],
         "decode": [(this, "decode")],
         "masks (keystream + adding)": [(masks, "add_masks"), (masks, "masked_copy"), (masks, "mask_sum"),
-                                       (server.kernels, "unmask")],
+                                       (masks, "unmask")],
         "summing masked inputs": [(server, "_sum_masked")],
         "X25519 + HKDF": [(keys, "agree"), (keys, "agree_many"), (keys, "generate_key_pair"), (keys, "public_key_of"),
                           (keys, "derive_key")],
