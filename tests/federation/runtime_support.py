@@ -163,7 +163,11 @@ class ThreadedCoordinator:
     """A coordinator served by uvicorn in a thread of the test process."""
 
     def __init__(self, config_path: Path) -> None:
-        from pipeline.federation.api import build_coordinator, coordinator_server, create_app
+        from pipeline.federation.api import (
+            build_coordinator,
+            coordinator_server,
+            create_app,
+        )
         from pipeline.federation.config import load_coordinator_config
 
         self.config = load_coordinator_config(config_path)

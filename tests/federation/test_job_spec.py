@@ -6,9 +6,15 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.analyses.registry import ANALYSIS_NAMES, get_analysis
+from pipeline.analyses.registry import ANALYSIS_NAMES
 from pipeline.errors import ConfigurationError, InputError
-from pipeline.federation.job_spec import analysis_parameters, default_threshold, load_spec, maximum_threshold, parse_round_options
+from pipeline.federation.job_spec import (
+    analysis_parameters,
+    default_threshold,
+    load_spec,
+    maximum_threshold,
+    parse_round_options,
+)
 from pipeline.secagg.prg import PRGS
 
 ENROLLED = ("alpha", "beta", "gamma")

@@ -8,9 +8,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from pipeline.encoding import FixedPoint, Ring, decode, encode
 from pipeline.errors import ConfigurationError
 from pipeline.secagg import kernels, masks
-from pipeline.encoding import FixedPoint, Ring, decode, encode
 from pipeline.secagg.kernels import ring_sum
 from pipeline.secagg.masks import add_masks, unmask
 from pipeline.secagg.prg import AES_CTR, CHACHA20
