@@ -228,6 +228,8 @@ def parse_round_options(
     name = spec.get("analysis")
     if not isinstance(name, str):
         raise ConfigurationError(f"the job spec needs 'analysis: NAME' (one of {', '.join(sorted(known_analyses))})")
+    if name not in known_analyses:
+        raise ConfigurationError(f"unknown analysis {name!r}; expected one of {sorted(known_analyses)}")
     sites = spec.get("sites", list(enrolled))
     if not isinstance(sites, list) or not all(isinstance(s, str) for s in sites) or len(set(sites)) != len(sites):
         raise ConfigurationError("job spec key 'sites' must be a list of distinct enrolled site names")

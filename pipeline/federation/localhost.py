@@ -29,7 +29,7 @@ from typing import Any
 
 from pipeline import dataset as dataset_io
 from pipeline import outputs
-from pipeline.analyses.registry import ANALYSIS_NAMES, get_analysis
+from pipeline.analyses.registry import ANALYSIS_NAMES
 from pipeline.errors import AggregationAborted, ConfigurationError, GenofedError, ProtocolError
 from pipeline.federation import transport
 from pipeline.federation.analyst import analyst_connection, wait_for_job
@@ -122,17 +122,14 @@ def _site_names(datasets: Sequence[Path]) -> list[str]:
 
 
 def _wait_until_serving(connection: transport.Connection, coordinator: subprocess.Popen[bytes], log_path: Path, timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    while True:
+    def running() -> None:
         if coordinator.poll() is not None:
             raise ConfigurationError(f"the coordinator exited with code {coordinator.returncode}; see {log_path}")
-        try:
-            connection.get_json("/v1/health")
-            return
-        except ProtocolError:
-            if time.monotonic() > deadline:
-                raise ConfigurationError(f"the coordinator did not answer within {timeout:.0f} s; see {log_path}") from None
-            time.sleep(0.2)
+
+    try:
+        connection.wait_until_answering("/v1/health", timeout=timeout, check=running)
+    except transport.ConnectionFailure as failure:
+        raise ConfigurationError(f"the coordinator did not answer: {failure}; see {log_path}") from None
 
 
 def federate(
@@ -169,10 +166,10 @@ def federate(
     for path in paths:
         dataset_io.open_dataset(path)  # fails early, naming the folder, if it is not a dataset
     spec_dict = load_spec(spec, {"threshold": threshold})
+    # Fails early on an unknown analysis (listing the known ones), without importing it here.
     analysis = parse_round_options(
         spec_dict, _site_names(paths), known_analyses=ANALYSIS_NAMES, mask_prgs=PRGS
     ).analysis
-    get_analysis(analysis)  # fails early, listing the known analyses
     target = Path(out)
     outputs.check_output_path(target, force=force)
     names = _site_names(paths)

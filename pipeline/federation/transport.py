@@ -18,7 +18,7 @@ import socket
 import ssl
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 from urllib.parse import quote, urlsplit
 
@@ -359,6 +359,36 @@ class Connection:
                                                f"({failure})")
             time.sleep(max(not_before, delay * random.uniform(0.5, 1.0)))  # jitter: retrying parties do not move in step
             delay = min(delay * 2, self.max_backoff)
+
+    def wait_until_answering(self, path: str, *, timeout: float, interval: float = 0.05,
+                             check: Callable[[], None] | None = None) -> None:
+        """Returns once ``path`` answers 200: a server that is starting, tried every ``interval`` seconds.
+
+        Not :meth:`request`'s backoff, which tries again up to a second or more after the
+        server is up. ``check()``, called before each try, may raise (the server's process
+        exited). A permanent failure (an expired certificate, an unknown CA) raises at once.
+
+        Raises:
+            ConnectionFailure: no answer within ``timeout`` seconds (the last failure named), or a permanent one.
+        """
+        self.check_own_certificate()
+        deadline = time.monotonic() + timeout
+        while True:
+            if check is not None:
+                check()
+            try:
+                response = self.send("GET", path, timeout=max(interval, 1.0))
+            except (OSError, http.client.HTTPException) as error:
+                failure = diagnose(error, self.base_url, ca=self.ca, context=self.context)
+                if failure.permanent:
+                    raise failure from None
+            else:
+                if response.status_code == 200:
+                    return
+                failure = ConnectionFailure("other", f"GET {self.base_url}{path}: {response.status_code} {_detail(response)}")
+            if time.monotonic() > deadline:
+                raise ConnectionFailure(failure.cause, f"no answer within {timeout:.0f} s: {failure}")
+            time.sleep(interval)
 
     def check_own_certificate(self, now: dt.datetime | None = None) -> None:
         """Raises :class:`ConnectionFailure` (permanent) when this participant's certificate is expired or not yet valid.

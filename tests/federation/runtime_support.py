@@ -283,15 +283,7 @@ def start_site_process(config_path: Path, log_path: Path) -> subprocess.Popen[by
 
 
 def wait_until_serving(conn: Any, *, timeout: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            conn.get_json("/v1/health")
-            return
-        except Exception:  # noqa: BLE001 -- not up yet
-            if time.monotonic() > deadline:
-                raise
-            time.sleep(0.1)
+    conn.wait_until_answering("/v1/health", timeout=timeout)
 
 
 def kill(process: subprocess.Popen[bytes]) -> None:

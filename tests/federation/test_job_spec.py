@@ -27,6 +27,11 @@ def test_parse_round_options__missing_analysis_lists_every_registered_name():
         assert name in str(error.value)
 
 
+def test_parse_round_options__unknown_analysis_is_refused_naming_the_known_ones():
+    with pytest.raises(ConfigurationError, match="unknown analysis 'gwass'; expected one of .*'gwas'"):
+        parse_round_options({"analysis": "gwass"}, ENROLLED, known_analyses=ANALYSIS_NAMES, mask_prgs=PRGS)
+
+
 def test_parse_round_options__num_neighbours_must_be_an_even_integer():
     options = parse_round_options({"analysis": "secure_sum", "num_neighbours": 2, "threshold": 2}, ENROLLED,
                                   known_analyses=ANALYSIS_NAMES, mask_prgs=PRGS)
@@ -47,11 +52,11 @@ def test_parse_round_options__secagg_plus_threshold_leaves_room_for_one_dropout(
 
 def test_parse_round_options__sites_threshold_and_timeout_are_checked():
     with pytest.raises(ConfigurationError, match="not enrolled"):
-        parse_round_options({"analysis": "census", "sites": ["alpha", "mallory"]}, ENROLLED, known_analyses=(), mask_prgs=PRGS)
+        parse_round_options({"analysis": "census", "sites": ["alpha", "mallory"]}, ENROLLED, known_analyses=ANALYSIS_NAMES, mask_prgs=PRGS)
     with pytest.raises(ConfigurationError, match="threshold"):
-        parse_round_options({"analysis": "census", "threshold": 4}, ENROLLED, known_analyses=(), mask_prgs=PRGS)
+        parse_round_options({"analysis": "census", "threshold": 4}, ENROLLED, known_analyses=ANALYSIS_NAMES, mask_prgs=PRGS)
     with pytest.raises(ConfigurationError, match="stage_timeout"):
-        parse_round_options({"analysis": "census", "stage_timeout": 0}, ENROLLED, known_analyses=(), mask_prgs=PRGS)
+        parse_round_options({"analysis": "census", "stage_timeout": 0}, ENROLLED, known_analyses=ANALYSIS_NAMES, mask_prgs=PRGS)
 
 
 def test_load_spec__file_or_mapping_with_overrides_that_skip_none(tmp_path: Path):

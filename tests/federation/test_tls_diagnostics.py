@@ -43,16 +43,11 @@ def _wait_for(predicate, what: str, timeout: float = DEADLINE) -> None:
 
 def _wait_serving(process: subprocess.Popen, analyst_folder: Path, url: str, log_path: Path) -> None:
     """Waits until the coordinator process answers /v1/health (fails at once if it exits)."""
-    with connection(analyst_folder, url, max_attempts=1) as probe:
-        def up() -> bool:
-            assert process.poll() is None, log_path.read_text()
-            try:
-                probe.get_json("/v1/health")
-                return True
-            except transport.ProtocolError:
-                return False
+    def running() -> None:
+        assert process.poll() is None, log_path.read_text()
 
-        _wait_for(up, "the coordinator to serve")
+    with connection(analyst_folder, url) as probe:
+        probe.wait_until_answering("/v1/health", timeout=DEADLINE, check=running)
 
 
 def _genofed(*args: str, timeout: float = DEADLINE) -> subprocess.CompletedProcess[str]:
@@ -117,6 +112,20 @@ def test_connection__server_from_another_ca_is_unknown_ca(federation, coordinato
     site_toml.write_text(site_toml.read_text().replace(other.coordinator_url, federation.coordinator_url))
     result = _genofed("site", "run", "--config", str(site_toml), "--max-idle", "600")
     assert result.returncode == 1 and "unknown CA" in result.stderr, result.stderr
+
+
+def test_wait_until_answering__a_permanent_failure_raises_at_once_a_refused_port_at_the_deadline(federation, coordinator,
+                                                                                                  tmp_path):
+    other = provision(tmp_path / "other", federation="otherfed", sites=["site-1"], analysts=["alice"],
+                      coordinator_port=free_port(), valid_days=2)
+    with connection(other.analysts[0].folder, federation.coordinator_url) as conn:
+        with pytest.raises(transport.ConnectionFailure, match="unknown CA") as caught:
+            conn.wait_until_answering("/v1/health", timeout=DEADLINE)  # no minute of tries: it cannot fix itself
+    assert caught.value.permanent and "no answer within" not in str(caught.value)
+    port = free_port()
+    with connection(federation.analysts[0].folder, f"https://127.0.0.1:{port}") as conn:
+        with pytest.raises(transport.ConnectionFailure, match=f"no answer within 0 s: .*connection refused at 127.0.0.1:{port}"):
+            conn.wait_until_answering("/v1/health", timeout=0.1)
 
 
 def test_connection__wrong_port_is_connection_refused_and_retried(federation, caplog):
