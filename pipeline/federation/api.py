@@ -214,6 +214,7 @@ class _TlsExtension:
         self.app = app
         self.limiter: RequestLimiter | None = None
         self.contacts: SiteContacts | None = None
+        self.stop_long_polls: Callable[[], None] = lambda: None
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         if scope["type"] == "http":
