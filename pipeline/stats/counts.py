@@ -133,14 +133,7 @@ def count_block(
     Returns:
         (:class:`VariantCounts`, :class:`SampleCounts`) of int64 NumPy arrays.
     """
-    call_dosage, engine = _parse_block(call_dosage, engine)
-    if engine == "numpy":
-        variants, samples = _numpy_counts(call_dosage, with_samples=True)
-    else:
-        # The JAX engine: imported when it is chosen.
-        from pipeline.stats import counts_jax
-
-        variants, samples = counts_jax.tiled_counts(call_dosage, tile_variants, with_samples=True)
+    variants, samples = _counts(call_dosage, tile_variants, engine, with_samples=True)
     assert samples is not None
     return variants, samples
 
@@ -152,10 +145,15 @@ def count_variants(
 
     The first half of :func:`count_block` (same arguments), without the per-sample sums.
     """
+    return _counts(call_dosage, tile_variants, engine, with_samples=False)[0]
+
+
+def _counts(call_dosage: np.ndarray, tile_variants: int, engine: str | None, *,
+            with_samples: bool) -> tuple[VariantCounts, SampleCounts | None]:
+    """The block checked, then counted by the chosen engine (the JAX one imported only when chosen)."""
     call_dosage, engine = _parse_block(call_dosage, engine)
     if engine == "numpy":
-        return _numpy_counts(call_dosage, with_samples=False)[0]
-    # The JAX engine: imported when it is chosen.
+        return _numpy_counts(call_dosage, with_samples=with_samples)
     from pipeline.stats import counts_jax
 
-    return counts_jax.tiled_counts(call_dosage, tile_variants, with_samples=False)[0]
+    return counts_jax.tiled_counts(call_dosage, tile_variants, with_samples=with_samples)
