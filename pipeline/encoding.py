@@ -52,6 +52,7 @@ from typing import Any, Literal
 
 import numpy as np
 
+from pipeline import large_arrays
 from pipeline.errors import ConfigurationError, InputError, ProtocolError
 
 Rounding = Literal["nearest", "stochastic"]
@@ -250,7 +251,7 @@ def _encode_nearest(array: np.ndarray, encoding: FixedPoint) -> np.ndarray:
     work_dtype = np.dtype(np.float32 if single else np.float64)
     scale = float(1 << encoding.scale_bits)
     flat = array.reshape(-1)
-    out = np.empty(flat.size, dtype=encoding.ring.signed_dtype)
+    out = large_arrays.empty(flat.size, encoding.ring.signed_dtype)
     scratch = np.empty(min(flat.size, _ENCODE_CHUNK), dtype=work_dtype)
     for start in range(0, flat.size, _ENCODE_CHUNK):
         stop = min(start + _ENCODE_CHUNK, flat.size)
@@ -444,7 +445,7 @@ class Layout:
         extra = sorted(set(values) - set(expected))
         if missing or extra:
             raise InputError(f"contribution fields do not match the layout: missing {missing}, unexpected {extra}")
-        out = np.empty(self.size, dtype=self.ring.dtype)
+        out = large_arrays.empty(self.size, self.ring.dtype)
         offset = 0
         for f in self.fields:
             array = np.asarray(values[f.name])

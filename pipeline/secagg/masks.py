@@ -44,6 +44,7 @@ from typing import Any
 import numpy as np
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 
+from pipeline import large_arrays
 from pipeline.errors import ConfigurationError
 from pipeline.secagg import chacha20
 from pipeline.encoding import Ring
@@ -157,7 +158,7 @@ def masked_copy(
     Same arguments and errors as :func:`add_masks` (``vector`` need not be writeable).
     """
     _check_vector(vector, prg, writeable=False)
-    return _masked_into(vector, np.empty_like(vector), seeds, signs, prg, engine)
+    return _masked_into(vector, large_arrays.empty(vector.size, vector.dtype), seeds, signs, prg, engine)
 
 
 def _masked_into(

@@ -24,6 +24,7 @@ from typing import ClassVar, Union
 
 import numpy as np
 
+from pipeline import large_arrays
 from pipeline.errors import AggregationAborted, ProtocolError
 from pipeline.secagg import keys, masks, shamir
 from pipeline.secagg.messages import (
@@ -321,7 +322,8 @@ def _sum_masked(vectors: Sequence[np.ndarray], config: RoundConfig) -> np.ndarra
         from pipeline.secagg import kernels
 
         return kernels.ring_sum(np.stack(vectors))
-    total = np.array(vectors[0], copy=True)
+    total = large_arrays.empty(vectors[0].size, vectors[0].dtype)
+    np.copyto(total, vectors[0])
     for vector in vectors[1:]:
         np.add(total, vector, out=total)
     return total
