@@ -187,7 +187,7 @@ class ClientConsistencyCheck:
 
 @dataclass(frozen=True)
 class ClientUnmasking:
-    """Waiting for the unmasking request. ``signed_survivors`` is set when checking."""
+    """Waiting for the unmasking request. ``signed_survivors`` and ``own_signature`` are set when checking."""
 
     config: RoundConfig
     site: int
@@ -197,6 +197,7 @@ class ClientUnmasking:
     own_shares: tuple[bytes, bytes]
     signed_survivors: frozenset[int] | None
     graph_seed: bytes
+    own_signature: bytes | None = None
     stage: ClassVar[Stage] = Stage.UNMASKING
 
 
@@ -552,6 +553,7 @@ def _client_consistency(state: ClientConsistencyCheck, messages: Sequence[object
         own_shares=state.own_shares,
         signed_survivors=survivors,
         graph_seed=state.graph_seed,
+        own_signature=signature,
     )
     return next_state, [outgoing]
 
@@ -611,15 +613,20 @@ def _verify_consistency(state: ClientUnmasking, message: UnmaskRequest, survivor
         raise ProtocolError(f"site {site}: the unmasking request disagrees with the signed survivor list")
     statement = survivor_statement(config, sorted(signed), state.graph_seed)
     valid: set[int] = set()
-    for signer, signature in message.signatures:
+    # The site's own signature first: it needs no verifying, only to be the one the site sent.
+    for signer, signature in sorted(message.signatures, key=lambda relayed: relayed[0] != site):
         if len(valid) == config.threshold:
             break  # threshold signatures of this list are the proof; more are not needed
         peer = state.directory.get(signer)
         if signer not in signed or signer in valid:
             raise ProtocolError(f"site {site}: unexpected or repeated consistency signature from site {signer}")
-        if peer is None or peer.signing_key is None:
+        if signer == site:
+            if signature != state.own_signature:
+                raise ProtocolError(f"site {site}: the unmasking request carries a consistency signature of this site "
+                                    "other than the one it sent")
+        elif peer is None or peer.signing_key is None:
             raise ProtocolError(f"site {site}: no signing key known for site {signer}")
-        if not keys.verify_signature(peer.signing_key, statement, signature):
+        elif not keys.verify_signature(peer.signing_key, statement, signature):
             raise ProtocolError(f"site {site}: invalid consistency signature from site {signer}; the survivor lists differ")
         valid.add(signer)
     if len(valid) < config.threshold:

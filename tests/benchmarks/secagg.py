@@ -58,6 +58,7 @@ import platform
 import random
 import sys
 import time
+from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 
@@ -274,21 +275,47 @@ def round_breakdown(vectors: list[np.ndarray], **round_args: object) -> dict[str
     memory. The instrumentation costs a few microseconds per call.
     """
     sections = _Sections()
-    patched: list[tuple[object, str, object]] = []
     targets = {"other protocol work": [(sys.modules[__name__], "run_round")], **_breakdown_targets()}
-    for name, pairs in targets.items():
-        for module, attribute in pairs:
-            original = getattr(module, attribute, None)
-            if original is None:
-                continue  # not in this version of the package
-            patched.append((module, attribute, original))
-            setattr(module, attribute, sections.timed(name, original))
+    _run_wrapped(vectors, [(module, attribute, lambda function, name=name: sections.timed(name, function))
+                           for name, pairs in targets.items() for module, attribute in pairs], **round_args)
+    return sections.seconds
+
+
+def signature_operations(vectors: list[np.ndarray], **round_args: object) -> Counter[str]:
+    """How many signatures one round (as :func:`ours` runs it) makes and verifies: ``"sign"`` and ``"verify"``."""
+    from pipeline.secagg import keys
+
+    counts: Counter[str] = Counter()
+
+    def counted(kind: str) -> Callable[[Callable], Callable]:
+        def wrap(function: Callable) -> Callable:
+            def call(*args: object, **kwargs: object) -> object:
+                counts[kind] += 1
+                return function(*args, **kwargs)
+            return call
+        return wrap
+
+    _run_wrapped(vectors, [(keys, "sign_identity", counted("sign")), (keys, "sign", counted("sign")),
+                           (keys, "verify_identity", counted("verify")), (keys, "verify_signature", counted("verify"))],
+                 **round_args)
+    return counts
+
+
+def _run_wrapped(vectors: list[np.ndarray], wrappers: list[tuple[object, str, Callable[[Callable], Callable]]],
+                 **round_args: object) -> None:
+    """Run one round with each ``module.attribute`` replaced by ``wrap(original)``, then put the originals back."""
+    patched: list[tuple[object, str, object]] = []
+    for module, attribute, wrap in wrappers:
+        original = getattr(module, attribute, None)
+        if original is None:
+            continue  # not in this version of the package
+        patched.append((module, attribute, original))
+        setattr(module, attribute, wrap(original))
     try:
         ours(vectors, **round_args)  # type: ignore[arg-type]
     finally:
         for module, attribute, original in reversed(patched):
             setattr(module, attribute, original)
-    return sections.seconds
 
 
 def keystream_floor(num_masks: int, length: int, ring: Ring, prg: str) -> float:
@@ -647,9 +674,12 @@ def active_adversary_cost(ring: Ring, repeats: int = 1) -> None:
         off = median_run(offs)[0]
         on, client, server, _ = median_run(ons)
         label = "SecAgg" if k is None else f"SecAgg+ k={k}"
+        signatures = signature_operations(vectors, threshold=threshold, dropped=[], ring=ring, num_neighbours=k,
+                                          identity_keys=identity_keys)
         print(f"{num_sites:>3} sites x {length:.0e} {label:>14}: off {off:.3f} s, on {on:.3f} s "
               f"(clients {client:.3f}, server {server:.3f}); defences +{on - off:.3f} s; on/off {on / off:.2f}x (goal <= {goal})"
-              + (f"; fastest runs {min(ons)[0]:.3f} / {min(offs)[0]:.3f} s = {min(ons)[0] / min(offs)[0]:.2f}x" if repeats > 1 else ""),
+              + (f"; fastest runs {min(ons)[0]:.3f} / {min(offs)[0]:.3f} s = {min(ons)[0] / min(offs)[0]:.2f}x" if repeats > 1 else "")
+              + f"; per round {signatures['sign']} signatures made, {signatures['verify']} verified",
               flush=True)
 
 

@@ -291,9 +291,19 @@ def test_consistency_check__mismatched_survivor_list_refused() -> None:
         client_advance(clients[1], [dataclasses.replace(request, signed_survivors=(1, 2, 3))])
     with pytest.raises(ProtocolError, match="fewer than the threshold"):
         client_advance(clients[1], [dataclasses.replace(request, signatures=request.signatures[:2])])
-    bad = ((request.signatures[0][0], bytes(64)),) + request.signatures[1:]
-    with pytest.raises(ProtocolError, match="invalid consistency signature"):
+    own, second = request.signatures[0], request.signatures[1]
+    assert own[0] == 1 and second[0] == 2
+    bad = (own, (2, bytes(64))) + request.signatures[2:]
+    with pytest.raises(ProtocolError, match="invalid consistency signature from site 2"):
         client_advance(clients[1], [dataclasses.replace(request, signatures=bad)])
+    # A site does not verify its own signature, but accepts only the one it sent.
+    for forged in (bytes(64), second[1]):
+        with pytest.raises(ProtocolError, match="consistency signature of this site other than the one it sent"):
+            client_advance(clients[1], [dataclasses.replace(request, signatures=((1, forged),) + request.signatures[1:])])
+    # Its own signature counts towards the threshold wherever the coordinator lists it.
+    reordered = request.signatures[1:3] + (own,)
+    done, _ = client_advance(clients[1], [dataclasses.replace(request, signatures=reordered)])
+    assert isinstance(done, ClientDone)
 
 
 def test_consistency_check__server_rejects_bad_signature() -> None:
