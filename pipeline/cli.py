@@ -917,7 +917,12 @@ def site() -> None:
 @log_format_option
 @handles_errors
 def site_run(config_path: Path, once: bool, max_idle: float | None, as_json: bool, log_format: str) -> None:
-    """Run the site agent: policy checks, local step, masking, upload; survives coordinator restarts."""
+    """Run the site agent: policy checks, local step, masking, upload; survives coordinator restarts.
+
+    SIGTERM stops it with status 0 and its stop line: at once while it waits for the
+    coordinator, after the step at hand while it works (its state folder lets a new
+    agent resume either way).
+    """
     from pipeline.federation.agent import run_site
     from pipeline.federation.config import load_site_config
 

@@ -43,6 +43,7 @@ lists this site's own certificate stops the agent with an error.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import hmac
@@ -52,8 +53,10 @@ import logging
 import os
 import random
 import shutil
+import signal
+import threading
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -175,6 +178,14 @@ def check_round_terms(config: SiteConfig, roster: Roster, task: Mapping[str, Any
         )
 
 
+class StopRequested(BaseException):
+    """Raised into the agent's wait for the coordinator by :meth:`SiteAgent.request_stop`.
+
+    A ``BaseException``, as ``KeyboardInterrupt`` is: no handler of ordinary errors on
+    the way out of the wait may take it for a failed request.
+    """
+
+
 @dataclass
 class _RoundMemory:
     """A round's client state in memory: the last state and each stage's outgoing message."""
@@ -229,6 +240,8 @@ class SiteAgent:
         self._message_secret = _agent_secret(self.state_dir / "message-key.bin")
         self._config_digest = _file_digest(Path(config.path))
         self._roster_refused: Any = None
+        self._stop_reason: str | None = None
+        self._interruptible = False
 
     # ------------------------------------------------------------------ loop
 
@@ -255,7 +268,8 @@ class SiteAgent:
             once: work for the jobs at hand, then return (see above).
             max_idle: return after this many seconds without an active job (``None``:
                 never, or :data:`ONCE_IDLE_SECONDS` with ``once``).
-            should_stop: checked between polls (tests, signal handlers).
+            should_stop: checked between polls (tests); a signal handler calls
+                :meth:`request_stop` instead.
             unreachable_after: with ``once``, seconds without an answer from the
                 coordinator before giving up (``None``: :data:`ONCE_UNREACHABLE_SECONDS`).
 
@@ -270,16 +284,29 @@ class SiteAgent:
             max_idle = ONCE_IDLE_SECONDS
         if unreachable_after is None:
             unreachable_after = ONCE_UNREACHABLE_SECONDS
-        idle_since = answered_at = time.monotonic()
-        stopped, last_failure = "stopped", ""
         log.info("site %s: agent started (%s)", self.config.name,
                  ", ".join(f"{key} {value}" for key, value in self.start_summary().items() if key != "site"))
         self.check_dataset()
-        while not (should_stop and should_stop()):
+        try:
+            stopped = self._work(once=once, max_idle=max_idle, should_stop=should_stop,
+                                 unreachable_after=unreachable_after)
+        except StopRequested:
+            stopped = "stop requested"  # raised into a wait: nothing was in progress
+        stopped = self._stop_reason or stopped
+        log.info("site %s: agent stopped (%s), %d tasks done", self.config.name, stopped, self.tasks_done)
+        return {"site": self.config.name, "tasks": self.tasks_done, "jobs": sorted(self.jobs_seen), "stopped": stopped}
+
+    def _work(self, *, once: bool, max_idle: float | None, should_stop: Callable[[], bool] | None,
+              unreachable_after: float) -> str:
+        """The polling loop of :meth:`run`; returns why it stopped."""
+        idle_since = answered_at = time.monotonic()
+        stopped, last_failure = "stopped", ""
+        while not (should_stop and should_stop()) and self._stop_reason is None:
             try:
                 known = ",".join(sorted(self._active))
                 wait = _poll_wait(max_idle, time.monotonic() - idle_since, busy=bool(self._active))
-                answer = self.connection.get_json(f"/v1/site/work?wait={wait:g}&active={known}", timeout=wait + 30)
+                with self._waiting():
+                    answer = self.connection.get_json(f"/v1/site/work?wait={wait:g}&active={known}", timeout=wait + 30)
             except ProtocolError as error:
                 _stop_if_permanent(self.config.name, error)
                 last_failure = str(error)
@@ -293,7 +320,8 @@ class SiteAgent:
                         "coordinator is up"
                     ) from None
                 log.warning("site %s: polling failed (%s); retrying in %.1f s", self.config.name, error, self.config.poll_interval)
-                time.sleep(self.config.poll_interval)
+                with self._waiting():
+                    time.sleep(self.config.poll_interval)
                 answer = None
             if answer is not None:
                 answered_at = time.monotonic()
@@ -310,7 +338,8 @@ class SiteAgent:
                     except (ProtocolError, DiskFull) as error:
                         _stop_if_permanent(self.config.name, error)
                         log.warning("site %s: task %s failed: %s", self.config.name, _describe(task), error)
-                        time.sleep(self.config.poll_interval)
+                        with self._waiting():
+                            time.sleep(self.config.poll_interval)
                     idle_since = time.monotonic()
                     continue
                 if active:
@@ -332,8 +361,30 @@ class SiteAgent:
                     log.warning("site %s: no active job for this site at %s in %.0f s; nothing to do, the agent "
                                 "(--once) stops", self.config.name, self.config.coordinator_url, max_idle)
                 break
-        log.info("site %s: agent stopped (%s), %d tasks done", self.config.name, stopped, self.tasks_done)
-        return {"site": self.config.name, "tasks": self.tasks_done, "jobs": sorted(self.jobs_seen), "stopped": stopped}
+        return stopped
+
+    def request_stop(self, reason: str) -> None:
+        """Stop the agent, from a signal handler on the agent's thread (``genofed site run`` on SIGTERM).
+
+        A wait for the coordinator is cut short at once; a task in progress is finished
+        first, so its step is sent and not redone by the next agent. Either way what the
+        site keeps on disk is whole, as after any crash. :meth:`run` returns with
+        ``stopped`` set to ``reason``.
+        """
+        self._stop_reason = reason
+        if self._interruptible:
+            raise StopRequested(reason)
+
+    @contextlib.contextmanager
+    def _waiting(self) -> Iterator[None]:
+        """Marks a wait that :meth:`request_stop` may interrupt (a long poll, a pause before retrying)."""
+        if self._stop_reason is not None:
+            raise StopRequested(self._stop_reason)
+        self._interruptible = True
+        try:
+            yield
+        finally:
+            self._interruptible = False
 
     def update_roster(self, announced: Any = None) -> bool:
         """Takes up a newer federation roster from the coordinator, once this site has verified it.
@@ -900,7 +951,9 @@ def run_site(
 
     With ``--once`` the exit status says whether the agent could do what it was started
     for: 0 when its jobs finished (its own outputs written) or when it found no job to do
-    (logged); 1 when the coordinator stayed unreachable.
+    (logged); 1 when the coordinator stayed unreachable. SIGTERM (a service manager, a
+    batch scheduler's cancel) stops it as :meth:`SiteAgent.request_stop` says, with
+    status 0 and its stop line.
 
     Raises:
         ConfigurationError: the configuration, certificates or roster are unusable, or
@@ -915,7 +968,11 @@ def run_site(
     agent = SiteAgent(config)
     if on_start is not None:
         on_start(agent.start_summary())  # the CLI's start line
+    on_main_thread = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, lambda *_: agent.request_stop("terminated")) if on_main_thread else None
     try:
         return agent.run(once=once, max_idle=max_idle)
     finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
         agent.connection.close()

@@ -274,10 +274,11 @@ def start_coordinator_process(config_path: Path, log_path: Path, *, env: dict[st
     )
 
 
-def start_site_process(config_path: Path, log_path: Path) -> subprocess.Popen[bytes]:
+def start_site_process(config_path: Path, log_path: Path, *, once: bool = True) -> subprocess.Popen[bytes]:
+    """``genofed site run`` as a child process (its own process group): a one-job worker, or with ``once=False`` a service."""
     handle = open(log_path, "ab")
     return subprocess.Popen(
-        [sys.executable, "-m", "pipeline.cli", "site", "run", "--config", str(config_path), "--once"],
+        [sys.executable, "-m", "pipeline.cli", "site", "run", "--config", str(config_path), *(["--once"] if once else [])],
         stdout=handle, stderr=subprocess.STDOUT, cwd=REPO, start_new_session=True,
     )
 

@@ -11,6 +11,8 @@ import pytest
 from pipeline.analyses.census import COUNT_FIELDS
 from pipeline.analyses.secure_sum import deterministic_vector
 from pipeline.federation import wire
+from pipeline.federation.agent import SiteAgent
+from pipeline.federation.config import load_site_config
 from tests.federation import runtime_support as rs
 
 pytestmark = pytest.mark.network
@@ -158,3 +160,29 @@ def test_agent__an_idle_agent_stops_after_max_idle_not_after_a_whole_long_poll(f
     assert outcome["stopped"] == "idle"
     waits = [float(path.split("wait=")[1].split("&")[0]) for path in polls if path.startswith("/v1/site/work")]
     assert waits and all(0.0 <= wait <= 0.2 for wait in waits), waits
+
+
+def test_agent__a_stop_requested_during_a_task_finishes_that_task_then_stops(federation):
+    """SIGTERM mid-task (``request_stop`` outside a wait): the step is sent, nothing more is asked for, nothing is lost."""
+    manifest, _, _ = federation
+    agent = SiteAgent(load_site_config(manifest.sites[0].config))
+    handle = agent.handle
+
+    def stopped_while_handling(task: dict) -> None:
+        agent.request_stop("terminated")  # what the signal handler does; outside a wait it raises nothing
+        handle(task)
+
+    agent.handle = stopped_while_handling  # type: ignore[method-assign]
+    with rs.connection(manifest.analysts[0].folder, manifest.coordinator_url) as analyst:
+        job_id = analyst.post_json("/v1/jobs", {"spec": _sum_spec()})["job_id"]
+        try:
+            summary = agent.run(once=True, max_idle=30)
+        finally:
+            agent.connection.close()
+        assert summary["stopped"] == "terminated" and summary["tasks"] == 1 and summary["jobs"] == [job_id]
+        # A new agent of the same site resumes from its state folder, and the job sums all three sites.
+        with rs.agent_threads(manifest, max_idle=30):
+            status = rs.wait_for_job(analyst, job_id)
+        assert status["status"] == "done", status
+        table = wire.decode_table(analyst.get_bytes(f"/v1/jobs/{job_id}/results/sum"))
+    np.testing.assert_array_equal(table.column("sum").to_numpy(), _expected(SITES))

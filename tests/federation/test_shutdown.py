@@ -1,4 +1,4 @@
-"""Stopping a coordinator: SIGTERM to ``genofed coordinator serve`` with clients connected.
+"""Stopping a coordinator or a site agent: SIGTERM to ``genofed coordinator serve`` and ``genofed site run``.
 
 A graceful shutdown waits for every connection to close. Two kinds of client used to
 hold it: a site's long poll (up to ``MAX_WAIT_SECONDS``), and any client keeping an
@@ -57,3 +57,24 @@ def test_shutdown__sigterm_answers_the_long_poll_and_waits_for_no_idle_client(tm
         idle.close()
     finally:
         rs.kill(process)
+
+
+def test_shutdown__sigterm_stops_a_waiting_site_agent_at_once_with_its_stop_line(tmp_path):
+    """A service manager or a batch scheduler stops an agent with SIGTERM: a clean stop, not a death by signal."""
+    datasets = {"alpha": rs.write_dataset(tmp_path / "data-alpha", rs.variant_ids(range(100, 105)), rs.random_genotypes(0, 5, 8))}
+    manifest = rs.provision_federation(tmp_path / "fed", datasets, operators=("olga",))
+    coordinator = rs.start_coordinator_process(manifest.coordinator.config, tmp_path / "coordinator.log")
+    agent_log = tmp_path / "alpha.log"
+    agent = rs.start_site_process(manifest.sites[0].config, agent_log, once=False)
+    try:
+        operator = rs.connection(manifest.operators[0].folder, manifest.coordinator_url)
+        rs.wait_until_serving(operator)
+        while not {row["site"]: row["polling"] for row in operator.get_json("/v1/federation")["sites"]}["alpha"]:
+            assert agent.poll() is None, agent_log.read_text()
+
+        os.kill(agent.pid, signal.SIGTERM)
+        assert agent.wait(timeout=STOPPED_WITHIN_SECONDS) == 0, agent_log.read_text()
+        assert "site alpha: stopped (terminated); 0 tasks" in agent_log.read_text()
+    finally:
+        rs.kill(agent)
+        rs.kill(coordinator)
