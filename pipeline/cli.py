@@ -750,7 +750,7 @@ def demo_command(out: str, sites: int, samples: int, region: str, background_reg
     Simulates a cohort of SITES sites with realistic file quirks (chr22 vs 22,
     VCF.gz vs BCF, swapped alleles, multi-allelic records...), ingests each site
     against the shared reference, runs each site's QC and the federated analyses,
-    and prints a short report. Takes a few minutes on 2 cores.
+    and prints a short report. Takes about a minute on 2 cores.
     """
     from pipeline.demo import run_demo
 
