@@ -1044,7 +1044,8 @@ def job_status_command(job_id: str, config_path: Path, as_json: bool) -> None:
 def job_wait_command(job_id: str, config_path: Path, timeout: float | None, as_json: bool) -> None:
     """Wait until a job ends, print its final status; the exit status says how it ended.
 
-    Polls the coordinator with backoff (every 0.25 s at first, at most every 5 s).
+    Long-polls the coordinator, which answers as soon as the job ends (one request
+    every 25 s while it runs).
 
     \b
     Exit status:

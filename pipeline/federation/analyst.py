@@ -27,6 +27,8 @@ __all__ = [
 EXIT_CODES = {"done": 0, "failed": 1, "cancelled": 2, "running": 3}
 """The exit status of ``genofed job wait`` (and ``job status``) for a job's status: ``running`` means the wait timed out."""
 
+LONG_POLL_SECONDS = 25.0
+"""How long one status request may wait for the job to end (the coordinator caps a wait at 30 s)."""
 _FIRST_POLL_SECONDS = 0.25
 _MAX_POLL_SECONDS = 5.0
 
@@ -77,28 +79,16 @@ def wait_job(config_path: Path | str, job_id: str, *, timeout: float | None = No
              sleep: Any = time.sleep, clock: Any = time.monotonic) -> dict[str, Any]:
     """``genofed job wait``: the job's status once it has ended, or its last status after ``timeout`` seconds.
 
-    Polls with backoff (0.25 s, growing by half each time to at most 5 s, never past
-    the deadline): a long job costs a request every few seconds, a short one is seen
-    ending within a fraction of a second. :data:`EXIT_CODES` maps the returned
-    ``status`` to the command's exit status.
+    :data:`EXIT_CODES` maps the returned ``status`` to the command's exit status; how
+    it waits: :func:`wait_for_job`.
 
     Raises:
         ProtocolError: ``job_id`` is not a job ID (nothing is sent).
         HttpError: no such job, or another analyst's (404).
     """
     check_job_id(job_id)
-    deadline = None if timeout is None else clock() + timeout
-    interval = _FIRST_POLL_SECONDS
     with analyst_connection(config_path) as connection:
-        while True:
-            status: dict[str, Any] = connection.get_json(f"/v1/jobs/{job_id}")
-            if status["status"] != "running":
-                return status
-            left = None if deadline is None else deadline - clock()
-            if left is not None and left <= 0:
-                return status
-            sleep(interval if left is None else min(interval, left))
-            interval = min(interval * 1.5, _MAX_POLL_SECONDS)
+        return wait_for_job(connection, job_id, timeout=timeout, sleep=sleep, clock=clock)
 
 
 def participation_lines(status: Mapping[str, Any], summary: Mapping[str, Any] | None = None) -> list[str]:
@@ -142,12 +132,25 @@ def status_text(status: Mapping[str, Any], summary: Mapping[str, Any] | None = N
     return "\n".join([text, *participation_lines(status, summary)])
 
 
-def wait_for_job(connection: Connection, job_id: str, *, timeout: float, interval: float = 0.2) -> dict[str, Any]:
-    """Polls a job's status until it is no longer running or ``timeout`` seconds pass."""
+def wait_for_job(connection: Connection, job_id: str, *, timeout: float | None,
+                 sleep: Any = time.sleep, clock: Any = time.monotonic) -> dict[str, Any]:
+    """The job's status once it is no longer running, or its last status after ``timeout`` seconds (``None``: no limit).
+
+    Long-polls the coordinator (``GET /v1/jobs/{id}?wait=``), which answers as soon as
+    the job ends: the end is seen at once, with a request every :data:`LONG_POLL_SECONDS`.
+    An answer that comes back early with the job still running (a coordinator shutting
+    down, or one without long polls) is followed by a pause that grows by half each time
+    from 0.25 s to 5 s, never past the deadline, so nothing polls in a busy loop.
+    """
     check_job_id(job_id)
-    deadline = time.monotonic() + timeout
+    deadline = None if timeout is None else clock() + timeout
+    pause = _FIRST_POLL_SECONDS
     while True:
-        status = connection.get_json(f"/v1/jobs/{job_id}")
-        if status["status"] != "running" or time.monotonic() >= deadline:
-            return status  # type: ignore[no-any-return]
-        time.sleep(interval)
+        left = LONG_POLL_SECONDS if deadline is None else min(max(deadline - clock(), 0.0), LONG_POLL_SECONDS)
+        asked = clock()
+        status: dict[str, Any] = connection.get_json(f"/v1/jobs/{job_id}?wait={left:.3f}", timeout=left + 30)
+        if status["status"] != "running" or (deadline is not None and clock() >= deadline):
+            return status
+        if clock() - asked < left / 2:
+            sleep(pause if deadline is None else min(pause, max(deadline - clock(), 0.0)))
+            pause = min(pause * 1.5, _MAX_POLL_SECONDS)

@@ -414,7 +414,12 @@ def openapi_document() -> dict[str, Any]:
         ok_schema={"type": "object", "required": ["job_id"], "properties": {"job_id": {"type": "string", "pattern": JOB_ID_PATTERN}}})
     add("GET", "/v1/jobs", "The jobs the caller may see, newest first", {"200": "the jobs"},
         ok_schema={"type": "object", "required": ["jobs"], "properties": {"jobs": {"type": "array", "items": {"type": "object"}}}})
-    add("GET", "/v1/jobs/{job_id}", "Job status", {"200": "status", **common}, params=(job_id,))
+    add("GET", "/v1/jobs/{job_id}", "Job status; with wait, a long poll that answers when the job ends",
+        {"200": "status", "422": "wait is not a number", **common},
+        params=(job_id, {"name": "wait", "in": "query", "required": False,
+                         "schema": {"type": "number", "minimum": 0, "maximum": MAX_WAIT_SECONDS},
+                         "description": "seconds to wait for a running job to end (longer values are capped); "
+                                        "the answer is the status at that moment"}))
     add("GET", "/v1/jobs/{job_id}/results", "Result summary, table names and file names",
         {"200": "results", "409": "the job is not done", **common}, params=(job_id,))
     add("GET", "/v1/jobs/{job_id}/results/{name}", "One result table (Arrow IPC stream)",
@@ -552,6 +557,14 @@ class _Changes:
             await asyncio.wait_for(self._event.wait(), seconds)
 
 
+def _wait_seconds(request: Request) -> float:
+    """A long poll's ``wait`` query parameter in seconds: 0 when absent, at most :data:`MAX_WAIT_SECONDS`."""
+    try:
+        return min(max(float(request.query_params.get("wait", "0")), 0.0), MAX_WAIT_SECONDS)
+    except ValueError:
+        raise ProtocolError("query parameter wait must be a number of seconds") from None
+
+
 def create_app(coordinator: Coordinator, config: CoordinatorConfig, *, tick_seconds: float = _TICK_SECONDS) -> Any:
     """The ASGI application of a coordinator (Starlette, wrapped for the TLS extension)."""
 
@@ -630,7 +643,16 @@ def create_app(coordinator: Coordinator, config: CoordinatorConfig, *, tick_seco
 
     @endpoint("GET", "/v1/jobs/{job_id}")
     async def status(request: Request, who: tls.Identity) -> Response:
-        return JSONResponse(await call(coordinator.status, request.path_params["job_id"]))
+        deadline = asyncio.get_running_loop().time() + _wait_seconds(request)
+        answer = await call(coordinator.status, request.path_params["job_id"])
+        # A long poll: `genofed job wait` sees the end at once, with a request every MAX_WAIT_SECONDS.
+        while (answer["status"] == "running" and not changes.stopping
+               and (left := deadline - asyncio.get_running_loop().time()) > 0):
+            version = coordinator.version
+            await changes.wait(min(left, _POLL_SECONDS))
+            if coordinator.version != version:
+                answer = await call(coordinator.status, request.path_params["job_id"])
+        return JSONResponse(answer)
 
     @endpoint("GET", "/v1/jobs/{job_id}/results")
     async def results(request: Request, who: tls.Identity) -> Response:
@@ -652,11 +674,7 @@ def create_app(coordinator: Coordinator, config: CoordinatorConfig, *, tick_seco
 
     @endpoint("GET", "/v1/site/work")
     async def work(request: Request, who: tls.Identity) -> Response:
-        try:
-            wait = min(max(float(request.query_params.get("wait", "0")), 0.0), MAX_WAIT_SECONDS)
-        except ValueError:
-            raise ProtocolError("query parameter wait must be a number of seconds") from None
-        deadline = asyncio.get_running_loop().time() + wait
+        deadline = asyncio.get_running_loop().time() + _wait_seconds(request)
         version = coordinator.version
         task = await call(coordinator.next_task, who.name)
         known = request.query_params.get("active")

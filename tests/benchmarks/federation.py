@@ -76,6 +76,7 @@ from pipeline.federation import agent as agent_module  # noqa: E402
 from pipeline.federation import coordinator as coordinator_module  # noqa: E402
 from pipeline.federation import rounds  # noqa: E402
 from pipeline.federation import store as store_module  # noqa: E402
+from pipeline.federation.analyst import wait_for_job  # noqa: E402
 from pipeline.federation.job_spec import minimum_threshold, shareholders  # noqa: E402
 from pipeline.secagg.driver import run_round  # noqa: E402
 from tests.federation import runtime_support as rs  # noqa: E402
@@ -381,13 +382,8 @@ class JobLatency:
 
 
 def _wait_done(analyst: Any, job_id: str, *, timeout: float = 300) -> dict[str, Any]:
-    """Polls every 10 ms, so that the end of a job is the coordinator's, not the poll interval's."""
-    deadline = time.monotonic() + timeout
-    while True:
-        status = analyst.get_json(f"/v1/jobs/{job_id}")
-        if status["status"] != "running" or time.monotonic() > deadline:
-            return status  # type: ignore[no-any-return]
-        time.sleep(0.01)
+    """The job's final status through the long poll that ``genofed job wait`` uses: the end is seen when the coordinator wakes it."""
+    return wait_for_job(analyst, job_id, timeout=timeout)
 
 
 def timed_job(analyst: Any, timeline: _Timeline, spec: Mapping[str, Any], *, start_agents: Callable[[], Any] | None = None
@@ -432,7 +428,7 @@ def describe_jobs(label: str, jobs: list[JobLatency]) -> None:
             print(f"    hand-off -> {name}: first site {_ms(med(j.handoffs[index - 1] for j in jobs))}, "
                   f"every site {_ms(med(j.handoffs_all[index - 1] for j in jobs))}")
         print(f"    stage {name} (first handed out -> closed): {_ms(med(j.stages[index][1] for j in jobs))}")
-    print(f"    last close -> analyst sees done (10 ms polls): {_ms(med(j.end_s for j in jobs))}")
+    print(f"    last close -> analyst sees done (long poll): {_ms(med(j.end_s for j in jobs))}")
     print(f"    storage: SQLite commits {_ms(med(j.commits_s for j in jobs))}, message bodies {_ms(med(j.bodies_s for j in jobs))}, "
           f"audit appends {_ms(med(j.audit_s for j in jobs))} (summed over threads)")
     handoffs = [h for j in jobs for h in j.handoffs_all]

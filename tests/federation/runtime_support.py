@@ -23,6 +23,7 @@ import numpy as np
 import pyarrow as pa
 
 from pipeline import dataset as dataset_io
+from pipeline.federation import analyst
 from pipeline.federation.config import SiteConfig, SitePolicy
 from pipeline.federation.provision import provision
 
@@ -257,12 +258,8 @@ def decline_detail(manifest: Any, site: str, job_id: str) -> str:
 
 
 def wait_for_job(conn: Any, job_id: str, *, timeout: float = 60.0) -> dict[str, Any]:
-    deadline = time.monotonic() + timeout
-    while True:
-        status = conn.get_json(f"/v1/jobs/{job_id}")
-        if status["status"] != "running" or time.monotonic() > deadline:
-            return status
-        time.sleep(0.1)
+    """The job's status once it has ended (or after ``timeout`` s), long-polling as ``genofed job wait`` does."""
+    return analyst.wait_for_job(conn, job_id, timeout=timeout)
 
 
 def start_coordinator_process(config_path: Path, log_path: Path, *, env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +16,7 @@ import pytest
 from click.testing import CliRunner, Result
 
 from pipeline.cli import main
-from pipeline.federation import analyst, analyst_results
+from pipeline.federation import analyst, analyst_results, transport
 from pipeline.federation.agent import SiteAgent
 from pipeline.federation.config import load_site_config
 from tests.federation import runtime_support as rs
@@ -23,6 +24,8 @@ from tests.federation import runtime_support as rs
 pytestmark = pytest.mark.network
 
 SITES = ("alpha", "beta", "gamma")
+STATUS_HANG_GUARD_SECONDS = 15.0
+"""Far below the 30 s the long poll would hold if the job's end did not wake it."""
 
 
 class Fed:
@@ -174,8 +177,61 @@ def test_wait__timeout_exits_3_with_the_running_status_and_the_job_goes_on(fed):
     fed.cli("cancel", job_id)
 
 
-def test_wait__polls_with_backoff_not_in_a_busy_loop(fed, monkeypatch):
+def test_wait__the_status_request_is_a_long_poll_that_holds_while_the_job_runs(fed):
     job_id = fed.submit()
+    started = time.monotonic()
+    status = fed.connections["alice"].get_json(f"/v1/jobs/{job_id}?wait=0.5")
+    assert status["status"] == "running"
+    assert time.monotonic() - started >= 0.5  # held for the wait the request asked for, not answered at once
+    with pytest.raises(transport.HttpError) as refused:
+        fed.connections["alice"].get_json(f"/v1/jobs/{job_id}?wait=soon")
+    assert refused.value.status == 422
+    fed.cli("cancel", job_id)
+
+
+def test_wait__a_long_poll_answers_when_the_job_ends(fed):
+    job_id = fed.submit()
+    answers: list[dict[str, Any]] = []
+    poll = threading.Thread(target=lambda: answers.append(fed.connections["alice"].get_json(
+        f"/v1/jobs/{job_id}?wait=30")))
+    poll.start()
+    assert fed.connections["olga"].post_json(f"/v1/jobs/{job_id}/cancel", {})["status"] == "cancelled"
+    poll.join(timeout=STATUS_HANG_GUARD_SECONDS)
+    assert not poll.is_alive(), "the long poll did not answer when the job ended"
+    assert answers[0]["status"] == "cancelled"
+
+
+def test_wait__job_wait_asks_once_per_long_poll_not_in_a_loop(fed, monkeypatch):
+    job_id = fed.submit()
+    asked: list[str] = []
+    get_json = transport.Connection.get_json
+
+    def counted(self: transport.Connection, path: str, **kwargs: Any) -> Any:
+        asked.append(path)
+        return get_json(self, path, **kwargs)
+
+    monkeypatch.setattr(transport.Connection, "get_json", counted)
+    status = analyst.wait_job(fed.config("alice"), job_id, timeout=2.0)
+    assert status["status"] == "running"
+    # One long poll (and a last short one if the coordinator's clock ran a little ahead); polling
+    # with a pause growing from 0.25 s would have asked five times.
+    assert 1 <= len(asked) <= 3 and all(path.startswith(f"/v1/jobs/{job_id}?wait=") for path in asked), asked
+    assert float(asked[0].rpartition("=")[2]) > 1.9
+    fed.cli("cancel", job_id)
+
+
+class _AnswersAtOnce:
+    """A coordinator that ignores ``wait`` (or is shutting down): every status request is answered at once."""
+
+    def __init__(self) -> None:
+        self.asked = 0
+
+    def get_json(self, path: str, **_: Any) -> dict[str, Any]:
+        self.asked += 1
+        return {"status": "running"}
+
+
+def test_wait__answers_that_come_back_early_are_spaced_by_a_growing_pause():
     now = [0.0]
     slept: list[float] = []
 
@@ -183,12 +239,13 @@ def test_wait__polls_with_backoff_not_in_a_busy_loop(fed, monkeypatch):
         slept.append(seconds)
         now[0] += seconds
 
-    status = analyst.wait_job(fed.config("alice"), job_id, timeout=30, sleep=sleep, clock=lambda: now[0])
+    server = _AnswersAtOnce()
+    status = analyst.wait_for_job(server, "job-20250101-120000-0a1b2c3d", timeout=30,  # type: ignore[arg-type]
+                                  sleep=sleep, clock=lambda: now[0])
     assert status["status"] == "running"
-    growing = slept[:-1]  # the last sleep ends at the deadline
+    growing = slept[:-1]  # the last pause ends at the deadline
     assert slept[0] == 0.25 and all(b >= a for a, b in zip(growing, growing[1:])) and max(slept) <= 5.0
-    assert sum(slept) == pytest.approx(30.0) and len(slept) < 20
-    fed.cli("cancel", job_id)
+    assert sum(slept) == pytest.approx(30.0) and server.asked < 20
 
 
 def test_wait__help_documents_the_exit_codes():
