@@ -19,6 +19,8 @@ from pipeline import __version__
 from pipeline.errors import ConfigurationError
 
 FASTA_LINE_WIDTH = 60
+DEFAULT_LEVEL = 6
+"""bgzip's and htslib's default compression level."""
 
 _DOT = ord(".")
 _ZERO = ord("0")
@@ -102,14 +104,20 @@ def vcf_lines(
     return b"".join(parts)
 
 
-def open_bgzf(path: Path) -> pysam.BGZFile:
-    """Opens a BGZF file for writing (htslib's writer: no timestamps in the blocks)."""
-    return pysam.BGZFile(str(path), "wb")
+def open_bgzf(path: Path, *, level: int = DEFAULT_LEVEL) -> pysam.BGZFile:
+    """Opens a BGZF file for writing at deflate ``level`` 0-9 (htslib's writer: no timestamps in the blocks)."""
+    return pysam.BGZFile(str(path), f"wb{_level(level)}")
 
 
-def open_vcf_output(path: Path) -> BinaryIO:
-    """Opens VCF text output: BGZF for ``*.gz``, plain text otherwise (an intermediate)."""
-    return open_bgzf(path) if path.name.endswith(".gz") else open(path, "wb")  # noqa: SIM115
+def open_vcf_output(path: Path, *, level: int = DEFAULT_LEVEL) -> BinaryIO:
+    """Opens VCF text output: BGZF at ``level`` for ``*.gz``, plain text otherwise (an intermediate)."""
+    return open_bgzf(path, level=level) if path.name.endswith(".gz") else open(path, "wb")  # noqa: SIM115
+
+
+def _level(level: int) -> int:
+    if not 0 <= level <= 9:
+        raise ConfigurationError(f"a BGZF compression level is 0 to 9, got {level}")
+    return level
 
 
 def index_vcf_gz(path: Path) -> Path:
@@ -118,29 +126,30 @@ def index_vcf_gz(path: Path) -> Path:
     return Path(f"{path}.tbi")
 
 
-def convert_to_bcf(vcf: Path, bcf: Path) -> Path:
-    """Rewrites a VCF as an indexed BCF (with pysam only); returns the ``.csi`` path."""
+def convert_to_bcf(vcf: Path, bcf: Path, *, level: int = DEFAULT_LEVEL) -> Path:
+    """Rewrites a VCF as an indexed BCF compressed at ``level`` (with pysam only); returns the ``.csi`` path."""
     # The intermediate VCF has no index on purpose: keep htslib from warning that it looked for one.
     verbosity = pysam.set_verbosity(0)
     try:
         source = pysam.VariantFile(str(vcf))
     finally:
         pysam.set_verbosity(verbosity)
-    with source, pysam.VariantFile(str(bcf), "wb", header=source.header) as sink:
+    with source, pysam.VariantFile(str(bcf), f"wb{_level(level)}", header=source.header) as sink:
         for record in source:
             sink.write(record)
     pysam.tabix_index(str(bcf), preset="bcf", csi=True, force=True)
     return Path(f"{bcf}.csi")
 
 
-def write_fasta(path: Path, contigs: Sequence[tuple[str, np.ndarray]]) -> None:
+def write_fasta(path: Path, contigs: Sequence[tuple[str, np.ndarray]], *, level: int = DEFAULT_LEVEL) -> None:
     """Writes contigs as bgzipped FASTA with ``.fai`` and ``.gzi`` indexes.
 
     Args:
         path: output path ending in ``.fa.gz``.
         contigs: (name, uint8 (length,) ASCII bases) per contig, in file order.
+        level: the deflate level of the BGZF blocks, 0-9.
     """
-    with open_bgzf(path) as handle:
+    with open_bgzf(path, level=level) as handle:
         for contig, sequence in contigs:
             length = int(sequence.shape[0])
             full_lines = length // FASTA_LINE_WIDTH
