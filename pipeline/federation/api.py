@@ -644,13 +644,14 @@ def create_app(coordinator: Coordinator, config: CoordinatorConfig, *, tick_seco
     @endpoint("GET", "/v1/jobs/{job_id}")
     async def status(request: Request, who: tls.Identity) -> Response:
         deadline = asyncio.get_running_loop().time() + _wait_seconds(request)
+        version = coordinator.version  # read first: a change during the status call is not missed
         answer = await call(coordinator.status, request.path_params["job_id"])
         # A long poll: `genofed job wait` sees the end at once, with a request every MAX_WAIT_SECONDS.
         while (answer["status"] == "running" and not changes.stopping
                and (left := deadline - asyncio.get_running_loop().time()) > 0):
-            version = coordinator.version
             await changes.wait(min(left, _POLL_SECONDS))
             if coordinator.version != version:
+                version = coordinator.version
                 answer = await call(coordinator.status, request.path_params["job_id"])
         return JSONResponse(answer)
 
