@@ -14,6 +14,8 @@ self-mask share and the masking-key share of one peer (that would unmask the pee
 input). With the consistency check on, it also refuses to unmask unless the request
 matches the survivor list it signed and carries ``threshold`` valid signatures of it,
 and it signs a survivor list only if the survivors are connected in the round's graph.
+A request it refuses ends its round in :class:`ClientAborted` with ``refused`` set and
+the reason, as a key directory it refuses does: nothing more leaves the site.
 """
 
 from __future__ import annotations
@@ -565,21 +567,9 @@ def _client_unmasking(state: ClientUnmasking, messages: Sequence[object]) -> tup
     assert isinstance(message, UnmaskRequest)
     config, site = state.config, state.site
     survivors, dropped = frozenset(message.survivors), frozenset(message.dropped)
-    # The honest-client rule: never reveal both secrets of one peer, whatever the server asks.
-    both = survivors & dropped
-    if both:
-        raise ProtocolError(
-            f"site {site}: the server asked for both the self-mask share and the masking-key share of "
-            f"site(s) {sorted(both)}; that would unmask their input, refusing"
-        )
-    known = frozenset(state.received) | {site}
-    if not survivors <= known or not dropped <= known - {site} or site not in survivors:
-        raise ProtocolError(
-            f"site {site}: the unmasking request names sites {sorted((survivors | dropped) - known)} that sent "
-            "this site no shares, or omits this site from the survivors"
-        )
-    if state.signed_survivors is not None:
-        _verify_consistency(state, message, survivors, dropped)
+    problem = _unmask_request_problem(state, message, survivors, dropped)
+    if problem is not None:
+        return _refuse(state, f"refuses the unmasking request: {problem}")
     bundles = _open_bundles(state, sorted((survivors | dropped) - {site}))
     bundles[site] = state.own_shares
     self_mask_shares: list[tuple[int, bytes]] = []
@@ -603,14 +593,38 @@ def _client_unmasking(state: ClientUnmasking, messages: Sequence[object]) -> tup
     return ClientDone(config=config, site=site, revealed_self_mask_of=revealed_self, revealed_key_of=revealed_key), [outgoing]
 
 
-def _verify_consistency(state: ClientUnmasking, message: UnmaskRequest, survivors: frozenset[int], dropped: frozenset[int]) -> None:
+def _unmask_request_problem(state: ClientUnmasking, message: UnmaskRequest, survivors: frozenset[int],
+                            dropped: frozenset[int]) -> str | None:
+    """Why revealing what ``message`` asks for would break the protocol's guarantees, or ``None``.
+
+    Each problem is one an honest coordinator never causes: the site refuses (and says so
+    in its audit log) rather than reveal a share.
+    """
+    site = state.site
+    # The honest-client rule: never reveal both secrets of one peer, whatever the server asks.
+    both = survivors & dropped
+    if both:
+        return (f"it asks for both the self-mask share and the masking-key share of site(s) {sorted(both)}, "
+                "which would unmask their input")
+    known = frozenset(state.received) | {site}
+    if not survivors <= known or not dropped <= known - {site} or site not in survivors:
+        return (f"it names sites {sorted((survivors | dropped) - known)} that sent this site no shares, or omits "
+                "this site from the survivors")
+    if state.signed_survivors is None:
+        return None
+    return _consistency_problem(state, message, survivors, dropped)
+
+
+def _consistency_problem(state: ClientUnmasking, message: UnmaskRequest, survivors: frozenset[int],
+                         dropped: frozenset[int]) -> str | None:
+    """Why ``message`` does not carry ``threshold`` valid signatures of the survivor list this site signed, or ``None``."""
     config, site = state.config, state.site
     signed = state.signed_survivors
     assert signed is not None
     if frozenset(message.signed_survivors) != signed:
-        raise ProtocolError(f"site {site}: the unmasking request is for a survivor list other than the one this site signed")
+        return "it is for a survivor list other than the one this site signed"
     if survivors != signed & (frozenset(state.received) | {site}) or dropped & signed:
-        raise ProtocolError(f"site {site}: the unmasking request disagrees with the signed survivor list")
+        return "it disagrees with the signed survivor list"
     statement = survivor_statement(config, sorted(signed), state.graph_seed)
     valid: set[int] = set()
     # The site's own signature first: it needs no verifying, only to be the one the site sent.
@@ -619,20 +633,18 @@ def _verify_consistency(state: ClientUnmasking, message: UnmaskRequest, survivor
             break  # threshold signatures of this list are the proof; more are not needed
         peer = state.directory.get(signer)
         if signer not in signed or signer in valid:
-            raise ProtocolError(f"site {site}: unexpected or repeated consistency signature from site {signer}")
+            return f"it carries an unexpected or repeated consistency signature from site {signer}"
         if signer == site:
             if signature != state.own_signature:
-                raise ProtocolError(f"site {site}: the unmasking request carries a consistency signature of this site "
-                                    "other than the one it sent")
+                return "it carries a consistency signature of this site other than the one it sent"
         elif peer is None or peer.signing_key is None:
-            raise ProtocolError(f"site {site}: no signing key known for site {signer}")
+            return f"no signing key is known for site {signer}"
         elif not keys.verify_signature(peer.signing_key, statement, signature):
-            raise ProtocolError(f"site {site}: invalid consistency signature from site {signer}; the survivor lists differ")
+            return f"it carries an invalid consistency signature from site {signer}; the survivor lists differ"
         valid.add(signer)
     if len(valid) < config.threshold:
-        raise ProtocolError(
-            f"site {site}: only {len(valid)} valid consistency signatures, fewer than the threshold {config.threshold}"
-        )
+        return f"it carries only {len(valid)} valid consistency signatures, fewer than the threshold {config.threshold}"
+    return None
 
 
 def _open_bundles(state: ClientUnmasking, peers: Sequence[int]) -> dict[int, tuple[bytes, bytes]]:
@@ -671,8 +683,9 @@ def client_advance(state: ClientState, messages: Sequence[Message] = ()) -> tupl
         The next state and the messages to send to the server.
 
     Raises:
-        ProtocolError: a message of another stage, round, sender or receiver, a
-            replay, or a request that would break the protocol's guarantees.
+        ProtocolError: a message of another stage, round, sender or receiver, or a
+            replay (a request that would break the protocol's guarantees is refused
+            instead: :class:`ClientAborted` with ``refused``).
     """
     transition = _CLIENT_TRANSITIONS.get(state.stage)
     if transition is None:

@@ -3,10 +3,11 @@
 The coordinator here is the real server with its engine bent the way an attacker who
 runs it would bend it: it swaps a site's round keys in the directory it relays (man in
 the middle), or tells the sites a threshold of 1, invents a Sybil participant,
-switches the consistency round off, or asks for masks from a PRG no site knows (such
-as Flower's Mersenne Twister). Each attack must fail to attack: the honest sites
-refuse before any share of their secrets leaves them, write why in their own audit
-log, and decline the job; the round never completes.
+switches the consistency round off, asks for masks from a PRG no site knows (such
+as Flower's Mersenne Twister), or forges the survivor-list signatures it relays for
+the unmasking. Each attack must fail to attack: the honest sites refuse before any
+share of their secrets leaves them, write why in their own audit log, and decline the
+job; the round never completes.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from pipeline.analyses.secure_sum import deterministic_vector
 from pipeline.federation import coordinator as coordinator_module
 from pipeline.federation import wire
 from pipeline.secagg import keys
-from pipeline.secagg.messages import KeyDirectory, Stage
+from pipeline.secagg.messages import KeyDirectory, Stage, UnmaskRequest
 from pipeline.secagg.prg import PRGS
 from tests.federation import runtime_support as rs
 
@@ -126,3 +127,31 @@ def test_attack__terms_the_coordinator_dictates_are_refused_by_the_sites(federat
     assert set(status["declined"]) == set(SITES)
     assert all(reason.startswith("policy: ") for reason in status["declined"].values()), status["declined"]
     assert all(expected in rs.decline_detail(manifest, site, job_id) for site in SITES)
+
+
+@pytest.mark.parametrize("forge, expected", [
+    (lambda site, signatures: tuple((signer, signatures[(index + 1) % len(signatures)][1] if signer == site else signature)
+                                    for index, (signer, signature) in enumerate(signatures)),
+     "consistency signature of this site other than the one it sent"),
+    (lambda site, signatures: tuple((signer, signature if signer == site else bytes(70)) for signer, signature in signatures),
+     "invalid consistency signature from site"),
+], ids=["own-signature-replaced", "only-own-signature-valid"])
+def test_attack__coordinator_forging_survivor_list_signatures_gets_no_share_revealed(federation, monkeypatch, forge, expected):
+    """A site takes its own survivor-list signature by comparison: a coordinator can neither swap it nor lean on it alone."""
+    manifest, server = federation
+    honest_advance = coordinator_module.server_advance
+
+    def forged_unmask_requests(state, messages):
+        state, outgoing = honest_advance(state, messages)
+        return state, [dataclasses.replace(message, signatures=forge(message.receiver, message.signatures))
+                       if isinstance(message, UnmaskRequest) and message.signatures else message for message in outgoing]
+
+    monkeypatch.setattr(coordinator_module, "server_advance", forged_unmask_requests)
+    job_id, status = _run(manifest, server)
+    assert status["status"] == "failed", status
+    assert server.coordinator.store.messages(job_id, 0, Stage.UNMASKING.value) == []  # no share of any secret revealed
+    for site in SITES:  # each site says why in its own audit log, and declines the job
+        refused = [e for e in rs.audit_events(manifest, site, job_id) if e["event"] == "round.refused"]
+        assert [e["stage"] for e in refused] == [Stage.UNMASKING.value], refused
+        assert "refuses the unmasking request" in refused[0]["reason"] and expected in refused[0]["reason"]
+    assert set(status["declined"]) == set(SITES)
