@@ -484,10 +484,8 @@ def _client_masked_input(state: ClientMaskedInput, messages: Sequence[object]) -
     received: dict[int, bytes] = {}
     for sender, ciphertext in message.ciphertexts:
         if sender not in state.directory or sender == site or sender in received:
-            raise ProtocolError(
-                f"site {site}: forwarded shares claim to come from site {sender}, which is not a (unique) "
-                "neighbour in this site's key directory"
-            )
+            return _refuse(state, f"refuses the forwarded shares: they claim to come from site {sender}, which is not "
+                           "a (unique) neighbour in this site's key directory")
         received[sender] = bytes(ciphertext)
     if len(received) + 1 < config.threshold:
         return _client_abort(state, f"only {len(received) + 1} shareholders sent shares, fewer than the threshold {config.threshold}"), []
@@ -537,7 +535,8 @@ def _client_consistency(state: ClientConsistencyCheck, messages: Sequence[object
     config, site = state.config, state.site
     survivors = frozenset(message.survivors)
     if len(survivors) != len(message.survivors) or not survivors <= set(state.graph) or site not in survivors:
-        raise ProtocolError(f"site {site}: the survivor list {sorted(message.survivors)} is malformed or omits this site")
+        return _refuse(state, f"refuses the survivor list {sorted(message.survivors)}: it repeats a site, names one "
+                       "outside the round's graph, or omits this site")
     if len(survivors) < config.threshold:
         return _client_abort(state, f"only {len(survivors)} survivors, fewer than the threshold {config.threshold}"), []
     if not is_connected(state.graph, survivors):

@@ -17,10 +17,12 @@ from pipeline.secagg.messages import (
     SERVER,
     AdvertiseKeys,
     EncryptedShares,
+    ForwardedShares,
     KeyDirectory,
     MaskedInput,
     RoundConfig,
     Stage,
+    SurvivorList,
     UnmaskRequest,
     UnmaskShares,
     share_commitment,
@@ -308,6 +310,26 @@ def test_consistency_check__mismatched_survivor_list_refused() -> None:
     done, _ = client_advance(clients[1], [dataclasses.replace(request, signatures=reordered)])
     assert isinstance(done, ClientDone)
 
+
+
+def test_client__refuses_forwarded_shares_from_outside_its_directory() -> None:
+    config = make_config(4, 3)
+    _, clients, to_clients, _ = run_to(config, Stage.MASKED_INPUT)
+    forwarded = to_clients[1][0]
+    assert isinstance(forwarded, ForwardedShares)
+    first = forwarded.ciphertexts[0]
+    stranger, repeated, itself = ((9, first[1]),) + forwarded.ciphertexts, (first,) + forwarded.ciphertexts, ((1, first[1]),)
+    for forged in (stranger, repeated, itself + forwarded.ciphertexts[1:]):
+        _assert_refused(clients[1], dataclasses.replace(forwarded, ciphertexts=forged), "refuses the forwarded shares")
+
+
+def test_consistency_check__a_survivor_list_that_omits_the_site_or_repeats_one_is_refused() -> None:
+    config = make_config(4, 3, consistency_check=True)
+    _, clients, to_clients, _ = run_to(config, Stage.CONSISTENCY_CHECK)
+    survivors = to_clients[1][0]
+    assert isinstance(survivors, SurvivorList)
+    for forged in ((2, 3, 4), (1, 2, 2, 3), (1, 2, 3, 9)):
+        _assert_refused(clients[1], dataclasses.replace(survivors, survivors=forged), "refuses the survivor list")
 
 def test_consistency_check__server_rejects_bad_signature() -> None:
     config = make_config(4, 3, consistency_check=True)
