@@ -19,7 +19,7 @@ from typing import Any
 from pipeline.analyses.protocol import Analysis
 from pipeline.errors import ConfigurationError
 
-__all__ = ["ANALYSIS_NAMES", "get_analysis"]
+__all__ = ["ANALYSIS_NAMES", "check_analysis_name", "get_analysis"]
 
 _MODULES: Mapping[str, tuple[str, str]] = MappingProxyType({
     "secure_sum": ("pipeline.analyses.secure_sum", "SECURE_SUM"),
@@ -34,14 +34,23 @@ ANALYSIS_NAMES: tuple[str, ...] = tuple(_MODULES)
 """The names a job spec may give as its ``analysis``."""
 
 
-def get_analysis(name: str) -> Analysis[Any]:
-    """The analysis called ``name``, its module imported on first use.
+def check_analysis_name(name: str) -> None:
+    """Refuses a name that is not an analysis, without importing any.
 
     Raises:
         ConfigurationError: no such analysis (the message lists the known ones).
     """
     if name not in _MODULES:
         raise ConfigurationError(f"unknown analysis {name!r}; expected one of {sorted(_MODULES)}")
+
+
+def get_analysis(name: str) -> Analysis[Any]:
+    """The analysis called ``name``, its module imported on first use.
+
+    Raises:
+        ConfigurationError: no such analysis (the message lists the known ones).
+    """
+    check_analysis_name(name)
     module, attribute = _MODULES[name]
     analysis: Analysis[Any] = getattr(importlib.import_module(module), attribute)
     return analysis
