@@ -256,10 +256,10 @@ class SiteAgent:
         """Polls and works until stopped.
 
         Without ``once`` the agent is a service: it outlives jobs and coordinator
-        restarts, and stops only on ``max_idle`` or ``should_stop``. With ``once`` it is
-        a one-job worker that never outlives its reason to run: it returns when every job
-        it took part in has finished or gone (after writing its own outputs of each); it
-        returns when it has had no active job for ``max_idle`` seconds (default
+        restarts, and stops only on ``max_idle``, ``should_stop`` or :meth:`request_stop`.
+        With ``once`` it is a one-job worker that never outlives its reason to run: it
+        returns when every job it took part in has finished or gone (after writing its
+        own outputs of each); it returns when it has had no active job for ``max_idle`` seconds (default
         :data:`ONCE_IDLE_SECONDS`: started after its job ended, it has nothing to do, and
         that is not an error); and it raises when the coordinator has not answered for
         ``unreachable_after`` seconds (a coordinator that is gone cannot end the job).
