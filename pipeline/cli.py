@@ -1039,13 +1039,16 @@ def job_status_command(job_id: str, config_path: Path, as_json: bool) -> None:
 @click.argument("job_id")
 @_analyst_config_option
 @click.option("--timeout", type=click.FloatRange(min=0), default=None, help="Give up waiting after this many seconds (exit 3) [default: wait until the job ends].")
+@click.option("--progress/--no-progress", default=None,
+              help="Print the job's round, stage and awaited sites on stderr each time they change (default: only when "
+                   "stderr is a terminal).")
 @json_option
 @handles_errors
-def job_wait_command(job_id: str, config_path: Path, timeout: float | None, as_json: bool) -> None:
+def job_wait_command(job_id: str, config_path: Path, timeout: float | None, progress: bool | None, as_json: bool) -> None:
     """Wait until a job ends, print its final status; the exit status says how it ended.
 
     Long-polls the coordinator, which answers as soon as the job ends (one request
-    every 25 s while it runs).
+    every 25 s while it runs; every 2 s with --progress).
 
     \b
     Exit status:
@@ -1056,7 +1059,16 @@ def job_wait_command(job_id: str, config_path: Path, timeout: float | None, as_j
     """
     from pipeline.federation.analyst import EXIT_CODES, status_text, wait_job
 
-    status = wait_job(config_path, job_id, timeout=timeout)
+    shown = ""
+
+    def show(running: dict[str, Any]) -> None:
+        nonlocal shown
+        line = status_text(running).splitlines()[0]  # job, analysis, round, stage, awaited sites
+        if line != shown:
+            click.echo(line, err=True)
+            shown = line
+
+    status = wait_job(config_path, job_id, timeout=timeout, on_progress=show if resolve_progress(progress) else None)
     echo_summary(status, as_json=as_json, text=status_text(status))
     sys.exit(EXIT_CODES.get(status["status"], 1))
 

@@ -11,7 +11,7 @@ that needs Arrow, is :mod:`pipeline.federation.analyst_results`.
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +29,8 @@ EXIT_CODES = {"done": 0, "failed": 1, "cancelled": 2, "running": 3}
 
 LONG_POLL_SECONDS = 25.0
 """How long one status request may wait for the job to end (the coordinator caps a wait at 30 s)."""
+PROGRESS_POLL_SECONDS = 2.0
+"""How long one status request waits while progress is shown: a new round or stage is seen within this."""
 _FIRST_POLL_SECONDS = 0.25
 _MAX_POLL_SECONDS = 5.0
 
@@ -76,6 +78,7 @@ def cancel_job(config_path: Path | str, job_id: str) -> dict[str, Any]:
 
 
 def wait_job(config_path: Path | str, job_id: str, *, timeout: float | None = None,
+             on_progress: Callable[[dict[str, Any]], None] | None = None,
              sleep: Any = time.sleep, clock: Any = time.monotonic) -> dict[str, Any]:
     """``genofed job wait``: the job's status once it has ended, or its last status after ``timeout`` seconds.
 
@@ -88,7 +91,7 @@ def wait_job(config_path: Path | str, job_id: str, *, timeout: float | None = No
     """
     check_job_id(job_id)
     with analyst_connection(config_path) as connection:
-        return wait_for_job(connection, job_id, timeout=timeout, sleep=sleep, clock=clock)
+        return wait_for_job(connection, job_id, timeout=timeout, on_progress=on_progress, sleep=sleep, clock=clock)
 
 
 def participation_lines(status: Mapping[str, Any], summary: Mapping[str, Any] | None = None) -> list[str]:
@@ -133,24 +136,30 @@ def status_text(status: Mapping[str, Any], summary: Mapping[str, Any] | None = N
 
 
 def wait_for_job(connection: Connection, job_id: str, *, timeout: float | None,
+                 on_progress: Callable[[dict[str, Any]], None] | None = None,
                  sleep: Any = time.sleep, clock: Any = time.monotonic) -> dict[str, Any]:
     """The job's status once it is no longer running, or its last status after ``timeout`` seconds (``None``: no limit).
 
     Long-polls the coordinator (``GET /v1/jobs/{id}?wait=``), which answers as soon as
-    the job ends: the end is seen at once, with a request every :data:`LONG_POLL_SECONDS`.
-    An answer that comes back early with the job still running (a coordinator shutting
-    down, or one without long polls) is followed by a pause that grows by half each time
-    from 0.25 s to 5 s, never past the deadline, so nothing polls in a busy loop.
+    the job ends: the end is seen at once, with a request every :data:`LONG_POLL_SECONDS`
+    (every :data:`PROGRESS_POLL_SECONDS` with ``on_progress``, which is called with each
+    running status). An answer that comes back early with the job still running (a
+    coordinator shutting down, or one without long polls) is followed by a pause that
+    grows by half each time from 0.25 s to 5 s, never past the deadline, so nothing
+    polls in a busy loop.
     """
     check_job_id(job_id)
     deadline = None if timeout is None else clock() + timeout
+    longest = LONG_POLL_SECONDS if on_progress is None else PROGRESS_POLL_SECONDS
     pause = _FIRST_POLL_SECONDS
     while True:
-        left = LONG_POLL_SECONDS if deadline is None else min(max(deadline - clock(), 0.0), LONG_POLL_SECONDS)
+        left = longest if deadline is None else min(max(deadline - clock(), 0.0), longest)
         asked = clock()
         status: dict[str, Any] = connection.get_json(f"/v1/jobs/{job_id}?wait={left:.3f}", timeout=left + 30)
         if status["status"] != "running" or (deadline is not None and clock() >= deadline):
             return status
+        if on_progress is not None:
+            on_progress(status)
         if clock() - asked < left / 2:
             sleep(pause if deadline is None else min(pause, max(deadline - clock(), 0.0)))
             pause = min(pause * 1.5, _MAX_POLL_SECONDS)

@@ -220,6 +220,17 @@ def test_wait__job_wait_asks_once_per_long_poll_not_in_a_loop(fed, monkeypatch):
     fed.cli("cancel", job_id)
 
 
+def test_wait__progress_prints_the_running_status_on_stderr_once_per_change(fed):
+    job_id = fed.submit()  # no agent runs: the job stays in its first stage
+    config = str(fed.config("alice"))
+    shown = CliRunner().invoke(main, ["job", "wait", job_id, "--timeout", "5", "--progress", "--config", config])
+    assert shown.exit_code == 3, shown.output
+    lines = [line for line in shown.stderr.splitlines() if line.startswith(f"{job_id} secure_sum: running (round 0, stage ")]
+    assert len(lines) == 1 and "waiting for alpha, beta, gamma" in lines[0], shown.stderr
+    quiet = CliRunner().invoke(main, ["job", "wait", job_id, "--timeout", "0.5", "--no-progress", "--config", config])
+    assert quiet.exit_code == 3 and "running (round" not in quiet.stderr, quiet.stderr
+    fed.cli("cancel", job_id)
+
 class _AnswersAtOnce:
     """A coordinator that ignores ``wait`` (or is shutting down): every status request is answered at once."""
 
