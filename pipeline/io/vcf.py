@@ -1137,7 +1137,8 @@ def _decode_fast(
         batch = rows[first : first + step]
         m = len(batch)
         if with_fields:
-            codes = (b"\t".join([samples[i] for i in batch]) + b"\t\x80\x80\x80").translate(_CELL_CODES)
+            text = b"\t".join([samples[i] for i in batch]) + b"\t\x80\x80\x80"
+            codes = text.translate(_CELL_CODES)
             data = np.frombuffer(codes, dtype=np.uint8)
             tabs = np.flatnonzero(data == _TAB_CODE)  # exactly m * num_samples (counts checked)
             starts = np.empty(tabs.size, dtype=np.int64)
@@ -1146,7 +1147,8 @@ def _decode_fast(
             cells = data[starts.reshape(m, num_samples, 1) + np.arange(4)]
             mask = _CELL_MASK_FIELD
         else:
-            codes = b"\t".join([samples[i] for i in batch] + [b""]).translate(_CELL_CODES)
+            text = b"\t".join([samples[i] for i in batch] + [b""])
+            codes = text.translate(_CELL_CODES)
             cells = np.frombuffer(codes, dtype=np.uint8).reshape(m, num_samples, 4)
             mask = _CELL_MASK_TAB
         words = cells.view(np.uint32).reshape(m, num_samples)
@@ -1154,7 +1156,13 @@ def _decode_fast(
         contiguous = batch[-1] - batch[0] == m - 1
         target = slice(batch[0], batch[-1] + 1) if contiguous else np.asarray(batch)
         alleles[target] = cells[:, :, 0:3:2].view(np.int8)
-        phased[target] = cells[:, :, 1] == _PHASED_CODE
+        # A valid cell's separator is '/' or '|': text with only one of them needs no pass over the cells.
+        if b"|" not in text:
+            phased[target] = False
+        elif b"/" not in text:
+            phased[target] = True
+        else:
+            phased[target] = cells[:, :, 1] == _PHASED_CODE
         highest[target] = alleles[target].reshape(m, -1).max(axis=1)
         is_fast[target] = ok
 

@@ -144,6 +144,22 @@ def test_decode_genotypes__common_shapes_take_the_fast_path(monkeypatch: pytest.
     np.testing.assert_array_equal(alleles[2], [[1, 0], [0, 0], [-1, -1]])
 
 
+
+@pytest.mark.parametrize("formats, samples, want", [
+    ([b"GT", b"GT"], [b"0|1\t1|1", b".|0\t0|0"], [[True, True], [True, True]]),  # only '|' in the text
+    ([b"GT", b"GT"], [b"0/1\t1/1", b"./0\t0/0"], [[False, False], [False, False]]),  # only '/'
+    ([b"GT", b"GT"], [b"0|1\t1/1", b"./0\t0|0"], [[True, False], [False, True]]),  # both
+    ([b"GT:XS", b"GT:XS"], [b"0/1:a|b\t1/1:c", b"0/0:.\t1/0:d|e"], [[False, False], [False, False]]),  # '|' elsewhere
+    ([b"GT:XS", b"GT:XS"], [b"0|1:a/b\t1|1:c", b"0|0:.\t1|0:d/e"], [[True, True], [True, True]]),  # '/' elsewhere
+], ids=["phased", "unphased", "mixed", "pipe-in-another-field", "slash-in-another-field"])
+def test_decode_genotypes__phasing_whichever_separators_the_text_holds(formats, samples, want) -> None:
+    alleles, phased = vcf.decode_genotypes(formats, samples, 2, [1, 1])
+    np.testing.assert_array_equal(phased, want)
+    for i in range(2):
+        reference, reference_phased = vcf._parse_record_gt(formats[i], samples[i], 2, vcf._no_locator, i)
+        np.testing.assert_array_equal(alleles[i], reference)
+        np.testing.assert_array_equal(phased[i], reference_phased)
+
 def test_decode_genotypes__mixed_ploidy_pads_with_absent() -> None:
     alleles, phased = vcf.decode_genotypes([b"GT", b"GT"], [b"0\t1/1\t.", b"0/1/2\t10|0\t./."], 3, [1, 10])
     assert alleles.shape == (2, 3, 3)
