@@ -290,9 +290,8 @@ class SiteAgent:
         try:
             stopped = self._work(once=once, max_idle=max_idle, should_stop=should_stop,
                                  unreachable_after=unreachable_after)
-        except StopRequested:
-            stopped = "stop requested"  # raised into a wait: nothing was in progress
-        stopped = self._stop_reason or stopped
+        except StopRequested as request:  # raised into a wait: nothing was in progress
+            stopped = str(request)
         log.info("site %s: agent stopped (%s), %d tasks done", self.config.name, stopped, self.tasks_done)
         return {"site": self.config.name, "tasks": self.tasks_done, "jobs": sorted(self.jobs_seen), "stopped": stopped}
 
@@ -301,7 +300,7 @@ class SiteAgent:
         """The polling loop of :meth:`run`; returns why it stopped."""
         idle_since = answered_at = time.monotonic()
         stopped, last_failure = "stopped", ""
-        while not (should_stop and should_stop()) and self._stop_reason is None:
+        while not (should_stop and should_stop()):
             try:
                 known = ",".join(sorted(self._active))
                 wait = _poll_wait(max_idle, time.monotonic() - idle_since, busy=bool(self._active))
@@ -377,7 +376,10 @@ class SiteAgent:
 
     @contextlib.contextmanager
     def _waiting(self) -> Iterator[None]:
-        """Marks a wait that :meth:`request_stop` may interrupt (a long poll, a pause before retrying)."""
+        """Marks a wait that :meth:`request_stop` may interrupt (a long poll, a pause before retrying).
+
+        A stop requested while the agent worked is raised here, before its next wait.
+        """
         if self._stop_reason is not None:
             raise StopRequested(self._stop_reason)
         self._interruptible = True
