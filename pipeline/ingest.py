@@ -101,7 +101,7 @@ from pipeline.ingest_task import (
     records_per_block,
     write_blocks,
 )
-from pipeline.io.fasta import open_reference
+from pipeline.io.fasta import Reference, ReferenceFiles, open_reference
 from pipeline.io.phenotypes import PLINK_MISSING_CODE, read_phenotypes
 from pipeline.io.sources import INPUT_FORMATS, RegionRows, Source, open_source, region_plan
 from pipeline.io.vcf import (
@@ -144,10 +144,9 @@ def _parse_scheduler(scheduler: str, workers: int | None) -> str:
     return parse_scheduler(scheduler)
 
 
-def _stream(vcf: str, out: Path, *, first_chunk: int, num_samples: int, chunk_size: int, fasta: str | None, contig_style: str,
+def _stream(vcf: str, out: Path, *, first_chunk: int, num_samples: int, chunk_size: int, reference: Reference | None, contig_style: str,
             progress: bool, min_info: float | None = None) -> list[dict[str, Any]]:
     """A VCF/BCF without an index: reads it in order, cutting chunks on the region grid (numbered from ``first_chunk``)."""
-    reference = open_reference(fasta) if fasta else None
     harmonize = harmonizer(contig_style=contig_style, reference=reference, min_info=min_info)
     results: list[dict[str, Any]] = []
     counts: dict[str, Any] = empty_counts()
@@ -293,7 +292,7 @@ def _plan_regions(paths: Sequence[str], sources: Sequence[Source], chunk_size: i
 
 
 def _chunk_plan(
-    paths: Sequence[str], sources: Sequence[Source], plans: Sequence[Plan | None], out: str, *, fasta: str | None,
+    paths: Sequence[str], sources: Sequence[Source], plans: Sequence[Plan | None], out: str, *, fasta: ReferenceFiles | None,
     contig_style: str, stream: Callable[[str, int], list[dict[str, Any]]], min_info: float | None = None,
 ) -> tuple[list[ChunkTask], dict[str, list[dict[str, Any]]]]:
     """Numbers chunks over the inputs in order: an indexed input's regions become tasks, an unindexed input is streamed now.
@@ -373,14 +372,14 @@ def ingest_part(
     if not 0 <= part < parts:
         raise ConfigurationError(f"part {part} of {parts}: expected 0 <= part < parts")
     parts_path = Path(parts_dir)
-    fasta_path = None if fasta is None else str(fasta)
     paths, sources = _open_inputs(vcf, min_info)
     plans = _plan_regions(paths, sources, parse_chunk_size(chunk_size), contig_style)
-    tasks, _ = _chunk_plan(paths, sources, plans, str(parts_path), fasta=fasta_path, contig_style=contig_style, stream=_needs_index,
-                           min_info=min_info)
-    mine = [task for task in tasks if task.chunk_index % parts == part]
-    (parts_path / PARTS_RESULTS).mkdir(parents=True, exist_ok=True)
-    results = _compute(mine, scheduler=_parse_scheduler(scheduler, workers), workers=workers, progress=False) if mine else []
+    with contextlib.nullcontext() if fasta is None else open_reference(fasta) as reference:
+        tasks, _ = _chunk_plan(paths, sources, plans, str(parts_path), fasta=None if reference is None else reference.files,
+                               contig_style=contig_style, stream=_needs_index, min_info=min_info)
+        mine = [task for task in tasks if task.chunk_index % parts == part]
+        (parts_path / PARTS_RESULTS).mkdir(parents=True, exist_ok=True)
+        results = _compute(mine, scheduler=_parse_scheduler(scheduler, workers), workers=workers, progress=False) if mine else []
     record = {"part": part, "parts": parts, "num_regions": len(tasks), "results": results}
     target = parts_path / PARTS_RESULTS / f"part-{part:05d}.json"
     with outputs.atomic_file(target, force=True) as tmp:
@@ -410,9 +409,8 @@ def _collect_parts(parts_dir: Path, tasks: list[ChunkTask], tmp: Path) -> list[d
     return results
 
 
-def _check_reference_contigs(fasta: str, contigs: list[Region], vcf: str) -> None:
+def _check_reference_contigs(reference: Reference, contigs: list[Region], vcf: str) -> None:
     """Fails before any work when a region's contig is not in the FASTA."""
-    reference = open_reference(fasta)
     seen: set[str] = set()
     for region in contigs:
         if region.contig in seen:
@@ -422,7 +420,7 @@ def _check_reference_contigs(fasta: str, contigs: list[Region], vcf: str) -> Non
             reference.resolve_contig(region.contig)
         except InputError as error:
             raise type(error)(
-                f"{vcf}: records on contig {region.contig!r} (first region {region}) but {fasta} has no such contig ({error}); "
+                f"{vcf}: records on contig {region.contig!r} (first region {region}) but {reference.path} has no such contig ({error}); "
                 "give the FASTA of the genome build the VCF was called on"
             ) from error
 
@@ -528,22 +526,23 @@ def ingest(
         )
     pheno_table = None if phenotypes is None else read_phenotypes(phenotypes, missing_code=missing_code)
     samples_table, samples_summary = match_samples(samples, pheno_table, vcf=first, phenotype_source=str(phenotypes))
-    if fasta_path is not None:
-        open_reference(fasta_path)  # fails early on a missing or unreadable FASTA
     genome_assembly = _genome_assembly(assembly, [(path, source.header_assembly) for path, source in zip(paths, sources)])
-    with _disk_full_is_an_error(out_path, describe_inputs(paths)), outputs.atomic_directory(out_path, force=force) as tmp:
+    # opened (and indexed, when it must be) once, before any work: every task reads it through reference.files
+    with (contextlib.nullcontext() if fasta_path is None else open_reference(fasta_path)) as reference, \
+            _disk_full_is_an_error(out_path, describe_inputs(paths)), outputs.atomic_directory(out_path, force=force) as tmp:
+        fasta_files = None if reference is None else reference.files
         plans = _plan_regions(paths, sources, size, contig_style)
-        if fasta_path is not None:
+        if reference is not None:
             for path, plan in zip(paths, plans):
                 if plan is not None:
-                    _check_reference_contigs(fasta_path, [region for region, _ in plan], path)
+                    _check_reference_contigs(reference, [region for region, _ in plan], path)
 
         def stream(path: str, first_chunk: int) -> list[dict[str, Any]]:
             log.info("%s has no index: streaming it in one pass", path)
-            return _stream(path, tmp, first_chunk=first_chunk, num_samples=len(samples), chunk_size=size, fasta=fasta_path,
+            return _stream(path, tmp, first_chunk=first_chunk, num_samples=len(samples), chunk_size=size, reference=reference,
                            contig_style=contig_style, progress=progress, min_info=min_info)
 
-        tasks, streamed = _chunk_plan(paths, sources, plans, str(tmp), fasta=fasta_path, contig_style=contig_style, stream=stream,
+        tasks, streamed = _chunk_plan(paths, sources, plans, str(tmp), fasta=fasta_files, contig_style=contig_style, stream=stream,
                                       min_info=min_info)
         if streamed:  # the contigs of the streamed inputs are known now
             refuse_shared_contigs([(path, [r.contig for r, _ in plan] if plan is not None else list(_records_by_contig(streamed[path])))
@@ -565,7 +564,7 @@ def ingest(
         entries = [r["entry"] for r in results if r["entry"] is not None]
         # duplicate variant keys (pipeline.harmonize.duplicates): refuse before the rename
         input_of_contig = {canonical_contig(contig, contig_style): path for path, rs in by_input.items() for contig in _records_by_contig(rs)}
-        refuse_duplicate_variants(tmp, entries, vcf=first if len(paths) == 1 else input_of_contig, contig_style=contig_style, fasta=fasta_path)
+        refuse_duplicate_variants(tmp, entries, vcf=first if len(paths) == 1 else input_of_contig, contig_style=contig_style, fasta=fasta_files)
         counts = _sum_counts(results)
         counts_by_input = {path: _sum_counts(rs) for path, rs in by_input.items()}
         report: dict[str, Any] = {

@@ -7,6 +7,7 @@ worker process imports only the reading and harmonizing code, not the scheduler'
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,7 +23,7 @@ from pipeline.harmonize.batch import (
     to_block,
 )
 from pipeline.harmonize.chain import harmonizer
-from pipeline.io.fasta import open_reference
+from pipeline.io.fasta import ReferenceFiles
 from pipeline.io.sources import RegionRows, read_source_blocks
 from pipeline.io.vcf import RecordBlock, Region, read_blocks
 
@@ -62,7 +63,8 @@ class ChunkTask:
     chunk_index: int
     out: str
     num_samples: int
-    fasta: str | None
+    fasta: ReferenceFiles | None
+    """The reference to check REF against, indexed once by the driver; each task opens its own handle."""
     contig_style: str
     min_info: float | None = None
     rows: RegionRows | None = None
@@ -112,19 +114,19 @@ def ingest_region(task: ChunkTask) -> dict[str, Any]:
         (kept, dropped or split alike) under its contig as the VCF names it, for the
         driver's check against the index.
     """
-    reference = open_reference(task.fasta) if task.fasta else None
-    harmonize = harmonizer(contig_style=task.contig_style, reference=reference, min_info=task.min_info)
     counts: dict[str, Any] = empty_counts()
     blocks: list[Block] = []
     records_read = 0
     max_records = records_per_block(task.num_samples)
     records = (read_blocks(task.vcf, task.region, max_records=max_records) if task.rows is None
                else read_source_blocks(task.vcf, task.rows, max_records=max_records))
-    for record_block in records:
-        records_read += record_block.num_records
-        batch: VariantBatch = harmonize(record_block)
-        counts = add_reader_counts(dict(add_counts(counts, batch.counts)), record_block)
-        if batch.num_variants:
-            blocks.append(dense_block(batch))
+    with contextlib.nullcontext() if task.fasta is None else task.fasta.open() as reference:
+        harmonize = harmonizer(contig_style=task.contig_style, reference=reference, min_info=task.min_info)
+        for record_block in records:
+            records_read += record_block.num_records
+            batch: VariantBatch = harmonize(record_block)
+            counts = add_reader_counts(dict(add_counts(counts, batch.counts)), record_block)
+            if batch.num_variants:
+                blocks.append(dense_block(batch))
     entry = write_blocks(Path(task.out), task.chunk_index, blocks, task.num_samples)
     return {"chunk_index": task.chunk_index, "entry": entry, "counts": counts, "records_by_contig": {task.region.contig: records_read}}

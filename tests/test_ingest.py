@@ -278,6 +278,29 @@ def test_ingest__ds_split_and_swap(tmp_path):
     assert report["swapped"] == 2 and report["strand_flipped"] == 1 and report["multiallelic_records_split"] == 1
 
 
+def test_ingest__reference_in_a_read_only_folder_indexed_once_and_removed(tmp_path, monkeypatch):
+    """A shared reference folder the site cannot write to: one index for every task, gone after the ingest."""
+    from pipeline.io import fasta as fasta_module
+
+    fasta = tmp_path / "ref.fa"
+    sequence = "ACGTACGTAC" * 10
+    fasta.write_text(">chr1\n" + sequence + "\n")
+    transition = {"A": "G", "C": "T", "G": "A", "T": "C"}
+    records = [("chr1", position, sequence[position - 1], transition[sequence[position - 1]], "GT", ["0/1", "1/1"])
+               for position in range(5, 100, 9)]
+    path = write_vcf(tmp_path / "r.vcf", vcf_text(records, ["a", "b"], contigs={"chr1": 100}), indexed=True)
+    scratch = tmp_path / "scratch"
+    scratch.mkdir()
+    monkeypatch.setattr(fasta_module.tempfile, "tempdir", str(scratch))
+    monkeypatch.setattr(fasta_module.os, "access", lambda *args: False)  # as if the folder were read-only
+    builds = []
+    build = pysam.faidx
+    monkeypatch.setattr(fasta_module.pysam, "faidx", lambda *args: builds.append(args) or build(*args))
+    report = ingest(path, out=tmp_path / "d", fasta=fasta, chunk_size=20, scheduler="threads", workers=2)
+    assert report["tasks"] == 5 and report["ref_checked"] == len(records)
+    assert len(builds) == 1 and list(scratch.iterdir()) == [] and not Path(f"{fasta}.fai").exists()
+
+
 def test_ingest__empty_vcf(tmp_path):
     path = write_vcf(tmp_path / "e.vcf", vcf_text([], ["a", "b"]))
     report = ingest(path, out=tmp_path / "d")

@@ -34,6 +34,7 @@ input is read again only to describe the records of a refused file.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
@@ -51,7 +52,7 @@ from pipeline.harmonize.variant_ids import (
     parse_variant_id,
     variant_ids,
 )
-from pipeline.io.fasta import open_reference
+from pipeline.io.fasta import ReferenceFiles
 from pipeline.io.vcf import RecordBlock, Region, open_vcf, read_blocks
 
 __all__ = ["DuplicateVariantError", "dataset_variant_ids", "describe_record", "refuse_duplicate_variants"]
@@ -113,19 +114,20 @@ def _blocks_at(vcf: str, contig: str, contig_style: str, positions: set[int]) ->
                 continue  # a contig name the index does not know
 
 
-def _source_records(vcf: str, key: str, positions: set[int], *, contig_style: str, fasta: str | None) -> list[str]:
+def _source_records(vcf: str, key: str, positions: set[int], *, contig_style: str, fasta: ReferenceFiles | None) -> list[str]:
     """The input records (described) that harmonize to ``key``, in file order."""
-    harmonize = harmonizer(contig_style=contig_style, reference=open_reference(fasta) if fasta else None)
     found: list[str] = []
-    for block in _blocks_at(vcf, parse_variant_id(key).contig, contig_style, positions):
-        for i in np.flatnonzero(np.isin(block.position, list(positions))).tolist():
-            try:
-                batch = harmonize(_one_record(block, i))
-            except GenofedError:
-                continue
-            made = variant_ids(batch.contig, batch.position, batch.ref, batch.alt)
-            if key in made:
-                found += [describe_record(block, i)] * made.count(key)
+    with contextlib.nullcontext() if fasta is None else fasta.open() as reference:
+        harmonize = harmonizer(contig_style=contig_style, reference=reference)
+        for block in _blocks_at(vcf, parse_variant_id(key).contig, contig_style, positions):
+            for i in np.flatnonzero(np.isin(block.position, list(positions))).tolist():
+                try:
+                    batch = harmonize(_one_record(block, i))
+                except GenofedError:
+                    continue
+                made = variant_ids(batch.contig, batch.position, batch.ref, batch.alt)
+                if key in made:
+                    found += [describe_record(block, i)] * made.count(key)
     return found
 
 
@@ -141,7 +143,7 @@ def _fix(records: list[str], key: str) -> str:
 
 
 def refuse_duplicate_variants(root: Path, entries: Sequence[dict[str, Any]], *, vcf: str | Mapping[str, str], contig_style: str,
-                              fasta: str | None) -> None:
+                              fasta: ReferenceFiles | None) -> None:
     """Refuses an ingest whose chunks hold a variant key more than once (see the module docstring).
 
     Args:

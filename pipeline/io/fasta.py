@@ -8,8 +8,11 @@ block's span once and slices it instead of one htslib call per record.
 from __future__ import annotations
 
 import os
+import shutil
 import tempfile
+import weakref
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -28,24 +31,52 @@ def _is_plain_gzip(path: Path) -> bool:
     return head[:2] == b"\x1f\x8b" and not (len(head) >= 16 and head[3] & 4 and head[12:14] == b"BC")
 
 
+@dataclass(frozen=True)
+class ReferenceFiles:
+    """A FASTA and the index files htslib reads it with: plain values, so Dask tasks can carry them.
+
+    Each task opens its own :class:`Reference` from them (an htslib handle is not shared
+    between threads) without building the index again.
+    """
+
+    path: Path
+    fai: Path | None = None
+    gzi: Path | None = None
+
+    def open(self) -> Reference:
+        """The reference through these index files.
+
+        Where they are not (a task on another machine than the one that indexed the FASTA
+        into a temporary folder), it is indexed anew as :func:`open_reference` does.
+        """
+        if any(index is not None and not index.exists() for index in (self.fai, self.gzi)):
+            return open_reference(self.path)
+        return Reference(self.path, self.fai, self.gzi)
+
+
 class Reference:
     """An opened reference genome (identity: a FASTA file and its .fai/.gzi index).
 
-    Picklable: a copy reopens the file by path, so Dask tasks can receive one.
+    Picklable: a copy reopens the file by path, so Dask tasks can receive one. When the
+    index had to be built in a temporary folder, the Reference that built it owns the
+    folder and :meth:`close` removes it; copies and references opened from
+    :attr:`files` do not.
     """
 
-    def __init__(self, path: Path, fai: Path | None = None, gzi: Path | None = None) -> None:
+    def __init__(self, path: Path, fai: Path | None = None, gzi: Path | None = None, *, owned_folder: Path | None = None) -> None:
+        self.files = ReferenceFiles(path, fai, gzi)
         self.path = path
-        self._fai = fai
-        self._gzi = gzi
+        # removes the folder on close(), or when this object is collected or the interpreter exits
+        self._remove_folder = weakref.finalize(self, shutil.rmtree, owned_folder, True) if owned_folder is not None else None
         self._handle = pysam.FastaFile(str(path), filepath_index=str(fai) if fai else None, filepath_index_compressed=str(gzi) if gzi else None)
         self.contigs: dict[str, int] = dict(zip(self._handle.references, self._handle.lengths, strict=True))
 
     def __getstate__(self) -> dict[str, Any]:
-        return {"path": self.path, "fai": self._fai, "gzi": self._gzi}
+        return {"files": self.files}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
-        self.__init__(state["path"], state["fai"], state["gzi"])  # type: ignore[misc]
+        files = state["files"]
+        self.__init__(files.path, files.fai, files.gzi)  # type: ignore[misc]
 
     def __enter__(self) -> Reference:
         return self
@@ -55,6 +86,8 @@ class Reference:
 
     def close(self) -> None:
         self._handle.close()
+        if self._remove_folder is not None:
+            self._remove_folder()
 
     def __repr__(self) -> str:
         return f"Reference({str(self.path)!r}, contigs={len(self.contigs)})"
@@ -130,8 +163,10 @@ def open_reference(path: str | Path) -> Reference:
     """Opens a FASTA (plain or bgzipped), creating its .fai/.gzi index if missing.
 
     The index is written next to the file when the folder is writable, otherwise into
-    a temporary folder (the file itself is never modified). An index older than the
-    FASTA is rebuilt, so a rewritten reference never keeps stale contig lengths.
+    a temporary folder (the file itself is never modified) that :meth:`Reference.close`
+    removes: open it once and hand :attr:`Reference.files` to whatever else reads it. An
+    index older than the FASTA is rebuilt, so a rewritten reference never keeps stale
+    contig lengths.
 
     Raises:
         FastaError: the file is missing, plain-gzip compressed or not a FASTA file.
@@ -141,7 +176,7 @@ def open_reference(path: str | Path) -> Reference:
         raise FastaError(f"{path}: no such file; check the path to the reference FASTA (.fa, .fa.gz bgzipped)")
     if _is_plain_gzip(path):
         raise FastaError(f"{path}: compressed with plain gzip, which cannot be indexed; recompress it with 'zcat {path} | bgzip > {path.name}.bgz' and 'samtools faidx'")
-    fai = gzi = None
+    fai = gzi = folder = None
     compressed = _starts_gzip(path)
     indexes = [Path(f"{path}.fai")] + ([Path(f"{path}.gzi")] if compressed else [])
     modified = path.stat().st_mtime
@@ -159,10 +194,12 @@ def open_reference(path: str | Path) -> Reference:
             if fai is not None:
                 arguments = [str(path), "--fai-idx", str(fai)] + (["--gzi-idx", str(gzi)] if gzi else [])
                 pysam.faidx(*arguments)
-            return Reference(path, fai, gzi)
+            return Reference(path, fai, gzi, owned_folder=folder)
         finally:
             pysam.set_verbosity(previous)
     except (OSError, ValueError, pysam.SamtoolsError) as error:
+        if folder is not None:
+            shutil.rmtree(folder, ignore_errors=True)
         raise FastaError(f"{path}: cannot be opened as a FASTA file ({error}); expected '>name' lines followed by sequence, plain or bgzipped") from error
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import gzip
 import os
 import pickle
@@ -113,6 +114,33 @@ def test_open_reference__read_only_folder_indexes_elsewhere(tmp_path: Path, monk
     assert reference.fetch("chrM", 0, 4) == "GATC"
     assert not Path(f"{path}.fai").exists() and not Path(f"{path}.gzi").exists()
     assert pickle.loads(pickle.dumps(reference)).fetch("chrX", 0, 2) == "TT"
+
+
+def test_open_reference__read_only_folder_index_removed_by_its_owner_only(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from pipeline.io import fasta
+
+    path = write_fasta(tmp_path, bgzip=True)
+    scratch = tmp_path / "scratch"
+    scratch.mkdir()
+    monkeypatch.setattr(fasta.tempfile, "tempdir", str(scratch))
+    monkeypatch.setattr(fasta.os, "access", lambda *args: False)
+    reference = open_reference(path)
+    (folder,) = scratch.iterdir()
+    assert sorted(index.name for index in folder.iterdir()) == [f"{path.name}.fai", f"{path.name}.gzi"]
+    copy = pickle.loads(pickle.dumps(reference))
+    reopened = reference.files.open()
+    copy.close()
+    reopened.close()
+    assert folder.exists()  # only the Reference that built the index removes it
+    assert reference.files.open().fetch("chrM", 0, 4) == "GATC"
+    reference.close()
+    assert list(scratch.iterdir()) == []
+    with reference.files.open() as elsewhere:  # as a task on another machine: its own index, removed after it
+        assert elsewhere.fetch("chrX", 0, 2) == "TT" and len(list(scratch.iterdir())) == 1
+    assert list(scratch.iterdir()) == []
+    open_reference(path)  # not closed: removed when collected
+    gc.collect()
+    assert list(scratch.iterdir()) == []
 
 
 def test_open_reference__errors(tmp_path: Path) -> None:
