@@ -74,32 +74,32 @@ _MAX_POS = (1 << 31) - 1  # largest VCF POS: a 32-bit signed Integer (VCF 4.x), 
 _TAB = 9
 
 
-def _cell_table() -> bytes:
-    """bytes.translate table giving each byte of a GT cell a code checkable by word arithmetic.
+def _pair_table(terminators: bytes) -> np.ndarray:
+    """Codes of every two bytes of GT text, read as one little-endian uint16, for :func:`_decode_fast`.
 
-    Digits -> 0..9 and '.' -> 0xFF (so the allele bytes are already int8 allele
-    indexes), '/' -> 0x20, '|' -> 0x21, tab -> 0x40, ':' -> 0x44, anything else -> 0x80.
-    Read as a little-endian uint32, a cell 'a', separator, 'b', terminator is valid
-    exactly when ``(word + 0x00010001) & mask == 0x40002000``: adding 1 maps the allele
-    codes {0xFF, 0..9} to {0, 1..10}, whose high nibble is 0; the carry out of a '.'
-    is absorbed by the separator and terminator checks, which accept code + 1.
+    A one-digit diploid call and the byte after it are two pairs: (allele, separator)
+    and (allele, terminator). The table gives an (allele, terminator) pair the allele's
+    index (digits 0..9, '.' -1), an (allele, '/' or '|') pair that index + 16, and any
+    other pair -128. ``np.take`` of it over the text's pairs is cheaper than mapping
+    every byte (``bytes.translate``), and leaves the alleles where the output wants them.
     """
-    table = bytearray([0x80] * 256)
-    for digit in range(10):
-        table[ord("0") + digit] = digit
-    table[ord(".")] = 0xFF
-    table[ord("/")], table[ord("|")] = 0x20, 0x21
-    table[ord("\t")], table[ord(":")] = 0x40, 0x44
-    return bytes(table)
+    table = np.full(1 << 16, -128, dtype=np.int8)
+    for allele, index in [(ord("."), -1), *((ord("0") + digit, digit) for digit in range(10))]:
+        for terminator in terminators:
+            table[allele | terminator << 8] = index
+        for separator in b"/|":
+            table[allele | separator << 8] = index + 16
+    return table
 
 
-_CELL_CODES = _cell_table()
-_CELL_ADD = np.uint32(0x00010001)
-_CELL_MASK_TAB = np.uint32(0xFEF0FCF0)  # allele, separator, allele, then exactly a tab
-_CELL_MASK_FIELD = np.uint32(0xFAF0FCF0)  # allele, separator, allele, then a tab or ':'
-_CELL_EXPECTED = np.uint32(0x40002000)
-_TAB_CODE = 0x40
-_PHASED_CODE = 0x21
+_PAIRS_TAB = _pair_table(b"\t")  # a call alone in its cell
+_PAIRS_FIELD = _pair_table(b"\t:")  # a call followed by other FORMAT fields
+_CELL_ADD = np.uint16(0x00F1)
+"""Added to a cell's two pair codes (one uint16), it makes both bytes allele + 1 (0..10) exactly
+when the cell is valid: the first code, allele + 16 in 15..25, loses 15 and carries 1 into the
+second, allele in -1..9. Any other code leaves a byte above 15, so ``& _CELL_MASK`` tests a cell."""
+_CELL_MASK = np.uint16(0xF0F0)
+_PIPE = ord("|")
 _GT_SYNTAX = re.compile(rb"[|/]?(?:\.|\d+)(?:[|/](?:\.|\d+))*")
 _GT_SPLIT = re.compile(rb"[|/]")
 _CONTROL = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]")  # tab (\x09) separates the columns joined for the check
@@ -1113,6 +1113,25 @@ def decode_genotypes(
     return allele_index, phased
 
 
+def _decode_cells(cells: np.ndarray, table: np.ndarray = _PAIRS_TAB) -> tuple[np.ndarray, np.ndarray]:
+    """Alleles of 3-byte diploid calls, each with the byte after it, and whether every cell of a row is one.
+
+    Args:
+        cells: uint8 (rows, samples, 4): allele, separator, allele, terminator.
+        table: :data:`_PAIRS_TAB` (the terminator must be a tab) or :data:`_PAIRS_FIELD` (a tab or ':').
+
+    Returns:
+        ``alleles`` int8 (rows, samples, 2) (-1 missing; meaningless in a row that is not
+        valid) and ``valid`` bool (rows,).
+    """
+    codes = np.take(table, cells.view(np.uint16), mode="clip")  # one code per byte pair
+    words = codes.view(np.uint16).reshape(cells.shape[:2])
+    words += _CELL_ADD
+    valid = ((words & _CELL_MASK) == 0).all(axis=1)
+    codes -= np.int8(1)
+    return codes, valid
+
+
 def _decode_fast(
     samples: Sequence[bytes | memoryview],
     rows: list[int],
@@ -1127,9 +1146,11 @@ def _decode_fast(
     """Decodes one-digit diploid calls written in 3 bytes, for ``rows``, into the outputs.
 
     Without other FORMAT fields the joined sample text is a (rows, samples, 4) array
-    as is; with them, each sample's start is found from the tabs. Rows are handled in
-    batches of about ``_BATCH_BYTES`` so temporaries stay in cache. Rows with any other
-    call shape keep ``is_fast`` False and go to the general parser.
+    as is; with them, each sample's start is found from the tabs. Each cell's two byte
+    pairs become codes by :func:`_pair_table` and are checked and turned into alleles
+    by two additions and one mask. Rows are handled in batches of about
+    ``_BATCH_BYTES`` so temporaries stay in cache. Rows with any other call shape keep
+    ``is_fast`` False and go to the general parser.
     """
     per_record = 4 * num_samples if not with_fields else max(len(samples[rows[0]]), 4 * num_samples)
     step = max(1, _BATCH_BYTES // per_record)
@@ -1138,31 +1159,28 @@ def _decode_fast(
         m = len(batch)
         if with_fields:
             text = b"\t".join([samples[i] for i in batch]) + b"\t\x80\x80\x80"
-            codes = text.translate(_CELL_CODES)
-            data = np.frombuffer(codes, dtype=np.uint8)
-            tabs = np.flatnonzero(data == _TAB_CODE)  # exactly m * num_samples (counts checked)
+            data = np.frombuffer(text, dtype=np.uint8)
+            tabs = np.flatnonzero(data == _TAB)  # exactly m * num_samples (counts checked)
             starts = np.empty(tabs.size, dtype=np.int64)
             starts[0] = 0
             starts[1:] = tabs[:-1] + 1
             cells = data[starts.reshape(m, num_samples, 1) + np.arange(4)]
-            mask = _CELL_MASK_FIELD
+            table = _PAIRS_FIELD
         else:
             text = b"\t".join([samples[i] for i in batch] + [b""])
-            codes = text.translate(_CELL_CODES)
-            cells = np.frombuffer(codes, dtype=np.uint8).reshape(m, num_samples, 4)
-            mask = _CELL_MASK_TAB
-        words = cells.view(np.uint32).reshape(m, num_samples)
-        ok = (((words + _CELL_ADD) & mask) == _CELL_EXPECTED).all(axis=1)
+            cells = np.frombuffer(text, dtype=np.uint8).reshape(m, num_samples, 4)
+            table = _PAIRS_TAB
+        calls, ok = _decode_cells(cells, table)
         contiguous = batch[-1] - batch[0] == m - 1
         target = slice(batch[0], batch[-1] + 1) if contiguous else np.asarray(batch)
-        alleles[target] = cells[:, :, 0:3:2].view(np.int8)
+        alleles[target] = calls
         # A valid cell's separator is '/' or '|': text with only one of them needs no pass over the cells.
         if b"|" not in text:
             phased[target] = False
         elif b"/" not in text:
             phased[target] = True
         else:
-            phased[target] = cells[:, :, 1] == _PHASED_CODE
+            phased[target] = cells[:, :, 1] == _PIPE
         highest[target] = alleles[target].reshape(m, -1).max(axis=1)
         is_fast[target] = ok
 

@@ -160,6 +160,26 @@ def test_decode_genotypes__phasing_whichever_separators_the_text_holds(formats, 
         np.testing.assert_array_equal(alleles[i], reference)
         np.testing.assert_array_equal(phased[i], reference_phased)
 
+@pytest.mark.parametrize("table, terminators", [(vcf._PAIRS_TAB, b"\t"), (vcf._PAIRS_FIELD, b"\t:")], ids=["alone", "with-fields"])
+def test_decode_cells__every_byte_triple_as_the_gt_grammar_says(table: np.ndarray, terminators: bytes) -> None:
+    """All 2^24 (allele, separator, allele) byte triples before each kind of terminator, and every terminator."""
+    values = np.arange(256, dtype=np.uint8)
+    allele_ok = np.isin(values, list(b"0123456789."))
+    separator_ok = np.isin(values, list(b"/|"))
+    index = np.where(values == ord("."), -1, values.astype(np.int16) - ord("0")).astype(np.int8)
+    a, s, b = (x.ravel() for x in np.meshgrid(values, values, values, indexing="ij"))
+    for terminator in [*terminators, 0x00, ord(";"), 0x89, 0xBA]:
+        cells = np.stack([a, s, b, np.full_like(a, terminator)], axis=-1).reshape(-1, 1, 4)
+        alleles, valid = vcf._decode_cells(cells, table)
+        want = allele_ok[a] & separator_ok[s] & allele_ok[b] & (terminator in terminators)
+        np.testing.assert_array_equal(valid, want)
+        np.testing.assert_array_equal(alleles[want, 0], np.stack([index[a[want]], index[b[want]]], axis=-1))
+    triples = np.array([list(b"0/1"), list(b".|9"), list(b"0/0")], dtype=np.uint8)
+    for terminator in values:
+        cells = np.concatenate([triples, np.full((3, 1), terminator, np.uint8)], axis=1).reshape(3, 1, 4)
+        assert vcf._decode_cells(cells, table)[1].tolist() == [terminator in terminators] * 3
+
+
 def test_decode_genotypes__mixed_ploidy_pads_with_absent() -> None:
     alleles, phased = vcf.decode_genotypes([b"GT", b"GT"], [b"0\t1/1\t.", b"0/1/2\t10|0\t./."], 3, [1, 10])
     assert alleles.shape == (2, 3, 3)
