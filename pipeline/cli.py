@@ -193,10 +193,11 @@ def dataset_group() -> None:
 def dataset_upgrade_command(dataset: Path, progress: bool | None, as_json: bool) -> None:
     """Convert DATASET, written by an older genofed, to the current format in place.
 
-    Only the genotype files change (format 1 stored lists; format 2 packs each
-    variant's genotypes into one value, several times faster to write and read), one
-    chunk at a time. An interrupted run is finished by running it again; a dataset
-    already in the current format is left as it is.
+    Only the genotype files change, one chunk at a time: format 1 stored lists, format
+    2 one byte a call (still read as it is), format 3 packs each variant's calls 2
+    bits each into one value, a quarter of the bytes to compress and read. An
+    interrupted run is finished by running it again; a dataset already in the current
+    format is left as it is.
 
     \b
     Example:

@@ -11,9 +11,11 @@ Layout (plain Parquet, readable by pyarrow/pandas/duckdb without genofed)::
 
 Genotypes are variant-major: a chunk is a dense (variants x samples) int8 block of ALT
 dosages (-1 missing), so a Dask task and a JAX kernel see the same array. On disk each
-variant's row is one binary value, its samples' bytes in order (format 2): Parquet writes
-and reads that at memory speed, where a ``list<int8>`` (format 1) spends a repetition and
-definition level on every genotype. ``genofed dataset upgrade`` converts a format-1 folder.
+variant's row is one binary value: its hard calls 2 bits each, as a PLINK 2 .pgen stores
+them (format 3; :func:`pack_calls`), or one byte each for a variant with a call above 2.
+Format 2 stored every variant one byte a call; its chunks read as they are, and
+``genofed dataset upgrade`` packs them. A ``list<int8>`` (format 1) spent a repetition
+and definition level on every genotype; the upgrade converts that too.
 """
 
 from __future__ import annotations
@@ -33,8 +35,9 @@ from pipeline.assembly import check_assembly, non_par_x
 from pipeline.errors import InputError, SpecMismatch
 
 FORMAT_NAME = "genofed-dataset"
-FORMAT_VERSION = "2.0.0"
-FORMAT_MAJOR = FORMAT_VERSION.split(".")[0]  # what this genofed reads
+FORMAT_VERSION = "3.0.0"
+FORMAT_MAJOR = FORMAT_VERSION.split(".")[0]  # what this genofed writes
+BYTE_FORMAT_MAJOR = "2"  # one byte a call: read as it is, genofed dataset upgrade packs it
 LIST_FORMAT_MAJOR = "1"  # genotypes as Parquet lists; genofed dataset upgrade converts it
 GENOTYPES_PER_ROW_GROUP = 2**25  # ~32 M calls: large enough to compress, small enough to stay in cache
 
@@ -109,6 +112,120 @@ def packed_rows(matrices: Sequence[np.ndarray], rows_per_piece: int) -> pa.Chunk
     return pa.chunked_array(pieces, pa.binary())
 
 
+_CALL_CELLS = 1 << 18
+"""Calls packed or unpacked at a time: the temporaries stay in cache."""
+
+
+def packed_width(num_samples: int) -> int:
+    """Bytes of one variant's 2-bit calls (four samples a byte)."""
+    return (num_samples + 3) // 4
+
+
+def _unpack_table() -> np.ndarray:
+    """The four int8 calls of every byte of 2-bit codes, as one little-endian uint32 per byte value."""
+    codes = np.arange(256, dtype=np.uint32)
+    calls = np.stack([(codes >> shift) & 3 for shift in (0, 2, 4, 6)], axis=1).astype(np.int8)
+    calls[calls == 3] = -1
+    return calls.view(np.uint32)[:, 0].copy()
+
+
+_UNPACK = _unpack_table()
+
+
+def pack_calls(calls: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(variants, samples) int8 calls as 2-bit codes, and which variants can be stored so.
+
+    A call of 0, 1 or 2 ALT alleles is its own code and a missing one (-1) is 3, as a
+    PLINK 2 .pgen stores hard calls; sample ``j`` is bits ``2 (j mod 4)`` of byte ``j div 4``
+    (the last byte's unused bits are 0). A variant with a call above 2 (a polyploid
+    call) cannot be stored so and keeps one byte a call.
+    """
+    rows, num_samples = calls.shape
+    width = packed_width(num_samples)
+    packed = np.empty((rows, width), dtype=np.uint8)
+    step = max(1, _CALL_CELLS // max(1, 4 * width))
+    codes = np.zeros((min(step, rows), 4 * width), dtype=np.int8)
+    for start in range(0, rows, step):
+        part = calls[start:start + step]
+        np.bitwise_and(part, 3, out=codes[: part.shape[0], :num_samples])
+        words = codes[: part.shape[0]].view(np.uint32)  # four codes a word, one a byte
+        gathered = words | (words >> 6)
+        gathered |= gathered >> 12
+        packed[start:start + step] = gathered  # its low byte holds the four codes, 2 bits each
+    return packed, calls.max(axis=1, initial=-1) <= 2
+
+
+def unpack_calls(packed: np.ndarray, num_samples: int) -> np.ndarray:
+    """(variants, samples) int8 calls from :func:`pack_calls`'s codes."""
+    rows, width = packed.shape
+    calls = np.empty((rows, 4 * width), dtype=np.int8)
+    step = max(1, _CALL_CELLS // max(1, 4 * width))
+    for start in range(0, rows, step):
+        np.take(_UNPACK, packed[start:start + step], out=calls[start:start + step].view(np.uint32), mode="clip")
+    return calls if num_samples == 4 * width else np.ascontiguousarray(calls[:, :num_samples])
+
+
+def call_rows(calls: Sequence[np.ndarray], rows_per_piece: int) -> pa.ChunkedArray:
+    """The ``call_dosage`` column of consecutive (variants, samples) pieces: 2 bits a call where it can be.
+
+    A variant with a call above 2, or a dataset of one sample (whose packed and byte
+    rows would be the same length), keeps one byte a call: a row's length says which.
+    """
+    pieces = []
+    for matrix in calls:
+        matrix = matrix.astype(np.int8, copy=False)
+        num_samples = matrix.shape[1]
+        for start in range(0, matrix.shape[0], max(1, rows_per_piece)):
+            part = matrix[start:start + rows_per_piece]
+            if num_samples < 2:
+                pieces.extend(packed_rows([part], rows_per_piece).chunks)
+                continue
+            packed, packable = pack_calls(part)
+            if packable.all():
+                pieces.extend(packed_rows([packed], rows_per_piece).chunks)
+            else:
+                pieces.append(pa.array([(packed[i] if packable[i] else part[i]).tobytes() for i in range(part.shape[0])], pa.binary()))
+    return pa.chunked_array(pieces, pa.binary())
+
+
+def unpacked_calls(column: pa.ChunkedArray, n_samples: int, *, source: str) -> np.ndarray:
+    """A ``call_dosage`` column as a (variants, samples) int8 matrix, each row read in the form its length says.
+
+    Raises:
+        InputError: a row is neither ``packed_width(n_samples)`` nor ``n_samples`` bytes
+            long (another dataset's chunk copied in, or a damaged file), naming the file and the row.
+    """
+    if n_samples < 2:
+        return unpacked_rows(column, np.dtype(np.int8), n_samples, source=source)
+    width = packed_width(n_samples)
+    parts = []
+    for row, lengths, data in _binary_pieces(column, source):
+        packed = lengths == width
+        wrong = np.flatnonzero(~packed & (lengths != n_samples))
+        if wrong.size:
+            raise InputError(f"{source}: row {row + int(wrong[0])} holds {int(lengths[wrong[0]])} bytes, expected {width} "
+                             f"({n_samples} samples, 2 bits each) or {n_samples} (one byte each); the file is not this "
+                             "dataset's, re-run 'genofed ingest'")
+        if packed.all():
+            parts.append(unpack_calls(data.reshape(lengths.size, width), n_samples))
+        elif not packed.any():
+            parts.append(data.view(np.int8).reshape(lengths.size, n_samples))
+        else:
+            parts.append(_mixed_rows(data, lengths, width, n_samples))
+    return _read_only(parts, n_samples, np.dtype(np.int8))
+
+
+def _mixed_rows(data: np.ndarray, lengths: np.ndarray, width: int, n_samples: int) -> np.ndarray:
+    """Rows of both forms in one piece (a chunk holding a polyploid call), each decoded by its length."""
+    matrix = np.empty((lengths.size, n_samples), np.int8)
+    start = 0
+    for i, length in enumerate(lengths.tolist()):
+        value = data[start:start + length]
+        matrix[i] = unpack_calls(value.reshape(1, width), n_samples)[0] if length == width else value.view(np.int8)
+        start += length
+    return matrix
+
+
 def unpacked_rows(column: pa.ChunkedArray, dtype: np.dtype, n_samples: int, *, source: str) -> np.ndarray:
     """A packed genotype column as a (variants, samples) matrix: a read-only view of Arrow's memory when it is one chunk.
 
@@ -116,27 +233,41 @@ def unpacked_rows(column: pa.ChunkedArray, dtype: np.dtype, n_samples: int, *, s
         InputError: a value's length is not ``n_samples`` values (another dataset's
             chunk copied in, or a damaged file), naming the file and the row.
     """
+    width = n_samples * dtype.itemsize
+    parts = []
+    for row, lengths, data in _binary_pieces(column, source):
+        wrong = np.flatnonzero(lengths != width)
+        if wrong.size:
+            raise InputError(f"{source}: row {row + int(wrong[0])} holds {int(lengths[wrong[0]])} bytes, expected {width} "
+                             f"({n_samples} samples x {dtype.itemsize}); the file is not this dataset's, re-run 'genofed ingest'")
+        parts.append(data.view(dtype).reshape(lengths.size, n_samples))
+    return _read_only(parts, n_samples, dtype)
+
+
+def _binary_pieces(column: pa.ChunkedArray, source: str) -> Iterator[tuple[int, np.ndarray, np.ndarray]]:
+    """(first row, value lengths, the values' bytes) of each non-empty Arrow chunk of a binary genotype column.
+
+    Raises:
+        InputError: the column is not binary (a format-1 chunk of lists).
+    """
     if not pa.types.is_binary(column.type):
         raise InputError(f"{source}: genotypes stored as {column.type}, expected packed binary values (dataset format {FORMAT_VERSION}); "
                          "a chunk written by an older genofed: convert the dataset with 'genofed dataset upgrade', or re-run 'genofed ingest'")
-    width = n_samples * dtype.itemsize
-    parts = []
     row = 0
     for chunk in column.chunks:
         if len(chunk) == 0:
             continue
         offsets = np.frombuffer(chunk.buffers()[1], np.int32, count=len(chunk) + 1, offset=chunk.offset * 4)
-        wrong = np.flatnonzero(np.diff(offsets) != width)
-        if wrong.size:
-            raise InputError(f"{source}: row {row + int(wrong[0])} holds {int(np.diff(offsets)[wrong[0]])} bytes, expected {width} "
-                             f"({n_samples} samples x {dtype.itemsize}); the file is not this dataset's, re-run 'genofed ingest'")
-        data = np.frombuffer(chunk.buffers()[2], np.uint8, count=int(offsets[-1] - offsets[0]), offset=int(offsets[0]))
-        parts.append(data.view(dtype).reshape(len(chunk), n_samples))
+        yield row, np.diff(offsets), np.frombuffer(chunk.buffers()[2], np.uint8, count=int(offsets[-1] - offsets[0]), offset=int(offsets[0]))
         row += len(chunk)
+
+
+def _read_only(parts: list[np.ndarray], n_samples: int, dtype: np.dtype) -> np.ndarray:
+    """The pieces as one matrix that nobody writes through (Arrow's memory, or a copy that stands for it)."""
     if not parts:
         return np.zeros((0, n_samples), dtype)
     matrix = parts[0] if len(parts) == 1 else np.concatenate(parts)
-    matrix.setflags(write=False)  # Arrow's memory (or a copy that stands for it): nobody writes through it
+    matrix.setflags(write=False)
     return matrix
 
 
@@ -148,7 +279,7 @@ def genotype_table(variant_id: pa.Array, calls: Sequence[np.ndarray], doses: Seq
     some pieces have them, the others' rows are NaN (missing), as a call without DS is.
     """
     rows = rows_per_group(calls[0].shape[1] if calls else 0)
-    packed_calls = packed_rows([call.astype(np.int8, copy=False) for call in calls], rows)
+    packed_calls = call_rows(calls, rows)
     if all(dose is None for dose in doses):
         packed_doses = pa.chunked_array([pa.nulls(len(variant_id), type=pa.binary())])
     else:
@@ -240,7 +371,7 @@ class Dataset:
             raise InputError(f"{meta_path}: dataset format {self.metadata.get('format_version')} stores genotypes as lists, which this genofed "
                              f"no longer reads (format {FORMAT_VERSION} packs each variant's genotypes); convert it in place with "
                              f"'genofed dataset upgrade {self.path}' (no re-ingest), or re-run 'genofed ingest'")
-        if major != FORMAT_MAJOR:
+        if major not in (FORMAT_MAJOR, BYTE_FORMAT_MAJOR):
             raise InputError(f"{meta_path}: dataset format {self.metadata.get('format_version')} is not readable by this genofed (format {FORMAT_VERSION}); re-run 'genofed ingest'")
 
     @property
@@ -287,7 +418,7 @@ class Dataset:
         columns = ["call_dosage", "dosage"] if with_dosage else ["call_dosage"]
         path = self.path / "genotypes" / f"{chunk}.parquet"
         table = _read_parquet(path, columns=columns)
-        call_dosage = unpacked_rows(table.column("call_dosage"), np.dtype(np.int8), self.num_samples, source=f"{path}, column call_dosage")
+        call_dosage = unpacked_calls(table.column("call_dosage"), self.num_samples, source=f"{path}, column call_dosage")
         dosage = None
         if with_dosage:
             doses = table.column("dosage")

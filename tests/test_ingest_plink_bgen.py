@@ -14,7 +14,7 @@ import pytest
 from click.testing import CliRunner
 
 from pipeline.cli import main
-from pipeline.dataset import open_dataset
+from pipeline.dataset import open_dataset, unpacked_calls
 from pipeline.errors import InputError
 from pipeline.ingest import ingest
 
@@ -85,7 +85,7 @@ def _dataset(path: Path) -> tuple[pa.Table, np.ndarray, np.ndarray | None]:
     names = open_dataset(path).chunk_names
     variants = pa.concat_tables([pq.read_table(path / "variants" / f"{name}.parquet") for name in names])
     genotypes = pa.concat_tables([pq.read_table(path / "genotypes" / f"{name}.parquet") for name in names])
-    calls = np.array([np.frombuffer(row, np.int8) for row in genotypes.column("call_dosage").to_pylist()], dtype=np.int8)
+    calls = unpacked_calls(genotypes.column("call_dosage"), len(SAMPLES), source=str(path))
     doses = genotypes.column("dosage").to_pylist()
     dosage = None if all(d is None for d in doses) else np.array(
         [np.frombuffer(d, "<f4") if d is not None else [np.nan] * len(SAMPLES) for d in doses], np.float32)
