@@ -137,8 +137,8 @@ def pack_calls(calls: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
     A call of 0, 1 or 2 ALT alleles is its own code and a missing one (-1) is 3, as a
     PLINK 2 .pgen stores hard calls; sample ``j`` is bits ``2 (j mod 4)`` of byte ``j div 4``
-    (the last byte's unused bits are 0). A variant with a call above 2 (a polyploid
-    call) cannot be stored so and keeps one byte a call.
+    (the last byte's unused bits are 0). A variant with a call outside -1..2 (a polyploid
+    call above 2) cannot be stored so and keeps one byte a call.
     """
     rows, num_samples = calls.shape
     width = packed_width(num_samples)
@@ -152,7 +152,7 @@ def pack_calls(calls: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         gathered = words | (words >> 6)
         gathered |= gathered >> 12
         packed[start:start + step] = gathered  # its low byte holds the four codes, 2 bits each
-    return packed, calls.max(axis=1, initial=-1) <= 2
+    return packed, (calls.max(axis=1, initial=-1) <= 2) & (calls.min(axis=1, initial=-1) >= -1)
 
 
 def unpack_calls(packed: np.ndarray, num_samples: int) -> np.ndarray:
