@@ -152,7 +152,12 @@ def pack_calls(calls: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         gathered = words | (words >> 6)
         gathered |= gathered >> 12
         packed[start:start + step] = gathered  # its low byte holds the four codes, 2 bits each
-    return packed, (calls.max(axis=1, initial=-1) <= 2) & (calls.min(axis=1, initial=-1) >= -1)
+    return packed, fits_two_bits(calls)
+
+
+def fits_two_bits(calls: np.ndarray) -> np.ndarray:
+    """Which variants' (rows') calls are all -1..2, so that :func:`pack_calls` can store them 2 bits each."""
+    return (calls.max(axis=1, initial=-1) <= 2) & (calls.min(axis=1, initial=-1) >= -1)
 
 
 def unpack_calls(packed: np.ndarray, num_samples: int) -> np.ndarray:

@@ -31,6 +31,7 @@ from pipeline.dataset import (
     FORMAT_MAJOR,
     FORMAT_VERSION,
     LIST_FORMAT_MAJOR,
+    fits_two_bits,
     format_major,
     packed_width,
     read_metadata,
@@ -69,7 +70,7 @@ def _byte_rows_to_pack(column: pa.ChunkedArray, calls: np.ndarray, n_samples: in
     if n_samples < 2 or packed_width(n_samples) == n_samples:
         return False
     lengths = np.asarray(pc.binary_length(column.combine_chunks()))
-    return bool(((lengths == n_samples) & (calls.max(axis=1, initial=-1) <= 2)).any())
+    return bool(((lengths == n_samples) & fits_two_bits(calls)).any())
 
 
 def _upgrade_chunk(path: Path, n_samples: int) -> bool:
