@@ -1164,7 +1164,9 @@ def _decode_fast(
             starts = np.empty(tabs.size, dtype=np.int64)
             starts[0] = 0
             starts[1:] = tabs[:-1] + 1
-            cells = data[starts.reshape(m, num_samples, 1) + np.arange(4)]
+            # the 4 bytes at every offset, as one (unaligned) uint32 each: one gather per cell
+            windows = np.ndarray((len(text) - 3,), dtype="<u4", buffer=text, strides=(1,))
+            cells = windows[starts].view(np.uint8).reshape(m, num_samples, 4)
             table = _PAIRS_FIELD
         else:
             text = b"\t".join([samples[i] for i in batch] + [b""])
@@ -1456,21 +1458,63 @@ def _ds_batch(samples: Sequence[bytes | memoryview], rows: list[int], num_sample
     if (tabs - starts < 5).any() or not (data[starts + 3] == _COLON_BYTE).all():
         return None
     missing = (data[starts + 4] == _DOT_BYTE) & (tabs == starts + 5)
-    data[starts[:, None] + np.arange(4)] = _SPACE_BYTE
     data[starts[missing] + 4] = ord("0")
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error")
-            values = np.fromstring(bytes(buffer), dtype=np.float64, sep=" ")
-    except (ValueError, DeprecationWarning):
-        return None
-    if values.size != m * num_samples:
-        return None
+    values = _plain_decimals(bytes(buffer), starts + 4, tabs - starts - 4)
+    if values is None:  # another form of number ('1e-3', '+1', 'nan'): numpy's text parser, 6x slower
+        data[starts[:, None] + np.arange(4)] = _SPACE_BYTE
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("error")
+                values = np.fromstring(bytes(buffer), dtype=np.float64, sep=" ")
+        except (ValueError, DeprecationWarning):
+            return None
+        if values.size != m * num_samples:
+            return None
     values[missing] = np.nan
     return values.reshape(m, num_samples)
 
 
 _COLON_BYTE, _DOT_BYTE, _SPACE_BYTE = ord(":"), ord("."), ord(" ")
+_POWERS_OF_TEN = 10.0 ** np.arange(9)
+_DECIMAL_BYTES = 8  # the longest plain decimal read by column arithmetic ('0.123456'); longer ones go to numpy's parser
+
+
+def _plain_decimals(text: bytes, starts: np.ndarray, lengths: np.ndarray) -> np.ndarray | None:
+    """The numbers at ``text[starts:starts + lengths]`` when every one is a plain decimal; None otherwise.
+
+    A plain decimal is digits with at most one '.' and at least one digit ('2', '0.153',
+    '.5'), 8 bytes at most, as imputation servers write DS. Its digits make an exact
+    integer mantissa and its fraction digits a power of ten, so the one float64 division
+    rounds as ``strtod`` does: the values equal numpy's text parser's, bit for bit.
+    """
+    count = starts.size
+    if count == 0:
+        return np.zeros(0)
+    width = int(lengths.max())
+    if width > _DECIMAL_BYTES or int(lengths.min()) < 1:
+        return None
+    padded = text + bytes(_DECIMAL_BYTES)
+    windows = np.ndarray((len(padded) - _DECIMAL_BYTES + 1,), dtype="<u8", buffer=padded, strides=(1,))  # 8 bytes at every offset
+    columns = windows[starts].view(np.uint8).reshape(count, _DECIMAL_BYTES)
+    mantissa = np.zeros(count, np.int32)
+    fraction_digits = np.zeros(count, np.int8)
+    digits = np.zeros(count, np.int8)
+    seen_dot = np.zeros(count, bool)
+    bad = np.zeros(count, bool)
+    for position in range(width):
+        column = columns[:, position]
+        inside = position < lengths
+        digit = column - np.uint8(ord("0"))
+        is_digit = (digit <= 9) & inside
+        is_dot = (column == _DOT_BYTE) & inside
+        bad |= (inside & ~(is_digit | is_dot)) | (is_dot & seen_dot)
+        np.copyto(mantissa, mantissa * 10 + digit, where=is_digit)
+        fraction_digits += is_digit & seen_dot
+        digits += is_digit
+        seen_dot |= is_dot
+    if bad.any() or not digits.all():
+        return None
+    return mantissa / _POWERS_OF_TEN[fraction_digits]
 
 
 def _ds_fast(sample_text: bytes, key: int, num_samples: int) -> np.ndarray | None:

@@ -180,6 +180,37 @@ def test_decode_cells__every_byte_triple_as_the_gt_grammar_says(table: np.ndarra
         assert vcf._decode_cells(cells, table)[1].tolist() == [terminator in terminators] * 3
 
 
+def _tokens(values: list[bytes]) -> tuple[bytes, np.ndarray, np.ndarray]:
+    text = b"\t".join(values)
+    lengths = np.array([len(value) for value in values], dtype=np.int64)
+    starts = np.concatenate([[0], np.cumsum(lengths + 1)[:-1]]).astype(np.int64)
+    return text, starts, lengths
+
+
+def test_plain_decimals__bit_for_bit_what_strtod_gives() -> None:
+    rng = np.random.default_rng(7)
+    values = [b"0", b"2", b"1.", b".5", b"0.000", b"1.999", b"12345678", b"0.123456", b".0000001", b"99999999"]
+    for decimals in range(7):  # '1.234567', 8 bytes at most
+        values += [(b"%." + str(decimals).encode() + b"f") % x for x in rng.uniform(0, 2, 300)]
+    values += [str(x).encode()[:8] for x in rng.uniform(0, 9, 300)]
+    got = vcf._plain_decimals(*_tokens(values))
+    assert got is not None
+    want = np.array([float(value) for value in values])  # Python's float() is correctly rounded, as strtod
+    np.testing.assert_array_equal(got, want)
+    np.testing.assert_array_equal(got.astype(np.float32), want.astype(np.float32))
+
+
+@pytest.mark.parametrize("odd", [b"1e-3", b"+1", b"-0.5", b"nan", b"inf", b"1.2.3", b".", b"", b"123456789", b"1_0", b" 1", b"0x1", b"1,2"])
+def test_plain_decimals__any_other_form_is_left_to_the_general_parser(odd: bytes) -> None:
+    assert vcf._plain_decimals(*_tokens([b"0.5", odd, b"1"])) is None
+
+
+def test_decode_ds__a_batch_with_another_number_form_reads_as_before() -> None:
+    samples = [b"0/1:0.153\t1/1:1e0\t0/0:.", b"0/1:0.5\t1/1:2\t0/0:0"]
+    ds = vcf.decode_ds([b"GT:DS"] * 2, samples, 3, [1, 1])
+    np.testing.assert_array_equal(ds[:, :, 0], np.array([[0.153, 1.0, np.nan], [0.5, 2.0, 0.0]], dtype=np.float32))
+
+
 def test_decode_genotypes__mixed_ploidy_pads_with_absent() -> None:
     alleles, phased = vcf.decode_genotypes([b"GT", b"GT"], [b"0\t1/1\t.", b"0/1/2\t10|0\t./."], 3, [1, 10])
     assert alleles.shape == (2, 3, 3)
