@@ -1013,7 +1013,10 @@ def _make_block(name: str, contig: str, batch: list[tuple[int | None, int, list[
 
 def _ds_bound(allele_index: np.ndarray, without_gt: list[int]) -> np.ndarray:
     """The largest valid DS per record (its ploidy; 2 for a record without GT)."""
-    ploidy = (allele_index != ABSENT_ALLELE).sum(axis=2).max(axis=1, initial=1)
+    slots = np.zeros(allele_index.shape[:2], dtype=np.int8)
+    for slot in range(allele_index.shape[2]):  # a pass per slot: numpy reduces a last axis of 2 slowly
+        slots += allele_index[:, :, slot] != ABSENT_ALLELE
+    ploidy = slots.max(axis=1, initial=1).astype(np.int64)
     if without_gt:
         ploidy[without_gt] = np.maximum(ploidy[without_gt], 2)
     return ploidy
