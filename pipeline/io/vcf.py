@@ -43,7 +43,6 @@ import gzip
 import itertools
 import re
 import struct
-import warnings
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -1406,15 +1405,20 @@ def _decode_ds_values(
     locate = locate if callable(locate) else _no_locator
     width = max([1, *num_alts])
     ds = np.full((len(samples), num_samples, width), np.nan, dtype=np.float32)
-    simple = [i for i in with_ds if formats[i] == b"GT:DS" and num_alts[i] == 1]
     done: set[int] = set()
-    step = max(1, _BATCH_BYTES // (12 * max(num_samples, 1)))
-    for first in range(0, len(simple), step):
-        batch = simple[first : first + step]
-        values = _ds_batch(samples, batch, num_samples)
-        if values is not None:
-            ds[batch, :, 0] = values
-            done.update(batch)
+    by_format: dict[bytes, list[int]] = {}
+    for i in with_ds:
+        if num_alts[i] == 1:
+            by_format.setdefault(formats[i], []).append(i)
+    for fmt, rows in by_format.items():
+        keys = fmt.split(b":")
+        step = max(1, _BATCH_BYTES // max(1, len(samples[rows[0]])))
+        for first in range(0, len(rows), step):
+            batch = rows[first : first + step]
+            values = _ds_batch(samples, batch, num_samples, keys.index(b"DS"), len(keys))
+            if values is not None:
+                ds[batch, :, 0] = values
+                done.update(batch)
     for i in with_ds:
         if i in done:
             continue
@@ -1440,44 +1444,43 @@ def _decode_ds_values(
     return ds
 
 
-def _ds_batch(samples: Sequence[bytes | memoryview], rows: list[int], num_samples: int) -> np.ndarray | None:
-    """DS of biallelic 'GT:DS' records whose GT are 3 bytes, parsed in one numpy call.
+def _ds_batch(samples: Sequence[bytes | memoryview], rows: list[int], num_samples: int, key: int, fields: int) -> np.ndarray | None:
+    """DS of biallelic records that share one FORMAT (DS its field ``key`` of ``fields``), read without a loop.
 
-    Blanks out each 'a/b:' prefix in place, writes '0' over missing '.' values (then
-    NaN), and parses the remaining numbers with ``np.fromstring``. Returns None, so the
-    general parser runs and reports the exact problem, when anything is unusual.
+    Every cell must hold all the FORMAT's fields and every DS must be a plain decimal
+    or '.' (:func:`_plain_decimals`); the fields are found from the text's tabs and
+    colons. Returns None, so the general parser runs and reports the exact problem,
+    when anything is unusual.
     """
-    m = len(rows)
-    buffer = bytearray(b"\t".join([samples[i] for i in rows] + [b""]))
-    if b"_" in buffer or b" " in buffer:
-        return None  # Python/numpy number syntax that VCF does not allow: the general parser reports it
-    data = np.frombuffer(buffer, dtype=np.uint8)
+    cells = len(rows) * num_samples
+    text = b"\t".join([samples[i] for i in rows] + [b""])
+    data = np.frombuffer(text, dtype=np.uint8)
     tabs = np.flatnonzero(data == _TAB)
-    if tabs.size != m * num_samples or buffer.count(b":") != m * num_samples or b"," in buffer:
+    if tabs.size != cells:
         return None
-    starts = np.empty(tabs.size, dtype=np.int64)
+    starts = np.empty(cells, dtype=np.int64)
     starts[0] = 0
     starts[1:] = tabs[:-1] + 1
-    if (tabs - starts < 5).any() or not (data[starts + 3] == _COLON_BYTE).all():
+    colons = np.flatnonzero(data == _COLON_BYTE)
+    if colons.size != cells * (fields - 1):
         return None
-    missing = (data[starts + 4] == _DOT_BYTE) & (tabs == starts + 5)
-    data[starts[missing] + 4] = ord("0")
-    values = _plain_decimals(bytes(buffer), starts + 4, tabs - starts - 4)
-    if values is None:  # another form of number ('1e-3', '+1', 'nan'): numpy's text parser, 6x slower
-        data[starts[:, None] + np.arange(4)] = _SPACE_BYTE
-        try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("error")
-                values = np.fromstring(bytes(buffer), dtype=np.float64, sep=" ")
-        except (ValueError, DeprecationWarning):
-            return None
-        if values.size != m * num_samples:
-            return None
-    values[missing] = np.nan
-    return values.reshape(m, num_samples)
+    colons = colons.reshape(cells, fields - 1)  # each cell's colons, when its first and last lie inside it
+    if fields > 1 and ((colons[:, 0] < starts).any() or (colons[:, -1] > tabs).any()):
+        return None
+    first = starts if key == 0 else colons[:, key - 1] + 1
+    lengths = (tabs if key == fields - 1 else colons[:, key]) - first
+    if (lengths < 1).any():
+        return None
+    missing = (lengths == 1) & (data[first] == _DOT_BYTE)
+    values = np.full(cells, np.nan)
+    parsed = _plain_decimals(text, first[~missing], lengths[~missing])
+    if parsed is None:
+        return None
+    values[~missing] = parsed
+    return values.reshape(len(rows), num_samples)
 
 
-_COLON_BYTE, _DOT_BYTE, _SPACE_BYTE = ord(":"), ord("."), ord(" ")
+_COLON_BYTE, _DOT_BYTE = ord(":"), ord(".")
 _POWERS_OF_TEN = 10.0 ** np.arange(9)
 _DECIMAL_BYTES = 8  # the longest plain decimal read by column arithmetic ('0.123456'); longer ones go to numpy's parser
 

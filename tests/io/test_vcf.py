@@ -211,6 +211,32 @@ def test_decode_ds__a_batch_with_another_number_form_reads_as_before() -> None:
     np.testing.assert_array_equal(ds[:, :, 0], np.array([[0.153, 1.0, np.nan], [0.5, 2.0, 0.0]], dtype=np.float32))
 
 
+@pytest.mark.parametrize("fmt", ["DS", "GT:DS", "DS:GT", "GT:DS:HDS:GP", "GT:HDS:GP:DS"])
+def test_decode_ds__imputation_server_layouts_take_the_batch_path(fmt: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """DS anywhere among the FORMAT fields, as minimac and Beagle write it: read without the per-record parser."""
+    def fail(*args: object) -> None:
+        raise AssertionError("the per-record DS parser was used")
+
+    monkeypatch.setattr(vcf, "_ds_fast", fail)
+    rng = np.random.default_rng(len(fmt))
+    field = {"GT": lambda d: "0|1", "HDS": lambda d: "0.250,0.750", "GP": lambda d: "0.1,0.8,0.1"}
+    rows = [["." if rng.random() < 0.2 else f"{rng.uniform(0, 2):.{rng.integers(0, 4)}f}" for _ in range(4)] for _ in range(6)]
+    samples = ["\t".join(":".join(value if key == "DS" else field[key](value) for key in fmt.split(":")) for value in row).encode()
+               for row in rows]
+    ds = vcf.decode_ds([fmt.encode()] * 6, samples, 4, [1] * 6)
+    want = np.array([[np.nan if value == "." else float(value) for value in row] for row in rows], dtype=np.float32)
+    np.testing.assert_array_equal(ds[:, :, 0], want)
+
+
+def test_decode_ds__cells_with_fewer_or_more_fields_read_as_the_general_parser_does() -> None:
+    cases = [(b"0|1:0.5:0.1,0.8,0.1\t1|1\t0|0:.:.", [0.5, np.nan, np.nan]),
+             (b"0|1:.5:0.1,0.8,0.1\t1|1:2:0,0,1\t0|0:.:1,0,0", [0.5, 2, np.nan]),  # '.5' is a number, '.' is missing
+             (b"0|1:0.5:0.1:1:1\t1|1\t0|0:1:0", [0.5, np.nan, 1])]  # as many colons as three full cells: one long, one short
+    for sample_text, want in cases:
+        ds = vcf.decode_ds([b"GT:DS:GP"], [sample_text], 3, [1])
+        np.testing.assert_array_equal(ds[0, :, 0], np.array(want, dtype=np.float32))
+
+
 def test_decode_genotypes__mixed_ploidy_pads_with_absent() -> None:
     alleles, phased = vcf.decode_genotypes([b"GT", b"GT"], [b"0\t1/1\t.", b"0/1/2\t10|0\t./."], 3, [1, 10])
     assert alleles.shape == (2, 3, 3)
