@@ -10,7 +10,8 @@ process:
 - the naive pysam loop ``[s['GT'] for s in rec.samples.values()]`` on a subset.
 
 and prints genotypes/second and ratios. Run:
-``python tests/benchmarks/vcf_reader.py [--samples 2000] [--variants 50000] [--ds]``.
+``python tests/benchmarks/vcf_reader.py [--samples 2000] [--variants 50000] [--ds [--imputed]]``
+(``--imputed``: FORMAT GT:DS:HDS:GP, the layout imputation servers write).
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ import pysam
 from pipeline.io.vcf import open_vcf, read_blocks
 
 
-def write_vcf(path: Path, samples: int, variants: int, *, with_ds: bool, seed: int = 0) -> Path:
+def write_vcf(path: Path, samples: int, variants: int, *, with_ds: bool, seed: int = 0, imputed: bool = False) -> Path:
     """Writes a random VCF.gz (+ .tbi) with numpy-built text; returns the .vcf.gz path."""
     rng = np.random.default_rng(seed)
     header = [
@@ -39,6 +40,9 @@ def write_vcf(path: Path, samples: int, variants: int, *, with_ds: bool, seed: i
     ]
     if with_ds:
         header.append('##FORMAT=<ID=DS,Number=A,Type=Float,Description="Dosage">')
+    if imputed:
+        header.append('##FORMAT=<ID=HDS,Number=.,Type=Float,Description="Haploid dosages">')
+        header.append('##FORMAT=<ID=GP,Number=G,Type=Float,Description="Genotype probabilities">')
     header.append("#CHROM\tPOS\tID\tREF\tALT\tQUAL\tFILTER\tINFO\tFORMAT\t" + "\t".join(f"S{i}" for i in range(samples)))
     positions = np.sort(rng.choice(np.arange(16_000_000, 50_000_000), size=variants, replace=False))
     bases = np.array(list("ACGT"))
@@ -60,11 +64,12 @@ def write_vcf(path: Path, samples: int, variants: int, *, with_ds: bool, seed: i
             for k in range(stop - start):
                 i = start + k
                 ref, alt = rng.choice(4, size=2, replace=False)
-                fmt = "GT:DS" if with_ds else "GT"
+                fmt = ("GT:DS:HDS:GP" if imputed else "GT:DS") if with_ds else "GT"
                 prefix = f"chr22\t{positions[i]}\trs{i}\t{bases[ref]}\t{bases[alt]}\t.\tPASS\t.\t{fmt}\t".encode()
                 if with_ds:
                     ds = np.char.mod("%.3f", np.clip((alleles[k] == ord("1")).sum(axis=1) + rng.uniform(-0.2, 0.2, samples), 0, 2))
-                    row = "\t".join(f"{c[:3].tobytes().decode()}:{d}" for c, d in zip(cells[k], ds, strict=True)).encode()
+                    extra = ":0.500,0.500:0.250,0.500,0.250" if imputed else ""  # as minimac4 writes them (values immaterial here)
+                    row = "\t".join(f"{c[:3].tobytes().decode()}:{d}{extra}" for c, d in zip(cells[k], ds, strict=True)).encode()
                     handle.write(prefix + row + b"\n")
                 else:
                     row = cells[k].tobytes()
@@ -113,12 +118,13 @@ def main() -> None:
     parser.add_argument("--samples", type=int, default=2000)
     parser.add_argument("--variants", type=int, default=50_000)
     parser.add_argument("--ds", action="store_true", help="add FORMAT/DS (GT:DS)")
+    parser.add_argument("--imputed", action="store_true", help="with --ds: FORMAT GT:DS:HDS:GP, as imputation servers write it")
     parser.add_argument("--naive-records", type=int, default=2000)
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as folder:
         path = Path(folder) / "bench.vcf.gz"
         start = time.perf_counter()
-        write_vcf(path, args.samples, args.variants, with_ds=args.ds)
+        write_vcf(path, args.samples, args.variants, with_ds=args.ds, imputed=args.imputed)
         genotypes = args.samples * args.variants
         print(f"generated {args.variants} variants x {args.samples} samples ({os.path.getsize(path) / 1e6:.1f} MB bgzipped) in {time.perf_counter() - start:.1f} s")
         results: dict[str, float] = {}
