@@ -65,7 +65,6 @@ class Reference:
 
     def __init__(self, path: Path, fai: Path | None = None, gzi: Path | None = None, *, owned_folder: Path | None = None) -> None:
         self.files = ReferenceFiles(path, fai, gzi)
-        self.path = path
         # removes the folder on close(), or when this object is collected or the interpreter exits
         self._remove_folder = weakref.finalize(self, shutil.rmtree, owned_folder, True) if owned_folder is not None else None
         self._handle = pysam.FastaFile(str(path), filepath_index=str(fai) if fai else None, filepath_index_compressed=str(gzi) if gzi else None)
@@ -88,6 +87,10 @@ class Reference:
         self._handle.close()
         if self._remove_folder is not None:
             self._remove_folder()
+
+    @property
+    def path(self) -> Path:
+        return self.files.path
 
     def __repr__(self) -> str:
         return f"Reference({str(self.path)!r}, contigs={len(self.contigs)})"

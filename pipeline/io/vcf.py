@@ -1115,6 +1115,25 @@ def decode_genotypes(
     return allele_index, phased
 
 
+def _cell_starts(tabs: np.ndarray) -> np.ndarray:
+    """Where each tab-ended cell of joined sample text starts, from the tabs that end them."""
+    starts = np.empty(tabs.size, dtype=np.int64)
+    if tabs.size:
+        starts[0] = 0
+        starts[1:] = tabs[:-1] + 1
+    return starts
+
+
+def _gather_bytes(text: bytes, starts: np.ndarray, width: int) -> np.ndarray:
+    """(starts, width) uint8: the ``width`` (4 or 8) bytes at each start, one gather each.
+
+    A stride-1 view reads the bytes at every offset as one unaligned word, so a cell
+    costs one index instead of ``width``. ``text`` must hold ``width`` bytes after the last start.
+    """
+    words = np.ndarray((len(text) - width + 1,), dtype=f"<u{width}", buffer=text, strides=(1,))
+    return words[starts].view(np.uint8).reshape(starts.size, width)
+
+
 def _decode_cells(cells: np.ndarray, table: np.ndarray = _PAIRS_TAB) -> tuple[np.ndarray, np.ndarray]:
     """Alleles of 3-byte diploid calls, each with the byte after it, and whether every cell of a row is one.
 
@@ -1162,13 +1181,8 @@ def _decode_fast(
         if with_fields:
             text = b"\t".join([samples[i] for i in batch]) + b"\t\x80\x80\x80"
             data = np.frombuffer(text, dtype=np.uint8)
-            tabs = np.flatnonzero(data == _TAB)  # exactly m * num_samples (counts checked)
-            starts = np.empty(tabs.size, dtype=np.int64)
-            starts[0] = 0
-            starts[1:] = tabs[:-1] + 1
-            # the 4 bytes at every offset, as one (unaligned) uint32 each: one gather per cell
-            windows = np.ndarray((len(text) - 3,), dtype="<u4", buffer=text, strides=(1,))
-            cells = windows[starts].view(np.uint8).reshape(m, num_samples, 4)
+            starts = _cell_starts(np.flatnonzero(data == _TAB))  # exactly m * num_samples cells (counts checked)
+            cells = _gather_bytes(text, starts, 4).reshape(m, num_samples, 4)
             table = _PAIRS_FIELD
         else:
             text = b"\t".join([samples[i] for i in batch] + [b""])
@@ -1458,13 +1472,11 @@ def _ds_batch(samples: Sequence[bytes | memoryview], rows: list[int], num_sample
     tabs = np.flatnonzero(data == _TAB)
     if tabs.size != cells:
         return None
-    starts = np.empty(cells, dtype=np.int64)
-    starts[0] = 0
-    starts[1:] = tabs[:-1] + 1
-    colons = np.flatnonzero(data == _COLON_BYTE)
-    if colons.size != cells * (fields - 1):
+    starts = _cell_starts(tabs)
+    all_colons = np.flatnonzero(data == _COLON_BYTE)
+    if all_colons.size != cells * (fields - 1):
         return None
-    colons = colons.reshape(cells, fields - 1)  # each cell's colons, when its first and last lie inside it
+    colons = all_colons.reshape(cells, fields - 1)  # each cell's colons, when its first and last lie inside it
     if fields > 1 and ((colons[:, 0] < starts).any() or (colons[:, -1] > tabs).any()):
         return None
     first = starts if key == 0 else colons[:, key - 1] + 1
@@ -1482,7 +1494,7 @@ def _ds_batch(samples: Sequence[bytes | memoryview], rows: list[int], num_sample
 
 _COLON_BYTE, _DOT_BYTE = ord(":"), ord(".")
 _POWERS_OF_TEN = 10.0 ** np.arange(9)
-_DECIMAL_BYTES = 8  # the longest plain decimal read by column arithmetic ('0.123456'); longer ones go to numpy's parser
+_DECIMAL_BYTES = 8  # the longest plain decimal read by column arithmetic ('0.123456'); longer ones go to the general parser
 
 
 def _plain_decimals(text: bytes, starts: np.ndarray, lengths: np.ndarray) -> np.ndarray | None:
@@ -1491,7 +1503,7 @@ def _plain_decimals(text: bytes, starts: np.ndarray, lengths: np.ndarray) -> np.
     A plain decimal is digits with at most one '.' and at least one digit ('2', '0.153',
     '.5'), 8 bytes at most, as imputation servers write DS. Its digits make an exact
     integer mantissa and its fraction digits a power of ten, so the one float64 division
-    rounds as ``strtod`` does: the values equal numpy's text parser's, bit for bit.
+    rounds as ``strtod`` does: the values equal the general parser's (``float()``), bit for bit.
     """
     count = starts.size
     if count == 0:
@@ -1499,9 +1511,7 @@ def _plain_decimals(text: bytes, starts: np.ndarray, lengths: np.ndarray) -> np.
     width = int(lengths.max())
     if width > _DECIMAL_BYTES or int(lengths.min()) < 1:
         return None
-    padded = text + bytes(_DECIMAL_BYTES)
-    windows = np.ndarray((len(padded) - _DECIMAL_BYTES + 1,), dtype="<u8", buffer=padded, strides=(1,))  # 8 bytes at every offset
-    columns = windows[starts].view(np.uint8).reshape(count, _DECIMAL_BYTES)
+    columns = _gather_bytes(text + bytes(_DECIMAL_BYTES), starts, _DECIMAL_BYTES)
     mantissa = np.zeros(count, np.int32)
     fraction_digits = np.zeros(count, np.int8)
     digits = np.zeros(count, np.int8)
